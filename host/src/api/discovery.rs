@@ -1,0 +1,183 @@
+//! Discovery documents, aggregated (apidiscovery.k8s.io/v2, what kubectl 1.32 asks for first)
+//! and legacy (what the Python client reads), all generated from the resource table.
+
+use serde_json::{Value, json};
+
+use crate::core::resources::{RESOURCES, Resource, groups};
+
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": "v1.32.0-kedge",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-25T00:00:00Z",
+        "goVersion": "n/a (kedge, Rust)",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+    })
+}
+
+fn verbs(r: &Resource) -> Vec<&'static str> {
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
+    .into_iter()
+    .filter(|v| *v != "deletecollection" || r.kind != "Namespace")
+    .collect()
+}
+
+fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {
+    match sub {
+        "scale" => ("autoscaling", "v1", "Scale"),
+        "binding" => ("", "v1", "Binding"),
+        "log" => ("", "v1", "Pod"),
+        _ => (r.group, r.version, r.kind),
+    }
+}
+
+fn sub_verbs(sub: &str) -> Vec<&'static str> {
+    match sub {
+        "binding" => vec!["create"],
+        "log" => vec!["get"],
+        _ => vec!["get", "patch", "update"],
+    }
+}
+
+fn aggregated_resource(r: &Resource) -> Value {
+    let subs: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|s| {
+            let (g, v, k) = sub_kind(r, s);
+            json!({"subresource": s, "responseKind": {"group": g, "version": v, "kind": k}, "verbs": sub_verbs(s)})
+        })
+        .collect();
+    let mut v = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": verbs(r),
+    });
+    if !r.short_names.is_empty() {
+        v["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        v["categories"] = json!(r.categories);
+    }
+    if !subs.is_empty() {
+        v["subresources"] = json!(subs);
+    }
+    v
+}
+
+/// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
+pub fn aggregated(core: bool) -> Value {
+    let mut items = Vec::new();
+    let group_list: Vec<(&str, &str)> = if core {
+        vec![("", "v1")]
+    } else {
+        groups()
+    };
+    for (g, v) in group_list {
+        let resources: Vec<Value> = RESOURCES
+            .iter()
+            .filter(|r| r.group == g && r.version == v)
+            .map(aggregated_resource)
+            .collect();
+        items.push(json!({
+            "metadata": {"name": g, "creationTimestamp": null},
+            "versions": [{"version": v, "resources": resources, "freshness": "Current"}],
+        }));
+    }
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+pub fn api_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    })
+}
+
+fn group_doc(g: &str, v: &str) -> Value {
+    let gv = format!("{g}/{v}");
+    json!({
+        "name": g,
+        "versions": [{"groupVersion": gv, "version": v}],
+        "preferredVersion": {"groupVersion": gv, "version": v},
+    })
+}
+
+pub fn api_group_list() -> Value {
+    let groups: Vec<Value> = groups().iter().map(|(g, v)| group_doc(g, v)).collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+pub fn api_group(group: &str) -> Option<Value> {
+    let (g, v) = groups().into_iter().find(|(g, _)| *g == group)?;
+    let mut d = group_doc(g, v);
+    d["kind"] = json!("APIGroup");
+    d["apiVersion"] = json!("v1");
+    Some(d)
+}
+
+/// `/api/v1` or `/apis/<g>/<v>` as an APIResourceList; None when the group-version is not
+/// served.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let rs: Vec<&Resource> = RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in &rs {
+        let mut e = json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": verbs(r),
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        out.push(e);
+        for s in r.subresources {
+            let (g, v, k) = sub_kind(r, s);
+            out.push(json!({
+                "name": format!("{}/{s}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": g,
+                "version": v,
+                "kind": k,
+                "verbs": sub_verbs(s),
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+}

@@ -1,0 +1,685 @@
+//! The Kubernetes REST surface over HTTP: URL routing, query parameters, content types,
+//! watch streaming and Table output. Object semantics live in [`super::ops`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Result};
+use super::ops::{Api, DeleteOptions, ListOptions, WriteOptions, parse_propagation};
+use super::schema::FieldValidation;
+use super::{discovery, openapi, table};
+use crate::core::patch::PatchType;
+use crate::core::resources::{self, Resource};
+use crate::core::selector::{FieldSelector, LabelSelector};
+use crate::store::EventType;
+use crate::auth::Identity;
+
+/// Reaches a node's agent (through its tunnel) for kubelet-style requests.
+pub trait NodeProxy: Send + Sync + 'static {
+    fn request(
+        &self,
+        node: &str,
+        req: http::Request<Body>,
+    ) -> BoxFuture<'_, std::result::Result<http::Response<Body>, String>>;
+}
+
+/// Shared state of the HTTP layer.
+pub struct ApiState {
+    pub api: Arc<Api>,
+    pub nodes: OnceLock<Arc<dyn NodeProxy>>,
+    pub clock: super::ops::Clock,
+}
+
+/// Request bodies above this are refused (kube-apiserver's limit is 3 MiB too).
+const MAX_BODY: usize = 3 * 1024 * 1024;
+
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = dispatch(&st, req).await;
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%method, %path, code = e.code, reason = e.reason, "request failed");
+            status_response(&e)
+        }
+    }
+}
+
+fn status_response(e: &ApiError) -> Response {
+    json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.status(),
+        &[],
+    )
+}
+
+fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut r = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+    r
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn flag(q: &Query, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
+}
+
+/// Where a resource URL points.
+struct Target {
+    res: &'static Resource,
+    namespace: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let query = parse_query(parts.uri.query());
+    let headers = &parts.headers;
+
+    // Health endpoints are open, like kube-apiserver's.
+    match segs.as_slice() {
+        ["healthz"] | ["livez"] | ["readyz"] => {
+            return Ok((StatusCode::OK, "ok").into_response());
+        }
+        _ => {}
+    }
+    let Some(identity) = parts.extensions.get::<Identity>().cloned() else {
+        return Err(ApiError::unauthorized());
+    };
+
+    match (segs.as_slice(), &parts.method) {
+        (["version"], &Method::GET) => return Ok(json_response(StatusCode::OK, &discovery::version(), &[])),
+        (["api"], &Method::GET) => {
+            return Ok(if wants_aggregated(headers) {
+                aggregated_response(discovery::aggregated(true))
+            } else {
+                json_response(StatusCode::OK, &discovery::api_versions(), &[])
+            });
+        }
+        (["apis"], &Method::GET) => {
+            return Ok(if wants_aggregated(headers) {
+                aggregated_response(discovery::aggregated(false))
+            } else {
+                json_response(StatusCode::OK, &discovery::api_group_list(), &[])
+            });
+        }
+        (["api", "v1"], &Method::GET) => {
+            let doc = discovery::resource_list("", "v1").expect("core is served");
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["apis", g], &Method::GET) => {
+            let doc = discovery::api_group(g).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["apis", g, v], &Method::GET) => {
+            let doc = discovery::resource_list(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["openapi", "v3"], &Method::GET) => return Ok(json_response(StatusCode::OK, &openapi::root(), &[])),
+        (["openapi", "v3", "api", "v1"], &Method::GET) => {
+            let doc = openapi::group_version("", "v1").expect("core is served");
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["openapi", "v3", "apis", g, v], &Method::GET) => {
+            let doc = openapi::group_version(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        _ => {}
+    }
+
+    let target = resolve(&segs).ok_or_else(|| ApiError::path_not_found(&path))?;
+    tracing::trace!(user = %identity.user, method = %parts.method, path, "request");
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))?;
+    handle_resource(st, &parts.method, headers, &query, target, body).await
+}
+
+fn aggregated_response(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
+        serde_json::to_vec(&v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource URLs.
+fn resolve(segs: &[&str]) -> Option<Target> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let namespaced_form = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && resources::by_plural(group, version, rest[2]).is_some_and(|r| r.namespaced);
+    let (namespace, rest) = if namespaced_form {
+        (rest[1].to_string(), &rest[2..])
+    } else {
+        (String::new(), rest)
+    };
+    let res = resources::by_plural(group, version, rest.first()?)?;
+    let name = rest.get(1).map(|s| s.to_string());
+    let sub = rest.get(2).map(|s| s.to_string());
+    if rest.len() > 3 {
+        return None;
+    }
+    if let Some(s) = &sub {
+        if !res.has(s) {
+            return None;
+        }
+    }
+    Some(Target {
+        res,
+        namespace,
+        name,
+        sub,
+    })
+}
+
+fn body_json(body: &Bytes, headers: &HeaderMap) -> Result<Value> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    match base {
+        // kubectl scale --current-replicas sends no content type at all.
+        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
+        "application/yaml" => serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}"))),
+        other => Err(ApiError::unsupported_media(other)),
+    }
+}
+
+fn write_options(q: &Query) -> Result<WriteOptions> {
+    let validation = match q.get("fieldValidation") {
+        None => FieldValidation::default(),
+        Some(v) => FieldValidation::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {v:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+            ))
+        })?,
+    };
+    Ok(WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        validation,
+        warnings: Default::default(),
+    })
+}
+
+fn warnings(opts: &WriteOptions) -> Vec<String> {
+    opts.warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+async fn handle_resource(
+    st: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    q: &Query,
+    t: Target,
+    body: Bytes,
+) -> Result<Response> {
+    let api = &st.api;
+    let res = t.res;
+    let ns = t.namespace.as_str();
+    if res.namespaced && ns.is_empty() && t.name.is_some() {
+        return Err(ApiError::path_not_found(&format!(
+            "{} must be addressed within a namespace",
+            res.plural
+        )));
+    }
+    match (method, t.name.as_deref(), t.sub.as_deref()) {
+        // Collection.
+        (&Method::GET, None, None) => {
+            let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let fields = FieldSelector::parse(
+                q.get("fieldSelector").map_or("", |s| s),
+                res.field_selectors,
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if flag(q, "watch") {
+                return watch(st, res, ns, labels, fields, q, wants_table(headers));
+            }
+            let opts = ListOptions {
+                labels,
+                fields,
+                limit: q.get("limit").and_then(|l| l.parse().ok()),
+                continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+            };
+            let list = api.list(res, ns, &opts)?;
+            if wants_table(headers) {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                let t = table::table(res, &items, list["metadata"].clone(), (st.clock)());
+                return Ok(json_response(StatusCode::OK, &t, &[]));
+            }
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        (&Method::POST, None, None) => {
+            let obj = body_json(&body, headers)?;
+            let opts = write_options(q)?;
+            let created = api.create(res, ns, obj, &opts)?;
+            Ok(json_response(StatusCode::CREATED, &created, &warnings(&opts)))
+        }
+        (&Method::DELETE, None, None) => {
+            // deletecollection: every object the selectors match.
+            let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let fields = FieldSelector::parse(
+                q.get("fieldSelector").map_or("", |s| s),
+                res.field_selectors,
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let list = api.list(
+                res,
+                ns,
+                &ListOptions {
+                    labels,
+                    fields,
+                    ..Default::default()
+                },
+            )?;
+            let opts = delete_options(&body, q)?;
+            let mut deleted = Vec::new();
+            for o in list["items"].as_array().cloned().unwrap_or_default() {
+                let name = crate::core::meta::name(&o).to_string();
+                let ons = crate::core::meta::namespace(&o).to_string();
+                match api.delete(res, &ons, &name, &opts) {
+                    Ok(d) => deleted.push(d),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut list = list;
+            list["items"] = json!(deleted);
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        // One object.
+        (&Method::GET, Some(name), None) => {
+            let obj = api.get(res, ns, name)?;
+            if wants_table(headers) {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                let t = table::table(res, std::slice::from_ref(&obj), meta, (st.clock)());
+                return Ok(json_response(StatusCode::OK, &t, &[]));
+            }
+            Ok(json_response(StatusCode::OK, &obj, &[]))
+        }
+        (&Method::PUT, Some(name), None | Some("status")) => {
+            let obj = body_json(&body, headers)?;
+            let opts = write_options(q)?;
+            let out = api.update(res, ns, name, obj, t.sub.as_deref(), &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
+        }
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            let (patch, kind) = patch_body(&body, headers)?;
+            let opts = write_options(q)?;
+            let out = api.patch(res, ns, name, t.sub.as_deref(), &patch, kind, &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
+        }
+        (&Method::DELETE, Some(name), None) => {
+            let opts = delete_options(&body, q)?;
+            let out = api.delete(res, ns, name, &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &[]))
+        }
+        (&Method::GET, Some(name), Some("status")) => {
+            Ok(json_response(StatusCode::OK, &api.get(res, ns, name)?, &[]))
+        }
+        (&Method::GET, Some(name), Some("scale")) => {
+            Ok(json_response(StatusCode::OK, &api.get_scale(res, ns, name)?, &[]))
+        }
+        (&Method::PUT, Some(name), Some("scale")) => {
+            let scale = body_json(&body, headers)?;
+            let opts = write_options(q)?;
+            Ok(json_response(StatusCode::OK, &api.update_scale(res, ns, name, &scale, &opts)?, &[]))
+        }
+        (&Method::PATCH, Some(name), Some("scale")) => {
+            let (patch, kind) = patch_body(&body, headers)?;
+            let current = api.get_scale(res, ns, name)?;
+            let patched = crate::core::patch::apply(&current, &patch, kind)
+                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+            let opts = write_options(q)?;
+            Ok(json_response(StatusCode::OK, &api.update_scale(res, ns, name, &patched, &opts)?, &[]))
+        }
+        (&Method::POST, Some(name), Some("binding")) => {
+            let binding = body_json(&body, headers)?;
+            api.bind(ns, name, &binding)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
+        }
+        (&Method::GET, Some(name), Some("log")) => pod_log(st, ns, name, q).await,
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            res.plural
+        ))),
+    }
+}
+
+fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = PatchType::from_content_type(ct).ok_or_else(|| {
+        if ct.starts_with("application/apply-patch") {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "server-side apply (application/apply-patch+yaml) is not implemented in kedge yet; use client-side `kubectl apply`",
+            )
+        } else {
+            ApiError::unsupported_media(ct)
+        }
+    })?;
+    let v = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    Ok((v, kind))
+}
+
+fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions> {
+    let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        DeleteOptions::from_body(&v)?
+    };
+    // The Python client sends these as query parameters.
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation = Some(parse_propagation(p)?);
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        );
+    }
+    if q.get("dryRun").is_some_and(|v| v == "All") {
+        opts.dry_run = true;
+    }
+    Ok(opts)
+}
+
+fn watch(
+    st: &ApiState,
+    res: &'static Resource,
+    ns: &str,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    q: &Query,
+    as_table: bool,
+) -> Result<Response> {
+    let from = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(rv.parse().map_err(|_| {
+            ApiError::bad_request(format!("invalid resource version: {rv:?}"))
+        })?),
+    };
+    let bookmarks = flag(q, "allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        // kube-apiserver picks 30-60 min when unset; a bound keeps abandoned watches finite.
+        .unwrap_or(Duration::from_secs(1800));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let clock = st.clock.clone();
+    let first = match st.api.watch(res, ns, labels, fields, from) {
+        Ok(w) => Ok(w),
+        // Too old: 200 with one ERROR event, so clients relist.
+        Err(e) if e.code == 410 => Err(e),
+        Err(e) => return Err(e),
+    };
+    struct WatchState {
+        watch: Option<super::ops::ApiWatch>,
+        pending_error: Option<ApiError>,
+        done: bool,
+    }
+    let state = match first {
+        Ok(w) => WatchState {
+            watch: Some(w),
+            pending_error: None,
+            done: false,
+        },
+        Err(e) => WatchState {
+            watch: None,
+            pending_error: Some(e),
+            done: false,
+        },
+    };
+    // Bookmarks every minute keep informers' resourceVersion fresh.
+    let bookmark_every = Duration::from_secs(60);
+    let stream = futures_util::stream::unfold(state, move |mut s| {
+        let clock = clock.clone();
+        async move {
+            if s.done {
+                return None;
+            }
+            if let Some(e) = s.pending_error.take() {
+                s.done = true;
+                let line = json!({"type": "ERROR", "object": e.status()});
+                return Some((Ok::<_, std::io::Error>(line_bytes(&line)), s));
+            }
+            let w = s.watch.as_mut()?;
+            loop {
+                let next = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + bookmark_every),
+                    w.next(),
+                )
+                .await;
+                match next {
+                    Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                    Err(_) if bookmarks => {
+                        let line = json!({"type": "BOOKMARK", "object": {
+                            "kind": res.kind, "apiVersion": res.api_version(),
+                            "metadata": {"resourceVersion": w.revision().to_string()}}});
+                        return Some((Ok(line_bytes(&line)), s));
+                    }
+                    Err(_) => continue,
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => {
+                        s.done = true;
+                        let line = json!({"type": "ERROR", "object": e.status()});
+                        return Some((Ok(line_bytes(&line)), s));
+                    }
+                    Ok(Some(Ok((kind, obj)))) => {
+                        let object = if as_table {
+                            let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                            table::table(res, std::slice::from_ref(&obj), meta, clock())
+                        } else {
+                            (*obj).clone()
+                        };
+                        let line = json!({"type": kind_str(kind), "object": object});
+                        return Some((Ok(line_bytes(&line)), s));
+                    }
+                }
+            }
+        }
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+fn kind_str(k: EventType) -> &'static str {
+    k.as_str()
+}
+
+fn line_bytes(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// `pods/<name>/log`: relayed to the pod's node over its tunnel.
+async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Response> {
+    let res = resources::by_kind("v1", "Pod").expect("pods are served");
+    let pod = st.api.get(res, ns, name)?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let container = match q.get("container").filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => {
+            let default = pod
+                .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+                .and_then(Value::as_str)
+                .map(String::from);
+            match (default, containers.len()) {
+                (Some(d), _) => d,
+                (None, 1) => containers[0].clone(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        containers.join(" ")
+                    )));
+                }
+            }
+        }
+    };
+    let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let proxy = st
+        .nodes
+        .get()
+        .ok_or_else(|| ApiError::unavailable("no node tunnel server is running"))?;
+    let mut forwarded: Vec<(String, String)> = q
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "follow" | "previous" | "sinceSeconds" | "sinceTime" | "tailLines" | "timestamps" | "limitBytes"
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    forwarded.push(("uid".into(), crate::core::meta::uid(&pod).to_string()));
+    let qs = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(forwarded)
+        .finish();
+    let uri = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
+    let req = http::Request::get(uri)
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = proxy.request(node, req).await.map_err(|e| {
+        ApiError::new(
+            502,
+            "ServiceUnavailable",
+            format!("error talking to node {node:?}: {e}"),
+        )
+    })?;
+    if !resp.status().is_success() {
+        let code = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let msg = String::from_utf8_lossy(&bytes).trim().to_string();
+        return Err(ApiError::new(
+            if code == 404 { 404 } else { 400 },
+            if code == 404 { "NotFound" } else { "BadRequest" },
+            msg,
+        ));
+    }
+    let mut r = Response::new(resp.into_body());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_urls() {
+        let t = resolve(&["api", "v1", "namespaces", "default", "pods", "p", "log"]).unwrap();
+        assert_eq!((t.res.plural, t.namespace.as_str()), ("pods", "default"));
+        assert_eq!(t.sub.as_deref(), Some("log"));
+        let t = resolve(&["api", "v1", "namespaces", "default"]).unwrap();
+        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("default")));
+        let t = resolve(&["api", "v1", "namespaces", "x", "status"]).unwrap();
+        assert_eq!(t.sub.as_deref(), Some("status"));
+        let t = resolve(&["apis", "apps", "v1", "deployments"]).unwrap();
+        assert!(t.namespace.is_empty() && t.name.is_none());
+        assert!(resolve(&["api", "v1", "namespaces", "d", "pods", "p", "exec"]).is_none());
+        assert!(resolve(&["apis", "apps", "v2", "deployments"]).is_none());
+    }
+}

@@ -1,0 +1,14 @@
+//! The Kubernetes API: object verbs ([`ops`]), their HTTP surface ([`http`]), discovery,
+//! OpenAPI, Tables, per-kind defaulting and validation.
+
+pub mod discovery;
+pub mod error;
+pub mod http;
+pub mod kinds;
+pub mod openapi;
+pub mod ops;
+pub mod schema;
+pub mod table;
+
+pub use error::ApiError;
+pub use ops::Api;

@@ -1,0 +1,1012 @@
+//! The API's verbs on objects, independent of HTTP: the REST layer and the plugin host both
+//! call these, so a write from a Wasm controller is defaulted, validated and versioned exactly
+//! like one from kubectl.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause, Result};
+use super::kinds;
+use super::schema::{self, FieldValidation};
+use crate::core::meta;
+use crate::core::patch::{self, PatchType};
+use crate::core::resources::{self, RESOURCES, Resource};
+use crate::core::selector::{FieldSelector, LabelSelector};
+use crate::store::{self, EventType, Revision, Store};
+
+/// Where time comes from; tests pass a fixed clock.
+pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(chrono::Utc::now)
+}
+
+/// The object verbs over one store.
+pub struct Api {
+    store: Arc<dyn Store>,
+    clock: Clock,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+    /// Unknown-field warnings for the response's `Warning` headers.
+    pub warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl WriteOptions {
+    /// Decodes `obj` as its Kubernetes type (see [`schema`]).
+    fn decode(&self, res: &Resource, obj: Value) -> Result<Value> {
+        let d = schema::decode(res, &obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                res.kind, res.version, res.kind
+            ))
+        })?;
+        if !d.unknown.is_empty() {
+            let list: Vec<String> = d.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+            match self.validation {
+                FieldValidation::Strict => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => self
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(list),
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok(d.object)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    Background,
+    Foreground,
+    Orphan,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub propagation: Option<Propagation>,
+    pub grace_period_seconds: Option<i64>,
+    pub dry_run: bool,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+}
+
+impl DeleteOptions {
+    /// Reads a `DeleteOptions` body (kubectl) — query parameters (Python) are merged by the
+    /// caller.
+    pub fn from_body(v: &Value) -> Result<Self> {
+        let mut o = DeleteOptions::default();
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            o.propagation = Some(parse_propagation(p)?);
+        } else if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+            o.propagation = Some(Propagation::Orphan);
+        }
+        o.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+        o.dry_run = v
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        o.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.precondition_rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        Ok(o)
+    }
+}
+
+pub fn parse_propagation(p: &str) -> Result<Propagation> {
+    match p {
+        "Background" => Ok(Propagation::Background),
+        "Foreground" => Ok(Propagation::Foreground),
+        "Orphan" => Ok(Propagation::Orphan),
+        other => Err(ApiError::bad_request(format!(
+            "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+        ))),
+    }
+}
+
+fn parse_rv(res: &Resource, name: &str, rv: &str) -> Result<Revision> {
+    rv.parse().map_err(|_| {
+        ApiError::invalid(
+            res,
+            name,
+            vec![Cause::invalid(
+                "metadata.resourceVersion",
+                rv,
+                "must be a decimal resource version",
+            )],
+        )
+    })
+}
+
+/// Everything but metadata and status: what bumps `metadata.generation` when it changes.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+/// Metadata fields a client can never change through PUT or PATCH.
+const SERVER_OWNED_META: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "namespace",
+];
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
+        Api { store, clock }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> String {
+        meta::timestamp((self.clock)())
+    }
+
+    fn key(res: &Resource, ns: &str, name: &str) -> String {
+        store::key(res.group, res.plural, if res.namespaced { ns } else { "" }, name)
+    }
+
+    pub fn get(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+        self.store
+            .get(&Self::key(res, ns, name))
+            .map_err(|e| ApiError::from_store(e, res, name))?
+            .ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// A `<Kind>List` with `metadata.resourceVersion`, honouring selectors and pagination.
+    pub fn list(&self, res: &'static Resource, ns: &str, opts: &ListOptions) -> Result<Value> {
+        let ns = if res.namespaced { ns } else { "" };
+        let (items, rev) = self
+            .store
+            .list(&store::prefix(res.group, res.plural, ns))
+            .map_err(|e| ApiError::from_store(e, res, ""))?;
+        let after = match &opts.continue_token {
+            Some(t) => Some(decode_continue(t)?),
+            None => None,
+        };
+        let mut selected: Vec<Value> = items
+            .into_iter()
+            .filter(|o| {
+                after
+                    .as_ref()
+                    .is_none_or(|a| continue_key(o).as_str() > a.as_str())
+            })
+            .filter(|o| opts.labels.matches_object(o) && opts.fields.matches(o))
+            .collect();
+        let mut metadata = json!({"resourceVersion": rev.to_string()});
+        if let Some(limit) = opts.limit.filter(|l| *l > 0) {
+            if selected.len() > limit {
+                let remaining = selected.len() - limit;
+                selected.truncate(limit);
+                let last = continue_key(selected.last().expect("limit > 0"));
+                metadata["continue"] =
+                    json!(base64::engine::general_purpose::STANDARD.encode(last));
+                metadata["remainingItemCount"] = json!(remaining);
+            }
+        }
+        Ok(json!({
+            "kind": res.list_kind(),
+            "apiVersion": res.api_version(),
+            "metadata": metadata,
+            "items": selected,
+        }))
+    }
+
+    pub fn create(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        mut obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        }
+        check_type(res, &mut obj)?;
+        let mut obj = opts.decode(res, obj)?;
+        let meta_obj = obj
+            .as_object_mut()
+            .expect("checked")
+            .entry("metadata")
+            .or_insert_with(|| json!({}));
+        if !meta_obj.is_object() {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+        if res.namespaced {
+            match meta_obj.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => meta_obj["namespace"] = json!(ns),
+            }
+        } else if let Some(m) = meta_obj.as_object_mut() {
+            m.remove("namespace");
+        }
+        let name = match meta_obj.get("name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => match meta_obj.get("generateName").and_then(Value::as_str) {
+                Some(g) if !g.is_empty() => {
+                    let n = format!("{g}{}", meta::random_suffix());
+                    meta_obj["name"] = json!(n);
+                    n
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        res,
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueRequired",
+                            field: "metadata.name".into(),
+                            message: "Required value: name or generateName is required".into(),
+                        }],
+                    ));
+                }
+            },
+        };
+        if res.namespaced {
+            self.check_namespace_open(ns)?;
+        }
+        let now = self.now();
+        let m = obj["metadata"].as_object_mut().expect("object");
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now));
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+        m.remove("managedFields");
+        if obj.get("spec").is_some() {
+            obj["metadata"]["generation"] = json!(1);
+        } else {
+            obj["metadata"]
+                .as_object_mut()
+                .expect("object")
+                .remove("generation");
+        }
+        kinds::default(res, &mut obj);
+        match res.kind {
+            "Pod" => {
+                let qos = kinds::qos_class(obj.get("spec").unwrap_or(&Value::Null));
+                let mut status = json!({"phase": "Pending", "qosClass": qos});
+                // A pod created already bound (nodeName set) is scheduled.
+                if obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some() {
+                    status["conditions"] = json!([{"type": "PodScheduled", "status": "True",
+                        "lastProbeTime": null, "lastTransitionTime": now}]);
+                }
+                obj["status"] = status;
+            }
+            "Deployment" | "ReplicaSet" => obj["status"] = json!({}),
+            "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            _ => {}
+        }
+        let causes = kinds::validate(res, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(res, &name, causes));
+        }
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        self.store
+            .create(&Self::key(res, ns, &name), obj)
+            .map_err(|e| ApiError::from_store(e, res, &name))
+    }
+
+    fn check_namespace_open(&self, ns: &str) -> Result<()> {
+        let nsres = resources::by_kind("v1", "Namespace").expect("namespaces are served");
+        let n = self.get(nsres, "", ns)?;
+        if n.pointer("/metadata/deletionTimestamp").is_some()
+            || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+        {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// PUT of the object (`sub` None) or of its status (`sub` Some("status")).
+    pub fn update(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        sub: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the request body must be a JSON object"));
+        }
+        check_type(res, &mut obj)?;
+        let obj = opts.decode(res, obj)?;
+        let body_name = obj.pointer("/metadata/name").and_then(Value::as_str);
+        if let Some(n) = body_name {
+            if n != name {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+        }
+        if res.namespaced {
+            if let Some(n) = obj.pointer("/metadata/namespace").and_then(Value::as_str) {
+                if !n.is_empty() && n != ns {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+            }
+        }
+        let expected = match obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            Some(rv) if !rv.is_empty() => Some(parse_rv(res, name, rv)?),
+            _ => None,
+        };
+        let current = self.get(res, ns, name)?;
+        if let Some(exp) = expected {
+            if store::revision_of(&current) != Some(exp) {
+                return Err(ApiError::conflict(res, name));
+            }
+        }
+        let mut next = if sub == Some("status") {
+            let mut n = current.clone();
+            n["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            n
+        } else {
+            let mut n = obj;
+            if res.has("status") {
+                match current.get("status") {
+                    Some(s) => n["status"] = s.clone(),
+                    None => {
+                        n.as_object_mut().expect("object").remove("status");
+                    }
+                }
+            }
+            n
+        };
+        // Server-owned metadata always comes from the stored object.
+        {
+            if !next.get("metadata").is_some_and(Value::is_object) {
+                next["metadata"] = json!({});
+            }
+            let nm = next["metadata"].as_object_mut().expect("object");
+            nm.insert("name".into(), json!(name));
+            for f in SERVER_OWNED_META {
+                match current["metadata"].get(*f) {
+                    Some(v) => {
+                        nm.insert((*f).into(), v.clone());
+                    }
+                    None => {
+                        nm.remove(*f);
+                    }
+                }
+            }
+            nm.remove("managedFields");
+        }
+        if sub.is_none() {
+            kinds::default(res, &mut next);
+            let causes = kinds::validate(res, &next);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(res, name, causes));
+            }
+            if let Some(msg) = immutable_change(res, &current, &next) {
+                return Err(ApiError::invalid(
+                    res,
+                    name,
+                    vec![Cause::forbidden(msg.0, msg.1)],
+                ));
+            }
+            if next.get("spec").is_some() && spec_part(&next) != spec_part(&current) {
+                let g = current
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                next["metadata"]["generation"] = json!(g + 1);
+            }
+        }
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if next == current {
+            // A no-op write stores nothing and wakes no watcher, as in Kubernetes.
+            return Ok(current);
+        }
+        if opts.dry_run {
+            return Ok(next);
+        }
+        let deleting = next.pointer("/metadata/deletionTimestamp").is_some();
+        if deleting && meta::finalizers(&next).is_empty() {
+            // The last finalizer went away: the object is gone now.
+            let rev = store::revision_of(&current);
+            let gone = self
+                .store
+                .delete(&Self::key(res, ns, name), rev)
+                .map_err(|e| ApiError::from_store(e, res, name))?;
+            self.cascade(res, &gone, Propagation::Background);
+            return Ok(gone);
+        }
+        self.store
+            .update(&Self::key(res, ns, name), next, store::revision_of(&current))
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// PATCH; retried on a conflict with a concurrent writer unless the patch itself pins a
+    /// resourceVersion (then the conflict is the caller's to see).
+    pub fn patch(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &Value,
+        kind: PatchType,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        for _ in 0..5 {
+            let current = self.get(res, ns, name)?;
+            let patched = patch::apply(&current, body, kind).map_err(|e| {
+                ApiError::new(422, "Invalid", e.to_string())
+            })?;
+            let pinned = store::revision_of(&patched) != store::revision_of(&current);
+            match self.update(res, ns, name, patched, sub, opts) {
+                Err(e) if e.reason == "Conflict" && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    pub fn delete(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        let current = self.get(res, ns, name)?;
+        if let Some(uid) = &opts.precondition_uid {
+            if meta::uid(&current) != uid {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        meta::uid(&current)
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = &opts.precondition_rv {
+            if current.pointer("/metadata/resourceVersion").and_then(Value::as_str) != Some(rv) {
+                return Err(ApiError::conflict(res, name));
+            }
+        }
+        if opts.dry_run {
+            return Ok(current);
+        }
+        let rev = store::revision_of(&current);
+        let key = Self::key(res, ns, name);
+        let propagation = opts.propagation.unwrap_or(Propagation::Background);
+
+        if res.kind == "Namespace" {
+            return self.delete_namespace(res, name, current);
+        }
+
+        // Pods on a node terminate gracefully: the agent stops them, then confirms with a
+        // zero grace period.
+        if res.kind == "Pod" {
+            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some();
+            let grace = opts.grace_period_seconds.unwrap_or_else(|| {
+                current
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
+            });
+            let terminating = current.pointer("/metadata/deletionTimestamp").is_some();
+            let finished = matches!(
+                current.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            if bound && grace > 0 && !finished {
+                if terminating {
+                    // Already terminating: a second delete does not cut the grace short.
+                    return Ok(current);
+                }
+                let mut next = current.clone();
+                let at = (self.clock)() + chrono::Duration::seconds(grace);
+                next["metadata"]["deletionTimestamp"] = json!(meta::timestamp(at));
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                return self
+                    .store
+                    .update(&key, next, rev)
+                    .map_err(|e| ApiError::from_store(e, res, name));
+            }
+        }
+
+        let mut finalizers = meta::finalizers(&current);
+        match propagation {
+            Propagation::Orphan => self.orphan_dependents(res, &current),
+            Propagation::Foreground => self.cascade(res, &current, Propagation::Background),
+            Propagation::Background => {}
+        }
+        finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion");
+        if !finalizers.is_empty() {
+            // Finalizers hold the object until their controllers remove them.
+            let mut next = current.clone();
+            if next.pointer("/metadata/deletionTimestamp").is_none() {
+                next["metadata"]["deletionTimestamp"] = json!(self.now());
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            return self
+                .store
+                .update(&key, next, rev)
+                .map_err(|e| ApiError::from_store(e, res, name));
+        }
+        let gone = self
+            .store
+            .delete(&key, rev)
+            .map_err(|e| ApiError::from_store(e, res, name))?;
+        if propagation == Propagation::Background {
+            self.cascade(res, &gone, Propagation::Background);
+        }
+        Ok(gone)
+    }
+
+    /// Every object whose ownerReferences name `owner` (same namespace, or any namespace for
+    /// a cluster-scoped owner).
+    fn dependents(&self, owner_res: &Resource, owner: &Value) -> Vec<(&'static Resource, Value)> {
+        let uid = meta::uid(owner);
+        if uid.is_empty() {
+            return Vec::new();
+        }
+        let ns = if owner_res.namespaced {
+            meta::namespace(owner)
+        } else {
+            ""
+        };
+        let mut out = Vec::new();
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            if let Ok((items, _)) = self.store.list(&store::prefix(r.group, r.plural, ns)) {
+                out.extend(
+                    items
+                        .into_iter()
+                        .filter(|o| meta::is_owned_by(o, uid))
+                        .map(|o| (r, o)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Deletes the dependents of a deleted owner (what the garbage collector does for
+    /// background and foreground propagation; here synchronously, see the issue note).
+    fn cascade(&self, owner_res: &Resource, owner: &Value, how: Propagation) {
+        for (r, dep) in self.dependents(owner_res, owner) {
+            let opts = DeleteOptions {
+                propagation: Some(how),
+                ..Default::default()
+            };
+            if let Err(e) = self.delete(r, meta::namespace(&dep), meta::name(&dep), &opts) {
+                if e.code != 404 {
+                    tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "cascading delete failed");
+                }
+            }
+        }
+    }
+
+    fn orphan_dependents(&self, owner_res: &Resource, owner: &Value) {
+        let uid = meta::uid(owner).to_string();
+        for (r, dep) in self.dependents(owner_res, owner) {
+            let mut next = dep.clone();
+            if let Some(refs) = next
+                .pointer_mut("/metadata/ownerReferences")
+                .and_then(Value::as_array_mut)
+            {
+                refs.retain(|o| o.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+            }
+            let key = Self::key(r, meta::namespace(&dep), meta::name(&dep));
+            if let Err(e) = self.store.update(&key, next, store::revision_of(&dep)) {
+                tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "orphaning failed");
+            }
+        }
+    }
+
+    /// Marks the namespace Terminating, deletes everything in it, then the namespace.
+    fn delete_namespace(&self, res: &'static Resource, name: &str, current: Value) -> Result<Value> {
+        if name == "default" || name == "kube-system" {
+            return Err(ApiError::forbidden(format!(
+                "namespace \"{name}\" is protected and cannot be deleted"
+            )));
+        }
+        let key = Self::key(res, "", name);
+        let mut next = current.clone();
+        next["metadata"]["deletionTimestamp"] = json!(self.now());
+        next["status"] = json!({"phase": "Terminating"});
+        let marked = self
+            .store
+            .update(&key, next, store::revision_of(&current))
+            .map_err(|e| ApiError::from_store(e, res, name))?;
+        for r in RESOURCES.iter().filter(|r| r.namespaced) {
+            let Ok((items, _)) = self.store.list(&store::prefix(r.group, r.plural, name)) else {
+                continue;
+            };
+            for o in items {
+                let opts = DeleteOptions {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                let _ = self.delete(r, name, meta::name(&o), &opts);
+            }
+        }
+        self.store
+            .delete(&key, store::revision_of(&marked))
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// `pods/binding`: assigns a pod to a node exactly once.
+    pub fn bind(&self, ns: &str, name: &str, binding: &Value) -> Result<Value> {
+        let res = resources::by_kind("v1", "Pod").expect("pods are served");
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::invalid(res, name, vec![Cause::required("target.name")])
+            })?;
+        let current = self.get(res, ns, name)?;
+        if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str) {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        let mut next = current.clone();
+        next["spec"]["nodeName"] = json!(node);
+        set_condition(&mut next, "PodScheduled", "True", None, None, &self.now());
+        self.store
+            .update(
+                &Self::key(res, ns, name),
+                next,
+                store::revision_of(&current),
+            )
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// The `scale` subresource as an autoscaling/v1 Scale.
+    pub fn get_scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+        let obj = self.get(res, ns, name)?;
+        Ok(scale_of(&obj))
+    }
+
+    pub fn update_scale(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        scale: &Value,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                res,
+                name,
+                vec![Cause::invalid(
+                    "spec.replicas",
+                    &replicas.to_string(),
+                    "must be greater than or equal to 0",
+                )],
+            ));
+        }
+        let mut obj = self.get(res, ns, name)?;
+        if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            if !rv.is_empty() {
+                obj["metadata"]["resourceVersion"] = json!(rv);
+            }
+        }
+        obj["spec"]["replicas"] = json!(replicas);
+        let updated = self.update(res, ns, name, obj, None, opts)?;
+        Ok(scale_of(&updated))
+    }
+
+    /// A watch over one resource with selectors. `from` None means "send the current objects
+    /// as ADDED first" (resourceVersion unset or "0").
+    pub fn watch(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        from: Option<Revision>,
+    ) -> Result<ApiWatch> {
+        let ns = if res.namespaced { ns } else { "" };
+        let prefix = store::prefix(res.group, res.plural, ns);
+        let mut initial = VecDeque::new();
+        let start = match from {
+            Some(r) => r,
+            None => {
+                let (items, rev) = self
+                    .store
+                    .list(&prefix)
+                    .map_err(|e| ApiError::from_store(e, res, ""))?;
+                initial.extend(
+                    items
+                        .into_iter()
+                        .filter(|o| labels.matches_object(o) && fields.matches(o))
+                        .map(|o| (EventType::Added, Arc::new(o))),
+                );
+                rev
+            }
+        };
+        let inner = self
+            .store
+            .watch(&prefix, start)
+            .map_err(|e| ApiError::from_store(e, res, ""))?;
+        Ok(ApiWatch {
+            initial,
+            inner,
+            labels,
+            fields,
+        })
+    }
+}
+
+/// A filtered watch: an object that starts (stops) matching the selectors arrives as ADDED
+/// (DELETED), as Kubernetes' watch cache reports it.
+pub struct ApiWatch {
+    initial: VecDeque<(EventType, Arc<Value>)>,
+    inner: store::Watch,
+    labels: LabelSelector,
+    fields: FieldSelector,
+}
+
+impl ApiWatch {
+    pub async fn next(&mut self) -> Option<Result<(EventType, Arc<Value>)>> {
+        if let Some(e) = self.initial.pop_front() {
+            return Some(Ok(e));
+        }
+        loop {
+            let event = match self.inner.next().await? {
+                Ok(e) => e,
+                Err(e @ store::Error::Expired { .. }) => {
+                    return Some(Err(ApiError::expired(e.to_string())));
+                }
+                Err(e) => return Some(Err(ApiError::internal(e.to_string()))),
+            };
+            let matches = |o: &Value| self.labels.matches_object(o) && self.fields.matches(o);
+            let now = matches(&event.object);
+            let before = event.prev.as_deref().is_some_and(matches);
+            let kind = match (event.kind, before, now) {
+                (EventType::Deleted, true, _) => EventType::Deleted,
+                (EventType::Deleted, false, _) => continue,
+                (_, true, true) => EventType::Modified,
+                (_, false, true) => EventType::Added,
+                (_, true, false) => EventType::Deleted,
+                (_, false, false) => continue,
+            };
+            return Some(Ok((kind, event.object.clone())));
+        }
+    }
+
+    /// The revision the watch has reached (for bookmarks).
+    pub fn revision(&self) -> Revision {
+        self.inner.revision()
+    }
+}
+
+/// `(field, message)` when an update touches an immutable field.
+fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String, String)> {
+    match res.kind {
+        "Deployment" | "ReplicaSet" => {
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
+                return Some(("spec.selector".into(), "field is immutable".into()));
+            }
+        }
+        "Pod" => {
+            let old_node = old.pointer("/spec/nodeName");
+            if old_node.is_some() && old_node != new.pointer("/spec/nodeName") {
+                return Some((
+                    "spec.nodeName".into(),
+                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+                ));
+            }
+            let strip = |v: &Value| {
+                let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
+                    for c in cs {
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("image");
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("nodeName");
+                    m.remove("activeDeadlineSeconds");
+                    m.remove("tolerations");
+                    m.remove("terminationGracePeriodSeconds");
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                return Some((
+                    "spec".into(),
+                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// Checks (and fills) `apiVersion` / `kind` against the URL's resource.
+fn check_type(res: &Resource, obj: &mut Value) -> Result<()> {
+    let want_av = res.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(av) if av != want_av => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+        Some(_) => {}
+        None => obj["apiVersion"] = json!(want_av),
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some(k) if k != res.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+        Some(_) => {}
+        None => obj["kind"] = json!(res.kind),
+    }
+    Ok(())
+}
+
+fn continue_key(o: &Value) -> String {
+    format!("{}/{}", meta::namespace(o), meta::name(o))
+}
+
+fn decode_continue(token: &str) -> Result<String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector")
+        .and_then(|s| crate::core::selector::from_structured(s).ok())
+        .map(|_| selector_string(obj.pointer("/spec/selector").expect("present")))
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta::name(obj),
+            "namespace": meta::namespace(obj),
+            "uid": meta::uid(obj),
+            "resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!("")),
+            "creationTimestamp": obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+/// The string form of a structured selector (`app=web,tier in (fe)`).
+pub fn selector_string(sel: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in ml {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
+        for e in exprs {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let vals: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            parts.push(match e.get("operator").and_then(Value::as_str) {
+                Some("In") => format!("{key} in ({})", vals.join(",")),
+                Some("NotIn") => format!("{key} notin ({})", vals.join(",")),
+                Some("DoesNotExist") => format!("!{key}"),
+                _ => key.to_string(),
+            });
+        }
+    }
+    parts.join(",")
+}
+
+/// Sets a `status.conditions[]` entry, moving `lastTransitionTime` only when the status
+/// changes.
+pub fn set_condition(
+    obj: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+    now: &str,
+) {
+    if !obj.get("status").is_some_and(Value::is_object) {
+        obj["status"] = json!({});
+    }
+    if !obj["status"].get("conditions").is_some_and(Value::is_array) {
+        obj["status"]["conditions"] = json!([]);
+    }
+    let conds = obj["status"]["conditions"].as_array_mut().expect("array");
+    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    if let Some(r) = reason {
+        c["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        c["message"] = json!(m);
+    }
+    match conds
+        .iter_mut()
+        .find(|x| x.get("type").and_then(Value::as_str) == Some(kind))
+    {
+        Some(existing) => {
+            if existing.get("status").and_then(Value::as_str) == Some(status) {
+                c["lastTransitionTime"] = existing
+                    .get("lastTransitionTime")
+                    .cloned()
+                    .unwrap_or(json!(now));
+            }
+            *existing = c;
+        }
+        None => conds.push(c),
+    }
+}

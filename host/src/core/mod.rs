@@ -1,0 +1,6 @@
+//! Pure logic with no I/O: the resource table, selectors, patches, object metadata.
+
+pub mod meta;
+pub mod patch;
+pub mod resources;
+pub mod selector;

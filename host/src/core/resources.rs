@@ -1,0 +1,221 @@
+//! The resource table: every kind the API serves, described once. Discovery, routing, storage
+//! keys, OpenAPI and plugin permissions all read it, so adding a kind is one entry.
+
+/// One REST resource.
+#[derive(Debug)]
+pub struct Resource {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub categories: &'static [&'static str],
+    /// Subresources served (`status`, `scale`, `binding`, `log`).
+    pub subresources: &'static [&'static str],
+    /// Fields allowed in `fieldSelector` besides metadata.name / metadata.namespace.
+    pub field_selectors: &'static [&'static str],
+}
+
+impl Resource {
+    /// `v1` or `apps/v1`.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn has(&self, sub: &str) -> bool {
+        self.subresources.contains(&sub)
+    }
+
+    pub fn list_kind(&self) -> String {
+        format!("{}List", self.kind)
+    }
+}
+
+const NONE: &[&str] = &[];
+
+pub static RESOURCES: &[Resource] = &[
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Namespace",
+        plural: "namespaces",
+        singular: "namespace",
+        namespaced: false,
+        short_names: &["ns"],
+        categories: NONE,
+        subresources: &["status"],
+        field_selectors: &["status.phase"],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Node",
+        plural: "nodes",
+        singular: "node",
+        namespaced: false,
+        short_names: &["no"],
+        categories: NONE,
+        subresources: &["status"],
+        field_selectors: &["spec.unschedulable"],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Pod",
+        plural: "pods",
+        singular: "pod",
+        namespaced: true,
+        short_names: &["po"],
+        categories: &["all"],
+        subresources: &["status", "binding", "log"],
+        field_selectors: &[
+            "spec.nodeName",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Event",
+        plural: "events",
+        singular: "event",
+        namespaced: true,
+        short_names: &["ev"],
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Secret",
+        plural: "secrets",
+        singular: "secret",
+        namespaced: true,
+        short_names: NONE,
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: &["type"],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ConfigMap",
+        plural: "configmaps",
+        singular: "configmap",
+        namespaced: true,
+        short_names: &["cm"],
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "Deployment",
+        plural: "deployments",
+        singular: "deployment",
+        namespaced: true,
+        short_names: &["deploy"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ReplicaSet",
+        plural: "replicasets",
+        singular: "replicaset",
+        namespaced: true,
+        short_names: &["rs"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        namespaced: true,
+        short_names: NONE,
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: NONE,
+    },
+];
+
+/// By group and plural (the URL form).
+pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// By `apiVersion` and `kind` (the manifest form).
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    let (group, version) = split_api_version(api_version);
+    RESOURCES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
+}
+
+pub fn split_api_version(api_version: &str) -> (&str, &str) {
+    match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    }
+}
+
+/// The served groups in discovery order, each with its versions.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for r in RESOURCES {
+        if !r.group.is_empty() && !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups_agree() {
+        for r in RESOURCES {
+            assert_eq!(
+                by_plural(r.group, r.version, r.plural).unwrap().kind,
+                r.kind
+            );
+            assert_eq!(by_kind(&r.api_version(), r.kind).unwrap().plural, r.plural);
+        }
+        assert!(by_kind("v1", "Deployment").is_none());
+        assert_eq!(groups()[0], ("apps", "v1"));
+    }
+}

@@ -1,0 +1,7 @@
+//! kedge: a Kubernetes-model orchestrator for the edge — API server, Wasm controllers and
+//! scheduler, node agent, in one binary.
+
+pub mod api;
+pub mod auth;
+pub mod core;
+pub mod store;
