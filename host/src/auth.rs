@@ -1,9 +1,5 @@
 //! Who is calling. Authentication happens at the transport (client certificates on HTTPS and
-//! on the QUIC tunnel); the identity travels as a request extension.
+//! on the QUIC tunnel); the identity travels as a request extension of this one type, which
+//! the tunnel crate defines because it inserts it for node connections.
 
-/// An authenticated caller: certificate CN → user, O → groups.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
-    pub user: String,
-    pub groups: Vec<String>,
-}
+pub use kedge_tunnel::Identity;

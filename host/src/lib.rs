@@ -4,4 +4,8 @@
 pub mod api;
 pub mod auth;
 pub mod core;
+pub mod plugins;
 pub mod store;
+pub mod agent;
+pub mod server;
+pub mod kubeclient;

@@ -1,1 +1,254 @@
-fn main() {}
+//! The `kedge` binary: `server`, `agent`, `dev` (both in one process) and `token create`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use kedge::agent::{self, AgentConfig};
+use kedge::plugins::PluginConfig;
+use kedge::server::{self, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "kedge", version, about = "A Kubernetes-model orchestrator for the edge")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ServerArgs {
+    /// Where the store, PKI, admin kubeconfig and join token live.
+    #[arg(long, env = "KEDGE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTPS API (TCP) and node tunnel (UDP) address.
+    #[arg(long, default_value = "0.0.0.0:6443", env = "KEDGE_LISTEN")]
+    listen: SocketAddr,
+    /// Extra DNS names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// Cache of compiled plugins (default: <data-dir>/plugin-cache).
+    #[arg(long, env = "KEDGE_PLUGIN_CACHE_DIR")]
+    plugin_cache_dir: Option<PathBuf>,
+    /// CPU/wall-clock budget of one plugin reconcile, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    plugin_deadline_ms: u64,
+    /// Memory cap of one plugin instance, in MiB.
+    #[arg(long, default_value_t = 64)]
+    plugin_memory_mib: usize,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: API server, plugin host (controllers, scheduler), node tunnel.
+    Server(ServerArgs),
+    /// Run a node agent that dials the server over QUIC.
+    Agent {
+        /// The server's address, host:port (UDP; the same port as its HTTPS API).
+        #[arg(long, env = "KEDGE_SERVER")]
+        server: String,
+        /// Join token (`K10…::id.secret`), needed until the node has its certificate.
+        #[arg(long, env = "KEDGE_TOKEN")]
+        token: Option<String>,
+        /// Node name (default: the hostname).
+        #[arg(long, env = "KEDGE_NODE_NAME")]
+        name: Option<String>,
+        #[arg(long, env = "KEDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Labels for the Node, `k=v,k2=v2`.
+        #[arg(long, value_delimiter = ',')]
+        node_labels: Vec<String>,
+    },
+    /// A one-node cluster in one process: server plus a local agent, embedded defaults.
+    Dev {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Node name of the local agent (default: the hostname).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Bootstrap tokens for joining nodes.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token (a bootstrap-token Secret in kube-system) and print it.
+    Create {
+        /// Admin kubeconfig of the cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        /// Lifetime, e.g. 30m, 24h, 7d; 0 = never expires.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kedge-node".into())
+}
+
+fn default_dir(leaf: &str) -> PathBuf {
+    PathBuf::from("/var/lib/kedge").join(leaf)
+}
+
+fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {
+    let data_dir = a.data_dir.clone().unwrap_or_else(|| default_dir(default_leaf));
+    ServerConfig {
+        plugin_cache_dir: Some(
+            a.plugin_cache_dir
+                .clone()
+                .unwrap_or_else(|| data_dir.join("plugin-cache")),
+        ),
+        data_dir,
+        listen: a.listen,
+        tls_sans: a.tls_san.clone(),
+        plugins: PluginConfig {
+            call_deadline: Duration::from_millis(a.plugin_deadline_ms),
+            memory_limit: a.plugin_memory_mib << 20,
+            cache_dir: None,
+        },
+        durable: true,
+    }
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    raw.iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--node-labels: {l:?} is not key=value"))
+        })
+        .collect()
+}
+
+fn parse_ttl(s: &str) -> anyhow::Result<Option<chrono::Duration>> {
+    if s == "0" {
+        return Ok(None);
+    }
+    let (n, unit) = s.split_at(s.len() - 1);
+    let n: i64 = n.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 24h, 7d"))?;
+    Ok(Some(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => anyhow::bail!("--ttl {s:?}: unit must be s, m, h or d"),
+    }))
+}
+
+async fn shutdown_signal(cancel: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,wasmtime=warn,cranelift=warn,quinn=warn,rustls=warn".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Cli::parse()).await {
+        eprintln!("kedge: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let cancel = CancellationToken::new();
+    match cli.command {
+        Command::Server(a) => {
+            let srv = server::start(server_config(&a, "server"), cancel.clone()).await?;
+            eprintln!(
+                "kedge server listening on {} (https) and {} (udp tunnel)\n  admin kubeconfig: {}\n  join token: {}",
+                srv.https_addr,
+                srv.tunnel_addr,
+                srv.kubeconfig.display(),
+                srv.join_token
+            );
+            shutdown_signal(cancel).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), srv.stopped()).await;
+        }
+        Command::Agent {
+            server,
+            token,
+            name,
+            data_dir,
+            node_labels,
+        } => {
+            let cfg = AgentConfig {
+                server,
+                join_token: token,
+                node_name: name.unwrap_or_else(hostname),
+                data_dir: data_dir.unwrap_or_else(|| default_dir("agent")),
+                labels: parse_labels(&node_labels)?,
+            };
+            let a = agent::start(cfg, cancel.clone()).await?;
+            eprintln!("kedge agent running as node {}", a.node);
+            shutdown_signal(cancel).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), a.stopped()).await;
+        }
+        Command::Dev { server: a, name } => {
+            let cfg = server_config(&a, "dev");
+            let data_dir = cfg.data_dir.clone();
+            let srv = server::start(cfg, cancel.clone()).await?;
+            let connect = if srv.tunnel_addr.ip().is_unspecified() {
+                SocketAddr::new([127, 0, 0, 1].into(), srv.tunnel_addr.port())
+            } else {
+                srv.tunnel_addr
+            };
+            let node = name.unwrap_or_else(hostname);
+            let agent = agent::start(
+                AgentConfig {
+                    server: connect.to_string(),
+                    join_token: Some(srv.join_token.clone()),
+                    node_name: node.clone(),
+                    data_dir: data_dir.join("agent"),
+                    labels: vec![],
+                },
+                cancel.clone(),
+            )
+            .await?;
+            println!(
+                "kedge dev cluster is up: node {node}, API {}\n\n  kubectl --kubeconfig {} get nodes\n",
+                srv.https_addr,
+                srv.kubeconfig.display()
+            );
+            shutdown_signal(cancel).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                agent.stopped().await;
+                srv.stopped().await;
+            })
+            .await;
+        }
+        Command::Token {
+            command: TokenCommand::Create { kubeconfig, ttl },
+        } => {
+            let ttl = parse_ttl(&ttl)?;
+            let token = kedge::kubeclient::create_join_token(&kubeconfig, ttl).await?;
+            println!("{token}");
+        }
+    }
+    Ok(())
+}

@@ -2,5 +2,6 @@
 
 pub mod meta;
 pub mod patch;
+pub mod quantity;
 pub mod resources;
 pub mod selector;

@@ -1,0 +1,305 @@
+use k8s_openapi::Resource;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::bindings::kedge::plugin::cluster as wit;
+use crate::{ApiError, LogLevel};
+
+/// Result of one API call from a plugin.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The cluster as a plugin sees it: the WIT `cluster` interface on `serde_json::Value`.
+///
+/// Object-safe so reconcile functions take `&dyn Cluster` and tests swap in
+/// [`FakeCluster`](crate::FakeCluster). Typed access lives in [`ClusterExt`].
+///
+/// ```
+/// use kedge_guest::{Cluster, FakeCluster};
+/// let fake = FakeCluster::new();
+/// let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}});
+/// fake.create_object("v1", "ConfigMap", "default", &cm).unwrap();
+/// assert!(fake.get_object("v1", "ConfigMap", "default", "a").unwrap().is_some());
+/// ```
+pub trait Cluster {
+    /// Reads one object; `Ok(None)` when it does not exist.
+    fn get_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Option<Value>>;
+    /// Lists objects; empty `namespace` means all, empty `label_selector` means everything.
+    fn list_objects(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        label_selector: &str,
+    ) -> ApiResult<Vec<Value>>;
+    /// Creates an object (honours `metadata.generateName`) and returns it as stored.
+    fn create_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        body: &Value,
+    ) -> ApiResult<Value>;
+    /// Replaces an object; a `metadata.resourceVersion` in `body` makes it conditional.
+    fn update_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        body: &Value,
+    ) -> ApiResult<Value>;
+    /// Replaces the `status` of an object (the `/status` subresource).
+    fn update_object_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        body: &Value,
+    ) -> ApiResult<Value>;
+    /// Applies a JSON merge patch (RFC 7386).
+    fn patch_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> ApiResult<Value>;
+    /// Deletes an object (background propagation).
+    fn delete_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<()>;
+    /// Binds a pod to a node (`pods/binding`).
+    fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> ApiResult<()>;
+    /// Current time as RFC 3339 UTC; from the host so tests and replays control it.
+    fn now(&self) -> String;
+    /// Writes a line to the host's log under the plugin's span.
+    fn log(&self, level: LogLevel, message: &str);
+}
+
+fn decode<T: DeserializeOwned>(kind: &str, value: Value) -> ApiResult<T> {
+    serde_json::from_value(value).map_err(|e| ApiError::Other(format!("decoding {kind}: {e}")))
+}
+
+fn encode<T: Serialize>(kind: &str, obj: &T) -> ApiResult<Value> {
+    serde_json::to_value(obj).map_err(|e| ApiError::Invalid(format!("encoding {kind}: {e}")))
+}
+
+/// Typed access over k8s-openapi types; apiVersion and kind come from [`Resource`], so a
+/// call cannot name one kind and send another.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::Pod;
+/// use kedge_guest::{ClusterExt, FakeCluster};
+/// let fake = FakeCluster::new();
+/// let mut pod = Pod::default();
+/// pod.metadata.name = Some("web".into());
+/// let stored = fake.create("default", &pod).unwrap();
+/// assert!(stored.metadata.uid.is_some());
+/// assert_eq!(fake.list::<Pod>("default", "").unwrap().len(), 1);
+/// ```
+pub trait ClusterExt: Cluster {
+    /// Reads one object of kind `K`.
+    fn get<K: Resource + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> ApiResult<Option<K>> {
+        self.get_object(K::API_VERSION, K::KIND, namespace, name)?
+            .map(|v| decode(K::KIND, v))
+            .transpose()
+    }
+
+    /// Lists objects of kind `K` matching a label selector string.
+    fn list<K: Resource + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        label_selector: &str,
+    ) -> ApiResult<Vec<K>> {
+        self.list_objects(K::API_VERSION, K::KIND, namespace, label_selector)?
+            .into_iter()
+            .map(|v| decode(K::KIND, v))
+            .collect()
+    }
+
+    /// Creates `obj` in `namespace` and returns the stored object.
+    fn create<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        obj: &K,
+    ) -> ApiResult<K> {
+        let body = encode(K::KIND, obj)?;
+        decode(
+            K::KIND,
+            self.create_object(K::API_VERSION, K::KIND, namespace, &body)?,
+        )
+    }
+
+    /// Replaces `obj`; conditional on its resourceVersion when set.
+    fn update<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        obj: &K,
+    ) -> ApiResult<K> {
+        let body = encode(K::KIND, obj)?;
+        decode(
+            K::KIND,
+            self.update_object(K::API_VERSION, K::KIND, namespace, &body)?,
+        )
+    }
+
+    /// Replaces the status of `obj`.
+    fn update_status<K: Resource + Serialize + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        obj: &K,
+    ) -> ApiResult<K> {
+        let body = encode(K::KIND, obj)?;
+        decode(
+            K::KIND,
+            self.update_object_status(K::API_VERSION, K::KIND, namespace, &body)?,
+        )
+    }
+
+    /// Applies a JSON merge patch to the named object of kind `K`.
+    fn patch_merge<K: Resource + DeserializeOwned>(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> ApiResult<K> {
+        decode(
+            K::KIND,
+            self.patch_object(K::API_VERSION, K::KIND, namespace, name, patch)?,
+        )
+    }
+
+    /// Deletes the named object of kind `K`.
+    fn delete<K: Resource>(&self, namespace: &str, name: &str) -> ApiResult<()> {
+        self.delete_object(K::API_VERSION, K::KIND, namespace, name)
+    }
+}
+
+impl<C: Cluster + ?Sized> ClusterExt for C {}
+
+/// The real cluster: every call goes through the component's `kedge:plugin/cluster` imports.
+///
+/// Only meaningful inside a Wasm component; on native targets the imports are stubs that
+/// panic, which is why logic is written against [`Cluster`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostCluster;
+
+fn parse_body(kind: &str, text: String) -> ApiResult<Value> {
+    serde_json::from_str(&text)
+        .map_err(|e| ApiError::Other(format!("host sent invalid JSON for {kind}: {e}")))
+}
+
+fn body_text(kind: &str, body: &Value) -> ApiResult<String> {
+    serde_json::to_string(body).map_err(|e| ApiError::Invalid(format!("encoding {kind}: {e}")))
+}
+
+impl Cluster for HostCluster {
+    fn get_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> ApiResult<Option<Value>> {
+        wit::get(api_version, kind, ns, name)?
+            .map(|t| parse_body(kind, t))
+            .transpose()
+    }
+
+    fn list_objects(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        sel: &str,
+    ) -> ApiResult<Vec<Value>> {
+        wit::list(api_version, kind, ns, sel)?
+            .into_iter()
+            .map(|t| parse_body(kind, t))
+            .collect()
+    }
+
+    fn create_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        body: &Value,
+    ) -> ApiResult<Value> {
+        parse_body(
+            kind,
+            wit::create(api_version, kind, ns, &body_text(kind, body)?)?,
+        )
+    }
+
+    fn update_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        body: &Value,
+    ) -> ApiResult<Value> {
+        parse_body(
+            kind,
+            wit::update(api_version, kind, ns, &body_text(kind, body)?)?,
+        )
+    }
+
+    fn update_object_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        body: &Value,
+    ) -> ApiResult<Value> {
+        parse_body(
+            kind,
+            wit::update_status(api_version, kind, ns, &body_text(kind, body)?)?,
+        )
+    }
+
+    fn patch_object(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+    ) -> ApiResult<Value> {
+        parse_body(
+            kind,
+            wit::patch(api_version, kind, ns, name, &body_text(kind, patch)?)?,
+        )
+    }
+
+    fn delete_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
+        wit::delete(api_version, kind, ns, name)
+    }
+
+    fn bind_pod(&self, ns: &str, name: &str, node: &str) -> ApiResult<()> {
+        wit::bind_pod(ns, name, node)
+    }
+
+    fn now(&self) -> String {
+        wit::now()
+    }
+
+    fn log(&self, level: LogLevel, message: &str) {
+        wit::log(level, message)
+    }
+}

@@ -1,0 +1,689 @@
+//! Container log files in the CRI format, and reading them back for `kubectl logs`.
+//!
+//! The on-disk format is the one kubelet and containerd use, so existing tooling (and anyone who
+//! has read a file under `/var/log/pods`) understands it: one record per line,
+//!
+//! ```text
+//! 2024-05-01T10:00:00.123456789Z stdout F hello world
+//! ```
+//!
+//! where the tag is `F` for a full line and `P` for a partial one (a line longer than
+//! [`MAX_RECORD`] is split, and text left without a newline when the workload ends is flushed as
+//! `P`). Timestamps use a fixed nine-digit fraction so records sort as text and parse as RFC 3339.
+
+use std::collections::VecDeque;
+use std::io::{self, Write as _};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::Stream;
+use tokio::io::{AsyncBufReadExt as _, AsyncWrite, BufReader};
+use tokio::sync::watch;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+/// Longest text kept in one record; longer lines become several `P` records. Kubelet uses the
+/// same bound, and it caps how much a guest can make the host buffer for a line without `\n`.
+pub const MAX_RECORD: usize = 16 * 1024;
+
+/// How much a guest may hand over in one WASI write. The bytes are turned into records at once,
+/// so this only bounds a single host-side allocation.
+const WRITE_PERMIT: usize = 64 * 1024;
+
+/// How often a following reader looks for new records; kubelet polls at a similar pace.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
+
+/// Output chunks are batched up to about this size so `kubectl logs` of a large file is not one
+/// HTTP chunk per line.
+const READ_BATCH: usize = 32 * 1024;
+
+/// Source of record timestamps. Injected so tests (and replays) control time.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Which guest stream a record came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamKind {
+    Stdout,
+    Stderr,
+}
+
+impl StreamKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Stdout => "stdout",
+            StreamKind::Stderr => "stderr",
+        }
+    }
+}
+
+/// Appends records to one container's log file.
+///
+/// Cheap to clone; all clones share the file handle, and each record is written with a single
+/// `write` under a lock so stdout and stderr records never interleave mid-line.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<WriterShared>,
+}
+
+struct WriterShared {
+    file: Mutex<std::fs::File>,
+    clock: Clock,
+}
+
+impl LogWriter {
+    /// Opens (creating if needed) `path` for appending, stamping records with the system clock.
+    /// Appending rather than truncating keeps the previous run's lines visible after a restart,
+    /// as `kubectl logs` users expect within one container instance's file.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        Self::open_with_clock(path, Arc::new(Utc::now))
+    }
+
+    /// Like [`LogWriter::open`] with an explicit clock.
+    pub fn open_with_clock(path: &Path, clock: Clock) -> io::Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self {
+            shared: Arc::new(WriterShared {
+                file: Mutex::new(file),
+                clock,
+            }),
+        })
+    }
+
+    /// Writes one record; `text` must not contain the line's `\n`.
+    pub fn write_record(&self, stream: StreamKind, partial: bool, text: &[u8]) -> io::Result<()> {
+        let ts = format_ts((self.shared.clock)());
+        let tag = if partial { "P" } else { "F" };
+        let mut line = Vec::with_capacity(ts.len() + text.len() + 12);
+        line.extend_from_slice(ts.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(stream.as_str().as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(tag.as_bytes());
+        line.push(b' ');
+        line.extend_from_slice(text);
+        line.push(b'\n');
+        lock(&self.shared.file)?.write_all(&line)
+    }
+
+    /// A line-buffering sink for one guest stream, to hand to WASI as stdout or stderr.
+    pub fn stream(&self, kind: StreamKind) -> LogStream {
+        LogStream {
+            writer: self.clone(),
+            kind,
+            pending: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+}
+
+/// Fixed-width RFC 3339 with nanoseconds (kubelet's `RFC3339NanoFixed`).
+fn format_ts(ts: DateTime<Utc>) -> String {
+    ts.to_rfc3339_opts(SecondsFormat::Nanos, true)
+}
+
+fn lock<T>(m: &Mutex<T>) -> io::Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| io::Error::other("log writer lock poisoned"))
+}
+
+/// One guest stream (stdout or stderr) feeding a [`LogWriter`].
+///
+/// WASI asks for a fresh stream object each time a guest opens stdout (Rust's std does so for
+/// every print), so the unfinished-line buffer lives here, shared by all of them; otherwise a
+/// line printed in two calls would become two records.
+#[derive(Clone)]
+pub struct LogStream {
+    writer: LogWriter,
+    kind: StreamKind,
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl LogStream {
+    /// Buffers `bytes` and writes every completed line as an `F` record; a line that reaches
+    /// [`MAX_RECORD`] without a newline is written as `P` records.
+    pub fn write(&self, mut bytes: &[u8]) -> io::Result<()> {
+        let mut pending = lock(&self.pending)?;
+        while !bytes.is_empty() {
+            let room = MAX_RECORD - pending.len();
+            let window = &bytes[..bytes.len().min(room)];
+            if let Some(nl) = window.iter().position(|&b| b == b'\n') {
+                pending.extend_from_slice(&window[..nl]);
+                self.writer.write_record(self.kind, false, &pending)?;
+                pending.clear();
+                bytes = &bytes[nl + 1..];
+            } else {
+                pending.extend_from_slice(window);
+                bytes = &bytes[window.len()..];
+                if pending.len() == MAX_RECORD {
+                    self.writer.write_record(self.kind, true, &pending)?;
+                    pending.clear();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes any unfinished line as a `P` record. Called when the workload ends so its last
+    /// words are not lost; a guest `flush` does not call this, since a newline may still follow.
+    pub fn flush_partial(&self) -> io::Result<()> {
+        let mut pending = lock(&self.pending)?;
+        if !pending.is_empty() {
+            self.writer.write_record(self.kind, true, &pending)?;
+            pending.clear();
+        }
+        Ok(())
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(GuestOutput(self.clone()))
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(GuestOutput(self.clone()))
+    }
+}
+
+/// The object WASI writes through. Writes go to the local file synchronously (small appends,
+/// like wasmtime-wasi's own stdio streams), so the stream is always ready and never buffers
+/// beyond the current line.
+struct GuestOutput(LogStream);
+
+fn stream_error(e: io::Error) -> StreamError {
+    StreamError::LastOperationFailed(e.into())
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.0.write(&bytes).map_err(stream_error)
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.0.write(buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What `kubectl logs` asked for (the `PodLogOptions` the agent supports).
+#[derive(Clone, Debug, Default)]
+pub struct LogOptions {
+    pub follow: bool,
+    pub tail_lines: Option<usize>,
+    pub since: Option<DateTime<Utc>>,
+    pub timestamps: bool,
+    pub limit_bytes: Option<u64>,
+}
+
+/// Streams the log at `path` the way kubelet serves it: the text of each record (a `P` record
+/// without its line break), prefixed by `"<timestamp> "` when `timestamps` is set.
+///
+/// `tail_lines` counts records, like kubelet. With `follow` the file is polled for new records
+/// until `done` turns true (the container ended), then read once more to the end; without a
+/// `done` receiver, following goes on until the consumer drops the stream. Malformed lines are
+/// skipped rather than ending the stream, since one torn write should not hide the rest.
+pub fn read(
+    path: PathBuf,
+    opts: LogOptions,
+    done: Option<watch::Receiver<bool>>,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    let state = Reader {
+        path,
+        remaining: opts.limit_bytes,
+        opts,
+        done,
+        phase: Phase::Start,
+        file: None,
+        carry: Vec::new(),
+        draining: false,
+    };
+    futures_util::stream::unfold(state, |mut reader| async move {
+        let item = reader.next_chunk().await?;
+        Some((item, reader))
+    })
+}
+
+enum Phase {
+    Start,
+    /// Records selected by `tail_lines`, still to be sent.
+    Tail(VecDeque<Vec<u8>>),
+    Streaming,
+    Finished,
+}
+
+struct Reader {
+    path: PathBuf,
+    opts: LogOptions,
+    done: Option<watch::Receiver<bool>>,
+    phase: Phase,
+    file: Option<BufReader<tokio::fs::File>>,
+    /// Bytes of a record whose newline has not been written yet.
+    carry: Vec<u8>,
+    remaining: Option<u64>,
+    /// The container ended: one last pass to the end of the file, then stop.
+    draining: bool,
+}
+
+impl Reader {
+    async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            match &mut self.phase {
+                Phase::Finished => return None,
+                Phase::Start => {
+                    let file = match tokio::fs::File::open(&self.path).await {
+                        Ok(f) => f,
+                        Err(e) => {
+                            self.phase = Phase::Finished;
+                            return Some(Err(e));
+                        }
+                    };
+                    self.file = Some(BufReader::new(file));
+                    self.phase = match self.opts.tail_lines {
+                        Some(n) => match self.collect_tail(n).await {
+                            Ok(q) => Phase::Tail(q),
+                            Err(e) => {
+                                self.phase = Phase::Finished;
+                                return Some(Err(e));
+                            }
+                        },
+                        None => Phase::Streaming,
+                    };
+                }
+                Phase::Tail(queue) => {
+                    if queue.is_empty() {
+                        self.phase = Phase::Streaming;
+                        continue;
+                    }
+                    let mut out = Vec::new();
+                    while out.len() < READ_BATCH {
+                        match queue.pop_front() {
+                            Some(rec) => out.extend_from_slice(&rec),
+                            None => break,
+                        }
+                    }
+                    if let Some(b) = self.limit(out) {
+                        return Some(Ok(b));
+                    }
+                }
+                Phase::Streaming => {
+                    let (out, at_eof) = match self.read_batch().await {
+                        Ok(r) => r,
+                        Err(e) => {
+                            self.phase = Phase::Finished;
+                            return Some(Err(e));
+                        }
+                    };
+                    if !out.is_empty() {
+                        if let Some(b) = self.limit(out) {
+                            return Some(Ok(b));
+                        }
+                        continue;
+                    }
+                    if !at_eof {
+                        continue;
+                    }
+                    if !self.opts.follow || self.draining {
+                        self.phase = Phase::Finished;
+                        continue;
+                    }
+                    self.wait_for_more().await;
+                }
+            }
+        }
+    }
+
+    /// Sleeps one poll interval, waking early when the container ends.
+    async fn wait_for_more(&mut self) {
+        match &mut self.done {
+            Some(done) => {
+                if *done.borrow_and_update() {
+                    self.draining = true;
+                    return;
+                }
+                tokio::select! {
+                    changed = done.changed() => {
+                        // A dropped sender means nobody will report the end: treat it as ended.
+                        if changed.is_err() || *done.borrow() {
+                            self.draining = true;
+                        }
+                    }
+                    () = tokio::time::sleep(FOLLOW_POLL) => {}
+                }
+            }
+            None => tokio::time::sleep(FOLLOW_POLL).await,
+        }
+    }
+
+    /// Reads the whole file, keeping the last `n` selected records.
+    async fn collect_tail(&mut self, n: usize) -> io::Result<VecDeque<Vec<u8>>> {
+        let mut queue = VecDeque::with_capacity(n.min(1024));
+        while let Some(line) = self.next_line().await? {
+            if let Some(rec) = self.render(&line) {
+                if n == 0 {
+                    continue;
+                }
+                if queue.len() == n {
+                    queue.pop_front();
+                }
+                queue.push_back(rec);
+            }
+        }
+        Ok(queue)
+    }
+
+    /// Renders records until a batch is full or the end of the file; the flag says which.
+    async fn read_batch(&mut self) -> io::Result<(Vec<u8>, bool)> {
+        let mut out = Vec::new();
+        while out.len() < READ_BATCH {
+            match self.next_line().await? {
+                Some(line) => {
+                    if let Some(rec) = self.render(&line) {
+                        out.extend_from_slice(&rec);
+                    }
+                }
+                None => return Ok((out, true)),
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// The next complete line (without `\n`), or `None` at the current end of the file. A
+    /// trailing fragment is kept until its newline arrives.
+    async fn next_line(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(None);
+        };
+        let n = file.read_until(b'\n', &mut self.carry).await?;
+        if n == 0 || self.carry.last() != Some(&b'\n') {
+            return Ok(None);
+        }
+        let mut line = std::mem::take(&mut self.carry);
+        line.pop();
+        Ok(Some(line))
+    }
+
+    /// Turns a stored record into output bytes, or `None` when it is malformed or filtered out
+    /// by `since`.
+    fn render(&self, line: &[u8]) -> Option<Vec<u8>> {
+        let rec = parse_record(line)?;
+        if let Some(since) = self.opts.since
+            && rec.time < since
+        {
+            return None;
+        }
+        let mut out = Vec::with_capacity(rec.text.len() + 32);
+        if self.opts.timestamps {
+            out.extend_from_slice(format_ts(rec.time).as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(rec.text);
+        if !rec.partial {
+            out.push(b'\n');
+        }
+        Some(out)
+    }
+
+    /// Applies `limit_bytes`, finishing the stream once it is used up.
+    fn limit(&mut self, mut out: Vec<u8>) -> Option<Bytes> {
+        if let Some(remaining) = self.remaining.as_mut() {
+            let len = out.len() as u64;
+            if len >= *remaining {
+                out.truncate(*remaining as usize);
+                *remaining = 0;
+                self.phase = Phase::Finished;
+            } else {
+                *remaining -= len;
+            }
+        }
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+}
+
+/// One parsed CRI record.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub time: DateTime<Utc>,
+    pub stream: StreamKind,
+    pub partial: bool,
+    pub text: &'a [u8],
+}
+
+/// Parses one CRI log line (without its `\n`); `None` when it is not a valid record.
+pub fn parse_record(line: &[u8]) -> Option<Record<'_>> {
+    let mut parts = line.splitn(4, |&b| b == b' ');
+    let ts = std::str::from_utf8(parts.next()?).ok()?;
+    let time = DateTime::parse_from_rfc3339(ts).ok()?.with_timezone(&Utc);
+    let stream = match parts.next()? {
+        b"stdout" => StreamKind::Stdout,
+        b"stderr" => StreamKind::Stderr,
+        _ => return None,
+    };
+    let partial = match parts.next()? {
+        b"F" => false,
+        b"P" => true,
+        _ => return None,
+    };
+    let text = parts.next().unwrap_or_default();
+    Some(Record {
+        time,
+        stream,
+        partial,
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone as _;
+    use futures_util::StreamExt as _;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// A clock that advances one second per record, starting at a fixed instant.
+    fn ticking_clock() -> Clock {
+        let n = Arc::new(AtomicI64::new(0));
+        Arc::new(move || {
+            let i = n.fetch_add(1, Ordering::SeqCst);
+            Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap() + chrono::Duration::seconds(i)
+        })
+    }
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 5, 1, 10, 0, 0).unwrap() + chrono::Duration::seconds(secs)
+    }
+
+    async fn collect(path: &Path, opts: LogOptions) -> String {
+        let chunks: Vec<_> = read(path.to_owned(), opts, None).collect().await;
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend_from_slice(&c.unwrap());
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    fn sample(dir: &Path) -> PathBuf {
+        let path = dir.join("c/0.log");
+        let w = LogWriter::open_with_clock(&path, ticking_clock()).unwrap();
+        let out = w.stream(StreamKind::Stdout);
+        let err = w.stream(StreamKind::Stderr);
+        out.write(b"one\ntw").unwrap();
+        out.write(b"o\n").unwrap();
+        err.write(b"oops\n").unwrap();
+        out.write(b"three\nunfinished").unwrap();
+        out.flush_partial().unwrap();
+        path
+    }
+
+    #[test]
+    fn writes_cri_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "2024-05-01T10:00:00.000000000Z stdout F one\n\
+             2024-05-01T10:00:01.000000000Z stdout F two\n\
+             2024-05-01T10:00:02.000000000Z stderr F oops\n\
+             2024-05-01T10:00:03.000000000Z stdout F three\n\
+             2024-05-01T10:00:04.000000000Z stdout P unfinished\n"
+        );
+    }
+
+    #[test]
+    fn splits_long_lines_into_partial_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with_clock(&path, ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        let long = vec![b'x'; MAX_RECORD + 10];
+        s.write(&long).unwrap();
+        s.write(b"\n").unwrap();
+        let text = std::fs::read(&path).unwrap();
+        let lines: Vec<_> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        let first = parse_record(lines[0]).unwrap();
+        let second = parse_record(lines[1]).unwrap();
+        assert!(first.partial && !second.partial);
+        assert_eq!(first.text.len(), MAX_RECORD);
+        assert_eq!(second.text.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn reads_text_tail_since_timestamps_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = sample(dir.path());
+        let all = "one\ntwo\noops\nthree\nunfinished";
+        assert_eq!(collect(&path, LogOptions::default()).await, all);
+        let tail = LogOptions {
+            tail_lines: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(collect(&path, tail).await, "three\nunfinished");
+        let tail0 = LogOptions {
+            tail_lines: Some(0),
+            ..Default::default()
+        };
+        assert_eq!(collect(&path, tail0).await, "");
+        let since = LogOptions {
+            since: Some(at(2)),
+            ..Default::default()
+        };
+        assert_eq!(collect(&path, since).await, "oops\nthree\nunfinished");
+        let ts = LogOptions {
+            timestamps: true,
+            tail_lines: Some(1),
+            since: Some(at(1)),
+            ..Default::default()
+        };
+        assert_eq!(
+            collect(&path, ts).await,
+            "2024-05-01T10:00:04.000000000Z unfinished"
+        );
+        let limit = LogOptions {
+            limit_bytes: Some(6),
+            ..Default::default()
+        };
+        assert_eq!(collect(&path, limit).await, "one\ntw");
+    }
+
+    #[tokio::test]
+    async fn skips_malformed_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(
+            &path,
+            "garbage\n2024-05-01T10:00:00Z stdout F ok\n2024-05-01T10:00:00Z other F no\n",
+        )
+        .unwrap();
+        assert_eq!(collect(&path, LogOptions::default()).await, "ok\n");
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Box::pin(read(
+            dir.path().join("nope.log"),
+            LogOptions::default(),
+            None,
+        ));
+        let first = s.next().await.unwrap();
+        assert_eq!(first.unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn follow_streams_new_records_until_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with_clock(&path, ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        s.write(b"before\n").unwrap();
+        let (done_tx, done_rx) = watch::channel(false);
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut stream = Box::pin(read(path.clone(), opts, Some(done_rx)));
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"before\n");
+        s.write(b"during\n").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(2), stream.next())
+            .await
+            .expect("follow delivers new lines")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&next[..], b"during\n");
+        // Written just before the container ends: must still arrive in the final drain.
+        s.write(b"last\n").unwrap();
+        done_tx.send(true).unwrap();
+        let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(2), stream.collect::<Vec<_>>())
+            .await
+            .expect("stream ends after done");
+        let rest: Vec<u8> = rest.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(rest, b"last\n");
+    }
+}

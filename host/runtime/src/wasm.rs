@@ -1,0 +1,504 @@
+//! Runs pod containers whose image is a Wasm binary.
+//!
+//! One [`wasmtime::Engine`] serves every workload on the node. Guests are WASI commands: a P2
+//! component exporting `wasi:cli/run`, or a P1 core module exporting `_start`. Each run gets a
+//! fresh store with the container's argv and env, stdout/stderr wired to its CRI log file, no
+//! filesystem and no sockets (deny by default: nothing in a pod spec grants them yet).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{
+    Config, Engine, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::logs::{LogStream, LogWriter, StreamKind};
+use crate::{Error, Result};
+
+/// How often the engine's epoch advances. Running guests yield to the executor at each tick,
+/// which bounds how long cancellation (and other tasks on the same worker) can be held up by a
+/// busy guest.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Whether a binary is a component or a core module, read from its header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkloadKind {
+    /// A WASI P2 command component (`wasi:cli/run`).
+    Component,
+    /// A WASI P1 core module (`_start`).
+    Module,
+}
+
+/// The shared Wasm engine of a node. Cheap to clone.
+#[derive(Clone)]
+pub struct WasmRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    module_linker: wasmtime::Linker<P1State>,
+    component_linker: wasmtime::component::Linker<P2State>,
+    /// Compiled code by digest, held weakly: a restarting container (or two pods on one image)
+    /// reuses the compilation while someone still holds the `Workload`, and memory is returned
+    /// once no pod uses the image.
+    cache: Mutex<HashMap<String, Weak<Loaded>>>,
+    _ticker: Ticker,
+}
+
+/// Advances the engine epoch from a plain thread, so ticks keep coming even when every tokio
+/// worker is busy running guests. Dropping it stops and joins the thread.
+struct Ticker {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Result<Self> {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("kedge-wasm-epoch".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EPOCH_TICK) {
+                    engine.increment_epoch();
+                }
+            })
+            .map_err(Error::Ticker)?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        // Disconnecting the channel wakes the thread at once.
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            warn!("wasm epoch ticker thread panicked");
+        }
+    }
+}
+
+/// A compiled workload, ready to run any number of times.
+#[derive(Clone)]
+pub struct Workload(Arc<Loaded>);
+
+struct Loaded {
+    digest: String,
+    code: Code,
+}
+
+enum Code {
+    Component(Component),
+    Module(Module),
+}
+
+impl Workload {
+    /// `sha256:<hex>` of the binary, as an OCI digest.
+    pub fn digest(&self) -> &str {
+        &self.0.digest
+    }
+
+    pub fn kind(&self) -> WorkloadKind {
+        match self.0.code {
+            Code::Component(_) => WorkloadKind::Component,
+            Code::Module(_) => WorkloadKind::Module,
+        }
+    }
+}
+
+impl fmt::Debug for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workload")
+            .field("digest", &self.0.digest)
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+/// How to run one container instance.
+#[derive(Clone, Debug)]
+pub struct RunSpec {
+    /// Full argv; `args[0]` is the container name, as a process would see it.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// CRI-format log file, appended to.
+    pub log_path: PathBuf,
+    /// Cap in bytes for each linear memory of the guest (the container's memory limit).
+    pub memory_limit: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest exited (`proc_exit`, `exit`, returning from main) with this code.
+    Code(i32),
+    /// Stopped through the cancellation token.
+    Killed,
+    /// The guest trapped (or a host call failed fatally); the text says why.
+    Trapped(String),
+    /// The guest tried to grow memory past `memory_limit`.
+    OutOfMemory,
+}
+
+impl Exit {
+    /// The exit code Kubernetes reports, following the conventions for processes: a kill is
+    /// SIGKILL (137), an OOM kill likewise, a trap is a crash (like SIGABRT, 134).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c,
+            Exit::Killed | Exit::OutOfMemory => 137,
+            Exit::Trapped(_) => 134,
+        }
+    }
+
+    /// The `reason` of a terminated container state, as kubelet words it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Exit::Code(0) => "Completed",
+            Exit::OutOfMemory => "OOMKilled",
+            Exit::Code(_) | Exit::Killed | Exit::Trapped(_) => "Error",
+        }
+    }
+}
+
+/// Store state of a P1 module.
+struct P1State {
+    wasi: WasiP1Ctx,
+    limits: MemoryCap,
+}
+
+/// Store state of a P2 component.
+struct P2State {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryCap,
+}
+
+impl WasiView for P2State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// wasmtime's `StoreLimits`, plus a note of whether the memory cap was what stopped the guest:
+/// the resulting error is an ordinary trap, and the agent must report `OOMKilled` rather than
+/// a crash.
+struct MemoryCap {
+    limits: StoreLimits,
+    cap: Option<usize>,
+    exceeded: bool,
+}
+
+impl MemoryCap {
+    fn new(cap: Option<usize>) -> Self {
+        let mut builder = StoreLimitsBuilder::new().trap_on_grow_failure(true);
+        if let Some(cap) = cap {
+            builder = builder.memory_size(cap);
+        }
+        Self {
+            limits: builder.build(),
+            cap,
+            exceeded: false,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if self.cap.is_some_and(|cap| desired > cap) {
+            self.exceeded = true;
+        }
+        self.limits.memory_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+/// Arms epoch interruption so the guest yields at every tick instead of trapping: running
+/// code then returns to the executor often enough for `run`'s future to be dropped on cancel.
+fn arm_epochs<T: 'static>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+}
+
+/// Maps how a guest call ended to an [`Exit`].
+fn classify(error: wasmtime::Error, out_of_memory: bool) -> Exit {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        return Exit::Code(exit.0);
+    }
+    if out_of_memory {
+        return Exit::OutOfMemory;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(trap) => Exit::Trapped(trap.to_string()),
+        None => Exit::Trapped(format!("{error:#}")),
+    }
+}
+
+/// Instantiation runs guest code too (a module's start function, a component's initialisers),
+/// so an exit, trap or memory cap there is the guest's outcome; anything else is a broken
+/// image (missing imports, wrong exports) and an error for the caller.
+fn instantiation_failed(error: wasmtime::Error, out_of_memory: bool, digest: &str) -> Result<Exit> {
+    if out_of_memory || error.is::<I32Exit>() || error.is::<Trap>() {
+        Ok(classify(error, out_of_memory))
+    } else {
+        Err(Error::Instantiate {
+            digest: digest.to_owned(),
+            source: error,
+        })
+    }
+}
+
+impl WasmRuntime {
+    pub fn new() -> Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(Error::Engine)?;
+
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut P1State| &mut s.wasi)
+            .map_err(Error::Link)?;
+
+        let mut component_linker = wasmtime::component::Linker::new(&engine);
+        // Includes `wasi:cli/exit.exit-with-code` (stable since WASI 0.2.12), so guests can
+        // report exit codes other than 0 and 1.
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::Link)?;
+
+        let ticker = Ticker::start(engine.clone())?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                engine,
+                module_linker,
+                component_linker,
+                cache: Mutex::new(HashMap::new()),
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// Compiles `bytes` (a component or a core module, told apart by the header), reusing the
+    /// compiled code of identical bytes still in use.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Workload> {
+        let kind = detect_kind(&bytes)?;
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        if let Some(loaded) = self.cached(&digest) {
+            debug!(%digest, "wasm already compiled");
+            return Ok(Workload(loaded));
+        }
+        let engine = self.inner.engine.clone();
+        // Cranelift takes milliseconds to seconds: keep it off the async workers.
+        let compiled = tokio::task::spawn_blocking(move || match kind {
+            WorkloadKind::Component => Component::new(&engine, &bytes).map(Code::Component),
+            WorkloadKind::Module => Module::new(&engine, &bytes).map(Code::Module),
+        })
+        .await
+        .map_err(Error::CompileTask)?
+        .map_err(|source| Error::Compile {
+            digest: digest.clone(),
+            source,
+        })?;
+        debug!(%digest, ?kind, "wasm compiled");
+
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        // Another load of the same bytes may have finished first; share its code.
+        if let Some(existing) = cache.get(&digest).and_then(Weak::upgrade) {
+            return Ok(Workload(existing));
+        }
+        cache.retain(|_, w| w.strong_count() > 0);
+        let loaded = Arc::new(Loaded {
+            digest: digest.clone(),
+            code: compiled,
+        });
+        cache.insert(digest, Arc::downgrade(&loaded));
+        Ok(Workload(loaded))
+    }
+
+    fn cached(&self, digest: &str) -> Option<Arc<Loaded>> {
+        let cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(digest).and_then(Weak::upgrade)
+    }
+
+    /// Runs one container instance to its end, or until `cancel` fires.
+    ///
+    /// On cancel the guest is dropped where it stands (at its next epoch tick or host call), so
+    /// this returns [`Exit::Killed`] within about one tick. Whatever the outcome, an unfinished
+    /// last output line is written to the log as a partial record.
+    pub async fn run(
+        &self,
+        workload: &Workload,
+        spec: RunSpec,
+        cancel: CancellationToken,
+    ) -> Result<Exit> {
+        let log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
+            path: spec.log_path.clone(),
+            source,
+        })?;
+        let stdout = log.stream(StreamKind::Stdout);
+        let stderr = log.stream(StreamKind::Stderr);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&spec.args)
+            .envs(&spec.env)
+            .stdout(stdout.clone())
+            .stderr(stderr.clone());
+        let cap = spec
+            .memory_limit
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+
+        let digest = workload.digest();
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Ok(Exit::Killed),
+            r = self.execute(workload, wasi, cap) => r,
+        };
+        flush_partials(&[&stdout, &stderr]);
+        match &outcome {
+            Ok(exit) => debug!(%digest, ?exit, "workload ended"),
+            Err(error) => debug!(%digest, %error, "workload failed to start"),
+        }
+        outcome
+    }
+
+    async fn execute(
+        &self,
+        workload: &Workload,
+        mut wasi: WasiCtxBuilder,
+        cap: Option<usize>,
+    ) -> Result<Exit> {
+        let digest = workload.digest();
+        let engine = &self.inner.engine;
+        match &workload.0.code {
+            Code::Module(module) => {
+                let state = P1State {
+                    wasi: wasi.build_p1(),
+                    limits: MemoryCap::new(cap),
+                };
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limits);
+                arm_epochs(&mut store);
+                let instance = match self
+                    .inner
+                    .module_linker
+                    .instantiate_async(&mut store, module)
+                    .await
+                {
+                    Ok(i) => i,
+                    Err(e) => return instantiation_failed(e, store.data().limits.exceeded, digest),
+                };
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(|source| Error::NotCommand {
+                        digest: digest.to_owned(),
+                        export: "_start",
+                        source,
+                    })?;
+                Ok(match start.call_async(&mut store, ()).await {
+                    Ok(()) => Exit::Code(0),
+                    Err(e) => classify(e, store.data().limits.exceeded),
+                })
+            }
+            Code::Component(component) => {
+                let state = P2State {
+                    ctx: wasi.build(),
+                    table: ResourceTable::new(),
+                    limits: MemoryCap::new(cap),
+                };
+                let mut store = Store::new(engine, state);
+                store.limiter(|s| &mut s.limits);
+                arm_epochs(&mut store);
+                let command = match Command::instantiate_async(
+                    &mut store,
+                    component,
+                    &self.inner.component_linker,
+                )
+                .await
+                {
+                    Ok(c) => c,
+                    Err(e) => return instantiation_failed(e, store.data().limits.exceeded, digest),
+                };
+                Ok(match command.wasi_cli_run().call_run(&mut store).await {
+                    Ok(Ok(())) => Exit::Code(0),
+                    Ok(Err(())) => Exit::Code(1),
+                    Err(e) => classify(e, store.data().limits.exceeded),
+                })
+            }
+        }
+    }
+}
+
+fn flush_partials(streams: &[&LogStream]) {
+    for s in streams {
+        if let Err(error) = s.flush_partial() {
+            warn!(%error, "failed to write the last partial log line");
+        }
+    }
+}
+
+/// Tells a component from a core module by the header: `\0asm`, then version 1 layer 0 for a
+/// module or version 0x0d layer 1 for a component.
+fn detect_kind(bytes: &[u8]) -> Result<WorkloadKind> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(Error::NotWasm);
+    }
+    let header = [bytes[4], bytes[5], bytes[6], bytes[7]];
+    match header {
+        [0x01, 0x00, 0x00, 0x00] => Ok(WorkloadKind::Module),
+        [0x0d, 0x00, 0x01, 0x00] => Ok(WorkloadKind::Component),
+        other => Err(Error::UnsupportedBinary(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

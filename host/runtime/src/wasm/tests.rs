@@ -1,0 +1,393 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::logs::parse_record;
+
+/// Prints its argv to stdout and its environment to stderr (NULs turned into newlines), then
+/// calls `proc_exit(7)`.
+const ARGS_ENV_EXIT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (func $nul_to_nl (param $p i32) (param $len i32)
+    (local $end i32)
+    (local.set $end (i32.add (local.get $p) (local.get $len)))
+    (block $done
+      (loop $next
+        (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+        (if (i32.eqz (i32.load8_u (local.get $p)))
+          (then (i32.store8 (local.get $p) (i32.const 10))))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $next))))
+  (func $write (param $fd i32) (param $p i32) (param $len i32)
+    (i32.store (i32.const 16) (local.get $p))
+    (i32.store (i32.const 20) (local.get $len))
+    (drop (call $fd_write (local.get $fd) (i32.const 16) (i32.const 1) (i32.const 32))))
+  (func (export "_start")
+    (drop (call $args_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $args_get (i32.const 1024) (i32.const 4096)))
+    (call $nul_to_nl (i32.const 4096) (i32.load (i32.const 4)))
+    (call $write (i32.const 1) (i32.const 4096) (i32.load (i32.const 4)))
+    (drop (call $environ_sizes_get (i32.const 0) (i32.const 4)))
+    (drop (call $environ_get (i32.const 1024) (i32.const 8192)))
+    (call $nul_to_nl (i32.const 8192) (i32.load (i32.const 4)))
+    (call $write (i32.const 2) (i32.const 8192) (i32.load (i32.const 4)))
+    (call $proc_exit (i32.const 7))))
+"#;
+
+/// Writes "no newline" without a line break, then returns normally.
+const PARTIAL_THEN_RETURN: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "no newline")
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 64))
+    (i32.store (i32.const 20) (i32.const 10))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 32)))))
+"#;
+
+const BUSY_LOOP: &str = r#"(module (func (export "_start") (loop $spin (br $spin))))"#;
+
+const TRAP: &str = r#"(module (func (export "_start") unreachable))"#;
+
+const NO_START: &str = r#"(module (func (export "main")))"#;
+
+/// Grows memory one MiB at a time forever.
+const MEMORY_HOG: &str = r#"
+(module
+  (memory 1)
+  (func (export "_start")
+    (loop $grow
+      (drop (memory.grow (i32.const 16)))
+      (br $grow))))
+"#;
+
+/// Built by `cargo build --target wasm32-wasip2 --profile wasm -p hello-wasm`.
+fn hello_component() -> Option<Vec<u8>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/wasm32-wasip2/wasm/hello-wasm.wasm");
+    match std::fs::read(&path) {
+        Ok(bytes) => Some(bytes),
+        Err(_) => {
+            eprintln!(
+                "SKIP: {} missing; build it with \
+                 `cargo build --target wasm32-wasip2 --profile wasm -p hello-wasm`",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("test WAT parses")
+}
+
+fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
+    RunSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        log_path: dir.join("logs/0.log"),
+        memory_limit: None,
+    }
+}
+
+/// `(stream, partial, text)` of every record in a log file.
+fn records(path: &PathBuf) -> Vec<(StreamKind, bool, String)> {
+    let data = std::fs::read(path).unwrap_or_default();
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let r = parse_record(l).expect("well-formed record");
+            (
+                r.stream,
+                r.partial,
+                String::from_utf8_lossy(r.text).into_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn detects_binary_kind() {
+    assert_eq!(detect_kind(&wat(TRAP)).unwrap(), WorkloadKind::Module);
+    assert_eq!(
+        detect_kind(b"\0asm\x0d\0\x01\0rest").unwrap(),
+        WorkloadKind::Component
+    );
+    assert!(matches!(detect_kind(b"hello world"), Err(Error::NotWasm)));
+    assert!(matches!(
+        detect_kind(b"\0asm\x02\0\0\0"),
+        Err(Error::UnsupportedBinary(_))
+    ));
+}
+
+#[tokio::test]
+async fn load_caches_by_digest() {
+    let rt = WasmRuntime::new().unwrap();
+    let bytes = wat(TRAP);
+    let a = rt.load(bytes.clone()).await.unwrap();
+    let b = rt.load(bytes).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&a.0, &b.0),
+        "second load reuses the compilation"
+    );
+    assert!(a.digest().starts_with("sha256:") && a.digest().len() == 71);
+    assert_eq!(a.kind(), WorkloadKind::Module);
+    let err = rt.load(b"not wasm at all".to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::NotWasm), "{err}");
+    // Invalid body behind a valid header: a compile error, not a panic.
+    let err = rt
+        .load(b"\0asm\x01\0\0\0\xff\xff".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Compile { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn p1_module_sees_args_and_env_and_exits_with_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(ARGS_ENV_EXIT)).await.unwrap();
+    let spec = spec(
+        dir.path(),
+        &["app", "--flag", "two words"],
+        &[("POD_NAME", "web-1"), ("POD_NAMESPACE", "default")],
+    );
+    let log = spec.log_path.clone();
+    let exit = rt.run(&w, spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, Exit::Code(7));
+    let recs = records(&log);
+    let out: Vec<_> = recs
+        .iter()
+        .filter(|r| r.0 == StreamKind::Stdout)
+        .map(|r| r.2.as_str())
+        .collect();
+    let err: Vec<_> = recs
+        .iter()
+        .filter(|r| r.0 == StreamKind::Stderr)
+        .map(|r| r.2.as_str())
+        .collect();
+    assert_eq!(out, ["app", "--flag", "two words"]);
+    assert_eq!(err, ["POD_NAME=web-1", "POD_NAMESPACE=default"]);
+    assert!(recs.iter().all(|r| !r.1), "all lines complete: {recs:?}");
+}
+
+#[tokio::test]
+async fn p1_normal_return_flushes_partial_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(PARTIAL_THEN_RETURN)).await.unwrap();
+    let spec = spec(dir.path(), &["app"], &[]);
+    let log = spec.log_path.clone();
+    let exit = rt.run(&w, spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, Exit::Code(0));
+    assert_eq!(
+        records(&log),
+        [(StreamKind::Stdout, true, "no newline".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn trap_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(TRAP)).await.unwrap();
+    let exit = rt
+        .run(
+            &w,
+            spec(dir.path(), &["app"], &[]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    match exit {
+        Exit::Trapped(reason) => assert!(reason.contains("unreachable"), "{reason}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn module_without_start_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(NO_START)).await.unwrap();
+    let err = rt
+        .run(
+            &w,
+            spec(dir.path(), &["app"], &[]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotCommand { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn busy_loop_is_killed_by_cancel() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(BUSY_LOOP)).await.unwrap();
+    let cancel = CancellationToken::new();
+    let task = {
+        let (rt, w, cancel) = (rt.clone(), w.clone(), cancel.clone());
+        let spec = spec(dir.path(), &["app"], &[]);
+        tokio::spawn(async move { rt.run(&w, spec, cancel).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!task.is_finished(), "busy loop still running before cancel");
+    let cancelled_at = Instant::now();
+    cancel.cancel();
+    let exit = tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("cancel stops a busy loop within 1 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, Exit::Killed);
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn memory_cap_stops_a_hog() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(MEMORY_HOG)).await.unwrap();
+    let mut spec = spec(dir.path(), &["app"], &[]);
+    spec.memory_limit = Some(16 << 20);
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        rt.run(&w, spec, CancellationToken::new()),
+    )
+    .await
+    .expect("hog stopped")
+    .unwrap();
+    assert_eq!(exit, Exit::OutOfMemory);
+    assert_eq!(exit.reason(), "OOMKilled");
+}
+
+#[tokio::test]
+async fn initial_memory_over_cap_is_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    // 32 MiB of initial memory against an 8 MiB cap.
+    let w = rt
+        .load(wat(r#"(module (memory 512) (func (export "_start")))"#))
+        .await
+        .unwrap();
+    let mut spec = spec(dir.path(), &["app"], &[]);
+    spec.memory_limit = Some(8 << 20);
+    let exit = rt.run(&w, spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, Exit::OutOfMemory);
+}
+
+#[tokio::test]
+async fn p2_hello_component_logs_and_exits_with_code() {
+    let Some(bytes) = hello_component() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(bytes).await.unwrap();
+    assert_eq!(w.kind(), WorkloadKind::Component);
+    let spec = spec(
+        dir.path(),
+        &["hello", "a", "b"],
+        &[
+            ("POD_NAME", "web-1"),
+            ("POD_NAMESPACE", "prod"),
+            ("HELLO_EXIT_AFTER_SECS", "0"),
+            ("HELLO_EXIT_CODE", "3"),
+        ],
+    );
+    let log = spec.log_path.clone();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(10),
+        rt.run(&w, spec, CancellationToken::new()),
+    )
+    .await
+    .expect("hello exits at once")
+    .unwrap();
+    assert_eq!(exit, Exit::Code(3));
+    let recs = records(&log);
+    assert_eq!(
+        recs.first(),
+        Some(&(
+            StreamKind::Stdout,
+            false,
+            "hello from web-1 in prod args=a b".to_string()
+        )),
+        "{recs:?}"
+    );
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_component() {
+    let Some(bytes) = hello_component() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(bytes).await.unwrap();
+    let spec = spec(dir.path(), &["hello"], &[]);
+    let log = spec.log_path.clone();
+    let cancel = CancellationToken::new();
+    let task = {
+        let (rt, w, cancel) = (rt.clone(), w.clone(), cancel.clone());
+        tokio::spawn(async move { rt.run(&w, spec, cancel).await })
+    };
+    // Wait for the greeting so the guest is known to be in its sleep loop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while records(&log).is_empty() {
+        assert!(Instant::now() < deadline, "no greeting logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        records(&log)[0].2,
+        "hello from unknown in unknown",
+        "fallback names"
+    );
+    cancel.cancel();
+    let exit = tokio::time::timeout(Duration::from_secs(1), task)
+        .await
+        .expect("cancel stops the component within 1 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, Exit::Killed);
+}
+
+#[tokio::test]
+async fn ticker_stops_with_last_runtime() {
+    let rt = WasmRuntime::new().unwrap();
+    let clone = rt.clone();
+    drop(rt);
+    // Still ticking for the clone: a busy guest is still interruptible.
+    let w = clone.load(wat(BUSY_LOOP)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.cancel();
+    });
+    let exit = tokio::time::timeout(
+        Duration::from_secs(2),
+        clone.run(&w, spec(dir.path(), &["app"], &[]), cancel),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(exit, Exit::Killed);
+    // Dropping the last handle joins the ticker thread; this returning at all is the check.
+    drop(w);
+    drop(clone);
+}

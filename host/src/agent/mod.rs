@@ -1,0 +1,967 @@
+//! `kedge agent`: the node agent (kubelet). It dials the server over the QUIC tunnel,
+//! registers its Node, renews its Lease, runs the pods bound to it and reports their status,
+//! and serves their logs back through the tunnel.
+
+pub mod client;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ops::Clock;
+use crate::core::{meta, quantity};
+use client::Client;
+use kedge_registry::{LocalImageStore, Reference};
+use kedge_runtime::restart::{RestartPolicy, backoff, should_restart};
+use kedge_runtime::wasm::{RunSpec, WasmRuntime};
+use status::{ContainerRecord, ContainerState};
+
+/// How often the Lease is renewed (kubelet's default).
+const LEASE_RENEW: Duration = Duration::from_secs(10);
+const LEASE_DURATION_SECONDS: i64 = 40;
+/// How often the Ready condition's heartbeat is refreshed.
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(60);
+
+/// Sample Wasm images every agent has in its local store, so `manifests/hello-wasm.yaml`
+/// runs on a fresh machine with no registry (like K3s' airgap images). `v2` is the same
+/// program under another tag, for trying rollouts.
+pub const SAMPLE_IMAGES: &[(&str, &[u8])] = &[
+    ("kedge.dev/samples/hello-wasm:v1", HELLO_WASM),
+    ("kedge.dev/samples/hello-wasm:v2", HELLO_WASM),
+];
+const HELLO_WASM: &[u8] = include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/hello-wasm.wasm"));
+
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// `host:port` of the server (UDP, the same port number as its HTTPS API).
+    pub server: String,
+    pub join_token: Option<String>,
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    pub labels: Vec<(String, String)>,
+}
+
+/// Where a container's logs are, for the kubelet endpoint.
+#[derive(Clone)]
+struct LogHandle {
+    uid: String,
+    dir: PathBuf,
+    restart_count: u32,
+    running: watch::Receiver<bool>,
+}
+
+type ContainerId = (String, String, String);
+
+struct Shared {
+    node: String,
+    client: Client,
+    runtime: WasmRuntime,
+    images: LocalImageStore,
+    pods_dir: PathBuf,
+    host_ip: String,
+    /// Shared with the kubelet endpoint, which serves these containers' logs.
+    logs: LogMap,
+    clock: Clock,
+}
+
+impl Shared {
+    fn now(&self) -> String {
+        meta::timestamp((self.clock)())
+    }
+
+    fn pod_path(ns: &str, name: &str) -> String {
+        format!("/api/v1/namespaces/{ns}/pods/{name}")
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node: String,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Agent {
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+fn local_ip_towards(server: &str) -> String {
+    use std::net::ToSocketAddrs;
+    let target = server.to_socket_addrs().ok().and_then(|mut a| a.next());
+    target
+        .and_then(|t| {
+            let bind = if t.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+            let s = std::net::UdpSocket::bind(bind).ok()?;
+            // connect() on UDP only picks a route; nothing is sent.
+            s.connect(t).ok()?;
+            s.local_addr().ok().map(|a| a.ip().to_string())
+        })
+        .unwrap_or_else(|| "127.0.0.1".into())
+}
+
+pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Result<Agent> {
+    kedge_tunnel::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
+    let images = LocalImageStore::open(cfg.data_dir.join("images")).context("image store")?;
+    for (r, bytes) in SAMPLE_IMAGES {
+        let reference = Reference::parse(r).expect("valid sample reference");
+        if images.lookup(&reference)?.is_none() {
+            images.import(&reference, bytes)?;
+        }
+    }
+    let logs: LogMap = Arc::default();
+    let kubelet = kubelet_router(logs.clone());
+    let tunnel = kedge_tunnel::agent::TunnelClient::start(
+        kedge_tunnel::agent::AgentConfig {
+            server: cfg.server.clone(),
+            join_token: cfg.join_token.clone(),
+            node_name: cfg.node_name.clone(),
+            state_dir: cfg.data_dir.join("tunnel"),
+        },
+        kubelet,
+        cancel.clone(),
+    )
+    .await
+    .context("connecting to the server")?;
+    let shared = Arc::new(Shared {
+        node: cfg.node_name.clone(),
+        client: Client::new(tunnel.clone()),
+        runtime: WasmRuntime::new().context("wasm runtime")?,
+        images,
+        pods_dir: cfg.data_dir.join("pods"),
+        host_ip: local_ip_towards(&cfg.server),
+        logs,
+        clock: crate::api::ops::system_clock(),
+    });
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(node_loop(shared.clone(), cfg.labels.clone(), cancel.clone()));
+    tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
+    Ok(Agent {
+        node: cfg.node_name,
+        tasks,
+    })
+}
+
+type Ctx = Arc<Shared>;
+
+// ---------------------------------------------------------------------------------------
+// Node registration, lease, heartbeat.
+
+fn mem_total_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn os_image() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into())
+}
+
+fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem = mem_total_bytes();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let mut l = serde_json::Map::new();
+    l.insert("kubernetes.io/hostname".into(), json!(ctx.node));
+    l.insert("kubernetes.io/os".into(), json!("linux"));
+    l.insert("kubernetes.io/arch".into(), json!(arch));
+    l.insert("beta.kubernetes.io/os".into(), json!("linux"));
+    l.insert("beta.kubernetes.io/arch".into(), json!(arch));
+    l.insert("kedge.io/runtime-wasm".into(), json!("true"));
+    for (k, v) in labels {
+        l.insert(k.clone(), json!(v));
+    }
+    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem / 1024), "pods": "110"});
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": ctx.node, "labels": l},
+        "spec": {},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "conditions": node_conditions(now, now),
+            "addresses": [
+                {"type": "InternalIP", "address": ctx.host_ip},
+                {"type": "Hostname", "address": ctx.node},
+            ],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "nodeInfo": {
+                "machineID": read_trim("/etc/machine-id"),
+                "systemUUID": read_trim("/sys/class/dmi/id/product_uuid"),
+                "bootID": read_trim("/proc/sys/kernel/random/boot_id"),
+                "kernelVersion": read_trim("/proc/sys/kernel/osrelease"),
+                "osImage": os_image(),
+                "containerRuntimeVersion": "wasmtime://48.0.8",
+                "kubeletVersion": "v1.32.0-kedge",
+                "kubeProxyVersion": "",
+                "operatingSystem": "linux",
+                "architecture": arch,
+            },
+        },
+    })
+}
+
+fn node_conditions(now: &str, since: &str) -> Value {
+    let c = |t: &str, s: &str, reason: &str, msg: &str| {
+        json!({"type": t, "status": s, "reason": reason, "message": msg,
+            "lastHeartbeatTime": now, "lastTransitionTime": since})
+    };
+    json!([
+        c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        c("Ready", "True", "KubeletReady", "kedge agent is posting ready status"),
+    ])
+}
+
+async fn register_node(ctx: &Ctx, labels: &[(String, String)]) -> client::Result<()> {
+    let now = ctx.now();
+    let node = node_object(ctx, labels, &now);
+    match ctx.client.create("/api/v1/nodes", &node).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(409) => {
+            // Re-registration after a restart: refresh labels and status.
+            let path = format!("/api/v1/nodes/{}", ctx.node);
+            ctx.client
+                .merge_patch(&path, &json!({"metadata": {"labels": node["metadata"]["labels"]}}))
+                .await?;
+            ctx.client
+                .merge_patch(&format!("{path}/status"), &json!({"status": node["status"]}))
+                .await?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+async fn renew_lease(ctx: &Ctx) -> client::Result<()> {
+    let path = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
+        ctx.node
+    );
+    let now = micro_time((ctx.clock)());
+    match ctx.client.get(&path).await {
+        Ok(mut lease) => {
+            lease["spec"]["renewTime"] = json!(now);
+            lease["spec"]["holderIdentity"] = json!(ctx.node);
+            ctx.client.put(&path, &lease).await.map(|_| ())
+        }
+        Err(e) if e.code() == Some(404) => ctx
+            .client
+            .create(
+                "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases",
+                &json!({
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": ctx.node, "namespace": "kube-node-lease"},
+                    "spec": {"holderIdentity": ctx.node, "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+                             "acquireTime": now, "renewTime": now},
+                }),
+            )
+            .await
+            .map(|_| ()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: CancellationToken) {
+    let mut registered = false;
+    let mut last_heartbeat = tokio::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        if !registered {
+            match register_node(&ctx, &labels).await {
+                Ok(()) => {
+                    registered = true;
+                    attempt = 0;
+                    tracing::info!(node = %ctx.node, "node registered");
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "node registration failed; retrying");
+                }
+            }
+        }
+        if registered {
+            if let Err(e) = renew_lease(&ctx).await {
+                tracing::warn!(error = %e, "lease renewal failed");
+            }
+            if last_heartbeat.elapsed() >= STATUS_HEARTBEAT {
+                let now = ctx.now();
+                let path = format!("/api/v1/nodes/{}/status", ctx.node);
+                let cur = ctx.client.get(&format!("/api/v1/nodes/{}", ctx.node)).await;
+                let since = cur
+                    .ok()
+                    .and_then(|n| {
+                        n.pointer("/status/conditions")?
+                            .as_array()?
+                            .iter()
+                            .find(|c| c["type"] == "Ready")
+                            .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
+                    })
+                    .unwrap_or_else(|| now.clone());
+                match ctx
+                    .client
+                    .merge_patch(&path, &json!({"status": {"conditions": node_conditions(&now, &since)}}))
+                    .await
+                {
+                    Ok(_) => last_heartbeat = tokio::time::Instant::now(),
+                    Err(e) => tracing::warn!(error = %e, "node status heartbeat failed"),
+                }
+            }
+        }
+        let wait = if registered {
+            LEASE_RENEW
+        } else {
+            Duration::from_millis(200 * (1 << attempt.min(5)))
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Pods.
+
+struct PodWorker {
+    cancel: CancellationToken,
+    done: watch::Receiver<bool>,
+    terminating: bool,
+}
+
+async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: CancellationToken) {
+    let mut workers: HashMap<String, PodWorker> = HashMap::new();
+    let selector = format!("spec.nodeName={}", ctx.node);
+    let q = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("fieldSelector", &selector)
+        .finish();
+    let mut failures = 0u32;
+    'relist: loop {
+        if failures > 0 {
+            let wait = Duration::from_millis(200 * (1 << failures.min(5)));
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+        let list_path = format!("/api/v1/pods?{q}");
+        let list = tokio::select! {
+            _ = cancel.cancelled() => break,
+            l = ctx.client.get(&list_path) => l,
+        };
+        let list = match list {
+            Ok(l) => l,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "listing pods failed");
+                continue;
+            }
+        };
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or("0")
+            .to_string();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let present: Vec<String> = items.iter().map(|p| meta::uid(p).to_string()).collect();
+        // Pods that disappeared while we were not watching.
+        workers.retain(|uid, w| {
+            let keep = present.contains(uid);
+            if !keep {
+                w.cancel.cancel();
+            }
+            keep
+        });
+        for p in items {
+            observe_pod(&ctx, &tasks, &mut workers, p, false);
+        }
+        let watch_q = format!("{q}&watch=true&resourceVersion={rv}&allowWatchBookmarks=true");
+        let mut w = match ctx.client.watch(&format!("/api/v1/pods?{watch_q}")).await {
+            Ok(w) => w,
+            Err(e) => {
+                failures += 1;
+                tracing::debug!(error = %e, "watching pods failed");
+                continue;
+            }
+        };
+        failures = 0;
+        loop {
+            let ev = tokio::select! {
+                _ = cancel.cancelled() => break 'relist,
+                e = w.next() => e,
+            };
+            let Some(Ok(ev)) = ev else {
+                failures = 1;
+                continue 'relist;
+            };
+            let obj = ev["object"].clone();
+            match ev["type"].as_str() {
+                Some("ADDED" | "MODIFIED") => observe_pod(&ctx, &tasks, &mut workers, obj, false),
+                Some("DELETED") => observe_pod(&ctx, &tasks, &mut workers, obj, true),
+                Some("ERROR") => continue 'relist,
+                _ => {}
+            }
+        }
+    }
+    for w in workers.values() {
+        w.cancel.cancel();
+    }
+}
+
+/// Starts, keeps or stops the worker of one pod.
+fn observe_pod(
+    ctx: &Ctx,
+    tasks: &tokio_util::task::TaskTracker,
+    workers: &mut HashMap<String, PodWorker>,
+    pod: Value,
+    deleted: bool,
+) {
+    let uid = meta::uid(&pod).to_string();
+    if deleted {
+        if let Some(w) = workers.remove(&uid) {
+            w.cancel.cancel();
+        }
+        return;
+    }
+    let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
+    let finished = matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    );
+    match workers.get_mut(&uid) {
+        None if terminating => {
+            // Not running here (e.g. after an agent restart): just confirm the deletion.
+            let ctx = ctx.clone();
+            tasks.spawn(async move { confirm_deletion(&ctx, &pod).await });
+        }
+        None if finished => {}
+        None => {
+            let cancel = CancellationToken::new();
+            let (done_tx, done_rx) = watch::channel(false);
+            workers.insert(
+                uid,
+                PodWorker {
+                    cancel: cancel.clone(),
+                    done: done_rx,
+                    terminating: false,
+                },
+            );
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                run_pod(&ctx, pod, cancel).await;
+                let _ = done_tx.send(true);
+            });
+        }
+        Some(w) if terminating && !w.terminating => {
+            w.terminating = true;
+            w.cancel.cancel();
+            let mut done = w.done.clone();
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let _ = done.wait_for(|d| *d).await;
+                confirm_deletion(&ctx, &pod).await;
+            });
+        }
+        Some(_) => {}
+    }
+}
+
+/// Tells the API the pod's containers are stopped: delete with a zero grace period, only if
+/// it is still the same pod (uid precondition).
+async fn confirm_deletion(ctx: &Ctx, pod: &Value) {
+    let path = Shared::pod_path(meta::namespace(pod), meta::name(pod));
+    let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0,
+        "preconditions": {"uid": meta::uid(pod)}});
+    match ctx.client.delete(&path, &body).await {
+        Ok(_) => tracing::debug!(pod = %path, "pod deletion confirmed"),
+        Err(e) if matches!(e.code(), Some(404 | 409)) => {}
+        Err(e) => tracing::warn!(pod = %path, error = %e, "confirming pod deletion failed"),
+    }
+}
+
+/// The records of one pod's containers and the serialised status writer.
+struct PodRun {
+    ns: String,
+    name: String,
+    records: tokio::sync::Mutex<Vec<ContainerRecord>>,
+    /// The status as last read or written, to keep fields the agent does not own.
+    last_status: tokio::sync::Mutex<Value>,
+}
+
+impl PodRun {
+    async fn update(&self, ctx: &Ctx, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
+        let mut recs = self.records.lock().await;
+        f(&mut recs[i]);
+        let mut last = self.last_status.lock().await;
+        let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
+        drop(recs);
+        let path = format!("{}/status", Shared::pod_path(&self.ns, &self.name));
+        match ctx
+            .client
+            .merge_patch(&path, &json!({"status": status}))
+            .await
+        {
+            Ok(p) => *last = p["status"].clone(),
+            Err(e) if e.code() == Some(404) => {}
+            Err(e) => tracing::warn!(pod = %self.name, error = %e, "status update failed"),
+        }
+    }
+}
+
+async fn run_pod(ctx: &Ctx, pod: Value, cancel: CancellationToken) {
+    let containers = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let run = Arc::new(PodRun {
+        ns: meta::namespace(&pod).to_string(),
+        name: meta::name(&pod).to_string(),
+        records: tokio::sync::Mutex::new(
+            containers
+                .iter()
+                .map(|c| {
+                    ContainerRecord::new(
+                        c["name"].as_str().unwrap_or_default(),
+                        c["image"].as_str().unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        ),
+        last_status: tokio::sync::Mutex::new(pod.get("status").cloned().unwrap_or(json!({}))),
+    });
+    tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
+    let mut set = tokio::task::JoinSet::new();
+    for (i, c) in containers.into_iter().enumerate() {
+        let (ctx, pod, run, cancel) = (ctx.clone(), pod.clone(), run.clone(), cancel.clone());
+        set.spawn(async move { run_container(&ctx, &pod, &c, i, &run, cancel).await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn container_env(pod: &Value, c: &Value, node: &str) -> Result<Vec<(String, String)>, String> {
+    let mut env = vec![
+        ("POD_NAME".to_string(), meta::name(pod).to_string()),
+        ("POD_NAMESPACE".to_string(), meta::namespace(pod).to_string()),
+    ];
+    for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or_default().to_string();
+        let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
+            v.to_string()
+        } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+            match path {
+                "metadata.name" => meta::name(pod).to_string(),
+                "metadata.namespace" => meta::namespace(pod).to_string(),
+                "metadata.uid" => meta::uid(pod).to_string(),
+                "spec.nodeName" => node.to_string(),
+                "spec.serviceAccountName" => pod
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default")
+                    .to_string(),
+                other => {
+                    return Err(format!(
+                        "env {name}: fieldRef {other:?} is not supported by kedge yet"
+                    ));
+                }
+            }
+        } else if e.get("valueFrom").is_some() {
+            return Err(format!(
+                "env {name}: only value and valueFrom.fieldRef are supported by kedge yet"
+            ));
+        } else {
+            String::new()
+        };
+        env.retain(|(k, _)| *k != name);
+        env.push((name, value));
+    }
+    Ok(env)
+}
+
+fn container_args(c: &Value) -> Vec<String> {
+    let strings = |k: &str| -> Vec<String> {
+        c.get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    };
+    let command = strings("command");
+    let args = strings("args");
+    let mut argv = if command.is_empty() {
+        vec![c["name"].as_str().unwrap_or("main").to_string()]
+    } else {
+        command
+    };
+    argv.extend(args);
+    argv
+}
+
+/// Reads an image's bytes: `file:///path` names a local file; anything else is looked up in
+/// the node's local image store. Registry pulls come with the registry issue.
+fn resolve_image(ctx: &Shared, image: &str, policy: &str) -> Result<(Vec<u8>, String), (String, String)> {
+    use sha2::{Digest, Sha256};
+    if let Some(path) = image.strip_prefix("file://") {
+        let bytes = std::fs::read(path)
+            .map_err(|e| ("ErrImagePull".to_string(), format!("reading {path}: {e}")))?;
+        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        return Ok((bytes, id));
+    }
+    let reference = Reference::parse(image).map_err(|e| {
+        (
+            "InvalidImageName".to_string(),
+            format!("Failed to apply default image tag {image:?}: {e}"),
+        )
+    })?;
+    if policy == "Always" {
+        return Err((
+            "ErrImagePull".to_string(),
+            format!(
+                "imagePullPolicy Always needs a registry pull, which kedge does not do yet; \
+                 use a tagged image present on the node (policy IfNotPresent or Never) or file:///path \
+                 (image {reference})"
+            ),
+        ));
+    }
+    match ctx.images.lookup(&reference) {
+        Ok(Some((digest, path))) => {
+            let bytes = std::fs::read(&path).map_err(|e| {
+                ("ErrImagePull".to_string(), format!("reading {}: {e}", path.display()))
+            })?;
+            Ok((bytes, format!("{reference}@{digest}")))
+        }
+        Ok(None) if policy == "Never" => Err((
+            "ErrImageNeverPull".to_string(),
+            format!("Container image {image:?} is not present with pull policy of Never"),
+        )),
+        Ok(None) => Err((
+            "ErrImagePull".to_string(),
+            format!(
+                "image {reference} is not in the node's local image store and registry pulls \
+                 are not implemented in kedge yet"
+            ),
+        )),
+        Err(e) => Err(("ErrImagePull".to_string(), e.to_string())),
+    }
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+async fn run_container(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    i: usize,
+    run: &PodRun,
+    cancel: CancellationToken,
+) {
+    let name = c["name"].as_str().unwrap_or_default().to_string();
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent").to_string();
+    let restart: RestartPolicy = pod
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always")
+        .parse()
+        .unwrap_or(RestartPolicy::Always);
+    let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
+    let dir = ctx
+        .pods_dir
+        .join(format!("{ns}_{pod_name}_{uid}"))
+        .join(&name);
+    let memory_limit = c
+        .pointer("/resources/limits/memory")
+        .and_then(Value::as_str)
+        .and_then(quantity::parse_bytes);
+    let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
+    let mut setup_failures = 0u32;
+    let mut restart_count = 0u32;
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        // Failures before a start back off like image pulls do.
+        let fail = |reason: String, message: String, failures: u32| {
+            let wait = backoff(failures.saturating_sub(1));
+            (reason, message, wait)
+        };
+        let prepared = match resolve_image(ctx, &image, &policy) {
+            Err((reason, message)) => Err((reason, message, true)),
+            Ok((bytes, image_id)) => match ctx.runtime.load(bytes).await {
+                Err(e) => Err(("CreateContainerError".to_string(), e.to_string(), false)),
+                Ok(w) => match container_env(pod, c, &ctx.node) {
+                    Err(m) => Err(("CreateContainerConfigError".to_string(), m, false)),
+                    Ok(env) => Ok((w, image_id, env)),
+                },
+            },
+        };
+        let (workload, image_id, env) = match prepared {
+            Ok(x) => x,
+            Err((reason, message, pull)) => {
+                setup_failures += 1;
+                let (reason, message, wait) = fail(reason, message, setup_failures);
+                tracing::info!(container = %name, %reason, %message, "container cannot start");
+                run.update(ctx, i, |r| {
+                    r.state = ContainerState::PullBackOff {
+                        reason: reason.clone(),
+                        message: message.clone(),
+                    }
+                })
+                .await;
+                if pull {
+                    // kubelet shows ErrImagePull first, then ImagePullBackOff while waiting.
+                    if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                        return;
+                    }
+                    run.update(ctx, i, |r| {
+                        r.state = ContainerState::PullBackOff {
+                            reason: "ImagePullBackOff".into(),
+                            message: format!("Back-off pulling image {image:?}: {message}"),
+                        }
+                    })
+                    .await;
+                }
+                if !sleep_or_cancel(wait, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        setup_failures = 0;
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            run.update(ctx, i, |r| {
+                r.state = ContainerState::StartError {
+                    reason: "RunContainerError".into(),
+                    message: format!("creating log dir: {e}"),
+                }
+            })
+            .await;
+            if !sleep_or_cancel(backoff(0), &cancel).await {
+                return;
+            }
+            continue;
+        }
+        let log_path = dir.join(format!("{restart_count}.log"));
+        let (running_tx, running_rx) = watch::channel(true);
+        ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            LogHandle {
+                uid: uid.to_string(),
+                dir: dir.clone(),
+                restart_count,
+                running: running_rx,
+            },
+        );
+        let started_at = ctx.now();
+        let started = std::time::Instant::now();
+        {
+            let (image_id, started_at) = (image_id.clone(), started_at.clone());
+            run.update(ctx, i, move |r| {
+                r.image_id = image_id;
+                r.ever_started = true;
+                r.restart_count = restart_count;
+                r.state = ContainerState::Running { started_at };
+            })
+            .await;
+        }
+        let spec = RunSpec {
+            args: container_args(c),
+            env,
+            log_path,
+            memory_limit,
+        };
+        let exit = ctx.runtime.run(&workload, spec, cancel.clone()).await;
+        let _ = running_tx.send(false);
+        if cancel.is_cancelled() {
+            return;
+        }
+        let finished_at = ctx.now();
+        let (code, reason, message) = match &exit {
+            Ok(e) => (
+                e.exit_code(),
+                e.reason().to_string(),
+                match e {
+                    kedge_runtime::wasm::Exit::Trapped(why) => Some(why.clone()),
+                    _ => None,
+                },
+            ),
+            Err(e) => (128, "Error".to_string(), Some(e.to_string())),
+        };
+        tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
+        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
+            "finishedAt": finished_at, "message": message});
+        if should_restart(restart, code) {
+            if kedge_runtime::restart::resets_backoff(started.elapsed()) {
+                setup_failures = 0;
+            }
+            restart_count += 1;
+            let wait = backoff(restart_count - 1);
+            {
+                let (reason, started_at, finished_at) = (reason.clone(), started_at.clone(), finished_at.clone());
+                run.update(ctx, i, move |r| {
+                    r.last_terminated = Some(terminated);
+                    r.restart_count = restart_count;
+                    r.state = ContainerState::BackOff {
+                        exit_code: code,
+                        reason,
+                        started_at,
+                        finished_at,
+                    };
+                })
+                .await;
+            }
+            if !sleep_or_cancel(wait, &cancel).await {
+                return;
+            }
+            continue;
+        }
+        run.update(ctx, i, move |r| {
+            r.state = ContainerState::Done {
+                exit_code: code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            };
+        })
+        .await;
+        return;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The kubelet endpoint, reached only through the tunnel.
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    follow: Option<String>,
+    previous: Option<String>,
+    #[serde(rename = "tailLines")]
+    tail_lines: Option<usize>,
+    #[serde(rename = "sinceSeconds")]
+    since_seconds: Option<i64>,
+    #[serde(rename = "sinceTime")]
+    since_time: Option<String>,
+    timestamps: Option<String>,
+    #[serde(rename = "limitBytes")]
+    limit_bytes: Option<u64>,
+    uid: Option<String>,
+}
+
+fn truthy(v: &Option<String>) -> bool {
+    v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+type LogMap = Arc<Mutex<HashMap<ContainerId, LogHandle>>>;
+
+fn kubelet_router(logs: LogMap) -> axum::Router {
+    axum::Router::new()
+        .route("/containerLogs/{ns}/{pod}/{container}", axum::routing::get(container_logs))
+        .with_state(logs)
+}
+
+async fn container_logs(
+    State(logs): State<LogMap>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let handle = logs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(ns.clone(), pod.clone(), container.clone()))
+        .cloned();
+    let Some(h) = handle.filter(|h| q.uid.as_ref().is_none_or(|u| *u == h.uid)) else {
+        return (
+            http::StatusCode::NOT_FOUND,
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start or has no logs on this node"),
+        )
+            .into_response();
+    };
+    let (path, done) = if truthy(&q.previous) {
+        if h.restart_count == 0 {
+            return (
+                http::StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+            )
+                .into_response();
+        }
+        (h.dir.join(format!("{}.log", h.restart_count - 1)), None)
+    } else {
+        let mut running = h.running.clone();
+        let (tx, rx) = watch::channel(!*running.borrow());
+        // The reader wants "done" = container ended.
+        tokio::spawn(async move {
+            let _ = running.wait_for(|r| !*r).await;
+            let _ = tx.send(true);
+        });
+        (h.dir.join(format!("{}.log", h.restart_count)), Some(rx))
+    };
+    let since = match (&q.since_time, q.since_seconds) {
+        (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        (None, Some(s)) => Some(chrono::Utc::now() - chrono::Duration::seconds(s)),
+        _ => None,
+    };
+    let opts = kedge_runtime::logs::LogOptions {
+        follow: truthy(&q.follow),
+        tail_lines: q.tail_lines,
+        since,
+        timestamps: truthy(&q.timestamps),
+        limit_bytes: q.limit_bytes,
+    };
+    let stream = kedge_runtime::logs::read(path, opts, done);
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}

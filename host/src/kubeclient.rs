@@ -1,0 +1,166 @@
+//! A small HTTPS client driven by a kubeconfig, for the CLI's own API calls
+//! (`kedge token create`) and for benchmarks.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+
+use kedge_tunnel::token::{BootstrapToken, JoinToken};
+
+/// Connection details read from a kubeconfig (its current context).
+pub struct KubeClient {
+    host: String,
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+    ca_der: Vec<u8>,
+}
+
+fn b64(v: &serde_yaml_ng::Value, key: &str) -> anyhow::Result<Vec<u8>> {
+    let s = v
+        .get(key)
+        .and_then(|x| x.as_str())
+        .with_context(|| format!("kubeconfig has no {key}"))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .with_context(|| format!("kubeconfig {key} is not base64"))
+}
+
+fn named<'a>(doc: &'a serde_yaml_ng::Value, list: &str, name: &str, field: &str) -> anyhow::Result<&'a serde_yaml_ng::Value> {
+    doc.get(list)
+        .and_then(|l| l.as_sequence())
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
+        })
+        .and_then(|e| e.get(field))
+        .with_context(|| format!("kubeconfig: no {list} entry named {name:?}"))
+}
+
+impl KubeClient {
+    pub fn from_kubeconfig(path: &Path) -> anyhow::Result<Self> {
+        kedge_tunnel::install_crypto_provider();
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).context("parsing kubeconfig")?;
+        let ctx_name = doc
+            .get("current-context")
+            .and_then(|c| c.as_str())
+            .context("kubeconfig has no current-context")?;
+        let ctx = named(&doc, "contexts", ctx_name, "context")?;
+        let cluster = named(
+            &doc,
+            "clusters",
+            ctx.get("cluster").and_then(|c| c.as_str()).unwrap_or_default(),
+            "cluster",
+        )?;
+        let user = named(
+            &doc,
+            "users",
+            ctx.get("user").and_then(|c| c.as_str()).unwrap_or_default(),
+            "user",
+        )?;
+        let server = cluster
+            .get("server")
+            .and_then(|s| s.as_str())
+            .context("kubeconfig cluster has no server")?;
+        let url = url::Url::parse(server).context("kubeconfig server URL")?;
+        let host = url.host_str().context("server URL has no host")?.trim_matches(['[', ']']).to_string();
+        let port = url.port().unwrap_or(443);
+        let ca_pem = b64(cluster, "certificate-authority-data")?;
+        let ca = CertificateDer::from_pem_slice(&ca_pem).context("kubeconfig CA")?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).context("kubeconfig CA")?;
+        let cert = CertificateDer::from_pem_slice(&b64(user, "client-certificate-data")?)
+            .context("kubeconfig client certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(&b64(user, "client-key-data")?)
+            .context("kubeconfig client key")?;
+        let cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![cert], key)
+            .context("client TLS config")?;
+        Ok(KubeClient {
+            host,
+            port,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(cfg)),
+            ca_der: ca.to_vec(),
+        })
+    }
+
+    /// One request; returns the status code and the JSON body.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
+        let name = ServerName::try_from(self.host.clone()).context("server name")?;
+        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(conn);
+        let bytes = body.map(|b| serde_json::to_vec(b)).transpose()?.unwrap_or_default();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, &self.host)
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(bytes)))?;
+        let resp = sender.send_request(req).await?;
+        let code = resp.status().as_u16();
+        let body = resp.into_body().collect().await?.to_bytes();
+        driver.abort();
+        let v = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
+        };
+        Ok((code, v))
+    }
+
+    pub fn ca_cert_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&self.ca_der))
+    }
+}
+
+/// `kedge token create`: stores a bootstrap-token Secret and returns the join token.
+pub async fn create_join_token(
+    kubeconfig: &Path,
+    ttl: Option<chrono::Duration>,
+) -> anyhow::Result<String> {
+    let client = KubeClient::from_kubeconfig(kubeconfig)?;
+    let token = BootstrapToken::generate();
+    let expiration = ttl.map(|t| chrono::Utc::now() + t);
+    let secret = crate::server::token_secret(&token, expiration);
+    let (code, body) = client
+        .request(
+            http::Method::POST,
+            "/api/v1/namespaces/kube-system/secrets",
+            "application/json",
+            Some(&secret),
+        )
+        .await?;
+    if code != 201 {
+        anyhow::bail!(
+            "the server refused the token ({code}): {}",
+            body.get("message").and_then(Value::as_str).unwrap_or_default()
+        );
+    }
+    Ok(JoinToken {
+        ca_hash: client.ca_cert_hash(),
+        token,
+    }
+    .to_string())
+}

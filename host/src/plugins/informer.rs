@@ -1,0 +1,223 @@
+//! Informers: one in-memory cache per kind, fed by a store watch and shared by every plugin,
+//! so plugin reads never touch the store and every plugin sees events in revision order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::meta;
+use crate::core::resources::Resource;
+use crate::core::selector::LabelSelector;
+use crate::store::{self, EventType, Store};
+
+/// One change delivered to subscribers.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub kind: EventType,
+    pub object: Arc<Value>,
+}
+
+/// The cache of one kind.
+pub struct Informer {
+    pub res: &'static Resource,
+    /// `namespace/name` → object. Entries carry their revision to order watch events against
+    /// write-through updates.
+    cache: RwLock<BTreeMap<String, (u64, Arc<Value>)>>,
+    synced: watch::Sender<bool>,
+    subscribers: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
+}
+
+fn cache_key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+impl Informer {
+    fn new(res: &'static Resource) -> Self {
+        Informer {
+            res,
+            cache: RwLock::new(BTreeMap::new()),
+            synced: watch::channel(false).0,
+            subscribers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn get(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
+        let ns = if self.res.namespaced { ns } else { "" };
+        self.read()
+            .get(&cache_key(ns, name))
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Objects in `ns` (all namespaces when empty) matching `selector`.
+    pub fn list(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<Value>> {
+        let cache = self.read();
+        let prefix = if ns.is_empty() || !self.res.namespaced {
+            String::new()
+        } else {
+            format!("{ns}/")
+        };
+        cache
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, (_, v))| selector.matches_object(v))
+            .map(|(_, (_, v))| v.clone())
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, (u64, Arc<Value>)>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Applies a change if it is newer than what the cache holds. Returns whether it did.
+    fn apply(&self, kind: EventType, object: &Arc<Value>) -> bool {
+        let rev = store::revision_of(object).unwrap_or(0);
+        let key = cache_key(
+            if self.res.namespaced { meta::namespace(object) } else { "" },
+            meta::name(object),
+        );
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if cache.get(&key).is_some_and(|(r, _)| *r >= rev) {
+            return false;
+        }
+        match kind {
+            EventType::Deleted => {
+                cache.remove(&key);
+            }
+            _ => {
+                cache.insert(key, (rev, object.clone()));
+            }
+        }
+        true
+    }
+
+    /// Records a plugin's own successful write at once, so its next reconcile (and the
+    /// scheduler's next decision) sees it even before the watch event arrives.
+    pub fn write_through(&self, kind: EventType, object: Value) {
+        self.apply(kind, &Arc::new(object));
+    }
+
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        rx
+    }
+
+    pub async fn wait_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    fn publish(&self, change: Change) {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tx| tx.send(change.clone()).is_ok());
+    }
+
+    /// List, then watch; relist when the watch history expired.
+    async fn run(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
+        let prefix = store::prefix(self.res.group, self.res.plural, "");
+        'relist: loop {
+            let (items, rev) = match store.list(&prefix) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(kind = self.res.kind, error = %e, "informer list failed");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            {
+                let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+                let fresh: HashMap<String, ()> = items
+                    .iter()
+                    .map(|o| (cache_key(meta::namespace(o), meta::name(o)), ()))
+                    .collect();
+                cache.retain(|k, _| fresh.contains_key(k));
+                for o in items {
+                    let r = store::revision_of(&o).unwrap_or(0);
+                    let k = cache_key(meta::namespace(&o), meta::name(&o));
+                    cache.insert(k, (r, Arc::new(o)));
+                }
+            }
+            // After a relist every subscriber re-examines everything (level-triggered).
+            for (_, (_, o)) in self.read().clone() {
+                self.publish(Change {
+                    kind: EventType::Modified,
+                    object: o,
+                });
+            }
+            self.synced.send_replace(true);
+            let mut w = match store.watch(&prefix, rev) {
+                Ok(w) => w,
+                Err(_) => continue 'relist,
+            };
+            loop {
+                let next = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    n = w.next() => n,
+                };
+                match next {
+                    None => return,
+                    Some(Err(e)) => {
+                        tracing::warn!(kind = self.res.kind, error = %e, "informer watch ended; relisting");
+                        continue 'relist;
+                    }
+                    Some(Ok(event)) => {
+                        self.apply(event.kind, &event.object);
+                        self.publish(Change {
+                            kind: event.kind,
+                            object: event.object.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The informers of a host, created on first use, one task each.
+pub struct Informers {
+    store: Arc<dyn Store>,
+    cancel: CancellationToken,
+    by_kind: Mutex<HashMap<&'static str, Arc<Informer>>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Informers {
+    pub fn new(store: Arc<dyn Store>, cancel: CancellationToken) -> Self {
+        Informers {
+            store,
+            cancel,
+            by_kind: Mutex::new(HashMap::new()),
+            tasks: tokio_util::task::TaskTracker::new(),
+        }
+    }
+
+    /// The informer of `res`, started if it was not running.
+    pub fn get(&self, res: &'static Resource) -> Arc<Informer> {
+        let mut map = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
+        let id = res.plural;
+        if let Some(i) = map.get(id) {
+            return i.clone();
+        }
+        let inf = Arc::new(Informer::new(res));
+        map.insert(id, inf.clone());
+        self.tasks
+            .spawn(inf.clone().run(self.store.clone(), self.cancel.clone()));
+        inf
+    }
+
+    /// Waits for every informer task to stop (after the cancel token fired).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}

@@ -1,0 +1,805 @@
+//! The plugin host: runs controllers and the scheduler as WebAssembly components.
+//!
+//! Each plugin is compiled once and pre-instantiated; every reconcile gets a fresh instance
+//! (microseconds), so a trap cannot leave state behind. Every call runs under an epoch deadline
+//! (CPU time) and a memory cap; a trap or timeout fails that reconcile, which is retried with
+//! back-off — the host and other plugins carry on. Reads come from shared informer caches,
+//! writes go through [`Api`] (same defaulting and validation as kubectl's requests), limited to
+//! the kinds the plugin declared.
+
+pub mod informer;
+pub mod queue;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::api::ops::{DeleteOptions, WriteOptions};
+use crate::api::schema::FieldValidation;
+use crate::api::{Api, ApiError};
+use crate::core::meta;
+use crate::core::patch::PatchType;
+use crate::core::resources::{self, Resource};
+use crate::core::selector::LabelSelector;
+use crate::store::EventType;
+use informer::{Change, Informers};
+use queue::WorkQueue;
+
+wasmtime::component::bindgen!({
+    path: "../guest-sdk/wit",
+    world: "controller",
+    exports: { default: async },
+});
+
+use kedge::plugin::cluster::LogLevel;
+use kedge::plugin::types::{ApiError as WitApiError, KindRef};
+
+/// The epoch ticks every 10 ms; deadlines are counted in ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("compiling plugin {name}: {source}")]
+    Compile {
+        name: String,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("instantiating plugin {name}: {source}")]
+    Instantiate {
+        name: String,
+        #[source]
+        source: wasmtime::Error,
+    },
+    #[error("plugin {name} registration is invalid: {why}")]
+    Registration { name: String, why: String },
+    #[error("plugin {plugin} reconcile of {key} trapped: {reason}")]
+    Trap {
+        plugin: String,
+        key: String,
+        reason: String,
+    },
+    #[error("plugin {plugin} reconcile of {key} failed: {message}")]
+    Reconcile {
+        plugin: String,
+        key: String,
+        message: String,
+    },
+    #[error("plugin engine: {0}")]
+    Engine(#[source] wasmtime::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Limits and locations for the plugin host.
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    /// Wall-clock budget of one reconcile call (host calls included). A controller that
+    /// needs more is looping or doing too much in one step.
+    pub call_deadline: Duration,
+    /// Linear memory cap per instance.
+    pub memory_limit: usize,
+    /// Where compiled plugins are cached (keyed by content hash and engine version).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for PluginConfig {
+    fn default() -> Self {
+        PluginConfig {
+            call_deadline: Duration::from_secs(2),
+            memory_limit: 64 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+/// What a loaded plugin may touch, resolved from its registration.
+#[derive(Debug)]
+pub struct Permissions {
+    pub for_kind: &'static Resource,
+    pub owns: Vec<&'static Resource>,
+    pub readable: Vec<&'static Resource>,
+    pub writable: Vec<&'static Resource>,
+}
+
+fn resolve_kind(k: &KindRef) -> std::result::Result<&'static Resource, String> {
+    resources::by_kind(&k.api_version, &k.kind)
+        .ok_or_else(|| format!("kind {}/{} is not served", k.api_version, k.kind))
+}
+
+impl Permissions {
+    fn from_registration(r: &Registration) -> std::result::Result<Self, String> {
+        let for_kind = resolve_kind(&r.for_kind)?;
+        let owns = r.owns.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
+        let reads = r.reads.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
+        let writable = r.writes.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
+        let mut readable = vec![for_kind];
+        for k in owns.iter().chain(&reads).chain(&writable) {
+            if !readable.iter().any(|x| std::ptr::eq(*x, *k)) {
+                readable.push(k);
+            }
+        }
+        Ok(Permissions {
+            for_kind,
+            owns,
+            readable,
+            writable,
+        })
+    }
+}
+
+/// Per-call state inside the wasmtime store.
+struct HostState {
+    plugin: Arc<PluginShared>,
+    limits: StoreLimits,
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What host functions need, shared by all calls of one plugin.
+struct PluginShared {
+    name: String,
+    api: Arc<Api>,
+    informers: Arc<Informers>,
+    perms: Permissions,
+}
+
+fn wit_error(e: ApiError) -> WitApiError {
+    let m = e.message.clone();
+    match (e.code, e.reason) {
+        (404, _) => WitApiError::NotFound(m),
+        (409, "AlreadyExists") => WitApiError::AlreadyExists(m),
+        (409, _) => WitApiError::Conflict(m),
+        (400 | 422, _) => WitApiError::Invalid(m),
+        (401 | 403, _) => WitApiError::Forbidden(m),
+        _ => WitApiError::Other(m),
+    }
+}
+
+impl PluginShared {
+    fn readable(&self, av: &str, kind: &str) -> std::result::Result<&'static Resource, WitApiError> {
+        self.perms
+            .readable
+            .iter()
+            .find(|r| r.api_version() == av && r.kind == kind)
+            .copied()
+            .ok_or_else(|| {
+                WitApiError::Forbidden(format!(
+                    "plugin {} did not declare {av}/{kind}",
+                    self.name
+                ))
+            })
+    }
+
+    fn writable(&self, av: &str, kind: &str) -> std::result::Result<&'static Resource, WitApiError> {
+        self.perms
+            .writable
+            .iter()
+            .find(|r| r.api_version() == av && r.kind == kind)
+            .copied()
+            .ok_or_else(|| {
+                WitApiError::Forbidden(format!(
+                    "plugin {} may not write {av}/{kind}: not in its declared writes",
+                    self.name
+                ))
+            })
+    }
+
+    fn write_options() -> WriteOptions {
+        // Plugins get strict decoding: an unknown field is a plugin bug worth surfacing.
+        WriteOptions {
+            validation: FieldValidation::Strict,
+            ..Default::default()
+        }
+    }
+
+    fn record(&self, res: &'static Resource, kind: EventType, obj: &Value) {
+        self.informers.get(res).write_through(kind, obj.clone());
+    }
+}
+
+fn parse_body(body: &str) -> std::result::Result<Value, WitApiError> {
+    serde_json::from_str(body).map_err(|e| WitApiError::Invalid(format!("body is not JSON: {e}")))
+}
+
+impl kedge::plugin::types::Host for HostState {}
+
+impl kedge::plugin::cluster::Host for HostState {
+    fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> std::result::Result<Option<String>, WitApiError> {
+        let p = &self.plugin;
+        let res = p.readable(&api_version, &kind)?;
+        Ok(p
+            .informers
+            .get(res)
+            .get(&namespace, &name)
+            .map(|o| o.to_string()))
+    }
+
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        label_selector: String,
+    ) -> std::result::Result<Vec<String>, WitApiError> {
+        let p = &self.plugin;
+        let res = p.readable(&api_version, &kind)?;
+        let sel = LabelSelector::parse(&label_selector)
+            .map_err(|e| WitApiError::Invalid(e.to_string()))?;
+        Ok(p
+            .informers
+            .get(res)
+            .list(&namespace, &sel)
+            .iter()
+            .map(|o| o.to_string())
+            .collect())
+    }
+
+    fn create(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let obj = parse_body(&body)?;
+        let created = p
+            .api
+            .create(res, &namespace, obj, &PluginShared::write_options())
+            .map_err(wit_error)?;
+        p.record(res, EventType::Added, &created);
+        Ok(created.to_string())
+    }
+
+    fn update(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let obj = parse_body(&body)?;
+        let name = meta::name(&obj).to_string();
+        let out = p
+            .api
+            .update(res, &namespace, &name, obj, None, &PluginShared::write_options())
+            .map_err(wit_error)?;
+        p.record(res, EventType::Modified, &out);
+        Ok(out.to_string())
+    }
+
+    fn update_status(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        if !res.has("status") {
+            return Err(WitApiError::Invalid(format!("{kind} has no status subresource")));
+        }
+        let obj = parse_body(&body)?;
+        let name = meta::name(&obj).to_string();
+        let out = p
+            .api
+            .update(
+                res,
+                &namespace,
+                &name,
+                obj,
+                Some("status"),
+                &PluginShared::write_options(),
+            )
+            .map_err(wit_error)?;
+        p.record(res, EventType::Modified, &out);
+        Ok(out.to_string())
+    }
+
+    fn patch(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        patch: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let body = parse_body(&patch)?;
+        let out = p
+            .api
+            .patch(
+                res,
+                &namespace,
+                &name,
+                None,
+                &body,
+                PatchType::Merge,
+                &PluginShared::write_options(),
+            )
+            .map_err(wit_error)?;
+        p.record(res, EventType::Modified, &out);
+        Ok(out.to_string())
+    }
+
+    fn delete(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> std::result::Result<(), WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let out = p
+            .api
+            .delete(res, &namespace, &name, &DeleteOptions::default())
+            .map_err(wit_error)?;
+        // Gone, or only marked for deletion (graceful pods, finalizers)?
+        let gone = p.api.get(res, &namespace, &name).is_err();
+        p.record(
+            res,
+            if gone {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            },
+            &out,
+        );
+        Ok(())
+    }
+
+    fn bind_pod(
+        &mut self,
+        namespace: String,
+        name: String,
+        node: String,
+    ) -> std::result::Result<(), WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable("v1", "Pod")?;
+        let binding = serde_json::json!({"target": {"kind": "Node", "name": node}});
+        let out = p.api.bind(&namespace, &name, &binding).map_err(wit_error)?;
+        p.record(res, EventType::Modified, &out);
+        Ok(())
+    }
+
+    fn now(&mut self) -> String {
+        self.plugin.api.now()
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = self.plugin.name.as_str();
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+        }
+    }
+}
+
+/// A compiled, registered plugin ready to reconcile.
+pub struct Plugin {
+    shared: Arc<PluginShared>,
+    pre: ControllerPre<HostState>,
+    digest: String,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    pub fn permissions(&self) -> &Permissions {
+        &self.shared.perms
+    }
+}
+
+/// The outcome of one reconcile.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub requeue_after: Option<Duration>,
+}
+
+/// Runs plugins: compiles, registers, feeds events, reconciles.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    api: Arc<Api>,
+    informers: Arc<Informers>,
+    config: PluginConfig,
+    cancel: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
+    _ticker: EpochTicker,
+}
+
+/// Bumps the engine epoch on a plain thread (it must tick even when tokio's workers are busy
+/// running a runaway guest); stops when dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (engine, flag) = (engine.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("kedge-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl PluginHost {
+    pub fn new(
+        api: Arc<Api>,
+        config: PluginConfig,
+        cancel: CancellationToken,
+    ) -> Result<Self> {
+        let mut wcfg = wasmtime::Config::new();
+        wcfg.epoch_interruption(true);
+        wcfg.wasm_component_model(true);
+        let engine = Engine::new(&wcfg).map_err(Error::Engine)?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        // Rust guests import wasi:cli and wasi:io even when the world does not (STACK.md);
+        // they get an empty context: no files, no network, no environment.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
+        Controller::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(Error::Engine)?;
+        let informers = Arc::new(Informers::new(api.store().clone(), cancel.clone()));
+        let ticker = EpochTicker::start(&engine);
+        Ok(PluginHost {
+            engine,
+            linker,
+            api,
+            informers,
+            config,
+            cancel,
+            tasks: tokio_util::task::TaskTracker::new(),
+            _ticker: ticker,
+        })
+    }
+
+    pub fn informers(&self) -> &Arc<Informers> {
+        &self.informers
+    }
+
+    fn new_store(&self, shared: Arc<PluginShared>) -> Store<HostState> {
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.config.memory_limit)
+            .trap_on_grow_failure(true)
+            .build();
+        let state = HostState {
+            plugin: shared,
+            limits,
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (self.config.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1);
+        store.set_epoch_deadline(ticks as u64);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Compiles `bytes`, asks the plugin to register, validates the registration.
+    pub async fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
+        use sha2::{Digest, Sha256};
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let component = {
+            let bytes = bytes.to_vec();
+            let digest = digest.clone();
+            let label = label.to_string();
+            // Compilation is CPU-heavy; keep it off the async workers.
+            let this = (self.engine.clone(), self.config.cache_dir.clone());
+            tokio::task::spawn_blocking(move || {
+                let host = CompileOnly {
+                    engine: this.0,
+                    cache_dir: this.1,
+                };
+                host.compile(&label, &bytes, &digest)
+            })
+            .await
+            .map_err(|e| Error::Engine(wasmtime::Error::msg(e.to_string())))??
+        };
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|source| Error::Instantiate {
+                name: label.to_string(),
+                source,
+            })?;
+        let pre = ControllerPre::new(instance_pre).map_err(|source| Error::Instantiate {
+            name: label.to_string(),
+            source,
+        })?;
+        // Registration runs with no permissions at all.
+        let probe = Arc::new(PluginShared {
+            name: label.to_string(),
+            api: self.api.clone(),
+            informers: self.informers.clone(),
+            perms: Permissions {
+                for_kind: resources::by_kind("v1", "Namespace").expect("served"),
+                owns: vec![],
+                readable: vec![],
+                writable: vec![],
+            },
+        });
+        let mut store = self.new_store(probe);
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|source| Error::Instantiate {
+                name: label.to_string(),
+                source,
+            })?;
+        let reg = instance
+            .call_register(&mut store)
+            .await
+            .map_err(|e| Error::Trap {
+                plugin: label.to_string(),
+                key: "register".into(),
+                reason: trap_reason(&e, &self.config),
+            })?;
+        if reg.name.is_empty() {
+            return Err(Error::Registration {
+                name: label.to_string(),
+                why: "empty name".into(),
+            });
+        }
+        let perms = Permissions::from_registration(&reg).map_err(|why| Error::Registration {
+            name: reg.name.clone(),
+            why,
+        })?;
+        Ok(Arc::new(Plugin {
+            shared: Arc::new(PluginShared {
+                name: reg.name,
+                api: self.api.clone(),
+                informers: self.informers.clone(),
+                perms,
+            }),
+            pre,
+            digest,
+        }))
+    }
+
+    /// One reconcile in a fresh instance.
+    pub async fn reconcile(&self, plugin: &Plugin, ns: &str, name: &str) -> Result<Outcome> {
+        let key_label = if ns.is_empty() {
+            name.to_string()
+        } else {
+            format!("{ns}/{name}")
+        };
+        let mut store = self.new_store(plugin.shared.clone());
+        let instance = plugin
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Trap {
+                plugin: plugin.name().to_string(),
+                key: key_label.clone(),
+                reason: trap_reason(&e, &self.config),
+            })?;
+        let res = plugin.shared.perms.for_kind;
+        let key = ObjectKey {
+            api_version: res.api_version(),
+            kind: res.kind.to_string(),
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        };
+        let out = instance
+            .call_reconcile(&mut store, &key)
+            .await
+            .map_err(|e| Error::Trap {
+                plugin: plugin.name().to_string(),
+                key: key_label.clone(),
+                reason: trap_reason(&e, &self.config),
+            })?;
+        match out {
+            Ok(o) => Ok(Outcome {
+                requeue_after: o.requeue_after_ms.map(Duration::from_millis),
+            }),
+            Err(message) => Err(Error::Reconcile {
+                plugin: plugin.name().to_string(),
+                key: key_label,
+                message,
+            }),
+        }
+    }
+
+    /// Starts feeding `plugin` its events and reconciling until the host is cancelled.
+    pub fn start(self: &Arc<Self>, plugin: Arc<Plugin>) {
+        let queue: Arc<WorkQueue<(String, String)>> = Arc::new(WorkQueue::new());
+        let perms = &plugin.shared.perms;
+        let primary = self.informers.get(perms.for_kind);
+        // Route events to keys of the primary kind.
+        let mut sources = vec![(primary.subscribe(), None)];
+        for owned in &perms.owns {
+            sources.push((self.informers.get(owned).subscribe(), Some(*owned)));
+        }
+        for (mut rx, owned) in sources {
+            let queue = queue.clone();
+            let primary = primary.clone();
+            let cancel = self.cancel.clone();
+            self.tasks.spawn(async move {
+                loop {
+                    let change: Change = tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        c = rx.recv() => match c { Some(c) => c, None => break },
+                    };
+                    route(&queue, &primary.res, owned, &change, &primary);
+                }
+            });
+        }
+        let host = self.clone();
+        let cancel = self.cancel.clone();
+        self.tasks.spawn(async move {
+            // Reconciling before the caches are filled would act on a partial world (and,
+            // say, create pods that already exist).
+            host.informers.get(plugin.shared.perms.for_kind).wait_synced().await;
+            for o in &plugin.shared.perms.readable {
+                host.informers.get(o).wait_synced().await;
+            }
+            tracing::info!(plugin = plugin.name(), digest = plugin.digest(), "plugin started");
+            loop {
+                let key = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    k = queue.get() => match k { Some(k) => k, None => break },
+                };
+                let span = tracing::debug_span!("reconcile", plugin = plugin.name(), object = %format!("{}/{}", key.0, key.1));
+                let _enter = span.enter();
+                match host.reconcile(&plugin, &key.0, &key.1).await {
+                    Ok(o) => {
+                        queue.forget(&key);
+                        if let Some(d) = o.requeue_after {
+                            queue.add_after(key.clone(), d);
+                        }
+                    }
+                    Err(e) => {
+                        let failures = queue.failures(&key) + 1;
+                        if failures > 3 {
+                            tracing::warn!(failures, error = %e, "reconcile failed");
+                        } else {
+                            tracing::debug!(failures, error = %e, "reconcile failed");
+                        }
+                        queue.add_rate_limited(key.clone());
+                    }
+                }
+                queue.done(&key);
+            }
+            queue.shut_down();
+        });
+    }
+
+    /// Waits for every plugin task to finish after cancellation.
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.informers.stopped().await;
+    }
+}
+
+/// Maps one event to the primary-kind keys to reconcile.
+fn route(
+    queue: &WorkQueue<(String, String)>,
+    primary_res: &Resource,
+    owned: Option<&'static Resource>,
+    change: &Change,
+    primary: &informer::Informer,
+) {
+    let obj = &change.object;
+    let ns = meta::namespace(obj).to_string();
+    match owned {
+        None => queue.add((ns, meta::name(obj).to_string())),
+        Some(_) => match meta::controller_ref(obj) {
+            Some(r) => {
+                let kind = r.get("kind").and_then(Value::as_str);
+                let av = r.get("apiVersion").and_then(Value::as_str);
+                if kind == Some(primary_res.kind) && av == Some(&primary_res.api_version()) {
+                    if let Some(n) = r.get("name").and_then(Value::as_str) {
+                        queue.add((ns, n.to_string()));
+                    }
+                }
+            }
+            None => {
+                // An orphan: every primary object in its namespace may want to adopt it.
+                for p in primary.list(&ns, &LabelSelector::default()) {
+                    queue.add((ns.clone(), meta::name(&p).to_string()));
+                }
+            }
+        },
+    }
+}
+
+fn trap_reason(e: &wasmtime::Error, config: &PluginConfig) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        return match trap {
+            wasmtime::Trap::Interrupt => format!(
+                "exceeded its {} ms call deadline",
+                config.call_deadline.as_millis()
+            ),
+            wasmtime::Trap::UnreachableCodeReached => {
+                "guest panicked (unreachable instruction)".into()
+            }
+            other => other.to_string(),
+        };
+    }
+    let text = format!("{e:#}");
+    if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
+        return format!(
+            "exceeded its memory cap of {} MiB ({text})",
+            config.memory_limit >> 20
+        );
+    }
+    text
+}
+
+/// Compilation without the rest of the host, so it can run on a blocking thread.
+struct CompileOnly {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+}
+
+impl CompileOnly {
+    fn compile(&self, name: &str, bytes: &[u8], digest: &str) -> Result<Component> {
+        let compile = || {
+            Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
+                name: name.to_string(),
+                source,
+            })
+        };
+        match &self.cache_dir {
+            Some(dir) => cache::load_or_compile(&self.engine, dir, digest, bytes).or_else(|e| {
+                tracing::warn!(plugin = name, error = %e, "plugin cache unusable; compiling");
+                compile()
+            }),
+            None => compile(),
+        }
+    }
+}
+
+mod cache;

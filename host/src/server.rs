@@ -1,0 +1,364 @@
+//! `kedge server`: the control plane — store, API over HTTPS, QUIC tunnel endpoint for
+//! nodes, and the plugin host with the default controllers and scheduler.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::body::Body;
+use base64::Engine as _;
+use futures_util::future::BoxFuture;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::http::{ApiState, NodeProxy};
+use crate::api::ops::{Api, Clock, WriteOptions};
+use crate::auth::Identity;
+use crate::core::resources;
+use crate::plugins::{PluginConfig, PluginHost};
+use crate::store::redb::{Options as StoreOptions, RedbStore};
+use kedge_tunnel::pki::{ClusterPki, identity_from_cert};
+use kedge_tunnel::server::{BootstrapValidator, NodeTunnels, TunnelServer};
+use kedge_tunnel::token::{BootstrapToken, JoinToken};
+
+/// The default plugin set, built from controllers-wasm/ by build.rs.
+pub mod default_plugins {
+    pub const SCHEDULER: &[u8] =
+        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_scheduler.wasm"));
+    pub const REPLICASET: &[u8] =
+        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_replicaset.wasm"));
+    pub const DEPLOYMENT: &[u8] =
+        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_deployment.wasm"));
+
+    pub const ALL: &[(&str, &[u8])] = &[
+        ("scheduler", SCHEDULER),
+        ("replicaset", REPLICASET),
+        ("deployment", DEPLOYMENT),
+    ];
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// HTTPS (TCP) and tunnel (UDP) share this address.
+    pub listen: SocketAddr,
+    /// Extra names/IPs for the serving certificate.
+    pub tls_sans: Vec<String>,
+    pub plugin_cache_dir: Option<PathBuf>,
+    pub plugins: PluginConfig,
+    /// Store fsync per commit (off only for benchmarks).
+    pub durable: bool,
+}
+
+/// A running server.
+pub struct Server {
+    pub api: Arc<Api>,
+    pub https_addr: SocketAddr,
+    pub tunnel_addr: SocketAddr,
+    pub kubeconfig: PathBuf,
+    pub join_token: String,
+    pub plugins: Arc<PluginHost>,
+    pub nodes: NodeTunnels,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Server {
+    /// Waits for every task to finish (after the cancel token fired).
+    pub async fn stopped(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.plugins.stopped().await;
+    }
+}
+
+struct TunnelProxy(NodeTunnels);
+
+impl NodeProxy for TunnelProxy {
+    fn request(
+        &self,
+        node: &str,
+        req: http::Request<Body>,
+    ) -> BoxFuture<'_, Result<http::Response<Body>, String>> {
+        let node = node.to_string();
+        Box::pin(async move { self.0.request(&node, req).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Bootstrap tokens live where Kubernetes keeps them: Secrets `bootstrap-token-<id>` of type
+/// `bootstrap.kubernetes.io/token` in kube-system.
+struct StoreTokens {
+    api: Arc<Api>,
+    clock: Clock,
+}
+
+impl BootstrapValidator for StoreTokens {
+    fn validate(
+        &self,
+        token: &BootstrapToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        let res = resources::by_kind("v1", "Secret").expect("secrets are served");
+        let found = self
+            .api
+            .get(res, "kube-system", &format!("bootstrap-token-{}", token.id))
+            .ok();
+        let ok = found.is_some_and(|s| token_secret_valid(&s, token, (self.clock)()));
+        Box::pin(async move { ok })
+    }
+}
+
+fn secret_field(s: &Value, k: &str) -> Option<String> {
+    let b64 = s.pointer(&format!("/data/{k}"))?.as_str()?;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+fn token_secret_valid(
+    s: &Value,
+    token: &BootstrapToken,
+    now: chrono::DateTime<chrono::Utc>,
+) -> bool {
+    if s.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token") {
+        return false;
+    }
+    if secret_field(s, "usage-bootstrap-authentication").as_deref() != Some("true") {
+        return false;
+    }
+    if let Some(exp) = secret_field(s, "expiration") {
+        match chrono::DateTime::parse_from_rfc3339(&exp) {
+            Ok(t) if t.with_timezone(&chrono::Utc) > now => {}
+            _ => return false,
+        }
+    }
+    secret_field(s, "token-secret").is_some_and(|sec| token.secret_matches(&sec))
+}
+
+/// The Secret that makes `token` valid for node bootstrap.
+pub fn token_secret(token: &BootstrapToken, expiration: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let mut data = json!({
+        "token-id": b(&token.id),
+        "token-secret": b(&token.secret),
+        "usage-bootstrap-authentication": b("true"),
+        "description": b("kedge node bootstrap token"),
+    });
+    if let Some(e) = expiration {
+        data["expiration"] = json!(b(&crate::core::meta::timestamp(e)));
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": format!("bootstrap-token-{}", token.id), "namespace": "kube-system"},
+        "type": "bootstrap.kubernetes.io/token",
+        "data": data,
+    })
+}
+
+fn ensure(api: &Api, kind: &str, ns: &str, obj: Value) -> anyhow::Result<()> {
+    let (av, k) = kind.split_once(':').expect("av:kind");
+    let res = resources::by_kind(av, k).expect("served kind");
+    match api.create(res, ns, obj, &WriteOptions::default()) {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("creating default {k}: {e}")),
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(contents.as_bytes())?;
+    Ok(())
+}
+
+/// Starts every part of the server; returns once all listen.
+pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result<Server> {
+    kedge_tunnel::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let pki = Arc::new(
+        ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &cfg.tls_sans)
+            .context("cluster PKI")?,
+    );
+    let store = Arc::new(
+        RedbStore::open(
+            &cfg.data_dir.join("state.redb"),
+            StoreOptions {
+                durable: cfg.durable,
+                ..Default::default()
+            },
+        )
+        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
+    );
+    let clock = crate::api::ops::system_clock();
+    let api = Arc::new(Api::new(store, clock.clone()));
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(&api, "v1:Namespace", "", json!({"metadata": {"name": ns}}))?;
+    }
+
+    let tcp = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {} (tcp)", cfg.listen))?;
+    let https_addr = tcp.local_addr()?;
+
+    // Admin credentials and the first join token, created once.
+    let kubeconfig = cfg.data_dir.join("admin.kubeconfig");
+    let url_host = if https_addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        https_addr.ip().to_string()
+    };
+    let url = format!("https://{url_host}:{}", https_addr.port());
+    {
+        let (cert, key) = pki
+            .issue_client(
+                "kedge-admin",
+                &["system:masters"],
+                std::time::Duration::from_secs(365 * 86400),
+            )
+            .context("issuing the admin certificate")?;
+        pki.write_kubeconfig(&kubeconfig, &url, "kedge-admin", &cert, &key)
+            .context("writing the admin kubeconfig")?;
+    }
+    let token_file = cfg.data_dir.join("token");
+    let join_token = match std::fs::read_to_string(&token_file) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let token = BootstrapToken::generate();
+            ensure(&api, "v1:Secret", "kube-system", token_secret(&token, None))?;
+            let join = JoinToken {
+                ca_hash: pki.ca_cert_hash(),
+                token,
+            }
+            .to_string();
+            write_private(&token_file, &format!("{join}\n"))?;
+            join
+        }
+    };
+
+    let state = Arc::new(ApiState {
+        api: api.clone(),
+        nodes: std::sync::OnceLock::new(),
+        clock: clock.clone(),
+    });
+    let router = crate::api::http::router(state.clone());
+
+    let tunnel = TunnelServer::bind(
+        https_addr,
+        pki.clone(),
+        Arc::new(StoreTokens {
+            api: api.clone(),
+            clock: clock.clone(),
+        }),
+        router.clone(),
+    )
+    .context("starting the node tunnel (udp)")?;
+    let tunnel_addr = tunnel.local_addr();
+    let nodes = tunnel.nodes();
+    let _ = state.nodes.set(Arc::new(TunnelProxy(nodes.clone())));
+
+    let tasks = tokio_util::task::TaskTracker::new();
+    tasks.spawn(tunnel.serve(cancel.clone()));
+    let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
+    tasks.spawn(serve_https(tcp, tls, router, cancel.clone()));
+
+    let plugins = Arc::new(PluginHost::new(
+        api.clone(),
+        PluginConfig {
+            cache_dir: cfg.plugin_cache_dir.clone(),
+            ..cfg.plugins.clone()
+        },
+        cancel.clone(),
+    )?);
+    for (label, bytes) in default_plugins::ALL {
+        let p = plugins
+            .load(label, bytes)
+            .await
+            .with_context(|| format!("loading the default {label} plugin"))?;
+        plugins.start(p);
+    }
+    tracing::info!(%https_addr, %tunnel_addr, "kedge server ready");
+    Ok(Server {
+        api,
+        https_addr,
+        tunnel_addr,
+        kubeconfig,
+        join_token,
+        plugins,
+        nodes,
+        tasks,
+    })
+}
+
+/// HTTPS accept loop: TLS with optional client certificates; the certificate's subject becomes
+/// the request's [`Identity`] (no certificate: anonymous, refused by the API with 401).
+async fn serve_https(
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    router: axum::Router,
+    cancel: CancellationToken,
+) {
+    let conns = tokio_util::task::TaskTracker::new();
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = tcp.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+        };
+        let tls = tls.clone();
+        let router = router.clone();
+        let cancel = cancel.clone();
+        conns.spawn(async move {
+            let stream = match tls.accept(sock).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "tls handshake failed");
+                    return;
+                }
+            };
+            let identity: Option<Identity> = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(identity_from_cert);
+            let svc = tower::ServiceExt::map_request(router, move |mut req: http::Request<hyper::body::Incoming>| {
+                if let Some(id) = &identity {
+                    req.extensions_mut().insert(id.clone());
+                }
+                req
+            });
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with error");
+                    }
+                }
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn).await;
+                }
+            }
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conns.wait()).await;
+}

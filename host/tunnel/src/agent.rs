@@ -1,0 +1,593 @@
+//! The node end of the tunnel: joins the cluster once, then keeps one mTLS QUIC connection
+//! to the server alive for as long as the agent runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use quinn::crypto::rustls::QuicClientConfig;
+use rand::Rng;
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::fsutil::{self, SECRET};
+use crate::io::{self, serve_stream, transport_config};
+use crate::server::{NODE_USER_PREFIX, NODES_GROUP};
+use crate::token::JoinToken;
+use crate::wire::{self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, Welcome, close};
+use crate::{ALPN, Error, SERVER_NAME};
+
+/// How long `request` waits for a connection while the supervisor is reconnecting.
+const REQUEST_WAIT: Duration = Duration::from_secs(10);
+/// One dial (handshake + welcome); quinn would otherwise wait for the 30 s idle timeout.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_CAP: Duration = Duration::from_secs(7);
+
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// `host:port` of the server's tunnel endpoint; resolved on every dial so DNS changes
+    /// are followed.
+    pub server: String,
+    /// Needed only until the node has a certificate in `state_dir`.
+    pub join_token: Option<String>,
+    pub node_name: String,
+    pub state_dir: PathBuf,
+}
+
+/// Hand-written so the join token's secret never reaches logs.
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field(
+                "join_token",
+                &self.join_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("node_name", &self.node_name)
+            .field("state_dir", &self.state_dir)
+            .finish()
+    }
+}
+
+/// A handle on the node's tunnel; cheap to clone.
+#[derive(Clone)]
+pub struct TunnelClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    link: watch::Receiver<Option<Link>>,
+    connected: watch::Receiver<bool>,
+    cancel: CancellationToken,
+}
+
+/// A live connection. The endpoint is kept alongside so its UDP socket lives exactly as long
+/// as the connection that uses it.
+#[derive(Clone)]
+struct Link {
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+}
+
+struct StatePaths {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+}
+
+impl StatePaths {
+    fn new(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("node.crt"),
+            key: dir.join("node.key"),
+            ca: dir.join("ca.crt"),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.cert.exists() && self.key.exists() && self.ca.exists()
+    }
+}
+
+impl TunnelClient {
+    /// Joins if needed, connects, and leaves a supervisor running until `cancel`.
+    ///
+    /// Errors that need an operator (bad or missing join token, wrong CA pin, refused
+    /// certificate) are returned. A server that is merely unreachable is not an error once
+    /// the node has joined: the agent must start and keep its pods running while the server
+    /// is away, so the supervisor keeps dialling in the background instead.
+    pub async fn start(
+        cfg: AgentConfig,
+        kubelet: axum::Router,
+        cancel: CancellationToken,
+    ) -> Result<Self, Error> {
+        let paths = StatePaths::new(&cfg.state_dir);
+        if !paths.complete() {
+            let join: JoinToken = cfg
+                .join_token
+                .as_deref()
+                .ok_or_else(|| Error::NotJoined(cfg.state_dir.clone()))?
+                .parse()?;
+            fsutil::ensure_private_dir(&cfg.state_dir)?;
+            tokio::time::timeout(BOOTSTRAP_TIMEOUT, bootstrap(&cfg, &join, &paths))
+                .await
+                .map_err(|_| Error::Connect {
+                    server: cfg.server.clone(),
+                    reason: format!("bootstrap did not finish within {BOOTSTRAP_TIMEOUT:?}"),
+                })??;
+            info!(node = %cfg.node_name, "joined the cluster; node certificate saved");
+        }
+        let dialer = Dialer {
+            server: cfg.server.clone(),
+            config: mtls_client_config(&paths)?,
+        };
+        let first = match dialer.dial().await {
+            Ok(link) => Some(link),
+            Err(e @ Error::CertificateRefused(_)) => return Err(e),
+            Err(e) => {
+                warn!(server = %cfg.server, error = %e, "server unreachable; will keep trying");
+                None
+            }
+        };
+        let (link_tx, link_rx) = watch::channel(None);
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let supervisor = Supervisor {
+            dialer,
+            link_tx,
+            connected_tx,
+            kubelet,
+            cancel: cancel.clone(),
+            tracker: TaskTracker::new(),
+        };
+        if let Some(link) = &first {
+            supervisor.publish(Some(link.clone()));
+        }
+        tokio::spawn(supervisor.run(first));
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                link: link_rx,
+                connected: connected_rx,
+                cancel,
+            }),
+        })
+    }
+
+    /// One API request on a fresh stream; the response body streams (watches).
+    pub async fn request(
+        &self,
+        req: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, Error> {
+        let mut rx = self.inner.link.clone();
+        let link = tokio::time::timeout(REQUEST_WAIT, rx.wait_for(Option::is_some))
+            .await
+            .map_err(|_| Error::NotConnected(REQUEST_WAIT))?
+            .map_err(|_| Error::NotConnected(REQUEST_WAIT))?
+            .clone()
+            .ok_or(Error::NotConnected(REQUEST_WAIT))?;
+        let (send, recv) = link.conn.open_bi().await?;
+        io::send_request(
+            send,
+            recv,
+            req,
+            SERVER_NAME,
+            self.inner.cancel.child_token(),
+        )
+        .await
+    }
+
+    /// Whether the tunnel is up right now; watch it to react to loss and recovery.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.clone()
+    }
+}
+
+/// Everything needed to (re)establish the mTLS connection.
+struct Dialer {
+    server: String,
+    config: quinn::ClientConfig,
+}
+
+impl Dialer {
+    async fn dial(&self) -> Result<Link, Error> {
+        tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner())
+            .await
+            .map_err(|_| Error::Connect {
+                server: self.server.clone(),
+                reason: format!("no answer within {DIAL_TIMEOUT:?}"),
+            })?
+    }
+
+    async fn dial_inner(&self) -> Result<Link, Error> {
+        let addr = resolve(&self.server).await?;
+        let endpoint = client_endpoint(addr, &self.server)?;
+        let conn = endpoint
+            .connect_with(self.config.clone(), addr, SERVER_NAME)
+            .map_err(|e| self.connect_err(e))?
+            .await
+            .map_err(|e| self.classify(e))?;
+        // Wait for the server's welcome: only then do we know it accepted our certificate.
+        let welcome = async {
+            let mut s = conn.accept_uni().await?;
+            let bytes = s.read_to_end(MAX_MESSAGE).await?;
+            serde_json::from_slice::<Welcome>(&bytes)
+                .map_err(|e| Error::Protocol(format!("bad welcome: {e}")))
+        };
+        match welcome.await {
+            Ok(w) => {
+                info!(server = %self.server, node = %w.node, "tunnel connected");
+                Ok(Link { conn, endpoint })
+            }
+            Err(Error::Connection(e)) => Err(self.classify(e)),
+            Err(Error::Read(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e)))) => {
+                Err(self.classify(e))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn connect_err(&self, e: impl std::fmt::Display) -> Error {
+        Error::Connect {
+            server: self.server.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// In TLS 1.3 the server judges our certificate after our side of the handshake is done,
+    /// so a refusal arrives as an early close: a TLS alert, or our unauthorized close code.
+    fn classify(&self, e: quinn::ConnectionError) -> Error {
+        match &e {
+            quinn::ConnectionError::ConnectionClosed(c)
+                if (0x100..0x200).contains(&u64::from(c.error_code)) =>
+            {
+                Error::CertificateRefused(c.to_string())
+            }
+            quinn::ConnectionError::ApplicationClosed(a) if a.error_code == close::UNAUTHORIZED => {
+                Error::CertificateRefused(String::from_utf8_lossy(&a.reason).into_owned())
+            }
+            _ => self.connect_err(e),
+        }
+    }
+}
+
+/// Owns the connection after `start` returns: serves the server's kubelet requests and
+/// reconnects with jittered exponential back-off when the connection is lost.
+struct Supervisor {
+    dialer: Dialer,
+    link_tx: watch::Sender<Option<Link>>,
+    connected_tx: watch::Sender<bool>,
+    kubelet: axum::Router,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Supervisor {
+    fn publish(&self, link: Option<Link>) {
+        let up = link.is_some();
+        self.link_tx.send_replace(link);
+        self.connected_tx.send_replace(up);
+    }
+
+    async fn run(self, mut link: Option<Link>) {
+        let mut failures: u32 = 0;
+        loop {
+            if let Some(l) = link.take() {
+                failures = 0;
+                self.publish(Some(l.clone()));
+                self.serve(&l).await;
+                self.publish(None);
+                if self.cancel.is_cancelled() {
+                    l.conn.close(close::SHUTDOWN, b"agent shutting down");
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), l.endpoint.wait_idle()).await;
+                    break;
+                }
+            }
+            let delay = backoff(failures);
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            let res = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                res = self.dialer.dial() => res,
+            };
+            match res {
+                Ok(l) => link = Some(l),
+                Err(e @ Error::CertificateRefused(_)) => {
+                    error!(error = %e, "reconnect refused");
+                    failures = failures.saturating_add(1);
+                }
+                Err(e) => {
+                    // The first failure is news; the rest of an outage is noise.
+                    if failures == 0 {
+                        warn!(error = %e, "tunnel reconnect failed; backing off");
+                    } else {
+                        debug!(error = %e, failures, "tunnel reconnect failed");
+                    }
+                    failures = failures.saturating_add(1);
+                }
+            }
+        }
+        self.tracker.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+    }
+
+    /// Serves server-opened streams until the connection is lost or we are cancelled.
+    async fn serve(&self, link: &Link) {
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return,
+                res = link.conn.accept_bi() => match res {
+                    Ok((send, recv)) => {
+                        self.tracker.spawn(serve_stream(send, recv, self.kubelet.clone(), self.cancel.clone()));
+                    }
+                    Err(e) => {
+                        warn!(reason = %e, "tunnel lost; reconnecting");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// 200 ms doubling to a 7 s cap, each delay drawn from its upper half so that many agents
+/// losing the same server do not come back in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let base = BACKOFF_START
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_CAP);
+    let ms = base.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
+}
+
+async fn resolve(server: &str) -> Result<SocketAddr, Error> {
+    let err = |reason: String| Error::Resolve {
+        server: server.to_owned(),
+        reason,
+    };
+    tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .next()
+        .ok_or_else(|| err("no addresses".into()))
+}
+
+fn client_endpoint(addr: SocketAddr, server: &str) -> Result<quinn::Endpoint, Error> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    quinn::Endpoint::client(local).map_err(|e| Error::Connect {
+        server: server.to_owned(),
+        reason: format!("bind local udp socket: {e}"),
+    })
+}
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub(crate) fn quic_client_config(
+    mut tls: rustls::ClientConfig,
+) -> Result<quinn::ClientConfig, Error> {
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = QuicClientConfig::try_from(tls)
+        .map_err(|e| Error::Protocol(format!("quic tls config: {e}")))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport_config(true));
+    Ok(config)
+}
+
+fn bad_file(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn mtls_client_config(paths: &StatePaths) -> Result<quinn::ClientConfig, Error> {
+    let ca = CertificateDer::from_pem_file(&paths.ca).map_err(|e| bad_file(&paths.ca, e))?;
+    let chain = CertificateDer::pem_file_iter(&paths.cert)
+        .map_err(|e| bad_file(&paths.cert, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad_file(&paths.cert, e))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| bad_file(&paths.key, e))?;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca)?;
+    let tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    quic_client_config(tls)
+}
+
+/// Trust-on-join: accept the server only if it presents, among its chain, the CA whose
+/// SHA-256 the join token pins, and the serving certificate verifies normally against that
+/// CA as the sole root. The token therefore carries all the trust a fresh node needs.
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    ca_hash: String,
+    provider: Arc<CryptoProvider>,
+    /// Set when no presented certificate matched the pin, to report that precisely.
+    mismatch: AtomicBool,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(ca) = intermediates
+            .iter()
+            .find(|c| hex::encode(Sha256::digest(c.as_ref())) == self.ca_hash)
+        else {
+            self.mismatch.store(true, Ordering::Relaxed);
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ));
+        };
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Gets a node certificate: the key is made here and only the CSR travels.
+async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> Result<(), Error> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, NODES_GROUP);
+    dn.push(
+        DnType::CommonName,
+        format!("{NODE_USER_PREFIX}{}", cfg.node_name),
+    );
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?.pem()?;
+
+    let provider = provider();
+    let verifier = Arc::new(PinnedCaVerifier {
+        ca_hash: join.ca_hash.clone(),
+        provider: provider.clone(),
+        mismatch: AtomicBool::new(false),
+    });
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    let config = quic_client_config(tls)?;
+
+    let connect_err = |reason: String| Error::Connect {
+        server: cfg.server.clone(),
+        reason,
+    };
+    let addr = resolve(&cfg.server).await?;
+    let endpoint = client_endpoint(addr, &cfg.server)?;
+    let conn = match endpoint
+        .connect_with(config, addr, SERVER_NAME)
+        .map_err(|e| connect_err(e.to_string()))?
+        .await
+    {
+        Ok(conn) => conn,
+        Err(_) if verifier.mismatch.load(Ordering::Relaxed) => {
+            return Err(Error::CaHashMismatch {
+                expected: join.ca_hash.clone(),
+            });
+        }
+        Err(e) => return Err(connect_err(e.to_string())),
+    };
+
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let req = BootstrapRequest {
+            token: join.token.to_string(),
+            node_name: cfg.node_name.clone(),
+            csr,
+        };
+        send.write_all(&wire::encode(&req)).await?;
+        let _ = send.finish();
+        let bytes = recv.read_to_end(MAX_MESSAGE).await?;
+        serde_json::from_slice::<BootstrapReply>(&bytes)
+            .map_err(|e| Error::Protocol(format!("bad bootstrap reply: {e}")))
+    };
+    let reply = exchange.await;
+    conn.close(close::BOOTSTRAP_DONE, b"bootstrap done");
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+
+    let (certificate, ca) = match reply? {
+        BootstrapReply::Issued { certificate, ca } => (certificate, ca),
+        BootstrapReply::Refused { error } => return Err(Error::BootstrapRefused(error)),
+    };
+    // The reply is already protected by the pinned handshake; checking the CA again guards
+    // against saving something other than what the token pinned.
+    let ca_der = CertificateDer::from_pem_slice(ca.as_bytes())
+        .map_err(|e| Error::Protocol(format!("bad CA in bootstrap reply: {e}")))?;
+    if hex::encode(Sha256::digest(ca_der.as_ref())) != join.ca_hash {
+        return Err(Error::CaHashMismatch {
+            expected: join.ca_hash.clone(),
+        });
+    }
+    fsutil::write_atomic(&paths.key, key.serialize_pem().as_bytes(), SECRET)?;
+    fsutil::write_atomic(&paths.cert, certificate.as_bytes(), SECRET)?;
+    // Written last: its presence completes the state that marks this node as joined.
+    fsutil::write_atomic(&paths.ca, ca.as_bytes(), SECRET)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        for _ in 0..50 {
+            let first = backoff(0);
+            assert!(first >= Duration::from_millis(100) && first <= BACKOFF_START);
+            let later = backoff(3);
+            assert!(later >= Duration::from_millis(800) && later <= Duration::from_millis(1600));
+            let capped = backoff(30);
+            assert!(capped >= BACKOFF_CAP / 2 && capped <= BACKOFF_CAP);
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! End-to-end tests on loopback: a real server and real agents over QUIC.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::routing::get;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{AgentConfig, TunnelClient};
+use crate::pki::ClusterPki;
+use crate::server::{BootstrapValidator, NodeTunnels, TunnelServer};
+use crate::token::{BootstrapToken, JoinToken};
+use crate::{Error, Identity};
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(40);
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+struct Tokens(Vec<BootstrapToken>);
+
+impl BootstrapValidator for Tokens {
+    fn validate(
+        &self,
+        token: &BootstrapToken,
+    ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        let ok = self
+            .0
+            .iter()
+            .any(|t| t.id == token.id && token.secret_matches(&t.secret));
+        Box::pin(async move { ok })
+    }
+}
+
+/// The API: tells the caller who the tunnel says it is.
+fn api() -> axum::Router {
+    axum::Router::new().route(
+        "/whoami",
+        get(|id: Option<Extension<Identity>>| async move {
+            match id {
+                Some(Extension(id)) => format!("{} {}", id.user, id.groups.join(",")),
+                None => "anonymous".to_owned(),
+            }
+        }),
+    )
+}
+
+/// The kubelet: `/logs` streams whatever the test feeds into the channel.
+fn kubelet(feed: Arc<Mutex<Option<mpsc::Receiver<Bytes>>>>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/logs",
+            get(move || {
+                let feed = feed.clone();
+                async move {
+                    let rx = feed
+                        .lock()
+                        .unwrap()
+                        .take()
+                        .expect("one log stream per test");
+                    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                        rx.recv()
+                            .await
+                            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+                    });
+                    Body::from_stream(stream)
+                }
+            }),
+        )
+}
+
+struct Server {
+    addr: SocketAddr,
+    nodes: NodeTunnels,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    fn start(addr: SocketAddr, pki: Arc<ClusterPki>, tokens: Vec<BootstrapToken>) -> Self {
+        let server = TunnelServer::bind(addr, pki, Arc::new(Tokens(tokens)), api()).unwrap();
+        let cancel = CancellationToken::new();
+        Self {
+            addr: server.local_addr(),
+            nodes: server.nodes(),
+            cancel: cancel.clone(),
+            task: tokio::spawn(server.serve(cancel)),
+        }
+    }
+
+    async fn stop(self) {
+        self.cancel.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn setup(dir: &Path) -> (Arc<ClusterPki>, BootstrapToken, JoinToken) {
+    crate::install_crypto_provider();
+    let pki = Arc::new(ClusterPki::load_or_create(&dir.join("pki"), &[]).unwrap());
+    let token = BootstrapToken::generate();
+    let join = JoinToken {
+        ca_hash: pki.ca_cert_hash(),
+        token: token.clone(),
+    };
+    (pki, token, join)
+}
+
+fn agent_cfg(server: SocketAddr, dir: &Path, join: Option<&JoinToken>) -> AgentConfig {
+    AgentConfig {
+        server: server.to_string(),
+        join_token: join.map(ToString::to_string),
+        node_name: "n1".into(),
+        state_dir: dir.join("agent"),
+    }
+}
+
+async fn get_text(client: &TunnelClient, path: &str) -> Result<(http::StatusCode, String), Error> {
+    let req = http::Request::get(path)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test]
+async fn join_then_requests_flow_both_ways() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki, vec![token]);
+        let (feed_tx, feed_rx) = mpsc::channel(4);
+        let cancel = CancellationToken::new();
+        let client = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&join)),
+            kubelet(Arc::new(Mutex::new(Some(feed_rx)))),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        assert!(*client.connected().borrow());
+        for f in ["node.key", "node.crt", "ca.crt"] {
+            let p = dir.path().join("agent").join(f);
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&p).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+
+        // Agent → server: the API sees the node identity taken from the certificate.
+        let (status, body) = get_text(&client, "/whoami").await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, "system:node:n1 system:nodes,system:authenticated");
+
+        // Server → agent: a streamed body arrives chunk by chunk, before it is complete.
+        eventually("node registered", || server.nodes.is_connected("n1")).await;
+        assert_eq!(server.nodes.connected(), ["n1"]);
+        let resp = server
+            .nodes
+            .request(
+                "n1",
+                http::Request::get("/logs").body(Body::empty()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body().into_data_stream();
+        feed_tx.send(Bytes::from_static(b"line 1\n")).await.unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap(), "line 1\n");
+        feed_tx.send(Bytes::from_static(b"line 2\n")).await.unwrap();
+        assert_eq!(body.next().await.unwrap().unwrap(), "line 2\n");
+        drop(feed_tx);
+        assert!(body.next().await.is_none(), "body ends when the log ends");
+
+        let err = server
+            .nodes
+            .request(
+                "ghost",
+                http::Request::get("/healthz").body(Body::empty()).unwrap(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::NodeNotConnected(ref n) if n == "ghost"),
+            "{err}"
+        );
+
+        // Agent shutdown: the server forgets the node.
+        cancel.cancel();
+        eventually("node unregistered", || !server.nodes.is_connected("n1")).await;
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_token_is_refused() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, _) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+        let wrong = JoinToken {
+            ca_hash: pki.ca_cert_hash(),
+            token: BootstrapToken::generate(),
+        };
+        let err = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&wrong)),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("wrong token must fail");
+        assert!(matches!(err, Error::BootstrapRefused(_)), "{err}");
+        assert!(err.to_string().contains("invalid or expired"), "{err}");
+        assert!(!dir.path().join("agent/node.crt").exists());
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wrong_ca_hash_is_refused_before_sending_the_token() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, _) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki, vec![token.clone()]);
+        let other = ClusterPki::load_or_create(&dir.path().join("other"), &[]).unwrap();
+        let pinned_elsewhere = JoinToken {
+            ca_hash: other.ca_cert_hash(),
+            token,
+        };
+        let err = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&pinned_elsewhere)),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("wrong CA pin must fail");
+        assert!(matches!(err, Error::CaHashMismatch { .. }), "{err}");
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_state_and_token_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = agent_cfg("127.0.0.1:1".parse().unwrap(), dir.path(), None);
+    let err = TunnelClient::start(cfg, axum::Router::new(), CancellationToken::new())
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::NotJoined(_)), "{err}");
+}
+
+/// Connects with a verified server but no client certificate, and tries the API.
+#[tokio::test]
+async fn connection_without_client_cert_cannot_call_the_api() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, _) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(pki_ca_der(&pki)))
+            .unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(crate::agent::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let config = crate::agent::quic_client_config(tls).unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = endpoint
+            .connect_with(config, server.addr, crate::SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let req = http::Request::get("/whoami")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp =
+            crate::io::send_request(send, recv, req, "kedge-server", CancellationToken::new())
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 401);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("only node bootstrap"));
+        // The one stream was used up: the server closes the connection.
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "server must close a certificate-less connection"
+        );
+        assert!(server.nodes.connected().is_empty());
+        server.stop().await;
+    })
+    .await;
+}
+
+fn pki_ca_der(pki: &ClusterPki) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pki.ca_pem().as_bytes())
+        .unwrap()
+        .to_vec()
+}
+
+/// A certificate from the cluster CA that is not a node certificate (an admin's), or a
+/// node-looking certificate from another CA, must not get a tunnel; the agent says so.
+#[tokio::test]
+async fn non_node_or_foreign_certificates_are_refused() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, _) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+        let other = ClusterPki::load_or_create(&dir.path().join("other"), &[]).unwrap();
+        let cases = [
+            (
+                "admin",
+                pki.issue_client("admin", &["system:masters"], YEAR)
+                    .unwrap(),
+            ),
+            (
+                "foreign",
+                other
+                    .issue_client("system:node:n1", &["system:nodes"], YEAR)
+                    .unwrap(),
+            ),
+        ];
+        for (name, (cert, key)) in cases {
+            let state = dir.path().join(name);
+            std::fs::create_dir_all(&state).unwrap();
+            std::fs::write(state.join("node.crt"), cert).unwrap();
+            std::fs::write(state.join("node.key"), key).unwrap();
+            std::fs::write(state.join("ca.crt"), pki.ca_pem()).unwrap();
+            let cfg = AgentConfig {
+                server: server.addr.to_string(),
+                join_token: None,
+                node_name: "n1".into(),
+                state_dir: state,
+            };
+            let err = TunnelClient::start(cfg, axum::Router::new(), CancellationToken::new())
+                .await
+                .err()
+                .unwrap_or_else(|| panic!("{name} certificate must be refused"));
+            assert!(matches!(err, Error::CertificateRefused(_)), "{name}: {err}");
+            assert!(
+                err.to_string()
+                    .contains("server refused this node's certificate"),
+                "{err}"
+            );
+        }
+        assert!(server.nodes.connected().is_empty());
+        server.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_reconnects_after_server_restart() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+        let addr = server.addr;
+        let cancel = CancellationToken::new();
+        let client = TunnelClient::start(
+            agent_cfg(addr, dir.path(), Some(&join)),
+            kubelet(Arc::new(Mutex::new(None))),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let mut connected = client.connected();
+        assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
+
+        server.stop().await;
+        connected.wait_for(|up| !*up).await.unwrap();
+
+        // Same port; no bootstrap tokens any more — the agent must use its certificate.
+        let mut restarted = None;
+        for _ in 0..40 {
+            match TunnelServer::bind(addr, pki.clone(), Arc::new(Tokens(vec![])), api()) {
+                Ok(s) => {
+                    restarted = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let restarted = restarted.expect("port must be free again after shutdown");
+        let nodes = restarted.nodes();
+        let server_cancel = CancellationToken::new();
+        let task = tokio::spawn(restarted.serve(server_cancel.clone()));
+
+        connected.wait_for(|up| *up).await.unwrap();
+        let (status, body) = get_text(&client, "/whoami").await.unwrap();
+        assert_eq!(status, 200);
+        assert!(body.starts_with("system:node:n1 "), "{body}");
+        eventually("node registered again", || nodes.is_connected("n1")).await;
+        let resp = nodes
+            .request(
+                "n1",
+                http::Request::get("/healthz").body(Body::empty()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+        // A restarted agent reuses its saved certificate without a token.
+        cancel.cancel();
+        eventually("old agent gone", || !nodes.is_connected("n1")).await;
+        let again = TunnelClient::start(
+            agent_cfg(addr, dir.path(), None),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(get_text(&again, "/whoami").await.unwrap().0, 200);
+
+        server_cancel.cancel();
+        task.await.unwrap();
+    })
+    .await;
+}

@@ -1,0 +1,450 @@
+//! The control-plane end of the tunnel: accepts node connections, serves their API requests
+//! and lets the rest of the server reach nodes back through them.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use rustls_pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::io::{self, serve_stream, transport_config};
+use crate::pki::{AUTHENTICATED_GROUP, ClusterPki, identity_from_cert};
+use crate::token::BootstrapToken;
+use crate::wire::{self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, Welcome, close};
+use crate::{Error, Identity};
+
+/// Node certificates last a year; rotation before then is the agent's re-join for now.
+const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Bounds how long an unauthenticated peer can hold server resources.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Grace for the agent to read our last bytes and close first, so they are not discarded
+/// by an abrupt close.
+const LINGER: Duration = Duration::from_secs(5);
+/// How long shutdown waits for connection tasks and close frames before giving up.
+const DRAIN: Duration = Duration::from_secs(2);
+
+pub const NODE_USER_PREFIX: &str = "system:node:";
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// Decides whether a bootstrap token is currently valid. The main crate owns token storage
+/// (expiry, usage), so the tunnel only asks.
+pub trait BootstrapValidator: Send + Sync + 'static {
+    fn validate(&self, token: &BootstrapToken) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+}
+
+/// A bound tunnel endpoint, not yet accepting (so the caller can learn the port first).
+pub struct TunnelServer {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    ctx: Arc<Ctx>,
+}
+
+struct Ctx {
+    pki: Arc<ClusterPki>,
+    bootstrap: Arc<dyn BootstrapValidator>,
+    api: axum::Router,
+    nodes: NodeTunnels,
+}
+
+impl TunnelServer {
+    /// Binds the UDP endpoint. Must be called inside a tokio runtime (quinn spawns its
+    /// endpoint driver here).
+    pub fn bind(
+        addr: SocketAddr,
+        pki: Arc<ClusterPki>,
+        bootstrap: Arc<dyn BootstrapValidator>,
+        api: axum::Router,
+    ) -> Result<Self, Error> {
+        let quic = QuicServerConfig::try_from(pki.quic_server_config()?)
+            .map_err(|e| Error::Protocol(format!("quic tls config: {e}")))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+        // The agent sends keep-alives; the server only needs to notice silence.
+        config.transport_config(transport_config(false));
+        let endpoint =
+            quinn::Endpoint::server(config, addr).map_err(|source| Error::Bind { addr, source })?;
+        let local_addr = endpoint
+            .local_addr()
+            .map_err(|source| Error::Bind { addr, source })?;
+        let ctx = Arc::new(Ctx {
+            pki,
+            bootstrap,
+            api,
+            nodes: NodeTunnels::default(),
+        });
+        Ok(Self {
+            endpoint,
+            local_addr,
+            ctx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn nodes(&self) -> NodeTunnels {
+        self.ctx.nodes.clone()
+    }
+
+    /// Accepts connections until `cancel`, then closes every connection (agents see a clean
+    /// close and start reconnecting) and waits briefly for the tasks to finish.
+    pub async fn serve(self, cancel: CancellationToken) {
+        let tracker = TaskTracker::new();
+        info!(addr = %self.local_addr, "tunnel listening");
+        loop {
+            let incoming = tokio::select! {
+                () = cancel.cancelled() => break,
+                incoming = self.endpoint.accept() => match incoming {
+                    Some(i) => i,
+                    None => break,
+                },
+            };
+            let ctx = self.ctx.clone();
+            let (t, c) = (tracker.clone(), cancel.child_token());
+            tracker.spawn(async move { ctx.handle(incoming, t, c).await });
+        }
+        self.endpoint
+            .close(close::SHUTDOWN, b"server shutting down");
+        self.ctx.nodes.inner.stop.cancel();
+        tracker.close();
+        let _ = tokio::time::timeout(DRAIN, tracker.wait()).await;
+        let _ = tokio::time::timeout(DRAIN, self.endpoint.wait_idle()).await;
+        info!(addr = %self.local_addr, "tunnel stopped");
+    }
+}
+
+impl Ctx {
+    async fn handle(
+        &self,
+        incoming: quinn::Incoming,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) {
+        let remote = incoming.remote_address();
+        let conn = tokio::select! {
+            () = cancel.cancelled() => return,
+            res = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming) => match res {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    debug!(%remote, error = %e, "tunnel handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%remote, "tunnel handshake timed out");
+                    return;
+                }
+            },
+        };
+        let leaf = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.into_iter().next());
+        match leaf {
+            Some(leaf) => self.node_connection(conn, &leaf, tracker, cancel).await,
+            None => {
+                tokio::select! {
+                    () = cancel.cancelled() => {}
+                    res = tokio::time::timeout(BOOTSTRAP_TIMEOUT, self.bootstrap_connection(&conn)) => {
+                        if res.is_err() {
+                            debug!(%remote, "bootstrap timed out");
+                        }
+                    }
+                }
+                conn.close(close::BOOTSTRAP_DONE, b"bootstrap done");
+            }
+        }
+    }
+
+    /// A certificate-authenticated node: every agent-opened stream is one HTTP/1.1
+    /// connection to the API as that node.
+    async fn node_connection(
+        &self,
+        conn: quinn::Connection,
+        leaf: &CertificateDer<'_>,
+        tracker: TaskTracker,
+        cancel: CancellationToken,
+    ) {
+        let remote = conn.remote_address();
+        // The CA also signs admin and user certificates; only node certificates may hold a
+        // tunnel, or a user could impersonate a node by connecting here.
+        let Some(node) = identity_from_cert(leaf).as_ref().and_then(node_name) else {
+            warn!(%remote, "refusing tunnel: client certificate is not a node certificate");
+            conn.close(
+                close::UNAUTHORIZED,
+                b"client certificate is not a node certificate (CN system:node:<name>, O system:nodes)",
+            );
+            return;
+        };
+        if let Err(e) = send_welcome(&conn, &node).await {
+            debug!(node, error = %e, "tunnel lost before welcome");
+            return;
+        }
+        let id = self.nodes.register(&node, conn.clone());
+        info!(node, %remote, "node tunnel connected");
+        let identity = Identity {
+            user: format!("{NODE_USER_PREFIX}{node}"),
+            groups: vec![NODES_GROUP.to_owned(), AUTHENTICATED_GROUP.to_owned()],
+        };
+        let api = self.api.clone().layer(axum::Extension(identity));
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                res = conn.accept_bi() => match res {
+                    Ok((send, recv)) => {
+                        tracker.spawn(serve_stream(send, recv, api.clone(), cancel.clone()));
+                    }
+                    Err(e) => {
+                        info!(node, reason = %e, "node tunnel closed");
+                        break;
+                    }
+                },
+            }
+        }
+        self.nodes.unregister(&node, id);
+    }
+
+    /// A connection without a client certificate gets exactly one stream, and it must carry
+    /// a bootstrap request; anything else (an HTTP request) is answered 401.
+    async fn bootstrap_connection(&self, conn: &quinn::Connection) {
+        let remote = conn.remote_address();
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let reply: Vec<u8> = match read_message(&mut recv).await {
+            Ok(msg) if msg.first() == Some(&b'{') => {
+                let reply = match serde_json::from_slice::<BootstrapRequest>(&msg) {
+                    Ok(req) => self.bootstrap(req, remote).await,
+                    Err(e) => BootstrapReply::Refused {
+                        error: format!("malformed bootstrap request: {e}"),
+                    },
+                };
+                wire::encode(&reply)
+            }
+            Ok(_) => {
+                warn!(%remote, "refused a request on a connection without a client certificate");
+                unauthorized_response()
+            }
+            Err(e) => {
+                debug!(%remote, error = %e, "bootstrap stream failed");
+                return;
+            }
+        };
+        if send.write_all(&reply).await.is_ok() && send.shutdown().await.is_ok() {
+            // Let the agent read the reply and close first.
+            let _ = tokio::time::timeout(LINGER, conn.closed()).await;
+        }
+    }
+
+    async fn bootstrap(&self, req: BootstrapRequest, remote: SocketAddr) -> BootstrapReply {
+        let refuse = |error: &str| BootstrapReply::Refused {
+            error: error.to_owned(),
+        };
+        let Ok(token) = req.token.parse::<BootstrapToken>() else {
+            warn!(%remote, "bootstrap refused: malformed token");
+            return refuse("malformed bootstrap token");
+        };
+        if !valid_node_name(&req.node_name) {
+            warn!(%remote, token_id = %token.id, "bootstrap refused: invalid node name");
+            return refuse(
+                "invalid node name: use lowercase letters, digits, '-' and '.', at most 253 characters",
+            );
+        }
+        if !self.bootstrap.validate(&token).await {
+            // The id identifies the token to the operator; the secret never goes to logs.
+            warn!(%remote, token_id = %token.id, node = %req.node_name, "bootstrap refused: invalid or expired token");
+            return refuse("bootstrap token is invalid or expired");
+        }
+        let cn = format!("{NODE_USER_PREFIX}{}", req.node_name);
+        match self
+            .pki
+            .sign_csr(&req.csr, &cn, &[NODES_GROUP], NODE_CERT_VALIDITY)
+        {
+            Ok(certificate) => {
+                info!(%remote, token_id = %token.id, node = %req.node_name, "node joined: certificate issued");
+                BootstrapReply::Issued {
+                    certificate,
+                    ca: self.pki.ca_pem().to_owned(),
+                }
+            }
+            Err(e) => {
+                warn!(%remote, node = %req.node_name, error = %e, "bootstrap refused: bad CSR");
+                refuse(&e.to_string())
+            }
+        }
+    }
+}
+
+fn node_name(id: &Identity) -> Option<String> {
+    let name = id.user.strip_prefix(NODE_USER_PREFIX)?;
+    (valid_node_name(name) && id.groups.iter().any(|g| g == NODES_GROUP)).then(|| name.to_owned())
+}
+
+/// Kubernetes node names are DNS-1123 subdomains; enforcing it here keeps odd bytes out of
+/// certificate subjects and logs.
+fn valid_node_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+async fn send_welcome(conn: &quinn::Connection, node: &str) -> Result<(), Error> {
+    let mut s = conn.open_uni().await?;
+    s.write_all(&wire::encode(&Welcome {
+        node: node.to_owned(),
+    }))
+    .await?;
+    let _ = s.finish();
+    Ok(())
+}
+
+/// Reads one newline-terminated message (or up to EOF), at most [`MAX_MESSAGE`] bytes. The
+/// first byte alone decides bootstrap vs. HTTP, so an HTTP client is not kept waiting for a
+/// newline-terminated JSON document it will never send.
+async fn read_message(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, Error> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(n) = recv
+            .read(&mut chunk)
+            .await
+            .map_err(|e| Error::Protocol(e.to_string()))?
+        else {
+            return Ok(buf);
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.first().is_some_and(|b| *b != b'{') || buf.contains(&b'\n') {
+            return Ok(buf);
+        }
+        if buf.len() > MAX_MESSAGE {
+            return Err(Error::Protocol("bootstrap request too large".into()));
+        }
+    }
+}
+
+fn unauthorized_response() -> Vec<u8> {
+    let body = "this tunnel connection has no client certificate: only node bootstrap is allowed\n";
+    format!(
+        "HTTP/1.1 401 Unauthorized\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The live tunnel of every connected node, for reaching nodes from the server.
+#[derive(Clone, Default)]
+pub struct NodeTunnels {
+    inner: Arc<NodesInner>,
+}
+
+#[derive(Default)]
+struct NodesInner {
+    map: Mutex<HashMap<String, NodeConn>>,
+    next_id: AtomicU64,
+    /// Stops request tasks when the server stops serving.
+    stop: CancellationToken,
+}
+
+struct NodeConn {
+    id: u64,
+    conn: quinn::Connection,
+}
+
+impl NodeTunnels {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeConn>> {
+        // No code panics while holding the lock; a poisoned map is still consistent.
+        self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A node that reconnects (new address after NAT rebinding, agent restart) replaces its
+    /// old connection, which is closed so its half-dead streams fail fast.
+    fn register(&self, node: &str, conn: quinn::Connection) -> u64 {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Some(old) = self.lock().insert(node.to_owned(), NodeConn { id, conn }) {
+            old.conn.close(
+                close::REPLACED,
+                b"replaced by a newer connection from this node",
+            );
+        }
+        id
+    }
+
+    /// Removes the entry only if it is still this connection, not its replacement.
+    fn unregister(&self, node: &str, id: u64) {
+        let mut map = self.lock();
+        if map.get(node).is_some_and(|n| n.id == id) {
+            map.remove(node);
+        }
+    }
+
+    pub fn is_connected(&self, node: &str) -> bool {
+        self.lock().contains_key(node)
+    }
+
+    pub fn connected(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.lock().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// One kubelet-style request to the node on a new server-opened stream. The response
+    /// body streams as the node produces it (`kubectl logs -f`). A node without a live
+    /// tunnel is [`Error::NodeNotConnected`], so callers can answer 502/503 without guessing.
+    pub async fn request(
+        &self,
+        node: &str,
+        req: http::Request<axum::body::Body>,
+    ) -> Result<http::Response<axum::body::Body>, Error> {
+        let conn = self
+            .lock()
+            .get(node)
+            .map(|n| n.conn.clone())
+            .ok_or_else(|| Error::NodeNotConnected(node.to_owned()))?;
+        let (send, recv) = conn.open_bi().await?;
+        let resp = io::send_request(send, recv, req, node, self.inner.stop.child_token()).await?;
+        Ok(resp.map(axum::body::Body::new))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names() {
+        for ok in ["n1", "edge-01.site-a", "a"] {
+            assert!(valid_node_name(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a b", &"a".repeat(254)] {
+            assert!(!valid_node_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_node_identities_hold_a_tunnel() {
+        let id = |user: &str, groups: &[&str]| Identity {
+            user: user.into(),
+            groups: groups.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(
+            node_name(&id("system:node:n1", &["system:nodes"])).as_deref(),
+            Some("n1")
+        );
+        assert_eq!(node_name(&id("system:node:n1", &["system:masters"])), None);
+        assert_eq!(node_name(&id("admin", &["system:nodes"])), None);
+        assert_eq!(node_name(&id("system:node:", &["system:nodes"])), None);
+    }
+}

@@ -1,0 +1,50 @@
+//! The few non-HTTP messages on the tunnel, as newline-terminated JSON.
+//!
+//! Bootstrap happens on the only stream of a certificate-less connection; the welcome is a
+//! server-opened unidirectional stream that tells an mTLS agent the server accepted its
+//! certificate (in TLS 1.3 the client finishes its handshake before the server has checked
+//! the client certificate, so without it a refusal would be indistinguishable from a later
+//! network failure).
+
+use serde::{Deserialize, Serialize};
+
+/// Upper bound for a bootstrap request or reply: a CSR and two certificates fit many times
+/// over; anything larger is not a kedge peer.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct BootstrapRequest {
+    pub token: String,
+    pub node_name: String,
+    pub csr: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", untagged)]
+pub(crate) enum BootstrapReply {
+    Issued { certificate: String, ca: String },
+    Refused { error: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Welcome {
+    /// The node name the server took from the certificate, for the agent's logs.
+    pub node: String,
+}
+
+/// Application close codes; the reason text carries the detail for humans.
+pub(crate) mod close {
+    use quinn::VarInt;
+    pub const SHUTDOWN: VarInt = VarInt::from_u32(0);
+    pub const REPLACED: VarInt = VarInt::from_u32(1);
+    pub const UNAUTHORIZED: VarInt = VarInt::from_u32(2);
+    pub const BOOTSTRAP_DONE: VarInt = VarInt::from_u32(3);
+}
+
+pub(crate) fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    let mut v = serde_json::to_vec(msg).expect("wire messages always serialize");
+    v.push(b'\n');
+    v
+}

@@ -1,0 +1,80 @@
+//! A tiny pod workload for kedge: built for `wasm32-wasip2` it is a WASI P2 command component.
+//!
+//! It greets with the pod's name and namespace (from `POD_NAME` / `POD_NAMESPACE`, which the
+//! node agent sets), then stays up printing a heartbeat every 30 s, like a small service. Set
+//! `HELLO_EXIT_AFTER_SECS` to make it exit after that many seconds with `HELLO_EXIT_CODE`
+//! (default 1), which exercises restart policies and back-off.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+const HEARTBEAT: Duration = Duration::from_secs(30);
+
+fn env_or_unknown(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Reads an optional numeric setting; a malformed value is reported and ignored rather than
+/// crashing, so a typo in a manifest shows up in the logs.
+fn parse_env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let raw = std::env::var(name).ok()?;
+    match raw.trim().parse() {
+        Ok(v) => Some(v),
+        Err(_) => {
+            eprintln!("ignoring {name}={raw:?}: not a number");
+            None
+        }
+    }
+}
+
+/// Exits with `code` as the host will see it: through `exit-with-code` on WASI P2 (whose plain
+/// `exit` only knows success or failure), the usual way elsewhere.
+fn exit(code: i32) -> ! {
+    #[cfg(all(target_os = "wasi", target_env = "p2"))]
+    if let Ok(code) = u8::try_from(code) {
+        wasip2::cli::exit::exit_with_code(code);
+    }
+    std::process::exit(code)
+}
+
+fn main() {
+    let pod = env_or_unknown("POD_NAME");
+    let namespace = env_or_unknown("POD_NAMESPACE");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+
+    let mut greeting = format!("hello from {pod} in {namespace}");
+    if !args.is_empty() {
+        greeting.push_str(" args=");
+        greeting.push_str(&args.join(" "));
+    }
+    println!("{greeting}");
+    let _ = std::io::stdout().flush();
+
+    let exit_after = parse_env::<u64>("HELLO_EXIT_AFTER_SECS").map(Duration::from_secs);
+    let exit_code = parse_env::<i32>("HELLO_EXIT_CODE").unwrap_or(1);
+
+    let start = Instant::now();
+    let mut beats = 0u64;
+    let mut next_beat = HEARTBEAT;
+    loop {
+        let elapsed = start.elapsed();
+        if let Some(after) = exit_after
+            && elapsed >= after
+        {
+            println!("{pod} exiting with code {exit_code}");
+            let _ = std::io::stdout().flush();
+            exit(exit_code);
+        }
+        if elapsed >= next_beat {
+            beats += 1;
+            println!("{pod} still running ({beats})");
+            let _ = std::io::stdout().flush();
+            next_beat += HEARTBEAT;
+        }
+        let mut wake = next_beat;
+        if let Some(after) = exit_after {
+            wake = wake.min(after);
+        }
+        std::thread::sleep(wake.saturating_sub(start.elapsed()));
+    }
+}
