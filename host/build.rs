@@ -13,7 +13,10 @@ const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-replicaset", "kedge_plugin_replicaset.wasm"),
     ("kedge-plugin-deployment", "kedge_plugin_deployment.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
-    ("kedge-fixture-plugin-spin", "kedge_fixture_plugin_spin.wasm"),
+    (
+        "kedge-fixture-plugin-spin",
+        "kedge_fixture_plugin_spin.wasm",
+    ),
     ("kedge-fixture-plugin-hog", "kedge_fixture_plugin_hog.wasm"),
 ];
 

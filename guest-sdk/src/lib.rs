@@ -51,8 +51,7 @@ pub mod selector;
 pub mod bindings {
     wit_bindgen::generate!({
         world: "controller",
-        // A copy of wit/plugin.wit with the `list` keyword escaped; see build.rs.
-        path: concat!(env!("OUT_DIR"), "/wit"),
+        path: "wit",
         pub_export_macro: true,
         // So tests can compare outcomes, keys and errors directly.
         additional_derives: [PartialEq, Eq],

@@ -33,7 +33,12 @@ fn b64(v: &serde_yaml_ng::Value, key: &str) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("kubeconfig {key} is not base64"))
 }
 
-fn named<'a>(doc: &'a serde_yaml_ng::Value, list: &str, name: &str, field: &str) -> anyhow::Result<&'a serde_yaml_ng::Value> {
+fn named<'a>(
+    doc: &'a serde_yaml_ng::Value,
+    list: &str,
+    name: &str,
+    field: &str,
+) -> anyhow::Result<&'a serde_yaml_ng::Value> {
     doc.get(list)
         .and_then(|l| l.as_sequence())
         .and_then(|l| {
@@ -49,7 +54,8 @@ impl KubeClient {
         kedge_tunnel::install_crypto_provider();
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).context("parsing kubeconfig")?;
+        let doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(&text).context("parsing kubeconfig")?;
         let ctx_name = doc
             .get("current-context")
             .and_then(|c| c.as_str())
@@ -58,7 +64,9 @@ impl KubeClient {
         let cluster = named(
             &doc,
             "clusters",
-            ctx.get("cluster").and_then(|c| c.as_str()).unwrap_or_default(),
+            ctx.get("cluster")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default(),
             "cluster",
         )?;
         let user = named(
@@ -72,7 +80,11 @@ impl KubeClient {
             .and_then(|s| s.as_str())
             .context("kubeconfig cluster has no server")?;
         let url = url::Url::parse(server).context("kubeconfig server URL")?;
-        let host = url.host_str().context("server URL has no host")?.trim_matches(['[', ']']).to_string();
+        let host = url
+            .host_str()
+            .context("server URL has no host")?
+            .trim_matches(['[', ']'])
+            .to_string();
         let port = url.port().unwrap_or(443);
         let ca_pem = b64(cluster, "certificate-authority-data")?;
         let ca = CertificateDer::from_pem_slice(&ca_pem).context("kubeconfig CA")?;
@@ -109,7 +121,10 @@ impl KubeClient {
         let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         let driver = tokio::spawn(conn);
-        let bytes = body.map(|b| serde_json::to_vec(b)).transpose()?.unwrap_or_default();
+        let bytes = body
+            .map(|b| serde_json::to_vec(b))
+            .transpose()?
+            .unwrap_or_default();
         let req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -124,7 +139,8 @@ impl KubeClient {
         let v = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
         };
         Ok((code, v))
     }
@@ -155,7 +171,9 @@ pub async fn create_join_token(
     if code != 201 {
         anyhow::bail!(
             "the server refused the token ({code}): {}",
-            body.get("message").and_then(Value::as_str).unwrap_or_default()
+            body.get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
         );
     }
     Ok(JoinToken {

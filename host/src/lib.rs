@@ -1,11 +1,11 @@
 //! kedge: a Kubernetes-model orchestrator for the edge — API server, Wasm controllers and
 //! scheduler, node agent, in one binary.
 
+pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod core;
-pub mod plugins;
-pub mod store;
-pub mod agent;
-pub mod server;
 pub mod kubeclient;
+pub mod plugins;
+pub mod server;
+pub mod store;

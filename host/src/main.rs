@@ -13,7 +13,11 @@ use kedge::plugins::PluginConfig;
 use kedge::server::{self, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "kedge", version, about = "A Kubernetes-model orchestrator for the edge")]
+#[command(
+    name = "kedge",
+    version,
+    about = "A Kubernetes-model orchestrator for the edge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -103,7 +107,10 @@ fn default_dir(leaf: &str) -> PathBuf {
 }
 
 fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {
-    let data_dir = a.data_dir.clone().unwrap_or_else(|| default_dir(default_leaf));
+    let data_dir = a
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| default_dir(default_leaf));
     ServerConfig {
         plugin_cache_dir: Some(
             a.plugin_cache_dir
@@ -138,7 +145,9 @@ fn parse_ttl(s: &str) -> anyhow::Result<Option<chrono::Duration>> {
         return Ok(None);
     }
     let (n, unit) = s.split_at(s.len() - 1);
-    let n: i64 = n.parse().with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 24h, 7d"))?;
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 24h, 7d"))?;
     Ok(Some(match unit {
         "s" => chrono::Duration::seconds(n),
         "m" => chrono::Duration::minutes(n),

@@ -25,12 +25,18 @@ use kedge_tunnel::token::{BootstrapToken, JoinToken};
 
 /// The default plugin set, built from controllers-wasm/ by build.rs.
 pub mod default_plugins {
-    pub const SCHEDULER: &[u8] =
-        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_scheduler.wasm"));
-    pub const REPLICASET: &[u8] =
-        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_replicaset.wasm"));
-    pub const DEPLOYMENT: &[u8] =
-        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_deployment.wasm"));
+    pub const SCHEDULER: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_scheduler.wasm"
+    ));
+    pub const REPLICASET: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_replicaset.wasm"
+    ));
+    pub const DEPLOYMENT: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_deployment.wasm"
+    ));
 
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
@@ -135,7 +141,10 @@ fn token_secret_valid(
 }
 
 /// The Secret that makes `token` valid for node bootstrap.
-pub fn token_secret(token: &BootstrapToken, expiration: Option<chrono::DateTime<chrono::Utc>>) -> Value {
+pub fn token_secret(
+    token: &BootstrapToken,
+    expiration: Option<chrono::DateTime<chrono::Utc>>,
+) -> Value {
     let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let mut data = json!({
         "token-id": b(&token.id),
@@ -335,12 +344,15 @@ async fn serve_https(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(identity_from_cert);
-            let svc = tower::ServiceExt::map_request(router, move |mut req: http::Request<hyper::body::Incoming>| {
-                if let Some(id) = &identity {
-                    req.extensions_mut().insert(id.clone());
-                }
-                req
-            });
+            let svc = tower::ServiceExt::map_request(
+                router,
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    if let Some(id) = &identity {
+                        req.extensions_mut().insert(id.clone());
+                    }
+                    req
+                },
+            );
             let svc = hyper_util::service::TowerToHyperService::new(svc);
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)

@@ -147,7 +147,11 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         clock: crate::api::ops::system_clock(),
     });
     let tasks = tokio_util::task::TaskTracker::new();
-    tasks.spawn(node_loop(shared.clone(), cfg.labels.clone(), cancel.clone()));
+    tasks.spawn(node_loop(
+        shared.clone(),
+        cfg.labels.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
     Ok(Agent {
         node: cfg.node_name,
@@ -208,7 +212,8 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     for (k, v) in labels {
         l.insert(k.clone(), json!(v));
     }
-    let capacity = json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem / 1024), "pods": "110"});
+    let capacity =
+        json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem / 1024), "pods": "110"});
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -245,10 +250,30 @@ fn node_conditions(now: &str, since: &str) -> Value {
             "lastHeartbeatTime": now, "lastTransitionTime": since})
     };
     json!([
-        c("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        c("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        c("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
-        c("Ready", "True", "KubeletReady", "kedge agent is posting ready status"),
+        c(
+            "MemoryPressure",
+            "False",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available"
+        ),
+        c(
+            "DiskPressure",
+            "False",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure"
+        ),
+        c(
+            "PIDPressure",
+            "False",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available"
+        ),
+        c(
+            "Ready",
+            "True",
+            "KubeletReady",
+            "kedge agent is posting ready status"
+        ),
     ])
 }
 
@@ -261,10 +286,16 @@ async fn register_node(ctx: &Ctx, labels: &[(String, String)]) -> client::Result
             // Re-registration after a restart: refresh labels and status.
             let path = format!("/api/v1/nodes/{}", ctx.node);
             ctx.client
-                .merge_patch(&path, &json!({"metadata": {"labels": node["metadata"]["labels"]}}))
+                .merge_patch(
+                    &path,
+                    &json!({"metadata": {"labels": node["metadata"]["labels"]}}),
+                )
                 .await?;
             ctx.client
-                .merge_patch(&format!("{path}/status"), &json!({"status": node["status"]}))
+                .merge_patch(
+                    &format!("{path}/status"),
+                    &json!({"status": node["status"]}),
+                )
                 .await?;
             Ok(())
         }
@@ -344,7 +375,10 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                     .unwrap_or_else(|| now.clone());
                 match ctx
                     .client
-                    .merge_patch(&path, &json!({"status": {"conditions": node_conditions(&now, &since)}}))
+                    .merge_patch(
+                        &path,
+                        &json!({"status": {"conditions": node_conditions(&now, &since)}}),
+                    )
                     .await
                 {
                     Ok(_) => last_heartbeat = tokio::time::Instant::now(),
@@ -585,13 +619,19 @@ async fn run_pod(ctx: &Ctx, pod: Value, cancel: CancellationToken) {
 fn container_env(pod: &Value, c: &Value, node: &str) -> Result<Vec<(String, String)>, String> {
     let mut env = vec![
         ("POD_NAME".to_string(), meta::name(pod).to_string()),
-        ("POD_NAMESPACE".to_string(), meta::namespace(pod).to_string()),
+        (
+            "POD_NAMESPACE".to_string(),
+            meta::namespace(pod).to_string(),
+        ),
     ];
     for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default().to_string();
         let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
             v.to_string()
-        } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+        } else if let Some(path) = e
+            .pointer("/valueFrom/fieldRef/fieldPath")
+            .and_then(Value::as_str)
+        {
             match path {
                 "metadata.name" => meta::name(pod).to_string(),
                 "metadata.namespace" => meta::namespace(pod).to_string(),
@@ -625,7 +665,11 @@ fn container_args(c: &Value) -> Vec<String> {
     let strings = |k: &str| -> Vec<String> {
         c.get(k)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let command = strings("command");
@@ -641,7 +685,11 @@ fn container_args(c: &Value) -> Vec<String> {
 
 /// Reads an image's bytes: `file:///path` names a local file; anything else is looked up in
 /// the node's local image store. Registry pulls come with the registry issue.
-fn resolve_image(ctx: &Shared, image: &str, policy: &str) -> Result<(Vec<u8>, String), (String, String)> {
+fn resolve_image(
+    ctx: &Shared,
+    image: &str,
+    policy: &str,
+) -> Result<(Vec<u8>, String), (String, String)> {
     use sha2::{Digest, Sha256};
     if let Some(path) = image.strip_prefix("file://") {
         let bytes = std::fs::read(path)
@@ -668,7 +716,10 @@ fn resolve_image(ctx: &Shared, image: &str, policy: &str) -> Result<(Vec<u8>, St
     match ctx.images.lookup(&reference) {
         Ok(Some((digest, path))) => {
             let bytes = std::fs::read(&path).map_err(|e| {
-                ("ErrImagePull".to_string(), format!("reading {}: {e}", path.display()))
+                (
+                    "ErrImagePull".to_string(),
+                    format!("reading {}: {e}", path.display()),
+                )
             })?;
             Ok((bytes, format!("{reference}@{digest}")))
         }
@@ -704,7 +755,10 @@ async fn run_container(
 ) {
     let name = c["name"].as_str().unwrap_or_default().to_string();
     let image = c["image"].as_str().unwrap_or_default().to_string();
-    let policy = c["imagePullPolicy"].as_str().unwrap_or("IfNotPresent").to_string();
+    let policy = c["imagePullPolicy"]
+        .as_str()
+        .unwrap_or("IfNotPresent")
+        .to_string();
     let restart: RestartPolicy = pod
         .pointer("/spec/restartPolicy")
         .and_then(Value::as_str)
@@ -844,7 +898,8 @@ async fn run_container(
             restart_count += 1;
             let wait = backoff(restart_count - 1);
             {
-                let (reason, started_at, finished_at) = (reason.clone(), started_at.clone(), finished_at.clone());
+                let (reason, started_at, finished_at) =
+                    (reason.clone(), started_at.clone(), finished_at.clone());
                 run.update(ctx, i, move |r| {
                     r.last_terminated = Some(terminated);
                     r.restart_count = restart_count;
@@ -896,14 +951,18 @@ struct LogQuery {
 }
 
 fn truthy(v: &Option<String>) -> bool {
-    v.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    v.as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 type LogMap = Arc<Mutex<HashMap<ContainerId, LogHandle>>>;
 
 fn kubelet_router(logs: LogMap) -> axum::Router {
     axum::Router::new()
-        .route("/containerLogs/{ns}/{pod}/{container}", axum::routing::get(container_logs))
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(container_logs),
+        )
         .with_state(logs)
 }
 

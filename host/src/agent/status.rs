@@ -14,10 +14,18 @@ pub enum ContainerState {
     /// Resolving and loading the image.
     ImagePull,
     /// The image could not be had; retrying after a back-off.
-    PullBackOff { reason: String, message: String },
+    PullBackOff {
+        reason: String,
+        message: String,
+    },
     /// The image loaded but the container could not start (bad config, bad module).
-    StartError { reason: String, message: String },
-    Running { started_at: String },
+    StartError {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started_at: String,
+    },
     /// Exited and waiting for its restart back-off.
     BackOff {
         exit_code: i32,
@@ -161,7 +169,8 @@ pub fn pod_status(
         .filter(|c| !c.ready())
         .map(|c| c.name.as_str())
         .collect();
-    let msg = (!all_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
+    let msg =
+        (!all_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let done = matches!(phase, "Succeeded" | "Failed");
     let done_reason = done.then_some("PodCompleted");
     crate::api::ops::set_condition(&mut obj, "Initialized", "True", done_reason, None, now);
@@ -182,8 +191,12 @@ pub fn pod_status(
         now,
     );
     crate::api::ops::set_condition(&mut obj, "PodScheduled", "True", None, None, now);
-    obj["status"]["containerStatuses"] =
-        json!(containers.iter().map(ContainerRecord::status).collect::<Vec<_>>());
+    obj["status"]["containerStatuses"] = json!(
+        containers
+            .iter()
+            .map(ContainerRecord::status)
+            .collect::<Vec<_>>()
+    );
     obj["status"].take()
 }
 
@@ -224,7 +237,10 @@ mod tests {
         };
         // Crash-looping pods are Running (kubectl shows CrashLoopBackOff from the container).
         assert_eq!(phase(&[rec(backoff, true)]), "Running");
-        assert_eq!(phase(&[rec(done(0), true), rec(done(0), true)]), "Succeeded");
+        assert_eq!(
+            phase(&[rec(done(0), true), rec(done(0), true)]),
+            "Succeeded"
+        );
         assert_eq!(phase(&[rec(done(0), true), rec(done(2), true)]), "Failed");
         assert_eq!(phase(&[rec(done(0), true), rec(running, true)]), "Running");
     }

@@ -86,11 +86,7 @@ fn aggregated_resource(r: &Resource) -> Value {
 /// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
 pub fn aggregated(core: bool) -> Value {
     let mut items = Vec::new();
-    let group_list: Vec<(&str, &str)> = if core {
-        vec![("", "v1")]
-    } else {
-        groups()
-    };
+    let group_list: Vec<(&str, &str)> = if core { vec![("", "v1")] } else { groups() };
     for (g, v) in group_list {
         let resources: Vec<Value> = RESOURCES
             .iter()
@@ -179,5 +175,7 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }

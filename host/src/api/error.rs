@@ -87,12 +87,20 @@ impl ApiError {
     pub fn not_found(res: &Resource, name: &str) -> Self {
         ApiError {
             details: Some(json!({"name": name, "group": res.group, "kind": res.plural})),
-            ..Self::new(404, "NotFound", format!("{} \"{name}\" not found", qualified(res)))
+            ..Self::new(
+                404,
+                "NotFound",
+                format!("{} \"{name}\" not found", qualified(res)),
+            )
         }
     }
 
     pub fn path_not_found(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     pub fn already_exists(res: &Resource, name: &str) -> Self {
@@ -129,14 +137,20 @@ impl ApiError {
         let message = if summary.len() == 1 {
             format!("{} \"{name}\" is invalid: {}", res.kind, summary[0])
         } else {
-            format!("{} \"{name}\" is invalid: [{}]", res.kind, summary.join(", "))
+            format!(
+                "{} \"{name}\" is invalid: [{}]",
+                res.kind,
+                summary.join(", ")
+            )
         };
         let causes: Vec<Value> = causes
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
         ApiError {
-            details: Some(json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes})),
+            details: Some(
+                json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}),
+            ),
             ..Self::new(422, "Invalid", message)
         }
     }
@@ -149,7 +163,9 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json (got {ct:?})"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/json-patch+json, application/strategic-merge-patch+json (got {ct:?})"
+            ),
         )
     }
 

@@ -16,11 +16,11 @@ use super::error::{ApiError, Result};
 use super::ops::{Api, DeleteOptions, ListOptions, WriteOptions, parse_propagation};
 use super::schema::FieldValidation;
 use super::{discovery, openapi, table};
+use crate::auth::Identity;
 use crate::core::patch::PatchType;
 use crate::core::resources::{self, Resource};
 use crate::core::selector::{FieldSelector, LabelSelector};
 use crate::store::EventType;
-use crate::auth::Identity;
 
 /// Reaches a node's agent (through its tunnel) for kubelet-style requests.
 pub trait NodeProxy: Send + Sync + 'static {
@@ -91,7 +91,8 @@ fn parse_query(q: Option<&str>) -> Query {
 }
 
 fn flag(q: &Query, k: &str) -> bool {
-    q.get(k).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    q.get(k)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -139,7 +140,9 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
     };
 
     match (segs.as_slice(), &parts.method) {
-        (["version"], &Method::GET) => return Ok(json_response(StatusCode::OK, &discovery::version(), &[])),
+        (["version"], &Method::GET) => {
+            return Ok(json_response(StatusCode::OK, &discovery::version(), &[]));
+        }
         (["api"], &Method::GET) => {
             return Ok(if wants_aggregated(headers) {
                 aggregated_response(discovery::aggregated(true))
@@ -163,16 +166,20 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
             return Ok(json_response(StatusCode::OK, &doc, &[]));
         }
         (["apis", g, v], &Method::GET) => {
-            let doc = discovery::resource_list(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            let doc =
+                discovery::resource_list(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
             return Ok(json_response(StatusCode::OK, &doc, &[]));
         }
-        (["openapi", "v3"], &Method::GET) => return Ok(json_response(StatusCode::OK, &openapi::root(), &[])),
+        (["openapi", "v3"], &Method::GET) => {
+            return Ok(json_response(StatusCode::OK, &openapi::root(), &[]));
+        }
         (["openapi", "v3", "api", "v1"], &Method::GET) => {
             let doc = openapi::group_version("", "v1").expect("core is served");
             return Ok(json_response(StatusCode::OK, &doc, &[]));
         }
         (["openapi", "v3", "apis", g, v], &Method::GET) => {
-            let doc = openapi::group_version(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            let doc =
+                openapi::group_version(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
             return Ok(json_response(StatusCode::OK, &doc, &[]));
         }
         _ => {}
@@ -316,7 +323,11 @@ async fn handle_resource(
             let obj = body_json(&body, headers)?;
             let opts = write_options(q)?;
             let created = api.create(res, ns, obj, &opts)?;
-            Ok(json_response(StatusCode::CREATED, &created, &warnings(&opts)))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &created,
+                &warnings(&opts),
+            ))
         }
         (&Method::DELETE, None, None) => {
             // deletecollection: every object the selectors match.
@@ -381,13 +392,19 @@ async fn handle_resource(
         (&Method::GET, Some(name), Some("status")) => {
             Ok(json_response(StatusCode::OK, &api.get(res, ns, name)?, &[]))
         }
-        (&Method::GET, Some(name), Some("scale")) => {
-            Ok(json_response(StatusCode::OK, &api.get_scale(res, ns, name)?, &[]))
-        }
+        (&Method::GET, Some(name), Some("scale")) => Ok(json_response(
+            StatusCode::OK,
+            &api.get_scale(res, ns, name)?,
+            &[],
+        )),
         (&Method::PUT, Some(name), Some("scale")) => {
             let scale = body_json(&body, headers)?;
             let opts = write_options(q)?;
-            Ok(json_response(StatusCode::OK, &api.update_scale(res, ns, name, &scale, &opts)?, &[]))
+            Ok(json_response(
+                StatusCode::OK,
+                &api.update_scale(res, ns, name, &scale, &opts)?,
+                &[],
+            ))
         }
         (&Method::PATCH, Some(name), Some("scale")) => {
             let (patch, kind) = patch_body(&body, headers)?;
@@ -395,7 +412,11 @@ async fn handle_resource(
             let patched = crate::core::patch::apply(&current, &patch, kind)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
             let opts = write_options(q)?;
-            Ok(json_response(StatusCode::OK, &api.update_scale(res, ns, name, &patched, &opts)?, &[]))
+            Ok(json_response(
+                StatusCode::OK,
+                &api.update_scale(res, ns, name, &patched, &opts)?,
+                &[],
+            ))
         }
         (&Method::POST, Some(name), Some("binding")) => {
             let binding = body_json(&body, headers)?;
@@ -470,9 +491,10 @@ fn watch(
 ) -> Result<Response> {
     let from = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
-        Some(rv) => Some(rv.parse().map_err(|_| {
-            ApiError::bad_request(format!("invalid resource version: {rv:?}"))
-        })?),
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+        ),
     };
     let bookmarks = flag(q, "allowWatchBookmarks");
     let timeout = q
@@ -624,7 +646,13 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
         .filter(|(k, _)| {
             matches!(
                 k.as_str(),
-                "follow" | "previous" | "sinceSeconds" | "sinceTime" | "tailLines" | "timestamps" | "limitBytes"
+                "follow"
+                    | "previous"
+                    | "sinceSeconds"
+                    | "sinceTime"
+                    | "tailLines"
+                    | "timestamps"
+                    | "limitBytes"
             )
         })
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -652,15 +680,17 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
         let msg = String::from_utf8_lossy(&bytes).trim().to_string();
         return Err(ApiError::new(
             if code == 404 { 404 } else { 400 },
-            if code == 404 { "NotFound" } else { "BadRequest" },
+            if code == 404 {
+                "NotFound"
+            } else {
+                "BadRequest"
+            },
             msg,
         ));
     }
     let mut r = Response::new(resp.into_body());
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 
@@ -674,7 +704,10 @@ mod tests {
         assert_eq!((t.res.plural, t.namespace.as_str()), ("pods", "default"));
         assert_eq!(t.sub.as_deref(), Some("log"));
         let t = resolve(&["api", "v1", "namespaces", "default"]).unwrap();
-        assert_eq!((t.res.plural, t.name.as_deref()), ("namespaces", Some("default")));
+        assert_eq!(
+            (t.res.plural, t.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
         let t = resolve(&["api", "v1", "namespaces", "x", "status"]).unwrap();
         assert_eq!(t.sub.as_deref(), Some("status"));
         let t = resolve(&["apis", "apps", "v1", "deployments"]).unwrap();

@@ -36,7 +36,9 @@ pub fn default(res: &Resource, obj: &mut Value) {
             ensure_object(ensure_object_value(obj, "metadata"), "annotations");
         }
         "ReplicaSet" => {
-            ensure_object(obj, "spec").entry("replicas").or_insert(json!(1));
+            ensure_object(obj, "spec")
+                .entry("replicas")
+                .or_insert(json!(1));
             if let Some(pod) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(pod);
             }
@@ -64,8 +66,10 @@ fn default_pod_spec(spec: &mut Value) {
     };
     s.entry("restartPolicy").or_insert(json!("Always"));
     s.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-    s.entry("schedulerName").or_insert(json!("default-scheduler"));
-    s.entry("terminationGracePeriodSeconds").or_insert(json!(30));
+    s.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
+    s.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
     s.entry("securityContext").or_insert(json!({}));
     s.entry("enableServiceLinks").or_insert(json!(true));
     for list in ["containers", "initContainers"] {
@@ -159,7 +163,9 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec.template"));
         return;
     };
-    let labels = template.pointer("/metadata/labels").and_then(Value::as_object);
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
     if let Some(sel) = sel {
         if !sel.matches(labels) {
             causes.push(Cause::invalid(
@@ -312,7 +318,9 @@ mod tests {
     fn qos() {
         assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
         assert_eq!(
-            qos_class(&json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})),
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
             "Guaranteed"
         );
         assert_eq!(

@@ -65,7 +65,12 @@ pub fn group_version(group: &str, version: &str) -> Option<Value> {
     let mut schemas = serde_json::Map::new();
     for r in rs {
         let gvk = json!([{"group": r.group, "version": r.version, "kind": r.kind}]);
-        let schema_name = format!("io.kedge.{}.{}.{}", if r.group.is_empty() { "core" } else { r.group }, r.version, r.kind);
+        let schema_name = format!(
+            "io.kedge.{}.{}.{}",
+            if r.group.is_empty() { "core" } else { r.group },
+            r.version,
+            r.kind
+        );
         let reference = json!({"$ref": format!("#/components/schemas/{schema_name}")});
         schemas.insert(
             schema_name.clone(),

@@ -56,7 +56,11 @@ impl WriteOptions {
             ))
         })?;
         if !d.unknown.is_empty() {
-            let list: Vec<String> = d.unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+            let list: Vec<String> = d
+                .unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
             match self.validation {
                 FieldValidation::Strict => {
                     return Err(ApiError::bad_request(format!(
@@ -178,7 +182,12 @@ impl Api {
     }
 
     fn key(res: &Resource, ns: &str, name: &str) -> String {
-        store::key(res.group, res.plural, if res.namespaced { ns } else { "" }, name)
+        store::key(
+            res.group,
+            res.plural,
+            if res.namespaced { ns } else { "" },
+            name,
+        )
     }
 
     pub fn get(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
@@ -235,7 +244,9 @@ impl Api {
         opts: &WriteOptions,
     ) -> Result<Value> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         check_type(res, &mut obj)?;
         let mut obj = opts.decode(res, obj)?;
@@ -305,7 +316,11 @@ impl Api {
                 let qos = kinds::qos_class(obj.get("spec").unwrap_or(&Value::Null));
                 let mut status = json!({"phase": "Pending", "qosClass": qos});
                 // A pod created already bound (nodeName set) is scheduled.
-                if obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some() {
+                if obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some()
+                {
                     status["conditions"] = json!([{"type": "PodScheduled", "status": "True",
                         "lastProbeTime": null, "lastTransitionTime": now}]);
                 }
@@ -351,7 +366,9 @@ impl Api {
         opts: &WriteOptions,
     ) -> Result<Value> {
         if !obj.is_object() {
-            return Err(ApiError::bad_request("the request body must be a JSON object"));
+            return Err(ApiError::bad_request(
+                "the request body must be a JSON object",
+            ));
         }
         check_type(res, &mut obj)?;
         let obj = opts.decode(res, obj)?;
@@ -372,7 +389,10 @@ impl Api {
                 }
             }
         }
-        let expected = match obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        let expected = match obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
             Some(rv) if !rv.is_empty() => Some(parse_rv(res, name, rv)?),
             _ => None,
         };
@@ -458,7 +478,11 @@ impl Api {
             return Ok(gone);
         }
         self.store
-            .update(&Self::key(res, ns, name), next, store::revision_of(&current))
+            .update(
+                &Self::key(res, ns, name),
+                next,
+                store::revision_of(&current),
+            )
             .map_err(|e| ApiError::from_store(e, res, name))
     }
 
@@ -476,9 +500,8 @@ impl Api {
     ) -> Result<Value> {
         for _ in 0..5 {
             let current = self.get(res, ns, name)?;
-            let patched = patch::apply(&current, body, kind).map_err(|e| {
-                ApiError::new(422, "Invalid", e.to_string())
-            })?;
+            let patched = patch::apply(&current, body, kind)
+                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
             let pinned = store::revision_of(&patched) != store::revision_of(&current);
             match self.update(res, ns, name, patched, sub, opts) {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
@@ -509,7 +532,11 @@ impl Api {
             }
         }
         if let Some(rv) = &opts.precondition_rv {
-            if current.pointer("/metadata/resourceVersion").and_then(Value::as_str) != Some(rv) {
+            if current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                != Some(rv)
+            {
                 return Err(ApiError::conflict(res, name));
             }
         }
@@ -527,7 +554,10 @@ impl Api {
         // Pods on a node terminate gracefully: the agent stops them, then confirms with a
         // zero grace period.
         if res.kind == "Pod" {
-            let bound = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some();
+            let bound = current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some();
             let grace = opts.grace_period_seconds.unwrap_or_else(|| {
                 current
                     .pointer("/spec/terminationGracePeriodSeconds")
@@ -644,7 +674,12 @@ impl Api {
     }
 
     /// Marks the namespace Terminating, deletes everything in it, then the namespace.
-    fn delete_namespace(&self, res: &'static Resource, name: &str, current: Value) -> Result<Value> {
+    fn delete_namespace(
+        &self,
+        res: &'static Resource,
+        name: &str,
+        current: Value,
+    ) -> Result<Value> {
         if name == "default" || name == "kube-system" {
             return Err(ApiError::forbidden(format!(
                 "namespace \"{name}\" is protected and cannot be deleted"
@@ -682,9 +717,7 @@ impl Api {
             .pointer("/target/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                ApiError::invalid(res, name, vec![Cause::required("target.name")])
-            })?;
+            .ok_or_else(|| ApiError::invalid(res, name, vec![Cause::required("target.name")]))?;
         let current = self.get(res, ns, name)?;
         if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str) {
             return Err(ApiError::new(
@@ -742,7 +775,10 @@ impl Api {
             ));
         }
         let mut obj = self.get(res, ns, name)?;
-        if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
             if !rv.is_empty() {
                 obj["metadata"]["resourceVersion"] = json!(rv);
             }
@@ -987,7 +1023,8 @@ pub fn set_condition(
         obj["status"]["conditions"] = json!([]);
     }
     let conds = obj["status"]["conditions"].as_array_mut().expect("array");
-    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
+    let mut c =
+        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now});
     if let Some(r) = reason {
         c["reason"] = json!(r);
     }

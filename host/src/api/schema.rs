@@ -118,6 +118,12 @@ mod tests {
     #[test]
     fn wrong_types_are_errors() {
         let res = by_kind("apps/v1", "Deployment").unwrap();
-        assert!(decode(res, &json!({"metadata": {"name": "a"}, "spec": {"replicas": "three"}})).is_err());
+        assert!(
+            decode(
+                res,
+                &json!({"metadata": {"name": "a"}, "spec": {"replicas": "three"}})
+            )
+            .is_err()
+        );
     }
 }

@@ -130,7 +130,11 @@ fn age(o: &Value, ptr: &str, now: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn containers_and_images(o: &Value, ptr: &str) -> (String, String) {
-    let cs = o.pointer(ptr).and_then(Value::as_array).cloned().unwrap_or_default();
+    let cs = o
+        .pointer(ptr)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let names: Vec<&str> = cs.iter().map(|c| s(c, "/name")).collect();
     let images: Vec<&str> = cs.iter().map(|c| s(c, "/image")).collect();
     (names.join(","), images.join(","))
@@ -208,7 +212,11 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                 .unwrap_or_default();
             vec![
                 name,
-                json!(format!("{}/{}", i(o, "/status/readyReplicas"), i(o, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    i(o, "/status/readyReplicas"),
+                    i(o, "/spec/replicas")
+                )),
                 json!(i(o, "/status/updatedReplicas")),
                 json!(i(o, "/status/availableReplicas")),
                 json!(age(o, created, now)),
@@ -273,7 +281,11 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
             vec![
                 name,
                 json!(status),
-                json!(if roles.is_empty() { "<none>".into() } else { roles.join(",") }),
+                json!(if roles.is_empty() {
+                    "<none>".into()
+                } else {
+                    roles.join(",")
+                }),
                 json!(age(o, created, now)),
                 json!(s(o, "/status/nodeInfo/kubeletVersion")),
                 json!(addr("InternalIP")),
@@ -283,9 +295,17 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                 json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
             ]
         }
-        "Namespace" => vec![name, json!(s(o, "/status/phase")), json!(age(o, created, now))],
+        "Namespace" => vec![
+            name,
+            json!(s(o, "/status/phase")),
+            json!(age(o, created, now)),
+        ],
         "Event" => {
-            let last = if o.pointer("/lastTimestamp").and_then(Value::as_str).is_some() {
+            let last = if o
+                .pointer("/lastTimestamp")
+                .and_then(Value::as_str)
+                .is_some()
+            {
                 age(o, "/lastTimestamp", now)
             } else {
                 age(o, "/eventTime", now)
@@ -310,13 +330,23 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
         "Secret" => vec![
             name,
             json!(s(o, "/type")),
-            json!(o.get("data").and_then(Value::as_object).map_or(0, |d| d.len())),
+            json!(
+                o.get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |d| d.len())
+            ),
             json!(age(o, created, now)),
         ],
         "ConfigMap" => vec![
             name,
-            json!(o.get("data").and_then(Value::as_object).map_or(0, |d| d.len())
-                + o.get("binaryData").and_then(Value::as_object).map_or(0, |d| d.len())),
+            json!(
+                o.get("data")
+                    .and_then(Value::as_object)
+                    .map_or(0, |d| d.len())
+                    + o.get("binaryData")
+                        .and_then(Value::as_object)
+                        .map_or(0, |d| d.len())
+            ),
             json!(age(o, created, now)),
         ],
         _ => vec![name, json!(age(o, created, now))],

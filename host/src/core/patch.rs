@@ -53,8 +53,13 @@ pub fn apply(target: &Value, patch: &Value, kind: PatchType) -> Result<Value, Er
 /// The merge key of a list field, by field name. `None`: the list is replaced whole.
 fn merge_key(field: &str, patch_items: &[Value]) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "env" | "imagePullSecrets"
-        | "volumes" | "resourceClaims" => "name",
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "env"
+        | "imagePullSecrets"
+        | "volumes"
+        | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
         "hostAliases" => "ip",
@@ -104,8 +109,7 @@ pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), Error> {
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(Value::Array(list)), Some(remove)) = (tmap.get_mut(field), v.as_array())
-            {
+            if let (Some(Value::Array(list)), Some(remove)) = (tmap.get_mut(field), v.as_array()) {
                 list.retain(|x| !remove.contains(x));
             }
             continue;
@@ -212,7 +216,10 @@ mod tests {
         let t = json!({"spec": {"containers": [
             {"name": "a", "image": "a:1", "args": ["x"]},
             {"name": "b", "image": "b:1"}]}});
-        let out = smp(t, json!({"spec": {"containers": [{"name": "a", "image": "a:2"}]}}));
+        let out = smp(
+            t,
+            json!({"spec": {"containers": [{"name": "a", "image": "a:2"}]}}),
+        );
         assert_eq!(
             out,
             json!({"spec": {"containers": [
@@ -257,7 +264,10 @@ mod tests {
             json!({"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}),
         );
         assert_eq!(out, json!({"strategy": {"type": "Recreate"}}));
-        let out = smp(t, json!({"strategy": {"$patch": "replace", "type": "Recreate"}}));
+        let out = smp(
+            t,
+            json!({"strategy": {"$patch": "replace", "type": "Recreate"}}),
+        );
         assert_eq!(out, json!({"strategy": {"type": "Recreate"}}));
     }
 
@@ -304,6 +314,13 @@ mod tests {
             .unwrap(),
             json!({"a": 5, "b": {"c": 2}})
         );
-        assert!(apply(&t, &json!([{"op": "test", "path": "/a", "value": 9}]), PatchType::Json).is_err());
+        assert!(
+            apply(
+                &t,
+                &json!([{"op": "test", "path": "/a", "value": 9}]),
+                PatchType::Json
+            )
+            .is_err()
+        );
     }
 }

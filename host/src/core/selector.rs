@@ -137,7 +137,11 @@ impl LabelSelector {
     }
 
     pub fn matches_object(&self, object: &Value) -> bool {
-        self.matches(object.pointer("/metadata/labels").and_then(Value::as_object))
+        self.matches(
+            object
+                .pointer("/metadata/labels")
+                .and_then(Value::as_object),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -173,9 +177,7 @@ impl FieldSelector {
             if !(field == "metadata.name" || field == "metadata.namespace")
                 && !allowed.contains(&field)
             {
-                return Err(ParseError(format!(
-                    "field label not supported: {field}"
-                )));
+                return Err(ParseError(format!("field label not supported: {field}")));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }

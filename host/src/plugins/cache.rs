@@ -33,7 +33,9 @@ pub fn load_or_compile(
         let loaded = unsafe { Component::deserialize_file(engine, &file) };
         match loaded {
             Ok(c) => return Ok(c),
-            Err(e) => tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached plugin"),
+            Err(e) => {
+                tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached plugin")
+            }
         }
     }
     let compiled = engine.precompile_component(bytes)?;

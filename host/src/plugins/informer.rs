@@ -75,7 +75,11 @@ impl Informer {
     fn apply(&self, kind: EventType, object: &Arc<Value>) -> bool {
         let rev = store::revision_of(object).unwrap_or(0);
         let key = cache_key(
-            if self.res.namespaced { meta::namespace(object) } else { "" },
+            if self.res.namespaced {
+                meta::namespace(object)
+            } else {
+                ""
+            },
             meta::name(object),
         );
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());

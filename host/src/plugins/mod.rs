@@ -116,9 +116,21 @@ fn resolve_kind(k: &KindRef) -> std::result::Result<&'static Resource, String> {
 impl Permissions {
     fn from_registration(r: &Registration) -> std::result::Result<Self, String> {
         let for_kind = resolve_kind(&r.for_kind)?;
-        let owns = r.owns.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
-        let reads = r.reads.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
-        let writable = r.writes.iter().map(resolve_kind).collect::<Result<Vec<_>, _>>()?;
+        let owns = r
+            .owns
+            .iter()
+            .map(resolve_kind)
+            .collect::<Result<Vec<_>, _>>()?;
+        let reads = r
+            .reads
+            .iter()
+            .map(resolve_kind)
+            .collect::<Result<Vec<_>, _>>()?;
+        let writable = r
+            .writes
+            .iter()
+            .map(resolve_kind)
+            .collect::<Result<Vec<_>, _>>()?;
         let mut readable = vec![for_kind];
         for k in owns.iter().chain(&reads).chain(&writable) {
             if !readable.iter().any(|x| std::ptr::eq(*x, *k)) {
@@ -172,21 +184,26 @@ fn wit_error(e: ApiError) -> WitApiError {
 }
 
 impl PluginShared {
-    fn readable(&self, av: &str, kind: &str) -> std::result::Result<&'static Resource, WitApiError> {
+    fn readable(
+        &self,
+        av: &str,
+        kind: &str,
+    ) -> std::result::Result<&'static Resource, WitApiError> {
         self.perms
             .readable
             .iter()
             .find(|r| r.api_version() == av && r.kind == kind)
             .copied()
             .ok_or_else(|| {
-                WitApiError::Forbidden(format!(
-                    "plugin {} did not declare {av}/{kind}",
-                    self.name
-                ))
+                WitApiError::Forbidden(format!("plugin {} did not declare {av}/{kind}", self.name))
             })
     }
 
-    fn writable(&self, av: &str, kind: &str) -> std::result::Result<&'static Resource, WitApiError> {
+    fn writable(
+        &self,
+        av: &str,
+        kind: &str,
+    ) -> std::result::Result<&'static Resource, WitApiError> {
         self.perms
             .writable
             .iter()
@@ -229,8 +246,7 @@ impl kedge::plugin::cluster::Host for HostState {
     ) -> std::result::Result<Option<String>, WitApiError> {
         let p = &self.plugin;
         let res = p.readable(&api_version, &kind)?;
-        Ok(p
-            .informers
+        Ok(p.informers
             .get(res)
             .get(&namespace, &name)
             .map(|o| o.to_string()))
@@ -247,8 +263,7 @@ impl kedge::plugin::cluster::Host for HostState {
         let res = p.readable(&api_version, &kind)?;
         let sel = LabelSelector::parse(&label_selector)
             .map_err(|e| WitApiError::Invalid(e.to_string()))?;
-        Ok(p
-            .informers
+        Ok(p.informers
             .get(res)
             .list(&namespace, &sel)
             .iter()
@@ -287,7 +302,14 @@ impl kedge::plugin::cluster::Host for HostState {
         let name = meta::name(&obj).to_string();
         let out = p
             .api
-            .update(res, &namespace, &name, obj, None, &PluginShared::write_options())
+            .update(
+                res,
+                &namespace,
+                &name,
+                obj,
+                None,
+                &PluginShared::write_options(),
+            )
             .map_err(wit_error)?;
         p.record(res, EventType::Modified, &out);
         Ok(out.to_string())
@@ -303,7 +325,9 @@ impl kedge::plugin::cluster::Host for HostState {
         let p = &self.plugin;
         let res = p.writable(&api_version, &kind)?;
         if !res.has("status") {
-            return Err(WitApiError::Invalid(format!("{kind} has no status subresource")));
+            return Err(WitApiError::Invalid(format!(
+                "{kind} has no status subresource"
+            )));
         }
         let obj = parse_body(&body)?;
         let name = meta::name(&obj).to_string();
@@ -474,11 +498,7 @@ impl Drop for EpochTicker {
 }
 
 impl PluginHost {
-    pub fn new(
-        api: Arc<Api>,
-        config: PluginConfig,
-        cancel: CancellationToken,
-    ) -> Result<Self> {
+    pub fn new(api: Arc<Api>, config: PluginConfig, cancel: CancellationToken) -> Result<Self> {
         let mut wcfg = wasmtime::Config::new();
         wcfg.epoch_interruption(true);
         wcfg.wasm_component_model(true);
@@ -546,13 +566,13 @@ impl PluginHost {
             .await
             .map_err(|e| Error::Engine(wasmtime::Error::msg(e.to_string())))??
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|source| Error::Instantiate {
-                name: label.to_string(),
-                source,
-            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|source| Error::Instantiate {
+                    name: label.to_string(),
+                    source,
+                })?;
         let pre = ControllerPre::new(instance_pre).map_err(|source| Error::Instantiate {
             name: label.to_string(),
             source,
@@ -570,13 +590,13 @@ impl PluginHost {
             },
         });
         let mut store = self.new_store(probe);
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|source| Error::Instantiate {
-                name: label.to_string(),
-                source,
-            })?;
+        let instance =
+            pre.instantiate_async(&mut store)
+                .await
+                .map_err(|source| Error::Instantiate {
+                    name: label.to_string(),
+                    source,
+                })?;
         let reg = instance
             .call_register(&mut store)
             .await

@@ -170,12 +170,11 @@ impl LogReader for Inner {
         let mut out = Vec::new();
         for entry in log.range(from + 1..).map_err(backend)? {
             let (_, bytes) = entry.map_err(backend)?;
-            let event: Event = serde_json::from_slice(bytes.value()).map_err(|source| {
-                Error::Corrupt {
+            let event: Event =
+                serde_json::from_slice(bytes.value()).map_err(|source| Error::Corrupt {
                     key: "log".into(),
                     source,
-                }
-            })?;
+                })?;
             out.push(Arc::new(event));
         }
         Ok(out)

@@ -1,0 +1,6 @@
+//! kedge's integration tests: end-to-end scenarios with real processes and the real kubectl
+//! (`skeleton`), and in-process tests of the plugin sandbox (`sandbox`).
+
+mod harness;
+mod sandbox;
+mod skeleton;

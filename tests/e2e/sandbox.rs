@@ -1,0 +1,125 @@
+//! The plugin sandbox: a guest that loops forever and one that allocates without bound are
+//! stopped by the host, which keeps serving.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kedge::api::ops::{Api, WriteOptions, system_clock};
+use kedge::core::resources::by_kind;
+use kedge::plugins::{Error, PluginConfig, PluginHost};
+use kedge::store::redb::{Options, RedbStore};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const SPIN: &[u8] = include_bytes!(concat!(
+    env!("KEDGE_WASM_DIR"),
+    "/kedge_fixture_plugin_spin.wasm"
+));
+const HOG: &[u8] = include_bytes!(concat!(
+    env!("KEDGE_WASM_DIR"),
+    "/kedge_fixture_plugin_hog.wasm"
+));
+
+fn host(dir: &std::path::Path) -> (Arc<Api>, Arc<PluginHost>, CancellationToken) {
+    let store = RedbStore::open(&dir.join("s.redb"), Options::default()).unwrap();
+    let api = Arc::new(Api::new(Arc::new(store), system_clock()));
+    api.create(
+        by_kind("v1", "Namespace").unwrap(),
+        "",
+        json!({"metadata": {"name": "default"}}),
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let cancel = CancellationToken::new();
+    let config = PluginConfig {
+        call_deadline: Duration::from_millis(300),
+        memory_limit: 32 << 20,
+        cache_dir: None,
+    };
+    let host = Arc::new(PluginHost::new(api.clone(), config, cancel.clone()).unwrap());
+    (api, host, cancel)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_guests_are_stopped_and_the_host_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, host, cancel) = host(dir.path());
+
+    let spin = host.load("spin", SPIN).await.unwrap();
+    assert_eq!(spin.name(), "spin");
+    let start = Instant::now();
+    let err = host.reconcile(&spin, "default", "x").await.unwrap_err();
+    let took = start.elapsed();
+    match &err {
+        Error::Trap { reason, .. } => assert!(reason.contains("deadline"), "{reason}"),
+        other => panic!("expected a trap, got {other}"),
+    }
+    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
+
+    let hog = host.load("hog", HOG).await.unwrap();
+    let err = host.reconcile(&hog, "default", "x").await.unwrap_err();
+    match &err {
+        Error::Trap { reason, .. } => assert!(reason.contains("memory"), "{reason}"),
+        other => panic!("expected a trap, got {other}"),
+    }
+
+    // The host still serves: the API answers and a well-behaved plugin reconciles.
+    let ns = by_kind("v1", "Namespace").unwrap();
+    assert!(api.get(ns, "", "default").is_ok());
+    let rs = host
+        .load("replicaset", kedge::server::default_plugins::REPLICASET)
+        .await
+        .unwrap();
+    assert_eq!(rs.name(), "replicaset");
+    host.reconcile(&rs, "default", "absent").await.unwrap();
+    // And the runaway ones can be called again (each call gets a fresh instance).
+    assert!(host.reconcile(&spin, "default", "y").await.is_err());
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_writes_only_what_it_declared() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, host, cancel) = host(dir.path());
+    let rs = host
+        .load("replicaset", kedge::server::default_plugins::REPLICASET)
+        .await
+        .unwrap();
+    let perms = rs.permissions();
+    assert_eq!(perms.for_kind.kind, "ReplicaSet");
+    assert!(perms.writable.iter().any(|r| r.kind == "Pod"));
+    assert!(!perms.writable.iter().any(|r| r.kind == "Node"));
+    // Drive one real reconcile through the informer cache.
+    host.start(rs);
+    let res = by_kind("apps/v1", "ReplicaSet").unwrap();
+    api.create(
+        res,
+        "default",
+        json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let pods = by_kind("v1", "Pod").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = api.list(pods, "default", &Default::default()).unwrap();
+        let n = list["items"].as_array().unwrap().len();
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicaset plugin made {n} pods");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Converged: no more pods appear.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let list = api.list(pods, "default", &Default::default()).unwrap();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        list["items"][0]["metadata"]["ownerReferences"][0]["kind"],
+        "ReplicaSet"
+    );
+    cancel.cancel();
+}
