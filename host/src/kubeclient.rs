@@ -122,7 +122,7 @@ impl KubeClient {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
         let driver = tokio::spawn(conn);
         let bytes = body
-            .map(|b| serde_json::to_vec(b))
+            .map(serde_json::to_vec)
             .transpose()?
             .unwrap_or_default();
         let req = http::Request::builder()

@@ -102,8 +102,21 @@ fn hostname() -> String {
         .unwrap_or_else(|| "kedge-node".into())
 }
 
+/// `/var/lib/kedge/<leaf>` for root (as K3s uses /var/lib/rancher), else under the user's
+/// home, so `kedge dev` works without privileges.
 fn default_dir(leaf: &str) -> PathBuf {
-    PathBuf::from("/var/lib/kedge").join(leaf)
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    match std::env::var_os("HOME") {
+        Some(home) if !root => PathBuf::from(home).join(".local/share/kedge").join(leaf),
+        _ => PathBuf::from("/var/lib/kedge").join(leaf),
+    }
 }
 
 fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {

@@ -223,10 +223,10 @@ fn resolve(segs: &[&str]) -> Option<Target> {
     if rest.len() > 3 {
         return None;
     }
-    if let Some(s) = &sub {
-        if !res.has(s) {
-            return None;
-        }
+    if let Some(s) = &sub
+        && !res.has(s)
+    {
+        return None;
     }
     Some(Target {
         res,

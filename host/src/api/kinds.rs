@@ -129,14 +129,14 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
         causes.push(Cause::required("spec"));
         return;
     };
-    if let Some(r) = spec.get("replicas") {
-        if r.as_i64().is_none_or(|r| r < 0) {
-            causes.push(Cause::invalid(
-                "spec.replicas",
-                &r.to_string(),
-                "must be greater than or equal to 0",
-            ));
-        }
+    if let Some(r) = spec.get("replicas")
+        && r.as_i64().is_none_or(|r| r < 0)
+    {
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
     let sel = match spec.get("selector") {
         None => {
@@ -166,14 +166,14 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
     let labels = template
         .pointer("/metadata/labels")
         .and_then(Value::as_object);
-    if let Some(sel) = sel {
-        if !sel.matches(labels) {
-            causes.push(Cause::invalid(
-                "spec.template.metadata.labels",
-                &serde_json::to_string(&labels).unwrap_or_default(),
-                "`selector` does not match template `labels`",
-            ));
-        }
+    if let Some(sel) = sel
+        && !sel.matches(labels)
+    {
+        causes.push(Cause::invalid(
+            "spec.template.metadata.labels",
+            &serde_json::to_string(&labels).unwrap_or_default(),
+            "`selector` does not match template `labels`",
+        ));
     }
     match template.get("spec") {
         Some(pod) => {

@@ -218,15 +218,14 @@ impl Api {
             .filter(|o| opts.labels.matches_object(o) && opts.fields.matches(o))
             .collect();
         let mut metadata = json!({"resourceVersion": rev.to_string()});
-        if let Some(limit) = opts.limit.filter(|l| *l > 0) {
-            if selected.len() > limit {
-                let remaining = selected.len() - limit;
-                selected.truncate(limit);
-                let last = continue_key(selected.last().expect("limit > 0"));
-                metadata["continue"] =
-                    json!(base64::engine::general_purpose::STANDARD.encode(last));
-                metadata["remainingItemCount"] = json!(remaining);
-            }
+        if let Some(limit) = opts.limit.filter(|l| *l > 0)
+            && selected.len() > limit
+        {
+            let remaining = selected.len() - limit;
+            selected.truncate(limit);
+            let last = continue_key(selected.last().expect("limit > 0"));
+            metadata["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(last));
+            metadata["remainingItemCount"] = json!(remaining);
         }
         Ok(json!({
             "kind": res.list_kind(),
@@ -373,21 +372,21 @@ impl Api {
         check_type(res, &mut obj)?;
         let obj = opts.decode(res, obj)?;
         let body_name = obj.pointer("/metadata/name").and_then(Value::as_str);
-        if let Some(n) = body_name {
-            if n != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )));
-            }
+        if let Some(n) = body_name
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
-        if res.namespaced {
-            if let Some(n) = obj.pointer("/metadata/namespace").and_then(Value::as_str) {
-                if !n.is_empty() && n != ns {
-                    return Err(ApiError::bad_request(
-                        "the namespace of the provided object does not match the namespace sent on the request",
-                    ));
-                }
-            }
+        if res.namespaced
+            && let Some(n) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !n.is_empty()
+            && n != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
         let expected = match obj
             .pointer("/metadata/resourceVersion")
@@ -397,10 +396,10 @@ impl Api {
             _ => None,
         };
         let current = self.get(res, ns, name)?;
-        if let Some(exp) = expected {
-            if store::revision_of(&current) != Some(exp) {
-                return Err(ApiError::conflict(res, name));
-            }
+        if let Some(exp) = expected
+            && store::revision_of(&current) != Some(exp)
+        {
+            return Err(ApiError::conflict(res, name));
         }
         let mut next = if sub == Some("status") {
             let mut n = current.clone();
@@ -488,6 +487,7 @@ impl Api {
 
     /// PATCH; retried on a conflict with a concurrent writer unless the patch itself pins a
     /// resourceVersion (then the conflict is the caller's to see).
+    #[allow(clippy::too_many_arguments)] // the REST verb's own parameters, one each
     pub fn patch(
         &self,
         res: &'static Resource,
@@ -519,26 +519,25 @@ impl Api {
         opts: &DeleteOptions,
     ) -> Result<Value> {
         let current = self.get(res, ns, name)?;
-        if let Some(uid) = &opts.precondition_uid {
-            if meta::uid(&current) != uid {
-                return Err(ApiError::new(
-                    409,
-                    "Conflict",
-                    format!(
-                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                        meta::uid(&current)
-                    ),
-                ));
-            }
+        if let Some(uid) = &opts.precondition_uid
+            && meta::uid(&current) != uid
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(&current)
+                ),
+            ));
         }
-        if let Some(rv) = &opts.precondition_rv {
-            if current
+        if let Some(rv) = &opts.precondition_rv
+            && current
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
                 != Some(rv)
-            {
-                return Err(ApiError::conflict(res, name));
-            }
+        {
+            return Err(ApiError::conflict(res, name));
         }
         if opts.dry_run {
             return Ok(current);
@@ -648,10 +647,10 @@ impl Api {
                 propagation: Some(how),
                 ..Default::default()
             };
-            if let Err(e) = self.delete(r, meta::namespace(&dep), meta::name(&dep), &opts) {
-                if e.code != 404 {
-                    tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "cascading delete failed");
-                }
+            if let Err(e) = self.delete(r, meta::namespace(&dep), meta::name(&dep), &opts)
+                && e.code != 404
+            {
+                tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "cascading delete failed");
             }
         }
     }
@@ -778,10 +777,9 @@ impl Api {
         if let Some(rv) = scale
             .pointer("/metadata/resourceVersion")
             .and_then(Value::as_str)
+            && !rv.is_empty()
         {
-            if !rv.is_empty() {
-                obj["metadata"]["resourceVersion"] = json!(rv);
-            }
+            obj["metadata"]["resourceVersion"] = json!(rv);
         }
         obj["spec"]["replicas"] = json!(replicas);
         let updated = self.update(res, ns, name, obj, None, opts)?;
@@ -876,10 +874,10 @@ impl ApiWatch {
 /// `(field, message)` when an update touches an immutable field.
 fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String, String)> {
     match res.kind {
-        "Deployment" | "ReplicaSet" => {
-            if old.pointer("/spec/selector") != new.pointer("/spec/selector") {
-                return Some(("spec.selector".into(), "field is immutable".into()));
-            }
+        "Deployment" | "ReplicaSet"
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
+        {
+            return Some(("spec.selector".into(), "field is immutable".into()));
         }
         "Pod" => {
             let old_node = old.pointer("/spec/nodeName");

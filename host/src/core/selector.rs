@@ -174,8 +174,9 @@ impl FieldSelector {
                 return Err(ParseError(format!("invalid selector: '{p}'")));
             };
             let field = field.trim();
-            if !(field == "metadata.name" || field == "metadata.namespace")
-                && !allowed.contains(&field)
+            if !(field == "metadata.name"
+                || field == "metadata.namespace"
+                || allowed.contains(&field))
             {
                 return Err(ParseError(format!("field label not supported: {field}")));
             }

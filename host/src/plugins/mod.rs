@@ -691,7 +691,7 @@ impl PluginHost {
                         _ = cancel.cancelled() => break,
                         c = rx.recv() => match c { Some(c) => c, None => break },
                     };
-                    route(&queue, &primary.res, owned, &change, &primary);
+                    route(&queue, primary.res, owned, &change, &primary);
                 }
             });
         }
@@ -759,10 +759,11 @@ fn route(
             Some(r) => {
                 let kind = r.get("kind").and_then(Value::as_str);
                 let av = r.get("apiVersion").and_then(Value::as_str);
-                if kind == Some(primary_res.kind) && av == Some(&primary_res.api_version()) {
-                    if let Some(n) = r.get("name").and_then(Value::as_str) {
-                        queue.add((ns, n.to_string()));
-                    }
+                if kind == Some(primary_res.kind)
+                    && av == Some(&primary_res.api_version())
+                    && let Some(n) = r.get("name").and_then(Value::as_str)
+                {
+                    queue.add((ns, n.to_string()));
                 }
             }
             None => {

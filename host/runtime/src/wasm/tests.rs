@@ -69,20 +69,19 @@ const MEMORY_HOG: &str = r#"
       (br $grow))))
 "#;
 
-/// Built by `cargo build --target wasm32-wasip2 --profile wasm -p hello-wasm`.
-fn hello_component() -> Option<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/wasm32-wasip2/wasm/hello-wasm.wasm");
+/// Built by the `kedge` crate's build script (which builds every Wasm guest), so a
+/// workspace `cargo test` has it before any test runs. Missing is a failure, not a skip.
+fn hello_component() -> Vec<u8> {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let path = target.join("wasm-guests/wasm32-wasip2/wasm/hello-wasm.wasm");
     match std::fs::read(&path) {
-        Ok(bytes) => Some(bytes),
-        Err(_) => {
-            eprintln!(
-                "SKIP: {} missing; build it with \
-                 `cargo build --target wasm32-wasip2 --profile wasm -p hello-wasm`",
-                path.display()
-            );
-            None
-        }
+        Ok(bytes) => bytes,
+        Err(e) => panic!(
+            "{}: {e}; build it with `cargo build -p kedge` (its build script builds the guests)",
+            path.display()
+        ),
     }
 }
 
@@ -292,9 +291,7 @@ async fn initial_memory_over_cap_is_out_of_memory() {
 
 #[tokio::test]
 async fn p2_hello_component_logs_and_exits_with_code() {
-    let Some(bytes) = hello_component() else {
-        return;
-    };
+    let bytes = hello_component();
     let dir = tempfile::tempdir().unwrap();
     let rt = WasmRuntime::new().unwrap();
     let w = rt.load(bytes).await.unwrap();
@@ -332,9 +329,7 @@ async fn p2_hello_component_logs_and_exits_with_code() {
 
 #[tokio::test]
 async fn cancel_stops_a_running_component() {
-    let Some(bytes) = hello_component() else {
-        return;
-    };
+    let bytes = hello_component();
     let dir = tempfile::tempdir().unwrap();
     let rt = WasmRuntime::new().unwrap();
     let w = rt.load(bytes).await.unwrap();

@@ -1,0 +1,34 @@
+# Everyday commands. `make dev` and `make test` work on a fresh machine (they install what
+# they need first); see README.md.
+.PHONY: setup dev build test unit e2e fmt clippy bench
+
+CARGO ?= cargo
+
+setup:
+	@bash scripts/setup.sh
+
+build: setup
+	$(CARGO) build --release -p kedge
+
+# A one-node cluster (server + local agent) with embedded defaults.
+dev: build
+	./target/release/kedge dev --listen 127.0.0.1:6443
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Everything CI runs: formatting, lints, unit, in-process and end-to-end tests.
+test: setup fmt clippy
+	$(CARGO) test
+
+unit: setup
+	$(CARGO) test --lib --bins
+
+e2e: setup
+	$(CARGO) test -p kedge --test e2e
+
+bench: setup
+	$(CARGO) bench -p kedge --bench skeleton

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what building and testing kedge needs; safe to run again (idempotent).
+set -euo pipefail
+
+have() { command -v "$1" >/dev/null 2>&1; }
+
+if ! have cargo; then
+  echo "setup: cargo is missing; install Rust (rustup) first" >&2
+  exit 1
+fi
+
+# rust-toolchain.toml names the target, but RUSTUP_AUTO_INSTALL=0 machines do not fetch it.
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2
+fi
+for c in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+    rustup component add "$c"
+  fi
+done
+
+# The end-to-end tests drive the real kubectl and `timeout` (coreutils).
+if ! have kubectl; then
+  echo "setup: kubectl is missing; the end-to-end tests drive the real kubectl (1.32)." >&2
+  echo "       Install it from your distribution or Kubernetes' release binaries." >&2
+  exit 1
+fi
