@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod core;
+pub mod gc;
 pub mod kubeclient;
 pub mod plugins;
 pub mod server;

@@ -294,6 +294,11 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
             .with_context(|| format!("loading the default {label} plugin"))?;
         plugins.start(p);
     }
+    tasks.spawn(crate::gc::run(
+        api.clone(),
+        plugins.informers().clone(),
+        cancel.clone(),
+    ));
     tracing::info!(%https_addr, %tunnel_addr, "kedge server ready");
     Ok(Server {
         api,

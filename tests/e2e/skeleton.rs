@@ -224,3 +224,103 @@ fn invalid_requests_get_kubernetes_errors_and_change_nothing() {
         r.stderr
     );
 }
+
+/// Container exits become container states, restartPolicy decides restarts (with kubelet's
+/// back-off), `kubectl logs --previous` reads the last run, and the memory limit caps the
+/// instance.
+#[test]
+fn exit_codes_restart_policies_and_memory_limits() {
+    let mut c = Cluster::start();
+    let token = c.token.clone();
+    c.start_agent("node-a", &token);
+    c.wait("node-a Ready", || {
+        let out = c.k(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}",
+        ]);
+        (out.trim() == "True").then_some(())
+    });
+    let pod = |name: &str, policy: &str, env: &str, limits: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{
+            "restartPolicy":"{policy}","containers":[{{"name":"app",
+            "image":"kedge.dev/samples/hello-wasm:v1","env":[{env}],
+            "resources":{{"limits":{{{limits}}}}}}}]}}}}"#
+        )
+    };
+    let exit_env = |code: i32| {
+        format!(
+            r#"{{"name":"HELLO_EXIT_AFTER_SECS","value":"1"}},{{"name":"HELLO_EXIT_CODE","value":"{code}"}}"#
+        )
+    };
+    for (name, policy, env, limits) in [
+        ("once", "Never", exit_env(0), String::new()),
+        ("fails", "Never", exit_env(3), String::new()),
+        ("retry", "OnFailure", exit_env(3), String::new()),
+        (
+            "tiny",
+            "Never",
+            String::new(),
+            r#""memory":"1Mi""#.to_string(),
+        ),
+    ] {
+        let r = c.kubectl_stdin(
+            &["create", "-f", "-"],
+            Some(&pod(name, policy, &env, &limits)),
+        );
+        assert!(r.ok, "{}", r.stderr);
+    }
+    let field =
+        |name: &str, path: &str| c.k(&["get", "pod", name, "-o", &format!("jsonpath={path}")]);
+    c.wait("pod once Succeeded", || {
+        (field("once", "{.status.phase}") == "Succeeded").then_some(())
+    });
+    assert_eq!(
+        field(
+            "once",
+            "{.status.containerStatuses[0].state.terminated.reason}"
+        ),
+        "Completed"
+    );
+    c.wait("pod fails Failed", || {
+        (field("fails", "{.status.phase}") == "Failed").then_some(())
+    });
+    assert_eq!(
+        field(
+            "fails",
+            "{.status.containerStatuses[0].state.terminated.exitCode}"
+        ),
+        "3"
+    );
+    // OnFailure restarts after the first 10 s back-off; the previous run's log stays readable.
+    c.wait("pod retry restarted", || {
+        let n: u32 = field("retry", "{.status.containerStatuses[0].restartCount}")
+            .parse()
+            .unwrap_or(0);
+        (n >= 1).then_some(())
+    });
+    assert_eq!(
+        field(
+            "retry",
+            "{.status.containerStatuses[0].lastState.terminated.exitCode}"
+        ),
+        "3"
+    );
+    // Once the second run has started, the first one is the "previous" container.
+    let prev = c.wait("logs of the previous run", || {
+        let r = c.kubectl(&["logs", "retry", "--previous"]);
+        r.ok.then_some(r.stdout)
+    });
+    assert!(prev.contains("hello from retry"), "{prev}");
+    // A 1 MiB cap is below what the module needs: it is stopped, as an OOM kill.
+    c.wait("pod tiny OOMKilled", || {
+        (field(
+            "tiny",
+            "{.status.containerStatuses[0].state.terminated.reason}",
+        ) == "OOMKilled")
+            .then_some(())
+    });
+    assert_eq!(field("tiny", "{.status.phase}"), "Failed");
+}

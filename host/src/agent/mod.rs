@@ -57,7 +57,8 @@ struct LogHandle {
     uid: String,
     dir: PathBuf,
     restart_count: u32,
-    running: watch::Receiver<bool>,
+    /// Turns true when the current run ends (a follow then drains and closes).
+    done: watch::Receiver<bool>,
 }
 
 type ContainerId = (String, String, String);
@@ -843,14 +844,14 @@ async fn run_container(
             continue;
         }
         let log_path = dir.join(format!("{restart_count}.log"));
-        let (running_tx, running_rx) = watch::channel(true);
+        let (done_tx, done_rx) = watch::channel(false);
         ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
             LogHandle {
                 uid: uid.to_string(),
                 dir: dir.clone(),
                 restart_count,
-                running: running_rx,
+                done: done_rx,
             },
         );
         let started_at = ctx.now();
@@ -872,7 +873,7 @@ async fn run_container(
             memory_limit,
         };
         let exit = ctx.runtime.run(&workload, spec, cancel.clone()).await;
-        let _ = running_tx.send(false);
+        let _ = done_tx.send(true);
         if cancel.is_cancelled() {
             return;
         }
@@ -993,14 +994,10 @@ async fn container_logs(
         }
         (h.dir.join(format!("{}.log", h.restart_count - 1)), None)
     } else {
-        let mut running = h.running.clone();
-        let (tx, rx) = watch::channel(!*running.borrow());
-        // The reader wants "done" = container ended.
-        tokio::spawn(async move {
-            let _ = running.wait_for(|r| !*r).await;
-            let _ = tx.send(true);
-        });
-        (h.dir.join(format!("{}.log", h.restart_count)), Some(rx))
+        (
+            h.dir.join(format!("{}.log", h.restart_count)),
+            Some(h.done.clone()),
+        )
     };
     let since = match (&q.since_time, q.since_seconds) {
         (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t)
@@ -1010,7 +1007,8 @@ async fn container_logs(
         _ => None,
     };
     let opts = kedge_runtime::logs::LogOptions {
-        follow: truthy(&q.follow),
+        // A previous run is over: nothing to follow.
+        follow: truthy(&q.follow) && !truthy(&q.previous),
         tail_lines: q.tail_lines,
         since,
         timestamps: truthy(&q.timestamps),

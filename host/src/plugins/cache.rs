@@ -45,7 +45,12 @@ pub fn load_or_compile(
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
     }
-    let tmp = file.with_extension("tmp");
+    // Unique per writer: several servers may share one cache directory.
+    let tmp = file.with_extension(format!(
+        "{}.{}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     std::fs::write(&tmp, &compiled)?;
     std::fs::rename(&tmp, &file)?;
     #[allow(unsafe_code)]
