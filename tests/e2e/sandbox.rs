@@ -89,25 +89,32 @@ async fn a_plugin_writes_only_what_it_declared() {
     assert_eq!(perms.for_kind.kind, "ReplicaSet");
     assert!(perms.writable.iter().any(|r| r.kind == "Pod"));
     assert!(!perms.writable.iter().any(|r| r.kind == "Node"));
-    // Drive one real reconcile through the informer cache.
-    host.start(rs);
     let res = by_kind("apps/v1", "ReplicaSet").unwrap();
+    let rs_json = |name: &str, replicas: u32| {
+        json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}})
+    };
+    // Regression: an object that exists before the plugin starts is reconciled too (its
+    // informer may have published it before the plugin subscribed).
     api.create(
         res,
         "default",
-        json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
-            "selector": {"matchLabels": {"app": "web"}},
-            "template": {"metadata": {"labels": {"app": "web"}},
-                "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
+        rs_json("early", 1),
         &WriteOptions::default(),
     )
     .unwrap();
+    // Drive real reconciles through the informer cache and work queue.
+    host.start(rs);
+    api.create(res, "default", rs_json("web", 2), &WriteOptions::default())
+        .unwrap();
     let pods = by_kind("v1", "Pod").unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let list = api.list(pods, "default", &Default::default()).unwrap();
         let n = list["items"].as_array().unwrap().len();
-        if n == 2 {
+        if n == 3 {
             break;
         }
         assert!(Instant::now() < deadline, "replicaset plugin made {n} pods");
@@ -116,7 +123,7 @@ async fn a_plugin_writes_only_what_it_declared() {
     // Converged: no more pods appear.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let list = api.list(pods, "default", &Default::default()).unwrap();
-    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
     assert_eq!(
         list["items"][0]["metadata"]["ownerReferences"][0]["kind"],
         "ReplicaSet"

@@ -82,23 +82,10 @@ impl Client {
             .await
             .map_err(|e| Error::Body(e.to_string()))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes)?;
         if !status.is_success() {
-            return Err(Error::Api {
-                code: status.as_u16(),
-                reason: v
-                    .get("reason")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-                message: v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
-        Ok(v)
+        Ok(serde_json::from_slice(&bytes)?)
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
@@ -144,17 +131,24 @@ impl Client {
                 .await
                 .map_err(|e| Error::Body(e.to_string()))?
                 .to_bytes();
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(Error::Api {
-                code,
-                reason: v["reason"].as_str().unwrap_or_default().to_string(),
-                message: v["message"].as_str().unwrap_or_default().to_string(),
-            });
+            return Err(api_error(code, &bytes));
         }
         Ok(WatchLines {
             body: resp.into_body(),
             buf: Vec::new(),
         })
+    }
+}
+
+/// An error answer: the `Status` body's reason and message (or the raw text).
+fn api_error(code: u16, body: &[u8]) -> Error {
+    let v: Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |k: &str| v.get(k).and_then(Value::as_str).map(String::from);
+    Error::Api {
+        code,
+        reason: field("reason").unwrap_or_default(),
+        message: field("message")
+            .unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string()),
     }
 }
 

@@ -295,13 +295,7 @@ async fn handle_resource(
     match (method, t.name.as_deref(), t.sub.as_deref()) {
         // Collection.
         (&Method::GET, None, None) => {
-            let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let fields = FieldSelector::parse(
-                q.get("fieldSelector").map_or("", |s| s),
-                res.field_selectors,
-            )
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let (labels, fields) = selectors(q, res)?;
             if flag(q, "watch") {
                 return watch(st, res, ns, labels, fields, q, wants_table(headers));
             }
@@ -331,13 +325,7 @@ async fn handle_resource(
         }
         (&Method::DELETE, None, None) => {
             // deletecollection: every object the selectors match.
-            let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?;
-            let fields = FieldSelector::parse(
-                q.get("fieldSelector").map_or("", |s| s),
-                res.field_selectors,
-            )
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let (labels, fields) = selectors(q, res)?;
             let list = api.list(
                 res,
                 ns,
@@ -433,6 +421,18 @@ async fn handle_resource(
             res.plural
         ))),
     }
+}
+
+/// `labelSelector` and `fieldSelector` of a collection request.
+fn selectors(q: &Query, res: &Resource) -> Result<(LabelSelector, FieldSelector)> {
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(
+        q.get("fieldSelector").map_or("", |s| s),
+        res.field_selectors,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((labels, fields))
 }
 
 fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {

@@ -242,11 +242,6 @@ impl Api {
         mut obj: Value,
         opts: &WriteOptions,
     ) -> Result<Value> {
-        if !obj.is_object() {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            ));
-        }
         check_type(res, &mut obj)?;
         let mut obj = opts.decode(res, obj)?;
         let meta_obj = obj
@@ -364,11 +359,6 @@ impl Api {
         sub: Option<&str>,
         opts: &WriteOptions,
     ) -> Result<Value> {
-        if !obj.is_object() {
-            return Err(ApiError::bad_request(
-                "the request body must be a JSON object",
-            ));
-        }
         check_type(res, &mut obj)?;
         let obj = opts.decode(res, obj)?;
         let body_name = obj.pointer("/metadata/name").and_then(Value::as_str);
@@ -916,8 +906,14 @@ fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String,
     None
 }
 
-/// Checks (and fills) `apiVersion` / `kind` against the URL's resource.
+/// Checks that the body is an object and fills or checks its `apiVersion` / `kind` against the
+/// URL's resource.
 fn check_type(res: &Resource, obj: &mut Value) -> Result<()> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
     let want_av = res.api_version();
     match obj.get("apiVersion").and_then(Value::as_str) {
         Some(av) if av != want_av => {

@@ -704,6 +704,13 @@ impl PluginHost {
             for o in &plugin.shared.perms.readable {
                 host.informers.get(o).wait_synced().await;
             }
+            // Everything that exists gets one reconcile, whatever events this plugin saw
+            // before it subscribed (objects created before the plugin started, or before a
+            // server restart).
+            let primary = host.informers.get(plugin.shared.perms.for_kind);
+            for o in primary.list("", &LabelSelector::default()) {
+                queue.add((meta::namespace(&o).to_string(), meta::name(&o).to_string()));
+            }
             tracing::info!(plugin = plugin.name(), digest = plugin.digest(), "plugin started");
             loop {
                 let key = tokio::select! {
