@@ -22,7 +22,8 @@ clippy:
 
 # Everything CI runs: formatting, lints, unit, in-process and end-to-end tests.
 test: setup fmt clippy
-	$(CARGO) test
+	$(CARGO) test --doc
+	$(CARGO) test --lib --bins --tests
 
 unit: setup
 	$(CARGO) test --lib --bins

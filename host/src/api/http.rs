@@ -20,7 +20,6 @@ use crate::auth::Identity;
 use crate::core::patch::PatchType;
 use crate::core::resources::{self, Resource};
 use crate::core::selector::{FieldSelector, LabelSelector};
-use crate::store::EventType;
 
 /// Reaches a node's agent (through its tunnel) for kubelet-style requests.
 pub trait NodeProxy: Send + Sync + 'static {
@@ -505,28 +504,24 @@ fn watch(
         .unwrap_or(Duration::from_secs(1800));
     let deadline = tokio::time::Instant::now() + timeout;
     let clock = st.clock.clone();
-    let first = match st.api.watch(res, ns, labels, fields, from) {
-        Ok(w) => Ok(w),
-        // Too old: 200 with one ERROR event, so clients relist.
-        Err(e) if e.code == 410 => Err(e),
-        Err(e) => return Err(e),
-    };
     struct WatchState {
         watch: Option<super::ops::ApiWatch>,
         pending_error: Option<ApiError>,
         done: bool,
     }
-    let state = match first {
+    let state = match st.api.watch(res, ns, labels, fields, from) {
         Ok(w) => WatchState {
             watch: Some(w),
             pending_error: None,
             done: false,
         },
-        Err(e) => WatchState {
+        // Too old: 200 with one ERROR event carrying the 410, so clients relist.
+        Err(e) if e.code == 410 => WatchState {
             watch: None,
             pending_error: Some(e),
             done: false,
         },
+        Err(e) => return Err(e),
     };
     // Bookmarks every minute keep informers' resourceVersion fresh.
     let bookmark_every = Duration::from_secs(60);
@@ -570,7 +565,7 @@ fn watch(
                         } else {
                             (*obj).clone()
                         };
-                        let line = json!({"type": kind_str(kind), "object": object});
+                        let line = json!({"type": kind.as_str(), "object": object});
                         return Some((Ok(line_bytes(&line)), s));
                     }
                 }
@@ -583,10 +578,6 @@ fn watch(
         HeaderValue::from_static("application/json"),
     );
     Ok(r)
-}
-
-fn kind_str(k: EventType) -> &'static str {
-    k.as_str()
 }
 
 fn line_bytes(v: &Value) -> Bytes {

@@ -37,8 +37,8 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-use kedge::plugin::cluster::LogLevel;
-use kedge::plugin::types::{ApiError as WitApiError, KindRef};
+use self::kedge::plugin::cluster::LogLevel;
+use self::kedge::plugin::types::{ApiError as WitApiError, KindRef};
 
 /// The epoch ticks every 10 ms; deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -234,9 +234,9 @@ fn parse_body(body: &str) -> std::result::Result<Value, WitApiError> {
     serde_json::from_str(body).map_err(|e| WitApiError::Invalid(format!("body is not JSON: {e}")))
 }
 
-impl kedge::plugin::types::Host for HostState {}
+impl self::kedge::plugin::types::Host for HostState {}
 
-impl kedge::plugin::cluster::Host for HostState {
+impl self::kedge::plugin::cluster::Host for HostState {
     fn get(
         &mut self,
         api_version: String,
@@ -691,7 +691,7 @@ impl PluginHost {
                         _ = cancel.cancelled() => break,
                         c = rx.recv() => match c { Some(c) => c, None => break },
                     };
-                    route(&queue, primary.res, owned, &change, &primary);
+                    route(&queue, owned, &change, &primary);
                 }
             });
         }
@@ -753,11 +753,11 @@ impl PluginHost {
 /// Maps one event to the primary-kind keys to reconcile.
 fn route(
     queue: &WorkQueue<(String, String)>,
-    primary_res: &Resource,
     owned: Option<&'static Resource>,
     change: &Change,
     primary: &informer::Informer,
 ) {
+    let primary_res = primary.res;
     let obj = &change.object;
     let ns = meta::namespace(obj).to_string();
     match owned {
