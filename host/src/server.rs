@@ -257,6 +257,7 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         api: api.clone(),
         nodes: std::sync::OnceLock::new(),
         clock: clock.clone(),
+        ready: std::sync::atomic::AtomicBool::new(false),
     });
     let router = crate::api::http::router(state.clone());
 
@@ -299,6 +300,9 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         plugins.informers().clone(),
         cancel.clone(),
     ));
+    state
+        .ready
+        .store(true, std::sync::atomic::Ordering::Release);
     tracing::info!(%https_addr, %tunnel_addr, "kedge server ready");
     Ok(Server {
         api,

@@ -35,6 +35,10 @@ pub struct ApiState {
     pub api: Arc<Api>,
     pub nodes: OnceLock<Arc<dyn NodeProxy>>,
     pub clock: super::ops::Clock,
+    /// Set once the default controllers and scheduler run; until then `/readyz` says 503
+    /// (like kube-apiserver's post-start hooks), so clients and tests know writes will be
+    /// acted on.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 /// Request bodies above this are refused (kube-apiserver's limit is 3 MiB too).
@@ -129,8 +133,17 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
 
     // Health endpoints are open, like kube-apiserver's.
     match segs.as_slice() {
-        ["healthz"] | ["livez"] | ["readyz"] => {
-            return Ok((StatusCode::OK, "ok").into_response());
+        ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["healthz"] | ["readyz"] => {
+            return Ok(if st.ready.load(std::sync::atomic::Ordering::Acquire) {
+                (StatusCode::OK, "ok").into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "[-]plugins failed: the default controllers are still loading",
+                )
+                    .into_response()
+            });
         }
         _ => {}
     }
