@@ -225,6 +225,24 @@ impl PluginShared {
         }
     }
 
+    /// PUT of a whole object or (`sub`) its status, recorded in the cache on success.
+    fn put(
+        &self,
+        res: &'static Resource,
+        namespace: &str,
+        body: &str,
+        sub: Option<&str>,
+    ) -> std::result::Result<String, WitApiError> {
+        let obj = parse_body(body)?;
+        let name = meta::name(&obj).to_string();
+        let out = self
+            .api
+            .update(res, namespace, &name, obj, sub, &Self::write_options())
+            .map_err(wit_error)?;
+        self.record(res, EventType::Modified, &out);
+        Ok(out.to_string())
+    }
+
     fn record(&self, res: &'static Resource, kind: EventType, obj: &Value) {
         self.informers.get(res).write_through(kind, obj.clone());
     }
@@ -298,21 +316,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
     ) -> std::result::Result<String, WitApiError> {
         let p = &self.plugin;
         let res = p.writable(&api_version, &kind)?;
-        let obj = parse_body(&body)?;
-        let name = meta::name(&obj).to_string();
-        let out = p
-            .api
-            .update(
-                res,
-                &namespace,
-                &name,
-                obj,
-                None,
-                &PluginShared::write_options(),
-            )
-            .map_err(wit_error)?;
-        p.record(res, EventType::Modified, &out);
-        Ok(out.to_string())
+        p.put(res, &namespace, &body, None)
     }
 
     fn update_status(
@@ -329,21 +333,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
                 "{kind} has no status subresource"
             )));
         }
-        let obj = parse_body(&body)?;
-        let name = meta::name(&obj).to_string();
-        let out = p
-            .api
-            .update(
-                res,
-                &namespace,
-                &name,
-                obj,
-                Some("status"),
-                &PluginShared::write_options(),
-            )
-            .map_err(wit_error)?;
-        p.record(res, EventType::Modified, &out);
-        Ok(out.to_string())
+        p.put(res, &namespace, &body, Some("status"))
     }
 
     fn patch(
