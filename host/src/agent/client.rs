@@ -76,12 +76,7 @@ impl Client {
     ) -> Result<Value> {
         let resp = self.send(method, path, content_type, body).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| Error::Body(e.to_string()))?
-            .to_bytes();
+        let bytes = read_body(resp).await?;
         if !status.is_success() {
             return Err(api_error(status.as_u16(), &bytes));
         }
@@ -125,19 +120,23 @@ impl Client {
             .await?;
         if !resp.status().is_success() {
             let code = resp.status().as_u16();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| Error::Body(e.to_string()))?
-                .to_bytes();
-            return Err(api_error(code, &bytes));
+            return Err(api_error(code, &read_body(resp).await?));
         }
         Ok(WatchLines {
             body: resp.into_body(),
             buf: Vec::new(),
         })
     }
+}
+
+/// The whole body of a (non-streaming) response.
+async fn read_body(resp: http::Response<hyper::body::Incoming>) -> Result<Bytes> {
+    Ok(resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| Error::Body(e.to_string()))?
+        .to_bytes())
 }
 
 /// An error answer: the `Status` body's reason and message (or the raw text).
