@@ -19,6 +19,24 @@ for c in rustfmt clippy; do
   fi
 done
 
+# Containers run under runc; the registry tests start Debian's docker-registry with htpasswd
+# auth (apache2-utils) and build their images from busybox-static. Nothing is downloaded by
+# the tests themselves.
+need_pkgs=()
+have runc || need_pkgs+=(runc)
+have docker-registry || need_pkgs+=(docker-registry)
+have htpasswd || need_pkgs+=(apache2-utils)
+[ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing packages ${need_pkgs[*]}; run as root or install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
 # The end-to-end tests drive the real kubectl and `timeout` (coreutils).
 if ! have kubectl; then
   echo "setup: kubectl is missing; the end-to-end tests drive the real kubectl (1.32)." >&2

@@ -8,5 +8,6 @@ pub mod core;
 pub mod gc;
 pub mod kubeclient;
 pub mod plugins;
+pub mod push;
 pub mod server;
 pub mod store;

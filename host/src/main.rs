@@ -45,6 +45,42 @@ struct ServerArgs {
     plugin_memory_mib: usize,
 }
 
+/// Where a node gets its images.
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    /// Registry credentials and TLS trust, K3s' `registries.yaml` format
+    /// (`configs: {"host:port": {auth: {username, password}, tls: {ca_file}}}`).
+    /// Default: /etc/kedge/registries.yaml when it exists.
+    #[arg(long, env = "KEDGE_REGISTRIES_CONFIG")]
+    registries_config: Option<PathBuf>,
+    /// Size budget of the node's image store, e.g. 10Gi; least recently used images that no
+    /// container uses are removed past it.
+    #[arg(long, default_value = "10Gi")]
+    image_store_max: String,
+}
+
+impl ImageArgs {
+    fn load(&self) -> anyhow::Result<(kedge_registry::RegistriesConfig, u64)> {
+        let default = PathBuf::from("/etc/kedge/registries.yaml");
+        let path = match &self.registries_config {
+            Some(p) => Some(p.clone()),
+            None => default.exists().then_some(default),
+        };
+        let config = match path {
+            Some(p) => kedge_registry::RegistriesConfig::load(&p)
+                .with_context(|| format!("--registries-config {}", p.display()))?,
+            None => Default::default(),
+        };
+        let max = kedge::core::quantity::parse_bytes(&self.image_store_max).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--image-store-max {:?}: expected a size such as 10Gi or 500Mi",
+                self.image_store_max
+            )
+        })?;
+        Ok((config, max))
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API server, plugin host (controllers, scheduler), node tunnel.
@@ -65,6 +101,8 @@ enum Command {
         /// Labels for the Node, `k=v,k2=v2`.
         #[arg(long, value_delimiter = ',')]
         node_labels: Vec<String>,
+        #[command(flatten)]
+        images: ImageArgs,
     },
     /// A one-node cluster in one process: server plus a local agent, embedded defaults.
     Dev {
@@ -73,6 +111,34 @@ enum Command {
         /// Node name of the local agent (default: the hostname).
         #[arg(long)]
         name: Option<String>,
+        #[command(flatten)]
+        images: ImageArgs,
+    },
+    /// Push a Wasm module or component to an OCI registry as a Wasm artifact.
+    Push {
+        /// The .wasm file.
+        file: PathBuf,
+        /// Where to push, e.g. registry.example:5000/team/app:v1.
+        reference: String,
+        /// Registry user (default: from the docker config file, else anonymous).
+        #[arg(long, env = "KEDGE_REGISTRY_USERNAME")]
+        username: Option<String>,
+        /// Registry password (or KEDGE_REGISTRY_PASSWORD).
+        #[arg(long, env = "KEDGE_REGISTRY_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        /// Docker config file with credentials (default: $DOCKER_CONFIG/config.json or
+        /// ~/.docker/config.json).
+        #[arg(long)]
+        docker_config: Option<PathBuf>,
+        /// PEM file of a CA to trust for this registry.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Skip TLS certificate verification (for a test registry only).
+        #[arg(long)]
+        insecure_skip_tls_verify: bool,
+        /// Registries config (as for the agent) for TLS trust and credentials.
+        #[arg(long, env = "KEDGE_REGISTRIES_CONFIG")]
+        registries_config: Option<PathBuf>,
     },
     /// Bootstrap tokens for joining nodes.
     Token {
@@ -218,20 +284,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             data_dir,
             node_labels,
+            images,
         } => {
+            let (registries, image_store_max_bytes) = images.load()?;
             let cfg = AgentConfig {
                 server,
                 join_token: token,
                 node_name: name.unwrap_or_else(hostname),
                 data_dir: data_dir.unwrap_or_else(|| default_dir("agent")),
                 labels: parse_labels(&node_labels)?,
+                registries,
+                image_store_max_bytes,
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
             shutdown_signal(cancel).await;
             let _ = tokio::time::timeout(Duration::from_secs(10), a.stopped()).await;
         }
-        Command::Dev { server: a, name } => {
+        Command::Dev {
+            server: a,
+            name,
+            images,
+        } => {
+            let (registries, image_store_max_bytes) = images.load()?;
             let cfg = server_config(&a, "dev");
             let data_dir = cfg.data_dir.clone();
             let srv = server::start(cfg, cancel.clone()).await?;
@@ -248,6 +323,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_name: node.clone(),
                     data_dir: data_dir.join("agent"),
                     labels: vec![],
+                    registries,
+                    image_store_max_bytes,
                 },
                 cancel.clone(),
             )
@@ -270,6 +347,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ttl = parse_ttl(&ttl)?;
             let token = kedge::kubeclient::create_join_token(&kubeconfig, ttl).await?;
             println!("{token}");
+        }
+        Command::Push {
+            file,
+            reference,
+            username,
+            password,
+            docker_config,
+            ca_file,
+            insecure_skip_tls_verify,
+            registries_config,
+        } => {
+            let opts = kedge::push::PushOptions {
+                username,
+                password,
+                docker_config,
+                ca_file,
+                insecure_skip_tls_verify,
+                registries_config,
+            };
+            let digest = kedge::push::push(&file, &reference, opts).await?;
+            println!("{reference}@{digest}");
         }
     }
     Ok(())

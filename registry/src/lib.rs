@@ -1,10 +1,48 @@
-//! Container images for kedge nodes: parsing image references the way Kubernetes does, and the
-//! node-local store of images already present (imported for air-gapped nodes, or pulled).
+//! The node's image subsystem: references parsed the way Kubernetes does, credentials
+//! (`imagePullSecrets`, `registries.yaml`, `~/.docker/config.json`), pulls from OCI registries
+//! into a verified content store, root filesystems for the container runtime, GC, and pushing
+//! Wasm artifacts.
 //!
-//! Pulling from a registry is not here yet; `LocalImageStore` is where pulled images will land.
+//! The API the node agent and the CLI use:
+//!
+//! ```text
+//! LocalImageStore::open(dir) -> Result<LocalImageStore>               (sync: spawn_blocking)
+//!   .import(&Reference, &[u8]) -> Result<String>                      air-gapped Wasm modules
+//!   .image(&Reference) -> Result<Option<Image>>                       present and complete?
+//!   .lookup(&Reference) -> Result<Option<(String, PathBuf)>>          digest + module/manifest
+//!   .rootfs(&Image) -> Result<PathBuf>                                unpacked once, read-only
+//!   .gc(&HashSet<String /*Image::digest*/>, max_bytes) -> Result<GcReport>
+//!   .images() -> Vec<(String, String)>                                for node status.images
+//! Puller::new(Arc<LocalImageStore>, RegistriesConfig)
+//!   .ensure(&Reference, PullPolicy, &[Credential]).await -> Result<Image, PullError>
+//! Keyring::from_dockerconfigjson(&[u8]) / from_dockercfg(&[u8]) / from_docker_config_file(path)
+//!   .extend(Keyring), .lookup(&Reference) -> Vec<Credential>
+//! RegistriesConfig::load(path) / Default
+//! push_wasm(&Reference, &[u8], &Credential, &RegistriesConfig, FnMut(sent, total)).await
+//!   -> Result<String /*manifest digest*/, PushError>
+//! PullError { kind: PullErrorKind, message } .reason() -> "ErrImagePull" | "ErrImageNeverPull"
+//!   | "InvalidImageName"
+//! ```
+//!
+//! The process must install a rustls crypto provider before the first pull or push
+//! (`rustls::crypto::ring::default_provider().install_default()`): oci-client is built
+//! without one so the whole binary shares ring.
 
+pub mod auth;
+pub mod config;
+pub mod image;
+pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod unpack;
 
+pub use auth::{AuthError, Credential, Keyring};
+pub use config::{ConfigError, RegistriesConfig, RegistryConfig, TlsConfig};
+pub use image::{Image, ImageKind, OciConfig, node_arch};
+pub use pull::{PullError, PullErrorKind, Puller, PushError};
+pub use push::push_wasm;
 pub use reference::{PullPolicy, RefError, Reference, UnknownPullPolicy, default_pull_policy};
-pub use store::{LocalImageStore, StoreError};
+pub use store::{BlobWriter, GcReport, LocalImageStore, PinGuard, StoreError};

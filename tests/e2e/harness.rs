@@ -44,7 +44,27 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Stops the process as an operator would (SIGTERM, so an agent stops its containers),
+    /// then SIGKILL if it has not exited within a few seconds.
     pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(8);
+            while Instant::now() < deadline {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the process outright (SIGKILL), as a crash or power loss would.
+    pub fn crash(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -170,23 +190,26 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, name: &str, token: &str) {
+        self.start_agent_with(name, token, &[]);
+    }
+
+    /// An agent with extra command-line flags.
+    pub fn start_agent_with(&mut self, name: &str, token: &str, extra: &[&str]) {
         let data = self.dir.path().join(name);
         let server = format!("127.0.0.1:{}", self.port);
-        let p = spawn(
+        let mut args = vec![
+            "agent",
+            "--server",
+            &server,
+            "--token",
+            token,
+            "--name",
             name,
-            self.dir.path(),
-            &[
-                "agent",
-                "--server",
-                &server,
-                "--token",
-                token,
-                "--name",
-                name,
-                "--data-dir",
-                data.to_str().unwrap(),
-            ],
-        );
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let p = spawn(name, self.dir.path(), &args);
         self.agents.push(p);
     }
 

@@ -2,5 +2,6 @@
 //! (`skeleton`), and in-process tests of the plugin sandbox (`sandbox`).
 
 mod harness;
+mod images;
 mod sandbox;
 mod skeleton;

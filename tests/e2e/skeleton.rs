@@ -159,7 +159,7 @@ fn deployment_of_a_wasm_app_across_two_nodes_behind_the_tunnel() {
         let p = c.pods("app=pinned");
         (p.len() == 1 && p[0].phase == "Running" && p[0].node == "node-a").then(|| p[0].clone())
     });
-    c.agent("node-b").kill();
+    c.agent("node-b").crash();
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         c.server.is_running(),

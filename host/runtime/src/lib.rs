@@ -1,11 +1,13 @@
-//! Workload runtimes for the node agent: pod containers whose images are Wasm, their CRI-format
-//! log files, and kubelet's restart rules.
+//! Workload runtimes for the node agent: pod containers whose images are Wasm or ordinary
+//! Linux images, their CRI-format log files, and kubelet's restart rules.
 //!
 //! `wasm` runs WASI command components (P2) and core modules (P1) with a memory cap and
-//! prompt cancellation; `logs` writes and serves container logs; `restart` holds the pure
-//! restart-policy and back-off rules so the agent's state machine stays testable.
+//! prompt cancellation; `oci` runs Linux containers through runc on an overlay of the image;
+//! `logs` writes and serves container logs; `restart` holds the pure restart-policy and
+//! back-off rules so the agent's state machine stays testable.
 
 pub mod logs;
+pub mod oci;
 pub mod restart;
 pub mod wasm;
 
@@ -46,6 +48,50 @@ pub enum Error {
         #[source]
         source: wasmtime::Error,
     },
+    #[error("runc is not usable: {0}")]
+    RuncUnavailable(String),
+    #[error("the oci runtime needs root (running as uid {0})")]
+    NotRoot(u32),
+    #[error("invalid container spec: {0}")]
+    InvalidSpec(String),
+    #[error("cannot resolve user {user:?} in the image: {reason}")]
+    User { user: String, reason: String },
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot mount the overlay rootfs at {target} (overlayfs missing from the kernel, or the \
+         work dir on a filesystem overlayfs cannot use as upper layer?)"
+    )]
+    Overlay {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unmount {target}")]
+    Unmount {
+        target: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run runc {op}")]
+    RuncSpawn {
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("runc {op} {id} failed: {message}")]
+    Runc {
+        op: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("postStart hook {argv:?} failed, container killed: {message}")]
+    PostStartHook { argv: Vec<String>, message: String },
     #[error("cannot open log file {path}")]
     Log {
         path: PathBuf,

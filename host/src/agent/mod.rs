@@ -3,6 +3,9 @@
 //! and serves their logs back through the tunnel.
 
 pub mod client;
+mod container;
+mod events;
+mod spec;
 pub mod status;
 
 use std::collections::HashMap;
@@ -19,12 +22,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ops::Clock;
-use crate::core::{meta, quantity};
+use crate::core::meta;
 use client::Client;
-use kedge_registry::{LocalImageStore, Reference};
-use kedge_runtime::restart::{RestartPolicy, backoff, should_restart};
-use kedge_runtime::wasm::{RunSpec, WasmRuntime};
-use status::{ContainerRecord, ContainerState};
+use kedge_registry::{LocalImageStore, Puller, Reference, RegistriesConfig};
+use kedge_runtime::oci::OciRuntime;
+use kedge_runtime::wasm::WasmRuntime;
+use status::ContainerRecord;
 
 /// How often the Lease is renewed (kubelet's default).
 const LEASE_RENEW: Duration = Duration::from_secs(10);
@@ -49,6 +52,11 @@ pub struct AgentConfig {
     pub node_name: String,
     pub data_dir: PathBuf,
     pub labels: Vec<(String, String)>,
+    /// Registry mirrors, credentials and TLS trust (K3s' `registries.yaml`).
+    pub registries: RegistriesConfig,
+    /// Size budget of the node's image store; least recently used images not in use are
+    /// removed past it.
+    pub image_store_max_bytes: u64,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -67,8 +75,15 @@ struct Shared {
     node: String,
     client: Client,
     runtime: WasmRuntime,
-    images: LocalImageStore,
+    /// runc, when the node has it (and runs as root): OCI images run only then.
+    oci: Option<OciRuntime>,
+    puller: Puller,
+    events: events::Recorder,
+    /// The image each live container uses (by manifest digest), spared by image GC.
+    images_in_use: Mutex<HashMap<ContainerId, String>>,
     pods_dir: PathBuf,
+    /// Per-container runtime state (OCI bundles, overlay layers).
+    containers_dir: PathBuf,
     host_ip: String,
     /// Shared with the kubelet endpoint, which serves these containers' logs.
     logs: LogMap,
@@ -116,7 +131,8 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     kedge_tunnel::install_crypto_provider();
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let images = LocalImageStore::open(cfg.data_dir.join("images")).context("image store")?;
+    let images =
+        Arc::new(LocalImageStore::open(cfg.data_dir.join("images")).context("image store")?);
     for (r, bytes) in SAMPLE_IMAGES {
         let reference = Reference::parse(r).expect("valid sample reference");
         if images.lookup(&reference)?.is_none() {
@@ -137,15 +153,37 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     )
     .await
     .context("connecting to the server")?;
+    let oci = match OciRuntime::detect(&cfg.data_dir.join("runc")) {
+        Ok(r) => {
+            tracing::info!(version = %r.version(), "OCI containers run with runc");
+            Some(r)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no OCI runtime: this node runs Wasm images only");
+            None
+        }
+    };
+    let containers_dir = cfg.data_dir.join("containers");
+    if let Some(r) = &oci {
+        // A previous agent process that died without stopping its containers left them
+        // running, unsupervised: remove them before running pods again.
+        r.remove_leftovers(&containers_dir);
+    }
+    let client = Client::new(tunnel.clone());
+    let clock = crate::api::ops::system_clock();
     let shared = Arc::new(Shared {
         node: cfg.node_name.clone(),
-        client: Client::new(tunnel.clone()),
+        events: events::Recorder::new(client.clone(), cfg.node_name.clone(), clock.clone()),
+        client,
         runtime: WasmRuntime::new().context("wasm runtime")?,
-        images,
+        oci,
+        puller: Puller::new(images, cfg.registries.clone()),
+        images_in_use: Mutex::default(),
         pods_dir: cfg.data_dir.join("pods"),
+        containers_dir,
         host_ip: local_ip_towards(&cfg.server),
         logs,
-        clock: crate::api::ops::system_clock(),
+        clock,
     });
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(node_loop(
@@ -154,6 +192,11 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         cancel.clone(),
     ));
     tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
+    tasks.spawn(container::image_gc_loop(
+        shared.clone(),
+        cfg.image_store_max_bytes,
+        cancel.clone(),
+    ));
     Ok(Agent {
         node: cfg.node_name,
         tasks,
@@ -210,6 +253,9 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     l.insert("beta.kubernetes.io/os".into(), json!("linux"));
     l.insert("beta.kubernetes.io/arch".into(), json!(arch));
     l.insert("kedge.io/runtime-wasm".into(), json!("true"));
+    if ctx.oci.is_some() {
+        l.insert("kedge.io/runtime-oci".into(), json!("true"));
+    }
     for (k, v) in labels {
         l.insert(k.clone(), json!(v));
     }
@@ -235,7 +281,7 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
                 "bootID": read_trim("/proc/sys/kernel/random/boot_id"),
                 "kernelVersion": read_trim("/proc/sys/kernel/osrelease"),
                 "osImage": os_image(),
-                "containerRuntimeVersion": "wasmtime://48.0.8",
+                "containerRuntimeVersion": runtime_version(ctx),
                 "kubeletVersion": "v1.32.0-kedge",
                 "kubeProxyVersion": "",
                 "operatingSystem": "linux",
@@ -243,6 +289,19 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
             },
         },
     })
+}
+
+/// What `kubectl get nodes -o wide` shows as CONTAINER-RUNTIME: runc when the node runs
+/// containers, wasmtime always.
+fn runtime_version(ctx: &Shared) -> String {
+    let wasm = "wasmtime://48.0.8";
+    match &ctx.oci {
+        Some(r) => format!(
+            "runc://{} + {wasm}",
+            r.version().trim_start_matches("runc ")
+        ),
+        None => wasm.to_string(),
+    }
 }
 
 fn node_conditions(now: &str, since: &str) -> Value {
@@ -406,6 +465,19 @@ struct PodWorker {
     cancel: CancellationToken,
     done: watch::Receiver<bool>,
     terminating: bool,
+    /// How long containers get between TERM and KILL: the pod's
+    /// `terminationGracePeriodSeconds`, replaced by the deletion's grace period.
+    grace: watch::Sender<Duration>,
+}
+
+/// Kubernetes' default `terminationGracePeriodSeconds`.
+const DEFAULT_GRACE: Duration = Duration::from_secs(30);
+
+fn grace_of(pod: &Value) -> Duration {
+    pod.pointer("/metadata/deletionGracePeriodSeconds")
+        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds"))
+        .and_then(Value::as_u64)
+        .map_or(DEFAULT_GRACE, Duration::from_secs)
 }
 
 async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: CancellationToken) {
@@ -481,10 +553,15 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
             }
         }
     }
+    // The agent is shutting down: stop its containers, quickly (kubelet's shutdown grace).
     for w in workers.values() {
+        let _ = w.grace.send(SHUTDOWN_GRACE);
         w.cancel.cancel();
     }
 }
+
+/// Grace period of containers when the agent itself stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts, keeps or stops the worker of one pod.
 fn observe_pod(
@@ -516,26 +593,47 @@ fn observe_pod(
         None => {
             let cancel = CancellationToken::new();
             let (done_tx, done_rx) = watch::channel(false);
+            let (grace_tx, grace_rx) = watch::channel(grace_of(&pod));
             workers.insert(
-                uid,
+                uid.clone(),
                 PodWorker {
                     cancel: cancel.clone(),
                     done: done_rx,
                     terminating: false,
+                    grace: grace_tx,
                 },
             );
             let ctx = ctx.clone();
             tasks.spawn(async move {
-                run_pod(&ctx, pod, cancel).await;
+                run_pod(&ctx, pod, cancel, grace_rx).await;
+                ctx.events.forget_pod(&uid);
                 let _ = done_tx.send(true);
             });
         }
         Some(w) if terminating && !w.terminating => {
             w.terminating = true;
+            let _ = w.grace.send(grace_of(&pod));
             w.cancel.cancel();
             let mut done = w.done.clone();
             let ctx = ctx.clone();
             tasks.spawn(async move {
+                for c in pod
+                    .pointer("/spec/containers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let name = c["name"].as_str().unwrap_or_default();
+                    ctx.events
+                        .pod(
+                            &pod,
+                            Some(name),
+                            events::Kind::Normal,
+                            "Killing",
+                            &format!("Stopping container {name}"),
+                        )
+                        .await;
+                }
                 let _ = done.wait_for(|d| *d).await;
                 confirm_deletion(&ctx, &pod).await;
             });
@@ -586,7 +684,12 @@ impl PodRun {
     }
 }
 
-async fn run_pod(ctx: &Ctx, pod: Value, cancel: CancellationToken) {
+async fn run_pod(
+    ctx: &Ctx,
+    pod: Value,
+    cancel: CancellationToken,
+    grace: watch::Receiver<Duration>,
+) {
     let containers = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -611,13 +714,26 @@ async fn run_pod(ctx: &Ctx, pod: Value, cancel: CancellationToken) {
     tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
     let mut set = tokio::task::JoinSet::new();
     for (i, c) in containers.into_iter().enumerate() {
-        let (ctx, pod, run, cancel) = (ctx.clone(), pod.clone(), run.clone(), cancel.clone());
-        set.spawn(async move { run_container(&ctx, &pod, &c, i, &run, cancel).await });
+        let (ctx, pod, run, cancel, grace) = (
+            ctx.clone(),
+            pod.clone(),
+            run.clone(),
+            cancel.clone(),
+            grace.clone(),
+        );
+        set.spawn(
+            async move { container::run_container(&ctx, &pod, &c, i, &run, cancel, grace).await },
+        );
     }
     while set.join_next().await.is_some() {}
 }
 
-fn container_env(pod: &Value, c: &Value, node: &str) -> Result<Vec<(String, String)>, String> {
+fn container_env(
+    pod: &Value,
+    c: &Value,
+    node: &str,
+    host_ip: &str,
+) -> Result<Vec<(String, String)>, String> {
     let mut env = vec![
         ("POD_NAME".to_string(), meta::name(pod).to_string()),
         (
@@ -638,6 +754,8 @@ fn container_env(pod: &Value, c: &Value, node: &str) -> Result<Vec<(String, Stri
                 "metadata.namespace" => meta::namespace(pod).to_string(),
                 "metadata.uid" => meta::uid(pod).to_string(),
                 "spec.nodeName" => node.to_string(),
+                // Pods share the node's network for now: both are the node's address.
+                "status.hostIP" | "status.podIP" => host_ip.to_string(),
                 "spec.serviceAccountName" => pod
                     .pointer("/spec/serviceAccountName")
                     .and_then(Value::as_str)
@@ -682,254 +800,6 @@ fn container_args(c: &Value) -> Vec<String> {
     };
     argv.extend(args);
     argv
-}
-
-/// Reads an image's bytes: `file:///path` names a local file; anything else is looked up in
-/// the node's local image store. Registry pulls come with the registry issue.
-fn resolve_image(
-    ctx: &Shared,
-    image: &str,
-    policy: &str,
-) -> Result<(Vec<u8>, String), (String, String)> {
-    use sha2::{Digest, Sha256};
-    if let Some(path) = image.strip_prefix("file://") {
-        let bytes = std::fs::read(path)
-            .map_err(|e| ("ErrImagePull".to_string(), format!("reading {path}: {e}")))?;
-        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
-        return Ok((bytes, id));
-    }
-    let reference = Reference::parse(image).map_err(|e| {
-        (
-            "InvalidImageName".to_string(),
-            format!("Failed to apply default image tag {image:?}: {e}"),
-        )
-    })?;
-    if policy == "Always" {
-        return Err((
-            "ErrImagePull".to_string(),
-            format!(
-                "imagePullPolicy Always needs a registry pull, which kedge does not do yet; \
-                 use a tagged image present on the node (policy IfNotPresent or Never) or file:///path \
-                 (image {reference})"
-            ),
-        ));
-    }
-    match ctx.images.lookup(&reference) {
-        Ok(Some((digest, path))) => {
-            let bytes = std::fs::read(&path).map_err(|e| {
-                (
-                    "ErrImagePull".to_string(),
-                    format!("reading {}: {e}", path.display()),
-                )
-            })?;
-            Ok((bytes, format!("{reference}@{digest}")))
-        }
-        Ok(None) if policy == "Never" => Err((
-            "ErrImageNeverPull".to_string(),
-            format!("Container image {image:?} is not present with pull policy of Never"),
-        )),
-        Ok(None) => Err((
-            "ErrImagePull".to_string(),
-            format!(
-                "image {reference} is not in the node's local image store and registry pulls \
-                 are not implemented in kedge yet"
-            ),
-        )),
-        Err(e) => Err(("ErrImagePull".to_string(), e.to_string())),
-    }
-}
-
-async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = cancel.cancelled() => false,
-        _ = tokio::time::sleep(d) => true,
-    }
-}
-
-async fn run_container(
-    ctx: &Ctx,
-    pod: &Value,
-    c: &Value,
-    i: usize,
-    run: &PodRun,
-    cancel: CancellationToken,
-) {
-    let name = c["name"].as_str().unwrap_or_default().to_string();
-    let image = c["image"].as_str().unwrap_or_default().to_string();
-    let policy = c["imagePullPolicy"]
-        .as_str()
-        .unwrap_or("IfNotPresent")
-        .to_string();
-    let restart: RestartPolicy = pod
-        .pointer("/spec/restartPolicy")
-        .and_then(Value::as_str)
-        .unwrap_or("Always")
-        .parse()
-        .unwrap_or(RestartPolicy::Always);
-    let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
-    let dir = ctx
-        .pods_dir
-        .join(format!("{ns}_{pod_name}_{uid}"))
-        .join(&name);
-    let memory_limit = c
-        .pointer("/resources/limits/memory")
-        .and_then(Value::as_str)
-        .and_then(quantity::parse_bytes);
-    let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
-    let mut setup_failures = 0u32;
-    let mut restart_count = 0u32;
-    loop {
-        if cancel.is_cancelled() {
-            return;
-        }
-        // Failures before a start back off like image pulls do.
-        let fail = |reason: String, message: String, failures: u32| {
-            let wait = backoff(failures.saturating_sub(1));
-            (reason, message, wait)
-        };
-        let prepared = match resolve_image(ctx, &image, &policy) {
-            Err((reason, message)) => Err((reason, message, true)),
-            Ok((bytes, image_id)) => match ctx.runtime.load(bytes).await {
-                Err(e) => Err(("CreateContainerError".to_string(), e.to_string(), false)),
-                Ok(w) => match container_env(pod, c, &ctx.node) {
-                    Err(m) => Err(("CreateContainerConfigError".to_string(), m, false)),
-                    Ok(env) => Ok((w, image_id, env)),
-                },
-            },
-        };
-        let (workload, image_id, env) = match prepared {
-            Ok(x) => x,
-            Err((reason, message, pull)) => {
-                setup_failures += 1;
-                let (reason, message, wait) = fail(reason, message, setup_failures);
-                tracing::info!(container = %name, %reason, %message, "container cannot start");
-                run.update(ctx, i, |r| {
-                    r.state = ContainerState::PullBackOff {
-                        reason: reason.clone(),
-                        message: message.clone(),
-                    }
-                })
-                .await;
-                if pull {
-                    // kubelet shows ErrImagePull first, then ImagePullBackOff while waiting.
-                    if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
-                        return;
-                    }
-                    run.update(ctx, i, |r| {
-                        r.state = ContainerState::PullBackOff {
-                            reason: "ImagePullBackOff".into(),
-                            message: format!("Back-off pulling image {image:?}: {message}"),
-                        }
-                    })
-                    .await;
-                }
-                if !sleep_or_cancel(wait, &cancel).await {
-                    return;
-                }
-                continue;
-            }
-        };
-        setup_failures = 0;
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            run.update(ctx, i, |r| {
-                r.state = ContainerState::StartError {
-                    reason: "RunContainerError".into(),
-                    message: format!("creating log dir: {e}"),
-                }
-            })
-            .await;
-            if !sleep_or_cancel(backoff(0), &cancel).await {
-                return;
-            }
-            continue;
-        }
-        let log_path = dir.join(format!("{restart_count}.log"));
-        let (done_tx, done_rx) = watch::channel(false);
-        ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            id.clone(),
-            LogHandle {
-                uid: uid.to_string(),
-                dir: dir.clone(),
-                restart_count,
-                done: done_rx,
-            },
-        );
-        let started_at = ctx.now();
-        let started = std::time::Instant::now();
-        {
-            let (image_id, started_at) = (image_id.clone(), started_at.clone());
-            run.update(ctx, i, move |r| {
-                r.image_id = image_id;
-                r.ever_started = true;
-                r.restart_count = restart_count;
-                r.state = ContainerState::Running { started_at };
-            })
-            .await;
-        }
-        let spec = RunSpec {
-            args: container_args(c),
-            env,
-            log_path,
-            memory_limit,
-        };
-        let exit = ctx.runtime.run(&workload, spec, cancel.clone()).await;
-        let _ = done_tx.send(true);
-        if cancel.is_cancelled() {
-            return;
-        }
-        let finished_at = ctx.now();
-        let (code, reason, message) = match &exit {
-            Ok(e) => (
-                e.exit_code(),
-                e.reason().to_string(),
-                match e {
-                    kedge_runtime::wasm::Exit::Trapped(why) => Some(why.clone()),
-                    _ => None,
-                },
-            ),
-            Err(e) => (128, "Error".to_string(), Some(e.to_string())),
-        };
-        tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
-        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
-            "finishedAt": finished_at, "message": message});
-        if should_restart(restart, code) {
-            if kedge_runtime::restart::resets_backoff(started.elapsed()) {
-                setup_failures = 0;
-            }
-            restart_count += 1;
-            let wait = backoff(restart_count - 1);
-            {
-                let (reason, started_at, finished_at) =
-                    (reason.clone(), started_at.clone(), finished_at.clone());
-                run.update(ctx, i, move |r| {
-                    r.last_terminated = Some(terminated);
-                    r.restart_count = restart_count;
-                    r.state = ContainerState::BackOff {
-                        exit_code: code,
-                        reason,
-                        started_at,
-                        finished_at,
-                    };
-                })
-                .await;
-            }
-            if !sleep_or_cancel(wait, &cancel).await {
-                return;
-            }
-            continue;
-        }
-        run.update(ctx, i, move |r| {
-            r.state = ContainerState::Done {
-                exit_code: code,
-                reason,
-                message,
-                started_at,
-                finished_at,
-            };
-        })
-        .await;
-        return;
-    }
 }
 
 // ---------------------------------------------------------------------------------------

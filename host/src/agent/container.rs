@@ -1,0 +1,722 @@
+//! One container of a pod, from image to exit, again and again per `restartPolicy`: pull the
+//! image (with the pod's imagePullSecrets), decide the runtime by what the image is (Wasm →
+//! wasmtime, OCI image → runc), run it, report each step in the pod's status and as Events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::events::Kind;
+use super::status::ContainerState;
+use super::{ContainerId, Ctx, LogHandle, PodRun, spec};
+use crate::core::{meta, quantity};
+use kedge_registry::{Credential, Image, ImageKind, Keyring, PullPolicy, Reference};
+use kedge_runtime::oci::{ContainerSpec, Mount, MountSource};
+use kedge_runtime::restart::{RestartPolicy, backoff, should_restart};
+use kedge_runtime::wasm::{Exit, RunSpec, Workload};
+
+/// Why a container could not be started, in kubelet's words.
+struct Failure {
+    /// `ErrImagePull`, `InvalidImageName`, `CreateContainerConfigError`, ...
+    reason: String,
+    message: String,
+    /// An image problem: shown as `ErrImagePull`, then `ImagePullBackOff` while waiting.
+    pull: bool,
+}
+
+impl Failure {
+    fn config(message: impl Into<String>) -> Self {
+        Failure {
+            reason: "CreateContainerConfigError".into(),
+            message: message.into(),
+            pull: false,
+        }
+    }
+
+    fn create(message: impl Into<String>) -> Self {
+        Failure {
+            reason: "CreateContainerError".into(),
+            message: message.into(),
+            pull: false,
+        }
+    }
+}
+
+/// What the runtime will run.
+enum Prepared {
+    Wasm {
+        workload: Workload,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    },
+    Oci {
+        rootfs: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: String,
+        user: Option<String>,
+        mounts: Vec<Mount>,
+    },
+}
+
+/// The credentials the pod's `imagePullSecrets` give for `reference`, in kubelet's order.
+/// Secrets are read only from the pod's own namespace; a missing or malformed one is
+/// reported as an Event and skipped (kubelet goes on and tries the pull).
+async fn pull_credentials(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &str,
+    reference: &Reference,
+) -> Vec<Credential> {
+    let ns = meta::namespace(pod);
+    let mut keyring = Keyring::new();
+    let names: Vec<String> = pod
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(String::from))
+        .collect();
+    for name in names {
+        let path = format!("/api/v1/namespaces/{ns}/secrets/{name}");
+        let problem = match ctx.client.get(&path).await {
+            Ok(secret) => match keyring_of(&secret) {
+                Ok(k) => {
+                    keyring.extend(k);
+                    None
+                }
+                Err(e) => Some(format!("secret {ns}/{name}: {e}")),
+            },
+            Err(e) if e.code() == Some(404) => Some(format!("secret {ns}/{name} not found")),
+            Err(e) => Some(format!("secret {ns}/{name}: {e}")),
+        };
+        if let Some(problem) = problem {
+            ctx.events
+                .pod(
+                    pod,
+                    Some(c),
+                    Kind::Warning,
+                    "FailedToRetrieveImagePullSecret",
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({name}); attempting to \
+                         pull the image may not succeed: {problem}"
+                    ),
+                )
+                .await;
+        }
+    }
+    keyring.lookup(reference)
+}
+
+/// A Keyring from a `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` Secret.
+fn keyring_of(secret: &Value) -> Result<Keyring, String> {
+    let ty = secret["type"].as_str().unwrap_or("Opaque");
+    let (key, json) = match ty {
+        "kubernetes.io/dockerconfigjson" => (".dockerconfigjson", true),
+        "kubernetes.io/dockercfg" => (".dockercfg", false),
+        other => {
+            return Err(format!(
+                "type {other:?} is not kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg"
+            ));
+        }
+    };
+    let data = secret
+        .pointer(&format!("/data/{}", key.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("has no data key {key:?}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("data {key:?} is not base64: {e}"))?;
+    let keyring = if json {
+        Keyring::from_dockerconfigjson(&bytes)
+    } else {
+        Keyring::from_dockercfg(&bytes)
+    };
+    keyring.map_err(|e| e.to_string())
+}
+
+fn pull_policy(c: &Value, reference: &Reference) -> Result<PullPolicy, Failure> {
+    match c["imagePullPolicy"].as_str() {
+        None | Some("") => Ok(kedge_registry::default_pull_policy(reference)),
+        Some(p) => p.parse().map_err(|e: kedge_registry::UnknownPullPolicy| {
+            Failure::config(format!("imagePullPolicy: {e}"))
+        }),
+    }
+}
+
+/// Gets the image onto the node (or finds it there), with kubelet's Events.
+async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
+    let name = c["name"].as_str().unwrap_or_default();
+    let image = c["image"].as_str().unwrap_or_default();
+    let reference = Reference::parse(image).map_err(|e| Failure {
+        reason: "InvalidImageName".into(),
+        message: format!("Failed to apply default image tag {image:?}: {e}"),
+        pull: false,
+    })?;
+    let policy = pull_policy(c, &reference)?;
+    let store = ctx.puller.store().clone();
+    let lookup = reference.clone();
+    let present = tokio::task::spawn_blocking(move || store.image(&lookup))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let will_pull =
+        policy == PullPolicy::Always || (present.is_none() && policy != PullPolicy::Never);
+    let credentials = if will_pull {
+        pull_credentials(ctx, pod, name, &reference).await
+    } else {
+        Vec::new()
+    };
+    if will_pull {
+        ctx.events
+            .pod(
+                pod,
+                Some(name),
+                Kind::Normal,
+                "Pulling",
+                &format!("Pulling image {image:?}"),
+            )
+            .await;
+    }
+    let started = Instant::now();
+    match ctx.puller.ensure(&reference, policy, &credentials).await {
+        Ok(img) => {
+            let message = if will_pull {
+                format!(
+                    "Successfully pulled image {image:?} in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("Container image {image:?} already present on machine")
+            };
+            ctx.events
+                .pod(pod, Some(name), Kind::Normal, "Pulled", &message)
+                .await;
+            Ok(img)
+        }
+        Err(e) => {
+            let message = if e.kind == kedge_registry::PullErrorKind::NeverPull {
+                e.message.clone()
+            } else {
+                format!("Failed to pull image {image:?}: {}", e.message)
+            };
+            ctx.events
+                .pod(pod, Some(name), Kind::Warning, "Failed", &message)
+                .await;
+            Err(Failure {
+                reason: e.reason().to_string(),
+                message,
+                pull: true,
+            })
+        }
+    }
+}
+
+/// Resolves the image and builds everything the runtime needs. Returns also the image's ID for
+/// `containerStatuses[].imageID` and its digest (kept from image GC while the container lives).
+async fn prepare(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    pod_dir: &std::path::Path,
+) -> Result<(Prepared, String, Option<String>), Failure> {
+    let image = c["image"].as_str().unwrap_or_default();
+    let env = super::container_env(pod, c, &ctx.node, &ctx.host_ip).map_err(Failure::config)?;
+    if let Some(path) = image.strip_prefix("file://") {
+        // A local Wasm file, for development.
+        use sha2::{Digest, Sha256};
+        let bytes = tokio::fs::read(path).await.map_err(|e| Failure {
+            reason: "ErrImagePull".into(),
+            message: format!("reading {path}: {e}"),
+            pull: true,
+        })?;
+        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let workload = ctx
+            .runtime
+            .load(bytes)
+            .await
+            .map_err(|e| Failure::create(e.to_string()))?;
+        let args = super::container_args(c);
+        return Ok((
+            Prepared::Wasm {
+                workload,
+                args,
+                env,
+            },
+            id,
+            None,
+        ));
+    }
+    let img = pull(ctx, pod, c).await?;
+    let digest = Some(img.digest.clone());
+    match &img.kind {
+        ImageKind::Wasm { module } => {
+            let bytes = tokio::fs::read(module)
+                .await
+                .map_err(|e| Failure::create(format!("reading {}: {e}", module.display())))?;
+            let workload = ctx
+                .runtime
+                .load(bytes)
+                .await
+                .map_err(|e| Failure::create(e.to_string()))?;
+            let args = super::container_args(c);
+            Ok((
+                Prepared::Wasm {
+                    workload,
+                    args,
+                    env,
+                },
+                img.image_id,
+                digest,
+            ))
+        }
+        ImageKind::Oci { config, .. } => {
+            if ctx.oci.is_none() {
+                return Err(Failure::create(format!(
+                    "image {image:?} is an OCI container image, and this node has no container \
+                     runtime (runc not found or not usable): it runs only Wasm images"
+                )));
+            }
+            let args =
+                spec::oci_argv(c, &config.entrypoint, &config.cmd).map_err(Failure::create)?;
+            let env = spec::merge_env(&config.env, env);
+            let cwd = c["workingDir"]
+                .as_str()
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .or_else(|| config.working_dir.clone())
+                .unwrap_or_else(|| "/".into());
+            let user = security_user(pod, c).or_else(|| config.user.clone());
+            let mounts = spec::mounts(pod, c, pod_dir)
+                .map_err(Failure::config)?
+                .into_iter()
+                .map(|m| match m {
+                    spec::MountPlan::Bind {
+                        destination,
+                        source,
+                        read_only,
+                    } => Mount {
+                        destination,
+                        source: MountSource::Bind {
+                            path: source,
+                            read_only,
+                        },
+                    },
+                    spec::MountPlan::Tmpfs { destination, size } => Mount {
+                        destination,
+                        source: MountSource::Tmpfs { size },
+                    },
+                })
+                .collect();
+            let store = ctx.puller.store().clone();
+            let for_unpack = img.clone();
+            let rootfs = tokio::task::spawn_blocking(move || store.rootfs(&for_unpack))
+                .await
+                .map_err(|e| Failure::create(format!("unpacking the image: {e}")))?
+                .map_err(|e| Failure::create(format!("unpacking the image: {e}")))?;
+            Ok((
+                Prepared::Oci {
+                    rootfs,
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    mounts,
+                },
+                img.image_id,
+                digest,
+            ))
+        }
+    }
+}
+
+/// `securityContext.runAsUser`/`runAsGroup` (container over pod) as `uid[:gid]`.
+fn security_user(pod: &Value, c: &Value) -> Option<String> {
+    let field = |k: &str| {
+        c.pointer(&format!("/securityContext/{k}"))
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                pod.pointer(&format!("/spec/securityContext/{k}"))
+                    .and_then(Value::as_i64)
+            })
+    };
+    match (field("runAsUser"), field("runAsGroup")) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    }
+}
+
+fn exec_hook(c: &Value, which: &str) -> Result<Option<Vec<String>>, String> {
+    let Some(h) = c.pointer(&format!("/lifecycle/{which}")) else {
+        return Ok(None);
+    };
+    if let Some(cmd) = h.pointer("/exec/command").and_then(Value::as_array) {
+        return Ok(Some(
+            cmd.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect(),
+        ));
+    }
+    Err(format!(
+        "lifecycle.{which}: only exec hooks are supported by kedge yet"
+    ))
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// Runs container `i` of `pod` until the pod is stopped (`cancel`) or, by its restart policy,
+/// the container is done for good.
+pub(super) async fn run_container(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    i: usize,
+    run: &PodRun,
+    cancel: CancellationToken,
+    grace: watch::Receiver<Duration>,
+) {
+    let name = c["name"].as_str().unwrap_or_default().to_string();
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let restart: RestartPolicy = pod
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always")
+        .parse()
+        .unwrap_or(RestartPolicy::Always);
+    let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
+    let pod_dir = ctx.pods_dir.join(format!("{ns}_{pod_name}_{uid}"));
+    let dir = pod_dir.join(&name);
+    let memory_limit = c
+        .pointer("/resources/limits/memory")
+        .and_then(Value::as_str)
+        .and_then(quantity::parse_bytes);
+    let cpu_limit_millis = c
+        .pointer("/resources/limits/cpu")
+        .and_then(Value::as_str)
+        .and_then(quantity::parse_millis);
+    let cpu_shares = c
+        .pointer("/resources/requests/cpu")
+        .and_then(Value::as_str)
+        .and_then(quantity::parse_millis)
+        .map(|m| (m * 1024 / 1000).max(2));
+    let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
+    let mut setup_failures = 0u32;
+    let mut restart_count = 0u32;
+    let _in_use = InUse::new(ctx, &id);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let prepared = match (exec_hook(c, "postStart"), exec_hook(c, "preStop")) {
+            (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &pod_dir)
+                .await
+                .map(|(p, id, digest)| (p, id, digest, post, pre)),
+            (Err(e), _) | (_, Err(e)) => Err(Failure::config(e)),
+        };
+        let (prepared, image_id, digest, post_start, pre_stop) = match prepared {
+            Ok(x) => x,
+            Err(f) => {
+                setup_failures += 1;
+                let wait = backoff(setup_failures.saturating_sub(1));
+                tracing::info!(container = %name, reason = %f.reason, message = %f.message, "container cannot start");
+                let (reason, message) = (f.reason.clone(), f.message.clone());
+                run.update(ctx, i, |r| {
+                    r.state = ContainerState::PullBackOff { reason, message }
+                })
+                .await;
+                if f.pull {
+                    // kubelet shows ErrImagePull first, then ImagePullBackOff while waiting.
+                    if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                        return;
+                    }
+                    let message = format!("Back-off pulling image {image:?}");
+                    ctx.events
+                        .pod(pod, Some(&name), Kind::Normal, "BackOff", &message)
+                        .await;
+                    let detail = format!("{message}: {}", f.message);
+                    run.update(ctx, i, |r| {
+                        r.state = ContainerState::PullBackOff {
+                            reason: "ImagePullBackOff".into(),
+                            message: detail,
+                        }
+                    })
+                    .await;
+                } else {
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "Failed",
+                            &format!("Error: {}: {}", f.reason, f.message),
+                        )
+                        .await;
+                }
+                if !sleep_or_cancel(wait, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        _in_use.set(digest);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            run.update(ctx, i, |r| {
+                r.state = ContainerState::StartError {
+                    reason: "RunContainerError".into(),
+                    message: format!("creating {}: {e}", dir.display()),
+                }
+            })
+            .await;
+            if !sleep_or_cancel(backoff(0), &cancel).await {
+                return;
+            }
+            continue;
+        }
+        let log_path = dir.join(format!("{restart_count}.log"));
+        let (done_tx, done_rx) = watch::channel(false);
+        ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            LogHandle {
+                uid: uid.to_string(),
+                dir: dir.clone(),
+                restart_count,
+                done: done_rx,
+            },
+        );
+        ctx.events
+            .pod(
+                pod,
+                Some(&name),
+                Kind::Normal,
+                "Created",
+                &format!("Created container {name}"),
+            )
+            .await;
+        let started_at = ctx.now();
+        let started = Instant::now();
+        {
+            let (image_id, started_at) = (image_id.clone(), started_at.clone());
+            run.update(ctx, i, move |r| {
+                r.image_id = image_id;
+                r.ever_started = true;
+                r.restart_count = restart_count;
+                r.state = ContainerState::Running { started_at };
+            })
+            .await;
+        }
+        ctx.events
+            .pod(
+                pod,
+                Some(&name),
+                Kind::Normal,
+                "Started",
+                &format!("Started container {name}"),
+            )
+            .await;
+        let exit = match prepared {
+            Prepared::Wasm {
+                workload,
+                args,
+                env,
+            } => {
+                let spec = RunSpec {
+                    args,
+                    env,
+                    log_path,
+                    memory_limit,
+                };
+                ctx.runtime
+                    .run(&workload, spec, cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Prepared::Oci {
+                rootfs,
+                args,
+                env,
+                cwd,
+                user,
+                mounts,
+            } => {
+                let oci = ctx.oci.as_ref().expect("checked in prepare");
+                let spec = ContainerSpec {
+                    id: format!("{uid}-{name}-{restart_count}"),
+                    image_rootfs: rootfs,
+                    work_dir: ctx.containers_dir.join(format!("{uid}-{name}")),
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    hostname: pod_name.to_string(),
+                    mounts,
+                    memory_limit,
+                    cpu_limit_millis,
+                    cpu_shares,
+                    log_path,
+                    grace_period: grace.clone(),
+                    post_start,
+                    pre_stop,
+                };
+                let out = oci.run(spec, cancel.clone()).await;
+                if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
+                    let text = out
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "FailedPostStartHook",
+                            &text,
+                        )
+                        .await;
+                }
+                out.map_err(|e| e.to_string())
+            }
+        };
+        let _ = done_tx.send(true);
+        if cancel.is_cancelled() {
+            return;
+        }
+        let finished_at = ctx.now();
+        let (code, reason, message) = match &exit {
+            Ok(e) => (
+                e.exit_code(),
+                e.reason().to_string(),
+                match e {
+                    Exit::Trapped(why) => Some(why.clone()),
+                    _ => None,
+                },
+            ),
+            Err(e) => (128, "Error".to_string(), Some(e.clone())),
+        };
+        tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
+        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
+            "finishedAt": finished_at, "message": message});
+        if should_restart(restart, code) {
+            if kedge_runtime::restart::resets_backoff(started.elapsed()) {
+                setup_failures = 0;
+            }
+            restart_count += 1;
+            let wait = backoff(restart_count - 1);
+            {
+                let (reason, started_at, finished_at) =
+                    (reason.clone(), started_at.clone(), finished_at.clone());
+                run.update(ctx, i, move |r| {
+                    r.last_terminated = Some(terminated);
+                    r.restart_count = restart_count;
+                    r.state = ContainerState::BackOff {
+                        exit_code: code,
+                        reason,
+                        started_at,
+                        finished_at,
+                    };
+                })
+                .await;
+            }
+            if restart_count > 1 {
+                ctx.events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        Kind::Warning,
+                        "BackOff",
+                        &format!("Back-off restarting failed container {name} in pod {pod_name}"),
+                    )
+                    .await;
+            }
+            if !sleep_or_cancel(wait, &cancel).await {
+                return;
+            }
+            continue;
+        }
+        run.update(ctx, i, move |r| {
+            r.state = ContainerState::Done {
+                exit_code: code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            };
+        })
+        .await;
+        return;
+    }
+}
+
+/// Marks the image a container uses as in use (image GC keeps it) for as long as the
+/// container's loop lives.
+struct InUse {
+    ctx: Ctx,
+    id: ContainerId,
+}
+
+impl InUse {
+    fn new(ctx: &Ctx, id: &ContainerId) -> Self {
+        InUse {
+            ctx: ctx.clone(),
+            id: id.clone(),
+        }
+    }
+
+    fn set(&self, digest: Option<String>) {
+        let mut m = self
+            .ctx
+            .images_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match digest {
+            Some(d) => {
+                m.insert(self.id.clone(), d);
+            }
+            None => {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+/// Keeps the node's image store under its size budget, sparing images of live containers.
+pub(super) async fn image_gc_loop(ctx: Ctx, max_bytes: u64, cancel: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(300);
+    loop {
+        if !sleep_or_cancel(EVERY, &cancel).await {
+            return;
+        }
+        let in_use: std::collections::HashSet<String> = ctx
+            .images_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let store: Arc<kedge_registry::LocalImageStore> = ctx.puller.store().clone();
+        match tokio::task::spawn_blocking(move || store.gc(&in_use, max_bytes)).await {
+            Ok(Ok(report)) => tracing::debug!(?report, "image gc"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "image gc failed"),
+            Err(e) => tracing::warn!(error = %e, "image gc task failed"),
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! From a pod's container spec and an image's config to what the OCI runtime runs: the argv
+//! (Kubernetes' command/args over the image's entrypoint/cmd rules), the environment, and the
+//! volume mounts. Pure functions, tested without a runtime.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn strings(v: Option<&Value>) -> Option<Vec<String>> {
+    v.and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    })
+}
+
+/// The argv of a container, as Kubernetes defines it:
+/// - `command` replaces the image's entrypoint and drops its cmd;
+/// - `args` alone replaces the image's cmd and keeps its entrypoint;
+/// - neither runs the image's entrypoint + cmd.
+pub fn oci_argv(
+    container: &Value,
+    entrypoint: &[String],
+    cmd: &[String],
+) -> Result<Vec<String>, String> {
+    let command = strings(container.get("command"));
+    let args = strings(container.get("args"));
+    let argv: Vec<String> = match (command, args) {
+        (Some(c), a) if !c.is_empty() => c.into_iter().chain(a.unwrap_or_default()).collect(),
+        (_, Some(a)) if !a.is_empty() => entrypoint.iter().cloned().chain(a).collect(),
+        _ => entrypoint.iter().chain(cmd).cloned().collect(),
+    };
+    if argv.is_empty() {
+        return Err(
+            "no command specified: the image has no entrypoint or cmd and the \
+                    container sets no command"
+                .into(),
+        );
+    }
+    Ok(argv)
+}
+
+/// The image's `KEY=value` environment overridden by the container's.
+pub fn merge_env(image_env: &[String], pod_env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = image_env
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect();
+    for (k, v) in pod_env {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    env
+}
+
+/// One mount of a container, before it becomes the runtime's type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountPlan {
+    Bind {
+        destination: String,
+        source: PathBuf,
+        read_only: bool,
+    },
+    Tmpfs {
+        destination: String,
+        size: Option<u64>,
+    },
+}
+
+/// Where a pod's volume lives on the node, and whether it must be created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum VolumeSource {
+    Dir(PathBuf),
+    /// A hostPath to create if missing (`DirectoryOrCreate`).
+    CreateDir(PathBuf),
+    Tmpfs(Option<u64>),
+}
+
+fn volume_source(pod_dir: &Path, volume: &Value) -> Result<VolumeSource, String> {
+    let name = volume["name"].as_str().unwrap_or_default();
+    if let Some(e) = volume.get("emptyDir") {
+        if e["medium"].as_str() == Some("Memory") {
+            let size = e["sizeLimit"]
+                .as_str()
+                .and_then(crate::core::quantity::parse_bytes);
+            return Ok(VolumeSource::Tmpfs(size));
+        }
+        return Ok(VolumeSource::Dir(pod_dir.join("volumes").join(name)));
+    }
+    if let Some(h) = volume.get("hostPath") {
+        let path = h["path"].as_str().unwrap_or_default();
+        if !path.starts_with('/') {
+            return Err(format!(
+                "volume {name:?}: hostPath {path:?} is not absolute"
+            ));
+        }
+        let path = PathBuf::from(path);
+        return match h["type"].as_str().unwrap_or("") {
+            "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {
+                if path.exists() || h["type"].as_str().unwrap_or("").is_empty() {
+                    Ok(VolumeSource::Dir(path))
+                } else {
+                    Err(format!(
+                        "volume {name:?}: hostPath {} does not exist",
+                        path.display()
+                    ))
+                }
+            }
+            "DirectoryOrCreate" => Ok(VolumeSource::CreateDir(path)),
+            other => Err(format!(
+                "volume {name:?}: hostPath type {other:?} is not supported by kedge"
+            )),
+        };
+    }
+    let kind = volume
+        .as_object()
+        .and_then(|o| o.keys().find(|k| *k != "name").cloned())
+        .unwrap_or_else(|| "(none)".into());
+    Err(format!(
+        "volume {name:?}: volume type {kind:?} is not supported by kedge yet (emptyDir and \
+         hostPath are)"
+    ))
+}
+
+/// The mounts of `container`, from its `volumeMounts` and the pod's `volumes`. Directories of
+/// emptyDir volumes and `DirectoryOrCreate` hostPaths are created.
+pub fn mounts(pod: &Value, container: &Value, pod_dir: &Path) -> Result<Vec<MountPlan>, String> {
+    let volumes = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for m in container
+        .get("volumeMounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let vname = m["name"].as_str().unwrap_or_default();
+        let destination = m["mountPath"].as_str().unwrap_or_default().to_string();
+        if !destination.starts_with('/') {
+            return Err(format!(
+                "volumeMount {vname:?}: mountPath {destination:?} is not absolute"
+            ));
+        }
+        let read_only = m["readOnly"].as_bool().unwrap_or(false);
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(vname))
+            .ok_or_else(|| format!("volumeMount {vname:?}: the pod has no such volume"))?;
+        let sub = m["subPath"].as_str().unwrap_or("");
+        if sub.starts_with('/') || sub.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "volumeMount {vname:?}: subPath {sub:?} must be relative and stay inside the volume"
+            ));
+        }
+        let (dir, create) = match volume_source(pod_dir, volume)? {
+            VolumeSource::Tmpfs(size) => {
+                if !sub.is_empty() {
+                    return Err(format!(
+                        "volumeMount {vname:?}: subPath on a memory emptyDir is not supported"
+                    ));
+                }
+                out.push(MountPlan::Tmpfs { destination, size });
+                continue;
+            }
+            VolumeSource::CreateDir(d) => (d, true),
+            // emptyDir volumes live in the pod's directory and are made on demand.
+            VolumeSource::Dir(d) => {
+                let own = d.starts_with(pod_dir);
+                (d, own)
+            }
+        };
+        let source = if sub.is_empty() { dir } else { dir.join(sub) };
+        if create || !sub.is_empty() {
+            std::fs::create_dir_all(&source)
+                .map_err(|e| format!("creating {}: {e}", source.display()))?;
+        }
+        out.push(MountPlan::Bind {
+            destination,
+            source,
+            read_only,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn argv_follows_kubernetes_rules() {
+        let ep = s(&["/entry"]);
+        let cmd = s(&["--default"]);
+        assert_eq!(
+            oci_argv(&json!({}), &ep, &cmd).unwrap(),
+            s(&["/entry", "--default"])
+        );
+        assert_eq!(
+            oci_argv(&json!({"args": ["x"]}), &ep, &cmd).unwrap(),
+            s(&["/entry", "x"])
+        );
+        assert_eq!(
+            oci_argv(&json!({"command": ["sh"]}), &ep, &cmd).unwrap(),
+            s(&["sh"])
+        );
+        assert_eq!(
+            oci_argv(
+                &json!({"command": ["sh"], "args": ["-c", "true"]}),
+                &ep,
+                &cmd
+            )
+            .unwrap(),
+            s(&["sh", "-c", "true"])
+        );
+        assert!(oci_argv(&json!({}), &[], &[]).is_err());
+    }
+
+    #[test]
+    fn pod_env_overrides_image_env() {
+        let env = merge_env(
+            &s(&["PATH=/bin", "A=1", "EMPTY"]),
+            vec![("A".into(), "2".into())],
+        );
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".into(), "/bin".into()),
+                ("EMPTY".into(), String::new()),
+                ("A".into(), "2".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn volumes_become_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host-data");
+        let pod = json!({"spec": {"volumes": [
+            {"name": "scratch", "emptyDir": {}},
+            {"name": "mem", "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": "data", "hostPath": {"path": host.to_str().unwrap(), "type": "DirectoryOrCreate"}},
+            {"name": "cm", "configMap": {"name": "x"}},
+        ]}});
+        let c = json!({"volumeMounts": [
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "mem", "mountPath": "/mem"},
+            {"name": "data", "mountPath": "/data", "readOnly": true, "subPath": "sub"},
+        ]});
+        let pod_dir = dir.path().join("pod");
+        let m = mounts(&pod, &c, &pod_dir).unwrap();
+        assert_eq!(
+            m,
+            vec![
+                MountPlan::Bind {
+                    destination: "/scratch".into(),
+                    source: pod_dir.join("volumes/scratch"),
+                    read_only: false
+                },
+                MountPlan::Tmpfs {
+                    destination: "/mem".into(),
+                    size: Some(1 << 20)
+                },
+                MountPlan::Bind {
+                    destination: "/data".into(),
+                    source: host.join("sub"),
+                    read_only: true
+                },
+            ]
+        );
+        assert!(pod_dir.join("volumes/scratch").is_dir());
+        assert!(host.join("sub").is_dir());
+
+        let bad = json!({"volumeMounts": [{"name": "cm", "mountPath": "/cm"}]});
+        let e = mounts(&pod, &bad, &pod_dir).unwrap_err();
+        assert!(e.contains("configMap"), "{e}");
+        let missing = json!({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]});
+        assert!(mounts(&pod, &missing, &pod_dir).is_err());
+        let escape =
+            json!({"volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "../.."}]});
+        assert!(mounts(&pod, &escape, &pod_dir).is_err());
+    }
+}
