@@ -1,5 +1,5 @@
 //! Test support: a real registry on 127.0.0.1 (Debian's `docker-registry`, TLS from a test CA,
-//! optional htpasswd auth) and builders for images made locally, so tests never touch the
+//! optional htpasswd or bearer-token auth) and builders for images made locally, so tests never touch the
 //! internet. Enabled by the `testing` feature (and in this crate's own tests).
 //!
 //! Needs `/usr/bin/docker-registry` (package `docker-registry`), `htpasswd`
@@ -18,6 +18,10 @@ use crate::config::{RegistriesConfig, RegistryAuthConfig, RegistryConfig, TlsCon
 use crate::image::{OciConfig, node_arch};
 use crate::reference::Reference;
 
+mod token;
+
+pub use token::TokenRequest;
+
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub const HTPASSWD_BIN: &str = "htpasswd";
 pub const BUSYBOX_BIN: &str = "/bin/busybox";
@@ -34,7 +38,8 @@ fn fail(what: impl std::fmt::Display) -> TestSupportError {
     TestSupportError(what.to_string())
 }
 
-/// Options for [`TestRegistry::start`].
+/// Options for [`TestRegistry::start`]. Kept to one field so existing `{ auth: true }`
+/// literals compile; token auth is [`TestRegistry::start_with`]`(`[`TestAuth::Token`]`)`.
 #[derive(Clone, Debug)]
 pub struct TestRegistryOptions {
     /// Require htpasswd basic auth (`username`/`password` below).
@@ -44,6 +49,27 @@ pub struct TestRegistryOptions {
 impl Default for TestRegistryOptions {
     fn default() -> Self {
         Self { auth: true }
+    }
+}
+
+/// How a [`TestRegistry`] decides who may pull and push.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TestAuth {
+    /// Anyone may.
+    None,
+    /// HTTP basic auth against an htpasswd file on every request.
+    #[default]
+    Htpasswd,
+    /// Docker's token flow: 401 with a `Bearer` challenge, a token server on 127.0.0.1 that
+    /// checks `username`/`password` and issues ES256 JWTs scoped to repositories, the
+    /// registry verifying them. Anonymous clients get tokens without access, as on Docker
+    /// Hub.
+    Token,
+}
+
+impl From<TestRegistryOptions> for TestAuth {
+    fn from(opts: TestRegistryOptions) -> Self {
+        if opts.auth { Self::Htpasswd } else { Self::None }
     }
 }
 
@@ -57,8 +83,10 @@ pub struct TestRegistry {
     pub password: String,
     /// The registry's storage root (to corrupt blobs in tests).
     pub storage: PathBuf,
-    auth: bool,
+    auth: TestAuth,
     child: Option<Child>,
+    /// Dropped after the registry is stopped (fields drop after `Drop::drop`).
+    token_server: Option<token::TokenServer>,
     dir: tempfile::TempDir,
 }
 
@@ -78,6 +106,11 @@ pub fn registry_available() -> Result<()> {
 impl TestRegistry {
     /// Starts a registry on a free loopback port and waits until it accepts connections.
     pub fn start(opts: TestRegistryOptions) -> Result<Self> {
+        Self::start_with(opts.into())
+    }
+
+    /// [`TestRegistry::start`] with any [`TestAuth`], bearer tokens included.
+    pub fn start_with(auth: TestAuth) -> Result<Self> {
         registry_available()?;
         let dir = tempfile::tempdir().map_err(fail)?;
         let path = |n: &str| dir.path().join(n);
@@ -108,13 +141,27 @@ impl TestRegistry {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let storage = path("storage");
         std::fs::create_dir_all(&storage).map_err(fail)?;
-        let auth_yaml = if opts.auth {
-            format!(
+        let token_server = match auth {
+            TestAuth::Token => Some(token::TokenServer::start(&username, &password)?),
+            TestAuth::None | TestAuth::Htpasswd => None,
+        };
+        let auth_yaml = match (auth, &token_server) {
+            (TestAuth::Htpasswd, _) => format!(
                 "auth:\n  htpasswd:\n    realm: kedge-test\n    path: {}\n",
                 path("htpasswd").display()
-            )
-        } else {
-            String::new()
+            ),
+            (TestAuth::Token, Some(server)) => {
+                std::fs::write(path("token-signer.pem"), &server.cert_pem).map_err(fail)?;
+                format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    \
+                     issuer: {issuer}\n    rootcertbundle: {bundle}\n",
+                    realm = server.realm(),
+                    service = token::SERVICE,
+                    issuer = token::ISSUER,
+                    bundle = path("token-signer.pem").display(),
+                )
+            }
+            _ => String::new(),
         };
         let config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
@@ -143,8 +190,9 @@ impl TestRegistry {
             username,
             password,
             storage,
-            auth: opts.auth,
+            auth,
             child: Some(child),
+            token_server,
             dir,
         };
         registry.wait_ready()?;
@@ -194,6 +242,14 @@ impl TestRegistry {
             .unwrap_or_else(|e| panic!("test reference {path:?}: {e}"))
     }
 
+    /// What the token server answered so far, oldest first (empty unless [`TestAuth::Token`]).
+    pub fn token_requests(&self) -> Vec<TokenRequest> {
+        self.token_server
+            .as_ref()
+            .map(token::TokenServer::requests)
+            .unwrap_or_default()
+    }
+
     pub fn credential(&self) -> Credential {
         Credential::basic(&self.username, &self.password)
     }
@@ -237,9 +293,10 @@ impl TestRegistry {
     }
 
     fn client(&self) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth)> {
-        let client = crate::push::client_for(&self.registries_config(self.auth), &self.host())
+        let with_auth = self.auth != TestAuth::None;
+        let client = crate::push::client_for(&self.registries_config(with_auth), &self.host())
             .map_err(fail)?;
-        let auth = if self.auth {
+        let auth = if with_auth {
             self.credential().to_oci()
         } else {
             oci_client::secrets::RegistryAuth::Anonymous

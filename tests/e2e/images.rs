@@ -187,16 +187,27 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
                 base64::engine::general_purpose::STANDARD.encode(dockerconfig)},
         }),
     );
-    apply(
-        &c,
-        &busybox_pod(
-            "team-a",
-            "with-secret",
-            &busybox,
-            Some("regcred"),
-            "echo hi from $(hostname); sleep 3600",
-        ),
+    // It also mounts volumes: an emptyDir, a memory emptyDir, a hostPath it creates.
+    let host_dir = c.dir.path().join("host-volume");
+    let mut with_secret = busybox_pod(
+        "team-a",
+        "with-secret",
+        &busybox,
+        Some("regcred"),
+        "echo hi from $(hostname); echo disk > /scratch/f; echo mem > /mem/f; \
+         cat /scratch/f /mem/f; echo from-pod > /host/f; exec sleep 3600",
     );
+    with_secret["spec"]["volumes"] = json!([
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "mem", "emptyDir": {"medium": "Memory"}},
+        {"name": "host", "hostPath": {"path": host_dir, "type": "DirectoryOrCreate"}},
+    ]);
+    with_secret["spec"]["containers"][0]["volumeMounts"] = json!([
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "mem", "mountPath": "/mem"},
+        {"name": "host", "mountPath": "/host"},
+    ]);
+    apply(&c, &with_secret);
     c.wait("with-secret Running", || {
         all_running(&c, "team-a", "with-secret").then_some(())
     });

@@ -92,6 +92,12 @@ pub enum Error {
     },
     #[error("postStart hook {argv:?} failed, container killed: {message}")]
     PostStartHook { argv: Vec<String>, message: String },
+    #[error("cannot give the workload the directory {path}")]
+    Preopen {
+        path: PathBuf,
+        #[source]
+        source: wasmtime::Error,
+    },
     #[error("cannot open log file {path}")]
     Log {
         path: PathBuf,

@@ -23,7 +23,7 @@ use wasmtime::{
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
-use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::logs::{LogStream, LogWriter, StreamKind};
 use crate::{Error, Result};
@@ -143,6 +143,16 @@ pub struct RunSpec {
     pub log_path: PathBuf,
     /// Cap in bytes for each linear memory of the guest (the container's memory limit).
     pub memory_limit: Option<u64>,
+    /// Host directories the guest sees (WASI preopens): the pod's volumes.
+    pub dirs: Vec<Preopen>,
+}
+
+/// A host directory visible to the guest at `guest_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    pub host_path: PathBuf,
+    pub guest_path: String,
+    pub read_only: bool,
 }
 
 /// How a run ended.
@@ -393,6 +403,18 @@ impl WasmRuntime {
             .envs(&spec.env)
             .stdout(stdout.clone())
             .stderr(stderr.clone());
+        for d in &spec.dirs {
+            let perms = if d.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            wasi.preopened_dir(&d.host_path, &d.guest_path, perms)
+                .map_err(|source| Error::Preopen {
+                    path: d.host_path.clone(),
+                    source,
+                })?;
+        }
         let cap = spec
             .memory_limit
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));

@@ -18,6 +18,7 @@ use crate::core::{meta, quantity};
 use kedge_registry::{Credential, Image, ImageKind, Keyring, PullPolicy, Reference};
 use kedge_runtime::oci::{ContainerSpec, Mount, MountSource};
 use kedge_runtime::restart::{RestartPolicy, backoff, should_restart};
+use kedge_runtime::wasm::Preopen;
 use kedge_runtime::wasm::{Exit, RunSpec, Workload};
 
 /// Why a container could not be started, in kubelet's words.
@@ -53,6 +54,7 @@ enum Prepared {
         workload: Workload,
         args: Vec<String>,
         env: Vec<(String, String)>,
+        dirs: Vec<Preopen>,
     },
     Oci {
         rootfs: PathBuf,
@@ -224,10 +226,22 @@ async fn prepare(
     ctx: &Ctx,
     pod: &Value,
     c: &Value,
-    pod_dir: &std::path::Path,
+    dirs: &spec::PodDirs,
 ) -> Result<(Prepared, String, Option<String>), Failure> {
     let image = c["image"].as_str().unwrap_or_default();
     let env = super::container_env(pod, c, &ctx.node, &ctx.host_ip).map_err(Failure::config)?;
+    let mounts = spec::mounts(pod, c, dirs).map_err(Failure::config)?;
+    // Wasm guests see volumes as WASI preopened directories.
+    let preopens = || -> Vec<Preopen> {
+        mounts
+            .iter()
+            .map(|m| Preopen {
+                host_path: m.source.clone(),
+                guest_path: m.destination.clone(),
+                read_only: m.read_only,
+            })
+            .collect()
+    };
     if let Some(path) = image.strip_prefix("file://") {
         // A local Wasm file, for development.
         use sha2::{Digest, Sha256};
@@ -248,6 +262,7 @@ async fn prepare(
                 workload,
                 args,
                 env,
+                dirs: preopens(),
             },
             id,
             None,
@@ -271,6 +286,7 @@ async fn prepare(
                     workload,
                     args,
                     env,
+                    dirs: preopens(),
                 },
                 img.image_id,
                 digest,
@@ -293,24 +309,13 @@ async fn prepare(
                 .or_else(|| config.working_dir.clone())
                 .unwrap_or_else(|| "/".into());
             let user = security_user(pod, c).or_else(|| config.user.clone());
-            let mounts = spec::mounts(pod, c, pod_dir)
-                .map_err(Failure::config)?
+            let mounts = mounts
                 .into_iter()
-                .map(|m| match m {
-                    spec::MountPlan::Bind {
-                        destination,
-                        source,
-                        read_only,
-                    } => Mount {
-                        destination,
-                        source: MountSource::Bind {
-                            path: source,
-                            read_only,
-                        },
-                    },
-                    spec::MountPlan::Tmpfs { destination, size } => Mount {
-                        destination,
-                        source: MountSource::Tmpfs { size },
+                .map(|m| Mount {
+                    destination: m.destination,
+                    source: MountSource::Bind {
+                        path: m.source,
+                        read_only: m.read_only,
                     },
                 })
                 .collect();
@@ -397,8 +402,8 @@ pub(super) async fn run_container(
         .parse()
         .unwrap_or(RestartPolicy::Always);
     let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
-    let pod_dir = ctx.pods_dir.join(format!("{ns}_{pod_name}_{uid}"));
-    let dir = pod_dir.join(&name);
+    let dirs = super::pod_dirs(ctx, pod);
+    let dir = dirs.disk.join(&name);
     let memory_limit = c
         .pointer("/resources/limits/memory")
         .and_then(Value::as_str)
@@ -421,7 +426,7 @@ pub(super) async fn run_container(
             return;
         }
         let prepared = match (exec_hook(c, "postStart"), exec_hook(c, "preStop")) {
-            (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &pod_dir)
+            (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &dirs)
                 .await
                 .map(|(p, id, digest)| (p, id, digest, post, pre)),
             (Err(e), _) | (_, Err(e)) => Err(Failure::config(e)),
@@ -531,12 +536,14 @@ pub(super) async fn run_container(
                 workload,
                 args,
                 env,
+                dirs,
             } => {
                 let spec = RunSpec {
                     args,
                     env,
                     log_path,
                     memory_limit,
+                    dirs,
                 };
                 ctx.runtime
                     .run(&workload, spec, cancel.clone())

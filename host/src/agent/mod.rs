@@ -573,9 +573,17 @@ fn observe_pod(
 ) {
     let uid = meta::uid(&pod).to_string();
     if deleted {
-        if let Some(w) = workers.remove(&uid) {
+        let done = workers.remove(&uid).map(|w| {
             w.cancel.cancel();
-        }
+            w.done
+        });
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            if let Some(mut done) = done {
+                let _ = done.wait_for(|d| *d).await;
+            }
+            remove_pod_dirs(&ctx, &pod).await;
+        });
         return;
     }
     let terminating = pod.pointer("/metadata/deletionTimestamp").is_some();
@@ -587,7 +595,10 @@ fn observe_pod(
         None if terminating => {
             // Not running here (e.g. after an agent restart): just confirm the deletion.
             let ctx = ctx.clone();
-            tasks.spawn(async move { confirm_deletion(&ctx, &pod).await });
+            tasks.spawn(async move {
+                remove_pod_dirs(&ctx, &pod).await;
+                confirm_deletion(&ctx, &pod).await
+            });
         }
         None if finished => {}
         None => {
@@ -635,10 +646,39 @@ fn observe_pod(
                         .await;
                 }
                 let _ = done.wait_for(|d| *d).await;
+                remove_pod_dirs(&ctx, &pod).await;
                 confirm_deletion(&ctx, &pod).await;
             });
         }
         Some(_) => {}
+    }
+}
+
+/// Where a pod's logs and volumes live on this node.
+fn pod_dirs(ctx: &Shared, pod: &Value) -> spec::PodDirs {
+    let (ns, name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
+    let shm = std::path::Path::new("/dev/shm");
+    spec::PodDirs {
+        disk: ctx.pods_dir.join(format!("{ns}_{name}_{uid}")),
+        memory: if shm.is_dir() {
+            shm.join("kedge").join(uid)
+        } else {
+            ctx.pods_dir
+                .join(format!("{ns}_{name}_{uid}"))
+                .join("memory")
+        },
+    }
+}
+
+/// Removes a stopped pod's logs and emptyDir volumes.
+async fn remove_pod_dirs(ctx: &Ctx, pod: &Value) {
+    let dirs = pod_dirs(ctx, pod);
+    for d in [dirs.disk, dirs.memory] {
+        match tokio::fs::remove_dir_all(&d).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(dir = %d.display(), error = %e, "removing pod files failed"),
+        }
     }
 }
 

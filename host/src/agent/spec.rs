@@ -2,7 +2,7 @@
 //! (Kubernetes' command/args over the image's entrypoint/cmd rules), the environment, and the
 //! volume mounts. Pure functions, tested without a runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
@@ -56,18 +56,13 @@ pub fn merge_env(image_env: &[String], pod_env: Vec<(String, String)>) -> Vec<(S
     env
 }
 
-/// One mount of a container, before it becomes the runtime's type.
+/// One mount of a container: a host directory bound (OCI) or preopened (Wasm) at
+/// `destination`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MountPlan {
-    Bind {
-        destination: String,
-        source: PathBuf,
-        read_only: bool,
-    },
-    Tmpfs {
-        destination: String,
-        size: Option<u64>,
-    },
+pub struct MountPlan {
+    pub destination: String,
+    pub source: PathBuf,
+    pub read_only: bool,
 }
 
 /// Where a pod's volume lives on the node, and whether it must be created.
@@ -76,19 +71,27 @@ enum VolumeSource {
     Dir(PathBuf),
     /// A hostPath to create if missing (`DirectoryOrCreate`).
     CreateDir(PathBuf),
-    Tmpfs(Option<u64>),
 }
 
-fn volume_source(pod_dir: &Path, volume: &Value) -> Result<VolumeSource, String> {
+/// The node-local directories of one pod's volumes.
+#[derive(Clone, Debug)]
+pub struct PodDirs {
+    /// emptyDir volumes (and the containers' logs).
+    pub disk: PathBuf,
+    /// emptyDir volumes with `medium: Memory`: under the host's /dev/shm (a tmpfs), so all the
+    /// pod's containers share them, as in Kubernetes.
+    pub memory: PathBuf,
+}
+
+fn volume_source(dirs: &PodDirs, volume: &Value) -> Result<VolumeSource, String> {
     let name = volume["name"].as_str().unwrap_or_default();
     if let Some(e) = volume.get("emptyDir") {
-        if e["medium"].as_str() == Some("Memory") {
-            let size = e["sizeLimit"]
-                .as_str()
-                .and_then(crate::core::quantity::parse_bytes);
-            return Ok(VolumeSource::Tmpfs(size));
-        }
-        return Ok(VolumeSource::Dir(pod_dir.join("volumes").join(name)));
+        let base = if e["medium"].as_str() == Some("Memory") {
+            &dirs.memory
+        } else {
+            &dirs.disk
+        };
+        return Ok(VolumeSource::CreateDir(base.join("volumes").join(name)));
     }
     if let Some(h) = volume.get("hostPath") {
         let path = h["path"].as_str().unwrap_or_default();
@@ -127,7 +130,7 @@ fn volume_source(pod_dir: &Path, volume: &Value) -> Result<VolumeSource, String>
 
 /// The mounts of `container`, from its `volumeMounts` and the pod's `volumes`. Directories of
 /// emptyDir volumes and `DirectoryOrCreate` hostPaths are created.
-pub fn mounts(pod: &Value, container: &Value, pod_dir: &Path) -> Result<Vec<MountPlan>, String> {
+pub fn mounts(pod: &Value, container: &Value, dirs: &PodDirs) -> Result<Vec<MountPlan>, String> {
     let volumes = pod
         .pointer("/spec/volumes")
         .and_then(Value::as_array)
@@ -158,29 +161,16 @@ pub fn mounts(pod: &Value, container: &Value, pod_dir: &Path) -> Result<Vec<Moun
                 "volumeMount {vname:?}: subPath {sub:?} must be relative and stay inside the volume"
             ));
         }
-        let (dir, create) = match volume_source(pod_dir, volume)? {
-            VolumeSource::Tmpfs(size) => {
-                if !sub.is_empty() {
-                    return Err(format!(
-                        "volumeMount {vname:?}: subPath on a memory emptyDir is not supported"
-                    ));
-                }
-                out.push(MountPlan::Tmpfs { destination, size });
-                continue;
-            }
+        let (dir, create) = match volume_source(dirs, volume)? {
             VolumeSource::CreateDir(d) => (d, true),
-            // emptyDir volumes live in the pod's directory and are made on demand.
-            VolumeSource::Dir(d) => {
-                let own = d.starts_with(pod_dir);
-                (d, own)
-            }
+            VolumeSource::Dir(d) => (d, false),
         };
         let source = if sub.is_empty() { dir } else { dir.join(sub) };
         if create || !sub.is_empty() {
             std::fs::create_dir_all(&source)
                 .map_err(|e| format!("creating {}: {e}", source.display()))?;
         }
-        out.push(MountPlan::Bind {
+        out.push(MountPlan {
             destination,
             source,
             read_only,
@@ -258,20 +248,25 @@ mod tests {
             {"name": "data", "mountPath": "/data", "readOnly": true, "subPath": "sub"},
         ]});
         let pod_dir = dir.path().join("pod");
-        let m = mounts(&pod, &c, &pod_dir).unwrap();
+        let dirs = PodDirs {
+            disk: pod_dir.clone(),
+            memory: dir.path().join("shm"),
+        };
+        let m = mounts(&pod, &c, &dirs).unwrap();
         assert_eq!(
             m,
             vec![
-                MountPlan::Bind {
+                MountPlan {
                     destination: "/scratch".into(),
                     source: pod_dir.join("volumes/scratch"),
                     read_only: false
                 },
-                MountPlan::Tmpfs {
+                MountPlan {
                     destination: "/mem".into(),
-                    size: Some(1 << 20)
+                    source: dir.path().join("shm/volumes/mem"),
+                    read_only: false
                 },
-                MountPlan::Bind {
+                MountPlan {
                     destination: "/data".into(),
                     source: host.join("sub"),
                     read_only: true
@@ -279,15 +274,16 @@ mod tests {
             ]
         );
         assert!(pod_dir.join("volumes/scratch").is_dir());
+        assert!(dir.path().join("shm/volumes/mem").is_dir());
         assert!(host.join("sub").is_dir());
 
         let bad = json!({"volumeMounts": [{"name": "cm", "mountPath": "/cm"}]});
-        let e = mounts(&pod, &bad, &pod_dir).unwrap_err();
+        let e = mounts(&pod, &bad, &dirs).unwrap_err();
         assert!(e.contains("configMap"), "{e}");
         let missing = json!({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]});
-        assert!(mounts(&pod, &missing, &pod_dir).is_err());
+        assert!(mounts(&pod, &missing, &dirs).is_err());
         let escape =
             json!({"volumeMounts": [{"name": "scratch", "mountPath": "/x", "subPath": "../.."}]});
-        assert!(mounts(&pod, &escape, &pod_dir).is_err());
+        assert!(mounts(&pod, &escape, &dirs).is_err());
     }
 }

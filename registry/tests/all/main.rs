@@ -2,8 +2,9 @@
 //! down). Everything pushed is built here: no test downloads from the internet.
 
 mod pull;
+mod token;
 
-use kedge_registry::testing::{TestRegistry, TestRegistryOptions};
+use kedge_registry::testing::{TestAuth, TestRegistry, TestRegistryOptions};
 
 /// Starts a TLS + htpasswd registry, or fails saying what is missing: CI installs the tools,
 /// so a silent skip would hide a broken setup.
@@ -11,4 +12,12 @@ pub fn registry() -> TestRegistry {
     let _ = rustls::crypto::ring::default_provider().install_default();
     TestRegistry::start(TestRegistryOptions { auth: true })
         .unwrap_or_else(|e| panic!("cannot start the test registry: {e}"))
+}
+
+/// Like [`registry`], with Docker's bearer-token flow: a token server on 127.0.0.1 checks the
+/// credential and the registry checks the token.
+pub fn token_registry() -> TestRegistry {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    TestRegistry::start_with(TestAuth::Token)
+        .unwrap_or_else(|e| panic!("cannot start the token-auth test registry: {e}"))
 }

@@ -98,6 +98,7 @@ fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
             .collect(),
         log_path: dir.join("logs/0.log"),
         memory_limit: None,
+        dirs: Vec::new(),
     }
 }
 
@@ -385,4 +386,58 @@ async fn ticker_stops_with_last_runtime() {
     // Dropping the last handle joins the ticker thread; this returning at all is the check.
     drop(w);
     drop(clone);
+}
+
+/// Creates `out.txt` in its first preopened directory (fd 3) and writes "hi\n" to it; exits
+/// 0, or 100 + the WASI errno of the failing call.
+const WRITE_FILE: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "out.txt")
+  (data (i32.const 32) "hi\n")
+  (func (export "_start")
+    (local $e i32)
+    (i32.store (i32.const 64) (i32.const 32))
+    (i32.store (i32.const 68) (i32.const 3))
+    (local.set $e (call $path_open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 7)
+      (i32.const 1) (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 80)))
+    (if (local.get $e) (then (call $exit (i32.add (i32.const 100) (local.get $e)))))
+    (local.set $e (call $fd_write (i32.load (i32.const 80)) (i32.const 64) (i32.const 1) (i32.const 84)))
+    (if (local.get $e) (then (call $exit (i32.add (i32.const 100) (local.get $e)))))
+    (call $exit (i32.const 0))))
+"#;
+
+#[tokio::test]
+async fn volumes_are_preopened_directories() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(WRITE_FILE)).await.unwrap();
+    let vol = dir.path().join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    let mut s = spec(dir.path(), &["app"], &[]);
+    s.dirs = vec![crate::wasm::Preopen {
+        host_path: vol.clone(),
+        guest_path: "/data".into(),
+        read_only: false,
+    }];
+    let exit = rt
+        .run(&w, s.clone(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(exit, Exit::Code(0));
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out.txt")).unwrap(),
+        "hi\n"
+    );
+
+    // Read-only: the guest cannot create files.
+    std::fs::remove_file(vol.join("out.txt")).unwrap();
+    s.dirs[0].read_only = true;
+    let exit = rt.run(&w, s, CancellationToken::new()).await.unwrap();
+    assert_ne!(exit, Exit::Code(0));
+    assert!(!vol.join("out.txt").exists());
 }
