@@ -664,6 +664,10 @@ pub(crate) fn classify_error(e: &OciDistributionError) -> (PullErrorKind, String
             code: 401 | 403, ..
         } => K::Unauthorized,
         E::ServerError { code: 404, .. } | E::ImageManifestNotFoundError(_) => K::NotFound,
+        // Some calls (`blob_exists` before a push) hand back reqwest's status error as is.
+        E::RequestError(r) if matches!(r.status().map(|s| s.as_u16()), Some(401 | 403)) => {
+            K::Unauthorized
+        }
         E::DigestError(_) => K::Corrupt,
         E::ManifestParsingError(_)
         | E::VersionedParsingError(_)

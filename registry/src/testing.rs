@@ -69,7 +69,11 @@ pub enum TestAuth {
 
 impl From<TestRegistryOptions> for TestAuth {
     fn from(opts: TestRegistryOptions) -> Self {
-        if opts.auth { Self::Htpasswd } else { Self::None }
+        if opts.auth {
+            Self::Htpasswd
+        } else {
+            Self::None
+        }
     }
 }
 

@@ -228,7 +228,11 @@ fn answer(head: &str, state: &State, now: u64) -> (u16, serde_json::Value, Optio
     };
     let refuse = |status: u16, details: &str, mut request: TokenRequest| {
         request.status = status;
-        (status, serde_json::json!({"details": details}), Some(request))
+        (
+            status,
+            serde_json::json!({"details": details}),
+            Some(request),
+        )
     };
     if service.as_deref().is_some_and(|s| s != SERVICE) {
         return refuse(400, "unknown service", request);

@@ -123,7 +123,9 @@ async fn token_auth_busybox_pulls_only_with_the_right_credential() {
         .collect();
     assert!(!anonymous.is_empty(), "{:?}", reg.token_requests());
     assert!(
-        anonymous.iter().all(|r| r.status == 200 && r.granted.is_empty()),
+        anonymous
+            .iter()
+            .all(|r| r.status == 200 && r.granted.is_empty()),
         "{anonymous:?}"
     );
 
@@ -132,7 +134,11 @@ async fn token_auth_busybox_pulls_only_with_the_right_credential() {
         .await
         .unwrap_or_else(|e| panic!("{e}\nregistry log:\n{}", reg.log()));
     assert_eq!(image.digest, digest);
-    let ImageKind::Oci { config: got, layers } = &image.kind else {
+    let ImageKind::Oci {
+        config: got,
+        layers,
+    } = &image.kind
+    else {
         panic!("expected oci, got {:?}", image.kind);
     };
     assert_eq!(got, &config);
@@ -145,4 +151,52 @@ async fn token_auth_busybox_pulls_only_with_the_right_credential() {
     node.ensure(&reference, PullPolicy::Always, &[])
         .await
         .unwrap();
+}
+
+/// Guards against a registry that takes any token: only the token server's signature opens it.
+#[tokio::test]
+async fn token_auth_registry_checks_the_token_signature() {
+    let reg = token_registry();
+    let ca = reqwest::Certificate::from_pem(reg.ca_pem.as_bytes()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_merge([ca])
+        .build()
+        .unwrap();
+    let base = format!("https://{}/v2/", reg.host());
+    let challenge = client.get(&base).send().await.unwrap();
+    assert_eq!(challenge.status(), 401);
+    let challenge = challenge.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("service=\"kedge-test-registry\""),
+        "{challenge}"
+    );
+    let realm = challenge
+        .split("realm=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    let body: serde_json::Value = client
+        .get(realm)
+        .query(&[
+            ("service", "kedge-test-registry"),
+            ("scope", "repository:x:pull"),
+        ])
+        .basic_auth(&reg.username, Some(&reg.password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = body["token"].as_str().unwrap();
+    let status = |token: String| {
+        let request = client.get(&base).bearer_auth(token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(token.to_owned()).await, 200, "{}", reg.log());
+    // One signature character changed (data bits, not base64 padding).
+    let at = token.rfind('.').unwrap() + 5;
+    let flipped = if &token[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{flipped}{}", &token[..at], &token[at + 1..]);
+    assert_eq!(status(forged).await, 401);
 }
