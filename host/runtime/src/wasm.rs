@@ -52,10 +52,13 @@ struct Inner {
     engine: Engine,
     module_linker: wasmtime::Linker<P1State>,
     component_linker: wasmtime::component::Linker<P2State>,
-    /// Compiled code by digest, held weakly: a restarting container (or two pods on one image)
-    /// reuses the compilation while someone still holds the `Workload`, and memory is returned
-    /// once no pod uses the image.
+    /// Compiled code by digest, held weakly: two pods on one image share the compilation while
+    /// someone holds the `Workload`.
     cache: Mutex<HashMap<String, Weak<Loaded>>>,
+    /// The most recently loaded workloads, held strongly, so a container that restarts (or a
+    /// pod that comes back) does not compile again; bounded so memory is returned once
+    /// images fall out of use.
+    recent: Mutex<std::collections::VecDeque<Arc<Loaded>>>,
     _ticker: Ticker,
 }
 
@@ -334,6 +337,7 @@ impl WasmRuntime {
                 module_linker,
                 component_linker,
                 cache: Mutex::new(HashMap::new()),
+                recent: Mutex::default(),
                 _ticker: ticker,
             }),
         })
@@ -342,10 +346,17 @@ impl WasmRuntime {
     /// Compiles `bytes` (a component or a core module, told apart by the header), reusing the
     /// compiled code of identical bytes still in use.
     pub async fn load(&self, bytes: Vec<u8>) -> Result<Workload> {
-        let kind = detect_kind(&bytes)?;
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        self.load_with_digest(bytes, digest).await
+    }
+
+    /// Like [`load`](Self::load) for bytes whose digest the caller already knows (a blob of a
+    /// content-addressed store, verified when it was written): skips hashing them again.
+    pub async fn load_with_digest(&self, bytes: Vec<u8>, digest: String) -> Result<Workload> {
+        let kind = detect_kind(&bytes)?;
         if let Some(loaded) = self.cached(&digest) {
             debug!(%digest, "wasm already compiled");
+            self.remember(&loaded);
             return Ok(Workload(loaded));
         }
         let engine = self.inner.engine.clone();
@@ -362,18 +373,39 @@ impl WasmRuntime {
         })?;
         debug!(%digest, ?kind, "wasm compiled");
 
-        let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
-        // Another load of the same bytes may have finished first; share its code.
-        if let Some(existing) = cache.get(&digest).and_then(Weak::upgrade) {
-            return Ok(Workload(existing));
-        }
-        cache.retain(|_, w| w.strong_count() > 0);
-        let loaded = Arc::new(Loaded {
-            digest: digest.clone(),
-            code: compiled,
-        });
-        cache.insert(digest, Arc::downgrade(&loaded));
+        let loaded = {
+            let mut cache = self.inner.cache.lock().unwrap_or_else(|p| p.into_inner());
+            // Another load of the same bytes may have finished first; share its code.
+            if let Some(existing) = cache.get(&digest).and_then(Weak::upgrade) {
+                existing
+            } else {
+                cache.retain(|_, w| w.strong_count() > 0);
+                let loaded = Arc::new(Loaded {
+                    digest: digest.clone(),
+                    code: compiled,
+                });
+                cache.insert(digest, Arc::downgrade(&loaded));
+                loaded
+            }
+        };
+        self.remember(&loaded);
         Ok(Workload(loaded))
+    }
+
+    /// The compiled workload of `digest`, if this runtime still has it: the caller can skip
+    /// reading the bytes.
+    pub fn get(&self, digest: &str) -> Option<Workload> {
+        let loaded = self.cached(digest)?;
+        self.remember(&loaded);
+        Some(Workload(loaded))
+    }
+
+    fn remember(&self, loaded: &Arc<Loaded>) {
+        const KEEP: usize = 16;
+        let mut recent = self.inner.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|l| l.digest != loaded.digest);
+        recent.push_front(loaded.clone());
+        recent.truncate(KEEP);
     }
 
     fn cached(&self, digest: &str) -> Option<Arc<Loaded>> {

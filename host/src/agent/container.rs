@@ -272,14 +272,7 @@ async fn prepare(
     let digest = Some(img.digest.clone());
     match &img.kind {
         ImageKind::Wasm { module } => {
-            let bytes = tokio::fs::read(module)
-                .await
-                .map_err(|e| Failure::create(format!("reading {}: {e}", module.display())))?;
-            let workload = ctx
-                .runtime
-                .load(bytes)
-                .await
-                .map_err(|e| Failure::create(e.to_string()))?;
+            let workload = load_module(ctx, module).await?;
             let args = super::container_args(c);
             Ok((
                 Prepared::Wasm {
@@ -339,6 +332,33 @@ async fn prepare(
             ))
         }
     }
+}
+
+/// Compiles a Wasm module of the image store, or finds it compiled: blobs are named by their
+/// verified digest (`blobs/sha256/<hex>`), so a restart neither reads nor hashes them again.
+async fn load_module(ctx: &Ctx, module: &std::path::Path) -> Result<Workload, Failure> {
+    let digest = module
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|_| {
+            module
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|a| a == "sha256")
+        })
+        .map(|h| format!("sha256:{h}"));
+    if let Some(w) = digest.as_deref().and_then(|d| ctx.runtime.get(d)) {
+        return Ok(w);
+    }
+    let bytes = tokio::fs::read(module)
+        .await
+        .map_err(|e| Failure::create(format!("reading {}: {e}", module.display())))?;
+    let loaded = match digest {
+        Some(d) => ctx.runtime.load_with_digest(bytes, d).await,
+        None => ctx.runtime.load(bytes).await,
+    };
+    loaded.map_err(|e| Failure::create(e.to_string()))
 }
 
 /// `securityContext.runAsUser`/`runAsGroup` (container over pod) as `uid[:gid]`.

@@ -154,6 +154,25 @@ async fn load_caches_by_digest() {
     assert!(matches!(err, Error::Compile { .. }), "{err}");
 }
 
+/// A container that exits and restarts must not compile again: the runtime keeps recently
+/// used code even when no `Workload` is held, and finds it by digest without the bytes.
+#[tokio::test]
+async fn recent_code_survives_its_last_workload() {
+    let rt = WasmRuntime::new().unwrap();
+    let a = rt.load(wat(TRAP)).await.unwrap();
+    let digest = a.digest().to_string();
+    let first = Arc::as_ptr(&a.0);
+    drop(a);
+    let b = rt.get(&digest).expect("still cached");
+    assert_eq!(Arc::as_ptr(&b.0), first);
+    assert!(rt.get("sha256:0000").is_none());
+    let c = rt
+        .load_with_digest(wat(TRAP), digest.clone())
+        .await
+        .unwrap();
+    assert_eq!(Arc::as_ptr(&c.0), first);
+}
+
 #[tokio::test]
 async fn p1_module_sees_args_and_env_and_exits_with_code() {
     let dir = tempfile::tempdir().unwrap();
