@@ -37,6 +37,11 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
+# One end-to-end test drives the official Python client.
+if ! python3 -c 'import kubernetes' >/dev/null 2>&1; then
+  python3 -m pip install -q --disable-pip-version-check 'kubernetes>=31' >/dev/null
+fi
+
 # The end-to-end tests drive the real kubectl and `timeout` (coreutils).
 if ! have kubectl; then
   echo "setup: kubectl is missing; the end-to-end tests drive the real kubectl (1.32)." >&2

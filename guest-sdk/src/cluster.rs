@@ -188,6 +188,72 @@ pub trait ClusterExt: Cluster {
     fn delete<K: Resource>(&self, namespace: &str, name: &str) -> ApiResult<()> {
         self.delete_object(K::API_VERSION, K::KIND, namespace, name)
     }
+
+    /// Records a core/v1 Event about `obj`, as `kubectl describe` shows under Events
+    /// (`kind` is `Normal` or `Warning`; `component` is the reporting controller, e.g.
+    /// `deployment-controller`). The plugin must declare it writes `Event`. Returns the
+    /// error for the caller to ignore: a lost event must never fail a reconcile.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::{ConfigMap, Event};
+    /// use kedge_guest::{ClusterExt, FakeCluster};
+    /// let fake = FakeCluster::new();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("settings".into());
+    /// cm.metadata.namespace = Some("default".into());
+    /// fake.record_event(&cm, "Normal", "Updated", "settings changed", "demo").unwrap();
+    /// let events = fake.list::<Event>("default", "").unwrap();
+    /// assert_eq!(events[0].reason.as_deref(), Some("Updated"));
+    /// assert_eq!(events[0].involved_object.name.as_deref(), Some("settings"));
+    /// ```
+    fn record_event<K>(
+        &self,
+        obj: &K,
+        kind: &str,
+        reason: &str,
+        message: &str,
+        component: &str,
+    ) -> ApiResult<()>
+    where
+        K: Resource
+            + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    {
+        let meta = obj.metadata();
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        let name = meta.name.clone().unwrap_or_default();
+        let now = self.now();
+        // FNV-1a over what makes this event distinct: a unique-enough name suffix.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in [
+            now.as_str(),
+            reason,
+            message,
+            meta.uid.as_deref().unwrap_or(""),
+        ]
+        .concat()
+        .bytes()
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let event = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": format!("{name}.{h:016x}"), "namespace": ns},
+            "involvedObject": {
+                "apiVersion": K::API_VERSION, "kind": K::KIND, "namespace": ns,
+                "name": name, "uid": meta.uid, "resourceVersion": meta.resource_version,
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        self.create_object("v1", "Event", &ns, &event).map(|_| ())
+    }
 }
 
 impl<C: Cluster + ?Sized> ClusterExt for C {}

@@ -90,6 +90,19 @@ fn deployment_of_a_wasm_app_across_two_nodes_behind_the_tunnel() {
         .unwrap();
     assert!(String::from_utf8_lossy(&follow.stdout).contains("hello from"));
 
+    // kubectl describe tells the story with Events from the controllers, scheduler and agent.
+    let described = c.k(&["describe", "deployment", "hello-wasm"]);
+    assert!(
+        described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set"),
+        "{described}"
+    );
+    let described = c.k(&["describe", "pod", first]);
+    for reason in ["Scheduled", "Pulled", "Created", "Started"] {
+        assert!(described.contains(reason), "no {reason} event:\n{described}");
+    }
+    let rs = c.k(&["describe", "replicasets", "-l", "app=hello-wasm"]);
+    assert!(rs.contains("SuccessfulCreate"), "{rs}");
+
     // A new image makes a new ReplicaSet; the old pods are replaced.
     let v2 = "kedge.dev/samples/hello-wasm:v2";
     c.k(&[

@@ -9,7 +9,7 @@
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::core::v1::{Event, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kedge_guest::meta::{controller_of, new_controller_ref, parse_time, set_condition};
 use kedge_guest::pod::{POD_TEMPLATE_HASH_LABEL, pod_template_hash};
@@ -18,6 +18,24 @@ use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
 };
 use serde_json::json;
+
+/// The Events' source, as Kubernetes' controller names it.
+const COMPONENT: &str = "deployment-controller";
+
+/// `ScalingReplicaSet`, worded as Kubernetes' deployment controller does.
+fn scaled(cluster: &dyn Cluster, deploy: &Deployment, rs: &str, from: i32, to: i32) {
+    if from == to {
+        return;
+    }
+    let dir = if to > from { "up" } else { "down" };
+    let _ = cluster.record_event(
+        deploy,
+        "Normal",
+        "ScalingReplicaSet",
+        &format!("Scaled {dir} replica set {rs} from {from} to {to}"),
+        COMPONENT,
+    );
+}
 
 /// Annotation carrying the rollout revision on Deployments and their ReplicaSets.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
@@ -32,7 +50,11 @@ impl Controller for DeploymentController {
             for_kind: KindRef::of::<Deployment>(),
             owns: vec![KindRef::of::<ReplicaSet>()],
             reads: vec![],
-            writes: vec![KindRef::of::<ReplicaSet>(), KindRef::of::<Deployment>()],
+            writes: vec![
+                KindRef::of::<ReplicaSet>(),
+                KindRef::of::<Deployment>(),
+                KindRef::of::<Event>(),
+            ],
         }
     }
 
@@ -188,9 +210,11 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 );
             }
             if !patch.is_empty() {
+                let from = spec_replicas(rs);
                 let updated = cluster
                     .patch_merge::<ReplicaSet>(ns, &name, &patch.into())
                     .map_err(api)?;
+                scaled(cluster, &deploy, &name, from, spec_replicas(&updated));
                 store(&mut owned, updated);
             }
             Some(name)
@@ -200,6 +224,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             let created = cluster.create(ns, &rs).map_err(api)?;
             let name = created.metadata.name.clone().unwrap_or_default();
             cluster.log(LogLevel::Info, &format!("created replicaset {ns}/{name}"));
+            scaled(cluster, &deploy, &name, 0, desired);
             owned.push(created);
             Some(name)
         }
@@ -218,9 +243,14 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             .filter_map(|r| r.metadata.name.clone())
             .collect();
         for name in old_names {
+            let from = owned
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&name))
+                .map_or(0, spec_replicas);
             let updated = cluster
                 .patch_merge::<ReplicaSet>(ns, &name, &json!({"spec": {"replicas": 0}}))
                 .map_err(api)?;
+            scaled(cluster, &deploy, &name, from, 0);
             store(&mut owned, updated);
         }
     }

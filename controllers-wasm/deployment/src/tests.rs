@@ -105,6 +105,13 @@ fn creates_hashed_replica_set_from_scratch() {
     assert_eq!(fake.count(Verb::Create, "ReplicaSet"), 1);
     let d = deploy(&fake);
     let hash = pod_template_hash(&d.spec.as_ref().unwrap().template);
+    let events = fake
+        .list::<k8s_openapi::api::core::v1::Event>("ns", "")
+        .unwrap();
+    assert_eq!(
+        events[0].message.as_deref(),
+        Some(format!("Scaled up replica set web-{hash} from 0 to 3").as_str())
+    );
     let rs = &rss(&fake)[0];
     assert_eq!(
         rs.metadata.name.as_deref(),

@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kedge_guest::meta::{controller_of, labels_of, new_controller_ref};
 use kedge_guest::pod::{is_active, is_ready};
@@ -15,6 +15,9 @@ use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
 };
 use serde_json::json;
+
+/// The Events' source, as Kubernetes' controller names it.
+const COMPONENT: &str = "replicaset-controller";
 
 /// The plugin type wired to the component exports.
 pub struct ReplicaSetController;
@@ -26,7 +29,11 @@ impl Controller for ReplicaSetController {
             for_kind: KindRef::of::<ReplicaSet>(),
             owns: vec![KindRef::of::<Pod>()],
             reads: vec![],
-            writes: vec![KindRef::of::<Pod>(), KindRef::of::<ReplicaSet>()],
+            writes: vec![
+                KindRef::of::<Pod>(),
+                KindRef::of::<ReplicaSet>(),
+                KindRef::of::<Event>(),
+            ],
         }
     }
 
@@ -127,13 +134,32 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             status: None,
         };
         for _ in active.len()..desired {
-            active.push(cluster.create(ns, &pod).map_err(api)?);
+            let created = cluster.create(ns, &pod).map_err(api)?;
+            let pod_name = created.metadata.name.clone().unwrap_or_default();
+            let _ = cluster.record_event(
+                &rs,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {pod_name}"),
+                COMPONENT,
+            );
+            active.push(created);
         }
     } else if active.len() > desired {
         active.sort_by_cached_key(deletion_cost);
         for victim in active.drain(..active.len() - desired) {
-            match cluster.delete::<Pod>(ns, victim.metadata.name.as_deref().unwrap_or("")) {
-                Ok(()) | Err(ApiError::NotFound(_)) => {}
+            let pod_name = victim.metadata.name.as_deref().unwrap_or("");
+            match cluster.delete::<Pod>(ns, pod_name) {
+                Ok(()) => {
+                    let _ = cluster.record_event(
+                        &rs,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {pod_name}"),
+                        COMPONENT,
+                    );
+                }
+                Err(ApiError::NotFound(_)) => {}
                 Err(e) => return Err(api(e)),
             }
         }

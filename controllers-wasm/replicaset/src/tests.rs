@@ -149,7 +149,7 @@ fn scales_up_and_down_preferring_cheap_victims() {
     let newcomers: Vec<_> = fake
         .writes()
         .iter()
-        .filter(|w| w.verb == Verb::Create)
+        .filter(|w| w.verb == Verb::Create && w.kind == "Pod")
         .map(|w| w.name.clone())
         .collect();
 
@@ -165,6 +165,16 @@ fn scales_up_and_down_preferring_cheap_victims() {
         .map(|w| w.name.clone())
         .collect();
     assert_eq!(deleted.len(), 3);
+    // Each create and delete is recorded as an Event on the ReplicaSet, as kubectl describe
+    // shows them.
+    let events = fake
+        .list::<k8s_openapi::api::core::v1::Event>("ns", "")
+        .unwrap();
+    let reasons: Vec<_> = events.iter().filter_map(|e| e.reason.as_deref()).collect();
+    assert!(
+        reasons.contains(&"SuccessfulCreate") && reasons.contains(&"SuccessfulDelete"),
+        "{reasons:?}"
+    );
     for n in &newcomers {
         assert!(deleted.contains(n), "unscheduled pending pods go first");
     }

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition};
 use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
 use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
@@ -32,7 +32,7 @@ impl Controller for Scheduler {
             for_kind: KindRef::of::<Pod>(),
             owns: vec![],
             reads: vec![KindRef::of::<Node>()],
-            writes: vec![KindRef::of::<Pod>()],
+            writes: vec![KindRef::of::<Pod>(), KindRef::of::<Event>()],
         }
     }
 
@@ -240,6 +240,13 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
                     LogLevel::Debug,
                     &format!("bound {ns}/{name} to {}", best.name),
                 );
+                let _ = cluster.record_event(
+                    &pod,
+                    "Normal",
+                    "Scheduled",
+                    &format!("Successfully assigned {ns}/{name} to {}", best.name),
+                    "default-scheduler",
+                );
                 Ok(Outcome::done())
             }
             // Bound meanwhile (another scheduler run, or a stale read): nothing left to do.
@@ -271,6 +278,13 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         cluster.log(
             LogLevel::Info,
             &format!("{ns}/{name} unschedulable: {message}"),
+        );
+        let _ = cluster.record_event(
+            &pod,
+            "Warning",
+            "FailedScheduling",
+            &message,
+            "default-scheduler",
         );
     }
     Ok(Outcome::requeue_after_ms(UNSCHEDULABLE_RETRY_MS))

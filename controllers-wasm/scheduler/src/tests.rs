@@ -88,6 +88,18 @@ fn binds_to_node_with_fewest_pods() {
     assert_eq!(run(&fake, "new"), Outcome::done());
     assert_eq!(node_of(&fake, "new").as_deref(), Some("b"));
     assert_eq!(fake.count(Verb::Bind, "Pod"), 1);
+    let events = fake
+        .list::<k8s_openapi::api::core::v1::Event>("default", "")
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Scheduled")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.ends_with("/new to b"))),
+        "{events:?}"
+    );
 }
 
 #[test]
@@ -220,11 +232,15 @@ fn no_nodes_at_all() {
     fake.seed(&pod("p", "1m", "1"));
     assert_eq!(run(&fake, "p"), Outcome::requeue_after_ms(5000));
     let w = fake.writes();
-    assert_eq!(w.len(), 1);
+    // The pod's condition, and a FailedScheduling Event saying the same.
+    assert_eq!(w.len(), 2);
     assert_eq!(
         w[0].body["status"]["conditions"][0]["message"],
         "0/0 nodes are available: no nodes registered."
     );
+    assert_eq!(w[1].kind, "Event");
+    assert_eq!(w[1].body["reason"], "FailedScheduling");
+    assert_eq!(w[1].body["type"], "Warning");
 }
 
 #[test]
