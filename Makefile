@@ -34,3 +34,4 @@ e2e: setup
 bench: setup
 	$(CARGO) bench -p kedge --bench skeleton
 	$(CARGO) bench -p kedge --bench images
+	$(CARGO) bench -p kedge --bench api

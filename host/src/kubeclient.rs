@@ -106,7 +106,24 @@ impl KubeClient {
         })
     }
 
-    /// One request; returns the status code and the JSON body.
+    /// A persistent HTTP/1.1 connection (mutual TLS) for many requests in turn; the
+    /// connection lives until the returned sender is dropped.
+    pub async fn connect(&self) -> anyhow::Result<Connection> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(self.host.clone()).context("server name")?;
+        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+        tokio::spawn(conn);
+        Ok(Connection {
+            sender,
+            host: self.host.clone(),
+        })
+    }
+
+    /// One request on a fresh connection; returns the status code and the JSON body.
     pub async fn request(
         &self,
         method: http::Method,
@@ -114,13 +131,33 @@ impl KubeClient {
         content_type: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<(u16, Value)> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        self.connect()
+            .await?
+            .request(method, path, content_type, body)
             .await
-            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
-        let name = ServerName::try_from(self.host.clone()).context("server name")?;
-        let tls = self.tls.connect(name, tcp).await.context("TLS handshake")?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
-        let driver = tokio::spawn(conn);
+    }
+
+    pub fn ca_cert_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(&self.ca_der))
+    }
+}
+
+/// One open connection to the API server.
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+}
+
+impl Connection {
+    /// Sends a request and returns the response with its body still streaming (watches).
+    pub async fn send(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let bytes = body
             .map(serde_json::to_vec)
             .transpose()?
@@ -132,10 +169,21 @@ impl KubeClient {
             .header(http::header::CONTENT_TYPE, content_type)
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(Bytes::from(bytes)))?;
-        let resp = sender.send_request(req).await?;
+        self.sender.ready().await?;
+        Ok(self.sender.send_request(req).await?)
+    }
+
+    /// One request; returns the status code and the JSON body.
+    pub async fn request(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        content_type: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let resp = self.send(method, path, content_type, body).await?;
         let code = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
-        driver.abort();
         let v = if body.is_empty() {
             Value::Null
         } else {
@@ -143,11 +191,6 @@ impl KubeClient {
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into()))
         };
         Ok((code, v))
-    }
-
-    pub fn ca_cert_hash(&self) -> String {
-        use sha2::{Digest, Sha256};
-        hex::encode(Sha256::digest(&self.ca_der))
     }
 }
 

@@ -10,4 +10,5 @@ pub mod kubeclient;
 pub mod plugins;
 pub mod push;
 pub mod server;
+pub mod serviceaccounts;
 pub mod store;

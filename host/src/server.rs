@@ -174,6 +174,52 @@ fn ensure(api: &Api, kind: &str, ns: &str, obj: Value) -> anyhow::Result<()> {
     }
 }
 
+/// The `kubernetes` Service in `default` (first IP of the service range) and its Endpoints
+/// pointing at this server, as every cluster has them. The Endpoints follow the address the
+/// server listens on now, which may differ from the last start.
+fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
+    let ip = crate::api::alloc::KUBERNETES_SERVICE_IP.to_string();
+    ensure(
+        api,
+        "v1:Service",
+        "default",
+        json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                "targetPort": port}]}}),
+    )?;
+    let Ok(addr) = host.parse::<std::net::IpAddr>() else {
+        return Ok(());
+    };
+    let subsets = json!([{"addresses": [{"ip": addr.to_string()}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+    let res = resources::by_kind("v1", "Endpoints").expect("served kind");
+    match api.get(res, "default", "kubernetes") {
+        Ok(mut ep) if ep.get("subsets") != Some(&subsets) => {
+            ep["subsets"] = subsets;
+            api.update(
+                res,
+                "default",
+                "kubernetes",
+                ep,
+                None,
+                &WriteOptions::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("updating the kubernetes endpoints: {e}"))?;
+        }
+        Ok(_) => {}
+        Err(_) => ensure(
+            api,
+            "v1:Endpoints",
+            "default",
+            json!({"metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+                "subsets": subsets}),
+        )?,
+    }
+    Ok(())
+}
+
 fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -226,6 +272,8 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         https_addr.ip().to_string()
     };
     let url = format!("https://{url_host}:{}", https_addr.port());
+    kubernetes_service(&api, &url_host, https_addr.port())?;
+    crate::serviceaccounts::ensure_all(&api);
     {
         let (cert, key) = pki
             .issue_client(
@@ -296,6 +344,11 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         plugins.start(p);
     }
     tasks.spawn(crate::gc::run(
+        api.clone(),
+        plugins.informers().clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(crate::serviceaccounts::run(
         api.clone(),
         plugins.informers().clone(),
         cancel.clone(),

@@ -98,7 +98,10 @@ fn deployment_of_a_wasm_app_across_two_nodes_behind_the_tunnel() {
     );
     let described = c.k(&["describe", "pod", first]);
     for reason in ["Scheduled", "Pulled", "Created", "Started"] {
-        assert!(described.contains(reason), "no {reason} event:\n{described}");
+        assert!(
+            described.contains(reason),
+            "no {reason} event:\n{described}"
+        );
     }
     let rs = c.k(&["describe", "replicasets", "-l", "app=hello-wasm"]);
     assert!(rs.contains("SuccessfulCreate"), "{rs}");

@@ -260,11 +260,12 @@ fn body_json(body: &Bytes, headers: &HeaderMap) -> Result<Value> {
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
         "application/yaml" => serde_yaml_ng::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}"))),
+        super::protobuf::CONTENT_TYPE => super::protobuf::decode(body),
         other => Err(ApiError::unsupported_media(other)),
     }
 }
 
-fn write_options(q: &Query) -> Result<WriteOptions> {
+fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions> {
     let validation = match q.get("fieldValidation") {
         None => FieldValidation::default(),
         Some(v) => FieldValidation::parse(v).ok_or_else(|| {
@@ -277,7 +278,26 @@ fn write_options(q: &Query) -> Result<WriteOptions> {
         dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
         validation,
         warnings: Default::default(),
+        manager: field_manager(q, headers),
     })
+}
+
+/// The manager a write is recorded under: `?fieldManager=`, else the User-Agent up to its
+/// first `/` (`kubectl/v1.32.0 (linux/amd64) ...` → `kubectl`), as kube-apiserver derives it.
+fn field_manager(q: &Query, headers: &HeaderMap) -> Option<String> {
+    if let Some(m) = q.get("fieldManager").filter(|m| !m.is_empty()) {
+        return Some(m.clone());
+    }
+    let ua = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let prefix: String = ua.split('/').next()?.trim().chars().take(128).collect();
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+fn is_apply_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/apply-patch+yaml"))
 }
 
 fn warnings(opts: &WriteOptions) -> Vec<String> {
@@ -327,7 +347,7 @@ async fn handle_resource(
         }
         (&Method::POST, None, None) => {
             let obj = body_json(&body, headers)?;
-            let opts = write_options(q)?;
+            let opts = write_options(q, headers)?;
             let created = api.create(res, ns, obj, &opts)?;
             Ok(json_response(
                 StatusCode::CREATED,
@@ -374,13 +394,34 @@ async fn handle_resource(
         }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let obj = body_json(&body, headers)?;
-            let opts = write_options(q)?;
+            let opts = write_options(q, headers)?;
             let out = api.update(res, ns, name, obj, t.sub.as_deref(), &opts)?;
             Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
         }
+        (&Method::PATCH, Some(name), None) if is_apply_patch(headers) => {
+            // Server-side apply; YAML is a superset of the JSON kubectl sends.
+            let config: Value = serde_yaml_ng::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let manager = q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )
+            })?;
+            let opts = write_options(q, headers)?;
+            let (out, created) =
+                api.apply(res, ns, name, config, manager, flag(q, "force"), &opts)?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, &out, &warnings(&opts)))
+        }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let (patch, kind) = patch_body(&body, headers)?;
-            let opts = write_options(q)?;
+            let opts = write_options(q, headers)?;
             let out = api.patch(res, ns, name, t.sub.as_deref(), &patch, kind, &opts)?;
             Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
         }
@@ -399,7 +440,7 @@ async fn handle_resource(
         )),
         (&Method::PUT, Some(name), Some("scale")) => {
             let scale = body_json(&body, headers)?;
-            let opts = write_options(q)?;
+            let opts = write_options(q, headers)?;
             Ok(json_response(
                 StatusCode::OK,
                 &api.update_scale(res, ns, name, &scale, &opts)?,
@@ -411,7 +452,7 @@ async fn handle_resource(
             let current = api.get_scale(res, ns, name)?;
             let patched = crate::core::patch::apply(&current, &patch, kind)
                 .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
-            let opts = write_options(q)?;
+            let opts = write_options(q, headers)?;
             Ok(json_response(
                 StatusCode::OK,
                 &api.update_scale(res, ns, name, &patched, &opts)?,
@@ -457,7 +498,7 @@ fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {
             ApiError::new(
                 415,
                 "UnsupportedMediaType",
-                "server-side apply (application/apply-patch+yaml) is not implemented in kedge yet; use client-side `kubectl apply`",
+                "server-side apply is served on the object itself, not on its subresources",
             )
         } else {
             ApiError::unsupported_media(ct)

@@ -11,6 +11,15 @@ use crate::core::selector;
 /// Fills in what Kubernetes defaults on create and update.
 pub fn default(res: &Resource, obj: &mut Value) {
     match res.kind {
+        // kubectl create secret generic sends an empty type; kube-apiserver stores Opaque.
+        "Secret"
+            if obj
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty) =>
+        {
+            obj["type"] = json!("Opaque");
+        }
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
@@ -43,7 +52,301 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 default_pod_spec(pod);
             }
         }
+        "StatefulSet" => {
+            let spec = ensure_object(obj, "spec");
+            spec.entry("replicas").or_insert(json!(1));
+            spec.entry("podManagementPolicy")
+                .or_insert(json!("OrderedReady"));
+            spec.entry("revisionHistoryLimit").or_insert(json!(10));
+            let strategy = spec
+                .entry("updateStrategy")
+                .or_insert_with(|| json!({"type": "RollingUpdate"}));
+            if let Some(st) = strategy.as_object_mut() {
+                st.entry("type").or_insert(json!("RollingUpdate"));
+                if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                    let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        ru.entry("partition").or_insert(json!(0));
+                    }
+                }
+            }
+            let retention = spec
+                .entry("persistentVolumeClaimRetentionPolicy")
+                .or_insert_with(|| json!({}));
+            if let Some(r) = retention.as_object_mut() {
+                r.entry("whenDeleted").or_insert(json!("Retain"));
+                r.entry("whenScaled").or_insert(json!("Retain"));
+            }
+            if let Some(Value::Array(vcts)) = spec.get_mut("volumeClaimTemplates") {
+                for t in vcts.iter_mut().filter_map(Value::as_object_mut) {
+                    t.entry("apiVersion").or_insert(json!("v1"));
+                    t.entry("kind").or_insert(json!("PersistentVolumeClaim"));
+                    if let Some(ts) = t.get_mut("spec").and_then(Value::as_object_mut) {
+                        ts.entry("volumeMode").or_insert(json!("Filesystem"));
+                    }
+                }
+            }
+            if let Some(pod) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
+        "DaemonSet" => {
+            let spec = ensure_object(obj, "spec");
+            spec.entry("revisionHistoryLimit").or_insert(json!(10));
+            let strategy = spec
+                .entry("updateStrategy")
+                .or_insert_with(|| json!({"type": "RollingUpdate"}));
+            if let Some(st) = strategy.as_object_mut() {
+                st.entry("type").or_insert(json!("RollingUpdate"));
+                if st.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
+                    let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
+                    if let Some(ru) = ru.as_object_mut() {
+                        ru.entry("maxUnavailable").or_insert(json!(1));
+                        ru.entry("maxSurge").or_insert(json!(0));
+                    }
+                }
+            }
+            if let Some(pod) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
+        "Job" => default_job(obj),
+        "CronJob" => {
+            let spec = ensure_object(obj, "spec");
+            spec.entry("concurrencyPolicy").or_insert(json!("Allow"));
+            spec.entry("suspend").or_insert(json!(false));
+            spec.entry("successfulJobsHistoryLimit").or_insert(json!(3));
+            spec.entry("failedJobsHistoryLimit").or_insert(json!(1));
+            if let Some(pod) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
+        "Service" => default_service(obj),
+        "Endpoints" => {
+            if let Some(Value::Array(subsets)) = obj.get_mut("subsets") {
+                for ss in subsets.iter_mut() {
+                    if let Some(Value::Array(ports)) = ss.get_mut("ports") {
+                        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                            p.entry("protocol").or_insert(json!("TCP"));
+                        }
+                    }
+                }
+            }
+        }
         _ => {}
+    }
+}
+
+/// The status a new object starts with (kube-apiserver resets it on create). Written the way
+/// the Go zero value serialises, so strict clients find their required counters.
+pub fn initial_status(kind: &str) -> Option<Value> {
+    Some(match kind {
+        "Deployment" | "ReplicaSet" | "Job" | "CronJob" => json!({}),
+        "StatefulSet" => json!({"replicas": 0, "availableReplicas": 0}),
+        "DaemonSet" => json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
+            "desiredNumberScheduled": 0, "numberReady": 0}),
+        "Service" => json!({"loadBalancer": {}}),
+        _ => return None,
+    })
+}
+
+/// The label keys kube-apiserver puts on a Job's pod template (legacy and prefixed forms).
+pub const JOB_UID_LABELS: [&str; 2] = ["controller-uid", "batch.kubernetes.io/controller-uid"];
+pub const JOB_NAME_LABELS: [&str; 2] = ["job-name", "batch.kubernetes.io/job-name"];
+
+fn default_job(obj: &mut Value) {
+    let name = meta::name(obj).to_string();
+    let uid = meta::uid(obj).to_string();
+    let spec = ensure_object(obj, "spec");
+    if spec.get("completions").is_none() && spec.get("parallelism").is_none() {
+        spec.insert("completions".into(), json!(1));
+    }
+    spec.entry("parallelism").or_insert(json!(1));
+    let per_index = spec.get("backoffLimitPerIndex").is_some();
+    spec.entry("backoffLimit")
+        .or_insert(json!(if per_index { i64::from(i32::MAX) } else { 6 }));
+    spec.entry("completionMode").or_insert(json!("NonIndexed"));
+    spec.entry("suspend").or_insert(json!(false));
+    let replacement = if spec.get("podFailurePolicy").is_some() {
+        "Failed"
+    } else {
+        "TerminatingOrFailed"
+    };
+    spec.entry("podReplacementPolicy")
+        .or_insert(json!(replacement));
+    let manual = spec.get("manualSelector").and_then(Value::as_bool) == Some(true);
+    if !manual && !uid.is_empty() {
+        // kube-apiserver's generateSelector: label the template with the job's name and uid
+        // (never overwriting a user's label: a conflict then fails validation) and select on
+        // the uid.
+        let template = spec.entry("template").or_insert_with(|| json!({}));
+        let labels = ensure_object(ensure_object_value(template, "metadata"), "labels");
+        for k in JOB_NAME_LABELS {
+            labels.entry(k).or_insert(json!(name));
+        }
+        for k in JOB_UID_LABELS {
+            labels.entry(k).or_insert(json!(uid));
+        }
+        let selector = spec.entry("selector").or_insert_with(|| json!({}));
+        if !selector.is_object() {
+            *selector = json!({});
+        }
+        let ml = ensure_object(selector, "matchLabels");
+        ml.entry(JOB_UID_LABELS[1]).or_insert(json!(uid));
+    }
+    if let Some(pod) = obj.pointer_mut("/spec/template/spec") {
+        default_pod_spec(pod);
+    }
+}
+
+fn default_service(obj: &mut Value) {
+    let spec = ensure_object(obj, "spec");
+    let ty = spec
+        .entry("type")
+        .or_insert(json!("ClusterIP"))
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
+    spec.entry("sessionAffinity").or_insert(json!("None"));
+    if spec.get("sessionAffinity").and_then(Value::as_str) == Some("ClientIP") {
+        spec.entry("sessionAffinityConfig")
+            .or_insert(json!({"clientIP": {"timeoutSeconds": 10800}}));
+    }
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            p.entry("protocol").or_insert(json!("TCP"));
+            if let Some(port) = p.get("port").cloned() {
+                p.entry("targetPort").or_insert(port);
+            }
+        }
+    }
+    if ty == "ExternalName" {
+        return;
+    }
+    spec.entry("internalTrafficPolicy")
+        .or_insert(json!("Cluster"));
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        spec.entry("externalTrafficPolicy")
+            .or_insert(json!("Cluster"));
+    }
+    if ty == "LoadBalancer" {
+        spec.entry("allocateLoadBalancerNodePorts")
+            .or_insert(json!(true));
+    }
+    let headless = spec.get("clusterIP").and_then(Value::as_str) == Some("None");
+    let selectorless = spec
+        .get("selector")
+        .and_then(Value::as_object)
+        .is_none_or(|s| s.is_empty());
+    spec.entry("ipFamilies").or_insert(json!(["IPv4"]));
+    spec.entry("ipFamilyPolicy")
+        .or_insert(json!(if headless && selectorless {
+            "RequireDualStack"
+        } else {
+            "SingleStack"
+        }));
+}
+
+/// Before defaulting an update: carries over what the server allocated and the client
+/// omitted (kube-apiserver's `patchAllocatedValues`), so `kubectl replace` of a manifest
+/// without `clusterIP` or `nodePort` keeps them instead of failing as a change.
+pub fn prepare_update(res: &Resource, old: &Value, new: &mut Value) {
+    if res.kind != "Service" {
+        return;
+    }
+    let (Some(os), Some(ns)) = (old.get("spec"), new.get_mut("spec")) else {
+        return;
+    };
+    let old_type = os
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let new_type = ns
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let Some(n) = ns.as_object_mut() else {
+        return;
+    };
+    if new_type == "ExternalName" {
+        // Moving to ExternalName releases the IP (dropTypeDependentFields).
+        if old_type != "ExternalName" {
+            for f in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+                if n.get(f) == os.get(f) {
+                    n.remove(f);
+                }
+            }
+        }
+        return;
+    }
+    let empty = |v: Option<&Value>| v.is_none_or(|v| v.is_null() || v.as_str() == Some(""));
+    if empty(n.get("clusterIP")) && old_type != "ExternalName" {
+        if let Some(ip) = os.get("clusterIP") {
+            n.insert("clusterIP".into(), ip.clone());
+        }
+        if empty(n.get("clusterIPs"))
+            && let Some(ips) = os.get("clusterIPs")
+        {
+            n.insert("clusterIPs".into(), ips.clone());
+        }
+    } else if n.get("clusterIP") != os.get("clusterIP")
+        && n.get("clusterIPs") == os.get("clusterIPs")
+    {
+        // Only clusterIP changed: clusterIPs follows, and the change is reported on it.
+        if let Some(ip) = n.get("clusterIP").cloned() {
+            n.insert("clusterIPs".into(), json!([ip]));
+        }
+    }
+    if empty(n.get("clusterIPs"))
+        && let Some(ip) = n.get("clusterIP").filter(|v| !empty(Some(v))).cloned()
+    {
+        n.insert("clusterIPs".into(), json!([ip]));
+    }
+    let needs_ports = |t: &str| t == "NodePort" || t == "LoadBalancer";
+    let old_ports: Vec<(String, Value)> = os
+        .get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                p.get("nodePort")?.clone(),
+            ))
+        })
+        .collect();
+    let Some(ports) = n.get_mut("ports").and_then(Value::as_array_mut) else {
+        return;
+    };
+    if needs_ports(old_type) && needs_ports(&new_type) {
+        let used: Vec<Value> = ports
+            .iter()
+            .filter_map(|p| p.get("nodePort").cloned())
+            .collect();
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if p.get("nodePort").is_some_and(|v| v.as_i64() != Some(0)) {
+                continue;
+            }
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+            if let Some((_, np)) = old_ports.iter().find(|(n, _)| n == name)
+                && !used.contains(np)
+            {
+                p.insert("nodePort".into(), np.clone());
+            }
+        }
+    } else if needs_ports(old_type) && !needs_ports(&new_type) {
+        // Leaving NodePort releases the ports the server had given.
+        for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+            if let Some(np) = p.get("nodePort")
+                && old_ports.iter().any(|(_, o)| o == np)
+            {
+                p.remove("nodePort");
+            }
+        }
     }
 }
 
@@ -118,13 +421,620 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
             Some(spec) => validate_pod_spec(spec, "spec", &mut causes),
             None => causes.push(Cause::required("spec")),
         },
-        "Deployment" | "ReplicaSet" => validate_workload(obj, &mut causes),
+        "Deployment" | "ReplicaSet" | "DaemonSet" => validate_workload(res, obj, &mut causes),
+        "StatefulSet" => {
+            validate_workload(res, obj, &mut causes);
+            validate_statefulset(obj, &mut causes);
+        }
+        "Job" => match obj.get("spec") {
+            Some(spec) => validate_job_spec(obj, spec, "spec", &mut causes),
+            None => causes.push(Cause::required("spec")),
+        },
+        "CronJob" => validate_cronjob(obj, &mut causes),
+        "Service" => validate_service(obj, &mut causes),
+        "Endpoints" => validate_endpoints(obj, &mut causes),
+        "ControllerRevision" => {
+            if let Some(r) = obj.get("revision").and_then(Value::as_i64)
+                && r < 0
+            {
+                causes.push(invalid_raw(
+                    "revision",
+                    &r.to_string(),
+                    "must be greater than or equal to 0",
+                ));
+            }
+        }
         _ => {}
     }
     causes
 }
 
-fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
+/// An Invalid cause whose value prints unquoted, as Go prints numbers and structs.
+fn invalid_raw(field: impl Into<String>, value: &str, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        field: field.into(),
+        message: format!("Invalid value: {value}: {why}"),
+    }
+}
+
+/// A label map as Go's `%#v` prints it: `map[string]string{"a":"1", "b":"2"}`.
+fn go_map(labels: Option<&Map<String, Value>>) -> String {
+    let mut parts: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k:?}:{:?}", v.as_str().unwrap_or_default()))
+        .collect();
+    parts.sort();
+    format!("map[string]string{{{}}}", parts.join(", "))
+}
+
+fn duplicate(field: impl Into<String>, value: &str) -> Cause {
+    Cause {
+        reason: "FieldValueDuplicate",
+        field: field.into(),
+        message: format!("Duplicate value: {value}"),
+    }
+}
+
+fn non_negative(spec: &Value, field: &str, at: &str, causes: &mut Vec<Cause>) {
+    if let Some(v) = spec.get(field)
+        && v.as_i64().is_none_or(|n| n < 0)
+    {
+        causes.push(invalid_raw(
+            format!("{at}.{field}"),
+            &v.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+fn one_of(spec: &Value, field: &str, at: &str, allowed: &[&str], causes: &mut Vec<Cause>) {
+    if let Some(v) = spec.get(field).and_then(Value::as_str)
+        && !allowed.contains(&v)
+    {
+        causes.push(Cause::unsupported(format!("{at}.{field}"), v, allowed));
+    }
+}
+
+fn validate_statefulset(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        return;
+    };
+    if spec
+        .get("serviceName")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        causes.push(Cause::required("spec.serviceName"));
+    }
+    one_of(
+        spec,
+        "podManagementPolicy",
+        "spec",
+        &["OrderedReady", "Parallel"],
+        causes,
+    );
+    if let Some(st) = spec.get("updateStrategy") {
+        one_of(
+            st,
+            "type",
+            "spec.updateStrategy",
+            &["RollingUpdate", "OnDelete"],
+            causes,
+        );
+        if let Some(ru) = st.get("rollingUpdate") {
+            non_negative(ru, "partition", "spec.updateStrategy.rollingUpdate", causes);
+        }
+    }
+    non_negative(spec, "minReadySeconds", "spec", causes);
+    if let Some(vcts) = spec.get("volumeClaimTemplates").and_then(Value::as_array) {
+        for (i, t) in vcts.iter().enumerate() {
+            let n = t.pointer("/metadata/name").and_then(Value::as_str);
+            match n {
+                None | Some("") => causes.push(Cause::required(format!(
+                    "spec.volumeClaimTemplates[{i}].metadata.name"
+                ))),
+                Some(n) => {
+                    if let Err(why) = meta::validate_subdomain(n) {
+                        causes.push(Cause::invalid(
+                            format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                            n,
+                            why,
+                        ));
+                    }
+                }
+            }
+            if t.pointer("/spec/accessModes")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+            {
+                causes.push(Cause {
+                    reason: "FieldValueRequired",
+                    field: format!("spec.volumeClaimTemplates[{i}].spec.accessModes"),
+                    message: "Required value: at least 1 access mode is required".into(),
+                });
+            }
+        }
+    }
+}
+
+fn validate_job_spec(obj: &Value, spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    for f in [
+        "parallelism",
+        "completions",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+    ] {
+        non_negative(spec, f, at, causes);
+    }
+    one_of(
+        spec,
+        "completionMode",
+        at,
+        &["NonIndexed", "Indexed"],
+        causes,
+    );
+    if spec.get("completionMode").and_then(Value::as_str) == Some("Indexed")
+        && spec.get("completions").is_none_or(Value::is_null)
+    {
+        causes.push(Cause {
+            reason: "FieldValueRequired",
+            field: format!("{at}.completions"),
+            message: "Required value: when completion mode is Indexed".into(),
+        });
+    }
+    let manual = spec.get("manualSelector").and_then(Value::as_bool) == Some(true);
+    // A Job itself (not a CronJob's template) must have a selector by now: generated unless
+    // manualSelector.
+    let top_level = at == "spec";
+    let sel = match spec.get("selector") {
+        None if top_level => {
+            causes.push(Cause::required(format!("{at}.selector")));
+            None
+        }
+        None => None,
+        Some(s) => match selector::from_structured(s) {
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                causes.push(Cause::invalid(format!("{at}.selector"), "", e));
+                None
+            }
+        },
+    };
+    if top_level && !manual {
+        let uid = meta::uid(obj);
+        let got = spec
+            .pointer("/selector/matchLabels")
+            .and_then(|m| m.get(JOB_UID_LABELS[1]))
+            .and_then(Value::as_str);
+        if got.is_some_and(|g| g != uid) {
+            causes.push(invalid_raw(
+                format!("{at}.selector"),
+                &serde_json::to_string(&spec["selector"]).unwrap_or_default(),
+                "`selector` not auto-generated",
+            ));
+        }
+    }
+    let Some(template) = spec.get("template") else {
+        causes.push(Cause::required(format!("{at}.template")));
+        return;
+    };
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    if let Some(sel) = sel
+        && !sel.matches(labels)
+    {
+        causes.push(invalid_raw(
+            format!("{at}.template.metadata.labels"),
+            &go_map(labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    match template.get("spec") {
+        Some(pod) => {
+            let pat = format!("{at}.template.spec");
+            validate_pod_spec(pod, &pat, causes);
+            let policy = pod
+                .get("restartPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if policy != "OnFailure" && policy != "Never" {
+                causes.push(Cause::unsupported(
+                    format!("{pat}.restartPolicy"),
+                    policy,
+                    &["OnFailure", "Never"],
+                ));
+            }
+        }
+        None => causes.push(Cause::required(format!("{at}.template.spec"))),
+    }
+}
+
+fn validate_cronjob(obj: &Value, causes: &mut Vec<Cause>) {
+    let name = meta::name(obj);
+    // The controller appends an 11-character suffix to job names (kube-apiserver's limit).
+    if name.len() > 52 {
+        causes.push(Cause::invalid(
+            "metadata.name",
+            name,
+            "must be no more than 52 characters",
+        ));
+    }
+    let Some(spec) = obj.get("spec") else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    match spec.get("schedule").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required("spec.schedule")),
+        Some(s) => {
+            if let Err(why) = crate::core::cron::check(s) {
+                causes.push(Cause::invalid("spec.schedule", s, why));
+            }
+        }
+    }
+    if let Some(tz) = spec.get("timeZone").and_then(Value::as_str)
+        && (tz.is_empty() || tz.contains(char::is_whitespace) || tz.starts_with('/'))
+    {
+        causes.push(Cause::invalid(
+            "spec.timeZone",
+            tz,
+            format!("unknown time zone {tz}"),
+        ));
+    }
+    one_of(
+        spec,
+        "concurrencyPolicy",
+        "spec",
+        &["Allow", "Forbid", "Replace"],
+        causes,
+    );
+    for f in [
+        "startingDeadlineSeconds",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+    ] {
+        non_negative(spec, f, "spec", causes);
+    }
+    match spec.pointer("/jobTemplate/spec") {
+        Some(js) => validate_job_spec(obj, js, "spec.jobTemplate.spec", causes),
+        None => causes.push(Cause::required("spec.jobTemplate.spec")),
+    }
+}
+
+fn valid_port(v: &Value) -> bool {
+    v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
+}
+
+/// An IANA service name (a named targetPort): 1–15 lowercase alphanumerics or '-', at least
+/// one letter, no leading/trailing or double '-'.
+fn valid_port_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > 15 {
+        return Err("must be no more than 15 characters");
+    }
+    if !s
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        return Err("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if !s.chars().any(|c| c.is_ascii_lowercase()) {
+        return Err("must contain at least one letter (a-z)");
+    }
+    if s.starts_with('-') || s.ends_with('-') || s.contains("--") {
+        return Err("must not begin or end with a hyphen, or contain adjacent hyphens");
+    }
+    Ok(())
+}
+
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    let ty = spec
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    one_of(
+        spec,
+        "type",
+        "spec",
+        &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        causes,
+    );
+    one_of(
+        spec,
+        "sessionAffinity",
+        "spec",
+        &["ClientIP", "None"],
+        causes,
+    );
+    let cluster_ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("");
+    let headless = cluster_ip == "None";
+    if ty == "ExternalName" {
+        match spec.get("externalName").and_then(Value::as_str) {
+            None | Some("") => causes.push(Cause::required("spec.externalName")),
+            Some(n) => {
+                if let Err(why) = meta::validate_subdomain(n.trim_end_matches('.')) {
+                    causes.push(Cause::invalid("spec.externalName", n, why));
+                }
+            }
+        }
+        if !cluster_ip.is_empty() {
+            causes.push(Cause::forbidden(
+                "spec.clusterIPs",
+                "may not be set for ExternalName services",
+            ));
+        }
+    } else {
+        if !cluster_ip.is_empty() && !headless && cluster_ip.parse::<std::net::IpAddr>().is_err() {
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                cluster_ip,
+                "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            ));
+        }
+        if let Some(first) = spec.pointer("/clusterIPs/0").and_then(Value::as_str)
+            && !cluster_ip.is_empty()
+            && first != cluster_ip
+        {
+            causes.push(Cause::invalid(
+                "spec.clusterIPs",
+                first,
+                "first value must match `clusterIP`",
+            ));
+        }
+        if headless && (ty == "NodePort" || ty == "LoadBalancer") {
+            causes.push(Cause::invalid(
+                "spec.clusterIPs[0]",
+                "None",
+                format!("may not be set to 'None' for {ty} services"),
+            ));
+        }
+    }
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if ports.is_empty() && ty != "ExternalName" && !headless {
+        causes.push(Cause::required("spec.ports"));
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut node_ports: Vec<(String, i64)> = Vec::new();
+    let mut port_protocols: Vec<(i64, String)> = Vec::new();
+    for (i, p) in ports.iter().enumerate() {
+        let at = format!("spec.ports[{i}]");
+        let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+        if ports.len() > 1 && name.is_empty() {
+            causes.push(Cause::required(format!("{at}.name")));
+        } else if !name.is_empty() {
+            if let Err(why) = meta::validate_label(name) {
+                causes.push(Cause::invalid(format!("{at}.name"), name, why));
+            }
+            if names.contains(&name) {
+                causes.push(duplicate(format!("{at}.name"), &format!("{name:?}")));
+            }
+            names.push(name);
+        }
+        let port = p.get("port");
+        match port {
+            None => causes.push(Cause::required(format!("{at}.port"))),
+            Some(v) if !valid_port(v) => causes.push(invalid_raw(
+                format!("{at}.port"),
+                &v.to_string(),
+                "must be between 1 and 65535, inclusive",
+            )),
+            Some(_) => {}
+        }
+        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+        if !["SCTP", "TCP", "UDP"].contains(&protocol) {
+            causes.push(Cause::unsupported(
+                format!("{at}.protocol"),
+                protocol,
+                &["SCTP", "TCP", "UDP"],
+            ));
+        }
+        if let Some(n) = port.and_then(Value::as_i64) {
+            let key = (n, protocol.to_string());
+            if port_protocols.contains(&key) {
+                causes.push(duplicate(
+                    at.clone(),
+                    &format!("core.ServicePort{{Name:{name:?}, Protocol:{protocol:?}, Port:{n}}}"),
+                ));
+            }
+            port_protocols.push(key);
+        }
+        match p.get("targetPort") {
+            Some(Value::String(s)) => {
+                if let Err(why) = valid_port_name(s) {
+                    causes.push(Cause::invalid(format!("{at}.targetPort"), s, why));
+                }
+            }
+            Some(v @ Value::Number(_)) if !valid_port(v) => causes.push(invalid_raw(
+                format!("{at}.targetPort"),
+                &v.to_string(),
+                "must be between 1 and 65535, inclusive",
+            )),
+            _ => {}
+        }
+        if let Some(np) = p.get("nodePort").and_then(Value::as_i64)
+            && np != 0
+        {
+            if ty == "ClusterIP" || ty == "ExternalName" {
+                causes.push(Cause::forbidden(
+                    format!("{at}.nodePort"),
+                    format!("may not be used when `type` is '{ty}'"),
+                ));
+            } else if node_ports.contains(&(protocol.to_string(), np)) {
+                causes.push(duplicate(format!("{at}.nodePort"), &np.to_string()));
+            }
+            node_ports.push((protocol.to_string(), np));
+        }
+    }
+}
+
+fn validate_endpoints(obj: &Value, causes: &mut Vec<Cause>) {
+    let subsets = obj
+        .get("subsets")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for (i, ss) in subsets.iter().enumerate() {
+        for list in ["addresses", "notReadyAddresses"] {
+            for (j, a) in ss
+                .get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let at = format!("subsets[{i}].{list}[{j}].ip");
+                match a.get("ip").and_then(Value::as_str) {
+                    None | Some("") => causes.push(Cause::required(at)),
+                    Some(ip) if ip.parse::<std::net::IpAddr>().is_err() => {
+                        causes.push(Cause::invalid(
+                            at,
+                            ip,
+                            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let ports = ss
+            .get("ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (j, p) in ports.iter().enumerate() {
+            let at = format!("subsets[{i}].ports[{j}]");
+            if ports.len() > 1
+                && p.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+            {
+                causes.push(Cause::required(format!("{at}.name")));
+            }
+            match p.get("port") {
+                None => causes.push(Cause::required(format!("{at}.port"))),
+                Some(v) if !valid_port(v) => causes.push(invalid_raw(
+                    format!("{at}.port"),
+                    &v.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                )),
+                Some(_) => {}
+            }
+            one_of(p, "protocol", &at, &["SCTP", "TCP", "UDP"], causes);
+        }
+    }
+}
+
+/// Update-only rules: fields kube-apiserver refuses to change once set.
+pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = Vec::new();
+    let immutable = |field: &str, ptr: &str, causes: &mut Vec<Cause>| {
+        let (o, n) = (old.pointer(ptr), new.pointer(ptr));
+        if o != n {
+            causes.push(invalid_raw(
+                field,
+                &n.map(|v| v.to_string()).unwrap_or_else(|| "null".into()),
+                "field is immutable",
+            ));
+        }
+    };
+    match res.kind {
+        "Service" => {
+            let old_ty = old.pointer("/spec/type").and_then(Value::as_str);
+            let new_ty = new.pointer("/spec/type").and_then(Value::as_str);
+            let old_ip = old
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let new_ip = new
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            if old_ty != Some("ExternalName")
+                && new_ty != Some("ExternalName")
+                && !old_ip.is_empty()
+                && old_ip != new_ip
+            {
+                causes.push(invalid_raw(
+                    "spec.clusterIPs[0]",
+                    &format!("[]string{{{new_ip:?}}}"),
+                    "may not change once set",
+                ));
+            }
+        }
+        "StatefulSet" => {
+            let strip = |v: &Value| {
+                let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(m) = s.as_object_mut() {
+                    for f in [
+                        "replicas",
+                        "ordinals",
+                        "template",
+                        "updateStrategy",
+                        "revisionHistoryLimit",
+                        "persistentVolumeClaimRetentionPolicy",
+                        "minReadySeconds",
+                    ] {
+                        m.remove(f);
+                    }
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                causes.push(Cause::forbidden(
+                    "spec",
+                    "updates to statefulset spec for fields other than 'replicas', 'ordinals', \
+                     'template', 'updateStrategy', 'revisionHistoryLimit', \
+                     'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+                ));
+            }
+        }
+        "DaemonSet" => immutable("spec.selector", "/spec/selector", &mut causes),
+        "Job" => {
+            immutable("spec.selector", "/spec/selector", &mut causes);
+            immutable("spec.completionMode", "/spec/completionMode", &mut causes);
+            // A suspended Job that never started may change its pods' scheduling directives
+            // and metadata; otherwise the template is fixed.
+            let fresh_suspended = old.pointer("/spec/suspend").and_then(Value::as_bool)
+                == Some(true)
+                && old.pointer("/status/startTime").is_none();
+            let strip = |v: &Value| {
+                let mut t = v.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+                if fresh_suspended {
+                    if let Some(m) = t.as_object_mut() {
+                        m.remove("metadata");
+                    }
+                    if let Some(s) = t.get_mut("spec").and_then(Value::as_object_mut) {
+                        for f in ["nodeSelector", "tolerations", "affinity", "schedulingGates"] {
+                            s.remove(f);
+                        }
+                    }
+                }
+                t
+            };
+            if strip(old) != strip(new) {
+                causes.push(invalid_raw(
+                    "spec.template",
+                    "core.PodTemplateSpec{...}",
+                    "field is immutable",
+                ));
+            }
+        }
+        "ControllerRevision" => immutable("data", "/data", &mut causes),
+        _ => {}
+    }
+    causes
+}
+
+fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     let Some(spec) = obj.get("spec") else {
         causes.push(Cause::required("spec"));
         return;
@@ -148,7 +1058,7 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
                 causes.push(Cause::invalid(
                     "spec.selector",
                     "{}",
-                    "empty selector is invalid for deployment",
+                    format!("empty selector is invalid for {}", res.singular),
                 ));
                 None
             }
@@ -169,9 +1079,9 @@ fn validate_workload(obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(sel) = sel
         && !sel.matches(labels)
     {
-        causes.push(Cause::invalid(
+        causes.push(invalid_raw(
             "spec.template.metadata.labels",
-            &serde_json::to_string(&labels).unwrap_or_default(),
+            &go_map(labels),
             "`selector` does not match template `labels`",
         ));
     }
@@ -312,6 +1222,200 @@ mod tests {
         let causes = validate(res, &d);
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    fn fields(causes: &[Cause]) -> Vec<&str> {
+        causes.iter().map(|c| c.field.as_str()).collect()
+    }
+
+    #[test]
+    fn service_defaults_and_port_validation() {
+        let res = by_kind("v1", "Service").unwrap();
+        let mut s = json!({"metadata": {"name": "s"}, "spec": {"selector": {"app": "a"},
+            "ports": [{"port": 80}]}});
+        default(res, &mut s);
+        assert_eq!(s["spec"]["type"], "ClusterIP");
+        assert_eq!(s["spec"]["sessionAffinity"], "None");
+        assert_eq!(
+            s["spec"]["ports"][0],
+            json!({"port": 80, "protocol": "TCP", "targetPort": 80})
+        );
+        assert_eq!(s["spec"]["ipFamilyPolicy"], "SingleStack");
+        assert!(validate(res, &s).is_empty());
+
+        let bad = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP", "ports": [
+            {"name": "a", "port": 0}, {"name": "a", "port": 81, "nodePort": 30001},
+            {"port": 82, "targetPort": 70000}]}});
+        let c = validate(res, &bad);
+        assert_eq!(
+            fields(&c),
+            [
+                "spec.ports[0].port",
+                "spec.ports[1].name",
+                "spec.ports[1].nodePort",
+                "spec.ports[2].name",
+                "spec.ports[2].targetPort"
+            ]
+        );
+        assert_eq!(
+            c[0].message,
+            "Invalid value: 0: must be between 1 and 65535, inclusive"
+        );
+        assert_eq!(c[1].message, "Duplicate value: \"a\"");
+        let no_ports = json!({"metadata": {"name": "s"}, "spec": {"type": "ClusterIP"}});
+        assert_eq!(fields(&validate(res, &no_ports)), ["spec.ports"]);
+        let headless = json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "None"}});
+        assert!(validate(res, &headless).is_empty());
+        let bad_ip =
+            json!({"metadata": {"name": "s"}, "spec": {"clusterIP": "x", "ports": [{"port": 1}]}});
+        assert_eq!(fields(&validate(res, &bad_ip)), ["spec.clusterIPs[0]"]);
+    }
+
+    #[test]
+    fn service_updates_keep_allocations_and_refuse_ip_changes() {
+        let res = by_kind("v1", "Service").unwrap();
+        let old = json!({"spec": {"type": "NodePort", "clusterIP": "10.43.1.1",
+            "clusterIPs": ["10.43.1.1"], "ports": [{"name": "http", "port": 80, "nodePort": 30001}]}});
+        // A replace without the allocated values keeps them.
+        let mut new =
+            json!({"spec": {"type": "NodePort", "ports": [{"name": "http", "port": 80}]}});
+        prepare_update(res, &old, &mut new);
+        assert_eq!(new["spec"]["clusterIP"], "10.43.1.1");
+        assert_eq!(new["spec"]["clusterIPs"], json!(["10.43.1.1"]));
+        assert_eq!(new["spec"]["ports"][0]["nodePort"], 30001);
+        assert!(validate_update(res, &old, &new).is_empty());
+        // Changing clusterIP is refused on clusterIPs[0].
+        let mut new = old.clone();
+        new["spec"]["clusterIP"] = json!("10.43.1.2");
+        prepare_update(res, &old, &mut new);
+        let c = validate_update(res, &old, &new);
+        assert_eq!(c[0].field, "spec.clusterIPs[0]");
+        assert_eq!(
+            c[0].message,
+            "Invalid value: []string{\"10.43.1.2\"}: may not change once set"
+        );
+        // Leaving NodePort releases the ports.
+        let mut new = old.clone();
+        new["spec"]["type"] = json!("ClusterIP");
+        prepare_update(res, &old, &mut new);
+        assert!(new["spec"]["ports"][0].get("nodePort").is_none());
+    }
+
+    fn pod_template(labels: Value, restart: &str) -> Value {
+        json!({"metadata": {"labels": labels}, "spec": {"restartPolicy": restart,
+            "containers": [{"name": "c", "image": "busybox:1.28"}]}})
+    }
+
+    #[test]
+    fn statefulset_defaults_validation_and_immutability() {
+        let res = by_kind("apps/v1", "StatefulSet").unwrap();
+        let mut s = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": pod_template(json!({"app": "web"}), "Always")}});
+        default(res, &mut s);
+        assert_eq!(s["spec"]["replicas"], 1);
+        assert_eq!(s["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(s["spec"]["updateStrategy"]["rollingUpdate"]["partition"], 0);
+        assert_eq!(s["spec"]["revisionHistoryLimit"], 10);
+        assert_eq!(
+            s["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Retain"
+        );
+        assert_eq!(fields(&validate(res, &s)), ["spec.serviceName"]);
+        s["spec"]["serviceName"] = json!("web");
+        assert!(validate(res, &s).is_empty());
+        let mut scaled = s.clone();
+        scaled["spec"]["replicas"] = json!(5);
+        assert!(validate_update(res, &s, &scaled).is_empty());
+        let mut renamed = s.clone();
+        renamed["spec"]["serviceName"] = json!("other");
+        let c = validate_update(res, &s, &renamed);
+        assert_eq!(c[0].field, "spec");
+        assert!(c[0].message.starts_with(
+            "Forbidden: updates to statefulset spec for fields other than 'replicas'"
+        ));
+    }
+
+    #[test]
+    fn daemonset_defaults() {
+        let res = by_kind("apps/v1", "DaemonSet").unwrap();
+        let mut d = json!({"metadata": {"name": "d"}, "spec": {
+            "selector": {"matchLabels": {"app": "d"}},
+            "template": pod_template(json!({"app": "x"}), "Always")}});
+        default(res, &mut d);
+        assert_eq!(
+            d["spec"]["updateStrategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+        );
+        assert_eq!(
+            fields(&validate(res, &d)),
+            ["spec.template.metadata.labels"]
+        );
+    }
+
+    #[test]
+    fn job_generated_selector_defaults_and_restart_policy() {
+        let res = by_kind("batch/v1", "Job").unwrap();
+        let mut j = json!({"metadata": {"name": "pi", "uid": "u1"}, "spec": {
+            "template": pod_template(Value::Null, "Never")}});
+        j["spec"]["template"]["metadata"] = json!({});
+        default(res, &mut j);
+        assert_eq!(
+            j["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u1"}})
+        );
+        let labels = &j["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["job-name"], "pi");
+        assert_eq!(labels["controller-uid"], "u1");
+        assert_eq!(
+            (&j["spec"]["completions"], &j["spec"]["parallelism"]),
+            (&json!(1), &json!(1))
+        );
+        assert_eq!(j["spec"]["backoffLimit"], 6);
+        assert_eq!(j["spec"]["completionMode"], "NonIndexed");
+        assert!(validate(res, &j).is_empty(), "{:?}", validate(res, &j));
+        // parallelism alone leaves completions unset (a work queue).
+        let mut q = json!({"metadata": {"name": "q", "uid": "u2"}, "spec": {"parallelism": 3,
+            "template": pod_template(json!({}), "OnFailure")}});
+        default(res, &mut q);
+        assert!(q["spec"].get("completions").is_none());
+        // Always is not a Job restart policy.
+        let mut a = json!({"metadata": {"name": "a", "uid": "u3"}, "spec": {
+            "template": pod_template(json!({}), "Always")}});
+        default(res, &mut a);
+        let c = validate(res, &a);
+        assert_eq!(fields(&c), ["spec.template.spec.restartPolicy"]);
+        assert_eq!(
+            c[0].message,
+            "Unsupported value: \"Always\": supported values: \"OnFailure\", \"Never\""
+        );
+        // The selector and template are fixed once created.
+        let mut changed = j.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("other:1");
+        assert_eq!(
+            fields(&validate_update(res, &j, &changed)),
+            ["spec.template"]
+        );
+    }
+
+    #[test]
+    fn cronjob_defaults_and_schedule() {
+        let res = by_kind("batch/v1", "CronJob").unwrap();
+        let mut cj = json!({"metadata": {"name": "hello"}, "spec": {"schedule": "@hourly",
+            "jobTemplate": {"spec": {"template": pod_template(json!({}), "OnFailure")}}}});
+        default(res, &mut cj);
+        assert_eq!(cj["spec"]["concurrencyPolicy"], "Allow");
+        assert_eq!(cj["spec"]["suspend"], false);
+        assert_eq!(cj["spec"]["successfulJobsHistoryLimit"], 3);
+        assert_eq!(cj["spec"]["failedJobsHistoryLimit"], 1);
+        assert!(validate(res, &cj).is_empty(), "{:?}", validate(res, &cj));
+        cj["spec"]["schedule"] = json!("61 * * * *");
+        let c = validate(res, &cj);
+        assert_eq!(fields(&c), ["spec.schedule"]);
+        assert_eq!(
+            c[0].message,
+            "Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The Kubernetes API: object verbs ([`ops`]), their HTTP surface ([`http`]), discovery,
 //! OpenAPI, Tables, per-kind defaulting and validation.
 
+pub mod alloc;
 pub mod discovery;
 pub mod error;
 pub mod http;
 pub mod kinds;
 pub mod openapi;
 pub mod ops;
+pub mod protobuf;
 pub mod schema;
 pub mod table;
 

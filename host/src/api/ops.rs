@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use super::error::{ApiError, Cause, Result};
 use super::kinds;
 use super::schema::{self, FieldValidation};
+use crate::core::apply::{self, ApplyError, ApplyRequest};
 use crate::core::meta;
 use crate::core::patch::{self, PatchType};
 use crate::core::resources::{self, RESOURCES, Resource};
@@ -28,6 +29,8 @@ pub fn system_clock() -> Clock {
 pub struct Api {
     store: Arc<dyn Store>,
     clock: Clock,
+    /// Serialises Service IP / node port allocation (see [`super::alloc`]).
+    alloc: super::alloc::Allocator,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -44,6 +47,9 @@ pub struct WriteOptions {
     pub validation: FieldValidation,
     /// Unknown-field warnings for the response's `Warning` headers.
     pub warnings: std::sync::Mutex<Vec<String>>,
+    /// The field manager recorded in `metadata.managedFields` (`operation: Update`); None for
+    /// internal writes, which only drop ownership of fields that are gone.
+    pub manager: Option<String>,
 }
 
 impl WriteOptions {
@@ -170,7 +176,11 @@ const SERVER_OWNED_META: &[&str] = &[
 
 impl Api {
     pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
-        Api { store, clock }
+        Api {
+            store,
+            clock,
+            alloc: Default::default(),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -239,8 +249,20 @@ impl Api {
         &self,
         res: &'static Resource,
         ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        self.create_tracked(res, ns, obj, opts, None)
+    }
+
+    /// `create` with the managed fields given (`preset`, by an apply) or tracked as an Update.
+    fn create_tracked(
+        &self,
+        res: &'static Resource,
+        ns: &str,
         mut obj: Value,
         opts: &WriteOptions,
+        preset: Option<Vec<apply::Entry>>,
     ) -> Result<Value> {
         check_type(res, &mut obj)?;
         let mut obj = opts.decode(res, obj)?;
@@ -320,20 +342,49 @@ impl Api {
                 }
                 obj["status"] = status;
             }
-            "Deployment" | "ReplicaSet" => obj["status"] = json!({}),
             "Namespace" => obj["status"] = json!({"phase": "Active"}),
-            _ => {}
+            k => {
+                if let Some(s) = kinds::initial_status(k) {
+                    obj["status"] = s;
+                }
+            }
         }
+        let managed = preset.unwrap_or_else(|| {
+            let manager = opts.manager.as_deref();
+            apply::track_update(&[], None, &obj, manager, &res.api_version(), None, &now)
+        });
+        set_managed(&mut obj, &managed);
         let causes = kinds::validate(res, &obj);
         if !causes.is_empty() {
             return Err(ApiError::invalid(res, &name, causes));
         }
+        // Held until the object is stored, so no two Services get the same IP or port.
+        let _alloc = self.allocate(res, ns, &name, &mut obj)?;
         if opts.dry_run {
             return Ok(obj);
         }
         self.store
             .create(&Self::key(res, ns, &name), obj)
             .map_err(|e| ApiError::from_store(e, res, &name))
+    }
+
+    /// Assigns a Service's cluster IP and node ports; the guard must be held until the write
+    /// is stored. Other kinds need nothing.
+    fn allocate(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        obj: &mut Value,
+    ) -> Result<Option<std::sync::MutexGuard<'_, ()>>> {
+        if res.kind != "Service" {
+            return Ok(None);
+        }
+        match self.alloc.service(self.store.as_ref(), ns, name, obj) {
+            Ok(Ok(guard)) => Ok(Some(guard)),
+            Ok(Err(causes)) => Err(ApiError::invalid(res, name, causes)),
+            Err(e) => Err(ApiError::from_store(e, res, name)),
+        }
     }
 
     fn check_namespace_open(&self, ns: &str) -> Result<()> {
@@ -355,9 +406,24 @@ impl Api {
         res: &'static Resource,
         ns: &str,
         name: &str,
+        obj: Value,
+        sub: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        self.update_tracked(res, ns, name, obj, sub, opts, None)
+    }
+
+    /// `update` with the managed fields given (`preset`, by an apply) or tracked as an Update.
+    #[allow(clippy::too_many_arguments)] // update's parameters and the apply's ownership
+    fn update_tracked(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
         mut obj: Value,
         sub: Option<&str>,
         opts: &WriteOptions,
+        preset: Option<Vec<apply::Entry>>,
     ) -> Result<Value> {
         check_type(res, &mut obj)?;
         let obj = opts.decode(res, obj)?;
@@ -424,9 +490,18 @@ impl Api {
                     }
                 }
             }
-            nm.remove("managedFields");
+            // Clients never write managedFields directly; they are tracked below.
+            match current["metadata"].get("managedFields") {
+                Some(v) => nm.insert("managedFields".into(), v.clone()),
+                None => nm.remove("managedFields"),
+            };
         }
+        if let Some(m) = &preset {
+            set_managed(&mut next, m);
+        }
+        let mut _alloc = None;
         if sub.is_none() {
+            kinds::prepare_update(res, &current, &mut next);
             kinds::default(res, &mut next);
             let causes = kinds::validate(res, &next);
             if !causes.is_empty() {
@@ -439,6 +514,11 @@ impl Api {
                     vec![Cause::forbidden(msg.0, msg.1)],
                 ));
             }
+            let causes = kinds::validate_update(res, &current, &next);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(res, name, causes));
+            }
+            _alloc = self.allocate(res, ns, name, &mut next)?;
             if next.get("spec").is_some() && spec_part(&next) != spec_part(&current) {
                 let g = current
                     .pointer("/metadata/generation")
@@ -451,6 +531,18 @@ impl Api {
         if next == current {
             // A no-op write stores nothing and wakes no watcher, as in Kubernetes.
             return Ok(current);
+        }
+        if preset.is_none() {
+            let managed = apply::track_update(
+                &apply::managed_fields(&current),
+                Some(&current),
+                &next,
+                opts.manager.as_deref(),
+                &res.api_version(),
+                sub,
+                &self.now(),
+            );
+            set_managed(&mut next, &managed);
         }
         if opts.dry_run {
             return Ok(next);
@@ -501,7 +593,125 @@ impl Api {
         Err(ApiError::conflict(res, name))
     }
 
+    /// Server-side apply (`application/apply-patch+yaml`) of `config` by `manager`: merges it
+    /// into the live object (creating it if missing) with field ownership, see
+    /// [`crate::core::apply`]. Returns the object and whether it was created.
+    #[allow(clippy::too_many_arguments)] // the REST verb's own parameters, one each
+    pub fn apply(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool)> {
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the apply configuration must be an object",
+            ));
+        }
+        for f in ["apiVersion", "kind"] {
+            if config
+                .get(f)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "error decoding patch: Object '{}' is missing in the apply configuration",
+                    if f == "kind" { "Kind" } else { "apiVersion" }
+                )));
+            }
+        }
+        check_type(res, &mut config)?;
+        match config.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(n) if n == name => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    other.unwrap_or_default()
+                )));
+            }
+        }
+        // Status belongs to the status subresource; server-owned metadata to the server.
+        config.as_object_mut().expect("object").remove("status");
+        if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+            for f in SERVER_OWNED_META.iter().filter(|f| **f != "namespace") {
+                m.remove(*f);
+            }
+        }
+        let pinned = config.pointer("/metadata/resourceVersion").is_some();
+        let api_version = res.api_version();
+        for _ in 0..5 {
+            let current = match self.get(res, ns, name) {
+                Ok(c) => Some(c),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            };
+            let managed = current
+                .as_ref()
+                .map(apply::managed_fields)
+                .unwrap_or_default();
+            let now = self.now();
+            let req = ApplyRequest {
+                manager,
+                api_version: &api_version,
+                force,
+                now: &now,
+            };
+            let out = apply::apply(current.as_ref(), &managed, &config, &req)
+                .map_err(|e| apply_error(res, name, e))?;
+            let mut obj = out.object;
+            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            }
+            let result = match current {
+                None => self
+                    .create_tracked(res, ns, obj, opts, Some(out.managed))
+                    .map(|o| (o, true)),
+                Some(_) => self
+                    .update_tracked(res, ns, name, obj, None, opts, Some(out.managed))
+                    .map(|o| (o, false)),
+            };
+            match result {
+                Err(e) if matches!(e.reason, "Conflict" | "AlreadyExists") && !pinned => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
     pub fn delete(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        // A concurrent write (a controller's status update) between our read and our write
+        // is not the caller's conflict unless they pinned a resourceVersion: try again on the
+        // fresh object, as kube-apiserver's GuaranteedUpdate does.
+        let mut attempts = 0;
+        loop {
+            match self.delete_once(res, ns, name, opts) {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && opts.precondition_rv.is_none()
+                        && opts.precondition_uid.is_none()
+                        && attempts < 16 =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn delete_once(
         &self,
         res: &'static Resource,
         ns: &str,
@@ -559,8 +769,12 @@ impl Api {
                 Some("Succeeded" | "Failed")
             );
             if bound && grace > 0 && !finished {
-                if terminating {
-                    // Already terminating: a second delete does not cut the grace short.
+                let current_grace = current
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                if terminating && current_grace.is_some_and(|g| g <= grace) {
+                    // Already terminating as soon or sooner: nothing to change. A second
+                    // delete with a shorter grace period shortens it, as in Kubernetes.
                     return Ok(current);
                 }
                 let mut next = current.clone();
@@ -904,6 +1118,46 @@ fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String,
         _ => {}
     }
     None
+}
+
+/// Stores `managed` as the object's `metadata.managedFields` (none: the field goes).
+fn set_managed(obj: &mut Value, managed: &[apply::Entry]) {
+    let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    match apply::managed_fields_json(managed) {
+        Some(v) => m.insert("managedFields".into(), v),
+        None => m.remove("managedFields"),
+    };
+}
+
+/// An apply's failure as kube-apiserver reports it: conflicts as a 409 whose causes kubectl
+/// lists before its `--force-conflicts` hint.
+fn apply_error(res: &Resource, name: &str, e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Conflicts(list) => {
+            let causes: Vec<Value> = list
+                .iter()
+                .map(|c| {
+                    json!({"reason": "FieldManagerConflict",
+                        "message": format!("conflict with {}", c.manager), "field": c.field})
+                })
+                .collect();
+            ApiError {
+                details: Some(json!({"causes": causes})),
+                ..ApiError::new(409, "Conflict", apply::conflict_message(&list))
+            }
+        }
+        ApplyError::Config(c) => ApiError::invalid(
+            res,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                field: String::new(),
+                message: c.to_string(),
+            }],
+        ),
+    }
 }
 
 /// Checks that the body is an object and fills or checks its `apiVersion` / `kind` against the

@@ -40,7 +40,9 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
 
 /// Decodes `obj` as the Kubernetes type of `res`. Kinds without a typed struct pass through.
 pub fn decode(res: &Resource, obj: &Value) -> Result<Decoded, String> {
-    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coord, core::v1 as core};
+    use k8s_openapi::api::{
+        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
+    };
     let normalised = match (res.group, res.kind) {
         ("", "Pod") => round_trip::<core::Pod>(obj)?,
         ("", "Node") => round_trip::<core::Node>(obj)?,
@@ -49,7 +51,15 @@ pub fn decode(res: &Resource, obj: &Value) -> Result<Decoded, String> {
         ("", "Secret") => round_trip::<core::Secret>(obj)?,
         ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj)?,
         ("apps", "Deployment") => round_trip::<apps::Deployment>(obj)?,
+        ("", "Service") => round_trip::<core::Service>(obj)?,
+        ("", "Endpoints") => round_trip::<core::Endpoints>(obj)?,
+        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj)?,
         ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj)?,
+        ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(obj)?,
+        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj)?,
+        ("apps", "ControllerRevision") => round_trip::<apps::ControllerRevision>(obj)?,
+        ("batch", "Job") => round_trip::<batch::Job>(obj)?,
+        ("batch", "CronJob") => round_trip::<batch::CronJob>(obj)?,
         ("coordination.k8s.io", "Lease") => round_trip::<coord::Lease>(obj)?,
         _ => obj.clone(),
     };

@@ -87,8 +87,282 @@ fn columns(kind: &str) -> Vec<Col> {
             col("Data", "integer", 0),
             col("Age", "string", 0),
         ],
+        "Service" => vec![
+            col("Name", "string", 0),
+            col("Type", "string", 0),
+            col("Cluster-IP", "string", 0),
+            col("External-IP", "string", 0),
+            col("Port(s)", "string", 0),
+            col("Age", "string", 0),
+            col("Selector", "string", 1),
+        ],
+        "Endpoints" => vec![
+            col("Name", "string", 0),
+            col("Endpoints", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "ServiceAccount" => vec![
+            col("Name", "string", 0),
+            col("Secrets", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "StatefulSet" => vec![
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+        ],
+        "DaemonSet" => vec![
+            col("Name", "string", 0),
+            col("Desired", "integer", 0),
+            col("Current", "integer", 0),
+            col("Ready", "integer", 0),
+            col("Up-to-date", "integer", 0),
+            col("Available", "integer", 0),
+            col("Node Selector", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
+        "ControllerRevision" => vec![
+            col("Name", "string", 0),
+            col("Controller", "string", 0),
+            col("Revision", "integer", 0),
+            col("Age", "string", 0),
+        ],
+        "Job" => vec![
+            col("Name", "string", 0),
+            col("Status", "string", 0),
+            col("Completions", "string", 0),
+            col("Duration", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
+        "CronJob" => vec![
+            col("Name", "string", 0),
+            col("Schedule", "string", 0),
+            col("Timezone", "string", 0),
+            col("Suspend", "boolean", 0),
+            col("Active", "integer", 0),
+            col("Last Schedule", "string", 0),
+            col("Age", "string", 0),
+            col("Containers", "string", 1),
+            col("Images", "string", 1),
+            col("Selector", "string", 1),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
+}
+
+/// `labels.FormatLabels`: `k=v,...` sorted by key, `<none>` when empty.
+fn format_labels(m: Option<&Value>) -> String {
+    let mut parts: Vec<String> = m
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    parts.sort();
+    if parts.is_empty() {
+        "<none>".into()
+    } else {
+        parts.join(",")
+    }
+}
+
+/// `metav1.FormatLabelSelector`: `<none>` for an absent or empty selector.
+fn format_selector(sel: Option<&Value>) -> String {
+    match sel.map(super::ops::selector_string) {
+        Some(s) if !s.is_empty() => s,
+        _ => "<none>".into(),
+    }
+}
+
+/// PORT(S): `80/TCP`, `80:30080/TCP`, comma-separated; `<none>` without ports.
+fn service_ports(o: &Value) -> String {
+    let ports: Vec<String> = o
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+            match p
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|n| *n != 0)
+            {
+                Some(np) => format!("{}:{np}/{proto}", i(p, "/port")),
+                None => format!("{}/{proto}", i(p, "/port")),
+            }
+        })
+        .collect();
+    if ports.is_empty() {
+        "<none>".into()
+    } else {
+        ports.join(",")
+    }
+}
+
+/// EXTERNAL-IP as kubectl computes it per Service type.
+fn service_external_ip(o: &Value) -> String {
+    let strs = |ptr: &str| -> Vec<String> {
+        o.pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    };
+    let external = strs("/spec/externalIPs");
+    match s(o, "/spec/type") {
+        "ClusterIP" | "" | "NodePort" => {
+            if external.is_empty() {
+                "<none>".into()
+            } else {
+                external.join(",")
+            }
+        }
+        "LoadBalancer" => {
+            let mut ips: Vec<String> = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i.get("ip")
+                        .or_else(|| i.get("hostname"))
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                })
+                .collect();
+            ips.extend(external);
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
+        }
+        "ExternalName" => s(o, "/spec/externalName").to_string(),
+        _ => "<unknown>".into(),
+    }
+}
+
+/// ENDPOINTS: up to three `ip:port`, then ` + N more...`.
+fn format_endpoints(o: &Value) -> String {
+    let subsets = o
+        .get("subsets")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if subsets.is_empty() {
+        return "<none>".into();
+    }
+    const MAX: usize = 3;
+    let (mut list, mut count, mut more) = (Vec::new(), 0usize, false);
+    for ss in &subsets {
+        let addrs: Vec<&str> = ss
+            .get("addresses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|a| s(a, "/ip"))
+            .collect();
+        let ports: Vec<i64> = ss
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|p| i(p, "/port"))
+            .collect();
+        if ports.is_empty() {
+            count += addrs.len();
+            for a in &addrs {
+                if list.len() == MAX {
+                    more = true;
+                    break;
+                }
+                list.push(a.to_string());
+            }
+            continue;
+        }
+        for port in ports {
+            count += addrs.len();
+            for a in &addrs {
+                if list.len() == MAX {
+                    more = true;
+                    break;
+                }
+                list.push(if a.contains(':') {
+                    format!("[{a}]:{port}")
+                } else {
+                    format!("{a}:{port}")
+                });
+            }
+        }
+    }
+    let ret = list.join(",");
+    if more {
+        format!("{ret} + {} more...", count - MAX)
+    } else {
+        ret
+    }
+}
+
+fn has_condition(o: &Value, kind: &str) -> bool {
+    o.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| s(c, "/type") == kind && s(c, "/status") == "True")
+}
+
+fn parse_time(o: &Value, ptr: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s(o, ptr))
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+fn job_cells(o: &Value, now: chrono::DateTime<chrono::Utc>) -> (String, String, String) {
+    let status = if has_condition(o, "Complete") {
+        "Complete"
+    } else if has_condition(o, "Failed") {
+        "Failed"
+    } else if o.pointer("/metadata/deletionTimestamp").is_some() {
+        "Terminating"
+    } else if has_condition(o, "Suspended") {
+        "Suspended"
+    } else if has_condition(o, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(o, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let succeeded = i(o, "/status/succeeded");
+    let completions = match (
+        o.pointer("/spec/completions").and_then(Value::as_i64),
+        o.pointer("/spec/parallelism").and_then(Value::as_i64),
+    ) {
+        (Some(c), _) => format!("{succeeded}/{c}"),
+        (None, Some(p)) if p > 1 => format!("{succeeded}/1 of {p}"),
+        _ => format!("{succeeded}/1"),
+    };
+    let duration = match (
+        parse_time(o, "/status/startTime"),
+        parse_time(o, "/status/completionTime"),
+    ) {
+        (None, _) => String::new(),
+        (Some(start), None) => human_age((now - start).num_seconds()),
+        (Some(start), Some(end)) => human_age((end - start).num_seconds()),
+    };
+    (status.into(), completions, duration)
 }
 
 fn s<'a>(o: &'a Value, ptr: &str) -> &'a str {
@@ -349,6 +623,136 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
             ),
             json!(age(o, created, now)),
         ],
+        "Service" => {
+            let ip = s(o, "/spec/clusterIP");
+            let ty = s(o, "/spec/type");
+            vec![
+                name,
+                json!(if ty.is_empty() { "ClusterIP" } else { ty }),
+                json!(if ip.is_empty() { "<none>" } else { ip }),
+                json!(service_external_ip(o)),
+                json!(service_ports(o)),
+                json!(age(o, created, now)),
+                json!(format_labels(o.pointer("/spec/selector"))),
+            ]
+        }
+        "Endpoints" => vec![
+            name,
+            json!(format_endpoints(o)),
+            json!(age(o, created, now)),
+        ],
+        "ServiceAccount" => vec![
+            name,
+            json!(
+                o.get("secrets")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            ),
+            json!(age(o, created, now)),
+        ],
+        "StatefulSet" => {
+            let (c, im) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    i(o, "/status/readyReplicas"),
+                    i(o, "/spec/replicas")
+                )),
+                json!(age(o, created, now)),
+                json!(c),
+                json!(im),
+            ]
+        }
+        "DaemonSet" => {
+            let (c, im) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(i(o, "/status/desiredNumberScheduled")),
+                json!(i(o, "/status/currentNumberScheduled")),
+                json!(i(o, "/status/numberReady")),
+                json!(i(o, "/status/updatedNumberScheduled")),
+                json!(i(o, "/status/numberAvailable")),
+                json!(format_labels(o.pointer("/spec/template/spec/nodeSelector"))),
+                json!(age(o, created, now)),
+                json!(c),
+                json!(im),
+                json!(format_selector(o.pointer("/spec/selector"))),
+            ]
+        }
+        "ControllerRevision" => {
+            let controller = o
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .and_then(|refs| {
+                    refs.iter()
+                        .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                })
+                .map(|r| {
+                    let group = s(r, "/apiVersion").rsplit_once('/').map_or("", |(g, _)| g);
+                    let kind = s(r, "/kind").to_lowercase();
+                    let gk = if group.is_empty() {
+                        kind
+                    } else {
+                        format!("{kind}.{group}")
+                    };
+                    format!("{gk}/{}", s(r, "/name"))
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(controller),
+                json!(i(o, "/revision")),
+                json!(age(o, created, now)),
+            ]
+        }
+        "Job" => {
+            let (status, completions, duration) = job_cells(o, now);
+            let (c, im) = containers_and_images(o, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                json!(age(o, created, now)),
+                json!(c),
+                json!(im),
+                json!(format_selector(o.pointer("/spec/selector"))),
+            ]
+        }
+        "CronJob" => {
+            let (c, im) =
+                containers_and_images(o, "/spec/jobTemplate/spec/template/spec/containers");
+            let tz = s(o, "/spec/timeZone");
+            let suspend = match o.pointer("/spec/suspend").and_then(Value::as_bool) {
+                None => "<unset>",
+                Some(true) => "True",
+                Some(false) => "False",
+            };
+            let last = if s(o, "/status/lastScheduleTime").is_empty() {
+                "<none>".to_string()
+            } else {
+                age(o, "/status/lastScheduleTime", now)
+            };
+            vec![
+                name,
+                json!(s(o, "/spec/schedule")),
+                json!(if tz.is_empty() { "<none>" } else { tz }),
+                json!(suspend),
+                json!(
+                    o.pointer("/status/active")
+                        .and_then(Value::as_array)
+                        .map_or(0, Vec::len)
+                ),
+                json!(last),
+                json!(age(o, created, now)),
+                json!(c),
+                json!(im),
+                json!(format_selector(
+                    o.pointer("/spec/jobTemplate/spec/selector")
+                )),
+            ]
+        }
         _ => vec![name, json!(age(o, created, now))],
     }
 }
@@ -400,6 +804,93 @@ mod tests {
         assert_eq!(human_age(3600), "60m");
         assert_eq!(human_age(4 * 3600 + 60), "4h1m");
         assert_eq!(human_age(3 * 86400 + 3600), "3d1h");
+    }
+
+    fn row(kind: &str, o: &Value) -> Vec<Value> {
+        let now = chrono::DateTime::parse_from_rfc3339("2025-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let c = cells(kind, o, now);
+        assert_eq!(c.len(), columns(kind).len(), "{kind}: one cell per column");
+        c
+    }
+
+    #[test]
+    fn service_columns() {
+        let t = "2025-01-01T00:00:00Z";
+        let svc = json!({"metadata": {"name": "web", "creationTimestamp": t},
+            "spec": {"type": "NodePort", "clusterIP": "10.43.1.2", "selector": {"b": "2", "a": "1"},
+                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}]}});
+        assert_eq!(
+            row("Service", &svc),
+            vec![
+                json!("web"),
+                json!("NodePort"),
+                json!("10.43.1.2"),
+                json!("<none>"),
+                json!("80:30080/TCP,53/UDP"),
+                json!("10m"),
+                json!("a=1,b=2")
+            ]
+        );
+        let lb = json!({"spec": {"type": "LoadBalancer", "clusterIP": "None"}});
+        let r = row("Service", &lb);
+        assert_eq!(
+            (&r[2], &r[3], &r[4]),
+            (&json!("None"), &json!("<pending>"), &json!("<none>"))
+        );
+    }
+
+    #[test]
+    fn endpoints_column() {
+        let ep = json!({"subsets": [{"addresses": [{"ip": "1.1.1.1"}, {"ip": "2.2.2.2"}],
+            "ports": [{"port": 80}, {"port": 81}]}]});
+        assert_eq!(
+            row("Endpoints", &ep)[1],
+            "1.1.1.1:80,2.2.2.2:80,1.1.1.1:81 + 1 more..."
+        );
+        assert_eq!(row("Endpoints", &json!({}))[1], "<none>");
+    }
+
+    #[test]
+    fn job_and_cronjob_columns() {
+        let job = json!({"spec": {"completions": 3, "parallelism": 1},
+            "status": {"succeeded": 1, "startTime": "2025-01-01T00:00:00Z",
+                "completionTime": "2025-01-01T00:00:30Z",
+                "conditions": [{"type": "Complete", "status": "True"}]}});
+        let r = row("Job", &job);
+        assert_eq!(
+            (&r[1], &r[2], &r[3]),
+            (&json!("Complete"), &json!("1/3"), &json!("30s"))
+        );
+        let r = row("Job", &json!({"spec": {"parallelism": 2}}));
+        assert_eq!(
+            (&r[1], &r[2], &r[3]),
+            (&json!("Running"), &json!("0/1 of 2"), &json!(""))
+        );
+        let cj = json!({"spec": {"schedule": "* * * * *", "suspend": false}});
+        let r = row("CronJob", &cj);
+        assert_eq!(
+            r[1..6].to_vec(),
+            vec![
+                json!("* * * * *"),
+                json!("<none>"),
+                json!("False"),
+                json!(0),
+                json!("<none>")
+            ]
+        );
+    }
+
+    #[test]
+    fn controller_revision_and_daemonset_columns() {
+        let cr = json!({"revision": 2, "metadata": {"ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "controller": true}]}});
+        assert_eq!(row("ControllerRevision", &cr)[1], "statefulset.apps/web");
+        let ds = json!({"spec": {"template": {"spec": {"nodeSelector": {"disk": "ssd"}}}}});
+        assert_eq!(row("DaemonSet", &ds)[6], "disk=ssd");
+        row("StatefulSet", &json!({}));
+        row("ServiceAccount", &json!({}));
     }
 
     #[test]

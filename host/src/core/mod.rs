@@ -1,5 +1,7 @@
 //! Pure logic with no I/O: the resource table, selectors, patches, object metadata.
 
+pub mod apply;
+pub mod cron;
 pub mod meta;
 pub mod patch;
 pub mod quantity;

@@ -51,7 +51,7 @@ pub fn apply(target: &Value, patch: &Value, kind: PatchType) -> Result<Value, Er
 }
 
 /// The merge key of a list field, by field name. `None`: the list is replaced whole.
-fn merge_key(field: &str, patch_items: &[Value]) -> Option<&'static str> {
+pub(crate) fn merge_key(field: &str, patch_items: &[Value]) -> Option<&'static str> {
     Some(match field {
         "containers"
         | "initContainers"
@@ -79,7 +79,7 @@ fn merge_key(field: &str, patch_items: &[Value]) -> Option<&'static str> {
 }
 
 /// Lists of scalars that merge as sets rather than being replaced.
-fn is_set_list(field: &str) -> bool {
+pub(crate) fn is_set_list(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 

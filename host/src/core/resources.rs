@@ -132,6 +132,66 @@ pub static RESOURCES: &[Resource] = &[
         field_selectors: NONE,
     },
     Resource {
+        group: "",
+        version: "v1",
+        kind: "Service",
+        plural: "services",
+        singular: "service",
+        namespaced: true,
+        short_names: &["svc"],
+        categories: &["all"],
+        subresources: &["status"],
+        field_selectors: &["spec.clusterIP", "spec.type"],
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "Endpoints",
+        plural: "endpoints",
+        singular: "endpoints",
+        namespaced: true,
+        short_names: &["ep"],
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        kind: "ServiceAccount",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        namespaced: true,
+        short_names: &["sa"],
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "ControllerRevision",
+        plural: "controllerrevisions",
+        singular: "controllerrevision",
+        namespaced: true,
+        short_names: NONE,
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "DaemonSet",
+        plural: "daemonsets",
+        singular: "daemonset",
+        namespaced: true,
+        short_names: &["ds"],
+        categories: &["all"],
+        subresources: &["status"],
+        field_selectors: NONE,
+    },
+    Resource {
         group: "apps",
         version: "v1",
         kind: "Deployment",
@@ -153,6 +213,42 @@ pub static RESOURCES: &[Resource] = &[
         short_names: &["rs"],
         categories: &["all"],
         subresources: &["status", "scale"],
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        kind: "StatefulSet",
+        plural: "statefulsets",
+        singular: "statefulset",
+        namespaced: true,
+        short_names: &["sts"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "batch",
+        version: "v1",
+        kind: "Job",
+        plural: "jobs",
+        singular: "job",
+        namespaced: true,
+        short_names: NONE,
+        categories: &["all"],
+        subresources: &["status"],
+        field_selectors: &["status.successful"],
+    },
+    Resource {
+        group: "batch",
+        version: "v1",
+        kind: "CronJob",
+        plural: "cronjobs",
+        singular: "cronjob",
+        namespaced: true,
+        short_names: &["cj"],
+        categories: &["all"],
+        subresources: &["status"],
         field_selectors: NONE,
     },
     Resource {
@@ -217,5 +313,24 @@ mod tests {
         }
         assert!(by_kind("v1", "Deployment").is_none());
         assert_eq!(groups()[0], ("apps", "v1"));
+        assert_eq!(groups()[1], ("batch", "v1"));
+        let all: Vec<&str> = RESOURCES
+            .iter()
+            .filter(|r| r.categories.contains(&"all"))
+            .map(|r| r.plural)
+            .collect();
+        for p in [
+            "pods",
+            "services",
+            "deployments",
+            "replicasets",
+            "statefulsets",
+            "daemonsets",
+            "jobs",
+            "cronjobs",
+        ] {
+            assert!(all.contains(&p), "{p} is in category all");
+        }
+        assert_eq!(all.len(), 8);
     }
 }

@@ -1,0 +1,366 @@
+//! The workload and networking kinds served API-side (issue 4): the Kubernetes documentation
+//! examples apply unmodified with plain `kubectl apply`, and `get`, `describe`, `scale`,
+//! `api-resources` and `delete` behave as against a real cluster. No agent: only the API
+//! matters here (their controllers are another issue).
+
+use std::net::Ipv4Addr;
+
+use crate::harness::{Cluster, repo};
+
+const MANIFESTS: &[&str] = &[
+    "nginx-deployment.yaml",
+    "frontend-replicaset.yaml",
+    "web-statefulset.yaml",
+    "fluentd-daemonset.yaml",
+    "pi-job.yaml",
+    "hello-cronjob.yaml",
+    "my-service.yaml",
+    "service-without-selector.yaml",
+];
+
+fn manifest(name: &str) -> String {
+    repo()
+        .join("manifests")
+        .join(name)
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    let mut a = vec!["get"];
+    a.extend_from_slice(args);
+    a.extend_from_slice(&["-o", "json"]);
+    serde_json::from_str(&c.k(&a)).unwrap()
+}
+
+/// The table line of `name` (first column), split on whitespace runs.
+fn row(table: &str, name: &str) -> Vec<String> {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in\n{table}"))
+        .split("   ")
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn in_service_cidr(ip: &str) -> bool {
+    ip.parse::<Ipv4Addr>()
+        .is_ok_and(|ip| ip.octets()[0] == 10 && ip.octets()[1] == 43)
+}
+
+/// Applies `yaml` from stdin; returns the kubectl result.
+fn apply(c: &Cluster, yaml: &str) -> crate::harness::Kubectl {
+    c.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+}
+
+#[test]
+fn documentation_examples_apply_get_describe_and_delete() {
+    let c = Cluster::start();
+
+    // Every documentation example applies unmodified (server-side validation, Strict).
+    for m in MANIFESTS {
+        let out = c.k(&["apply", "-f", &manifest(m)]);
+        assert!(out.contains("created"), "{m}: {out}");
+    }
+    // A second apply is a no-op, as against a real cluster (server-filled defaults and
+    // allocations are not differences).
+    for (m, what) in [
+        ("my-service.yaml", "service/my-service unchanged"),
+        ("pi-job.yaml", "job.batch/pi unchanged"),
+        ("hello-cronjob.yaml", "cronjob.batch/hello unchanged"),
+    ] {
+        let again = c.k(&["apply", "-f", &manifest(m)]);
+        assert!(again.contains(what), "{again}");
+    }
+
+    // kubectl get all: category `all`, each kind with its own columns.
+    let all = c.k(&["get", "all"]);
+    for want in [
+        "service/my-service",
+        "service/nginx",
+        "service/kubernetes",
+        "deployment.apps/nginx-deployment",
+        "replicaset.apps/frontend",
+        "statefulset.apps/web",
+        "job.batch/pi",
+        "cronjob.batch/hello",
+        "TYPE",
+        "CLUSTER-IP",
+        "EXTERNAL-IP",
+        "PORT(S)",
+        "COMPLETIONS",
+        "DURATION",
+        "SCHEDULE",
+        "TIMEZONE",
+        "SUSPEND",
+        "LAST SCHEDULE",
+    ] {
+        assert!(all.contains(want), "`get all` lacks {want}:\n{all}");
+    }
+    assert!(
+        !all.contains("endpoints/") && !all.contains("serviceaccount/"),
+        "{all}"
+    );
+    let ds = c.k(&["get", "all", "-n", "kube-system"]);
+    assert!(
+        ds.contains("daemonset.apps/fluentd-elasticsearch")
+            && ds.contains("DESIRED   CURRENT   READY   UP-TO-DATE   AVAILABLE   NODE SELECTOR"),
+        "{ds}"
+    );
+    let r = row(
+        &c.k(&["get", "ds", "-n", "kube-system"]),
+        "fluentd-elasticsearch",
+    );
+    assert_eq!(&r[1..7], ["0", "0", "0", "0", "0", "<none>"], "{r:?}");
+
+    // Services: an allocated cluster IP in 10.43/16, None for the headless one.
+    let svcs = c.k(&["get", "svc"]);
+    assert!(
+        svcs.starts_with("NAME") && svcs.contains("TYPE") && svcs.contains("PORT(S)"),
+        "{svcs}"
+    );
+    let my = row(&svcs, "my-service");
+    assert_eq!(my[1], "ClusterIP", "{my:?}");
+    assert!(in_service_cidr(&my[2]), "{my:?}");
+    assert_eq!((my[3].as_str(), my[4].as_str()), ("<none>", "80/TCP"));
+    let headless = row(&svcs, "nginx");
+    assert_eq!(headless[2], "None", "{headless:?}");
+    assert_eq!(row(&svcs, "kubernetes")[2], "10.43.0.1");
+    let svc = json(&c, &["svc", "my-service"]);
+    let spec = &svc["spec"];
+    assert_eq!(spec["clusterIPs"], serde_json::json!([my[2]]));
+    assert_eq!(spec["ipFamilies"], serde_json::json!(["IPv4"]));
+    assert_eq!(spec["ipFamilyPolicy"], "SingleStack");
+    assert_eq!(spec["sessionAffinity"], "None");
+    assert_eq!(spec["ports"][0]["protocol"], "TCP");
+    let wide = c.k(&["get", "svc", "my-service", "-o", "wide"]);
+    assert!(
+        wide.contains("SELECTOR") && wide.contains("app.kubernetes.io/name=MyApp"),
+        "{wide}"
+    );
+    let ep = c.k(&["get", "ep", "my-service-no-selector"]);
+    assert!(
+        ep.contains("ENDPOINTS") && ep.contains("192.0.2.42:9376"),
+        "{ep}"
+    );
+
+    // NodePort: a requested port is kept, a missing one allocated in range.
+    let np = "apiVersion: v1\nkind: Service\nmetadata:\n  name: np\nspec:\n  type: NodePort\n  selector:\n    app: np\n  ports:\n  - name: http\n    port: 80\n    nodePort: 30080\n  - name: https\n    port: 443\n";
+    let r = apply(&c, np);
+    assert!(r.ok, "{}", r.stderr);
+    let np_row = row(&c.k(&["get", "svc", "np"]), "np");
+    let ports = &np_row[4];
+    assert!(ports.starts_with("80:30080/TCP,443:"), "{np_row:?}");
+    let dynamic: u16 = ports
+        .trim_start_matches("80:30080/TCP,443:")
+        .trim_end_matches("/TCP")
+        .parse()
+        .unwrap();
+    assert!((30000..=32767).contains(&dynamic), "{dynamic}");
+
+    // Workload defaults and the Job's generated selector.
+    let sts = json(&c, &["sts", "web"]);
+    assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+    assert_eq!(
+        sts["spec"]["updateStrategy"],
+        serde_json::json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
+    assert_eq!(sts["status"]["replicas"], 0);
+    let sts_row = row(&c.k(&["get", "sts"]), "web");
+    assert_eq!(sts_row[1], "0/3", "{sts_row:?}");
+    let job = json(&c, &["job", "pi"]);
+    let uid = job["metadata"]["uid"].as_str().unwrap();
+    assert_eq!(
+        job["spec"]["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"],
+        uid
+    );
+    let labels = &job["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(labels["job-name"], "pi");
+    assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+    assert_eq!(labels["controller-uid"], uid);
+    assert_eq!(
+        (
+            &job["spec"]["backoffLimit"],
+            &job["spec"]["completions"],
+            &job["spec"]["completionMode"]
+        ),
+        (
+            &serde_json::json!(4),
+            &serde_json::json!(1),
+            &serde_json::json!("NonIndexed")
+        )
+    );
+    let job_row = row(&c.k(&["get", "jobs"]), "pi");
+    assert_eq!(&job_row[1..3], ["Running", "0/1"], "{job_row:?}");
+    let cj_row = row(&c.k(&["get", "cj"]), "hello");
+    assert_eq!(
+        &cj_row[1..6],
+        ["* * * * *", "<none>", "False", "0", "<none>"],
+        "{cj_row:?}"
+    );
+
+    // describe works on each kind.
+    for (kind, name, ns) in [
+        ("svc", "my-service", "default"),
+        ("sts", "web", "default"),
+        ("ds", "fluentd-elasticsearch", "kube-system"),
+        ("job", "pi", "default"),
+        ("cronjob", "hello", "default"),
+        ("ep", "my-service-no-selector", "default"),
+        ("sa", "default", "default"),
+    ] {
+        let out = c.k(&["describe", kind, name, "-n", ns]);
+        assert!(out.contains(name), "describe {kind}: {out}");
+    }
+
+    // The scale subresource of a StatefulSet.
+    c.k(&["scale", "sts", "web", "--replicas=5"]);
+    assert_eq!(json(&c, &["sts", "web"])["spec"]["replicas"], 5);
+
+    // api-resources lists the kinds with their short names.
+    let ar = c.k(&["api-resources"]);
+    for (short, kind) in [
+        ("svc", "Service"),
+        ("ep", "Endpoints"),
+        ("sa", "ServiceAccount"),
+        ("sts", "StatefulSet"),
+        ("ds", "DaemonSet"),
+        ("cj", "CronJob"),
+    ] {
+        assert!(
+            ar.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(1) == Some(&short) && f.last() == Some(&kind)
+            }),
+            "{short} {kind} missing:\n{ar}"
+        );
+    }
+    assert!(
+        ar.contains("controllerrevisions") && ar.contains("jobs"),
+        "{ar}"
+    );
+
+    // The default ServiceAccount appears in a new namespace, and comes back when deleted.
+    c.k(&["create", "namespace", "kinds-ns"]);
+    c.wait("the default service account in kinds-ns", || {
+        let r = c.kubectl(&["get", "sa", "-n", "kinds-ns"]);
+        (r.ok && r.stdout.contains("SECRETS") && r.stdout.contains("default")).then_some(())
+    });
+    c.k(&["delete", "sa", "default", "-n", "kinds-ns"]);
+    c.wait("the default service account recreated", || {
+        c.kubectl(&["get", "sa", "default", "-n", "kinds-ns"])
+            .ok
+            .then_some(())
+    });
+    assert!(c.k(&["get", "sa", "-n", "kube-system"]).contains("default"));
+
+    // Invalid writes: 422 with Kubernetes' field paths, and nothing stored.
+    let bad_svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - name: a\n    port: 70000\n  - name: a\n    port: 81\n";
+    let r = apply(&c, bad_svc);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("The Service \"bad\" is invalid")
+            && r.stderr.contains(
+                "spec.ports[0].port: Invalid value: 70000: must be between 1 and 65535, inclusive"
+            )
+            && r.stderr
+                .contains("spec.ports[1].name: Duplicate value: \"a\""),
+        "{}",
+        r.stderr
+    );
+    assert!(!c.kubectl(&["get", "svc", "bad"]).ok);
+    let bad_sts = "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: bad\nspec:\n  selector:\n    matchLabels:\n      app: web\n  template:\n    metadata:\n      labels:\n        app: other\n    spec:\n      containers:\n      - name: c\n        image: nginx:1.14.2\n";
+    let r = apply(&c, bad_sts);
+    assert!(!r.ok);
+    assert!(
+        r.stderr.contains("The StatefulSet \"bad\" is invalid")
+            && r.stderr.contains("spec.serviceName: Required value")
+            && r.stderr.contains(
+                "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"other\"}: `selector` does not match template `labels`"
+            ),
+        "{}",
+        r.stderr
+    );
+    assert!(!c.kubectl(&["get", "sts", "bad"]).ok);
+    let bad_cj = "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: bad\nspec:\n  schedule: \"every minute\"\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers:\n          - name: c\n            image: busybox:1.28\n";
+    let r = apply(&c, bad_cj);
+    assert!(
+        !r.ok
+            && r.stderr.contains(
+                "spec.schedule: Invalid value: \"every minute\": expected exactly 5 fields, found 2: [every minute]"
+            ),
+        "{}",
+        r.stderr
+    );
+    assert!(!c.kubectl(&["get", "cj", "bad"]).ok);
+
+    // Cluster IPs and node ports: requested values must be in range and free; a delete frees
+    // them; clusterIP is immutable.
+    let fixed = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  type: NodePort\n  clusterIP: 10.43.0.50\n  ports:\n  - port: 80\n    nodePort: 30050\n"
+        )
+    };
+    let r = apply(&c, &fixed("fixed"));
+    assert!(r.ok, "{}", r.stderr);
+    let r = apply(&c, &fixed("fixed2"));
+    assert!(
+        !r.ok
+            && r.stderr.contains("spec.clusterIPs: Invalid value: []string{\"10.43.0.50\"}: failed to allocate IP 10.43.0.50: provided IP is already allocated")
+            && r.stderr.contains("spec.ports[0].nodePort: Invalid value: 30050: provided port is already allocated"),
+        "{}",
+        r.stderr
+    );
+    let r = apply(&c, &fixed("fixed2").replace("10.43.0.50", "10.99.0.1"));
+    assert!(
+        !r.ok && r.stderr.contains("The range of valid IPs is 10.43.0.0/16"),
+        "{}",
+        r.stderr
+    );
+    let r = c.kubectl(&[
+        "patch",
+        "svc",
+        "fixed",
+        "-p",
+        "{\"spec\":{\"clusterIP\":\"10.43.0.51\"}}",
+    ]);
+    assert!(
+        !r.ok
+            && r.stderr.contains(
+                "spec.clusterIPs[0]: Invalid value: []string{\"10.43.0.51\"}: may not change once set"
+            ),
+        "{}",
+        r.stderr
+    );
+    c.k(&["delete", "svc", "fixed"]);
+    let r = apply(&c, &fixed("fixed2"));
+    assert!(r.ok, "the freed IP and port are reusable: {}", r.stderr);
+    let f2 = row(&c.k(&["get", "svc", "fixed2"]), "fixed2");
+    assert_eq!(
+        (f2[2].as_str(), f2[4].as_str()),
+        ("10.43.0.50", "80:30050/TCP")
+    );
+
+    // kubectl delete -f removes everything it applied.
+    for m in MANIFESTS {
+        c.k(&["delete", "-f", &manifest(m), "--wait=true"]);
+    }
+    let all = c.k(&["get", "all", "-A"]);
+    for gone in [
+        "service/my-service ",
+        "service/nginx ",
+        "deployment.apps/nginx-deployment",
+        "replicaset.apps/frontend ",
+        "statefulset.apps/web",
+        "daemonset.apps/fluentd-elasticsearch",
+        "job.batch/pi",
+        "cronjob.batch/hello",
+    ] {
+        assert!(!all.contains(gone), "{gone} still listed:\n{all}");
+    }
+    assert!(!c.kubectl(&["get", "ep", "my-service-no-selector"]).ok);
+}
