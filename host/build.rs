@@ -12,6 +12,10 @@ const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-scheduler", "kedge_plugin_scheduler.wasm"),
     ("kedge-plugin-replicaset", "kedge_plugin_replicaset.wasm"),
     ("kedge-plugin-deployment", "kedge_plugin_deployment.wasm"),
+    (
+        "kedge-plugin-nodelifecycle",
+        "kedge_plugin_nodelifecycle.wasm",
+    ),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

@@ -38,10 +38,16 @@ pub mod default_plugins {
         "/kedge_plugin_deployment.wasm"
     ));
 
+    pub const NODE_LIFECYCLE: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_nodelifecycle.wasm"
+    ));
+
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
         ("deployment", DEPLOYMENT),
+        ("nodelifecycle", NODE_LIFECYCLE),
     ];
 }
 

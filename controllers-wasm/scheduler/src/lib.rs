@@ -1,13 +1,14 @@
 //! The default scheduler as a kedge plugin: binds each pending pod to the feasible node
 //! with the fewest pods, so replicas spread across the edge fleet.
 //!
-//! Filters: node Ready, not cordoned, `nodeSelector`, CPU/memory requests and pod count
-//! against `status.allocatable`. Not implemented yet: taints/tolerations, affinity,
-//! topology spread, preemption, host ports.
+//! Filters: node Ready, not cordoned, taints (`NoSchedule`/`NoExecute`) against the pod's
+//! tolerations, `nodeSelector`, CPU/memory requests and pod count against
+//! `status.allocatable`. Not implemented yet: affinity, topology spread, preemption, host
+//! ports.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition, Taint, Toleration};
 use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
 use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
@@ -63,6 +64,7 @@ fn needs_scheduling(pod: &Pod) -> bool {
 enum Reason {
     NotReady,
     Unschedulable,
+    Taint,
     Selector,
     Cpu,
     Memory,
@@ -74,6 +76,7 @@ impl Reason {
         match self {
             Reason::NotReady => "node(s) were not ready",
             Reason::Unschedulable => "node(s) were unschedulable",
+            Reason::Taint => "node(s) had untolerated taint(s)",
             Reason::Selector => "node(s) didn't match Pod's node affinity/selector",
             Reason::Cpu => "Insufficient cpu",
             Reason::Memory => "Insufficient memory",
@@ -123,6 +126,22 @@ fn evaluate<'a>(
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         return Err(vec![Reason::Unschedulable]);
     }
+    let tolerations: &[Toleration] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[]);
+    let untolerated = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)));
+    if untolerated {
+        return Err(vec![Reason::Taint]);
+    }
     let node_labels = labels_of(&node.metadata);
     let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
     if !selector
@@ -166,6 +185,24 @@ fn evaluate<'a>(
         load_ppm: ppm(used_cpu, cpu) + ppm(used_memory, memory),
         name,
     })
+}
+
+/// Kubernetes' toleration matching: key (empty key + Exists = every key), operator Equal
+/// (default) compares values, Exists ignores them; an empty effect matches every effect.
+pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
+    let key_ok = match tol.key.as_deref() {
+        None | Some("") => tol.operator.as_deref() == Some("Exists"),
+        Some(k) => k == taint.key,
+    };
+    let value_ok = match tol.operator.as_deref() {
+        Some("Exists") => true,
+        _ => tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    let effect_ok = tol
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    key_ok && value_ok && effect_ok
 }
 
 /// "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match ...": the

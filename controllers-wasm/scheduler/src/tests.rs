@@ -253,3 +253,59 @@ fn registration_declares_what_it_touches() {
     assert_eq!(r.reads[0].kind, "Node");
     assert_eq!(r.writes[0].kind, "Pod");
 }
+
+#[test]
+fn taints_keep_pods_away_unless_tolerated() {
+    use k8s_openapi::api::core::v1::{NodeSpec, Taint, Toleration};
+    let fake = FakeCluster::new();
+    let mut tainted = node("a", "4", "8Gi", &[]);
+    tainted.spec = Some(NodeSpec {
+        taints: Some(vec![Taint {
+            key: "dedicated".into(),
+            value: Some("gpu".into()),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    fake.seed(&tainted);
+    fake.seed(&pod("plain", "100m", "64Mi"));
+    run(&fake, "plain");
+    assert_eq!(node_of(&fake, "plain"), None);
+    let p = fake.get::<Pod>("default", "plain").unwrap().unwrap();
+    let cond = &p.status.unwrap().conditions.unwrap()[0];
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("0/1 nodes are available: 1 node(s) had untolerated taint(s).")
+    );
+
+    let mut tolerant = pod("tolerant", "100m", "64Mi");
+    tolerant.spec.as_mut().unwrap().tolerations = Some(vec![Toleration {
+        key: Some("dedicated".into()),
+        operator: Some("Equal".into()),
+        value: Some("gpu".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    }]);
+    fake.seed(&tolerant);
+    run(&fake, "tolerant");
+    assert_eq!(node_of(&fake, "tolerant").as_deref(), Some("a"));
+
+    let wrong_value = Toleration {
+        key: Some("dedicated".into()),
+        value: Some("cpu".into()),
+        ..Default::default()
+    };
+    let taint = Taint {
+        key: "dedicated".into(),
+        value: Some("gpu".into()),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    };
+    assert!(!crate::tolerates(&wrong_value, &taint));
+    let everything = Toleration {
+        operator: Some("Exists".into()),
+        ..Default::default()
+    };
+    assert!(crate::tolerates(&everything, &taint));
+}

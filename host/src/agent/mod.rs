@@ -419,19 +419,27 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
             if let Err(e) = renew_lease(&ctx).await {
                 tracing::warn!(error = %e, "lease renewal failed");
             }
-            if last_heartbeat.elapsed() >= STATUS_HEARTBEAT {
+            // The node lifecycle controller marks a silent node Unknown; once heard from
+            // again, say Ready at once rather than at the next periodic heartbeat.
+            let cur = ctx
+                .client
+                .get(&format!("/api/v1/nodes/{}", ctx.node))
+                .await
+                .ok();
+            let ready = cur.as_ref().and_then(|n| {
+                n.pointer("/status/conditions")?
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")
+                    .cloned()
+            });
+            let ready_true = ready.as_ref().is_some_and(|c| c["status"] == "True");
+            if last_heartbeat.elapsed() >= STATUS_HEARTBEAT || (cur.is_some() && !ready_true) {
                 let now = ctx.now();
                 let path = format!("/api/v1/nodes/{}/status", ctx.node);
-                let cur = ctx.client.get(&format!("/api/v1/nodes/{}", ctx.node)).await;
-                let since = cur
-                    .ok()
-                    .and_then(|n| {
-                        n.pointer("/status/conditions")?
-                            .as_array()?
-                            .iter()
-                            .find(|c| c["type"] == "Ready")
-                            .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
-                    })
+                let since = ready
+                    .filter(|_| ready_true)
+                    .and_then(|c| c["lastTransitionTime"].as_str().map(String::from))
                     .unwrap_or_else(|| now.clone());
                 match ctx
                     .client

@@ -1,0 +1,107 @@
+//! Node loss, end to end: an agent dies; the node lifecycle plugin marks its node Unknown and
+//! taints it unreachable, evicts its pods, the Deployment replaces them on the other node; the
+//! agent comes back and everything converges. Timeouts shortened through the
+//! `kube-system/kedge-node-lifecycle` ConfigMap.
+
+use serde_json::Value;
+
+use crate::harness::Cluster;
+
+fn node(c: &Cluster, name: &str) -> Option<Value> {
+    let r = c.kubectl(&["get", "node", name, "-o", "json"]);
+    r.ok.then(|| serde_json::from_str(&r.stdout).unwrap())
+}
+
+fn ready_status(n: &Value) -> String {
+    n.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn unreachable_taints(n: &Value) -> usize {
+    n.pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .map_or(0, |ts| {
+            ts.iter()
+                .filter(|t| t["key"] == "node.kubernetes.io/unreachable")
+                .count()
+        })
+}
+
+#[test]
+fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
+    let mut c = Cluster::start();
+    let cm = r#"{"apiVersion":"v1","kind":"ConfigMap",
+        "metadata":{"name":"kedge-node-lifecycle","namespace":"kube-system"},
+        "data":{"gracePeriodSeconds":"15","evictionSeconds":"3"}}"#;
+    let r = c.kubectl_stdin(&["create", "-f", "-"], Some(cm));
+    assert!(r.ok, "{}", r.stderr);
+    let token = c.token.clone();
+    c.start_agent("node-a", &token);
+    c.start_agent("node-b", &token);
+    c.wait("both nodes Ready", || {
+        let a = node(&c, "node-a")?;
+        let b = node(&c, "node-b")?;
+        (ready_status(&a) == "True" && ready_status(&b) == "True").then_some(())
+    });
+    let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"spread"},
+      "spec":{"replicas":2,"selector":{"matchLabels":{"app":"spread"}},
+      "template":{"metadata":{"labels":{"app":"spread"}},"spec":{
+        "terminationGracePeriodSeconds":2,
+        "containers":[{"name":"hello","image":"kedge.dev/samples/hello-wasm:v1"}]}}}}"#;
+    let r = c.kubectl_stdin(&["create", "-f", "-"], Some(deploy));
+    assert!(r.ok, "{}", r.stderr);
+    let pods = c.wait("one Running pod on each node", || {
+        let p = c.pods("app=spread");
+        let on = |n: &str| {
+            p.iter()
+                .filter(|p| p.node == n && p.phase == "Running")
+                .count()
+        };
+        (p.len() == 2 && on("node-a") == 1 && on("node-b") == 1).then_some(p)
+    });
+    let lost = pods.iter().find(|p| p.node == "node-b").unwrap().name.clone();
+
+    // node-b's agent dies (no goodbye: SIGKILL).
+    c.agent("node-b").crash();
+    c.wait("node-b Unknown and tainted unreachable", || {
+        let n = node(&c, "node-b")?;
+        (ready_status(&n) == "Unknown" && unreachable_taints(&n) == 2).then_some(())
+    });
+    c.wait("the pod of node-b evicted and replaced on node-a", || {
+        let p = c.pods("app=spread");
+        let evicted = p.iter().any(|p| p.name == lost && p.deleting);
+        let on_a = p
+            .iter()
+            .filter(|p| p.node == "node-a" && p.phase == "Running" && !p.deleting)
+            .count();
+        (evicted && on_a == 2).then_some(())
+    });
+    let events = c.k(&["get", "events", "-A"]);
+    assert!(
+        events.contains("NodeNotReady") && events.contains("TaintManagerEviction"),
+        "{events}"
+    );
+    // Nothing new goes to the unreachable node.
+    assert!(
+        c.pods("app=spread")
+            .iter()
+            .all(|p| p.node != "node-b" || p.name == lost)
+    );
+
+    // The agent comes back (same data dir, its node certificate): Ready, untainted, and it
+    // confirms the deletion of the pod evicted while it was away.
+    c.start_agent("node-b", &token);
+    c.wait("node-b Ready again and untainted", || {
+        let n = node(&c, "node-b")?;
+        (ready_status(&n) == "True" && unreachable_taints(&n) == 0).then_some(())
+    });
+    c.wait("the evicted pod gone", || {
+        (!c.pods("app=spread").iter().any(|p| p.name == lost)).then_some(())
+    });
+    let p = c.pods("app=spread");
+    assert_eq!(p.len(), 2, "{p:?}");
+}
