@@ -12,10 +12,15 @@ const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-scheduler", "kedge_plugin_scheduler.wasm"),
     ("kedge-plugin-replicaset", "kedge_plugin_replicaset.wasm"),
     ("kedge-plugin-deployment", "kedge_plugin_deployment.wasm"),
+    ("kedge-plugin-job", "kedge_plugin_job.wasm"),
+    ("kedge-plugin-cronjob", "kedge_plugin_cronjob.wasm"),
+    ("kedge-plugin-daemonset", "kedge_plugin_daemonset.wasm"),
+    ("kedge-plugin-statefulset", "kedge_plugin_statefulset.wasm"),
     (
         "kedge-plugin-nodelifecycle",
         "kedge_plugin_nodelifecycle.wasm",
     ),
+    ("kedge-plugin-endpoints", "kedge_plugin_endpoints.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

@@ -60,6 +60,7 @@ async fn run() {
             node_name: "bench".into(),
             data_dir: dir.path().join("agent"),
             labels: vec![],
+            taints: vec![],
             registries: Default::default(),
             image_store_max_bytes: 10 << 30,
         },

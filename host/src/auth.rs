@@ -3,3 +3,14 @@
 //! the tunnel crate defines because it inserts it for node connections.
 
 pub use kedge_tunnel::Identity;
+
+/// `authentication.k8s.io/v1` SelfSubjectReview of the caller (`kubectl auth whoami`): who
+/// the request authenticated as. Answered, never stored.
+pub fn self_subject_review(id: &Identity) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "status": {"userInfo": {"username": id.user, "groups": id.groups}},
+    })
+}

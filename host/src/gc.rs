@@ -58,6 +58,12 @@ fn collect(api: &Api, res: &'static Resource, obj: &Value) {
     let (ns, name) = (meta::namespace(obj), meta::name(obj));
     let opts = DeleteOptions {
         precondition_uid: Some(meta::uid(obj).to_string()),
+        // The informer's copy may be stale (an orphaning write since removed the owner
+        // reference): only delete the version that was judged.
+        precondition_rv: obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from),
         ..Default::default()
     };
     match api.delete(res, ns, name, &opts) {

@@ -101,6 +101,10 @@ enum Command {
         /// Labels for the Node, `k=v,k2=v2`.
         #[arg(long, value_delimiter = ',')]
         node_labels: Vec<String>,
+        /// Taints the Node registers with, `key=value:Effect,key2:Effect` (as kubelet's
+        /// `--register-with-taints`).
+        #[arg(long, value_delimiter = ',')]
+        node_taints: Vec<String>,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -284,15 +288,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             name,
             data_dir,
             node_labels,
+            node_taints,
             images,
         } => {
             let (registries, image_store_max_bytes) = images.load()?;
+            let taints = node_taints
+                .iter()
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    t.parse()
+                        .map_err(|e: String| anyhow::anyhow!("--node-taints: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let cfg = AgentConfig {
                 server,
                 join_token: token,
                 node_name: name.unwrap_or_else(hostname),
                 data_dir: data_dir.unwrap_or_else(|| default_dir("agent")),
                 labels: parse_labels(&node_labels)?,
+                taints,
                 registries,
                 image_store_max_bytes,
             };
@@ -323,6 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     node_name: node.clone(),
                     data_dir: data_dir.join("agent"),
                     labels: vec![],
+                    taints: vec![],
                     registries,
                     image_store_max_bytes,
                 },

@@ -37,17 +37,40 @@ pub mod default_plugins {
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_deployment.wasm"
     ));
+    pub const JOB: &[u8] =
+        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_job.wasm"));
+    pub const CRONJOB: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_cronjob.wasm"
+    ));
+    pub const DAEMONSET: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_daemonset.wasm"
+    ));
+    pub const STATEFULSET: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_statefulset.wasm"
+    ));
 
     pub const NODE_LIFECYCLE: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_nodelifecycle.wasm"
+    ));
+    pub const ENDPOINTS: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_endpoints.wasm"
     ));
 
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
         ("deployment", DEPLOYMENT),
+        ("job", JOB),
+        ("cronjob", CRONJOB),
+        ("daemonset", DAEMONSET),
+        ("statefulset", STATEFULSET),
         ("nodelifecycle", NODE_LIFECYCLE),
+        ("endpoints", ENDPOINTS),
     ];
 }
 

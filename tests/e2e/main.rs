@@ -3,9 +3,16 @@
 
 mod apply;
 mod create;
+mod daemonset;
+mod explain;
 mod harness;
 mod images;
+mod jobs;
 mod kinds;
+mod kubectl;
+mod nodes;
 mod python;
 mod sandbox;
+mod services;
 mod skeleton;
+mod statefulset;

@@ -41,12 +41,42 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
     assert!(r.ok, "{}", r.stderr);
     let token = c.token.clone();
     c.start_agent("node-a", &token);
-    c.start_agent("node-b", &token);
+    c.start_agent_with(
+        "node-b",
+        &token,
+        &[
+            "--node-labels",
+            "kedge.io/pool=shops",
+            "--node-taints",
+            "edge.example/slow=yes:PreferNoSchedule",
+        ],
+    );
     c.wait("both nodes Ready", || {
         let a = node(&c, "node-a")?;
         let b = node(&c, "node-b")?;
         (ready_status(&a) == "True" && ready_status(&b) == "True").then_some(())
     });
+    // Labels and taints from the agent's flags; runtimes and pressure conditions reported.
+    let b = node(&c, "node-b").unwrap();
+    assert_eq!(b["metadata"]["labels"]["kedge.io/pool"], "shops");
+    assert_eq!(b["metadata"]["labels"]["kedge.io/runtime-wasm"], "true");
+    let taints = b["spec"]["taints"].as_array().cloned().unwrap_or_default();
+    assert!(
+        taints
+            .iter()
+            .any(|t| t["key"] == "edge.example/slow" && t["effect"] == "PreferNoSchedule"),
+        "{taints:?}"
+    );
+    let conds = b["status"]["conditions"].as_array().unwrap();
+    // (Their status is this machine's: a nearly full disk does show DiskPressure.)
+    for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+        assert!(
+            conds
+                .iter()
+                .any(|c| c["type"] == t && (c["status"] == "False" || c["status"] == "True")),
+            "{conds:?}"
+        );
+    }
     let deploy = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"spread"},
       "spec":{"replicas":2,"selector":{"matchLabels":{"app":"spread"}},
       "template":{"metadata":{"labels":{"app":"spread"}},"spec":{
@@ -63,7 +93,12 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
         };
         (p.len() == 2 && on("node-a") == 1 && on("node-b") == 1).then_some(p)
     });
-    let lost = pods.iter().find(|p| p.node == "node-b").unwrap().name.clone();
+    let lost = pods
+        .iter()
+        .find(|p| p.node == "node-b")
+        .unwrap()
+        .name
+        .clone();
 
     // node-b's agent dies (no goodbye: SIGKILL).
     c.agent("node-b").crash();

@@ -39,6 +39,13 @@ fn scaled(cluster: &dyn Cluster, deploy: &Deployment, rs: &str, from: i32, to: i
 
 /// Annotation carrying the rollout revision on Deployments and their ReplicaSets.
 pub const REVISION_ANNOTATION: &str = "deployment.kubernetes.io/revision";
+/// Copied from the Deployment to its current ReplicaSet, where `kubectl rollout history`
+/// reads it (CHANGE-CAUSE), as the Kubernetes deployment controller copies annotations.
+pub const CHANGE_CAUSE_ANNOTATION: &str = "kubernetes.io/change-cause";
+
+fn change_cause(meta: &ObjectMeta) -> Option<&String> {
+    meta.annotations.as_ref()?.get(CHANGE_CAUSE_ANNOTATION)
+}
 
 /// The plugin type wired to the component exports.
 pub struct DeploymentController;
@@ -125,7 +132,15 @@ fn new_replica_set(deploy: &Deployment, hash: &str, replicas: i32, rev: u64) -> 
             name: Some(format!("{name}-{hash}")),
             namespace: deploy.metadata.namespace.clone(),
             labels: tmeta.labels.clone(),
-            annotations: Some([(REVISION_ANNOTATION.to_string(), rev.to_string())].into()),
+            annotations: Some(
+                [(REVISION_ANNOTATION.to_string(), rev.to_string())]
+                    .into_iter()
+                    .chain(
+                        change_cause(&deploy.metadata)
+                            .map(|c| (CHANGE_CAUSE_ANNOTATION.to_string(), c.clone())),
+                    )
+                    .collect(),
+            ),
             owner_references: Some(vec![new_controller_ref(deploy)]),
             ..Default::default()
         },
@@ -202,12 +217,22 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             if spec_replicas(rs) != desired {
                 patch.insert("spec".into(), json!({"replicas": desired}));
             }
+            let mut annotations = serde_json::Map::new();
             // A rollback makes an old template current again: it becomes the newest revision.
             if !paused && revision(&rs.metadata) <= max_old_rev {
-                patch.insert(
-                    "metadata".into(),
-                    json!({"annotations": {REVISION_ANNOTATION: (max_old_rev + 1).to_string()}}),
+                annotations.insert(
+                    REVISION_ANNOTATION.into(),
+                    json!((max_old_rev + 1).to_string()),
                 );
+            }
+            if template_hash(rs) == Some(&hash)
+                && let Some(cause) = change_cause(&deploy.metadata)
+                && change_cause(&rs.metadata) != Some(cause)
+            {
+                annotations.insert(CHANGE_CAUSE_ANNOTATION.into(), json!(cause));
+            }
+            if !annotations.is_empty() {
+                patch.insert("metadata".into(), json!({ "annotations": annotations }));
             }
             if !patch.is_empty() {
                 let from = spec_replicas(rs);

@@ -44,6 +44,42 @@ pub const SAMPLE_IMAGES: &[(&str, &[u8])] = &[
 ];
 const HELLO_WASM: &[u8] = include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/hello-wasm.wasm"));
 
+/// A Node taint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Taint {
+    pub key: String,
+    pub value: Option<String>,
+    pub effect: String,
+}
+
+impl std::str::FromStr for Taint {
+    type Err = String;
+
+    /// `key=value:Effect` or `key:Effect`, as kubelet's flag takes them.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kv, effect) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("taint {s:?}: expected key[=value]:Effect"))?;
+        if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
+            return Err(format!(
+                "taint {s:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+            ));
+        }
+        let (key, value) = match kv.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (kv, None),
+        };
+        if key.is_empty() {
+            return Err(format!("taint {s:?}: empty key"));
+        }
+        Ok(Taint {
+            key: key.to_string(),
+            value,
+            effect: effect.to_string(),
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     /// `host:port` of the server (UDP, the same port number as its HTTPS API).
@@ -52,6 +88,9 @@ pub struct AgentConfig {
     pub node_name: String,
     pub data_dir: PathBuf,
     pub labels: Vec<(String, String)>,
+    /// Taints the Node registers with (`--node-taints key=value:Effect`), as kubelet's
+    /// `--register-with-taints`.
+    pub taints: Vec<Taint>,
     /// Registry mirrors, credentials and TLS trust (K3s' `registries.yaml`).
     pub registries: RegistriesConfig,
     /// Size budget of the node's image store; least recently used images not in use are
@@ -82,6 +121,9 @@ struct Shared {
     /// The image each live container uses (by manifest digest), spared by image GC.
     images_in_use: Mutex<HashMap<ContainerId, String>>,
     pods_dir: PathBuf,
+    /// The agent's data directory (its filesystem is what DiskPressure watches).
+    data_dir: PathBuf,
+    taints: Vec<Taint>,
     /// Per-container runtime state (OCI bundles, overlay layers).
     containers_dir: PathBuf,
     host_ip: String,
@@ -180,6 +222,8 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         puller: Puller::new(images, cfg.registries.clone()),
         images_in_use: Mutex::default(),
         pods_dir: cfg.data_dir.join("pods"),
+        data_dir: cfg.data_dir.clone(),
+        taints: cfg.taints.clone(),
         containers_dir,
         host_ip: local_ip_towards(&cfg.server),
         logs,
@@ -261,15 +305,25 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     }
     let capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", mem / 1024), "pods": "110"});
+    let taints: Vec<Value> = ctx
+        .taints
+        .iter()
+        .map(|t| json!({"key": t.key, "value": t.value, "effect": t.effect}))
+        .collect();
+    let spec = if taints.is_empty() {
+        json!({})
+    } else {
+        json!({"taints": taints})
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": {"name": ctx.node, "labels": l},
-        "spec": {},
+        "spec": spec,
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
-            "conditions": node_conditions(now, now),
+            "conditions": node_conditions(now, now, sense_pressure(&ctx.data_dir)),
             "addresses": [
                 {"type": "InternalIP", "address": ctx.host_ip},
                 {"type": "Hostname", "address": ctx.node},
@@ -304,24 +358,70 @@ fn runtime_version(ctx: &Shared) -> String {
     }
 }
 
-fn node_conditions(now: &str, since: &str) -> Value {
+/// Resource pressure as kubelet's default hard eviction thresholds define it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Pressure {
+    /// `memory.available` < 100 MiB.
+    memory: bool,
+    /// `nodefs.available` < 10 % on the agent's data filesystem.
+    disk: bool,
+}
+
+fn mem_available_bytes() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find(|l| l.starts_with("MemAvailable:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+    })
+}
+
+fn sense_pressure(data_dir: &std::path::Path) -> Pressure {
+    let memory = mem_available_bytes().is_some_and(|b| b < 100 << 20);
+    let disk = rustix::fs::statvfs(data_dir)
+        .is_ok_and(|st| st.f_blocks > 0 && (st.f_bavail as f64) < 0.10 * st.f_blocks as f64);
+    Pressure { memory, disk }
+}
+
+fn node_conditions(now: &str, since: &str, pressure: Pressure) -> Value {
     let c = |t: &str, s: &str, reason: &str, msg: &str| {
         json!({"type": t, "status": s, "reason": reason, "message": msg,
             "lastHeartbeatTime": now, "lastTransitionTime": since})
     };
-    json!([
+    let memory = if pressure.memory {
+        c(
+            "MemoryPressure",
+            "True",
+            "KubeletHasInsufficientMemory",
+            "kubelet has insufficient memory available",
+        )
+    } else {
         c(
             "MemoryPressure",
             "False",
             "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available"
-        ),
+            "kubelet has sufficient memory available",
+        )
+    };
+    let disk = if pressure.disk {
+        c(
+            "DiskPressure",
+            "True",
+            "KubeletHasDiskPressure",
+            "kubelet has disk pressure",
+        )
+    } else {
         c(
             "DiskPressure",
             "False",
             "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure"
-        ),
+            "kubelet has no disk pressure",
+        )
+    };
+    json!([
+        memory,
+        disk,
         c(
             "PIDPressure",
             "False",
@@ -445,7 +545,11 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                     .client
                     .merge_patch(
                         &path,
-                        &json!({"status": {"conditions": node_conditions(&now, &since)}}),
+                        &json!({"status": {"conditions": node_conditions(
+                            &now,
+                            &since,
+                            sense_pressure(&ctx.data_dir),
+                        )}}),
                     )
                     .await
                 {
@@ -939,4 +1043,46 @@ async fn container_logs(
         http::HeaderValue::from_static("text/plain"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_parse_like_kubelet_flags() {
+        let t: Taint = "dedicated=gpu:NoSchedule".parse().unwrap();
+        assert_eq!(
+            t,
+            Taint {
+                key: "dedicated".into(),
+                value: Some("gpu".into()),
+                effect: "NoSchedule".into()
+            }
+        );
+        let t: Taint = "edge.example/flaky:NoExecute".parse().unwrap();
+        assert_eq!(t.value, None);
+        assert!("nokey".parse::<Taint>().is_err());
+        assert!("k=v:Sometimes".parse::<Taint>().is_err());
+        assert!("=v:NoSchedule".parse::<Taint>().is_err());
+    }
+
+    #[test]
+    fn pressure_is_sensed_on_a_real_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        // This machine has memory and disk to spare; the point is that sensing works.
+        let p = sense_pressure(dir.path());
+        assert!(!p.memory, "{p:?}");
+        let conds = node_conditions(
+            "t",
+            "t",
+            Pressure {
+                memory: true,
+                disk: false,
+            },
+        );
+        assert_eq!(conds[0]["status"], "True");
+        assert_eq!(conds[0]["reason"], "KubeletHasInsufficientMemory");
+        assert_eq!(conds[1]["status"], "False");
+    }
 }

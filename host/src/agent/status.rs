@@ -158,6 +158,9 @@ pub fn pod_status(
     status["phase"] = json!(phase);
     status["hostIP"] = json!(host_ip);
     status["hostIPs"] = json!([{"ip": host_ip}]);
+    // Pods share the node's network (no CNI yet): the pod's address is the node's.
+    status["podIP"] = json!(host_ip);
+    status["podIPs"] = json!([{"ip": host_ip}]);
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now);
     }

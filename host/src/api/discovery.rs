@@ -5,6 +5,38 @@ use serde_json::{Value, json};
 
 use crate::core::resources::{RESOURCES, Resource, groups};
 
+/// Create-only resources answered from the request and never stored (kube-apiserver's
+/// "virtual" review resources). They live here, not in the resource table, because routing,
+/// storage, OpenAPI and plugin permissions read that table and must not see them.
+pub static VIRTUAL: &[Resource] = &[Resource {
+    group: "authentication.k8s.io",
+    version: "v1",
+    kind: "SelfSubjectReview",
+    plural: "selfsubjectreviews",
+    singular: "selfsubjectreview",
+    namespaced: false,
+    short_names: &[],
+    categories: &[],
+    subresources: &[],
+    field_selectors: &[],
+}];
+
+/// Every resource discovery lists: the stored kinds, then the virtual ones.
+fn served() -> impl Iterator<Item = &'static Resource> {
+    RESOURCES.iter().chain(VIRTUAL.iter())
+}
+
+/// The named groups discovery lists, in order, each with its version.
+fn served_groups() -> Vec<(&'static str, &'static str)> {
+    let mut out = groups();
+    for r in VIRTUAL {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
 pub const AGGREGATED_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
@@ -23,6 +55,9 @@ pub fn version() -> Value {
 }
 
 fn verbs(r: &Resource) -> Vec<&'static str> {
+    if VIRTUAL.iter().any(|v| std::ptr::eq(v, r)) {
+        return vec!["create"];
+    }
     vec![
         "create",
         "delete",
@@ -86,10 +121,13 @@ fn aggregated_resource(r: &Resource) -> Value {
 /// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
 pub fn aggregated(core: bool) -> Value {
     let mut items = Vec::new();
-    let group_list: Vec<(&str, &str)> = if core { vec![("", "v1")] } else { groups() };
+    let group_list: Vec<(&str, &str)> = if core {
+        vec![("", "v1")]
+    } else {
+        served_groups()
+    };
     for (g, v) in group_list {
-        let resources: Vec<Value> = RESOURCES
-            .iter()
+        let resources: Vec<Value> = served()
             .filter(|r| r.group == g && r.version == v)
             .map(aggregated_resource)
             .collect();
@@ -119,12 +157,15 @@ fn group_doc(g: &str, v: &str) -> Value {
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = groups().iter().map(|(g, v)| group_doc(g, v)).collect();
+    let groups: Vec<Value> = served_groups()
+        .iter()
+        .map(|(g, v)| group_doc(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = groups().into_iter().find(|(g, _)| *g == group)?;
+    let (g, v) = served_groups().into_iter().find(|(g, _)| *g == group)?;
     let mut d = group_doc(g, v);
     d["kind"] = json!("APIGroup");
     d["apiVersion"] = json!("v1");
@@ -134,8 +175,7 @@ pub fn api_group(group: &str) -> Option<Value> {
 /// `/api/v1` or `/apis/<g>/<v>` as an APIResourceList; None when the group-version is not
 /// served.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let rs: Vec<&Resource> = RESOURCES
-        .iter()
+    let rs: Vec<&Resource> = served()
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if rs.is_empty() {
@@ -178,4 +218,37 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     Some(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The review is discoverable (aggregated and legacy) as create-only and cluster-scoped,
+    /// and absent from the stored kinds.
+    #[test]
+    fn self_subject_review_is_discovered_create_only() {
+        let agg = aggregated(false);
+        let group = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "authentication.k8s.io")
+            .expect("group listed");
+        let r = &group["versions"][0]["resources"][0];
+        assert_eq!(r["resource"], "selfsubjectreviews");
+        assert_eq!(r["scope"], "Cluster");
+        assert_eq!(r["verbs"], json!(["create"]));
+        let legacy = resource_list("authentication.k8s.io", "v1").unwrap();
+        assert_eq!(legacy["resources"][0]["kind"], "SelfSubjectReview");
+        assert_eq!(legacy["resources"][0]["namespaced"], false);
+        assert!(api_group("authentication.k8s.io").is_some());
+        assert!(
+            crate::core::resources::by_plural("authentication.k8s.io", "v1", "selfsubjectreviews")
+                .is_none()
+        );
+        // Stored kinds keep every verb.
+        let core = resource_list("", "v1").unwrap();
+        assert!(core["resources"][0]["verbs"].as_array().unwrap().len() > 1);
+    }
 }

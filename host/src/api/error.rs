@@ -130,27 +130,37 @@ impl ApiError {
     }
 
     pub fn invalid(res: &Resource, name: &str, causes: Vec<Cause>) -> Self {
+        Self::invalid_kind(res.kind, res.kind, res.group, name, causes)
+    }
+
+    /// 422 on request options (`ListOptions`, `DeleteOptions`) of meta.k8s.io, worded as
+    /// kube-apiserver's `ListOptions.meta.k8s.io "" is invalid: ...`.
+    pub fn invalid_options(kind: &'static str, causes: Vec<Cause>) -> Self {
+        Self::invalid_kind(
+            &format!("{kind}.meta.k8s.io"),
+            kind,
+            "meta.k8s.io",
+            "",
+            causes,
+        )
+    }
+
+    fn invalid_kind(label: &str, kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
         let summary: Vec<String> = causes
             .iter()
             .map(|c| format!("{}: {}", c.field, c.message))
             .collect();
         let message = if summary.len() == 1 {
-            format!("{} \"{name}\" is invalid: {}", res.kind, summary[0])
+            format!("{label} \"{name}\" is invalid: {}", summary[0])
         } else {
-            format!(
-                "{} \"{name}\" is invalid: [{}]",
-                res.kind,
-                summary.join(", ")
-            )
+            format!("{label} \"{name}\" is invalid: [{}]", summary.join(", "))
         };
         let causes: Vec<Value> = causes
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
         ApiError {
-            details: Some(
-                json!({"name": name, "group": res.group, "kind": res.kind, "causes": causes}),
-            ),
+            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
             ..Self::new(422, "Invalid", message)
         }
     }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, Result};
+use super::error::{ApiError, Cause, Result};
 use super::ops::{Api, DeleteOptions, ListOptions, WriteOptions, parse_propagation};
 use super::schema::FieldValidation;
 use super::{discovery, openapi, table};
@@ -182,17 +182,22 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
                 discovery::resource_list(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
             return Ok(json_response(StatusCode::OK, &doc, &[]));
         }
+        (["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"], &Method::POST) => {
+            // The body (an empty review) carries nothing the answer depends on.
+            let review = crate::auth::self_subject_review(&identity);
+            return Ok(json_response(StatusCode::CREATED, &review, &[]));
+        }
         (["openapi", "v3"], &Method::GET) => {
-            return Ok(json_response(StatusCode::OK, &openapi::root(), &[]));
+            return Ok(openapi::response(openapi::root()));
         }
         (["openapi", "v3", "api", "v1"], &Method::GET) => {
             let doc = openapi::group_version("", "v1").expect("core is served");
-            return Ok(json_response(StatusCode::OK, &doc, &[]));
+            return Ok(openapi::response(doc));
         }
         (["openapi", "v3", "apis", g, v], &Method::GET) => {
             let doc =
                 openapi::group_version(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
-            return Ok(json_response(StatusCode::OK, &doc, &[]));
+            return Ok(openapi::response(doc));
         }
         _ => {}
     }
@@ -328,9 +333,12 @@ async fn handle_resource(
         // Collection.
         (&Method::GET, None, None) => {
             let (labels, fields) = selectors(q, res)?;
-            if flag(q, "watch") {
+            let watching = flag(q, "watch");
+            validate_list_options(q, watching)?;
+            if watching {
                 return watch(st, res, ns, labels, fields, q, wants_table(headers));
             }
+            check_list_revision(st, q)?;
             let opts = ListOptions {
                 labels,
                 fields,
@@ -488,6 +496,129 @@ fn selectors(q: &Query, res: &Resource) -> Result<(LabelSelector, FieldSelector)
     Ok((labels, fields))
 }
 
+/// kube-apiserver's `ValidateListOptions`: the `resourceVersionMatch` / `sendInitialEvents`
+/// combinations it refuses, with its wording, as one 422 on `ListOptions.meta.k8s.io`.
+fn validate_list_options(q: &Query, watching: bool) -> Result<()> {
+    let matching = q.get("resourceVersionMatch").filter(|m| !m.is_empty());
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    let has_continue = q.get("continue").is_some_and(|c| !c.is_empty());
+    let send_initial = q.contains_key("sendInitialEvents");
+    let mut causes = Vec::new();
+    let forbidden = |field: &str, why: &str| Cause {
+        reason: "FieldValueForbidden",
+        field: field.to_string(),
+        message: format!("Forbidden: {why}"),
+    };
+    if watching {
+        if send_initial {
+            if matching.map(String::as_str) != Some("NotOlderThan") {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if !flag(q, "allowWatchBookmarks") {
+                causes.push(forbidden(
+                    "allowWatchBookmarks",
+                    "sendInitialEvents requires setting allowWatchBookmarks to true",
+                ));
+            }
+        }
+        if let Some(m) = matching {
+            if !send_initial {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if m != "NotOlderThan" {
+                causes.push(Cause::unsupported(
+                    "resourceVersionMatch",
+                    m,
+                    &["NotOlderThan"],
+                ));
+            }
+            if has_continue {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+        }
+    } else {
+        if let Some(m) = matching {
+            if rv.is_empty() {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if has_continue {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                causes.push(Cause::unsupported(
+                    "resourceVersionMatch",
+                    m,
+                    &["Exact", "NotOlderThan", ""],
+                ));
+            }
+            if m == "Exact" && rv == "0" {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
+        }
+        if send_initial {
+            causes.push(forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for list",
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_options("ListOptions", causes))
+    }
+}
+
+/// A list's `resourceVersion` under `resourceVersionMatch`. The store lists only its
+/// current state, so `Exact` is served at the current revision only (an older one is 410
+/// Expired, as after a compaction), and a revision from the future is a 504 as when
+/// kube-apiserver's cache cannot catch up.
+fn check_list_revision(st: &ApiState, q: &Query) -> Result<()> {
+    let Some(m) = q.get("resourceVersionMatch").filter(|m| !m.is_empty()) else {
+        return Ok(());
+    };
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    let wanted: crate::store::Revision = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    let current = st.api.store().revision();
+    if wanted > current {
+        return Err(ApiError {
+            details: Some(json!({"causes": [{"reason": "ResourceVersionTooLarge",
+                "message": "Too large resource version"}], "retryAfterSeconds": 1})),
+            ..ApiError::new(
+                504,
+                "Timeout",
+                format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+            )
+        });
+    }
+    if m == "Exact" && wanted < current {
+        return Err(ApiError::expired(format!(
+            "too old resource version: {wanted} ({current})"
+        )));
+    }
+    Ok(())
+}
+
 fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -542,13 +673,25 @@ fn watch(
     q: &Query,
     as_table: bool,
 ) -> Result<Response> {
-    let from = match q.get("resourceVersion").map(String::as_str) {
+    let rv = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(rv) => Some(
             rv.parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
         ),
     };
+    // Watch-list (`sendInitialEvents`, validated above): true sends the current state as
+    // ADDED then a bookmark marking its end; false starts at the given or newest revision
+    // without the synthetic events.
+    let send_initial = q
+        .get("sendInitialEvents")
+        .map(|v| v.eq_ignore_ascii_case("true"));
+    let from = match send_initial {
+        Some(true) => None,
+        Some(false) => Some(rv.unwrap_or_else(|| st.api.store().revision())),
+        None => rv,
+    };
+    let initial_end = send_initial == Some(true);
     let bookmarks = flag(q, "allowWatchBookmarks");
     let timeout = q
         .get("timeoutSeconds")
@@ -562,18 +705,22 @@ fn watch(
         watch: Option<super::ops::ApiWatch>,
         pending_error: Option<ApiError>,
         done: bool,
+        /// The initial-events-end bookmark is still due (watch-list).
+        initial_end: bool,
     }
     let state = match st.api.watch(res, ns, labels, fields, from) {
         Ok(w) => WatchState {
             watch: Some(w),
             pending_error: None,
             done: false,
+            initial_end,
         },
         // Too old: 200 with one ERROR event carrying the 410, so clients relist.
         Err(e) if e.code == 410 => WatchState {
             watch: None,
             pending_error: Some(e),
             done: false,
+            initial_end: false,
         },
         Err(e) => return Err(e),
     };
@@ -591,6 +738,14 @@ fn watch(
                 return Some((Ok::<_, std::io::Error>(line_bytes(&line)), s));
             }
             let w = s.watch.as_mut()?;
+            if s.initial_end && !w.has_initial() {
+                s.initial_end = false;
+                let line = json!({"type": "BOOKMARK", "object": {
+                    "kind": res.kind, "apiVersion": res.api_version(),
+                    "metadata": {"resourceVersion": w.start_revision().to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                return Some((Ok(line_bytes(&line)), s));
+            }
             loop {
                 let next = tokio::time::timeout_at(
                     deadline.min(tokio::time::Instant::now() + bookmark_every),

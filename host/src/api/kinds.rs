@@ -1042,7 +1042,7 @@ fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     if let Some(r) = spec.get("replicas")
         && r.as_i64().is_none_or(|r| r < 0)
     {
-        causes.push(Cause::invalid(
+        causes.push(invalid_raw(
             "spec.replicas",
             &r.to_string(),
             "must be greater than or equal to 0",

@@ -164,6 +164,9 @@ fn spec_part(obj: &Value) -> Value {
     v
 }
 
+/// The finalizer that holds an owner deleted with `propagationPolicy: Foreground`.
+const FOREGROUND_DELETION: &str = "foregroundDeletion";
+
 /// Metadata fields a client can never change through PUT or PATCH.
 const SERVER_OWNED_META: &[&str] = &[
     "uid",
@@ -556,6 +559,7 @@ impl Api {
                 .delete(&Self::key(res, ns, name), rev)
                 .map_err(|e| ApiError::from_store(e, res, name))?;
             self.cascade(res, &gone, Propagation::Background);
+            self.release_owners(&gone);
             return Ok(gone);
         }
         self.store
@@ -582,8 +586,7 @@ impl Api {
     ) -> Result<Value> {
         for _ in 0..5 {
             let current = self.get(res, ns, name)?;
-            let patched = patch::apply(&current, body, kind)
-                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+            let patched = patch::apply(&current, body, kind).map_err(|e| patch_error(kind, e))?;
             let pinned = store::revision_of(&patched) != store::revision_of(&current);
             match self.update(res, ns, name, patched, sub, opts) {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
@@ -788,13 +791,17 @@ impl Api {
             }
         }
 
-        let mut finalizers = meta::finalizers(&current);
-        match propagation {
-            Propagation::Orphan => self.orphan_dependents(res, &current),
-            Propagation::Foreground => self.cascade(res, &current, Propagation::Background),
-            Propagation::Background => {}
+        if propagation == Propagation::Foreground {
+            let deps = self.dependents(res, &current);
+            if !deps.is_empty() {
+                return self.delete_foreground(res, ns, name, current, deps);
+            }
         }
-        finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion");
+        let mut finalizers = meta::finalizers(&current);
+        if propagation == Propagation::Orphan {
+            self.orphan_dependents(res, &current);
+        }
+        finalizers.retain(|f| f != "orphan" && f != FOREGROUND_DELETION);
         if !finalizers.is_empty() {
             // Finalizers hold the object until their controllers remove them.
             let mut next = current.clone();
@@ -814,7 +821,108 @@ impl Api {
         if propagation == Propagation::Background {
             self.cascade(res, &gone, Propagation::Background);
         }
+        self.release_owners(&gone);
         Ok(gone)
+    }
+
+    /// Foreground propagation, as kube-apiserver and the garbage collector do it: the owner
+    /// stays, with `deletionTimestamp` and the `foregroundDeletion` finalizer, while its
+    /// dependents are deleted (in the foreground too); the last one to go releases it (see
+    /// [`Self::release_owners`]). Every dependent blocks, as if `blockOwnerDeletion` were set
+    /// on all of them (the controllers set it).
+    fn delete_foreground(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        current: Value,
+        deps: Vec<(&'static Resource, Value)>,
+    ) -> Result<Value> {
+        let mut next = current.clone();
+        let mut finalizers = meta::finalizers(&current);
+        if !finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
+            finalizers.push(FOREGROUND_DELETION.to_string());
+        }
+        next["metadata"]["finalizers"] = json!(finalizers);
+        if next.pointer("/metadata/deletionTimestamp").is_none() {
+            next["metadata"]["deletionTimestamp"] = json!(self.now());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
+        let marked = if next == current {
+            current
+        } else {
+            self.store
+                .update(
+                    &Self::key(res, ns, name),
+                    next,
+                    store::revision_of(&current),
+                )
+                .map_err(|e| ApiError::from_store(e, res, name))?
+        };
+        self.cascade_deps(deps, Propagation::Foreground);
+        // Dependents that were already gone released nothing: check once more.
+        self.release_foreground(res, ns, name);
+        Ok(marked)
+    }
+
+    /// After `gone` left the store: each owner waiting for it in the foreground is released
+    /// once nothing depends on it any more.
+    fn release_owners(&self, gone: &Value) {
+        let Some(refs) = gone
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        for r in refs {
+            let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
+            let Some(res) = resources::by_kind(field("apiVersion"), field("kind")) else {
+                continue;
+            };
+            let ns = if res.namespaced {
+                meta::namespace(gone)
+            } else {
+                ""
+            };
+            self.release_foreground(res, ns, field("name"));
+        }
+    }
+
+    /// Drops the `foregroundDeletion` finalizer of an owner being deleted in the foreground
+    /// once it has no dependents left; with no other finalizer the owner is then gone.
+    fn release_foreground(&self, res: &'static Resource, ns: &str, name: &str) {
+        for _ in 0..5 {
+            let Ok(owner) = self.get(res, ns, name) else {
+                return;
+            };
+            let mut finalizers = meta::finalizers(&owner);
+            if owner.pointer("/metadata/deletionTimestamp").is_none()
+                || !finalizers.iter().any(|f| f == FOREGROUND_DELETION)
+                || !self.dependents(res, &owner).is_empty()
+            {
+                return;
+            }
+            finalizers.retain(|f| f != FOREGROUND_DELETION);
+            let key = Self::key(res, ns, name);
+            let rev = store::revision_of(&owner);
+            let result = if finalizers.is_empty() {
+                self.store.delete(&key, rev).map(|gone| {
+                    self.release_owners(&gone);
+                })
+            } else {
+                let mut next = owner.clone();
+                next["metadata"]["finalizers"] = json!(finalizers);
+                self.store.update(&key, next, rev).map(drop)
+            };
+            match result {
+                Err(store::Error::Conflict { .. }) => continue,
+                Err(store::Error::NotFound) | Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(kind = res.kind, name, error = %e, "releasing a foreground deletion failed");
+                    return;
+                }
+            }
+        }
     }
 
     /// Every object whose ownerReferences name `owner` (same namespace, or any namespace for
@@ -846,7 +954,11 @@ impl Api {
     /// Deletes the dependents of a deleted owner (what the garbage collector does for
     /// background and foreground propagation; here synchronously, see the issue note).
     fn cascade(&self, owner_res: &Resource, owner: &Value, how: Propagation) {
-        for (r, dep) in self.dependents(owner_res, owner) {
+        self.cascade_deps(self.dependents(owner_res, owner), how);
+    }
+
+    fn cascade_deps(&self, deps: Vec<(&'static Resource, Value)>, how: Propagation) {
+        for (r, dep) in deps {
             let opts = DeleteOptions {
                 propagation: Some(how),
                 ..Default::default()
@@ -862,16 +974,32 @@ impl Api {
     fn orphan_dependents(&self, owner_res: &Resource, owner: &Value) {
         let uid = meta::uid(owner).to_string();
         for (r, dep) in self.dependents(owner_res, owner) {
-            let mut next = dep.clone();
-            if let Some(refs) = next
-                .pointer_mut("/metadata/ownerReferences")
-                .and_then(Value::as_array_mut)
-            {
-                refs.retain(|o| o.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
-            }
             let key = Self::key(r, meta::namespace(&dep), meta::name(&dep));
-            if let Err(e) = self.store.update(&key, next, store::revision_of(&dep)) {
-                tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "orphaning failed");
+            let mut dep = dep;
+            // A concurrent status write (the agent's, a controller's) is retried on the fresh
+            // object: a dependent left pointing at its gone owner would be collected.
+            for _ in 0..5 {
+                let mut next = dep.clone();
+                if let Some(m) = next["metadata"].as_object_mut()
+                    && let Some(Value::Array(refs)) = m.get_mut("ownerReferences")
+                {
+                    refs.retain(|o| o.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
+                    if refs.is_empty() {
+                        // Go's omitempty: no owners means no field, not `[]`.
+                        m.remove("ownerReferences");
+                    }
+                }
+                match self.store.update(&key, next, store::revision_of(&dep)) {
+                    Err(store::Error::Conflict { .. }) => match self.store.get(&key) {
+                        Ok(Some(fresh)) => dep = fresh,
+                        _ => break,
+                    },
+                    Err(e) => {
+                        tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "orphaning failed");
+                        break;
+                    }
+                    Ok(_) => break,
+                }
             }
         }
     }
@@ -970,11 +1098,14 @@ impl Api {
             return Err(ApiError::invalid(
                 res,
                 name,
-                vec![Cause::invalid(
-                    "spec.replicas",
-                    &replicas.to_string(),
-                    "must be greater than or equal to 0",
-                )],
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec.replicas".into(),
+                    // Unquoted, as Go prints a number.
+                    message: format!(
+                        "Invalid value: {replicas}: must be greater than or equal to 0"
+                    ),
+                }],
             ));
         }
         let mut obj = self.get(res, ns, name)?;
@@ -1025,6 +1156,7 @@ impl Api {
             .map_err(|e| ApiError::from_store(e, res, ""))?;
         Ok(ApiWatch {
             initial,
+            start,
             inner,
             labels,
             fields,
@@ -1036,6 +1168,8 @@ impl Api {
 /// (DELETED), as Kubernetes' watch cache reports it.
 pub struct ApiWatch {
     initial: VecDeque<(EventType, Arc<Value>)>,
+    /// The revision the initial events (if any) are consistent at.
+    start: Revision,
     inner: store::Watch,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -1067,6 +1201,16 @@ impl ApiWatch {
             };
             return Some(Ok((kind, event.object.clone())));
         }
+    }
+
+    /// Whether synthetic ADDED events for the initial state are still to come.
+    pub fn has_initial(&self) -> bool {
+        !self.initial.is_empty()
+    }
+
+    /// The revision the watch started at (the initial state's, for watch-list).
+    pub fn start_revision(&self) -> Revision {
+        self.start
     }
 
     /// The revision the watch has reached (for bookmarks).
@@ -1118,6 +1262,24 @@ fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String,
         _ => {}
     }
     None
+}
+
+/// A patch that cannot be applied. JSON patch failures are reported as kube-apiserver does,
+/// as a generic 422 whose cause carries the detail (kubectl prints `The request is invalid:
+/// the server rejected our request due to an error in our request`).
+fn patch_error(kind: PatchType, e: impl std::fmt::Display) -> ApiError {
+    match kind {
+        PatchType::Json => ApiError {
+            details: Some(json!({"causes": [{"reason": "UnexpectedServerResponse",
+                "message": e.to_string()}]})),
+            ..ApiError::new(
+                422,
+                "Invalid",
+                "the server rejected our request due to an error in our request",
+            )
+        },
+        _ => ApiError::new(422, "Invalid", e.to_string()),
+    }
 }
 
 /// Stores `managed` as the object's `metadata.managedFields` (none: the field goes).

@@ -1,0 +1,220 @@
+//! The endpoints controller as a kedge plugin: for every Service with a selector, an Endpoints
+//! object of the same name listing the matching pods — Ready ones under `addresses`, others
+//! under `notReadyAddresses` (all under `addresses` with `publishNotReadyAddresses`) — and
+//! the Service's ports resolved against each pod (`targetPort` by number or by container port
+//! name). Services without a selector keep their hand-written Endpoints; a deleted Service's
+//! Endpoints go with it.
+//!
+//! Pods are not owned by Services, so pod changes do not enqueue a Service: each Service is
+//! looked at again every [`RESYNC_MS`] (and on every change of the Service itself).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Event, ObjectReference, Pod, Service,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kedge_guest::pod::is_ready;
+use kedge_guest::{
+    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+};
+
+/// How often a Service's endpoints are recomputed without an event on the Service.
+pub const RESYNC_MS: u64 = 2000;
+
+pub struct EndpointsController;
+
+impl Controller for EndpointsController {
+    fn registration() -> Registration {
+        Registration {
+            name: "endpoints".into(),
+            for_kind: KindRef::of::<Service>(),
+            owns: vec![],
+            reads: vec![KindRef::of::<Pod>()],
+            writes: vec![KindRef::of::<Endpoints>(), KindRef::of::<Event>()],
+        }
+    }
+
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+        reconcile(cluster, key)
+    }
+}
+
+kedge_guest::export_controller!(EndpointsController);
+
+fn api(e: ApiError) -> String {
+    e.to_string()
+}
+
+/// The port a Service port reaches on `pod`, if the pod has it.
+fn resolve_port(pod: &Pod, target: Option<&IntOrString>, port: i32) -> Option<i32> {
+    match target {
+        None => Some(port),
+        Some(IntOrString::Int(p)) => Some(*p),
+        Some(IntOrString::String(name)) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .map(|p| p.container_port),
+    }
+}
+
+fn address(pod: &Pod, ip: &str, service: &str) -> EndpointAddress {
+    let spec = pod.spec.as_ref();
+    // A pod with `subdomain` = the Service's name gets a DNS name under it.
+    let hostname = spec
+        .filter(|s| s.subdomain.as_deref() == Some(service))
+        .and_then(|s| s.hostname.clone());
+    EndpointAddress {
+        ip: ip.to_string(),
+        hostname,
+        node_name: spec.and_then(|s| s.node_name.clone()),
+        target_ref: Some(ObjectReference {
+            kind: Some("Pod".into()),
+            namespace: pod.metadata.namespace.clone(),
+            name: pod.metadata.name.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The subsets for `service` over `pods`: pods grouped by the ports they resolve, addresses
+/// sorted so the result is stable from one pass to the next.
+pub fn subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
+    let spec = service.spec.clone().unwrap_or_default();
+    let name = service.metadata.name.as_deref().unwrap_or("");
+    let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
+    type Group = (Vec<EndpointAddress>, Vec<EndpointAddress>);
+    let mut groups: BTreeMap<Vec<(String, i32, String)>, Group> = BTreeMap::new();
+    for pod in pods {
+        if pod.metadata.deletion_timestamp.is_some() && !publish_not_ready {
+            continue;
+        }
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) else {
+            continue;
+        };
+        let ports: Vec<(String, i32, String)> = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let target = resolve_port(pod, p.target_port.as_ref(), p.port)?;
+                Some((
+                    p.name.clone().unwrap_or_default(),
+                    target,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                ))
+            })
+            .collect();
+        if ports.is_empty() && spec.ports.as_ref().is_some_and(|p| !p.is_empty()) {
+            continue;
+        }
+        let entry = groups.entry(ports).or_default();
+        let addr = address(pod, ip, name);
+        if publish_not_ready || is_ready(pod) {
+            entry.0.push(addr);
+        } else {
+            entry.1.push(addr);
+        }
+    }
+    let key = |a: &EndpointAddress| {
+        (
+            a.ip.clone(),
+            a.target_ref.as_ref().and_then(|r| r.name.clone()),
+        )
+    };
+    groups
+        .into_iter()
+        .map(|(ports, (mut ready, mut not_ready))| {
+            ready.sort_by_key(key);
+            not_ready.sort_by_key(key);
+            EndpointSubset {
+                addresses: (!ready.is_empty()).then_some(ready),
+                not_ready_addresses: (!not_ready.is_empty()).then_some(not_ready),
+                ports: (!ports.is_empty()).then(|| {
+                    ports
+                        .into_iter()
+                        .map(|(name, port, protocol)| EndpointPort {
+                            name: (!name.is_empty()).then_some(name),
+                            port,
+                            protocol: Some(protocol),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+            }
+        })
+        .collect()
+}
+
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    let ns = key.namespace.as_str();
+    let existing = cluster.get::<Endpoints>(ns, &key.name).map_err(api)?;
+    let Some(service) = cluster.get::<Service>(ns, &key.name).map_err(api)? else {
+        // The Service is gone: so are its endpoints.
+        if existing.is_some() {
+            match cluster.delete::<Endpoints>(ns, &key.name) {
+                Ok(()) | Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+        return Ok(Outcome::done());
+    };
+    let Some(selector) = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .filter(|s| !s.is_empty())
+    else {
+        // No selector: the user manages the Endpoints.
+        return Ok(Outcome::done());
+    };
+    let pods: Vec<Pod> = cluster
+        .list::<Pod>(ns, "")
+        .map_err(api)?
+        .into_iter()
+        .filter(|p| {
+            let labels = p.metadata.labels.clone().unwrap_or_default();
+            selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+        })
+        .collect();
+    let subsets = subsets(&service, &pods);
+    let mut labels = service.metadata.labels.clone().unwrap_or_default();
+    if service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
+        labels.insert("service.kubernetes.io/headless".into(), String::new());
+    }
+    let want_subsets = (!subsets.is_empty()).then_some(subsets);
+    match existing {
+        Some(mut ep) => {
+            let same_labels = ep.metadata.labels.clone().unwrap_or_default() == labels;
+            if ep.subsets == want_subsets && same_labels {
+                return Ok(Outcome::requeue_after_ms(RESYNC_MS));
+            }
+            ep.subsets = want_subsets;
+            ep.metadata.labels = Some(labels);
+            match cluster.update(ns, &ep) {
+                Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+        None => {
+            let mut ep = Endpoints::default();
+            ep.metadata.name = Some(key.name.clone());
+            ep.metadata.namespace = Some(ns.to_string());
+            ep.metadata.labels = Some(labels);
+            ep.subsets = want_subsets;
+            match cluster.create(ns, &ep) {
+                Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+    }
+    Ok(Outcome::requeue_after_ms(RESYNC_MS))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,149 @@
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Endpoints, Pod, PodCondition, PodSpec, PodStatus, Service,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kedge_guest::{ClusterExt, Controller, FakeCluster, ObjectKey, Outcome};
+
+use super::*;
+
+fn service(name: &str, selector: Option<&[(&str, &str)]>, target: IntOrString) -> Service {
+    let mut s = Service::default();
+    s.metadata.name = Some(name.into());
+    s.metadata.namespace = Some("default".into());
+    s.metadata.labels = Some([("app".to_string(), "web".to_string())].into());
+    s.spec = Some(ServiceSpec {
+        selector: selector.map(|sel| {
+            sel.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        }),
+        ports: Some(vec![ServicePort {
+            name: Some("http".into()),
+            port: 80,
+            target_port: Some(target),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    s
+}
+
+fn pod(name: &str, ip: Option<&str>, ready: bool, app: &str) -> Pod {
+    let mut p = Pod::default();
+    p.metadata.name = Some(name.into());
+    p.metadata.namespace = Some("default".into());
+    p.metadata.labels = Some([("app".to_string(), app.to_string())].into());
+    p.spec = Some(PodSpec {
+        node_name: Some("edge-1".into()),
+        containers: vec![Container {
+            name: "c".into(),
+            ports: Some(vec![ContainerPort {
+                name: Some("web".into()),
+                container_port: 8080,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    p.status = Some(PodStatus {
+        pod_ip: ip.map(String::from),
+        phase: Some("Running".into()),
+        conditions: Some(vec![PodCondition {
+            type_: "Ready".into(),
+            status: if ready { "True" } else { "False" }.into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    p
+}
+
+fn run(fake: &FakeCluster, name: &str) -> Outcome {
+    EndpointsController::reconcile(fake, &ObjectKey::of::<Service>("default", name)).unwrap()
+}
+
+fn endpoints(fake: &FakeCluster, name: &str) -> Option<Endpoints> {
+    fake.get::<Endpoints>("default", name).unwrap()
+}
+
+fn names(addrs: &Option<Vec<EndpointAddress>>) -> Vec<String> {
+    addrs
+        .iter()
+        .flatten()
+        .filter_map(|a| a.target_ref.as_ref().and_then(|r| r.name.clone()))
+        .collect()
+}
+
+#[test]
+fn selected_pods_become_addresses_with_resolved_ports() {
+    let fake = FakeCluster::new();
+    fake.seed(&service(
+        "web",
+        Some(&[("app", "web")]),
+        IntOrString::String("web".into()),
+    ));
+    fake.seed(&pod("b", Some("10.0.0.2"), true, "web"));
+    fake.seed(&pod("a", Some("10.0.0.1"), true, "web"));
+    fake.seed(&pod("slow", Some("10.0.0.3"), false, "web"));
+    fake.seed(&pod("pending", None, false, "web"));
+    fake.seed(&pod("other", Some("10.0.0.9"), true, "db"));
+    assert_eq!(run(&fake, "web"), Outcome::requeue_after_ms(RESYNC_MS));
+    let ep = endpoints(&fake, "web").expect("created");
+    let subsets = ep.subsets.unwrap();
+    assert_eq!(subsets.len(), 1);
+    assert_eq!(names(&subsets[0].addresses), ["a", "b"]);
+    assert_eq!(names(&subsets[0].not_ready_addresses), ["slow"]);
+    let port = &subsets[0].ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.port, port.protocol.as_deref()),
+        (Some("http"), 8080, Some("TCP"))
+    );
+    assert_eq!(
+        ep.metadata.labels.unwrap().get("app").map(String::as_str),
+        Some("web")
+    );
+
+    // Converged: a second pass writes nothing.
+    fake.clear_writes();
+    run(&fake, "web");
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+
+    // A pod going away is noticed on the next pass.
+    fake.delete::<Pod>("default", "b").unwrap();
+    run(&fake, "web");
+    let subsets = endpoints(&fake, "web").unwrap().subsets.unwrap();
+    assert_eq!(names(&subsets[0].addresses), ["a"]);
+}
+
+#[test]
+fn services_without_selector_keep_their_manual_endpoints_and_deletion_cleans_up() {
+    let fake = FakeCluster::new();
+    fake.seed(&service("manual", None, IntOrString::Int(9376)));
+    let mut ep = Endpoints::default();
+    ep.metadata.name = Some("manual".into());
+    ep.metadata.namespace = Some("default".into());
+    fake.seed(&ep);
+    assert_eq!(run(&fake, "manual"), Outcome::done());
+    assert!(fake.writes().is_empty());
+
+    // A Service deleted: its endpoints go.
+    fake.delete::<Service>("default", "manual").unwrap();
+    run(&fake, "manual");
+    assert!(endpoints(&fake, "manual").is_none());
+}
+
+#[test]
+fn numeric_target_ports_and_publish_not_ready() {
+    let fake = FakeCluster::new();
+    let mut s = service("db", Some(&[("app", "db")]), IntOrString::Int(5432));
+    s.spec.as_mut().unwrap().publish_not_ready_addresses = Some(true);
+    fake.seed(&s);
+    fake.seed(&pod("db-0", Some("10.0.0.5"), false, "db"));
+    run(&fake, "db");
+    let subsets = endpoints(&fake, "db").unwrap().subsets.unwrap();
+    assert_eq!(names(&subsets[0].addresses), ["db-0"]);
+    assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, 5432);
+}
