@@ -804,6 +804,23 @@ fn deletion_propagation_finalizers_and_grace() {
         body.contains(r#"Unsupported value: \"Sideways\""#),
         "{body}"
     );
+    // A ReplicaSet deleted with orphan propagation: its pods stay (its controller must not
+    // adopt them back on the way out, or the garbage collector would take them).
+    create(&c, &deployment_json("orph3", 2));
+    running("orph3", 2);
+    c.k(&["delete", "deployment", "orph3", "--cascade=orphan"]);
+    let rs3 = rs_names("orph3");
+    c.k(&["delete", rs3.trim(), "--cascade=orphan"]);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pods = c.pods("app=orph3");
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    assert!(pods.iter().all(|p| !p.deleting), "{pods:?}");
+    for p in &pods {
+        let pj = get_json(&c, &["pod", &p.name]);
+        assert!(pj["metadata"].get("ownerReferences").is_none(), "{pj}");
+    }
+    c.k(&["delete", "pods", "-l", "app=orph3", "--grace-period=1"]);
+
     // The orphans go with their (background) deletion.
     c.k(&["delete", "rs", "-l", "app in (orph,orph2)"]);
     c.wait("orphaned pods gone", || {
@@ -825,6 +842,8 @@ fn deletion_propagation_finalizers_and_grace() {
             "jsonpath={.type} {.object.metadata.finalizers} {.object.metadata.deletionTimestamp}{\"\\n\"}",
         ],
     );
+    // The watch is established (its initial ADDED arrived) before the delete.
+    w.until("the watch's initial event", |l| l.starts_with("ADDED"));
     c.k(&["delete", "deployment", "fg", "--cascade=foreground"]);
     assert!(c.pods("app=fg").is_empty(), "pods gone before the owner");
     assert!(rs_names("fg").trim().is_empty());

@@ -797,6 +797,26 @@ impl Api {
                 return self.delete_foreground(res, ns, name, current, deps);
             }
         }
+        // Orphaning: mark the owner as being deleted before its dependents lose their
+        // ownerReferences, so its controller (which reads it fresh) stops adopting: without
+        // this it would adopt them back, and the garbage collector would then delete them
+        // once the owner is gone.
+        let (current, rev) = if propagation == Propagation::Orphan
+            && current.pointer("/metadata/deletionTimestamp").is_none()
+            && !self.dependents(res, &current).is_empty()
+        {
+            let mut next = current.clone();
+            next["metadata"]["deletionTimestamp"] = json!(self.now());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            let marked = self
+                .store
+                .update(&key, next, rev)
+                .map_err(|e| ApiError::from_store(e, res, name))?;
+            let rev = store::revision_of(&marked);
+            (marked, rev)
+        } else {
+            (current, rev)
+        };
         let mut finalizers = meta::finalizers(&current);
         if propagation == Propagation::Orphan {
             self.orphan_dependents(res, &current);

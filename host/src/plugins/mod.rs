@@ -264,10 +264,15 @@ impl self::kedge::plugin::cluster::Host for HostState {
     ) -> std::result::Result<Option<String>, WitApiError> {
         let p = &self.plugin;
         let res = p.readable(&api_version, &kind)?;
-        Ok(p.informers
-            .get(res)
-            .get(&namespace, &name)
-            .map(|o| o.to_string()))
+        // Straight from the store, not the informer cache: a controller deciding on one
+        // object (adopt or not, is it being deleted) must see its latest state, as
+        // Kubernetes' controllers re-read an owner uncached before adopting. Lists stay
+        // cached.
+        match p.api.get(res, &namespace, &name) {
+            Ok(o) => Ok(Some(o.to_string())),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(wit_error(e)),
+        }
     }
 
     fn list(
