@@ -219,8 +219,17 @@ pub trait ClusterExt: Cluster {
             + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
     {
         let meta = obj.metadata();
-        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        // Events about cluster-scoped objects live in `default`, their involvedObject has no
+        // namespace, and for Nodes the uid is the node's name (what kubelet records and what
+        // `kubectl describe node` searches for).
+        let involved_ns = meta.namespace.clone();
+        let ns = involved_ns.clone().unwrap_or_else(|| "default".into());
         let name = meta.name.clone().unwrap_or_default();
+        let uid = if K::KIND == "Node" {
+            Some(name.clone())
+        } else {
+            meta.uid.clone()
+        };
         let now = self.now();
         // FNV-1a over what makes this event distinct: a unique-enough name suffix.
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -240,8 +249,8 @@ pub trait ClusterExt: Cluster {
             "kind": "Event",
             "metadata": {"name": format!("{name}.{h:016x}"), "namespace": ns},
             "involvedObject": {
-                "apiVersion": K::API_VERSION, "kind": K::KIND, "namespace": ns,
-                "name": name, "uid": meta.uid, "resourceVersion": meta.resource_version,
+                "apiVersion": K::API_VERSION, "kind": K::KIND, "namespace": involved_ns,
+                "name": name, "uid": uid, "resourceVersion": meta.resource_version,
             },
             "reason": reason,
             "message": message,

@@ -139,4 +139,12 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
     });
     let p = c.pods("app=spread");
     assert_eq!(p.len(), 2, "{p:?}");
+    // kubectl describe node tells the story.
+    let described = c.k(&["describe", "node", "node-b"]);
+    for reason in ["Starting", "NodeNotReady", "NodeReachable"] {
+        assert!(
+            described.contains(reason),
+            "no {reason} event:\n{described}"
+        );
+    }
 }

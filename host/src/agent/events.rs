@@ -149,6 +149,40 @@ impl Recorder {
         }
     }
 
+    /// Records an event about this agent's Node (in `default`, involvedObject without
+    /// namespace and with the node's name as uid, as kubelet records them and `kubectl
+    /// describe node` looks them up).
+    pub async fn node(&self, kind: Kind, reason: &str, message: &str) {
+        let now = meta::timestamp((self.clock)());
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": format!("{}.{:x}", self.node,
+                    (self.clock)().timestamp_nanos_opt().unwrap_or_default()),
+                "namespace": "default",
+            },
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": self.node,
+                "uid": self.node},
+            "reason": reason,
+            "message": message,
+            "type": kind.as_str(),
+            "source": {"component": "kubelet", "host": self.node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        });
+        if let Err(e) = self
+            .client
+            .create("/api/v1/namespaces/default/events", &event)
+            .await
+        {
+            tracing::debug!(error = %e, %reason, "recording a node event failed");
+        }
+    }
+
     /// Forgets the events of a pod that is gone.
     pub fn forget_pod(&self, uid: &str) {
         self.seen

@@ -508,6 +508,9 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                     registered = true;
                     attempt = 0;
                     tracing::info!(node = %ctx.node, "node registered");
+                    ctx.events
+                        .node(events::Kind::Normal, "Starting", "Starting kedge agent.")
+                        .await;
                 }
                 Err(e) => {
                     attempt += 1;
@@ -553,7 +556,18 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                     )
                     .await
                 {
-                    Ok(_) => last_heartbeat = tokio::time::Instant::now(),
+                    Ok(_) => {
+                        last_heartbeat = tokio::time::Instant::now();
+                        if cur.is_some() && !ready_true {
+                            ctx.events
+                                .node(
+                                    events::Kind::Normal,
+                                    "NodeReady",
+                                    &format!("Node {} status is now: NodeReady", ctx.node),
+                                )
+                                .await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "node status heartbeat failed"),
                 }
             }
