@@ -1,7 +1,7 @@
 //! Pod facts that several controllers need to agree on: which pods count, which are ready,
 //! what they request, and the template hash that names a Deployment's ReplicaSets.
 
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Taint, Toleration};
 
 use crate::quantity::{QuantityError, parse_bytes, parse_cpu_millis};
 
@@ -11,6 +11,38 @@ pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// The alphabet Kubernetes uses for generated names: no vowels (no accidental words) and no
 /// look-alike characters (0/1/3).
 pub const SAFE_ALPHABET: &[u8; 27] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// Kubernetes' toleration matching: key (an empty key with `Exists` matches every key),
+/// operator `Equal` (the default) compares values, `Exists` ignores them; an empty effect
+/// matches every effect. The scheduler, DaemonSets and node lifecycle must agree on it.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::{Taint, Toleration};
+/// use kedge_guest::pod::tolerates;
+/// let taint = Taint { key: "dedicated".into(), value: Some("gpu".into()),
+///     effect: "NoSchedule".into(), ..Default::default() };
+/// let exact = Toleration { key: Some("dedicated".into()), value: Some("gpu".into()),
+///     ..Default::default() };
+/// let wrong = Toleration { key: Some("dedicated".into()), value: Some("cpu".into()),
+///     ..Default::default() };
+/// let all = Toleration { operator: Some("Exists".into()), ..Default::default() };
+/// assert!(tolerates(&exact, &taint) && tolerates(&all, &taint) && !tolerates(&wrong, &taint));
+/// ```
+pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
+    let key_ok = match tol.key.as_deref() {
+        None | Some("") => tol.operator.as_deref() == Some("Exists"),
+        Some(k) => k == taint.key,
+    };
+    let value_ok = match tol.operator.as_deref() {
+        Some("Exists") => true,
+        _ => tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    let effect_ok = tol
+        .effect
+        .as_deref()
+        .is_none_or(|e| e.is_empty() || e == taint.effect);
+    key_ok && value_ok && effect_ok
+}
 
 /// Whether a pod still counts toward its controller's replicas: not being deleted and not
 /// finished.

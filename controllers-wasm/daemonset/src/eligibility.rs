@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PodSpec,
-    Taint, Toleration,
+    Toleration,
 };
 use kedge_guest::meta::labels_of;
 
@@ -78,25 +78,7 @@ pub fn pin_to_node(spec: &mut PodSpec, node: &str) {
     });
 }
 
-/// Kubernetes' toleration matching (same rules as the scheduler plugin's `tolerates`, which
-/// is not shared because plugin crates export component symbols): key (empty key + Exists =
-/// every key), operator Equal (default) compares values, Exists ignores them; an empty
-/// effect matches every effect.
-pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    let key_ok = match tol.key.as_deref() {
-        None | Some("") => tol.operator.as_deref() == Some("Exists"),
-        Some(k) => k == taint.key,
-    };
-    let value_ok = match tol.operator.as_deref() {
-        Some("Exists") => true,
-        _ => tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    };
-    let effect_ok = tol
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    key_ok && value_ok && effect_ok
-}
+pub use kedge_guest::pod::tolerates;
 
 fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>, is_label: bool) -> bool {
     let values = req.values.as_deref().unwrap_or(&[]);

@@ -21,6 +21,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kedge_guest::meta::{find_condition, parse_time};
+use kedge_guest::pod::tolerates;
 use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
 };
@@ -117,14 +118,12 @@ pub fn tolerated_ms(pod: &Pod, default_ms: i64) -> Option<i64> {
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or(&[]);
-    let matching = tolerations.iter().find(|t| {
-        let key_ok = match t.key.as_deref() {
-            None | Some("") => t.operator.as_deref() == Some("Exists"),
-            Some(k) => k == UNREACHABLE_TAINT,
-        };
-        let effect_ok = matches!(t.effect.as_deref(), None | Some("") | Some("NoExecute"));
-        key_ok && effect_ok
-    });
+    let taint = Taint {
+        key: UNREACHABLE_TAINT.into(),
+        effect: "NoExecute".into(),
+        ..Default::default()
+    };
+    let matching = tolerations.iter().find(|t| tolerates(t, &taint));
     match matching {
         Some(t) => t.toleration_seconds.map(|s| s.max(0) * 1000),
         None => Some(default_ms),

@@ -8,8 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition, Toleration};
 use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
+pub use kedge_guest::pod::tolerates;
 use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
 use kedge_guest::{
@@ -185,24 +186,6 @@ fn evaluate<'a>(
         load_ppm: ppm(used_cpu, cpu) + ppm(used_memory, memory),
         name,
     })
-}
-
-/// Kubernetes' toleration matching: key (empty key + Exists = every key), operator Equal
-/// (default) compares values, Exists ignores them; an empty effect matches every effect.
-pub fn tolerates(tol: &Toleration, taint: &Taint) -> bool {
-    let key_ok = match tol.key.as_deref() {
-        None | Some("") => tol.operator.as_deref() == Some("Exists"),
-        Some(k) => k == taint.key,
-    };
-    let value_ok = match tol.operator.as_deref() {
-        Some("Exists") => true,
-        _ => tol.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
-    };
-    let effect_ok = tol
-        .effect
-        .as_deref()
-        .is_none_or(|e| e.is_empty() || e == taint.effect);
-    key_ok && value_ok && effect_ok
 }
 
 /// "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match ...": the
