@@ -87,7 +87,17 @@ fn server_side_apply_tracks_owners_and_reports_conflicts() {
     let d = get(&c);
     assert_eq!(d["spec"]["replicas"], 2);
     assert!(owns_replicas(entry(&d, "kubectl", "Apply")));
-    let rv = d["metadata"]["resourceVersion"].clone();
+    // Once the controllers are done with it (status and revision written), the version
+    // stays put unless someone writes.
+    c.wait("the Deployment's status settled", || {
+        let d = get(&c);
+        (d["status"]["observedGeneration"] == d["metadata"]["generation"]
+            && d["status"]["replicas"] == 2
+            && d["metadata"]["annotations"]["deployment.kubernetes.io/revision"].is_string())
+        .then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let rv = get(&c)["metadata"]["resourceVersion"].clone();
 
     // The same configuration again stores nothing.
     assert!(apply_ssa(&deployment(2, true), &[]).ok);
