@@ -35,3 +35,5 @@ bench: setup
 	$(CARGO) bench -p kedge --bench skeleton
 	$(CARGO) bench -p kedge --bench images
 	$(CARGO) bench -p kedge --bench api
+	$(CARGO) bench -p kedge --bench tunnel
+	$(CARGO) bench -p kedge --bench portforward

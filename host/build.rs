@@ -11,6 +11,10 @@ use std::process::Command;
 const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-scheduler", "kedge_plugin_scheduler.wasm"),
     ("kedge-plugin-replicaset", "kedge_plugin_replicaset.wasm"),
+    (
+        "kedge-plugin-replicationcontroller",
+        "kedge_plugin_replicationcontroller.wasm",
+    ),
     ("kedge-plugin-deployment", "kedge_plugin_deployment.wasm"),
     ("kedge-plugin-job", "kedge_plugin_job.wasm"),
     ("kedge-plugin-cronjob", "kedge_plugin_cronjob.wasm"),
@@ -27,6 +31,14 @@ const GUESTS: &[(&str, &str)] = &[
         "kedge_fixture_plugin_spin.wasm",
     ),
     ("kedge-fixture-plugin-hog", "kedge_fixture_plugin_hog.wasm"),
+    (
+        "kedge-fixture-plugin-broken",
+        "kedge_fixture_plugin_broken.wasm",
+    ),
+    (
+        "kedge-sample-plugin-template",
+        "kedge_sample_plugin_template.wasm",
+    ),
 ];
 
 fn main() {

@@ -27,6 +27,9 @@ have runc || need_pkgs+=(runc)
 have docker-registry || need_pkgs+=(docker-registry)
 have htpasswd || need_pkgs+=(apache2-utils)
 [ -x /bin/busybox ] || need_pkgs+=(busybox-static)
+# The NAT end-to-end test builds network namespaces, veths and a masquerading router.
+have ip || need_pkgs+=(iproute2)
+have iptables || need_pkgs+=(iptables)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing packages ${need_pkgs[*]}; run as root or install them" >&2

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use k8s_openapi::api::core::v1::{Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 /// Why a selector could not be understood.
@@ -390,6 +391,85 @@ pub fn label_selector_string(ls: &LabelSelector) -> Result<String, SelectorError
     Ok(Selector::from_label_selector(ls)?.to_string())
 }
 
+/// Whether one node selector requirement holds for `value` (a label's value, or a field's
+/// for `matchFields`), with the operators node affinity adds to label selectors: `Gt` and
+/// `Lt` compare integers (exactly one value; a missing or non-integer label never matches),
+/// and `NotIn`/`DoesNotExist` hold for an absent label. Unknown operators match nothing,
+/// as the API server would have rejected them.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::NodeSelectorRequirement;
+/// use kedge_guest::selector::node_requirement_matches;
+/// let gt = NodeSelectorRequirement { key: "cores".into(), operator: "Gt".into(),
+///     values: Some(vec!["4".into()]) };
+/// assert!(node_requirement_matches(&gt, Some("8")));
+/// assert!(!node_requirement_matches(&gt, Some("4")) && !node_requirement_matches(&gt, None));
+/// ```
+pub fn node_requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = req.values.as_deref().unwrap_or(&[]);
+    match req.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        op @ ("Gt" | "Lt") => {
+            let [bound] = values else { return false };
+            let (Ok(bound), Some(Ok(v))) = (bound.parse::<i64>(), value.map(str::parse::<i64>))
+            else {
+                return false;
+            };
+            if op == "Gt" { v > bound } else { v < bound }
+        }
+        _ => false,
+    }
+}
+
+/// One `nodeSelectorTerm` against a node: `matchExpressions` (labels) and `matchFields`
+/// (only `metadata.name` exists) are ANDed; a term with neither matches nothing, as in
+/// Kubernetes.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, NodeSelectorTerm};
+/// use kedge_guest::selector::node_term_matches;
+/// let mut node = Node::default();
+/// node.metadata.name = Some("edge-1".into());
+/// let by_name = NodeSelectorTerm { match_fields: Some(vec![NodeSelectorRequirement {
+///     key: "metadata.name".into(), operator: "In".into(), values: Some(vec!["edge-1".into()]) }]),
+///     ..Default::default() };
+/// assert!(node_term_matches(&by_name, &node));
+/// assert!(!node_term_matches(&NodeSelectorTerm::default(), &node));
+/// ```
+pub fn node_term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
+    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
+    let fields = term.match_fields.as_deref().unwrap_or(&[]);
+    if exprs.is_empty() && fields.is_empty() {
+        return false;
+    }
+    let labels = node.metadata.labels.as_ref();
+    let name = node.metadata.name.as_deref();
+    exprs.iter().all(|r| {
+        node_requirement_matches(r, labels.and_then(|l| l.get(&r.key)).map(String::as_str))
+    }) && fields.iter().all(|r| {
+        r.key == "metadata.name"
+            && matches!(r.operator.as_str(), "In" | "NotIn")
+            && node_requirement_matches(r, name)
+    })
+}
+
+/// A `NodeSelector` (required node affinity): its terms are ORed.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::{Node, NodeSelector};
+/// let none = NodeSelector { node_selector_terms: vec![] };
+/// assert!(!kedge_guest::selector::node_selector_matches(&none, &Node::default()));
+/// ```
+pub fn node_selector_matches(selector: &NodeSelector, node: &Node) -> bool {
+    selector
+        .node_selector_terms
+        .iter()
+        .any(|t| node_term_matches(t, node))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,6 +566,54 @@ mod tests {
         assert!(!label_selector_matches(&ls, None).unwrap());
         let round = Selector::parse(&label_selector_string(&ls).unwrap()).unwrap();
         assert_eq!(round, Selector::from_label_selector(&ls).unwrap());
+    }
+
+    #[test]
+    fn node_selector_operators_and_fields() {
+        let req = |key: &str, op: &str, values: &[&str]| NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        let mut node = Node::default();
+        node.metadata.name = Some("n1".into());
+        node.metadata.labels = Some(labels(&[("zone", "a"), ("cores", "8")]));
+        let term = |exprs: Vec<NodeSelectorRequirement>| NodeSelectorTerm {
+            match_expressions: Some(exprs),
+            match_fields: None,
+        };
+        for (r, want) in [
+            (req("zone", "In", &["a", "b"]), true),
+            (req("zone", "NotIn", &["a"]), false),
+            (req("gpu", "NotIn", &["x"]), true),
+            (req("zone", "Exists", &[]), true),
+            (req("gpu", "DoesNotExist", &[]), true),
+            (req("cores", "Gt", &["4"]), true),
+            (req("cores", "Lt", &["4"]), false),
+            (req("zone", "Gt", &["4"]), false),
+            (req("cores", "Gt", &["4", "5"]), false),
+            (req("zone", "Like", &["a"]), false),
+        ] {
+            assert_eq!(
+                node_term_matches(&term(vec![r.clone()]), &node),
+                want,
+                "{r:?}"
+            );
+        }
+        // ANDed within a term, ORed across terms.
+        let both = term(vec![req("zone", "In", &["a"]), req("cores", "Lt", &["4"])]);
+        assert!(!node_term_matches(&both, &node));
+        let sel = NodeSelector {
+            node_selector_terms: vec![both, term(vec![req("zone", "Exists", &[])])],
+        };
+        assert!(node_selector_matches(&sel, &node));
+        let fields = |op: &str| NodeSelectorTerm {
+            match_expressions: None,
+            match_fields: Some(vec![req("metadata.name", op, &["n1"])]),
+        };
+        assert!(node_term_matches(&fields("In"), &node));
+        assert!(!node_term_matches(&fields("NotIn"), &node));
+        assert!(!node_term_matches(&fields("Exists"), &node));
     }
 
     #[test]

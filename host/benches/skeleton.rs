@@ -48,6 +48,7 @@ async fn run() {
             plugin_cache_dir: Some(cache),
             plugins: PluginConfig::default(),
             durable: true,
+            registries: Default::default(),
         },
         cancel.clone(),
     )

@@ -45,14 +45,36 @@ struct ServerArgs {
     plugin_memory_mib: usize,
 }
 
-/// Where a node gets its images.
+/// Registry credentials and trust (the agent's images, the server's plugin images).
 #[derive(clap::Args, Clone)]
-struct ImageArgs {
+struct RegistryArgs {
     /// Registry credentials and TLS trust, K3s' `registries.yaml` format
     /// (`configs: {"host:port": {auth: {username, password}, tls: {ca_file}}}`).
     /// Default: /etc/kedge/registries.yaml when it exists.
     #[arg(long, env = "KEDGE_REGISTRIES_CONFIG")]
     registries_config: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    fn load(&self) -> anyhow::Result<kedge_registry::RegistriesConfig> {
+        let default = PathBuf::from("/etc/kedge/registries.yaml");
+        let path = match &self.registries_config {
+            Some(p) => Some(p.clone()),
+            None => default.exists().then_some(default),
+        };
+        match path {
+            Some(p) => kedge_registry::RegistriesConfig::load(&p)
+                .with_context(|| format!("--registries-config {}", p.display())),
+            None => Ok(Default::default()),
+        }
+    }
+}
+
+/// Where a node gets its images.
+#[derive(clap::Args, Clone)]
+struct ImageArgs {
+    #[command(flatten)]
+    registries: RegistryArgs,
     /// Size budget of the node's image store, e.g. 10Gi; least recently used images that no
     /// container uses are removed past it.
     #[arg(long, default_value = "10Gi")]
@@ -61,16 +83,7 @@ struct ImageArgs {
 
 impl ImageArgs {
     fn load(&self) -> anyhow::Result<(kedge_registry::RegistriesConfig, u64)> {
-        let default = PathBuf::from("/etc/kedge/registries.yaml");
-        let path = match &self.registries_config {
-            Some(p) => Some(p.clone()),
-            None => default.exists().then_some(default),
-        };
-        let config = match path {
-            Some(p) => kedge_registry::RegistriesConfig::load(&p)
-                .with_context(|| format!("--registries-config {}", p.display()))?,
-            None => Default::default(),
-        };
+        let config = self.registries.load()?;
         let max = kedge::core::quantity::parse_bytes(&self.image_store_max).ok_or_else(|| {
             anyhow::anyhow!(
                 "--image-store-max {:?}: expected a size such as 10Gi or 500Mi",
@@ -84,7 +97,12 @@ impl ImageArgs {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API server, plugin host (controllers, scheduler), node tunnel.
-    Server(ServerArgs),
+    Server {
+        #[command(flatten)]
+        server: ServerArgs,
+        #[command(flatten)]
+        registries: RegistryArgs,
+    },
     /// Run a node agent that dials the server over QUIC.
     Agent {
         /// The server's address, host:port (UDP; the same port as its HTTPS API).
@@ -209,6 +227,7 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {
             cache_dir: None,
         },
         durable: true,
+        registries: Default::default(),
     }
 }
 
@@ -270,8 +289,13 @@ async fn main() {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     match cli.command {
-        Command::Server(a) => {
-            let srv = server::start(server_config(&a, "server"), cancel.clone()).await?;
+        Command::Server {
+            server: a,
+            registries,
+        } => {
+            let mut cfg = server_config(&a, "server");
+            cfg.registries = registries.load()?;
+            let srv = server::start(cfg, cancel.clone()).await?;
             eprintln!(
                 "kedge server listening on {} (https) and {} (udp tunnel)\n  admin kubeconfig: {}\n  join token: {}",
                 srv.https_addr,
@@ -321,7 +345,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             images,
         } => {
             let (registries, image_store_max_bytes) = images.load()?;
-            let cfg = server_config(&a, "dev");
+            let mut cfg = server_config(&a, "dev");
+            cfg.registries = registries.clone();
             let data_dir = cfg.data_dir.clone();
             let srv = server::start(cfg, cancel.clone()).await?;
             let connect = if srv.tunnel_addr.ip().is_unspecified() {

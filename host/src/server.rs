@@ -17,6 +17,7 @@ use crate::api::http::{ApiState, NodeProxy};
 use crate::api::ops::{Api, Clock, WriteOptions};
 use crate::auth::Identity;
 use crate::core::resources;
+use crate::plugins::manager::PluginManager;
 use crate::plugins::{PluginConfig, PluginHost};
 use crate::store::redb::{Options as StoreOptions, RedbStore};
 use kedge_tunnel::pki::{ClusterPki, identity_from_cert};
@@ -32,6 +33,10 @@ pub mod default_plugins {
     pub const REPLICASET: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_replicaset.wasm"
+    ));
+    pub const REPLICATIONCONTROLLER: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_replicationcontroller.wasm"
     ));
     pub const DEPLOYMENT: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
@@ -64,6 +69,7 @@ pub mod default_plugins {
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
+        ("replicationcontroller", REPLICATIONCONTROLLER),
         ("deployment", DEPLOYMENT),
         ("job", JOB),
         ("cronjob", CRONJOB),
@@ -85,6 +91,8 @@ pub struct ServerConfig {
     pub plugins: PluginConfig,
     /// Store fsync per commit (off only for benchmarks).
     pub durable: bool,
+    /// Credentials and trust for plugins whose source is an OCI image.
+    pub registries: kedge_registry::RegistriesConfig,
 }
 
 /// A running server.
@@ -95,6 +103,8 @@ pub struct Server {
     pub kubeconfig: PathBuf,
     pub join_token: String,
     pub plugins: Arc<PluginHost>,
+    /// Turns Plugin objects into running plugins (hot swap, rollback).
+    pub plugin_manager: Arc<PluginManager>,
     pub nodes: NodeTunnels,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -222,6 +232,35 @@ fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
     };
     let subsets = json!([{"addresses": [{"ip": addr.to_string()}],
         "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
+    // Its EndpointSlice, which kube-apiserver maintains next to the Endpoints.
+    let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default",
+            "labels": {"kubernetes.io/service-name": "kubernetes",
+                "endpointslice.kubernetes.io/managed-by": "kedge-server"}},
+        "addressType": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [addr.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    let slices = resources::by_kind("discovery.k8s.io/v1", "EndpointSlice").expect("served kind");
+    match api.get(slices, "default", "kubernetes") {
+        Ok(mut old)
+            if old.get("endpoints") != slice.get("endpoints")
+                || old.get("ports") != slice.get("ports") =>
+        {
+            old["endpoints"] = slice["endpoints"].clone();
+            old["ports"] = slice["ports"].clone();
+            old["addressType"] = slice["addressType"].clone();
+            api.update(
+                slices,
+                "default",
+                "kubernetes",
+                old,
+                None,
+                &WriteOptions::default(),
+            )
+            .map_err(|e| anyhow::anyhow!("updating the kubernetes endpoint slice: {e}"))?;
+        }
+        Ok(_) => {}
+        Err(_) => ensure(api, "discovery.k8s.io/v1:EndpointSlice", "default", slice)?,
+    }
     let res = resources::by_kind("v1", "Endpoints").expect("served kind");
     match api.get(res, "default", "kubernetes") {
         Ok(mut ep) if ep.get("subsets") != Some(&subsets) => {
@@ -365,13 +404,18 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         },
         cancel.clone(),
     )?);
-    for (label, bytes) in default_plugins::ALL {
-        let p = plugins
-            .load(label, bytes)
-            .await
-            .with_context(|| format!("loading the default {label} plugin"))?;
-        plugins.start(p);
-    }
+    // The controllers and the scheduler are Plugin objects: the built-in ones are created
+    // when missing, then every Plugin starts from its spec (or, after a restart, from the
+    // version that was running).
+    let plugin_manager = PluginManager::new(
+        plugins.clone(),
+        api.clone(),
+        default_plugins::ALL,
+        &cfg.data_dir,
+        cfg.registries.clone(),
+    )?;
+    plugin_manager.install_builtins().await?;
+    plugin_manager.start().await;
     tasks.spawn(crate::gc::run(
         api.clone(),
         plugins.informers().clone(),
@@ -393,6 +437,7 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         kubeconfig,
         join_token,
         plugins,
+        plugin_manager,
         nodes,
         tasks,
     })

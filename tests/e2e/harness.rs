@@ -16,7 +16,7 @@ pub fn repo() -> PathBuf {
 }
 
 /// Compiled plugins are cached across test runs here (compiling them costs seconds).
-fn plugin_cache() -> PathBuf {
+pub fn plugin_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
@@ -89,9 +89,23 @@ impl Drop for Proc {
 }
 
 pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
+    spawn_in(None, name, dir, args)
+}
+
+/// Like [`spawn`], inside a network namespace (`ip netns exec`, which execs kedge itself,
+/// so the pid is still kedge's).
+pub fn spawn_in(netns: Option<&str>, name: &str, dir: &Path, args: &[&str]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
-    let child = Command::new(KEDGE)
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, KEDGE]);
+            c
+        }
+        None => Command::new(KEDGE),
+    };
+    let child = cmd
         .args(args)
         .env("RUST_LOG", "info,kedge=debug")
         .stdout(out.try_clone().unwrap())
@@ -123,6 +137,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// A server with its data dir, admin kubeconfig and join token.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
+    /// The address the server listens on (HTTPS and tunnel), loopback unless a test made
+    /// another one.
+    pub host: String,
     pub port: u16,
     pub server: Proc,
     pub agents: Vec<Proc>,
@@ -138,6 +155,11 @@ pub struct Kubectl {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_on("127.0.0.1")
+    }
+
+    /// A server listening on `host` (an address of this machine), in its certificate too.
+    pub fn start_on(host: &str) -> Cluster {
         assert!(
             Command::new("kubectl")
                 .arg("version")
@@ -149,7 +171,7 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let data = dir.path().join("server");
-        let listen = format!("127.0.0.1:{port}");
+        let listen = format!("{host}:{port}");
         let cache = plugin_cache();
         let server = spawn(
             "server",
@@ -162,12 +184,15 @@ impl Cluster {
                 &listen,
                 "--plugin-cache-dir",
                 cache.to_str().unwrap(),
+                "--tls-san",
+                host,
             ],
         );
         let kubeconfig = data.join("admin.kubeconfig");
         let token_file = data.join("token");
         let mut c = Cluster {
             dir,
+            host: host.to_string(),
             port,
             server,
             agents: Vec::new(),
@@ -195,8 +220,13 @@ impl Cluster {
 
     /// An agent with extra command-line flags.
     pub fn start_agent_with(&mut self, name: &str, token: &str, extra: &[&str]) {
+        self.start_agent_in(None, name, token, extra);
+    }
+
+    /// An agent inside a network namespace (`None`: this one).
+    pub fn start_agent_in(&mut self, netns: Option<&str>, name: &str, token: &str, extra: &[&str]) {
         let data = self.dir.path().join(name);
-        let server = format!("127.0.0.1:{}", self.port);
+        let server = format!("{}:{}", self.host, self.port);
         let mut args = vec![
             "agent",
             "--server",
@@ -209,7 +239,7 @@ impl Cluster {
             data.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        let p = spawn(name, self.dir.path(), &args);
+        let p = spawn_in(netns, name, self.dir.path(), &args);
         self.agents.push(p);
     }
 

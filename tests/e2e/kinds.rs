@@ -16,6 +16,7 @@ const MANIFESTS: &[&str] = &[
     "hello-cronjob.yaml",
     "my-service.yaml",
     "service-without-selector.yaml",
+    "nginx-replicationcontroller.yaml",
 ];
 
 fn manifest(name: &str) -> String {
@@ -88,6 +89,7 @@ fn documentation_examples_apply_get_describe_and_delete() {
         "statefulset.apps/web",
         "job.batch/pi",
         "cronjob.batch/hello",
+        "replicationcontroller/nginx",
         "TYPE",
         "CLUSTER-IP",
         "EXTERNAL-IP",
@@ -372,4 +374,87 @@ fn documentation_examples_apply_get_describe_and_delete() {
         assert!(!all.contains(gone), "{gone} still listed:\n{all}");
     }
     assert!(!c.kubectl(&["get", "ep", "my-service-no-selector"]).ok);
+}
+
+/// ReplicationController, the older kind: its plugin keeps the replicas (running on an agent),
+/// `kubectl scale rc` works through the scale subresource, and deletion takes the pods along.
+#[test]
+fn replication_controllers_keep_their_pods() {
+    let mut c = Cluster::start();
+    let token = c.token.clone();
+    c.start_agent("rc-node", &token);
+    let rc = r#"apiVersion: v1
+kind: ReplicationController
+metadata:
+  name: hello
+spec:
+  replicas: 2
+  template:
+    metadata:
+      labels: {app: hello-rc}
+    spec:
+      containers:
+      - name: hello
+        image: kedge.dev/samples/hello-wasm:v1
+"#;
+    let out = apply(&c, rc);
+    assert!(out.ok, "{}", out.stderr);
+    // The selector defaulted from the template, as kube-apiserver does.
+    let stored = json(&c, &["rc", "hello"]);
+    assert_eq!(stored["spec"]["selector"]["app"], "hello-rc");
+    c.wait("2 running pods of the rc", || {
+        let pods = c.pods("app=hello-rc");
+        (pods.len() == 2 && pods.iter().all(|p| p.phase == "Running")).then_some(())
+    });
+    let r = row(&c.k(&["get", "rc"]), "hello");
+    assert_eq!(&r[1..4], ["2", "2", "2"], "{r:?}");
+    let scaled = c.kubectl(&["scale", "rc", "hello", "--replicas=1"]);
+    assert!(scaled.ok, "{}", scaled.stderr);
+    c.wait("1 pod after scaling down", || {
+        let pods = c.pods("app=hello-rc");
+        (pods.iter().filter(|p| !p.deleting).count() == 1).then_some(())
+    });
+    // A pod whose labels drift away is released and replaced.
+    let victim = c
+        .pods("app=hello-rc")
+        .into_iter()
+        .find(|p| !p.deleting)
+        .unwrap();
+    let relabel = c.kubectl(&["label", "pod", &victim.name, "app=elsewhere", "--overwrite"]);
+    assert!(relabel.ok, "{}", relabel.stderr);
+    c.wait("a replacement pod", || {
+        let pods = c.pods("app=hello-rc");
+        (pods
+            .iter()
+            .filter(|p| !p.deleting && p.name != victim.name)
+            .count()
+            == 1)
+            .then_some(())
+    });
+    let released = json(&c, &["pod", &victim.name]);
+    assert!(
+        released["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{released}"
+    );
+    // Invalid: a selector the template does not match.
+    let bad = rc
+        .replace(
+            "  replicas: 2\n",
+            "  replicas: 2\n  selector: {app: other}\n",
+        )
+        .replace("name: hello\n", "name: bad\n");
+    let out = apply(&c, &bad);
+    assert!(!out.ok);
+    assert!(
+        out.stderr.contains("spec.template.metadata.labels"),
+        "{}",
+        out.stderr
+    );
+    let deleted = c.kubectl(&["delete", "rc", "hello"]);
+    assert!(deleted.ok, "{}", deleted.stderr);
+    c.wait("the rc's pods gone", || {
+        c.pods("app=hello-rc").is_empty().then_some(())
+    });
 }

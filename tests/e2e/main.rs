@@ -2,15 +2,20 @@
 //! (`skeleton`), and in-process tests of the plugin sandbox (`sandbox`).
 
 mod apply;
+mod authz;
+mod autonomy;
 mod create;
 mod daemonset;
+mod exec;
 mod explain;
 mod harness;
 mod images;
 mod jobs;
 mod kinds;
 mod kubectl;
+mod nat;
 mod nodes;
+mod plugins;
 mod python;
 mod sandbox;
 mod services;

@@ -48,7 +48,28 @@ fn a_service_lists_its_ready_pods_as_endpoints() {
     });
     let table = c.k(&["get", "endpoints", "web"]);
     assert!(table.contains(":8080"), "{table}");
-    // (`kubectl describe service` reads EndpointSlices, which kedge does not serve yet.)
+    // `kubectl describe service` reads the EndpointSlices.
+    c.wait("describe service listing both endpoints", || {
+        let d = c.k(&["describe", "service", "web"]);
+        let line = d.lines().find(|l| l.starts_with("Endpoints:"))?.to_string();
+        (line.matches(":8080").count() == 2).then_some(())
+    });
+    let slices = c.k(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    assert!(
+        slices.contains("IPv4") && slices.contains("8080"),
+        "{slices}"
+    );
+    let k = c.k(&["describe", "service", "kubernetes"]);
+    assert!(
+        k.lines()
+            .any(|l| l.starts_with("Endpoints:") && l.contains(":")),
+        "{k}"
+    );
 
     // Scaled down: the Endpoints follow.
     c.k(&["scale", "deployment/web", "--replicas=1"]);
@@ -63,7 +84,15 @@ fn a_service_lists_its_ready_pods_as_endpoints() {
     });
     // The Service deleted: its Endpoints go too.
     c.k(&["delete", "service", "web"]);
-    c.wait("the Endpoints gone", || {
-        (!c.kubectl(&["get", "endpoints", "web"]).ok).then_some(())
+    c.wait("the Endpoints and the slices gone", || {
+        let slices = c.k(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=web",
+            "-o",
+            "name",
+        ]);
+        (!c.kubectl(&["get", "endpoints", "web"]).ok && slices.trim().is_empty()).then_some(())
     });
 }

@@ -5,6 +5,13 @@
 //! name). Services without a selector keep their hand-written Endpoints; a deleted Service's
 //! Endpoints go with it.
 //!
+//! Every Service with endpoints also gets `discovery.k8s.io/v1` EndpointSlices (one per port
+//! set, labelled `kubernetes.io/service-name`, owned by the Service), which is what
+//! `kubectl describe service` reads: built from the same subsets for selector Services
+//! (managed by `endpointslice-controller.k8s.io`), mirrored from the hand-written Endpoints
+//! for the others (`endpointslicemirroring-controller.k8s.io`, unless the Endpoints carry
+//! `endpointslice.kubernetes.io/skip-mirror: "true"`).
+//!
 //! Pods are not owned by Services, so pod changes do not enqueue a Service: each Service is
 //! looked at again every [`RESYNC_MS`] (and on every change of the Service itself).
 
@@ -13,7 +20,11 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Event, ObjectReference, Pod, Service,
 };
+use k8s_openapi::api::discovery::v1::{
+    Endpoint as SliceEndpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kedge_guest::meta::new_controller_ref;
 use kedge_guest::pod::is_ready;
 use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
@@ -31,7 +42,11 @@ impl Controller for EndpointsController {
             for_kind: KindRef::of::<Service>(),
             owns: vec![],
             reads: vec![KindRef::of::<Pod>()],
-            writes: vec![KindRef::of::<Endpoints>(), KindRef::of::<Event>()],
+            writes: vec![
+                KindRef::of::<Endpoints>(),
+                KindRef::of::<EndpointSlice>(),
+                KindRef::of::<Event>(),
+            ],
         }
     }
 
@@ -170,8 +185,18 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         .and_then(|s| s.selector.clone())
         .filter(|s| !s.is_empty())
     else {
-        // No selector: the user manages the Endpoints.
-        return Ok(Outcome::done());
+        // No selector: the user manages the Endpoints; mirror them into slices.
+        let mirror = existing.as_ref().filter(|ep| {
+            ep.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(SKIP_MIRROR))
+                .map(String::as_str)
+                != Some("true")
+        });
+        let subsets = mirror.and_then(|ep| ep.subsets.clone()).unwrap_or_default();
+        sync_slices(cluster, &service, &subsets, MIRRORING)?;
+        return Ok(Outcome::requeue_after_ms(RESYNC_MS));
     };
     let pods: Vec<Pod> = cluster
         .list::<Pod>(ns, "")
@@ -187,6 +212,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     if service.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
         labels.insert("service.kubernetes.io/headless".into(), String::new());
     }
+    sync_slices(cluster, &service, &subsets, MANAGED_BY)?;
     let want_subsets = (!subsets.is_empty()).then_some(subsets);
     match existing {
         Some(mut ep) => {
@@ -214,6 +240,120 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         }
     }
     Ok(Outcome::requeue_after_ms(RESYNC_MS))
+}
+
+const SERVICE_NAME: &str = "kubernetes.io/service-name";
+const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
+const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
+const MIRRORING: &str = "endpointslicemirroring-controller.k8s.io";
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// The EndpointSlices of `subsets`: one per subset (a set of ports), IPv4.
+pub fn slices(service: &Service, subsets: &[EndpointSubset], manager: &str) -> Vec<EndpointSlice> {
+    let name = service.metadata.name.clone().unwrap_or_default();
+    let mut labels = service.metadata.labels.clone().unwrap_or_default();
+    labels.insert(SERVICE_NAME.into(), name.clone());
+    labels.insert(MANAGED_BY_LABEL.into(), manager.into());
+    let endpoint = |a: &EndpointAddress, ready: bool| SliceEndpoint {
+        addresses: vec![a.ip.clone()],
+        conditions: Some(EndpointConditions {
+            ready: Some(ready),
+            serving: Some(ready),
+            terminating: Some(false),
+        }),
+        hostname: a.hostname.clone(),
+        node_name: a.node_name.clone(),
+        target_ref: a.target_ref.clone(),
+        ..Default::default()
+    };
+    subsets
+        .iter()
+        .map(|s| {
+            let mut endpoints: Vec<SliceEndpoint> = s
+                .addresses
+                .iter()
+                .flatten()
+                .map(|a| endpoint(a, true))
+                .collect();
+            endpoints.extend(
+                s.not_ready_addresses
+                    .iter()
+                    .flatten()
+                    .map(|a| endpoint(a, false)),
+            );
+            let mut slice = EndpointSlice {
+                address_type: "IPv4".into(),
+                endpoints,
+                ports: s.ports.as_ref().map(|ps| {
+                    ps.iter()
+                        .map(|p| SlicePort {
+                            // Always set, "" when unnamed: clients dereference it.
+                            name: Some(p.name.clone().unwrap_or_default()),
+                            port: Some(p.port),
+                            protocol: p.protocol.clone(),
+                            app_protocol: p.app_protocol.clone(),
+                        })
+                        .collect()
+                }),
+                ..Default::default()
+            };
+            slice.metadata.generate_name = Some(format!("{name}-"));
+            slice.metadata.namespace = service.metadata.namespace.clone();
+            slice.metadata.labels = Some(labels.clone());
+            slice.metadata.owner_references = Some(vec![new_controller_ref(service)]);
+            slice
+        })
+        .collect()
+}
+
+/// Makes the Service's slices those of `subsets`: existing ones are updated in place (paired
+/// in name order), extra ones deleted, missing ones created.
+fn sync_slices(
+    cluster: &dyn Cluster,
+    service: &Service,
+    subsets: &[EndpointSubset],
+    manager: &str,
+) -> Result<(), String> {
+    let ns = service.metadata.namespace.as_deref().unwrap_or_default();
+    let name = service.metadata.name.as_deref().unwrap_or_default();
+    let mut have = cluster
+        .list::<EndpointSlice>(ns, &format!("{SERVICE_NAME}={name}"))
+        .map_err(api)?;
+    have.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let want = slices(service, subsets, manager);
+    let mut have = have.into_iter();
+    for w in want {
+        match have.next() {
+            Some(mut h) => {
+                if h.endpoints == w.endpoints
+                    && h.ports == w.ports
+                    && h.metadata.labels == w.metadata.labels
+                {
+                    continue;
+                }
+                h.endpoints = w.endpoints;
+                h.ports = w.ports;
+                h.address_type = w.address_type;
+                h.metadata.labels = w.metadata.labels;
+                match cluster.update(ns, &h) {
+                    Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+                    Err(e) => return Err(api(e)),
+                }
+            }
+            None => match cluster.create(ns, &w) {
+                Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+                Err(e) => return Err(api(e)),
+            },
+        }
+    }
+    for extra in have {
+        let n = extra.metadata.name.as_deref().unwrap_or_default();
+        match cluster.delete::<EndpointSlice>(ns, n) {
+            Ok(()) | Err(ApiError::NotFound(_)) => {}
+            Err(e) => return Err(api(e)),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -126,8 +126,39 @@ fn services_without_selector_keep_their_manual_endpoints_and_deletion_cleans_up(
     ep.metadata.name = Some("manual".into());
     ep.metadata.namespace = Some("default".into());
     fake.seed(&ep);
-    assert_eq!(run(&fake, "manual"), Outcome::done());
-    assert!(fake.writes().is_empty());
+    // Looked at again later: the hand-written Endpoints are mirrored into slices.
+    assert_eq!(run(&fake, "manual"), Outcome::requeue_after_ms(RESYNC_MS));
+    assert!(
+        !fake.writes().iter().any(|w| w.kind == "Endpoints"),
+        "{:?}",
+        fake.writes()
+    );
+    let mut ep = endpoints(&fake, "manual").unwrap();
+    ep.subsets = Some(vec![EndpointSubset {
+        addresses: Some(vec![EndpointAddress {
+            ip: "192.0.2.42".into(),
+            ..Default::default()
+        }]),
+        ports: Some(vec![EndpointPort {
+            port: 9376,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }]);
+    fake.seed(&ep);
+    run(&fake, "manual");
+    let slices = fake
+        .list::<k8s_openapi::api::discovery::v1::EndpointSlice>(
+            "default",
+            "kubernetes.io/service-name=manual",
+        )
+        .unwrap();
+    assert_eq!(slices.len(), 1);
+    assert_eq!(slices[0].endpoints[0].addresses, ["192.0.2.42"]);
+    assert_eq!(
+        slices[0].metadata.labels.as_ref().unwrap()["endpointslice.kubernetes.io/managed-by"],
+        "endpointslicemirroring-controller.k8s.io"
+    );
 
     // A Service deleted: its endpoints go.
     fake.delete::<Service>("default", "manual").unwrap();
@@ -146,4 +177,66 @@ fn numeric_target_ports_and_publish_not_ready() {
     let subsets = endpoints(&fake, "db").unwrap().subsets.unwrap();
     assert_eq!(names(&subsets[0].addresses), ["db-0"]);
     assert_eq!(subsets[0].ports.as_ref().unwrap()[0].port, 5432);
+}
+
+#[test]
+fn selector_services_get_an_endpoint_slice_kubectl_describe_reads() {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let fake = FakeCluster::new();
+    let mut svc = service(
+        "web",
+        Some(&[("app", "web")]),
+        IntOrString::String("web".into()),
+    );
+    svc.metadata.uid = Some("svc-uid".into());
+    fake.seed(&svc);
+    fake.seed(&pod("a", Some("10.0.0.1"), true, "web"));
+    fake.seed(&pod("b", Some("10.0.0.2"), false, "web"));
+    let key = ObjectKey::of::<Service>("default", "web");
+    EndpointsController::reconcile(&fake, &key).unwrap();
+    let slices = fake
+        .list::<EndpointSlice>("default", "kubernetes.io/service-name=web")
+        .unwrap();
+    assert_eq!(slices.len(), 1);
+    let s = &slices[0];
+    assert_eq!(s.address_type, "IPv4");
+    assert_eq!(s.endpoints.len(), 2);
+    let ready: Vec<_> = s
+        .endpoints
+        .iter()
+        .map(|e| {
+            (
+                e.addresses[0].as_str(),
+                e.conditions.as_ref().unwrap().ready,
+            )
+        })
+        .collect();
+    assert!(ready.contains(&("10.0.0.1", Some(true))), "{ready:?}");
+    assert!(ready.contains(&("10.0.0.2", Some(false))), "{ready:?}");
+    assert_eq!(s.ports.as_ref().unwrap()[0].port, Some(8080));
+    assert_eq!(
+        s.metadata.labels.as_ref().unwrap()["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.k8s.io"
+    );
+    assert_eq!(
+        s.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "Service"
+    );
+    // Converged: a second pass writes nothing.
+    fake.clear_writes();
+    EndpointsController::reconcile(&fake, &key).unwrap();
+    assert!(
+        !fake.writes().iter().any(|w| w.kind == "EndpointSlice"),
+        "{:?}",
+        fake.writes()
+    );
+    // No pods left: the slice goes.
+    fake.delete::<Pod>("default", "a").unwrap();
+    fake.delete::<Pod>("default", "b").unwrap();
+    EndpointsController::reconcile(&fake, &key).unwrap();
+    assert!(
+        fake.list::<EndpointSlice>("default", "kubernetes.io/service-name=web")
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -3,7 +3,8 @@ use k8s_openapi::api::apps::v1::ReplicaSetSpec;
 use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kedge_guest::meta::parse_time;
-use kedge_guest::{FakeCluster, Verb};
+use kedge_guest::meta::{controller_of, new_controller_ref};
+use kedge_guest::{ClusterExt, FakeCluster, Verb};
 
 fn labels(pairs: &[(&str, &str)]) -> Option<std::collections::BTreeMap<String, String>> {
     Some(

@@ -1,14 +1,42 @@
-//! The default scheduler as a kedge plugin: binds each pending pod to the feasible node
-//! with the fewest pods, so replicas spread across the edge fleet.
+//! The default scheduler as a kedge plugin: binds each pending pod to the best feasible
+//! node, with kube-scheduler's filters and scores (default profile) where kedge has the
+//! information, and the same "0/N nodes are available: …" message when nothing fits.
 //!
-//! Filters: node Ready, not cordoned, taints (`NoSchedule`/`NoExecute`) against the pod's
-//! tolerations, `nodeSelector`, CPU/memory requests and pod count against
-//! `status.allocatable`. Not implemented yet: affinity, topology spread, preemption, host
-//! ports.
+//! Filters, in kube-scheduler's order (a node is rejected by the first that fails): node
+//! Ready, not cordoned, taints (`NoSchedule`/`NoExecute`) against the pod's tolerations,
+//! `nodeSelector` and required node affinity, the runtime (below), CPU/memory requests and
+//! pod count against `status.allocatable`, topology spread (`DoNotSchedule`), inter-pod
+//! affinity and anti-affinity (the incoming pod's required terms, and the required
+//! anti-affinity of pods already placed).
+//!
+//! Scores, each normalized to 0–100 over the feasible nodes and summed with weights
+//! (`score.rs`): untolerated `PreferNoSchedule` taints (3), preferred node affinity (2),
+//! topology spread `ScheduleAnyway` (2), preferred inter-pod (anti-)affinity of both pods
+//! (2), least allocated (1), balanced allocation (1), image locality (1), and kedge's fewest
+//! pods (1), so replicas that request nothing still spread across the edge fleet. Ties go
+//! to fewer pods, then the less loaded node, then the name (kube-scheduler picks at random).
+//!
+//! Runtime fit: nodes that can run OCI containers carry `kedge.io/runtime-oci=true` (the
+//! agent sets it when runc is usable); every node runs Wasm. A pod whose
+//! `runtimeClassName` is set to anything but `wasm` or `kedge-wasm` needs that label. A pod
+//! with no `runtimeClassName` fits any node: the reference alone does not tell whether an
+//! image is Wasm or OCI (only its media type after pulling does), so an unmarked OCI pod may
+//! land on a Wasm-only node and fail there — give OCI pods a runtime class to prevent it.
+//!
+//! Pods counted for inter-pod affinity and spreading: active pods bound to a known node,
+//! including those this plugin bound moments ago (the host writes bindings through to the
+//! cache `list` reads). Not implemented: preemption, host ports, volumes, default spread
+//! constraints, `RuntimeClass` objects (their node selectors and overhead).
 
-use std::collections::BTreeMap;
+mod interpod;
+mod nodeaffinity;
+mod score;
+mod spread;
 
-use k8s_openapi::api::core::v1::{Event, Node, Pod, PodCondition, Toleration};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, PodCondition, PodSpec, Toleration};
 use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
 pub use kedge_guest::pod::tolerates;
 use kedge_guest::pod::{Requests, is_active, pod_requests};
@@ -17,12 +45,22 @@ use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
 };
 
+use interpod::{InterPod, NamespaceLabels};
+use score::Capacity;
+use spread::Spread;
+
 /// How long to wait before retrying a pod that fits nowhere; new nodes and freed capacity
 /// do not enqueue the pod (Nodes are only read), so polling is what notices them.
 const UNSCHEDULABLE_RETRY_MS: u64 = 5000;
 
 /// kube-scheduler's default when a node does not report `allocatable.pods`.
 const DEFAULT_MAX_PODS: u64 = 110;
+
+/// The node label the agent sets when it can run OCI containers.
+pub const OCI_RUNTIME_LABEL: &str = "kedge.io/runtime-oci";
+
+/// Runtime classes that name kedge's Wasm runtime, which every node has.
+pub const WASM_RUNTIME_CLASSES: &[&str] = &["wasm", "kedge-wasm"];
 
 /// The plugin type wired to the component exports.
 pub struct Scheduler;
@@ -33,7 +71,8 @@ impl Controller for Scheduler {
             name: "scheduler".into(),
             for_kind: KindRef::of::<Pod>(),
             owns: vec![],
-            reads: vec![KindRef::of::<Node>()],
+            // Namespaces: for pod affinity terms with a namespaceSelector.
+            reads: vec![KindRef::of::<Node>(), KindRef::of::<Namespace>()],
             writes: vec![KindRef::of::<Pod>(), KindRef::of::<Event>()],
         }
     }
@@ -67,9 +106,15 @@ enum Reason {
     Unschedulable,
     Taint,
     Selector,
+    Runtime,
     Cpu,
     Memory,
     Pods,
+    Spread,
+    SpreadMissingLabel,
+    PodAffinity,
+    PodAntiAffinity,
+    ExistingAntiAffinity,
 }
 
 impl Reason {
@@ -79,9 +124,19 @@ impl Reason {
             Reason::Unschedulable => "node(s) were unschedulable",
             Reason::Taint => "node(s) had untolerated taint(s)",
             Reason::Selector => "node(s) didn't match Pod's node affinity/selector",
+            Reason::Runtime => "node(s) didn't have an OCI container runtime",
             Reason::Cpu => "Insufficient cpu",
             Reason::Memory => "Insufficient memory",
             Reason::Pods => "Too many pods",
+            Reason::Spread => "node(s) didn't match pod topology spread constraints",
+            Reason::SpreadMissingLabel => {
+                "node(s) didn't match pod topology spread constraints (missing required label)"
+            }
+            Reason::PodAffinity => "node(s) didn't match pod affinity rules",
+            Reason::PodAntiAffinity => "node(s) didn't match pod anti-affinity rules",
+            Reason::ExistingAntiAffinity => {
+                "node(s) didn't satisfy existing pods anti-affinity rules"
+            }
         }
     }
 }
@@ -90,15 +145,9 @@ impl Reason {
 #[derive(Default, Clone, Copy)]
 struct Usage {
     requests: Requests,
+    /// With the scoring defaults for pods that request nothing.
+    non_zero: Requests,
     pods: u64,
-}
-
-/// Ordering key of a feasible node: fewer pods, then less loaded, then name.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Score<'a> {
-    pods: u64,
-    load_ppm: u128,
-    name: &'a str,
 }
 
 fn ppm(used: u64, capacity: u64) -> u128 {
@@ -109,12 +158,59 @@ fn ppm(used: u64, capacity: u64) -> u128 {
     }
 }
 
-fn evaluate<'a>(
-    node: &'a Node,
+/// Whether `node` has a `NoSchedule`/`NoExecute` taint the pod does not tolerate.
+fn untolerated_taint(node: &Node, pod: &Pod) -> bool {
+    let tolerations: &[Toleration] = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or(&[]);
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_deref())
+        .unwrap_or(&[])
+        .iter()
+        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
+        .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+}
+
+/// Whether the pod asks for an OCI runtime (see the module doc for the rule).
+fn needs_oci(spec: &PodSpec) -> bool {
+    spec.runtime_class_name
+        .as_deref()
+        .is_some_and(|rc| !rc.is_empty() && !WASM_RUNTIME_CLASSES.contains(&rc))
+}
+
+fn capacity(node: &Node) -> (Capacity, u64) {
+    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let get = |name: &str| alloc.and_then(|a| a.get(name)).map(|q| q.0.as_str());
+    // An unparsable allocatable is a broken node: treat the resource as absent (zero).
+    let cpu = get("cpu")
+        .and_then(|q| parse_cpu_millis(q).ok())
+        .unwrap_or(0);
+    let memory = get("memory").and_then(|q| parse_bytes(q).ok()).unwrap_or(0);
+    let max_pods = get("pods")
+        .and_then(|q| parse_bytes(q).ok())
+        .unwrap_or(DEFAULT_MAX_PODS);
+    (
+        Capacity {
+            cpu_millis: cpu,
+            memory_bytes: memory,
+        },
+        max_pods,
+    )
+}
+
+/// The filters, in order; the node's capacity when it passes them all.
+fn evaluate(
+    node: &Node,
     pod: &Pod,
     want: Requests,
     usage: Usage,
-) -> Result<Score<'a>, Vec<Reason>> {
+    spread: &Spread,
+    interpod: &InterPod,
+) -> Result<Capacity, Vec<Reason>> {
+    let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let ready = node
         .status
         .as_ref()
@@ -127,51 +223,27 @@ fn evaluate<'a>(
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         return Err(vec![Reason::Unschedulable]);
     }
-    let tolerations: &[Toleration] = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.as_deref())
-        .unwrap_or(&[]);
-    let untolerated = node
-        .spec
-        .as_ref()
-        .and_then(|s| s.taints.as_deref())
-        .unwrap_or(&[])
-        .iter()
-        .filter(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute"))
-        .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)));
-    if untolerated {
+    if untolerated_taint(node, pod) {
         return Err(vec![Reason::Taint]);
     }
-    let node_labels = labels_of(&node.metadata);
-    let selector = pod.spec.as_ref().and_then(|s| s.node_selector.as_ref());
-    if !selector
-        .into_iter()
-        .flatten()
-        .all(|(k, v)| node_labels.get(k) == Some(v))
-    {
+    if !nodeaffinity::matches(spec, node) {
         return Err(vec![Reason::Selector]);
     }
-    let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
-    let get = |name: &str| alloc.and_then(|a| a.get(name)).map(|q| q.0.as_str());
-    // An unparsable allocatable is a broken node: treat the resource as absent (zero).
-    let cpu = get("cpu")
-        .and_then(|q| parse_cpu_millis(q).ok())
-        .unwrap_or(0);
-    let memory = get("memory").and_then(|q| parse_bytes(q).ok()).unwrap_or(0);
-    let max_pods = get("pods")
-        .and_then(|q| parse_bytes(q).ok())
-        .unwrap_or(DEFAULT_MAX_PODS);
-    let used_cpu = usage.requests.cpu_millis.saturating_add(want.cpu_millis);
-    let used_memory = usage
-        .requests
-        .memory_bytes
-        .saturating_add(want.memory_bytes);
+    if needs_oci(spec)
+        && labels_of(&node.metadata)
+            .get(OCI_RUNTIME_LABEL)
+            .map(String::as_str)
+            != Some("true")
+    {
+        return Err(vec![Reason::Runtime]);
+    }
+    let (cap, max_pods) = capacity(node);
+    let used = usage.requests.saturating_add(want);
     let mut reasons = Vec::new();
-    if want.cpu_millis > 0 && used_cpu > cpu {
+    if want.cpu_millis > 0 && used.cpu_millis > cap.cpu_millis {
         reasons.push(Reason::Cpu);
     }
-    if want.memory_bytes > 0 && used_memory > memory {
+    if want.memory_bytes > 0 && used.memory_bytes > cap.memory_bytes {
         reasons.push(Reason::Memory);
     }
     if usage.pods + 1 > max_pods {
@@ -180,12 +252,10 @@ fn evaluate<'a>(
     if !reasons.is_empty() {
         return Err(reasons);
     }
-    let name = node.metadata.name.as_deref().unwrap_or("");
-    Ok(Score {
-        pods: usage.pods,
-        load_ppm: ppm(used_cpu, cpu) + ppm(used_memory, memory),
-        name,
-    })
+    if let Some(r) = spread.check(node, pod).or_else(|| interpod.check(node)) {
+        return Err(vec![r]);
+    }
+    Ok(cap)
 }
 
 /// "0/3 nodes are available: 1 Insufficient cpu, 2 node(s) didn't match ...": the
@@ -202,6 +272,100 @@ fn unschedulable_message(total: usize, reasons: &BTreeMap<Reason, usize>) -> Str
     format!("0/{total} nodes are available: {}.", parts.join(", "))
 }
 
+/// A node that passed every filter.
+struct Feasible<'a> {
+    node: &'a Node,
+    usage: Usage,
+    cap: Capacity,
+}
+
+impl<'a> Feasible<'a> {
+    fn name(&self) -> &'a str {
+        self.node.metadata.name.as_deref().unwrap_or("")
+    }
+}
+
+/// Everything the scores read besides the feasible nodes.
+struct World<'a> {
+    pod: &'a Pod,
+    want: Requests,
+    nodes: &'a [Node],
+    pods_by_node: &'a BTreeMap<&'a str, Vec<&'a Pod>>,
+    spread: &'a Spread,
+    interpod: &'a InterPod,
+}
+
+/// The weighted sum of the normalized scores of each feasible node.
+fn total_scores(w: &World, feasible: &[Feasible]) -> Vec<i64> {
+    let spec = w.pod.spec.as_ref().expect("needs_scheduling checked spec");
+    let mut total = vec![0i64; feasible.len()];
+    let mut add = |weight: i64, scores: Vec<i64>| {
+        for (t, s) in total.iter_mut().zip(scores) {
+            *t += weight * s;
+        }
+    };
+    let raw = |f: &dyn Fn(&Feasible) -> i64| feasible.iter().map(f).collect::<Vec<_>>();
+
+    let mut taints = raw(&|f| score::intolerable_prefer_no_schedule(f.node, w.pod));
+    score::default_normalize(&mut taints, true);
+    add(score::TAINT_WEIGHT, taints);
+
+    if nodeaffinity::has_preferences(spec) {
+        let mut s = raw(&|f| nodeaffinity::preferred_score(spec, f.node));
+        score::default_normalize(&mut s, false);
+        add(score::NODE_AFFINITY_WEIGHT, s);
+    }
+
+    let nodes: Vec<&Node> = feasible.iter().map(|f| f.node).collect();
+    if let Some(s) = w.spread.scores(w.pod, &nodes, w.nodes, w.pods_by_node) {
+        add(score::SPREAD_WEIGHT, s);
+    }
+
+    if w.interpod.has_scores() {
+        let mut s = raw(&|f| w.interpod.score(f.node));
+        score::min_max_normalize(&mut s);
+        add(score::INTER_POD_WEIGHT, s);
+    }
+
+    let want_non_zero = score::non_zero(w.want);
+    add(
+        score::LEAST_ALLOCATED_WEIGHT,
+        raw(&|f| score::least_allocated(f.usage.non_zero.saturating_add(want_non_zero), f.cap)),
+    );
+    add(
+        score::BALANCED_WEIGHT,
+        raw(&|f| score::balanced(f.usage.requests.saturating_add(w.want), f.cap)),
+    );
+
+    let images = score::ImageLocality::new(spec, w.nodes);
+    if images.applies() {
+        add(score::IMAGE_WEIGHT, raw(&|f| images.score(f.node)));
+    }
+
+    let mut pods = raw(&|f| f.usage.pods as i64);
+    score::default_normalize(&mut pods, true);
+    add(score::FEWEST_PODS_WEIGHT, pods);
+    total
+}
+
+/// The best node: highest total, then fewer pods, then less loaded, then by name.
+fn pick<'n>(w: &World, feasible: &[Feasible<'n>]) -> Option<&'n str> {
+    let totals = total_scores(w, feasible);
+    feasible
+        .iter()
+        .zip(totals)
+        .min_by_key(|(f, total)| {
+            let used = f.usage.requests.saturating_add(w.want);
+            (
+                Reverse(*total),
+                f.usage.pods,
+                ppm(used.cpu_millis, f.cap.cpu_millis) + ppm(used.memory_bytes, f.cap.memory_bytes),
+                f.name(),
+            )
+        })
+        .map(|(f, _)| f.name())
+}
+
 fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
     let Some(pod) = cluster.get::<Pod>(&key.namespace, &key.name).map_err(api)? else {
         return Ok(Outcome::done());
@@ -212,59 +376,75 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
     let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let want = pod_requests(spec).map_err(|e| format!("pod requests: {e}"))?;
 
-    let mut usage: BTreeMap<String, Usage> = BTreeMap::new();
-    for other in cluster.list::<Pod>("", "").map_err(api)? {
-        let node = other
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.clone())
-            .unwrap_or_default();
-        if node.is_empty() || !is_active(&other) || other.metadata.uid == pod.metadata.uid {
+    let nodes = cluster.list::<Node>("", "").map_err(api)?;
+    let by_name: HashMap<&str, &Node> = nodes
+        .iter()
+        .map(|n| (n.metadata.name.as_deref().unwrap_or(""), n))
+        .collect();
+    let all_pods = cluster.list::<Pod>("", "").map_err(api)?;
+    let mut usage: HashMap<&str, Usage> = HashMap::new();
+    let mut pods_by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+    let mut placed: Vec<(&Pod, &Node)> = Vec::new();
+    for other in &all_pods {
+        let Some(other_spec) = other.spec.as_ref() else {
+            continue;
+        };
+        let node = other_spec.node_name.as_deref().unwrap_or("");
+        if node.is_empty() || !is_active(other) || other.metadata.uid == pod.metadata.uid {
             continue;
         }
         // A bound pod with a bad quantity was admitted anyway; count it as one pod, no resources.
-        let requests = other
-            .spec
-            .as_ref()
-            .and_then(|s| pod_requests(s).ok())
-            .unwrap_or_default();
+        let requests = pod_requests(other_spec).unwrap_or_default();
         let u = usage.entry(node).or_default();
         u.requests = u.requests.saturating_add(requests);
+        u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
         u.pods += 1;
+        if let Some(&n) = by_name.get(node) {
+            placed.push((other, n));
+            pods_by_node.entry(node).or_default().push(other);
+        }
     }
 
-    let nodes = cluster.list::<Node>("", "").map_err(api)?;
+    let ns_labels = NamespaceLabels::new(cluster);
+    let interpod = InterPod::new(&pod, &placed, &ns_labels);
+    let spread = Spread::new(&pod, &nodes, &pods_by_node);
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
-    let mut best: Option<Score> = None;
+    let mut feasible = Vec::new();
     for node in &nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
-        match evaluate(
-            node,
-            &pod,
-            want,
-            usage.get(name).copied().unwrap_or_default(),
-        ) {
-            Ok(score) => best = best.into_iter().chain([score]).min(),
+        let u = usage.get(name).copied().unwrap_or_default();
+        match evaluate(node, &pod, want, u, &spread, &interpod) {
+            Ok(cap) => feasible.push(Feasible {
+                node,
+                usage: u,
+                cap,
+            }),
             Err(rs) => rs
                 .into_iter()
                 .for_each(|r| *reasons.entry(r).or_default() += 1),
         }
     }
+    let world = World {
+        pod: &pod,
+        want,
+        nodes: &nodes,
+        pods_by_node: &pods_by_node,
+        spread: &spread,
+        interpod: &interpod,
+    };
+    let best = pick(&world, &feasible);
 
     let ns = pod.metadata.namespace.as_deref().unwrap_or(&key.namespace);
     let name = pod.metadata.name.as_deref().unwrap_or(&key.name);
     if let Some(best) = best {
-        return match cluster.bind_pod(ns, name, best.name) {
+        return match cluster.bind_pod(ns, name, best) {
             Ok(()) => {
-                cluster.log(
-                    LogLevel::Debug,
-                    &format!("bound {ns}/{name} to {}", best.name),
-                );
+                cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {}", best));
                 let _ = cluster.record_event(
                     &pod,
                     "Normal",
                     "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {}", best.name),
+                    &format!("Successfully assigned {ns}/{name} to {}", best),
                     "default-scheduler",
                 );
                 Ok(Outcome::done())

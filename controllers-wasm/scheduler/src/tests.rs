@@ -251,6 +251,7 @@ fn registration_declares_what_it_touches() {
         ("v1", "Pod")
     );
     assert_eq!(r.reads[0].kind, "Node");
+    assert_eq!(r.reads[1].kind, "Namespace", "namespaceSelector terms");
     assert_eq!(r.writes[0].kind, "Pod");
 }
 
@@ -308,4 +309,481 @@ fn taints_keep_pods_away_unless_tolerated() {
         ..Default::default()
     };
     assert!(crate::tolerates(&everything, &taint));
+}
+
+// ---- Node affinity, inter-pod affinity, topology spread, runtime, image locality ----
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ContainerImage, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, PodAffinity, PodAffinityTerm, PodAntiAffinity, PreferredSchedulingTerm,
+    Taint, TopologySpreadConstraint, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+const HOST: &str = "kubernetes.io/hostname";
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// A node labelled the way the agent registers it (hostname), plus `labels`.
+fn host(name: &str, labels: &[(&str, &str)]) -> Node {
+    let mut all = vec![(HOST, name)];
+    all.extend_from_slice(labels);
+    node(name, "4", "8Gi", &all)
+}
+
+fn labeled(mut p: Pod, labels: &[(&str, &str)]) -> Pod {
+    p.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    p
+}
+
+fn web(name: &str) -> Pod {
+    labeled(pod(name, "100m", "64Mi"), &[("app", "web")])
+}
+
+fn selector(k: &str, v: &str) -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_labels: Some([(k.to_string(), v.to_string())].into()),
+        ..Default::default()
+    })
+}
+
+fn term(k: &str, v: &str, topology_key: &str) -> PodAffinityTerm {
+    PodAffinityTerm {
+        label_selector: selector(k, v),
+        topology_key: topology_key.into(),
+        ..Default::default()
+    }
+}
+
+fn with_affinity(mut p: Pod, affinity: Affinity) -> Pod {
+    p.spec.as_mut().unwrap().affinity = Some(affinity);
+    p
+}
+
+fn anti(terms: Vec<PodAffinityTerm>) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(terms),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn affinity(terms: Vec<PodAffinityTerm>) -> Affinity {
+    Affinity {
+        pod_affinity: Some(PodAffinity {
+            required_during_scheduling_ignored_during_execution: Some(terms),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn message(fake: &FakeCluster, name: &str) -> Option<String> {
+    let p = fake.get::<Pod>("default", name).unwrap().unwrap();
+    p.status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")?
+        .message
+}
+
+fn req(key: &str, op: &str, values: &[&str]) -> NodeSelectorRequirement {
+    NodeSelectorRequirement {
+        key: key.into(),
+        operator: op.into(),
+        values: Some(values.iter().map(|v| v.to_string()).collect()),
+    }
+}
+
+#[test]
+fn required_node_affinity_filters_and_preferred_scores() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a", &[("zone", "x"), ("cores", "8")]));
+    fake.seed(&host("b", &[("zone", "y"), ("cores", "2")]));
+    fake.seed(&host("c", &[("zone", "x"), ("cores", "2")]));
+    let required = NodeSelector {
+        node_selector_terms: vec![
+            // ORed terms; requirements inside one term are ANDed.
+            NodeSelectorTerm {
+                match_expressions: Some(vec![
+                    req("zone", "In", &["x"]),
+                    req("cores", "Gt", &["4"]),
+                ]),
+                match_fields: None,
+            },
+            NodeSelectorTerm {
+                match_expressions: None,
+                match_fields: Some(vec![req("metadata.name", "In", &["b"])]),
+            },
+        ],
+    };
+    let node_affinity = |preferred: Vec<PreferredSchedulingTerm>| Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(required.clone()),
+            preferred_during_scheduling_ignored_during_execution: Some(preferred),
+        }),
+        ..Default::default()
+    };
+    // No preference: a and b fit, equal in everything, the name decides.
+    fake.seed(&with_affinity(
+        pod("plain", "100m", "64Mi"),
+        node_affinity(vec![]),
+    ));
+    run(&fake, "plain");
+    assert_eq!(node_of(&fake, "plain").as_deref(), Some("a"));
+    // A preference for zone y outweighs b having more pods than a.
+    let prefer_y = PreferredSchedulingTerm {
+        weight: 50,
+        preference: NodeSelectorTerm {
+            match_expressions: Some(vec![req("zone", "In", &["y"])]),
+            match_fields: None,
+        },
+    };
+    fake.seed(&bound(pod("resident-0", "100m", "64Mi"), "b"));
+    fake.seed(&bound(pod("resident-1", "100m", "64Mi"), "b"));
+    fake.seed(&with_affinity(
+        pod("picky", "100m", "64Mi"),
+        node_affinity(vec![prefer_y]),
+    ));
+    run(&fake, "picky");
+    assert_eq!(node_of(&fake, "picky").as_deref(), Some("b"));
+
+    // Nothing matches: NotIn/DoesNotExist exclude the rest.
+    let none = Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_expressions: Some(vec![
+                        req("zone", "NotIn", &["y"]),
+                        req("cores", "DoesNotExist", &[]),
+                    ]),
+                    match_fields: None,
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fake.seed(&with_affinity(pod("nowhere", "100m", "64Mi"), none));
+    assert_eq!(run(&fake, "nowhere"), Outcome::requeue_after_ms(5000));
+    assert_eq!(
+        message(&fake, "nowhere").as_deref(),
+        Some("0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.")
+    );
+}
+
+#[test]
+fn required_anti_affinity_puts_replicas_on_distinct_hosts() {
+    let fake = FakeCluster::new();
+    for n in ["a", "b", "c"] {
+        fake.seed(&host(n, &[]));
+    }
+    // Replicas arrive one after another; each must see the ones bound just before it.
+    for i in 0..4 {
+        fake.seed(&with_affinity(
+            web(&format!("w{i}")),
+            anti(vec![term("app", "web", HOST)]),
+        ));
+    }
+    let mut hosts: Vec<String> = (0..3)
+        .map(|i| {
+            run(&fake, &format!("w{i}"));
+            node_of(&fake, &format!("w{i}")).unwrap()
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["a", "b", "c"]);
+    assert_eq!(run(&fake, "w3"), Outcome::requeue_after_ms(5000));
+    assert_eq!(
+        message(&fake, "w3").as_deref(),
+        Some("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules.")
+    );
+}
+
+#[test]
+fn existing_pods_anti_affinity_is_symmetric() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a", &[]));
+    // The loner on a refuses web pods on its host; the incoming web pod says nothing.
+    let loner = with_affinity(
+        labeled(pod("loner", "100m", "64Mi"), &[("app", "loner")]),
+        anti(vec![term("app", "web", HOST)]),
+    );
+    fake.seed(&bound(loner, "a"));
+    fake.seed(&web("w"));
+    run(&fake, "w");
+    assert_eq!(
+        message(&fake, "w").as_deref(),
+        Some(
+            "0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+        )
+    );
+    fake.seed(&host("b", &[]));
+    run(&fake, "w");
+    assert_eq!(node_of(&fake, "w").as_deref(), Some("b"));
+}
+
+#[test]
+fn required_affinity_follows_matching_pods_by_zone() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a1", &[(ZONE, "a")]));
+    fake.seed(&host("b1", &[(ZONE, "b")]));
+    fake.seed(&host("b2", &[(ZONE, "b")]));
+    fake.seed(&host("nozone", &[]));
+    fake.seed(&bound(
+        labeled(pod("db", "100m", "64Mi"), &[("app", "db")]),
+        "b1",
+    ));
+    // Same zone as the db, and b2 has fewer pods than b1.
+    fake.seed(&with_affinity(
+        web("near-db"),
+        affinity(vec![term("app", "db", ZONE)]),
+    ));
+    run(&fake, "near-db");
+    assert_eq!(node_of(&fake, "near-db").as_deref(), Some("b2"));
+
+    // No cache pod anywhere, but the pod is one: the first of a group may go anywhere
+    // that has the topology key.
+    let first = with_affinity(
+        labeled(pod("cache-0", "100m", "64Mi"), &[("app", "cache")]),
+        affinity(vec![term("app", "cache", ZONE)]),
+    );
+    fake.seed(&first);
+    run(&fake, "cache-0");
+    assert_eq!(node_of(&fake, "cache-0").as_deref(), Some("a1"));
+
+    // Affinity to pods that exist nowhere, not matching itself: never.
+    fake.seed(&with_affinity(
+        web("lonely"),
+        affinity(vec![term("app", "queue", ZONE)]),
+    ));
+    run(&fake, "lonely");
+    assert_eq!(
+        message(&fake, "lonely").as_deref(),
+        Some("0/4 nodes are available: 4 node(s) didn't match pod affinity rules.")
+    );
+}
+
+#[test]
+fn affinity_terms_look_in_their_namespaces() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let fake = FakeCluster::new();
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("data".into());
+    ns.metadata.labels = Some([("team".to_string(), "storage".to_string())].into());
+    fake.seed(&ns);
+    fake.seed(&host("a", &[]));
+    fake.seed(&host("b", &[]));
+    let mut db = bound(labeled(pod("db", "100m", "64Mi"), &[("app", "db")]), "b");
+    db.metadata.namespace = Some("data".into());
+    fake.seed(&db);
+
+    // By default a term looks in the pod's own namespace: the db in "data" does not count.
+    fake.seed(&with_affinity(
+        web("same-ns"),
+        affinity(vec![term("app", "db", HOST)]),
+    ));
+    run(&fake, "same-ns");
+    assert_eq!(node_of(&fake, "same-ns"), None);
+
+    let by_selector = PodAffinityTerm {
+        namespace_selector: selector("team", "storage"),
+        ..term("app", "db", HOST)
+    };
+    fake.seed(&with_affinity(
+        web("by-selector"),
+        affinity(vec![by_selector]),
+    ));
+    run(&fake, "by-selector");
+    assert_eq!(node_of(&fake, "by-selector").as_deref(), Some("b"));
+
+    let by_name = PodAffinityTerm {
+        namespaces: Some(vec!["data".into()]),
+        ..term("app", "db", HOST)
+    };
+    fake.seed(&with_affinity(web("by-name"), affinity(vec![by_name])));
+    run(&fake, "by-name");
+    assert_eq!(node_of(&fake, "by-name").as_deref(), Some("b"));
+}
+
+#[test]
+fn preferred_anti_affinity_outweighs_pod_count() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a", &[]));
+    fake.seed(&host("b", &[]));
+    fake.seed(&bound(web("w0"), "a"));
+    for i in 0..3 {
+        fake.seed(&bound(pod(&format!("x{i}"), "100m", "64Mi"), "b"));
+    }
+    fake.seed(&web("plain"));
+    run(&fake, "plain");
+    assert_eq!(node_of(&fake, "plain").as_deref(), Some("a"), "fewer pods");
+
+    let prefer_away = Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: term("app", "web", HOST),
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fake.seed(&with_affinity(web("shy"), prefer_away));
+    run(&fake, "shy");
+    assert_eq!(node_of(&fake, "shy").as_deref(), Some("b"));
+}
+
+fn spread(when: &str, key: &str, min_domains: Option<i32>) -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: key.into(),
+        when_unsatisfiable: when.into(),
+        label_selector: selector("app", "web"),
+        min_domains,
+        ..Default::default()
+    }
+}
+
+fn with_spread(mut p: Pod, c: TopologySpreadConstraint) -> Pod {
+    p.spec.as_mut().unwrap().topology_spread_constraints = Some(vec![c]);
+    p
+}
+
+#[test]
+fn topology_spread_do_not_schedule_keeps_skew() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a1", &[(ZONE, "a")]));
+    fake.seed(&host("a2", &[(ZONE, "a")]));
+    let mut b1 = host("b1", &[(ZONE, "b")]);
+    b1.spec = Some(NodeSpec {
+        unschedulable: Some(true),
+        ..Default::default()
+    });
+    fake.seed(&b1);
+    fake.seed(&host("nozone", &[]));
+    fake.seed(&bound(web("w0"), "a1"));
+    // Zone a has 1, zone b 0 (a cordoned node still counts as a domain): a is full.
+    fake.seed(&with_spread(web("w1"), spread("DoNotSchedule", ZONE, None)));
+    run(&fake, "w1");
+    assert_eq!(
+        message(&fake, "w1").as_deref(),
+        Some(
+            "0/4 nodes are available: 1 node(s) didn't match pod topology spread constraints (missing required label), 1 node(s) were unschedulable, 2 node(s) didn't match pod topology spread constraints."
+        )
+    );
+    fake.seed(&host("b1", &[(ZONE, "b")]));
+    run(&fake, "w1");
+    assert_eq!(node_of(&fake, "w1").as_deref(), Some("b1"));
+
+    // One per zone now; minDomains 3 with two zones treats the minimum as 0: skew 2.
+    fake.seed(&with_spread(
+        web("w2"),
+        spread("DoNotSchedule", ZONE, Some(3)),
+    ));
+    run(&fake, "w2");
+    assert_eq!(node_of(&fake, "w2"), None);
+    fake.seed(&with_spread(web("w3"), spread("DoNotSchedule", ZONE, None)));
+    run(&fake, "w3");
+    assert_eq!(
+        node_of(&fake, "w3").as_deref(),
+        Some("a2"),
+        "a2 has no pods"
+    );
+}
+
+#[test]
+fn topology_spread_schedule_anyway_scores() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a", &[]));
+    fake.seed(&host("b", &[]));
+    fake.seed(&bound(web("w0"), "a"));
+    for i in 0..3 {
+        fake.seed(&bound(pod(&format!("x{i}"), "100m", "64Mi"), "b"));
+    }
+    fake.seed(&web("plain"));
+    run(&fake, "plain");
+    assert_eq!(node_of(&fake, "plain").as_deref(), Some("a"), "fewer pods");
+    fake.seed(&with_spread(
+        web("spread"),
+        spread("ScheduleAnyway", HOST, None),
+    ));
+    run(&fake, "spread");
+    assert_eq!(node_of(&fake, "spread").as_deref(), Some("b"));
+}
+
+#[test]
+fn oci_runtime_classes_need_an_oci_node() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("wasm-only", &[]));
+    let with_class = |name: &str, class: Option<&str>| {
+        let mut p = pod(name, "100m", "64Mi");
+        p.spec.as_mut().unwrap().runtime_class_name = class.map(Into::into);
+        p
+    };
+    fake.seed(&with_class("oci", Some("runc")));
+    run(&fake, "oci");
+    assert_eq!(
+        message(&fake, "oci").as_deref(),
+        Some("0/1 nodes are available: 1 node(s) didn't have an OCI container runtime.")
+    );
+    for (name, class) in [
+        ("wasm", Some("wasm")),
+        ("kw", Some("kedge-wasm")),
+        ("none", None),
+    ] {
+        fake.seed(&with_class(name, class));
+        run(&fake, name);
+        assert_eq!(node_of(&fake, name).as_deref(), Some("wasm-only"), "{name}");
+    }
+    fake.seed(&host("runc", &[(crate::OCI_RUNTIME_LABEL, "true")]));
+    run(&fake, "oci");
+    assert_eq!(node_of(&fake, "oci").as_deref(), Some("runc"));
+}
+
+#[test]
+fn image_locality_prefers_nodes_holding_the_image() {
+    let fake = FakeCluster::new();
+    fake.seed(&host("a", &[]));
+    let mut b = host("b", &[]);
+    b.status.as_mut().unwrap().images = Some(vec![ContainerImage {
+        names: Some(vec![
+            "docker.io/library/nginx@sha256:0123".into(),
+            "docker.io/library/nginx:1.27".into(),
+        ]),
+        size_bytes: Some(500 << 20),
+    }]);
+    fake.seed(&b);
+    let mut p = pod("p", "100m", "64Mi");
+    p.spec.as_mut().unwrap().containers[0].image = Some("nginx:1.27".into());
+    fake.seed(&p);
+    run(&fake, "p");
+    assert_eq!(node_of(&fake, "p").as_deref(), Some("b"));
+}
+
+#[test]
+fn prefer_no_schedule_taints_steer_away() {
+    let fake = FakeCluster::new();
+    let mut a = host("a", &[]);
+    a.spec = Some(NodeSpec {
+        taints: Some(vec![Taint {
+            key: "edge".into(),
+            effect: "PreferNoSchedule".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    fake.seed(&a);
+    fake.seed(&host("b", &[]));
+    fake.seed(&pod("p", "100m", "64Mi"));
+    run(&fake, "p");
+    assert_eq!(node_of(&fake, "p").as_deref(), Some("b"));
 }

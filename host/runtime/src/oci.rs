@@ -20,6 +20,7 @@
 //!
 //! Everything runc needs is in the run's `work_dir`; a private runc `--root` holds its state.
 
+mod exec;
 mod rootfs;
 mod runc;
 mod spec;
@@ -41,6 +42,7 @@ use tracing::{Instrument as _, Span, debug, info, info_span, warn};
 use crate::logs::{LogStream, LogWriter, StreamKind};
 pub use crate::wasm::Exit;
 use crate::{Error, Result};
+pub use exec::{ExecProcess, Pty, PtySize};
 use rootfs::{Cgroups, Layout};
 use runc::Runc;
 

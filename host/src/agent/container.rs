@@ -519,6 +519,8 @@ pub(super) async fn run_container(
                 dir: dir.clone(),
                 restart_count,
                 done: done_rx,
+                runc_id: matches!(prepared, Prepared::Oci { .. })
+                    .then(|| runc_id(uid, &name, restart_count)),
             },
         );
         ctx.events
@@ -580,7 +582,7 @@ pub(super) async fn run_container(
             } => {
                 let oci = ctx.oci.as_ref().expect("checked in prepare");
                 let spec = ContainerSpec {
-                    id: format!("{uid}-{name}-{restart_count}"),
+                    id: runc_id(uid, &name, restart_count),
                     image_rootfs: rootfs,
                     work_dir: ctx.containers_dir.join(format!("{uid}-{name}")),
                     args,
@@ -685,6 +687,11 @@ pub(super) async fn run_container(
         .await;
         return;
     }
+}
+
+/// The runc container id of one run of a container (unique per restart).
+fn runc_id(uid: &str, name: &str, restart_count: u32) -> String {
+    format!("{uid}-{name}-{restart_count}")
 }
 
 /// Marks the image a container uses as in use (image GC keeps it) for as long as the

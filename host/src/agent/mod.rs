@@ -7,6 +7,7 @@ mod container;
 mod events;
 mod spec;
 pub mod status;
+pub(crate) mod stream;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -106,6 +107,8 @@ struct LogHandle {
     restart_count: u32,
     /// Turns true when the current run ends (a follow then drains and closes).
     done: watch::Receiver<bool>,
+    /// The runc id of the current run; `None` for a Wasm container (nothing to exec into).
+    runc_id: Option<String>,
 }
 
 type ContainerId = (String, String, String);
@@ -115,7 +118,7 @@ struct Shared {
     client: Client,
     runtime: WasmRuntime,
     /// runc, when the node has it (and runs as root): OCI images run only then.
-    oci: Option<OciRuntime>,
+    oci: Option<Arc<OciRuntime>>,
     puller: Puller,
     events: events::Recorder,
     /// The image each live container uses (by manifest digest), spared by image GC.
@@ -182,7 +185,21 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         }
     }
     let logs: LogMap = Arc::default();
-    let kubelet = kubelet_router(logs.clone());
+    let oci = match OciRuntime::detect(&cfg.data_dir.join("runc")) {
+        Ok(r) => {
+            tracing::info!(version = %r.version(), "OCI containers run with runc");
+            Some(Arc::new(r))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no OCI runtime: this node runs Wasm images only");
+            None
+        }
+    };
+    let kubelet = kubelet_router(Arc::new(Kubelet {
+        logs: logs.clone(),
+        oci: oci.clone(),
+        cancel: cancel.clone(),
+    }));
     let tunnel = kedge_tunnel::agent::TunnelClient::start(
         kedge_tunnel::agent::AgentConfig {
             server: cfg.server.clone(),
@@ -195,16 +212,6 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     )
     .await
     .context("connecting to the server")?;
-    let oci = match OciRuntime::detect(&cfg.data_dir.join("runc")) {
-        Ok(r) => {
-            tracing::info!(version = %r.version(), "OCI containers run with runc");
-            Some(r)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "no OCI runtime: this node runs Wasm images only");
-            None
-        }
-    };
     let containers_dir = cfg.data_dir.join("containers");
     if let Some(r) = &oci {
         // A previous agent process that died without stopping its containers left them
@@ -613,6 +620,18 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
         .append_pair("fieldSelector", &selector)
         .finish();
     let mut failures = 0u32;
+    // Where the next watch starts; `None` until listed, and again after 410 Gone. A watch
+    // that merely broke (tunnel lost, server-side timeout) resumes from here without a
+    // relist, as client-go's reflector does: a relist of every pod per reconnect is what
+    // a fleet of flapping edge links cannot afford.
+    let mut resume: Option<String> = None;
+    // Offline autonomy: the pods this node ran before start again at once from the agent's
+    // own record, server or not; the first list below reconciles them with the API (pods
+    // deleted meanwhile are stopped, status is re-sent).
+    for pod in pod_cache::load(&ctx.data_dir) {
+        tracing::info!(pod = %format!("{}/{}", meta::namespace(&pod), meta::name(&pod)), "starting pod from the local record");
+        observe_pod(&ctx, &tasks, &mut workers, pod, false);
+    }
     'relist: loop {
         if failures > 0 {
             let wait = Duration::from_millis(200 * (1 << failures.min(5)));
@@ -621,41 +640,61 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        let list_path = format!("/api/v1/pods?{q}");
-        let list = tokio::select! {
+        let rv = match resume.clone() {
+            Some(rv) => {
+                tracing::debug!(rv, "resuming the pod watch");
+                rv
+            }
+            None => {
+                let list_path = format!("/api/v1/pods?{q}");
+                let list = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    l = ctx.client.get(&list_path) => l,
+                };
+                let list = match list {
+                    Ok(l) => l,
+                    Err(e) => {
+                        failures += 1;
+                        tracing::debug!(error = %e, "listing pods failed");
+                        continue;
+                    }
+                };
+                let rv = list["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .to_string();
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                tracing::debug!(rv, pods = items.len(), "pods listed");
+                let present: Vec<String> = items.iter().map(|p| meta::uid(p).to_string()).collect();
+                // Pods that disappeared while we were not watching.
+                workers.retain(|uid, w| {
+                    let keep = present.contains(uid);
+                    if !keep {
+                        w.cancel.cancel();
+                        pod_cache::forget(&ctx.data_dir, uid);
+                    }
+                    keep
+                });
+                for p in items {
+                    observe_pod(&ctx, &tasks, &mut workers, p, false);
+                }
+                resume = Some(rv.clone());
+                rv
+            }
+        };
+        let watch_path =
+            format!("/api/v1/pods?{q}&watch=true&resourceVersion={rv}&allowWatchBookmarks=true");
+        let watch = tokio::select! {
             _ = cancel.cancelled() => break,
-            l = ctx.client.get(&list_path) => l,
+            w = ctx.client.watch(&watch_path) => w,
         };
-        let list = match list {
-            Ok(l) => l,
-            Err(e) => {
-                failures += 1;
-                tracing::debug!(error = %e, "listing pods failed");
-                continue;
-            }
-        };
-        let rv = list["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap_or("0")
-            .to_string();
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let present: Vec<String> = items.iter().map(|p| meta::uid(p).to_string()).collect();
-        // Pods that disappeared while we were not watching.
-        workers.retain(|uid, w| {
-            let keep = present.contains(uid);
-            if !keep {
-                w.cancel.cancel();
-            }
-            keep
-        });
-        for p in items {
-            observe_pod(&ctx, &tasks, &mut workers, p, false);
-        }
-        let watch_q = format!("{q}&watch=true&resourceVersion={rv}&allowWatchBookmarks=true");
-        let mut w = match ctx.client.watch(&format!("/api/v1/pods?{watch_q}")).await {
+        let mut w = match watch {
             Ok(w) => w,
             Err(e) => {
                 failures += 1;
+                if e.code() == Some(410) {
+                    resume = None;
+                }
                 tracing::debug!(error = %e, "watching pods failed");
                 continue;
             }
@@ -670,11 +709,15 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
                 failures = 1;
                 continue 'relist;
             };
+            resume = resume_point(resume, &ev);
             let obj = ev["object"].clone();
             match ev["type"].as_str() {
                 Some("ADDED" | "MODIFIED") => observe_pod(&ctx, &tasks, &mut workers, obj, false),
                 Some("DELETED") => observe_pod(&ctx, &tasks, &mut workers, obj, true),
-                Some("ERROR") => continue 'relist,
+                Some("ERROR") => {
+                    tracing::debug!(status = %obj, "pod watch error; relisting");
+                    continue 'relist;
+                }
                 _ => {}
             }
         }
@@ -686,8 +729,108 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
     }
 }
 
+/// The agent's own record of the pods it runs (`<data-dir>/pod-cache/<uid>.json`), so that it
+/// runs them again after its own restart even while the server is unreachable.
+mod pod_cache {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::Value;
+
+    use crate::core::meta;
+
+    fn dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("pod-cache")
+    }
+
+    fn path(data_dir: &Path, uid: &str) -> Option<PathBuf> {
+        // A uid is a UUID; anything else must not become a path.
+        let safe = !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        safe.then(|| dir(data_dir).join(format!("{uid}.json")))
+    }
+
+    /// Writes the pod (temp file + rename: a crash leaves the old record or the new one).
+    pub fn remember(data_dir: &Path, pod: &Value) {
+        let Some(p) = path(data_dir, meta::uid(pod)) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(dir(data_dir))?;
+            let tmp = p.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(pod)?)?;
+            std::fs::rename(&tmp, &p)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, "could not record the pod locally");
+        }
+    }
+
+    pub fn forget(data_dir: &Path, uid: &str) {
+        if let Some(p) = path(data_dir, uid) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The recorded pods; unreadable records are dropped.
+    pub fn load(data_dir: &Path) -> Vec<Value> {
+        let Ok(entries) = std::fs::read_dir(dir(data_dir)) else {
+            return Vec::new();
+        };
+        let mut pods = Vec::new();
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                let _ = std::fs::remove_file(&p);
+                continue;
+            }
+            match std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            {
+                Some(pod) => pods.push(pod),
+                None => {
+                    tracing::warn!(file = %p.display(), "dropping an unreadable pod record");
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        pods
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use serde_json::json;
+
+        #[test]
+        fn records_round_trip_and_bad_ones_are_dropped() {
+            let d = tempfile::tempdir().unwrap();
+            let pod = json!({"metadata": {"uid": "0f6c-11", "name": "a", "namespace": "default"}});
+            remember(d.path(), &pod);
+            remember(d.path(), &json!({"metadata": {"uid": "../escape"}}));
+            std::fs::write(dir(d.path()).join("junk.json"), b"{not json").unwrap();
+            assert_eq!(load(d.path()), vec![pod]);
+            assert_eq!(std::fs::read_dir(dir(d.path())).unwrap().count(), 1);
+            forget(d.path(), "0f6c-11");
+            assert!(load(d.path()).is_empty());
+        }
+    }
+}
+
 /// Grace period of containers when the agent itself stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The revision the pod watch resumes from after `ev`. An ERROR event is the server saying
+/// our revision is gone (410: compacted away), the one case that needs a relist.
+fn resume_point(current: Option<String>, ev: &Value) -> Option<String> {
+    if ev["type"] == "ERROR" {
+        return None;
+    }
+    ev.pointer("/object/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|rv| !rv.is_empty())
+        .map(String::from)
+        .or(current)
+}
 
 /// Starts, keeps or stops the worker of one pod.
 fn observe_pod(
@@ -699,6 +842,7 @@ fn observe_pod(
 ) {
     let uid = meta::uid(&pod).to_string();
     if deleted {
+        pod_cache::forget(&ctx.data_dir, &uid);
         let done = workers.remove(&uid).map(|w| {
             w.cancel.cancel();
             w.done
@@ -720,6 +864,7 @@ fn observe_pod(
     match workers.get_mut(&uid) {
         None if terminating => {
             // Not running here (e.g. after an agent restart): just confirm the deletion.
+            pod_cache::forget(&ctx.data_dir, &uid);
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 remove_pod_dirs(&ctx, &pod).await;
@@ -740,14 +885,21 @@ fn observe_pod(
                     grace: grace_tx,
                 },
             );
+            pod_cache::remember(&ctx.data_dir, &pod);
             let ctx = ctx.clone();
             tasks.spawn(async move {
+                let stopped = cancel.clone();
                 run_pod(&ctx, pod, cancel, grace_rx).await;
+                if !stopped.is_cancelled() {
+                    // Finished on its own (restartPolicy Never/OnFailure): not to be run again.
+                    pod_cache::forget(&ctx.data_dir, &uid);
+                }
                 ctx.events.forget_pod(&uid);
                 let _ = done_tx.send(true);
             });
         }
         Some(w) if terminating && !w.terminating => {
+            pod_cache::forget(&ctx.data_dir, &uid);
             w.terminating = true;
             let _ = w.grace.send(grace_of(&pod));
             w.cancel.cancel();
@@ -828,7 +980,15 @@ struct PodRun {
     records: tokio::sync::Mutex<Vec<ContainerRecord>>,
     /// The status as last read or written, to keep fields the agent does not own.
     last_status: tokio::sync::Mutex<Value>,
+    /// The last status write did not land (the server was unreachable): it is retried until
+    /// it does, as kubelet's status manager resyncs, or a pod that finished while the link
+    /// was down would stay Running in the API for good.
+    unsynced: std::sync::atomic::AtomicBool,
 }
+
+/// First and longest wait between retries of a status write that did not land.
+const STATUS_RETRY_START: Duration = Duration::from_secs(1);
+const STATUS_RETRY_CAP: Duration = Duration::from_secs(10);
 
 impl PodRun {
     async fn update(&self, ctx: &Ctx, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
@@ -837,15 +997,66 @@ impl PodRun {
         let mut last = self.last_status.lock().await;
         let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
         drop(recs);
+        self.write(ctx, &mut last, status).await;
+    }
+
+    /// Writes the current status again if the last write did not land.
+    async fn resync(&self, ctx: &Ctx) {
+        let recs = self.records.lock().await;
+        let mut last = self.last_status.lock().await;
+        if !self.unsynced() {
+            return;
+        }
+        let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
+        drop(recs);
+        tracing::debug!(pod = %self.name, "writing the pod status again");
+        self.write(ctx, &mut last, status).await;
+    }
+
+    fn unsynced(&self) -> bool {
+        self.unsynced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    async fn write(&self, ctx: &Ctx, last: &mut Value, status: Value) {
         let path = format!("{}/status", Shared::pod_path(&self.ns, &self.name));
-        match ctx
+        let res = ctx
             .client
             .merge_patch(&path, &json!({"status": status}))
-            .await
-        {
-            Ok(p) => *last = p["status"].clone(),
-            Err(e) if e.code() == Some(404) => {}
-            Err(e) => tracing::warn!(pod = %self.name, error = %e, "status update failed"),
+            .await;
+        let landed = match res {
+            Ok(p) => {
+                *last = p["status"].clone();
+                true
+            }
+            // The pod is gone: nothing left to report.
+            Err(e) if e.code() == Some(404) => true,
+            Err(e) => {
+                tracing::warn!(pod = %self.name, error = %e, "status update failed; will retry");
+                false
+            }
+        };
+        self.unsynced
+            .store(!landed, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Retries a status write that did not land, with back-off, until it lands or `stop`
+    /// fires; with `forever`, goes on watching for the next failed write until `stop`.
+    async fn retry_unsynced(&self, ctx: &Ctx, stop: &CancellationToken, forever: bool) {
+        let mut wait = STATUS_RETRY_START;
+        loop {
+            if !forever && !self.unsynced() {
+                return;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if self.unsynced() {
+                self.resync(ctx).await;
+                wait = (wait * 2).min(STATUS_RETRY_CAP);
+            } else {
+                wait = STATUS_RETRY_START;
+            }
         }
     }
 }
@@ -876,6 +1087,7 @@ async fn run_pod(
                 .collect(),
         ),
         last_status: tokio::sync::Mutex::new(pod.get("status").cloned().unwrap_or(json!({}))),
+        unsynced: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
     let mut set = tokio::task::JoinSet::new();
@@ -891,7 +1103,15 @@ async fn run_pod(
             async move { container::run_container(&ctx, &pod, &c, i, &run, cancel, grace).await },
         );
     }
-    while set.join_next().await.is_some() {}
+    let containers = async { while set.join_next().await.is_some() {} };
+    // `never` keeps the retry loop alive exactly as long as the containers run.
+    let never = CancellationToken::new();
+    tokio::select! {
+        () = containers => {}
+        () = run.retry_unsynced(ctx, &never, true) => {}
+    }
+    // The containers' last word (Succeeded, Failed) must reach the API too.
+    run.retry_unsynced(ctx, &cancel, false).await;
 }
 
 fn container_env(
@@ -994,21 +1214,42 @@ fn truthy(v: &Option<String>) -> bool {
 
 type LogMap = Arc<Mutex<HashMap<ContainerId, LogHandle>>>;
 
-fn kubelet_router(logs: LogMap) -> axum::Router {
+/// What the kubelet endpoint serves from.
+struct Kubelet {
+    logs: LogMap,
+    oci: Option<Arc<OciRuntime>>,
+    /// Stops exec and port-forward sessions when the agent stops.
+    cancel: CancellationToken,
+}
+
+fn kubelet_router(kubelet: Arc<Kubelet>) -> axum::Router {
     axum::Router::new()
         .route(
             "/containerLogs/{ns}/{pod}/{container}",
             axum::routing::get(container_logs),
         )
-        .with_state(logs)
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::post(stream::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            axum::routing::post(stream::attach),
+        )
+        .route(
+            "/portForward/{ns}/{pod}",
+            axum::routing::post(stream::port_forward),
+        )
+        .with_state(kubelet)
 }
 
 async fn container_logs(
-    State(logs): State<LogMap>,
+    State(kubelet): State<Arc<Kubelet>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let handle = logs
+    let handle = kubelet
+        .logs
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(&(ns.clone(), pod.clone(), container.clone()))
@@ -1079,6 +1320,33 @@ mod tests {
         assert!("nokey".parse::<Taint>().is_err());
         assert!("k=v:Sometimes".parse::<Taint>().is_err());
         assert!("=v:NoSchedule".parse::<Taint>().is_err());
+    }
+
+    /// Guards the reconnect path: a watch broken by a lost tunnel resumes from the last
+    /// revision it saw (events and bookmarks), and only 410 Gone makes the agent relist.
+    #[test]
+    fn a_broken_pod_watch_resumes_from_its_last_revision_and_relists_only_when_gone() {
+        let ev =
+            |t: &str, rv: &str| json!({"type": t, "object": {"metadata": {"resourceVersion": rv}}});
+        let listed = Some("10".to_string());
+        assert_eq!(
+            resume_point(listed.clone(), &ev("ADDED", "11")).as_deref(),
+            Some("11")
+        );
+        assert_eq!(
+            resume_point(Some("11".into()), &ev("BOOKMARK", "15")).as_deref(),
+            Some("15")
+        );
+        assert_eq!(
+            resume_point(Some("15".into()), &ev("DELETED", "16")).as_deref(),
+            Some("16")
+        );
+        // An event without a revision keeps the one we have.
+        let bare = json!({"type": "MODIFIED", "object": {}});
+        assert_eq!(resume_point(listed.clone(), &bare), listed);
+        // 410 Gone (the revision was compacted away) arrives as an ERROR event: relist.
+        let gone = json!({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}});
+        assert_eq!(resume_point(listed, &gone), None);
     }
 
     #[test]

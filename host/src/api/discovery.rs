@@ -78,6 +78,9 @@ fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static st
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "log" => ("", "v1", "Pod"),
+        "exec" => ("", "v1", "PodExecOptions"),
+        "attach" => ("", "v1", "PodAttachOptions"),
+        "portforward" => ("", "v1", "PodPortForwardOptions"),
         _ => (r.group, r.version, r.kind),
     }
 }
@@ -86,6 +89,7 @@ fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
         "binding" => vec!["create"],
         "log" => vec!["get"],
+        "exec" | "attach" | "portforward" => vec!["create", "get"],
         _ => vec!["get", "patch", "update"],
     }
 }

@@ -204,9 +204,53 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
 
     let target = resolve(&segs).ok_or_else(|| ApiError::path_not_found(&path))?;
     tracing::trace!(user = %identity.user, method = %parts.method, path, "request");
+    // Streaming subresources take the connection over: they need the request's upgrade
+    // handle, not its body.
+    if let (Some(name), Some(sub)) = (target.name.as_deref(), target.sub.as_deref())
+        && target.res.kind == "Pod"
+        && matches!(parts.method, Method::GET | Method::POST)
+    {
+        let ns = target.namespace.as_str();
+        if matches!(sub, "exec" | "attach" | "portforward") {
+            // The same authorization as every other request (nodes may not open a shell in
+            // pods); these requests have no body to inspect.
+            super::authz::authorize(
+                &st.api,
+                &identity,
+                &super::authz::Request {
+                    method: &parts.method,
+                    res: target.res,
+                    namespace: ns,
+                    name: Some(name),
+                    sub: Some(sub),
+                    query: &query,
+                    body: &[],
+                },
+            )?;
+        }
+        match sub {
+            "exec" => return super::stream::exec(st, parts, ns, name, false).await,
+            "attach" => return super::stream::exec(st, parts, ns, name, true).await,
+            "portforward" => return super::stream::port_forward(st, parts, ns, name).await,
+            _ => {}
+        }
+    }
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))?;
+    super::authz::authorize(
+        &st.api,
+        &identity,
+        &super::authz::Request {
+            method: &parts.method,
+            res: target.res,
+            namespace: &target.namespace,
+            name: target.name.as_deref(),
+            sub: target.sub.as_deref(),
+            query: &query,
+            body: &body,
+        },
+    )?;
     handle_resource(st, &parts.method, headers, &query, target, body).await
 }
 
@@ -795,10 +839,9 @@ fn line_bytes(v: &Value) -> Bytes {
     Bytes::from(b)
 }
 
-/// `pods/<name>/log`: relayed to the pod's node over its tunnel.
-async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Response> {
-    let res = resources::by_kind("v1", "Pod").expect("pods are served");
-    let pod = st.api.get(res, ns, name)?;
+/// The container a pod subresource request means: the one named, the default-container
+/// annotation's, or the only one.
+pub(super) fn pod_container(pod: &Value, name: &str, requested: Option<&String>) -> Result<String> {
     let containers: Vec<String> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
@@ -808,7 +851,7 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
                 .collect()
         })
         .unwrap_or_default();
-    let container = match q.get("container").filter(|c| !c.is_empty()) {
+    let container = match requested.filter(|c| !c.is_empty()) {
         Some(c) if containers.contains(c) => c.clone(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
@@ -832,6 +875,14 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
             }
         }
     };
+    Ok(container)
+}
+
+/// `pods/<name>/log`: relayed to the pod's node over its tunnel.
+async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Response> {
+    let res = resources::by_kind("v1", "Pod").expect("pods are served");
+    let pod = st.api.get(res, ns, name)?;
+    let container = pod_container(&pod, name, q.get("container"))?;
     let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
@@ -912,7 +963,9 @@ mod tests {
         assert_eq!(t.sub.as_deref(), Some("status"));
         let t = resolve(&["apis", "apps", "v1", "deployments"]).unwrap();
         assert!(t.namespace.is_empty() && t.name.is_none());
-        assert!(resolve(&["api", "v1", "namespaces", "d", "pods", "p", "exec"]).is_none());
+        let t = resolve(&["api", "v1", "namespaces", "d", "pods", "p", "exec"]).unwrap();
+        assert_eq!(t.sub.as_deref(), Some("exec"));
+        assert!(resolve(&["api", "v1", "namespaces", "d", "pods", "p", "proxy"]).is_none());
         assert!(resolve(&["apis", "apps", "v2", "deployments"]).is_none());
     }
 }

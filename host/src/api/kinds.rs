@@ -44,6 +44,35 @@ pub fn default(res: &Resource, obj: &mut Value) {
             // kubectl rollout undo patches /metadata/annotations, which must exist.
             ensure_object(ensure_object_value(obj, "metadata"), "annotations");
         }
+        "ReplicationController" => {
+            // SetDefaults_ReplicationController: selector and labels from the template.
+            let template_labels = obj.pointer("/spec/template/metadata/labels").cloned();
+            if let Some(tl) =
+                template_labels.filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+            {
+                let spec = ensure_object(obj, "spec");
+                if spec
+                    .get("selector")
+                    .and_then(Value::as_object)
+                    .is_none_or(|m| m.is_empty())
+                {
+                    spec.insert("selector".into(), tl.clone());
+                }
+                let m = ensure_object(obj, "metadata");
+                if m.get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|l| l.is_empty())
+                {
+                    m.insert("labels".into(), tl);
+                }
+            }
+            ensure_object(obj, "spec")
+                .entry("replicas")
+                .or_insert(json!(1));
+            if let Some(pod) = obj.pointer_mut("/spec/template/spec") {
+                default_pod_spec(pod);
+            }
+        }
         "ReplicaSet" => {
             ensure_object(obj, "spec")
                 .entry("replicas")
@@ -122,6 +151,7 @@ pub fn default(res: &Resource, obj: &mut Value) {
             }
         }
         "Service" => default_service(obj),
+        "Plugin" => crate::plugins::kind::default(obj),
         "Endpoints" => {
             if let Some(Value::Array(subsets)) = obj.get_mut("subsets") {
                 for ss in subsets.iter_mut() {
@@ -142,6 +172,7 @@ pub fn default(res: &Resource, obj: &mut Value) {
 pub fn initial_status(kind: &str) -> Option<Value> {
     Some(match kind {
         "Deployment" | "ReplicaSet" | "Job" | "CronJob" => json!({}),
+        "ReplicationController" => json!({"replicas": 0}),
         "StatefulSet" => json!({"replicas": 0, "availableReplicas": 0}),
         "DaemonSet" => json!({"currentNumberScheduled": 0, "numberMisscheduled": 0,
             "desiredNumberScheduled": 0, "numberReady": 0}),
@@ -251,6 +282,9 @@ fn default_service(obj: &mut Value) {
 /// omitted (kube-apiserver's `patchAllocatedValues`), so `kubectl replace` of a manifest
 /// without `clusterIP` or `nodePort` keeps them instead of failing as a change.
 pub fn prepare_update(res: &Resource, old: &Value, new: &mut Value) {
+    if res.kind == "Plugin" {
+        return crate::plugins::kind::prepare_update(old, new);
+    }
     if res.kind != "Service" {
         return;
     }
@@ -433,6 +467,17 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "CronJob" => validate_cronjob(obj, &mut causes),
         "Service" => validate_service(obj, &mut causes),
         "Endpoints" => validate_endpoints(obj, &mut causes),
+        "Plugin" => crate::plugins::kind::validate(obj, &mut causes),
+        "ReplicationController" => validate_replication_controller(obj, &mut causes),
+        "EndpointSlice" => match obj.get("addressType").and_then(Value::as_str) {
+            None => causes.push(Cause::required("addressType")),
+            Some("IPv4" | "IPv6" | "FQDN") => {}
+            Some(t) => causes.push(Cause::unsupported(
+                "addressType",
+                t,
+                &["FQDN", "IPv4", "IPv6"],
+            )),
+        },
         "ControllerRevision" => {
             if let Some(r) = obj.get("revision").and_then(Value::as_i64)
                 && r < 0
@@ -1032,6 +1077,49 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
         _ => {}
     }
     causes
+}
+
+/// ValidateReplicationControllerSpec: a non-empty map selector the template's labels match.
+fn validate_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    if let Some(r) = spec.get("replicas")
+        && r.as_i64().is_none_or(|r| r < 0)
+    {
+        causes.push(invalid_raw(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let selector = spec.get("selector").and_then(Value::as_object);
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else {
+        causes.push(Cause::required("spec.selector"));
+        return;
+    };
+    let Some(template) = spec.get("template") else {
+        causes.push(Cause::required("spec.template"));
+        return;
+    };
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    let matches = selector
+        .iter()
+        .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v));
+    if !matches {
+        causes.push(invalid_raw(
+            "spec.template.metadata.labels",
+            &go_map(labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    match template.get("spec") {
+        Some(ps) => validate_pod_spec(ps, "spec.template.spec", causes),
+        None => causes.push(Cause::required("spec.template.spec")),
+    }
 }
 
 fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {

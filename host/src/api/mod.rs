@@ -2,6 +2,7 @@
 //! OpenAPI, Tables, per-kind defaulting and validation.
 
 pub mod alloc;
+pub mod authz;
 pub mod discovery;
 pub mod error;
 pub mod http;
@@ -10,6 +11,7 @@ pub mod openapi;
 pub mod ops;
 pub mod protobuf;
 pub mod schema;
+mod stream;
 pub mod table;
 
 pub use error::ApiError;

@@ -125,10 +125,15 @@ fn register(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
         ("apps", "DaemonSet") => add::<apps::DaemonSet>(g),
         ("apps", "Deployment") => add::<apps::Deployment>(g),
         ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),
+        ("", "ReplicationController") => add::<core::ReplicationController>(g),
         ("apps", "StatefulSet") => add::<apps::StatefulSet>(g),
         ("batch", "Job") => add::<batch::Job>(g),
         ("batch", "CronJob") => add::<batch::CronJob>(g),
         ("coordination.k8s.io", "Lease") => add::<coord::Lease>(g),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            add::<k8s_openapi::api::discovery::v1::EndpointSlice>(g)
+        }
+        ("plugins.kedge.io", "Plugin") => add::<crate::plugins::kind::PluginObject>(g),
         _ => return None,
     })
 }
@@ -490,7 +495,10 @@ mod tests {
                         .is_some_and(|a| a.contains(&gvk))
                 })
                 .unwrap_or_else(|| panic!("{} has a schema", r.kind));
-            assert!(name.starts_with("io.k8s."), "{name}");
+            assert!(
+                name.starts_with("io.k8s.") || name.starts_with("io.kedge."),
+                "{name}"
+            );
             assert!(s["properties"]["metadata"].is_object(), "{name} is typed");
             assert!(s["description"].is_string(), "{name} is documented");
             assert!(

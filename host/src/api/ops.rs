@@ -1386,11 +1386,16 @@ fn decode_continue(token: &str) -> Result<String> {
 }
 
 fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector")
-        .and_then(|s| crate::core::selector::from_structured(s).ok())
-        .map(|_| selector_string(obj.pointer("/spec/selector").expect("present")))
-        .unwrap_or_default();
+    let selector = if obj.get("kind").and_then(Value::as_str) == Some("ReplicationController") {
+        obj.pointer("/spec/selector")
+            .map(super::table::map_selector_string)
+            .unwrap_or_default()
+    } else {
+        obj.pointer("/spec/selector")
+            .and_then(|s| crate::core::selector::from_structured(s).ok())
+            .map(|_| selector_string(obj.pointer("/spec/selector").expect("present")))
+            .unwrap_or_default()
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

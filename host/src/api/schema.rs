@@ -55,12 +55,17 @@ pub fn decode(res: &Resource, obj: &Value) -> Result<Decoded, String> {
         ("", "Endpoints") => round_trip::<core::Endpoints>(obj)?,
         ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj)?,
         ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj)?,
+        ("", "ReplicationController") => round_trip::<core::ReplicationController>(obj)?,
         ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(obj)?,
         ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj)?,
         ("apps", "ControllerRevision") => round_trip::<apps::ControllerRevision>(obj)?,
         ("batch", "Job") => round_trip::<batch::Job>(obj)?,
         ("batch", "CronJob") => round_trip::<batch::CronJob>(obj)?,
         ("coordination.k8s.io", "Lease") => round_trip::<coord::Lease>(obj)?,
+        ("discovery.k8s.io", "EndpointSlice") => {
+            round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(obj)?
+        }
+        ("plugins.kedge.io", "Plugin") => round_trip::<crate::plugins::kind::PluginObject>(obj)?,
         _ => obj.clone(),
     };
     let mut unknown = Vec::new();

@@ -37,7 +37,7 @@ fn columns(kind: &str) -> Vec<Col> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
-        "ReplicaSet" => vec![
+        "ReplicaSet" | "ReplicationController" => vec![
             col("Name", "string", 0),
             col("Desired", "integer", 0),
             col("Current", "integer", 0),
@@ -70,6 +70,23 @@ fn columns(kind: &str) -> Vec<Col> {
             col("Reason", "string", 0),
             col("Object", "string", 0),
             col("Message", "string", 0),
+        ],
+        "EndpointSlice" => vec![
+            col("Name", "string", 0),
+            col("AddressType", "string", 0),
+            col("Ports", "string", 0),
+            col("Endpoints", "string", 0),
+            col("Age", "string", 0),
+        ],
+        "Plugin" => vec![
+            col("Name", "string", 0),
+            col("Role", "string", 0),
+            col("Source", "string", 0),
+            col("Digest", "string", 0),
+            col("Phase", "string", 0),
+            col("Age", "string", 0),
+            col("Ready", "string", 1),
+            col("Message", "string", 1),
         ],
         "Lease" => vec![
             col("Name", "string", 0),
@@ -403,6 +420,16 @@ fn age(o: &Value, ptr: &str, now: chrono::DateTime<chrono::Utc>) -> String {
     }
 }
 
+/// A plain label-map selector (ReplicationController) as `k=v,k2=v2`.
+pub fn map_selector_string(sel: &Value) -> String {
+    sel.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 fn containers_and_images(o: &Value, ptr: &str) -> (String, String) {
     let cs = o
         .pointer(ptr)
@@ -499,12 +526,13 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                 json!(sel),
             ]
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "ReplicationController" => {
             let (c, im) = containers_and_images(o, "/spec/template/spec/containers");
-            let sel = o
-                .pointer("/spec/selector")
-                .map(super::ops::selector_string)
-                .unwrap_or_default();
+            let sel = match o.pointer("/spec/selector") {
+                Some(s) if kind == "ReplicationController" => map_selector_string(s),
+                Some(s) => super::ops::selector_string(s),
+                None => String::new(),
+            };
             vec![
                 name,
                 json!(i(o, "/spec/replicas")),
@@ -594,6 +622,80 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                     s(o, "/involvedObject/name")
                 )),
                 json!(s(o, "/message")),
+            ]
+        }
+        "EndpointSlice" => {
+            let ports: Vec<String> = o
+                .get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|p| i(p, "/port").to_string())
+                .collect();
+            let addrs: Vec<String> = o
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .flat_map(|e| {
+                    e.get("addresses")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            // kubectl prints at most three addresses, then "+ N more...".
+            let shown = if addrs.is_empty() {
+                "<unset>".to_string()
+            } else if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                addrs.join(",")
+            };
+            vec![
+                name,
+                json!(s(o, "/addressType")),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(shown),
+                json!(age(o, created, now)),
+            ]
+        }
+        "Plugin" => {
+            let ready = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+            let source = serde_json::from_value::<crate::plugins::kind::PluginSource>(
+                o.pointer("/spec/source").cloned().unwrap_or(Value::Null),
+            )
+            .map(|s| s.describe())
+            .unwrap_or_default();
+            let digest = s(o, "/status/activeDigest");
+            let short = digest
+                .strip_prefix("sha256:")
+                .map_or(digest, |h| &h[..h.len().min(12)]);
+            vec![
+                name,
+                json!(s(o, "/spec/role")),
+                json!(source),
+                json!(short),
+                json!(s(o, "/status/phase")),
+                json!(age(o, created, now)),
+                json!(ready.map_or(String::new(), |c| format!(
+                    "{} ({})",
+                    c["status"].as_str().unwrap_or_default(),
+                    c["reason"].as_str().unwrap_or_default()
+                ))),
+                json!(
+                    ready
+                        .and_then(|c| c["message"].as_str())
+                        .unwrap_or_default()
+                ),
             ]
         }
         "Lease" => vec![

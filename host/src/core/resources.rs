@@ -73,7 +73,7 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &["status", "binding", "log"],
+        subresources: &["status", "binding", "log", "exec", "attach", "portforward"],
         field_selectors: &[
             "spec.nodeName",
             "spec.schedulerName",
@@ -216,6 +216,18 @@ pub static RESOURCES: &[Resource] = &[
         field_selectors: NONE,
     },
     Resource {
+        group: "",
+        version: "v1",
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        namespaced: true,
+        short_names: &["rc"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+        field_selectors: &["status.replicas"],
+    },
+    Resource {
         group: "apps",
         version: "v1",
         kind: "StatefulSet",
@@ -261,6 +273,31 @@ pub static RESOURCES: &[Resource] = &[
         short_names: NONE,
         categories: NONE,
         subresources: NONE,
+        field_selectors: NONE,
+    },
+    Resource {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: NONE,
+        categories: NONE,
+        subresources: NONE,
+        field_selectors: &["addressType"],
+    },
+    // kedge's own: the controllers and the scheduler, as hot-swappable Wasm plugins.
+    Resource {
+        group: "plugins.kedge.io",
+        version: "v1",
+        kind: "Plugin",
+        plural: "plugins",
+        singular: "plugin",
+        namespaced: false,
+        short_names: &["plg"],
+        categories: &["kedge"],
+        subresources: &["status"],
         field_selectors: NONE,
     },
 ];
@@ -328,9 +365,10 @@ mod tests {
             "daemonsets",
             "jobs",
             "cronjobs",
+            "replicationcontrollers",
         ] {
             assert!(all.contains(&p), "{p} is in category all");
         }
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 9);
     }
 }

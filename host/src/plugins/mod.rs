@@ -8,7 +8,12 @@
 //! the kinds the plugin declared.
 
 pub mod informer;
+pub mod kind;
+pub mod manager;
 pub mod queue;
+mod slot;
+
+pub use slot::{Slot, SlotEvent, SlotObserver};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,8 +33,7 @@ use crate::core::patch::PatchType;
 use crate::core::resources::{self, Resource};
 use crate::core::selector::LabelSelector;
 use crate::store::EventType;
-use informer::{Change, Informers};
-use queue::WorkQueue;
+use informer::Informers;
 
 wasmtime::component::bindgen!({
     path: "../guest-sdk/wit",
@@ -95,6 +99,22 @@ impl Default for PluginConfig {
             call_deadline: Duration::from_secs(2),
             memory_limit: 64 << 20,
             cache_dir: None,
+        }
+    }
+}
+
+/// Sandbox limits of one plugin's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub call_deadline: Duration,
+    pub memory: usize,
+}
+
+impl PluginConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            call_deadline: self.call_deadline,
+            memory: self.memory_limit,
         }
     }
 }
@@ -429,6 +449,7 @@ pub struct Plugin {
     shared: Arc<PluginShared>,
     pre: ControllerPre<HostState>,
     digest: String,
+    limits: Limits,
 }
 
 impl Plugin {
@@ -442,6 +463,10 @@ impl Plugin {
 
     pub fn permissions(&self) -> &Permissions {
         &self.shared.perms
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 }
 
@@ -522,9 +547,10 @@ impl PluginHost {
         &self.informers
     }
 
-    fn new_store(&self, shared: Arc<PluginShared>) -> Store<HostState> {
+    fn new_store(&self, shared: Arc<PluginShared>, limits: Limits) -> Store<HostState> {
+        let deadline = limits.call_deadline;
         let limits = StoreLimitsBuilder::new()
-            .memory_size(self.config.memory_limit)
+            .memory_size(limits.memory)
             .trap_on_grow_failure(true)
             .build();
         let state = HostState {
@@ -535,14 +561,34 @@ impl PluginHost {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        let ticks = (self.config.call_deadline.as_millis() / EPOCH_TICK.as_millis()).max(1);
-        store.set_epoch_deadline(ticks as u64);
-        store.epoch_deadline_trap();
+        // Every tick the guest yields to the async executor, so a runaway guest holds a tokio
+        // worker for at most one tick at a time (other plugins and the API keep their
+        // threads); past its deadline the next tick traps it.
+        let started = std::time::Instant::now();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if started.elapsed() >= deadline {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
         store
     }
 
-    /// Compiles `bytes`, asks the plugin to register, validates the registration.
+    /// Compiles `bytes`, asks the plugin to register, validates the registration; calls get
+    /// the server-wide limits.
     pub async fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
+        self.load_with(label, bytes, self.config.limits()).await
+    }
+
+    /// [`load`](Self::load) with this plugin's own limits.
+    pub async fn load_with(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        limits: Limits,
+    ) -> Result<Arc<Plugin>> {
         use sha2::{Digest, Sha256};
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
         let component = {
@@ -584,7 +630,7 @@ impl PluginHost {
                 writable: vec![],
             },
         });
-        let mut store = self.new_store(probe);
+        let mut store = self.new_store(probe, limits);
         let instance =
             pre.instantiate_async(&mut store)
                 .await
@@ -598,7 +644,7 @@ impl PluginHost {
             .map_err(|e| Error::Trap {
                 plugin: label.to_string(),
                 key: "register".into(),
-                reason: trap_reason(&e, &self.config),
+                reason: trap_reason(&e, limits),
             })?;
         if reg.name.is_empty() {
             return Err(Error::Registration {
@@ -619,6 +665,7 @@ impl PluginHost {
             }),
             pre,
             digest,
+            limits,
         }))
     }
 
@@ -629,7 +676,7 @@ impl PluginHost {
         } else {
             format!("{ns}/{name}")
         };
-        let mut store = self.new_store(plugin.shared.clone());
+        let mut store = self.new_store(plugin.shared.clone(), plugin.limits);
         let instance = plugin
             .pre
             .instantiate_async(&mut store)
@@ -637,7 +684,7 @@ impl PluginHost {
             .map_err(|e| Error::Trap {
                 plugin: plugin.name().to_string(),
                 key: key_label.clone(),
-                reason: trap_reason(&e, &self.config),
+                reason: trap_reason(&e, plugin.limits),
             })?;
         let res = plugin.shared.perms.for_kind;
         let key = ObjectKey {
@@ -652,7 +699,7 @@ impl PluginHost {
             .map_err(|e| Error::Trap {
                 plugin: plugin.name().to_string(),
                 key: key_label.clone(),
-                reason: trap_reason(&e, &self.config),
+                reason: trap_reason(&e, plugin.limits),
             })?;
         match out {
             Ok(o) => Ok(Outcome {
@@ -666,75 +713,21 @@ impl PluginHost {
         }
     }
 
-    /// Starts feeding `plugin` its events and reconciling until the host is cancelled.
-    pub fn start(self: &Arc<Self>, plugin: Arc<Plugin>) {
-        let queue: Arc<WorkQueue<(String, String)>> = Arc::new(WorkQueue::new());
-        let perms = &plugin.shared.perms;
-        let primary = self.informers.get(perms.for_kind);
-        // Route events to keys of the primary kind.
-        let mut sources = vec![(primary.subscribe(), None)];
-        for owned in &perms.owns {
-            sources.push((self.informers.get(owned).subscribe(), Some(*owned)));
-        }
-        for (mut rx, owned) in sources {
-            let queue = queue.clone();
-            let primary = primary.clone();
-            let cancel = self.cancel.clone();
-            self.tasks.spawn(async move {
-                loop {
-                    let change: Change = tokio::select! {
-                        _ = cancel.cancelled() => break,
-                        c = rx.recv() => match c { Some(c) => c, None => break },
-                    };
-                    route(&queue, owned, &change, &primary);
-                }
-            });
-        }
-        let host = self.clone();
-        let cancel = self.cancel.clone();
-        self.tasks.spawn(async move {
-            // Reconciling before the caches are filled would act on a partial world (and,
-            // say, create pods that already exist).
-            host.informers.get(plugin.shared.perms.for_kind).wait_synced().await;
-            for o in &plugin.shared.perms.readable {
-                host.informers.get(o).wait_synced().await;
-            }
-            // Everything that exists gets one reconcile, whatever events this plugin saw
-            // before it subscribed (objects created before the plugin started, or before a
-            // server restart).
-            let primary = host.informers.get(plugin.shared.perms.for_kind);
-            for o in primary.list("", &LabelSelector::default()) {
-                queue.add((meta::namespace(&o).to_string(), meta::name(&o).to_string()));
-            }
-            tracing::info!(plugin = plugin.name(), digest = plugin.digest(), "plugin started");
-            loop {
-                let key = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    k = queue.get() => match k { Some(k) => k, None => break },
-                };
-                let span = tracing::debug_span!("reconcile", plugin = plugin.name(), object = %format!("{}/{}", key.0, key.1));
-                let _enter = span.enter();
-                match host.reconcile(&plugin, &key.0, &key.1).await {
-                    Ok(o) => {
-                        queue.forget(&key);
-                        if let Some(d) = o.requeue_after {
-                            queue.add_after(key.clone(), d);
-                        }
-                    }
-                    Err(e) => {
-                        let failures = queue.failures(&key) + 1;
-                        if failures > 3 {
-                            tracing::warn!(failures, error = %e, "reconcile failed");
-                        } else {
-                            tracing::debug!(failures, error = %e, "reconcile failed");
-                        }
-                        queue.add_rate_limited(key.clone());
-                    }
-                }
-                queue.done(&key);
-            }
-            queue.shut_down();
-        });
+    /// Starts feeding `plugin` its events and reconciling until the host is cancelled. The
+    /// returned slot takes new versions ([`Slot::swap`]).
+    pub fn start(self: &Arc<Self>, plugin: Arc<Plugin>) -> Arc<Slot> {
+        let name = plugin.name().to_string();
+        Slot::start(self, &name, plugin, None)
+    }
+
+    /// [`start`](Self::start) under a given slot name, reporting to `observer`.
+    pub fn start_observed(
+        self: &Arc<Self>,
+        name: &str,
+        plugin: Arc<Plugin>,
+        observer: Arc<dyn SlotObserver>,
+    ) -> Arc<Slot> {
+        Slot::start(self, name, plugin, Some(observer))
     }
 
     /// Waits for every plugin task to finish after cancellation.
@@ -745,45 +738,12 @@ impl PluginHost {
     }
 }
 
-/// Maps one event to the primary-kind keys to reconcile.
-fn route(
-    queue: &WorkQueue<(String, String)>,
-    owned: Option<&'static Resource>,
-    change: &Change,
-    primary: &informer::Informer,
-) {
-    let primary_res = primary.res;
-    let obj = &change.object;
-    let ns = meta::namespace(obj).to_string();
-    match owned {
-        None => queue.add((ns, meta::name(obj).to_string())),
-        Some(_) => match meta::controller_ref(obj) {
-            Some(r) => {
-                let kind = r.get("kind").and_then(Value::as_str);
-                let av = r.get("apiVersion").and_then(Value::as_str);
-                if kind == Some(primary_res.kind)
-                    && av == Some(&primary_res.api_version())
-                    && let Some(n) = r.get("name").and_then(Value::as_str)
-                {
-                    queue.add((ns, n.to_string()));
-                }
-            }
-            None => {
-                // An orphan: every primary object in its namespace may want to adopt it.
-                for p in primary.list(&ns, &LabelSelector::default()) {
-                    queue.add((ns.clone(), meta::name(&p).to_string()));
-                }
-            }
-        },
-    }
-}
-
-fn trap_reason(e: &wasmtime::Error, config: &PluginConfig) -> String {
+fn trap_reason(e: &wasmtime::Error, limits: Limits) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return match trap {
             wasmtime::Trap::Interrupt => format!(
                 "exceeded its {} ms call deadline",
-                config.call_deadline.as_millis()
+                limits.call_deadline.as_millis()
             ),
             wasmtime::Trap::UnreachableCodeReached => {
                 "guest panicked (unreachable instruction)".into()
@@ -795,7 +755,7 @@ fn trap_reason(e: &wasmtime::Error, config: &PluginConfig) -> String {
     if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
         return format!(
             "exceeded its memory cap of {} MiB ({text})",
-            config.memory_limit >> 20
+            limits.memory >> 20
         );
     }
     text

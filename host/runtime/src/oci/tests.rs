@@ -722,3 +722,73 @@ fn exit_mapping() {
         Exit::Code(137)
     );
 }
+
+#[tokio::test]
+async fn exec_runs_in_the_container_with_pipes_or_a_tty() {
+    let Some(f) = fixture() else { return };
+    let s = spec(&f, "exec", "echo up; exec sleep 30");
+    let (id, log) = (s.id.clone(), s.log_path.clone());
+    let cancel = CancellationToken::new();
+    let running = run(&f, s, cancel.clone());
+    let checks = async {
+        wait_for_line(&log, "up").await;
+        exec_checks(&f, &id).await;
+        cancel.cancel();
+    };
+    let (exit, ()) = tokio::join!(running, checks);
+    exit.unwrap();
+}
+
+async fn exec_checks(f: &Fixture, id: &str) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    // Pipes: stdin in, both outputs back, the exit code.
+    let argv = |s: &str| vec!["sh".to_string(), "-c".to_string(), s.to_string()];
+    let mut p =
+        f.rt.exec(
+            id,
+            &argv("read x; echo got $x; echo err >&2; exit 5"),
+            false,
+            true,
+        )
+        .await
+        .unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    stdin.write_all(b"hi\n").await.unwrap();
+    drop(stdin);
+    let (mut out, mut err) = (String::new(), String::new());
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    p.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .await
+        .unwrap();
+    assert_eq!((out.as_str(), err.as_str()), ("got hi\n", "err\n"));
+    assert_eq!(p.wait().await.unwrap(), 5);
+
+    // A tty: a terminal inside the container, of the size we set.
+    let mut p =
+        f.rt.exec(id, &argv("sleep 0.3; tty; stty size"), true, true)
+            .await
+            .unwrap();
+    let mut pty = p.pty.take().unwrap();
+    pty.size.resize(100, 30).unwrap();
+    let mut text = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(RUN_TIMEOUT, pty.output.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => text.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("/dev/pts/"), "{text:?}");
+    assert!(text.contains("30 100"), "{text:?}");
+    assert_eq!(p.wait().await.unwrap(), 0);
+}

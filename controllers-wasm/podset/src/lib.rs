@@ -1,0 +1,315 @@
+//! The logic shared by the ReplicaSet and ReplicationController plugins: keep a number of
+//! identical pods matching a selector, adopting orphans and releasing pods whose labels
+//! drifted away, with Kubernetes' scale-down order and status counts.
+//!
+//! `minReadySeconds` is not honoured yet: a pod counts as available as soon as it is ready.
+
+use std::cmp::Reverse;
+
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{
+    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kedge_guest::meta::{controller_of, labels_of, new_controller_ref};
+use kedge_guest::pod::{is_active, is_ready};
+use kedge_guest::selector::Selector;
+use kedge_guest::{ApiError, Cluster, ClusterExt, LogLevel, ObjectKey, Outcome};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// The status counts a pod set reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub replicas: i32,
+    pub fully_labeled: i32,
+    pub ready: i32,
+    pub available: i32,
+    pub observed_generation: Option<i64>,
+}
+
+/// A kind that keeps a number of identical pods: ReplicaSet, ReplicationController.
+pub trait PodSet:
+    k8s_openapi::Resource
+    + k8s_openapi::Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + Clone
+{
+    /// The selector; an `Err` or an empty selector makes the object invalid.
+    fn selector(&self) -> Result<Selector, String>;
+    fn replicas(&self) -> i32;
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// The counts in the stored status.
+    fn counts(&self) -> Counts;
+    /// This object with its status set to `c`.
+    fn with_counts(&self, c: Counts) -> Self;
+}
+
+impl PodSet for ReplicaSet {
+    fn selector(&self) -> Result<Selector, String> {
+        let spec = self.spec.as_ref().ok_or("spec is missing")?;
+        Selector::from_label_selector(&spec.selector).map_err(|e| e.to_string())
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref()?.template.as_ref()
+    }
+
+    fn counts(&self) -> Counts {
+        let s = self.status.clone().unwrap_or_default();
+        Counts {
+            replicas: s.replicas,
+            fully_labeled: s.fully_labeled_replicas.unwrap_or(0),
+            ready: s.ready_replicas.unwrap_or(0),
+            available: s.available_replicas.unwrap_or(0),
+            observed_generation: s.observed_generation,
+        }
+    }
+
+    fn with_counts(&self, c: Counts) -> Self {
+        let old = self.status.clone().unwrap_or_default();
+        let mut out = self.clone();
+        out.status = Some(ReplicaSetStatus {
+            replicas: c.replicas,
+            fully_labeled_replicas: Some(c.fully_labeled),
+            ready_replicas: Some(c.ready),
+            available_replicas: Some(c.available),
+            observed_generation: c.observed_generation,
+            conditions: old.conditions,
+            terminating_replicas: old.terminating_replicas,
+        });
+        out
+    }
+}
+
+impl PodSet for ReplicationController {
+    fn selector(&self) -> Result<Selector, String> {
+        let spec = self.spec.as_ref().ok_or("spec is missing")?;
+        // The API server defaults an empty selector to the template's labels.
+        let map = spec
+            .selector
+            .clone()
+            .filter(|m| !m.is_empty())
+            .or_else(|| spec.template.as_ref()?.metadata.as_ref()?.labels.clone())
+            .unwrap_or_default();
+        let text: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Selector::parse(&text.join(",")).map_err(|e| e.to_string())
+    }
+
+    fn replicas(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref()?.template.as_ref()
+    }
+
+    fn counts(&self) -> Counts {
+        let s = self.status.clone().unwrap_or_default();
+        Counts {
+            replicas: s.replicas,
+            fully_labeled: s.fully_labeled_replicas.unwrap_or(0),
+            ready: s.ready_replicas.unwrap_or(0),
+            available: s.available_replicas.unwrap_or(0),
+            observed_generation: s.observed_generation,
+        }
+    }
+
+    fn with_counts(&self, c: Counts) -> Self {
+        let old = self.status.clone().unwrap_or_default();
+        let mut out = self.clone();
+        out.status = Some(ReplicationControllerStatus {
+            replicas: c.replicas,
+            fully_labeled_replicas: Some(c.fully_labeled),
+            ready_replicas: Some(c.ready),
+            available_replicas: Some(c.available),
+            observed_generation: c.observed_generation,
+            conditions: old.conditions,
+        });
+        out
+    }
+}
+
+fn api(e: ApiError) -> String {
+    e.to_string()
+}
+
+/// Sort key for scale-down: the pod that is cheapest to lose sorts first (unscheduled,
+/// then pending, then not ready, then newest), name last for a stable order.
+fn deletion_cost(pod: &Pod) -> (bool, bool, bool, Reverse<Option<Time>>, Option<String>) {
+    let scheduled = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| !n.is_empty());
+    let pending = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+    (
+        scheduled,
+        !pending,
+        is_ready(pod),
+        Reverse(pod.metadata.creation_timestamp.clone()),
+        pod.metadata.name.clone(),
+    )
+}
+
+/// Reconciles one pod set of kind `K`; `component` names the Events' source.
+pub fn reconcile<K: PodSet>(
+    cluster: &dyn Cluster,
+    key: &ObjectKey,
+    component: &str,
+) -> Result<Outcome, String> {
+    let ns = key.namespace.as_str();
+    let Some(rs) = cluster.get::<K>(ns, &key.name).map_err(api)? else {
+        return Ok(Outcome::done());
+    };
+    if rs.metadata().deletion_timestamp.is_some() {
+        return Ok(Outcome::done());
+    }
+    let selector = match rs.selector() {
+        // An empty selector would claim every pod in the namespace; the API server forbids it.
+        Ok(s) if !s.requirements().is_empty() => s,
+        Ok(_) => return invalid(cluster, key, "empty selector"),
+        Err(e) => return invalid(cluster, key, &e),
+    };
+    let uid = rs.metadata().uid.clone().unwrap_or_default();
+
+    let mut owned = Vec::new();
+    for pod in cluster.list::<Pod>(ns, "").map_err(api)? {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let matches = selector.matches(labels_of(&pod.metadata));
+        match controller_of(&pod.metadata) {
+            Some(r) if r.uid == uid && matches => owned.push(pod),
+            Some(r) if r.uid == uid => {
+                let rest: Vec<_> = pod
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .filter(|o| o.uid != uid)
+                    .collect();
+                let patch = json!({"metadata": {"ownerReferences": rest, "uid": pod.metadata.uid}});
+                release_or_adopt(cluster.patch_merge::<Pod>(ns, &name, &patch))?;
+            }
+            None if matches && is_active(&pod) => {
+                let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+                refs.push(new_controller_ref(&rs));
+                let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
+                if let Some(adopted) =
+                    release_or_adopt(cluster.patch_merge::<Pod>(ns, &name, &patch))?
+                {
+                    owned.push(adopted);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    let mut active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
+    let desired = usize::try_from(rs.replicas()).unwrap_or(0);
+    if active.len() < desired {
+        let template = rs.template().ok_or("spec.template is missing")?;
+        let tmeta = template.metadata.clone().unwrap_or_default();
+        let pod = Pod {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}-", key.name)),
+                namespace: Some(ns.to_owned()),
+                labels: tmeta.labels,
+                annotations: tmeta.annotations,
+                owner_references: Some(vec![new_controller_ref(&rs)]),
+                ..Default::default()
+            },
+            spec: template.spec.clone(),
+            status: None,
+        };
+        for _ in active.len()..desired {
+            let created = cluster.create(ns, &pod).map_err(api)?;
+            let pod_name = created.metadata.name.clone().unwrap_or_default();
+            let _ = cluster.record_event(
+                &rs,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {pod_name}"),
+                component,
+            );
+            active.push(created);
+        }
+    } else if active.len() > desired {
+        active.sort_by_cached_key(deletion_cost);
+        for victim in active.drain(..active.len() - desired) {
+            let pod_name = victim.metadata.name.as_deref().unwrap_or("");
+            match cluster.delete::<Pod>(ns, pod_name) {
+                Ok(()) => {
+                    let _ = cluster.record_event(
+                        &rs,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted pod: {pod_name}"),
+                        component,
+                    );
+                }
+                Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(api(e)),
+            }
+        }
+    }
+
+    let template_labels = rs
+        .template()
+        .and_then(|t| t.metadata.as_ref())
+        .map(labels_of);
+    let count = |f: &dyn Fn(&Pod) -> bool| {
+        i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
+    };
+    let ready = count(&is_ready);
+    let counts = Counts {
+        replicas: count(&|_| true),
+        fully_labeled: count(&|p| {
+            let labels = labels_of(&p.metadata);
+            template_labels
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| labels.get(k) == Some(v))
+        }),
+        ready,
+        available: ready,
+        observed_generation: rs.metadata().generation,
+    };
+    if counts != rs.counts() {
+        match cluster.update_status(ns, &rs.with_counts(counts)) {
+            // A conflict means the object changed; that change enqueues it again.
+            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+            Err(e) => return Err(api(e)),
+        }
+    }
+    Ok(Outcome::done())
+}
+
+/// A patch on a pod that vanished or changed meanwhile is not an error: the next event
+/// brings a fresh view.
+fn release_or_adopt(result: Result<Pod, ApiError>) -> Result<Option<Pod>, String> {
+    match result {
+        Ok(p) => Ok(Some(p)),
+        Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(None),
+        Err(e) => Err(api(e)),
+    }
+}
+
+/// A ReplicaSet the API server should not have admitted: say so once, do not retry.
+fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome, String> {
+    cluster.log(
+        LogLevel::Warn,
+        &format!(
+            "{} {}/{}: {why}; ignoring",
+            key.kind.to_lowercase(),
+            key.namespace,
+            key.name
+        ),
+    );
+    Ok(Outcome::done())
+}

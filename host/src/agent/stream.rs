@@ -1,0 +1,521 @@
+//! The kubelet's streaming endpoints, reached through the tunnel: exec, attach and
+//! port-forward.
+//!
+//! The API server terminates the client's WebSocket or SPDY connection and asks the agent
+//! with an HTTP upgrade on a tunnel stream. After `101`, an exec or attach stream carries
+//! [`channel::Frame`]s both ways; a port-forward stream is the raw TCP connection to the
+//! port. Anything refused (unknown container, Wasm, port closed) is answered before the
+//! upgrade with a plain status and message, which the API server turns into a Status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, RawQuery, Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::BytesMut;
+use futures_util::StreamExt as _;
+use http::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Kubelet, LogHandle};
+use crate::core::channel::{self, Frame};
+
+/// The `Upgrade` token of the tunnel's exec/attach streams.
+pub const CHANNEL_UPGRADE: &str = "kedge-channel";
+/// The `Upgrade` token of the tunnel's port-forward streams.
+pub const TCP_UPGRADE: &str = "kedge-tcp";
+
+/// Output read size: one frame per read.
+const CHUNK: usize = 32 * 1024;
+/// After the process exits, how long its output may take to drain (a background child can
+/// hold the pipes open forever).
+const DRAIN: Duration = Duration::from_secs(2);
+/// Copy buffer per direction of a forwarded connection: tokio's 8 KiB default costs a
+/// QUIC stream write per 8 KiB (measured with `--bench portforward`).
+const SPLICE_BUF: usize = 64 * 1024;
+/// Bound on connecting to the pod's port.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, message.into()).into_response()
+}
+
+fn switching(token: &'static str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    r.headers_mut()
+        .insert(http::header::UPGRADE, http::HeaderValue::from_static(token));
+    r
+}
+
+/// The query of an exec or attach request, as the API server forwards it.
+#[derive(Default)]
+struct Options {
+    command: Vec<String>,
+    uid: Option<String>,
+    stdin: bool,
+    tty: bool,
+    dry_run: bool,
+}
+
+fn options(query: Option<&str>) -> Options {
+    let mut o = Options::default();
+    let truthy = |v: &str| v.eq_ignore_ascii_case("true") || v == "1";
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "command" => o.command.push(v.into_owned()),
+            "uid" => o.uid = Some(v.into_owned()),
+            "stdin" => o.stdin = truthy(&v),
+            "tty" => o.tty = truthy(&v),
+            "dryRun" => o.dry_run = truthy(&v),
+            _ => {}
+        }
+    }
+    o
+}
+
+/// The running container (ns, pod, container), or the refusal to send.
+fn running(
+    k: &Kubelet,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    uid: Option<&str>,
+) -> Result<LogHandle, (StatusCode, String)> {
+    let handle = k
+        .logs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(ns.to_string(), pod.to_string(), container.to_string()))
+        .cloned();
+    let Some(h) = handle.filter(|h| uid.is_none_or(|u| u == h.uid)) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("container not found ({container:?})"),
+        ));
+    };
+    if *h.done.borrow() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} is not running"),
+        ));
+    }
+    Ok(h)
+}
+
+pub(super) async fn exec(
+    State(k): State<Arc<Kubelet>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    let o = options(query.as_deref());
+    let h = match running(&k, &ns, &pod, &container, o.uid.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r.into_response(),
+    };
+    let (Some(runc_id), Some(oci)) = (h.runc_id.clone(), k.oci.clone()) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "exec is not supported in Wasm containers: container {container:?} is a \
+                 WebAssembly program run by wasmtime, which has no shell or second process \
+                 to start"
+            ),
+        );
+    };
+    if o.command.is_empty() {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least 1 command",
+        );
+    }
+    if o.dry_run {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let Some(on_upgrade) = upgrade_of(req, CHANNEL_UPGRADE) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("exec needs an upgrade to {CHANNEL_UPGRADE}"),
+        );
+    };
+    let proc = match oci.exec(&runc_id, &o.command, o.tty, o.stdin).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(pod = %format!("{ns}/{pod}"), container, error = %e, "exec failed to start");
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot exec in container {container:?}: {e}"),
+            );
+        }
+    };
+    let cancel = k.cancel.child_token();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(io) => exec_session(TokioIo::new(io), proc, o.tty, cancel).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "exec upgrade failed");
+                let mut proc = proc;
+                proc.stop().await;
+            }
+        }
+    });
+    switching(CHANNEL_UPGRADE)
+}
+
+/// Takes the connection-upgrade handle of a request that asks for `token`.
+fn upgrade_of(mut req: Request, token: &str) -> Option<hyper::upgrade::OnUpgrade> {
+    let asked = req
+        .headers()
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(token));
+    if !asked {
+        return None;
+    }
+    req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()
+}
+
+/// Relays one exec: frames from the tunnel to the process's stdin (and tty size), its output
+/// back as frames, and finally its exit as a Status on the error channel.
+async fn exec_session<IO>(
+    io: IO,
+    mut proc: kedge_runtime::oci::ExecProcess,
+    tty: bool,
+    cancel: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::channel::<Frame>(16);
+    let writer = tokio::spawn(write_frames(wr, rx));
+
+    let mut pumps = tokio::task::JoinSet::new();
+    let mut stdin: Option<Box<dyn AsyncWrite + Send + Unpin>> =
+        proc.stdin.take().map(|s| Box::new(s) as _);
+    let mut size = None;
+    if let Some(pty) = proc.pty.take() {
+        pumps.spawn(pump(pty.output, channel::STDOUT, tx.clone()));
+        stdin = Some(Box::new(pty.input));
+        size = Some(pty.size);
+    }
+    if let Some(out) = proc.stdout.take() {
+        pumps.spawn(pump(out, channel::STDOUT, tx.clone()));
+    }
+    if let Some(err) = proc.stderr.take() {
+        // With a tty the process writes to the tty; what comes on this pipe is runc's own
+        // complaint (command not found), shown as output since a tty has no stderr channel.
+        let ch = if tty {
+            channel::STDOUT
+        } else {
+            channel::STDERR
+        };
+        pumps.spawn(pump(err, ch, tx.clone()));
+    }
+
+    let input = async {
+        let mut buf = BytesMut::with_capacity(CHUNK);
+        loop {
+            let frame = match Frame::decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad exec frame");
+                    return;
+                }
+            };
+            match frame.channel {
+                channel::STDIN => {
+                    if let Some(w) = stdin.as_mut()
+                        && (w.write_all(&frame.payload).await.is_err() || w.flush().await.is_err())
+                    {
+                        stdin = None;
+                    }
+                }
+                channel::CLOSE => {
+                    // With a tty, EOF is the terminal's ^D; without, closing the pipe.
+                    if tty {
+                        if let Some(w) = stdin.as_mut() {
+                            let _ = w.write_all(&[4]).await;
+                        }
+                    } else {
+                        stdin = None;
+                    }
+                }
+                channel::RESIZE => {
+                    if let (Some(s), Some((w, h))) = (&size, channel::parse_resize(&frame.payload))
+                    {
+                        let _ = s.resize(w, h);
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+
+    let code = tokio::select! {
+        code = proc.wait() => Some(code),
+        () = input => None,
+        () = cancel.cancelled() => None,
+    };
+    let status = match code {
+        Some(Ok(code)) => channel::exit_status(code),
+        Some(Err(e)) => channel::failure_status(&format!("waiting for the command: {e}")),
+        None => {
+            // The client went away (or the agent stops): end the process.
+            proc.stop().await;
+            drop(tx);
+            pumps.shutdown().await;
+            let _ = writer.await;
+            return;
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, async { while pumps.join_next().await.is_some() {} }).await;
+    pumps.shutdown().await;
+    let body = serde_json::to_vec(&status).unwrap_or_default();
+    let _ = tx.send(Frame::new(channel::ERROR, body)).await;
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// Copies one output of the process into frames on `channel`.
+async fn pump<R: AsyncRead + Unpin>(mut r: R, ch: u8, tx: mpsc::Sender<Frame>) {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    loop {
+        buf.reserve(CHUNK);
+        match r.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if tx.send(Frame::new(ch, buf.split().freeze())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Writes frames to the tunnel until every sender is gone, then closes our side.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Frame>) {
+    let mut buf = BytesMut::new();
+    while let Some(f) = rx.recv().await {
+        f.encode(&mut buf);
+        // Send what else is queued along with it.
+        while let Ok(f) = rx.try_recv() {
+            f.encode(&mut buf);
+        }
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+/// `kubectl attach`: the output of the container's main process, from now on, until it
+/// exits. The main process runs with stdin closed (as without `stdin: true`), so there is
+/// nothing to attach input to.
+pub(super) async fn attach(
+    State(k): State<Arc<Kubelet>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    let o = options(query.as_deref());
+    let h = match running(&k, &ns, &pod, &container, o.uid.as_deref()) {
+        Ok(h) => h,
+        Err(r) => return r.into_response(),
+    };
+    if o.stdin {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "attach with stdin is not supported: kedge starts container {container:?} with \
+                 its stdin closed; attach without -i to follow its output, or use exec"
+            ),
+        );
+    }
+    if o.dry_run {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let Some(on_upgrade) = upgrade_of(req, CHANNEL_UPGRADE) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("attach needs an upgrade to {CHANNEL_UPGRADE}"),
+        );
+    };
+    let cancel = k.cancel.child_token();
+    tokio::spawn(async move {
+        let Ok(io) = on_upgrade.await else { return };
+        let (mut rd, wr) = tokio::io::split(TokioIo::new(io));
+        let (tx, rx) = mpsc::channel::<Frame>(16);
+        let writer = tokio::spawn(write_frames(wr, rx));
+        let opts = kedge_runtime::logs::LogOptions {
+            follow: true,
+            tail_lines: Some(0),
+            since: None,
+            timestamps: false,
+            limit_bytes: None,
+        };
+        let path = h.dir.join(format!("{}.log", h.restart_count));
+        let mut logs = Box::pin(kedge_runtime::logs::read(path, opts, Some(h.done.clone())));
+        let follow = async {
+            while let Some(Ok(chunk)) = logs.next().await {
+                if tx.send(Frame::new(channel::STDOUT, chunk)).await.is_err() {
+                    return;
+                }
+            }
+        };
+        // Input is ignored, but its end means the client left.
+        let client_gone = async {
+            let mut sink = [0u8; 1024];
+            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
+        };
+        let ended = tokio::select! {
+            () = follow => true,
+            () = client_gone => false,
+            () = cancel.cancelled() => false,
+        };
+        if ended {
+            let body = serde_json::to_vec(&channel::exit_status(0)).unwrap_or_default();
+            let _ = tx.send(Frame::new(channel::ERROR, body)).await;
+        }
+        drop(tx);
+        let _ = writer.await;
+    });
+    switching(CHANNEL_UPGRADE)
+}
+
+/// One forwarded connection: connects to the port on the node (pods share the host network)
+/// and splices it with the tunnel stream, half-closes included.
+pub(super) async fn port_forward(
+    State(k): State<Arc<Kubelet>>,
+    UrlPath((ns, pod)): UrlPath<(String, String)>,
+    RawQuery(query): RawQuery,
+    req: Request,
+) -> Response {
+    let mut port = None;
+    let mut uid = None;
+    for (key, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "port" => port = v.parse::<u16>().ok().filter(|p| *p > 0),
+            "uid" => uid = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let Some(port) = port else {
+        return refuse(StatusCode::BAD_REQUEST, "a valid port number is required");
+    };
+    let here = k
+        .logs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|((n, p, _), h)| *n == ns && *p == pod && uid.as_deref().is_none_or(|u| u == h.uid));
+    if !here {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("pod {ns}/{pod} has no running containers on this node"),
+        );
+    }
+    let tcp = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "error forwarding port {port} to pod {ns}/{pod}: failed to connect to \
+                     localhost:{port}: {e}"
+                ),
+            );
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "error forwarding port {port} to pod {ns}/{pod}: connecting to \
+                     localhost:{port} timed out"
+                ),
+            );
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let Some(on_upgrade) = upgrade_of(req, TCP_UPGRADE) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            format!("port-forward needs an upgrade to {TCP_UPGRADE}"),
+        );
+    };
+    let cancel = k.cancel.child_token();
+    tokio::spawn(async move {
+        let Ok(io) = on_upgrade.await else { return };
+        let mut io = TokioIo::new(io);
+        let mut tcp = tcp;
+        tokio::select! {
+            res = tokio::io::copy_bidirectional_with_sizes(&mut io, &mut tcp, SPLICE_BUF, SPLICE_BUF) => {
+                if let Err(e) = res {
+                    tracing::debug!(port, error = %e, "port-forward connection ended");
+                }
+            }
+            () = cancel.cancelled() => {}
+        }
+    });
+    switching(TCP_UPGRADE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn exec_options_keep_every_command_word() {
+        let o = options(Some(
+            "command=sh&command=-c&command=echo+hi&stdin=true&tty=1&uid=u",
+        ));
+        assert_eq!(o.command, ["sh", "-c", "echo hi"]);
+        assert!(o.stdin && o.tty && !o.dry_run);
+        assert_eq!(o.uid.as_deref(), Some("u"));
+    }
+
+    #[tokio::test]
+    async fn frames_written_in_order_then_closed() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let (tx, rx) = mpsc::channel(4);
+        let w = tokio::spawn(write_frames(a, rx));
+        tx.send(Frame::new(channel::STDOUT, Bytes::from_static(b"hi")))
+            .await
+            .unwrap();
+        tx.send(Frame::new(channel::ERROR, Bytes::from_static(b"{}")))
+            .await
+            .unwrap();
+        drop(tx);
+        w.await.unwrap();
+        let mut all = Vec::new();
+        b.read_to_end(&mut all).await.unwrap();
+        let mut buf = BytesMut::from(&all[..]);
+        assert_eq!(
+            Frame::decode(&mut buf).unwrap().unwrap(),
+            Frame::new(channel::STDOUT, Bytes::from_static(b"hi"))
+        );
+        assert_eq!(
+            Frame::decode(&mut buf).unwrap().unwrap().channel,
+            channel::ERROR
+        );
+    }
+}
