@@ -37,3 +37,5 @@ bench: setup
 	$(CARGO) bench -p kedge --bench api
 	$(CARGO) bench -p kedge --bench tunnel
 	$(CARGO) bench -p kedge --bench portforward
+	$(CARGO) bench -p kedge --bench scheduler
+	$(CARGO) bench -p kedge --bench plugins

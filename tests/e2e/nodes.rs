@@ -81,7 +81,10 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
       "spec":{"replicas":2,"selector":{"matchLabels":{"app":"spread"}},
       "template":{"metadata":{"labels":{"app":"spread"}},"spec":{
         "terminationGracePeriodSeconds":2,
+        "tolerations":[{"key":"edge.example/slow","operator":"Exists","effect":"PreferNoSchedule"}],
         "containers":[{"name":"hello","image":"kedge.dev/samples/hello-wasm:v1"}]}}}}"#;
+    // (The toleration: as with kube-scheduler, an untolerated PreferNoSchedule taint weighs
+    // more than spreading, and this test wants one replica per node.)
     let r = c.kubectl_stdin(&["create", "-f", "-"], Some(deploy));
     assert!(r.ok, "{}", r.stderr);
     let pods = c.wait("one Running pod on each node", || {

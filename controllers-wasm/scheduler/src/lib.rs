@@ -366,6 +366,21 @@ fn pick<'n>(w: &World, feasible: &[Feasible<'n>]) -> Option<&'n str> {
         .map(|(f, _)| f.name())
 }
 
+/// Most pods one reconcile places: the pod asked about, then other pending pods oldest
+/// first. Decoding every Node and Pod is most of a call's cost, so one snapshot serves a
+/// batch (as kube-scheduler's cache serves its queue); every binding is added to the
+/// snapshot before the next pod is placed.
+const BATCH: usize = 64;
+
+/// Wall-clock budget for the batch, well inside the host's per-call deadline.
+const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// Where one pod goes.
+enum Decision {
+    Bind(String),
+    Unschedulable(String),
+}
+
 fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
     let Some(pod) = cluster.get::<Pod>(&key.namespace, &key.name).map_err(api)? else {
         return Ok(Outcome::done());
@@ -373,19 +388,84 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
     if !needs_scheduling(&pod) {
         return Ok(Outcome::done());
     }
+    let started = std::time::Instant::now();
+    let nodes = cluster.list::<Node>("", "").map_err(api)?;
+    let mut all_pods = cluster.list::<Pod>("", "").map_err(api)?;
+    let ns_labels = NamespaceLabels::new(cluster);
+
+    // The pod asked about first, then the other pending ones by age.
+    let mut queue: Vec<Pod> = all_pods
+        .iter()
+        .filter(|p| p.metadata.uid != pod.metadata.uid && needs_scheduling(p))
+        .cloned()
+        .collect();
+    queue.sort_by(|a, b| {
+        (&a.metadata.creation_timestamp, &a.metadata.name)
+            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+    });
+    queue.truncate(BATCH - 1);
+    queue.insert(0, pod);
+
+    let mut outcome = Outcome::done();
+    for (i, candidate) in queue.into_iter().enumerate() {
+        if i > 0 && started.elapsed() > BATCH_BUDGET {
+            break;
+        }
+        let decision = decide(&candidate, &nodes, &all_pods, &ns_labels)?;
+        let ns = candidate.metadata.namespace.clone().unwrap_or_default();
+        let name = candidate.metadata.name.clone().unwrap_or_default();
+        match decision {
+            Decision::Bind(node) => match cluster.bind_pod(&ns, &name, &node) {
+                Ok(()) => {
+                    cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {node}"));
+                    let _ = cluster.record_event(
+                        &candidate,
+                        "Normal",
+                        "Scheduled",
+                        &format!("Successfully assigned {ns}/{name} to {node}"),
+                        "default-scheduler",
+                    );
+                    // The next pods of the batch see this one where it now is.
+                    if let Some(p) = all_pods
+                        .iter_mut()
+                        .find(|p| p.metadata.uid == candidate.metadata.uid)
+                    {
+                        p.spec.get_or_insert_default().node_name = Some(node);
+                    }
+                }
+                // Bound meanwhile (another scheduler run, or a stale read): nothing to do.
+                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
+                Err(e) if i == 0 => return Err(api(e)),
+                Err(_) => {}
+            },
+            // Other pods of the batch that fit nowhere get their own reconcile, which
+            // reports it.
+            Decision::Unschedulable(message) if i == 0 => {
+                outcome = report_unschedulable(cluster, &candidate, &message)?;
+            }
+            Decision::Unschedulable(_) => {}
+        }
+    }
+    Ok(outcome)
+}
+
+/// Filters and scores every node for `pod` against the pods in `all_pods`.
+fn decide(
+    pod: &Pod,
+    nodes: &[Node],
+    all_pods: &[Pod],
+    ns_labels: &NamespaceLabels,
+) -> Result<Decision, String> {
     let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let want = pod_requests(spec).map_err(|e| format!("pod requests: {e}"))?;
-
-    let nodes = cluster.list::<Node>("", "").map_err(api)?;
     let by_name: HashMap<&str, &Node> = nodes
         .iter()
         .map(|n| (n.metadata.name.as_deref().unwrap_or(""), n))
         .collect();
-    let all_pods = cluster.list::<Pod>("", "").map_err(api)?;
     let mut usage: HashMap<&str, Usage> = HashMap::new();
     let mut pods_by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
     let mut placed: Vec<(&Pod, &Node)> = Vec::new();
-    for other in &all_pods {
+    for other in all_pods {
         let Some(other_spec) = other.spec.as_ref() else {
             continue;
         };
@@ -405,15 +485,14 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         }
     }
 
-    let ns_labels = NamespaceLabels::new(cluster);
-    let interpod = InterPod::new(&pod, &placed, &ns_labels);
-    let spread = Spread::new(&pod, &nodes, &pods_by_node);
+    let interpod = InterPod::new(pod, &placed, ns_labels);
+    let spread = Spread::new(pod, nodes, &pods_by_node);
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut feasible = Vec::new();
-    for node in &nodes {
+    for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
         let u = usage.get(name).copied().unwrap_or_default();
-        match evaluate(node, &pod, want, u, &spread, &interpod) {
+        match evaluate(node, pod, want, u, &spread, &interpod) {
             Ok(cap) => feasible.push(Feasible {
                 node,
                 usage: u,
@@ -425,37 +504,28 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         }
     }
     let world = World {
-        pod: &pod,
+        pod,
         want,
-        nodes: &nodes,
+        nodes,
         pods_by_node: &pods_by_node,
         spread: &spread,
         interpod: &interpod,
     };
-    let best = pick(&world, &feasible);
+    Ok(match pick(&world, &feasible) {
+        Some(best) => Decision::Bind(best.to_string()),
+        None => Decision::Unschedulable(unschedulable_message(nodes.len(), &reasons)),
+    })
+}
 
-    let ns = pod.metadata.namespace.as_deref().unwrap_or(&key.namespace);
-    let name = pod.metadata.name.as_deref().unwrap_or(&key.name);
-    if let Some(best) = best {
-        return match cluster.bind_pod(ns, name, best) {
-            Ok(()) => {
-                cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {}", best));
-                let _ = cluster.record_event(
-                    &pod,
-                    "Normal",
-                    "Scheduled",
-                    &format!("Successfully assigned {ns}/{name} to {}", best),
-                    "default-scheduler",
-                );
-                Ok(Outcome::done())
-            }
-            // Bound meanwhile (another scheduler run, or a stale read): nothing left to do.
-            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => Ok(Outcome::done()),
-            Err(e) => Err(api(e)),
-        };
-    }
-
-    let message = unschedulable_message(nodes.len(), &reasons);
+/// `PodScheduled=False` with kubectl's message and a FailedScheduling Event, once per
+/// change; the pod is looked at again later (new nodes do not enqueue it).
+fn report_unschedulable(
+    cluster: &dyn Cluster,
+    pod: &Pod,
+    message: &str,
+) -> Result<Outcome, String> {
+    let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
     let mut updated = pod.clone();
     let status = updated.status.get_or_insert_default();
     let changed = set_condition(
@@ -464,7 +534,7 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
             type_: "PodScheduled".into(),
             status: "False".into(),
             reason: Some("Unschedulable".into()),
-            message: Some(message.clone()),
+            message: Some(message.to_string()),
             last_transition_time: parse_time(&cluster.now()),
             ..Default::default()
         },
@@ -480,10 +550,10 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
             &format!("{ns}/{name} unschedulable: {message}"),
         );
         let _ = cluster.record_event(
-            &pod,
+            pod,
             "Warning",
             "FailedScheduling",
-            &message,
+            message,
             "default-scheduler",
         );
     }

@@ -787,3 +787,47 @@ fn prefer_no_schedule_taints_steer_away() {
     run(&fake, "p");
     assert_eq!(node_of(&fake, "p").as_deref(), Some("b"));
 }
+
+#[test]
+fn one_reconcile_places_a_batch_of_pending_pods_counting_each_binding() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "1", "8Gi", &[]));
+    fake.seed(&node("b", "1", "8Gi", &[]));
+    // Each node fits two of these; the batch must see its own bindings to spread them and
+    // not overcommit.
+    for n in ["p1", "p2", "p3", "p4", "p5"] {
+        fake.seed(&pod(n, "500m", "64Mi"));
+    }
+    run(&fake, "p3");
+    assert_eq!(fake.count(Verb::Bind, "Pod"), 4, "four fit, in one call");
+    assert!(
+        node_of(&fake, "p3").is_some(),
+        "the pod asked about goes first"
+    );
+    let on = |n: &str| {
+        ["p1", "p2", "p3", "p4", "p5"]
+            .iter()
+            .filter(|p| node_of(&fake, p).as_deref() == Some(n))
+            .count()
+    };
+    assert_eq!((on("a"), on("b")), (2, 2));
+    // The fifth fits nowhere; its own reconcile reports it.
+    let left = ["p1", "p2", "p4", "p5"]
+        .into_iter()
+        .find(|p| node_of(&fake, p).is_none())
+        .unwrap();
+    assert_eq!(
+        run(&fake, left),
+        Outcome::requeue_after_ms(UNSCHEDULABLE_RETRY_MS)
+    );
+    let p = fake.get::<Pod>("default", left).unwrap().unwrap();
+    let cond = &p.status.unwrap().conditions.unwrap()[0];
+    assert_eq!(cond.reason.as_deref(), Some("Unschedulable"));
+    assert!(
+        cond.message
+            .as_deref()
+            .unwrap()
+            .contains("Insufficient cpu"),
+        "{cond:?}"
+    );
+}
