@@ -67,6 +67,18 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
             .any(|t| t["key"] == "edge.example/slow" && t["effect"] == "PreferNoSchedule"),
         "{taints:?}"
     );
+    // The images it holds, for the scheduler's image locality.
+    let images = b["status"]["images"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        images.iter().any(|i| i["names"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n == "kedge.dev/samples/hello-wasm:v1"))
+            && i["sizeBytes"].as_u64().is_some_and(|s| s > 0)),
+        "{images:?}"
+    );
     let conds = b["status"]["conditions"].as_array().unwrap();
     // (Their status is this machine's: a nearly full disk does show DiskPressure.)
     for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {

@@ -9,7 +9,7 @@ mod spec;
 pub mod status;
 pub(crate) mod stream;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -289,6 +289,48 @@ fn os_image() -> String {
         .unwrap_or_else(|| "Linux".into())
 }
 
+/// `status.images`: every image in the node's store, as kubelet lists them — the references
+/// it is known by plus `<repository>@<digest>`, and its size on disk (manifest and layers, or
+/// the module), largest first. The scheduler's image locality score reads it.
+fn node_images(store: &LocalImageStore) -> Vec<Value> {
+    let mut by_digest: BTreeMap<String, (Vec<String>, u64)> = BTreeMap::new();
+    for (reference, digest) in store.images() {
+        let entry = by_digest.entry(digest.clone()).or_default();
+        if entry.0.is_empty() {
+            let image = Reference::parse(&reference)
+                .ok()
+                .and_then(|r| store.image(&r).ok().flatten());
+            let Some(image) = image else { continue };
+            let size = |d: &str| {
+                store
+                    .blob_file(d)
+                    .ok()
+                    .and_then(|p| std::fs::metadata(p).ok())
+                    .map_or(0, |m| m.len())
+            };
+            entry.1 = match &image.kind {
+                kedge_registry::ImageKind::Wasm { module } => {
+                    std::fs::metadata(module).map_or(0, |m| m.len())
+                }
+                kedge_registry::ImageKind::Oci { layers, .. } => {
+                    size(&image.digest) + layers.iter().map(|l| size(l)).sum::<u64>()
+                }
+            };
+            entry.0.push(image.image_id.clone());
+        }
+        entry.0.push(reference);
+    }
+    let mut images: Vec<(Vec<String>, u64)> = by_digest
+        .into_values()
+        .filter(|(names, _)| !names.is_empty())
+        .collect();
+    images.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    images
+        .into_iter()
+        .map(|(names, size)| json!({"names": names, "sizeBytes": size}))
+        .collect()
+}
+
 fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem = mem_total_bytes();
@@ -331,6 +373,7 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
             "capacity": capacity,
             "allocatable": capacity,
             "conditions": node_conditions(now, now, sense_pressure(&ctx.data_dir)),
+            "images": node_images(ctx.puller.store()),
             "addresses": [
                 {"type": "InternalIP", "address": ctx.host_ip},
                 {"type": "Hostname", "address": ctx.node},
@@ -508,6 +551,7 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
     let mut registered = false;
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut attempt = 0u32;
+    let mut images_sent = Value::Null;
     loop {
         if !registered {
             match register_node(&ctx, &labels).await {
@@ -544,7 +588,15 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                     .cloned()
             });
             let ready_true = ready.as_ref().is_some_and(|c| c["status"] == "True");
-            if last_heartbeat.elapsed() >= STATUS_HEARTBEAT || (cur.is_some() && !ready_true) {
+            // Pulls and image GC change the list: report it at the next lease renewal.
+            let images = json!(node_images(ctx.puller.store()));
+            let images_changed = cur.is_some()
+                && cur.as_ref().and_then(|n| n.pointer("/status/images")) != Some(&images)
+                && images != images_sent;
+            if last_heartbeat.elapsed() >= STATUS_HEARTBEAT
+                || (cur.is_some() && !ready_true)
+                || images_changed
+            {
                 let now = ctx.now();
                 let path = format!("/api/v1/nodes/{}/status", ctx.node);
                 let since = ready
@@ -559,11 +611,12 @@ async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: Cancellation
                             &now,
                             &since,
                             sense_pressure(&ctx.data_dir),
-                        )}}),
+                        ), "images": images}}),
                     )
                     .await
                 {
                     Ok(_) => {
+                        images_sent = images;
                         last_heartbeat = tokio::time::Instant::now();
                         if cur.is_some() && !ready_true {
                             ctx.events
@@ -1347,6 +1400,37 @@ mod tests {
         // 410 Gone (the revision was compacted away) arrives as an ERROR event: relist.
         let gone = json!({"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}});
         assert_eq!(resume_point(listed, &gone), None);
+    }
+
+    #[test]
+    fn node_images_list_each_image_once_with_its_names_and_size() {
+        let d = tempfile::tempdir().unwrap();
+        let store = LocalImageStore::open(d.path()).unwrap();
+        for (r, bytes) in SAMPLE_IMAGES {
+            store.import(&Reference::parse(r).unwrap(), bytes).unwrap();
+        }
+        let images = node_images(&store);
+        // v1 and v2 are the same module: one entry, both tags, its digest form.
+        assert_eq!(images.len(), 1, "{images:?}");
+        let names: Vec<&str> = images[0]["names"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert!(
+            names.contains(&"kedge.dev/samples/hello-wasm:v1"),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"kedge.dev/samples/hello-wasm:v2"),
+            "{names:?}"
+        );
+        assert!(names.iter().any(|n| n.contains("@sha256:")), "{names:?}");
+        assert_eq!(
+            images[0]["sizeBytes"].as_u64().unwrap(),
+            SAMPLE_IMAGES[0].1.len() as u64
+        );
     }
 
     #[test]
