@@ -2,8 +2,60 @@
 //! what they request, and the template hash that names a Deployment's ReplicaSets.
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use crate::meta::{controller_of, labels_of, new_controller_ref};
 use crate::quantity::{QuantityError, parse_bytes, parse_cpu_millis};
+use crate::selector::Selector;
+use crate::{ApiError, ApiResult, Cluster, ClusterExt};
+
+/// Kubernetes' pod adoption (its ControllerRefManager) for a controller that owns pods by
+/// selector: in `owner`'s namespace, active orphans matching `selector` are adopted, owned
+/// pods whose labels no longer match are released, and the pods `owner` controls and that
+/// match are returned. A pod that vanished or changed meanwhile is skipped; its own event
+/// brings a fresh view.
+pub fn claim_pods<K>(cluster: &dyn Cluster, owner: &K, selector: &Selector) -> ApiResult<Vec<Pod>>
+where
+    K: k8s_openapi::Resource + k8s_openapi::Metadata<Ty = ObjectMeta>,
+{
+    let meta = owner.metadata();
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let uid = meta.uid.clone().unwrap_or_default();
+    let skip_gone = |r: ApiResult<Pod>| match r {
+        Ok(p) => Ok(Some(p)),
+        Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let mut owned = Vec::new();
+    for pod in cluster.list::<Pod>(ns, "")? {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let matches = selector.matches(labels_of(&pod.metadata));
+        match controller_of(&pod.metadata) {
+            Some(r) if r.uid == uid && matches => owned.push(pod),
+            Some(r) if r.uid == uid => {
+                let rest: Vec<_> = pod
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .flatten()
+                    .filter(|o| o.uid != uid)
+                    .collect();
+                let patch = serde_json::json!({"metadata": {"ownerReferences": rest, "uid": pod.metadata.uid}});
+                skip_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))?;
+            }
+            None if matches && is_active(&pod) => {
+                let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+                refs.push(new_controller_ref(owner));
+                let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
+                if let Some(adopted) = skip_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))? {
+                    owned.push(adopted);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(owned)
+}
 
 /// The label (and ReplicaSet name suffix) carrying [`pod_template_hash`].
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";

@@ -33,13 +33,12 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus}
 use k8s_openapi::api::core::v1::{Event, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kedge_guest::meta::{controller_of, find_condition, labels_of, new_controller_ref, parse_time};
+use kedge_guest::meta::{find_condition, labels_of, new_controller_ref, parse_time};
 use kedge_guest::pod::{is_ready, pod_template_hash};
 use kedge_guest::selector::Selector;
 use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
 };
-use serde_json::json;
 
 pub use eligibility::{DAEMON_TOLERATIONS, Fit, fit};
 
@@ -201,51 +200,7 @@ fn claim_pods(
     ds: &DaemonSet,
     selector: &Selector,
 ) -> Result<Vec<Pod>, String> {
-    let ns = ds.metadata.namespace.as_deref().unwrap_or("default");
-    let uid = ds.metadata.uid.clone().unwrap_or_default();
-    let mut owned = Vec::new();
-    for pod in cluster.list::<Pod>(ns, "").map_err(api)? {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let matches = selector.matches(labels_of(&pod.metadata));
-        match controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid && matches => owned.push(pod),
-            Some(r) if r.uid == uid => {
-                let rest: Vec<_> = pod
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .filter(|o| o.uid != uid)
-                    .collect();
-                let patch = json!({"metadata": {"ownerReferences": rest, "uid": pod.metadata.uid}});
-                tolerate_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))?;
-            }
-            None if matches
-                && pod.metadata.deletion_timestamp.is_none()
-                && !matches!(phase(&pod), Some("Succeeded" | "Failed")) =>
-            {
-                let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(new_controller_ref(ds));
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-                if let Some(adopted) = tolerate_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))?
-                {
-                    owned.push(adopted);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok(owned)
-}
-
-/// A write on a pod that vanished or changed meanwhile is not an error: the next event
-/// brings a fresh view.
-fn tolerate_gone(result: Result<Pod, ApiError>) -> Result<Option<Pod>, String> {
-    match result {
-        Ok(p) => Ok(Some(p)),
-        Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(None),
-        Err(e) => Err(api(e)),
-    }
+    kedge_guest::pod::claim_pods(cluster, ds, selector).map_err(api)
 }
 
 /// What one reconcile does to pods, with the Events Kubernetes records for it.

@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::{
     NodeSpec, PodCondition, PodStatus, PodTemplateSpec, Taint, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kedge_guest::meta::controller_of;
 use kedge_guest::{FakeCluster, Verb};
 
 fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {

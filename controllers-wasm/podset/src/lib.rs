@@ -11,13 +11,12 @@ use k8s_openapi::api::core::v1::{
     Pod, PodTemplateSpec, ReplicationController, ReplicationControllerStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kedge_guest::meta::{controller_of, labels_of, new_controller_ref};
-use kedge_guest::pod::{is_active, is_ready};
+use kedge_guest::meta::{labels_of, new_controller_ref};
+use kedge_guest::pod::{claim_pods, is_active, is_ready};
 use kedge_guest::selector::Selector;
 use kedge_guest::{ApiError, Cluster, ClusterExt, LogLevel, ObjectKey, Outcome};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// The status counts a pod set reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -177,38 +176,8 @@ pub fn reconcile<K: PodSet>(
         Ok(_) => return invalid(cluster, key, "empty selector"),
         Err(e) => return invalid(cluster, key, &e),
     };
-    let uid = rs.metadata().uid.clone().unwrap_or_default();
 
-    let mut owned = Vec::new();
-    for pod in cluster.list::<Pod>(ns, "").map_err(api)? {
-        let name = pod.metadata.name.clone().unwrap_or_default();
-        let matches = selector.matches(labels_of(&pod.metadata));
-        match controller_of(&pod.metadata) {
-            Some(r) if r.uid == uid && matches => owned.push(pod),
-            Some(r) if r.uid == uid => {
-                let rest: Vec<_> = pod
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .filter(|o| o.uid != uid)
-                    .collect();
-                let patch = json!({"metadata": {"ownerReferences": rest, "uid": pod.metadata.uid}});
-                release_or_adopt(cluster.patch_merge::<Pod>(ns, &name, &patch))?;
-            }
-            None if matches && is_active(&pod) => {
-                let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-                refs.push(new_controller_ref(&rs));
-                let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-                if let Some(adopted) =
-                    release_or_adopt(cluster.patch_merge::<Pod>(ns, &name, &patch))?
-                {
-                    owned.push(adopted);
-                }
-            }
-            _ => {}
-        }
-    }
+    let owned = claim_pods(cluster, &rs, &selector).map_err(api)?;
 
     let mut active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
     let desired = usize::try_from(rs.replicas()).unwrap_or(0);
@@ -288,16 +257,6 @@ pub fn reconcile<K: PodSet>(
         }
     }
     Ok(Outcome::done())
-}
-
-/// A patch on a pod that vanished or changed meanwhile is not an error: the next event
-/// brings a fresh view.
-fn release_or_adopt(result: Result<Pod, ApiError>) -> Result<Option<Pod>, String> {
-    match result {
-        Ok(p) => Ok(Some(p)),
-        Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(None),
-        Err(e) => Err(api(e)),
-    }
 }
 
 /// A ReplicaSet the API server should not have admitted: say so once, do not retry.
