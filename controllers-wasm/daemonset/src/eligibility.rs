@@ -6,6 +6,7 @@ use k8s_openapi::api::core::v1::{
     Toleration,
 };
 use kedge_guest::meta::labels_of;
+use kedge_guest::selector::node_selector_matches;
 
 /// Taint keys a DaemonSet pod tolerates whatever its template says, with their effect, as
 /// Kubernetes' `AddOrUpdateDaemonPodTolerations` adds them: a node agent must keep running
@@ -80,45 +81,6 @@ pub fn pin_to_node(spec: &mut PodSpec, node: &str) {
 
 pub use kedge_guest::pod::tolerates;
 
-fn requirement_matches(req: &NodeSelectorRequirement, value: Option<&str>, is_label: bool) -> bool {
-    let values = req.values.as_deref().unwrap_or(&[]);
-    match req.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
-        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
-        "Exists" if is_label => value.is_some(),
-        "DoesNotExist" if is_label => value.is_none(),
-        op @ ("Gt" | "Lt") if is_label => {
-            // Exactly one integer value; the node's label must parse as an integer too.
-            let [bound] = values else { return false };
-            let (Ok(bound), Some(Ok(v))) = (bound.parse::<i64>(), value.map(str::parse::<i64>))
-            else {
-                return false;
-            };
-            if op == "Gt" { v > bound } else { v < bound }
-        }
-        _ => false,
-    }
-}
-
-/// One `nodeSelectorTerm`: its expressions (labels) and fields (`metadata.name` only) are
-/// ANDed; a term with neither matches nothing, as in Kubernetes.
-pub fn term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
-    let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = term.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        return false;
-    }
-    let labels = labels_of(&node.metadata);
-    let name = node.metadata.name.as_deref();
-    exprs
-        .iter()
-        .all(|r| requirement_matches(r, labels.get(&r.key).map(String::as_str), true))
-        && fields.iter().all(|r| {
-            // Only metadata.name is a supported field, with In/NotIn.
-            r.key == "metadata.name" && requirement_matches(r, name, false)
-        })
-}
-
 /// `nodeSelector` (every pair present) and required node affinity (any term matches).
 pub fn matches_node_selection(spec: &PodSpec, node: &Node) -> bool {
     let labels = labels_of(&node.metadata);
@@ -135,11 +97,7 @@ pub fn matches_node_selection(spec: &PodSpec, node: &Node) -> bool {
             na.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    let affinity_ok = required.is_none_or(|r| {
-        r.node_selector_terms
-            .iter()
-            .any(|term| term_matches(term, node))
-    });
+    let affinity_ok = required.is_none_or(|r| node_selector_matches(r, node));
     selector_ok && affinity_ok
 }
 
