@@ -25,6 +25,14 @@ const GUESTS: &[(&str, &str)] = &[
         "kedge_plugin_nodelifecycle.wasm",
     ),
     ("kedge-plugin-endpoints", "kedge_plugin_endpoints.wasm"),
+    (
+        "kedge-plugin-garbagecollector",
+        "kedge_plugin_garbagecollector.wasm",
+    ),
+    (
+        "kedge-plugin-serviceaccount",
+        "kedge_plugin_serviceaccount.wasm",
+    ),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::bindings::kedge::plugin::cluster as wit;
-use crate::{ApiError, LogLevel};
+use crate::{ApiError, DeleteOptions, LogLevel};
 
 /// Result of one API call from a plugin.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -79,6 +79,18 @@ pub trait Cluster {
         namespace: &str,
         name: &str,
     ) -> ApiResult<()>;
+    /// Deletes an object with a propagation policy and uid/resourceVersion preconditions.
+    fn delete_object_with(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<()>;
+    /// The objects whose `metadata.ownerReferences` name the owner with `owner_uid` (of the
+    /// kinds the plugin may read).
+    fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<Value>>;
     /// Binds a pod to a node (`pods/binding`).
     fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> ApiResult<()>;
     /// Current time as RFC 3339 UTC; from the host so tests and replays control it.
@@ -364,6 +376,24 @@ impl Cluster for HostCluster {
 
     fn delete_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
         wit::delete(api_version, kind, ns, name)
+    }
+
+    fn delete_object_with(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<()> {
+        wit::delete_with(api_version, kind, ns, name, options)
+    }
+
+    fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<Value>> {
+        wit::dependents(owner_uid)?
+            .into_iter()
+            .map(|t| parse_body("dependent", t))
+            .collect()
     }
 
     fn bind_pod(&self, ns: &str, name: &str, node: &str) -> ApiResult<()> {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::patch::merge_patch;
 use crate::pod::{SAFE_ALPHABET, fnv1a32};
 use crate::selector::Selector;
-use crate::{ApiError, ApiResult, Cluster, LogLevel};
+use crate::{ApiError, ApiResult, Cluster, DeleteOptions, LogLevel, Propagation};
 
 /// Which kind of write a [`Write`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,11 @@ struct State {
 /// `update` and `patch` ignore `status` and `update-status` changes only `status` (the
 /// status-subresource split); `generation` moves when anything outside metadata/status
 /// changes; created objects start with an empty status (Pods with `phase: Pending`).
-/// Not simulated: admission, defaulting, finalizers, graceful deletion, garbage collection.
+/// Deletion honours finalizers as the API server does: an object with finalizers gets a
+/// `deletionTimestamp` and stays until a write removes the last one; `delete_object_with`
+/// adds `foregroundDeletion` / `orphan` for those policies (the garbage collector then does
+/// the work, as in Kubernetes).
+/// Not simulated: admission, defaulting, graceful deletion of pods, garbage collection itself.
 ///
 /// ```
 /// use k8s_openapi::api::core::v1::Pod;
@@ -270,9 +274,24 @@ impl FakeCluster {
             }
         };
         finish_write(&mut st, &old, &mut new, api_version, kind);
-        st.objects.insert(k.clone(), new.clone());
+        Self::store_or_finish(&mut st, &k, new.clone());
         Self::record(&mut st, verb, &k, new.clone());
         Ok(new)
+    }
+
+    /// Stores a written object, or removes it when it is being deleted and its last
+    /// finalizer just went.
+    fn store_or_finish(st: &mut State, k: &Key, obj: Value) {
+        let deleting = obj["metadata"].get("deletionTimestamp").is_some();
+        let finalizers = obj["metadata"]
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty());
+        if deleting && !finalizers {
+            st.objects.remove(k);
+        } else {
+            st.objects.insert(k.clone(), obj);
+        }
     }
 }
 
@@ -476,20 +495,95 @@ impl Cluster for FakeCluster {
         }
         preserve_system_meta(&old, &mut new);
         finish_write(&mut st, &old, &mut new, api_version, kind);
-        st.objects.insert(k.clone(), new.clone());
+        Self::store_or_finish(&mut st, &k, new.clone());
         Self::record(&mut st, Verb::Patch, &k, patch.clone());
         Ok(new)
     }
 
     fn delete_object(&self, api_version: &str, kind: &str, ns: &str, name: &str) -> ApiResult<()> {
+        let none = DeleteOptions {
+            propagation: None,
+            uid: None,
+            resource_version: None,
+        };
+        self.delete_object_with(api_version, kind, ns, name, &none)
+    }
+
+    fn delete_object_with(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: &str,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<()> {
         let k = key(api_version, kind, ns, name);
         let mut st = self.state.borrow_mut();
         let old = st
             .objects
-            .remove(&k)
+            .get(&k)
+            .cloned()
             .ok_or_else(|| not_found(kind, ns, name))?;
+        if let Some(uid) = &options.uid
+            && meta_str(&old, "uid") != Some(uid)
+        {
+            return Err(ApiError::Conflict(format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&old, "uid").unwrap_or_default()
+            )));
+        }
+        if let Some(rv) = &options.resource_version
+            && meta_str(&old, "resourceVersion") != Some(rv)
+        {
+            return Err(ApiError::Conflict(format!(
+                "{kind} \"{name}\": the object has been modified"
+            )));
+        }
+        let mut finalizers: Vec<Value> = old["metadata"]
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let add = match options.propagation {
+            Some(Propagation::Foreground) => Some("foregroundDeletion"),
+            Some(Propagation::Orphan) => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = add
+            && !finalizers.iter().any(|x| x == f)
+        {
+            finalizers.push(json!(f));
+        }
+        if finalizers.is_empty() {
+            st.objects.remove(&k);
+            Self::record(&mut st, Verb::Delete, &k, old);
+            return Ok(());
+        }
+        let mut new = old.clone();
+        new["metadata"]["finalizers"] = json!(finalizers);
+        if new["metadata"].get("deletionTimestamp").is_none() {
+            new["metadata"]["deletionTimestamp"] = json!(st.now.clone());
+        }
+        st.counter += 1;
+        new["metadata"]["resourceVersion"] = json!(st.counter.to_string());
+        st.objects.insert(k.clone(), new);
         Self::record(&mut st, Verb::Delete, &k, old);
         Ok(())
+    }
+
+    fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<Value>> {
+        let st = self.state.borrow();
+        Ok(st
+            .objects
+            .values()
+            .filter(|o| {
+                o["metadata"]
+                    .get("ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == owner_uid))
+            })
+            .cloned()
+            .collect())
     }
 
     fn bind_pod(&self, ns: &str, name: &str, node: &str) -> ApiResult<()> {

@@ -62,7 +62,7 @@ pub mod bindings {
 
 pub use bindings::kedge::plugin::cluster::LogLevel;
 pub use bindings::kedge::plugin::types::{
-    ApiError, KindRef, ObjectKey, ReconcileOutcome, Registration,
+    ApiError, DeleteOptions, KindRef, ObjectKey, Propagation, ReconcileOutcome, Registration,
 };
 pub use cluster::{ApiResult, Cluster, ClusterExt, HostCluster};
 pub use fake::{FakeCluster, Verb, Write};
@@ -169,6 +169,13 @@ impl KindRef {
     /// ```
     pub fn of<K: k8s_openapi::Resource>() -> Self {
         Self::new(K::API_VERSION, K::KIND)
+    }
+
+    /// Every kind (`*`/`*`): as `for-kind`, the plugin gets a key for every object of every
+    /// kind, and a deletion also enqueues the deleted object's dependents and owners; in
+    /// `reads`/`writes`, any kind. Only the garbage collector needs this.
+    pub fn every() -> Self {
+        Self::new("*", "*")
     }
 }
 

@@ -130,6 +130,7 @@ async fn run() {
             plugins: PluginConfig::default(),
             durable: true,
             registries: Default::default(),
+            node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
         },
         cancel.clone(),
     )

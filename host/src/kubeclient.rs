@@ -225,3 +225,151 @@ pub async fn create_join_token(
     }
     .to_string())
 }
+
+fn api_message(body: &Value) -> &str {
+    body.get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// `kedge token list`: the bootstrap tokens in kube-system.
+pub async fn list_join_tokens(
+    kubeconfig: &Path,
+) -> anyhow::Result<Vec<crate::node_identity::TokenRow>> {
+    let client = KubeClient::from_kubeconfig(kubeconfig)?;
+    let (code, body) = client
+        .request(
+            http::Method::GET,
+            "/api/v1/namespaces/kube-system/secrets",
+            "application/json",
+            None,
+        )
+        .await?;
+    if code != 200 {
+        anyhow::bail!("listing tokens failed ({code}): {}", api_message(&body));
+    }
+    Ok(crate::node_identity::token_rows(&body))
+}
+
+/// The token id in what an operator pastes: an id, `id.secret`, or a whole join token.
+fn token_id(s: &str) -> anyhow::Result<String> {
+    let s = s.trim();
+    if s.starts_with("K10") {
+        return Ok(s.parse::<JoinToken>()?.token.id);
+    }
+    if s.contains('.') {
+        return Ok(s.parse::<BootstrapToken>()?.id);
+    }
+    let ok = s.len() == 6
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    anyhow::ensure!(ok, "{s:?} is not a token id (6 characters of [a-z0-9])");
+    Ok(s.to_owned())
+}
+
+/// `kedge token delete`: removes the token's Secret; joining with it fails from then on.
+pub async fn delete_join_token(kubeconfig: &Path, token: &str) -> anyhow::Result<String> {
+    let id = token_id(token)?;
+    let client = KubeClient::from_kubeconfig(kubeconfig)?;
+    let (code, body) = client
+        .request(
+            http::Method::DELETE,
+            &format!("/api/v1/namespaces/kube-system/secrets/bootstrap-token-{id}"),
+            "application/json",
+            None,
+        )
+        .await?;
+    match code {
+        200 | 202 => Ok(id),
+        404 => anyhow::bail!("no bootstrap token with id {id}"),
+        _ => anyhow::bail!(
+            "deleting token {id} failed ({code}): {}",
+            api_message(&body)
+        ),
+    }
+}
+
+/// `kedge node revoke`: records in `kube-system/kedge-node-revocations` that certificates of
+/// `node` issued until now are revoked, and returns that time. "Now" is the API server's
+/// clock (its `Date` header), which also stamps the certificates, so an admin machine with a
+/// skewed clock cannot miss the node's current certificate or block its re-join.
+pub async fn revoke_node(
+    kubeconfig: &Path,
+    node: &str,
+) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    use crate::node_identity::{REVOCATIONS_NAME, REVOCATIONS_NAMESPACE};
+    let valid = !node.is_empty()
+        && node.len() <= 253
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    anyhow::ensure!(valid, "{node:?} is not a node name");
+    let client = KubeClient::from_kubeconfig(kubeconfig)?;
+    let mut conn = client.connect().await?;
+    let path = format!("/api/v1/namespaces/{REVOCATIONS_NAMESPACE}/configmaps/{REVOCATIONS_NAME}");
+    // Optimistic concurrency: a concurrent revocation makes the write 409; read and retry.
+    for _ in 0..5 {
+        let resp = conn
+            .send(http::Method::GET, &path, "application/json", None)
+            .await?;
+        let at = resp
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|d| d.to_str().ok())
+            .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+            .map_or_else(chrono::Utc::now, |d| d.with_timezone(&chrono::Utc));
+        let code = resp.status().as_u16();
+        let body: Value = serde_json::from_slice(&resp.into_body().collect().await?.to_bytes())
+            .unwrap_or(Value::Null);
+        let stamp = Value::from(crate::core::meta::timestamp(at));
+        let (code, body) = match code {
+            404 => {
+                let cm = serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": REVOCATIONS_NAME, "namespace": REVOCATIONS_NAMESPACE},
+                    "data": {node: stamp},
+                });
+                let create = format!("/api/v1/namespaces/{REVOCATIONS_NAMESPACE}/configmaps");
+                conn.request(http::Method::POST, &create, "application/json", Some(&cm))
+                    .await?
+            }
+            200 => {
+                let mut cm = body;
+                if !cm["data"].is_object() {
+                    cm["data"] = serde_json::json!({});
+                }
+                cm["data"][node] = stamp;
+                conn.request(http::Method::PUT, &path, "application/json", Some(&cm))
+                    .await?
+            }
+            _ => anyhow::bail!("reading {path} failed ({code}): {}", api_message(&body)),
+        };
+        match code {
+            200 | 201 => return Ok(at),
+            409 => continue,
+            _ => anyhow::bail!(
+                "recording the revocation failed ({code}): {}",
+                api_message(&body)
+            ),
+        }
+    }
+    anyhow::bail!("recording the revocation kept conflicting with other writers; try again")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn token_ids_from_what_operators_paste() {
+        let hash = "0".repeat(64);
+        for ok in [
+            "abc123",
+            "abc123.0123456789abcdef",
+            &format!("K10{hash}::abc123.0123456789abcdef"),
+        ] {
+            assert_eq!(super::token_id(ok).unwrap(), "abc123", "{ok}");
+        }
+        for bad in ["", "ABC123", "abc12", "../etc", "abc123.x"] {
+            assert!(super::token_id(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -43,6 +43,10 @@ struct ServerArgs {
     /// Memory cap of one plugin instance, in MiB.
     #[arg(long, default_value_t = 64)]
     plugin_memory_mib: usize,
+    /// Validity of node certificates, e.g. 365d, 720h, 30s; agents renew theirs over the
+    /// tunnel after 70–80 % of it.
+    #[arg(long, default_value = "365d")]
+    node_cert_validity: String,
 }
 
 /// Registry credentials and trust (the agent's images, the server's plugin images).
@@ -167,6 +171,24 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Node identity: revoke a node's certificates.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Revoke every certificate of node NAME issued until now: its tunnel is closed, its
+    /// certificate refused on the tunnel and the HTTPS API. It can join again only with a
+    /// bootstrap token created after this.
+    Revoke {
+        /// Admin kubeconfig of the cluster.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +201,18 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 24h, 7d; 0 = never expires.
         #[arg(long, default_value = "24h")]
         ttl: String,
+    },
+    /// List bootstrap tokens: id, time left, expiry, usages, description (never secrets).
+    List {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
+    /// Delete a bootstrap token (by id, or the whole `id.secret`/join token): nodes can no
+    /// longer join with it; nodes that joined keep their certificates.
+    Delete {
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        id: String,
     },
 }
 
@@ -207,12 +241,23 @@ fn default_dir(leaf: &str) -> PathBuf {
     }
 }
 
-fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {
+fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerConfig> {
     let data_dir = a
         .data_dir
         .clone()
         .unwrap_or_else(|| default_dir(default_leaf));
-    ServerConfig {
+    let node_cert_validity = parse_ttl(&a.node_cert_validity)
+        .ok()
+        .flatten()
+        .and_then(|d| d.to_std().ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--node-cert-validity {:?}: expected a positive duration such as 365d, 720h, 30s",
+                a.node_cert_validity
+            )
+        })?;
+    Ok(ServerConfig {
         plugin_cache_dir: Some(
             a.plugin_cache_dir
                 .clone()
@@ -228,7 +273,8 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> ServerConfig {
         },
         durable: true,
         registries: Default::default(),
-    }
+        node_cert_validity,
+    })
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -246,7 +292,11 @@ fn parse_ttl(s: &str) -> anyhow::Result<Option<chrono::Duration>> {
     if s == "0" {
         return Ok(None);
     }
-    let (n, unit) = s.split_at(s.len() - 1);
+    // (By char: an empty or non-ASCII value is an error, not a panic.)
+    let Some((last, _)) = s.char_indices().last() else {
+        anyhow::bail!("--ttl: empty; expected e.g. 30m, 24h, 7d");
+    };
+    let (n, unit) = s.split_at(last);
     let n: i64 = n
         .parse()
         .with_context(|| format!("--ttl {s:?}: expected e.g. 30m, 24h, 7d"))?;
@@ -293,7 +343,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server: a,
             registries,
         } => {
-            let mut cfg = server_config(&a, "server");
+            let mut cfg = server_config(&a, "server")?;
             cfg.registries = registries.load()?;
             let srv = server::start(cfg, cancel.clone()).await?;
             eprintln!(
@@ -345,7 +395,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             images,
         } => {
             let (registries, image_store_max_bytes) = images.load()?;
-            let mut cfg = server_config(&a, "dev");
+            let mut cfg = server_config(&a, "dev")?;
             cfg.registries = registries.clone();
             let data_dir = cfg.data_dir.clone();
             let srv = server::start(cfg, cancel.clone()).await?;
@@ -387,6 +437,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ttl = parse_ttl(&ttl)?;
             let token = kedge::kubeclient::create_join_token(&kubeconfig, ttl).await?;
             println!("{token}");
+        }
+        Command::Token {
+            command: TokenCommand::List { kubeconfig },
+        } => {
+            let rows = kedge::kubeclient::list_join_tokens(&kubeconfig).await?;
+            print!(
+                "{}",
+                kedge::node_identity::token_table(&rows, chrono::Utc::now())
+            );
+        }
+        Command::Token {
+            command: TokenCommand::Delete { kubeconfig, id },
+        } => {
+            let id = kedge::kubeclient::delete_join_token(&kubeconfig, &id).await?;
+            println!("bootstrap token {id} deleted");
+        }
+        Command::Node {
+            command: NodeCommand::Revoke { kubeconfig, name },
+        } => {
+            let at = kedge::kubeclient::revoke_node(&kubeconfig, &name).await?;
+            println!(
+                "node {name}: certificates issued until {} revoked; its tunnel is closed.\n\
+                 To let it back: kedge token create, then start its agent with --token <new token>.",
+                kedge::core::meta::timestamp(at)
+            );
         }
         Command::Push {
             file,

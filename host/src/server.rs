@@ -21,7 +21,10 @@ use crate::plugins::manager::PluginManager;
 use crate::plugins::{PluginConfig, PluginHost};
 use crate::store::redb::{Options as StoreOptions, RedbStore};
 use kedge_tunnel::pki::{ClusterPki, identity_from_cert};
-use kedge_tunnel::server::{BootstrapValidator, NodeTunnels, TunnelServer};
+use kedge_tunnel::revocation::Revocations;
+use kedge_tunnel::server::{
+    BootstrapValidator, NodeTunnels, ServerOptions, TunnelServer, ValidToken,
+};
 use kedge_tunnel::token::{BootstrapToken, JoinToken};
 
 /// The default plugin set, built from controllers-wasm/ by build.rs.
@@ -65,6 +68,14 @@ pub mod default_plugins {
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_endpoints.wasm"
     ));
+    pub const GARBAGE_COLLECTOR: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_garbagecollector.wasm"
+    ));
+    pub const SERVICE_ACCOUNT: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_serviceaccount.wasm"
+    ));
 
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
@@ -77,6 +88,8 @@ pub mod default_plugins {
         ("statefulset", STATEFULSET),
         ("nodelifecycle", NODE_LIFECYCLE),
         ("endpoints", ENDPOINTS),
+        ("garbagecollector", GARBAGE_COLLECTOR),
+        ("serviceaccount", SERVICE_ACCOUNT),
     ];
 }
 
@@ -93,6 +106,9 @@ pub struct ServerConfig {
     pub durable: bool,
     /// Credentials and trust for plugins whose source is an OCI image.
     pub registries: kedge_registry::RegistriesConfig,
+    /// Validity of the node certificates the tunnel issues (agents renew at 70–80 % of it);
+    /// [`kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY`] unless told otherwise.
+    pub node_cert_validity: std::time::Duration,
 }
 
 /// A running server.
@@ -142,14 +158,23 @@ impl BootstrapValidator for StoreTokens {
     fn validate(
         &self,
         token: &BootstrapToken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ValidToken>> + Send + '_>> {
         let res = resources::by_kind("v1", "Secret").expect("secrets are served");
+        // A deleted token is simply not found.
         let found = self
             .api
             .get(res, "kube-system", &format!("bootstrap-token-{}", token.id))
             .ok();
-        let ok = found.is_some_and(|s| token_secret_valid(&s, token, (self.clock)()));
-        Box::pin(async move { ok })
+        let valid = found
+            .filter(|s| token_secret_valid(s, token, (self.clock)()))
+            .map(|s| ValidToken {
+                created: s
+                    .pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(std::time::SystemTime::from),
+            });
+        Box::pin(async move { valid })
     }
 }
 
@@ -159,7 +184,7 @@ fn secret_field(s: &Value, k: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-fn token_secret_valid(
+pub(crate) fn token_secret_valid(
     s: &Value,
     token: &BootstrapToken,
     now: chrono::DateTime<chrono::Utc>,
@@ -341,7 +366,13 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
     };
     let url = format!("https://{url_host}:{}", https_addr.port());
     kubernetes_service(&api, &url_host, https_addr.port())?;
-    crate::serviceaccounts::ensure_all(&api);
+    crate::api::rbac::ensure_bootstrap(&api)
+        .map_err(|e| anyhow::anyhow!("creating the default RBAC roles: {e}"))?;
+    let signer = Arc::new(
+        crate::tokens::Signer::load_or_create(&cfg.data_dir.join("pki").join("sa.key"))
+            .context("service account signing key")?,
+    );
+    let rbac = Arc::new(crate::api::rbac::Authorizer::new(api.clone()));
     {
         let (cert, key) = pki
             .issue_client(
@@ -374,9 +405,14 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         nodes: std::sync::OnceLock::new(),
         clock: clock.clone(),
         ready: std::sync::atomic::AtomicBool::new(false),
+        rbac: rbac.clone(),
+        tokens: signer.clone(),
     });
     let router = crate::api::http::router(state.clone());
 
+    // Read before the tunnel accepts; kept current by the informer task below.
+    let revocations = Arc::new(Revocations::default());
+    crate::node_identity::load(&api, &revocations);
     let tunnel = TunnelServer::bind(
         https_addr,
         pki.clone(),
@@ -385,6 +421,10 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
             clock: clock.clone(),
         }),
         router.clone(),
+        ServerOptions {
+            node_cert_validity: cfg.node_cert_validity,
+            revocations: revocations.clone(),
+        },
     )
     .context("starting the node tunnel (udp)")?;
     let tunnel_addr = tunnel.local_addr();
@@ -394,7 +434,13 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(tunnel.serve(cancel.clone()));
     let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
-    tasks.spawn(serve_https(tcp, tls, router, cancel.clone()));
+    tasks.spawn(serve_https(
+        tcp,
+        tls,
+        router,
+        revocations.clone(),
+        cancel.clone(),
+    ));
 
     let plugins = Arc::new(PluginHost::new(
         api.clone(),
@@ -416,14 +462,21 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
     )?;
     plugin_manager.install_builtins().await?;
     plugin_manager.start().await;
-    tasks.spawn(crate::gc::run(
-        api.clone(),
+    tasks.spawn(crate::node_identity::run(
+        plugins.informers().clone(),
+        revocations,
+        cancel.clone(),
+    ));
+    tasks.spawn(crate::api::rbac::run(
+        rbac,
         plugins.informers().clone(),
         cancel.clone(),
     ));
-    tasks.spawn(crate::serviceaccounts::run(
+    tasks.spawn(crate::tokens::run_legacy(
         api.clone(),
         plugins.informers().clone(),
+        signer,
+        pki.ca_pem().to_string(),
         cancel.clone(),
     ));
     state
@@ -449,6 +502,7 @@ async fn serve_https(
     tcp: tokio::net::TcpListener,
     tls: tokio_rustls::TlsAcceptor,
     router: axum::Router,
+    revocations: Arc<Revocations>,
     cancel: CancellationToken,
 ) {
     let conns = tokio_util::task::TaskTracker::new();
@@ -466,6 +520,7 @@ async fn serve_https(
         let tls = tls.clone();
         let router = router.clone();
         let cancel = cancel.clone();
+        let revocations = revocations.clone();
         conns.spawn(async move {
             let stream = match tls.accept(sock).await {
                 Ok(s) => s,
@@ -474,17 +529,25 @@ async fn serve_https(
                     return;
                 }
             };
-            let identity: Option<Identity> = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(identity_from_cert);
+            let leaf = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let identity: Option<Identity> = leaf.and_then(identity_from_cert);
+            // A node certificate is checked against the revocation list on every request,
+            // since a connection can outlive the revocation.
+            let node_cert = leaf.and_then(kedge_tunnel::revocation::node_cert);
             let svc = tower::ServiceExt::map_request(
                 router,
                 move |mut req: http::Request<hyper::body::Incoming>| {
-                    if let Some(id) = &identity {
-                        req.extensions_mut().insert(id.clone());
+                    let revoked = node_cert.as_ref().and_then(|(node, issued)| {
+                        revocations.check(node, *issued).err()
+                    });
+                    match (&identity, revoked) {
+                        (Some(_), Some(r)) => {
+                            tracing::warn!(%peer, reason = %r, "refusing a revoked node certificate")
+                        }
+                        (Some(id), None) => {
+                            req.extensions_mut().insert(id.clone());
+                        }
+                        (None, _) => {}
                     }
                     req
                 },

@@ -1,11 +1,15 @@
 //! Offline autonomy: an agent restarted while the server is down runs its pods again from its
-//! own record, and reconciles with the API when the server is back (a pod deleted meanwhile
-//! is stopped, the others carry on with their status re-sent).
+//! own record — with the ConfigMaps and Secrets they use from its local copies, restarting a
+//! crashing one per its restartPolicy — and reconciles with the API when the server is back
+//! (a pod deleted meanwhile is stopped, the others carry on with their status re-sent).
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{Cluster, Proc, plugin_cache, spawn, wait_for};
+use crate::harness::{
+    Busybox, Cluster, Proc, containers_unavailable, plugin_cache, spawn, wait_for,
+};
 
 /// Starts the cluster's server again on its data dir and address.
 fn restart_server(c: &mut Cluster) {
@@ -63,17 +67,60 @@ fn log_files(node_dir: &Path, name: &str) -> Vec<PathBuf> {
 
 /// Whether the pod wrote a log line stamped after `since` (CRI lines start with RFC 3339).
 fn logged_since(node_dir: &Path, name: &str, since: chrono::DateTime<chrono::Utc>) -> bool {
-    log_files(node_dir, name).iter().any(|f| {
-        std::fs::read_to_string(f)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| {
-                l.split_whitespace()
-                    .next()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .is_some_and(|t| t > since)
-            })
-    })
+    logged_since_containing(node_dir, name, since, "")
+}
+
+/// Whether the pod wrote a log line containing `needle` stamped after `since`.
+fn logged_since_containing(
+    node_dir: &Path,
+    name: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    needle: &str,
+) -> bool {
+    count_logged_since(node_dir, name, since, needle) > 0
+}
+
+/// How many log lines of the pod (all its runs) contain `needle` and are stamped after
+/// `since`.
+fn count_logged_since(
+    node_dir: &Path,
+    name: &str,
+    since: chrono::DateTime<chrono::Utc>,
+    needle: &str,
+) -> usize {
+    log_files(node_dir, name)
+        .iter()
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| {
+                    l.contains(needle)
+                        && l.split_whitespace()
+                            .next()
+                            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                            .is_some_and(|t| t > since)
+                })
+                .count()
+        })
+        .sum()
+}
+
+/// The agent's local copies of Secrets and ConfigMaps (`kind/ns_name.json`), and their modes.
+fn object_copies(node_dir: &Path) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for kind in ["configmaps", "secrets"] {
+        for e in std::fs::read_dir(node_dir.join("object-cache").join(kind))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+            out.push((format!("{kind}/{}", e.file_name().to_string_lossy()), mode));
+        }
+    }
+    out.sort();
+    out
 }
 
 const PODS: &str = r#"apiVersion: v1
@@ -91,40 +138,207 @@ spec:
   - {name: hello, image: "kedge.dev/samples/hello-wasm:v1"}
 "#;
 
+/// A Wasm pod that exits (code from a Secret) after a few seconds (from a ConfigMap), again
+/// and again under `restartPolicy: Always`: it can only start with both objects at hand.
+const CRASHER: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: hello
+    image: "kedge.dev/samples/hello-wasm:v1"
+    env:
+    - name: HELLO_EXIT_AFTER_SECS
+      valueFrom: {configMapKeyRef: {name: app-config, key: exit-after}}
+    - name: HELLO_EXIT_CODE
+      valueFrom: {secretKeyRef: {name: app-secret, key: exit-code}}
+"#;
+
+/// A container that prints what it got from the ConfigMap and the Secret: env (`valueFrom`,
+/// `envFrom`) and files (a `secret` volume, a `configMap` volume and one key of it by
+/// `subPath`).
+fn configured(image: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: configured}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: "{image}"
+    imagePullPolicy: Always
+    command:
+    - sh
+    - -c
+    - >-
+      echo "greeting=$GREETING token=$S_token file=$(cat /etc/secret/token)
+      conf=$(cat /etc/app/app.conf) one=$(cat /etc/one.conf)";
+      trap 'exit 0' TERM; while true; do sleep 1; done
+    env:
+    - name: GREETING
+      valueFrom: {{configMapKeyRef: {{name: app-config, key: greeting}}}}
+    envFrom:
+    - secretRef: {{name: app-secret}}
+      prefix: S_
+    volumeMounts:
+    - {{name: secret, mountPath: /etc/secret}}
+    - {{name: config, mountPath: /etc/app}}
+    - {{name: config, mountPath: /etc/one.conf, subPath: app.conf}}
+  volumes:
+  - name: secret
+    secret: {{secretName: app-secret}}
+  - name: config
+    configMap: {{name: app-config}}
+"#
+    )
+}
+
+/// What the crasher prints as it exits (the code from the Secret).
+const CRASHED: &str = "crasher exiting with code 3";
+
+const CONFIGURED_SAYS: &str =
+    "greeting=hello offline token=s3cr3t-token file=s3cr3t-token conf=mode=edge one=mode=edge";
+
 #[test]
 fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() {
     let mut c = Cluster::start();
     let token = c.token.clone();
     let node = "auto-node";
     let node_dir = c.dir.path().join(node);
-    c.start_agent(node, &token);
-    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(PODS));
+    let start = chrono::Utc::now();
+    // The container part (files from a Secret and a ConfigMap) needs runc; the rest does not.
+    let mut busybox = match containers_unavailable() {
+        None => Some(Busybox::start(c.dir.path())),
+        Some(why) => {
+            eprintln!(
+                "autonomy: SKIPPING the container pod (volumes from a Secret/ConfigMap): {why}"
+            );
+            None
+        }
+    };
+    let agent_args: Vec<String> = busybox
+        .iter()
+        .flat_map(|b| {
+            [
+                "--registries-config".to_string(),
+                b.registries_yaml.display().to_string(),
+            ]
+        })
+        .collect();
+    let agent_args: Vec<&str> = agent_args.iter().map(String::as_str).collect();
+    c.start_agent_with(node, &token, &agent_args);
+    for create in [
+        &[
+            "create",
+            "configmap",
+            "app-config",
+            "--from-literal=greeting=hello offline",
+            "--from-literal=exit-after=3",
+            "--from-literal=app.conf=mode=edge",
+        ][..],
+        &[
+            "create",
+            "secret",
+            "generic",
+            "app-secret",
+            "--from-literal=token=s3cr3t-token",
+            "--from-literal=exit-code=3",
+        ],
+        // Nobody uses this one: the node never keeps it.
+        &[
+            "create",
+            "secret",
+            "generic",
+            "unused",
+            "--from-literal=a=b",
+        ],
+    ] {
+        c.k(create);
+    }
+    let mut manifests = format!("{PODS}---\n{CRASHER}");
+    if let Some(b) = &busybox {
+        manifests.push_str("---\n");
+        manifests.push_str(&configured(&b.image));
+    }
+    let out = c.kubectl_stdin(&["apply", "-f", "-"], Some(&manifests));
     assert!(out.ok, "{}", out.stderr);
-    c.wait("both pods Running", || {
+    let expected = if busybox.is_some() { 3 } else { 2 };
+    c.wait("the pods Running, the crasher exited once", || {
         let pods = c.pods("");
-        let running = pods.iter().filter(|p| p.phase == "Running").count();
-        (running == 2).then_some(())
+        let running = pods
+            .iter()
+            .filter(|p| p.phase == "Running" && p.name != "crasher")
+            .count();
+        let crashed = count_logged_since(&node_dir, "crasher", start, CRASHED) > 0;
+        (running == expected && crashed).then_some(())
     });
+    if busybox.is_some() {
+        let logs = c.k(&["logs", "configured"]);
+        assert!(logs.contains(CONFIGURED_SAYS), "{logs}");
+    }
     let uid = c.k(&["get", "pod", "keep", "-o", "jsonpath={.metadata.uid}"]);
+    // What the pods use is kept, privately; what no pod uses is not.
+    let copies = object_copies(&node_dir);
+    assert_eq!(
+        copies,
+        [
+            ("configmaps/default_app-config.json".to_string(), 0o600),
+            ("secrets/default_app-secret.json".to_string(), 0o600),
+        ],
+        "the node's copies"
+    );
 
-    // Server down, then the agent restarted: both pods run again from the local record.
+    // Server down, then the agent restarted: the pods run again from the local record, with
+    // their ConfigMap and Secret from the local copies (and, the registry gone too, the image
+    // from the node's store despite `imagePullPolicy: Always`).
     c.server.kill();
+    if let Some(b) = &mut busybox {
+        b.registry.stop();
+    }
     c.agent(node).kill();
     let restarted = chrono::Utc::now();
     std::thread::sleep(Duration::from_millis(1100));
     c.agents.retain(|a| a.name != node);
-    c.start_agent(node, &token);
+    c.start_agent_with(node, &token, &agent_args);
     wait_for(
-        "both pods running again without the server",
+        "the pods running again without the server",
         Duration::from_secs(60),
         || {
             (logged_since(&node_dir, "keep", restarted)
-                && logged_since(&node_dir, "doomed", restarted))
+                && logged_since(&node_dir, "doomed", restarted)
+                && logged_since(&node_dir, "crasher", restarted)
+                && (busybox.is_none()
+                    || logged_since_containing(
+                        &node_dir,
+                        "configured",
+                        restarted,
+                        CONFIGURED_SAYS,
+                    )))
             .then_some(())
         },
     );
     let log = c.agent(node).log_text();
     assert!(log.contains("starting pod from the local record"), "{log}");
+    if busybox.is_some() {
+        assert!(
+            log.contains("registry unreachable: using the image on the node"),
+            "{log}"
+        );
+    }
+    // The crasher exits (after the ConfigMap's 3 s, with the Secret's code 3) and is started
+    // again per its restartPolicy, all without the server.
+    wait_for(
+        "the crasher restarted after a crash, offline",
+        Duration::from_secs(90),
+        || (count_logged_since(&node_dir, "crasher", restarted, CRASHED) >= 2).then_some(()),
+    );
+    assert!(
+        c.agent(node)
+            .log_text()
+            .contains("server unreachable: using the local copy"),
+        "the pods' objects must have come from the local copies"
+    );
 
     // Server back: the agent reconnects, the pod is the same one, and Running.
     restart_server(&mut c);
@@ -162,5 +376,17 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
     let records = std::fs::read_dir(node_dir.join("pod-cache"))
         .unwrap()
         .count();
-    assert_eq!(records, 1, "only keep is still recorded");
+    assert_eq!(records, expected, "doomed is no longer recorded");
+
+    // The objects' copies go with the last pod that uses them.
+    c.k(&["delete", "pod", "crasher", "--wait=false"]);
+    c.wait("the ConfigMap's copy kept for the configured pod", || {
+        (object_copies(&node_dir).len() == if busybox.is_some() { 2 } else { 0 }).then_some(())
+    });
+    if busybox.is_some() {
+        c.k(&["delete", "pod", "configured", "--wait=false"]);
+        c.wait("no copies left", || {
+            object_copies(&node_dir).is_empty().then_some(())
+        });
+    }
 }

@@ -92,15 +92,16 @@ pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
     spawn_in(None, name, dir, args)
 }
 
-/// Like [`spawn`], inside a network namespace (`ip netns exec`, which execs kedge itself,
-/// so the pid is still kedge's).
+/// Like [`spawn`], inside a network namespace: `nsenter --net`, which execs kedge itself (so
+/// the pid is still kedge's) and, unlike `ip netns exec`, leaves the mounts alone — `ip netns
+/// exec` mounts a fresh /sys that hides /sys/fs/cgroup, and runc needs it.
 pub fn spawn_in(netns: Option<&str>, name: &str, dir: &Path, args: &[&str]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
     let mut cmd = match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, KEDGE]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(KEDGE);
             c
         }
         None => Command::new(KEDGE),
@@ -158,8 +159,17 @@ impl Cluster {
         Cluster::start_on("127.0.0.1")
     }
 
+    /// A server on loopback with extra `kedge server` flags.
+    pub fn start_with(server_flags: &[&str]) -> Cluster {
+        Cluster::start_on_with("127.0.0.1", server_flags)
+    }
+
     /// A server listening on `host` (an address of this machine), in its certificate too.
     pub fn start_on(host: &str) -> Cluster {
+        Cluster::start_on_with(host, &[])
+    }
+
+    fn start_on_with(host: &str, server_flags: &[&str]) -> Cluster {
         assert!(
             Command::new("kubectl")
                 .arg("version")
@@ -173,21 +183,19 @@ impl Cluster {
         let data = dir.path().join("server");
         let listen = format!("{host}:{port}");
         let cache = plugin_cache();
-        let server = spawn(
+        let mut args = vec![
             "server",
-            dir.path(),
-            &[
-                "server",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                &listen,
-                "--plugin-cache-dir",
-                cache.to_str().unwrap(),
-                "--tls-san",
-                host,
-            ],
-        );
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--plugin-cache-dir",
+            cache.to_str().unwrap(),
+            "--tls-san",
+            host,
+        ];
+        args.extend_from_slice(server_flags);
+        let server = spawn("server", dir.path(), &args);
         let kubeconfig = data.join("admin.kubeconfig");
         let token_file = data.join("token");
         let mut c = Cluster {
@@ -357,4 +365,84 @@ pub struct PodInfo {
 pub fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Why this machine cannot run the agent's OCI containers (root and runc), if it cannot.
+pub fn containers_unavailable() -> Option<String> {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if uid != "0" {
+        return Some("not root (the agent runs containers under runc only as root)".into());
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        return Some("`runc` is missing (apt-get install runc)".into());
+    }
+    if let Err(e) = kedge_registry::testing::registry_available() {
+        return Some(e.to_string());
+    }
+    None
+}
+
+/// A private registry on 127.0.0.1 serving a busybox image built by the test (no download),
+/// and the `registries.yaml` that trusts its CA.
+pub struct Busybox {
+    pub registry: kedge_registry::testing::TestRegistry,
+    /// `127.0.0.1:<port>/apps/busybox:v1`.
+    pub image: String,
+    pub registries_yaml: PathBuf,
+}
+
+impl Busybox {
+    pub fn start(dir: &Path) -> Busybox {
+        use kedge_registry::testing::{TestRegistry, TestRegistryOptions, busybox_image_layer};
+        kedge_tunnel::install_crypto_provider();
+        let registry =
+            TestRegistry::start(TestRegistryOptions { auth: false }).expect("test registry");
+        let config = kedge_registry::OciConfig {
+            cmd: vec!["sh".into()],
+            env: vec!["PATH=/bin".into()],
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(registry.push_oci_image(
+            "apps/busybox:v1",
+            &[busybox_image_layer().unwrap()],
+            &config,
+        ))
+        .expect("pushing busybox");
+        let host = registry.host();
+        let registries_yaml = dir.join("registries.yaml");
+        std::fs::write(
+            &registries_yaml,
+            format!(
+                "configs:\n  \"{host}\":\n    tls:\n      ca_file: {}\n",
+                registry.ca_file.display()
+            ),
+        )
+        .unwrap();
+        Busybox {
+            image: format!("{host}/apps/busybox:v1"),
+            registry,
+            registries_yaml,
+        }
+    }
+
+    /// Pulls the image into the image store of the node whose data dir is `node_dir`, before
+    /// its agent starts: for an agent that cannot reach this registry (in another network
+    /// namespace), as an air-gapped node's images are preloaded.
+    pub fn preload(&self, node_dir: &Path) {
+        let store = kedge_registry::LocalImageStore::open(node_dir.join("images"))
+            .expect("opening the node's image store");
+        let puller = kedge_registry::Puller::new(
+            std::sync::Arc::new(store),
+            self.registry.registries_config(false),
+        );
+        let reference = kedge_registry::Reference::parse(&self.image).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(puller.ensure(&reference, kedge_registry::PullPolicy::IfNotPresent, &[]))
+            .expect("preloading busybox");
+    }
 }

@@ -797,6 +797,11 @@ fn deletion_propagation_finalizers_and_grace() {
         Some(r#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}"#),
     );
     assert_eq!(code, 200, "{body}");
+    // The API only marks the owner (finalizer `orphan`); the garbage collector strips the
+    // references, then the finalizer, and the deployment is gone.
+    c.wait("the orphaning deployment gone", || {
+        (!c.kubectl(&["get", "deployment", "orph2"]).ok).then_some(())
+    });
     let rs = rs_names("orph2");
     assert_eq!(rs.lines().count(), 1, "{rs}");
     let rsj = get_json(&c, &[rs.trim()]);

@@ -7,18 +7,24 @@
 //! link returns the agent reconnects, resumes its pod watch without relisting, reports the
 //! status changes it made while away, and the cluster converges without duplicates.
 //!
-//! Needs root, `ip` and `iptables`; skips with a message otherwise. Everything it creates
-//! (namespaces, veths, the router's iptables rules, which live in its namespace) is removed
-//! by a guard, also on failure.
+//! A runc container on a node behind the NAT is reached the same way: `kubectl exec` (with
+//! and without stdin), `attach` and `port-forward` with a TCP round trip through the
+//! forwarded port.
+//!
+//! Needs root, `ip` and `iptables`; skips with a message otherwise (and skips the container
+//! part without runc and the test registry). Everything it creates (namespaces, veths, the
+//! router's iptables rules, which live in its namespace) is removed by a guard, also on
+//! failure. Traffic stays on loopback and the test's own namespaces.
 
+use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, tail, wait_for};
+use crate::harness::{Busybox, Cluster, containers_unavailable, free_port, tail, wait_for};
 
 /// Runs a command (words separated by spaces) that must succeed.
 fn sh(cmd: &str) {
@@ -47,7 +53,11 @@ fn missing_prerequisite() -> Option<String> {
     if stdout(&["id", "-u"]).trim() != "0" {
         return Some("not root (network namespaces need CAP_NET_ADMIN)".into());
     }
-    for (tool, arg, pkg) in [("ip", "-V", "iproute2"), ("iptables", "-V", "iptables")] {
+    for (tool, arg, pkg) in [
+        ("ip", "-V", "iproute2"),
+        ("iptables", "-V", "iptables"),
+        ("nsenter", "-V", "util-linux"),
+    ] {
         if Command::new(tool).arg(arg).output().is_err() {
             return Some(format!("`{tool}` is missing (apt-get install {pkg})"));
         }
@@ -247,6 +257,172 @@ fn find_files(dir: &Path, name: &str, depth: usize, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// kubectl, killed past `limit` (coreutils `timeout`), with `stdin` fed from a thread.
+fn kubectl_bounded(c: &Cluster, limit: u32, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    let mut child = Command::new("timeout")
+        .arg(limit.to_string())
+        .arg("kubectl")
+        .arg("--kubeconfig")
+        .arg(&c.kubeconfig)
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let feeder = stdin.map(|s| {
+        let (mut pipe, s) = (child.stdin.take().unwrap(), s.to_vec());
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&s);
+        })
+    });
+    let out = child.wait_with_output().unwrap();
+    if let Some(f) = feeder {
+        f.join().unwrap();
+    }
+    out
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A child process killed when dropped (also when an assertion fails while it runs).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The port the container pod's web server listens on, inside site a's own namespace.
+const WEB_PORT: u16 = 8080;
+
+/// `busybox seq 1 1000`: the file the pod serves (3.9 KiB).
+fn served() -> Vec<u8> {
+    (1..=1000)
+        .map(|i| format!("{i}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// exec (output, stderr, exit code; stdin in and back), attach and port-forward into the
+/// container pod `name` on a node behind the NAT.
+fn streams_through_the_tunnel(c: &Cluster, name: &str) {
+    let out = kubectl_bounded(
+        c,
+        60,
+        &[
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err"), "{}", text(&out.stderr));
+
+    // -i: 64 KiB in through the tunnel and back out, closed at its end so `cat` finishes.
+    let input: Vec<u8> = (0..65536u32).map(|i| (i % 251) as u8).collect();
+    let out = kubectl_bounded(c, 60, &["exec", "-i", name, "--", "cat"], Some(&input));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        out.stdout == input,
+        "stdin echoed back differs ({} bytes)",
+        out.stdout.len()
+    );
+
+    // attach: the main process's output while attached (timeout ends it: exit 124).
+    let out = kubectl_bounded(c, 3, &["attach", name], None);
+    assert!(
+        text(&out.stdout).contains("tick"),
+        "attach printed: {} / {}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // port-forward: a local port here, the pod's port on the node behind the NAT. A watchdog
+    // kills kubectl if the whole exchange has not finished within a minute.
+    let local = free_port();
+    let mut pf = KillOnDrop(
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args([
+                "port-forward",
+                &format!("pod/{name}"),
+                &format!("{local}:{WEB_PORT}"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pf = &mut pf.0;
+    let (done, watchdog) = {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let pid = pf.id().to_string();
+        let t = std::thread::spawn(move || {
+            if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+                let _ = Command::new("kill").arg(&pid).status();
+            }
+        });
+        (tx, t)
+    };
+    let mut lines = std::io::BufReader::new(pf.stdout.take().unwrap());
+    let mut line = String::new();
+    lines.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("Forwarding from"),
+        "port-forward said {line:?}"
+    );
+    // Drain "Handling connection for ..." so kubectl never blocks on it.
+    let drain = std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+    for _ in 0..2 {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], local)),
+            Duration::from_secs(5),
+        )
+        .expect("connecting to the forwarded port");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(s, "GET /data HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)
+            .expect("reading the forwarded answer");
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| panic!("no HTTP answer: {:?}", text(&all)));
+        assert!(
+            text(&all[..split]).contains(" 200 "),
+            "{}",
+            text(&all[..split])
+        );
+        assert!(
+            all[split + 4..] == served(),
+            "forwarded body differs ({} bytes)",
+            all.len() - split - 4
+        );
+    }
+    let _ = done.send(());
+    let _ = pf.kill();
+    let _ = pf.wait();
+    let _ = drain.join();
+    let _ = watchdog.join();
+}
+
 #[test]
 fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
     if let Some(why) = missing_prerequisite() {
@@ -265,6 +441,19 @@ fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
     assert!(r.ok, "{}", r.stderr);
     let token = c.token.clone();
     let [site_a, site_b] = net.sites.clone();
+    // The registry listens on this namespace's loopback, out of the sites' reach: node-a gets
+    // the busybox image preloaded, as an air-gapped node would.
+    let busybox = match containers_unavailable() {
+        None => {
+            let b = Busybox::start(c.dir.path());
+            b.preload(&c.dir.path().join("node-a"));
+            Some(b)
+        }
+        Some(why) => {
+            eprintln!("nat: SKIPPING exec, attach and port-forward into a container: {why}");
+            None
+        }
+    };
     c.start_agent_in(Some(&site_a), "node-a", &token, &[]);
     c.start_agent_in(Some(&site_b), "node-b", &token, &[]);
     c.wait("both nodes Ready", || {
@@ -329,6 +518,38 @@ fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
         });
     }
 
+    // exec, attach and port-forward into a container on node-a, which the server cannot dial.
+    if let Some(b) = &busybox {
+        let shell = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "natshell"},
+            "spec": {
+                "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+                "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": b.image, "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", format!(
+                        "busybox mkdir -p /www && busybox seq 1 1000 > /www/data && \
+                         (busybox httpd -f -p 127.0.0.1:{WEB_PORT} -h /www &) && \
+                         i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.5; done")]}],
+            },
+        });
+        let r = c.kubectl_stdin(&["create", "-f", "-"], Some(&shell.to_string()));
+        assert!(r.ok, "{}", r.stderr);
+        c.wait("natshell Running on node-a", || {
+            let p = pod(&c, "natshell")?;
+            let status = &p["status"]["containerStatuses"][0];
+            if let Some(t) = status.pointer("/lastState/terminated") {
+                panic!("natshell's container ended: {t}");
+            }
+            (p["status"]["phase"] == "Running" && status["ready"] == true).then_some(())
+        });
+        let started = Instant::now();
+        streams_through_the_tunnel(&c, "natshell");
+        eprintln!(
+            "nat: exec, attach and port-forward through the NAT took {:?}",
+            started.elapsed()
+        );
+    }
+
     // NAT rebinding: the router's outside address changes under live connections. QUIC
     // migrates them (the server validates the new path): no reconnect, logs still flow.
     let before = net.conntrack();
@@ -342,6 +563,20 @@ fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
             let r = c.kubectl(&["logs", &p.name]);
             (r.ok && r.stdout.contains("hello from")).then_some(())
         });
+    }
+    if busybox.is_some() {
+        let out = kubectl_bounded(
+            &c,
+            60,
+            &["exec", "natshell", "--", "echo", "migrated"],
+            None,
+        );
+        assert!(
+            out.status.success() && text(&out.stdout) == "migrated\n",
+            "exec through the migrated tunnel: {} / {}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
     }
     let after = net.conntrack();
     assert!(

@@ -298,6 +298,26 @@ async fn plugin_versions_are_checked_swapped_rolled_back_and_survive_a_restart()
     k.scale("web", 2);
     k.wait_pods("web", 2).await;
 
+    // A narrowed grant binds the running version at once, before any version fitting it:
+    // without Pod in spec.writes, v2 (still running: the new generation is refused) can no
+    // longer create pods. Restoring the grant lets it catch up.
+    let rs_and_events = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet"},
+        {"apiVersion": "v1", "kind": "Event"}]);
+    k.patch_spec(
+        json!({"source": {"file": files.path().join("v2.wasm"), "digest": null},
+        "writes": rs_and_events}),
+    );
+    k.wait_status("the narrowed grant", |s| {
+        ready(s).1 == "RegistrationExceedsGrant"
+    })
+    .await;
+    k.scale("web", 3);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(k.pods("web"), 2, "no pod created without the grant");
+    k.patch_spec(json!({"writes": [{"apiVersion": "v1", "kind": "Pod"},
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet"}, {"apiVersion": "v1", "kind": "Event"}]}));
+    k.wait_pods("web", 3).await;
+
     // A restart runs what ran before (v2, from the component cache), not the refused spec.
     k.cancel.cancel();
     k.host.stopped().await;

@@ -86,7 +86,7 @@ async fn a_plugin_writes_only_what_it_declared() {
         .await
         .unwrap();
     let perms = rs.permissions();
-    assert_eq!(perms.for_kind.kind, "ReplicaSet");
+    assert_eq!(perms.for_kind.unwrap().kind, "ReplicaSet");
     assert!(perms.writable.iter().any(|r| r.kind == "Pod"));
     assert!(!perms.writable.iter().any(|r| r.kind == "Node"));
     let res = by_kind("apps/v1", "ReplicaSet").unwrap();

@@ -11,10 +11,10 @@
 //!   with `spec.nodeName` set. kedge's scheduler plugin does not implement node affinity
 //!   yet, and binding directly also lets daemons land on nodes the scheduler would filter
 //!   (not ready, full): node agents are exactly what must run there.
-//! - Nodes are not owned by a DaemonSet and the host enqueues a plugin only for events of
-//!   its primary and owned kinds (`reads` kinds are cached, not watched), so node joins,
-//!   removals and label/taint changes are noticed by polling: every reconcile asks to be
-//!   requeued after [`NODE_POLL_MS`].
+//! - Nodes are declared in `owns`: a node has no controller, and an owned cluster-scoped
+//!   object without a controller enqueues every DaemonSet, so node joins, removals and
+//!   label/taint changes reach every DaemonSet at once. A slow resync ([`NODE_POLL_MS`]) is
+//!   only a safety net.
 //! - Updates: `RollingUpdate` deletes old-template pods, at most `maxUnavailable` (int or
 //!   percentage of the desired count, rounded up) unavailable at a time, and the next
 //!   reconcile creates their replacements; old pods that are unavailable anyway go first
@@ -51,9 +51,9 @@ pub const HASH_LABEL: &str = "controller-revision-hash";
 /// Label carrying the DaemonSet generation a pod was made from (Kubernetes sets it too).
 pub const GENERATION_LABEL: &str = "pod-template-generation";
 
-/// How often a DaemonSet looks at the nodes again without an event: node changes do not
-/// enqueue it (see the crate docs), so this bounds how long a new node waits for its pod.
-pub const NODE_POLL_MS: u64 = 10_000;
+/// How often a DaemonSet looks at the world again without an event (node events enqueue it;
+/// this is a safety net).
+pub const NODE_POLL_MS: u64 = 60_000;
 
 /// The plugin type wired to the component exports.
 pub struct DaemonSetController;
@@ -63,8 +63,12 @@ impl Controller for DaemonSetController {
         Registration {
             name: "daemonset".into(),
             for_kind: KindRef::of::<DaemonSet>(),
-            owns: vec![KindRef::of::<Pod>(), KindRef::of::<ControllerRevision>()],
-            reads: vec![KindRef::of::<Node>()],
+            owns: vec![
+                KindRef::of::<Pod>(),
+                KindRef::of::<ControllerRevision>(),
+                KindRef::of::<Node>(),
+            ],
+            reads: vec![],
             writes: vec![
                 KindRef::of::<Pod>(),
                 KindRef::of::<DaemonSet>(),

@@ -1,16 +1,42 @@
 //! The agent's API client: plain Kubernetes REST, each request on its own stream of the
 //! tunnel connection.
+//!
+//! Every request is bounded: a path that is half dead (the QUIC connection kept alive by
+//! keep-alives while the server never answers, a stream that stalls) must not hang the agent's
+//! loops, which retry on errors. While the tunnel is down, requests fail after a short wait
+//! instead of the tunnel's longer one, so work that only reports (status, Events) does not
+//! hold up the pods' restarts when the node is offline. Watches are not bounded in total
+//! (they live for minutes) but idle: the server sends a bookmark every minute, so a silence
+//! of [`WATCH_IDLE`] means the stream is dead.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
 use kedge_tunnel::agent::TunnelClient;
 
+/// Longest wait for a whole non-watch request, answer body included. The agent's requests are
+/// small (an object, a status patch, a list of this node's pods).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a watch's response headers.
+const WATCH_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// A watch that says nothing for this long is dead: more than twice the server's one-minute
+/// bookmark interval (the agent always asks for bookmarks).
+pub const WATCH_IDLE: Duration = Duration::from_secs(150);
+/// How long a request waits for a tunnel that is down to come back before failing.
+const OFFLINE_WAIT: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("tunnel: {0}")]
     Tunnel(#[from] kedge_tunnel::Error),
+    #[error("not connected to the server")]
+    Offline,
+    #[error("{what}: no answer within {limit:?}")]
+    Timeout { what: &'static str, limit: Duration },
     #[error("API {code} {reason}: {message}")]
     Api {
         code: u16,
@@ -30,6 +56,28 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the server could not be asked (tunnel down, no answer, broken stream, a 5xx):
+    /// what falls back to the node's local copies. An answer from the server (404, 403, ...)
+    /// is not.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Error::Tunnel(_) | Error::Offline | Error::Timeout { .. } | Error::Body(_) => true,
+            Error::Api { code, .. } => *code >= 500,
+            Error::Decode(_) => false,
+        }
+    }
+}
+
+/// `fut`, or [`Error::Timeout`] past `limit`.
+async fn bounded<T>(
+    what: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout { what, limit }))
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,6 +90,11 @@ pub struct Client {
 impl Client {
     pub fn new(tunnel: TunnelClient) -> Self {
         Client { tunnel }
+    }
+
+    /// Whether the tunnel to the server is up right now.
+    pub fn is_connected(&self) -> bool {
+        *self.tunnel.connected().borrow()
     }
 
     async fn send(
@@ -63,6 +116,14 @@ impl Client {
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(bytes))
             .expect("valid request");
+        let mut connected = self.tunnel.connected();
+        if !*connected.borrow_and_update() {
+            // Down: give a reconnect in progress a moment, no more.
+            let up = tokio::time::timeout(OFFLINE_WAIT, connected.wait_for(|c| *c)).await;
+            if !matches!(up, Ok(Ok(_))) {
+                return Err(Error::Offline);
+            }
+        }
         Ok(self.tunnel.request(req).await?)
     }
 
@@ -74,9 +135,12 @@ impl Client {
         content_type: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
-        let resp = self.send(method, path, content_type, body).await?;
-        let status = resp.status();
-        let bytes = read_body(resp).await?;
+        let (status, bytes) = bounded("API request", REQUEST_TIMEOUT, async {
+            let resp = self.send(method, path, content_type, body).await?;
+            let status = resp.status();
+            Ok((status, read_body(resp).await?))
+        })
+        .await?;
         if !status.is_success() {
             return Err(api_error(status.as_u16(), &bytes));
         }
@@ -113,19 +177,24 @@ impl Client {
             .await
     }
 
-    /// A watch: one JSON event per line, until the server ends it or the stream breaks.
+    /// A watch: one JSON event per line, until the server ends it, the stream breaks or it
+    /// stays silent for [`WATCH_IDLE`].
     pub async fn watch(&self, path: &str) -> Result<WatchLines> {
-        let resp = self
-            .send(http::Method::GET, path, "application/json", None)
-            .await?;
+        let resp = bounded(
+            "watch request",
+            WATCH_START_TIMEOUT,
+            self.send(http::Method::GET, path, "application/json", None),
+        )
+        .await?;
         if !resp.status().is_success() {
             let code = resp.status().as_u16();
-            return Err(api_error(code, &read_body(resp).await?));
+            let body = bounded("watch request", WATCH_START_TIMEOUT, read_body(resp)).await?;
+            return Err(api_error(code, &body));
         }
-        Ok(WatchLines {
-            body: resp.into_body(),
-            buf: Vec::new(),
-        })
+        Ok(WatchLines::new(
+            resp.into_body().map_err(Into::into).boxed_unsync(),
+            WATCH_IDLE,
+        ))
     }
 }
 
@@ -151,13 +220,24 @@ fn api_error(code: u16, body: &[u8]) -> Error {
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub struct WatchLines {
-    body: hyper::body::Incoming,
+    body: UnsyncBoxBody<Bytes, BoxError>,
     buf: Vec<u8>,
+    idle: Duration,
 }
 
 impl WatchLines {
-    /// The next event; `None` when the watch ended.
+    fn new(body: UnsyncBoxBody<Bytes, BoxError>, idle: Duration) -> Self {
+        WatchLines {
+            body,
+            buf: Vec::new(),
+            idle,
+        }
+    }
+
+    /// The next event; `None` when the watch ended, an error when it broke or went silent.
     pub async fn next(&mut self) -> Option<Result<Value>> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
@@ -167,7 +247,13 @@ impl WatchLines {
                 }
                 return Some(serde_json::from_slice(&line).map_err(Error::from));
             }
-            match self.body.frame().await {
+            let Ok(frame) = tokio::time::timeout(self.idle, self.body.frame()).await else {
+                return Some(Err(Error::Timeout {
+                    what: "watch (silent)",
+                    limit: self.idle,
+                }));
+            };
+            match frame {
                 None => return None,
                 Some(Err(e)) => return Some(Err(Error::Body(e.to_string()))),
                 Some(Ok(frame)) => {
@@ -177,5 +263,86 @@ impl WatchLines {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    /// A watch body fed by the test: frames sent on the channel, silence when nothing is.
+    fn body() -> (
+        tokio::sync::mpsc::Sender<Bytes>,
+        UnsyncBoxBody<Bytes, BoxError>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            let b = rx.recv().await?;
+            Some((Ok::<_, BoxError>(hyper::body::Frame::data(b)), rx))
+        });
+        (tx, StreamBody::new(stream).boxed_unsync())
+    }
+
+    /// Guards against a half-dead path hanging the agent: a request that gets no answer
+    /// fails after its limit instead of waiting forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_without_an_answer_times_out() {
+        let started = tokio::time::Instant::now();
+        let res: Result<()> = bounded(
+            "API request",
+            REQUEST_TIMEOUT,
+            std::future::pending::<Result<()>>(),
+        )
+        .await;
+        let e = res.unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert!(e.is_unreachable());
+        assert_eq!(started.elapsed(), REQUEST_TIMEOUT);
+        let ok = bounded("API request", REQUEST_TIMEOUT, async { Ok(7) }).await;
+        assert_eq!(ok.unwrap(), 7);
+    }
+
+    /// A watch lives as long as it keeps talking (events or bookmarks), and is declared dead
+    /// after `idle` of silence rather than hanging.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_watch_is_declared_dead_but_a_talking_one_lives_on() {
+        let idle = Duration::from_secs(150);
+        let (tx, body) = body();
+        let mut w = WatchLines::new(body, idle);
+        let feeder = tokio::spawn(async move {
+            for i in 0..4 {
+                // Each line comes well within `idle` of the last, the whole well past it.
+                tokio::time::sleep(Duration::from_secs(100)).await;
+                let line = format!("{{\"type\":\"BOOKMARK\",\"n\":{i}}}\n");
+                // Split across frames: lines are reassembled.
+                let (a, b) = line.split_at(5);
+                tx.send(Bytes::from(a.to_string())).await.unwrap();
+                tx.send(Bytes::from(b.to_string())).await.unwrap();
+            }
+            tx
+        });
+        for i in 0..4 {
+            let ev = w.next().await.unwrap().unwrap();
+            assert_eq!(ev["n"], i);
+        }
+        let _tx = feeder.await.unwrap();
+        let before = tokio::time::Instant::now();
+        let e = w.next().await.unwrap().unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert_eq!(before.elapsed(), idle);
+    }
+
+    #[test]
+    fn answers_from_the_server_are_not_unreachability() {
+        let api = |code| Error::Api {
+            code,
+            reason: String::new(),
+            message: String::new(),
+        };
+        assert!(!api(404).is_unreachable());
+        assert!(!api(403).is_unreachable());
+        assert!(api(503).is_unreachable());
+        assert!(Error::Offline.is_unreachable());
     }
 }

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::events::Kind;
+use super::objects::{self, ObjRef};
 use super::status::ContainerState;
 use super::{ContainerId, Ctx, LogHandle, PodRun, spec};
 use crate::core::{meta, quantity};
@@ -85,17 +86,23 @@ async fn pull_credentials(
         .filter_map(|s| s["name"].as_str().map(String::from))
         .collect();
     for name in names {
-        let path = format!("/api/v1/namespaces/{ns}/secrets/{name}");
-        let problem = match ctx.client.get(&path).await {
-            Ok(secret) => match keyring_of(&secret) {
+        let r = ObjRef {
+            kind: objects::Kind::Secret,
+            ns: ns.to_string(),
+            name: name.clone(),
+        };
+        // Through the node's store: an offline node pulling from a reachable registry still
+        // has the credentials.
+        let problem = match objects::fetch(&ctx.client, &ctx.objects, &r).await {
+            Ok(Some(secret)) => match keyring_of(&secret) {
                 Ok(k) => {
                     keyring.extend(k);
                     None
                 }
                 Err(e) => Some(format!("secret {ns}/{name}: {e}")),
             },
-            Err(e) if e.code() == Some(404) => Some(format!("secret {ns}/{name} not found")),
-            Err(e) => Some(format!("secret {ns}/{name}: {e}")),
+            Ok(None) => Some(format!("secret {ns}/{name} not found")),
+            Err(e) => Some(e),
         };
         if let Some(problem) = problem {
             ctx.events
@@ -187,7 +194,26 @@ async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
             .await;
     }
     let started = Instant::now();
-    match ctx.puller.ensure(&reference, policy, &credentials).await {
+    let pulled = match (
+        ctx.puller.ensure(&reference, policy, &credentials).await,
+        present,
+    ) {
+        // Offline autonomy: a node cut off from its registry still runs (and restarts) what
+        // it has, even under `Always`; kubelet would stay in back-off until the link returns.
+        (Err(e), Some(local)) if e.kind == kedge_registry::PullErrorKind::Network => {
+            tracing::info!(%image, error = %e.message, "registry unreachable: using the image on the node");
+            let message = format!(
+                "Could not reach the registry ({}); using image {image:?} as it is on the node",
+                e.message
+            );
+            ctx.events
+                .pod(pod, Some(name), Kind::Warning, "Failed", &message)
+                .await;
+            return Ok(local);
+        }
+        (pulled, _) => pulled,
+    };
+    match pulled {
         Ok(img) => {
             let message = if will_pull {
                 format!(
@@ -229,7 +255,13 @@ async fn prepare(
     dirs: &spec::PodDirs,
 ) -> Result<(Prepared, String, Option<String>), Failure> {
     let image = c["image"].as_str().unwrap_or_default();
-    let env = super::container_env(pod, c, &ctx.node, &ctx.host_ip).map_err(Failure::config)?;
+    // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
+    let objects = objects::resolve(&ctx.client, &ctx.objects, objects::container_refs(pod, c))
+        .await
+        .map_err(Failure::config)?;
+    let env =
+        super::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects).map_err(Failure::config)?;
+    write_volumes(pod, c, dirs, &objects).map_err(Failure::config)?;
     let mounts = spec::mounts(pod, c, dirs).map_err(Failure::config)?;
     // Wasm guests see volumes as WASI preopened directories.
     let preopens = || -> Vec<Preopen> {
@@ -332,6 +364,42 @@ async fn prepare(
             ))
         }
     }
+}
+
+/// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts.
+fn write_volumes(
+    pod: &Value,
+    c: &Value,
+    dirs: &spec::PodDirs,
+    objects: &objects::Objects,
+) -> Result<(), String> {
+    let mounted: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = v["name"].as_str().unwrap_or_default();
+        if !mounted.contains(&name) {
+            continue;
+        }
+        let (Some(files), Some(dir)) = (
+            objects::volume_files(objects, meta::namespace(pod), v)
+                .map_err(|e| format!("volume {name:?}: {e}"))?,
+            spec::projected_dir(dirs, v),
+        ) else {
+            continue;
+        };
+        objects::write_volume(&dir, &files)
+            .map_err(|e| format!("volume {name:?}: writing {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Compiles a Wasm module of the image store, or finds it compiled: blobs are named by their

@@ -5,6 +5,7 @@
 pub mod client;
 mod container;
 mod events;
+mod objects;
 mod spec;
 pub mod status;
 pub(crate) mod stream;
@@ -123,6 +124,8 @@ struct Shared {
     events: events::Recorder,
     /// The image each live container uses (by manifest digest), spared by image GC.
     images_in_use: Mutex<HashMap<ContainerId, String>>,
+    /// The node's copies of the Secrets and ConfigMaps its pods use.
+    objects: objects::Store,
     pods_dir: PathBuf,
     /// The agent's data directory (its filesystem is what DiskPressure watches).
     data_dir: PathBuf,
@@ -228,6 +231,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         oci,
         puller: Puller::new(images, cfg.registries.clone()),
         images_in_use: Mutex::default(),
+        objects: objects::Store::new(&cfg.data_dir),
         pods_dir: cfg.data_dir.join("pods"),
         data_dir: cfg.data_dir.clone(),
         taints: cfg.taints.clone(),
@@ -243,6 +247,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         cancel.clone(),
     ));
     tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
+    tasks.spawn(object_refresh_loop(shared.clone(), cancel.clone()));
     tasks.spawn(container::image_gc_loop(
         shared.clone(),
         cfg.image_store_max_bytes,
@@ -685,6 +690,7 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
         tracing::info!(pod = %format!("{}/{}", meta::namespace(&pod), meta::name(&pod)), "starting pod from the local record");
         observe_pod(&ctx, &tasks, &mut workers, pod, false);
     }
+    ctx.objects.prune(|| pod_cache::peek(&ctx.data_dir));
     'relist: loop {
         if failures > 0 {
             let wait = Duration::from_millis(200 * (1 << failures.min(5)));
@@ -724,7 +730,7 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
                     let keep = present.contains(uid);
                     if !keep {
                         w.cancel.cancel();
-                        pod_cache::forget(&ctx.data_dir, uid);
+                        forget_pod(&ctx, uid);
                     }
                     keep
                 });
@@ -825,6 +831,15 @@ mod pod_cache {
 
     /// The recorded pods; unreadable records are dropped.
     pub fn load(data_dir: &Path) -> Vec<Value> {
+        read(data_dir, true)
+    }
+
+    /// The recorded pods, touching nothing: safe while records are being written.
+    pub fn peek(data_dir: &Path) -> Vec<Value> {
+        read(data_dir, false)
+    }
+
+    fn read(data_dir: &Path, clean: bool) -> Vec<Value> {
         let Ok(entries) = std::fs::read_dir(dir(data_dir)) else {
             return Vec::new();
         };
@@ -832,7 +847,9 @@ mod pod_cache {
         for e in entries.flatten() {
             let p = e.path();
             if p.extension().and_then(|x| x.to_str()) != Some("json") {
-                let _ = std::fs::remove_file(&p);
+                if clean {
+                    let _ = std::fs::remove_file(&p);
+                }
                 continue;
             }
             match std::fs::read(&p)
@@ -840,10 +857,11 @@ mod pod_cache {
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
             {
                 Some(pod) => pods.push(pod),
-                None => {
+                None if clean => {
                     tracing::warn!(file = %p.display(), "dropping an unreadable pod record");
                     let _ = std::fs::remove_file(&p);
                 }
+                None => {}
             }
         }
         pods
@@ -865,6 +883,27 @@ mod pod_cache {
             assert_eq!(std::fs::read_dir(dir(d.path())).unwrap().count(), 1);
             forget(d.path(), "0f6c-11");
             assert!(load(d.path()).is_empty());
+        }
+    }
+}
+
+/// Forgets a pod's record, and the local copies of objects only it used.
+fn forget_pod(ctx: &Shared, uid: &str) {
+    pod_cache::forget(&ctx.data_dir, uid);
+    ctx.objects.prune(|| pod_cache::peek(&ctx.data_dir));
+}
+
+/// How often the local copies of Secrets and ConfigMaps are refreshed from the API.
+const OBJECT_REFRESH: Duration = Duration::from_secs(60);
+
+async fn object_refresh_loop(ctx: Ctx, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(OBJECT_REFRESH) => {}
+        }
+        if ctx.client.is_connected() {
+            objects::refresh(&ctx.client, &ctx.objects).await;
         }
     }
 }
@@ -895,7 +934,7 @@ fn observe_pod(
 ) {
     let uid = meta::uid(&pod).to_string();
     if deleted {
-        pod_cache::forget(&ctx.data_dir, &uid);
+        forget_pod(ctx, &uid);
         let done = workers.remove(&uid).map(|w| {
             w.cancel.cancel();
             w.done
@@ -917,7 +956,7 @@ fn observe_pod(
     match workers.get_mut(&uid) {
         None if terminating => {
             // Not running here (e.g. after an agent restart): just confirm the deletion.
-            pod_cache::forget(&ctx.data_dir, &uid);
+            forget_pod(ctx, &uid);
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 remove_pod_dirs(&ctx, &pod).await;
@@ -945,14 +984,14 @@ fn observe_pod(
                 run_pod(&ctx, pod, cancel, grace_rx).await;
                 if !stopped.is_cancelled() {
                     // Finished on its own (restartPolicy Never/OnFailure): not to be run again.
-                    pod_cache::forget(&ctx.data_dir, &uid);
+                    forget_pod(&ctx, &uid);
                 }
                 ctx.events.forget_pod(&uid);
                 let _ = done_tx.send(true);
             });
         }
         Some(w) if terminating && !w.terminating => {
-            pod_cache::forget(&ctx.data_dir, &uid);
+            forget_pod(ctx, &uid);
             w.terminating = true;
             let _ = w.grace.send(grace_of(&pod));
             w.cancel.cancel();
@@ -1167,21 +1206,30 @@ async fn run_pod(
     run.retry_unsynced(ctx, &cancel, false).await;
 }
 
+/// A container's environment: kedge's `POD_NAME`/`POD_NAMESPACE`, then `envFrom`, then `env`
+/// (later wins), with `valueFrom` resolved against the pod and the `objects` it uses.
 fn container_env(
     pod: &Value,
     c: &Value,
     node: &str,
     host_ip: &str,
+    objects: &objects::Objects,
 ) -> Result<Vec<(String, String)>, String> {
+    let ns = meta::namespace(pod);
     let mut env = vec![
         ("POD_NAME".to_string(), meta::name(pod).to_string()),
-        (
-            "POD_NAMESPACE".to_string(),
-            meta::namespace(pod).to_string(),
-        ),
+        ("POD_NAMESPACE".to_string(), ns.to_string()),
     ];
+    for (k, v) in objects::env_from(objects, ns, c)? {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
     for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
         let name = e["name"].as_str().unwrap_or_default().to_string();
+        let key_ref = |kind, ptr: &str| {
+            e.pointer(ptr)
+                .map(|sel| objects::key_ref(objects, kind, ns, sel))
+        };
         let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
             v.to_string()
         } else if let Some(path) = e
@@ -1206,9 +1254,18 @@ fn container_env(
                     ));
                 }
             }
+        } else if let Some(v) = key_ref(objects::Kind::ConfigMap, "/valueFrom/configMapKeyRef")
+            .or_else(|| key_ref(objects::Kind::Secret, "/valueFrom/secretKeyRef"))
+        {
+            match v.map_err(|m| format!("env {name}: {m}"))? {
+                Some(v) => v,
+                // Optional and missing: the variable is left out.
+                None => continue,
+            }
         } else if e.get("valueFrom").is_some() {
             return Err(format!(
-                "env {name}: only value and valueFrom.fieldRef are supported by kedge yet"
+                "env {name}: only value and valueFrom fieldRef, configMapKeyRef and \
+                 secretKeyRef are supported by kedge yet"
             ));
         } else {
             String::new()

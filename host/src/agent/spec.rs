@@ -71,6 +71,24 @@ enum VolumeSource {
     Dir(PathBuf),
     /// A hostPath to create if missing (`DirectoryOrCreate`).
     CreateDir(PathBuf),
+    /// A `configMap`, `secret` or `projected` volume: files the agent wrote there, mounted
+    /// read-only.
+    Projected(PathBuf),
+}
+
+/// Where the files of a `configMap`, `secret` or `projected` volume are written; `None` for
+/// other volume types. Volumes that may hold Secrets live in memory (the host's /dev/shm), as
+/// kubelet keeps them on a tmpfs.
+pub fn projected_dir(dirs: &PodDirs, volume: &Value) -> Option<PathBuf> {
+    let name = volume["name"].as_str().unwrap_or_default();
+    let base = if volume.get("configMap").is_some() {
+        &dirs.disk
+    } else if volume.get("secret").is_some() || volume.get("projected").is_some() {
+        &dirs.memory
+    } else {
+        return None;
+    };
+    Some(base.join("volumes").join(name))
 }
 
 /// The node-local directories of one pod's volumes.
@@ -85,6 +103,9 @@ pub struct PodDirs {
 
 fn volume_source(dirs: &PodDirs, volume: &Value) -> Result<VolumeSource, String> {
     let name = volume["name"].as_str().unwrap_or_default();
+    if let Some(dir) = projected_dir(dirs, volume) {
+        return Ok(VolumeSource::Projected(dir));
+    }
     if let Some(e) = volume.get("emptyDir") {
         let base = if e["medium"].as_str() == Some("Memory") {
             &dirs.memory
@@ -123,13 +144,14 @@ fn volume_source(dirs: &PodDirs, volume: &Value) -> Result<VolumeSource, String>
         .and_then(|o| o.keys().find(|k| *k != "name").cloned())
         .unwrap_or_else(|| "(none)".into());
     Err(format!(
-        "volume {name:?}: volume type {kind:?} is not supported by kedge yet (emptyDir and \
-         hostPath are)"
+        "volume {name:?}: volume type {kind:?} is not supported by kedge yet (emptyDir, \
+         hostPath, configMap, secret and projected are)"
     ))
 }
 
 /// The mounts of `container`, from its `volumeMounts` and the pod's `volumes`. Directories of
-/// emptyDir volumes and `DirectoryOrCreate` hostPaths are created.
+/// emptyDir volumes and `DirectoryOrCreate` hostPaths are created; `configMap`, `secret` and
+/// `projected` volumes must have been written (their `subPath` may name a file).
 pub fn mounts(pod: &Value, container: &Value, dirs: &PodDirs) -> Result<Vec<MountPlan>, String> {
     let volumes = pod
         .pointer("/spec/volumes")
@@ -150,7 +172,7 @@ pub fn mounts(pod: &Value, container: &Value, dirs: &PodDirs) -> Result<Vec<Moun
                 "volumeMount {vname:?}: mountPath {destination:?} is not absolute"
             ));
         }
-        let read_only = m["readOnly"].as_bool().unwrap_or(false);
+        let mut read_only = m["readOnly"].as_bool().unwrap_or(false);
         let volume = volumes
             .iter()
             .find(|v| v["name"].as_str() == Some(vname))
@@ -164,6 +186,23 @@ pub fn mounts(pod: &Value, container: &Value, dirs: &PodDirs) -> Result<Vec<Moun
         let (dir, create) = match volume_source(dirs, volume)? {
             VolumeSource::CreateDir(d) => (d, true),
             VolumeSource::Dir(d) => (d, false),
+            VolumeSource::Projected(d) => {
+                // Always read-only, as in Kubernetes: the agent owns these files.
+                read_only = true;
+                let source = if sub.is_empty() { d } else { d.join(sub) };
+                if !source.exists() {
+                    return Err(format!(
+                        "volumeMount {vname:?}: {} does not exist in the volume",
+                        if sub.is_empty() { "the directory" } else { sub }
+                    ));
+                }
+                out.push(MountPlan {
+                    destination,
+                    source,
+                    read_only,
+                });
+                continue;
+            }
         };
         let source = if sub.is_empty() { dir } else { dir.join(sub) };
         if create || !sub.is_empty() {
@@ -277,9 +316,25 @@ mod tests {
         assert!(dir.path().join("shm/volumes/mem").is_dir());
         assert!(host.join("sub").is_dir());
 
-        let bad = json!({"volumeMounts": [{"name": "cm", "mountPath": "/cm"}]});
+        let bad = json!({"volumeMounts": [{"name": "nfs", "mountPath": "/nfs"}]});
         let e = mounts(&pod, &bad, &dirs).unwrap_err();
-        assert!(e.contains("configMap"), "{e}");
+        assert!(e.contains("nfs"), "{e}");
+        // A configMap volume is mounted read-only from where its files were written; a
+        // subPath names one of them.
+        let cm = json!({"volumeMounts": [{"name": "cm", "mountPath": "/cm"},
+            {"name": "cm", "mountPath": "/etc/app.conf", "subPath": "app.conf"}]});
+        assert!(
+            mounts(&pod, &cm, &dirs)
+                .unwrap_err()
+                .contains("does not exist")
+        );
+        let cm_dir = projected_dir(&dirs, &json!({"name": "cm", "configMap": {}})).unwrap();
+        std::fs::create_dir_all(&cm_dir).unwrap();
+        std::fs::write(cm_dir.join("app.conf"), "a=1").unwrap();
+        let m = mounts(&pod, &cm, &dirs).unwrap();
+        assert_eq!(m[0].source, pod_dir.join("volumes/cm"));
+        assert_eq!(m[1].source, pod_dir.join("volumes/cm/app.conf"));
+        assert!(m.iter().all(|m| m.read_only));
         let missing = json!({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]});
         assert!(mounts(&pod, &missing, &dirs).is_err());
         let escape =

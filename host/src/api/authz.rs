@@ -11,7 +11,7 @@
 //! - create and update Events.
 //!
 //! Everything else is refused with 403, worded as kube-apiserver words it. Other identities
-//! (cluster admins from the CA's client certificates) are not restricted here.
+//! are not restricted here: masters not at all, everyone else by RBAC ([`super::rbac`]).
 
 use axum::http::Method;
 use serde_json::Value;
@@ -32,23 +32,31 @@ pub struct Request<'a> {
     pub body: &'a [u8],
 }
 
+/// The authorization verb of a resource request (kube's `RequestInfo.Verb`).
+pub fn verb(
+    method: &Method,
+    named: bool,
+    query: &std::collections::HashMap<String, String>,
+) -> &'static str {
+    let watch = query
+        .get("watch")
+        .is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
+    match (method, named) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
 impl Request<'_> {
     fn verb(&self) -> &'static str {
-        let watch = self
-            .query
-            .get("watch")
-            .is_some_and(|w| w == "true" || w == "1");
-        match (self.method, self.name.is_some()) {
-            (&Method::GET, _) if watch => "watch",
-            (&Method::GET, true) => "get",
-            (&Method::GET, false) => "list",
-            (&Method::POST, _) => "create",
-            (&Method::PUT, _) => "update",
-            (&Method::PATCH, _) => "patch",
-            (&Method::DELETE, true) => "delete",
-            (&Method::DELETE, false) => "deletecollection",
-            _ => "unknown",
-        }
+        verb(self.method, self.name.is_some(), self.query)
     }
 
     /// The object's name: the URL's, or the body's for a create.

@@ -8,18 +8,57 @@ use crate::core::resources::{RESOURCES, Resource, groups};
 /// Create-only resources answered from the request and never stored (kube-apiserver's
 /// "virtual" review resources). They live here, not in the resource table, because routing,
 /// storage, OpenAPI and plugin permissions read that table and must not see them.
-pub static VIRTUAL: &[Resource] = &[Resource {
-    group: "authentication.k8s.io",
-    version: "v1",
-    kind: "SelfSubjectReview",
-    plural: "selfsubjectreviews",
-    singular: "selfsubjectreview",
-    namespaced: false,
-    short_names: &[],
-    categories: &[],
-    subresources: &[],
-    field_selectors: &[],
-}];
+pub static VIRTUAL: &[Resource] = &[
+    Resource {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    // `kubectl auth can-i`, and the same question asked about someone else.
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+];
 
 /// Every resource discovery lists: the stored kinds, then the virtual ones.
 fn served() -> impl Iterator<Item = &'static Resource> {
@@ -77,6 +116,7 @@ fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static st
     match sub {
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
         "log" => ("", "v1", "Pod"),
         "exec" => ("", "v1", "PodExecOptions"),
         "attach" => ("", "v1", "PodAttachOptions"),
@@ -87,7 +127,7 @@ fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static st
 
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
-        "binding" => vec!["create"],
+        "binding" | "token" => vec!["create"],
         "log" => vec!["get"],
         "exec" | "attach" | "portforward" => vec!["create", "get"],
         _ => vec!["get", "patch", "update"],

@@ -39,6 +39,10 @@ pub struct ApiState {
     /// (like kube-apiserver's post-start hooks), so clients and tests know writes will be
     /// acted on.
     pub ready: std::sync::atomic::AtomicBool,
+    /// RBAC for callers that are neither masters nor nodes.
+    pub rbac: Arc<super::rbac::Authorizer>,
+    /// Signs and verifies service-account tokens.
+    pub tokens: Arc<crate::tokens::Signer>,
 }
 
 /// Request bodies above this are refused (kube-apiserver's limit is 3 MiB too).
@@ -147,9 +151,41 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         }
         _ => {}
     }
-    let Some(identity) = parts.extensions.get::<Identity>().cloned() else {
-        return Err(ApiError::unauthorized());
+    // A client certificate first (as kube-apiserver's authenticator chain), else a bearer
+    // token; neither, or a token that does not verify, is 401.
+    let identity = match parts.extensions.get::<Identity>().cloned() {
+        Some(id) => id,
+        None => bearer_identity(st, headers)?,
     };
+    // Paths outside the resource URLs, and the review "resources" answered right here, are
+    // authorized now; resource requests once their URL is resolved.
+    if super::rbac::applies(&identity) {
+        let attrs = match segs.as_slice() {
+            ["apis", g, "v1", plural]
+                if discovery::VIRTUAL
+                    .iter()
+                    .any(|r| r.group == *g && r.plural == *plural) =>
+            {
+                // Only `create` is served; other methods get their 405 if authorized.
+                let verb = if parts.method == Method::POST {
+                    "create".to_string()
+                } else {
+                    parts.method.as_str().to_ascii_lowercase()
+                };
+                Some(super::rbac::Attributes::resource(
+                    &verb, g, plural, "", "", "",
+                ))
+            }
+            _ if resolve(&segs).is_none() => Some(super::rbac::Attributes::non_resource(
+                &parts.method.as_str().to_ascii_lowercase(),
+                if path.is_empty() { "/" } else { &path },
+            )),
+            _ => None,
+        };
+        if let Some(a) = attrs {
+            st.rbac.check(&identity, &a)?;
+        }
+    }
 
     match (segs.as_slice(), &parts.method) {
         (["version"], &Method::GET) => {
@@ -187,6 +223,27 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
             let review = crate::auth::self_subject_review(&identity);
             return Ok(json_response(StatusCode::CREATED, &review, &[]));
         }
+        (
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                kind @ ("selfsubjectaccessreviews"
+                | "subjectaccessreviews"
+                | "selfsubjectrulesreviews"),
+            ],
+            &Method::POST,
+        ) => {
+            let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+                ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}"))
+            })?;
+            let review = body_json(&bytes, headers)?;
+            let answer = match *kind {
+                "selfsubjectrulesreviews" => rules_review(st, &identity, review),
+                k => access_review(st, &identity, review, k == "selfsubjectaccessreviews")?,
+            };
+            return Ok(json_response(StatusCode::CREATED, &answer, &[]));
+        }
         (["openapi", "v3"], &Method::GET) => {
             return Ok(openapi::response(openapi::root()));
         }
@@ -214,19 +271,7 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         if matches!(sub, "exec" | "attach" | "portforward") {
             // The same authorization as every other request (nodes may not open a shell in
             // pods); these requests have no body to inspect.
-            super::authz::authorize(
-                &st.api,
-                &identity,
-                &super::authz::Request {
-                    method: &parts.method,
-                    res: target.res,
-                    namespace: ns,
-                    name: Some(name),
-                    sub: Some(sub),
-                    query: &query,
-                    body: &[],
-                },
-            )?;
+            authorize(st, &identity, &parts.method, &target, &query, &[])?;
         }
         match sub {
             "exec" => return super::stream::exec(st, parts, ns, name, false).await,
@@ -238,20 +283,261 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
     let body = axum::body::to_bytes(body, MAX_BODY)
         .await
         .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))?;
+    authorize(st, &identity, &parts.method, &target, &query, &body)?;
+    let rbac_write = target.res.group == super::rbac::GROUP && parts.method != Method::GET;
+    if rbac_write && super::rbac::applies(&identity) {
+        check_escalation(st, &identity, &parts.method, headers, &target, &body)?;
+    }
+    let out = handle_resource(st, &parts.method, headers, &query, target, body).await;
+    if rbac_write {
+        st.rbac.invalidate();
+    }
+    out
+}
+
+/// The identity of an `Authorization: Bearer` service-account token.
+fn bearer_identity(st: &ApiState, headers: &HeaderMap) -> Result<Identity> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    crate::tokens::authenticate(&st.api, &st.tokens, token, (st.clock)().timestamp()).map_err(|e| {
+        tracing::debug!(error = %e, "bearer token refused");
+        ApiError::unauthorized()
+    })
+}
+
+/// kube's authorization attributes of a resource request. The streaming pod subresources
+/// are `create` whatever the method (kube 1.32 checks `create` for WebSocket upgrades too).
+fn resource_attributes(method: &Method, t: &Target, query: &Query) -> super::rbac::Attributes {
+    let sub = t.sub.as_deref().unwrap_or("");
+    let verb = if matches!(sub, "exec" | "attach" | "portforward") {
+        "create"
+    } else {
+        super::authz::verb(method, t.name.is_some(), query)
+    };
+    let namespace = if t.res.kind == "Namespace" {
+        // A namespace is in itself, as kube's RequestInfo has it.
+        t.name.as_deref().unwrap_or("")
+    } else {
+        &t.namespace
+    };
+    super::rbac::Attributes::resource(
+        verb,
+        t.res.group,
+        t.res.plural,
+        sub,
+        namespace,
+        t.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// Node authorizer for nodes, RBAC for everyone but masters.
+fn authorize(
+    st: &ApiState,
+    identity: &Identity,
+    method: &Method,
+    t: &Target,
+    query: &Query,
+    body: &[u8],
+) -> Result<()> {
     super::authz::authorize(
         &st.api,
-        &identity,
+        identity,
         &super::authz::Request {
-            method: &parts.method,
-            res: target.res,
-            namespace: &target.namespace,
-            name: target.name.as_deref(),
-            sub: target.sub.as_deref(),
-            query: &query,
-            body: &body,
+            method,
+            res: t.res,
+            namespace: &t.namespace,
+            name: t.name.as_deref(),
+            sub: t.sub.as_deref(),
+            query,
+            body,
         },
     )?;
-    handle_resource(st, &parts.method, headers, &query, target, body).await
+    if super::rbac::applies(identity) {
+        st.rbac
+            .check(identity, &resource_attributes(method, t, query))?;
+    }
+    Ok(())
+}
+
+/// The object an RBAC write would store, checked against what the caller may grant.
+fn check_escalation(
+    st: &ApiState,
+    identity: &Identity,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Target,
+    body: &Bytes,
+) -> Result<()> {
+    let obj = match (method, t.name.as_deref()) {
+        (&Method::POST | &Method::PUT, _) => body_json(body, headers)?,
+        (&Method::PATCH, Some(_)) if is_apply_patch(headers) => serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        (&Method::PATCH, Some(name)) => {
+            let current = st.api.get(t.res, &t.namespace, name)?;
+            let (patch, kind) = patch_body(body, headers)?;
+            crate::core::patch::apply(&current, &patch, kind)
+                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
+        }
+        _ => return Ok(()),
+    };
+    st.rbac
+        .check_escalation(identity, t.res, &t.namespace, &obj)
+}
+
+/// A SelfSubjectAccessReview (about the caller) or SubjectAccessReview (about the user in
+/// its spec), answered and not stored.
+fn access_review(st: &ApiState, caller: &Identity, mut review: Value, own: bool) -> Result<Value> {
+    let spec = review.get("spec").cloned().unwrap_or(Value::Null);
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let attrs = match (
+        spec.get("resourceAttributes"),
+        spec.get("nonResourceAttributes"),
+    ) {
+        (Some(r), None) if r.is_object() => super::rbac::Attributes::resource(
+            &s(r, "verb"),
+            &s(r, "group"),
+            &s(r, "resource"),
+            &s(r, "subresource"),
+            &s(r, "namespace"),
+            &s(r, "name"),
+        ),
+        (None, Some(n)) if n.is_object() => {
+            super::rbac::Attributes::non_resource(&s(n, "verb"), &s(n, "path"))
+        }
+        _ => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+    };
+    let subject = if own {
+        caller.clone()
+    } else {
+        let groups = spec
+            .get("groups")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect();
+        let user = s(&spec, "user");
+        if user.is_empty() && spec.get("groups").is_none() {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "spec.user: Invalid value: \"\": at least one of user or group must be specified",
+            ));
+        }
+        Identity { user, groups }
+    };
+    let allowed = decide(st, &subject, &attrs);
+    if own {
+        review["spec"]["user"] = Value::Null;
+    }
+    review["kind"] = json!(if own {
+        "SelfSubjectAccessReview"
+    } else {
+        "SubjectAccessReview"
+    });
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    if !review.get("metadata").is_some_and(Value::is_object) {
+        review["metadata"] = json!({});
+    }
+    review["metadata"]["creationTimestamp"] = Value::Null;
+    if let Some(spec) = review.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.retain(|_, v| !v.is_null());
+    }
+    review["status"] = json!({"allowed": allowed});
+    Ok(review)
+}
+
+/// A SelfSubjectRulesReview (`kubectl auth can-i --list`): the caller's RBAC rules in the
+/// namespace. Nodes are decided per request, so their answer is marked incomplete.
+fn rules_review(st: &ApiState, caller: &Identity, mut review: Value) -> Value {
+    let ns = review
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let rules = st.rbac.rules_for(caller, &ns);
+    let (resource, non_resource): (Vec<_>, Vec<_>) =
+        rules.iter().partition(|r| r.non_resource_urls.is_empty());
+    let resource: Vec<Value> = resource
+        .iter()
+        .map(|r| {
+            let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups,
+                "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                v["resourceNames"] = json!(r.resource_names);
+            }
+            v
+        })
+        .collect();
+    let non_resource: Vec<Value> = non_resource
+        .iter()
+        .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
+        .collect();
+    review["kind"] = json!("SelfSubjectRulesReview");
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["metadata"] = json!({"creationTimestamp": null});
+    review["spec"] = json!({"namespace": ns});
+    review["status"] = json!({"resourceRules": resource, "nonResourceRules": non_resource,
+        "incomplete": super::authz::node_of(caller).is_some()});
+    review
+}
+
+/// Whether `id` may do `a`: masters always, nodes by the Node authorizer, others by RBAC.
+fn decide(st: &ApiState, id: &Identity, a: &super::rbac::Attributes) -> bool {
+    if super::authz::node_of(id).is_none() {
+        return st.rbac.allows(id, a);
+    }
+    // The Node authorizer decides per request: ask it about the equivalent one.
+    let Some(res) = resources::RESOURCES
+        .iter()
+        .find(|r| r.group == a.group && r.plural == a.resource)
+    else {
+        return false;
+    };
+    let method = match a.verb.as_str() {
+        "get" | "list" | "watch" => Method::GET,
+        "create" => Method::POST,
+        "update" => Method::PUT,
+        "patch" => Method::PATCH,
+        "delete" | "deletecollection" => Method::DELETE,
+        _ => return false,
+    };
+    let mut query = Query::new();
+    if a.verb == "watch" {
+        query.insert("watch".into(), "true".into());
+    }
+    let named = matches!(a.verb.as_str(), "get" | "update" | "patch" | "delete");
+    super::authz::authorize(
+        &st.api,
+        id,
+        &super::authz::Request {
+            method: &method,
+            res,
+            namespace: &a.namespace,
+            name: named.then_some(a.name.as_str()),
+            sub: (!a.subresource.is_empty()).then_some(a.subresource.as_str()),
+            query: &query,
+            body: &[],
+        },
+    )
+    .is_ok()
 }
 
 fn aggregated_response(v: Value) -> Response {
@@ -521,6 +807,12 @@ async fn handle_resource(
             ))
         }
         (&Method::GET, Some(name), Some("log")) => pod_log(st, ns, name, q).await,
+        (&Method::POST, Some(name), Some("token")) => {
+            let request = body_json(&body, headers)?;
+            let out =
+                crate::tokens::token_request(api, &st.tokens, ns, name, &request, (st.clock)())?;
+            Ok(json_response(StatusCode::CREATED, &out, &[]))
+        }
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({method} {})",
             res.plural

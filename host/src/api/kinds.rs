@@ -25,6 +25,7 @@ pub fn default(res: &Resource, obj: &mut Value) {
                 default_pod_spec(spec);
             }
         }
+        "RoleBinding" | "ClusterRoleBinding" => super::rbac::default_subjects(obj),
         "Deployment" => {
             let spec = ensure_object(obj, "spec");
             spec.entry("replicas").or_insert(json!(1));
@@ -444,6 +445,8 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
     let name = meta::name(obj);
     let check = if res.kind == "Namespace" {
         meta::validate_label(name)
+    } else if res.group == super::rbac::GROUP {
+        super::rbac::validate_name(name)
     } else {
         meta::validate_subdomain(name)
     };
@@ -469,6 +472,24 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "Endpoints" => validate_endpoints(obj, &mut causes),
         "Plugin" => crate::plugins::kind::validate(obj, &mut causes),
         "ReplicationController" => validate_replication_controller(obj, &mut causes),
+        // The token controller needs to know whose token to put in it.
+        "Secret"
+            if obj.get("type").and_then(Value::as_str) == Some(crate::tokens::SECRET_TYPE)
+                && obj
+                    .pointer("/metadata/annotations")
+                    .and_then(|a| a.get(crate::tokens::SA_NAME_ANNOTATION))
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty) =>
+        {
+            causes.push(Cause::required(format!(
+                "metadata.annotations[{}]",
+                crate::tokens::SA_NAME_ANNOTATION
+            )));
+        }
+        "Role" | "ClusterRole" => super::rbac::validate_role(res, obj, &mut causes),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            super::rbac::validate_binding(res, obj, &mut causes)
+        }
         "EndpointSlice" => match obj.get("addressType").and_then(Value::as_str) {
             None => causes.push(Cause::required("addressType")),
             Some("IPv4" | "IPv6" | "FQDN") => {}
@@ -992,6 +1013,13 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
         }
     };
     match res.kind {
+        "RoleBinding" | "ClusterRoleBinding" if old.get("roleRef") != new.get("roleRef") => {
+            causes.push(invalid_raw(
+                "roleRef",
+                &new.get("roleRef").map(Value::to_string).unwrap_or_default(),
+                "cannot change roleRef",
+            ));
+        }
         "Service" => {
             let old_ty = old.pointer("/spec/type").and_then(Value::as_str);
             let new_ty = new.pointer("/spec/type").and_then(Value::as_str);

@@ -10,6 +10,7 @@ pub mod kinds;
 pub mod openapi;
 pub mod ops;
 pub mod protobuf;
+pub mod rbac;
 pub mod schema;
 mod stream;
 pub mod table;

@@ -133,6 +133,16 @@ fn register(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
         ("discovery.k8s.io", "EndpointSlice") => {
             add::<k8s_openapi::api::discovery::v1::EndpointSlice>(g)
         }
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            add::<k8s_openapi::api::rbac::v1::ClusterRole>(g)
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            add::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(g)
+        }
+        ("rbac.authorization.k8s.io", "Role") => add::<k8s_openapi::api::rbac::v1::Role>(g),
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            add::<k8s_openapi::api::rbac::v1::RoleBinding>(g)
+        }
         ("plugins.kedge.io", "Plugin") => add::<crate::plugins::kind::PluginObject>(g),
         _ => return None,
     })

@@ -166,6 +166,7 @@ fn spec_part(obj: &Value) -> Value {
 
 /// The finalizer that holds an owner deleted with `propagationPolicy: Foreground`.
 const FOREGROUND_DELETION: &str = "foregroundDeletion";
+const ORPHAN: &str = "orphan";
 
 /// Metadata fields a client can never change through PUT or PATCH.
 const SERVER_OWNED_META: &[&str] = &[
@@ -554,13 +555,10 @@ impl Api {
         if deleting && meta::finalizers(&next).is_empty() {
             // The last finalizer went away: the object is gone now.
             let rev = store::revision_of(&current);
-            let gone = self
+            return self
                 .store
                 .delete(&Self::key(res, ns, name), rev)
-                .map_err(|e| ApiError::from_store(e, res, name))?;
-            self.cascade(res, &gone, Propagation::Background);
-            self.release_owners(&gone);
-            return Ok(gone);
+                .map_err(|e| ApiError::from_store(e, res, name));
         }
         self.store
             .update(
@@ -791,237 +789,40 @@ impl Api {
             }
         }
 
-        if propagation == Propagation::Foreground {
-            let deps = self.dependents(res, &current);
-            if !deps.is_empty() {
-                return self.delete_foreground(res, ns, name, current, deps);
-            }
-        }
-        // Orphaning: mark the owner as being deleted before its dependents lose their
-        // ownerReferences, so its controller (which reads it fresh) stops adopting: without
-        // this it would adopt them back, and the garbage collector would then delete them
-        // once the owner is gone.
-        let (current, rev) = if propagation == Propagation::Orphan
-            && current.pointer("/metadata/deletionTimestamp").is_none()
-            && !self.dependents(res, &current).is_empty()
-        {
-            let mut next = current.clone();
-            next["metadata"]["deletionTimestamp"] = json!(self.now());
-            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-            let marked = self
-                .store
-                .update(&key, next, rev)
-                .map_err(|e| ApiError::from_store(e, res, name))?;
-            let rev = store::revision_of(&marked);
-            (marked, rev)
-        } else {
-            (current, rev)
-        };
+        // What happens to dependents is the garbage collector's work (a plugin), as in
+        // Kubernetes: foreground and orphan deletions leave the object in place, marked and
+        // holding the policy's finalizer, for the collector to finish; a background deletion
+        // removes it now and the collector deletes its dependents when it sees it gone.
         let mut finalizers = meta::finalizers(&current);
-        if propagation == Propagation::Orphan {
-            self.orphan_dependents(res, &current);
+        let policy_finalizer = match propagation {
+            Propagation::Foreground => Some(FOREGROUND_DELETION),
+            Propagation::Orphan => Some(ORPHAN),
+            Propagation::Background => None,
+        };
+        if let Some(f) = policy_finalizer {
+            // A new policy replaces the other one (kube-apiserver does the same).
+            finalizers.retain(|x| x != FOREGROUND_DELETION && x != ORPHAN);
+            finalizers.push(f.to_string());
         }
-        finalizers.retain(|f| f != "orphan" && f != FOREGROUND_DELETION);
         if !finalizers.is_empty() {
             // Finalizers hold the object until their controllers remove them.
             let mut next = current.clone();
+            next["metadata"]["finalizers"] = json!(finalizers);
             if next.pointer("/metadata/deletionTimestamp").is_none() {
                 next["metadata"]["deletionTimestamp"] = json!(self.now());
                 next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            if next == current {
+                return Ok(current);
             }
             return self
                 .store
                 .update(&key, next, rev)
                 .map_err(|e| ApiError::from_store(e, res, name));
         }
-        let gone = self
-            .store
+        self.store
             .delete(&key, rev)
-            .map_err(|e| ApiError::from_store(e, res, name))?;
-        if propagation == Propagation::Background {
-            self.cascade(res, &gone, Propagation::Background);
-        }
-        self.release_owners(&gone);
-        Ok(gone)
-    }
-
-    /// Foreground propagation, as kube-apiserver and the garbage collector do it: the owner
-    /// stays, with `deletionTimestamp` and the `foregroundDeletion` finalizer, while its
-    /// dependents are deleted (in the foreground too); the last one to go releases it (see
-    /// [`Self::release_owners`]). Every dependent blocks, as if `blockOwnerDeletion` were set
-    /// on all of them (the controllers set it).
-    fn delete_foreground(
-        &self,
-        res: &'static Resource,
-        ns: &str,
-        name: &str,
-        current: Value,
-        deps: Vec<(&'static Resource, Value)>,
-    ) -> Result<Value> {
-        let mut next = current.clone();
-        let mut finalizers = meta::finalizers(&current);
-        if !finalizers.iter().any(|f| f == FOREGROUND_DELETION) {
-            finalizers.push(FOREGROUND_DELETION.to_string());
-        }
-        next["metadata"]["finalizers"] = json!(finalizers);
-        if next.pointer("/metadata/deletionTimestamp").is_none() {
-            next["metadata"]["deletionTimestamp"] = json!(self.now());
-            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        }
-        let marked = if next == current {
-            current
-        } else {
-            self.store
-                .update(
-                    &Self::key(res, ns, name),
-                    next,
-                    store::revision_of(&current),
-                )
-                .map_err(|e| ApiError::from_store(e, res, name))?
-        };
-        self.cascade_deps(deps, Propagation::Foreground);
-        // Dependents that were already gone released nothing: check once more.
-        self.release_foreground(res, ns, name);
-        Ok(marked)
-    }
-
-    /// After `gone` left the store: each owner waiting for it in the foreground is released
-    /// once nothing depends on it any more.
-    fn release_owners(&self, gone: &Value) {
-        let Some(refs) = gone
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array)
-        else {
-            return;
-        };
-        for r in refs {
-            let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
-            let Some(res) = resources::by_kind(field("apiVersion"), field("kind")) else {
-                continue;
-            };
-            let ns = if res.namespaced {
-                meta::namespace(gone)
-            } else {
-                ""
-            };
-            self.release_foreground(res, ns, field("name"));
-        }
-    }
-
-    /// Drops the `foregroundDeletion` finalizer of an owner being deleted in the foreground
-    /// once it has no dependents left; with no other finalizer the owner is then gone.
-    fn release_foreground(&self, res: &'static Resource, ns: &str, name: &str) {
-        for _ in 0..5 {
-            let Ok(owner) = self.get(res, ns, name) else {
-                return;
-            };
-            let mut finalizers = meta::finalizers(&owner);
-            if owner.pointer("/metadata/deletionTimestamp").is_none()
-                || !finalizers.iter().any(|f| f == FOREGROUND_DELETION)
-                || !self.dependents(res, &owner).is_empty()
-            {
-                return;
-            }
-            finalizers.retain(|f| f != FOREGROUND_DELETION);
-            let key = Self::key(res, ns, name);
-            let rev = store::revision_of(&owner);
-            let result = if finalizers.is_empty() {
-                self.store.delete(&key, rev).map(|gone| {
-                    self.release_owners(&gone);
-                })
-            } else {
-                let mut next = owner.clone();
-                next["metadata"]["finalizers"] = json!(finalizers);
-                self.store.update(&key, next, rev).map(drop)
-            };
-            match result {
-                Err(store::Error::Conflict { .. }) => continue,
-                Err(store::Error::NotFound) | Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(kind = res.kind, name, error = %e, "releasing a foreground deletion failed");
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Every object whose ownerReferences name `owner` (same namespace, or any namespace for
-    /// a cluster-scoped owner).
-    fn dependents(&self, owner_res: &Resource, owner: &Value) -> Vec<(&'static Resource, Value)> {
-        let uid = meta::uid(owner);
-        if uid.is_empty() {
-            return Vec::new();
-        }
-        let ns = if owner_res.namespaced {
-            meta::namespace(owner)
-        } else {
-            ""
-        };
-        let mut out = Vec::new();
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            if let Ok((items, _)) = self.store.list(&store::prefix(r.group, r.plural, ns)) {
-                out.extend(
-                    items
-                        .into_iter()
-                        .filter(|o| meta::is_owned_by(o, uid))
-                        .map(|o| (r, o)),
-                );
-            }
-        }
-        out
-    }
-
-    /// Deletes the dependents of a deleted owner (what the garbage collector does for
-    /// background and foreground propagation; here synchronously, see the issue note).
-    fn cascade(&self, owner_res: &Resource, owner: &Value, how: Propagation) {
-        self.cascade_deps(self.dependents(owner_res, owner), how);
-    }
-
-    fn cascade_deps(&self, deps: Vec<(&'static Resource, Value)>, how: Propagation) {
-        for (r, dep) in deps {
-            let opts = DeleteOptions {
-                propagation: Some(how),
-                ..Default::default()
-            };
-            if let Err(e) = self.delete(r, meta::namespace(&dep), meta::name(&dep), &opts)
-                && e.code != 404
-            {
-                tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "cascading delete failed");
-            }
-        }
-    }
-
-    fn orphan_dependents(&self, owner_res: &Resource, owner: &Value) {
-        let uid = meta::uid(owner).to_string();
-        for (r, dep) in self.dependents(owner_res, owner) {
-            let key = Self::key(r, meta::namespace(&dep), meta::name(&dep));
-            let mut dep = dep;
-            // A concurrent status write (the agent's, a controller's) is retried on the fresh
-            // object: a dependent left pointing at its gone owner would be collected.
-            for _ in 0..5 {
-                let mut next = dep.clone();
-                if let Some(m) = next["metadata"].as_object_mut()
-                    && let Some(Value::Array(refs)) = m.get_mut("ownerReferences")
-                {
-                    refs.retain(|o| o.get("uid").and_then(Value::as_str) != Some(uid.as_str()));
-                    if refs.is_empty() {
-                        // Go's omitempty: no owners means no field, not `[]`.
-                        m.remove("ownerReferences");
-                    }
-                }
-                match self.store.update(&key, next, store::revision_of(&dep)) {
-                    Err(store::Error::Conflict { .. }) => match self.store.get(&key) {
-                        Ok(Some(fresh)) => dep = fresh,
-                        _ => break,
-                    },
-                    Err(e) => {
-                        tracing::warn!(kind = r.kind, name = meta::name(&dep), error = %e, "orphaning failed");
-                        break;
-                    }
-                    Ok(_) => break,
-                }
-            }
-        }
+            .map_err(|e| ApiError::from_store(e, res, name))
     }
 
     /// Marks the namespace Terminating, deletes everything in it, then the namespace.

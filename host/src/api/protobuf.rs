@@ -18,7 +18,10 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use k8s_pb::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
+use k8s_pb::api::{
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
+    core::v1 as core, rbac::v1 as rbac,
+};
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_pb::apimachinery::pkg::runtime::Unknown;
@@ -67,6 +70,28 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("apps/v1", "Deployment") => convert::<apps::Deployment>(&raw, &kind)?,
         ("batch/v1", "Job") => convert::<batch::Job>(&raw, &kind)?,
         ("batch/v1", "CronJob") => convert::<batch::CronJob>(&raw, &kind)?,
+        ("rbac.authorization.k8s.io/v1", "Role") => convert::<rbac::Role>(&raw, &kind)?,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            convert::<rbac::ClusterRole>(&raw, &kind)?
+        }
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+            convert::<rbac::RoleBinding>(&raw, &kind)?
+        }
+        ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
+            convert::<rbac::ClusterRoleBinding>(&raw, &kind)?
+        }
+        ("authentication.k8s.io/v1", "TokenRequest") => {
+            convert::<authn::TokenRequest>(&raw, &kind)?
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => {
+            convert::<authz::SelfSubjectAccessReview>(&raw, &kind)?
+        }
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => {
+            convert::<authz::SelfSubjectRulesReview>(&raw, &kind)?
+        }
+        ("authorization.k8s.io/v1", "SubjectAccessReview") => {
+            convert::<authz::SubjectAccessReview>(&raw, &kind)?
+        }
         _ => {
             return Err(unsupported(format!(
                 "kedge does not decode protobuf bodies of kind {kind:?} ({api_version}); {USE_JSON}"
@@ -402,6 +427,98 @@ fn unknown_field(original: &[u8], reencoded: &[u8], at: &str) -> Option<String> 
 }
 
 messages! {
+    rbac::Role {
+        metadata: "metadata",
+        rules: "rules",
+    }
+    rbac::ClusterRole {
+        metadata: "metadata",
+        rules: "rules",
+        aggregation_rule: "aggregationRule" reject,
+    }
+    rbac::PolicyRule {
+        verbs: "verbs",
+        api_groups: "apiGroups",
+        resources: "resources",
+        resource_names: "resourceNames",
+        non_resource_ur_ls: "nonResourceURLs",
+    }
+    rbac::RoleBinding {
+        metadata: "metadata",
+        subjects: "subjects",
+        role_ref: "roleRef",
+    }
+    rbac::ClusterRoleBinding {
+        metadata: "metadata",
+        subjects: "subjects",
+        role_ref: "roleRef",
+    }
+    rbac::Subject {
+        kind: "kind",
+        api_group: "apiGroup",
+        name: "name",
+        namespace: "namespace",
+    }
+    rbac::RoleRef {
+        api_group: "apiGroup",
+        kind: "kind",
+        name: "name",
+    }
+    authn::TokenRequest {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    authn::TokenRequestSpec {
+        audiences: "audiences",
+        expiration_seconds: "expirationSeconds" ptr,
+        bound_object_ref: "boundObjectRef" reject,
+    }
+    authz::SelfSubjectAccessReview {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    authz::SelfSubjectAccessReviewSpec {
+        resource_attributes: "resourceAttributes",
+        non_resource_attributes: "nonResourceAttributes",
+    }
+    authz::SelfSubjectRulesReview {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    authz::SelfSubjectRulesReviewSpec {
+        namespace: "namespace",
+    }
+    authz::SubjectAccessReview {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    authz::SubjectAccessReviewSpec {
+        resource_attributes: "resourceAttributes",
+        non_resource_attributes: "nonResourceAttributes",
+        user: "user",
+        groups: "groups",
+        extra: "extra" reject,
+        uid: "uid",
+    }
+    authz::ResourceAttributes {
+        namespace: "namespace",
+        verb: "verb",
+        group: "group",
+        version: "version",
+        resource: "resource",
+        subresource: "subresource",
+        name: "name",
+        field_selector: "fieldSelector" reject,
+        label_selector: "labelSelector" reject,
+    }
+    authz::NonResourceAttributes {
+        path: "path",
+        verb: "verb",
+    }
     meta::ObjectMeta {
         name: "name",
         generate_name: "generateName",
@@ -1529,12 +1646,57 @@ mod tests {
         let e = err(&envelope("apps/v1", "StatefulSet", vec![]));
         assert_eq!(e.code, 415);
         assert!(e.message.contains("StatefulSet") && e.message.contains("kubectl apply -f -"));
-        let e = err(&envelope(
-            "authentication.k8s.io/v1",
-            "TokenRequest",
-            vec![],
-        ));
+        let e = err(&envelope("authentication.k8s.io/v1", "TokenReview", vec![]));
         assert_eq!(e.code, 415);
+    }
+
+    #[test]
+    fn rbac_token_and_review_bodies() {
+        use k8s_pb::api::{authentication::v1 as authn, rbac::v1 as rbac};
+        let role = rbac::Role {
+            metadata: Some(meta("pod-reader")),
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into(), "list".into()],
+                api_groups: vec!["".into()],
+                resources: vec!["pods".into()],
+                ..Default::default()
+            }],
+        };
+        let v = decode(&body("rbac.authorization.k8s.io/v1", "Role", &role)).unwrap();
+        assert_eq!(
+            v["rules"],
+            serde_json::json!([{"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods"]}])
+        );
+        let rb = rbac::RoleBinding {
+            metadata: Some(meta("b")),
+            subjects: vec![rbac::Subject {
+                kind: s("ServiceAccount"),
+                api_group: s(""),
+                name: s("bot"),
+                namespace: s("default"),
+            }],
+            role_ref: Some(rbac::RoleRef {
+                api_group: s("rbac.authorization.k8s.io"),
+                kind: s("Role"),
+                name: s("pod-reader"),
+            }),
+        };
+        let v = decode(&body("rbac.authorization.k8s.io/v1", "RoleBinding", &rb)).unwrap();
+        assert_eq!(v["roleRef"]["name"], "pod-reader");
+        assert_eq!(
+            v["subjects"],
+            serde_json::json!([{"kind": "ServiceAccount", "name": "bot", "namespace": "default"}])
+        );
+        let tr = authn::TokenRequest {
+            metadata: Some(meta("bot")),
+            spec: Some(authn::TokenRequestSpec {
+                expiration_seconds: Some(1200),
+                ..Default::default()
+            }),
+            status: None,
+        };
+        let v = decode(&body("authentication.k8s.io/v1", "TokenRequest", &tr)).unwrap();
+        assert_eq!(v["spec"]["expirationSeconds"], 1200);
     }
 
     #[test]

@@ -65,6 +65,18 @@ pub fn decode(res: &Resource, obj: &Value) -> Result<Decoded, String> {
         ("discovery.k8s.io", "EndpointSlice") => {
             round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(obj)?
         }
+        ("rbac.authorization.k8s.io", "ClusterRole") => {
+            round_trip::<k8s_openapi::api::rbac::v1::ClusterRole>(obj)?
+        }
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
+            round_trip::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(obj)?
+        }
+        ("rbac.authorization.k8s.io", "Role") => {
+            round_trip::<k8s_openapi::api::rbac::v1::Role>(obj)?
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding") => {
+            round_trip::<k8s_openapi::api::rbac::v1::RoleBinding>(obj)?
+        }
         ("plugins.kedge.io", "Plugin") => round_trip::<crate::plugins::kind::PluginObject>(obj)?,
         _ => obj.clone(),
     };

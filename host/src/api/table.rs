@@ -171,6 +171,15 @@ fn columns(kind: &str) -> Vec<Col> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
+        "Role" | "ClusterRole" => vec![col("Name", "string", 0), col("Created At", "string", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            col("Name", "string", 0),
+            col("Role", "string", 0),
+            col("Age", "string", 0),
+            col("Users", "string", 1),
+            col("Groups", "string", 1),
+            col("ServiceAccounts", "string", 1),
+        ],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -853,6 +862,36 @@ fn cells(kind: &str, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value
                 json!(format_selector(
                     o.pointer("/spec/jobTemplate/spec/selector")
                 )),
+            ]
+        }
+        "Role" | "ClusterRole" => vec![name, json!(s(o, created))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            // kubectl's printer: subjects of each kind joined by ", ", service accounts as
+            // namespace/name.
+            let subjects = |kind: &str| -> String {
+                o.get("subjects")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match (kind, s(x, "/namespace")) {
+                        ("ServiceAccount", ns) => format!("{ns}/{}", s(x, "/name")),
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                json!(age(o, created, now)),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
             ]
         }
         _ => vec![name, json!(age(o, created, now))],

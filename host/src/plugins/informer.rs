@@ -1,7 +1,7 @@
 //! Informers: one in-memory cache per kind, fed by a store watch and shared by every plugin,
 //! so plugin reads never touch the store and every plugin sees events in revision order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
@@ -20,9 +20,96 @@ pub struct Change {
     pub object: Arc<Value>,
 }
 
+/// An object in some informer's cache, named by kind, namespace and name.
+#[derive(Clone, Copy, Debug)]
+pub struct ObjectRef<'a> {
+    pub res: &'static Resource,
+    pub namespace: &'a str,
+    pub name: &'a str,
+}
+
+/// A dependent in the [`OwnerIndex`]: its kind's plural and group, namespace and name.
+type Dependent = (&'static str, &'static str, String, String);
+
+/// Which cached objects name an owner (by uid) in their `metadata.ownerReferences`: the
+/// garbage collector's dependency graph, kept by every informer as it applies changes.
+#[derive(Default)]
+pub struct OwnerIndex {
+    /// owner uid → its dependents.
+    by_owner: Mutex<HashMap<String, BTreeSet<Dependent>>>,
+}
+
+fn owner_uids(obj: &Value) -> impl Iterator<Item = &str> {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.get("uid").and_then(Value::as_str))
+}
+
+impl OwnerIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<Dependent>>> {
+        self.by_owner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces what `old` (the cached version, if any) recorded with what `new` records.
+    fn update(&self, res: &'static Resource, old: Option<&Value>, new: Option<&Value>) {
+        let same = |a: Option<&Value>, b: Option<&Value>| {
+            a.and_then(|o| o.pointer("/metadata/ownerReferences"))
+                == b.and_then(|o| o.pointer("/metadata/ownerReferences"))
+        };
+        if same(old, new) {
+            return;
+        }
+        let mut map = self.lock();
+        let entry = |o: &Value| {
+            (
+                res.plural,
+                res.group,
+                meta::namespace(o).to_string(),
+                meta::name(o).to_string(),
+            )
+        };
+        if let Some(o) = old {
+            let e = entry(o);
+            for uid in owner_uids(o) {
+                if let Some(set) = map.get_mut(uid) {
+                    set.remove(&e);
+                    if set.is_empty() {
+                        map.remove(uid);
+                    }
+                }
+            }
+        }
+        if let Some(o) = new {
+            for uid in owner_uids(o) {
+                map.entry(uid.to_string()).or_default().insert(entry(o));
+            }
+        }
+    }
+
+    /// The cached dependents of the owner with `uid`, in kind, namespace, name order.
+    pub fn dependents(&self, uid: &str, mut each: impl FnMut(ObjectRef<'_>)) {
+        let map = self.lock();
+        for (plural, group, ns, name) in map.get(uid).into_iter().flatten() {
+            if let Some(res) = crate::core::resources::RESOURCES
+                .iter()
+                .find(|r| r.plural == *plural && r.group == *group)
+            {
+                each(ObjectRef {
+                    res,
+                    namespace: ns,
+                    name,
+                });
+            }
+        }
+    }
+}
+
 /// The cache of one kind.
 pub struct Informer {
     pub res: &'static Resource,
+    owners: Arc<OwnerIndex>,
     /// `namespace/name` → object. Entries carry their revision to order watch events against
     /// write-through updates.
     cache: RwLock<BTreeMap<String, (u64, Arc<Value>)>>,
@@ -35,9 +122,10 @@ fn cache_key(ns: &str, name: &str) -> String {
 }
 
 impl Informer {
-    fn new(res: &'static Resource) -> Self {
+    fn new(res: &'static Resource, owners: Arc<OwnerIndex>) -> Self {
         Informer {
             res,
+            owners,
             cache: RwLock::new(BTreeMap::new()),
             synced: watch::channel(false).0,
             subscribers: Mutex::new(Vec::new()),
@@ -86,14 +174,17 @@ impl Informer {
         if cache.get(&key).is_some_and(|(r, _)| *r >= rev) {
             return false;
         }
-        match kind {
+        let old = match kind {
             EventType::Deleted => {
-                cache.remove(&key);
+                let old = cache.remove(&key);
+                self.owners
+                    .update(self.res, old.as_ref().map(|(_, o)| &**o), None);
+                return true;
             }
-            _ => {
-                cache.insert(key, (rev, object.clone()));
-            }
-        }
+            _ => cache.insert(key, (rev, object.clone())),
+        };
+        self.owners
+            .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(object));
         true
     }
 
@@ -144,11 +235,20 @@ impl Informer {
                     .iter()
                     .map(|o| (cache_key(meta::namespace(o), meta::name(o)), ()))
                     .collect();
-                cache.retain(|k, _| fresh.contains_key(k));
+                cache.retain(|k, (_, o)| {
+                    let keep = fresh.contains_key(k);
+                    if !keep {
+                        self.owners.update(self.res, Some(o), None);
+                    }
+                    keep
+                });
                 for o in items {
                     let r = store::revision_of(&o).unwrap_or(0);
                     let k = cache_key(meta::namespace(&o), meta::name(&o));
-                    cache.insert(k, (r, Arc::new(o)));
+                    let o = Arc::new(o);
+                    let old = cache.insert(k, (r, o.clone()));
+                    self.owners
+                        .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(&o));
                 }
             }
             // After a relist every subscriber re-examines everything (level-triggered).
@@ -192,6 +292,7 @@ pub struct Informers {
     store: Arc<dyn Store>,
     cancel: CancellationToken,
     by_kind: Mutex<HashMap<&'static str, Arc<Informer>>>,
+    owners: Arc<OwnerIndex>,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -201,6 +302,7 @@ impl Informers {
             store,
             cancel,
             by_kind: Mutex::new(HashMap::new()),
+            owners: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
         }
     }
@@ -212,11 +314,16 @@ impl Informers {
         if let Some(i) = map.get(id) {
             return i.clone();
         }
-        let inf = Arc::new(Informer::new(res));
+        let inf = Arc::new(Informer::new(res, self.owners.clone()));
         map.insert(id, inf.clone());
         self.tasks
             .spawn(inf.clone().run(self.store.clone(), self.cancel.clone()));
         inf
+    }
+
+    /// Dependents by owner uid, over the kinds whose informers run.
+    pub fn owners(&self) -> &OwnerIndex {
+        &self.owners
     }
 
     /// Waits for every informer task to stop (after the cancel token fired).

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::kind::{PluginKindRef, PluginObject, PluginSource, PluginSpec, PluginStatus};
-use super::{Error, Limits, Plugin, PluginHost, Slot, SlotEvent, SlotObserver};
+use super::{Error, Grant, KindSet, Limits, Plugin, PluginHost, Slot, SlotEvent, SlotObserver};
 use crate::api::Api;
 use crate::api::ops::WriteOptions;
 use crate::core::meta;
@@ -269,6 +269,11 @@ impl PluginManager {
         };
         let spec = typed.spec;
         let status = typed.status.unwrap_or_default();
+        if let Some(slot) = &existing {
+            // The grant binds the running versions at once: a narrowed grant must not wait
+            // for a version that fits it.
+            slot.restrict(&Grant::of(&spec));
+        }
         let started = Instant::now();
         let prepared = match existing {
             None => self.prepare_first(&name, generation, &spec, &status).await,
@@ -313,10 +318,16 @@ impl PluginManager {
                     });
                     return;
                 }
-                if !std::ptr::eq(
+                let (a, b) = (
                     slot.current().permissions().for_kind,
                     plugin.permissions().for_kind,
-                ) {
+                );
+                let same_primary = match (a, b) {
+                    (Some(a), Some(b)) => std::ptr::eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !same_primary {
                     let r = slot.swap(plugin, probation).expect_err("kinds differ");
                     self.refused(
                         &name,
@@ -506,6 +517,7 @@ impl PluginManager {
         };
         check_role(spec, &plugin)?;
         check_grant(spec, &plugin)?;
+        plugin.restrict(Grant::of(spec));
         Ok(plugin)
     }
 
@@ -895,22 +907,33 @@ fn kind_ref(r: &Resource) -> PluginKindRef {
     }
 }
 
+fn every_ref() -> PluginKindRef {
+    PluginKindRef {
+        api_version: "*".into(),
+        kind: "*".into(),
+    }
+}
+
 /// The Plugin object of a built-in plugin, granting what its registration declares.
 fn builtin_object(name: &str, plugin: &Plugin) -> Value {
     let p = plugin.permissions();
     // Watched: the primary and owned kinds, and whatever else it reads without writing.
     let mut watches: Vec<PluginKindRef> = Vec::new();
-    let extra = p
-        .readable
-        .iter()
-        .filter(|r| !p.writable.iter().any(|w| std::ptr::eq(*w, **r)));
-    for r in std::iter::once(&p.for_kind).chain(&p.owns).chain(extra) {
+    if p.for_kind.is_none() || p.readable.every {
+        watches.push(every_ref());
+    }
+    let extra = p.readable.kinds.iter().filter(|r| !p.writable.contains(r));
+    for r in p.for_kind.iter().chain(&p.owns).chain(extra) {
         let k = kind_ref(r);
         if !watches.contains(&k) {
             watches.push(k);
         }
     }
-    let writes: Vec<PluginKindRef> = p.writable.iter().map(|r| kind_ref(r)).collect();
+    let mut writes: Vec<PluginKindRef> = Vec::new();
+    if p.writable.every {
+        writes.push(every_ref());
+    }
+    writes.extend(p.writable.kinds.iter().map(|r| kind_ref(r)));
     let role = if name == "scheduler" {
         "scheduler"
     } else {
@@ -929,37 +952,61 @@ fn builtin_object(name: &str, plugin: &Plugin) -> Value {
     })
 }
 
-fn same(a: &PluginKindRef, r: &Resource) -> bool {
-    resources::by_kind(&a.api_version, &a.kind).is_some_and(|x| std::ptr::eq(x, r))
+fn grant_set(refs: &[PluginKindRef]) -> KindSet {
+    let mut set = KindSet::default();
+    for k in refs {
+        if super::is_wildcard(&k.api_version, &k.kind) {
+            set.every = true;
+        } else if let Some(r) = resources::by_kind(&k.api_version, &k.kind) {
+            set.kinds.push(r);
+        }
+    }
+    set
+}
+
+impl Grant {
+    /// What a Plugin's spec grants: `watches` may be read, `writes` read and written.
+    pub fn of(spec: &PluginSpec) -> Grant {
+        let writes = grant_set(&spec.writes);
+        let mut reads = grant_set(&spec.watches);
+        reads.every |= writes.every;
+        reads.kinds.extend(writes.kinds.iter().copied());
+        Grant { reads, writes }
+    }
 }
 
 /// The registration must fit in the spec's grant: primary and owned kinds in `watches`, read
 /// kinds in `watches` or `writes`, written kinds in `writes`.
 fn check_grant(spec: &PluginSpec, plugin: &Plugin) -> Result<(), Refusal> {
     let p = plugin.permissions();
-    let watched = |r: &Resource| spec.watches.iter().any(|k| same(k, r));
-    let written = |r: &Resource| spec.writes.iter().any(|k| same(k, r));
+    let watches = grant_set(&spec.watches);
+    let g = Grant::of(spec);
     let mut missing = Vec::new();
-    if !watched(p.for_kind) {
-        missing.push(format!(
-            "{}/{} in spec.watches",
-            p.for_kind.api_version(),
-            p.for_kind.kind
-        ));
+    let name = |r: &Resource| format!("{}/{}", r.api_version(), r.kind);
+    match p.for_kind {
+        None if !watches.every => missing.push("*/* (every kind) in spec.watches".to_string()),
+        Some(r) if !watches.contains(r) => missing.push(format!("{} in spec.watches", name(r))),
+        _ => {}
     }
     for r in &p.owns {
-        if !watched(r) {
-            missing.push(format!("{}/{} in spec.watches", r.api_version(), r.kind));
+        if !watches.contains(r) {
+            missing.push(format!("{} in spec.watches", name(r)));
         }
     }
-    for r in &p.readable {
-        if !watched(r) && !written(r) {
-            missing.push(format!("{}/{} in spec.watches", r.api_version(), r.kind));
+    if p.readable.every && !g.reads.every && p.for_kind.is_some() {
+        missing.push("*/* (every kind) in spec.watches".to_string());
+    }
+    for r in &p.readable.kinds {
+        if !g.reads.contains(r) {
+            missing.push(format!("{} in spec.watches", name(r)));
         }
     }
-    for r in &p.writable {
-        if !written(r) {
-            missing.push(format!("{}/{} in spec.writes", r.api_version(), r.kind));
+    if p.writable.every && !g.writes.every {
+        missing.push("*/* (every kind) in spec.writes".to_string());
+    }
+    for r in &p.writable.kinds {
+        if !g.writes.contains(r) {
+            missing.push(format!("{} in spec.writes", name(r)));
         }
     }
     missing.dedup();
@@ -985,14 +1032,15 @@ fn check_role(spec: &PluginSpec, plugin: &Plugin) -> Result<(), Refusal> {
     }
     let p = plugin.permissions();
     let pod = resources::by_kind("v1", "Pod").expect("served");
-    if !std::ptr::eq(p.for_kind, pod) || !p.writable.iter().any(|w| std::ptr::eq(*w, pod)) {
+    if !p.for_kind.is_some_and(|r| std::ptr::eq(r, pod)) || !p.writable.contains(pod) {
         return Err(Refusal::new(
             "RoleMismatch",
             format!(
-                "a scheduler must reconcile v1/Pod and write v1/Pod; {} reconciles {}/{}",
+                "a scheduler must reconcile v1/Pod and write v1/Pod; {} reconciles {}",
                 plugin.digest(),
-                p.for_kind.api_version(),
-                p.for_kind.kind
+                p.for_kind
+                    .map(|r| format!("{}/{}", r.api_version(), r.kind))
+                    .unwrap_or_else(|| "every kind".into()),
             ),
         ));
     }

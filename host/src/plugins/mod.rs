@@ -42,7 +42,10 @@ wasmtime::component::bindgen!({
 });
 
 use self::kedge::plugin::cluster::LogLevel;
-use self::kedge::plugin::types::{ApiError as WitApiError, KindRef};
+use self::kedge::plugin::types::{
+    ApiError as WitApiError, DeleteOptions as WitDeleteOptions, KindRef,
+    Propagation as WitPropagation,
+};
 
 /// The epoch ticks every 10 ms; deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -119,43 +122,102 @@ impl PluginConfig {
     }
 }
 
+/// The kinds "every kind" (`*` in a registration or grant) stands for: every served kind but
+/// Events (the busiest kind, never anyone's dependent in practice) and Plugins (which no plugin
+/// may touch).
+pub fn every_kind() -> impl Iterator<Item = &'static Resource> {
+    resources::RESOURCES
+        .iter()
+        .filter(|r| !matches!(r.kind, "Event" | "Plugin"))
+}
+
+/// Whether a kind reference is the wildcard (`*`/`*`).
+pub fn is_wildcard(api_version: &str, kind: &str) -> bool {
+    api_version == "*" && kind == "*"
+}
+
+/// A set of kinds: some, or every kind ([`every_kind`]).
+#[derive(Debug, Default, Clone)]
+pub struct KindSet {
+    pub every: bool,
+    pub kinds: Vec<&'static Resource>,
+}
+
+impl KindSet {
+    pub fn contains(&self, res: &Resource) -> bool {
+        (self.every && every_kind().any(|r| std::ptr::eq(r, res)))
+            || self.kinds.iter().any(|r| std::ptr::eq(*r, res))
+    }
+
+    /// The kinds in the set.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &'static Resource> + Send + '_> {
+        if self.every {
+            Box::new(every_kind())
+        } else {
+            Box::new(self.kinds.iter().copied())
+        }
+    }
+
+    fn add(&mut self, res: &'static Resource) {
+        if !self.kinds.iter().any(|r| std::ptr::eq(*r, res)) {
+            self.kinds.push(res);
+        }
+    }
+}
+
 /// What a loaded plugin may touch, resolved from its registration.
 #[derive(Debug)]
 pub struct Permissions {
-    pub for_kind: &'static Resource,
+    /// The primary kind; `None` when the plugin reconciles objects of every kind (its
+    /// registration's `for-kind` is `*`/`*`).
+    pub for_kind: Option<&'static Resource>,
     pub owns: Vec<&'static Resource>,
-    pub readable: Vec<&'static Resource>,
-    pub writable: Vec<&'static Resource>,
+    pub readable: KindSet,
+    pub writable: KindSet,
 }
 
 fn resolve_kind(k: &KindRef) -> std::result::Result<&'static Resource, String> {
     resources::by_kind(&k.api_version, &k.kind)
+        .filter(|r| r.kind != "Plugin")
         .ok_or_else(|| format!("kind {}/{} is not served", k.api_version, k.kind))
+}
+
+fn resolve_set(refs: &[KindRef]) -> std::result::Result<KindSet, String> {
+    let mut set = KindSet::default();
+    for k in refs {
+        if is_wildcard(&k.api_version, &k.kind) {
+            set.every = true;
+        } else {
+            set.add(resolve_kind(k)?);
+        }
+    }
+    Ok(set)
 }
 
 impl Permissions {
     fn from_registration(r: &Registration) -> std::result::Result<Self, String> {
-        let for_kind = resolve_kind(&r.for_kind)?;
+        let for_kind = if is_wildcard(&r.for_kind.api_version, &r.for_kind.kind) {
+            None
+        } else {
+            Some(resolve_kind(&r.for_kind)?)
+        };
         let owns = r
             .owns
             .iter()
             .map(resolve_kind)
             .collect::<Result<Vec<_>, _>>()?;
-        let reads = r
-            .reads
-            .iter()
-            .map(resolve_kind)
-            .collect::<Result<Vec<_>, _>>()?;
-        let writable = r
-            .writes
-            .iter()
-            .map(resolve_kind)
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut readable = vec![for_kind];
-        for k in owns.iter().chain(&reads).chain(&writable) {
-            if !readable.iter().any(|x| std::ptr::eq(*x, *k)) {
-                readable.push(k);
-            }
+        if for_kind.is_none() && !owns.is_empty() {
+            return Err(
+                "a plugin reconciling every kind (`*`) owns nothing: every event \
+                        already enqueues its own object"
+                    .into(),
+            );
+        }
+        let mut readable = resolve_set(&r.reads)?;
+        let writable = resolve_set(&r.writes)?;
+        readable.every |= for_kind.is_none() || writable.every;
+        for k in for_kind.iter().chain(&owns).chain(&writable.kinds) {
+            readable.add(k);
         }
         Ok(Permissions {
             for_kind,
@@ -164,6 +226,24 @@ impl Permissions {
             writable,
         })
     }
+
+    /// The kinds whose events reach the plugin as keys of their own: the primary kind, or
+    /// every kind.
+    pub fn primaries(&self) -> Box<dyn Iterator<Item = &'static Resource> + Send + '_> {
+        match self.for_kind {
+            Some(r) => Box::new(std::iter::once(r)),
+            None => Box::new(every_kind()),
+        }
+    }
+}
+
+/// What the Plugin object grants (its `spec.watches` and `spec.writes`). A running version is
+/// held to the intersection of its registration and the current grant, so narrowing the grant
+/// takes effect on the next host call, before any version fitting it is applied.
+#[derive(Debug, Clone, Default)]
+pub struct Grant {
+    pub reads: KindSet,
+    pub writes: KindSet,
 }
 
 /// Per-call state inside the wasmtime store.
@@ -189,6 +269,8 @@ struct PluginShared {
     api: Arc<Api>,
     informers: Arc<Informers>,
     perms: Permissions,
+    /// The Plugin object's grant; `None` for plugins started without one (tests, benches).
+    grant: std::sync::RwLock<Option<Grant>>,
 }
 
 fn wit_error(e: ApiError) -> WitApiError {
@@ -209,14 +291,18 @@ impl PluginShared {
         av: &str,
         kind: &str,
     ) -> std::result::Result<&'static Resource, WitApiError> {
-        self.perms
-            .readable
-            .iter()
-            .find(|r| r.api_version() == av && r.kind == kind)
-            .copied()
+        let res = resources::by_kind(av, kind)
+            .filter(|r| self.perms.readable.contains(r))
             .ok_or_else(|| {
                 WitApiError::Forbidden(format!("plugin {} did not declare {av}/{kind}", self.name))
-            })
+            })?;
+        if !self.granted(|g| g.reads.contains(res)) {
+            return Err(WitApiError::Forbidden(format!(
+                "plugin {}: the Plugin's grant no longer includes {av}/{kind}",
+                self.name
+            )));
+        }
+        Ok(res)
     }
 
     fn writable(
@@ -224,17 +310,29 @@ impl PluginShared {
         av: &str,
         kind: &str,
     ) -> std::result::Result<&'static Resource, WitApiError> {
-        self.perms
-            .writable
-            .iter()
-            .find(|r| r.api_version() == av && r.kind == kind)
-            .copied()
+        let res = resources::by_kind(av, kind)
+            .filter(|r| self.perms.writable.contains(r))
             .ok_or_else(|| {
                 WitApiError::Forbidden(format!(
                     "plugin {} may not write {av}/{kind}: not in its declared writes",
                     self.name
                 ))
-            })
+            })?;
+        if !self.granted(|g| g.writes.contains(res)) {
+            return Err(WitApiError::Forbidden(format!(
+                "plugin {} may not write {av}/{kind}: the Plugin's spec.writes no longer \
+                 includes it",
+                self.name
+            )));
+        }
+        Ok(res)
+    }
+
+    fn granted(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
+        match &*self.grant.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(g) => check(g),
+            None => true,
+        }
     }
 
     fn write_options() -> WriteOptions {
@@ -259,8 +357,55 @@ impl PluginShared {
             .api
             .update(res, namespace, &name, obj, sub, &Self::write_options())
             .map_err(wit_error)?;
-        self.record(res, EventType::Modified, &out);
+        self.record_write(res, &out);
         Ok(out.to_string())
+    }
+
+    fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        opts: DeleteOptions,
+    ) -> std::result::Result<(), WitApiError> {
+        let res = self.writable(api_version, kind)?;
+        let out = self
+            .api
+            .delete(res, namespace, name, &opts)
+            .map_err(wit_error)?;
+        // Gone, or only marked for deletion (graceful pods, finalizers)?
+        let gone = self.api.get(res, namespace, name).is_err();
+        self.record(
+            res,
+            if gone {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            },
+            &out,
+        );
+        Ok(())
+    }
+
+    /// Records an update or patch: a write that removed the last finalizer of an object
+    /// being deleted deleted it.
+    fn record_write(&self, res: &'static Resource, out: &Value) {
+        // The API returns the object as it was stored before the delete (finalizers and all),
+        // and a pod terminating gracefully has a deletionTimestamp yet exists: ask the
+        // store. Recording a deleted object as modified would leave a ghost in the cache
+        // (its deletion event carries the same revision and would be ignored).
+        let gone = out.pointer("/metadata/deletionTimestamp").is_some()
+            && self
+                .api
+                .get(res, meta::namespace(out), meta::name(out))
+                .is_err();
+        let kind = if gone {
+            EventType::Deleted
+        } else {
+            EventType::Modified
+        };
+        self.record(res, kind, out);
     }
 
     fn record(&self, res: &'static Resource, kind: EventType, obj: &Value) {
@@ -287,8 +432,14 @@ impl self::kedge::plugin::cluster::Host for HostState {
         // Straight from the store, not the informer cache: a controller deciding on one
         // object (adopt or not, is it being deleted) must see its latest state, as
         // Kubernetes' controllers re-read an owner uncached before adopting. Lists stay
-        // cached.
-        match p.api.get(res, &namespace, &name) {
+        // cached. A namespace given for a cluster-scoped kind (an owner looked up from its
+        // dependent's namespace) is ignored.
+        let namespace = if res.namespaced {
+            namespace.as_str()
+        } else {
+            ""
+        };
+        match p.api.get(res, namespace, &name) {
             Ok(o) => Ok(Some(o.to_string())),
             Err(e) if e.code == 404 => Ok(None),
             Err(e) => Err(wit_error(e)),
@@ -384,7 +535,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
                 &PluginShared::write_options(),
             )
             .map_err(wit_error)?;
-        p.record(res, EventType::Modified, &out);
+        p.record_write(res, &out);
         Ok(out.to_string())
     }
 
@@ -395,24 +546,50 @@ impl self::kedge::plugin::cluster::Host for HostState {
         namespace: String,
         name: String,
     ) -> std::result::Result<(), WitApiError> {
+        self.plugin.delete(
+            &api_version,
+            &kind,
+            &namespace,
+            &name,
+            DeleteOptions::default(),
+        )
+    }
+
+    fn delete_with(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        options: WitDeleteOptions,
+    ) -> std::result::Result<(), WitApiError> {
+        use crate::api::ops::Propagation;
+        let opts = DeleteOptions {
+            propagation: options.propagation.map(|p| match p {
+                WitPropagation::Background => Propagation::Background,
+                WitPropagation::Foreground => Propagation::Foreground,
+                WitPropagation::Orphan => Propagation::Orphan,
+            }),
+            precondition_uid: options.uid,
+            precondition_rv: options.resource_version,
+            ..Default::default()
+        };
+        self.plugin
+            .delete(&api_version, &kind, &namespace, &name, opts)
+    }
+
+    fn dependents(&mut self, owner_uid: String) -> std::result::Result<Vec<String>, WitApiError> {
         let p = &self.plugin;
-        let res = p.writable(&api_version, &kind)?;
-        let out = p
-            .api
-            .delete(res, &namespace, &name, &DeleteOptions::default())
-            .map_err(wit_error)?;
-        // Gone, or only marked for deletion (graceful pods, finalizers)?
-        let gone = p.api.get(res, &namespace, &name).is_err();
-        p.record(
-            res,
-            if gone {
-                EventType::Deleted
-            } else {
-                EventType::Modified
-            },
-            &out,
-        );
-        Ok(())
+        let mut out = Vec::new();
+        p.informers.owners().dependents(&owner_uid, |d| {
+            if p.perms.readable.contains(d.res)
+                && p.granted(|g| g.reads.contains(d.res))
+                && let Some(o) = p.informers.get(d.res).get(d.namespace, d.name)
+            {
+                out.push(o.to_string());
+            }
+        });
+        Ok(out)
     }
 
     fn bind_pod(
@@ -467,6 +644,11 @@ impl Plugin {
 
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Holds this version to `grant` from its next host call on.
+    pub fn restrict(&self, grant: Grant) {
+        *self.shared.grant.write().unwrap_or_else(|p| p.into_inner()) = Some(grant);
     }
 }
 
@@ -624,11 +806,12 @@ impl PluginHost {
             api: self.api.clone(),
             informers: self.informers.clone(),
             perms: Permissions {
-                for_kind: resources::by_kind("v1", "Namespace").expect("served"),
+                for_kind: None,
                 owns: vec![],
-                readable: vec![],
-                writable: vec![],
+                readable: KindSet::default(),
+                writable: KindSet::default(),
             },
+            grant: Default::default(),
         });
         let mut store = self.new_store(probe, limits);
         let instance =
@@ -662,6 +845,7 @@ impl PluginHost {
                 api: self.api.clone(),
                 informers: self.informers.clone(),
                 perms,
+                grant: Default::default(),
             }),
             pre,
             digest,
@@ -669,8 +853,26 @@ impl PluginHost {
         }))
     }
 
-    /// One reconcile in a fresh instance.
+    /// One reconcile of an object of the plugin's primary kind in a fresh instance.
     pub async fn reconcile(&self, plugin: &Plugin, ns: &str, name: &str) -> Result<Outcome> {
+        let Some(res) = plugin.shared.perms.for_kind else {
+            return Err(Error::Reconcile {
+                plugin: plugin.name().to_string(),
+                key: name.to_string(),
+                message: "the plugin reconciles every kind: name the kind".into(),
+            });
+        };
+        self.reconcile_object(plugin, res, ns, name).await
+    }
+
+    /// One reconcile of an object of `res` in a fresh instance.
+    pub async fn reconcile_object(
+        &self,
+        plugin: &Plugin,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Outcome> {
         let key_label = if ns.is_empty() {
             name.to_string()
         } else {
@@ -686,7 +888,6 @@ impl PluginHost {
                 key: key_label.clone(),
                 reason: trap_reason(&e, plugin.limits),
             })?;
-        let res = plugin.shared.perms.for_kind;
         let key = ObjectKey {
             api_version: res.api_version(),
             kind: res.kind.to_string(),

@@ -12,20 +12,71 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
-use super::informer::{Change, Informer};
+use super::informer::Change;
 use super::queue::WorkQueue;
 use super::{Error, Plugin, PluginHost};
 use crate::core::meta;
-use crate::core::resources::Resource;
+use crate::core::resources::{self, Resource};
 use crate::core::selector::LabelSelector;
+use crate::store::EventType;
 
 /// Consecutive traps (over any keys) before the slot backs off as a whole.
 const TRAPS_BEFORE_BACKOFF: u32 = 3;
 /// Cap of the slot-wide back-off.
 const SLOT_BACKOFF_CAP: Duration = Duration::from_secs(30);
 
-pub type Key = (String, String);
+/// One object to reconcile: its kind (the primary kind, or any kind for a plugin reconciling
+/// every kind), namespace and name.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub res: &'static Resource,
+    pub ns: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(res: &'static Resource, ns: &str, name: &str) -> Self {
+        Key {
+            res,
+            ns: ns.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    fn of(res: &'static Resource, obj: &Value) -> Self {
+        Key::new(res, meta::namespace(obj), meta::name(obj))
+    }
+
+    fn id(&self) -> (&str, &str, &str, &str) {
+        (self.res.group, self.res.plural, &self.ns, &self.name)
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.id().hash(state)
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ns.is_empty() {
+            write!(f, "{} {}", self.res.kind, self.name)
+        } else {
+            write!(f, "{} {}/{}", self.res.kind, self.ns, self.name)
+        }
+    }
+}
 
 /// What a slot reports about its versions; the plugin manager turns these into status and
 /// Events.
@@ -66,7 +117,6 @@ pub struct Slot {
     host: Arc<PluginHost>,
     versions: Mutex<Versions>,
     queue: Arc<WorkQueue<Key>>,
-    primary: Arc<Informer>,
     observer: Option<Arc<dyn SlotObserver>>,
     cancel: CancellationToken,
 }
@@ -79,7 +129,6 @@ impl Slot {
         plugin: Arc<Plugin>,
         observer: Option<Arc<dyn SlotObserver>>,
     ) -> Arc<Slot> {
-        let primary = host.informers.get(plugin.shared.perms.for_kind);
         let slot = Arc::new(Slot {
             name: name.to_string(),
             host: host.clone(),
@@ -92,11 +141,17 @@ impl Slot {
                 unhealthy: false,
             }),
             queue: Arc::new(WorkQueue::new()),
-            primary: primary.clone(),
             observer,
             cancel: host.cancel.child_token(),
         });
-        slot.spawn_router(None);
+        for res in plugin.shared.perms.primaries() {
+            slot.spawn_router(
+                res,
+                Route::Primary {
+                    every: plugin.shared.perms.for_kind.is_none(),
+                },
+            );
+        }
         slot.route_owned(&plugin);
         let worker = slot.clone();
         host.tasks.spawn(async move { worker.run().await });
@@ -118,6 +173,15 @@ impl Slot {
         v.previous.is_some() && v.probation_left > 0
     }
 
+    /// Holds the running versions (current and fallback) to `grant` at once.
+    pub fn restrict(&self, grant: &super::Grant) {
+        let v = self.lock();
+        v.current.restrict(grant.clone());
+        if let Some(p) = &v.previous {
+            p.restrict(grant.clone());
+        }
+    }
+
     /// Stops the worker and the routing (the plugin object was deleted).
     pub fn stop(&self) {
         self.cancel.cancel();
@@ -136,14 +200,17 @@ impl Slot {
         {
             let mut v = self.lock();
             let (old, new) = (v.current.shared.perms.for_kind, next.shared.perms.for_kind);
-            if !std::ptr::eq(old, new) {
+            let same = match (old, new) {
+                (Some(a), Some(b)) => std::ptr::eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
                 return Err(format!(
-                    "the new version reconciles {}/{} but this plugin reconciles {}/{}; \
+                    "the new version reconciles {} but this plugin reconciles {}; \
                      delete and recreate the Plugin to change its primary kind",
-                    new.api_version(),
-                    new.kind,
-                    old.api_version(),
-                    old.kind
+                    describe_primary(new),
+                    describe_primary(old),
                 ));
             }
             if probation > 0 {
@@ -162,10 +229,10 @@ impl Slot {
         self.route_owned(&next);
         let slot = self.clone();
         self.host.tasks.spawn(async move {
-            for r in &next.shared.perms.readable {
+            for r in next.shared.perms.readable.iter() {
                 slot.host.informers.get(r).wait_synced().await;
             }
-            let all = slot.primary.list("", &LabelSelector::default());
+            let all = slot.everything(&next);
             {
                 // Probation cannot ask for more reconciles than there are objects.
                 let mut v = slot.lock();
@@ -177,12 +244,25 @@ impl Slot {
                 // Nothing to reconcile, nothing to prove.
                 slot.pass_probation(&next);
             }
-            for o in all {
-                slot.queue
-                    .add((meta::namespace(&o).to_string(), meta::name(&o).to_string()));
+            for k in all {
+                slot.queue.add(k);
             }
         });
         Ok(())
+    }
+
+    /// A key for every object of the plugin's primary kinds.
+    fn everything(&self, plugin: &Plugin) -> Vec<Key> {
+        let mut out = Vec::new();
+        for res in plugin.shared.perms.primaries() {
+            let inf = self.host.informers.get(res);
+            out.extend(
+                inf.list("", &LabelSelector::default())
+                    .iter()
+                    .map(|o| Key::of(res, o)),
+            );
+        }
+        out
     }
 
     /// One routing task per owned kind the versions so far declared. Events of a kind the
@@ -195,15 +275,12 @@ impl Slot {
             }
             v.routed.push(owned);
             drop(v);
-            self.spawn_router(Some(owned));
+            self.spawn_router(owned, Route::Owned);
         }
     }
 
-    fn spawn_router(self: &Arc<Self>, owned: Option<&'static Resource>) {
-        let inf = match owned {
-            Some(o) => self.host.informers.get(o),
-            None => self.primary.clone(),
-        };
+    fn spawn_router(self: &Arc<Self>, res: &'static Resource, how: Route) {
+        let inf = self.host.informers.get(res);
         let mut rx = inf.subscribe();
         let slot = self.clone();
         self.host.tasks.spawn(async move {
@@ -212,19 +289,22 @@ impl Slot {
                     _ = slot.cancel.cancelled() => break,
                     c = rx.recv() => match c { Some(c) => c, None => break },
                 };
-                if let Some(o) = owned
-                    && !slot
-                        .lock()
-                        .current
-                        .shared
-                        .perms
-                        .owns
-                        .iter()
-                        .any(|r| std::ptr::eq(*r, o))
-                {
-                    continue;
-                }
-                route(&slot.queue, owned, &change, &slot.primary);
+                let primary = {
+                    let v = slot.lock();
+                    if how == Route::Owned
+                        && !v
+                            .current
+                            .shared
+                            .perms
+                            .owns
+                            .iter()
+                            .any(|r| std::ptr::eq(*r, res))
+                    {
+                        continue;
+                    }
+                    v.current.shared.perms.for_kind
+                };
+                route(&slot.host, &slot.queue, res, how, primary, &change);
             }
         });
     }
@@ -287,15 +367,16 @@ impl Slot {
         // Reconciling before the caches are filled would act on a partial world (and, say,
         // create pods that already exist).
         let first = self.current();
-        self.primary.wait_synced().await;
-        for o in &first.shared.perms.readable {
+        for o in first.shared.perms.primaries() {
+            self.host.informers.get(o).wait_synced().await;
+        }
+        for o in first.shared.perms.readable.iter() {
             self.host.informers.get(o).wait_synced().await;
         }
         // Everything that exists gets one reconcile, whatever events this plugin saw before
         // it subscribed (objects created before the plugin started, or before a restart).
-        for o in self.primary.list("", &LabelSelector::default()) {
-            self.queue
-                .add((meta::namespace(&o).to_string(), meta::name(&o).to_string()));
+        for k in self.everything(&first) {
+            self.queue.add(k);
         }
         tracing::info!(plugin = %self.name, digest = first.digest(), "plugin started");
         drop(first);
@@ -318,9 +399,16 @@ impl Slot {
                 k = self.queue.get() => match k { Some(k) => k, None => break },
             };
             let plugin = self.current();
-            let span = tracing::debug_span!("reconcile", plugin = %self.name, object = %format!("{}/{}", key.0, key.1));
+            let span = tracing::debug_span!("reconcile", plugin = %self.name, object = %key);
+            // Entered only around synchronous code: a guard held across an await would leak
+            // the span into whatever else the worker thread runs meanwhile.
+            let result = self
+                .host
+                .reconcile_object(&plugin, key.res, &key.ns, &key.name)
+                .instrument(span.clone())
+                .await;
             let _enter = span.enter();
-            match self.host.reconcile(&plugin, &key.0, &key.1).await {
+            match result {
                 Ok(o) => {
                     self.queue.forget(&key);
                     if let Some(d) = o.requeue_after {
@@ -391,35 +479,100 @@ impl Slot {
     }
 }
 
-/// Maps one event to the primary-kind keys to reconcile.
+fn describe_primary(p: Option<&Resource>) -> String {
+    match p {
+        Some(r) => format!("{}/{}", r.api_version(), r.kind),
+        None => "every kind".into(),
+    }
+}
+
+/// How a routing task maps the events of its kind to keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// Events of a primary kind enqueue their own object. With `every` (a plugin reconciling
+    /// every kind, i.e. the garbage collector) only events of objects with owner references
+    /// or being deleted count, and a deletion also enqueues the objects that named the
+    /// deleted one as owner, and the owners it named: the dependency graph's neighbours are
+    /// what a deletion changes.
+    Primary { every: bool },
+    /// Events of an owned kind enqueue their controlling owner of the primary kind (or, for
+    /// orphans, every primary object of their namespace).
+    Owned,
+}
+
+/// Maps one event to the keys to reconcile.
 fn route(
+    host: &PluginHost,
     queue: &WorkQueue<Key>,
-    owned: Option<&'static Resource>,
+    res: &'static Resource,
+    how: Route,
+    primary: Option<&'static Resource>,
     change: &Change,
-    primary: &Informer,
 ) {
-    let primary_res = primary.res;
     let obj = &change.object;
     let ns = meta::namespace(obj).to_string();
-    match owned {
-        None => queue.add((ns, meta::name(obj).to_string())),
-        Some(_) => match meta::controller_ref(obj) {
-            Some(r) => {
-                let kind = r.get("kind").and_then(Value::as_str);
-                let av = r.get("apiVersion").and_then(Value::as_str);
-                if kind == Some(primary_res.kind)
-                    && av == Some(&primary_res.api_version())
-                    && let Some(n) = r.get("name").and_then(Value::as_str)
+    match how {
+        Route::Primary { every } => {
+            // Every kind's events reach a `*` plugin (the garbage collector) only where the
+            // owner graph can need work: objects with owners, objects being deleted, and
+            // deletions. The rest (a lease renewal, a status write of an ownerless object)
+            // would cost a call that does nothing.
+            let relevant = change.kind == EventType::Deleted
+                || obj.pointer("/metadata/deletionTimestamp").is_some()
+                || obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|r| !r.is_empty());
+            if every && !relevant {
+                return;
+            }
+            queue.add(Key::of(res, obj));
+            if every && change.kind == EventType::Deleted {
+                host.informers.owners().dependents(meta::uid(obj), |d| {
+                    queue.add(Key::new(d.res, d.namespace, d.name));
+                });
+                for r in obj
+                    .pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                 {
-                    queue.add((ns, n.to_string()));
+                    let field = |f: &str| r.get(f).and_then(Value::as_str).unwrap_or_default();
+                    if let Some(owner) = resources::by_kind(field("apiVersion"), field("kind")) {
+                        let ns = if owner.namespaced { ns.as_str() } else { "" };
+                        queue.add(Key::new(owner, ns, field("name")));
+                    }
                 }
             }
-            None => {
-                // An orphan: every primary object in its namespace may want to adopt it.
-                for p in primary.list(&ns, &LabelSelector::default()) {
-                    queue.add((ns.clone(), meta::name(&p).to_string()));
+        }
+        Route::Owned => {
+            let Some(primary_res) = primary else { return };
+            match meta::controller_ref(obj) {
+                Some(r) => {
+                    let kind = r.get("kind").and_then(Value::as_str);
+                    let av = r.get("apiVersion").and_then(Value::as_str);
+                    if kind == Some(primary_res.kind)
+                        && av == Some(&primary_res.api_version())
+                        && let Some(n) = r.get("name").and_then(Value::as_str)
+                    {
+                        queue.add(Key::new(primary_res, &ns, n));
+                    }
+                }
+                None if primary_res.kind == "Namespace" && primary_res.group.is_empty() => {
+                    // For a Namespace plugin, an owned object's namespace is its owner.
+                    if !ns.is_empty() {
+                        queue.add(Key::new(primary_res, "", &ns));
+                    }
+                }
+                None => {
+                    // An orphan: every primary object in its namespace (every one, for a
+                    // cluster-scoped owned kind) may want to adopt it.
+                    let inf = host.informers.get(primary_res);
+                    for p in inf.list(&ns, &LabelSelector::default()) {
+                        queue.add(Key::of(primary_res, &p));
+                    }
                 }
             }
-        },
+        }
     }
 }

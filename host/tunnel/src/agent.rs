@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use quinn::crypto::rustls::QuicClientConfig;
 use rand::Rng;
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
@@ -26,9 +26,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::fsutil::{self, SECRET};
 use crate::io::{self, serve_stream, transport_config};
+use crate::pki::{CertInfo, cert_info_pem};
+use crate::revocation::rfc3339;
 use crate::server::{NODE_USER_PREFIX, NODES_GROUP};
 use crate::token::JoinToken;
-use crate::wire::{self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, Welcome, close};
+use crate::wire::{
+    self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, RENEW_PATH, RenewRequest, Welcome, close,
+};
 use crate::{ALPN, Error, SERVER_NAME};
 
 /// How long `request` waits for a connection while the supervisor is reconnecting.
@@ -38,6 +42,16 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(7);
+/// Renew when this share of the certificate's lifetime has passed, jittered over the range
+/// (kubelet uses 70–90 %) so nodes that joined together do not renew together.
+const RENEW_FROM: f64 = 0.7;
+const RENEW_TO: f64 = 0.8;
+/// How long the connection with the old certificate stays open after the switch, for the
+/// requests in flight on it (the server keeps it a little longer, see `REPLACED_GRACE`).
+const ROTATION_DRAIN: Duration = Duration::from_secs(1);
+/// After a failed renewal, retry after a tenth of the remaining lifetime within these bounds.
+const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
+const RENEW_RETRY_MAX: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -89,6 +103,10 @@ struct StatePaths {
     cert: PathBuf,
     key: PathBuf,
     ca: PathBuf,
+    /// A new key and certificate are staged here, then renamed into place: the pair on disk
+    /// always matches, whenever the agent stops.
+    cert_next: PathBuf,
+    key_next: PathBuf,
 }
 
 impl StatePaths {
@@ -97,11 +115,39 @@ impl StatePaths {
             cert: dir.join("node.crt"),
             key: dir.join("node.key"),
             ca: dir.join("ca.crt"),
+            cert_next: dir.join("node.crt.next"),
+            key_next: dir.join("node.key.next"),
         }
     }
 
     fn complete(&self) -> bool {
         self.cert.exists() && self.key.exists() && self.ca.exists()
+    }
+
+    /// Replaces key and certificate. The staged certificate is written last, so its presence
+    /// means the staged pair is whole; [`Self::commit`] finishes the renames, now or after a
+    /// crash at any point.
+    fn install(&self, key_pem: &str, cert_pem: &str) -> Result<(), Error> {
+        fsutil::write_atomic(&self.key_next, key_pem.as_bytes(), SECRET)?;
+        fsutil::write_atomic(&self.cert_next, cert_pem.as_bytes(), SECRET)?;
+        self.commit()
+    }
+
+    fn commit(&self) -> Result<(), Error> {
+        if !self.cert_next.exists() {
+            // A crash before the pair was whole: the old one is still in place.
+            let _ = std::fs::remove_file(&self.key_next);
+            return Ok(());
+        }
+        if self.key_next.exists() {
+            std::fs::rename(&self.key_next, &self.key).map_err(fsutil::io_err(&self.key))?;
+        }
+        std::fs::rename(&self.cert_next, &self.cert).map_err(fsutil::io_err(&self.cert))
+    }
+
+    fn cert_info(&self) -> Result<CertInfo, Error> {
+        let pem = std::fs::read_to_string(&self.cert).map_err(fsutil::io_err(&self.cert))?;
+        cert_info_pem(&pem).ok_or_else(|| bad_file(&self.cert, "not a certificate"))
     }
 }
 
@@ -118,26 +164,50 @@ impl TunnelClient {
         cancel: CancellationToken,
     ) -> Result<Self, Error> {
         let paths = StatePaths::new(&cfg.state_dir);
-        if !paths.complete() {
-            let join: JoinToken = cfg
-                .join_token
-                .as_deref()
-                .ok_or_else(|| Error::NotJoined(cfg.state_dir.clone()))?
-                .parse()?;
-            fsutil::ensure_private_dir(&cfg.state_dir)?;
-            tokio::time::timeout(BOOTSTRAP_TIMEOUT, bootstrap(&cfg, &join, &paths))
-                .await
-                .map_err(|_| Error::Connect {
-                    server: cfg.server.clone(),
-                    reason: format!("bootstrap did not finish within {BOOTSTRAP_TIMEOUT:?}"),
-                })??;
-            info!(node = %cfg.node_name, "joined the cluster; node certificate saved");
+        if cfg.state_dir.exists() {
+            paths.commit()?;
         }
-        let dialer = Dialer {
+        let mut joined = false;
+        if !paths.complete() {
+            join(&cfg, &paths).await?;
+            joined = true;
+        } else {
+            let cert = paths.cert_info()?;
+            if cert.not_after <= SystemTime::now() {
+                let expired = Error::CertificateExpired {
+                    path: paths.cert.clone(),
+                    not_after: rfc3339(cert.not_after),
+                };
+                if cfg.join_token.is_none() {
+                    return Err(expired);
+                }
+                warn!(error = %expired, "joining again with the given join token");
+                match join(&cfg, &paths).await {
+                    Ok(()) => joined = true,
+                    // The pods run on from the local record; the supervisor retries the join.
+                    Err(e) if unreachable(&e) => {
+                        warn!(error = %e, "server unreachable: running offline, joining again once it answers")
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        let mut dialer = Dialer {
             server: cfg.server.clone(),
             config: mtls_client_config(&paths)?,
         };
-        let first = match dialer.dial().await {
+        let mut first = dialer.dial().await;
+        // A revoked node's certificate is refused; with a (new) join token it joins again.
+        if let Err(Error::CertificateRefused(reason)) = &first
+            && !joined
+            && cfg.join_token.is_some()
+        {
+            warn!(%reason, "the server refused this node's certificate; joining again with the given join token");
+            join(&cfg, &paths).await?;
+            dialer.config = mtls_client_config(&paths)?;
+            first = dialer.dial().await;
+        }
+        let first = match first {
             Ok(link) => Some(link),
             Err(e @ Error::CertificateRefused(_)) => return Err(e),
             Err(e) => {
@@ -145,9 +215,15 @@ impl TunnelClient {
                 None
             }
         };
+        let cert = paths.cert_info()?;
         let (link_tx, link_rx) = watch::channel(None);
         let (connected_tx, connected_rx) = watch::channel(false);
         let supervisor = Supervisor {
+            renew_at: renew_deadline(&cert),
+            cert,
+            paths,
+            node_name: cfg.node_name.clone(),
+            rejoin: cfg.join_token.is_some().then(|| cfg.clone()),
             dialer,
             link_tx,
             connected_tx,
@@ -265,15 +341,30 @@ impl Dialer {
     }
 }
 
-/// Owns the connection after `start` returns: serves the server's kubelet requests and
-/// reconnects with jittered exponential back-off when the connection is lost.
+/// Owns the connection after `start` returns: serves the server's kubelet requests,
+/// renews the node certificate in time, and reconnects with jittered exponential back-off
+/// when the connection is lost.
 struct Supervisor {
     dialer: Dialer,
+    paths: StatePaths,
+    node_name: String,
+    /// With a join token: how to join again when the certificate expired while offline.
+    rejoin: Option<AgentConfig>,
+    /// The certificate in use (on disk and in `dialer`).
+    cert: CertInfo,
+    renew_at: tokio::time::Instant,
     link_tx: watch::Sender<Option<Link>>,
     connected_tx: watch::Sender<bool>,
     kubelet: axum::Router,
     cancel: CancellationToken,
     tracker: TaskTracker,
+}
+
+/// Why [`Supervisor::serve`] returned.
+enum Served {
+    Lost,
+    Cancelled,
+    RenewDue,
 }
 
 impl Supervisor {
@@ -283,25 +374,52 @@ impl Supervisor {
         self.connected_tx.send_replace(up);
     }
 
-    async fn run(self, mut link: Option<Link>) {
+    async fn run(mut self, mut link: Option<Link>) {
         let mut failures: u32 = 0;
+        let mut expiry_reported = false;
         loop {
             if let Some(l) = link.take() {
                 failures = 0;
                 self.publish(Some(l.clone()));
-                self.serve(&l).await;
-                self.publish(None);
-                if self.cancel.is_cancelled() {
-                    l.conn.close(close::SHUTDOWN, b"agent shutting down");
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), l.endpoint.wait_idle()).await;
-                    break;
+                match self.serve(&l).await {
+                    Served::RenewDue => {
+                        link = Some(self.rotate(l).await);
+                        continue;
+                    }
+                    Served::Cancelled => {
+                        self.publish(None);
+                        l.conn.close(close::SHUTDOWN, b"agent shutting down");
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(1), l.endpoint.wait_idle())
+                                .await;
+                        break;
+                    }
+                    Served::Lost => self.publish(None),
                 }
             }
             let delay = backoff(failures);
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
+            }
+            if self.cert.not_after <= SystemTime::now() {
+                // The server would refuse it: join again with the token, if there is one.
+                let res = match self.rejoin.clone() {
+                    Some(cfg) => self.join_again(&cfg).await,
+                    None => Err(Error::CertificateExpired {
+                        path: self.paths.cert.clone(),
+                        not_after: rfc3339(self.cert.not_after),
+                    }),
+                };
+                if let Err(e) = res {
+                    // Say what the operator has to do, once.
+                    if !expiry_reported {
+                        expiry_reported = true;
+                        error!(error = %e, "the node certificate expired; cannot reconnect");
+                    }
+                    failures = failures.saturating_add(1);
+                    continue;
+                }
             }
             let res = tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -328,23 +446,146 @@ impl Supervisor {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
     }
 
-    /// Serves server-opened streams until the connection is lost or we are cancelled.
-    async fn serve(&self, link: &Link) {
+    /// A new certificate through the join token, for a node whose certificate expired.
+    async fn join_again(&mut self, cfg: &AgentConfig) -> Result<(), Error> {
+        join(cfg, &self.paths).await?;
+        self.dialer.config = mtls_client_config(&self.paths)?;
+        self.cert = self.paths.cert_info()?;
+        self.renew_at = renew_deadline(&self.cert);
+        Ok(())
+    }
+
+    /// Serves server-opened streams until the connection is lost, we are cancelled, or the
+    /// certificate is due for renewal.
+    async fn serve(&self, link: &Link) -> Served {
+        let renew = tokio::time::sleep_until(self.renew_at);
+        tokio::pin!(renew);
         loop {
             tokio::select! {
-                () = self.cancel.cancelled() => return,
+                () = self.cancel.cancelled() => return Served::Cancelled,
+                () = &mut renew => return Served::RenewDue,
                 res = link.conn.accept_bi() => match res {
                     Ok((send, recv)) => {
                         self.tracker.spawn(serve_stream(send, recv, self.kubelet.clone(), self.cancel.clone()));
                     }
+                    Err(quinn::ConnectionError::ApplicationClosed(a)) if a.error_code == close::UNAUTHORIZED => {
+                        error!(reason = %String::from_utf8_lossy(&a.reason), "the server closed this node's tunnel and refuses its certificate");
+                        return Served::Lost;
+                    }
                     Err(e) => {
                         warn!(reason = %e, "tunnel lost; reconnecting");
-                        return;
+                        return Served::Lost;
                     }
                 },
             }
         }
     }
+
+    /// Renews the certificate over `old` and moves to a connection that uses it; the old
+    /// connection is closed only once the new one is up, so API calls and kubelet streams
+    /// see at most a reconnect and pods are not touched. On failure `old` stays in use and
+    /// the renewal is retried later.
+    async fn rotate(&mut self, old: Link) -> Link {
+        match self.renew(&old).await {
+            Ok(()) => {}
+            Err(e) => {
+                let left = self
+                    .cert
+                    .not_after
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                let retry = (left / 10).clamp(RENEW_RETRY_MIN, RENEW_RETRY_MAX);
+                warn!(error = %e, retry_in = ?retry, "node certificate renewal failed");
+                self.renew_at = tokio::time::Instant::now() + retry;
+                return old;
+            }
+        }
+        match self.dialer.dial().await {
+            Ok(new) => {
+                info!(serial = %self.cert.serial, "tunnel now uses the renewed certificate");
+                // Requests already on the old connection finish first; new ones take the new
+                // connection as soon as it is published.
+                let cancel = self.cancel.clone();
+                self.tracker.spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(ROTATION_DRAIN) => {}
+                    }
+                    old.conn
+                        .close(close::ROTATED, b"reconnected with a renewed certificate");
+                });
+                new
+            }
+            Err(e) => {
+                // The old certificate still works until it expires; the server closes the
+                // connection then and the next dial uses the new one.
+                warn!(error = %e, "reconnecting with the renewed certificate failed; keeping the current connection");
+                old
+            }
+        }
+    }
+
+    /// One renewal request: a new key, its CSR to the server, the answer installed on disk
+    /// and in the dialer.
+    async fn renew(&mut self, link: &Link) -> Result<(), Error> {
+        let (key, csr) = key_and_csr(&self.node_name)?;
+        let req = http::Request::post(RENEW_PATH)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(wire::encode(&RenewRequest { csr }))))
+            .map_err(|e| Error::Protocol(e.to_string()))?;
+        let (send, recv) = link.conn.open_bi().await?;
+        let resp =
+            io::send_request(send, recv, req, SERVER_NAME, self.cancel.child_token()).await?;
+        let body = Limited::new(resp.into_body(), MAX_MESSAGE)
+            .collect()
+            .await
+            .map_err(|e| Error::Protocol(format!("renewal reply: {e}")))?
+            .to_bytes();
+        let certificate = match serde_json::from_slice::<BootstrapReply>(&body)
+            .map_err(|e| Error::Protocol(format!("bad renewal reply: {e}")))?
+        {
+            BootstrapReply::Issued { certificate, .. } => certificate,
+            BootstrapReply::Refused { error } => return Err(Error::RenewalRefused(error)),
+        };
+        let info = cert_info_pem(&certificate)
+            .ok_or_else(|| Error::Protocol("renewal reply holds no certificate".into()))?;
+        self.paths.install(&key.serialize_pem(), &certificate)?;
+        self.dialer.config = mtls_client_config(&self.paths)?;
+        info!(
+            old_serial = %self.cert.serial,
+            serial = %info.serial,
+            not_after = %rfc3339(info.not_after),
+            "node certificate renewed"
+        );
+        self.renew_at = renew_deadline(&info);
+        self.cert = info;
+        Ok(())
+    }
+}
+
+/// Errors that mean "try again later" rather than "an operator must act".
+fn unreachable(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connect { .. }
+            | Error::Resolve { .. }
+            | Error::Connection(_)
+            | Error::Read(_)
+            | Error::Write(_)
+    )
+}
+
+/// When to renew `cert`, as a tokio instant: a random point in the renewal window.
+fn renew_deadline(cert: &CertInfo) -> tokio::time::Instant {
+    let share = rand::rng().random_range(RENEW_FROM..RENEW_TO);
+    tokio::time::Instant::now() + renew_delay(cert, SystemTime::now(), share)
+}
+
+/// How long from `now` until `share` (0..1) of the certificate's lifetime has passed; zero
+/// when that point is behind us (renew at once).
+fn renew_delay(cert: &CertInfo, now: SystemTime, share: f64) -> Duration {
+    let at = cert.issued_at + cert.lifetime().mul_f64(share);
+    at.duration_since(now).unwrap_or_default()
 }
 
 /// 200 ms doubling to a 7 s cap, each delay drawn from its upper half so that many agents
@@ -492,18 +733,39 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// Gets a node certificate: the key is made here and only the CSR travels.
-async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> Result<(), Error> {
+/// Joins with the configured token (first start, or again after an expiry or revocation).
+async fn join(cfg: &AgentConfig, paths: &StatePaths) -> Result<(), Error> {
+    let join: JoinToken = cfg
+        .join_token
+        .as_deref()
+        .ok_or_else(|| Error::NotJoined(cfg.state_dir.clone()))?
+        .parse()?;
+    fsutil::ensure_private_dir(&cfg.state_dir)?;
+    tokio::time::timeout(BOOTSTRAP_TIMEOUT, bootstrap(cfg, &join, paths))
+        .await
+        .map_err(|_| Error::Connect {
+            server: cfg.server.clone(),
+            reason: format!("bootstrap did not finish within {BOOTSTRAP_TIMEOUT:?}"),
+        })??;
+    info!(node = %cfg.node_name, "joined the cluster; node certificate saved");
+    Ok(())
+}
+
+/// A fresh node key and a CSR for it: the key never leaves the node.
+fn key_and_csr(node_name: &str) -> Result<(KeyPair, String), Error> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, NODES_GROUP);
-    dn.push(
-        DnType::CommonName,
-        format!("{NODE_USER_PREFIX}{}", cfg.node_name),
-    );
+    dn.push(DnType::CommonName, format!("{NODE_USER_PREFIX}{node_name}"));
     params.distinguished_name = dn;
     let csr = params.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
+}
+
+/// Gets a node certificate: the key is made here and only the CSR travels.
+async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> Result<(), Error> {
+    let (key, csr) = key_and_csr(&cfg.node_name)?;
 
     let provider = provider();
     let verifier = Arc::new(PinnedCaVerifier {
@@ -568,8 +830,7 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
             expected: join.ca_hash.clone(),
         });
     }
-    fsutil::write_atomic(&paths.key, key.serialize_pem().as_bytes(), SECRET)?;
-    fsutil::write_atomic(&paths.cert, certificate.as_bytes(), SECRET)?;
+    paths.install(&key.serialize_pem(), &certificate)?;
     // Written last: its presence completes the state that marks this node as joined.
     fsutil::write_atomic(&paths.ca, ca.as_bytes(), SECRET)?;
     Ok(())
@@ -578,6 +839,78 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renewal_falls_in_the_window() {
+        let issued = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let cert = CertInfo {
+            serial: "01".into(),
+            issued_at: issued,
+            not_after: issued + Duration::from_secs(100),
+        };
+        assert_eq!(renew_delay(&cert, issued, 0.7), Duration::from_secs(70));
+        assert_eq!(
+            renew_delay(&cert, issued + Duration::from_secs(50), 0.75),
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            renew_delay(&cert, issued + Duration::from_secs(90), 0.7),
+            Duration::ZERO,
+            "overdue: renew at once"
+        );
+        for _ in 0..20 {
+            let d = renew_deadline(&CertInfo {
+                issued_at: SystemTime::now(),
+                not_after: SystemTime::now() + Duration::from_secs(1000),
+                ..cert.clone()
+            }) - tokio::time::Instant::now();
+            assert!(
+                d >= Duration::from_secs(690) && d <= Duration::from_secs(800),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn staged_key_and_certificate_survive_a_crash_anywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = StatePaths::new(dir.path());
+        let read = |f: &Path| std::fs::read_to_string(f).unwrap();
+        p.install("key1", "cert1").unwrap();
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("key1".into(), "cert1".into())
+        );
+        assert!(!p.key_next.exists() && !p.cert_next.exists());
+
+        // Crash after staging only the key: the old pair stays, the half is dropped.
+        std::fs::write(&p.key_next, "key2").unwrap();
+        p.commit().unwrap();
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("key1".into(), "cert1".into())
+        );
+        assert!(!p.key_next.exists());
+
+        // Crash after staging both: the new pair is completed.
+        std::fs::write(&p.key_next, "key3").unwrap();
+        std::fs::write(&p.cert_next, "cert3").unwrap();
+        p.commit().unwrap();
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("key3".into(), "cert3".into())
+        );
+
+        // Crash between the two renames: the certificate follows its key.
+        std::fs::write(&p.key, "key4").unwrap();
+        std::fs::write(&p.cert_next, "cert4").unwrap();
+        p.commit().unwrap();
+        assert_eq!(
+            (read(&p.key), read(&p.cert)),
+            ("key4".into(), "cert4".into())
+        );
+        assert!(!p.cert_next.exists());
+    }
 
     #[test]
     fn backoff_grows_with_jitter_and_caps() {

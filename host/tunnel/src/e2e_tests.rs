@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentConfig, TunnelClient};
 use crate::pki::ClusterPki;
-use crate::server::{BootstrapValidator, NodeTunnels, TunnelServer};
+use crate::server::{BootstrapValidator, NodeTunnels, ServerOptions, TunnelServer, ValidToken};
 use crate::token::{BootstrapToken, JoinToken};
 use crate::{Error, Identity};
 
@@ -30,12 +30,12 @@ impl BootstrapValidator for Tokens {
     fn validate(
         &self,
         token: &BootstrapToken,
-    ) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>> {
         let ok = self
             .0
             .iter()
             .any(|t| t.id == token.id && token.secret_matches(&t.secret));
-        Box::pin(async move { ok })
+        Box::pin(async move { ok.then(ValidToken::default) })
     }
 }
 
@@ -86,7 +86,16 @@ struct Server {
 
 impl Server {
     fn start(addr: SocketAddr, pki: Arc<ClusterPki>, tokens: Vec<BootstrapToken>) -> Self {
-        let server = TunnelServer::bind(addr, pki, Arc::new(Tokens(tokens)), api()).unwrap();
+        Self::start_with(addr, pki, tokens, ServerOptions::default())
+    }
+
+    fn start_with(
+        addr: SocketAddr,
+        pki: Arc<ClusterPki>,
+        tokens: Vec<BootstrapToken>,
+        opts: ServerOptions,
+    ) -> Self {
+        let server = TunnelServer::bind(addr, pki, Arc::new(Tokens(tokens)), api(), opts).unwrap();
         let cancel = CancellationToken::new();
         Self {
             addr: server.local_addr(),
@@ -409,7 +418,13 @@ async fn agent_reconnects_after_server_restart() {
         // Same port; no bootstrap tokens any more — the agent must use its certificate.
         let mut restarted = None;
         for _ in 0..40 {
-            match TunnelServer::bind(addr, pki.clone(), Arc::new(Tokens(vec![])), api()) {
+            match TunnelServer::bind(
+                addr,
+                pki.clone(),
+                Arc::new(Tokens(vec![])),
+                api(),
+                ServerOptions::default(),
+            ) {
                 Ok(s) => {
                     restarted = Some(s);
                     break;
@@ -448,6 +463,232 @@ async fn agent_reconnects_after_server_restart() {
         .unwrap();
         assert_eq!(get_text(&again, "/whoami").await.unwrap().0, 200);
 
+        server_cancel.cancel();
+        task.await.unwrap();
+    })
+    .await;
+}
+
+fn serial_of(dir: &Path) -> String {
+    let pem = std::fs::read_to_string(dir.join("agent/node.crt")).unwrap();
+    crate::pki::cert_info_pem(&pem).unwrap().serial
+}
+
+/// Short-lived node certificates: the agent renews at 70–80 % of the lifetime over its
+/// tunnel with a new key, moves to a connection using the new certificate, and does it again
+/// for the next one. Then the node is revoked: its live tunnel is closed and the certificate
+/// refused, also after an agent restart.
+#[tokio::test]
+async fn certificates_rotate_then_revocation_closes_and_refuses() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let opts = ServerOptions {
+            node_cert_validity: Duration::from_secs(4),
+            ..Default::default()
+        };
+        let revocations = opts.revocations.clone();
+        let server = Server::start_with("127.0.0.1:0".parse().unwrap(), pki, vec![token], opts);
+        let cancel = CancellationToken::new();
+        let client = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&join)),
+            kubelet(Arc::new(Mutex::new(None))),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        let first = serial_of(dir.path());
+        let first_key = std::fs::read_to_string(dir.path().join("agent/node.key")).unwrap();
+        let info = crate::pki::cert_info_pem(
+            &std::fs::read_to_string(dir.path().join("agent/node.crt")).unwrap(),
+        )
+        .unwrap();
+        assert!(info.lifetime() <= Duration::from_secs(5), "{info:?}");
+
+        eventually("a renewed certificate", || serial_of(dir.path()) != first).await;
+        let second = serial_of(dir.path());
+        assert_ne!(
+            std::fs::read_to_string(dir.path().join("agent/node.key")).unwrap(),
+            first_key,
+            "renewal uses a new key"
+        );
+        assert!(!dir.path().join("agent/node.crt.next").exists());
+        // Requests keep working across the next switch of connection, none is cut.
+        let mut served = 0;
+        while serial_of(dir.path()) == second {
+            assert!(served < 200, "no second renewal within 10 s");
+            let (status, _) = get_text(&client, "/whoami")
+                .await
+                .expect("a request during rotation");
+            assert_eq!(status, 200);
+            served += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..10 {
+            assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Past the first certificate's expiry, the node is still connected and served.
+        assert!(*client.connected().borrow());
+        let (status, body) = get_text(&client, "/whoami").await.unwrap();
+        assert_eq!(
+            (status.as_u16(), body.starts_with("system:node:n1 ")),
+            (200, true)
+        );
+        eventually("node registered", || server.nodes.is_connected("n1")).await;
+        let resp = server
+            .nodes
+            .request(
+                "n1",
+                http::Request::get("/healthz").body(Body::empty()).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "ok");
+
+        // Revoked: the live tunnel closes at once and reconnects are refused.
+        let mut connected = client.connected();
+        revocations.replace(std::collections::HashMap::from([(
+            "n1".to_owned(),
+            std::time::SystemTime::now(),
+        )]));
+        tokio::time::timeout(Duration::from_secs(5), connected.wait_for(|up| !*up))
+            .await
+            .expect("revocation closes the tunnel")
+            .unwrap();
+        assert!(!server.nodes.is_connected("n1"));
+        // (Before the certificate's few seconds run out, so it is refused for revocation.)
+        let err = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), None),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("a revoked certificate is refused");
+        assert!(matches!(err, Error::CertificateRefused(_)), "{err}");
+        assert!(err.to_string().contains("revoked"), "{err}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!*client.connected().borrow(), "reconnect must be refused");
+        cancel.cancel();
+        server.stop().await;
+    })
+    .await;
+}
+
+/// An agent whose certificate expired while it was off says it needs a new join token, and
+/// with one it joins again.
+#[tokio::test]
+async fn expired_certificate_needs_a_join_token() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+        let (cert, key) = pki
+            .issue_client("system:node:n1", &["system:nodes"], Duration::ZERO)
+            .unwrap();
+        let state = dir.path().join("agent");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("node.crt"), cert).unwrap();
+        std::fs::write(state.join("node.key"), key).unwrap();
+        std::fs::write(state.join("ca.crt"), pki.ca_pem()).unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+
+        let err = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), None),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .err()
+        .expect("an expired certificate must not be used");
+        assert!(matches!(err, Error::CertificateExpired { .. }), "{err}");
+        assert!(err.to_string().contains("new join token"), "{err}");
+
+        let client = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&join)),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
+        let info =
+            crate::pki::cert_info_pem(&std::fs::read_to_string(state.join("node.crt")).unwrap())
+                .unwrap();
+        assert!(info.not_after > std::time::SystemTime::now() + Duration::from_secs(3600));
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A certificate that expires while the server is away: once the server is back, the
+/// running agent joins again with its token instead of dialling with a dead certificate.
+#[tokio::test]
+async fn certificate_expired_while_offline_joins_again_with_the_token() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let (cert, key) = pki
+            .issue_client("system:node:n1", &["system:nodes"], Duration::from_secs(4))
+            .unwrap();
+        let state = dir.path().join("agent");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("node.crt"), &cert).unwrap();
+        std::fs::write(state.join("node.key"), key).unwrap();
+        std::fs::write(state.join("ca.crt"), pki.ca_pem()).unwrap();
+        let expires = crate::pki::cert_info_pem(&cert).unwrap().not_after;
+
+        let server = Server::start(
+            "127.0.0.1:0".parse().unwrap(),
+            pki.clone(),
+            vec![token.clone()],
+        );
+        let addr = server.addr;
+        let client = TunnelClient::start(
+            agent_cfg(addr, dir.path(), Some(&join)),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        let mut connected = client.connected();
+        server.stop().await;
+        connected.wait_for(|up| !*up).await.unwrap();
+        let left = expires
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::sleep(left + Duration::from_secs(1)).await;
+
+        let mut restarted = None;
+        for _ in 0..40 {
+            match TunnelServer::bind(
+                addr,
+                pki.clone(),
+                Arc::new(Tokens(vec![token.clone()])),
+                api(),
+                ServerOptions::default(),
+            ) {
+                Ok(s) => {
+                    restarted = Some(s);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        let restarted = restarted.expect("port must be free again after shutdown");
+        let server_cancel = CancellationToken::new();
+        let task = tokio::spawn(restarted.serve(server_cancel.clone()));
+
+        connected.wait_for(|up| *up).await.unwrap();
+        let info =
+            crate::pki::cert_info_pem(&std::fs::read_to_string(state.join("node.crt")).unwrap())
+                .unwrap();
+        assert!(
+            info.not_after > std::time::SystemTime::now() + Duration::from_secs(3600),
+            "joined again: {info:?}"
+        );
+        assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
         server_cancel.cancel();
         task.await.unwrap();
     })

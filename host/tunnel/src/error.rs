@@ -49,13 +49,19 @@ pub enum Error {
     #[error("server refused to join this node: {0}")]
     BootstrapRefused(String),
     #[error(
-        "server refused this node's certificate ({0}); remove the node's state directory and join again with a fresh token"
+        "server refused this node's certificate ({0}); join again: start the agent with a new join token (--token)"
     )]
     CertificateRefused(String),
     #[error(
         "{0} holds no node certificate (node.crt, node.key, ca.crt) and no join token was given"
     )]
     NotJoined(PathBuf),
+    #[error(
+        "the node certificate {path} expired at {not_after}: this node was offline longer than its certificate lasts; create a new join token (kedge token create) and start the agent with --token"
+    )]
+    CertificateExpired { path: PathBuf, not_after: String },
+    #[error("server refused to renew the node certificate: {0}")]
+    RenewalRefused(String),
     #[error("no tunnel connection to the server within {0:?}")]
     NotConnected(std::time::Duration),
     #[error("tunnel connection: {0}")]

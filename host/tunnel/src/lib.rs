@@ -16,6 +16,7 @@ mod error;
 mod fsutil;
 mod io;
 pub mod pki;
+pub mod revocation;
 pub mod server;
 pub mod token;
 mod wire;

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use rcgen::{
@@ -202,6 +202,48 @@ impl ClusterPki {
         }
         fsutil::write_atomic(path, yaml.as_bytes(), SECRET)
     }
+}
+
+/// What rotation and revocation need to know about a certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// Lowercase hex, for logs and for telling a rotated certificate from its predecessor.
+    pub serial: String,
+    /// When the CA signed it: `notBefore` plus the back-dating every certificate of this CA
+    /// gets ([`CLOCK_SKEW`]). Revocation compares against this, so a certificate issued just
+    /// after a revocation is not mistaken for one issued before it.
+    pub issued_at: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertInfo {
+    /// The span rotation is planned over (issue to expiry).
+    pub fn lifetime(&self) -> Duration {
+        self.not_after
+            .duration_since(self.issued_at)
+            .unwrap_or_default()
+    }
+}
+
+/// Serial and validity of a certificate; `None` when it does not parse.
+pub fn cert_info(der: &CertificateDer<'_>) -> Option<CertInfo> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let at = |t: i64| {
+        u64::try_from(t)
+            .ok()
+            .map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    };
+    let v = cert.validity();
+    Some(CertInfo {
+        serial: hex::encode(cert.raw_serial()),
+        issued_at: at(v.not_before.timestamp())? + CLOCK_SKEW,
+        not_after: at(v.not_after.timestamp())?,
+    })
+}
+
+/// [`cert_info`] of the first certificate in a PEM text.
+pub fn cert_info_pem(pem: &str) -> Option<CertInfo> {
+    cert_info(&CertificateDer::from_pem_slice(pem.as_bytes()).ok()?)
 }
 
 /// The identity a verified certificate speaks for: CN → user, O → groups, plus

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls_pki_types::CertificateDer;
@@ -17,19 +17,25 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::io::{self, serve_stream, transport_config};
-use crate::pki::{AUTHENTICATED_GROUP, ClusterPki, identity_from_cert};
+use crate::pki::{AUTHENTICATED_GROUP, CertInfo, ClusterPki, cert_info, identity_from_cert};
+use crate::revocation::{Revocations, rfc3339};
 use crate::token::BootstrapToken;
-use crate::wire::{self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, Welcome, close};
+use crate::wire::{
+    self, BootstrapReply, BootstrapRequest, MAX_MESSAGE, RENEW_PATH, RenewRequest, Welcome, close,
+};
 use crate::{Error, Identity};
 
-/// Node certificates last a year; rotation before then is the agent's re-join for now.
-const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A year, as kubelet client certificates; agents renew at 70–80 % of it.
+pub const DEFAULT_NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Bounds how long an unauthenticated peer can hold server resources.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Grace for the agent to read our last bytes and close first, so they are not discarded
 /// by an abrupt close.
 const LINGER: Duration = Duration::from_secs(5);
+/// How long a connection replaced by a newer one of the same node stays open for the requests
+/// already on it; a stale one (NAT rebinding) is closed after it.
+const REPLACED_GRACE: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connection tasks and close frames before giving up.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -39,7 +45,40 @@ pub const NODES_GROUP: &str = "system:nodes";
 /// Decides whether a bootstrap token is currently valid. The main crate owns token storage
 /// (expiry, usage), so the tunnel only asks.
 pub trait BootstrapValidator: Send + Sync + 'static {
-    fn validate(&self, token: &BootstrapToken) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+    /// `None` when the token is unknown, expired or not meant for node bootstrap.
+    fn validate(
+        &self,
+        token: &BootstrapToken,
+    ) -> Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>>;
+}
+
+/// What the server needs to know about a token that passed validation.
+#[derive(Clone, Debug, Default)]
+pub struct ValidToken {
+    /// When the token was created. A revoked node may only join again with a token created
+    /// after its revocation, so the token it joined with before cannot bring it straight back.
+    /// (Both times have whole seconds; a token from the revocation's own second counts as
+    /// new, since "revoke, then create a token" is what a script does.)
+    pub created: Option<SystemTime>,
+}
+
+/// Node-certificate policy of a tunnel server.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Validity of the certificates issued at bootstrap and renewal.
+    pub node_cert_validity: Duration,
+    /// Revoked nodes: refused at handshake and renewal, and their live tunnels closed when
+    /// the list changes.
+    pub revocations: Arc<Revocations>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            node_cert_validity: DEFAULT_NODE_CERT_VALIDITY,
+            revocations: Arc::default(),
+        }
+    }
 }
 
 /// A bound tunnel endpoint, not yet accepting (so the caller can learn the port first).
@@ -54,6 +93,7 @@ struct Ctx {
     bootstrap: Arc<dyn BootstrapValidator>,
     api: axum::Router,
     nodes: NodeTunnels,
+    opts: ServerOptions,
 }
 
 impl TunnelServer {
@@ -64,6 +104,7 @@ impl TunnelServer {
         pki: Arc<ClusterPki>,
         bootstrap: Arc<dyn BootstrapValidator>,
         api: axum::Router,
+        opts: ServerOptions,
     ) -> Result<Self, Error> {
         let quic = QuicServerConfig::try_from(pki.quic_server_config()?)
             .map_err(|e| Error::Protocol(format!("quic tls config: {e}")))?;
@@ -80,6 +121,7 @@ impl TunnelServer {
             bootstrap,
             api,
             nodes: NodeTunnels::default(),
+            opts,
         });
         Ok(Self {
             endpoint,
@@ -101,6 +143,11 @@ impl TunnelServer {
     pub async fn serve(self, cancel: CancellationToken) {
         let tracker = TaskTracker::new();
         info!(addr = %self.local_addr, "tunnel listening");
+        tracker.spawn(close_revoked_on_change(
+            self.ctx.opts.revocations.clone(),
+            self.ctx.nodes.clone(),
+            cancel.clone(),
+        ));
         loop {
             let incoming = tokio::select! {
                 () = cancel.cancelled() => break,
@@ -125,7 +172,7 @@ impl TunnelServer {
 
 impl Ctx {
     async fn handle(
-        &self,
+        self: &Arc<Self>,
         incoming: quinn::Incoming,
         tracker: TaskTracker,
         cancel: CancellationToken,
@@ -168,7 +215,7 @@ impl Ctx {
     /// A certificate-authenticated node: every agent-opened stream is one HTTP/1.1
     /// connection to the API as that node.
     async fn node_connection(
-        &self,
+        self: &Arc<Self>,
         conn: quinn::Connection,
         leaf: &CertificateDer<'_>,
         tracker: TaskTracker,
@@ -185,20 +232,59 @@ impl Ctx {
             );
             return;
         };
+        let Some(cert) = cert_info(leaf) else {
+            warn!(%remote, node, "refusing tunnel: unparsable client certificate");
+            conn.close(close::UNAUTHORIZED, b"unparsable client certificate");
+            return;
+        };
+        if let Err(revoked) = self.opts.revocations.check(&node, cert.issued_at) {
+            warn!(%remote, node, serial = %cert.serial, reason = %revoked, "refusing tunnel: node certificate revoked");
+            conn.close(close::UNAUTHORIZED, revoked.to_string().as_bytes());
+            return;
+        }
         if let Err(e) = send_welcome(&conn, &node).await {
             debug!(node, error = %e, "tunnel lost before welcome");
             return;
         }
-        let id = self.nodes.register(&node, conn.clone());
-        info!(node, %remote, "node tunnel connected");
+        let (id, replaced) = self.nodes.register(&node, conn.clone(), cert.issued_at);
+        // A revocation that landed since the check above found no entry to close.
+        if self.opts.revocations.check(&node, cert.issued_at).is_err() {
+            self.nodes.close_revoked(&self.opts.revocations);
+        }
+        info!(node, %remote, serial = %cert.serial, not_after = %rfc3339(cert.not_after), "node tunnel connected");
         let identity = Identity {
             user: format!("{NODE_USER_PREFIX}{node}"),
             groups: vec![NODES_GROUP.to_owned(), AUTHENTICATED_GROUP.to_owned()],
         };
-        let api = self.api.clone().layer(axum::Extension(identity));
+        let api = self
+            .renew_router(&node, &cert)
+            .fallback_service(self.api.clone().layer(axum::Extension(identity)));
+        // TLS checked validity at the handshake only; a connection must not outlive it.
+        let expires = cert
+            .not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let expiry = tokio::time::sleep(expires);
+        tokio::pin!(expiry);
+        // Replaced by a newer connection of the node: requests already on this one may
+        // finish (an agent moving to a renewed certificate closes it itself once they have).
+        let retire = async {
+            replaced.cancelled().await;
+            tokio::time::sleep(REPLACED_GRACE).await;
+        };
+        tokio::pin!(retire);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
+                () = &mut retire => {
+                    conn.close(close::REPLACED, b"replaced by a newer connection from this node");
+                    break;
+                }
+                () = &mut expiry => {
+                    info!(node, serial = %cert.serial, "node certificate expired; closing its tunnel");
+                    conn.close(close::UNAUTHORIZED, b"node certificate expired");
+                    break;
+                }
                 res = conn.accept_bi() => match res {
                     Ok((send, recv)) => {
                         tracker.spawn(serve_stream(send, recv, api.clone(), cancel.clone()));
@@ -245,6 +331,63 @@ impl Ctx {
         }
     }
 
+    /// The renewal endpoint of one node connection, in front of the API.
+    fn renew_router(self: &Arc<Self>, node: &str, cert: &CertInfo) -> axum::Router {
+        let (ctx, node, cert) = (self.clone(), node.to_owned(), cert.clone());
+        axum::Router::new().route(
+            RENEW_PATH,
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let (ctx, node, cert) = (ctx.clone(), node.clone(), cert.clone());
+                async move {
+                    let reply = ctx.renew(&node, &cert, &body).await;
+                    let status = match reply {
+                        BootstrapReply::Issued { .. } => http::StatusCode::OK,
+                        BootstrapReply::Refused { .. } => http::StatusCode::FORBIDDEN,
+                    };
+                    (status, wire::encode(&reply))
+                }
+            }),
+        )
+    }
+
+    /// Signs a fresh certificate for the node this connection authenticated as (never a name
+    /// from the request), unless the node was revoked meanwhile.
+    async fn renew(&self, node: &str, current: &CertInfo, body: &[u8]) -> BootstrapReply {
+        let refuse = |error: String| BootstrapReply::Refused { error };
+        if let Err(revoked) = self.opts.revocations.check(node, current.issued_at) {
+            warn!(node, reason = %revoked, "certificate renewal refused: node revoked");
+            return refuse(revoked.to_string());
+        }
+        let req = match serde_json::from_slice::<RenewRequest>(body) {
+            Ok(r) => r,
+            Err(e) => return refuse(format!("malformed renewal request: {e}")),
+        };
+        let cn = format!("{NODE_USER_PREFIX}{node}");
+        match self
+            .pki
+            .sign_csr(&req.csr, &cn, &[NODES_GROUP], self.opts.node_cert_validity)
+        {
+            Ok(certificate) => {
+                let new = crate::pki::cert_info_pem(&certificate);
+                info!(
+                    node,
+                    old_serial = %current.serial,
+                    serial = new.as_ref().map_or("?", |c| c.serial.as_str()),
+                    not_after = %new.as_ref().map_or_else(String::new, |c| rfc3339(c.not_after)),
+                    "node certificate renewed"
+                );
+                BootstrapReply::Issued {
+                    certificate,
+                    ca: self.pki.ca_pem().to_owned(),
+                }
+            }
+            Err(e) => {
+                warn!(node, error = %e, "certificate renewal refused: bad CSR");
+                refuse(e.to_string())
+            }
+        }
+    }
+
     async fn bootstrap(&self, req: BootstrapRequest, remote: SocketAddr) -> BootstrapReply {
         let refuse = |error: &str| BootstrapReply::Refused {
             error: error.to_owned(),
@@ -259,15 +402,28 @@ impl Ctx {
                 "invalid node name: use lowercase letters, digits, '-' and '.', at most 253 characters",
             );
         }
-        if !self.bootstrap.validate(&token).await {
+        let Some(valid) = self.bootstrap.validate(&token).await else {
             // The id identifies the token to the operator; the secret never goes to logs.
             warn!(%remote, token_id = %token.id, node = %req.node_name, "bootstrap refused: invalid or expired token");
             return refuse("bootstrap token is invalid or expired");
+        };
+        if let Some(at) = self.opts.revocations.revoked_at(&req.node_name)
+            && valid.created.is_none_or(|c| c < at)
+        {
+            warn!(%remote, token_id = %token.id, node = %req.node_name, revoked_at = %rfc3339(at), "bootstrap refused: node revoked and token older than the revocation");
+            return refuse(&format!(
+                "node {} was revoked at {}: join with a bootstrap token created after that (kedge token create)",
+                req.node_name,
+                rfc3339(at)
+            ));
+        }
+        if let Err(revoked) = self.opts.revocations.wait_until_after(&req.node_name).await {
+            return refuse(&revoked.to_string());
         }
         let cn = format!("{NODE_USER_PREFIX}{}", req.node_name);
         match self
             .pki
-            .sign_csr(&req.csr, &cn, &[NODES_GROUP], NODE_CERT_VALIDITY)
+            .sign_csr(&req.csr, &cn, &[NODES_GROUP], self.opts.node_cert_validity)
         {
             Ok(certificate) => {
                 info!(%remote, token_id = %token.id, node = %req.node_name, "node joined: certificate issued");
@@ -284,7 +440,7 @@ impl Ctx {
     }
 }
 
-fn node_name(id: &Identity) -> Option<String> {
+pub(crate) fn node_name(id: &Identity) -> Option<String> {
     let name = id.user.strip_prefix(NODE_USER_PREFIX)?;
     (valid_node_name(name) && id.groups.iter().any(|g| g == NODES_GROUP)).then(|| name.to_owned())
 }
@@ -361,6 +517,27 @@ struct NodesInner {
 struct NodeConn {
     id: u64,
     conn: quinn::Connection,
+    /// Of the certificate the connection authenticated with, for revocation.
+    issued_at: SystemTime,
+    /// Fired when a newer connection of the node takes over.
+    replaced: CancellationToken,
+}
+
+/// Closes the live tunnel of every node the revocation list newly covers, as soon as the
+/// list changes (the agent sees the reason and cannot reconnect).
+async fn close_revoked_on_change(
+    revocations: Arc<Revocations>,
+    nodes: NodeTunnels,
+    cancel: CancellationToken,
+) {
+    let mut changed = revocations.subscribe();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            res = changed.changed() => if res.is_err() { return },
+        }
+        nodes.close_revoked(&revocations);
+    }
 }
 
 impl NodeTunnels {
@@ -369,17 +546,27 @@ impl NodeTunnels {
         self.inner.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A node that reconnects (new address after NAT rebinding, agent restart) replaces its
-    /// old connection, which is closed so its half-dead streams fail fast.
-    fn register(&self, node: &str, conn: quinn::Connection) -> u64 {
+    /// A node that reconnects (new address after NAT rebinding, agent restart, renewed
+    /// certificate) replaces its old connection: new requests go to the new one at once, and
+    /// the old one is told (the returned token) to close after [`REPLACED_GRACE`].
+    fn register(
+        &self,
+        node: &str,
+        conn: quinn::Connection,
+        issued_at: SystemTime,
+    ) -> (u64, CancellationToken) {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        if let Some(old) = self.lock().insert(node.to_owned(), NodeConn { id, conn }) {
-            old.conn.close(
-                close::REPLACED,
-                b"replaced by a newer connection from this node",
-            );
+        let replaced = CancellationToken::new();
+        let entry = NodeConn {
+            id,
+            conn,
+            issued_at,
+            replaced: replaced.clone(),
+        };
+        if let Some(old) = self.lock().insert(node.to_owned(), entry) {
+            old.replaced.cancel();
         }
-        id
+        (id, replaced)
     }
 
     /// Removes the entry only if it is still this connection, not its replacement.
@@ -388,6 +575,20 @@ impl NodeTunnels {
         if map.get(node).is_some_and(|n| n.id == id) {
             map.remove(node);
         }
+    }
+
+    /// Closes (and forgets) the connections whose certificates `revocations` covers.
+    pub fn close_revoked(&self, revocations: &Revocations) {
+        self.lock()
+            .retain(|node, n| match revocations.check(node, n.issued_at) {
+                Ok(()) => true,
+                Err(revoked) => {
+                    warn!(node, reason = %revoked, "node revoked: closing its tunnel");
+                    n.conn
+                        .close(close::UNAUTHORIZED, revoked.to_string().as_bytes());
+                    false
+                }
+            });
     }
 
     pub fn is_connected(&self, node: &str) -> bool {
@@ -421,7 +622,139 @@ impl NodeTunnels {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
+
+    /// Accepts one token, created at a given time.
+    struct OneToken(BootstrapToken, SystemTime);
+
+    impl BootstrapValidator for OneToken {
+        fn validate(
+            &self,
+            token: &BootstrapToken,
+        ) -> Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>> {
+            let ok = token.id == self.0.id && token.secret_matches(&self.0.secret);
+            let created = Some(self.1);
+            Box::pin(async move { ok.then_some(ValidToken { created }) })
+        }
+    }
+
+    fn ctx(dir: &std::path::Path, token: OneToken, validity: Duration) -> Arc<Ctx> {
+        Arc::new(Ctx {
+            pki: Arc::new(ClusterPki::load_or_create(dir, &[]).unwrap()),
+            bootstrap: Arc::new(token),
+            api: axum::Router::new(),
+            nodes: NodeTunnels::default(),
+            opts: ServerOptions {
+                node_cert_validity: validity,
+                ..Default::default()
+            },
+        })
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "system:admin");
+        p.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    fn issued(reply: BootstrapReply) -> CertInfo {
+        match reply {
+            BootstrapReply::Issued { certificate, .. } => {
+                use rustls_pki_types::pem::PemObject;
+                let der = CertificateDer::from_pem_slice(certificate.as_bytes()).unwrap();
+                let id = identity_from_cert(&der).unwrap();
+                assert_eq!(
+                    id.user, "system:node:n1",
+                    "named after the connection's node"
+                );
+                assert!(id.groups.iter().any(|g| g == NODES_GROUP));
+                cert_info(&der).unwrap()
+            }
+            BootstrapReply::Refused { error } => panic!("refused: {error}"),
+        }
+    }
+
+    fn refused(reply: BootstrapReply) -> String {
+        match reply {
+            BootstrapReply::Refused { error } => error,
+            BootstrapReply::Issued { .. } => panic!("must be refused"),
+        }
+    }
+
+    #[tokio::test]
+    async fn renewal_issues_for_the_connection_node_unless_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = BootstrapToken::generate();
+        let validity = Duration::from_secs(600);
+        let ctx = ctx(dir.path(), OneToken(token, SystemTime::now()), validity);
+        let now = SystemTime::now();
+        let current = CertInfo {
+            serial: "01".into(),
+            issued_at: now - Duration::from_secs(3600),
+            not_after: now + Duration::from_secs(60),
+        };
+        let body = wire::encode(&RenewRequest { csr: csr() });
+        let new = issued(ctx.renew("n1", &current, &body).await);
+        let lifetime = new.lifetime();
+        assert!(
+            lifetime >= validity - Duration::from_secs(2) && lifetime <= validity,
+            "configured validity: {lifetime:?}"
+        );
+        assert_ne!(new.serial, current.serial);
+
+        let err = refused(ctx.renew("n1", &current, b"{}\n").await);
+        assert!(err.contains("malformed"), "{err}");
+
+        ctx.opts
+            .revocations
+            .replace(HashMap::from([("n1".to_owned(), now)]));
+        let err = refused(ctx.renew("n1", &current, &body).await);
+        assert!(err.contains("revoked"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_revoked_node_joins_again_only_with_a_newer_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = BootstrapToken::generate();
+        let revoked_at = SystemTime::now() - Duration::from_secs(60);
+        let req = || BootstrapRequest {
+            token: token.to_string(),
+            node_name: "n1".into(),
+            csr: csr(),
+        };
+        let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let revocations = HashMap::from([("n1".to_owned(), revoked_at)]);
+
+        let old = ctx(
+            dir.path(),
+            OneToken(token.clone(), revoked_at - Duration::from_secs(60)),
+            DEFAULT_NODE_CERT_VALIDITY,
+        );
+        old.opts.revocations.replace(revocations.clone());
+        let err = refused(old.bootstrap(req(), remote).await);
+        assert!(err.contains("created after"), "{err}");
+
+        let new = ctx(
+            dir.path(),
+            OneToken(token.clone(), revoked_at),
+            DEFAULT_NODE_CERT_VALIDITY,
+        );
+        new.opts.revocations.replace(revocations);
+        let cert = issued(new.bootstrap(req(), remote).await);
+        assert!(new.opts.revocations.check("n1", cert.issued_at).is_ok());
+        assert!(cert.lifetime() > Duration::from_secs(364 * 24 * 3600));
+
+        let wrong = BootstrapRequest {
+            token: BootstrapToken::generate().to_string(),
+            ..req()
+        };
+        let err = refused(new.bootstrap(wrong, remote).await);
+        assert!(err.contains("invalid or expired"), "{err}");
+    }
 
     #[test]
     fn node_names() {

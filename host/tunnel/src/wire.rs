@@ -27,6 +27,19 @@ pub(crate) enum BootstrapReply {
     Refused { error: String },
 }
 
+/// Certificate renewal is an HTTP request on the node's authenticated tunnel, answered by
+/// the tunnel server itself (it owns the CA) before the API router; the path is outside
+/// every Kubernetes API prefix. The reply is a [`BootstrapReply`].
+pub(crate) const RENEW_PATH: &str = "/kedge-tunnel/v1/renew";
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct RenewRequest {
+    /// A CSR for a fresh key: the subject is ignored (the server names the certificate after
+    /// the connection's node), only possession of the key is proven.
+    pub csr: String,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Welcome {
@@ -41,6 +54,8 @@ pub(crate) mod close {
     pub const REPLACED: VarInt = VarInt::from_u32(1);
     pub const UNAUTHORIZED: VarInt = VarInt::from_u32(2);
     pub const BOOTSTRAP_DONE: VarInt = VarInt::from_u32(3);
+    /// The agent moved to a connection with its renewed certificate.
+    pub const ROTATED: VarInt = VarInt::from_u32(4);
 }
 
 pub(crate) fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
