@@ -33,6 +33,7 @@ const GUESTS: &[(&str, &str)] = &[
         "kedge-plugin-serviceaccount",
         "kedge_plugin_serviceaccount.wasm",
     ),
+    ("kedge-plugin-namespace", "kedge_plugin_namespace.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

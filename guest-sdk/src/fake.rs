@@ -283,10 +283,10 @@ impl FakeCluster {
     /// finalizer just went.
     fn store_or_finish(st: &mut State, k: &Key, obj: Value) {
         let deleting = obj["metadata"].get("deletionTimestamp").is_some();
-        let finalizers = obj["metadata"]
-            .get("finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        let held = |v: Option<&Value>| v.and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        // A namespace is also held by `spec.finalizers` (the namespace controller's).
+        let finalizers = held(obj["metadata"].get("finalizers"))
+            || (k.1 == "Namespace" && held(obj.pointer("/spec/finalizers")));
         if deleting && !finalizers {
             st.objects.remove(k);
         } else {
@@ -362,7 +362,8 @@ impl Cluster for FakeCluster {
             .objects
             .iter()
             .filter(|((av, k, n, _), _)| {
-                av == api_version && k == kind && (ns.is_empty() || n == ns)
+                let every = api_version == "*" && kind == "*";
+                (every || (av == api_version && k == kind)) && (ns.is_empty() || n == ns)
             })
             .filter(|(_, obj)| {
                 let labels: BTreeMap<String, String> =

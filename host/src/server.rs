@@ -76,6 +76,10 @@ pub mod default_plugins {
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_serviceaccount.wasm"
     ));
+    pub const NAMESPACE: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_namespace.wasm"
+    ));
 
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
@@ -90,6 +94,7 @@ pub mod default_plugins {
         ("endpoints", ENDPOINTS),
         ("garbagecollector", GARBAGE_COLLECTOR),
         ("serviceaccount", SERVICE_ACCOUNT),
+        ("namespace", NAMESPACE),
     ];
 }
 

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::error::{ApiError, Cause};
-use crate::api::ops::{Api, Clock, WriteOptions};
+use crate::api::ops::{Api, WriteOptions};
 use crate::auth::Identity;
 use crate::core::meta;
 use crate::core::resources::{self, Resource};
@@ -133,15 +133,9 @@ impl Signer {
                     pem.push('\n');
                 }
                 pem.push_str("-----END PRIVATE KEY-----\n");
-                use std::io::Write as _;
-                use std::os::unix::fs::OpenOptionsExt as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .create_new(true)
-                    .write(true)
-                    .mode(0o600)
-                    .open(path)
-                    .map_err(io)?;
-                f.write_all(pem.as_bytes()).map_err(io)?;
+                // Atomically: a crash must not leave a truncated key that fails every start.
+                kedge_tunnel::write_atomic(path, pem.as_bytes(), 0o600)
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?;
                 tracing::info!(path = %path.display(), "created the service account signing key");
                 Self::from_pkcs8(&der).ok_or_else(|| Error::BadKey(path.display().to_string()))
             }
@@ -513,11 +507,6 @@ pub async fn run_legacy(
             _ = sweep.tick() => sweep_all(&api),
         }
     }
-}
-
-/// The clock as Unix seconds, for [`authenticate`].
-pub fn unix_now(clock: &Clock) -> i64 {
-    clock().timestamp()
 }
 
 #[cfg(test)]

@@ -261,6 +261,65 @@ fn documentation_examples_apply_get_describe_and_delete() {
     });
     assert!(c.k(&["get", "sa", "-n", "kube-system"]).contains("default"));
 
+    // Deleting a namespace: Terminating (no new content) while the namespace controller
+    // empties it — a finalizer-held ConfigMap keeps it there — then gone with everything in it.
+    apply(
+        &c,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  namespace: kinds-ns\n  finalizers: [example.com/hold]\n",
+    );
+    c.k(&[
+        "create",
+        "deployment",
+        "doomed",
+        "--image=kedge.dev/samples/hello-wasm:v1",
+        "-n",
+        "kinds-ns",
+    ]);
+    c.wait("the doomed deployment's pod", || {
+        (!c.k(&["get", "pods", "-n", "kinds-ns", "-o", "name"])
+            .trim()
+            .is_empty())
+        .then_some(())
+    });
+    let ns = json(&c, &["ns", "kinds-ns"]);
+    assert_eq!(
+        ns["spec"]["finalizers"],
+        serde_json::json!(["kubernetes"]),
+        "{ns}"
+    );
+    c.k(&["delete", "ns", "kinds-ns", "--wait=false"]);
+    let ns = json(&c, &["ns", "kinds-ns"]);
+    assert_eq!(ns["status"]["phase"], "Terminating", "{ns}");
+    let r = c.kubectl(&["create", "configmap", "late", "-n", "kinds-ns"]);
+    assert!(
+        !r.ok && r.stderr.contains("because it is being terminated"),
+        "{}",
+        r.stderr
+    );
+    c.wait("the namespace emptied but the held ConfigMap", || {
+        let left = c.k(&["get", "all,cm", "-n", "kinds-ns", "-o", "name"]);
+        (left.trim() == "configmap/held").then_some(())
+    });
+    assert!(
+        c.kubectl(&["get", "ns", "kinds-ns"]).ok,
+        "held by the ConfigMap"
+    );
+    c.k(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "kinds-ns",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    c.wait("the namespace gone", || {
+        (!c.kubectl(&["get", "ns", "kinds-ns"]).ok).then_some(())
+    });
+    let r = c.kubectl(&["delete", "ns", "default"]);
+    assert!(!r.ok && r.stderr.contains("protected"), "{}", r.stderr);
+
     // Invalid writes: 422 with Kubernetes' field paths, and nothing stored.
     let bad_svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n  - name: a\n    port: 70000\n  - name: a\n    port: 81\n";
     let r = apply(&c, bad_svc);

@@ -644,7 +644,12 @@ async fn a_plugin_that_keeps_trapping_is_backed_off_and_reported() {
         text.contains("Trapping") && text.contains("50 ms call deadline"),
         "{text}"
     );
-    assert!(!k.events("Trapping").is_empty());
+    // The Event is written beside the status, not with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while k.events("Trapping").is_empty() {
+        assert!(Instant::now() < deadline, "no Trapping event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The replicaset plugin still works meanwhile.
     k.api
         .create(

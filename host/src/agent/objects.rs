@@ -508,31 +508,35 @@ impl Store {
 
     /// Keeps `obj` (temp file of mode 0600 + rename; the directories are 0700).
     pub fn save(&self, r: &ObjRef, obj: &Value) {
-        use std::io::Write as _;
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        self.write(r, obj, false);
+    }
+
+    /// [`save`](Self::save) only over an existing copy: a refresh must not bring back a copy
+    /// pruned while it was asking the server.
+    pub fn update(&self, r: &ObjRef, obj: &Value) {
+        self.write(r, obj, true);
+    }
+
+    fn write(&self, r: &ObjRef, obj: &Value, only_existing: bool) {
+        use std::os::unix::fs::DirBuilderExt as _;
         let Some(p) = self.path(r) else { return };
         let mut obj = obj.clone();
         if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("managedFields");
         }
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let write = || -> std::io::Result<()> {
+        if only_existing && !p.exists() {
+            return;
+        }
+        let write = || -> Result<(), String> {
             let parent = p.parent().expect("a file in a directory");
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(parent)?;
-            let tmp = p.with_extension("tmp");
-            let _ = std::fs::remove_file(&tmp);
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(&serde_json::to_vec(&obj)?)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &p)
+                .create(parent)
+                .map_err(|e| e.to_string())?;
+            let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+            kedge_tunnel::write_atomic(&p, &bytes, 0o600).map_err(|e| e.to_string())
         };
         if let Err(e) = write() {
             tracing::warn!(object = %r, error = %e, "could not keep a local copy");
@@ -642,10 +646,15 @@ pub async fn resolve(
 /// server leaves them as they are.
 pub async fn refresh(client: &Client, store: &Store) {
     for r in store.list() {
-        if let Err(e) = fetch(client, store, &r).await {
-            tracing::debug!(object = %r, error = %e, "refreshing a local copy failed");
-            if !client.is_connected() {
-                return;
+        let path = format!("/api/v1/namespaces/{}/{}/{}", r.ns, r.kind.plural(), r.name);
+        match client.get(&path).await {
+            Ok(obj) => store.update(&r, &obj),
+            Err(e) if e.code() == Some(404) => store.remove(&r),
+            Err(e) => {
+                tracing::debug!(object = %r, error = %e, "refreshing a local copy failed");
+                if !client.is_connected() {
+                    return;
+                }
             }
         }
     }

@@ -14,7 +14,7 @@ use super::schema::{self, FieldValidation};
 use crate::core::apply::{self, ApplyError, ApplyRequest};
 use crate::core::meta;
 use crate::core::patch::{self, PatchType};
-use crate::core::resources::{self, RESOURCES, Resource};
+use crate::core::resources::{self, Resource};
 use crate::core::selector::{FieldSelector, LabelSelector};
 use crate::store::{self, EventType, Revision, Store};
 
@@ -167,6 +167,9 @@ fn spec_part(obj: &Value) -> Value {
 /// The finalizer that holds an owner deleted with `propagationPolicy: Foreground`.
 const FOREGROUND_DELETION: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
+/// `spec.finalizers` entry of a namespace: removed by the namespace controller once the
+/// namespace is empty.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 /// Metadata fields a client can never change through PUT or PATCH.
 const SERVER_OWNED_META: &[&str] = &[
@@ -346,7 +349,13 @@ impl Api {
                 }
                 obj["status"] = status;
             }
-            "Namespace" => obj["status"] = json!({"phase": "Active"}),
+            "Namespace" => {
+                obj["status"] = json!({"phase": "Active"});
+                // What holds a deleted namespace until the namespace controller emptied it.
+                if obj.pointer("/spec/finalizers").is_none() {
+                    obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
+                }
+            }
             k => {
                 if let Some(s) = kinds::initial_status(k) {
                     obj["status"] = s;
@@ -552,7 +561,12 @@ impl Api {
             return Ok(next);
         }
         let deleting = next.pointer("/metadata/deletionTimestamp").is_some();
-        if deleting && meta::finalizers(&next).is_empty() {
+        let spec_finalized = res.kind != "Namespace"
+            || next
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+        if deleting && meta::finalizers(&next).is_empty() && spec_finalized {
             // The last finalizer went away: the object is gone now.
             let rev = store::revision_of(&current);
             return self
@@ -825,7 +839,9 @@ impl Api {
             .map_err(|e| ApiError::from_store(e, res, name))
     }
 
-    /// Marks the namespace Terminating, deletes everything in it, then the namespace.
+    /// Marks the namespace Terminating and holds it with the `kubernetes` finalizer in
+    /// `spec.finalizers`: the namespace controller (a plugin) deletes everything in it, then
+    /// drops the finalizer, and the namespace is gone.
     fn delete_namespace(
         &self,
         res: &'static Resource,
@@ -837,28 +853,31 @@ impl Api {
                 "namespace \"{name}\" is protected and cannot be deleted"
             )));
         }
-        let key = Self::key(res, "", name);
         let mut next = current.clone();
-        next["metadata"]["deletionTimestamp"] = json!(self.now());
-        next["status"] = json!({"phase": "Terminating"});
-        let marked = self
-            .store
-            .update(&key, next, store::revision_of(&current))
-            .map_err(|e| ApiError::from_store(e, res, name))?;
-        for r in RESOURCES.iter().filter(|r| r.namespaced) {
-            let Ok((items, _)) = self.store.list(&store::prefix(r.group, r.plural, name)) else {
-                continue;
-            };
-            for o in items {
-                let opts = DeleteOptions {
-                    grace_period_seconds: Some(0),
-                    ..Default::default()
-                };
-                let _ = self.delete(r, name, meta::name(&o), &opts);
-            }
+        if next.pointer("/metadata/deletionTimestamp").is_none() {
+            next["metadata"]["deletionTimestamp"] = json!(self.now());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
+        next["status"]["phase"] = json!("Terminating");
+        let mut finalizers: Vec<Value> = next
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+            // A namespace from before spec.finalizers was set on creation.
+            finalizers.push(json!(NAMESPACE_FINALIZER));
+            next["spec"]["finalizers"] = json!(finalizers);
+        }
+        if next == current {
+            return Ok(current);
         }
         self.store
-            .delete(&key, store::revision_of(&marked))
+            .update(
+                &Self::key(res, "", name),
+                next,
+                store::revision_of(&current),
+            )
             .map_err(|e| ApiError::from_store(e, res, name))
     }
 

@@ -355,9 +355,12 @@ impl Authorizer {
 
     fn policy(&self) -> Arc<Policy> {
         // Cleared before reading, so a write racing with the reload marks it dirty again.
+        // The reload runs under the snapshot's write lock: two racing reloads must not let
+        // the older one land last.
         if self.dirty.swap(false, Ordering::AcqRel) {
+            let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
             let fresh = Arc::new(Policy::load(&self.api));
-            *self.policy.write().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+            *slot = fresh.clone();
             return fresh;
         }
         self.policy

@@ -88,17 +88,6 @@ pub fn controller_ref(object: &Value) -> Option<&Value> {
         .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
 }
 
-/// True when any ownerReference points at `owner_uid`.
-pub fn is_owned_by(object: &Value, owner_uid: &str) -> bool {
-    object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.get("uid").and_then(Value::as_str) == Some(owner_uid))
-        })
-}
-
 pub fn finalizers(object: &Value) -> Vec<String> {
     object
         .pointer("/metadata/finalizers")

@@ -90,8 +90,14 @@ impl OwnerIndex {
 
     /// The cached dependents of the owner with `uid`, in kind, namespace, name order.
     pub fn dependents(&self, uid: &str, mut each: impl FnMut(ObjectRef<'_>)) {
-        let map = self.lock();
-        for (plural, group, ns, name) in map.get(uid).into_iter().flatten() {
+        // Copied out: `each` reads informer caches, whose writers take this lock while
+        // holding their cache lock.
+        let deps: Vec<Dependent> = self
+            .lock()
+            .get(uid)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for (plural, group, ns, name) in &deps {
             if let Some(res) = crate::core::resources::RESOURCES
                 .iter()
                 .find(|r| r.plural == *plural && r.group == *group)
@@ -113,9 +119,15 @@ pub struct Informer {
     /// `namespace/name` → object. Entries carry their revision to order watch events against
     /// write-through updates.
     cache: RwLock<BTreeMap<String, (u64, Arc<Value>)>>,
+    /// Recently deleted keys with the deleting revision (at most [`TOMBSTONES`]; forgotten
+    /// wholesale past that, and at a relist).
+    tombstones: Mutex<HashMap<String, u64>>,
     synced: watch::Sender<bool>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
 }
+
+/// Bound of an informer's remembered deletions.
+const TOMBSTONES: usize = 4096;
 
 fn cache_key(ns: &str, name: &str) -> String {
     format!("{ns}/{name}")
@@ -127,6 +139,7 @@ impl Informer {
             res,
             owners,
             cache: RwLock::new(BTreeMap::new()),
+            tombstones: Mutex::new(HashMap::new()),
             synced: watch::channel(false).0,
             subscribers: Mutex::new(Vec::new()),
         }
@@ -174,14 +187,27 @@ impl Informer {
         if cache.get(&key).is_some_and(|(r, _)| *r >= rev) {
             return false;
         }
+        let mut tombstones = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
+        if kind != EventType::Deleted && tombstones.get(&key).is_some_and(|r| *r >= rev) {
+            // A write-through of a version older than the deletion already seen: the object
+            // must not come back.
+            return false;
+        }
         let old = match kind {
             EventType::Deleted => {
                 let old = cache.remove(&key);
+                if tombstones.len() >= TOMBSTONES {
+                    tombstones.clear();
+                }
+                tombstones.insert(key, rev);
                 self.owners
                     .update(self.res, old.as_ref().map(|(_, o)| &**o), None);
                 return true;
             }
-            _ => cache.insert(key, (rev, object.clone())),
+            _ => {
+                tombstones.remove(&key);
+                cache.insert(key, (rev, object.clone()))
+            }
         };
         self.owners
             .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(object));
@@ -231,6 +257,11 @@ impl Informer {
             };
             {
                 let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+                // The list is the truth now.
+                self.tombstones
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 let fresh: HashMap<String, ()> = items
                     .iter()
                     .map(|o| (cache_key(meta::namespace(o), meta::name(o)), ()))

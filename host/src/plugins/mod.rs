@@ -152,7 +152,13 @@ impl KindSet {
     /// The kinds in the set.
     pub fn iter(&self) -> Box<dyn Iterator<Item = &'static Resource> + Send + '_> {
         if self.every {
-            Box::new(every_kind())
+            // Every kind, and what was named besides it (Events).
+            let extra = self
+                .kinds
+                .iter()
+                .copied()
+                .filter(|r| !every_kind().any(|e| std::ptr::eq(e, *r)));
+            Box::new(every_kind().chain(extra))
         } else {
             Box::new(self.kinds.iter().copied())
         }
@@ -454,9 +460,28 @@ impl self::kedge::plugin::cluster::Host for HostState {
         label_selector: String,
     ) -> std::result::Result<Vec<String>, WitApiError> {
         let p = &self.plugin;
-        let res = p.readable(&api_version, &kind)?;
         let sel = LabelSelector::parse(&label_selector)
             .map_err(|e| WitApiError::Invalid(e.to_string()))?;
+        if is_wildcard(&api_version, &kind) {
+            // Everything the plugin may read (in `namespace`: namespaced kinds only).
+            let mut out = Vec::new();
+            for res in p.perms.readable.iter() {
+                if (!namespace.is_empty() && !res.namespaced)
+                    || !p.granted(|g| g.reads.contains(res))
+                {
+                    continue;
+                }
+                out.extend(
+                    p.informers
+                        .get(res)
+                        .list(&namespace, &sel)
+                        .iter()
+                        .map(|o| o.to_string()),
+                );
+            }
+            return Ok(out);
+        }
+        let res = p.readable(&api_version, &kind)?;
         Ok(p.informers
             .get(res)
             .list(&namespace, &sel)

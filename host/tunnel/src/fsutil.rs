@@ -21,7 +21,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 /// Writes via a temporary file and rename: readers see the old or the new content, never a
 /// prefix, and the mode is set before any secret byte lands on disk.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), Error> {
     let tmp = path.with_extension("tmp");
     let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()

@@ -25,6 +25,7 @@ mod wire;
 mod e2e_tests;
 
 pub use error::{Error, Result};
+pub use fsutil::write_atomic;
 
 /// An authenticated caller, derived from a verified client certificate (CN → user, O →
 /// groups). The HTTP layers put it into request extensions so handlers can authorize.
