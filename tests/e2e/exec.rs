@@ -433,3 +433,30 @@ fn exec_attach_and_port_forward_through_the_tunnel() {
     let _ = pf.kill();
     let _ = pf.wait();
 }
+
+/// `kubectl port-forward` to a Wasm pod: the sample serves HTTP over WASI sockets on the
+/// node's network, reached through the tunnel like a container's port.
+#[test]
+fn port_forward_reaches_a_wasm_pod() {
+    let mut c = Cluster::start();
+    let token = c.token.clone();
+    c.start_agent("node-a", &token);
+    let port = free_port();
+    create(
+        &c,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wasm-web"},
+            "spec": {"containers": [{"name": "web", "image": "kedge.dev/samples/hello-wasm:v1",
+                "env": [{"name": "HELLO_LISTEN", "value": format!("127.0.0.1:{port}")}]}]}}),
+    );
+    c.wait("the Wasm server listening", || {
+        let log = kubectl(&c, &["logs", "wasm-web"], None);
+        text(&log.stdout).contains("listening on").then_some(())
+    });
+    let local = free_port();
+    let mut pf = port_forward(&c, "pod/wasm-web", &format!("{local}:{port}"));
+    for _ in 0..2 {
+        assert_eq!(http_get(local, "/"), b"hello from wasm-web in default\n");
+    }
+    let _ = pf.kill();
+    let _ = pf.wait();
+}

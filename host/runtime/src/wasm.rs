@@ -434,7 +434,13 @@ impl WasmRuntime {
         wasi.args(&spec.args)
             .envs(&spec.env)
             .stdout(stdout.clone())
-            .stderr(stderr.clone());
+            .stderr(stderr.clone())
+            // Pods share the node's network (as containers do): WASI sockets on, so a Wasm
+            // service can listen and `kubectl port-forward` reaches it.
+            .inherit_network()
+            .allow_tcp(true)
+            .allow_udp(true)
+            .allow_ip_name_lookup(true);
         for d in &spec.dirs {
             let perms = if d.read_only {
                 FsPerms::ReadOnly

@@ -3,9 +3,11 @@
 //! It greets with the pod's name and namespace (from `POD_NAME` / `POD_NAMESPACE`, which the
 //! node agent sets), then stays up printing a heartbeat every 30 s, like a small service. Set
 //! `HELLO_EXIT_AFTER_SECS` to make it exit after that many seconds with `HELLO_EXIT_CODE`
-//! (default 1), which exercises restart policies and back-off.
+//! (default 1), which exercises restart policies and back-off. Set `HELLO_LISTEN` to a port
+//! (or `address:port`) to serve the greeting over HTTP there instead (WASI sockets; pods
+//! share the node's network), which `kubectl port-forward` reaches.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
@@ -37,6 +39,38 @@ fn exit(code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// Answers every connection on `addr` with `greeting` as a plain-text HTTP response.
+fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
+    let listener = match std::net::TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {addr}: {e}");
+            exit(1);
+        }
+    };
+    println!("listening on {addr}");
+    let _ = std::io::stdout().flush();
+    let body = format!("{greeting}\n");
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        // Read the request head (any request gets the greeting), then answer and close.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    exit(0)
+}
+
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
@@ -49,6 +83,16 @@ fn main() {
     }
     println!("{greeting}");
     let _ = std::io::stdout().flush();
+    if let Ok(listen) = std::env::var("HELLO_LISTEN") {
+        let addr = match listen.trim().parse::<u16>() {
+            Ok(port) => Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port))),
+            Err(_) => listen.trim().parse::<std::net::SocketAddr>(),
+        };
+        match addr {
+            Ok(addr) => serve(addr, &greeting),
+            Err(_) => eprintln!("ignoring HELLO_LISTEN={listen:?}: not a port or address:port"),
+        }
+    }
 
     let exit_after = parse_env::<u64>("HELLO_EXIT_AFTER_SECS").map(Duration::from_secs);
     let exit_code = parse_env::<i32>("HELLO_EXIT_CODE").unwrap_or(1);
