@@ -14,7 +14,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Api;
 use crate::core::resources::{self, Resource};
 use crate::plugins::informer::Informers;
+use crate::server::secret_field;
 use kedge_tunnel::revocation::Revocations;
 
 pub const REVOCATIONS_NAMESPACE: &str = "kube-system";
@@ -101,12 +101,6 @@ pub struct TokenRow {
     pub expires: Option<DateTime<Utc>>,
     pub usages: Vec<String>,
     pub description: String,
-}
-
-fn secret_field(s: &Value, k: &str) -> Option<String> {
-    let b64 = s.pointer(&format!("/data/{k}"))?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    String::from_utf8(bytes).ok()
 }
 
 /// The bootstrap tokens in a Secret list (other Secrets are skipped), by id. Never the

@@ -183,7 +183,8 @@ impl BootstrapValidator for StoreTokens {
     }
 }
 
-fn secret_field(s: &Value, k: &str) -> Option<String> {
+/// A Secret's `data` field `k`, base64-decoded as UTF-8.
+pub(crate) fn secret_field(s: &Value, k: &str) -> Option<String> {
     let b64 = s.pointer(&format!("/data/{k}"))?.as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     String::from_utf8(bytes).ok()

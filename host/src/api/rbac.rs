@@ -941,14 +941,7 @@ mod tests {
     use super::*;
 
     fn sa(ns: &str, name: &str) -> Identity {
-        Identity {
-            user: format!("system:serviceaccount:{ns}:{name}"),
-            groups: vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{ns}"),
-                "system:authenticated".into(),
-            ],
-        }
+        crate::tokens::identity(ns, name)
     }
 
     fn rule(v: Value) -> Rule {
