@@ -595,8 +595,18 @@ fn writes_rollouts_and_waits() {
         d["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
         "2"
     );
-    let r = c.kubectl(&["patch", "deployment", "web", "-p", r#"{"spec":{}}"#]);
-    assert_eq!(r.stdout.trim(), "deployment.apps/web patched (no change)");
+    // kubectl says "(no change)" when the object it gets back equals the one it read; a
+    // status write by the controllers in between makes it say "patched" instead: retry.
+    let mut said = String::new();
+    for _ in 0..10 {
+        let r = c.kubectl(&["patch", "deployment", "web", "-p", r#"{"spec":{}}"#]);
+        said = r.stdout.trim().to_string();
+        if said == "deployment.apps/web patched (no change)" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert_eq!(said, "deployment.apps/web patched (no change)");
 
     // replace with a stale object conflicts; a fresh one goes through.
     let mut cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
