@@ -8,14 +8,15 @@
 //!
 //! Run: `cargo bench -p kedge --bench api`
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
 use kedge::kubeclient::KubeClient;
-use kedge::plugins::PluginConfig;
-use kedge::server::{self, ServerConfig};
+use kedge::server;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -61,19 +62,8 @@ fn main() {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let cache =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
     let srv = server::start(
-        ServerConfig {
-            data_dir: dir.path().join("server"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_sans: vec![],
-            plugin_cache_dir: Some(cache),
-            plugins: PluginConfig::default(),
-            durable: true,
-            registries: Default::default(),
-            node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
-        },
+        common::server_config(dir.path().join("server")),
         cancel.clone(),
     )
     .await

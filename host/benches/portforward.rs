@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo bench -p kedge --bench portforward`
 
+mod common;
+
 use std::io::{BufRead as _, Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -13,8 +15,7 @@ use std::time::{Duration, Instant};
 
 use kedge::agent::{self, AgentConfig};
 use kedge::core::resources::by_kind;
-use kedge::plugins::PluginConfig;
-use kedge::server::{self, ServerConfig};
+use kedge::server;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes per transfer: large enough to dwarf connection setup, small enough to stay quick.
@@ -119,19 +120,8 @@ async fn run() {
 
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let cache =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
     let srv = server::start(
-        ServerConfig {
-            data_dir: dir.path().join("server"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_sans: vec![],
-            plugin_cache_dir: Some(cache),
-            plugins: PluginConfig::default(),
-            durable: true,
-            registries: Default::default(),
-            node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
-        },
+        common::server_config(dir.path().join("server")),
         cancel.clone(),
     )
     .await
@@ -146,6 +136,7 @@ async fn run() {
             taints: vec![],
             registries: Default::default(),
             image_store_max_bytes: 10 << 30,
+            object_refresh: agent::OBJECT_REFRESH,
         },
         cancel.clone(),
     )

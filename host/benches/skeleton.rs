@@ -6,14 +6,15 @@
 //!
 //! Run: `cargo bench -p kedge --bench skeleton`
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kedge::agent::{self, AgentConfig};
 use kedge::core::resources::by_kind;
-use kedge::plugins::PluginConfig;
-use kedge::server::{self, ServerConfig};
+use kedge::server;
 use tokio_util::sync::CancellationToken;
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
@@ -38,19 +39,8 @@ fn main() {
 async fn run() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
-    let cache =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
     let srv = server::start(
-        ServerConfig {
-            data_dir: dir.path().join("server"),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls_sans: vec![],
-            plugin_cache_dir: Some(cache),
-            plugins: PluginConfig::default(),
-            durable: true,
-            registries: Default::default(),
-            node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
-        },
+        common::server_config(dir.path().join("server")),
         cancel.clone(),
     )
     .await
@@ -65,6 +55,7 @@ async fn run() {
             taints: vec![],
             registries: Default::default(),
             image_store_max_bytes: 10 << 30,
+            object_refresh: agent::OBJECT_REFRESH,
         },
         cancel.clone(),
     )
@@ -146,8 +137,7 @@ async fn run() {
 
     // Reconcile overhead: the same plugin bytes in a host of our own.
     let host = Arc::new(
-        kedge::plugins::PluginHost::new(api.clone(), PluginConfig::default(), cancel.clone())
-            .unwrap(),
+        kedge::plugins::PluginHost::new(api.clone(), Default::default(), cancel.clone()).unwrap(),
     );
     let plugin = host
         .load("replicaset", server::default_plugins::REPLICASET)

@@ -195,14 +195,22 @@ impl Connection {
 }
 
 /// `kedge token create`: stores a bootstrap-token Secret and returns the join token.
+/// `description` replaces the default one (kubeadm's `--description`).
 pub async fn create_join_token(
     kubeconfig: &Path,
     ttl: Option<chrono::Duration>,
+    description: Option<&str>,
 ) -> anyhow::Result<String> {
+    if let Some(d) = description {
+        crate::node_identity::validate_description(d).map_err(anyhow::Error::msg)?;
+    }
     let client = KubeClient::from_kubeconfig(kubeconfig)?;
     let token = BootstrapToken::generate();
     let expiration = ttl.map(|t| chrono::Utc::now() + t);
-    let secret = crate::server::token_secret(&token, expiration);
+    let mut secret = crate::server::token_secret(&token, expiration);
+    if let Some(d) = description {
+        secret["data"]["description"] = base64::engine::general_purpose::STANDARD.encode(d).into();
+    }
     let (code, body) = client
         .request(
             http::Method::POST,
@@ -298,12 +306,8 @@ pub async fn revoke_node(
     node: &str,
 ) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
     use crate::node_identity::{REVOCATIONS_NAME, REVOCATIONS_NAMESPACE};
-    let valid = !node.is_empty()
-        && node.len() <= 253
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    anyhow::ensure!(valid, "{node:?} is not a node name");
+    crate::core::meta::validate_subdomain(node)
+        .map_err(|e| anyhow::anyhow!("{node:?} is not a node name: {e}"))?;
     let client = KubeClient::from_kubeconfig(kubeconfig)?;
     let mut conn = client.connect().await?;
     let path = format!("/api/v1/namespaces/{REVOCATIONS_NAMESPACE}/configmaps/{REVOCATIONS_NAME}");
@@ -371,5 +375,19 @@ mod tests {
         for bad in ["", "ABC123", "abc12", "../etc", "abc123.x"] {
             assert!(super::token_id(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Checked before the kubeconfig is even read.
+    #[tokio::test]
+    async fn revoke_refuses_what_is_no_node_name() {
+        let nowhere = std::path::Path::new("/nonexistent/kubeconfig");
+        for bad in ["", "Edge-1", "-edge", "edge..1", "edge_1", &"a".repeat(254)] {
+            let e = super::revoke_node(nowhere, bad).await.unwrap_err();
+            assert!(e.to_string().contains("is not a node name"), "{bad}: {e}");
+        }
+        let e = super::revoke_node(nowhere, "edge-1.shop")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("kubeconfig"), "{e}");
     }
 }

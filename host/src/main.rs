@@ -112,7 +112,9 @@ enum Command {
         /// The server's address, host:port (UDP; the same port as its HTTPS API).
         #[arg(long, env = "KEDGE_SERVER")]
         server: String,
-        /// Join token (`K10…::id.secret`), needed until the node has its certificate.
+        /// Join token (`K10…::id.secret`), needed until the node has its certificate, and
+        /// again if that expires while the node is offline (the agent then runs its pods
+        /// offline; a token written to <data-dir>/tunnel/join-token is used without a restart).
         #[arg(long, env = "KEDGE_TOKEN")]
         token: Option<String>,
         /// Node name (default: the hostname).
@@ -127,6 +129,10 @@ enum Command {
         /// `--register-with-taints`).
         #[arg(long, value_delimiter = ',')]
         node_taints: Vec<String>,
+        /// How often, in seconds, the node refreshes its copies of the Secrets and ConfigMaps
+        /// its pods use and updates their volumes' files (kubelet's sync period is a minute).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        object_refresh_seconds: u64,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -201,6 +207,9 @@ enum TokenCommand {
         /// Lifetime, e.g. 30m, 24h, 7d; 0 = never expires.
         #[arg(long, default_value = "24h")]
         ttl: String,
+        /// What the token is for (one line), shown by `token list`.
+        #[arg(long)]
+        description: Option<String>,
     },
     /// List bootstrap tokens: id, time left, expiry, usages, description (never secrets).
     List {
@@ -363,6 +372,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             node_labels,
             node_taints,
+            object_refresh_seconds,
             images,
         } => {
             let (registries, image_store_max_bytes) = images.load()?;
@@ -383,6 +393,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 taints,
                 registries,
                 image_store_max_bytes,
+                object_refresh: Duration::from_secs(object_refresh_seconds),
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
@@ -415,6 +426,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     taints: vec![],
                     registries,
                     image_store_max_bytes,
+                    object_refresh: agent::OBJECT_REFRESH,
                 },
                 cancel.clone(),
             )
@@ -432,10 +444,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await;
         }
         Command::Token {
-            command: TokenCommand::Create { kubeconfig, ttl },
+            command:
+                TokenCommand::Create {
+                    kubeconfig,
+                    ttl,
+                    description,
+                },
         } => {
             let ttl = parse_ttl(&ttl)?;
-            let token = kedge::kubeclient::create_join_token(&kubeconfig, ttl).await?;
+            let token =
+                kedge::kubeclient::create_join_token(&kubeconfig, ttl, description.as_deref())
+                    .await?;
             println!("{token}");
         }
         Command::Token {
@@ -446,6 +465,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 kedge::node_identity::token_table(&rows, chrono::Utc::now())
             );
+            if rows.iter().any(|r| !r.extra_groups.is_empty()) {
+                eprintln!(
+                    "note: EXTRA GROUPS (auth-extra-groups) are shown but have no effect in kedge: its bootstrap tokens only let nodes join"
+                );
+            }
         }
         Command::Token {
             command: TokenCommand::Delete { kubeconfig, id },

@@ -101,6 +101,20 @@ pub struct TokenRow {
     pub expires: Option<DateTime<Utc>>,
     pub usages: Vec<String>,
     pub description: String,
+    /// `auth-extra-groups` of a token Secret made by other means (kubeadm's). Shown, never
+    /// used: kedge's bootstrap tokens authorize joining a node and nothing else.
+    pub extra_groups: Vec<String>,
+}
+
+/// Checks `kedge token create --description`: any length (as kubeadm), but one line of
+/// printable text, since `kedge token list` prints one line per token.
+pub fn validate_description(d: &str) -> Result<(), String> {
+    match d.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "--description must be one line of text; it contains {c:?}"
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The bootstrap tokens in a Secret list (other Secrets are skipped), by id. Never the
@@ -130,6 +144,15 @@ pub fn token_rows(list: &Value) -> Vec<TokenRow> {
                     .map(|e| e.with_timezone(&Utc)),
                 usages,
                 description: secret_field(s, "description").unwrap_or_default(),
+                extra_groups: secret_field(s, "auth-extra-groups")
+                    .map(|g| {
+                        g.split(',')
+                            .map(str::trim)
+                            .filter(|g| !g.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
         })
         .collect();
@@ -152,23 +175,34 @@ fn ttl(expires: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     }
 }
 
-/// The table `kedge token list` prints.
+/// The table `kedge token list` prints. The EXTRA GROUPS column (last, as in kubeadm's) only
+/// appears when a token has some: kedge never sets them.
 pub fn token_table(rows: &[TokenRow], now: DateTime<Utc>) -> String {
-    let cells: Vec<[String; 5]> = rows
+    let extra = rows.iter().any(|r| !r.extra_groups.is_empty());
+    let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
-            [
+            let mut row = vec![
                 r.id.clone(),
                 ttl(r.expires, now),
                 r.expires
                     .map_or_else(|| "<never>".into(), crate::core::meta::timestamp),
                 r.usages.join(","),
                 r.description.clone(),
-            ]
+            ];
+            if extra {
+                row.push(r.extra_groups.join(","));
+            }
+            row
         })
         .collect();
-    let header = ["ID", "TTL", "EXPIRES", "USAGES", "DESCRIPTION"].map(String::from);
-    let mut width = [0usize; 5];
+    let mut header: Vec<String> = ["ID", "TTL", "EXPIRES", "USAGES", "DESCRIPTION"]
+        .map(String::from)
+        .into();
+    if extra {
+        header.push("EXTRA GROUPS".into());
+    }
+    let mut width = vec![0usize; header.len()];
     for row in std::iter::once(&header).chain(&cells) {
         for (w, c) in width.iter_mut().zip(row) {
             *w = (*w).max(c.len());
@@ -178,8 +212,8 @@ pub fn token_table(rows: &[TokenRow], now: DateTime<Utc>) -> String {
     for row in std::iter::once(&header).chain(&cells) {
         let line: Vec<String> = row
             .iter()
-            .zip(width)
-            .map(|(c, w)| format!("{c:w$}"))
+            .zip(&width)
+            .map(|(c, &w)| format!("{c:w$}"))
             .collect();
         out.push_str(line.join("   ").trim_end());
         out.push('\n');
@@ -266,5 +300,51 @@ mod tests {
         );
         assert!(lines[3].contains("<expired>"), "{table}");
         assert!(!table.contains("0123456789abcdef"), "{table}");
+        assert!(!table.contains("EXTRA GROUPS"), "none has any: {table}");
+    }
+
+    #[test]
+    fn token_list_shows_descriptions_and_extra_groups_set_by_others() {
+        use base64::Engine as _;
+        let b = |s: &str| json!(base64::engine::general_purpose::STANDARD.encode(s));
+        let now = at("2026-11-26T06:00:00Z");
+        let a: BootstrapToken = "aaaaaa.0123456789abcdef".parse().unwrap();
+        let k: BootstrapToken = "kkkkkk.0123456789abcdef".parse().unwrap();
+        let mut ours = crate::server::token_secret(&a, None);
+        ours["data"]["description"] = b("shop 17, till Friday");
+        let mut kubeadm = crate::server::token_secret(&k, None);
+        kubeadm["data"]["auth-extra-groups"] =
+            b("system:bootstrappers:kubeadm:default-node-token,system:x");
+        let rows = token_rows(&json!({"items": [kubeadm, ours]}));
+        assert_eq!(rows[0].description, "shop 17, till Friday");
+        assert!(rows[0].extra_groups.is_empty());
+        assert_eq!(
+            rows[1].extra_groups,
+            [
+                "system:bootstrappers:kubeadm:default-node-token",
+                "system:x"
+            ]
+        );
+        let table = token_table(&rows, now);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].contains("DESCRIPTION") && lines[0].ends_with("EXTRA GROUPS"),
+            "{table}"
+        );
+        assert!(lines[1].ends_with("shop 17, till Friday"), "{table}");
+        assert!(
+            lines[2].ends_with("system:bootstrappers:kubeadm:default-node-token,system:x"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn descriptions_are_one_line() {
+        assert!(validate_description("shop 17 (Zürich), till Friday").is_ok());
+        assert!(validate_description(&"x".repeat(10_000)).is_ok());
+        for bad in ["two\nlines", "tab\there", "bell\u{7}"] {
+            let e = validate_description(bad).unwrap_err();
+            assert!(e.starts_with("--description must be one line"), "{e}");
+        }
     }
 }

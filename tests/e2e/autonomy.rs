@@ -1,7 +1,8 @@
 //! Offline autonomy: an agent restarted while the server is down runs its pods again from its
 //! own record — with the ConfigMaps and Secrets they use from its local copies, restarting a
 //! crashing one per its restartPolicy — and reconciles with the API when the server is back
-//! (a pod deleted meanwhile is stopped, the others carry on with their status re-sent).
+//! (a pod deleted meanwhile is stopped, the others carry on with their status re-sent, the
+//! events of the offline period are sent).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -341,6 +342,7 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
     );
 
     // Server back: the agent reconnects, the pod is the same one, and Running.
+    let back = chrono::Utc::now();
     restart_server(&mut c);
     c.wait("keep Running again, same uid", || {
         let out = c.kubectl(&[
@@ -357,6 +359,31 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
         let out = c.kubectl(&["logs", "keep"]);
         (out.ok && !out.stdout.is_empty()).then_some(())
     });
+
+    // What happened on the node meanwhile is told too: the events recorded while the server
+    // was down (the crasher started again, offline) are sent once it is back, with their own
+    // times.
+    c.wait("an Event of the offline period", || {
+        let out = c.kubectl(&["get", "events", "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+        list["items"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["involvedObject"]["name"] == "crasher"
+                    && e["reason"] == "Started"
+                    && e["firstTimestamp"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .is_some_and(|t| t.timestamp() >= restarted.timestamp() && t < back)
+            })
+            .then_some(())
+    });
+    assert!(
+        c.agent(node)
+            .log_text()
+            .contains("sent the events recorded while the server was unreachable")
+    );
 
     // A pod deleted while its agent is away is stopped when the agent comes back, even if
     // the agent first started it from its record.

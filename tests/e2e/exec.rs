@@ -153,8 +153,9 @@ fn port_forward_with(c: &Cluster, target: &str, ports: &str, env: &[(&str, &str)
     child
 }
 
-#[test]
-fn exec_attach_and_port_forward_through_the_tunnel() {
+/// A cluster with one agent, node-a, that pulls from a local registry holding busybox (the
+/// image reference returned).
+fn busybox_cluster() -> (TestRegistry, Cluster, String) {
     kedge_tunnel::install_crypto_provider();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = TestRegistry::start(TestRegistryOptions { auth: false }).expect("test registry");
@@ -188,6 +189,12 @@ fn exec_attach_and_port_forward_through_the_tunnel() {
         &token,
         &["--registries-config", registries.to_str().unwrap()],
     );
+    (reg, c, busybox)
+}
+
+#[test]
+fn exec_attach_and_port_forward_through_the_tunnel() {
+    let (_reg, c, busybox) = busybox_cluster();
 
     // Pods share the node's network: the web server's port must be free on this host.
     let web_port = free_port();
@@ -267,18 +274,7 @@ fn exec_attach_and_port_forward_through_the_tunnel() {
     );
 
     // -it: the command gets a real terminal (runc's pty, inside the container).
-    let cmd = format!(
-        "kubectl --kubeconfig {} exec -it shell -- busybox tty",
-        c.kubeconfig.display()
-    );
-    let child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_bounded(child, Duration::from_secs(60));
+    let out = kubectl_in_tty(&c, "exec -it shell -- busybox tty");
     assert!(
         text(&out.stdout).contains("/dev/pts/"),
         "tty said: {} / {}\n--- agent log ---\n{}\n--- server log ---\n{}",
@@ -289,18 +285,7 @@ fn exec_attach_and_port_forward_through_the_tunnel() {
     );
 
     // With a tty too the exit code comes back (`script -e` passes kubectl's on).
-    let cmd = format!(
-        "kubectl --kubeconfig {} exec -it shell -- sh -c 'stty size; exit 4'",
-        c.kubeconfig.display()
-    );
-    let child = Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = wait_bounded(child, Duration::from_secs(60));
+    let out = kubectl_in_tty(&c, "exec -it shell -- sh -c 'stty size; exit 4'");
     assert_eq!(
         out.status.code(),
         Some(4),
@@ -313,12 +298,30 @@ fn exec_attach_and_port_forward_through_the_tunnel() {
     let out = kubectl(&c, &["exec", "shell", "--", "/no/such/cmd"], None);
     assert!(!out.status.success());
 
-    // Wasm containers have nothing to exec into: a clear error.
+    // A Wasm container holds one program: exec starts it again with the exec's arguments
+    // (and the container's env), through the tunnel, exit code and all.
+    let out = kubectl(
+        &c,
+        &["exec", "wasm", "--", "hello", "--once", "a", "b"],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hello from wasm in default args=a b\n");
+    // Anything else is not there to run, and there is no terminal: clear errors.
     let out = kubectl(&c, &["exec", "wasm", "--", "sh"], None);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("exec is not supported in Wasm containers"),
+        text(&out.stderr).contains("must begin with its name, \"hello\""),
         "{}",
+        text(&out.stderr)
+    );
+    // (kubectl asks for a tty only when it has one itself: `script` gives it one.)
+    let out = kubectl_in_tty(&c, "exec -it wasm -- hello --once");
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stdout).contains("has no terminal"),
+        "{} / {}",
+        text(&out.stdout),
         text(&out.stderr)
     );
 
@@ -459,4 +462,195 @@ fn port_forward_reaches_a_wasm_pod() {
     }
     let _ = pf.kill();
     let _ = pf.wait();
+}
+
+/// `kubectl ARGS` run under `script`, which gives it a terminal (kubectl asks the server for
+/// a tty only when it has one itself); `script -e` passes kubectl's exit code on, and its
+/// stdout carries everything kubectl wrote.
+fn kubectl_in_tty(c: &Cluster, args: &str) -> std::process::Output {
+    let cmd = format!("kubectl --kubeconfig {} {args}", c.kubeconfig.display());
+    let child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(child, Duration::from_secs(60))
+}
+
+/// A running `kubectl attach -i`: its stdin to write to, its stdout read line by line on a
+/// thread (so a missing line fails the test instead of hanging it).
+struct Attached {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Attached {
+    fn start(c: &Cluster, args: &[&str]) -> Attached {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&c.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Attached {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        let w = self.stdin.as_mut().expect("stdin still open");
+        writeln!(w, "{line}").unwrap();
+        w.flush().unwrap();
+    }
+
+    /// Waits (bounded) for `want` among the output lines; what came before it is returned.
+    fn expect(&self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.trim_end_matches('\r') == want => return seen,
+                Ok(l) => seen.push(l),
+                Err(_) => break,
+            }
+        }
+        panic!("attach never printed {want:?}; it printed {seen:?}");
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stdin_pod(name: &str, image: &str, script: &str, extra: Value) -> Value {
+    let mut container = json!({"name": "main", "image": image, "command": ["sh", "-c", script],
+        "stdin": true});
+    for (k, v) in extra.as_object().unwrap() {
+        container[k] = v.clone();
+    }
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {"restartPolicy": "Never", "containers": [container]},
+    })
+}
+
+/// `kubectl attach -i` (and `-it`) into the main process of a container started with `stdin:
+/// true`: its stdin stays open across sessions, `stdinOnce` closes it when the first session's
+/// input ends, `tty: true` gives it a terminal. A container without `stdin: true` refuses.
+#[test]
+fn attach_feeds_the_stdin_of_the_main_process() {
+    let (_reg, c, busybox) = busybox_cluster();
+    create(
+        &c,
+        &stdin_pod(
+            "reader",
+            &busybox,
+            "while read l; do echo got:$l; done; echo eof; exec sleep 3600",
+            json!({}),
+        ),
+    );
+    create(
+        &c,
+        &stdin_pod(
+            "once",
+            &busybox,
+            "while read l; do echo got:$l; done; echo eof",
+            json!({"stdinOnce": true}),
+        ),
+    );
+    create(
+        &c,
+        &stdin_pod(
+            "term",
+            &busybox,
+            "while read l; do [ -t 0 ] && echo tty:$l; [ \"$l\" = quit ] && exit 0; done",
+            json!({"tty": true}),
+        ),
+    );
+    create(&c, &pod("closed", &busybox, "exec sleep 3600"));
+    for p in ["reader", "once", "term", "closed"] {
+        c.wait(&format!("{p} Running"), || running(&c, p).then_some(()));
+    }
+
+    // Without stdinOnce: a session's input ending (and the session itself) leaves the stdin
+    // open for the next one.
+    let mut a = Attached::start(&c, &["attach", "-i", "reader"]);
+    a.send("one");
+    a.expect("got:one");
+    a.stdin = None;
+    std::thread::sleep(Duration::from_millis(500));
+    a.stop();
+    let mut b = Attached::start(&c, &["attach", "-i", "reader"]);
+    b.send("two");
+    let before = b.expect("got:two");
+    assert!(!before.iter().any(|l| l == "eof"), "{before:?}");
+    b.stop();
+
+    // stdinOnce: the end of the first session's input is the process's EOF; it exits and the
+    // attach ends with it.
+    let out = kubectl(&c, &["attach", "-i", "once"], Some(b"a\nb\n"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "got:a\ngot:b\neof\n");
+
+    // -it: a terminal (`[ -t 0 ]`), fed through kubectl's own terminal (`script`).
+    let cmd = format!(
+        "kubectl --kubeconfig {} attach -it term",
+        c.kubeconfig.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let typist = std::thread::spawn(move || {
+        // kubectl connects first; what is typed meanwhile waits in the terminal.
+        std::thread::sleep(Duration::from_secs(2));
+        input.write_all(b"hello\n").unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        input.write_all(b"quit\n").unwrap();
+        // Held open until kubectl is done: script's EOF would end the session early.
+        let _ = held.recv();
+    });
+    let out = wait_bounded(child, Duration::from_secs(60));
+    let _ = release.send(());
+    typist.join().unwrap();
+    assert!(
+        text(&out.stdout).contains("tty:hello"),
+        "attach -it said: {} / {}\n--- agent log ---\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        crate::harness::tail(&c.agents[0].log_text(), 30),
+    );
+
+    // A container whose stdin is closed: a clear refusal.
+    let out = kubectl(&c, &["attach", "-i", "closed"], Some(b"x\n"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not started with stdin open"),
+        "{}",
+        text(&out.stderr)
+    );
 }

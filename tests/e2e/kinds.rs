@@ -78,6 +78,26 @@ fn documentation_examples_apply_get_describe_and_delete() {
         assert!(again.contains(what), "{again}");
     }
 
+    // A Secret written with stringData is stored as base64 data, as kube-apiserver does;
+    // a key that cannot be a file name is refused with the field named.
+    let secret = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: plain\nstringData:\n  user: admin\n  pass.txt: s3cr=t\n";
+    let out = apply(&c, secret);
+    assert!(out.ok, "{}", out.stderr);
+    let s = json(&c, &["secret", "plain"]);
+    assert_eq!(s["type"], "Opaque");
+    assert_eq!(
+        s["data"],
+        serde_json::json!({"user": "YWRtaW4=", "pass.txt": "czNjcj10"})
+    );
+    assert!(s.get("stringData").is_none(), "{s}");
+    let out = apply(&c, &secret.replace("user:", "\"no/slash\":"));
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr.contains("data[no/slash]") && out.stderr.contains("a valid config key"),
+        "{}",
+        out.stderr
+    );
+
     // kubectl get all: category `all`, each kind with its own columns.
     let all = c.k(&["get", "all"]);
     for want in [

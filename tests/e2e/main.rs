@@ -23,3 +23,4 @@ mod sandbox;
 mod services;
 mod skeleton;
 mod statefulset;
+mod volumes;

@@ -2,7 +2,9 @@
 //! certificate over the tunnel while its node stays Ready and its pod keeps running;
 //! `kedge node revoke` closes its tunnel, gets its certificate refused on the tunnel and with
 //! 401 on HTTPS, and the node goes Unknown; it joins again only with a token created after
-//! the revocation. `kedge token list/delete`: a deleted or expired token cannot join a node.
+//! the revocation (restarted meanwhile, it keeps its pods). `kedge token list/delete`: a
+//! deleted or expired token cannot join a node. A node whose certificate expired while it was
+//! off starts offline and joins again with a token written into its data dir.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -204,8 +206,23 @@ fn certificates_rotate_revoked_nodes_are_refused_and_tokens_are_managed() {
     );
 
     // 3. Tokens: list shows them (never the secret), delete and expiry stop joins.
-    let (ok, fresh, err) = kedge(&c, &["token", "create", "--ttl", "1h"]);
+    let (ok, fresh, err) = kedge(
+        &c,
+        &[
+            "token",
+            "create",
+            "--ttl",
+            "1h",
+            "--description",
+            "rot-node, again",
+        ],
+    );
     assert!(ok, "{err}");
+    let (ok, _, err) = kedge(&c, &["token", "create", "--description", "two\nlines"]);
+    assert!(
+        !ok && err.trim().lines().count() == 1 && err.contains("one line"),
+        "{err}"
+    );
     let fresh = fresh.trim().to_string();
     let (ok, doomed, err) = kedge(&c, &["token", "create", "--ttl", "1h"]);
     assert!(ok, "{err}");
@@ -231,6 +248,11 @@ fn certificates_rotate_revoked_nodes_are_refused_and_tokens_are_managed() {
     }
     assert!(
         list.contains("<forever>") && list.contains("authentication"),
+        "{list}"
+    );
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(&id(&fresh)) && l.ends_with("rot-node, again")),
         "{list}"
     );
     let (ok, out, err) = kedge(&c, &["token", "delete", &id(&doomed)]);
@@ -263,7 +285,22 @@ fn certificates_rotate_revoked_nodes_are_refused_and_tokens_are_managed() {
     });
     c.agent(node).kill();
     c.agents.retain(|a| a.name != node);
-    refused(&mut c, node, &token, "created after");
+    // Not renewed since the revocation, its certificate has expired (or is made to): the
+    // agent starts offline, keeping its pods, and its old token is refused.
+    std::thread::sleep(
+        cert_of(&tunnel_dir)
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_secs(1),
+    );
+    c.start_agent(node, &token);
+    c.wait("the old token refused", || {
+        agent_log(&c, node).contains("created after").then_some(())
+    });
+    assert!(c.agent(node).is_running(), "{}", agent_log(&c, node));
+    assert_ne!(node_ready(&c, node), "True");
+    c.agent(node).kill();
     c.agents.retain(|a| a.name != node);
     c.start_agent(node, &fresh);
     c.wait("the node Ready again after joining anew", || {
@@ -271,9 +308,42 @@ fn certificates_rotate_revoked_nodes_are_refused_and_tokens_are_managed() {
     });
     let rejoined = cert_of(&tunnel_dir);
     assert_ne!(rejoined.serial, current.serial);
-    assert!(
-        c.agent(node)
-            .log_text()
-            .contains("joining again with the given join token")
+    assert!(c.agent(node).log_text().contains("joined the cluster"));
+
+    // 5. Regression: a node whose certificate expired while it was off (and whose unit file
+    // still holds a dead token) used to exit at start, pods and all. It starts, runs its pods
+    // from the local record and says what it needs; a join token written into its data dir
+    // brings it back without a restart.
+    c.agent(node).kill();
+    c.agents.retain(|a| a.name != node);
+    let before = cert_of(&tunnel_dir);
+    std::thread::sleep(
+        before
+            .not_after
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+            + Duration::from_secs(1),
     );
+    c.start_agent(node, &doomed);
+    c.wait(
+        "the agent running offline on its expired certificate",
+        || {
+            let log = agent_log(&c, node);
+            (log.contains("starting pod from the local record") && log.contains("join-token"))
+                .then_some(())
+        },
+    );
+    assert!(c.agent(node).is_running(), "{}", agent_log(&c, node));
+    let (ok, again, err) = kedge(&c, &["token", "create", "--ttl", "1h"]);
+    assert!(ok, "{err}");
+    let token_file = tunnel_dir.join("join-token");
+    std::fs::write(&token_file, again).unwrap();
+    c.wait("the agent to join with the token file", || {
+        (cert_of(&tunnel_dir).serial != before.serial).then_some(())
+    });
+    c.wait("the node Ready again", || {
+        (node_ready(&c, node) == "True").then_some(())
+    });
+    assert!(!token_file.exists(), "a spent token file is removed");
+    assert!(c.agent(node).is_running());
 }

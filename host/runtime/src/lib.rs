@@ -4,11 +4,13 @@
 //! `wasm` runs WASI command components (P2) and core modules (P1) with a memory cap and
 //! prompt cancellation; `oci` runs Linux containers through runc on an overlay of the image;
 //! `logs` writes and serves container logs; `restart` holds the pure restart-policy and
-//! back-off rules so the agent's state machine stays testable.
+//! back-off rules so the agent's state machine stays testable; `stdio` keeps a container's
+//! stdin open for `kubectl attach -i`.
 
 pub mod logs;
 pub mod oci;
 pub mod restart;
+pub mod stdio;
 pub mod wasm;
 
 use std::path::PathBuf;

@@ -279,10 +279,35 @@ pub fn read(
         carry: Vec::new(),
         draining: false,
     };
-    futures_util::stream::unfold(state, |mut reader| async move {
-        let item = reader.next_chunk().await?;
-        Some((item, reader))
-    })
+    state.into_stream()
+}
+
+/// [`read`] following from the end of the log as it is now, before the stream is first
+/// polled: for `kubectl attach`, whose input may cause output right after the client is told
+/// the session is up, and that output must not fall before where the stream starts.
+pub async fn follow_from_now(
+    path: PathBuf,
+    done: Option<watch::Receiver<bool>>,
+) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
+    let opts = LogOptions {
+        follow: true,
+        tail_lines: Some(0),
+        since: None,
+        timestamps: false,
+        limit_bytes: None,
+    };
+    let mut reader = Reader {
+        path,
+        remaining: None,
+        opts,
+        done,
+        phase: Phase::Start,
+        file: None,
+        carry: Vec::new(),
+        draining: false,
+    };
+    reader.start().await?;
+    Ok(reader.into_stream())
 }
 
 enum Phase {
@@ -307,29 +332,22 @@ struct Reader {
 }
 
 impl Reader {
+    fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold(self, |mut reader| async move {
+            let item = reader.next_chunk().await?;
+            Some((item, reader))
+        })
+    }
+
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
             match &mut self.phase {
                 Phase::Finished => return None,
                 Phase::Start => {
-                    let file = match tokio::fs::File::open(&self.path).await {
-                        Ok(f) => f,
-                        Err(e) => {
-                            self.phase = Phase::Finished;
-                            return Some(Err(e));
-                        }
-                    };
-                    self.file = Some(BufReader::new(file));
-                    self.phase = match self.opts.tail_lines {
-                        Some(n) => match self.collect_tail(n).await {
-                            Ok(q) => Phase::Tail(q),
-                            Err(e) => {
-                                self.phase = Phase::Finished;
-                                return Some(Err(e));
-                            }
-                        },
-                        None => Phase::Streaming,
-                    };
+                    if let Err(e) = self.start().await {
+                        self.phase = Phase::Finished;
+                        return Some(Err(e));
+                    }
                 }
                 Phase::Tail(queue) => {
                     if queue.is_empty() {
@@ -394,6 +412,17 @@ impl Reader {
             }
             None => tokio::time::sleep(FOLLOW_POLL).await,
         }
+    }
+
+    /// Opens the file and finds where to start (`tail_lines`).
+    async fn start(&mut self) -> io::Result<()> {
+        let file = tokio::fs::File::open(&self.path).await?;
+        self.file = Some(BufReader::new(file));
+        self.phase = match self.opts.tail_lines {
+            Some(n) => Phase::Tail(self.collect_tail(n).await?),
+            None => Phase::Streaming,
+        };
+        Ok(())
     }
 
     /// Reads the whole file, keeping the last `n` selected records.
@@ -685,5 +714,25 @@ mod tests {
             .expect("stream ends after done");
         let rest: Vec<u8> = rest.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
         assert_eq!(rest, b"last\n");
+    }
+
+    /// Regression (attach): output written after the call but before the stream is first
+    /// polled must not be skipped as part of the "old" log.
+    #[tokio::test]
+    async fn follow_from_now_starts_at_the_call_not_the_first_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with_clock(&path, ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        s.write(b"old\n").unwrap();
+        let (done_tx, done_rx) = watch::channel(false);
+        let stream = follow_from_now(path.clone(), Some(done_rx)).await.unwrap();
+        s.write(b"answer\n").unwrap();
+        done_tx.send(true).unwrap();
+        let all: Vec<_> = tokio::time::timeout(Duration::from_secs(2), stream.collect::<Vec<_>>())
+            .await
+            .expect("stream ends after done");
+        let all: Vec<u8> = all.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(all, b"answer\n");
     }
 }

@@ -13,6 +13,10 @@
 //!   with the agent (a crash leaves it to be cleaned up, which the next run with the same id
 //!   does); a per-container shim (like containerd-shim) would lift that later. `--keep` leaves
 //!   the cgroup in place after exit so the OOM-kill counter can be read before `runc delete`.
+//! - **Stdin**: closed, unless the pod spec says `stdin: true`: then a pipe the agent feeds
+//!   from `kubectl attach -i` ([`crate::stdio`]). With `tty: true`, runc's stdio is a host pty
+//!   and the container gets a terminal of its own (as for `exec -t`); its output is logged as
+//!   stdout.
 //! - **Stop**: preStop hook (bounded by the grace period), `runc kill TERM`, the rest of the grace
 //!   period, `runc kill KILL`; then `runc delete --force`, unmount, remove the bundle.
 //! - **Network**: no network namespace; pods share the host network (`hostNetwork: true`) until
@@ -40,6 +44,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument as _, Span, debug, info, info_span, warn};
 
 use crate::logs::{LogStream, LogWriter, StreamKind};
+use crate::stdio::Stdin;
 pub use crate::wasm::Exit;
 use crate::{Error, Result};
 pub use exec::{ExecProcess, Pty, PtySize};
@@ -235,11 +240,30 @@ impl OciRuntime {
     /// non-zero exit [`Exit::OutOfMemory`]. A failure to start (bad image path, missing binary)
     /// is an `Err`, as is a failed postStart hook.
     pub async fn run(&self, spec: ContainerSpec, cancel: CancellationToken) -> Result<Exit> {
-        let span = info_span!("oci", container = %spec.id);
-        self.run_inner(spec, cancel).instrument(span).await
+        self.run_with_stdin(spec, None, cancel).await
     }
 
-    async fn run_inner(&self, spec: ContainerSpec, cancel: CancellationToken) -> Result<Exit> {
+    /// [`OciRuntime::run`] with the container's stdin kept open and fed from `stdin` (pod
+    /// spec `stdin: true`), and with `tty: true` a terminal: runc gets a host pty as its
+    /// stdio and, in the foreground, copies between it and the container's own pty, as for
+    /// `exec -t`. The terminal's output is the container's stdout in the log, as kubelet
+    /// logs tty containers. Without `stdin` the process reads EOF.
+    pub async fn run_with_stdin(
+        &self,
+        spec: ContainerSpec,
+        stdin: Option<Stdin>,
+        cancel: CancellationToken,
+    ) -> Result<Exit> {
+        let span = info_span!("oci", container = %spec.id);
+        self.run_inner(spec, stdin, cancel).instrument(span).await
+    }
+
+    async fn run_inner(
+        &self,
+        spec: ContainerSpec,
+        stdin: Option<Stdin>,
+        cancel: CancellationToken,
+    ) -> Result<Exit> {
         spec::validate(&spec)?;
         let image_rootfs = std::fs::canonicalize(&spec.image_rootfs)
             .ok()
@@ -290,6 +314,7 @@ impl OciRuntime {
                 cgroups_path: &cgroups_path,
                 swap_limit: matches!(self.cgroups, Cgroups::V1 { memsw: true }),
                 nofile: self.nofile,
+                terminal: stdin.as_ref().is_some_and(|s| s.mode().tty),
             },
         );
         let config_path = layout.bundle.join("config.json");
@@ -305,7 +330,7 @@ impl OciRuntime {
         })?;
 
         let outcome = self
-            .execute(&spec, &layout, &cgroups_path, log, &cancel)
+            .execute(&spec, &layout, &cgroups_path, log, stdin, &cancel)
             .await;
         guard.armed = false;
         if let Err(e) = self.cleanup(&spec.id, &layout).await {
@@ -324,6 +349,7 @@ impl OciRuntime {
         layout: &Layout,
         cgroups_path: &str,
         log: LogWriter,
+        stdin: Option<Stdin>,
         cancel: &CancellationToken,
     ) -> Result<Exit> {
         let mut cmd = self.runc.command();
@@ -332,19 +358,60 @@ impl OciRuntime {
             .args(["--log-format", "json", "run", "--keep", "--bundle"])
             .arg(&layout.bundle)
             .arg(&spec.id)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             // Own process group: a Ctrl-C or group signal aimed at the agent would reach runc,
             // which forwards it to the container, bypassing preStop and the grace period.
             .process_group(0);
+        let tty = stdin.as_ref().is_some_and(|s| s.mode().tty);
+        let mut pty = None;
+        if tty {
+            let io_err = |source| Error::Io {
+                what: "allocate",
+                path: PathBuf::from("a pty for the container"),
+                source,
+            };
+            let (master, slave) = exec::host_pty().map_err(io_err)?;
+            cmd.stdin(Stdio::from(slave.try_clone().map_err(io_err)?))
+                .stdout(Stdio::from(slave.try_clone().map_err(io_err)?))
+                .stderr(Stdio::from(slave));
+            pty = Some(Pty::new(master)?);
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            if stdin.as_ref().is_some_and(|s| s.mode().stdin) {
+                cmd.stdin(Stdio::piped());
+            }
+        }
         let mut child = cmd
             .spawn()
             .map_err(|source| Error::RuncSpawn { op: "run", source })?;
-        info!(pid = child.id(), "container starting");
-        let pumps = [
+        // Our copies of the pty slave close here, so the master reads EIO once runc is gone.
+        drop(cmd);
+        info!(pid = child.id(), tty, "container starting");
+        let mut pumps = vec![
             pump(child.stdout.take(), log.stream(StreamKind::Stdout)),
             pump(child.stderr.take(), log.stream(StreamKind::Stderr)),
         ];
+        // Stops with the run: nothing is fed to a container that is gone.
+        let _feeder = match (stdin, pty) {
+            (Some(stdin), Some(mut pty)) => {
+                pty.size.runc = child.id();
+                pumps.push(pump(Some(pty.output), log.stream(StreamKind::Stdout)));
+                let size = pty.size;
+                let feed = stdin.feed(pty.input, move |w, h| {
+                    if let Err(e) = size.resize(w, h) {
+                        debug!(error = %e, "cannot resize the container's terminal");
+                    }
+                });
+                Some(AbortOnDropHandle::new(tokio::spawn(
+                    feed.instrument(Span::current()),
+                )))
+            }
+            (Some(stdin), None) => child.stdin.take().map(|w| {
+                AbortOnDropHandle::new(tokio::spawn(
+                    stdin.feed(w, |_, _| {}).instrument(Span::current()),
+                ))
+            }),
+            (None, _) => None,
+        };
 
         let ended = self.supervise(spec, &mut child, cancel).await;
 
@@ -672,6 +739,8 @@ where
                         failed = true;
                     }
                 }
+                // A pty master reads EIO once the terminal's last user closed it: its EOF.
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) => break,
                 Err(e) => {
                     warn!(error = %e, "cannot read container output");
                     break;

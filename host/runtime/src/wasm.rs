@@ -2,8 +2,14 @@
 //!
 //! One [`wasmtime::Engine`] serves every workload on the node. Guests are WASI commands: a P2
 //! component exporting `wasi:cli/run`, or a P1 core module exporting `_start`. Each run gets a
-//! fresh store with the container's argv and env, stdout/stderr wired to its CRI log file, no
-//! filesystem and no sockets (deny by default: nothing in a pod spec grants them yet).
+//! fresh store with the container's argv and env, stdout/stderr wired to its CRI log file, the
+//! pod's volumes as preopened directories (nothing else of the host's filesystem) and WASI
+//! sockets on the node's network, as containers share it. Stdin is empty, or with
+//! `stdin: true` a stream fed by `kubectl attach -i` ([`crate::stdio`]).
+//!
+//! `kubectl exec` into a Wasm container ([`WasmRuntime::exec`]) starts a second instance of
+//! the same program with the exec's arguments, the container's env and volumes, and the
+//! exec's stdio: a Wasm image holds one program, so that is the process there is to start.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,23 +21,29 @@ use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{
     Config, Engine, Module, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap,
     UpdateDeadline,
 };
+use wasmtime_wasi::cli::{AsyncStdinStream, AsyncStdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::logs::{LogStream, LogWriter, StreamKind};
+use crate::stdio::Stdin;
 use crate::{Error, Result};
 
 /// How often the engine's epoch advances. Running guests yield to the executor at each tick,
 /// which bounds how long cancellation (and other tasks on the same worker) can be held up by a
 /// busy guest.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// Stdin bytes buffered between the attach sessions and a guest (`stdin: true`), as a pipe
+/// buffers them for a process: beyond it, input waits for the guest to read.
+const STDIN_BUFFER: usize = 64 * 1024;
 
 /// Whether a binary is a component or a core module, read from its header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +160,52 @@ pub struct RunSpec {
     pub memory_limit: Option<u64>,
     /// Host directories the guest sees (WASI preopens): the pod's volumes.
     pub dirs: Vec<Preopen>,
+}
+
+/// A second instance of a running container's program, for `kubectl exec`.
+#[derive(Clone, Debug)]
+pub struct ExecSpec {
+    /// The exec's argv.
+    pub args: Vec<String>,
+    /// The container's env and volumes, and its memory limit (for this instance alone).
+    pub env: Vec<(String, String)>,
+    pub memory_limit: Option<u64>,
+    pub dirs: Vec<Preopen>,
+}
+
+/// A running [`WasmRuntime::exec`]: our ends of its stdio and the instance's task.
+pub struct WasmExec {
+    /// Writes reach the guest's stdin; dropping it is EOF. `None` without stdin.
+    pub stdin: Option<tokio::io::DuplexStream>,
+    /// What the guest writes to stdout and stderr; EOF once it ends.
+    pub stdout: tokio::io::DuplexStream,
+    pub stderr: tokio::io::DuplexStream,
+    /// `None` once it ended, which `exit` then tells.
+    task: Option<AbortOnDropHandle<Result<Exit>>>,
+    exit: Option<Exit>,
+    cancel: CancellationToken,
+}
+
+impl WasmExec {
+    /// Waits for the instance to end (cancel-safe; again after the end, the same answer, or
+    /// `Killed` if it failed to start).
+    pub async fn wait(&mut self) -> Result<Exit> {
+        if let Some(task) = self.task.as_mut() {
+            let r = match task.await {
+                Ok(r) => r,
+                Err(e) => Ok(Exit::Trapped(format!("the exec task failed: {e}"))),
+            };
+            self.task = None;
+            self.exit = Some(r?);
+        }
+        Ok(self.exit.clone().unwrap_or(Exit::Killed))
+    }
+
+    /// Drops the instance where it stands (within an epoch tick) and waits for that.
+    pub async fn stop(&mut self) {
+        self.cancel.cancel();
+        let _ = self.wait().await;
+    }
 }
 
 /// A host directory visible to the guest at `guest_path`.
@@ -424,35 +482,33 @@ impl WasmRuntime {
         spec: RunSpec,
         cancel: CancellationToken,
     ) -> Result<Exit> {
+        self.run_with_stdin(workload, spec, None, cancel).await
+    }
+
+    /// [`WasmRuntime::run`] with the guest's stdin kept open and fed from `stdin` (pod spec
+    /// `stdin: true`). WASI gives the guest no terminal, so `tty` only changes what the
+    /// client sees, not the guest.
+    pub async fn run_with_stdin(
+        &self,
+        workload: &Workload,
+        spec: RunSpec,
+        stdin: Option<Stdin>,
+        cancel: CancellationToken,
+    ) -> Result<Exit> {
         let log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,
         })?;
         let stdout = log.stream(StreamKind::Stdout);
         let stderr = log.stream(StreamKind::Stderr);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&spec.args)
-            .envs(&spec.env)
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            // Pods share the node's network (as containers do): WASI sockets on, so a Wasm
-            // service can listen and `kubectl port-forward` reaches it.
-            .inherit_network()
-            .allow_tcp(true)
-            .allow_udp(true)
-            .allow_ip_name_lookup(true);
-        for d in &spec.dirs {
-            let perms = if d.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            wasi.preopened_dir(&d.host_path, &d.guest_path, perms)
-                .map_err(|source| Error::Preopen {
-                    path: d.host_path.clone(),
-                    source,
-                })?;
-        }
+        let mut wasi = wasi_builder(&spec.args, &spec.env, &spec.dirs)?;
+        wasi.stdout(stdout.clone()).stderr(stderr.clone());
+        // Fed for the run's duration; dropping it with the run ends the feeding.
+        let _feeder = stdin.filter(|s| s.mode().stdin).map(|stdin| {
+            let (guest, ours) = tokio::io::duplex(STDIN_BUFFER);
+            wasi.stdin(AsyncStdinStream::new(guest));
+            AbortOnDropHandle::new(tokio::spawn(stdin.feed(ours, |_, _| {})))
+        });
         let cap = spec
             .memory_limit
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
@@ -469,6 +525,41 @@ impl WasmRuntime {
             Err(error) => debug!(%digest, %error, "workload failed to start"),
         }
         outcome
+    }
+
+    /// Starts a second instance of `workload` for `kubectl exec`, with its stdio on pipes.
+    /// The instance is dropped when the returned [`WasmExec`] is, or on [`WasmExec::stop`].
+    pub fn exec(&self, workload: &Workload, spec: ExecSpec, stdin: bool) -> Result<WasmExec> {
+        let mut wasi = wasi_builder(&spec.args, &spec.env, &spec.dirs)?;
+        let (guest_out, stdout) = tokio::io::duplex(STDIN_BUFFER);
+        let (guest_err, stderr) = tokio::io::duplex(STDIN_BUFFER);
+        wasi.stdout(AsyncStdoutStream::new(STDIN_BUFFER, guest_out))
+            .stderr(AsyncStdoutStream::new(STDIN_BUFFER, guest_err));
+        let stdin = stdin.then(|| {
+            let (guest, ours) = tokio::io::duplex(STDIN_BUFFER);
+            wasi.stdin(AsyncStdinStream::new(guest));
+            ours
+        });
+        let cap = spec
+            .memory_limit
+            .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
+        let cancel = CancellationToken::new();
+        let (rt, workload, stop) = (self.clone(), workload.clone(), cancel.clone());
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => Ok(Exit::Killed),
+                r = rt.execute(&workload, wasi, cap) => r,
+            }
+        });
+        Ok(WasmExec {
+            stdin,
+            stdout,
+            stderr,
+            task: Some(AbortOnDropHandle::new(task)),
+            exit: None,
+            cancel,
+        })
     }
 
     async fn execute(
@@ -536,6 +627,35 @@ impl WasmRuntime {
             }
         }
     }
+}
+
+/// What every instance gets: argv, env, the node's network (pods share it, as containers do:
+/// a Wasm service can listen and `kubectl port-forward` reaches it) and the pod's volumes.
+fn wasi_builder(
+    args: &[String],
+    env: &[(String, String)],
+    dirs: &[Preopen],
+) -> Result<WasiCtxBuilder> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(args)
+        .envs(env)
+        .inherit_network()
+        .allow_tcp(true)
+        .allow_udp(true)
+        .allow_ip_name_lookup(true);
+    for d in dirs {
+        let perms = if d.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        wasi.preopened_dir(&d.host_path, &d.guest_path, perms)
+            .map_err(|source| Error::Preopen {
+                path: d.host_path.clone(),
+                source,
+            })?;
+    }
+    Ok(wasi)
 }
 
 fn flush_partials(streams: &[&LogStream]) {

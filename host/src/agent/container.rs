@@ -261,7 +261,7 @@ async fn prepare(
         .map_err(Failure::config)?;
     let env =
         super::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects).map_err(Failure::config)?;
-    write_volumes(pod, c, dirs, &objects).map_err(Failure::config)?;
+    write_volumes(pod, c, dirs, &objects, (ctx.clock)()).map_err(Failure::config)?;
     let mounts = spec::mounts(pod, c, dirs).map_err(Failure::config)?;
     // Wasm guests see volumes as WASI preopened directories.
     let preopens = || -> Vec<Preopen> {
@@ -366,12 +366,14 @@ async fn prepare(
     }
 }
 
-/// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts.
+/// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts (those
+/// of running pods are kept up to date by [`super::refresh_volumes`]).
 fn write_volumes(
     pod: &Value,
     c: &Value,
     dirs: &spec::PodDirs,
     objects: &objects::Objects,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
     let mounted: Vec<&str> = c["volumeMounts"]
         .as_array()
@@ -396,7 +398,7 @@ fn write_volumes(
         ) else {
             continue;
         };
-        objects::write_volume(&dir, &files)
+        objects::write_volume(&dir, &files, now, true)
             .map_err(|e| format!("volume {name:?}: writing {}: {e}", dir.display()))?;
     }
     Ok(())
@@ -579,7 +581,35 @@ pub(super) async fn run_container(
             continue;
         }
         let log_path = dir.join(format!("{restart_count}.log"));
+        // The log exists before the container is reported Running: `kubectl logs` right
+        // after that must read an empty log, not fail because the runtime (still compiling a
+        // Wasm module, say) has not opened it yet.
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            run.update(ctx, i, |r| {
+                r.state = ContainerState::StartError {
+                    reason: "RunContainerError".into(),
+                    message: format!("creating {}: {e}", log_path.display()),
+                }
+            })
+            .await;
+            if !sleep_or_cancel(backoff(0), &cancel).await {
+                return;
+            }
+            continue;
+        }
         let (done_tx, done_rx) = watch::channel(false);
+        // A fresh stdin per run, as a restarted process gets a new one from kubelet.
+        let (attach, stdin) = match stdio_mode(c) {
+            m if m.stdin || m.tty => {
+                let (a, s) = kedge_runtime::stdio::channel(m);
+                (Some(a), Some(s))
+            }
+            _ => (None, None),
+        };
         ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
             LogHandle {
@@ -589,6 +619,22 @@ pub(super) async fn run_container(
                 done: done_rx,
                 runc_id: matches!(prepared, Prepared::Oci { .. })
                     .then(|| runc_id(uid, &name, restart_count)),
+                wasm: match &prepared {
+                    Prepared::Wasm {
+                        workload,
+                        args,
+                        env,
+                        dirs,
+                    } => Some(Arc::new(super::stream::WasmTarget {
+                        workload: workload.clone(),
+                        program: args.first().cloned().unwrap_or_default(),
+                        env: env.clone(),
+                        dirs: dirs.clone(),
+                        memory_limit,
+                    })),
+                    Prepared::Oci { .. } => None,
+                },
+                stdin: attach,
             },
         );
         ctx.events
@@ -636,7 +682,7 @@ pub(super) async fn run_container(
                     dirs,
                 };
                 ctx.runtime
-                    .run(&workload, spec, cancel.clone())
+                    .run_with_stdin(&workload, spec, stdin, cancel.clone())
                     .await
                     .map_err(|e| e.to_string())
             }
@@ -667,7 +713,7 @@ pub(super) async fn run_container(
                     post_start,
                     pre_stop,
                 };
-                let out = oci.run(spec, cancel.clone()).await;
+                let out = oci.run_with_stdin(spec, stdin, cancel.clone()).await;
                 if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
                     let text = out
                         .as_ref()
@@ -758,6 +804,16 @@ pub(super) async fn run_container(
 }
 
 /// The runc container id of one run of a container (unique per restart).
+/// The container's `stdin`, `stdinOnce` and `tty`.
+fn stdio_mode(c: &Value) -> kedge_runtime::stdio::Mode {
+    let flag = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+    kedge_runtime::stdio::Mode {
+        stdin: flag("stdin"),
+        stdin_once: flag("stdinOnce"),
+        tty: flag("tty"),
+    }
+}
+
 fn runc_id(uid: &str, name: &str, restart_count: u32) -> String {
     format!("{uid}-{name}-{restart_count}")
 }

@@ -98,6 +98,9 @@ pub struct AgentConfig {
     /// Size budget of the node's image store; least recently used images not in use are
     /// removed past it.
     pub image_store_max_bytes: u64,
+    /// How often the node's copies of Secrets and ConfigMaps are refreshed and the volumes of
+    /// running pods updated from them ([`OBJECT_REFRESH`] unless a test wants it quicker).
+    pub object_refresh: Duration,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -108,8 +111,12 @@ struct LogHandle {
     restart_count: u32,
     /// Turns true when the current run ends (a follow then drains and closes).
     done: watch::Receiver<bool>,
-    /// The runc id of the current run; `None` for a Wasm container (nothing to exec into).
+    /// The runc id of the current run; `None` for a Wasm container.
     runc_id: Option<String>,
+    /// What `kubectl exec` starts in a Wasm container: its program again.
+    wasm: Option<Arc<stream::WasmTarget>>,
+    /// The current run's stdin, for `attach -i`, with `stdin: true` or `tty: true`.
+    stdin: Option<kedge_runtime::stdio::Attach>,
 }
 
 type ContainerId = (String, String, String);
@@ -198,9 +205,11 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
             None
         }
     };
+    let wasm = WasmRuntime::new().context("wasm runtime")?;
     let kubelet = kubelet_router(Arc::new(Kubelet {
         logs: logs.clone(),
         oci: oci.clone(),
+        wasm: wasm.clone(),
         cancel: cancel.clone(),
     }));
     let tunnel = kedge_tunnel::agent::TunnelClient::start(
@@ -225,9 +234,14 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     let clock = crate::api::ops::system_clock();
     let shared = Arc::new(Shared {
         node: cfg.node_name.clone(),
-        events: events::Recorder::new(client.clone(), cfg.node_name.clone(), clock.clone()),
+        events: events::Recorder::new(
+            client.clone(),
+            cfg.node_name.clone(),
+            clock.clone(),
+            cfg.data_dir.join("event-outbox.json"),
+        ),
         client,
-        runtime: WasmRuntime::new().context("wasm runtime")?,
+        runtime: wasm,
         oci,
         puller: Puller::new(images, cfg.registries.clone()),
         images_in_use: Mutex::default(),
@@ -247,7 +261,14 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         cancel.clone(),
     ));
     tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
-    tasks.spawn(object_refresh_loop(shared.clone(), cancel.clone()));
+    tasks.spawn(object_refresh_loop(
+        shared.clone(),
+        cfg.object_refresh,
+        cancel.clone(),
+    ));
+    let events = shared.clone();
+    let stop = cancel.clone();
+    tasks.spawn(async move { events.events.flush_loop(stop).await });
     tasks.spawn(container::image_gc_loop(
         shared.clone(),
         cfg.image_store_max_bytes,
@@ -893,19 +914,69 @@ fn forget_pod(ctx: &Shared, uid: &str) {
     ctx.objects.prune(|| pod_cache::peek(&ctx.data_dir));
 }
 
-/// How often the local copies of Secrets and ConfigMaps are refreshed from the API.
-const OBJECT_REFRESH: Duration = Duration::from_secs(60);
+/// How often, by default, the node's copies of Secrets and ConfigMaps are refreshed from the
+/// API and the `configMap`, `secret` and `projected` volumes of running pods rewritten from
+/// them: a minute, as kubelet's sync period (`kedge agent --object-refresh-seconds`).
+pub const OBJECT_REFRESH: Duration = Duration::from_secs(60);
 
-async fn object_refresh_loop(ctx: Ctx, cancel: CancellationToken) {
+async fn object_refresh_loop(ctx: Ctx, period: Duration, cancel: CancellationToken) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(OBJECT_REFRESH) => {}
+            _ = tokio::time::sleep(period) => {}
         }
         if ctx.client.is_connected() {
             objects::refresh(&ctx.client, &ctx.objects).await;
+            refresh_volumes(&ctx).await;
         }
     }
+}
+
+/// Rewrites the `configMap`, `secret` and `projected` volumes of the pods this node runs from
+/// the node's fresh copies, as kubelet's sync does: containers see the new files (the volume's
+/// `..data` link swapped at once, see [`objects::write_volume`]) without a restart. As in
+/// Kubernetes:
+/// - a file mounted by `subPath` is not updated (it is bound to the file of its time);
+/// - a volume whose object is gone keeps its last files unless the source is `optional`, in
+///   which case its files go (kubelet writes an optional missing object as empty);
+/// - a volume no container has written yet is left to the container's start.
+async fn refresh_volumes(ctx: &Shared) {
+    for pod in pod_cache::peek(&ctx.data_dir) {
+        let dirs = pod_dirs(ctx, &pod);
+        let (ns, pod_name) = (meta::namespace(&pod), meta::name(&pod));
+        for v in pod
+            .pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(dir) = spec::projected_dir(&dirs, v).filter(|d| objects::volume_written(d))
+            else {
+                continue;
+            };
+            let volume = v["name"].as_str().unwrap_or_default();
+            let pod = format!("{ns}/{pod_name}");
+            let refs = objects::volume_refs(ns, v);
+            let files = objects::cached(&ctx.client, &ctx.objects, refs)
+                .await
+                .and_then(|o| objects::volume_files(&o, ns, v));
+            let files = match files {
+                Ok(Some(files)) => files,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::debug!(pod, volume, error = %e, "volume not refreshed: it keeps its files");
+                    continue;
+                }
+            };
+            match objects::write_volume(&dir, &files, (ctx.clock)(), false) {
+                Ok(true) => tracing::info!(pod, volume, "volume updated"),
+                Ok(false) => {}
+                Err(e) => tracing::debug!(pod, volume, error = %e, "updating a volume failed"),
+            }
+        }
+    }
+    // An object first asked for above was kept: if its pod went meanwhile, so does the copy.
+    ctx.objects.prune(|| pod_cache::peek(&ctx.data_dir));
 }
 
 /// Grace period of containers when the agent itself stops.
@@ -1328,6 +1399,7 @@ type LogMap = Arc<Mutex<HashMap<ContainerId, LogHandle>>>;
 struct Kubelet {
     logs: LogMap,
     oci: Option<Arc<OciRuntime>>,
+    wasm: WasmRuntime,
     /// Stops exec and port-forward sessions when the agent stops.
     cancel: CancellationToken,
 }
@@ -1401,6 +1473,22 @@ async fn container_logs(
         timestamps: truthy(&q.timestamps),
         limit_bytes: q.limit_bytes,
     };
+    // A body that fails before its first byte makes hyper drop the stream without the head,
+    // which the server can only report as a 502; a missing file gets a real answer instead.
+    if let Err(e) = tokio::fs::metadata(&path).await {
+        let (code, text) = if e.kind() == std::io::ErrorKind::NotFound {
+            (
+                http::StatusCode::NOT_FOUND,
+                format!("container \"{container}\" in pod \"{pod}\" has no log on this node"),
+            )
+        } else {
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the log of container \"{container}\" in pod \"{pod}\": {e}"),
+            )
+        };
+        return (code, text).into_response();
+    }
     let stream = kedge_runtime::logs::read(path, opts, done);
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut().insert(
@@ -1488,6 +1576,55 @@ mod tests {
             images[0]["sizeBytes"].as_u64().unwrap(),
             SAMPLE_IMAGES[0].1.len() as u64
         );
+    }
+
+    /// A container reported Running may not have written anything yet: its log reads empty,
+    /// and a log that is missing is a 404 with a message, never a stream that breaks before
+    /// its head (which the server can only pass on as a 502).
+    #[tokio::test]
+    async fn logs_answer_with_a_head_whether_or_not_the_file_exists() {
+        use http_body_util::BodyExt as _;
+        use tower::ServiceExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (_done_tx, done) = watch::channel(false);
+        let logs = LogMap::default();
+        logs.lock().unwrap().insert(
+            ("ns".into(), "p".into(), "c".into()),
+            LogHandle {
+                uid: "u".into(),
+                dir: dir.path().to_owned(),
+                restart_count: 1,
+                done,
+                runc_id: None,
+                wasm: None,
+                stdin: None,
+            },
+        );
+        let router = kubelet_router(Arc::new(Kubelet {
+            logs,
+            oci: None,
+            wasm: WasmRuntime::new().unwrap(),
+            cancel: CancellationToken::new(),
+        }));
+        let get = |q: &str| {
+            let uri = format!("/containerLogs/ns/p/c{q}");
+            let router = router.clone();
+            async move {
+                let req = http::Request::get(uri).body(Body::empty()).unwrap();
+                let resp = router.oneshot(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+        let (status, body) = get("").await;
+        assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
+        assert!(body.contains("has no log on this node"), "{body}");
+        std::fs::write(dir.path().join("1.log"), "").unwrap();
+        assert_eq!(get("").await, (http::StatusCode::OK, String::new()));
+        // The previous run's log (0.log) is gone too: a message, not a broken stream.
+        let (status, body) = get("?previous=true").await;
+        assert_eq!(status, http::StatusCode::NOT_FOUND, "{body}");
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! is refreshed while the server is reachable, and an object no recorded pod uses any more is
 //! deleted from it.
 //!
+//! The files of `configMap`, `secret` and `projected` volumes are laid out as kubelet's
+//! AtomicWriter does (see [`write_volume`]) and rewritten, while the pod runs, when its objects
+//! change (the agent's periodic refresh, [`super::OBJECT_REFRESH`]): a container sees the new
+//! files at once, all together. A file mounted by `subPath` keeps the content it had when its
+//! container started, as in Kubernetes.
+//!
 //! Resolving what a container needs and turning objects into its environment and volume files
 //! are pure functions, tested without a server.
 
@@ -17,124 +23,16 @@ use base64::Engine as _;
 use serde_json::Value;
 
 use super::client::Client;
-use crate::core::meta;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    ConfigMap,
-    Secret,
-}
-
-impl Kind {
-    fn plural(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "configmaps",
-            Kind::Secret => "secrets",
-        }
-    }
-
-    /// As kubelet names them in its messages (`configmap "x" not found`).
-    fn word(self) -> &'static str {
-        match self {
-            Kind::ConfigMap => "configmap",
-            Kind::Secret => "secret",
-        }
-    }
-}
-
-/// One Secret or ConfigMap a pod names.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjRef {
-    pub kind: Kind,
-    pub ns: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for ObjRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind.word(), self.ns, self.name)
-    }
-}
+pub use crate::core::pod::{Kind, ObjRef, container_refs, volume_refs};
 
 fn arr(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
-fn add(out: &mut BTreeSet<ObjRef>, kind: Kind, ns: &str, name: &Value) {
-    if let Some(name) = name.as_str().filter(|n| !n.is_empty()) {
-        out.insert(ObjRef {
-            kind,
-            ns: ns.to_string(),
-            name: name.to_string(),
-        });
-    }
-}
-
-fn volume_refs(ns: &str, v: &Value, out: &mut BTreeSet<ObjRef>) {
-    add(out, Kind::ConfigMap, ns, &v["configMap"]["name"]);
-    add(out, Kind::Secret, ns, &v["secret"]["secretName"]);
-    for s in arr(&v["projected"]["sources"]) {
-        add(out, Kind::ConfigMap, ns, &s["configMap"]["name"]);
-        add(out, Kind::Secret, ns, &s["secret"]["name"]);
-    }
-}
-
-fn env_refs(ns: &str, c: &Value, out: &mut BTreeSet<ObjRef>) {
-    for e in arr(&c["env"]) {
-        add(
-            out,
-            Kind::ConfigMap,
-            ns,
-            &e["valueFrom"]["configMapKeyRef"]["name"],
-        );
-        add(
-            out,
-            Kind::Secret,
-            ns,
-            &e["valueFrom"]["secretKeyRef"]["name"],
-        );
-    }
-    for e in arr(&c["envFrom"]) {
-        add(out, Kind::ConfigMap, ns, &e["configMapRef"]["name"]);
-        add(out, Kind::Secret, ns, &e["secretRef"]["name"]);
-    }
-}
-
 /// Everything `pod` names: what the store keeps for it.
 pub fn pod_refs(pod: &Value) -> BTreeSet<ObjRef> {
-    let ns = meta::namespace(pod);
-    let mut out = BTreeSet::new();
-    let spec = &pod["spec"];
-    for s in arr(&spec["imagePullSecrets"]) {
-        add(&mut out, Kind::Secret, ns, &s["name"]);
-    }
-    for v in arr(&spec["volumes"]) {
-        volume_refs(ns, v, &mut out);
-    }
-    for c in arr(&spec["initContainers"])
-        .iter()
-        .chain(arr(&spec["containers"]))
-    {
-        env_refs(ns, c, &mut out);
-    }
-    out
-}
-
-/// What container `c` needs to start: its env and envFrom, and the volumes it mounts.
-pub fn container_refs(pod: &Value, c: &Value) -> BTreeSet<ObjRef> {
-    let ns = meta::namespace(pod);
-    let mut out = BTreeSet::new();
-    env_refs(ns, c, &mut out);
-    let mounted: BTreeSet<&str> = arr(&c["volumeMounts"])
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
-    for v in arr(&pod["spec"]["volumes"]) {
-        if v["name"].as_str().is_some_and(|n| mounted.contains(n)) {
-            volume_refs(ns, v, &mut out);
-        }
-    }
-    out
+    crate::core::pod::referenced_objects(pod)
 }
 
 /// The objects a container start resolved; `None`: it does not exist.
@@ -147,6 +45,7 @@ impl Objects {
         Objects(
             objs.into_iter()
                 .map(|(kind, o)| {
+                    use crate::core::meta;
                     let r = ObjRef {
                         kind,
                         ns: meta::namespace(&o).to_string(),
@@ -423,55 +322,190 @@ pub fn volume_files(
     Ok(Some(out))
 }
 
-/// Makes `dir` hold exactly `files`: each written to a temporary name and renamed (a
-/// container reading the volume sees the old file or the new one), files no longer listed
-/// removed.
-pub fn write_volume(dir: &Path, files: &[VolumeFile]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    std::fs::create_dir_all(dir)?;
-    for f in files {
-        let path = dir.join(&f.path);
-        let parent = path.parent().unwrap_or(dir);
-        std::fs::create_dir_all(parent)?;
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = parent.join(format!("..tmp.{}.{seq}", std::process::id()));
-        let mut out = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        out.write_all(&f.bytes)?;
-        drop(out);
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(f.mode))?;
-        std::fs::rename(&tmp, &path)?;
-    }
-    let keep: BTreeSet<PathBuf> = files.iter().map(|f| dir.join(&f.path)).collect();
-    remove_unlisted(dir, &keep);
-    Ok(())
-}
+/// The link in a volume's directory to the timestamped directory holding its current files.
+const DATA_LINK: &str = "..data";
+/// The new [`DATA_LINK`], renamed over the old one.
+const DATA_LINK_TMP: &str = "..data_tmp";
 
-fn remove_unlisted(dir: &Path, keep: &BTreeSet<PathBuf>) {
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if e.file_name().to_string_lossy().starts_with("..tmp.") {
-            // Another container of the pod writing the same volume right now.
+/// Makes `dir` hold exactly `files`, laid out as kubelet's AtomicWriter does so a container
+/// never sees half an update: the files live in a timestamped directory
+/// (`..2026_11_26_10_00_00.123456789`, named after `now`), `..data` is a symlink to it, and each
+/// top-level name is a symlink into `..data` (`key -> ..data/key`). An update writes a new
+/// timestamped directory, renames a new `..data` link over the old one (atomic), fixes the
+/// top-level links and removes the old directory. All links are relative, so they resolve
+/// inside a container that has the directory bind-mounted (or preopened) elsewhere.
+///
+/// Returns whether anything changed: a volume already holding exactly `files` (paths, bytes,
+/// modes) is left alone. With `create` false, a missing `dir` is an error instead of being
+/// created (a refresh must not bring back the directory of a pod being removed).
+pub fn write_volume(
+    dir: &Path,
+    files: &[VolumeFile],
+    now: chrono::DateTime<chrono::Utc>,
+    create: bool,
+) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // One writer at a time per agent: the containers of a pod starting together and the
+    // periodic refresh may write the same volume.
+    static WRITING: Mutex<()> = Mutex::new(());
+    let _g = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    if create {
+        std::fs::create_dir_all(dir)?;
+    } else if !dir.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the volume's directory is gone",
+        ));
+    }
+    let want: BTreeMap<&str, (&[u8], u32)> = files
+        .iter()
+        .map(|f| (f.path.as_str(), (f.bytes.as_slice(), f.mode & 0o7777)))
+        .collect();
+    let top: BTreeSet<&str> = want
+        .keys()
+        .map(|p| p.split('/').next().unwrap_or(p))
+        .collect();
+    let old = std::fs::read_link(dir.join(DATA_LINK)).ok();
+    if let Some(old) = &old
+        && current_files(&dir.join(old)).is_some_and(|have| {
+            have.len() == want.len()
+                && have
+                    .iter()
+                    .all(|(p, (b, m))| want.get(p.as_str()) == Some(&(b.as_slice(), *m)))
+        })
+        && visible_links_match(dir, &top)
+    {
+        return Ok(false);
+    }
+
+    // The new timestamped directory, with every file.
+    let stamp = now.format("..%Y_%m_%d_%H_%M_%S.%9f").to_string();
+    let mut ts = stamp.clone();
+    for n in 1.. {
+        match std::fs::create_dir(dir.join(&ts)) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => ts = format!("{stamp}_{n}"),
+            Err(e) => return Err(e),
+        }
+    }
+    let ts_dir = dir.join(&ts);
+    let written = (|| -> std::io::Result<()> {
+        std::fs::set_permissions(&ts_dir, std::fs::Permissions::from_mode(0o755))?;
+        for (path, (bytes, mode)) in &want {
+            let p = ts_dir.join(path);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&p, bytes)?;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode))?;
+        }
+        // The switch: one rename.
+        let tmp = dir.join(DATA_LINK_TMP);
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&ts, &tmp)?;
+        std::fs::rename(&tmp, dir.join(DATA_LINK))
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&ts_dir);
+        return Err(e);
+    }
+
+    // The names users see: a link into `..data` each (new names get one; files of the layout
+    // kedge used before, plain files, are replaced), the names that went away removed, and
+    // with them the old timestamped directory and leftovers of interrupted writes.
+    for name in &top {
+        let p = dir.join(name);
+        let target = Path::new(DATA_LINK).join(name);
+        if std::fs::read_link(&p).is_ok_and(|t| t == target) {
             continue;
         }
-        match e.file_type() {
-            Ok(t) if t.is_dir() => {
-                remove_unlisted(&p, keep);
-                if !keep.iter().any(|k| k.starts_with(&p)) {
-                    let _ = std::fs::remove_dir(&p);
-                }
-            }
-            Ok(_) if !keep.contains(&p) => {
-                let _ = std::fs::remove_file(&p);
-            }
-            _ => {}
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&p)?;
+        }
+        let tmp = dir.join(format!("..link_tmp.{name}"));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&target, &tmp)?;
+        std::fs::rename(&tmp, &p)?;
+    }
+    for e in std::fs::read_dir(dir)?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let keep = if name.starts_with("..") {
+            name == DATA_LINK || name == ts
+        } else {
+            top.contains(name.as_str())
+        };
+        if keep {
+            continue;
+        }
+        let p = e.path();
+        let removed = match e.file_type() {
+            Ok(t) if t.is_dir() => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        };
+        if let Err(err) = removed {
+            tracing::debug!(path = %p.display(), error = %err, "removing an old volume file failed");
         }
     }
+    Ok(true)
+}
+
+/// Whether [`write_volume`] has written `dir` (a container of the pod has started with it).
+pub fn volume_written(dir: &Path) -> bool {
+    std::fs::symlink_metadata(dir.join(DATA_LINK)).is_ok()
+}
+
+/// The files under a volume's timestamped directory: path, bytes and mode. `None` if it
+/// cannot be read.
+fn current_files(ts_dir: &Path) -> Option<BTreeMap<String, (Vec<u8>, u32)>> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fn walk(
+        root: &Path,
+        d: &Path,
+        out: &mut BTreeMap<String, (Vec<u8>, u32)>,
+    ) -> std::io::Result<()> {
+        for e in std::fs::read_dir(d)? {
+            let e = e?;
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p)?;
+            if meta.is_dir() {
+                walk(root, &p, out)?;
+            } else {
+                let rel = p
+                    .strip_prefix(root)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    rel,
+                    (std::fs::read(&p)?, meta.permissions().mode() & 0o7777),
+                );
+            }
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    walk(ts_dir, ts_dir, &mut out).ok()?;
+    Some(out)
+}
+
+/// Whether the names users see in `dir` are exactly `top`, each a link into `..data`.
+fn visible_links_match(dir: &Path, top: &BTreeSet<&str>) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut seen = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("..") {
+            continue;
+        }
+        let target = Path::new(DATA_LINK).join(&name);
+        if !top.contains(name.as_str()) || std::fs::read_link(e.path()).ok() != Some(target) {
+            return false;
+        }
+        seen += 1;
+    }
+    seen == top.len()
 }
 
 /// The node's copies (`<data-dir>/object-cache/{configmaps,secrets}/<ns>_<name>.json`).
@@ -641,6 +675,25 @@ pub async fn resolve(
     Ok(Objects(out))
 }
 
+/// The objects of `refs` from the node's copies (which [`refresh`] keeps up to date), without
+/// asking the server again; one the node has no copy of is fetched (an optional object that
+/// did not exist when the pod started may exist now).
+pub async fn cached(
+    client: &Client,
+    store: &Store,
+    refs: BTreeSet<ObjRef>,
+) -> Result<Objects, String> {
+    let mut out = HashMap::new();
+    for r in refs {
+        let obj = match store.load(&r) {
+            Some(obj) => Some(obj),
+            None => fetch(client, store, &r).await?,
+        };
+        out.insert(r, obj);
+    }
+    Ok(Objects(out))
+}
+
 /// Brings the store's copies up to date while the server is reachable, so that what a pod
 /// gets offline is what it would get online. Copies are refreshed one by one; an unreachable
 /// server leaves them as they are.
@@ -683,59 +736,6 @@ mod tests {
                     "data": {"token": b64("s3cr3t"), "user": b64("admin")}}),
             ),
         ])
-    }
-
-    fn pod() -> Value {
-        json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {
-        "imagePullSecrets": [{"name": "regcred"}],
-        "volumes": [
-            {"name": "cfg", "configMap": {"name": "conf"}},
-            {"name": "sec", "secret": {"secretName": "creds"}},
-            {"name": "both", "projected": {"sources": [
-                {"configMap": {"name": "conf2"}}, {"secret": {"name": "creds2"}}]}},
-        ],
-        "initContainers": [{"name": "i", "envFrom": [{"secretRef": {"name": "init-env"}}]}],
-        "containers": [
-            {"name": "a", "env": [{"name": "G", "valueFrom": {"configMapKeyRef": {"name": "conf", "key": "GREETING"}}}],
-             "volumeMounts": [{"name": "sec", "mountPath": "/s"}]},
-            {"name": "b", "envFrom": [{"configMapRef": {"name": "envs"}}],
-             "volumeMounts": [{"name": "both", "mountPath": "/b"}]},
-        ]}})
-    }
-
-    fn names(refs: &BTreeSet<ObjRef>) -> Vec<String> {
-        refs.iter().map(ToString::to_string).collect()
-    }
-
-    #[test]
-    fn a_pod_names_its_objects_and_a_container_only_what_it_needs() {
-        let p = pod();
-        assert_eq!(
-            names(&pod_refs(&p)),
-            [
-                "configmap default/conf",
-                "configmap default/conf2",
-                "configmap default/envs",
-                "secret default/creds",
-                "secret default/creds2",
-                "secret default/init-env",
-                "secret default/regcred",
-            ]
-        );
-        let a = &p["spec"]["containers"][0];
-        assert_eq!(
-            names(&container_refs(&p, a)),
-            ["configmap default/conf", "secret default/creds"]
-        );
-        let b = &p["spec"]["containers"][1];
-        assert_eq!(
-            names(&container_refs(&p, b)),
-            [
-                "configmap default/conf2",
-                "configmap default/envs",
-                "secret default/creds2"
-            ]
-        );
     }
 
     #[test]
@@ -851,27 +851,136 @@ mod tests {
         assert!(token.unwrap_err().contains("serviceAccountToken"));
     }
 
-    #[test]
-    fn a_volume_is_rewritten_to_exactly_its_files() {
-        use std::os::unix::fs::PermissionsExt as _;
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().join("vol");
-        let f = |path: &str, bytes: &str, mode| VolumeFile {
+    fn at(secs: i64) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_795_680_000 + secs, 123_456_789).unwrap()
+    }
+
+    fn file(path: &str, bytes: &str, mode: u32) -> VolumeFile {
+        VolumeFile {
             path: path.into(),
             bytes: bytes.as_bytes().to_vec(),
             mode,
-        };
-        write_volume(&dir, &[f("a", "1", 0o644), f("sub/b", "2", 0o400)]).unwrap();
+        }
+    }
+
+    /// The names in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_volume_is_laid_out_as_kubelets_atomic_writer_does() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vol");
+        let changed = write_volume(
+            &dir,
+            &[file("a", "1", 0o644), file("sub/b", "2", 0o400)],
+            at(0),
+            true,
+        )
+        .unwrap();
+        assert!(changed);
+        // Each name once, a link into `..data`, which links to the timestamped directory.
+        let ts = "..2026_11_26_08_00_00.123456789";
+        assert_eq!(listing(&dir), [ts, "..data", "a", "sub"]);
+        assert_eq!(
+            std::fs::read_link(dir.join("..data")).unwrap(),
+            Path::new(ts)
+        );
+        assert_eq!(
+            std::fs::read_link(dir.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
         assert_eq!(std::fs::read_to_string(dir.join("sub/b")).unwrap(), "2");
         let mode = std::fs::metadata(dir.join("sub/b"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o400);
-        write_volume(&dir, &[f("a", "changed", 0o644)]).unwrap();
+        // The same files again: nothing is written.
+        let same = [file("sub/b", "2", 0o400), file("a", "1", 0o644)];
+        assert!(!write_volume(&dir, &same, at(1), true).unwrap());
+        assert_eq!(listing(&dir), [ts, "..data", "a", "sub"]);
+        // A mode alone is a change too.
+        let chmod = [file("a", "1", 0o600), file("sub/b", "2", 0o400)];
+        assert!(write_volume(&dir, &chmod, at(2), true).unwrap());
+    }
+
+    #[test]
+    fn an_update_replaces_the_files_at_once_and_removes_the_old_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vol");
+        write_volume(
+            &dir,
+            &[file("a", "1", 0o644), file("sub/b", "2", 0o644)],
+            at(0),
+            true,
+        )
+        .unwrap();
+        // What a container holds open across the update (a file it read the old `..data`
+        // through, as a subPath mount is bound to) keeps the old content.
+        let old_a = std::fs::canonicalize(dir.join("a")).unwrap();
+        let held = std::fs::File::open(&old_a).unwrap();
+        assert!(
+            write_volume(
+                &dir,
+                &[file("a", "changed", 0o644), file("c", "3", 0o644)],
+                at(60),
+                true
+            )
+            .unwrap()
+        );
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "changed");
-        assert!(!dir.join("sub").exists(), "a key that went away leaves");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "3");
+        // The key that went away leaves; so does the old timestamped directory.
+        assert!(!dir.join("sub").exists());
+        assert_eq!(
+            listing(&dir),
+            ["..2026_11_26_08_01_00.123456789", "..data", "a", "c"]
+        );
+        assert!(!old_a.exists());
+        assert_eq!(std::io::read_to_string(held).unwrap(), "1");
+        // Every key removed (an optional object that went away): only the links remain.
+        assert!(write_volume(&dir, &[], at(120), true).unwrap());
+        assert_eq!(listing(&dir), ["..2026_11_26_08_02_00.123456789", "..data"]);
+        // Two updates within the same instant do not collide.
+        assert!(write_volume(&dir, &[file("a", "x", 0o644)], at(180), true).unwrap());
+        assert!(write_volume(&dir, &[file("a", "y", 0o644)], at(180), true).unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "y");
+        assert_eq!(listing(&dir).len(), 3);
+    }
+
+    #[test]
+    fn a_volume_of_plain_files_is_taken_over_and_a_gone_one_not_brought_back() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vol");
+        // As an earlier agent wrote volumes: plain files and directories.
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a"), "old").unwrap();
+        std::fs::write(dir.join("sub/b"), "old").unwrap();
+        std::fs::write(dir.join("gone"), "old").unwrap();
+        assert!(!volume_written(&dir));
+        write_volume(
+            &dir,
+            &[file("a", "1", 0o644), file("sub/b", "2", 0o644)],
+            at(0),
+            true,
+        )
+        .unwrap();
+        assert!(volume_written(&dir));
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(dir.join("sub/b")).unwrap(), "2");
+        assert_eq!(listing(&dir).len(), 4, "{:?}", listing(&dir));
+        // A refresh does not create the directory of a pod being removed.
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(write_volume(&dir, &[file("a", "1", 0o644)], at(1), false).is_err());
+        assert!(!dir.exists());
     }
 
     #[test]

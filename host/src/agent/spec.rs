@@ -196,6 +196,15 @@ pub fn mounts(pod: &Value, container: &Value, dirs: &PodDirs) -> Result<Vec<Moun
                         if sub.is_empty() { "the directory" } else { sub }
                     ));
                 }
+                // A subPath is bound where its links lead now, into the volume's current
+                // timestamped directory: as in Kubernetes, it keeps this content when the
+                // volume is updated (only the whole directory, bound as one, follows updates).
+                let source = if sub.is_empty() {
+                    source
+                } else {
+                    std::fs::canonicalize(&source)
+                        .map_err(|e| format!("volumeMount {vname:?}: subPath {sub:?}: {e}"))?
+                };
                 out.push(MountPlan {
                     destination,
                     source,
@@ -333,7 +342,10 @@ mod tests {
         std::fs::write(cm_dir.join("app.conf"), "a=1").unwrap();
         let m = mounts(&pod, &cm, &dirs).unwrap();
         assert_eq!(m[0].source, pod_dir.join("volumes/cm"));
-        assert_eq!(m[1].source, pod_dir.join("volumes/cm/app.conf"));
+        assert_eq!(
+            m[1].source,
+            pod_dir.join("volumes/cm/app.conf").canonicalize().unwrap()
+        );
         assert!(m.iter().all(|m| m.read_only));
         let missing = json!({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]});
         assert!(mounts(&pod, &missing, &dirs).is_err());

@@ -4,8 +4,9 @@
 //! The API server terminates the client's WebSocket or SPDY connection and asks the agent
 //! with an HTTP upgrade on a tunnel stream. After `101`, an exec or attach stream carries
 //! [`channel::Frame`]s both ways; a port-forward stream is the raw TCP connection to the
-//! port. Anything refused (unknown container, Wasm, port closed) is answered before the
-//! upgrade with a plain status and message, which the API server turns into a Status.
+//! port. Anything refused (unknown container, a command a Wasm container does not have, port
+//! closed) is answered before the upgrade with a plain status and message, which the API
+//! server turns into a Status.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use kedge_runtime::stdio::{Attach, Input};
 
 use super::{Kubelet, LogHandle};
 use crate::core::channel::{self, Frame};
@@ -122,22 +125,47 @@ pub(super) async fn exec(
         Ok(h) => h,
         Err(r) => return r.into_response(),
     };
-    let (Some(runc_id), Some(oci)) = (h.runc_id.clone(), k.oci.clone()) else {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "exec is not supported in Wasm containers: container {container:?} is a \
-                 WebAssembly program run by wasmtime, which has no shell or second process \
-                 to start"
-            ),
-        );
-    };
     if o.command.is_empty() {
         return refuse(
             StatusCode::BAD_REQUEST,
             "you must specify at least 1 command",
         );
     }
+    // A Wasm image holds one program: exec starts it again, with the exec's arguments. The
+    // command must name it, so `kubectl exec -- sh` gets an answer rather than a second copy
+    // of a server.
+    if let Some(w) = &h.wasm {
+        if o.command[0] != w.program {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "container {container:?} is a WebAssembly program, with no shell or other \
+                     binaries: exec runs that program again with your arguments, so the command \
+                     must begin with its name, {:?} (kubectl exec {pod} -c {container} -- {} ARGS...)",
+                    w.program, w.program
+                ),
+            );
+        }
+        if o.tty {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "container {container:?} is a WebAssembly program, which has no terminal: \
+                     exec without -t (-i passes stdin)"
+                ),
+            );
+        }
+    }
+    let target = match (&h.wasm, h.runc_id.clone(), k.oci.clone()) {
+        (Some(w), _, _) => Target::Wasm(w.clone()),
+        (None, Some(runc_id), Some(oci)) => Target::Oci(runc_id, oci),
+        _ => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("container {container:?} has nothing to exec into on this node"),
+            );
+        }
+    };
     if o.dry_run {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -147,7 +175,22 @@ pub(super) async fn exec(
             format!("exec needs an upgrade to {CHANNEL_UPGRADE}"),
         );
     };
-    let proc = match oci.exec(&runc_id, &o.command, o.tty, o.stdin).await {
+    let started = match target {
+        Target::Oci(runc_id, oci) => oci
+            .exec(&runc_id, &o.command, o.tty, o.stdin)
+            .await
+            .map(|p| Process::Oci(Box::new(p))),
+        Target::Wasm(w) => {
+            let spec = kedge_runtime::wasm::ExecSpec {
+                args: o.command.clone(),
+                env: w.env.clone(),
+                memory_limit: w.memory_limit,
+                dirs: w.dirs.clone(),
+            };
+            k.wasm.exec(&w.workload, spec, o.stdin).map(Process::Wasm)
+        }
+    };
+    let proc = match started {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(pod = %format!("{ns}/{pod}"), container, error = %e, "exec failed to start");
@@ -171,6 +214,90 @@ pub(super) async fn exec(
     switching(CHANNEL_UPGRADE)
 }
 
+/// What `kubectl exec` starts in a Wasm container, kept while the container runs.
+pub(super) struct WasmTarget {
+    pub workload: kedge_runtime::wasm::Workload,
+    /// The container's argv[0]: the name an exec's command must begin with.
+    pub program: String,
+    pub env: Vec<(String, String)>,
+    pub dirs: Vec<kedge_runtime::wasm::Preopen>,
+    pub memory_limit: Option<u64>,
+}
+
+enum Target {
+    Oci(String, Arc<kedge_runtime::oci::OciRuntime>),
+    Wasm(Arc<WasmTarget>),
+}
+
+/// An exec's process: `runc exec` in a container, or a second instance of a Wasm program.
+enum Process {
+    Oci(Box<kedge_runtime::oci::ExecProcess>),
+    Wasm(kedge_runtime::wasm::WasmExec),
+}
+
+type ProcInput = Box<dyn AsyncWrite + Send + Unpin>;
+type ProcOutput = Box<dyn AsyncRead + Send + Unpin>;
+
+impl Process {
+    /// Its stdin, stdout and stderr (`None` where there is none), and with a tty, the pty's
+    /// size control.
+    fn take_stdio(
+        &mut self,
+    ) -> (
+        Option<ProcInput>,
+        Option<ProcOutput>,
+        Option<ProcOutput>,
+        Option<kedge_runtime::oci::PtySize>,
+    ) {
+        match self {
+            Process::Oci(p) => {
+                let mut stdin: Option<ProcInput> = p.stdin.take().map(|s| Box::new(s) as _);
+                let mut stdout: Option<ProcOutput> = p.stdout.take().map(|s| Box::new(s) as _);
+                let mut size = None;
+                if let Some(pty) = p.pty.take() {
+                    stdout = Some(Box::new(pty.output));
+                    stdin = Some(Box::new(pty.input));
+                    size = Some(pty.size);
+                }
+                let stderr = p.stderr.take().map(|s| Box::new(s) as _);
+                (stdin, stdout, stderr, size)
+            }
+            Process::Wasm(p) => {
+                let (_, empty) = tokio::io::duplex(1);
+                let stdout = std::mem::replace(&mut p.stdout, empty);
+                let (_, empty) = tokio::io::duplex(1);
+                let stderr = std::mem::replace(&mut p.stderr, empty);
+                (
+                    p.stdin.take().map(|s| Box::new(s) as _),
+                    Some(Box::new(stdout)),
+                    Some(Box::new(stderr)),
+                    None,
+                )
+            }
+        }
+    }
+
+    /// Waits for the end; the exit code as a process's (128+n for a signal, 137 for a
+    /// stopped or out-of-memory Wasm instance, 134 for a trap).
+    async fn wait(&mut self) -> Result<i32, String> {
+        match self {
+            Process::Oci(p) => p.wait().await.map_err(|e| e.to_string()),
+            Process::Wasm(p) => p
+                .wait()
+                .await
+                .map(|exit| exit.exit_code())
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    async fn stop(&mut self) {
+        match self {
+            Process::Oci(p) => p.stop().await,
+            Process::Wasm(p) => p.stop().await,
+        }
+    }
+}
+
 /// Takes the connection-upgrade handle of a request that asks for `token`.
 fn upgrade_of(mut req: Request, token: &str) -> Option<hyper::upgrade::OnUpgrade> {
     let asked = req
@@ -186,12 +313,8 @@ fn upgrade_of(mut req: Request, token: &str) -> Option<hyper::upgrade::OnUpgrade
 
 /// Relays one exec: frames from the tunnel to the process's stdin (and tty size), its output
 /// back as frames, and finally its exit as a Status on the error channel.
-async fn exec_session<IO>(
-    io: IO,
-    mut proc: kedge_runtime::oci::ExecProcess,
-    tty: bool,
-    cancel: CancellationToken,
-) where
+async fn exec_session<IO>(io: IO, mut proc: Process, tty: bool, cancel: CancellationToken)
+where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(io);
@@ -199,18 +322,11 @@ async fn exec_session<IO>(
     let writer = tokio::spawn(write_frames(wr, rx));
 
     let mut pumps = tokio::task::JoinSet::new();
-    let mut stdin: Option<Box<dyn AsyncWrite + Send + Unpin>> =
-        proc.stdin.take().map(|s| Box::new(s) as _);
-    let mut size = None;
-    if let Some(pty) = proc.pty.take() {
-        pumps.spawn(pump(pty.output, channel::STDOUT, tx.clone()));
-        stdin = Some(Box::new(pty.input));
-        size = Some(pty.size);
-    }
-    if let Some(out) = proc.stdout.take() {
+    let (mut stdin, stdout, stderr, size) = proc.take_stdio();
+    if let Some(out) = stdout {
         pumps.spawn(pump(out, channel::STDOUT, tx.clone()));
     }
-    if let Some(err) = proc.stderr.take() {
+    if let Some(err) = stderr {
         // With a tty the process writes to the tty; what comes on this pipe is runc's own
         // complaint (command not found), shown as output since a tty has no stderr channel.
         let ch = if tty {
@@ -223,18 +339,7 @@ async fn exec_session<IO>(
 
     let input = async {
         let mut buf = BytesMut::with_capacity(CHUNK);
-        loop {
-            let frame = match Frame::decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => match rd.read_buf(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => continue,
-                },
-                Err(e) => {
-                    tracing::debug!(error = %e, "bad exec frame");
-                    return;
-                }
-            };
+        while let Some(frame) = next_frame(&mut rd, &mut buf, "exec").await {
             match frame.channel {
                 channel::STDIN => {
                     if let Some(w) = stdin.as_mut()
@@ -271,7 +376,7 @@ async fn exec_session<IO>(
     };
     let status = match code {
         Some(Ok(code)) => channel::exit_status(code),
-        Some(Err(e)) => channel::failure_status(&format!("waiting for the command: {e}")),
+        Some(Err(e)) => channel::failure_status(&format!("running the command: {e}")),
         None => {
             // The client went away (or the agent stops): end the process.
             proc.stop().await;
@@ -287,6 +392,28 @@ async fn exec_session<IO>(
     let _ = tx.send(Frame::new(channel::ERROR, body)).await;
     drop(tx);
     let _ = writer.await;
+}
+
+/// The next frame from the client, reading more into `buf` as needed; `None` once the stream
+/// ends or breaks, or carries something that is no frame.
+async fn next_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    session: &str,
+) -> Option<Frame> {
+    loop {
+        match Frame::decode(buf) {
+            Ok(Some(f)) => return Some(f),
+            Ok(None) => match rd.read_buf(buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, session, "bad frame");
+                return None;
+            }
+        }
+    }
 }
 
 /// Copies one output of the process into frames on `channel`.
@@ -323,8 +450,10 @@ pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::
 }
 
 /// `kubectl attach`: the output of the container's main process, from now on, until it
-/// exits. The main process runs with stdin closed (as without `stdin: true`), so there is
-/// nothing to attach input to.
+/// exits, and with `-i` the client's input into its stdin. Only a container with `stdin:
+/// true` has a stdin kept open to attach to (the others run with it closed, as in kubelet);
+/// any number of sessions may feed it at once. With `stdinOnce: true` the first session's
+/// input ending closes it. A `tty: true` container's terminal takes the sessions' resizes.
 pub(super) async fn attach(
     State(k): State<Arc<Kubelet>>,
     UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
@@ -336,15 +465,36 @@ pub(super) async fn attach(
         Ok(h) => h,
         Err(r) => return r.into_response(),
     };
-    if o.stdin {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "attach with stdin is not supported: kedge starts container {container:?} with \
-                 its stdin closed; attach without -i to follow its output, or use exec"
-            ),
-        );
-    }
+    // Input to send on, if the client sends any.
+    let input = if o.stdin {
+        match &h.stdin {
+            Some(a) if a.mode().stdin && a.is_closed() => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "the stdin of container {container:?} in pod {pod:?} is closed \
+                         (stdinOnce: an earlier attach ended it, or the process closed it); \
+                         attach without -i to follow its output"
+                    ),
+                );
+            }
+            Some(a) if a.mode().stdin => Some(a.clone()),
+            _ => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "cannot attach to the stdin of container {container:?} in pod {pod:?}: \
+                         it was not started with stdin open (set `stdin: true` in its spec); \
+                         attach without -i to follow its output, or use exec"
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    // Resizes, for a container with a terminal.
+    let terminal = h.stdin.clone().filter(|a| a.mode().tty);
     if o.dry_run {
         return StatusCode::NO_CONTENT.into_response();
     }
@@ -354,21 +504,24 @@ pub(super) async fn attach(
             format!("attach needs an upgrade to {CHANNEL_UPGRADE}"),
         );
     };
+    // Where the output starts, fixed before the client can send input.
+    let path = h.dir.join(format!("{}.log", h.restart_count));
+    let logs = match kedge_runtime::logs::follow_from_now(path, Some(h.done.clone())).await {
+        Ok(l) => l,
+        Err(e) => {
+            return refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read the output of container {container:?}: {e}"),
+            );
+        }
+    };
     let cancel = k.cancel.child_token();
     tokio::spawn(async move {
         let Ok(io) = on_upgrade.await else { return };
-        let (mut rd, wr) = tokio::io::split(TokioIo::new(io));
+        let (rd, wr) = tokio::io::split(TokioIo::new(io));
         let (tx, rx) = mpsc::channel::<Frame>(16);
         let writer = tokio::spawn(write_frames(wr, rx));
-        let opts = kedge_runtime::logs::LogOptions {
-            follow: true,
-            tail_lines: Some(0),
-            since: None,
-            timestamps: false,
-            limit_bytes: None,
-        };
-        let path = h.dir.join(format!("{}.log", h.restart_count));
-        let mut logs = Box::pin(kedge_runtime::logs::read(path, opts, Some(h.done.clone())));
+        let mut logs = Box::pin(logs);
         let follow = async {
             while let Some(Ok(chunk)) = logs.next().await {
                 if tx.send(Frame::new(channel::STDOUT, chunk)).await.is_err() {
@@ -376,16 +529,22 @@ pub(super) async fn attach(
                 }
             }
         };
-        // Input is ignored, but its end means the client left.
-        let client_gone = async {
-            let mut sink = [0u8; 1024];
-            while matches!(rd.read(&mut sink).await, Ok(n) if n > 0) {}
-        };
+        let mut ended_input = input.is_none();
+        // Its end means the client left.
+        let client = attach_input(rd, input.as_ref(), terminal.as_ref(), &mut ended_input);
         let ended = tokio::select! {
             () = follow => true,
-            () = client_gone => false,
+            () = client => false,
             () = cancel.cancelled() => false,
         };
+        if let Some(a) = input.as_ref().filter(|_| !ended_input) {
+            // The client left (or the container ended) without closing its stdin: for
+            // stdinOnce that ends the stdin all the same, as in kubelet.
+            tokio::select! {
+                _ = a.send(Input::End) => {}
+                () = cancel.cancelled() => {}
+            }
+        }
         if ended {
             let body = serde_json::to_vec(&channel::exit_status(0)).unwrap_or_default();
             let _ = tx.send(Frame::new(channel::ERROR, body)).await;
@@ -394,6 +553,44 @@ pub(super) async fn attach(
         let _ = writer.await;
     });
     switching(CHANNEL_UPGRADE)
+}
+
+/// Reads an attach session's frames until the client leaves: stdin into the container's
+/// stdin (`input`, if the session attached it), resizes to its terminal. `ended` turns true
+/// once the container's stdin was told this session's input ended.
+async fn attach_input<R: AsyncRead + Unpin>(
+    mut rd: R,
+    mut input: Option<&Attach>,
+    terminal: Option<&Attach>,
+    ended: &mut bool,
+) {
+    let mut buf = BytesMut::with_capacity(CHUNK);
+    while let Some(frame) = next_frame(&mut rd, &mut buf, "attach").await {
+        match frame.channel {
+            channel::STDIN => {
+                // A closed stdin drops the rest of the input (as a pipe's reader gone).
+                if let Some(a) = input
+                    && !a.send(Input::Data(frame.payload)).await
+                {
+                    input = None;
+                }
+            }
+            channel::CLOSE => {
+                if let Some(a) = input.take() {
+                    a.send(Input::End).await;
+                }
+                *ended = true;
+            }
+            channel::RESIZE => {
+                if let (Some(t), Some((width, height))) =
+                    (terminal, channel::parse_resize(&frame.payload))
+                {
+                    t.send(Input::Resize { width, height }).await;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// One forwarded connection: connects to the port on the node (pods share the host network)
@@ -491,6 +688,42 @@ mod tests {
         assert_eq!(o.command, ["sh", "-c", "echo hi"]);
         assert!(o.stdin && o.tty && !o.dry_run);
         assert_eq!(o.uid.as_deref(), Some("u"));
+    }
+
+    #[tokio::test]
+    async fn attach_frames_become_stdin_input_and_resizes() {
+        use kedge_runtime::stdio::{Mode, channel};
+        let (attach, stdin) = channel(Mode {
+            stdin: true,
+            stdin_once: true,
+            tty: true,
+        });
+        // The runtime's end, as it would feed a pty.
+        let feeding = tokio::spawn(async move {
+            let (pty, mut r) = tokio::io::duplex(1024);
+            let sizes = std::sync::Mutex::new(Vec::new());
+            stdin
+                .feed(pty, |w, h| sizes.lock().unwrap().push((w, h)))
+                .await;
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.unwrap();
+            (out, sizes.into_inner().unwrap())
+        });
+        let mut wire = BytesMut::new();
+        Frame::new(channel::RESIZE, &br#"{"Width":90,"Height":20}"#[..]).encode(&mut wire);
+        Frame::new(channel::STDIN, &b"ls\n"[..]).encode(&mut wire);
+        Frame::new(channel::CLOSE, vec![channel::STDIN]).encode(&mut wire);
+        Frame::new(channel::STDIN, &b"ignored"[..]).encode(&mut wire);
+        let mut ended = false;
+        attach_input(&wire[..], Some(&attach), Some(&attach), &mut ended).await;
+        assert!(ended);
+        let (out, sizes) = tokio::time::timeout(Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed")
+            .unwrap();
+        // stdinOnce with a tty: the end is the terminal's ^D, and nothing after it.
+        assert_eq!(out, b"ls\n\x04");
+        assert_eq!(sizes, [(90, 20)]);
     }
 
     #[tokio::test]

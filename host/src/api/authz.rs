@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::ops::Api;
 use crate::auth::Identity;
+use crate::core::pod;
 use crate::core::resources::{self, Resource};
 
 /// What a request asks to do to what.
@@ -90,25 +91,15 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
     };
     let verb = r.verb();
     let refuse = |why: &str| -> ApiError {
-        let resource = match r.sub {
-            Some(s) => format!("{}/{s}", r.res.plural),
-            None => r.res.plural.to_string(),
-        };
-        let object = match r.name {
-            Some(n) => format!("{} {n:?}", r.res.plural),
-            None => r.res.plural.to_string(),
-        };
-        let scope = if r.res.namespaced && !r.namespace.is_empty() {
-            format!(" in the namespace {:?}", r.namespace)
-        } else if r.res.namespaced {
-            String::new()
-        } else {
-            " at the cluster scope".into()
-        };
-        ApiError::forbidden(format!(
-            "{object} is forbidden: User {:?} cannot {verb} resource {resource:?} in API group {:?}{scope}: {why}",
-            id.user, r.res.group
-        ))
+        let a = super::rbac::Attributes::resource(
+            verb,
+            r.res.group,
+            r.res.plural,
+            r.sub.unwrap_or_default(),
+            r.namespace,
+            r.name.unwrap_or_default(),
+        );
+        super::rbac::forbidden(id, &a, why)
     };
     let reads = matches!(verb, "get" | "list" | "watch");
     match (r.res.group, r.res.kind) {
@@ -221,49 +212,16 @@ fn used_by_pods_on(api: &Api, node: &str, ns: &str, kind: &str, name: &str) -> b
         .any(|p| pod_uses(p, kind, name))
 }
 
-/// The Secrets or ConfigMaps a pod names: pull secrets, volumes (incl. projected), env and
-/// envFrom of every container.
+/// Whether `pod` names the Secret (`kind` "Secret") or ConfigMap `name`: pull secrets,
+/// volumes (incl. projected), env and envFrom of every container, init and ephemeral ones too.
 fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
-    let spec = &pod["spec"];
-    let is = |v: &Value| v.as_str() == Some(name);
-    let arr = |v: &Value| v.as_array().cloned().unwrap_or_default();
-    if kind == "Secret"
-        && arr(&spec["imagePullSecrets"])
-            .iter()
-            .any(|s| is(&s["name"]))
-    {
-        return true;
-    }
-    let (vol_key, vol_name, env_key, from_key) = match kind {
-        "Secret" => ("secret", "secretName", "secretKeyRef", "secretRef"),
-        _ => ("configMap", "name", "configMapKeyRef", "configMapRef"),
+    let kind = match kind {
+        "Secret" => pod::Kind::Secret,
+        _ => pod::Kind::ConfigMap,
     };
-    for v in arr(&spec["volumes"]) {
-        if is(&v[vol_key][vol_name]) {
-            return true;
-        }
-        for src in arr(&v["projected"]["sources"]) {
-            if is(&src[vol_key]["name"]) {
-                return true;
-            }
-        }
-    }
-    let containers = arr(&spec["containers"])
-        .into_iter()
-        .chain(arr(&spec["initContainers"]))
-        .chain(arr(&spec["ephemeralContainers"]));
-    for c in containers {
-        if arr(&c["env"])
-            .iter()
-            .any(|e| is(&e["valueFrom"][env_key]["name"]))
-        {
-            return true;
-        }
-        if arr(&c["envFrom"]).iter().any(|e| is(&e[from_key]["name"])) {
-            return true;
-        }
-    }
-    false
+    pod::referenced_objects(pod)
+        .iter()
+        .any(|r| r.kind == kind && r.name == name)
 }
 
 #[cfg(test)]
@@ -369,9 +327,10 @@ mod tests {
         };
         ok(get(("v1", "Pod"), "default", "a"));
         let e = no(get(("v1", "Pod"), "default", "b"));
-        assert!(
-            e.contains("no relationship found between node \"n1\""),
-            "{e}"
+        assert_eq!(
+            e,
+            "pods \"b\" is forbidden: User \"system:node:n1\" cannot get resource \"pods\" in API group \"\" in the namespace \"default\": no relationship found between node \"n1\" and this object",
+            "worded as RBAC's refusals (rbac::forbidden)"
         );
         ok(Case {
             method: Method::GET,

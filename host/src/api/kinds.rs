@@ -8,17 +8,86 @@ use crate::core::meta;
 use crate::core::resources::Resource;
 use crate::core::selector;
 
+/// `stringData` is write-only, as in kube-apiserver: each entry becomes the base64 `data`
+/// entry of that key (replacing one given there) and `stringData` is not stored. Left as it is
+/// when a value is not a string, for validation to refuse.
+fn fold_string_data(obj: &mut Value) {
+    use base64::Engine as _;
+    let Some(Value::Object(strings)) = obj.get("stringData") else {
+        return;
+    };
+    if !strings.values().all(Value::is_string) {
+        return;
+    }
+    let encoded: Vec<(String, Value)> = strings
+        .iter()
+        .map(|(k, v)| {
+            let text = v.as_str().unwrap_or_default();
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+            (k.clone(), Value::String(b64))
+        })
+        .collect();
+    if let Some(m) = obj.as_object_mut() {
+        m.remove("stringData");
+    }
+    let data = ensure_object(obj, "data");
+    for (k, v) in encoded {
+        data.insert(k, v);
+    }
+}
+
+/// kube-apiserver's limit on the data of one Secret or ConfigMap.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// Keys of a ConfigMap's or Secret's data: file names in a volume, hence kube's
+/// `IsConfigMapKey` rules.
+fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) -> usize {
+    let Some(map) = obj.get(field) else { return 0 };
+    let Some(map) = map.as_object() else {
+        causes.push(Cause::invalid(field, "", "must be a map of strings"));
+        return 0;
+    };
+    let mut size = 0;
+    for (k, v) in map {
+        let at = format!("{field}[{k}]");
+        let why = if k.is_empty() || k.len() > 253 {
+            Some("must be no more than 253 characters and not empty")
+        } else if !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            Some(
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+            )
+        } else if k == "." || k == ".." || k.starts_with("..") {
+            Some("must not be '.' or '..' or start with '..'")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            causes.push(Cause::invalid(at.clone(), k, why));
+        }
+        match v.as_str() {
+            Some(s) => size += k.len() + s.len(),
+            None => causes.push(Cause::invalid(at, "", "must be a string")),
+        }
+    }
+    size
+}
+
 /// Fills in what Kubernetes defaults on create and update.
 pub fn default(res: &Resource, obj: &mut Value) {
     match res.kind {
-        // kubectl create secret generic sends an empty type; kube-apiserver stores Opaque.
-        "Secret"
+        "Secret" => {
+            // kubectl create secret generic sends an empty type; kube-apiserver stores Opaque.
             if obj
                 .get("type")
                 .and_then(Value::as_str)
-                .is_none_or(str::is_empty) =>
-        {
-            obj["type"] = json!("Opaque");
+                .is_none_or(str::is_empty)
+            {
+                obj["type"] = json!("Opaque");
+            }
+            fold_string_data(obj);
         }
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
@@ -472,19 +541,52 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "Endpoints" => validate_endpoints(obj, &mut causes),
         "Plugin" => crate::plugins::kind::validate(obj, &mut causes),
         "ReplicationController" => validate_replication_controller(obj, &mut causes),
-        // The token controller needs to know whose token to put in it.
-        "Secret"
-            if obj.get("type").and_then(Value::as_str) == Some(crate::tokens::SECRET_TYPE)
-                && obj
-                    .pointer("/metadata/annotations")
-                    .and_then(|a| a.get(crate::tokens::SA_NAME_ANNOTATION))
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty) =>
-        {
-            causes.push(Cause::required(format!(
-                "metadata.annotations[{}]",
-                crate::tokens::SA_NAME_ANNOTATION
-            )));
+        "Secret" | "ConfigMap" => {
+            let mut size = validate_data_keys(obj, "data", &mut causes);
+            if res.kind == "Secret" {
+                use base64::Engine as _;
+                // The token controller needs to know whose token to put in it.
+                if obj.get("type").and_then(Value::as_str) == Some(crate::tokens::SECRET_TYPE)
+                    && obj
+                        .pointer("/metadata/annotations")
+                        .and_then(|a| a.get(crate::tokens::SA_NAME_ANNOTATION))
+                        .and_then(Value::as_str)
+                        .is_none_or(str::is_empty)
+                {
+                    causes.push(Cause::required(format!(
+                        "metadata.annotations[{}]",
+                        crate::tokens::SA_NAME_ANNOTATION
+                    )));
+                }
+                if obj.get("stringData").is_some() {
+                    causes.push(Cause::invalid("stringData", "", "must be a map of strings"));
+                }
+                for (k, v) in obj
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(s) = v.as_str()
+                        && base64::engine::general_purpose::STANDARD.decode(s).is_err()
+                    {
+                        causes.push(Cause::invalid(
+                            format!("data[{k}]"),
+                            "",
+                            "must be base64-encoded bytes",
+                        ));
+                    }
+                }
+            } else {
+                size += validate_data_keys(obj, "binaryData", &mut causes);
+            }
+            if size > MAX_DATA_BYTES {
+                causes.push(Cause::invalid(
+                    "data",
+                    "",
+                    format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+                ));
+            }
         }
         "Role" | "ClusterRole" => super::rbac::validate_role(res, obj, &mut causes),
         "RoleBinding" | "ClusterRoleBinding" => {
@@ -1319,6 +1421,42 @@ mod tests {
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "spec.containers[0].image");
         assert_eq!(causes[0].message, "Required value");
+    }
+
+    /// As kube-apiserver: `stringData` lands base64-encoded in `data` (winning over a `data`
+    /// entry of the same key) and is not stored; keys must be file names; data is base64.
+    #[test]
+    fn secret_string_data_is_folded_into_data_and_keys_are_checked() {
+        let res = by_kind("v1", "Secret").unwrap();
+        let mut s = json!({"metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="},
+            "stringData": {"a": "new", "token-id": "abcdef"}});
+        default(res, &mut s);
+        assert_eq!(s["type"], "Opaque");
+        assert_eq!(s.get("stringData"), None);
+        assert_eq!(
+            s["data"],
+            json!({"a": "bmV3", "keep": "eA==", "token-id": "YWJjZGVm"})
+        );
+        assert!(validate(res, &s).is_empty(), "{:?}", validate(res, &s));
+
+        let mut bad = json!({"metadata": {"name": "s"}, "stringData": {"n": 1}});
+        default(res, &mut bad);
+        let fields: Vec<String> = validate(res, &bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["stringData"]);
+
+        let bad = json!({"metadata": {"name": "s"},
+            "data": {"a b": "eA==", "..x": "eA==", "ok": "not base64!"}});
+        let fields: Vec<String> = validate(res, &bad).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["data[..x]", "data[a b]", "data[ok]"]);
+
+        let cm = by_kind("v1", "ConfigMap").unwrap();
+        let big = "x".repeat(MAX_DATA_BYTES);
+        let causes = validate(cm, &json!({"metadata": {"name": "c"}, "data": {"k": big}}));
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "data");
+        let ok = json!({"metadata": {"name": "c"}, "data": {"app.properties": "a=1"}});
+        assert!(validate(cm, &ok).is_empty());
     }
 
     #[test]

@@ -513,7 +513,8 @@ fn expand(rule: &Rule, namespace: &str) -> Vec<Attributes> {
 }
 
 /// The 403 for a refused request, worded as kube-apiserver's: `pods is forbidden: User "u"
-/// cannot list resource "pods" in API group "" in the namespace "default"`.
+/// cannot list resource "pods" in API group "" in the namespace "default"`, then `: reason`
+/// if any. RBAC and the Node authorizer ([`super::authz`]) both refuse with it.
 pub fn forbidden(id: &Identity, a: &Attributes, reason: &str) -> ApiError {
     let why = if a.resource_request {
         let resource = if a.subresource.is_empty() {

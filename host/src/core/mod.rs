@@ -5,6 +5,7 @@ pub mod channel;
 pub mod cron;
 pub mod meta;
 pub mod patch;
+pub mod pod;
 pub mod quantity;
 pub mod resources;
 pub mod selector;

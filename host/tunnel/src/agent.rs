@@ -53,12 +53,19 @@ const ROTATION_DRAIN: Duration = Duration::from_secs(1);
 const RENEW_RETRY_MIN: Duration = Duration::from_secs(1);
 const RENEW_RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// A join token an operator writes into the state directory, read again on every join
+/// attempt: how a running agent whose certificate expired while it was offline gets a new
+/// one without a restart. Removed once the node has joined with it.
+pub const JOIN_TOKEN_FILE: &str = "join-token";
+
 #[derive(Clone)]
 pub struct AgentConfig {
     /// `host:port` of the server's tunnel endpoint; resolved on every dial so DNS changes
     /// are followed.
     pub server: String,
-    /// Needed only until the node has a certificate in `state_dir`.
+    /// Needed only until the node has a certificate in `state_dir`, and again if that
+    /// certificate expires while the node is offline. A token in `state_dir`'s
+    /// [`JOIN_TOKEN_FILE`] is tried first.
     pub join_token: Option<String>,
     pub node_name: String,
     pub state_dir: PathBuf,
@@ -107,6 +114,8 @@ struct StatePaths {
     /// always matches, whenever the agent stops.
     cert_next: PathBuf,
     key_next: PathBuf,
+    /// See [`JOIN_TOKEN_FILE`].
+    join_token: PathBuf,
 }
 
 impl StatePaths {
@@ -117,6 +126,7 @@ impl StatePaths {
             ca: dir.join("ca.crt"),
             cert_next: dir.join("node.crt.next"),
             key_next: dir.join("node.key.next"),
+            join_token: dir.join(JOIN_TOKEN_FILE),
         }
     }
 
@@ -149,6 +159,24 @@ impl StatePaths {
         let pem = std::fs::read_to_string(&self.cert).map_err(fsutil::io_err(&self.cert))?;
         cert_info_pem(&pem).ok_or_else(|| bad_file(&self.cert, "not a certificate"))
     }
+
+    /// The join token in [`JOIN_TOKEN_FILE`], if the operator put one there.
+    fn file_token(&self) -> Result<Option<String>, Error> {
+        match std::fs::read_to_string(&self.join_token) {
+            Ok(s) => Ok(Some(s.trim().to_owned()).filter(|t| !t.is_empty())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(fsutil::io_err(&self.join_token)(e)),
+        }
+    }
+
+    /// Why this node cannot reconnect, and what the operator must do.
+    fn expired(&self, cert: &CertInfo) -> Error {
+        Error::CertificateExpired {
+            path: self.cert.clone(),
+            not_after: rfc3339(cert.not_after),
+            token_file: self.join_token.clone(),
+        }
+    }
 }
 
 impl TunnelClient {
@@ -157,7 +185,10 @@ impl TunnelClient {
     /// Errors that need an operator (bad or missing join token, wrong CA pin, refused
     /// certificate) are returned. A server that is merely unreachable is not an error once
     /// the node has joined: the agent must start and keep its pods running while the server
-    /// is away, so the supervisor keeps dialling in the background instead.
+    /// is away, so the supervisor keeps dialling in the background instead. Nor is a
+    /// certificate that expired while the node was offline (a power cycle after a long
+    /// outage must not stop its pods): the agent starts offline and the supervisor joins
+    /// again once a join token is there.
     pub async fn start(
         cfg: AgentConfig,
         kubelet: axum::Router,
@@ -167,52 +198,45 @@ impl TunnelClient {
         if cfg.state_dir.exists() {
             paths.commit()?;
         }
+        let mut refused = Vec::new();
         let mut joined = false;
         if !paths.complete() {
-            join(&cfg, &paths).await?;
+            join(&cfg, &paths, &mut refused).await?;
             joined = true;
-        } else {
-            let cert = paths.cert_info()?;
-            if cert.not_after <= SystemTime::now() {
-                let expired = Error::CertificateExpired {
-                    path: paths.cert.clone(),
-                    not_after: rfc3339(cert.not_after),
-                };
-                if cfg.join_token.is_none() {
-                    return Err(expired);
-                }
-                warn!(error = %expired, "joining again with the given join token");
-                match join(&cfg, &paths).await {
-                    Ok(()) => joined = true,
-                    // The pods run on from the local record; the supervisor retries the join.
-                    Err(e) if unreachable(&e) => {
-                        warn!(error = %e, "server unreachable: running offline, joining again once it answers")
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
         }
         let mut dialer = Dialer {
             server: cfg.server.clone(),
             config: mtls_client_config(&paths)?,
         };
-        let mut first = dialer.dial().await;
-        // A revoked node's certificate is refused; with a (new) join token it joins again.
-        if let Err(Error::CertificateRefused(reason)) = &first
-            && !joined
-            && cfg.join_token.is_some()
-        {
-            warn!(%reason, "the server refused this node's certificate; joining again with the given join token");
-            join(&cfg, &paths).await?;
-            dialer.config = mtls_client_config(&paths)?;
-            first = dialer.dial().await;
-        }
-        let first = match first {
-            Ok(link) => Some(link),
-            Err(e @ Error::CertificateRefused(_)) => return Err(e),
-            Err(e) => {
-                warn!(server = %cfg.server, error = %e, "server unreachable; will keep trying");
-                None
+        let cert = paths.cert_info()?;
+        let first = if cert.not_after <= SystemTime::now() {
+            // The server would refuse it. The pods run on from the local record; the
+            // supervisor joins again (with a token given now or written later) and says what
+            // is missing.
+            warn!(
+                not_after = %rfc3339(cert.not_after),
+                "the node certificate expired while the node was offline; starting offline and joining again in the background"
+            );
+            None
+        } else {
+            let mut first = dialer.dial().await;
+            // A revoked node's certificate is refused; with a (new) join token it joins again.
+            if let Err(Error::CertificateRefused(reason)) = &first
+                && !joined
+                && (cfg.join_token.is_some() || paths.file_token()?.is_some())
+            {
+                warn!(%reason, "the server refused this node's certificate; joining again with the given join token");
+                join(&cfg, &paths, &mut refused).await?;
+                dialer.config = mtls_client_config(&paths)?;
+                first = dialer.dial().await;
+            }
+            match first {
+                Ok(link) => Some(link),
+                Err(e @ Error::CertificateRefused(_)) => return Err(e),
+                Err(e) => {
+                    warn!(server = %cfg.server, error = %e, "server unreachable; will keep trying");
+                    None
+                }
             }
         };
         let cert = paths.cert_info()?;
@@ -223,7 +247,9 @@ impl TunnelClient {
             cert,
             paths,
             node_name: cfg.node_name.clone(),
-            rejoin: cfg.join_token.is_some().then(|| cfg.clone()),
+            cfg,
+            refused,
+            join_reported: None,
             dialer,
             link_tx,
             connected_tx,
@@ -348,8 +374,12 @@ struct Supervisor {
     dialer: Dialer,
     paths: StatePaths,
     node_name: String,
-    /// With a join token: how to join again when the certificate expired while offline.
-    rejoin: Option<AgentConfig>,
+    /// How to join again when the certificate expired while offline.
+    cfg: AgentConfig,
+    /// Join tokens the server refused: not sent again.
+    refused: Vec<String>,
+    /// The last join failure logged, so each is said once rather than on every retry.
+    join_reported: Option<String>,
     /// The certificate in use (on disk and in `dialer`).
     cert: CertInfo,
     renew_at: tokio::time::Instant,
@@ -376,7 +406,6 @@ impl Supervisor {
 
     async fn run(mut self, mut link: Option<Link>) {
         let mut failures: u32 = 0;
-        let mut expiry_reported = false;
         loop {
             if let Some(l) = link.take() {
                 failures = 0;
@@ -403,20 +432,14 @@ impl Supervisor {
                 () = tokio::time::sleep(delay) => {}
             }
             if self.cert.not_after <= SystemTime::now() {
-                // The server would refuse it: join again with the token, if there is one.
-                let res = match self.rejoin.clone() {
-                    Some(cfg) => self.join_again(&cfg).await,
-                    None => Err(Error::CertificateExpired {
-                        path: self.paths.cert.clone(),
-                        not_after: rfc3339(self.cert.not_after),
-                    }),
+                // The server would refuse it: join again with a token, once there is one.
+                let cancel = self.cancel.clone();
+                let res = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    res = self.join_again() => res,
                 };
                 if let Err(e) = res {
-                    // Say what the operator has to do, once.
-                    if !expiry_reported {
-                        expiry_reported = true;
-                        error!(error = %e, "the node certificate expired; cannot reconnect");
-                    }
+                    self.report_join_failure(e);
                     failures = failures.saturating_add(1);
                     continue;
                 }
@@ -446,13 +469,32 @@ impl Supervisor {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
     }
 
-    /// A new certificate through the join token, for a node whose certificate expired.
-    async fn join_again(&mut self, cfg: &AgentConfig) -> Result<(), Error> {
-        join(cfg, &self.paths).await?;
+    /// A new certificate through a join token, for a node whose certificate expired.
+    async fn join_again(&mut self) -> Result<(), Error> {
+        join(&self.cfg, &self.paths, &mut self.refused).await?;
         self.dialer.config = mtls_client_config(&self.paths)?;
         self.cert = self.paths.cert_info()?;
         self.renew_at = renew_deadline(&self.cert);
+        self.join_reported = None;
         Ok(())
+    }
+
+    /// Says what the operator has to do, once per distinct failure: the pods keep running
+    /// meanwhile, so this is all an operator sees of the problem.
+    fn report_join_failure(&mut self, e: Error) {
+        if unreachable(&e) {
+            debug!(error = %e, "joining again: server unreachable");
+            return;
+        }
+        let e = match e {
+            Error::NotJoined(_) => self.paths.expired(&self.cert),
+            e => e,
+        };
+        let text = e.to_string();
+        if self.join_reported.as_ref() != Some(&text) {
+            error!(error = %text, "the node certificate expired; running offline until the node joins again");
+            self.join_reported = Some(text);
+        }
     }
 
     /// Serves server-opened streams until the connection is lost, we are cancelled, or the
@@ -733,13 +775,49 @@ impl ServerCertVerifier for PinnedCaVerifier {
     }
 }
 
-/// Joins with the configured token (first start, or again after an expiry or revocation).
-async fn join(cfg: &AgentConfig, paths: &StatePaths) -> Result<(), Error> {
-    let join: JoinToken = cfg
-        .join_token
-        .as_deref()
-        .ok_or_else(|| Error::NotJoined(cfg.state_dir.clone()))?
-        .parse()?;
+/// Joins (first start, or again after an expiry or revocation) with the first join token the
+/// server accepts: the one in [`JOIN_TOKEN_FILE`], read again on every call, then the
+/// configured one. Tokens in `refused` are skipped and the ones refused now are added, so a
+/// dead token is sent once, not on every retry. [`Error::NotJoined`] when no token is left.
+async fn join(
+    cfg: &AgentConfig,
+    paths: &StatePaths,
+    refused: &mut Vec<String>,
+) -> Result<(), Error> {
+    let from_file = paths.file_token()?;
+    let candidates = from_file
+        .iter()
+        .map(|t| (t, true))
+        .chain(cfg.join_token.iter().map(|t| (t, false)));
+    let mut last = None;
+    for (raw, is_file) in candidates {
+        if refused.contains(raw) {
+            continue;
+        }
+        match join_with(cfg, paths, raw).await {
+            Ok(()) => {
+                if is_file {
+                    // Spent: a bootstrap credential should not lie around once it is used.
+                    let _ = std::fs::remove_file(&paths.join_token);
+                    info!(file = %paths.join_token.display(), "joined with the token from the file; file removed");
+                }
+                return Ok(());
+            }
+            Err(
+                e @ (Error::Token(_) | Error::BootstrapRefused(_) | Error::CaHashMismatch { .. }),
+            ) => {
+                refused.push(raw.clone());
+                last = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::NotJoined(cfg.state_dir.clone())))
+}
+
+/// One join with the join token `raw`.
+async fn join_with(cfg: &AgentConfig, paths: &StatePaths, raw: &str) -> Result<(), Error> {
+    let join: JoinToken = raw.parse()?;
     fsutil::ensure_private_dir(&cfg.state_dir)?;
     tokio::time::timeout(BOOTSTRAP_TIMEOUT, bootstrap(cfg, &join, paths))
         .await

@@ -576,34 +576,50 @@ async fn certificates_rotate_then_revocation_closes_and_refuses() {
     .await;
 }
 
-/// An agent whose certificate expired while it was off says it needs a new join token, and
-/// with one it joins again.
+/// Writes a node state whose certificate has already expired, as after a long time off.
+async fn expired_state(pki: &ClusterPki, dir: &Path) -> std::path::PathBuf {
+    let (cert, key) = pki
+        .issue_client("system:node:n1", &["system:nodes"], Duration::ZERO)
+        .unwrap();
+    let state = dir.join("agent");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("node.crt"), cert).unwrap();
+    std::fs::write(state.join("node.key"), key).unwrap();
+    std::fs::write(state.join("ca.crt"), pki.ca_pem()).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    state
+}
+
+fn cert_lasts_long(state: &Path) -> bool {
+    let pem = std::fs::read_to_string(state.join("node.crt")).unwrap();
+    crate::pki::cert_info_pem(&pem).unwrap().not_after
+        > std::time::SystemTime::now() + Duration::from_secs(3600)
+}
+
+/// Regression: an agent whose certificate expired while it was off used to exit at start,
+/// and its pods with it. It starts offline instead (never dialling with the dead
+/// certificate) and, restarted with a join token, joins again.
 #[tokio::test]
-async fn expired_certificate_needs_a_join_token() {
+async fn expired_certificate_starts_offline_and_joins_again_with_a_token() {
     bounded(async {
         let dir = tempfile::tempdir().unwrap();
         let (pki, token, join) = setup(dir.path());
         let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
-        let (cert, key) = pki
-            .issue_client("system:node:n1", &["system:nodes"], Duration::ZERO)
-            .unwrap();
-        let state = dir.path().join("agent");
-        std::fs::create_dir_all(&state).unwrap();
-        std::fs::write(state.join("node.crt"), cert).unwrap();
-        std::fs::write(state.join("node.key"), key).unwrap();
-        std::fs::write(state.join("ca.crt"), pki.ca_pem()).unwrap();
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let state = expired_state(&pki, dir.path()).await;
 
-        let err = TunnelClient::start(
+        let cancel = CancellationToken::new();
+        let offline = TunnelClient::start(
             agent_cfg(server.addr, dir.path(), None),
             axum::Router::new(),
-            CancellationToken::new(),
+            cancel.clone(),
         )
         .await
-        .err()
-        .expect("an expired certificate must not be used");
-        assert!(matches!(err, Error::CertificateExpired { .. }), "{err}");
-        assert!(err.to_string().contains("new join token"), "{err}");
+        .expect("an expired certificate must not stop the agent");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!*offline.connected().borrow());
+        assert!(server.nodes.connected().is_empty());
+        assert!(!cert_lasts_long(&state));
+        cancel.cancel();
 
         let client = TunnelClient::start(
             agent_cfg(server.addr, dir.path(), Some(&join)),
@@ -613,10 +629,43 @@ async fn expired_certificate_needs_a_join_token() {
         .await
         .unwrap();
         assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
-        let info =
-            crate::pki::cert_info_pem(&std::fs::read_to_string(state.join("node.crt")).unwrap())
-                .unwrap();
-        assert!(info.not_after > std::time::SystemTime::now() + Duration::from_secs(3600));
+        assert!(cert_lasts_long(&state));
+        server.stop().await;
+    })
+    .await;
+}
+
+/// A running agent offline on an expired certificate joins again as soon as an operator
+/// writes a join token into its state directory, skipping a token the server refused.
+#[tokio::test]
+async fn expired_certificate_joins_again_with_a_token_file() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki.clone(), vec![token]);
+        let state = expired_state(&pki, dir.path()).await;
+        let file = state.join(crate::agent::JOIN_TOKEN_FILE);
+        let unknown = JoinToken {
+            ca_hash: join.ca_hash.clone(),
+            token: BootstrapToken::generate(),
+        };
+
+        let client = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&unknown)),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("a refused token must not stop an agent that has joined before");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!*client.connected().borrow());
+
+        std::fs::write(&file, format!("{join}\n")).unwrap();
+        client.connected().wait_for(|up| *up).await.unwrap();
+        eventually("node registered", || server.nodes.is_connected("n1")).await;
+        assert!(cert_lasts_long(&state));
+        assert!(!file.exists(), "a spent token file is removed");
+        assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
         server.stop().await;
     })
     .await;

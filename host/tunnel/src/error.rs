@@ -53,13 +53,17 @@ pub enum Error {
     )]
     CertificateRefused(String),
     #[error(
-        "{0} holds no node certificate (node.crt, node.key, ca.crt) and no join token was given"
+        "{0} holds no node certificate (node.crt, node.key, ca.crt) and no join token was given (--token, or a join-token file there)"
     )]
     NotJoined(PathBuf),
     #[error(
-        "the node certificate {path} expired at {not_after}: this node was offline longer than its certificate lasts; create a new join token (kedge token create) and start the agent with --token"
+        "the node certificate {path} expired at {not_after}: this node was offline longer than its certificate lasts; its pods keep running offline. Create a join token on the server (kedge token create) and write it to {token_file} (picked up without a restart), or restart the agent with --token"
     )]
-    CertificateExpired { path: PathBuf, not_after: String },
+    CertificateExpired {
+        path: PathBuf,
+        not_after: String,
+        token_file: PathBuf,
+    },
     #[error("server refused to renew the node certificate: {0}")]
     RenewalRefused(String),
     #[error("no tunnel connection to the server within {0:?}")]

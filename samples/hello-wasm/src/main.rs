@@ -6,6 +6,9 @@
 //! (default 1), which exercises restart policies and back-off. Set `HELLO_LISTEN` to a port
 //! (or `address:port`) to serve the greeting over HTTP there instead (WASI sockets; pods
 //! share the node's network), which `kubectl port-forward` reaches.
+//!
+//! With `--once` as its first argument it greets and exits 0: what `kubectl exec POD -- hello
+//! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
 
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -74,7 +77,11 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let once = args.first().is_some_and(|a| a == "--once");
+    if once {
+        args.remove(0);
+    }
 
     let mut greeting = format!("hello from {pod} in {namespace}");
     if !args.is_empty() {
@@ -83,6 +90,9 @@ fn main() {
     }
     println!("{greeting}");
     let _ = std::io::stdout().flush();
+    if once {
+        exit(0);
+    }
     if let Ok(listen) = std::env::var("HELLO_LISTEN") {
         let addr = match listen.trim().parse::<u16>() {
             Ok(port) => Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port))),

@@ -126,7 +126,7 @@ impl OciRuntime {
 
 /// A host pty pair in raw mode (runc sets raw too, but only once it runs: input that comes
 /// earlier must not be echoed or line-edited).
-fn host_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+pub(super) fn host_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     use rustix::pty::OpenptFlags;
     let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY)?;
     rustix::pty::grantpt(&master)?;
@@ -141,7 +141,7 @@ fn host_pty() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((master, slave))
 }
 
-/// The master end of an exec's pty, split for concurrent use.
+/// The master end of an exec's (or a `tty: true` container's) pty, split for concurrent use.
 pub struct Pty {
     /// The process's output (EIO once the process and its children closed the tty).
     pub output: tokio::net::unix::pipe::Receiver,
@@ -153,16 +153,17 @@ pub struct Pty {
 /// Sets the terminal size of a pty.
 pub struct PtySize {
     fd: OwnedFd,
-    runc: Option<u32>,
+    /// The runc process that copies the size into the container's pty.
+    pub(super) runc: Option<u32>,
 }
 
 impl Pty {
     /// tokio's pipe ends register any non-blocking fd with the reactor; a pty master polls
     /// like a pipe, which keeps this free of `unsafe` (tokio's `AsyncFd` constructors are not).
-    fn new(fd: OwnedFd) -> Result<Self> {
+    pub(super) fn new(fd: OwnedFd) -> Result<Self> {
         let io_err = |source| Error::Io {
             what: "use",
-            path: PathBuf::from("the exec's pty master"),
+            path: PathBuf::from("the pty master"),
             source,
         };
         rustix::io::ioctl_fionbio(&fd, true).map_err(|e| io_err(e.into()))?;

@@ -276,6 +276,9 @@ pub(super) struct Host<'a> {
     pub swap_limit: bool,
     /// `RLIMIT_NOFILE` for the container process.
     pub nofile: u64,
+    /// `tty: true`: runc gives the process a terminal inside the container, copied to and
+    /// from runc's own stdio.
+    pub terminal: bool,
 }
 
 /// Renders `config.json`.
@@ -366,7 +369,7 @@ pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) ->
     json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": host.terminal,
             "user": {
                 "uid": ident.uid,
                 "gid": ident.gid,
@@ -447,6 +450,7 @@ mod tests {
             cgroups_path: "/kedge/pod-c-0",
             swap_limit: true,
             nofile: 1 << 20,
+            terminal: false,
         }
     }
 

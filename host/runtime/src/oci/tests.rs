@@ -643,6 +643,7 @@ async fn make_leftover(f: &Fixture, s: &ContainerSpec) -> CleanupGuard {
             cgroups_path: &cgroups_path,
             swap_limit: false,
             nofile: f.rt.nofile,
+            terminal: false,
         },
     );
     std::fs::write(
@@ -791,4 +792,142 @@ async fn exec_checks(f: &Fixture, id: &str) {
     assert!(text.contains("/dev/pts/"), "{text:?}");
     assert!(text.contains("30 100"), "{text:?}");
     assert_eq!(p.wait().await.unwrap(), 0);
+}
+
+async fn run_with_stdin(
+    f: &Fixture,
+    spec: ContainerSpec,
+    stdin: crate::stdio::Stdin,
+    cancel: CancellationToken,
+) -> Result<Exit> {
+    tokio::time::timeout(RUN_TIMEOUT, f.rt.run_with_stdin(spec, Some(stdin), cancel))
+        .await
+        .expect("container run finished in time")
+}
+
+fn data(s: &str) -> crate::stdio::Input {
+    crate::stdio::Input::Data(bytes::Bytes::copy_from_slice(s.as_bytes()))
+}
+
+#[tokio::test]
+async fn stdin_stays_open_across_attach_sessions() {
+    use crate::stdio::{Input, Mode, channel};
+    let Some(f) = fixture() else { return };
+    let s = spec(
+        &f,
+        "stdin",
+        "echo ready; while read l; do echo got:$l; done; echo eof",
+    );
+    let log = s.log_path.clone();
+    let (attach, stdin) = channel(Mode {
+        stdin: true,
+        ..Mode::default()
+    });
+    let cancel = CancellationToken::new();
+    let running = run_with_stdin(&f, s, stdin, cancel.clone());
+    let sessions = async {
+        wait_for_line(&log, "ready").await;
+        // One session sends a line and ends; its end must not close the stdin.
+        let first = attach.clone();
+        assert!(first.send(data("one\n")).await);
+        assert!(first.send(Input::End).await);
+        drop(first);
+        wait_for_line(&log, "got:one").await;
+        let second = attach.clone();
+        assert!(second.send(data("two\n")).await);
+        wait_for_line(&log, "got:two").await;
+        assert!(!attach.is_closed());
+        // Every sender gone (the agent dropped the container): EOF, the loop ends.
+        drop((second, attach));
+        wait_for_line(&log, "eof").await;
+    };
+    let (exit, ()) = tokio::join!(running, sessions);
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(stdout(&log), ["ready", "got:one", "got:two", "eof"]);
+}
+
+#[tokio::test]
+async fn stdin_once_closes_at_the_end_of_the_first_session() {
+    use crate::stdio::{Input, Mode, channel};
+    let Some(f) = fixture() else { return };
+    let s = spec(
+        &f,
+        "stdinonce",
+        "echo ready; while read l; do echo got:$l; done; echo eof; exec sleep 30",
+    );
+    let log = s.log_path.clone();
+    let (attach, stdin) = channel(Mode {
+        stdin: true,
+        stdin_once: true,
+        tty: false,
+    });
+    let cancel = CancellationToken::new();
+    let running = run_with_stdin(&f, s, stdin, cancel.clone());
+    let session = async {
+        wait_for_line(&log, "ready").await;
+        assert!(attach.send(data("a\n")).await);
+        assert!(attach.send(Input::End).await);
+        // The agent still holds its sender: only stdinOnce can have closed the stdin.
+        wait_for_line(&log, "eof").await;
+        assert!(attach.is_closed());
+        assert!(!attach.send(data("late\n")).await);
+        cancel.cancel();
+    };
+    let (exit, ()) = tokio::join!(running, session);
+    exit.unwrap();
+    assert_eq!(stdout(&log), ["ready", "got:a", "eof"]);
+}
+
+#[tokio::test]
+async fn tty_container_gets_a_terminal_fed_and_resized() {
+    use crate::stdio::{Input, Mode, channel};
+    let Some(f) = fixture() else { return };
+    // `stty -echo`: the lines we type are not echoed, so the log holds only the answers.
+    let s = spec(
+        &f,
+        "tty",
+        "stty -echo; [ -t 0 ] && echo is-a-tty; echo ready; read l; echo got:$l; stty size",
+    );
+    let log = s.log_path.clone();
+    let (attach, stdin) = channel(Mode {
+        stdin: true,
+        stdin_once: false,
+        tty: true,
+    });
+    let cancel = CancellationToken::new();
+    let running = run_with_stdin(&f, s, stdin, cancel.clone());
+    // A terminal ends lines with \r\n.
+    let lines = |log: &Path| -> Vec<String> {
+        stdout(log)
+            .into_iter()
+            .map(|l| l.trim_end_matches('\r').to_owned())
+            .collect()
+    };
+    let session = async {
+        for _ in 0..250 {
+            if lines(&log).iter().any(|l| l == "ready") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            attach
+                .send(Input::Resize {
+                    width: 100,
+                    height: 30
+                })
+                .await
+        );
+        assert!(attach.send(data("hello\r")).await);
+    };
+    let (exit, ()) = tokio::join!(running, session);
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    let got = lines(&log);
+    assert_eq!(got, ["is-a-tty", "ready", "got:hello", "30 100"], "{got:?}");
+    assert!(
+        log_lines(&log)
+            .iter()
+            .all(|(k, _)| *k == StreamKind::Stdout),
+        "a terminal has no stderr"
+    );
 }

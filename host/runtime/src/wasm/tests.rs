@@ -460,3 +460,140 @@ async fn volumes_are_preopened_directories() {
     assert_ne!(exit, Exit::Code(0));
     assert!(!vol.join("out.txt").exists());
 }
+
+/// Copies stdin to stdout until EOF (`cat`), then writes "eof\n".
+const CAT: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "eof\n")
+  (func (export "_start")
+    (block $done
+      (loop $next
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 4096))
+        (br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (br_if $done (i32.eqz (i32.load (i32.const 8))))
+        (i32.store (i32.const 16) (i32.const 1024))
+        (i32.store (i32.const 20) (i32.load (i32.const 8)))
+        (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 32)))
+        (br $next)))
+    (i32.store (i32.const 16) (i32.const 64))
+    (i32.store (i32.const 20) (i32.const 4))
+    (drop (call $fd_write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 32)))))
+"#;
+
+#[tokio::test]
+async fn stdin_is_fed_to_the_guest_until_stdin_once_closes_it() {
+    use crate::stdio::{Input, Mode, channel};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(CAT)).await.unwrap();
+    let spec = spec(dir.path(), &["cat"], &[]);
+    let log = spec.log_path.clone();
+    let (attach, stdin) = channel(Mode {
+        stdin: true,
+        stdin_once: true,
+        tty: false,
+    });
+    let running = rt.run_with_stdin(&w, spec, Some(stdin), CancellationToken::new());
+    let session = async {
+        assert!(attach.send(Input::Data("one\n".into())).await);
+        // The guest waits for more: nothing has ended its stdin yet.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!attach.is_closed());
+        assert!(attach.send(Input::Data("two\n".into())).await);
+        assert!(attach.send(Input::End).await);
+    };
+    let (exit, ()) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(running, session)
+    })
+    .await
+    .expect("the guest ends once its stdin closes");
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    let out: Vec<_> = records(&log).into_iter().map(|r| r.2).collect();
+    assert_eq!(out, ["one", "two", "eof"]);
+}
+
+#[tokio::test]
+async fn without_stdin_the_guest_reads_eof() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(CAT)).await.unwrap();
+    let spec = spec(dir.path(), &["cat"], &[]);
+    let log = spec.log_path.clone();
+    let exit = rt.run(&w, spec, CancellationToken::new()).await.unwrap();
+    assert_eq!(exit, Exit::Code(0));
+    let out: Vec<_> = records(&log).into_iter().map(|r| r.2).collect();
+    assert_eq!(out, ["eof"]);
+}
+
+/// Reads an exec's output to its end.
+async fn read_all(mut r: tokio::io::DuplexStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = String::new();
+    r.read_to_string(&mut s).await.unwrap();
+    s
+}
+
+fn exec_spec(args: &[&str], env: &[(&str, &str)]) -> ExecSpec {
+    ExecSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        memory_limit: None,
+        dirs: vec![],
+    }
+}
+
+#[tokio::test]
+async fn exec_runs_another_instance_with_its_own_stdio_and_exit_code() {
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(ARGS_ENV_EXIT)).await.unwrap();
+    let mut p = rt
+        .exec(&w, exec_spec(&["prog", "--check"], &[("K", "v")]), false)
+        .unwrap();
+    assert!(p.stdin.is_none());
+    let (out, err) = (p.stdout, p.stderr);
+    p.stdout = tokio::io::duplex(1).0;
+    p.stderr = tokio::io::duplex(1).0;
+    let (exit, out, err) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(p.wait(), read_all(out), read_all(err))
+    })
+    .await
+    .expect("the instance ends");
+    assert_eq!(exit.unwrap(), Exit::Code(7));
+    assert_eq!(out, "prog\n--check\n");
+    assert_eq!(err, "K=v\n");
+}
+
+#[tokio::test]
+async fn exec_stdin_reaches_the_guest_and_stop_ends_it() {
+    use tokio::io::AsyncWriteExt as _;
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(wat(CAT)).await.unwrap();
+    let mut p = rt.exec(&w, exec_spec(&["cat"], &[]), true).unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    stdin.write_all(b"one\ntwo\n").await.unwrap();
+    drop(stdin);
+    let out = std::mem::replace(&mut p.stdout, tokio::io::duplex(1).0);
+    let (exit, out) = tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::join!(p.wait(), read_all(out))
+    })
+    .await
+    .expect("the guest ends at EOF");
+    assert_eq!(exit.unwrap(), Exit::Code(0));
+    assert_eq!(out, "one\ntwo\neof\n");
+
+    // A guest that waits for input forever is stopped when the client leaves.
+    let mut p = rt.exec(&w, exec_spec(&["cat"], &[]), true).unwrap();
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), p.stop())
+        .await
+        .expect("stop returns");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert_eq!(p.wait().await.unwrap(), Exit::Killed);
+}

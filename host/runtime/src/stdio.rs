@@ -1,0 +1,200 @@
+//! A container's stdin kept open for its whole run (`stdin: true` in the pod spec), fed by
+//! `kubectl attach -i` sessions, as kubelet keeps it open for the container runtime.
+//!
+//! The agent keeps the [`Attach`] end (cloned per session); the runtime takes the [`Stdin`]
+//! end and copies what arrives into the process: a pipe, the pty master with `tty: true`, or
+//! a Wasm guest's stdin stream. Any number of sessions may send at once; their chunks
+//! interleave as they come. A session whose input ends sends [`Input::End`]: with
+//! `stdinOnce` the first such end closes the stdin for good (the process reads EOF), as
+//! kubelet does; without it the stdin stays open for the next session.
+
+use bytes::Bytes;
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::sync::mpsc;
+
+/// Chunks queued per container: enough to keep a session's input moving, small enough that
+/// a process not reading its stdin pushes back on the client through the tunnel.
+const QUEUE: usize = 16;
+
+/// The pod spec's `stdin`, `stdinOnce` and `tty` of a container.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mode {
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
+}
+
+/// What an attach session sends to the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    Data(Bytes),
+    /// The session's input ended (the client closed its stdin, or left).
+    End,
+    /// The client's terminal size; only a `tty` container has one to set.
+    Resize {
+        width: u16,
+        height: u16,
+    },
+}
+
+/// The agent's end: where attach sessions send their input.
+#[derive(Clone, Debug)]
+pub struct Attach {
+    tx: mpsc::Sender<Input>,
+    mode: Mode,
+}
+
+/// The runtime's end, given to the run that owns the process.
+#[derive(Debug)]
+pub struct Stdin {
+    rx: mpsc::Receiver<Input>,
+    mode: Mode,
+}
+
+/// A new stdin for one run of a container.
+pub fn channel(mode: Mode) -> (Attach, Stdin) {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    (Attach { tx, mode }, Stdin { rx, mode })
+}
+
+impl Attach {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Whether the stdin is closed for good: by `stdinOnce`, because the process closed its
+    /// end, or because the run is over.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Queues `input`, waiting while the queue is full. `false`: the stdin is closed.
+    pub async fn send(&self, input: Input) -> bool {
+        self.tx.send(input).await.is_ok()
+    }
+}
+
+impl Stdin {
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Copies the sessions' input into `w` until the stdin closes: every [`Attach`] gone, the
+    /// process's end closed, or (with `stdinOnce`) the first session's input ended. Then `w`
+    /// is shut down and dropped, so a pipe reads EOF; a tty gets its EOF character instead
+    /// (closing our copy of the pty master would not end the terminal). Resizes go to
+    /// `resize`.
+    pub async fn feed<W>(mut self, mut w: W, resize: impl Fn(u16, u16))
+    where
+        W: AsyncWrite + Unpin,
+    {
+        while let Some(input) = self.rx.recv().await {
+            match input {
+                Input::Data(data) => {
+                    if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
+                        break;
+                    }
+                }
+                Input::End if self.mode.stdin_once => {
+                    if self.mode.tty {
+                        // ^D: what the terminal's line discipline turns into EOF.
+                        let _ = w.write_all(&[4]).await;
+                    }
+                    break;
+                }
+                Input::End => {}
+                Input::Resize { width, height } => resize(width, height),
+            }
+        }
+        // Senders see the stdin closed from now on.
+        self.rx.close();
+        let _ = w.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+
+    #[tokio::test]
+    async fn stdin_once_closes_at_the_first_sessions_end() {
+        let mode = Mode {
+            stdin: true,
+            stdin_once: true,
+            tty: false,
+        };
+        let (attach, stdin) = channel(mode);
+        let (w, mut r) = tokio::io::duplex(1024);
+        let feeding = tokio::spawn(stdin.feed(w, |_, _| {}));
+        assert!(attach.send(Input::Data(Bytes::from_static(b"a\n"))).await);
+        assert!(attach.send(Input::End).await);
+        tokio::time::timeout(std::time::Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed")
+            .unwrap();
+        assert!(attach.is_closed());
+        assert!(!attach.send(Input::Data(Bytes::from_static(b"late"))).await);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"a\n");
+    }
+
+    #[tokio::test]
+    async fn without_stdin_once_a_sessions_end_leaves_it_open() {
+        let mode = Mode {
+            stdin: true,
+            stdin_once: false,
+            tty: true,
+        };
+        let (attach, stdin) = channel(mode);
+        let (w, mut r) = tokio::io::duplex(1024);
+        let sizes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let feeding = tokio::spawn(stdin.feed(w, move |wd, h| seen.lock().unwrap().push((wd, h))));
+        let second = attach.clone();
+        assert!(attach.send(Input::Data(Bytes::from_static(b"one\n"))).await);
+        assert!(attach.send(Input::End).await);
+        assert!(
+            second
+                .send(Input::Resize {
+                    width: 80,
+                    height: 24
+                })
+                .await
+        );
+        assert!(second.send(Input::Data(Bytes::from_static(b"two\n"))).await);
+        assert!(!second.is_closed());
+        drop((attach, second));
+        tokio::time::timeout(std::time::Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed")
+            .unwrap();
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"one\ntwo\n");
+        assert_eq!(*sizes.lock().unwrap(), [(80, 24)]);
+    }
+
+    #[tokio::test]
+    async fn stdin_once_with_a_tty_sends_the_eof_character() {
+        let mode = Mode {
+            stdin: true,
+            stdin_once: true,
+            tty: true,
+        };
+        let (attach, stdin) = channel(mode);
+        let (w, mut r) = tokio::io::duplex(1024);
+        let feeding = tokio::spawn(stdin.feed(w, |_, _| {}));
+        assert!(attach.send(Input::Data(Bytes::from_static(b"x"))).await);
+        assert!(attach.send(Input::End).await);
+        tokio::time::timeout(std::time::Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed")
+            .unwrap();
+        assert!(attach.is_closed());
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"x\x04");
+    }
+}
