@@ -118,13 +118,23 @@ async fn run() {
     let cancel = CancellationToken::new();
     let data = dir.path().join("server");
     let cfg = common::server_config(data.clone());
-    let srv = server::start(cfg.clone(), cancel.child_token())
+    let server_cancel = cancel.child_token();
+    let srv = server::start(cfg.clone(), server_cancel.clone())
         .await
         .unwrap();
     // The server's own CA, loaded again to issue node certificates without bootstrap.
     let pki = ClusterPki::load_or_create(&data.join("pki"), &[]).unwrap();
 
-    reconnect(&pki, srv.tunnel_addr, &srv.nodes, dir.path()).await;
+    // `KEDGE_BENCH_ONLY=fleet` (or `reconnect`) runs one part.
+    let only = std::env::var("KEDGE_BENCH_ONLY").unwrap_or_default();
+    if only != "fleet" {
+        reconnect(&pki, srv.tunnel_addr, &srv.nodes, dir.path()).await;
+    }
+    if only == "reconnect" {
+        cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), srv.stopped()).await;
+        return;
+    }
     let running = Running {
         cfg: ServerConfig {
             // A restart takes the same port: the agents know no other.
@@ -132,7 +142,7 @@ async fn run() {
             ..cfg
         },
         srv,
-        cancel: cancel.child_token(),
+        cancel: server_cancel,
     };
     let running = fleet(&pki, running, dir.path()).await;
 
@@ -149,12 +159,28 @@ struct Running {
 }
 
 impl Running {
-    /// Stops the server (its agents see the connections close) and starts it again on the
-    /// same data dir and port; returns when the new one accepts connections.
-    async fn restart(self) -> Running {
+    /// Stops the server (its agents see the connections close) and starts it again with the
+    /// same state, certificates and port; returns when the new one accepts connections.
+    async fn restart(mut self) -> Running {
         self.cancel.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.srv.stopped()).await;
+        let t = Instant::now();
+        if tokio::time::timeout(Duration::from_secs(30), self.srv.stopped())
+            .await
+            .is_err()
+        {
+            println!("storm: the old server's tasks did not all stop within 30 s");
+        }
+        println!(
+            "storm: old server stopped in {:.2} s",
+            t.elapsed().as_secs_f64()
+        );
         drop(self.srv);
+        // In one process the stopped server's store may still be referenced (and locked) by
+        // a task on its way out; a copy of its data dir is the state a new process would
+        // open.
+        let copy = self.cfg.data_dir.with_extension("restarted");
+        copy_dir(&self.cfg.data_dir, &copy);
+        self.cfg.data_dir = copy;
         let cancel = CancellationToken::new();
         // The old sockets are closed once its tasks are done; retry briefly if the port is
         // still held.
@@ -677,6 +703,19 @@ async fn fleet_child(server: String, root: PathBuf) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     cancel.cancel();
     tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
 }
 
 /// The server restarts under the fleet: each agent notices, backs off and redials on its own.
