@@ -68,6 +68,15 @@ impl StreamKind {
 #[derive(Clone)]
 pub struct LogWriter {
     shared: Arc<WriterShared>,
+    /// Where [`LogStream`]s also send their raw output, for `kubectl attach`.
+    tee: Option<tokio::sync::broadcast::Sender<Output>>,
+}
+
+/// Raw output of a container as its process wrote it (no line buffering), for those attached.
+#[derive(Clone, Debug)]
+pub struct Output {
+    pub kind: StreamKind,
+    pub bytes: bytes::Bytes,
 }
 
 struct WriterShared {
@@ -97,7 +106,15 @@ impl LogWriter {
                 file: Mutex::new(file),
                 clock,
             }),
+            tee: None,
         })
+    }
+
+    /// Also sends everything the streams get, as it comes, to `tee` (the log itself holds an
+    /// unfinished line back until its newline, which a terminal's user cannot wait for).
+    pub fn with_tee(mut self, tee: tokio::sync::broadcast::Sender<Output>) -> Self {
+        self.tee = Some(tee);
+        self
     }
 
     /// Writes one record; `text` must not contain the line's `\n`.
@@ -152,6 +169,13 @@ impl LogStream {
     /// Buffers `bytes` and writes every completed line as an `F` record; a line that reaches
     /// [`MAX_RECORD`] without a newline is written as `P` records.
     pub fn write(&self, mut bytes: &[u8]) -> io::Result<()> {
+        if let Some(tee) = self.writer.tee.as_ref().filter(|t| t.receiver_count() > 0) {
+            // No one attached is no error; one too slow loses output (see the receiver).
+            let _ = tee.send(Output {
+                kind: self.kind,
+                bytes: bytes::Bytes::copy_from_slice(bytes),
+            });
+        }
         let mut pending = lock(&self.pending)?;
         while !bytes.is_empty() {
             let room = MAX_RECORD - pending.len();
@@ -280,34 +304,6 @@ pub fn read(
         draining: false,
     };
     state.into_stream()
-}
-
-/// [`read`] following from the end of the log as it is now, before the stream is first
-/// polled: for `kubectl attach`, whose input may cause output right after the client is told
-/// the session is up, and that output must not fall before where the stream starts.
-pub async fn follow_from_now(
-    path: PathBuf,
-    done: Option<watch::Receiver<bool>>,
-) -> io::Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static> {
-    let opts = LogOptions {
-        follow: true,
-        tail_lines: Some(0),
-        since: None,
-        timestamps: false,
-        limit_bytes: None,
-    };
-    let mut reader = Reader {
-        path,
-        remaining: None,
-        opts,
-        done,
-        phase: Phase::Start,
-        file: None,
-        carry: Vec::new(),
-        draining: false,
-    };
-    reader.start().await?;
-    Ok(reader.into_stream())
 }
 
 enum Phase {
@@ -714,25 +710,5 @@ mod tests {
             .expect("stream ends after done");
         let rest: Vec<u8> = rest.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
         assert_eq!(rest, b"last\n");
-    }
-
-    /// Regression (attach): output written after the call but before the stream is first
-    /// polled must not be skipped as part of the "old" log.
-    #[tokio::test]
-    async fn follow_from_now_starts_at_the_call_not_the_first_poll() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("0.log");
-        let w = LogWriter::open_with_clock(&path, ticking_clock()).unwrap();
-        let s = w.stream(StreamKind::Stdout);
-        s.write(b"old\n").unwrap();
-        let (done_tx, done_rx) = watch::channel(false);
-        let stream = follow_from_now(path.clone(), Some(done_rx)).await.unwrap();
-        s.write(b"answer\n").unwrap();
-        done_tx.send(true).unwrap();
-        let all: Vec<_> = tokio::time::timeout(Duration::from_secs(2), stream.collect::<Vec<_>>())
-            .await
-            .expect("stream ends after done");
-        let all: Vec<u8> = all.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
-        assert_eq!(all, b"answer\n");
     }
 }

@@ -292,10 +292,13 @@ impl OciRuntime {
         self.cleanup(&spec.id, &layout).await?;
 
         let ident = spec::resolve_user(&image_rootfs, spec.user.as_deref())?;
-        let log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
+        let mut log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,
         })?;
+        if let Some(s) = &stdin {
+            log = log.with_tee(s.output());
+        }
 
         let mut guard = CleanupGuard {
             runc: self.runc.clone(),

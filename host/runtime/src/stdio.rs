@@ -7,14 +7,23 @@
 //! interleave as they come. A session whose input ends sends [`Input::End`]: with
 //! `stdinOnce` the first such end closes the stdin for good (the process reads EOF), as
 //! kubelet does; without it the stdin stays open for the next session.
+//!
+//! The other direction: the runtime sends the process's output, raw as it comes, to every
+//! session attached ([`Attach::subscribe`]); the CRI log holds an unfinished line back until
+//! its newline, which a prompt or a typed key's echo never has.
 
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
+
+pub use crate::logs::Output;
 
 /// Chunks queued per container: enough to keep a session's input moving, small enough that
 /// a process not reading its stdin pushes back on the client through the tunnel.
 const QUEUE: usize = 16;
+/// Output chunks kept for each attached session; one that falls further behind loses the
+/// oldest (a terminal, unlike the log, has no use for output it could not keep up with).
+const OUTPUT_QUEUE: usize = 1024;
 
 /// The pod spec's `stdin`, `stdinOnce` and `tty` of a container.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +50,7 @@ pub enum Input {
 #[derive(Clone, Debug)]
 pub struct Attach {
     tx: mpsc::Sender<Input>,
+    output: broadcast::Sender<Output>,
     mode: Mode,
 }
 
@@ -48,18 +58,33 @@ pub struct Attach {
 #[derive(Debug)]
 pub struct Stdin {
     rx: mpsc::Receiver<Input>,
+    output: broadcast::Sender<Output>,
     mode: Mode,
 }
 
-/// A new stdin for one run of a container.
+/// A new stdin, and output for those attached, for one run of a container. Without `stdin`
+/// the process still reads EOF; the output goes out all the same.
 pub fn channel(mode: Mode) -> (Attach, Stdin) {
     let (tx, rx) = mpsc::channel(QUEUE);
-    (Attach { tx, mode }, Stdin { rx, mode })
+    let (output, _) = broadcast::channel(OUTPUT_QUEUE);
+    (
+        Attach {
+            tx,
+            output: output.clone(),
+            mode,
+        },
+        Stdin { rx, output, mode },
+    )
 }
 
 impl Attach {
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// The process's output from now on, as it is written.
+    pub fn subscribe(&self) -> broadcast::Receiver<Output> {
+        self.output.subscribe()
     }
 
     /// Whether the stdin is closed for good: by `stdinOnce`, because the process closed its
@@ -77,6 +102,11 @@ impl Attach {
 impl Stdin {
     pub fn mode(&self) -> Mode {
         self.mode
+    }
+
+    /// Where the runtime sends the process's output for those attached.
+    pub fn output(&self) -> broadcast::Sender<Output> {
+        self.output.clone()
     }
 
     /// Copies the sessions' input into `w` until the stdin closes: every [`Attach`] gone, the
@@ -116,6 +146,33 @@ impl Stdin {
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt as _;
+
+    /// What an attached terminal needs: a prompt (no newline) arrives as written, while the
+    /// log still waits for the line's end.
+    #[tokio::test]
+    async fn output_reaches_sessions_as_written_not_line_by_line() {
+        use crate::logs::{LogWriter, StreamKind};
+        let (attach, stdin) = channel(Mode::default());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let log = LogWriter::open(&path).unwrap().with_tee(stdin.output());
+        let stderr = log.stream(StreamKind::Stderr);
+        // Nobody attached yet: nothing queued for later.
+        stderr.write(b"before\n").unwrap();
+        let mut session = attach.subscribe();
+        stderr.write(b"/ # ").unwrap();
+        let got = session.try_recv().expect("sent at once");
+        assert_eq!(
+            (got.kind, &got.bytes[..]),
+            (StreamKind::Stderr, &b"/ # "[..])
+        );
+        assert!(session.try_recv().is_err());
+        let logged = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            logged.contains("before") && !logged.contains("/ #"),
+            "{logged}"
+        );
+    }
 
     #[tokio::test]
     async fn stdin_once_closes_at_the_first_sessions_end() {

@@ -495,10 +495,13 @@ impl WasmRuntime {
         stdin: Option<Stdin>,
         cancel: CancellationToken,
     ) -> Result<Exit> {
-        let log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
+        let mut log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,
         })?;
+        if let Some(s) = &stdin {
+            log = log.with_tee(s.output());
+        }
         let stdout = log.stream(StreamKind::Stdout);
         let stderr = log.stream(StreamKind::Stderr);
         let mut wasi = wasi_builder(&spec.args, &spec.env, &spec.dirs)?;

@@ -602,14 +602,10 @@ pub(super) async fn run_container(
             continue;
         }
         let (done_tx, done_rx) = watch::channel(false);
-        // A fresh stdin per run, as a restarted process gets a new one from kubelet.
-        let (attach, stdin) = match stdio_mode(c) {
-            m if m.stdin || m.tty => {
-                let (a, s) = kedge_runtime::stdio::channel(m);
-                (Some(a), Some(s))
-            }
-            _ => (None, None),
-        };
+        // A fresh stdin per run, as a restarted process gets a new one from kubelet, and the
+        // run's output for `kubectl attach`.
+        let (attach, stdin) = kedge_runtime::stdio::channel(stdio_mode(c));
+        let (attach, stdin) = (Some(attach), Some(stdin));
         ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
             LogHandle {

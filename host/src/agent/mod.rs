@@ -115,7 +115,8 @@ struct LogHandle {
     runc_id: Option<String>,
     /// What `kubectl exec` starts in a Wasm container: its program again.
     wasm: Option<Arc<stream::WasmTarget>>,
-    /// The current run's stdin, for `attach -i`, with `stdin: true` or `tty: true`.
+    /// The current run's stdin (open with `stdin: true`) and its live output, for
+    /// `kubectl attach`.
     stdin: Option<kedge_runtime::stdio::Attach>,
 }
 

@@ -15,11 +15,10 @@ use axum::body::Body;
 use axum::extract::{Path as UrlPath, RawQuery, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
-use futures_util::StreamExt as _;
 use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use kedge_runtime::stdio::{Attach, Input};
@@ -65,6 +64,8 @@ struct Options {
     command: Vec<String>,
     uid: Option<String>,
     stdin: bool,
+    /// Whether the client has a stderr channel (else stderr goes with stdout).
+    stderr: bool,
     tty: bool,
     dry_run: bool,
 }
@@ -77,6 +78,7 @@ fn options(query: Option<&str>) -> Options {
             "command" => o.command.push(v.into_owned()),
             "uid" => o.uid = Some(v.into_owned()),
             "stdin" => o.stdin = truthy(&v),
+            "stderr" => o.stderr = truthy(&v),
             "tty" => o.tty = truthy(&v),
             "dryRun" => o.dry_run = truthy(&v),
             _ => {}
@@ -504,27 +506,61 @@ pub(super) async fn attach(
             format!("attach needs an upgrade to {CHANNEL_UPGRADE}"),
         );
     };
-    // Where the output starts, fixed before the client can send input.
-    let path = h.dir.join(format!("{}.log", h.restart_count));
-    let logs = match kedge_runtime::logs::follow_from_now(path, Some(h.done.clone())).await {
-        Ok(l) => l,
-        Err(e) => {
-            return refuse(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot read the output of container {container:?}: {e}"),
-            );
-        }
+    // The live output, subscribed before the client can send input (so nothing its input
+    // causes is missed).
+    let Some(mut output) = h.stdin.as_ref().map(Attach::subscribe) else {
+        return refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("container {container:?} in pod {pod:?} has no output to attach to"),
+        );
     };
+    let stderr_channel = if o.stderr && !o.tty {
+        channel::STDERR
+    } else {
+        channel::STDOUT
+    };
+    let mut done = h.done.clone();
     let cancel = k.cancel.child_token();
     tokio::spawn(async move {
         let Ok(io) = on_upgrade.await else { return };
         let (rd, wr) = tokio::io::split(TokioIo::new(io));
         let (tx, rx) = mpsc::channel::<Frame>(16);
         let writer = tokio::spawn(write_frames(wr, rx));
-        let mut logs = Box::pin(logs);
         let follow = async {
-            while let Some(Ok(chunk)) = logs.next().await {
-                if tx.send(Frame::new(channel::STDOUT, chunk)).await.is_err() {
+            let mut ended = false;
+            loop {
+                let next = if ended {
+                    // The run is over: what is still queued, then the end.
+                    match output.try_recv() {
+                        Ok(o) => Ok(o),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(_) => return,
+                    }
+                } else {
+                    tokio::select! {
+                        biased;
+                        r = output.recv() => r,
+                        _ = done.wait_for(|d| *d) => {
+                            ended = true;
+                            continue;
+                        }
+                    }
+                };
+                let out = match next {
+                    Ok(out) => out,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(chunks = n, "attach session fell behind; output lost");
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let ch = match out.kind {
+                    kedge_runtime::logs::StreamKind::Stdout => channel::STDOUT,
+                    kedge_runtime::logs::StreamKind::Stderr => stderr_channel,
+                };
+                if tx.send(Frame::new(ch, out.bytes)).await.is_err() {
                     return;
                 }
             }
@@ -537,11 +573,16 @@ pub(super) async fn attach(
             () = client => false,
             () = cancel.cancelled() => false,
         };
-        if let Some(a) = input.as_ref().filter(|_| !ended_input) {
+        if let Some(a) = input
+            .as_ref()
+            .filter(|a| !ended_input && a.mode().stdin_once)
+        {
             // The client left (or the container ended) without closing its stdin: for
-            // stdinOnce that ends the stdin all the same, as in kubelet.
+            // stdinOnce that ends the stdin all the same, as in kubelet. Bounded: a process
+            // that reads no stdin must not hold this session forever.
             tokio::select! {
                 _ = a.send(Input::End) => {}
+                () = tokio::time::sleep(DRAIN) => {}
                 () = cancel.cancelled() => {}
             }
         }
