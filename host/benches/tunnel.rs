@@ -11,7 +11,7 @@
 //!   /proc are the server's alone;
 //! - storm: the server restarts (same data dir and port, as in an upgrade) under those 1,000
 //!   agents. Each agent's own supervisor notices the close and redials with its jittered
-//!   back-off; measured: how long after the new server listens each agent is connected again
+//!   back-off; measured: how long after the new server starts each agent is connected again
 //!   (p50, p99, last), the server's CPU meanwhile, and a round of lease renewals after it.
 //!
 //! Run: `cargo bench -p kedge --bench tunnel`
@@ -127,6 +127,10 @@ async fn run() {
 
     // `KEDGE_BENCH_ONLY=fleet` (or `reconnect`) runs one part.
     let only = std::env::var("KEDGE_BENCH_ONLY").unwrap_or_default();
+    assert!(
+        ["", "fleet", "reconnect"].contains(&only.as_str()),
+        "KEDGE_BENCH_ONLY is fleet or reconnect (or unset for both), not {only:?}"
+    );
     if only != "fleet" {
         reconnect(&pki, srv.tunnel_addr, &srv.nodes, dir.path()).await;
     }
@@ -160,8 +164,9 @@ struct Running {
 
 impl Running {
     /// Stops the server (its agents see the connections close) and starts it again with the
-    /// same state, certificates and port; returns when the new one accepts connections.
-    async fn restart(mut self) -> Running {
+    /// same state, certificates and port; returns when the new one accepts connections, and
+    /// when it began to start (it binds its port first, so agents may connect from then on).
+    async fn restart(mut self) -> (Running, std::time::SystemTime) {
         self.cancel.cancel();
         let t = Instant::now();
         if tokio::time::timeout(Duration::from_secs(30), self.srv.stopped())
@@ -185,9 +190,10 @@ impl Running {
         // The old sockets are closed once its tasks are done; retry briefly if the port is
         // still held.
         let mut tries = 0;
-        let srv = loop {
+        let (srv, began) = loop {
+            let began = std::time::SystemTime::now();
             match server::start(self.cfg.clone(), cancel.clone()).await {
-                Ok(s) => break s,
+                Ok(s) => break (s, began),
                 Err(e) if tries < 50 => {
                     tries += 1;
                     if tries == 1 {
@@ -198,11 +204,14 @@ impl Running {
                 Err(e) => panic!("the server does not start again: {e:#}"),
             }
         };
-        Running {
-            cfg: self.cfg,
-            srv,
-            cancel,
-        }
+        (
+            Running {
+                cfg: self.cfg,
+                srv,
+                cancel,
+            },
+            began,
+        )
     }
 }
 
@@ -554,8 +563,9 @@ async fn fleet(pki: &ClusterPki, mut running: Running, root: &Path) -> Running {
             );
             if line.starts_with("start storm") {
                 let t = Instant::now();
-                running = running.restart().await;
-                let up = std::time::SystemTime::now()
+                let began;
+                (running, began) = running.restart().await;
+                let up = began
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap()
                     .as_nanos();
@@ -563,7 +573,7 @@ async fn fleet(pki: &ClusterPki, mut running: Running, root: &Path) -> Running {
                     "storm: the server stopped and started again in {:.2} s",
                     t.elapsed().as_secs_f64()
                 );
-                // Tells the agents' process when the new server listened.
+                // Tells the agents' process when the new server began to listen.
                 to_child
                     .write_all(format!("up {up}\n").as_bytes())
                     .await
@@ -719,7 +729,8 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The server restarts under the fleet: each agent notices, backs off and redials on its own.
-/// Prints when each was connected again, relative to the moment the new server listened.
+/// Prints when each was connected again, relative to the moment the new server began to start
+/// (binding its port first).
 async fn storm(clients: &Arc<Vec<(String, TunnelClient)>>) {
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     println!("start storm: the server restarts under {AGENTS} agents");
@@ -771,7 +782,7 @@ async fn storm(clients: &Arc<Vec<(String, TunnelClient)>>) {
         .count()
         .await;
     println!(
-        "end storm: {}/{AGENTS} agents connected again after the restart (p50 {}, p99 {}, last {} after the new server listened; {missing} not back within {} s); then {renewed}/{AGENTS} lease renewals at once in {} ms; {:.1} s in all",
+        "end storm: {}/{AGENTS} agents connected again after the restart (p50 {}, p99 {}, last {} after the new server began to start; {missing} not back within {} s); then {renewed}/{AGENTS} lease renewals at once in {} ms; {:.1} s in all",
         after.len(),
         ms(percentile(&mut after, 0.5)),
         ms(percentile(&mut after, 0.99)),

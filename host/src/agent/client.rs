@@ -57,13 +57,14 @@ impl Error {
         }
     }
 
-    /// Whether the server could not be asked (tunnel down, no answer, broken stream, a 5xx):
-    /// what falls back to the node's local copies. An answer from the server (404, 403, ...)
-    /// is not.
+    /// Whether the server could not be asked (tunnel down, no answer, broken stream, a 5xx,
+    /// 429 or 408): what falls back to the node's local copies. An answer from the server
+    /// (404, 403, ...) is not.
     pub fn is_unreachable(&self) -> bool {
         match self {
             Error::Tunnel(_) | Error::Offline | Error::Timeout { .. } | Error::Body(_) => true,
-            Error::Api { code, .. } => *code >= 500,
+            // 429 and 408: the server is there but cannot take it now; try again later.
+            Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             Error::Decode(_) => false,
         }
     }

@@ -622,6 +622,7 @@ pub(super) async fn run_container(
                         env,
                         dirs,
                     } => Some(Arc::new(super::stream::WasmTarget {
+                        execs: Arc::new(tokio::sync::Semaphore::new(super::stream::WASM_EXECS)),
                         workload: workload.clone(),
                         program: args.first().cloned().unwrap_or_default(),
                         env: env.clone(),

@@ -177,6 +177,23 @@ pub(super) async fn exec(
             format!("exec needs an upgrade to {CHANNEL_UPGRADE}"),
         );
     };
+    // Each Wasm exec is a whole instance with the container's memory limit of its own: a
+    // bound on how many run at once keeps exec from multiplying a pod's memory on the node.
+    let permit = match &target {
+        Target::Wasm(w) => match w.execs.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return refuse(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "container {container:?} in pod {pod:?} already runs {WASM_EXECS} exec \
+                         sessions, each a whole instance of its program; try again when one ends"
+                    ),
+                );
+            }
+        },
+        Target::Oci(..) => None,
+    };
     let started = match target {
         Target::Oci(runc_id, oci) => oci
             .exec(&runc_id, &o.command, o.tty, o.stdin)
@@ -204,8 +221,9 @@ pub(super) async fn exec(
     };
     let cancel = k.cancel.child_token();
     tokio::spawn(async move {
+        let _permit = permit;
         match on_upgrade.await {
-            Ok(io) => exec_session(TokioIo::new(io), proc, o.tty, cancel).await,
+            Ok(io) => exec_session(TokioIo::new(io), proc, o.tty, h.done, cancel).await,
             Err(e) => {
                 tracing::debug!(error = %e, "exec upgrade failed");
                 let mut proc = proc;
@@ -216,8 +234,13 @@ pub(super) async fn exec(
     switching(CHANNEL_UPGRADE)
 }
 
+/// Exec sessions a Wasm container may have at once.
+pub(super) const WASM_EXECS: usize = 4;
+
 /// What `kubectl exec` starts in a Wasm container, kept while the container runs.
 pub(super) struct WasmTarget {
+    /// [`WASM_EXECS`] permits.
+    pub execs: Arc<tokio::sync::Semaphore>,
     pub workload: kedge_runtime::wasm::Workload,
     /// The container's argv[0]: the name an exec's command must begin with.
     pub program: String,
@@ -315,8 +338,13 @@ fn upgrade_of(mut req: Request, token: &str) -> Option<hyper::upgrade::OnUpgrade
 
 /// Relays one exec: frames from the tunnel to the process's stdin (and tty size), its output
 /// back as frames, and finally its exit as a Status on the error channel.
-async fn exec_session<IO>(io: IO, mut proc: Process, tty: bool, cancel: CancellationToken)
-where
+async fn exec_session<IO>(
+    io: IO,
+    mut proc: Process,
+    tty: bool,
+    mut container_done: tokio::sync::watch::Receiver<bool>,
+    cancel: CancellationToken,
+) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut rd, wr) = tokio::io::split(io);
@@ -371,9 +399,15 @@ where
         }
     };
 
+    // An exec lives no longer than its container (a runc exec dies with the container's PID
+    // namespace anyway; a Wasm instance is stopped here).
+    let container_ended = async {
+        let _ = container_done.wait_for(|d| *d).await;
+    };
     let code = tokio::select! {
         code = proc.wait() => Some(code),
         () = input => None,
+        () = container_ended => None,
         () = cancel.cancelled() => None,
     };
     let status = match code {

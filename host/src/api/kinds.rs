@@ -39,9 +39,45 @@ fn fold_string_data(obj: &mut Value) {
 /// kube-apiserver's limit on the data of one Secret or ConfigMap.
 const MAX_DATA_BYTES: usize = 1024 * 1024;
 
-/// Keys of a ConfigMap's or Secret's data: file names in a volume, hence kube's
-/// `IsConfigMapKey` rules.
-fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) -> usize {
+/// Base64 as Go's decoder reads it for a `[]byte` field: line breaks ignored, non-zero
+/// trailing bits tolerated (`base64 FILE` output pasted into YAML is accepted).
+fn decode_base64_leniently(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::{GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+    );
+    let compact: String = s.chars().filter(|c| !matches!(c, '\r' | '\n')).collect();
+    LENIENT.decode(compact).ok()
+}
+
+/// The bytes fields of Secrets (`data`) and ConfigMaps (`binaryData`) are stored as kube
+/// stores them after its decode/encode round trip: canonical base64. A value that is not
+/// base64 is left for validation to refuse; a `null` map is no map.
+fn normalize_data(obj: &mut Value, bytes_field: &str) {
+    use base64::Engine as _;
+    if let Some(m) = obj.as_object_mut() {
+        for f in ["data", "stringData", "binaryData"] {
+            if m.get(f).is_some_and(Value::is_null) {
+                m.remove(f);
+            }
+        }
+    }
+    if let Some(Value::Object(map)) = obj.get_mut(bytes_field) {
+        for v in map.values_mut() {
+            if let Some(bytes) = v.as_str().and_then(decode_base64_leniently) {
+                *v = Value::String(base64::engine::general_purpose::STANDARD.encode(bytes));
+            }
+        }
+    }
+}
+
+/// Checks the keys of a ConfigMap's or Secret's map `field` (file names in a volume, hence
+/// kube's `IsConfigMapKey` rules) and its values (strings; base64 if `bytes`). Returns the
+/// size of the values, in bytes, which is what kube's 1 MiB limit counts.
+fn validate_data(obj: &Value, field: &str, bytes: bool, causes: &mut Vec<Cause>) -> usize {
+    use base64::Engine as _;
     let Some(map) = obj.get(field) else { return 0 };
     let Some(map) = map.as_object() else {
         causes.push(Cause::invalid(field, "", "must be a map of strings"));
@@ -57,7 +93,9 @@ fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) -> usiz
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         {
             Some(
-                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                "a valid config key must consist of alphanumeric characters, '-', '_' or '.' \
+                 (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation \
+                 is '[-._a-zA-Z0-9]+')",
             )
         } else if k == "." || k == ".." || k.starts_with("..") {
             Some("must not be '.' or '..' or start with '..'")
@@ -68,7 +106,11 @@ fn validate_data_keys(obj: &Value, field: &str, causes: &mut Vec<Cause>) -> usiz
             causes.push(Cause::invalid(at.clone(), k, why));
         }
         match v.as_str() {
-            Some(s) => size += k.len() + s.len(),
+            Some(s) if !bytes => size += s.len(),
+            Some(s) => match base64::engine::general_purpose::STANDARD.decode(s) {
+                Ok(b) => size += b.len(),
+                Err(_) => causes.push(Cause::invalid(at, "", "must be base64-encoded bytes")),
+            },
             None => causes.push(Cause::invalid(at, "", "must be a string")),
         }
     }
@@ -87,8 +129,10 @@ pub fn default(res: &Resource, obj: &mut Value) {
             {
                 obj["type"] = json!("Opaque");
             }
+            normalize_data(obj, "data");
             fold_string_data(obj);
         }
+        "ConfigMap" => normalize_data(obj, "binaryData"),
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
@@ -542,9 +586,7 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "Plugin" => crate::plugins::kind::validate(obj, &mut causes),
         "ReplicationController" => validate_replication_controller(obj, &mut causes),
         "Secret" | "ConfigMap" => {
-            let mut size = validate_data_keys(obj, "data", &mut causes);
-            if res.kind == "Secret" {
-                use base64::Engine as _;
+            let size = if res.kind == "Secret" {
                 // The token controller needs to know whose token to put in it.
                 if obj.get("type").and_then(Value::as_str) == Some(crate::tokens::SECRET_TYPE)
                     && obj
@@ -561,25 +603,26 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
                 if obj.get("stringData").is_some() {
                     causes.push(Cause::invalid("stringData", "", "must be a map of strings"));
                 }
-                for (k, v) in obj
-                    .get("data")
+                validate_data(obj, "data", true, &mut causes)
+            } else {
+                let data = obj.get("data").and_then(Value::as_object);
+                for k in obj
+                    .get("binaryData")
                     .and_then(Value::as_object)
                     .into_iter()
-                    .flatten()
+                    .flat_map(|m| m.keys())
                 {
-                    if let Some(s) = v.as_str()
-                        && base64::engine::general_purpose::STANDARD.decode(s).is_err()
-                    {
+                    if data.is_some_and(|d| d.contains_key(k)) {
                         causes.push(Cause::invalid(
-                            format!("data[{k}]"),
-                            "",
-                            "must be base64-encoded bytes",
+                            format!("binaryData[{k}]"),
+                            k,
+                            "duplicate of key present in data",
                         ));
                     }
                 }
-            } else {
-                size += validate_data_keys(obj, "binaryData", &mut causes);
-            }
+                validate_data(obj, "data", false, &mut causes)
+                    + validate_data(obj, "binaryData", true, &mut causes)
+            };
             if size > MAX_DATA_BYTES {
                 causes.push(Cause::invalid(
                     "data",
@@ -1451,12 +1494,38 @@ mod tests {
         assert_eq!(fields, ["data[..x]", "data[a b]", "data[ok]"]);
 
         let cm = by_kind("v1", "ConfigMap").unwrap();
-        let big = "x".repeat(MAX_DATA_BYTES);
+        let big = "x".repeat(MAX_DATA_BYTES + 1);
         let causes = validate(cm, &json!({"metadata": {"name": "c"}, "data": {"k": big}}));
         assert_eq!(causes.len(), 1);
         assert_eq!(causes[0].field, "data");
         let ok = json!({"metadata": {"name": "c"}, "data": {"app.properties": "a=1"}});
         assert!(validate(cm, &ok).is_empty());
+
+        // As kube counts it: the values' bytes, decoded; keys do not count.
+        let just = "x".repeat(MAX_DATA_BYTES);
+        let b64 = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&just)
+        };
+        let s = json!({"metadata": {"name": "s"}, "data": {"k": b64}});
+        assert!(validate(res, &s).is_empty());
+
+        // `base64 FILE` output (line breaks, stray trailing bits) is read as Go reads it and
+        // stored canonical; null maps are no maps.
+        let mut s = json!({"metadata": {"name": "s"}, "data": {"k": "aGVs\nbG8=\n", "t": "YR=="},
+            "stringData": null});
+        default(res, &mut s);
+        assert_eq!(s["data"], json!({"k": "aGVsbG8=", "t": "YQ=="}));
+        assert!(validate(res, &s).is_empty(), "{:?}", validate(res, &s));
+        let mut c = json!({"metadata": {"name": "c"}, "data": null});
+        default(cm, &mut c);
+        assert!(validate(cm, &c).is_empty());
+
+        // ConfigMap: binaryData is base64, and a key may not be in both maps.
+        let c = json!({"metadata": {"name": "c"}, "data": {"a": "1"},
+            "binaryData": {"a": "MQ==", "b": "%%"}});
+        let fields: Vec<String> = validate(cm, &c).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["binaryData[a]", "binaryData[b]"]);
     }
 
     #[test]
