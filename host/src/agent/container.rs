@@ -256,7 +256,8 @@ async fn prepare(
 ) -> Result<(Prepared, String, Option<String>), Failure> {
     let image = c["image"].as_str().unwrap_or_default();
     // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
-    let objects = objects::resolve(&ctx.client, &ctx.objects, objects::container_refs(pod, c))
+    let refs = objects::container_refs(pod, c);
+    let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
         .await
         .map_err(Failure::config)?;
     let env =

@@ -958,7 +958,7 @@ async fn refresh_volumes(ctx: &Shared) {
             let volume = v["name"].as_str().unwrap_or_default();
             let pod = format!("{ns}/{pod_name}");
             let refs = objects::volume_refs(ns, v);
-            let files = objects::cached(&ctx.client, &ctx.objects, refs)
+            let files = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Copies)
                 .await
                 .and_then(|o| objects::volume_files(&o, ns, v));
             let files = match files {

@@ -661,31 +661,31 @@ pub async fn fetch(client: &Client, store: &Store, r: &ObjRef) -> Result<Option<
     }
 }
 
-/// Fetches every object of `refs`.
+/// Where [`resolve`] looks first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The server (a container starting gets what is current).
+    Server,
+    /// The node's copies, which [`refresh`] keeps up to date; the server only for an object
+    /// the node has no copy of (an optional object that did not exist when the pod started
+    /// may exist now).
+    Copies,
+}
+
+/// Every object of `refs`.
 pub async fn resolve(
     client: &Client,
     store: &Store,
     refs: BTreeSet<ObjRef>,
+    source: Source,
 ) -> Result<Objects, String> {
     let mut out = HashMap::new();
     for r in refs {
-        let obj = fetch(client, store, &r).await?;
-        out.insert(r, obj);
-    }
-    Ok(Objects(out))
-}
-
-/// The objects of `refs` from the node's copies (which [`refresh`] keeps up to date), without
-/// asking the server again; one the node has no copy of is fetched (an optional object that
-/// did not exist when the pod started may exist now).
-pub async fn cached(
-    client: &Client,
-    store: &Store,
-    refs: BTreeSet<ObjRef>,
-) -> Result<Objects, String> {
-    let mut out = HashMap::new();
-    for r in refs {
-        let obj = match store.load(&r) {
+        let copy = match source {
+            Source::Copies => store.load(&r),
+            Source::Server => None,
+        };
+        let obj = match copy {
             Some(obj) => Some(obj),
             None => fetch(client, store, &r).await?,
         };
