@@ -67,6 +67,41 @@ fn a_lost_node_turns_unknown_its_pods_move_and_it_recovers() {
             .any(|t| t["key"] == "edge.example/slow" && t["effect"] == "PreferNoSchedule"),
         "{taints:?}"
     );
+    // Capacity and allocatable (CPU, memory, pods), addresses, node info with the runtimes.
+    let st = &b["status"];
+    for r in ["cpu", "memory", "pods"] {
+        for k in ["capacity", "allocatable"] {
+            assert!(
+                st[k][r].as_str().is_some_and(|v| !v.is_empty()),
+                "{k}.{r}: {st}"
+            );
+        }
+    }
+    assert_eq!(st["capacity"]["pods"], "110");
+    assert!(st["capacity"]["memory"].as_str().unwrap().ends_with("Ki"));
+    let addresses = st["addresses"].as_array().unwrap();
+    for t in ["InternalIP", "Hostname"] {
+        assert!(addresses.iter().any(|a| a["type"] == t), "{addresses:?}");
+    }
+    let info = &st["nodeInfo"];
+    assert_eq!(info["operatingSystem"], "linux");
+    assert_eq!(
+        info["architecture"],
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64")
+    );
+    assert!(
+        info["kubeletVersion"].as_str().unwrap().contains("kedge"),
+        "{info}"
+    );
+    assert!(
+        info["containerRuntimeVersion"]
+            .as_str()
+            .unwrap()
+            .contains("wasmtime"),
+        "{info}"
+    );
     // The images it holds, for the scheduler's image locality.
     let images = b["status"]["images"]
         .as_array()
