@@ -177,9 +177,10 @@ pub struct ExecSpec {
 pub struct WasmExec {
     /// Writes reach the guest's stdin; dropping it is EOF. `None` without stdin.
     pub stdin: Option<tokio::io::DuplexStream>,
-    /// What the guest writes to stdout and stderr; EOF once it ends.
-    pub stdout: tokio::io::DuplexStream,
-    pub stderr: tokio::io::DuplexStream,
+    /// What the guest writes to stdout and stderr (EOF once it ends); always there at the
+    /// start, `Option` so a caller can take them.
+    pub stdout: Option<tokio::io::DuplexStream>,
+    pub stderr: Option<tokio::io::DuplexStream>,
     /// `None` once it ended, which `exit` then tells.
     task: Option<AbortOnDropHandle<Result<Exit>>>,
     exit: Option<Exit>,
@@ -557,8 +558,8 @@ impl WasmRuntime {
         });
         Ok(WasmExec {
             stdin,
-            stdout,
-            stderr,
+            stdout: Some(stdout),
+            stderr: Some(stderr),
             task: Some(AbortOnDropHandle::new(task)),
             exit: None,
             cancel,

@@ -625,10 +625,12 @@ pub(super) async fn run_container(
                     } => Some(Arc::new(super::stream::WasmTarget {
                         execs: Arc::new(tokio::sync::Semaphore::new(super::stream::WASM_EXECS)),
                         workload: workload.clone(),
-                        program: args.first().cloned().unwrap_or_default(),
-                        env: env.clone(),
-                        dirs: dirs.clone(),
-                        memory_limit,
+                        container: kedge_runtime::wasm::ExecSpec {
+                            args: args.clone(),
+                            env: env.clone(),
+                            memory_limit,
+                            dirs: dirs.clone(),
+                        },
                     })),
                     Prepared::Oci { .. } => None,
                 },

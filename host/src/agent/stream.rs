@@ -137,14 +137,15 @@ pub(super) async fn exec(
     // command must name it, so `kubectl exec -- sh` gets an answer rather than a second copy
     // of a server.
     if let Some(w) = &h.wasm {
-        if o.command[0] != w.program {
+        if o.command[0] != w.program() {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "container {container:?} is a WebAssembly program, with no shell or other \
                      binaries: exec runs that program again with your arguments, so the command \
                      must begin with its name, {:?} (kubectl exec {pod} -c {container} -- {} ARGS...)",
-                    w.program, w.program
+                    w.program(),
+                    w.program()
                 ),
             );
         }
@@ -202,9 +203,7 @@ pub(super) async fn exec(
         Target::Wasm(w) => {
             let spec = kedge_runtime::wasm::ExecSpec {
                 args: o.command.clone(),
-                env: w.env.clone(),
-                memory_limit: w.memory_limit,
-                dirs: w.dirs.clone(),
+                ..w.container.clone()
             };
             k.wasm.exec(&w.workload, spec, o.stdin).map(Process::Wasm)
         }
@@ -242,11 +241,15 @@ pub(super) struct WasmTarget {
     /// [`WASM_EXECS`] permits.
     pub execs: Arc<tokio::sync::Semaphore>,
     pub workload: kedge_runtime::wasm::Workload,
+    /// The container's own argv, env, volumes and memory limit; an exec replaces the argv.
+    pub container: kedge_runtime::wasm::ExecSpec,
+}
+
+impl WasmTarget {
     /// The container's argv[0]: the name an exec's command must begin with.
-    pub program: String,
-    pub env: Vec<(String, String)>,
-    pub dirs: Vec<kedge_runtime::wasm::Preopen>,
-    pub memory_limit: Option<u64>,
+    fn program(&self) -> &str {
+        self.container.args.first().map_or("", String::as_str)
+    }
 }
 
 enum Target {
@@ -287,18 +290,12 @@ impl Process {
                 let stderr = p.stderr.take().map(|s| Box::new(s) as _);
                 (stdin, stdout, stderr, size)
             }
-            Process::Wasm(p) => {
-                let (_, empty) = tokio::io::duplex(1);
-                let stdout = std::mem::replace(&mut p.stdout, empty);
-                let (_, empty) = tokio::io::duplex(1);
-                let stderr = std::mem::replace(&mut p.stderr, empty);
-                (
-                    p.stdin.take().map(|s| Box::new(s) as _),
-                    Some(Box::new(stdout)),
-                    Some(Box::new(stderr)),
-                    None,
-                )
-            }
+            Process::Wasm(p) => (
+                p.stdin.take().map(|s| Box::new(s) as _),
+                p.stdout.take().map(|s| Box::new(s) as _),
+                p.stderr.take().map(|s| Box::new(s) as _),
+                None,
+            ),
         }
     }
 

@@ -557,9 +557,7 @@ async fn exec_runs_another_instance_with_its_own_stdio_and_exit_code() {
         .exec(&w, exec_spec(&["prog", "--check"], &[("K", "v")]), false)
         .unwrap();
     assert!(p.stdin.is_none());
-    let (out, err) = (p.stdout, p.stderr);
-    p.stdout = tokio::io::duplex(1).0;
-    p.stderr = tokio::io::duplex(1).0;
+    let (out, err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
     let (exit, out, err) = tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(p.wait(), read_all(out), read_all(err))
     })
@@ -579,7 +577,7 @@ async fn exec_stdin_reaches_the_guest_and_stop_ends_it() {
     let mut stdin = p.stdin.take().unwrap();
     stdin.write_all(b"one\ntwo\n").await.unwrap();
     drop(stdin);
-    let out = std::mem::replace(&mut p.stdout, tokio::io::duplex(1).0);
+    let out = p.stdout.take().unwrap();
     let (exit, out) = tokio::time::timeout(Duration::from_secs(20), async {
         tokio::join!(p.wait(), read_all(out))
     })
