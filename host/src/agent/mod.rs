@@ -361,11 +361,7 @@ fn node_images(store: &LocalImageStore) -> Vec<Value> {
 fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mem = mem_total_bytes();
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let arch = crate::core::kube_arch();
     let mut l = serde_json::Map::new();
     l.insert("kubernetes.io/hostname".into(), json!(ctx.node));
     l.insert("kubernetes.io/os".into(), json!("linux"));

@@ -89,27 +89,31 @@ pub fn version() -> Value {
         "buildDate": "2026-11-25T00:00:00Z",
         "goVersion": "n/a (kedge, Rust)",
         "compiler": "rustc",
-        "platform": format!("linux/{}", std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64")),
+        "platform": format!("linux/{}", crate::core::kube_arch()),
     })
 }
+
+/// Every verb of a stored resource kind.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 fn verbs(r: &Resource) -> Vec<&'static str> {
     if VIRTUAL.iter().any(|v| std::ptr::eq(v, r)) {
         return vec!["create"];
     }
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
-    .into_iter()
-    .filter(|v| *v != "deletecollection" || r.kind != "Namespace")
-    .collect()
+    VERBS
+        .iter()
+        .copied()
+        .filter(|v| *v != "deletecollection" || r.kind != "Namespace")
+        .collect()
 }
 
 fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {

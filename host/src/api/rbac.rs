@@ -808,16 +808,7 @@ pub fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
     admin_rules.push(rule(
         &[GROUP],
         &["rolebindings", "roles"],
-        &[
-            "create",
-            "delete",
-            "deletecollection",
-            "get",
-            "list",
-            "patch",
-            "update",
-            "watch",
-        ],
+        super::discovery::VERBS,
     ));
     let cluster_role = |name: &str, rules: Vec<Value>| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",

@@ -10,3 +10,13 @@ pub mod quantity;
 pub mod resources;
 pub mod selector;
 pub mod spdy;
+
+/// This machine's architecture as Kubernetes names it (`GOARCH`: amd64, arm64, ...), for a
+/// node's `nodeInfo` and the server's version.
+pub fn kube_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
