@@ -537,3 +537,143 @@ spec:
         c.pods("app=hello-rc").is_empty().then_some(())
     });
 }
+
+/// Secrets and ConfigMaps validated as kube-apiserver validates them, seen through kubectl:
+/// an immutable object refuses data changes (its labels still change, and it deletes), a
+/// Secret keeps its type, and the well-known Secret types need their keys. A refused write
+/// stores nothing.
+#[test]
+fn immutable_and_typed_secrets_and_config_maps() {
+    let c = Cluster::start();
+    let refused = |args: &[&str], want: &str| {
+        let out = c.kubectl(args);
+        assert!(!out.ok, "kubectl {args:?} succeeded: {}", out.stdout);
+        assert!(
+            out.stderr.contains(want),
+            "kubectl {args:?}: {}",
+            out.stderr
+        );
+    };
+    const WHY: &str = "Forbidden: field is immutable when `immutable` is set";
+
+    c.k(&["create", "configmap", "frozen", "--from-literal=a=1"]);
+    c.k(&[
+        "patch",
+        "configmap",
+        "frozen",
+        "-p",
+        r#"{"immutable":true}"#,
+    ]);
+    refused(
+        &[
+            "patch",
+            "configmap",
+            "frozen",
+            "-p",
+            r#"{"data":{"a":"2"}}"#,
+        ],
+        &format!("The ConfigMap \"frozen\" is invalid: data: {WHY}"),
+    );
+    refused(
+        &[
+            "patch",
+            "configmap",
+            "frozen",
+            "-p",
+            r#"{"immutable":false}"#,
+        ],
+        &format!("The ConfigMap \"frozen\" is invalid: immutable: {WHY}"),
+    );
+    c.k(&["label", "configmap", "frozen", "tier=web"]);
+    let cm = json(&c, &["configmap", "frozen"]);
+    assert_eq!(cm["data"], serde_json::json!({"a": "1"}), "{cm}");
+    assert_eq!(cm["immutable"], true, "{cm}");
+    assert_eq!(cm["metadata"]["labels"]["tier"], "web", "{cm}");
+    c.k(&["delete", "configmap", "frozen"]);
+
+    c.k(&[
+        "create",
+        "secret",
+        "generic",
+        "locked",
+        "--from-literal=k=v",
+    ]);
+    refused(
+        &[
+            "patch",
+            "secret",
+            "locked",
+            "-p",
+            r#"{"type":"kubernetes.io/basic-auth"}"#,
+        ],
+        "type: Invalid value: \"kubernetes.io/basic-auth\": field is immutable",
+    );
+    c.k(&["patch", "secret", "locked", "-p", r#"{"immutable":true}"#]);
+    refused(
+        &[
+            "patch",
+            "secret",
+            "locked",
+            "-p",
+            r#"{"stringData":{"k":"w"}}"#,
+        ],
+        &format!("The Secret \"locked\" is invalid: data: {WHY}"),
+    );
+    let s = json(&c, &["secret", "locked"]);
+    assert_eq!(s["data"], serde_json::json!({"k": "dg=="}), "{s}");
+    assert_eq!(s["type"], "Opaque", "{s}");
+
+    // Typed Secrets (kubectl create sends these as protobuf).
+    let crt = c.dir.path().join("tls.crt");
+    std::fs::write(&crt, "CERT").unwrap();
+    refused(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "half",
+            "--type=kubernetes.io/tls",
+            &format!("--from-file=tls.crt={}", crt.display()),
+        ],
+        "Secret \"half\" is invalid: data[tls.key]: Required value",
+    );
+    assert!(!c.kubectl(&["get", "secret", "half"]).ok);
+    refused(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "pull",
+            "--type=kubernetes.io/dockerconfigjson",
+            r#"--from-literal=.dockerconfigjson={"auths":"#,
+        ],
+        "data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": \
+         not a JSON object: EOF while parsing a value",
+    );
+    refused(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "ssh",
+            "--type=kubernetes.io/ssh-auth",
+        ],
+        "data[ssh-privatekey]: Required value",
+    );
+    c.k(&[
+        "create",
+        "secret",
+        "generic",
+        "ssh",
+        "--type=kubernetes.io/ssh-auth",
+        "--from-literal=ssh-privatekey=KEY",
+    ]);
+    c.k(&[
+        "create",
+        "secret",
+        "generic",
+        "basic",
+        "--type=kubernetes.io/basic-auth",
+        "--from-literal=username=u",
+    ]);
+}

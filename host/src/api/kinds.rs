@@ -117,6 +117,76 @@ fn validate_data(obj: &Value, field: &str, bytes: bool, causes: &mut Vec<Cause>)
     size
 }
 
+/// The keys each well-known Secret type must carry, as kube-apiserver's `ValidateSecret`
+/// checks them: consumers (kubelet's image pulls, ingress controllers, the token controller)
+/// rely on them being there.
+fn validate_secret_type(obj: &Value, causes: &mut Vec<Cause>) {
+    let data = obj.get("data").and_then(Value::as_object);
+    let has = |k: &str| data.is_some_and(|d| d.contains_key(k));
+    // A value that is not base64 is refused by `validate_data` already.
+    let bytes = |k: &str| {
+        data.and_then(|d| d.get(k))
+            .and_then(Value::as_str)
+            .and_then(decode_base64_leniently)
+    };
+    let required = |k: &str| Cause::required(format!("data[{k}]"));
+    match obj.get("type").and_then(Value::as_str).unwrap_or_default() {
+        // The token controller needs to know whose token to put in it.
+        crate::tokens::SECRET_TYPE
+            if obj
+                .pointer("/metadata/annotations")
+                .and_then(|a| a.get(crate::tokens::SA_NAME_ANNOTATION))
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty) =>
+        {
+            causes.push(Cause::required(format!(
+                "metadata.annotations[{}]",
+                crate::tokens::SA_NAME_ANNOTATION
+            )));
+        }
+        t @ ("kubernetes.io/dockercfg" | "kubernetes.io/dockerconfigjson") => {
+            let key = if t == "kubernetes.io/dockercfg" {
+                ".dockercfg"
+            } else {
+                ".dockerconfigjson"
+            };
+            if !has(key) {
+                causes.push(required(key));
+            } else if let Some(why) = bytes(key).and_then(|b| json_object_error(&b)) {
+                causes.push(Cause::invalid(
+                    format!("data[{key}]"),
+                    "<secret contents redacted>",
+                    why,
+                ));
+            }
+        }
+        // Either may be empty, but one must be there.
+        "kubernetes.io/basic-auth" if !has("username") && !has("password") => {
+            causes.push(required("username"));
+            causes.push(required("password"));
+        }
+        "kubernetes.io/ssh-auth" if bytes("ssh-privatekey").is_none_or(|b| b.is_empty()) => {
+            causes.push(required("ssh-privatekey"));
+        }
+        "kubernetes.io/tls" => {
+            for k in ["tls.crt", "tls.key"] {
+                if !has(k) {
+                    causes.push(required(k));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Why a docker config (`.dockercfg`, `.dockerconfigjson`) is not a JSON object, or `None`
+/// when it is one (or `null`, which Go's `json.Unmarshal` into a map takes as no map).
+fn json_object_error(b: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Option<serde_json::Map<String, Value>>>(b)
+        .err()
+        .map(|e| format!("not a JSON object: {e}"))
+}
+
 /// Fills in what Kubernetes defaults on create and update.
 pub fn default(res: &Resource, obj: &mut Value) {
     match res.kind {
@@ -552,8 +622,15 @@ fn default_pull_policy(image: &str) -> &'static str {
     }
 }
 
-/// Validates an object about to be stored; an empty list means valid.
+/// Validates an object about to be created; an empty list means valid.
 pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
+    validate_replacing(res, obj, None)
+}
+
+/// Validates an object about to be stored in place of `old` (if any). Rules kedge added after
+/// objects may have been stored without them apply to an update only when it touches what
+/// they check, so such an object can still be relabelled, finalized and deleted.
+pub fn validate_replacing(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     let name = meta::name(obj);
     let check = if res.kind == "Namespace" {
@@ -587,19 +664,6 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
         "ReplicationController" => validate_replication_controller(obj, &mut causes),
         "Secret" | "ConfigMap" => {
             let size = if res.kind == "Secret" {
-                // The token controller needs to know whose token to put in it.
-                if obj.get("type").and_then(Value::as_str) == Some(crate::tokens::SECRET_TYPE)
-                    && obj
-                        .pointer("/metadata/annotations")
-                        .and_then(|a| a.get(crate::tokens::SA_NAME_ANNOTATION))
-                        .and_then(Value::as_str)
-                        .is_none_or(str::is_empty)
-                {
-                    causes.push(Cause::required(format!(
-                        "metadata.annotations[{}]",
-                        crate::tokens::SA_NAME_ANNOTATION
-                    )));
-                }
                 if obj.get("stringData").is_some() {
                     causes.push(Cause::invalid("stringData", "", "must be a map of strings"));
                 }
@@ -629,6 +693,10 @@ pub fn validate(res: &Resource, obj: &Value) -> Vec<Cause> {
                     "",
                     format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
                 ));
+            }
+            let payload = |o: &Value| (o.get("type").cloned(), o.get("data").cloned());
+            if res.kind == "Secret" && old.is_none_or(|old| payload(old) != payload(obj)) {
+                validate_secret_type(obj, &mut causes);
             }
         }
         "Role" | "ClusterRole" => super::rbac::validate_role(res, obj, &mut causes),
@@ -1247,9 +1315,56 @@ pub fn validate_update(res: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
             }
         }
         "ControllerRevision" => immutable("data", "/data", &mut causes),
+        "Secret" | "ConfigMap" => {
+            let secret = res.kind == "Secret";
+            if secret {
+                let ty = |v: &Value| v.get("type").and_then(Value::as_str).map(str::to_owned);
+                if ty(old) != ty(new) {
+                    let t = ty(new).unwrap_or_default();
+                    causes.push(Cause::invalid("type", &t, "field is immutable"));
+                }
+            }
+            // Kubelets stop watching an immutable object, so only its metadata may change (and
+            // it may be deleted), as in kube.
+            if old.get("immutable") == Some(&Value::Bool(true)) {
+                const WHY: &str = "field is immutable when `immutable` is set";
+                if new.get("immutable") != Some(&Value::Bool(true)) {
+                    causes.push(Cause::forbidden("immutable", WHY));
+                }
+                if data_entries(old, "data", secret) != data_entries(new, "data", secret) {
+                    causes.push(Cause::forbidden("data", WHY));
+                }
+                if !secret
+                    && data_entries(old, "binaryData", true)
+                        != data_entries(new, "binaryData", true)
+                {
+                    causes.push(Cause::forbidden("binaryData", WHY));
+                }
+            }
+        }
         _ => {}
     }
     causes
+}
+
+/// The entries of a Secret's or ConfigMap's map `field` as compared for an immutable object:
+/// base64 values (`bytes`) by their bytes, and no map the same as an empty one.
+fn data_entries(obj: &Value, field: &str, bytes: bool) -> Vec<(String, Value)> {
+    let mut entries: Vec<(String, Value)> = obj
+        .get(field)
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| {
+            let decoded = v
+                .as_str()
+                .filter(|_| bytes)
+                .and_then(decode_base64_leniently);
+            (k.clone(), decoded.map_or_else(|| v.clone(), Value::from))
+        })
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
 }
 
 /// ValidateReplicationControllerSpec: a non-empty map selector the template's labels match.
@@ -1739,6 +1854,303 @@ mod tests {
             c[0].message,
             "Invalid value: \"61 * * * *\": end of range (61) above maximum (59): 61"
         );
+    }
+
+    fn b64(s: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    }
+
+    /// ValidateSecret's per-type rules: the keys each type needs, worded as kube words them.
+    #[test]
+    fn secret_types_require_their_keys() {
+        let res = by_kind("v1", "Secret").unwrap();
+        let secret =
+            |ty: &str, data: Value| json!({"metadata": {"name": "s"}, "type": ty, "data": data});
+        let check = |ty: &str, data: Value| -> Vec<String> {
+            validate(res, &secret(ty, data))
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        let json_cfg = b64(r#"{"auths": {"r.example": {"auth": "dTpw"}}}"#);
+        let ok: &[(&str, Value)] = &[
+            ("Opaque", json!({})),
+            (
+                "bootstrap.kubernetes.io/token",
+                json!({"token-id": b64("abcdef")}),
+            ),
+            ("example.com/custom", json!({})),
+            (
+                "kubernetes.io/dockerconfigjson",
+                json!({".dockerconfigjson": json_cfg}),
+            ),
+            (
+                "kubernetes.io/dockercfg",
+                json!({".dockercfg": b64("null")}),
+            ),
+            // Either is enough, even empty.
+            ("kubernetes.io/basic-auth", json!({"password": ""})),
+            (
+                "kubernetes.io/ssh-auth",
+                json!({"ssh-privatekey": b64("k")}),
+            ),
+            ("kubernetes.io/tls", json!({"tls.crt": "", "tls.key": ""})),
+        ];
+        for (ty, data) in ok {
+            assert_eq!(check(ty, data.clone()), Vec::<String>::new(), "{ty}");
+        }
+        let bad: &[(&str, Value, &[&str])] = &[
+            (
+                "kubernetes.io/service-account-token",
+                json!({}),
+                &["metadata.annotations[kubernetes.io/service-account.name]: Required value"],
+            ),
+            (
+                "kubernetes.io/dockerconfigjson",
+                json!({"config.json": json_cfg}),
+                &["data[.dockerconfigjson]: Required value"],
+            ),
+            (
+                "kubernetes.io/dockerconfigjson",
+                json!({".dockerconfigjson": b64(r#"{"auths": "#)}),
+                &[
+                    "data[.dockerconfigjson]: Invalid value: \"<secret contents redacted>\": \
+                   not a JSON object: EOF while parsing a value at line 1 column 10",
+                ],
+            ),
+            (
+                "kubernetes.io/dockercfg",
+                json!({".dockercfg": b64("[]")}),
+                &[
+                    "data[.dockercfg]: Invalid value: \"<secret contents redacted>\": not a \
+                   JSON object: invalid type: sequence, expected a map at line 1 column 0",
+                ],
+            ),
+            (
+                "kubernetes.io/basic-auth",
+                json!({"user": b64("u")}),
+                &[
+                    "data[username]: Required value",
+                    "data[password]: Required value",
+                ],
+            ),
+            (
+                "kubernetes.io/ssh-auth",
+                json!({"ssh-privatekey": ""}),
+                &["data[ssh-privatekey]: Required value"],
+            ),
+            (
+                "kubernetes.io/tls",
+                json!({"tls.crt": b64("c")}),
+                &["data[tls.key]: Required value"],
+            ),
+            (
+                "kubernetes.io/tls",
+                json!({}),
+                &[
+                    "data[tls.crt]: Required value",
+                    "data[tls.key]: Required value",
+                ],
+            ),
+        ];
+        for (ty, data, want) in bad {
+            assert_eq!(check(ty, data.clone()), *want, "{ty}");
+        }
+        // stringData counts: it is folded into data before validation.
+        let mut s = json!({"metadata": {"name": "s"}, "type": "kubernetes.io/basic-auth",
+            "stringData": {"username": "u"}});
+        default(res, &mut s);
+        assert!(validate(res, &s).is_empty(), "{:?}", validate(res, &s));
+        // Stored before these rules (no tls.key): a metadata-only update still goes through,
+        // one that touches the data is held to them.
+        let old = secret("kubernetes.io/tls", json!({"tls.crt": b64("c")}));
+        let mut relabelled = old.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        assert!(validate_replacing(res, &relabelled, Some(&old)).is_empty());
+        let mut changed = old.clone();
+        changed["data"]["tls.crt"] = json!(b64("d"));
+        assert_eq!(validate_replacing(res, &changed, Some(&old)).len(), 1);
+    }
+
+    /// A docker config must be a JSON object (or `null`, as Go's `json.Unmarshal` into a map
+    /// takes it); anything else is refused with the parser's reason.
+    #[test]
+    fn docker_configs_must_be_json_objects() {
+        let ok = r#" {"a": [1, -2.5e+3, "x\u00e9\n", true, false, null, {}], "b": {}} "#;
+        assert_eq!(json_object_error(ok.as_bytes()), None);
+        assert_eq!(json_object_error(b"null"), None);
+        let deep = "[".repeat(200_000);
+        for bad in [
+            "",
+            "{\"a\": 1",
+            "{\"a\": 1,}",
+            "{} {}",
+            "12",
+            "\"s\"",
+            "[1]",
+            &deep,
+        ] {
+            let why = json_object_error(bad.as_bytes()).unwrap_or_default();
+            assert!(why.starts_with("not a JSON object: "), "{bad:.20}: {why}");
+        }
+        assert!(
+            json_object_error(b"{\"a\": 1")
+                .unwrap()
+                .contains("EOF while parsing")
+        );
+    }
+
+    /// ValidateSecretUpdate / ValidateConfigMapUpdate: a Secret's type never changes; an
+    /// immutable object keeps its data and stays immutable, while its metadata may change.
+    #[test]
+    fn immutable_secrets_and_config_maps_keep_their_data() {
+        let secret = by_kind("v1", "Secret").unwrap();
+        let cm = by_kind("v1", "ConfigMap").unwrap();
+        let msgs = |c: Vec<Cause>| -> Vec<String> {
+            c.into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect()
+        };
+        let forbidden =
+            |f: &str| format!("{f}: Forbidden: field is immutable when `immutable` is set");
+
+        let old = json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}});
+        let mut retyped = old.clone();
+        retyped["type"] = json!("kubernetes.io/tls");
+        assert_eq!(
+            msgs(validate_update(secret, &old, &retyped)),
+            ["type: Invalid value: \"kubernetes.io/tls\": field is immutable"]
+        );
+        // Not immutable: data may change, and immutable may be set.
+        let mut changed = old.clone();
+        changed["data"]["k"] = json!("dw==");
+        changed["immutable"] = json!(true);
+        assert!(validate_update(secret, &old, &changed).is_empty());
+
+        let frozen = changed;
+        let mut relabeled = frozen.clone();
+        relabeled["metadata"]["labels"] = json!({"a": "b"});
+        assert!(validate_update(secret, &frozen, &relabeled).is_empty());
+        // The same bytes in another base64 spelling are no change.
+        let mut respelled = frozen.clone();
+        respelled["data"]["k"] = json!("dx==");
+        assert!(validate_update(secret, &frozen, &respelled).is_empty());
+        let mut thawed = frozen.clone();
+        thawed["immutable"] = json!(false);
+        thawed["data"]["k2"] = json!("eA==");
+        thawed["type"] = json!("example.com/x");
+        assert_eq!(
+            msgs(validate_update(secret, &frozen, &thawed)),
+            [
+                "type: Invalid value: \"example.com/x\": field is immutable".to_string(),
+                forbidden("immutable"),
+                forbidden("data"),
+            ]
+        );
+        let mut unset = frozen.clone();
+        unset.as_object_mut().unwrap().remove("immutable");
+        assert_eq!(
+            msgs(validate_update(secret, &frozen, &unset)),
+            [forbidden("immutable")]
+        );
+        // stringData is folded into data before the comparison.
+        let mut via_strings = frozen.clone();
+        via_strings["stringData"] = json!({"k": "other"});
+        default(secret, &mut via_strings);
+        assert_eq!(
+            msgs(validate_update(secret, &frozen, &via_strings)),
+            [forbidden("data")]
+        );
+
+        // ConfigMap: data and binaryData; no data is the same as an empty map.
+        let frozen = json!({"metadata": {"name": "c"}, "immutable": true,
+            "binaryData": {"b": "AAE="}});
+        let mut empty = frozen.clone();
+        empty["data"] = json!({});
+        assert!(validate_update(cm, &frozen, &empty).is_empty());
+        let mut changed = frozen.clone();
+        changed["data"] = json!({"a": "1"});
+        changed["binaryData"] = json!({});
+        changed["immutable"] = json!(false);
+        assert_eq!(
+            msgs(validate_update(cm, &frozen, &changed)),
+            [
+                forbidden("immutable"),
+                forbidden("data"),
+                forbidden("binaryData")
+            ]
+        );
+    }
+
+    /// Through the API: a patch of an immutable object's data is a 422 Invalid naming every
+    /// cause (update rules first, as kube orders them) and stores nothing; metadata patches
+    /// and the delete go through.
+    #[test]
+    fn api_refuses_data_changes_of_immutable_objects() {
+        use crate::api::ops::{Api, DeleteOptions, WriteOptions, system_clock};
+        use crate::core::patch::PatchType;
+        use crate::store::redb::{Options, RedbStore};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let w = WriteOptions::default();
+        let (nsr, secrets, cms) = (
+            by_kind("v1", "Namespace").unwrap(),
+            by_kind("v1", "Secret").unwrap(),
+            by_kind("v1", "ConfigMap").unwrap(),
+        );
+        api.create(nsr, "", json!({"metadata": {"name": "t"}}), &w)
+            .unwrap();
+        let patch = |res, name: &str, body: Value| {
+            api.patch(res, "t", name, None, &body, PatchType::Merge, &w)
+        };
+
+        let tls = json!({"metadata": {"name": "web"}, "type": "kubernetes.io/tls",
+            "immutable": true, "stringData": {"tls.crt": "C", "tls.key": "K"}});
+        let created = api.create(secrets, "t", tls, &w).unwrap();
+        let e = patch(secrets, "web", json!({"data": {"tls.key": null}})).unwrap_err();
+        assert_eq!((e.code, e.reason), (422, "Invalid"));
+        assert_eq!(
+            e.message,
+            "Secret \"web\" is invalid: [data: Forbidden: field is immutable when `immutable` \
+             is set, data[tls.key]: Required value]"
+        );
+        let e = patch(secrets, "web", json!({"type": "Opaque", "immutable": null})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Secret \"web\" is invalid: [type: Invalid value: \"Opaque\": field is immutable, \
+             immutable: Forbidden: field is immutable when `immutable` is set]"
+        );
+        assert_eq!(api.get(secrets, "t", "web").unwrap(), created);
+        let labeled = patch(secrets, "web", json!({"metadata": {"labels": {"a": "b"}}})).unwrap();
+        assert_eq!(labeled["metadata"]["labels"], json!({"a": "b"}));
+        assert_eq!(labeled["data"], created["data"]);
+
+        // A missing key is refused on create too, and nothing is stored.
+        let half = json!({"metadata": {"name": "half"}, "type": "kubernetes.io/tls",
+            "stringData": {"tls.crt": "C"}});
+        let e = api.create(secrets, "t", half, &w).unwrap_err();
+        assert_eq!(
+            e.message,
+            "Secret \"half\" is invalid: data[tls.key]: Required value"
+        );
+        assert_eq!(api.get(secrets, "t", "half").unwrap_err().code, 404);
+
+        let c = json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}});
+        api.create(cms, "t", c, &w).unwrap();
+        patch(cms, "cfg", json!({"immutable": true})).unwrap();
+        let e = patch(cms, "cfg", json!({"data": {"a": "2"}})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "ConfigMap \"cfg\" is invalid: data: Forbidden: field is immutable when `immutable` \
+             is set"
+        );
+        assert_eq!(api.get(cms, "t", "cfg").unwrap()["data"], json!({"a": "1"}));
+        api.delete(cms, "t", "cfg", &DeleteOptions::default())
+            .unwrap();
+        assert_eq!(api.get(cms, "t", "cfg").unwrap_err().code, 404);
     }
 
     #[test]

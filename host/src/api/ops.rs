@@ -516,7 +516,15 @@ impl Api {
         if sub.is_none() {
             kinds::prepare_update(res, &current, &mut next);
             kinds::default(res, &mut next);
-            let causes = kinds::validate(res, &next);
+            // ValidateSecretUpdate and ValidateConfigMapUpdate report the update rules (type,
+            // immutable) before the object's own: kubectl shows the causes in this order.
+            let update_first = matches!(res.kind, "Secret" | "ConfigMap");
+            let mut causes = if update_first {
+                kinds::validate_update(res, &current, &next)
+            } else {
+                Vec::new()
+            };
+            causes.extend(kinds::validate_replacing(res, &next, Some(&current)));
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, name, causes));
             }
@@ -527,7 +535,11 @@ impl Api {
                     vec![Cause::forbidden(msg.0, msg.1)],
                 ));
             }
-            let causes = kinds::validate_update(res, &current, &next);
+            let causes = if update_first {
+                Vec::new()
+            } else {
+                kinds::validate_update(res, &current, &next)
+            };
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, name, causes));
             }
