@@ -247,13 +247,14 @@ async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
 }
 
 /// Resolves the image and builds everything the runtime needs. Returns also the image's ID for
-/// `containerStatuses[].imageID` and its digest (kept from image GC while the container lives).
+/// `containerStatuses[].imageID`, its digest (kept from image GC while the container lives)
+/// and the volume directories its `subPath` mounts are bound into (kept while it runs).
 async fn prepare(
     ctx: &Ctx,
     pod: &Value,
     c: &Value,
     dirs: &spec::PodDirs,
-) -> Result<(Prepared, String, Option<String>), Failure> {
+) -> Result<(Prepared, String, Option<String>, objects::Pins), Failure> {
     let image = c["image"].as_str().unwrap_or_default();
     // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
     let refs = objects::container_refs(pod, c);
@@ -262,8 +263,9 @@ async fn prepare(
         .map_err(Failure::config)?;
     let env =
         super::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects).map_err(Failure::config)?;
-    write_volumes(pod, c, dirs, &objects, (ctx.clock)()).map_err(Failure::config)?;
-    let mounts = spec::mounts(pod, c, dirs).map_err(Failure::config)?;
+    let (mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
+        .await
+        .map_err(Failure::config)?;
     // Wasm guests see volumes as WASI preopened directories.
     let preopens = || -> Vec<Preopen> {
         mounts
@@ -299,6 +301,7 @@ async fn prepare(
             },
             id,
             None,
+            pins,
         ));
     }
     let img = pull(ctx, pod, c).await?;
@@ -316,6 +319,7 @@ async fn prepare(
                 },
                 img.image_id,
                 digest,
+                pins,
             ))
         }
         ImageKind::Oci { config, .. } => {
@@ -362,19 +366,42 @@ async fn prepare(
                 },
                 img.image_id,
                 digest,
+                pins,
             ))
         }
     }
 }
 
+/// Writes the volumes `c` mounts and plans its mounts, with the pod's volumes to itself (see
+/// [`objects::Volumes`]): the timestamped directories its `subPath` mounts resolve into are
+/// pinned, so that no refresh removes them before the runtime has mounted them.
+async fn mount_volumes(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    dirs: &spec::PodDirs,
+    objects: objects::Objects,
+) -> Result<(Vec<spec::MountPlan>, objects::Pins), String> {
+    let (pod, c, dirs) = (pod.clone(), c.clone(), dirs.clone());
+    let uid = meta::uid(&pod).to_string();
+    ctx.volumes
+        .with_pod(&uid, (ctx.clock)(), move |w| {
+            write_volumes(w, &pod, &c, &dirs, &objects)?;
+            let mounts = spec::mounts(&pod, &c, &dirs)?;
+            let pins = w.pin(mounts.iter().map(|m| m.source.as_path()));
+            Ok((mounts, pins))
+        })
+        .await?
+}
+
 /// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts (those
 /// of running pods are kept up to date by [`super::refresh_volumes`]).
 fn write_volumes(
+    w: &mut objects::VolumeWriter,
     pod: &Value,
     c: &Value,
     dirs: &spec::PodDirs,
     objects: &objects::Objects,
-    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), String> {
     let mounted: Vec<&str> = c["volumeMounts"]
         .as_array()
@@ -399,7 +426,7 @@ fn write_volumes(
         ) else {
             continue;
         };
-        objects::write_volume(&dir, &files, now, true)
+        w.write(&dir, &files, true)
             .map_err(|e| format!("volume {name:?}: writing {}: {e}", dir.display()))?;
     }
     Ok(())
@@ -519,10 +546,11 @@ pub(super) async fn run_container(
         let prepared = match (exec_hook(c, "postStart"), exec_hook(c, "preStop")) {
             (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &dirs)
                 .await
-                .map(|(p, id, digest)| (p, id, digest, post, pre)),
+                .map(|(p, id, digest, pins)| (p, id, digest, pins, post, pre)),
             (Err(e), _) | (_, Err(e)) => Err(Failure::config(e)),
         };
-        let (prepared, image_id, digest, post_start, pre_stop) = match prepared {
+        // `_pins` is held to the end of this iteration: the run (and its back-off).
+        let (prepared, image_id, digest, _pins, post_start, pre_stop) = match prepared {
             Ok(x) => x,
             Err(f) => {
                 setup_failures += 1;

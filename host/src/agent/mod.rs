@@ -134,6 +134,9 @@ struct Shared {
     images_in_use: Mutex<HashMap<ContainerId, String>>,
     /// The node's copies of the Secrets and ConfigMaps its pods use.
     objects: objects::Store,
+    /// Who writes the pods' `configMap`, `secret` and `projected` volumes now, and what of
+    /// them must stay (container starts and the refresh both go through it).
+    volumes: objects::Volumes,
     pods_dir: PathBuf,
     /// The agent's data directory (its filesystem is what DiskPressure watches).
     data_dir: PathBuf,
@@ -247,6 +250,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         puller: Puller::new(images, cfg.registries.clone()),
         images_in_use: Mutex::default(),
         objects: objects::Store::new(&cfg.data_dir),
+        volumes: objects::Volumes::default(),
         pods_dir: cfg.data_dir.join("pods"),
         data_dir: cfg.data_dir.clone(),
         taints: cfg.taints.clone(),
@@ -937,10 +941,13 @@ async fn object_refresh_loop(ctx: Ctx, period: Duration, cancel: CancellationTok
 /// - a volume whose object is gone keeps its last files unless the source is `optional`, in
 ///   which case its files go (kubelet writes an optional missing object as empty);
 /// - a volume no container has written yet is left to the container's start.
+///
+/// Each write also removes what interrupted writes left, and old timestamped directories no
+/// container's `subPath` is bound into any more ([`objects::Volumes`]).
 async fn refresh_volumes(ctx: &Shared) {
     for pod in pod_cache::peek(&ctx.data_dir) {
         let dirs = pod_dirs(ctx, &pod);
-        let (ns, pod_name) = (meta::namespace(&pod), meta::name(&pod));
+        let (ns, pod_name, uid) = (meta::namespace(&pod), meta::name(&pod), meta::uid(&pod));
         for v in pod
             .pointer("/spec/volumes")
             .and_then(Value::as_array)
@@ -965,7 +972,14 @@ async fn refresh_volumes(ctx: &Shared) {
                     continue;
                 }
             };
-            match objects::write_volume(&dir, &files, (ctx.clock)(), false) {
+            let written = ctx
+                .volumes
+                .with_pod(uid, (ctx.clock)(), move |w| {
+                    w.write(&dir, &files, false).map_err(|e| e.to_string())
+                })
+                .await
+                .and_then(|r| r);
+            match written {
                 Ok(true) => tracing::info!(pod, volume, "volume updated"),
                 Ok(false) => {}
                 Err(e) => tracing::debug!(pod, volume, error = %e, "updating a volume failed"),

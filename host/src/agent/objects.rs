@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 
 use base64::Engine as _;
 use serde_json::Value;
@@ -336,19 +336,22 @@ const DATA_LINK_TMP: &str = "..data_tmp";
 /// inside a container that has the directory bind-mounted (or preopened) elsewhere.
 ///
 /// Returns whether anything changed: a volume already holding exactly `files` (paths, bytes,
-/// modes) is left alone. With `create` false, a missing `dir` is an error instead of being
-/// created (a refresh must not bring back the directory of a pod being removed).
-pub fn write_volume(
+/// modes) is left alone, but for leftovers of an interrupted write (timestamped directories
+/// and temporary links `..data` does not lead to), which every write removes. A timestamped
+/// directory named in `pinned` stays: a container's `subPath` is bound into it (see
+/// [`Volumes`]). With `create` false, a missing `dir` is an error instead of being created (a
+/// refresh must not bring back the directory of a pod being removed).
+///
+/// Blocking file I/O, and one writer at a time per volume: callers go through
+/// [`Volumes::with_pod`], which runs it on a blocking thread under the pod's lock.
+fn write_volume(
     dir: &Path,
     files: &[VolumeFile],
     now: chrono::DateTime<chrono::Utc>,
     create: bool,
+    pinned: &BTreeSet<String>,
 ) -> std::io::Result<bool> {
     use std::os::unix::fs::PermissionsExt as _;
-    // One writer at a time per agent: the containers of a pod starting together and the
-    // periodic refresh may write the same volume.
-    static WRITING: Mutex<()> = Mutex::new(());
-    let _g = WRITING.lock().unwrap_or_else(|p| p.into_inner());
     if create {
         std::fs::create_dir_all(dir)?;
     } else if !dir.is_dir() {
@@ -375,6 +378,7 @@ pub fn write_volume(
         })
         && visible_links_match(dir, &top)
     {
+        remove_stale(dir, &old.to_string_lossy(), &top, pinned);
         return Ok(false);
     }
 
@@ -412,7 +416,8 @@ pub fn write_volume(
 
     // The names users see: a link into `..data` each (new names get one; files of the layout
     // kedge used before, plain files, are replaced), the names that went away removed, and
-    // with them the old timestamped directory and leftovers of interrupted writes.
+    // with them the old timestamped directory (unless pinned) and leftovers of interrupted
+    // writes.
     for name in &top {
         let p = dir.join(name);
         let target = Path::new(DATA_LINK).join(name);
@@ -427,10 +432,21 @@ pub fn write_volume(
         std::os::unix::fs::symlink(&target, &tmp)?;
         std::fs::rename(&tmp, &p)?;
     }
-    for e in std::fs::read_dir(dir)?.flatten() {
+    remove_stale(dir, &ts, &top, pinned);
+    Ok(true)
+}
+
+/// Removes from `dir` what is neither `..data`, its target `current`, a `pinned` timestamped
+/// directory nor a name of `top`: old timestamped directories, temporary links left by an
+/// interrupted write, names that went away.
+fn remove_stale(dir: &Path, current: &str, top: &BTreeSet<&str>, pinned: &BTreeSet<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         let keep = if name.starts_with("..") {
-            name == DATA_LINK || name == ts
+            name == DATA_LINK || name == current || pinned.contains(&name)
         } else {
             top.contains(name.as_str())
         };
@@ -446,7 +462,155 @@ pub fn write_volume(
             tracing::debug!(path = %p.display(), error = %err, "removing an old volume file failed");
         }
     }
-    Ok(true)
+}
+
+/// Who writes the `configMap`, `secret` and `projected` volumes of this node's pods, and which
+/// of their old timestamped directories must stay.
+///
+/// A container start writes its pod's volumes, resolves each `subPath` into a volume's current
+/// timestamped directory ([`super::spec::mounts`]) and pins that directory, all under the pod's
+/// lock; the refresh writes under the same lock, and no write removes a pinned directory. The
+/// pin lasts as long as the container's run: runc binds the resolved path only when it creates
+/// the container, and a Wasm exec preopens it again at every exec. Without it a refresh between
+/// the start's resolving and the mount would swap `..data`, remove the directory, and fail the
+/// start. Once unpinned, a directory goes with the next write (the refresh's, at the latest).
+#[derive(Default)]
+pub struct Volumes {
+    /// By pod uid; an entry lives while a writer or a pin holds it.
+    pods: Mutex<HashMap<String, Weak<PodVolumes>>>,
+}
+
+#[derive(Default)]
+struct PodVolumes {
+    /// Held while the pod's volumes are written or a container's mounts resolved: the
+    /// containers of a pod starting together and the refresh may write the same volume.
+    writing: Arc<tokio::sync::Mutex<()>>,
+    /// Timestamped directories (full paths) containers' runs are bound into, with how many
+    /// runs each. Added to only under `writing`; a pin may go at any time.
+    pinned: Mutex<HashMap<PathBuf, usize>>,
+}
+
+impl Volumes {
+    fn pod(&self, uid: &str) -> Arc<PodVolumes> {
+        let mut pods = self.pods.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pods.get(uid).and_then(Weak::upgrade) {
+            return p;
+        }
+        pods.retain(|_, w| w.strong_count() > 0);
+        let p = Arc::new(PodVolumes::default());
+        pods.insert(uid.to_string(), Arc::downgrade(&p));
+        p
+    }
+
+    /// Runs `f` with the volumes of pod `uid` to itself: on a blocking thread (it does file
+    /// I/O), under the pod's lock, which stays held until `f` returns even if the caller
+    /// stops waiting. `now` names the timestamped directories written.
+    pub async fn with_pod<T: Send + 'static>(
+        &self,
+        uid: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        f: impl FnOnce(&mut VolumeWriter) -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let pod = self.pod(uid);
+        let guard = Arc::clone(&pod.writing).lock_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            f(&mut VolumeWriter {
+                pod,
+                now,
+                written: Vec::new(),
+            })
+        })
+        .await
+        .map_err(|e| format!("writing the pod's volumes: {e}"))
+    }
+}
+
+/// The pod's volumes, to one [`Volumes::with_pod`] at a time.
+pub struct VolumeWriter {
+    pod: Arc<PodVolumes>,
+    now: chrono::DateTime<chrono::Utc>,
+    /// The volume directories written, whose timestamped directories [`Self::pin`] may pin.
+    written: Vec<PathBuf>,
+}
+
+impl VolumeWriter {
+    /// Makes the volume `dir` hold exactly `files` (see [`write_volume`]), keeping the
+    /// timestamped directories pinned in it. Returns whether anything changed.
+    pub fn write(
+        &mut self,
+        dir: &Path,
+        files: &[VolumeFile],
+        create: bool,
+    ) -> std::io::Result<bool> {
+        let pinned: BTreeSet<String> = {
+            let pins = self.pod.pinned.lock().unwrap_or_else(|p| p.into_inner());
+            pins.keys()
+                .filter(|p| p.parent() == Some(dir))
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .collect()
+        };
+        let changed = write_volume(dir, files, self.now, create, &pinned)?;
+        self.written.push(dir.to_path_buf());
+        Ok(changed)
+    }
+
+    /// Pins the timestamped directories of the volumes written here that `sources` (mount
+    /// sources, as [`super::spec::mounts`] resolved them) lie in, until the returned
+    /// [`Pins`] is dropped: no write removes them meanwhile.
+    pub fn pin<'a>(&self, sources: impl IntoIterator<Item = &'a Path>) -> Pins {
+        let volumes: Vec<(&PathBuf, PathBuf)> = self
+            .written
+            .iter()
+            .filter_map(|d| Some((d, std::fs::canonicalize(d).ok()?)))
+            .collect();
+        let mut dirs = Vec::new();
+        for source in sources {
+            for (dir, real) in &volumes {
+                // A subPath resolved into `<volume>/..<timestamp>/...`; the volume's own
+                // directory (mounted whole) follows updates and needs no pin.
+                let first = source
+                    .strip_prefix(real)
+                    .ok()
+                    .and_then(|rest| rest.components().next());
+                if let Some(std::path::Component::Normal(name)) = first
+                    && name.to_string_lossy().starts_with("..")
+                {
+                    dirs.push(dir.join(name));
+                }
+            }
+        }
+        let mut pins = self.pod.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &dirs {
+            *pins.entry(d.clone()).or_default() += 1;
+        }
+        Pins {
+            pod: Arc::clone(&self.pod),
+            dirs,
+        }
+    }
+}
+
+/// Timestamped volume directories a container's run is bound into; they may go once this is
+/// dropped.
+pub struct Pins {
+    pod: Arc<PodVolumes>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let mut pins = self.pod.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &self.dirs {
+            if let Some(n) = pins.get_mut(d) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(d);
+                }
+            }
+        }
+    }
 }
 
 /// Whether [`write_volume`] has written `dir` (a container of the pod has started with it).
@@ -855,6 +1019,15 @@ mod tests {
         chrono::DateTime::from_timestamp(1_795_680_000 + secs, 123_456_789).unwrap()
     }
 
+    fn write_unpinned(
+        dir: &Path,
+        files: &[VolumeFile],
+        now: chrono::DateTime<chrono::Utc>,
+        create: bool,
+    ) -> std::io::Result<bool> {
+        write_volume(dir, files, now, create, &BTreeSet::new())
+    }
+
     fn file(path: &str, bytes: &str, mode: u32) -> VolumeFile {
         VolumeFile {
             path: path.into(),
@@ -878,7 +1051,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt as _;
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("vol");
-        let changed = write_volume(
+        let changed = write_unpinned(
             &dir,
             &[file("a", "1", 0o644), file("sub/b", "2", 0o400)],
             at(0),
@@ -905,18 +1078,18 @@ mod tests {
         assert_eq!(mode & 0o777, 0o400);
         // The same files again: nothing is written.
         let same = [file("sub/b", "2", 0o400), file("a", "1", 0o644)];
-        assert!(!write_volume(&dir, &same, at(1), true).unwrap());
+        assert!(!write_unpinned(&dir, &same, at(1), true).unwrap());
         assert_eq!(listing(&dir), [ts, "..data", "a", "sub"]);
         // A mode alone is a change too.
         let chmod = [file("a", "1", 0o600), file("sub/b", "2", 0o400)];
-        assert!(write_volume(&dir, &chmod, at(2), true).unwrap());
+        assert!(write_unpinned(&dir, &chmod, at(2), true).unwrap());
     }
 
     #[test]
     fn an_update_replaces_the_files_at_once_and_removes_the_old_ones() {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().join("vol");
-        write_volume(
+        write_unpinned(
             &dir,
             &[file("a", "1", 0o644), file("sub/b", "2", 0o644)],
             at(0),
@@ -928,7 +1101,7 @@ mod tests {
         let old_a = std::fs::canonicalize(dir.join("a")).unwrap();
         let held = std::fs::File::open(&old_a).unwrap();
         assert!(
-            write_volume(
+            write_unpinned(
                 &dir,
                 &[file("a", "changed", 0o644), file("c", "3", 0o644)],
                 at(60),
@@ -947,11 +1120,11 @@ mod tests {
         assert!(!old_a.exists());
         assert_eq!(std::io::read_to_string(held).unwrap(), "1");
         // Every key removed (an optional object that went away): only the links remain.
-        assert!(write_volume(&dir, &[], at(120), true).unwrap());
+        assert!(write_unpinned(&dir, &[], at(120), true).unwrap());
         assert_eq!(listing(&dir), ["..2026_11_26_08_02_00.123456789", "..data"]);
         // Two updates within the same instant do not collide.
-        assert!(write_volume(&dir, &[file("a", "x", 0o644)], at(180), true).unwrap());
-        assert!(write_volume(&dir, &[file("a", "y", 0o644)], at(180), true).unwrap());
+        assert!(write_unpinned(&dir, &[file("a", "x", 0o644)], at(180), true).unwrap());
+        assert!(write_unpinned(&dir, &[file("a", "y", 0o644)], at(180), true).unwrap());
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "y");
         assert_eq!(listing(&dir).len(), 3);
     }
@@ -966,7 +1139,7 @@ mod tests {
         std::fs::write(dir.join("sub/b"), "old").unwrap();
         std::fs::write(dir.join("gone"), "old").unwrap();
         assert!(!volume_written(&dir));
-        write_volume(
+        write_unpinned(
             &dir,
             &[file("a", "1", 0o644), file("sub/b", "2", 0o644)],
             at(0),
@@ -979,8 +1152,128 @@ mod tests {
         assert_eq!(listing(&dir).len(), 4, "{:?}", listing(&dir));
         // A refresh does not create the directory of a pod being removed.
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(write_volume(&dir, &[file("a", "1", 0o644)], at(1), false).is_err());
+        assert!(write_unpinned(&dir, &[file("a", "1", 0o644)], at(1), false).is_err());
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn a_write_removes_leftovers_of_an_interrupted_one_even_when_nothing_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("vol");
+        let files = [file("a", "1", 0o644)];
+        write_unpinned(&dir, &files, at(0), true).unwrap();
+        // A write that stopped before its switch: a timestamped directory, a new `..data`
+        // and a key link never renamed into place.
+        std::fs::create_dir(dir.join("..2026_11_26_08_00_30.123456789")).unwrap();
+        std::fs::write(dir.join("..2026_11_26_08_00_30.123456789/a"), "half").unwrap();
+        std::os::unix::fs::symlink("..2026_11_26_08_00_30.123456789", dir.join("..data_tmp"))
+            .unwrap();
+        std::os::unix::fs::symlink("..data/a", dir.join("..link_tmp.a")).unwrap();
+        assert!(!write_unpinned(&dir, &files, at(60), true).unwrap());
+        assert_eq!(
+            listing(&dir),
+            ["..2026_11_26_08_00_00.123456789", "..data", "a"]
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "1");
+    }
+
+    /// The pod's volume `cfg` as a container start and the refresh see it.
+    fn volume_dir(d: &Path) -> PathBuf {
+        d.join("pod").join("volumes").join("cfg")
+    }
+
+    #[tokio::test]
+    async fn a_refresh_keeps_the_directory_a_starting_containers_sub_path_was_resolved_into() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = volume_dir(d.path());
+        let volumes = Volumes::default();
+        // A container start: write, resolve `subPath: a` as spec::mounts does, pin.
+        let (source, pins) = {
+            let dir = dir.clone();
+            volumes
+                .with_pod("uid-1", at(0), move |w| {
+                    w.write(&dir, &[file("a", "1", 0o644)], true).unwrap();
+                    let source = std::fs::canonicalize(dir.join("a")).unwrap();
+                    let whole = dir.clone();
+                    let pins = w.pin([source.as_path(), whole.as_path()]);
+                    (source, pins)
+                })
+                .await
+                .unwrap()
+        };
+        // The refresh, before the runtime mounted `source`: the volume follows the update,
+        // the directory `source` lies in stays.
+        let refresh = |now, bytes: &'static str| {
+            let dir = dir.clone();
+            volumes.with_pod("uid-1", now, move |w| {
+                w.write(&dir, &[file("a", bytes, 0o644)], false).unwrap()
+            })
+        };
+        assert!(refresh(at(60), "2").await.unwrap());
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "2");
+        assert_eq!(std::fs::read_to_string(&source).unwrap(), "1");
+        assert_eq!(listing(&dir).len(), 4, "{:?}", listing(&dir));
+        // Once the run is over, the next refresh removes it, though nothing changed.
+        drop(pins);
+        assert!(!refresh(at(120), "2").await.unwrap());
+        assert!(!source.exists());
+        assert_eq!(
+            listing(&dir),
+            ["..2026_11_26_08_01_00.123456789", "..data", "a"]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pods_volumes_have_one_writer_at_a_time() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = volume_dir(d.path());
+        let volumes = Arc::new(Volumes::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // A container start holding the pod's volumes until told to finish.
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        let start = {
+            let (volumes, order, dir) = (volumes.clone(), order.clone(), dir.clone());
+            tokio::spawn(async move {
+                volumes
+                    .with_pod("uid-1", at(0), move |w| {
+                        w.write(&dir, &[file("a", "1", 0o644)], true).unwrap();
+                        started_tx.send(()).unwrap();
+                        finish_rx.recv().unwrap();
+                        order.lock().unwrap().push("start");
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        started_rx.await.unwrap();
+        // Another pod is not held up.
+        let other = d.path().join("other");
+        volumes
+            .with_pod("uid-2", at(0), move |w| {
+                w.write(&other, &[file("b", "1", 0o644)], true).unwrap()
+            })
+            .await
+            .unwrap();
+        // The refresh of the same pod waits for the start.
+        let refresh = {
+            let (volumes, order, dir) = (volumes.clone(), order.clone(), dir.clone());
+            tokio::spawn(async move {
+                volumes
+                    .with_pod("uid-1", at(60), move |w| {
+                        order.lock().unwrap().push("refresh");
+                        w.write(&dir, &[file("a", "2", 0o644)], false).unwrap()
+                    })
+                    .await
+                    .unwrap()
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(order.lock().unwrap().is_empty());
+        finish_tx.send(()).unwrap();
+        start.await.unwrap();
+        assert!(refresh.await.unwrap());
+        assert_eq!(*order.lock().unwrap(), ["start", "refresh"]);
     }
 
     #[test]

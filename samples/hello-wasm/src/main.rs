@@ -9,6 +9,9 @@
 //!
 //! With `--once` as its first argument it greets and exits 0: what `kubectl exec POD -- hello
 //! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
+//! With `--cat PATH` it prints the file at `PATH` (a pod's volume, which the guest sees as a
+//! preopened directory) and exits 0, or 1 if it cannot be read: `kubectl exec POD -- hello
+//! --cat /etc/config/key` is how a test sees what a Wasm container reads.
 
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -74,10 +77,31 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
     exit(0)
 }
 
+/// Copies the file at `path` to stdout and exits.
+fn cat(path: &str) -> ! {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(&bytes);
+            let _ = out.flush();
+            exit(0)
+        }
+        Err(e) => {
+            eprintln!("cannot read {path}: {e}");
+            exit(1)
+        }
+    }
+}
+
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, path] = args.as_slice()
+        && flag == "--cat"
+    {
+        cat(path);
+    }
     let once = args.first().is_some_and(|a| a == "--once");
     if once {
         args.remove(0);
