@@ -163,13 +163,19 @@ impl BootstrapValidator for StoreTokens {
     fn validate(
         &self,
         token: &BootstrapToken,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ValidToken>> + Send + '_>> {
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Option<ValidToken>, String>> + Send + '_>,
+    > {
         let res = resources::by_kind("v1", "Secret").expect("secrets are served");
-        // A deleted token is simply not found.
-        let found = self
+        // A deleted token is simply not found; a failing store is no answer about the token.
+        let found = match self
             .api
             .get(res, "kube-system", &format!("bootstrap-token-{}", token.id))
-            .ok();
+        {
+            Ok(s) => Some(s),
+            Err(e) if e.code == 404 => None,
+            Err(e) => return Box::pin(async move { Err(e.to_string()) }),
+        };
         let valid = found
             .filter(|s| token_secret_valid(s, token, (self.clock)()))
             .map(|s| ValidToken {
@@ -179,7 +185,7 @@ impl BootstrapValidator for StoreTokens {
                     .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                     .map(std::time::SystemTime::from),
             });
-        Box::pin(async move { valid })
+        Box::pin(async move { Ok(valid) })
     }
 }
 

@@ -6,6 +6,7 @@
 //! deleted or expired token cannot join a node. A node whose certificate expired while it was
 //! off starts offline and joins again with a token written into its data dir.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -337,7 +338,17 @@ fn certificates_rotate_revoked_nodes_are_refused_and_tokens_are_managed() {
     let (ok, again, err) = kedge(&c, &["token", "create", "--ttl", "1h"]);
     assert!(ok, "{err}");
     let token_file = tunnel_dir.join("join-token");
-    std::fs::write(&token_file, again).unwrap();
+    // As ssh with a key: a token file others may read is refused, saying what to do.
+    // Made 644 before it appears under its name, whatever the umask.
+    let staged = tunnel_dir.join("join-token.staged");
+    std::fs::write(&staged, again).unwrap();
+    std::fs::set_permissions(&staged, PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::rename(&staged, &token_file).unwrap();
+    c.wait("the agent to refuse a token file others may read", || {
+        agent_log(&c, node).contains("chmod 600").then_some(())
+    });
+    assert_eq!(cert_of(&tunnel_dir).serial, before.serial);
+    std::fs::set_permissions(&token_file, PermissionsExt::from_mode(0o600)).unwrap();
     c.wait("the agent to join with the token file", || {
         (cert_of(&tunnel_dir).serial != before.serial).then_some(())
     });

@@ -6,7 +6,9 @@
 //! a Wasm guest's stdin stream. Any number of sessions may send at once; their chunks
 //! interleave as they come. A session whose input ends sends [`Input::End`]: with
 //! `stdinOnce` the first such end closes the stdin for good (the process reads EOF), as
-//! kubelet does; without it the stdin stays open for the next session.
+//! kubelet does; without it the stdin stays open for the next session. A session whose
+//! client leaves while the queue is full (the process is not reading) cannot queue its end:
+//! [`Attach::close`] closes the stdin past the queue instead.
 //!
 //! The other direction: the runtime sends the process's output, raw as it comes, to every
 //! session attached ([`Attach::subscribe`]); the CRI log holds an unfinished line back until
@@ -15,6 +17,7 @@
 use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 pub use crate::logs::Output;
 
@@ -50,6 +53,8 @@ pub enum Input {
 #[derive(Clone, Debug)]
 pub struct Attach {
     tx: mpsc::Sender<Input>,
+    /// [`Attach::close`]: out of band, since the queue may be full.
+    close: CancellationToken,
     output: broadcast::Sender<Output>,
     mode: Mode,
 }
@@ -58,6 +63,7 @@ pub struct Attach {
 #[derive(Debug)]
 pub struct Stdin {
     rx: mpsc::Receiver<Input>,
+    close: CancellationToken,
     output: broadcast::Sender<Output>,
     mode: Mode,
 }
@@ -67,13 +73,20 @@ pub struct Stdin {
 pub fn channel(mode: Mode) -> (Attach, Stdin) {
     let (tx, rx) = mpsc::channel(QUEUE);
     let (output, _) = broadcast::channel(OUTPUT_QUEUE);
+    let close = CancellationToken::new();
     (
         Attach {
             tx,
+            close: close.clone(),
             output: output.clone(),
             mode,
         },
-        Stdin { rx, output, mode },
+        Stdin {
+            rx,
+            close,
+            output,
+            mode,
+        },
     )
 }
 
@@ -90,7 +103,15 @@ impl Attach {
     /// Whether the stdin is closed for good: by `stdinOnce`, because the process closed its
     /// end, or because the run is over.
     pub fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        self.tx.is_closed() || self.close.is_cancelled()
+    }
+
+    /// Closes the stdin for good now, dropping what is still queued and cutting short a write
+    /// the process is not reading. For a `stdinOnce` session whose client left while the
+    /// queue was full, so that its [`Input::End`] could not be queued: the process must still
+    /// read EOF, and a session must not wait on a process that may never read.
+    pub fn close(&self) {
+        self.close.cancel();
     }
 
     /// Queues `input`, waiting while the queue is full. `false`: the stdin is closed.
@@ -110,18 +131,42 @@ impl Stdin {
     }
 
     /// Copies the sessions' input into `w` until the stdin closes: every [`Attach`] gone, the
-    /// process's end closed, or (with `stdinOnce`) the first session's input ended. Then `w`
-    /// is shut down and dropped, so a pipe reads EOF; a tty gets its EOF character instead
-    /// (closing our copy of the pty master would not end the terminal). Resizes go to
-    /// `resize`.
+    /// process's end closed, (with `stdinOnce`) the first session's input ended, or
+    /// [`Attach::close`]. Then `w` is shut down and dropped, so a pipe reads EOF; a tty gets
+    /// its EOF character instead (closing our copy of the pty master would not end the
+    /// terminal). Resizes go to `resize`.
     pub async fn feed<W>(mut self, mut w: W, resize: impl Fn(u16, u16))
     where
         W: AsyncWrite + Unpin,
     {
-        while let Some(input) = self.rx.recv().await {
+        let close = self.close.clone();
+        loop {
+            let input = tokio::select! {
+                biased;
+                () = close.cancelled() => {
+                    if self.mode.tty {
+                        // ^D if the terminal takes it now; a full one is not waited for.
+                        let _ = futures_util::FutureExt::now_or_never(w.write_all(&[4]));
+                    }
+                    break;
+                }
+                input = self.rx.recv() => match input {
+                    Some(input) => input,
+                    None => break,
+                },
+            };
             match input {
                 Input::Data(data) => {
-                    if w.write_all(&data).await.is_err() || w.flush().await.is_err() {
+                    let written = tokio::select! {
+                        biased;
+                        // The loop's top ends the stdin.
+                        () = close.cancelled() => continue,
+                        r = async {
+                            w.write_all(&data).await?;
+                            w.flush().await
+                        } => r,
+                    };
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -231,6 +276,42 @@ mod tests {
         r.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"one\ntwo\n");
         assert_eq!(*sizes.lock().unwrap(), [(80, 24)]);
+    }
+
+    /// Regression: a `stdinOnce` session whose client left while the process read nothing
+    /// could not queue its end, and the stdin stayed open (and full) for good.
+    #[tokio::test]
+    async fn close_ends_a_stdin_the_process_does_not_read() {
+        let mode = Mode {
+            stdin: true,
+            stdin_once: true,
+            tty: false,
+        };
+        let (attach, stdin) = channel(mode);
+        // A process that never reads: its pipe holds 8 bytes.
+        let (w, mut r) = tokio::io::duplex(8);
+        let feeding = tokio::spawn(stdin.feed(w, |_, _| {}));
+        let chunk = || Input::Data(Bytes::from_static(b"0123456789"));
+        // One chunk stuck in the pipe, the queue full behind it.
+        for _ in 0..=QUEUE {
+            assert!(attach.send(chunk()).await);
+        }
+        let full =
+            tokio::time::timeout(std::time::Duration::from_millis(100), attach.send(chunk()));
+        assert!(full.await.is_err(), "the queue is full");
+        assert!(!attach.is_closed());
+
+        attach.close();
+        assert!(attach.is_closed());
+        tokio::time::timeout(std::time::Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed though the process read nothing")
+            .unwrap();
+        assert!(!attach.send(chunk()).await);
+        // What the pipe took, then EOF: the queued rest is dropped.
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, b"01234567");
     }
 
     #[tokio::test]

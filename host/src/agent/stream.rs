@@ -41,6 +41,11 @@ const DRAIN: Duration = Duration::from_secs(2);
 const SPLICE_BUF: usize = 64 * 1024;
 /// Bound on connecting to the pod's port.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How far an attach session reads its client's stream ahead of a container's full stdin,
+/// only to see the client leave; past it the client waits, as for the process's pipe. (A
+/// client that left behind more unread input than this is seen once the process reads, or
+/// ends.)
+const READ_AHEAD: usize = 4 * CHUNK;
 
 fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
     (code, message.into()).into_response()
@@ -369,17 +374,28 @@ async fn exec_session<IO>(
         while let Some(frame) = next_frame(&mut rd, &mut buf, "exec").await {
             match frame.channel {
                 channel::STDIN => {
-                    if let Some(w) = stdin.as_mut()
-                        && (w.write_all(&frame.payload).await.is_err() || w.flush().await.is_err())
-                    {
-                        stdin = None;
+                    let Some(w) = stdin.as_mut() else { continue };
+                    let write = async {
+                        w.write_all(&frame.payload).await?;
+                        w.flush().await
+                    };
+                    // A process not reading its stdin must not keep the session from seeing
+                    // its client leave.
+                    match unless_client_leaves(write, &mut rd, &mut buf).await {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => stdin = None,
+                        None => return,
                     }
                 }
                 channel::CLOSE => {
                     // With a tty, EOF is the terminal's ^D; without, closing the pipe.
                     if tty {
-                        if let Some(w) = stdin.as_mut() {
-                            let _ = w.write_all(&[4]).await;
+                        if let Some(w) = stdin.as_mut()
+                            && unless_client_leaves(w.write_all(&[4]), &mut rd, &mut buf)
+                                .await
+                                .is_none()
+                        {
+                            return;
                         }
                     } else {
                         stdin = None;
@@ -539,7 +555,7 @@ pub(super) async fn attach(
     };
     // The live output, subscribed before the client can send input (so nothing its input
     // causes is missed).
-    let Some(mut output) = h.stdin.as_ref().map(Attach::subscribe) else {
+    let Some(output) = h.stdin.as_ref().map(Attach::subscribe) else {
         return refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("container {container:?} in pod {pod:?} has no output to attach to"),
@@ -550,86 +566,109 @@ pub(super) async fn attach(
     } else {
         channel::STDOUT
     };
-    let mut done = h.done.clone();
+    let done = h.done.clone();
     let cancel = k.cancel.child_token();
     tokio::spawn(async move {
         let Ok(io) = on_upgrade.await else { return };
-        let (rd, wr) = tokio::io::split(TokioIo::new(io));
-        let (tx, rx) = mpsc::channel::<Frame>(16);
-        let writer = tokio::spawn(write_frames(wr, rx));
-        let follow = async {
-            let mut ended = false;
-            loop {
-                let next = if ended {
-                    // The run is over: what is still queued, then the end.
-                    match output.try_recv() {
-                        Ok(o) => Ok(o),
-                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
-                            Err(broadcast::error::RecvError::Lagged(n))
-                        }
-                        Err(_) => return,
-                    }
-                } else {
-                    tokio::select! {
-                        biased;
-                        r = output.recv() => r,
-                        _ = done.wait_for(|d| *d) => {
-                            ended = true;
-                            continue;
-                        }
-                    }
-                };
-                let out = match next {
-                    Ok(out) => out,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(chunks = n, "attach session fell behind; output lost");
-                        continue;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                };
-                let ch = match out.kind {
-                    kedge_runtime::logs::StreamKind::Stdout => channel::STDOUT,
-                    kedge_runtime::logs::StreamKind::Stderr => stderr_channel,
-                };
-                if tx.send(Frame::new(ch, out.bytes)).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let mut ended_input = input.is_none();
-        // Its end means the client left.
-        let client = attach_input(rd, input.as_ref(), terminal.as_ref(), &mut ended_input);
-        let ended = tokio::select! {
-            () = follow => true,
-            () = client => false,
-            () = cancel.cancelled() => false,
-        };
-        if let Some(a) = input
-            .as_ref()
-            .filter(|a| !ended_input && a.mode().stdin_once)
-        {
-            // The client left (or the container ended) without closing its stdin: for
-            // stdinOnce that ends the stdin all the same, as in kubelet. Bounded: a process
-            // that reads no stdin must not hold this session forever.
-            tokio::select! {
-                _ = a.send(Input::End) => {}
-                () = tokio::time::sleep(DRAIN) => {}
-                () = cancel.cancelled() => {}
-            }
-        }
-        if ended {
-            let body = serde_json::to_vec(&channel::exit_status(0)).unwrap_or_default();
-            let _ = tx.send(Frame::new(channel::ERROR, body)).await;
-        }
-        drop(tx);
-        let _ = writer.await;
+        let io = TokioIo::new(io);
+        attach_session(io, input, terminal, output, done, stderr_channel, cancel).await;
     });
     switching(CHANNEL_UPGRADE)
 }
 
+/// Relays one attach session on its upgraded stream: the container's `output` to the client
+/// until the container is `done`, the client's frames to its stdin (`input`, if the session
+/// attached it) and `terminal` until the client leaves.
+async fn attach_session<IO>(
+    io: IO,
+    input: Option<Attach>,
+    terminal: Option<Attach>,
+    mut output: broadcast::Receiver<kedge_runtime::stdio::Output>,
+    mut done: tokio::sync::watch::Receiver<bool>,
+    stderr_channel: u8,
+    cancel: CancellationToken,
+) where
+    IO: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (rd, wr) = tokio::io::split(io);
+    let (tx, rx) = mpsc::channel::<Frame>(16);
+    let writer = tokio::spawn(write_frames(wr, rx));
+    let follow = async {
+        let mut ended = false;
+        loop {
+            let next = if ended {
+                // The run is over: what is still queued, then the end.
+                match output.try_recv() {
+                    Ok(o) => Ok(o),
+                    Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(_) => return,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = output.recv() => r,
+                    _ = done.wait_for(|d| *d) => {
+                        ended = true;
+                        continue;
+                    }
+                }
+            };
+            let out = match next {
+                Ok(out) => out,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::debug!(chunks = n, "attach session fell behind; output lost");
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let ch = match out.kind {
+                kedge_runtime::logs::StreamKind::Stdout => channel::STDOUT,
+                kedge_runtime::logs::StreamKind::Stderr => stderr_channel,
+            };
+            if tx.send(Frame::new(ch, out.bytes)).await.is_err() {
+                return;
+            }
+        }
+    };
+    let mut ended_input = input.is_none();
+    // Its end means the client left.
+    let client = attach_input(rd, input.as_ref(), terminal.as_ref(), &mut ended_input);
+    let ended = tokio::select! {
+        () = follow => true,
+        () = client => false,
+        () = cancel.cancelled() => false,
+    };
+    if let Some(a) = input
+        .as_ref()
+        .filter(|a| !ended_input && a.mode().stdin_once)
+    {
+        // The client left (or the container ended) without closing its stdin: for
+        // stdinOnce that ends the stdin all the same, as in kubelet. Bounded: a process
+        // that reads no stdin gets a moment to make room for the end behind its queued
+        // input, then its stdin is closed past the queue.
+        let queued = tokio::select! {
+            queued = a.send(Input::End) => queued,
+            () = tokio::time::sleep(DRAIN) => false,
+            () = cancel.cancelled() => false,
+        };
+        if !queued {
+            a.close();
+        }
+    }
+    if ended {
+        let body = serde_json::to_vec(&channel::exit_status(0)).unwrap_or_default();
+        let _ = tx.send(Frame::new(channel::ERROR, body)).await;
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
 /// Reads an attach session's frames until the client leaves: stdin into the container's
 /// stdin (`input`, if the session attached it), resizes to its terminal. `ended` turns true
-/// once the container's stdin was told this session's input ended.
+/// once the container's stdin was told this session's input ended. Returns as soon as the
+/// client leaves, also while the container's stdin is full.
 async fn attach_input<R: AsyncRead + Unpin>(
     mut rd: R,
     mut input: Option<&Attach>,
@@ -640,27 +679,70 @@ async fn attach_input<R: AsyncRead + Unpin>(
     while let Some(frame) = next_frame(&mut rd, &mut buf, "attach").await {
         match frame.channel {
             channel::STDIN => {
-                // A closed stdin drops the rest of the input (as a pipe's reader gone).
-                if let Some(a) = input
-                    && !a.send(Input::Data(frame.payload)).await
-                {
-                    input = None;
+                if let Some(a) = input {
+                    match send_input(a, Input::Data(frame.payload), &mut rd, &mut buf).await {
+                        Some(true) => {}
+                        // A closed stdin drops the rest of the input (as a pipe's reader gone).
+                        Some(false) => input = None,
+                        None => return,
+                    }
                 }
             }
             channel::CLOSE => {
-                if let Some(a) = input.take() {
-                    a.send(Input::End).await;
+                if let Some(a) = input.take()
+                    && send_input(a, Input::End, &mut rd, &mut buf).await.is_none()
+                {
+                    return;
                 }
                 *ended = true;
             }
             channel::RESIZE => {
                 if let (Some(t), Some((width, height))) =
                     (terminal, channel::parse_resize(&frame.payload))
+                    && send_input(t, Input::Resize { width, height }, &mut rd, &mut buf)
+                        .await
+                        .is_none()
                 {
-                    t.send(Input::Resize { width, height }).await;
+                    return;
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Queues `input` for the container's stdin, watching the client meanwhile (see
+/// [`unless_client_leaves`]): `None`, the client left. Else whether the stdin took it
+/// (`false`: closed).
+async fn send_input<R: AsyncRead + Unpin>(
+    to: &Attach,
+    input: Input,
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Option<bool> {
+    unless_client_leaves(to.send(input), rd, buf).await
+}
+
+/// Runs `op`, a write towards a process's stdin that waits as long as the process does not
+/// read, while reading the client's stream on into `buf` (up to [`READ_AHEAD`]) so that its
+/// end is seen: `None`, the client left first.
+async fn unless_client_leaves<R, F>(op: F, rd: &mut R, buf: &mut BytesMut) -> Option<F::Output>
+where
+    R: AsyncRead + Unpin,
+    F: Future,
+{
+    tokio::pin!(op);
+    loop {
+        let room = READ_AHEAD.saturating_sub(buf.len());
+        buf.reserve(room.min(CHUNK));
+        tokio::select! {
+            // What the client sent before it left still goes in while the process takes it.
+            biased;
+            done = &mut op => return Some(done),
+            n = rd.read_buf(buf), if room > 0 => match n {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
         }
     }
 }
@@ -796,6 +878,79 @@ mod tests {
         // stdinOnce with a tty: the end is the terminal's ^D, and nothing after it.
         assert_eq!(out, b"ls\n\x04");
         assert_eq!(sizes, [(90, 20)]);
+    }
+
+    /// Regression: a session waiting on a full stdin queue (the process reads nothing) did
+    /// not see its client leave until the process read or ended.
+    #[tokio::test]
+    async fn attach_input_sees_its_client_leave_while_the_stdin_is_full() {
+        use kedge_runtime::stdio::{Mode, channel};
+        let (attach, _unread) = channel(Mode {
+            stdin: true,
+            stdin_once: false,
+            tty: false,
+        });
+        // More input than the queue holds, then the client's end.
+        let mut wire = BytesMut::new();
+        for _ in 0..40 {
+            Frame::new(channel::STDIN, &b"input\n"[..]).encode(&mut wire);
+        }
+        let mut ended = false;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            attach_input(&wire[..], Some(&attach), None, &mut ended),
+        )
+        .await
+        .expect("the session saw its client leave");
+        assert!(!ended, "the client left without ending its input");
+        assert!(
+            !attach.is_closed(),
+            "without stdinOnce the stdin stays open"
+        );
+    }
+
+    /// Regression: the same with `stdinOnce`: the whole session ends, and the stdin it left
+    /// full is closed (the process reads EOF) rather than left open for good.
+    #[tokio::test(start_paused = true)]
+    async fn attach_session_closes_a_full_stdin_once_when_its_client_leaves() {
+        use kedge_runtime::stdio::{Mode, channel};
+        let (attach, stdin) = channel(Mode {
+            stdin: true,
+            stdin_once: true,
+            tty: false,
+        });
+        // A process that never reads its stdin: its pipe holds 64 bytes.
+        let (pipe, _unread) = tokio::io::duplex(64);
+        let feeding = tokio::spawn(stdin.feed(pipe, |_, _| {}));
+        let (_running, done) = tokio::sync::watch::channel(false);
+        let (mut client, agent) = tokio::io::duplex(64 * 1024);
+        let session = tokio::spawn(attach_session(
+            agent,
+            Some(attach.clone()),
+            None,
+            attach.subscribe(),
+            done,
+            channel::STDERR,
+            CancellationToken::new(),
+        ));
+        let mut wire = BytesMut::new();
+        for _ in 0..40 {
+            Frame::new(channel::STDIN, &[b'x'; 100][..]).encode(&mut wire);
+        }
+        client.write_all(&wire).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!session.is_finished() && !attach.is_closed());
+
+        drop(client);
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the session saw its client leave")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), feeding)
+            .await
+            .expect("the stdin closed")
+            .unwrap();
+        assert!(attach.is_closed());
     }
 
     #[tokio::test]

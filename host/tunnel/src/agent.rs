@@ -55,7 +55,9 @@ const RENEW_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// A join token an operator writes into the state directory, read again on every join
 /// attempt: how a running agent whose certificate expired while it was offline gets a new
-/// one without a restart. Removed once the node has joined with it.
+/// one without a restart. Removed once the node has joined with it. It holds a bootstrap
+/// secret and the CA pin the node will trust, so, as ssh does for keys, it is used only as a
+/// regular file of the agent's user that nobody else may read or write (mode 600).
 pub const JOIN_TOKEN_FILE: &str = "join-token";
 
 #[derive(Clone)]
@@ -160,13 +162,38 @@ impl StatePaths {
         cert_info_pem(&pem).ok_or_else(|| bad_file(&self.cert, "not a certificate"))
     }
 
-    /// The join token in [`JOIN_TOKEN_FILE`], if the operator put one there.
+    /// The join token in [`JOIN_TOKEN_FILE`], if the operator put one there;
+    /// [`Error::InsecureFile`] saying what to fix if others may read or change it.
     fn file_token(&self) -> Result<Option<String>, Error> {
-        match std::fs::read_to_string(&self.join_token) {
-            Ok(s) => Ok(Some(s.trim().to_owned()).filter(|t| !t.is_empty())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(fsutil::io_err(&self.join_token)(e)),
+        use rustix::fs::{Mode, OFlags};
+        use std::io::Read as _;
+        use std::os::unix::fs::MetadataExt as _;
+        let path = &self.join_token;
+        let uid = rustix::process::geteuid().as_raw();
+        let check = |meta: &std::fs::Metadata| {
+            let reason = insecure(path, meta.file_type(), meta.uid(), meta.mode(), uid);
+            reason.map_or(Ok(()), |reason| {
+                Err(Error::InsecureFile {
+                    path: path.clone(),
+                    reason,
+                })
+            })
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => check(&meta)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(fsutil::io_err(path)(e)),
         }
+        // Not through a link swapped in since, nor blocking on a FIFO; checked again on what
+        // was opened.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty())
+            .map_err(|e| fsutil::io_err(path)(e.into()))?;
+        let mut file = std::fs::File::from(fd);
+        check(&file.metadata().map_err(fsutil::io_err(path))?)?;
+        let mut s = String::new();
+        file.read_to_string(&mut s).map_err(fsutil::io_err(path))?;
+        Ok(Some(s.trim().to_owned()).filter(|t| !t.is_empty()))
     }
 
     /// Why this node cannot reconnect, and what the operator must do.
@@ -587,7 +614,7 @@ impl Supervisor {
             .map_err(|e| Error::Protocol(format!("bad renewal reply: {e}")))?
         {
             BootstrapReply::Issued { certificate, .. } => certificate,
-            BootstrapReply::Refused { error } => return Err(Error::RenewalRefused(error)),
+            BootstrapReply::Refused { error, .. } => return Err(Error::RenewalRefused(error)),
         };
         let info = cert_info_pem(&certificate)
             .ok_or_else(|| Error::Protocol("renewal reply holds no certificate".into()))?;
@@ -603,6 +630,47 @@ impl Supervisor {
         self.cert = info;
         Ok(())
     }
+}
+
+/// Why a file holding a secret (at `path`, of `file_type`, owned by `owner`, with `mode`) must
+/// not be used by an agent running as `uid`, as ssh refuses a key file: anything but a
+/// regular file of `uid` that group and others can neither read nor write. The reason says
+/// how to fix it.
+fn insecure(
+    path: &Path,
+    file_type: std::fs::FileType,
+    owner: u32,
+    mode: u32,
+    uid: u32,
+) -> Option<String> {
+    let path = path.display();
+    if !file_type.is_file() {
+        let what = if file_type.is_symlink() {
+            "a symbolic link"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else {
+            "a special file"
+        };
+        return Some(format!(
+            "it is {what}, not a regular file: write the token into a regular file there, \
+             with mode 600"
+        ));
+    }
+    if owner != uid {
+        return Some(format!(
+            "it belongs to uid {owner}, not to the agent's uid {uid}, so someone else may \
+             have written it: chown {uid} {path} (and chmod 600 {path}) if the token is yours"
+        ));
+    }
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "group or others may read or write it (mode {:03o}) and it holds a secret: \
+             chmod 600 {path}",
+            mode & 0o777
+        ));
+    }
+    None
 }
 
 /// Errors that mean "try again later" rather than "an operator must act".
@@ -777,19 +845,31 @@ impl ServerCertVerifier for PinnedCaVerifier {
 
 /// Joins (first start, or again after an expiry or revocation) with the first join token the
 /// server accepts: the one in [`JOIN_TOKEN_FILE`], read again on every call, then the
-/// configured one. Tokens in `refused` are skipped and the ones refused now are added, so a
-/// dead token is sent once, not on every retry. [`Error::NotJoined`] when no token is left.
+/// configured one. Tokens in `refused` are skipped and the ones whose token the server
+/// refused now (or that are no token at all) are added, so a dead token is sent once, not on
+/// every retry. Any other failure (unreachable, a timeout, a server fault, a CA that does not
+/// match the pin, a refusal of something else) leaves the token to be tried again.
+/// [`Error::NotJoined`] when no token is left.
 async fn join(
     cfg: &AgentConfig,
     paths: &StatePaths,
     refused: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let from_file = paths.file_token()?;
+    // A token file that is not safe to use does not stop the configured token; its error is
+    // the answer only when nothing else joins.
+    let mut last = None;
+    let from_file = match paths.file_token() {
+        Ok(t) => t,
+        Err(e @ Error::InsecureFile { .. }) => {
+            last = Some(e);
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let candidates = from_file
         .iter()
         .map(|t| (t, true))
         .chain(cfg.join_token.iter().map(|t| (t, false)));
-    let mut last = None;
     for (raw, is_file) in candidates {
         if refused.contains(raw) {
             continue;
@@ -803,10 +883,13 @@ async fn join(
                 }
                 return Ok(());
             }
-            Err(
-                e @ (Error::Token(_) | Error::BootstrapRefused(_) | Error::CaHashMismatch { .. }),
-            ) => {
+            Err(e @ (Error::Token(_) | Error::TokenRefused(_))) => {
                 refused.push(raw.clone());
+                last = Some(e);
+            }
+            // Not about the token, or not for sure: the next one may do, and this one is
+            // tried again next time.
+            Err(e @ (Error::BootstrapRefused(_) | Error::CaHashMismatch { .. })) => {
                 last = Some(e);
             }
             Err(e) => return Err(e),
@@ -897,7 +980,8 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
 
     let (certificate, ca) = match reply? {
         BootstrapReply::Issued { certificate, ca } => (certificate, ca),
-        BootstrapReply::Refused { error } => return Err(Error::BootstrapRefused(error)),
+        BootstrapReply::Refused { error, token: true } => return Err(Error::TokenRefused(error)),
+        BootstrapReply::Refused { error, .. } => return Err(Error::BootstrapRefused(error)),
     };
     // The reply is already protected by the pinned handshake; checking the CA again guards
     // against saving something other than what the token pinned.
@@ -988,6 +1072,59 @@ mod tests {
             ("key4".into(), "cert4".into())
         );
         assert!(!p.cert_next.exists());
+    }
+
+    /// The join-token file holds a secret and the CA pin the node will trust: as ssh with a
+    /// key, used only as a regular file of the agent's user closed to everyone else.
+    #[test]
+    fn join_token_file_is_used_only_when_private() {
+        use std::os::unix::fs::{PermissionsExt, symlink};
+        let dir = tempfile::tempdir().unwrap();
+        let p = StatePaths::new(dir.path());
+        let mode = |m| std::fs::set_permissions(&p.join_token, PermissionsExt::from_mode(m));
+        assert!(p.file_token().unwrap().is_none(), "no file, no token");
+
+        std::fs::write(&p.join_token, "K10abc::id.secret\n").unwrap();
+        mode(0o600).unwrap();
+        assert_eq!(
+            p.file_token().unwrap().as_deref(),
+            Some("K10abc::id.secret")
+        );
+        mode(0o400).unwrap();
+        assert!(p.file_token().unwrap().is_some());
+        for open in [0o644, 0o640, 0o604, 0o620, 0o602, 0o660] {
+            mode(open).unwrap();
+            let err = p.file_token().expect_err("open to others");
+            assert!(matches!(err, Error::InsecureFile { .. }), "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("mode {open:03o}")) && text.contains("chmod 600"),
+                "{text}"
+            );
+        }
+        mode(0o600).unwrap();
+
+        // A link, even to a private file, and a directory are not used.
+        let link = StatePaths::new(&dir.path().join("linked"));
+        std::fs::create_dir(dir.path().join("linked")).unwrap();
+        symlink(&p.join_token, &link.join_token).unwrap();
+        let err = link.file_token().expect_err("a link").to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        let nested = StatePaths::new(&dir.path().join("nested"));
+        std::fs::create_dir_all(&nested.join_token).unwrap();
+        let err = nested.file_token().expect_err("a directory").to_string();
+        assert!(err.contains("directory"), "{err}");
+
+        // Someone else's file (the owner is judged against the agent's uid).
+        let meta = std::fs::symlink_metadata(&p.join_token).unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        let check = |owner, mode| insecure(&p.join_token, meta.file_type(), owner, mode, uid);
+        assert_eq!(check(uid, 0o100600), None);
+        let other = check(uid.wrapping_add(1), 0o100600).expect("not the agent's");
+        assert!(
+            other.contains("chown") && other.contains(&uid.to_string()),
+            "{other}"
+        );
     }
 
     #[test]

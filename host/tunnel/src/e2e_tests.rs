@@ -1,7 +1,9 @@
 //! End-to-end tests on loopback: a real server and real agents over QUIC.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +32,42 @@ impl BootstrapValidator for Tokens {
     fn validate(
         &self,
         token: &BootstrapToken,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>> {
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<ValidToken>, String>> + Send + '_>>
+    {
         let ok = self
             .0
             .iter()
             .any(|t| t.id == token.id && token.secret_matches(&t.secret));
-        Box::pin(async move { ok.then(ValidToken::default) })
+        Box::pin(async move { Ok(ok.then(ValidToken::default)) })
+    }
+}
+
+/// Validates like [`Tokens`] and notes the id of each token checked; while `broken`, no token
+/// can be checked (as with a failing store).
+struct Flaky {
+    tokens: Tokens,
+    broken: AtomicBool,
+    checked: Mutex<Vec<String>>,
+}
+
+impl Flaky {
+    fn checks(&self, token: &BootstrapToken) -> usize {
+        let checked = self.checked.lock().unwrap();
+        checked.iter().filter(|id| **id == token.id).count()
+    }
+}
+
+impl BootstrapValidator for Flaky {
+    fn validate(
+        &self,
+        token: &BootstrapToken,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Option<ValidToken>, String>> + Send + '_>>
+    {
+        self.checked.lock().unwrap().push(token.id.clone());
+        if self.broken.load(Ordering::SeqCst) {
+            return Box::pin(async { Err("store unavailable".to_owned()) });
+        }
+        self.tokens.validate(token)
     }
 }
 
@@ -245,7 +277,7 @@ async fn wrong_token_is_refused() {
         .await
         .err()
         .expect("wrong token must fail");
-        assert!(matches!(err, Error::BootstrapRefused(_)), "{err}");
+        assert!(matches!(err, Error::TokenRefused(_)), "{err}");
         assert!(err.to_string().contains("invalid or expired"), "{err}");
         assert!(!dir.path().join("agent/node.crt").exists());
         server.stop().await;
@@ -636,7 +668,8 @@ async fn expired_certificate_starts_offline_and_joins_again_with_a_token() {
 }
 
 /// A running agent offline on an expired certificate joins again as soon as an operator
-/// writes a join token into its state directory, skipping a token the server refused.
+/// writes a join token into its state directory, skipping a token the server refused; not
+/// while others may read the file.
 #[tokio::test]
 async fn expired_certificate_joins_again_with_a_token_file() {
     bounded(async {
@@ -660,13 +693,87 @@ async fn expired_certificate_joins_again_with_a_token_file() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert!(!*client.connected().borrow());
 
-        std::fs::write(&file, format!("{join}\n")).unwrap();
+        // Made 644 before it appears under its name, whatever the umask.
+        let staged = file.with_extension("staged");
+        std::fs::write(&staged, format!("{join}\n")).unwrap();
+        std::fs::set_permissions(&staged, PermissionsExt::from_mode(0o644)).unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        let mode = |m| std::fs::set_permissions(&file, PermissionsExt::from_mode(m)).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            !*client.connected().borrow(),
+            "a token file others may read is not used"
+        );
+        assert!(file.exists());
+        mode(0o600);
         client.connected().wait_for(|up| *up).await.unwrap();
         eventually("node registered", || server.nodes.is_connected("n1")).await;
         assert!(cert_lasts_long(&state));
         assert!(!file.exists(), "a spent token file is removed");
         assert_eq!(get_text(&client, "/whoami").await.unwrap().0, 200);
         server.stop().await;
+    })
+    .await;
+}
+
+/// Regression: a token was given up on until a restart whenever joining with it failed, also
+/// when the server could not check it. Only a token the server refused is given up on.
+#[tokio::test]
+async fn only_a_token_the_server_refused_is_given_up_on() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let flaky = Arc::new(Flaky {
+            tokens: Tokens(vec![token.clone()]),
+            broken: AtomicBool::new(false),
+            checked: Mutex::new(Vec::new()),
+        });
+        let server = TunnelServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            pki.clone(),
+            flaky.clone(),
+            api(),
+            ServerOptions::default(),
+        )
+        .unwrap();
+        let addr = server.local_addr();
+        let stop = CancellationToken::new();
+        let serving = tokio::spawn(server.serve(stop.clone()));
+        let state = expired_state(&pki, dir.path()).await;
+        let file = state.join(crate::agent::JOIN_TOKEN_FILE);
+        let write = |t: &JoinToken| {
+            crate::fsutil::write_atomic(&file, format!("{t}\n").as_bytes(), 0o600).unwrap()
+        };
+        let unknown = BootstrapToken::generate();
+        write(&JoinToken {
+            ca_hash: join.ca_hash.clone(),
+            token: unknown.clone(),
+        });
+
+        let client = TunnelClient::start(
+            agent_cfg(addr, dir.path(), None),
+            axum::Router::new(),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+        // Refused by the server: sent once, not on every retry.
+        eventually("the unknown token checked", || flaky.checks(&unknown) > 0).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(flaky.checks(&unknown), 1);
+
+        // A server that cannot check tokens refuses nothing for good: tried again and again…
+        flaky.broken.store(true, Ordering::SeqCst);
+        write(&join);
+        eventually("the token tried again", || flaky.checks(&token) >= 2).await;
+        assert!(!*client.connected().borrow());
+        // …until it works.
+        flaky.broken.store(false, Ordering::SeqCst);
+        client.connected().wait_for(|up| *up).await.unwrap();
+        assert!(cert_lasts_long(&state));
+        assert!(!file.exists(), "a spent token file is removed");
+        stop.cancel();
+        serving.await.unwrap();
     })
     .await;
 }

@@ -48,6 +48,13 @@ pub enum Error {
     CaHashMismatch { expected: String },
     #[error("server refused to join this node: {0}")]
     BootstrapRefused(String),
+    /// The server refused the join token itself (unknown, expired, malformed, or older than
+    /// the node's revocation): sending it again cannot succeed.
+    #[error("server refused the join token: {0}")]
+    TokenRefused(String),
+    /// A file that holds a secret is open to others, or is not what it seems.
+    #[error("refusing {path}: {reason}")]
+    InsecureFile { path: PathBuf, reason: String },
     #[error(
         "server refused this node's certificate ({0}); join again: start the agent with a new join token (--token)"
     )]
@@ -57,7 +64,7 @@ pub enum Error {
     )]
     NotJoined(PathBuf),
     #[error(
-        "the node certificate {path} expired at {not_after}: this node was offline longer than its certificate lasts; its pods keep running offline. Create a join token on the server (kedge token create) and write it to {token_file} (picked up without a restart), or restart the agent with --token"
+        "the node certificate {path} expired at {not_after}: this node was offline longer than its certificate lasts; its pods keep running offline. Create a join token on the server (kedge token create) and write it to {token_file} (mode 600, owned by the agent's user; picked up without a restart), or restart the agent with --token"
     )]
     CertificateExpired {
         path: PathBuf,

@@ -45,11 +45,12 @@ pub const NODES_GROUP: &str = "system:nodes";
 /// Decides whether a bootstrap token is currently valid. The main crate owns token storage
 /// (expiry, usage), so the tunnel only asks.
 pub trait BootstrapValidator: Send + Sync + 'static {
-    /// `None` when the token is unknown, expired or not meant for node bootstrap.
+    /// `None` when the token is unknown, expired or not meant for node bootstrap; `Err` when
+    /// it could not be checked (the store failed), which the node may retry with it.
     fn validate(
         &self,
         token: &BootstrapToken,
-    ) -> Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>>;
+    ) -> Pin<Box<dyn Future<Output = Result<Option<ValidToken>, String>> + Send + '_>>;
 }
 
 /// What the server needs to know about a token that passed validation.
@@ -312,6 +313,7 @@ impl Ctx {
                     Ok(req) => self.bootstrap(req, remote).await,
                     Err(e) => BootstrapReply::Refused {
                         error: format!("malformed bootstrap request: {e}"),
+                        token: false,
                     },
                 };
                 wire::encode(&reply)
@@ -353,7 +355,10 @@ impl Ctx {
     /// Signs a fresh certificate for the node this connection authenticated as (never a name
     /// from the request), unless the node was revoked meanwhile.
     async fn renew(&self, node: &str, current: &CertInfo, body: &[u8]) -> BootstrapReply {
-        let refuse = |error: String| BootstrapReply::Refused { error };
+        let refuse = |error: String| BootstrapReply::Refused {
+            error,
+            token: false,
+        };
         if let Err(revoked) = self.opts.revocations.check(node, current.issued_at) {
             warn!(node, reason = %revoked, "certificate renewal refused: node revoked");
             return refuse(revoked.to_string());
@@ -391,10 +396,16 @@ impl Ctx {
     async fn bootstrap(&self, req: BootstrapRequest, remote: SocketAddr) -> BootstrapReply {
         let refuse = |error: &str| BootstrapReply::Refused {
             error: error.to_owned(),
+            token: false,
+        };
+        // The token itself: the node gives it up.
+        let refuse_token = |error: &str| BootstrapReply::Refused {
+            error: error.to_owned(),
+            token: true,
         };
         let Ok(token) = req.token.parse::<BootstrapToken>() else {
             warn!(%remote, "bootstrap refused: malformed token");
-            return refuse("malformed bootstrap token");
+            return refuse_token("malformed bootstrap token");
         };
         if !valid_node_name(&req.node_name) {
             warn!(%remote, token_id = %token.id, "bootstrap refused: invalid node name");
@@ -402,16 +413,25 @@ impl Ctx {
                 "invalid node name: use lowercase letters, digits, '-' and '.', at most 253 characters",
             );
         }
-        let Some(valid) = self.bootstrap.validate(&token).await else {
-            // The id identifies the token to the operator; the secret never goes to logs.
-            warn!(%remote, token_id = %token.id, node = %req.node_name, "bootstrap refused: invalid or expired token");
-            return refuse("bootstrap token is invalid or expired");
+        let valid = match self.bootstrap.validate(&token).await {
+            Ok(Some(valid)) => valid,
+            Ok(None) => {
+                // The id identifies the token to the operator; the secret never goes to logs.
+                warn!(%remote, token_id = %token.id, node = %req.node_name, "bootstrap refused: invalid or expired token");
+                return refuse_token("bootstrap token is invalid or expired");
+            }
+            Err(e) => {
+                warn!(%remote, token_id = %token.id, node = %req.node_name, error = %e, "bootstrap failed: the token could not be checked");
+                return refuse(&format!(
+                    "the server could not check the bootstrap token ({e}); try again later"
+                ));
+            }
         };
         if let Some(at) = self.opts.revocations.revoked_at(&req.node_name)
             && valid.created.is_none_or(|c| c < at)
         {
             warn!(%remote, token_id = %token.id, node = %req.node_name, revoked_at = %rfc3339(at), "bootstrap refused: node revoked and token older than the revocation");
-            return refuse(&format!(
+            return refuse_token(&format!(
                 "node {} was revoked at {}: join with a bootstrap token created after that (kedge token create)",
                 req.node_name,
                 rfc3339(at)
@@ -633,10 +653,10 @@ mod tests {
         fn validate(
             &self,
             token: &BootstrapToken,
-        ) -> Pin<Box<dyn Future<Output = Option<ValidToken>> + Send + '_>> {
+        ) -> Pin<Box<dyn Future<Output = Result<Option<ValidToken>, String>> + Send + '_>> {
             let ok = token.id == self.0.id && token.secret_matches(&self.0.secret);
             let created = Some(self.1);
-            Box::pin(async move { ok.then_some(ValidToken { created }) })
+            Box::pin(async move { Ok(ok.then_some(ValidToken { created })) })
         }
     }
 
@@ -674,13 +694,14 @@ mod tests {
                 assert!(id.groups.iter().any(|g| g == NODES_GROUP));
                 cert_info(&der).unwrap()
             }
-            BootstrapReply::Refused { error } => panic!("refused: {error}"),
+            BootstrapReply::Refused { error, .. } => panic!("refused: {error}"),
         }
     }
 
-    fn refused(reply: BootstrapReply) -> String {
+    /// The refusal's message, and whether it was the token that was refused.
+    fn refused(reply: BootstrapReply) -> (String, bool) {
         match reply {
-            BootstrapReply::Refused { error } => error,
+            BootstrapReply::Refused { error, token } => (error, token),
             BootstrapReply::Issued { .. } => panic!("must be refused"),
         }
     }
@@ -706,13 +727,13 @@ mod tests {
         );
         assert_ne!(new.serial, current.serial);
 
-        let err = refused(ctx.renew("n1", &current, b"{}\n").await);
+        let (err, _) = refused(ctx.renew("n1", &current, b"{}\n").await);
         assert!(err.contains("malformed"), "{err}");
 
         ctx.opts
             .revocations
             .replace(HashMap::from([("n1".to_owned(), now)]));
-        let err = refused(ctx.renew("n1", &current, &body).await);
+        let (err, _) = refused(ctx.renew("n1", &current, &body).await);
         assert!(err.contains("revoked"), "{err}");
     }
 
@@ -735,8 +756,9 @@ mod tests {
             DEFAULT_NODE_CERT_VALIDITY,
         );
         old.opts.revocations.replace(revocations.clone());
-        let err = refused(old.bootstrap(req(), remote).await);
+        let (err, bad_token) = refused(old.bootstrap(req(), remote).await);
         assert!(err.contains("created after"), "{err}");
+        assert!(bad_token, "this token cannot bring the node back");
 
         let new = ctx(
             dir.path(),
@@ -752,8 +774,67 @@ mod tests {
             token: BootstrapToken::generate().to_string(),
             ..req()
         };
-        let err = refused(new.bootstrap(wrong, remote).await);
+        let (err, bad_token) = refused(new.bootstrap(wrong, remote).await);
         assert!(err.contains("invalid or expired"), "{err}");
+        assert!(bad_token);
+    }
+
+    /// The agent gives up on a token only when the server refused the token itself: not when
+    /// it refused something else, nor when it could not check the token.
+    #[tokio::test]
+    async fn only_token_refusals_say_it_was_the_token() {
+        struct Broken;
+        impl BootstrapValidator for Broken {
+            fn validate(
+                &self,
+                _: &BootstrapToken,
+            ) -> Pin<Box<dyn Future<Output = Result<Option<ValidToken>, String>> + Send + '_>>
+            {
+                Box::pin(async { Err("store unavailable".to_owned()) })
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let token = BootstrapToken::generate();
+        let remote: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let req = |token: &str, node: &str, csr: String| BootstrapRequest {
+            token: token.to_owned(),
+            node_name: node.to_owned(),
+            csr,
+        };
+        let ctx = ctx(
+            dir.path(),
+            OneToken(token.clone(), SystemTime::now()),
+            DEFAULT_NODE_CERT_VALIDITY,
+        );
+        let t = token.to_string();
+        let (err, bad_token) = refused(ctx.bootstrap(req("nonsense", "n1", csr()), remote).await);
+        assert!(err.contains("malformed") && bad_token, "{err}");
+        let (err, bad_token) = refused(ctx.bootstrap(req(&t, "N_1", csr()), remote).await);
+        assert!(err.contains("node name") && !bad_token, "{err}");
+        let (err, bad_token) = refused(
+            ctx.bootstrap(req(&t, "n1", "not a csr".into()), remote)
+                .await,
+        );
+        assert!(!bad_token, "{err}");
+
+        let broken = Arc::new(Ctx {
+            pki: ctx.pki.clone(),
+            bootstrap: Arc::new(Broken),
+            api: axum::Router::new(),
+            nodes: NodeTunnels::default(),
+            opts: ServerOptions::default(),
+        });
+        let (err, bad_token) = refused(broken.bootstrap(req(&t, "n1", csr()), remote).await);
+        assert!(err.contains("store unavailable") && !bad_token, "{err}");
+
+        // What an agent of before this flag reads, and what it reads from an older server.
+        let reply = wire::encode(&BootstrapReply::Refused {
+            error: "e".into(),
+            token: false,
+        });
+        assert_eq!(reply, b"{\"error\":\"e\"}\n");
+        let old: BootstrapReply = serde_json::from_slice(b"{\"error\":\"e\"}").unwrap();
+        assert!(matches!(old, BootstrapReply::Refused { token: false, .. }));
     }
 
     #[test]

@@ -23,8 +23,19 @@ pub(crate) struct BootstrapRequest {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", untagged)]
 pub(crate) enum BootstrapReply {
-    Issued { certificate: String, ca: String },
-    Refused { error: String },
+    Issued {
+        certificate: String,
+        ca: String,
+    },
+    Refused {
+        error: String,
+        /// The token itself was refused (unknown, expired, malformed, or older than the
+        /// node's revocation), so the agent does not send it again. Anything else (a bad CSR
+        /// or node name, a server fault) may pass on a retry. Absent from a server that does
+        /// not tell: then no token is given up on.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        token: bool,
+    },
 }
 
 /// Certificate renewal is an HTTP request on the node's authenticated tunnel, answered by
