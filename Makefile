@@ -39,3 +39,4 @@ bench: setup
 	$(CARGO) bench -p kedge --bench portforward
 	$(CARGO) bench -p kedge --bench scheduler
 	$(CARGO) bench -p kedge --bench plugins
+	$(CARGO) bench -p kedge --bench endpoints

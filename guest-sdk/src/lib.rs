@@ -40,7 +40,7 @@ pub mod pod;
 pub mod quantity;
 pub mod selector;
 
-/// Bindings generated from `wit/plugin.wit` (world `controller`). Plugins rarely need them
+/// Bindings generated from `wit/plugin.wit` (world `watching-controller`). Plugins rarely need them
 /// directly: the SDK re-exports the record types and wraps the imports in [`HostCluster`].
 ///
 /// The generated code contains `unsafe` (canonical ABI glue); it is produced by the
@@ -50,7 +50,7 @@ pub mod selector;
 #[allow(clippy::too_many_arguments)]
 pub mod bindings {
     wit_bindgen::generate!({
-        world: "controller",
+        world: "watching-controller",
         path: "wit",
         pub_export_macro: true,
         // So tests can compare outcomes, keys and errors directly.
@@ -63,6 +63,7 @@ pub mod bindings {
 pub use bindings::kedge::plugin::cluster::LogLevel;
 pub use bindings::kedge::plugin::types::{
     ApiError, DeleteOptions, KindRef, ObjectKey, Propagation, ReconcileOutcome, Registration,
+    Watch, WatchMap,
 };
 pub use cluster::{ApiResult, Cluster, ClusterExt, HostCluster};
 pub use fake::{FakeCluster, Verb, Write};
@@ -96,9 +97,15 @@ pub trait Controller {
     fn registration() -> Registration;
     /// Brings the world in line with `key`; an `Err` makes the host retry with back-off.
     fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String>;
+    /// Events of other kinds that enqueue this plugin's objects, found by name or by label
+    /// selector rather than by owner reference (see [`Watch`]). None by default.
+    fn watches() -> Vec<Watch> {
+        Vec::new()
+    }
 }
 
-/// Exports a [`Controller`] implementation as the component's `register` and `reconcile`.
+/// Exports a [`Controller`] implementation as the component's `register`, `reconcile` and
+/// `watches`.
 ///
 /// Invoke once, at the root of a `cdylib` plugin crate: `kedge_guest::export_controller!(MyType);`
 #[macro_export]
@@ -114,6 +121,10 @@ macro_rules! export_controller {
 
             fn reconcile(key: $crate::ObjectKey) -> ::core::result::Result<$crate::Outcome, String> {
                 <$ty as $crate::Controller>::reconcile(&$crate::HostCluster, &key)
+            }
+
+            fn watches() -> ::std::vec::Vec<$crate::Watch> {
+                <$ty as $crate::Controller>::watches()
             }
         }
 
@@ -176,6 +187,39 @@ impl KindRef {
     /// `reads`/`writes`, any kind. Only the garbage collector needs this.
     pub fn every() -> Self {
         Self::new("*", "*")
+    }
+}
+
+impl Watch {
+    /// Events of `K` objects enqueue the `for-kind` objects in their namespace whose label
+    /// map at `path` selects them, before or after the change.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// let w = kedge_guest::Watch::selector_map::<Pod>("spec.selector");
+    /// assert_eq!(w.by, kedge_guest::WatchMap::SelectorMap("spec.selector".into()));
+    /// ```
+    pub fn selector_map<K: k8s_openapi::Resource>(path: &str) -> Self {
+        Self {
+            kind: KindRef::of::<K>(),
+            by: WatchMap::SelectorMap(path.to_owned()),
+        }
+    }
+
+    /// The same with a structured `LabelSelector` at `path`.
+    pub fn label_selector<K: k8s_openapi::Resource>(path: &str) -> Self {
+        Self {
+            kind: KindRef::of::<K>(),
+            by: WatchMap::LabelSelector(path.to_owned()),
+        }
+    }
+
+    /// Events of `K` objects enqueue the `for-kind` object of the same namespace and name.
+    pub fn same_name<K: k8s_openapi::Resource>() -> Self {
+        Self {
+            kind: KindRef::of::<K>(),
+            by: WatchMap::SameName,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The plugin sandbox: a guest that loops forever and one that allocates without bound are
-//! stopped by the host, which keeps serving.
+//! stopped by the host, which keeps serving; a plugin writes only what it declared; a watch by
+//! label selector routes events of the selected kind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +46,10 @@ async fn runaway_guests_are_stopped_and_the_host_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let (api, host, cancel) = host(dir.path());
 
+    // Built against the plain `controller` world: no `watches` export, no watches.
     let spin = host.load("spin", SPIN).await.unwrap();
     assert_eq!(spin.name(), "spin");
+    assert!(spin.permissions().watches.is_empty());
     let start = Instant::now();
     let err = host.reconcile(&spin, "default", "x").await.unwrap_err();
     let took = start.elapsed();
@@ -128,5 +131,155 @@ async fn a_plugin_writes_only_what_it_declared() {
         list["items"][0]["metadata"]["ownerReferences"][0]["kind"],
         "ReplicaSet"
     );
+    cancel.cancel();
+}
+
+/// Polls `check` every 50 ms until it holds, for at most 20 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_by_selector_follows_pods_into_and_out_of_a_service() {
+    use kedge::core::patch::PatchType;
+    use kedge::plugins::WatchBy;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (api, host, cancel) = host(dir.path());
+    let ep = host
+        .load("endpoints", kedge::server::default_plugins::ENDPOINTS)
+        .await
+        .unwrap();
+    // The plugin's `watches`, validated: pods by the Service's selector, Endpoints by name.
+    let watches: Vec<_> = ep
+        .permissions()
+        .watches
+        .iter()
+        .map(|w| (w.kind.kind, w.by.clone()))
+        .collect();
+    assert_eq!(
+        watches,
+        [
+            ("Pod", WatchBy::SelectorMap("/spec/selector".into())),
+            ("Endpoints", WatchBy::SameName),
+        ]
+    );
+    host.start(ep);
+
+    let (services, pods, endpoints) = (
+        by_kind("v1", "Service").unwrap(),
+        by_kind("v1", "Pod").unwrap(),
+        by_kind("v1", "Endpoints").unwrap(),
+    );
+    let opts = WriteOptions::default();
+    api.create(
+        services,
+        "default",
+        json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": 8080}]}}),
+        &opts,
+    )
+    .unwrap();
+    let ips = |api: &Api| -> Vec<String> {
+        let Ok(ep) = api.get(endpoints, "default", "web") else {
+            return vec![];
+        };
+        let mut ips: Vec<String> = ep["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| {
+                let ready = s["addresses"].as_array().into_iter().flatten();
+                ready.chain(s["notReadyAddresses"].as_array().into_iter().flatten())
+            })
+            .filter_map(|a| a["ip"].as_str().map(String::from))
+            .collect();
+        ips.sort();
+        ips
+    };
+    // A pod appears and gets an address: only the pod's events can tell the Service (no
+    // resync), through the watch.
+    for (name, ip) in [("a", "10.1.0.1"), ("b", "10.1.0.2")] {
+        api.create(
+            pods,
+            "default",
+            json!({"metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x:1"}]}}),
+            &opts,
+        )
+        .unwrap();
+        api.patch(
+            pods,
+            "default",
+            name,
+            Some("status"),
+            &json!({"status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}),
+            PatchType::Merge,
+            &opts,
+        )
+        .unwrap();
+    }
+    eventually("both pods in the Endpoints", || {
+        ips(&api) == ["10.1.0.1", "10.1.0.2"]
+    })
+    .await;
+    // Relabelled out of the selector: the pod now matches nothing, so only its labels before
+    // the change lead to the Service.
+    api.patch(
+        pods,
+        "default",
+        "a",
+        None,
+        &json!({"metadata": {"labels": {"app": "other"}}}),
+        PatchType::Merge,
+        &opts,
+    )
+    .unwrap();
+    eventually("the relabelled pod out of the Endpoints", || {
+        ips(&api) == ["10.1.0.2"]
+    })
+    .await;
+    // A managed Endpoints edited by hand is put back (watched by name).
+    api.patch(
+        endpoints,
+        "default",
+        "web",
+        None,
+        &json!({"subsets": null}),
+        PatchType::Merge,
+        &opts,
+    )
+    .unwrap();
+    eventually("the Endpoints restored", || ips(&api) == ["10.1.0.2"]).await;
+    // Its slice, deleted by hand, is put back (the slices are owned).
+    let slices = by_kind("discovery.k8s.io/v1", "EndpointSlice").unwrap();
+    let slice_of_web = |api: &Api| {
+        let list = api.list(slices, "default", &Default::default()).unwrap();
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["metadata"]["labels"]["kubernetes.io/service-name"] == "web")
+            .map(|s| s["metadata"]["name"].as_str().unwrap().to_string())
+    };
+    let name = slice_of_web(&api).expect("a slice for web");
+    api.delete(slices, "default", &name, &Default::default())
+        .unwrap();
+    eventually("the slice back", || slice_of_web(&api).is_some()).await;
+    // An Endpoints whose Service does not exist (yet) is left alone.
+    api.create(
+        endpoints,
+        "default",
+        json!({"metadata": {"name": "external"},
+            "subsets": [{"addresses": [{"ip": "192.0.2.7"}], "ports": [{"port": 443}]}]}),
+        &opts,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(api.get(endpoints, "default", "external").is_ok());
     cancel.cancel();
 }

@@ -12,8 +12,12 @@
 //! for the others (`endpointslicemirroring-controller.k8s.io`, unless the Endpoints carry
 //! `endpointslice.kubernetes.io/skip-mirror: "true"`).
 //!
-//! Pods are not owned by Services, so pod changes do not enqueue a Service: each Service is
-//! looked at again every [`RESYNC_MS`] (and on every change of the Service itself).
+//! Pods are not owned by Services: the plugin watches them by selector (an event on a pod
+//! enqueues every Service of its namespace whose `spec.selector` matches the pod's labels,
+//! before or after the change), and Endpoints by name (hand-written ones are mirrored, and a
+//! managed one edited by hand is put back; an Endpoints without a Service is left alone until
+//! a Service of its name comes and goes), as kube's endpoints controllers do. The slices are
+//! owned, so one changed by hand is put back too. There is no periodic resync.
 
 use std::collections::BTreeMap;
 
@@ -27,11 +31,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kedge_guest::meta::new_controller_ref;
 use kedge_guest::pod::is_ready;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration, Watch,
 };
-
-/// How often a Service's endpoints are recomputed without an event on the Service.
-pub const RESYNC_MS: u64 = 2000;
 
 pub struct EndpointsController;
 
@@ -40,7 +41,8 @@ impl Controller for EndpointsController {
         Registration {
             name: "endpoints".into(),
             for_kind: KindRef::of::<Service>(),
-            owns: vec![],
+            // Its slices (controller-owned): one edited or deleted by hand is put back.
+            owns: vec![KindRef::of::<EndpointSlice>()],
             reads: vec![KindRef::of::<Pod>()],
             writes: vec![
                 KindRef::of::<Endpoints>(),
@@ -52,6 +54,13 @@ impl Controller for EndpointsController {
 
     fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         reconcile(cluster, key)
+    }
+
+    fn watches() -> Vec<Watch> {
+        vec![
+            Watch::selector_map::<Pod>("spec.selector"),
+            Watch::same_name::<Endpoints>(),
+        ]
     }
 }
 
@@ -196,7 +205,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         });
         let subsets = mirror.and_then(|ep| ep.subsets.clone()).unwrap_or_default();
         sync_slices(cluster, &service, &subsets, MIRRORING)?;
-        return Ok(Outcome::requeue_after_ms(RESYNC_MS));
+        return Ok(Outcome::done());
     };
     let pods: Vec<Pod> = cluster
         .list::<Pod>(ns, "")
@@ -218,7 +227,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         Some(mut ep) => {
             let same_labels = ep.metadata.labels.clone().unwrap_or_default() == labels;
             if ep.subsets == want_subsets && same_labels {
-                return Ok(Outcome::requeue_after_ms(RESYNC_MS));
+                return Ok(Outcome::done());
             }
             ep.subsets = want_subsets;
             ep.metadata.labels = Some(labels);
@@ -239,7 +248,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             }
         }
     }
-    Ok(Outcome::requeue_after_ms(RESYNC_MS))
+    Ok(Outcome::done())
 }
 
 const SERVICE_NAME: &str = "kubernetes.io/service-name";

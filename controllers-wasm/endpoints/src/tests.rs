@@ -90,7 +90,7 @@ fn selected_pods_become_addresses_with_resolved_ports() {
     fake.seed(&pod("slow", Some("10.0.0.3"), false, "web"));
     fake.seed(&pod("pending", None, false, "web"));
     fake.seed(&pod("other", Some("10.0.0.9"), true, "db"));
-    assert_eq!(run(&fake, "web"), Outcome::requeue_after_ms(RESYNC_MS));
+    assert_eq!(run(&fake, "web"), Outcome::done());
     let ep = endpoints(&fake, "web").expect("created");
     let subsets = ep.subsets.unwrap();
     assert_eq!(subsets.len(), 1);
@@ -126,8 +126,8 @@ fn services_without_selector_keep_their_manual_endpoints_and_deletion_cleans_up(
     ep.metadata.name = Some("manual".into());
     ep.metadata.namespace = Some("default".into());
     fake.seed(&ep);
-    // Looked at again later: the hand-written Endpoints are mirrored into slices.
-    assert_eq!(run(&fake, "manual"), Outcome::requeue_after_ms(RESYNC_MS));
+    // The hand-written Endpoints (whose events enqueue their Service) are mirrored into slices.
+    assert_eq!(run(&fake, "manual"), Outcome::done());
     assert!(
         !fake.writes().iter().any(|w| w.kind == "Endpoints"),
         "{:?}",
@@ -238,5 +238,20 @@ fn selector_services_get_an_endpoint_slice_kubectl_describe_reads() {
         fake.list::<EndpointSlice>("default", "kubernetes.io/service-name=web")
             .unwrap()
             .is_empty()
+    );
+}
+
+#[test]
+fn pods_are_watched_by_the_service_selector_and_endpoints_by_name() {
+    use kedge_guest::{Watch, WatchMap};
+    assert_eq!(
+        EndpointsController::watches(),
+        vec![
+            Watch::selector_map::<Pod>("spec.selector"),
+            Watch {
+                kind: kedge_guest::KindRef::of::<Endpoints>(),
+                by: WatchMap::SameName,
+            },
+        ]
     );
 }

@@ -18,6 +18,9 @@ use crate::store::{self, EventType, Store};
 pub struct Change {
     pub kind: EventType,
     pub object: Arc<Value>,
+    /// The version the cache held before this change, when it held one: how a watch by
+    /// label selector finds the objects that selected the old labels.
+    pub old: Option<Arc<Value>>,
 }
 
 /// An object in some informer's cache, named by kind, namespace and name.
@@ -122,6 +125,9 @@ pub struct Informer {
     /// Recently deleted keys with the deleting revision (at most [`TOMBSTONES`]; forgotten
     /// wholesale past that, and at a relist).
     tombstones: Mutex<HashMap<String, u64>>,
+    /// Versions a write-through replaced, kept until the watch event of that write arrives so
+    /// the event can carry them as its `old` (at most [`TOMBSTONES`]).
+    overwritten: Mutex<HashMap<String, Arc<Value>>>,
     synced: watch::Sender<bool>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
 }
@@ -140,6 +146,7 @@ impl Informer {
             owners,
             cache: RwLock::new(BTreeMap::new()),
             tombstones: Mutex::new(HashMap::new()),
+            overwritten: Mutex::new(HashMap::new()),
             synced: watch::channel(false).0,
             subscribers: Mutex::new(Vec::new()),
         }
@@ -172,52 +179,82 @@ impl Informer {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies a change if it is newer than what the cache holds. Returns whether it did.
-    fn apply(&self, kind: EventType, object: &Arc<Value>) -> bool {
-        let rev = store::revision_of(object).unwrap_or(0);
-        let key = cache_key(
+    fn key_of(&self, object: &Value) -> String {
+        cache_key(
             if self.res.namespaced {
                 meta::namespace(object)
             } else {
                 ""
             },
             meta::name(object),
-        );
+        )
+    }
+
+    /// Applies a change if it is newer than what the cache holds, and returns the version it
+    /// replaced: for a watch event (`through` false) the `old` to publish with it, which is
+    /// the one a write-through replaced when that write came first.
+    ///
+    /// Versions a write-through replaces are kept (in `overwritten`, under the cache lock)
+    /// until the watch event of that write arrives; a newer watch event drops what is kept.
+    fn apply(&self, kind: EventType, object: &Arc<Value>, through: bool) -> Option<Arc<Value>> {
+        let rev = store::revision_of(object).unwrap_or(0);
+        let key = self.key_of(object);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.get(&key).is_some_and(|(r, _)| *r >= rev) {
-            return false;
-        }
+        let mut over = self.overwritten.lock().unwrap_or_else(|p| p.into_inner());
         let mut tombstones = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
-        if kind != EventType::Deleted && tombstones.get(&key).is_some_and(|r| *r >= rev) {
+        let stale = cache.get(&key).is_some_and(|(r, _)| *r >= rev)
             // A write-through of a version older than the deletion already seen: the object
             // must not come back.
-            return false;
+            || (kind != EventType::Deleted && tombstones.get(&key).is_some_and(|r| *r >= rev));
+        if stale {
+            if through {
+                return None;
+            }
+            // The write-through of this event came first: its `old` was kept.
+            let old = over.remove(&key)?;
+            if cache.get(&key).is_some_and(|(r, _)| *r > rev) {
+                // A later write-through is still to come by watch: this is its `old`.
+                over.insert(key, object.clone());
+            }
+            return Some(old);
         }
         let old = match kind {
             EventType::Deleted => {
-                let old = cache.remove(&key);
                 if tombstones.len() >= TOMBSTONES {
                     tombstones.clear();
                 }
-                tombstones.insert(key, rev);
-                self.owners
-                    .update(self.res, old.as_ref().map(|(_, o)| &**o), None);
-                return true;
+                tombstones.insert(key.clone(), rev);
+                cache.remove(&key)
             }
             _ => {
                 tombstones.remove(&key);
-                cache.insert(key, (rev, object.clone()))
+                cache.insert(key.clone(), (rev, object.clone()))
             }
-        };
-        self.owners
-            .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(object));
-        true
+        }
+        .map(|(_, o)| o);
+        let new = (kind != EventType::Deleted).then_some(&**object);
+        self.owners.update(self.res, old.as_deref(), new);
+        match (through, &old) {
+            (true, Some(old)) if kind != EventType::Deleted => {
+                if over.len() >= TOMBSTONES
+                    && let Some(k) = over.keys().next().cloned()
+                {
+                    over.remove(&k);
+                }
+                // Several writes before the first event: that event replaced the oldest.
+                over.entry(key).or_insert_with(|| old.clone());
+            }
+            _ => {
+                over.remove(&key);
+            }
+        }
+        old
     }
 
     /// Records a plugin's own successful write at once, so its next reconcile (and the
     /// scheduler's next decision) sees it even before the watch event arrives.
     pub fn write_through(&self, kind: EventType, object: Value) {
-        self.apply(kind, &Arc::new(object));
+        self.apply(kind, &Arc::new(object), true);
     }
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {
@@ -255,10 +292,15 @@ impl Informer {
                     }
                 }
             };
+            let mut changes = Vec::new();
             {
                 let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
                 // The list is the truth now.
                 self.tombstones
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                self.overwritten
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
@@ -270,6 +312,12 @@ impl Informer {
                     let keep = fresh.contains_key(k);
                     if !keep {
                         self.owners.update(self.res, Some(o), None);
+                        // Gone while the watch was down: a deletion to everyone.
+                        changes.push(Change {
+                            kind: EventType::Deleted,
+                            object: o.clone(),
+                            old: None,
+                        });
                     }
                     keep
                 });
@@ -280,14 +328,17 @@ impl Informer {
                     let old = cache.insert(k, (r, o.clone()));
                     self.owners
                         .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(&o));
+                    // After a relist every subscriber re-examines everything
+                    // (level-triggered).
+                    changes.push(Change {
+                        kind: EventType::Modified,
+                        object: o,
+                        old: old.map(|(_, o)| o),
+                    });
                 }
             }
-            // After a relist every subscriber re-examines everything (level-triggered).
-            for (_, (_, o)) in self.read().clone() {
-                self.publish(Change {
-                    kind: EventType::Modified,
-                    object: o,
-                });
+            for c in changes {
+                self.publish(c);
             }
             self.synced.send_replace(true);
             let mut w = match store.watch(&prefix, rev) {
@@ -306,10 +357,11 @@ impl Informer {
                         continue 'relist;
                     }
                     Some(Ok(event)) => {
-                        self.apply(event.kind, &event.object);
+                        let old = self.apply(event.kind, &event.object, false);
                         self.publish(Change {
                             kind: event.kind,
                             object: event.object.clone(),
+                            old,
                         });
                     }
                 }

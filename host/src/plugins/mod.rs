@@ -44,7 +44,7 @@ wasmtime::component::bindgen!({
 use self::kedge::plugin::cluster::LogLevel;
 use self::kedge::plugin::types::{
     ApiError as WitApiError, DeleteOptions as WitDeleteOptions, KindRef,
-    Propagation as WitPropagation,
+    Propagation as WitPropagation, Watch, WatchMap,
 };
 
 /// The epoch ticks every 10 ms; deadlines are counted in ticks.
@@ -178,8 +178,84 @@ pub struct Permissions {
     /// registration's `for-kind` is `*`/`*`).
     pub for_kind: Option<&'static Resource>,
     pub owns: Vec<&'static Resource>,
+    /// Kinds whose events enqueue primary objects found by name or label selector (the
+    /// `watching-controller` world's `watches`).
+    pub watches: Vec<WatchRule>,
     pub readable: KindSet,
     pub writable: KindSet,
+}
+
+/// A validated [`Watch`]: events of `kind` enqueue the primary objects `by` finds.
+#[derive(Debug, Clone)]
+pub struct WatchRule {
+    pub kind: &'static Resource,
+    pub by: WatchBy,
+}
+
+/// How a [`WatchRule`] finds primary objects; paths are JSON pointers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchBy {
+    SameName,
+    SelectorMap(String),
+    LabelSelector(String),
+}
+
+impl WatchBy {
+    /// The selector a primary object carries for this rule; `None` selects nothing.
+    pub fn selector_of(&self, primary: &Value) -> Option<LabelSelector> {
+        match self {
+            WatchBy::SameName => None,
+            WatchBy::SelectorMap(path) => {
+                let map = primary.pointer(path)?.as_object()?;
+                if map.is_empty() {
+                    return None;
+                }
+                crate::core::selector::from_structured(&serde_json::json!({ "matchLabels": map }))
+                    .ok()
+            }
+            WatchBy::LabelSelector(path) => {
+                let selector = primary.pointer(path).filter(|v| v.is_object())?;
+                crate::core::selector::from_structured(selector).ok()
+            }
+        }
+    }
+}
+
+/// A dotted field path (`spec.selector`) as a JSON pointer (`/spec/selector`).
+fn field_pointer(path: &str) -> std::result::Result<String, String> {
+    if path.is_empty() || path.split('.').any(str::is_empty) {
+        return Err(format!("watch path {path:?} is not a dotted field path"));
+    }
+    Ok(path
+        .split('.')
+        .map(|seg| format!("/{}", seg.replace('~', "~0").replace('/', "~1")))
+        .collect())
+}
+
+fn resolve_watch(
+    w: &Watch,
+    primary: Option<&'static Resource>,
+) -> std::result::Result<WatchRule, String> {
+    let Some(primary) = primary else {
+        return Err(
+            "a plugin reconciling every kind (`*`) has no watches: every event \
+                    already enqueues its own object"
+                .into(),
+        );
+    };
+    let kind = resolve_kind(&w.kind)?;
+    if !primary.namespaced || !kind.namespaced {
+        return Err(format!(
+            "watch of {}/{}: watches map within a namespace, so both kinds must be namespaced",
+            w.kind.api_version, w.kind.kind
+        ));
+    }
+    let by = match &w.by {
+        WatchMap::SameName => WatchBy::SameName,
+        WatchMap::SelectorMap(p) => WatchBy::SelectorMap(field_pointer(p)?),
+        WatchMap::LabelSelector(p) => WatchBy::LabelSelector(field_pointer(p)?),
+    };
+    Ok(WatchRule { kind, by })
 }
 
 fn resolve_kind(k: &KindRef) -> std::result::Result<&'static Resource, String> {
@@ -201,7 +277,7 @@ fn resolve_set(refs: &[KindRef]) -> std::result::Result<KindSet, String> {
 }
 
 impl Permissions {
-    fn from_registration(r: &Registration) -> std::result::Result<Self, String> {
+    fn from_registration(r: &Registration, watches: &[Watch]) -> std::result::Result<Self, String> {
         let for_kind = if is_wildcard(&r.for_kind.api_version, &r.for_kind.kind) {
             None
         } else {
@@ -219,15 +295,28 @@ impl Permissions {
                     .into(),
             );
         }
+        let watches = watches
+            .iter()
+            .map(|w| resolve_watch(w, for_kind))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut readable = resolve_set(&r.reads)?;
         let writable = resolve_set(&r.writes)?;
         readable.every |= for_kind.is_none() || writable.every;
-        for k in for_kind.iter().chain(&owns).chain(&writable.kinds) {
+        let watched = watches.iter().map(|w| w.kind);
+        for k in for_kind
+            .into_iter()
+            .chain(owns.iter().copied())
+            .chain(watched)
+        {
+            readable.add(k);
+        }
+        for k in &writable.kinds {
             readable.add(k);
         }
         Ok(Permissions {
             for_kind,
             owns,
+            watches,
             readable,
             writable,
         })
@@ -833,37 +922,60 @@ impl PluginHost {
             perms: Permissions {
                 for_kind: None,
                 owns: vec![],
+                watches: vec![],
                 readable: KindSet::default(),
                 writable: KindSet::default(),
             },
             grant: Default::default(),
         });
         let mut store = self.new_store(probe, limits);
-        let instance =
-            pre.instantiate_async(&mut store)
-                .await
-                .map_err(|source| Error::Instantiate {
-                    name: label.to_string(),
-                    source,
-                })?;
-        let reg = instance
+        let instantiate = |source| Error::Instantiate {
+            name: label.to_string(),
+            source,
+        };
+        let trap = |key: &str, e: wasmtime::Error| Error::Trap {
+            plugin: label.to_string(),
+            key: key.into(),
+            reason: trap_reason(&e, limits),
+        };
+        let instance = pre
+            .instance_pre()
+            .instantiate_async(&mut store)
+            .await
+            .map_err(instantiate)?;
+        let bindings = Controller::new(&mut store, &instance).map_err(instantiate)?;
+        let reg = bindings
             .call_register(&mut store)
             .await
-            .map_err(|e| Error::Trap {
-                plugin: label.to_string(),
-                key: "register".into(),
-                reason: trap_reason(&e, limits),
-            })?;
+            .map_err(|e| trap("register", e))?;
         if reg.name.is_empty() {
             return Err(Error::Registration {
                 name: label.to_string(),
                 why: "empty name".into(),
             });
         }
-        let perms = Permissions::from_registration(&reg).map_err(|why| Error::Registration {
-            name: reg.name.clone(),
-            why,
-        })?;
+        // `watches` is exported by components of the `watching-controller` world only; a
+        // plain `controller` has none.
+        let watches = match instance.get_func(&mut store, "watches") {
+            None => Vec::new(),
+            Some(f) => {
+                let f = f
+                    .typed::<(), (Vec<Watch>,)>(&store)
+                    .map_err(|e| Error::Registration {
+                        name: reg.name.clone(),
+                        why: format!("its `watches` export has the wrong type: {e}"),
+                    })?;
+                f.call_async(&mut store, ())
+                    .await
+                    .map_err(|e| trap("watches", e))?
+                    .0
+            }
+        };
+        let perms =
+            Permissions::from_registration(&reg, &watches).map_err(|why| Error::Registration {
+                name: reg.name.clone(),
+                why,
+            })?;
         Ok(Arc::new(Plugin {
             shared: Arc::new(PluginShared {
                 name: reg.name,
@@ -1012,3 +1124,73 @@ impl CompileOnly {
 }
 
 mod cache;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn watch(api_version: &str, kind: &str, by: WatchMap) -> Watch {
+        Watch {
+            kind: KindRef {
+                api_version: api_version.into(),
+                kind: kind.into(),
+            },
+            by,
+        }
+    }
+
+    #[test]
+    fn watches_are_validated() {
+        let svc = resources::by_kind("v1", "Service");
+        let ok = resolve_watch(
+            &watch("v1", "Pod", WatchMap::SelectorMap("spec.selector".into())),
+            svc,
+        )
+        .unwrap();
+        assert_eq!(ok.kind.kind, "Pod");
+        assert_eq!(ok.by, WatchBy::SelectorMap("/spec/selector".into()));
+        let err = |w: Watch, primary| resolve_watch(&w, primary).unwrap_err();
+        assert!(err(watch("v1", "Pod", WatchMap::SameName), None).contains("every kind"));
+        assert!(err(watch("v1", "Node", WatchMap::SameName), svc).contains("namespaced"));
+        assert!(err(watch("v1", "Nope", WatchMap::SameName), svc).contains("not served"));
+        for bad in ["", "spec..selector", ".spec"] {
+            let e = err(watch("v1", "Pod", WatchMap::LabelSelector(bad.into())), svc);
+            assert!(e.contains("dotted field path"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_selector_map_selects_nothing_when_empty_a_label_selector_everything() {
+        let map = WatchBy::SelectorMap("/spec/selector".into());
+        let structured = WatchBy::LabelSelector("/spec/selector".into());
+        let labels = serde_json::json!({"app": "web", "tier": "fe"});
+        let labels = labels.as_object();
+        let with = |sel: Value| serde_json::json!({"spec": {"selector": sel}});
+        let sel = map
+            .selector_of(&with(serde_json::json!({"app": "web"})))
+            .unwrap();
+        assert!(sel.matches(labels));
+        let sel = map
+            .selector_of(&with(serde_json::json!({"app": "db"})))
+            .unwrap();
+        assert!(!sel.matches(labels));
+        assert!(map.selector_of(&with(serde_json::json!({}))).is_none());
+        assert!(map.selector_of(&serde_json::json!({"spec": {}})).is_none());
+        let sel = structured
+            .selector_of(&with(serde_json::json!({"matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["fe", "be"]}]})))
+            .unwrap();
+        assert!(sel.matches(labels));
+        let all = structured
+            .selector_of(&with(serde_json::json!({})))
+            .unwrap();
+        assert!(all.matches(None));
+        assert!(structured.selector_of(&serde_json::json!({})).is_none());
+        assert!(structured.selector_of(&with(Value::Null)).is_none());
+        assert!(
+            WatchBy::SameName
+                .selector_of(&with(serde_json::json!({})))
+                .is_none()
+        );
+    }
+}

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::informer::Change;
 use super::queue::WorkQueue;
-use super::{Error, Plugin, PluginHost};
+use super::{Error, Permissions, Plugin, PluginHost, WatchBy};
 use crate::core::meta;
 use crate::core::resources::{self, Resource};
 use crate::core::selector::LabelSelector;
@@ -106,7 +106,7 @@ struct Versions {
     /// The last proven version while `current` is on probation.
     previous: Option<Arc<Plugin>>,
     probation_left: u32,
-    /// Owned kinds with a routing task.
+    /// Owned and watched kinds with a routing task.
     routed: Vec<&'static Resource>,
     consecutive_traps: u32,
     unhealthy: bool,
@@ -152,7 +152,7 @@ impl Slot {
                 },
             );
         }
-        slot.route_owned(&plugin);
+        slot.route_related(&plugin);
         let worker = slot.clone();
         host.tasks.spawn(async move { worker.run().await });
         slot
@@ -226,7 +226,7 @@ impl Slot {
             v.probation_left = probation;
             v.consecutive_traps = 0;
         }
-        self.route_owned(&next);
+        self.route_related(&next);
         let slot = self.clone();
         self.host.tasks.spawn(async move {
             for r in next.shared.perms.readable.iter() {
@@ -265,17 +265,19 @@ impl Slot {
         out
     }
 
-    /// One routing task per owned kind the versions so far declared. Events of a kind the
-    /// current version does not own are dropped at routing time.
-    fn route_owned(self: &Arc<Self>, plugin: &Plugin) {
-        for owned in &plugin.shared.perms.owns {
+    /// One routing task per owned or watched kind the versions so far declared. Events of a
+    /// kind the current version neither owns nor watches are dropped at routing time.
+    fn route_related(self: &Arc<Self>, plugin: &Plugin) {
+        let perms = &plugin.shared.perms;
+        let watched = perms.watches.iter().map(|w| w.kind);
+        for kind in perms.owns.iter().copied().chain(watched) {
             let mut v = self.lock();
-            if v.routed.iter().any(|r| std::ptr::eq(*r, *owned)) {
+            if v.routed.iter().any(|r| std::ptr::eq(*r, kind)) {
                 continue;
             }
-            v.routed.push(owned);
+            v.routed.push(kind);
             drop(v);
-            self.spawn_router(owned, Route::Owned);
+            self.spawn_router(kind, Route::Related);
         }
     }
 
@@ -289,22 +291,15 @@ impl Slot {
                     _ = slot.cancel.cancelled() => break,
                     c = rx.recv() => match c { Some(c) => c, None => break },
                 };
-                let primary = {
-                    let v = slot.lock();
-                    if how == Route::Owned
-                        && !v
-                            .current
-                            .shared
-                            .perms
-                            .owns
-                            .iter()
-                            .any(|r| std::ptr::eq(*r, res))
-                    {
-                        continue;
-                    }
-                    v.current.shared.perms.for_kind
-                };
-                route(&slot.host, &slot.queue, res, how, primary, &change);
+                let current = slot.lock().current.clone();
+                route(
+                    &slot.host,
+                    &slot.queue,
+                    res,
+                    how,
+                    &current.shared.perms,
+                    &change,
+                );
             }
         });
     }
@@ -496,8 +491,9 @@ enum Route {
     /// what a deletion changes.
     Primary { every: bool },
     /// Events of an owned kind enqueue their controlling owner of the primary kind (or, for
-    /// orphans, every primary object of their namespace).
-    Owned,
+    /// orphans, every primary object of their namespace); events of a watched kind enqueue
+    /// the primary objects its watches find (see [`route_watch`]).
+    Related,
 }
 
 /// Maps one event to the keys to reconcile.
@@ -506,11 +502,12 @@ fn route(
     queue: &WorkQueue<Key>,
     res: &'static Resource,
     how: Route,
-    primary: Option<&'static Resource>,
+    perms: &Permissions,
     change: &Change,
 ) {
     let obj = &change.object;
     let ns = meta::namespace(obj).to_string();
+    let primary = perms.for_kind;
     match how {
         Route::Primary { every } => {
             // Every kind's events reach a `*` plugin (the garbage collector) only where the
@@ -545,8 +542,14 @@ fn route(
                 }
             }
         }
-        Route::Owned => {
+        Route::Related => {
             let Some(primary_res) = primary else { return };
+            for w in perms.watches.iter().filter(|w| std::ptr::eq(w.kind, res)) {
+                route_watch(host, queue, primary_res, &w.by, change);
+            }
+            if !perms.owns.iter().any(|r| std::ptr::eq(*r, res)) {
+                return;
+            }
             match meta::controller_ref(obj) {
                 Some(r) => {
                     let kind = r.get("kind").and_then(Value::as_str);
@@ -573,6 +576,50 @@ fn route(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Maps an event of a watched kind to the primary objects of its namespace that `by` finds:
+/// the namesake if there is one, or every one whose selector selects the object's labels now
+/// or selected them before the change (so a pod relabelled out of a Service still reaches it).
+fn route_watch(
+    host: &PluginHost,
+    queue: &WorkQueue<Key>,
+    primary: &'static Resource,
+    by: &WatchBy,
+    change: &Change,
+) {
+    let obj = &change.object;
+    let ns = meta::namespace(obj);
+    if by == &WatchBy::SameName {
+        // Only an object that exists: its own deletion is its own event.
+        if host
+            .informers
+            .get(primary)
+            .get(ns, meta::name(obj))
+            .is_some()
+        {
+            queue.add(Key::new(primary, ns, meta::name(obj)));
+        }
+        return;
+    }
+    fn labels(o: &Value) -> Option<&serde_json::Map<String, Value>> {
+        o.pointer("/metadata/labels").and_then(Value::as_object)
+    }
+    let now = labels(obj);
+    let before = change.old.as_deref().map(labels);
+    for p in host
+        .informers
+        .get(primary)
+        .list(ns, &LabelSelector::default())
+    {
+        let Some(sel) = by.selector_of(&p) else {
+            continue;
+        };
+        let selected = sel.matches(now) || before.is_some_and(|b| sel.matches(b));
+        if selected {
+            queue.add(Key::of(primary, &p));
         }
     }
 }
