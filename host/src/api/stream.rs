@@ -41,6 +41,9 @@ const SPDY_PORTFORWARD_WS: &str = "SPDY/3.1+portforward.k8s.io";
 const PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// Read size for relayed bytes.
 const CHUNK: usize = 32 * 1024;
+/// How much client input an exec relay holds while the node is not taking it, reading on so
+/// that it sees the client leave (the agent's sessions read ahead the same way).
+const READ_AHEAD: usize = 128 * 1024;
 
 fn flag(v: &str) -> bool {
     v.eq_ignore_ascii_case("true") || v == "1"
@@ -227,7 +230,12 @@ where
     // must keep flowing back (else `cat` of a large input deadlocks on full buffers).
     let (tx, rx) = mpsc::channel::<Frame>(16);
     let _writer = AbortOnDropHandle::new(tokio::spawn(write_frames(wr, rx)));
-    let mut pending: Option<Frame> = None;
+    // Client input the node has not taken yet (at most about `READ_AHEAD` bytes): the client
+    // is read on meanwhile, so its leaving ends the session even then.
+    let mut pending: std::collections::VecDeque<Frame> = Default::default();
+    let mut pending_bytes = 0;
+    // Its frame header too, so that empty messages count.
+    let cost = |f: &Frame| f.payload.len() + 8;
     let mut buf = BytesMut::with_capacity(CHUNK);
     let status: Option<Bytes> = loop {
         // Frames already buffered go out before we wait for more.
@@ -255,12 +263,15 @@ where
                 Ok(0) | Err(_) => break None,
                 Ok(_) => {}
             },
-            permit = tx.reserve(), if pending.is_some() => match (permit, pending.take()) {
-                (Ok(p), Some(f)) => p.send(f),
+            permit = tx.reserve(), if !pending.is_empty() => match (permit, pending.pop_front()) {
+                (Ok(p), Some(f)) => {
+                    pending_bytes -= cost(&f);
+                    p.send(f);
+                }
                 _ => break None,
             },
-            msg = ws.recv(), if pending.is_none() => {
-                pending = Some(match msg {
+            msg = ws.recv(), if pending_bytes < READ_AHEAD => {
+                let f = match msg {
                     Some(Ok(Message::Binary(b))) => match channel::client_message(&b, v5) {
                         ClientMessage::Stdin(d) => Frame::new(channel::STDIN, d),
                         ClientMessage::StdinClosed => Frame::new(channel::CLOSE, vec![channel::STDIN]),
@@ -273,7 +284,9 @@ where
                     },
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
-                });
+                };
+                pending_bytes += cost(&f);
+                pending.push_back(f);
             }
         }
     };
@@ -761,5 +774,66 @@ mod tests {
         assert!(channel_ports(Some("ports=0")).is_err());
         assert!(channel_ports(Some("ports=http")).is_err());
         assert!(channel_ports(None).is_err());
+    }
+
+    /// A client that leaves while the node takes none of its input (a process that reads no
+    /// stdin and writes nothing) ends the relay, and so the node's side of the session.
+    #[tokio::test]
+    async fn an_exec_relay_sees_its_client_leave_while_the_node_takes_no_input() {
+        use futures_util::SinkExt as _;
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+
+        // The node's end of the stream: never read, and small, so the relay's input backs up.
+        let (node, relay_side) = tokio::io::duplex(1024);
+        let relay_side = Arc::new(std::sync::Mutex::new(Some(relay_side)));
+        let app = axum::Router::new().route(
+            "/exec",
+            axum::routing::get(move |ws: WebSocketUpgrade| {
+                let io = relay_side.lock().unwrap().take().expect("one session");
+                async move {
+                    ws.protocols(channel::PROTOCOLS)
+                        .on_upgrade(move |socket| relay_exec(socket, io, true))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let mut req = format!("ws://{addr}/exec").into_client_request().unwrap();
+        req.headers_mut().insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(channel::V5),
+        );
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        // More messages than the stream, the writer and the relay's queue to it take (at most
+        // 17 + 16 before the relay holds any), fewer than its read-ahead holds (~120 of 1 KiB).
+        for _ in 0..100 {
+            let mut msg = vec![channel::STDIN];
+            msg.extend_from_slice(&[b'x'; 1024]);
+            client
+                .send(tungstenite::Message::Binary(msg.into()))
+                .await
+                .unwrap();
+        }
+        client.close(None).await.unwrap();
+        drop(client);
+        // The relay ends and drops its side of the stream: the node sees it gone. It probes
+        // with the bytes of one long output frame, which the relay only buffers meanwhile.
+        let mut node = node;
+        let mut header = BytesMut::new();
+        Frame::new(channel::STDOUT, vec![b'o'; 60_000]).encode(&mut header);
+        node.write_all(&header[..5]).await.unwrap();
+        let gone = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            loop {
+                if node.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(gone.is_ok(), "the relay kept the node's stream open");
     }
 }
