@@ -882,11 +882,15 @@ async fn stdin_once_closes_at_the_end_of_the_first_session() {
 async fn tty_container_gets_a_terminal_fed_and_resized() {
     use crate::stdio::{Input, Mode, channel};
     let Some(f) = fixture() else { return };
-    // `stty -echo`: the lines we type are not echoed, so the log holds only the answers.
+    // `stty -echo`: the lines we type are not echoed, so the log holds only the answers. A
+    // resize reaches the container's own terminal asynchronously (runc applies it on
+    // SIGWINCH), possibly after the input sent after it: the size is polled, up to 5 s.
     let s = spec(
         &f,
         "tty",
-        "stty -echo; [ -t 0 ] && echo is-a-tty; echo ready; read l; echo got:$l; stty size",
+        "stty -echo; [ -t 0 ] && echo is-a-tty; echo ready; read l; echo got:$l; \
+         i=0; while [ $i -lt 100 ]; do s=$(stty size 2>/dev/null); \
+         [ \"$s\" = '30 100' ] && break; i=$((i+1)); sleep 0.05; done; echo $s",
     );
     let log = s.log_path.clone();
     let (attach, stdin) = channel(Mode {
