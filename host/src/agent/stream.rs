@@ -45,7 +45,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// only to see the client leave; past it the client waits, as for the process's pipe. (A
 /// client that left behind more unread input than this is seen once the process reads, or
 /// ends.)
-const READ_AHEAD: usize = 4 * CHUNK;
+pub(crate) const READ_AHEAD: usize = 4 * CHUNK;
 
 fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
     (code, message.into()).into_response()

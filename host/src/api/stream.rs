@@ -31,7 +31,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::error::{ApiError, Result};
 use super::http::{ApiState, NodeProxy, pod_container};
-use crate::agent::stream::{CHANNEL_UPGRADE, TCP_UPGRADE, write_frames};
+use crate::agent::stream::{CHANNEL_UPGRADE, READ_AHEAD, TCP_UPGRADE, write_frames};
 use crate::core::channel::{self, ClientMessage, Frame};
 use crate::core::resources;
 use crate::core::spdy;
@@ -41,9 +41,6 @@ const SPDY_PORTFORWARD_WS: &str = "SPDY/3.1+portforward.k8s.io";
 const PORTFORWARD_PROTOCOL: &str = "portforward.k8s.io";
 /// Read size for relayed bytes.
 const CHUNK: usize = 32 * 1024;
-/// How much client input an exec relay holds while the node is not taking it, reading on so
-/// that it sees the client leave (the agent's sessions read ahead the same way).
-const READ_AHEAD: usize = 128 * 1024;
 
 fn flag(v: &str) -> bool {
     v.eq_ignore_ascii_case("true") || v == "1"
@@ -230,7 +227,8 @@ where
     // must keep flowing back (else `cat` of a large input deadlocks on full buffers).
     let (tx, rx) = mpsc::channel::<Frame>(16);
     let _writer = AbortOnDropHandle::new(tokio::spawn(write_frames(wr, rx)));
-    // Client input the node has not taken yet (at most about `READ_AHEAD` bytes): the client
+    // Client input the node has not taken yet (at most about `READ_AHEAD` bytes, the bound the
+    // agent's sessions read ahead by too): the client
     // is read on meanwhile, so its leaving ends the session even then.
     let mut pending: std::collections::VecDeque<Frame> = Default::default();
     let mut pending_bytes = 0;

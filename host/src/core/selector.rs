@@ -211,17 +211,27 @@ impl FieldSelector {
     }
 }
 
-/// Turns a structured `LabelSelector` (`matchLabels` + `matchExpressions`) into a matcher.
-pub fn from_structured(selector: &Value) -> Result<LabelSelector, ParseError> {
-    let mut reqs = Vec::new();
-    if let Some(ml) = selector.get("matchLabels").and_then(Value::as_object) {
-        for (k, v) in ml {
-            reqs.push(Requirement {
+/// A plain label map (`matchLabels`, a Service's `spec.selector`) as a matcher: every label
+/// equal. An empty map matches everything.
+pub fn from_labels(labels: &serde_json::Map<String, Value>) -> LabelSelector {
+    LabelSelector {
+        reqs: labels
+            .iter()
+            .map(|(k, v)| Requirement {
                 key: k.clone(),
                 op: Op::Eq(v.as_str().unwrap_or_default().to_string()),
-            });
-        }
+            })
+            .collect(),
     }
+}
+
+/// Turns a structured `LabelSelector` (`matchLabels` + `matchExpressions`) into a matcher.
+pub fn from_structured(selector: &Value) -> Result<LabelSelector, ParseError> {
+    let mut reqs = selector
+        .get("matchLabels")
+        .and_then(Value::as_object)
+        .map(|ml| from_labels(ml).reqs)
+        .unwrap_or_default();
     if let Some(exprs) = selector.get("matchExpressions").and_then(Value::as_array) {
         for e in exprs {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default();

@@ -210,8 +210,7 @@ impl WatchBy {
                 if map.is_empty() {
                     return None;
                 }
-                crate::core::selector::from_structured(&serde_json::json!({ "matchLabels": map }))
-                    .ok()
+                Some(crate::core::selector::from_labels(map))
             }
             WatchBy::LabelSelector(path) => {
                 let selector = primary.pointer(path).filter(|v| v.is_object())?;
