@@ -40,3 +40,4 @@ bench: setup
 	$(CARGO) bench -p kedge --bench scheduler
 	$(CARGO) bench -p kedge --bench plugins
 	$(CARGO) bench -p kedge --bench endpoints
+	$(CARGO) bench -p kedge --bench memory

@@ -132,7 +132,7 @@ async fn throughput(
             c = events.recv() => match c { Some(c) => c, None => break },
             _ = tokio::time::sleep_until(deadline) => break,
         };
-        let o = &change.object;
+        let Ok(o) = change.object() else { continue };
         if o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
             && o.pointer("/spec/nodeName")
                 .and_then(Value::as_str)

@@ -23,7 +23,7 @@ pub struct KubeClient {
     ca_der: Vec<u8>,
 }
 
-fn b64(v: &serde_yaml_ng::Value, key: &str) -> anyhow::Result<Vec<u8>> {
+fn b64(v: &Value, key: &str) -> anyhow::Result<Vec<u8>> {
     let s = v
         .get(key)
         .and_then(|x| x.as_str())
@@ -33,14 +33,9 @@ fn b64(v: &serde_yaml_ng::Value, key: &str) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("kubeconfig {key} is not base64"))
 }
 
-fn named<'a>(
-    doc: &'a serde_yaml_ng::Value,
-    list: &str,
-    name: &str,
-    field: &str,
-) -> anyhow::Result<&'a serde_yaml_ng::Value> {
+fn named<'a>(doc: &'a Value, list: &str, name: &str, field: &str) -> anyhow::Result<&'a Value> {
     doc.get(list)
-        .and_then(|l| l.as_sequence())
+        .and_then(|l| l.as_array())
         .and_then(|l| {
             l.iter()
                 .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
@@ -54,8 +49,8 @@ impl KubeClient {
         kedge_tunnel::install_crypto_provider();
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-        let doc: serde_yaml_ng::Value =
-            serde_yaml_ng::from_str(&text).context("parsing kubeconfig")?;
+        let doc = crate::api::body::yaml(text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("parsing kubeconfig: {e}"))?;
         let ctx_name = doc
             .get("current-context")
             .and_then(|c| c.as_str())

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod auth;
 pub mod core;
+pub mod fsmode;
 pub mod kubeclient;
 pub mod node_identity;
 pub mod plugins;

@@ -12,6 +12,11 @@ use kedge::agent::{self, AgentConfig};
 use kedge::plugins::PluginConfig;
 use kedge::server::{self, ServerConfig};
 
+/// jemalloc gives memory freed after a burst (a create storm, a big list) back to the system,
+/// where glibc's malloc keeps most of it (see host/Cargo.toml and the memory bench).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kedge",

@@ -87,7 +87,7 @@ pub async fn run(
                 None => return,
             },
         };
-        let meta = &change.object["metadata"];
+        let meta = &change.head["metadata"];
         if meta["namespace"] == REVOCATIONS_NAMESPACE && meta["name"] == REVOCATIONS_NAME {
             refresh();
         }

@@ -327,22 +327,48 @@ fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
 
 fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    // Created 0600, or narrowed to it if an older kedge left it wider.
+    crate::fsmode::private_file(path).with_context(|| format!("writing {}", path.display()))?;
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
         .write(true)
         .truncate(true)
-        .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(contents.as_bytes())?;
     Ok(())
 }
 
+/// Every 30 s, ends snapshots held for more than 10 minutes (watches whose clients stopped
+/// reading their initial events); every 5 minutes, gives the store's file back what a burst
+/// of big writes took (see [`RedbStore::maintain`]).
+async fn maintain_store(store: Arc<RedbStore>, cancel: CancellationToken) {
+    let tick = std::time::Duration::from_secs(30);
+    for n in 1u64.. {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let ended = store.end_old_snapshots(std::time::Duration::from_secs(600));
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                "ended watches whose clients left their initial events unread for 10 minutes"
+            );
+        }
+        if n % 10 == 0 {
+            let s = store.clone();
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.maintain()).await {
+                tracing::warn!(error = %e, "store maintenance failed");
+            }
+        }
+    }
+}
+
 /// Starts every part of the server; returns once all listen.
 pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result<Server> {
     kedge_tunnel::install_crypto_provider();
-    std::fs::create_dir_all(&cfg.data_dir)
+    // The data dir holds Secrets, tokens and keys: nobody else may enter it.
+    crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let pki = Arc::new(
         ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &cfg.tls_sans)
@@ -359,7 +385,7 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
     );
     let clock = crate::api::ops::system_clock();
-    let api = Arc::new(Api::new(store, clock.clone()));
+    let api = Arc::new(Api::new(store.clone(), clock.clone()));
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(&api, "v1:Namespace", "", json!({"metadata": {"name": ns}}))?;
     }
@@ -445,6 +471,7 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
 
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(tunnel.serve(cancel.clone()));
+    tasks.spawn(maintain_store(store, cancel.clone()));
     let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
     tasks.spawn(serve_https(
         tcp,

@@ -494,8 +494,10 @@ pub async fn run_legacy(
         tokio::select! {
             _ = cancel.cancelled() => break,
             Some(c) = events.recv() => {
-                if c.kind != EventType::Deleted {
-                    fill(&api, &signer, &ca_pem, &c.object);
+                if c.kind != EventType::Deleted
+                    && let Ok(secret) = c.object()
+                {
+                    fill(&api, &signer, &ca_pem, &secret);
                 }
             }
             // A Secret created before its ServiceAccount is filled once that appears.

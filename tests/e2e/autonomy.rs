@@ -290,6 +290,24 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
         "the node's copies"
     );
 
+    // The crasher's restart count as the API has it before the agent goes away.
+    let restart_count = |c: &Cluster| -> Option<u32> {
+        c.kubectl(&[
+            "get",
+            "pod",
+            "crasher",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
+        .stdout
+        .trim()
+        .parse()
+        .ok()
+    };
+    let restarts_before = c.wait("the crasher restarted once", || {
+        restart_count(&c).filter(|n| *n >= 1)
+    });
+
     // Server down, then the agent restarted: the pods run again from the local record, with
     // their ConfigMap and Secret from the local copies (and, the registry gone too, the image
     // from the node's store despite `imagePullPolicy: Always`).
@@ -354,6 +372,17 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
         ]);
         (out.ok && out.stdout == format!("{uid} Running")).then_some(())
     });
+    // Regression (hardening issue, finding 6): the restart count (and with it the back-off)
+    // went on from where the agent left it, not from zero: at least one more for each
+    // crash logged since the agent's restart.
+    c.wait(
+        "the crasher's restart count kept across the agent's restart",
+        || {
+            let crashes = count_logged_since(&node_dir, "crasher", restarted, CRASHED) as u32;
+            let now = restart_count(&c)?;
+            (now >= restarts_before + crashes).then_some(())
+        },
+    );
     // The agent redials with back-off; once it is back, logs come through the tunnel.
     c.wait("kubectl logs through the tunnel again", || {
         let out = c.kubectl(&["logs", "keep"]);

@@ -489,6 +489,12 @@ fn reads_selectors_pagination_and_watches() {
             410,
             "too old resource version: 1",
         ),
+        // Regression (hardening issue, finding 5): a list at a garbage version was served.
+        (
+            "resourceVersion=abc".to_string(),
+            400,
+            "resourceVersion: Invalid value: \\\"abc\\\"",
+        ),
     ] {
         let (got, body) = curl.call("GET", &format!("/api/v1/pods?{query}"), None);
         assert_eq!(got, code, "{query}: {body}");

@@ -386,6 +386,8 @@ async fn mount_volumes(
     let uid = meta::uid(&pod).to_string();
     ctx.volumes
         .with_pod(&uid, (ctx.clock)(), move |w| {
+            dirs.prepare()
+                .map_err(|e| format!("creating the pod's directories: {e}"))?;
             write_volumes(w, &pod, &c, &dirs, &objects)?;
             let mounts = spec::mounts(&pod, &c, &dirs)?;
             let pins = w.pin(mounts.iter().map(|m| m.source.as_path()));
@@ -537,7 +539,8 @@ pub(super) async fn run_container(
         .map(|m| (m * 1024 / 1000).max(2));
     let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
     let mut setup_failures = 0u32;
-    let mut restart_count = 0u32;
+    // Continued from the node's record when the agent restarted (see `container_counts`).
+    let mut restart_count = run.records.lock().await[i].restart_count;
     let _in_use = InUse::new(ctx, &id);
     loop {
         if cancel.is_cancelled() {

@@ -188,7 +188,8 @@ fn local_ip_towards(server: &str) -> String {
 
 pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Result<Agent> {
     kedge_tunnel::install_crypto_provider();
-    std::fs::create_dir_all(&cfg.data_dir)
+    // The data dir holds the node's key, its copies of Secrets and the pods' files.
+    crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
     let images =
         Arc::new(LocalImageStore::open(cfg.data_dir.join("images")).context("image store")?);
@@ -810,6 +811,13 @@ async fn pod_sync_loop(ctx: Ctx, tasks: tokio_util::task::TaskTracker, cancel: C
     }
 }
 
+/// `<dir>/<uid>.json`, for a pod's uid; `None` for anything but a UUID, which must not become
+/// a path.
+fn uid_file(dir: &std::path::Path, uid: &str) -> Option<PathBuf> {
+    let safe = !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    safe.then(|| dir.join(format!("{uid}.json")))
+}
+
 /// The agent's own record of the pods it runs (`<data-dir>/pod-cache/<uid>.json`), so that it
 /// runs them again after its own restart even while the server is unreachable.
 mod pod_cache {
@@ -824,9 +832,7 @@ mod pod_cache {
     }
 
     fn path(data_dir: &Path, uid: &str) -> Option<PathBuf> {
-        // A uid is a UUID; anything else must not become a path.
-        let safe = !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        safe.then(|| dir(data_dir).join(format!("{uid}.json")))
+        super::uid_file(&dir(data_dir), uid)
     }
 
     /// Writes the pod (temp file + rename: a crash leaves the old record or the new one).
@@ -909,9 +915,149 @@ mod pod_cache {
     }
 }
 
+/// What the agent keeps of each container across its own restarts
+/// (`<data-dir>/pod-state/<uid>.json`): the restart count (which also sets the back-off), whether
+/// it ever started, its last termination, and whether it was running when the agent last
+/// wrote. kubelet derives these from the runtime's record of dead containers; the agent's
+/// containers do not outlive it, so it writes them down.
+mod container_counts {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    use serde_json::Value;
+
+    use super::status::{ContainerRecord, ContainerState};
+
+    #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Counts {
+        pub restart_count: u32,
+        pub ever_started: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub last_terminated: Option<Value>,
+        /// `startedAt` of the run that was going on.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub running_since: Option<String>,
+    }
+
+    pub type Record = BTreeMap<String, Counts>;
+
+    fn path(data_dir: &Path, uid: &str) -> Option<PathBuf> {
+        super::uid_file(&data_dir.join("pod-state"), uid)
+    }
+
+    /// What `records` say that must outlive the agent.
+    pub fn of(records: &[ContainerRecord]) -> Record {
+        records
+            .iter()
+            .map(|r| {
+                let counts = Counts {
+                    restart_count: r.restart_count,
+                    ever_started: r.ever_started,
+                    last_terminated: r.last_terminated.clone(),
+                    running_since: match &r.state {
+                        ContainerState::Running { started_at } => Some(started_at.clone()),
+                        _ => None,
+                    },
+                };
+                (r.name.clone(), counts)
+            })
+            .collect()
+    }
+
+    /// Continues the counts of a previous agent's run: a container that was running when
+    /// that agent went away was stopped with it, so this run is its next restart (as after a
+    /// node reboot in Kubernetes, whose last state then says `Unknown`).
+    pub fn resume(record: &mut ContainerRecord, saved: &Counts, now: &str) {
+        record.restart_count = saved.restart_count;
+        record.ever_started = saved.ever_started;
+        record.last_terminated = saved.last_terminated.clone();
+        if let Some(started_at) = &saved.running_since {
+            record.restart_count += 1;
+            record.last_terminated = Some(serde_json::json!({"exitCode": 255,
+                "reason": "Unknown", "message": "the node agent restarted",
+                "startedAt": started_at, "finishedAt": now}));
+        }
+    }
+
+    pub fn load(data_dir: &Path, uid: &str) -> Record {
+        path(data_dir, uid)
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Writes atomically (a crash leaves the old record or the new one).
+    pub fn save(data_dir: &Path, uid: &str, record: &Record) {
+        let Some(p) = path(data_dir, uid) else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            crate::fsmode::private_dir(&data_dir.join("pod-state"))?;
+            let bytes = serde_json::to_vec(record)?;
+            kedge_tunnel::write_atomic(&p, &bytes, crate::fsmode::PRIVATE_FILE)
+                .map_err(std::io::Error::other)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, "could not record the pod's restart counts locally");
+        }
+    }
+
+    pub fn forget(data_dir: &Path, uid: &str) {
+        if let Some(p) = path(data_dir, uid) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn counts_survive_the_agent_and_a_running_container_counts_one_more_restart() {
+            let d = tempfile::tempdir().unwrap();
+            let mut a = ContainerRecord::new("a", "img");
+            a.restart_count = 3;
+            a.ever_started = true;
+            a.state = ContainerState::Running {
+                started_at: "2026-12-06T10:00:00Z".into(),
+            };
+            let mut b = ContainerRecord::new("b", "img");
+            b.restart_count = 5;
+            b.ever_started = true;
+            b.last_terminated = Some(serde_json::json!({"exitCode": 1}));
+            b.state = ContainerState::BackOff {
+                exit_code: 1,
+                reason: "Error".into(),
+                started_at: String::new(),
+                finished_at: String::new(),
+            };
+            save(d.path(), "u-1", &of(&[a, b]));
+
+            let saved = load(d.path(), "u-1");
+            let mut a = ContainerRecord::new("a", "img");
+            resume(&mut a, &saved["a"], "2026-12-06T11:00:00Z");
+            assert_eq!((a.restart_count, a.ever_started), (4, true));
+            assert_eq!(a.last_terminated.as_ref().unwrap()["reason"], "Unknown");
+            let mut b = ContainerRecord::new("b", "img");
+            resume(&mut b, &saved["b"], "2026-12-06T11:00:00Z");
+            assert_eq!(
+                b.restart_count, 5,
+                "a container in back-off keeps its count"
+            );
+            assert_eq!(b.last_terminated.as_ref().unwrap()["exitCode"], 1);
+
+            forget(d.path(), "u-1");
+            assert!(load(d.path(), "u-1").is_empty());
+            assert!(load(d.path(), "../etc").is_empty());
+        }
+    }
+}
+
 /// Forgets a pod's record, and the local copies of objects only it used.
 fn forget_pod(ctx: &Shared, uid: &str) {
     pod_cache::forget(&ctx.data_dir, uid);
+    container_counts::forget(&ctx.data_dir, uid);
     ctx.objects.prune(|| pod_cache::peek(&ctx.data_dir));
 }
 
@@ -1151,6 +1297,9 @@ async fn confirm_deletion(ctx: &Ctx, pod: &Value) {
 struct PodRun {
     ns: String,
     name: String,
+    uid: String,
+    /// The container counts as last written to the node's disk.
+    counts: std::sync::Mutex<container_counts::Record>,
     records: tokio::sync::Mutex<Vec<ContainerRecord>>,
     /// The status as last read or written, to keep fields the agent does not own.
     last_status: tokio::sync::Mutex<Value>,
@@ -1168,6 +1317,14 @@ impl PodRun {
     async fn update(&self, ctx: &Ctx, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
         let mut recs = self.records.lock().await;
         f(&mut recs[i]);
+        let counts = container_counts::of(&recs);
+        {
+            let mut saved = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+            if *saved != counts {
+                container_counts::save(&ctx.data_dir, &self.uid, &counts);
+                *saved = counts;
+            }
+        }
         let mut last = self.last_status.lock().await;
         let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
         drop(recs);
@@ -1246,20 +1403,26 @@ async fn run_pod(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let uid = meta::uid(&pod).to_string();
+    let saved = container_counts::load(&ctx.data_dir, &uid);
+    let now = ctx.now();
+    let records: Vec<ContainerRecord> = containers
+        .iter()
+        .map(|c| {
+            let name = c["name"].as_str().unwrap_or_default();
+            let mut r = ContainerRecord::new(name, c["image"].as_str().unwrap_or_default());
+            if let Some(counts) = saved.get(name) {
+                container_counts::resume(&mut r, counts, &now);
+            }
+            r
+        })
+        .collect();
     let run = Arc::new(PodRun {
         ns: meta::namespace(&pod).to_string(),
         name: meta::name(&pod).to_string(),
-        records: tokio::sync::Mutex::new(
-            containers
-                .iter()
-                .map(|c| {
-                    ContainerRecord::new(
-                        c["name"].as_str().unwrap_or_default(),
-                        c["image"].as_str().unwrap_or_default(),
-                    )
-                })
-                .collect(),
-        ),
+        counts: std::sync::Mutex::new(saved),
+        uid,
+        records: tokio::sync::Mutex::new(records),
         last_status: tokio::sync::Mutex::new(pod.get("status").cloned().unwrap_or(json!({}))),
         unsynced: std::sync::atomic::AtomicBool::new(false),
     });

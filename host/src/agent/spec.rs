@@ -101,6 +101,23 @@ pub struct PodDirs {
     pub memory: PathBuf,
 }
 
+impl PodDirs {
+    /// Creates the pod's directories, or narrows their modes: only the agent's user may enter
+    /// them or their parents (kubelet keeps its pods dir root-only). The volumes inside keep
+    /// their own modes, and the files theirs (`defaultMode`), for the containers that mount
+    /// them.
+    pub fn prepare(&self) -> std::io::Result<()> {
+        for root in [&self.disk, &self.memory] {
+            if let Some(parent) = root.parent() {
+                crate::fsmode::private_dir(parent)?;
+            }
+            crate::fsmode::private_dir(root)?;
+            crate::fsmode::private_dir(&root.join("volumes"))?;
+        }
+        Ok(())
+    }
+}
+
 fn volume_source(dirs: &PodDirs, volume: &Value) -> Result<VolumeSource, String> {
     let name = volume["name"].as_str().unwrap_or_default();
     if let Some(dir) = projected_dir(dirs, volume) {
@@ -278,6 +295,33 @@ mod tests {
                 ("A".into(), "2".into())
             ]
         );
+    }
+
+    /// Regression (hardening issue, finding 3): Secret volumes lived under world-readable
+    /// parents (`/dev/shm/kedge/<uid>`). The pod's directories and their parents are 0700.
+    #[test]
+    fn pod_dirs_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shm = dir.path().join("shm/kedge");
+        std::fs::create_dir_all(&shm).unwrap();
+        std::fs::set_permissions(&shm, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dirs = PodDirs {
+            disk: dir.path().join("pods/ns_p_uid"),
+            memory: shm.join("uid"),
+        };
+        dirs.prepare().unwrap();
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for p in [
+            dir.path().join("pods"),
+            dirs.disk.clone(),
+            dirs.disk.join("volumes"),
+            shm.clone(),
+            dirs.memory.clone(),
+            dirs.memory.join("volumes"),
+        ] {
+            assert_eq!(mode(&p), 0o700, "{}", p.display());
+        }
     }
 
     #[test]

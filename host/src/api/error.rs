@@ -206,6 +206,7 @@ impl ApiError {
             store::Error::AlreadyExists => Self::already_exists(res, name),
             store::Error::Conflict { .. } => Self::conflict(res, name),
             store::Error::Expired { .. } => Self::expired(e.to_string()),
+            store::Error::TooLarge { .. } => Self::new(413, "RequestEntityTooLarge", e.to_string()),
             store::Error::Backend(_) | store::Error::Corrupt { .. } => {
                 Self::internal(e.to_string())
             }

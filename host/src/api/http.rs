@@ -9,6 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -44,9 +45,6 @@ pub struct ApiState {
     /// Signs and verifies service-account tokens.
     pub tokens: Arc<crate::tokens::Signer>,
 }
-
-/// Request bodies above this are refused (kube-apiserver's limit is 3 MiB too).
-const MAX_BODY: usize = 3 * 1024 * 1024;
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {
     axum::Router::new().fallback(handle).with_state(state)
@@ -234,9 +232,9 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
             ],
             &Method::POST,
         ) => {
-            let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-                ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}"))
-            })?;
+            let bytes = axum::body::to_bytes(body, super::body::MAX_BODY)
+                .await
+                .map_err(super::body::too_large)?;
             let review = body_json(&bytes, headers)?;
             let answer = match *kind {
                 "selfsubjectrulesreviews" => rules_review(st, &identity, review),
@@ -280,9 +278,9 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
             _ => {}
         }
     }
-    let body = axum::body::to_bytes(body, MAX_BODY)
+    let body = axum::body::to_bytes(body, super::body::MAX_BODY)
         .await
-        .map_err(|e| ApiError::new(413, "RequestEntityTooLarge", format!("request body: {e}")))?;
+        .map_err(super::body::too_large)?;
     authorize(st, &identity, &parts.method, &target, &query, &body)?;
     let rbac_write = target.res.group == super::rbac::GROUP && parts.method != Method::GET;
     if rbac_write && super::rbac::applies(&identity) {
@@ -376,13 +374,13 @@ fn check_escalation(
 ) -> Result<()> {
     let obj = match (method, t.name.as_deref()) {
         (&Method::POST | &Method::PUT, _) => body_json(body, headers)?,
-        (&Method::PATCH, Some(_)) if is_apply_patch(headers) => serde_yaml_ng::from_slice(body)
+        (&Method::PATCH, Some(_)) if is_apply_patch(headers) => super::body::yaml(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
         (&Method::PATCH, Some(name)) => {
             let current = st.api.get(t.res, &t.namespace, name)?;
             let (patch, kind) = patch_body(body, headers)?;
             crate::core::patch::apply(&current, &patch, kind)
-                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?
+                .map_err(|e| super::ops::patch_error(kind, e))?
         }
         _ => return Ok(()),
     };
@@ -591,9 +589,9 @@ fn body_json(body: &Bytes, headers: &HeaderMap) -> Result<Value> {
     let base = ct.split(';').next().unwrap_or("").trim();
     match base {
         // kubectl scale --current-replicas sends no content type at all.
-        "application/json" | "" | "*/*" => serde_json::from_slice(body)
+        "application/json" | "" | "*/*" => super::body::json(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
-        "application/yaml" => serde_yaml_ng::from_slice(body)
+        "application/yaml" => super::body::yaml(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}"))),
         super::protobuf::CONTENT_TYPE => super::protobuf::decode(body),
         other => Err(ApiError::unsupported_media(other)),
@@ -675,13 +673,12 @@ async fn handle_resource(
                 limit: q.get("limit").and_then(|l| l.parse().ok()),
                 continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
             };
-            let list = api.list(res, ns, &opts)?;
+            let page = api.list_page(res, ns, &opts)?;
             if wants_table(headers) {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                let t = table::table(res, &items, list["metadata"].clone(), (st.clock)());
+                let t = list_table(res, &page, (st.clock)())?;
                 return Ok(json_response(StatusCode::OK, &t, &[]));
             }
-            Ok(json_response(StatusCode::OK, &list, &[]))
+            Ok(list_response(res, &page))
         }
         (&Method::POST, None, None) => {
             let obj = body_json(&body, headers)?;
@@ -738,7 +735,7 @@ async fn handle_resource(
         }
         (&Method::PATCH, Some(name), None) if is_apply_patch(headers) => {
             // Server-side apply; YAML is a superset of the JSON kubectl sends.
-            let config: Value = serde_yaml_ng::from_slice(&body)
+            let config: Value = super::body::yaml(&body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             let manager = q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
                 ApiError::new(
@@ -789,7 +786,7 @@ async fn handle_resource(
             let (patch, kind) = patch_body(&body, headers)?;
             let current = api.get_scale(res, ns, name)?;
             let patched = crate::core::patch::apply(&current, &patch, kind)
-                .map_err(|e| ApiError::new(422, "Invalid", e.to_string()))?;
+                .map_err(|e| super::ops::patch_error(kind, e))?;
             let opts = write_options(q, headers)?;
             Ok(json_response(
                 StatusCode::OK,
@@ -928,10 +925,16 @@ fn validate_list_options(q: &Query, watching: bool) -> Result<()> {
 /// Expired, as after a compaction), and a revision from the future is a 504 as when
 /// kube-apiserver's cache cannot catch up.
 fn check_list_revision(st: &ApiState, q: &Query) -> Result<()> {
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    if !rv.is_empty() && rv.parse::<crate::store::Revision>().is_err() {
+        // What kube-apiserver's storage answers (Go's wording of the parse error).
+        return Err(ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+        )));
+    }
     let Some(m) = q.get("resourceVersionMatch").filter(|m| !m.is_empty()) else {
         return Ok(());
     };
-    let rv = q.get("resourceVersion").map_or("", String::as_str);
     let wanted: crate::store::Revision = rv
         .parse()
         .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
@@ -971,7 +974,7 @@ fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {
             ApiError::unsupported_media(ct)
         }
     })?;
-    let v = serde_json::from_slice(body)
+    let v = super::body::json(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     Ok((v, kind))
 }
@@ -1071,7 +1074,7 @@ fn watch(
             if let Some(e) = s.pending_error.take() {
                 s.done = true;
                 let line = json!({"type": "ERROR", "object": e.status()});
-                return Some((Ok::<_, std::io::Error>(line_bytes(&line)), s));
+                return Some((vec![line_bytes(&line)], s));
             }
             let w = s.watch.as_mut()?;
             if s.initial_end && !w.has_initial() {
@@ -1080,7 +1083,7 @@ fn watch(
                     "kind": res.kind, "apiVersion": res.api_version(),
                     "metadata": {"resourceVersion": w.start_revision().to_string(),
                         "annotations": {"k8s.io/initial-events-end": "true"}}}});
-                return Some((Ok(line_bytes(&line)), s));
+                return Some((vec![line_bytes(&line)], s));
             }
             loop {
                 let next = tokio::time::timeout_at(
@@ -1094,28 +1097,43 @@ fn watch(
                         let line = json!({"type": "BOOKMARK", "object": {
                             "kind": res.kind, "apiVersion": res.api_version(),
                             "metadata": {"resourceVersion": w.revision().to_string()}}});
-                        return Some((Ok(line_bytes(&line)), s));
+                        return Some((vec![line_bytes(&line)], s));
                     }
                     Err(_) => continue,
                     Ok(None) => return None,
                     Ok(Some(Err(e))) => {
                         s.done = true;
                         let line = json!({"type": "ERROR", "object": e.status()});
-                        return Some((Ok(line_bytes(&line)), s));
+                        return Some((vec![line_bytes(&line)], s));
                     }
                     Ok(Some(Ok((kind, obj)))) => {
-                        let object = if as_table {
-                            let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
-                            table::table(res, std::slice::from_ref(&obj), meta, clock())
-                        } else {
-                            (*obj).clone()
+                        if !as_table {
+                            // The stored JSON as it is: no parse, no re-serialisation, no
+                            // copy (a stalled client holds the ring's own bytes).
+                            return Some((event_line(kind.as_str(), obj), s));
+                        }
+                        let line = match serde_json::from_slice::<Value>(&obj) {
+                            Ok(obj) => {
+                                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                                let t =
+                                    table::table(res, std::slice::from_ref(&obj), meta, clock());
+                                json!({"type": kind.as_str(), "object": t})
+                            }
+                            Err(e) => {
+                                s.done = true;
+                                let e =
+                                    ApiError::internal(format!("stored object unreadable: {e}"));
+                                json!({"type": "ERROR", "object": e.status()})
+                            }
                         };
-                        let line = json!({"type": kind.as_str(), "object": object});
-                        return Some((Ok(line_bytes(&line)), s));
+                        return Some((vec![line_bytes(&line)], s));
                     }
                 }
             }
         }
+    })
+    .flat_map(|frames| {
+        futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>))
     });
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut().insert(
@@ -1123,6 +1141,61 @@ fn watch(
         HeaderValue::from_static("application/json"),
     );
     Ok(r)
+}
+
+/// A list as kube-apiserver sends it, around the objects' stored JSON (nothing parsed).
+fn list_response(res: &Resource, page: &super::ops::ListPage) -> Response {
+    let head = json!({"kind": res.list_kind(), "apiVersion": res.api_version(),
+        "metadata": page.metadata()});
+    let mut b = serde_json::to_vec(&head).unwrap_or_default();
+    b.pop(); // the closing brace
+    b.extend_from_slice(b",\"items\":[");
+    let total: usize = page.items.iter().map(|i| i.len() + 1).sum();
+    b.reserve(total + 2);
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(item);
+    }
+    b.extend_from_slice(b"]}");
+    ([(header::CONTENT_TYPE, "application/json")], b).into_response()
+}
+
+/// A list as a Table, its objects parsed a few hundred at a time.
+fn list_table(
+    res: &'static Resource,
+    page: &super::ops::ListPage,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Value> {
+    let mut out: Option<Value> = None;
+    for chunk in page.items.chunks(256) {
+        let objs = chunk
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<std::result::Result<Vec<Value>, _>>()
+            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))?;
+        let t = table::table(res, &objs, page.metadata(), now);
+        match (&mut out, t) {
+            (None, t) => out = Some(t),
+            (Some(o), mut t) => {
+                if let (Some(rows), Some(more)) = (
+                    o.get_mut("rows").and_then(Value::as_array_mut),
+                    t.get_mut("rows").and_then(Value::as_array_mut),
+                ) {
+                    rows.append(more);
+                }
+            }
+        }
+    }
+    Ok(out.unwrap_or_else(|| table::table(res, &[], page.metadata(), now)))
+}
+
+/// `{"type":…,"object":…}` and a newline around an object's JSON, as three frames: the
+/// object's bytes are sent as they are held, not copied.
+fn event_line(kind: &str, object: Bytes) -> Vec<Bytes> {
+    let head = format!("{{\"type\":\"{kind}\",\"object\":");
+    vec![Bytes::from(head), object, Bytes::from_static(b"}\n")]
 }
 
 fn line_bytes(v: &Value) -> Bytes {

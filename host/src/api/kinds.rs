@@ -206,6 +206,7 @@ pub fn default(res: &Resource, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
+                requests_from_limits(spec);
             }
         }
         "RoleBinding" | "ClusterRoleBinding" => super::rbac::default_subjects(obj),
@@ -608,6 +609,39 @@ fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// SetDefaults_Pod: a container with a limit and no request for a resource requests its
+/// limit, so the scheduler counts what the container may use. Pods only, not templates (as in
+/// Kubernetes, where a template's pods are defaulted when created).
+fn requests_from_limits(spec: &mut Value) {
+    for list in ["containers", "initContainers"] {
+        let Some(Value::Array(cs)) = spec.get_mut(list) else {
+            continue;
+        };
+        for c in cs {
+            let Some(limits) = c
+                .pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .filter(|l| !l.is_empty())
+                .cloned()
+            else {
+                continue;
+            };
+            let Some(resources) = c.get_mut("resources").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let requests = resources.entry("requests").or_insert_with(|| json!({}));
+            if requests.is_null() {
+                *requests = json!({});
+            }
+            if let Some(requests) = requests.as_object_mut() {
+                for (k, v) in limits {
+                    requests.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}
+
 /// `:latest` or no tag → Always, else IfNotPresent (Kubernetes' rule). A malformed
 /// reference is left for the agent to report as a pull error on the container.
 fn default_pull_policy(image: &str) -> &'static str {
@@ -642,6 +676,15 @@ pub fn validate_replacing(res: &Resource, obj: &Value, old: Option<&Value>) -> V
     };
     if let Err(why) = check {
         causes.push(Cause::invalid("metadata.name", name, why));
+    }
+    for at in [
+        "/metadata",
+        "/spec/template/metadata",
+        "/spec/jobTemplate/metadata",
+        "/spec/jobTemplate/spec/template/metadata",
+        "/template/metadata",
+    ] {
+        validate_labels_and_annotations(obj, old, at, &mut causes);
     }
     match res.kind {
         "Pod" => match obj.get("spec") {
@@ -726,6 +769,61 @@ pub fn validate_replacing(res: &Resource, obj: &Value, old: Option<&Value>) -> V
         _ => {}
     }
     causes
+}
+
+/// ValidateObjectMeta's rules on the labels and annotations of the metadata at `at` (a JSON
+/// pointer): keys are qualified names, label values short label-shaped strings, annotations
+/// at most 256 KiB in all. On an update only what changed is checked, so an object stored
+/// before kedge checked these can still be finalized and deleted.
+fn validate_labels_and_annotations(
+    obj: &Value,
+    old: Option<&Value>,
+    at: &str,
+    causes: &mut Vec<Cause>,
+) {
+    let Some(m) = obj.pointer(at) else {
+        return;
+    };
+    let path = at.trim_start_matches('/').replace('/', ".");
+    let changed =
+        |field: &str| old.is_none_or(|o| o.pointer(at).and_then(|m| m.get(field)) != m.get(field));
+    if changed("labels")
+        && let Some(labels) = m.get("labels").and_then(Value::as_object)
+    {
+        let field = format!("{path}.labels");
+        for (k, v) in labels {
+            for why in meta::qualified_name_errors(k) {
+                causes.push(Cause::invalid(&field, k, why));
+            }
+            if let Some(v) = v.as_str() {
+                for why in meta::label_value_errors(v) {
+                    causes.push(Cause::invalid(&field, v, why));
+                }
+            }
+        }
+    }
+    if changed("annotations")
+        && let Some(annotations) = m.get("annotations").and_then(Value::as_object)
+    {
+        let field = format!("{path}.annotations");
+        let mut size = 0;
+        for (k, v) in annotations {
+            for why in meta::qualified_name_errors(&k.to_lowercase()) {
+                causes.push(Cause::invalid(&field, k, why));
+            }
+            size += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if size > meta::ANNOTATIONS_MAX_BYTES {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                field,
+                message: format!(
+                    "Too long: must have at most {} bytes",
+                    meta::ANNOTATIONS_MAX_BYTES
+                ),
+            });
+        }
+    }
 }
 
 /// An Invalid cause whose value prints unquoted, as Go prints numbers and structs.
@@ -1477,7 +1575,24 @@ fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+/// The most containers (init, regular and ephemeral together) a pod may have. Kubernetes sets
+/// none, but every container is a process, a log and a status entry on a small node, and a
+/// pod of a thousand containers (~800 KB) made every status write of it cost a megabyte.
+pub const MAX_CONTAINERS: usize = 100;
+
 fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let count = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .map(Vec::len)
+        .sum::<usize>();
+    if count > MAX_CONTAINERS {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            field: format!("{at}.containers"),
+            message: format!("Too many: {count}: must have at most {MAX_CONTAINERS} items"),
+        });
+    }
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => causes.push(Cause::required(format!("{at}.containers"))),
@@ -1570,6 +1685,114 @@ pub fn qos_class(spec: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::core::resources::by_kind;
+
+    fn field_reasons(causes: &[Cause]) -> Vec<(&str, &str)> {
+        causes
+            .iter()
+            .map(|c| (c.field.as_str(), c.reason))
+            .collect()
+    }
+
+    /// Regression (hardening issue, finding 5): label keys and values, and the annotations'
+    /// total size, are checked as Kubernetes checks them (they were all accepted).
+    #[test]
+    fn labels_and_annotations_follow_kubernetes() {
+        let cm = by_kind("v1", "ConfigMap").unwrap();
+        let with = |labels: Value, annotations: Value| json!({"metadata": {"name": "a", "labels": labels, "annotations": annotations}});
+        for (labels, bad) in [
+            (json!({"a b": "x"}), "a b"),
+            (json!({"-bad-": "x"}), "-bad-"),
+            (json!({"ok": "bad value!"}), "bad value!"),
+            (json!({"ok": "x".repeat(64)}), ""),
+            (json!({"x".repeat(64): "v"}), ""),
+        ] {
+            let causes = validate(cm, &with(labels, json!({})));
+            assert_eq!(
+                field_reasons(&causes),
+                [("metadata.labels", "FieldValueInvalid")]
+            );
+            assert!(causes[0].message.contains(bad), "{}", causes[0].message);
+        }
+        let fine = with(
+            json!({"app.kubernetes.io/name": "web", "tier": "", "v": "1.2_3"}),
+            json!({"kubectl.kubernetes.io/last-applied-configuration": "{}", "Note": "x"}),
+        );
+        assert!(validate(cm, &fine).is_empty());
+        let big = with(json!({}), json!({"a": "x".repeat(256 * 1024)}));
+        assert_eq!(
+            field_reasons(&validate(cm, &big)),
+            [("metadata.annotations", "FieldValueTooLong")]
+        );
+        // Templates too.
+        let dep = by_kind("apps/v1", "Deployment").unwrap();
+        let d = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"a b": "x"}},
+            "template": {"metadata": {"labels": {"a b": "x"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
+        assert!(
+            field_reasons(&validate(dep, &d))
+                .contains(&("spec.template.metadata.labels", "FieldValueInvalid"))
+        );
+        // An update that leaves bad labels stored before alone is not refused for them.
+        let old = with(json!({"a b": "x"}), json!({}));
+        let mut new = old.clone();
+        new["data"] = json!({"k": "v"});
+        assert!(validate_replacing(cm, &new, Some(&old)).is_empty());
+    }
+
+    #[test]
+    fn pods_have_a_container_count_limit() {
+        let pod = by_kind("v1", "Pod").unwrap();
+        let containers = |n: usize| {
+            (0..n)
+                .map(|i| json!({"name": format!("c{i}"), "image": "busybox"}))
+                .collect::<Vec<_>>()
+        };
+        let p =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": containers(MAX_CONTAINERS)}});
+        assert!(validate(pod, &p).is_empty());
+        let p = json!({"metadata": {"name": "p"}, "spec": {"containers": containers(1000)}});
+        let causes = validate(pod, &p);
+        assert_eq!(
+            field_reasons(&causes),
+            [("spec.containers", "FieldValueTooMany")]
+        );
+        assert_eq!(
+            causes[0].message,
+            "Too many: 1000: must have at most 100 items"
+        );
+    }
+
+    /// Regression (hardening issue, finding 5): a pod with limits and no requests requests
+    /// its limits (it was scheduled as if it asked for nothing).
+    #[test]
+    fn pod_requests_default_to_limits() {
+        let pod = by_kind("v1", "Pod").unwrap();
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"limits": {"memory": "1Ti", "cpu": "2"}}},
+            {"name": "b", "image": "i", "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "1Mi"}}},
+            {"name": "c", "image": "i"},
+        ], "initContainers": [{"name": "i", "image": "i", "resources": {"limits": {"cpu": "1"}}}]}});
+        default(pod, &mut p);
+        let cs = &p["spec"]["containers"];
+        assert_eq!(
+            cs[0]["resources"]["requests"],
+            json!({"memory": "1Ti", "cpu": "2"})
+        );
+        assert_eq!(cs[1]["resources"]["requests"], json!({"memory": "1Mi"}));
+        assert_eq!(cs[2]["resources"], json!({}));
+        assert_eq!(
+            p["spec"]["initContainers"][0]["resources"]["requests"],
+            json!({"cpu": "1"})
+        );
+        // Templates are left alone (their pods are defaulted when created).
+        let dep = by_kind("apps/v1", "Deployment").unwrap();
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"limits": {"memory": "1Gi"}}}]}}}});
+        default(dep, &mut d);
+        assert!(
+            d.pointer("/spec/template/spec/containers/0/resources/requests")
+                .is_none()
+        );
+    }
 
     #[test]
     fn pod_without_image_is_invalid() {

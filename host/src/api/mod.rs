@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod authz;
+pub mod body;
 pub mod discovery;
 pub mod error;
 pub mod http;

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use serde_json::{Value, json};
 
 use super::error::{ApiError, Cause, Result};
@@ -39,6 +40,29 @@ pub struct ListOptions {
     pub fields: FieldSelector,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
+}
+
+/// One page of a list (see [`Api::list_page`]).
+pub struct ListPage {
+    /// The revision the list is consistent at.
+    pub rev: Revision,
+    /// The objects as stored (JSON).
+    pub items: Vec<Bytes>,
+    pub continue_token: Option<String>,
+    /// Matching objects after this page.
+    pub remaining: usize,
+}
+
+impl ListPage {
+    /// The list's `metadata`.
+    pub fn metadata(&self) -> Value {
+        let mut m = json!({"resourceVersion": self.rev.to_string()});
+        if let Some(c) = &self.continue_token {
+            m["continue"] = json!(c);
+            m["remainingItemCount"] = json!(self.remaining);
+        }
+        m
+    }
 }
 
 #[derive(Debug, Default)]
@@ -215,41 +239,75 @@ impl Api {
     }
 
     /// A `<Kind>List` with `metadata.resourceVersion`, honouring selectors and pagination.
+    /// A list as one JSON value (for callers inside the server; the REST layer sends
+    /// [`Api::list_page`] as it is stored).
     pub fn list(&self, res: &'static Resource, ns: &str, opts: &ListOptions) -> Result<Value> {
-        let ns = if res.namespaced { ns } else { "" };
-        let (items, rev) = self
-            .store
-            .list(&store::prefix(res.group, res.plural, ns))
-            .map_err(|e| ApiError::from_store(e, res, ""))?;
-        let after = match &opts.continue_token {
-            Some(t) => Some(decode_continue(t)?),
-            None => None,
-        };
-        let mut selected: Vec<Value> = items
-            .into_iter()
-            .filter(|o| {
-                after
-                    .as_ref()
-                    .is_none_or(|a| continue_key(o).as_str() > a.as_str())
-            })
-            .filter(|o| opts.labels.matches_object(o) && opts.fields.matches(o))
-            .collect();
-        let mut metadata = json!({"resourceVersion": rev.to_string()});
-        if let Some(limit) = opts.limit.filter(|l| *l > 0)
-            && selected.len() > limit
-        {
-            let remaining = selected.len() - limit;
-            selected.truncate(limit);
-            let last = continue_key(selected.last().expect("limit > 0"));
-            metadata["continue"] = json!(base64::engine::general_purpose::STANDARD.encode(last));
-            metadata["remainingItemCount"] = json!(remaining);
-        }
+        let page = self.list_page(res, ns, opts)?;
+        let items = page
+            .items
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<std::result::Result<Vec<Value>, _>>()
+            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))?;
         Ok(json!({
             "kind": res.list_kind(),
             "apiVersion": res.api_version(),
-            "metadata": metadata,
-            "items": selected,
+            "metadata": page.metadata(),
+            "items": items,
         }))
+    }
+
+    /// One page of a list: the matching objects as stored, read one at a time (an object is
+    /// parsed only to test selectors), so a list costs the memory of its answer.
+    pub fn list_page(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        opts: &ListOptions,
+    ) -> Result<ListPage> {
+        let ns = if res.namespaced { ns } else { "" };
+        let every_ns = store::prefix(res.group, res.plural, "");
+        let after = match &opts.continue_token {
+            Some(t) => Some(format!("{every_ns}{}", decode_continue(t)?)),
+            None => None,
+        };
+        let all = opts.labels.is_empty() && opts.fields.is_empty();
+        let limit = opts.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut last = String::new();
+        let mut remaining = 0usize;
+        let rev = self
+            .store
+            .scan(
+                &store::prefix(res.group, res.plural, ns),
+                after.as_deref(),
+                &mut |key, bytes| {
+                    if !all {
+                        let o = store::decode(key, bytes)?;
+                        if !(opts.labels.matches_object(&o) && opts.fields.matches(&o)) {
+                            return Ok(true);
+                        }
+                    }
+                    if limit.is_some_and(|l| items.len() >= l) {
+                        remaining += 1;
+                    } else {
+                        items.push(Bytes::copy_from_slice(bytes));
+                        last = key.to_string();
+                    }
+                    Ok(true)
+                },
+            )
+            .map_err(|e| ApiError::from_store(e, res, ""))?;
+        let continue_token = (remaining > 0).then(|| {
+            base64::engine::general_purpose::STANDARD
+                .encode(last.strip_prefix(every_ns.as_str()).unwrap_or(&last))
+        });
+        Ok(ListPage {
+            rev,
+            items,
+            continue_token,
+            remaining,
+        })
     }
 
     pub fn create(
@@ -975,6 +1033,10 @@ impl Api {
 
     /// A watch over one resource with selectors. `from` None means "send the current objects
     /// as ADDED first" (resourceVersion unset or "0").
+    ///
+    /// Nothing is buffered per watcher beyond one chunk: the initial objects are read from a
+    /// snapshot a chunk at a time as the client takes them, and history and live events from
+    /// the store's shared ring or log, filtered by the selectors before any object is loaded.
     pub fn watch(
         &self,
         res: &'static Resource,
@@ -985,52 +1047,69 @@ impl Api {
     ) -> Result<ApiWatch> {
         let ns = if res.namespaced { ns } else { "" };
         let prefix = store::prefix(res.group, res.plural, ns);
-        let mut initial = VecDeque::new();
-        let start = match from {
-            Some(r) => r,
+        let selectors = Arc::new((labels, fields));
+        let (initial, start) = match from {
+            Some(r) => (None, r),
             None => {
-                let (items, rev) = self
+                let snap = self
                     .store
-                    .list(&prefix)
+                    .snapshot(&prefix)
                     .map_err(|e| ApiError::from_store(e, res, ""))?;
-                initial.extend(
-                    items
-                        .into_iter()
-                        .filter(|o| labels.matches_object(o) && fields.matches(o))
-                        .map(|o| (EventType::Added, Arc::new(o))),
-                );
-                rev
+                let rev = snap.revision();
+                (Some(snap), rev)
             }
         };
-        let inner = self
+        let mut inner = self
             .store
             .watch(&prefix, start)
             .map_err(|e| ApiError::from_store(e, res, ""))?;
+        if !(selectors.0.is_empty() && selectors.1.is_empty()) {
+            let s = selectors.clone();
+            inner = inner.with_filter(Box::new(move |e| {
+                s.matches(&e.attrs) || e.prev_attrs.as_ref().is_some_and(|p| s.matches(p))
+            }));
+        }
         Ok(ApiWatch {
             initial,
+            pending: VecDeque::new(),
             start,
             inner,
-            labels,
-            fields,
+            selectors,
         })
     }
 }
 
+/// The selectors of a watch, matched against objects or their [`store::attrs`].
+trait Selects {
+    fn matches(&self, o: &Value) -> bool;
+}
+
+impl Selects for (LabelSelector, FieldSelector) {
+    fn matches(&self, o: &Value) -> bool {
+        self.0.matches_object(o) && self.1.matches(o)
+    }
+}
+
 /// A filtered watch: an object that starts (stops) matching the selectors arrives as ADDED
-/// (DELETED), as Kubernetes' watch cache reports it.
+/// (DELETED), as Kubernetes' watch cache reports it. Objects arrive as the stored JSON.
 pub struct ApiWatch {
-    initial: VecDeque<(EventType, Arc<Value>)>,
+    /// The initial state still to send (watches without a resourceVersion).
+    initial: Option<Box<dyn store::Snapshot>>,
+    /// A chunk of it, read and not yet sent.
+    pending: VecDeque<Bytes>,
     /// The revision the initial events (if any) are consistent at.
     start: Revision,
     inner: store::Watch,
-    labels: LabelSelector,
-    fields: FieldSelector,
+    selectors: Arc<(LabelSelector, FieldSelector)>,
 }
 
 impl ApiWatch {
-    pub async fn next(&mut self) -> Option<Result<(EventType, Arc<Value>)>> {
-        if let Some(e) = self.initial.pop_front() {
-            return Some(Ok(e));
+    pub async fn next(&mut self) -> Option<Result<(EventType, Bytes)>> {
+        if let Err(e) = self.fill_initial() {
+            return Some(Err(e));
+        }
+        if let Some(o) = self.pending.pop_front() {
+            return Some(Ok((EventType::Added, o)));
         }
         loop {
             let event = match self.inner.next().await? {
@@ -1040,9 +1119,11 @@ impl ApiWatch {
                 }
                 Err(e) => return Some(Err(ApiError::internal(e.to_string()))),
             };
-            let matches = |o: &Value| self.labels.matches_object(o) && self.fields.matches(o);
-            let now = matches(&event.object);
-            let before = event.prev.as_deref().is_some_and(matches);
+            let now = self.selectors.matches(&event.attrs);
+            let before = event
+                .prev_attrs
+                .as_ref()
+                .is_some_and(|p| self.selectors.matches(p));
             let kind = match (event.kind, before, now) {
                 (EventType::Deleted, true, _) => EventType::Deleted,
                 (EventType::Deleted, false, _) => continue,
@@ -1055,9 +1136,39 @@ impl ApiWatch {
         }
     }
 
+    /// Reads the initial state's next chunk that holds a matching object, unless one is
+    /// pending or the initial state is all sent.
+    fn fill_initial(&mut self) -> Result<()> {
+        while self.pending.is_empty() {
+            let Some(snap) = self.initial.as_mut() else {
+                return Ok(());
+            };
+            let chunk = store::blocking(|| snap.next_chunk()).map_err(|e| match e {
+                store::Error::Expired { .. } => ApiError::expired(e.to_string()),
+                e => ApiError::internal(e.to_string()),
+            })?;
+            if chunk.is_empty() {
+                self.initial = None;
+                return Ok(());
+            }
+            let all = self.selectors.0.is_empty() && self.selectors.1.is_empty();
+            for (key, bytes) in chunk {
+                let wanted = all
+                    || store::decode(&key, &bytes)
+                        .is_ok_and(|o| self.selectors.matches(&store::attrs(&key, &o)));
+                if wanted {
+                    self.pending.push_back(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Whether synthetic ADDED events for the initial state are still to come.
-    pub fn has_initial(&self) -> bool {
-        !self.initial.is_empty()
+    pub fn has_initial(&mut self) -> bool {
+        // An unreadable snapshot surfaces as an error from `next`.
+        let _ = self.fill_initial();
+        !self.pending.is_empty()
     }
 
     /// The revision the watch started at (the initial state's, for watch-list).
@@ -1119,7 +1230,10 @@ fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String,
 /// A patch that cannot be applied. JSON patch failures are reported as kube-apiserver does,
 /// as a generic 422 whose cause carries the detail (kubectl prints `The request is invalid:
 /// the server rejected our request due to an error in our request`).
-fn patch_error(kind: PatchType, e: impl std::fmt::Display) -> ApiError {
+pub(super) fn patch_error(kind: PatchType, e: patch::Error) -> ApiError {
+    if let patch::Error::BadFormat(why) = e {
+        return ApiError::bad_request(why);
+    }
     match kind {
         PatchType::Json => ApiError {
             details: Some(json!({"causes": [{"reason": "UnexpectedServerResponse",
@@ -1203,10 +1317,6 @@ fn check_type(res: &Resource, obj: &mut Value) -> Result<()> {
         None => obj["kind"] = json!(res.kind),
     }
     Ok(())
-}
-
-fn continue_key(o: &Value) -> String {
-    format!("{}/{}", meta::namespace(o), meta::name(o))
 }
 
 fn decode_continue(token: &str) -> Result<String> {

@@ -114,3 +114,115 @@ mod tests {
         assert_eq!(random_suffix().len(), 5);
     }
 }
+
+/// The regex a qualified name's name part (and a label value) must match, as Kubernetes
+/// prints it.
+const QUALIFIED_NAME_FMT: &str = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]";
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`, the shape of a label value and a name part.
+fn qualified_chars(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// Kubernetes' `IsQualifiedName`: a label or annotation key, `[prefix/]name`. Returns every
+/// message Kubernetes gives (none: valid).
+pub fn qualified_name_errors(key: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    let parts: Vec<&str> = key.split('/').collect();
+    let name = match parts[..] {
+        [name] => name,
+        [prefix, name] => {
+            if prefix.is_empty() {
+                errs.push("prefix part must be non-empty".to_string());
+            } else if let Err(why) = validate_subdomain(prefix) {
+                errs.push(format!("prefix part {why}"));
+            }
+            name
+        }
+        _ => {
+            return vec![format!(
+                "a qualified name must consist of alphanumeric characters, '-', '_' or '.', and \
+                 must start and end with an alphanumeric character (e.g. 'MyName',  or \
+                 'my.name',  or '123-abc', regex used for validation is '{QUALIFIED_NAME_FMT}') \
+                 with an optional DNS subdomain prefix and '/' (e.g. 'example.com/MyName')"
+            )];
+        }
+    };
+    if name.is_empty() {
+        errs.push("name part must be non-empty".to_string());
+    } else if name.len() > 63 {
+        errs.push("name part must be no more than 63 characters".to_string());
+    }
+    if !qualified_chars(name) {
+        errs.push(format!(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start \
+             and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or \
+             '123-abc', regex used for validation is '{QUALIFIED_NAME_FMT}')"
+        ));
+    }
+    errs
+}
+
+/// Kubernetes' `IsValidLabelValue`.
+pub fn label_value_errors(value: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if value.len() > 63 {
+        errs.push("must be no more than 63 characters".to_string());
+    }
+    if !value.is_empty() && !qualified_chars(value) {
+        errs.push(format!(
+            "a valid label must be an empty string or consist of alphanumeric characters, '-', \
+             '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  \
+             or 'my_value',  or '12345', regex used for validation is '({QUALIFIED_NAME_FMT})?')"
+        ));
+    }
+    errs
+}
+
+/// The most bytes (keys and values) an object's annotations may hold, as in Kubernetes.
+pub const ANNOTATIONS_MAX_BYTES: usize = 256 * 1024;
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+
+    #[test]
+    fn label_keys_and_values_follow_kubernetes() {
+        for ok in [
+            "app",
+            "app.kubernetes.io/name",
+            "a_b-c.d",
+            "A1",
+            &"x".repeat(63),
+        ] {
+            assert!(qualified_name_errors(ok).is_empty(), "{ok}");
+        }
+        for bad in [
+            "a b",
+            "-bad-",
+            "",
+            "/x",
+            "a/b/c",
+            "Example.com/x",
+            &"x".repeat(64),
+        ] {
+            assert!(!qualified_name_errors(bad).is_empty(), "{bad}");
+        }
+        assert_eq!(
+            qualified_name_errors(&"x".repeat(64)),
+            ["name part must be no more than 63 characters"]
+        );
+        assert!(qualified_name_errors("a b")[0].starts_with("name part must consist of"));
+        for ok in ["", "v1", "my_value", "1.2.3", &"x".repeat(63)] {
+            assert!(label_value_errors(ok).is_empty(), "{ok:?}");
+        }
+        for bad in ["bad value!", "-x", "x-", &"x".repeat(64)] {
+            assert!(!label_value_errors(bad).is_empty(), "{bad}");
+        }
+    }
+}

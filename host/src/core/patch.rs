@@ -15,6 +15,9 @@ pub enum Error {
     JsonPatch(String),
     #[error("invalid strategic merge patch: {0}")]
     Strategic(String),
+    /// A directive of the wrong shape (kube-apiserver answers 400 with these words).
+    #[error("{0}")]
+    BadFormat(&'static str),
 }
 
 /// The patch content types Kubernetes accepts.
@@ -83,11 +86,42 @@ pub(crate) fn is_set_list(field: &str) -> bool {
     matches!(field, "finalizers")
 }
 
+/// Checks the shape of a map's directives as apimachinery's strategic merge does: lists of
+/// strings for `$retainKeys` and lists for `$setElementOrder/…` and
+/// `$deleteFromPrimitiveList/…`, a string `$patch`.
+fn check_directives(pmap: &Map<String, Value>) -> Result<(), Error> {
+    for (k, v) in pmap {
+        if k == "$retainKeys" {
+            let strings = v.as_array().is_some_and(|l| l.iter().all(Value::is_string));
+            if !strings {
+                return Err(Error::BadFormat("invalid patch format of retainKeys"));
+            }
+        } else if k.starts_with("$setElementOrder/") {
+            if !v.is_array() {
+                return Err(Error::BadFormat(
+                    "invalid patch format of setElementOrder list",
+                ));
+            }
+        } else if k.starts_with("$deleteFromPrimitiveList/") {
+            let scalars = v
+                .as_array()
+                .is_some_and(|l| l.iter().all(|x| !x.is_object() && !x.is_array()));
+            if !scalars {
+                return Err(Error::BadFormat("invalid patch format of primitive list"));
+            }
+        } else if k == "$patch" && !v.is_string() {
+            return Err(Error::BadFormat("invalid patch format of $patch"));
+        }
+    }
+    Ok(())
+}
+
 pub fn strategic_merge(target: &mut Value, patch: &Value) -> Result<(), Error> {
     let Some(pmap) = patch.as_object() else {
         *target = patch.clone();
         return Ok(());
     };
+    check_directives(pmap)?;
     match pmap.get("$patch").and_then(Value::as_str) {
         Some("replace") => {
             *target = Value::Object(strip_directives(pmap));
@@ -286,6 +320,39 @@ mod tests {
             json!({"ports": [{"containerPort": 80, "name": "http", "protocol": "TCP"}],
                 "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}]})
         );
+    }
+
+    /// Regression (hardening issue, finding 5): malformed directives were accepted (200).
+    #[test]
+    fn malformed_directives_are_refused() {
+        let target = json!({"spec": {"strategy": {"type": "Recreate"}}});
+        for (patch, msg) in [
+            (
+                json!({"spec": {"strategy": {"$retainKeys": 5}}}),
+                "invalid patch format of retainKeys",
+            ),
+            (
+                json!({"spec": {"$retainKeys": ["a", 1]}}),
+                "invalid patch format of retainKeys",
+            ),
+            (
+                json!({"spec": {"$setElementOrder/containers": "garbage"}}),
+                "invalid patch format of setElementOrder list",
+            ),
+            (
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": {"a": 1}}}),
+                "invalid patch format of primitive list",
+            ),
+        ] {
+            match apply(&target, &patch, PatchType::Strategic) {
+                Err(e @ Error::BadFormat(_)) => assert_eq!(e.to_string(), msg),
+                other => panic!("{patch}: {other:?}"),
+            }
+        }
+        // Well-formed ones still apply.
+        let ok = json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"},
+            "$setElementOrder/containers": [{"name": "a"}]}});
+        assert!(apply(&target, &ok, PatchType::Strategic).is_ok());
     }
 
     #[test]

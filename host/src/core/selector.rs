@@ -123,8 +123,13 @@ impl LabelSelector {
 
     /// Matches against an object's `metadata.labels`.
     pub fn matches(&self, labels: Option<&serde_json::Map<String, Value>>) -> bool {
+        self.matches_with(|k| labels.and_then(|l| l.get(k)).and_then(Value::as_str))
+    }
+
+    /// Matches against labels looked up by `label`.
+    pub fn matches_with<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
         self.reqs.iter().all(|r| {
-            let v = labels.and_then(|l| l.get(&r.key)).and_then(Value::as_str);
+            let v = label(&r.key);
             match &r.op {
                 Op::Eq(want) => v == Some(want.as_str()),
                 Op::NotEq(want) => v != Some(want.as_str()),

@@ -1,5 +1,9 @@
 //! Informers: one in-memory cache per kind, fed by a store watch and shared by every plugin,
 //! so plugin reads never touch the store and every plugin sees events in revision order.
+//!
+//! The cache keeps each object as its JSON text, plus the few things routing reads without
+//! parsing it (labels, owner uids): a parsed tree costs about ten times the text, and plugins
+//! receive objects as text anyway. Readers that need a tree parse on demand.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -13,14 +17,122 @@ use crate::core::resources::Resource;
 use crate::core::selector::LabelSelector;
 use crate::store::{self, EventType, Store};
 
-/// One change delivered to subscribers.
+/// One change delivered to subscribers. Subscribers route by metadata; the whole object is
+/// parsed only by those who ask for it ([`Change::object`]): a change queued for a slow
+/// subscriber costs its metadata and the JSON text the cache shares, not a parsed tree (ten
+/// times the text: a 1 MB pod written in a loop once queued a gigabyte).
 #[derive(Clone, Debug)]
 pub struct Change {
     pub kind: EventType,
-    pub object: Arc<Value>,
-    /// The version the cache held before this change, when it held one: how a watch by
-    /// label selector finds the objects that selected the old labels.
-    pub old: Option<Arc<Value>>,
+    /// `apiVersion`, `kind` and `metadata` (without `managedFields`): what routing reads,
+    /// shaped like the object so the `meta` helpers work on it.
+    pub head: Arc<Value>,
+    /// The object's JSON.
+    pub raw: Arc<str>,
+    /// The labels of the version the cache held before this change, when it held one: how a
+    /// watch by label selector finds the objects that selected the old labels.
+    pub old_labels: Option<Labels>,
+}
+
+impl Change {
+    /// The whole object, parsed.
+    pub fn object(&self) -> serde_json::Result<Value> {
+        serde_json::from_str(&self.raw)
+    }
+}
+
+/// The head of an object's JSON (see [`Change::head`]), read without building the rest.
+fn head(raw: &str) -> serde_json::Result<Value> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Head {
+        #[serde(default)]
+        api_version: Option<Value>,
+        #[serde(default)]
+        kind: Option<Value>,
+        #[serde(default)]
+        metadata: Option<serde_json::Map<String, Value>>,
+    }
+    // `managedFields` can be most of a big object's metadata; routing never reads it. (The
+    // map holds it briefly: metadata is small beside the rest.)
+    let h: Head = serde_json::from_str(raw)?;
+    let mut out = serde_json::Map::new();
+    if let Some(v) = h.api_version {
+        out.insert("apiVersion".into(), v);
+    }
+    if let Some(v) = h.kind {
+        out.insert("kind".into(), v);
+    }
+    let mut m = h.metadata.unwrap_or_default();
+    m.remove("managedFields");
+    out.insert("metadata".into(), Value::Object(m));
+    Ok(Value::Object(out))
+}
+
+/// An object's labels, sorted by key: what a label selector reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Labels(Arc<[(Box<str>, Box<str>)]>);
+
+impl Labels {
+    pub fn of(object: &Value) -> Self {
+        let mut pairs: Vec<(Box<str>, Box<str>)> = object
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.as_str().into(), v.as_str()?.into())))
+            .collect();
+        pairs.sort();
+        Labels(pairs.into())
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn matches(&self, selector: &LabelSelector) -> bool {
+        selector.matches_with(|k| self.get(k))
+    }
+}
+
+/// What the cache keeps of one object.
+#[derive(Debug)]
+struct Cached {
+    rev: u64,
+    /// The object's JSON.
+    raw: Arc<str>,
+    labels: Labels,
+    /// The uids its `ownerReferences` name.
+    owners: Box<[Box<str>]>,
+}
+
+impl Cached {
+    fn new(object: &Value, raw: Arc<str>) -> Self {
+        Cached {
+            rev: store::revision_of(object).unwrap_or(0),
+            raw,
+            labels: Labels::of(object),
+            owners: owner_uids(object).map(Into::into).collect(),
+        }
+    }
+
+    fn from_value(object: &Value) -> Self {
+        Cached::new(object, object.to_string().into())
+    }
+
+    fn value(&self) -> Option<Arc<Value>> {
+        match serde_json::from_str(&self.raw) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                // Only JSON the store or the API produced is cached: this is a bug.
+                tracing::error!(error = %e, "informer: a cached object does not parse");
+                None
+            }
+        }
+    }
 }
 
 /// An object in some informer's cache, named by kind, namespace and name.
@@ -55,39 +167,27 @@ impl OwnerIndex {
         self.by_owner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Replaces what `old` (the cached version, if any) recorded with what `new` records.
-    fn update(&self, res: &'static Resource, old: Option<&Value>, new: Option<&Value>) {
-        let same = |a: Option<&Value>, b: Option<&Value>| {
-            a.and_then(|o| o.pointer("/metadata/ownerReferences"))
-                == b.and_then(|o| o.pointer("/metadata/ownerReferences"))
-        };
-        if same(old, new) {
+    /// Replaces the owners the cached version of the object at `key` (`namespace/name`)
+    /// named (`old`) with those its new version names (`new`).
+    fn update(&self, res: &'static Resource, key: &str, old: &[Box<str>], new: &[Box<str>]) {
+        if old == new {
             return;
         }
         let mut map = self.lock();
-        let entry = |o: &Value| {
-            (
-                res.plural,
-                res.group,
-                meta::namespace(o).to_string(),
-                meta::name(o).to_string(),
-            )
-        };
-        if let Some(o) = old {
-            let e = entry(o);
-            for uid in owner_uids(o) {
-                if let Some(set) = map.get_mut(uid) {
-                    set.remove(&e);
-                    if set.is_empty() {
-                        map.remove(uid);
-                    }
+        let (ns, name) = key.split_once('/').unwrap_or(("", key));
+        let entry = (res.plural, res.group, ns.to_string(), name.to_string());
+        for uid in old {
+            if let Some(set) = map.get_mut(&**uid) {
+                set.remove(&entry);
+                if set.is_empty() {
+                    map.remove(&**uid);
                 }
             }
         }
-        if let Some(o) = new {
-            for uid in owner_uids(o) {
-                map.entry(uid.to_string()).or_default().insert(entry(o));
-            }
+        for uid in new {
+            map.entry(uid.to_string())
+                .or_default()
+                .insert(entry.clone());
         }
     }
 
@@ -121,13 +221,13 @@ pub struct Informer {
     owners: Arc<OwnerIndex>,
     /// `namespace/name` → object. Entries carry their revision to order watch events against
     /// write-through updates.
-    cache: RwLock<BTreeMap<String, (u64, Arc<Value>)>>,
+    cache: RwLock<BTreeMap<String, Arc<Cached>>>,
     /// Recently deleted keys with the deleting revision (at most [`TOMBSTONES`]; forgotten
     /// wholesale past that, and at a relist).
     tombstones: Mutex<HashMap<String, u64>>,
     /// Versions a write-through replaced, kept until the watch event of that write arrives so
     /// the event can carry them as its `old` (at most [`TOMBSTONES`]).
-    overwritten: Mutex<HashMap<String, Arc<Value>>>,
+    overwritten: Mutex<HashMap<String, Arc<Cached>>>,
     synced: watch::Sender<bool>,
     subscribers: Mutex<Vec<mpsc::UnboundedSender<Change>>>,
 }
@@ -153,29 +253,64 @@ impl Informer {
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
-        let ns = if self.res.namespaced { ns } else { "" };
-        self.read()
-            .get(&cache_key(ns, name))
-            .map(|(_, v)| v.clone())
+        self.get_raw(ns, name)
+            .and_then(|raw| serde_json::from_str(&raw).ok().map(Arc::new))
     }
 
-    /// Objects in `ns` (all namespaces when empty) matching `selector`.
+    /// The cached object's JSON.
+    pub fn get_raw(&self, ns: &str, name: &str) -> Option<Arc<str>> {
+        let ns = if self.res.namespaced { ns } else { "" };
+        self.read().get(&cache_key(ns, name)).map(|c| c.raw.clone())
+    }
+
+    /// Objects in `ns` (all namespaces when empty) matching `selector`, parsed.
     pub fn list(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<Value>> {
-        let cache = self.read();
-        let prefix = if ns.is_empty() || !self.res.namespaced {
-            String::new()
-        } else {
-            format!("{ns}/")
-        };
-        cache
+        self.select(ns, selector, |c| c.value())
+    }
+
+    /// The same, as JSON text.
+    pub fn list_raw(&self, ns: &str, selector: &LabelSelector) -> Vec<Arc<str>> {
+        self.select(ns, selector, |c| Some(c.raw.clone()))
+    }
+
+    /// The namespace and name of every object in `ns` (all when empty).
+    pub fn names(&self, ns: &str) -> Vec<(String, String)> {
+        let prefix = self.prefix(ns);
+        self.read()
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(_, (_, v))| selector.matches_object(v))
-            .map(|(_, (_, v))| v.clone())
+            .map(|(k, _)| {
+                let (ns, name) = k.split_once('/').unwrap_or(("", k));
+                (ns.to_string(), name.to_string())
+            })
             .collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, (u64, Arc<Value>)>> {
+    fn prefix(&self, ns: &str) -> String {
+        if ns.is_empty() || !self.res.namespaced {
+            String::new()
+        } else {
+            format!("{ns}/")
+        }
+    }
+
+    fn select<T>(
+        &self,
+        ns: &str,
+        selector: &LabelSelector,
+        each: impl Fn(&Cached) -> Option<T>,
+    ) -> Vec<T> {
+        let prefix = self.prefix(ns);
+        let cache = self.read();
+        cache
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(_, c)| c.labels.matches(selector))
+            .filter_map(|(_, c)| each(c))
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Cached>>> {
         self.cache.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -190,19 +325,26 @@ impl Informer {
         )
     }
 
-    /// Applies a change if it is newer than what the cache holds, and returns the version it
-    /// replaced: for a watch event (`through` false) the `old` to publish with it, which is
-    /// the one a write-through replaced when that write came first.
+    /// Applies a change if it is newer than what the cache holds, and returns the labels of
+    /// the version it replaced: for a watch event (`through` false) the `old_labels` to
+    /// publish with it, which are those of the version a write-through replaced when that
+    /// write came first.
     ///
     /// Versions a write-through replaces are kept (in `overwritten`, under the cache lock)
     /// until the watch event of that write arrives; a newer watch event drops what is kept.
-    fn apply(&self, kind: EventType, object: &Arc<Value>, through: bool) -> Option<Arc<Value>> {
-        let rev = store::revision_of(object).unwrap_or(0);
+    fn apply(
+        &self,
+        kind: EventType,
+        object: &Value,
+        entry: Cached,
+        through: bool,
+    ) -> Option<Labels> {
+        let rev = entry.rev;
         let key = self.key_of(object);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         let mut over = self.overwritten.lock().unwrap_or_else(|p| p.into_inner());
         let mut tombstones = self.tombstones.lock().unwrap_or_else(|p| p.into_inner());
-        let stale = cache.get(&key).is_some_and(|(r, _)| *r >= rev)
+        let stale = cache.get(&key).is_some_and(|c| c.rev >= rev)
             // A write-through of a version older than the deletion already seen: the object
             // must not come back.
             || (kind != EventType::Deleted && tombstones.get(&key).is_some_and(|r| *r >= rev));
@@ -212,12 +354,17 @@ impl Informer {
             }
             // The write-through of this event came first: its `old` was kept.
             let old = over.remove(&key)?;
-            if cache.get(&key).is_some_and(|(r, _)| *r > rev) {
+            if cache.get(&key).is_some_and(|c| c.rev > rev) {
                 // A later write-through is still to come by watch: this is its `old`.
-                over.insert(key, object.clone());
+                over.insert(key, Arc::new(entry));
             }
-            return Some(old);
+            return Some(old.labels.clone());
         }
+        let new_owners = if kind == EventType::Deleted {
+            Box::default()
+        } else {
+            entry.owners.clone()
+        };
         let old = match kind {
             EventType::Deleted => {
                 if tombstones.len() >= TOMBSTONES {
@@ -228,12 +375,11 @@ impl Informer {
             }
             _ => {
                 tombstones.remove(&key);
-                cache.insert(key.clone(), (rev, object.clone()))
+                cache.insert(key.clone(), Arc::new(entry))
             }
-        }
-        .map(|(_, o)| o);
-        let new = (kind != EventType::Deleted).then_some(&**object);
-        self.owners.update(self.res, old.as_deref(), new);
+        };
+        let old_owners = old.as_ref().map_or(&[][..], |o| &o.owners[..]);
+        self.owners.update(self.res, &key, old_owners, &new_owners);
         match (through, &old) {
             (true, Some(old)) if kind != EventType::Deleted => {
                 if over.len() >= TOMBSTONES
@@ -248,13 +394,14 @@ impl Informer {
                 over.remove(&key);
             }
         }
-        old
+        old.map(|o| o.labels.clone())
     }
 
     /// Records a plugin's own successful write at once, so its next reconcile (and the
     /// scheduler's next decision) sees it even before the watch event arrives.
     pub fn write_through(&self, kind: EventType, object: Value) {
-        self.apply(kind, &Arc::new(object), true);
+        let entry = Cached::from_value(&object);
+        self.apply(kind, &object, entry, true);
     }
 
     pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Change> {
@@ -282,8 +429,20 @@ impl Informer {
     async fn run(self: Arc<Self>, store: Arc<dyn Store>, cancel: CancellationToken) {
         let prefix = store::prefix(self.res.group, self.res.plural, "");
         'relist: loop {
-            let (items, rev) = match store.list(&prefix) {
-                Ok(x) => x,
+            let mut items = Vec::new();
+            let listed = store::blocking(|| {
+                store.scan(&prefix, None, &mut |key, bytes| {
+                    let raw: Arc<str> = String::from_utf8_lossy(bytes).into();
+                    let h = head(&raw).map_err(|source| store::Error::Corrupt {
+                        key: key.to_string(),
+                        source,
+                    })?;
+                    items.push((Cached::new(&h, raw.clone()), h, raw));
+                    Ok(true)
+                })
+            });
+            let rev = match listed {
+                Ok(rev) => rev,
                 Err(e) => {
                     tracing::error!(kind = self.res.kind, error = %e, "informer list failed");
                     tokio::select! {
@@ -306,34 +465,37 @@ impl Informer {
                     .clear();
                 let fresh: HashMap<String, ()> = items
                     .iter()
-                    .map(|o| (cache_key(meta::namespace(o), meta::name(o)), ()))
+                    .map(|(_, o, _)| (cache_key(meta::namespace(o), meta::name(o)), ()))
                     .collect();
-                cache.retain(|k, (_, o)| {
+                cache.retain(|k, c| {
                     let keep = fresh.contains_key(k);
                     if !keep {
-                        self.owners.update(self.res, Some(o), None);
+                        self.owners.update(self.res, k, &c.owners, &[]);
                         // Gone while the watch was down: a deletion to everyone.
-                        changes.push(Change {
-                            kind: EventType::Deleted,
-                            object: o.clone(),
-                            old: None,
-                        });
+                        if let Ok(h) = head(&c.raw) {
+                            changes.push(Change {
+                                kind: EventType::Deleted,
+                                head: Arc::new(h),
+                                raw: c.raw.clone(),
+                                old_labels: None,
+                            });
+                        }
                     }
                     keep
                 });
-                for o in items {
-                    let r = store::revision_of(&o).unwrap_or(0);
+                for (entry, o, raw) in items {
                     let k = cache_key(meta::namespace(&o), meta::name(&o));
-                    let o = Arc::new(o);
-                    let old = cache.insert(k, (r, o.clone()));
-                    self.owners
-                        .update(self.res, old.as_ref().map(|(_, o)| &**o), Some(&o));
+                    let new_owners = entry.owners.clone();
+                    let old = cache.insert(k.clone(), Arc::new(entry));
+                    let old_owners = old.as_ref().map_or(&[][..], |o| &o.owners[..]);
+                    self.owners.update(self.res, &k, old_owners, &new_owners);
                     // After a relist every subscriber re-examines everything
                     // (level-triggered).
                     changes.push(Change {
                         kind: EventType::Modified,
-                        object: o,
-                        old: old.map(|(_, o)| o),
+                        head: Arc::new(o),
+                        raw,
+                        old_labels: old.map(|o| o.labels.clone()),
                     });
                 }
             }
@@ -357,11 +519,21 @@ impl Informer {
                         continue 'relist;
                     }
                     Some(Ok(event)) => {
-                        let old = self.apply(event.kind, &event.object, false);
+                        let raw: Arc<str> = String::from_utf8_lossy(&event.object).into();
+                        let object = match head(&raw) {
+                            Ok(o) => o,
+                            Err(e) => {
+                                tracing::error!(kind = self.res.kind, error = %e, "informer: unreadable event; relisting");
+                                continue 'relist;
+                            }
+                        };
+                        let entry = Cached::new(&object, raw.clone());
+                        let old_labels = self.apply(event.kind, &object, entry, false);
                         self.publish(Change {
                             kind: event.kind,
-                            object: event.object.clone(),
-                            old,
+                            head: Arc::new(object),
+                            raw,
+                            old_labels,
                         });
                     }
                 }

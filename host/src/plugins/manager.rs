@@ -219,9 +219,12 @@ impl PluginManager {
                     c = rx.recv() => match c { Some(c) => c, None => break },
                 };
                 if change.kind == EventType::Deleted {
-                    this.remove(meta::name(&change.object));
+                    this.remove(meta::name(&change.head));
                 } else {
-                    this.sync(&change.object).await;
+                    match change.object() {
+                        Ok(o) => this.sync(&o).await,
+                        Err(e) => tracing::error!(error = %e, "unreadable Plugin object"),
+                    }
                 }
             }
         });

@@ -562,7 +562,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
                 out.extend(
                     p.informers
                         .get(res)
-                        .list(&namespace, &sel)
+                        .list_raw(&namespace, &sel)
                         .iter()
                         .map(|o| o.to_string()),
                 );
@@ -572,7 +572,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
         let res = p.readable(&api_version, &kind)?;
         Ok(p.informers
             .get(res)
-            .list(&namespace, &sel)
+            .list_raw(&namespace, &sel)
             .iter()
             .map(|o| o.to_string())
             .collect())
@@ -697,7 +697,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
         p.informers.owners().dependents(&owner_uid, |d| {
             if p.perms.readable.contains(d.res)
                 && p.granted(|g| g.reads.contains(d.res))
-                && let Some(o) = p.informers.get(d.res).get(d.namespace, d.name)
+                && let Some(o) = p.informers.get(d.res).get_raw(d.namespace, d.name)
             {
                 out.push(o.to_string());
             }

@@ -257,9 +257,9 @@ impl Slot {
         for res in plugin.shared.perms.primaries() {
             let inf = self.host.informers.get(res);
             out.extend(
-                inf.list("", &LabelSelector::default())
+                inf.names("")
                     .iter()
-                    .map(|o| Key::of(res, o)),
+                    .map(|(ns, name)| Key::new(res, ns, name)),
             );
         }
         out
@@ -505,7 +505,7 @@ fn route(
     perms: &Permissions,
     change: &Change,
 ) {
-    let obj = &change.object;
+    let obj = &change.head;
     let ns = meta::namespace(obj).to_string();
     let primary = perms.for_kind;
     match how {
@@ -571,8 +571,8 @@ fn route(
                     // An orphan: every primary object in its namespace (every one, for a
                     // cluster-scoped owned kind) may want to adopt it.
                     let inf = host.informers.get(primary_res);
-                    for p in inf.list(&ns, &LabelSelector::default()) {
-                        queue.add(Key::of(primary_res, &p));
+                    for (pns, name) in inf.names(&ns) {
+                        queue.add(Key::new(primary_res, &pns, &name));
                     }
                 }
             }
@@ -590,7 +590,7 @@ fn route_watch(
     by: &WatchBy,
     change: &Change,
 ) {
-    let obj = &change.object;
+    let obj = &change.head;
     let ns = meta::namespace(obj);
     if by == &WatchBy::SameName {
         // Only an object that exists: its own deletion is its own event.
@@ -608,7 +608,7 @@ fn route_watch(
         o.pointer("/metadata/labels").and_then(Value::as_object)
     }
     let now = labels(obj);
-    let before = change.old.as_deref().map(labels);
+    let before = change.old_labels.as_ref();
     for p in host
         .informers
         .get(primary)
@@ -617,7 +617,7 @@ fn route_watch(
         let Some(sel) = by.selector_of(&p) else {
             continue;
         };
-        let selected = sel.matches(now) || before.is_some_and(|b| sel.matches(b));
+        let selected = sel.matches(now) || before.is_some_and(|b| b.matches(&sel));
         if selected {
             queue.add(Key::of(primary, &p));
         }
