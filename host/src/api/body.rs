@@ -21,14 +21,15 @@ pub const MAX_BODY: usize = crate::store::MAX_OBJECT_BYTES + 64 * 1024;
 pub const YAML_MAX_DEPTH: usize = 64;
 
 /// Nodes (scalars, sequences, mappings) of a YAML body: a manifest has hundreds; the slowest
-/// shape of 16,384 parses in ~25 ms here (`--bench memory`). Bigger documents can be sent
+/// shape of 16,384 parses in ~15 ms here (`--bench memory`). Bigger documents can be sent
 /// as JSON.
 pub const YAML_MAX_NODES: usize = 16_384;
 
 /// Structural tokens (`{`, `[`, `:`, `,` outside strings; about one per value) of a JSON
-/// body: a 1.5 MiB object of 50,000 short keys has ~100,000; the slowest shape of 200,000
-/// parses in ~35 ms here. Counted before parsing, at ~1 GB/s.
-pub const JSON_MAX_TOKENS: usize = 200_000;
+/// body: a ConfigMap of 50,000 short keys has ~100,000, a 1.5 MiB pod of 10,000 env
+/// entries ~40,000; the slowest shape of 150,000 parses in ~24 ms here. Counted before
+/// parsing, at ~1 GB/s.
+pub const JSON_MAX_TOKENS: usize = 150_000;
 
 /// Bodies larger than this are parsed off the async workers.
 const INLINE_BYTES: usize = 64 * 1024;
