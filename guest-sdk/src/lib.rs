@@ -37,7 +37,9 @@ mod fake;
 pub mod meta;
 pub mod patch;
 pub mod pod;
-pub mod quantity;
+/// Kubernetes quantities as exact integers: the host's own implementation (`kedge-core`), so a
+/// plugin counts exactly what the node enforces.
+pub use kedge_core::quantity;
 pub mod selector;
 
 /// Bindings generated from `wit/plugin.wit` (world `watching-controller`). Plugins rarely need them

@@ -93,7 +93,7 @@ struct ImageArgs {
 impl ImageArgs {
     fn load(&self) -> anyhow::Result<(kedge_registry::RegistriesConfig, u64)> {
         let config = self.registries.load()?;
-        let max = kedge::core::quantity::parse_bytes(&self.image_store_max).ok_or_else(|| {
+        let max = kedge::core::quantity::parse_bytes(&self.image_store_max).map_err(|_| {
             anyhow::anyhow!(
                 "--image-store-max {:?}: expected a size such as 10Gi or 500Mi",
                 self.image_store_max

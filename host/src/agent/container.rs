@@ -502,6 +502,28 @@ async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
     }
 }
 
+/// What the node enforces of a container's `resources`, counted exactly as the scheduler
+/// counts them (one quantity parser, `kedge_core::quantity`).
+#[derive(Debug, PartialEq)]
+struct Resources {
+    memory_limit: Option<u64>,
+    cpu_limit_millis: Option<u64>,
+    /// cgroup v1 `cpu.shares`: 1024 per core requested, at least 2 (as kubelet).
+    cpu_shares: Option<u64>,
+}
+
+impl Resources {
+    fn of(c: &Value) -> Self {
+        let q = |path: &str| c.pointer(path).and_then(Value::as_str);
+        let millis = |path: &str| q(path).and_then(|v| quantity::parse_cpu_millis(v).ok());
+        Resources {
+            memory_limit: q("/resources/limits/memory").and_then(|v| quantity::parse_bytes(v).ok()),
+            cpu_limit_millis: millis("/resources/limits/cpu"),
+            cpu_shares: millis("/resources/requests/cpu").map(|m| (m * 1024 / 1000).max(2)),
+        }
+    }
+}
+
 /// Runs container `i` of `pod` until the pod is stopped (`cancel`) or, by its restart policy,
 /// the container is done for good.
 pub(super) async fn run_container(
@@ -524,19 +546,11 @@ pub(super) async fn run_container(
     let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
     let dirs = super::pod_dirs(ctx, pod);
     let dir = dirs.disk.join(&name);
-    let memory_limit = c
-        .pointer("/resources/limits/memory")
-        .and_then(Value::as_str)
-        .and_then(quantity::parse_bytes);
-    let cpu_limit_millis = c
-        .pointer("/resources/limits/cpu")
-        .and_then(Value::as_str)
-        .and_then(quantity::parse_millis);
-    let cpu_shares = c
-        .pointer("/resources/requests/cpu")
-        .and_then(Value::as_str)
-        .and_then(quantity::parse_millis)
-        .map(|m| (m * 1024 / 1000).max(2));
+    let Resources {
+        memory_limit,
+        cpu_limit_millis,
+        cpu_shares,
+    } = Resources::of(c);
     let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
     let mut setup_failures = 0u32;
     // Continued from the node's record when the agent restarted (see `container_counts`).
@@ -906,6 +920,47 @@ pub(super) async fn image_gc_loop(ctx: Ctx, max_bytes: u64, cancel: Cancellation
             Ok(Ok(report)) => tracing::debug!(?report, "image gc"),
             Ok(Err(e)) => tracing::warn!(error = %e, "image gc failed"),
             Err(e) => tracing::warn!(error = %e, "image gc task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cpu(limit: &str, request: &str) -> Resources {
+        Resources::of(&json!({"resources": {
+            "limits": {"cpu": limit, "memory": "64Mi"}, "requests": {"cpu": request}}}))
+    }
+
+    /// Regression (structure issue): the agent parsed quantities in floating point, so `9m`
+    /// of CPU was 10 millicores on the node while the scheduler counted 9. The node now
+    /// counts every amount from 1m to 100 cores exactly as the scheduler (and Kubernetes).
+    #[test]
+    fn cpu_is_counted_exactly_as_the_scheduler_counts_it() {
+        assert_eq!(
+            cpu("9m", "9m"),
+            Resources {
+                memory_limit: Some(64 << 20),
+                cpu_limit_millis: Some(9),
+                cpu_shares: Some(9),
+            }
+        );
+        for n in 1..=100_000u64 {
+            let r = cpu(&format!("{n}m"), &format!("{}.{:03}", n / 1000, n % 1000));
+            assert_eq!(r.cpu_limit_millis, Some(n), "{n}m");
+            assert_eq!(
+                r.cpu_shares,
+                Some((n * 1024 / 1000).max(2)),
+                "{}.{:03}",
+                n / 1000,
+                n % 1000
+            );
+            assert_eq!(
+                r.cpu_limit_millis,
+                kedge_core::quantity::parse_cpu_millis(&format!("{n}m")).ok()
+            );
         }
     }
 }

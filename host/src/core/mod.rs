@@ -6,7 +6,7 @@ pub mod cron;
 pub mod meta;
 pub mod patch;
 pub mod pod;
-pub mod quantity;
+pub use kedge_core::quantity;
 pub mod resources;
 pub mod selector;
 pub mod spdy;

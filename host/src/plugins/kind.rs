@@ -338,7 +338,7 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
         if let Some(q) = &l.memory {
-            match crate::core::quantity::parse_bytes(&q.0) {
+            match crate::core::quantity::parse_bytes(&q.0).ok() {
                 Some(b) if ((1 << 20)..=(4u64 << 30)).contains(&b) => {}
                 Some(_) => causes.push(Cause::invalid(
                     "spec.limits.memory",

@@ -533,7 +533,7 @@ impl PluginManager {
             if let Some(b) = lim
                 .memory
                 .as_ref()
-                .and_then(|q| crate::core::quantity::parse_bytes(&q.0))
+                .and_then(|q| crate::core::quantity::parse_bytes(&q.0).ok())
             {
                 l.memory = b as usize;
             }

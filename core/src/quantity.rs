@@ -107,7 +107,7 @@ fn scaled_ceil(q: &str, shift: i32) -> Result<u64, QuantityError> {
 /// CPU in millicores, rounded up — the unit kube-scheduler accounts CPU in.
 ///
 /// ```
-/// use kedge_guest::quantity::parse_cpu_millis;
+/// use kedge_core::quantity::parse_cpu_millis;
 /// assert_eq!(parse_cpu_millis("100m").unwrap(), 100);
 /// assert_eq!(parse_cpu_millis("0.5").unwrap(), 500);
 /// assert_eq!(parse_cpu_millis("2").unwrap(), 2000);
@@ -119,7 +119,7 @@ pub fn parse_cpu_millis(q: &str) -> Result<u64, QuantityError> {
 /// Bytes, rounded up; accepts binary (`Mi`), decimal (`G`) and exponent (`129e6`) forms.
 ///
 /// ```
-/// use kedge_guest::quantity::parse_bytes;
+/// use kedge_core::quantity::parse_bytes;
 /// assert_eq!(parse_bytes("64Mi").unwrap(), 64 << 20);
 /// assert_eq!(parse_bytes("1G").unwrap(), 1_000_000_000);
 /// assert_eq!(parse_bytes("129e6").unwrap(), 129_000_000);
@@ -162,6 +162,55 @@ mod tests {
         assert_eq!(parse_bytes("1E"), Ok(1_000_000_000_000_000_000));
         assert_eq!(parse_bytes("500m"), Ok(1));
         assert_eq!(parse_bytes(" 1Ki "), Ok(1024));
+    }
+
+    /// Every amount from 1m to 100 cores, in millicores and in decimal form, is exact (the
+    /// host once counted `9m` as 10).
+    #[test]
+    fn millicores_are_exact() {
+        for n in 1..=100_000u64 {
+            assert_eq!(parse_cpu_millis(&format!("{n}m")), Ok(n), "{n}m");
+            let decimal = format!("{}.{:03}", n / 1000, n % 1000);
+            assert_eq!(parse_cpu_millis(&decimal), Ok(n), "{decimal}");
+            assert_eq!(parse_cpu_millis(&format!("{n}e-3")), Ok(n), "{n}e-3");
+        }
+    }
+
+    /// Every suffix Kubernetes knows, at its exact integer value.
+    #[test]
+    fn suffixes_are_exact() {
+        let cases: &[(&str, u128)] = &[
+            ("Ki", 1 << 10),
+            ("Mi", 1 << 20),
+            ("Gi", 1 << 30),
+            ("Ti", 1 << 40),
+            ("Pi", 1 << 50),
+            ("Ei", 1 << 60),
+            ("", 1),
+            ("k", 1_000),
+            ("M", 1_000_000),
+            ("G", 1_000_000_000),
+            ("T", 1_000_000_000_000),
+            ("P", 1_000_000_000_000_000),
+            ("E", 1_000_000_000_000_000_000),
+            ("e3", 1_000),
+            ("E6", 1_000_000),
+        ];
+        for (suffix, unit) in cases {
+            for n in [1u128, 3, 7, 9, 15] {
+                let want = u64::try_from(n * unit).ok();
+                assert_eq!(
+                    parse_bytes(&format!("{n}{suffix}")).ok(),
+                    want,
+                    "{n}{suffix}"
+                );
+            }
+        }
+        // Sub-units round up to a whole byte, as requests do.
+        assert_eq!(parse_bytes("1500m"), Ok(2));
+        assert_eq!(parse_bytes("999n"), Ok(1));
+        assert_eq!(parse_cpu_millis("1u"), Ok(1));
+        assert_eq!(parse_cpu_millis("1500u"), Ok(2));
     }
 
     #[test]
