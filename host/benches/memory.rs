@@ -301,6 +301,45 @@ async fn watch_all(
     out
 }
 
+/// 100 watchers on `path` that never read: the server's RSS peak over 10 s.
+async fn stalled(s: &Server, path: &str, what: &str) {
+    let base = s.rss_mb();
+    let (peak, held) = peak_while(s.child.id(), async {
+        let held = watch_all(s, path, 100, None).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        held
+    })
+    .await;
+    println!(
+        "  100 watchers {what}: peak {peak:.0} MB (+{:.0} MB)",
+        peak - base
+    );
+    for h in held {
+        h.abort();
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+}
+
+/// 100 watchers on `path` reading until they have seen revision `until`: the RSS peak.
+async fn reading(s: &Server, path: &str, until: u64, what: &str) {
+    let base = s.rss_mb();
+    let t = Instant::now();
+    let (peak, bytes) = peak_while(s.child.id(), async {
+        let mut total = 0;
+        for h in watch_all(s, path, 100, Some(until)).await {
+            total += h.await.unwrap();
+        }
+        total
+    })
+    .await;
+    println!(
+        "  100 watchers {what}, reading it all ({:.0} MB in {:.1} s): peak {peak:.0} MB (+{:.0} MB)",
+        bytes as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        peak - base
+    );
+}
+
 async fn watchers() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("server")).await;
@@ -341,7 +380,6 @@ async fn watchers() {
         cm["metadata"]["resourceVersion"] = json!(null);
     }
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let pid = s.child.id();
     let base = s.rss_mb();
     println!(
         "watchers (history: a {:.0} KB ConfigMap written 60 times, revision {last}):",
@@ -349,72 +387,20 @@ async fn watchers() {
     );
     println!("  RSS before {base:.0} MB");
 
-    let (peak, held) = peak_while(pid, async {
-        let held = watch_all(
-            &s,
-            "/api/v1/namespaces/quiet/configmaps?watch=1&resourceVersion=1",
-            100,
-            None,
-        )
-        .await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        held
-    })
+    stalled(
+        &s,
+        "/api/v1/namespaces/quiet/configmaps?watch=1&resourceVersion=1",
+        "from resourceVersion=1 on an empty namespace",
+    )
     .await;
-    println!(
-        "  100 watchers from resourceVersion=1 on an empty namespace: peak {peak:.0} MB (+{:.0} MB)",
-        peak - base
-    );
-    for h in held {
-        h.abort();
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let base = s.rss_mb();
-    let (peak, held) = peak_while(pid, async {
-        let held = watch_all(
-            &s,
-            "/api/v1/configmaps?watch=1&resourceVersion=1",
-            100,
-            None,
-        )
-        .await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        held
-    })
+    let every = "/api/v1/configmaps?watch=1&resourceVersion=1";
+    stalled(
+        &s,
+        every,
+        "from resourceVersion=1 on every ConfigMap, not reading",
+    )
     .await;
-    println!(
-        "  100 watchers from resourceVersion=1 on every ConfigMap, not reading: peak {peak:.0} MB (+{:.0} MB)",
-        peak - base
-    );
-    for h in held {
-        h.abort();
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    let base = s.rss_mb();
-    let t = Instant::now();
-    let (peak, bytes) = peak_while(pid, async {
-        let mut total = 0;
-        for h in watch_all(
-            &s,
-            "/api/v1/configmaps?watch=1&resourceVersion=1",
-            100,
-            Some(last),
-        )
-        .await
-        {
-            total += h.await.unwrap();
-        }
-        total
-    })
-    .await;
-    println!(
-        "  100 watchers from resourceVersion=1 on every ConfigMap, reading it all ({:.0} MB in {:.1} s): peak {peak:.0} MB (+{:.0} MB)",
-        bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64(),
-        peak - base
-    );
+    reading(&s, every, last, "from resourceVersion=1 on every ConfigMap").await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     println!("  15 s after they left: {:.0} MB", s.rss_mb());
 
@@ -456,40 +442,11 @@ async fn watchers() {
     let path =
         format!("/api/v1/namespaces/small/configmaps?watch=1&resourceVersion={before_small}");
     let path = path.as_str();
-    let base = s.rss_mb();
     println!(
         "watchers (history: 500 ConfigMaps of ~2 KB, each written 10 times; from revision {before_small}):"
     );
-    let (peak, held) = peak_while(pid, async {
-        let held = watch_all(&s, path, 100, None).await;
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        held
-    })
-    .await;
-    println!(
-        "  100 watchers from before those writes, not reading: peak {peak:.0} MB (+{:.0} MB)",
-        peak - base
-    );
-    for h in held {
-        h.abort();
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let base = s.rss_mb();
-    let t = Instant::now();
-    let (peak, bytes) = peak_while(pid, async {
-        let mut total = 0;
-        for h in watch_all(&s, path, 100, Some(last)).await {
-            total += h.await.unwrap();
-        }
-        total
-    })
-    .await;
-    println!(
-        "  100 watchers from before those writes, reading it all ({:.0} MB in {:.1} s): peak {peak:.0} MB (+{:.0} MB)",
-        bytes as f64 / 1e6,
-        t.elapsed().as_secs_f64(),
-        peak - base
-    );
+    stalled(&s, path, "from before those writes, not reading").await;
+    reading(&s, path, last, "from before those writes").await;
     s.stop();
 }
 
