@@ -1321,7 +1321,10 @@ impl PodRun {
         {
             let mut saved = self.counts.lock().unwrap_or_else(|p| p.into_inner());
             if *saved != counts {
-                container_counts::save(&ctx.data_dir, &self.uid, &counts);
+                // A synced file write: off the async workers.
+                crate::store::blocking(|| {
+                    container_counts::save(&ctx.data_dir, &self.uid, &counts)
+                });
                 *saved = counts;
             }
         }

@@ -53,8 +53,8 @@ pub fn too_large(_: axum::Error) -> super::ApiError {
 
 /// A JSON body, or the error to answer 400 with.
 pub fn json(body: &[u8]) -> Result<Value, String> {
-    check_json_tokens(body)?;
     off_workers(body.len(), || {
+        check_json_tokens(body)?;
         serde_json::from_slice(body).map_err(|e| e.to_string())
     })
 }

@@ -1170,11 +1170,7 @@ fn list_table(
 ) -> Result<Value> {
     let mut out: Option<Value> = None;
     for chunk in page.items.chunks(256) {
-        let objs = chunk
-            .iter()
-            .map(|b| serde_json::from_slice(b))
-            .collect::<std::result::Result<Vec<Value>, _>>()
-            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))?;
+        let objs = super::ops::ListPage::parse(chunk)?;
         let t = table::table(res, &objs, page.metadata(), now);
         match (&mut out, t) {
             (None, t) => out = Some(t),

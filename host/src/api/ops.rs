@@ -54,6 +54,15 @@ pub struct ListPage {
 }
 
 impl ListPage {
+    /// Stored objects, parsed.
+    pub fn parse(items: &[Bytes]) -> Result<Vec<Value>> {
+        items
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<std::result::Result<Vec<Value>, _>>()
+            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))
+    }
+
     /// The list's `metadata`.
     pub fn metadata(&self) -> Value {
         let mut m = json!({"resourceVersion": self.rev.to_string()});
@@ -243,12 +252,7 @@ impl Api {
     /// [`Api::list_page`] as it is stored).
     pub fn list(&self, res: &'static Resource, ns: &str, opts: &ListOptions) -> Result<Value> {
         let page = self.list_page(res, ns, opts)?;
-        let items = page
-            .items
-            .iter()
-            .map(|b| serde_json::from_slice(b))
-            .collect::<std::result::Result<Vec<Value>, _>>()
-            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))?;
+        let items = ListPage::parse(&page.items)?;
         Ok(json!({
             "kind": res.list_kind(),
             "apiVersion": res.api_version(),
@@ -1153,9 +1157,8 @@ impl ApiWatch {
             }
             let all = self.selectors.0.is_empty() && self.selectors.1.is_empty();
             for (key, bytes) in chunk {
-                let wanted = all
-                    || store::decode(&key, &bytes)
-                        .is_ok_and(|o| self.selectors.matches(&store::attrs(&key, &o)));
+                let wanted =
+                    all || store::decode(&key, &bytes).is_ok_and(|o| self.selectors.matches(&o));
                 if wanted {
                     self.pending.push_back(bytes);
                 }

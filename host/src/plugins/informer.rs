@@ -253,8 +253,10 @@ impl Informer {
     }
 
     pub fn get(&self, ns: &str, name: &str) -> Option<Arc<Value>> {
-        self.get_raw(ns, name)
-            .and_then(|raw| serde_json::from_str(&raw).ok().map(Arc::new))
+        let ns = if self.res.namespaced { ns } else { "" };
+        self.read()
+            .get(&cache_key(ns, name))
+            .and_then(|c| c.value())
     }
 
     /// The cached object's JSON.

@@ -11,9 +11,10 @@
 //! runtime the wait happens in `block_in_place`, so the async workers keep serving requests
 //! (and queueing more writes) while a commit syncs.
 //!
-//! The watch log keeps, per event, a small header (key, type, and the selectable attributes of
-//! the object and of the version it replaced) in one table and the object in another, so a
-//! watch replaying history decides from headers alone which objects to load. It is bounded in
+//! The watch log keeps, per event, the key, the type and the selectable attributes of the
+//! object and of the version it replaced, with the object itself when it is small and in a
+//! second table when it is not, so a watch replaying history decides from the entry alone
+//! whether to load a big object. It is bounded in
 //! events and in bytes; the file itself is compacted when it has grown well past what it holds.
 
 use std::path::Path;
@@ -334,7 +335,7 @@ impl RedbStore {
         match outcome {
             Ok(last) => {
                 let mut events = Vec::new();
-                for (_, result) in &mut results {
+                for (_, result) in &results {
                     if let Ok((_, event)) = result {
                         events.push(event.clone());
                     }
