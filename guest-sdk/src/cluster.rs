@@ -4,10 +4,53 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::bindings::kedge::plugin::cluster as wit;
-use crate::{ApiError, DeleteOptions, LogLevel};
+use crate::{ApiError, DeleteOptions, HasStatus, LogLevel};
 
 /// Result of one API call from a plugin.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The API errors a level-triggered reconcile expects and lets pass: `Ok(None)` instead.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::Pod;
+/// use kedge_guest::{ApiResultExt, ClusterExt, FakeCluster};
+/// let fake = FakeCluster::new();
+/// // Deleting what is already gone is done.
+/// assert_eq!(fake.delete::<Pod>("default", "web").ignore_not_found(), Ok(None));
+/// ```
+pub trait ApiResultExt<T> {
+    /// `not-found` becomes `Ok(None)`: the object is already gone.
+    fn ignore_not_found(self) -> ApiResult<Option<T>>;
+    /// `conflict` and `not-found` become `Ok(None)`: the object changed or went away since it
+    /// was read, and that change enqueues the key again, so the write has nothing left to do.
+    ///
+    /// ```
+    /// use kedge_guest::{ApiError, ApiResultExt};
+    /// let lost: Result<(), ApiError> = Err(ApiError::Conflict("stale".into()));
+    /// assert_eq!(lost.ignore_stale(), Ok(None));
+    /// let denied: Result<(), ApiError> = Err(ApiError::Forbidden("pods".into()));
+    /// assert!(denied.ignore_stale().is_err());
+    /// ```
+    fn ignore_stale(self) -> ApiResult<Option<T>>;
+}
+
+impl<T> ApiResultExt<T> for ApiResult<T> {
+    fn ignore_not_found(self) -> ApiResult<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ignore_stale(self) -> ApiResult<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// The cluster as a plugin sees it: the WIT `cluster` interface on `serde_json::Value`.
 ///
@@ -181,6 +224,48 @@ pub trait ClusterExt: Cluster {
             K::KIND,
             self.update_object_status(K::API_VERSION, K::KIND, namespace, &body)?,
         )
+    }
+
+    /// Writes `status` to `obj` through the status subresource unless it equals the stored
+    /// status (an absent one counts as `Default`), the write every reconcile ends with. A
+    /// `conflict` or `not-found` is no error: the object changed or went away since it was
+    /// read, and that change enqueues it again. Returns the object as stored; `obj` itself
+    /// when the status is unchanged, with `status` set when the write lost a race.
+    ///
+    /// ```
+    /// use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+    /// use kedge_guest::{ClusterExt, FakeCluster, Verb};
+    /// let fake = FakeCluster::new();
+    /// let mut d = Deployment::default();
+    /// d.metadata.name = Some("web".into());
+    /// let d = fake.create("default", &d).unwrap();
+    /// let status = DeploymentStatus { replicas: Some(2), ..Default::default() };
+    /// let d = fake.update_status_if_changed("default", &d, status.clone()).unwrap();
+    /// fake.update_status_if_changed("default", &d, status).unwrap();
+    /// assert_eq!(fake.count(Verb::UpdateStatus, "Deployment"), 1);
+    /// ```
+    fn update_status_if_changed<K>(
+        &self,
+        namespace: &str,
+        obj: &K,
+        status: K::Status,
+    ) -> ApiResult<K>
+    where
+        K: Resource + HasStatus + Serialize + DeserializeOwned + Clone,
+    {
+        let unchanged = match obj.status() {
+            Some(old) => *old == status,
+            None => status == K::Status::default(),
+        };
+        let mut updated = obj.clone();
+        if unchanged {
+            return Ok(updated);
+        }
+        *updated.status_mut() = Some(status);
+        Ok(self
+            .update_status(namespace, &updated)
+            .ignore_stale()?
+            .unwrap_or(updated))
     }
 
     /// Applies a JSON merge patch to the named object of kind `K`.
@@ -406,5 +491,53 @@ impl Cluster for HostCluster {
 
     fn log(&self, level: LogLevel, message: &str) {
         wit::log(level, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+
+    use crate::{ClusterExt, FakeCluster, Verb};
+
+    fn stored(fake: &FakeCluster) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = Some("web".into());
+        fake.create("ns", &d).unwrap()
+    }
+
+    #[test]
+    fn an_absent_status_equals_the_default_so_nothing_is_written() {
+        let fake = FakeCluster::new();
+        let d = stored(&fake);
+        let back = fake
+            .update_status_if_changed("ns", &d, DeploymentStatus::default())
+            .unwrap();
+        assert_eq!(back, d);
+        assert_eq!(fake.count(Verb::UpdateStatus, "Deployment"), 0);
+    }
+
+    #[test]
+    fn a_lost_race_is_no_error_and_returns_the_object_with_the_new_status() {
+        let fake = FakeCluster::new();
+        let d = stored(&fake);
+        // Someone else writes first: our copy's resourceVersion is stale.
+        fake.update("ns", &d).unwrap();
+        let status = DeploymentStatus {
+            replicas: Some(1),
+            ..Default::default()
+        };
+        let back = fake
+            .update_status_if_changed("ns", &d, status.clone())
+            .unwrap();
+        assert_eq!(back.status, Some(status));
+        assert_eq!(fake.count(Verb::UpdateStatus, "Deployment"), 0);
+        // Or deletes it.
+        fake.delete::<Deployment>("ns", "web").unwrap();
+        let status = DeploymentStatus {
+            replicas: Some(2),
+            ..Default::default()
+        };
+        assert!(fake.update_status_if_changed("ns", &d, status).is_ok());
     }
 }

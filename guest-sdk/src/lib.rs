@@ -3,27 +3,22 @@
 //!
 //! A plugin implements [`Controller`] and calls [`export_controller!`]; its logic talks to
 //! the cluster only through [`Cluster`] so the same code runs against the host
-//! ([`HostCluster`]) and, in native unit tests, against [`FakeCluster`].
+//! ([`HostCluster`]) and, in native unit tests, against [`FakeCluster`]. `?` turns API and
+//! JSON errors into the reconcile's [`Error`].
 //!
 //! ```
 //! use k8s_openapi::api::core::v1::Pod;
-//! use kedge_guest::{Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration};
+//! use kedge_guest::{Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration, Result};
 //!
 //! struct Noop;
 //!
 //! impl Controller for Noop {
 //!     fn registration() -> Registration {
-//!         Registration {
-//!             name: "noop".into(),
-//!             for_kind: KindRef::of::<Pod>(),
-//!             owns: vec![],
-//!             reads: vec![],
-//!             writes: vec![],
-//!         }
+//!         Registration::new("noop", KindRef::of::<Pod>())
 //!     }
 //!
-//!     fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-//!         let _pod = cluster.get::<Pod>(&key.namespace, &key.name).map_err(|e| e.to_string())?;
+//!     fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+//!         let _pod = cluster.get::<Pod>(&key.namespace, &key.name)?;
 //!         Ok(Outcome::done())
 //!     }
 //! }
@@ -33,14 +28,16 @@
 //! ```
 
 mod cluster;
+mod error;
 mod fake;
 pub mod meta;
 pub mod patch;
 pub mod pod;
 /// Kubernetes quantities as exact integers: the host's own implementation (`kedge-core`), so a
 /// plugin counts exactly what the node enforces.
-pub use kedge_core::quantity;
+pub use kedge_core::{cron, quantity};
 pub mod selector;
+mod status;
 
 /// Bindings generated from `wit/plugin.wit` (world `watching-controller`). Plugins rarely need them
 /// directly: the SDK re-exports the record types and wraps the imports in [`HostCluster`].
@@ -67,8 +64,10 @@ pub use bindings::kedge::plugin::types::{
     ApiError, DeleteOptions, KindRef, ObjectKey, Propagation, ReconcileOutcome, Registration,
     Watch, WatchMap,
 };
-pub use cluster::{ApiResult, Cluster, ClusterExt, HostCluster};
+pub use cluster::{ApiResult, ApiResultExt, Cluster, ClusterExt, HostCluster};
+pub use error::{Error, Result};
 pub use fake::{FakeCluster, Verb, Write};
+pub use status::HasStatus;
 
 /// What a reconcile returns; an alias so plugins need not spell the WIT record's name.
 pub type Outcome = ReconcileOutcome;
@@ -80,16 +79,14 @@ pub type Outcome = ReconcileOutcome;
 ///
 /// ```
 /// # use kedge_guest::*;
+/// use k8s_openapi::api::core::v1::{ConfigMap, Event};
 /// struct Mine;
 /// impl Controller for Mine {
 ///     fn registration() -> Registration {
-///         Registration {
-///             name: "mine".into(),
-///             for_kind: KindRef::new("v1", "ConfigMap"),
-///             owns: vec![], reads: vec![], writes: vec![],
-///         }
+///         Registration::new("mine", KindRef::of::<ConfigMap>())
+///             .writes([KindRef::of::<ConfigMap>(), KindRef::of::<Event>()])
 ///     }
-///     fn reconcile(_: &dyn Cluster, _: &ObjectKey) -> Result<Outcome, String> {
+///     fn reconcile(_: &dyn Cluster, _: &ObjectKey) -> Result<Outcome> {
 ///         Ok(Outcome::requeue_after_ms(30_000))
 ///     }
 /// }
@@ -97,13 +94,74 @@ pub type Outcome = ReconcileOutcome;
 pub trait Controller {
     /// Declares the kinds this plugin reconciles, watches, reads and writes.
     fn registration() -> Registration;
-    /// Brings the world in line with `key`; an `Err` makes the host retry with back-off.
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String>;
+    /// Brings the world in line with `key`. An `Err` goes through [`Self::error_policy`].
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome>;
     /// Events of other kinds that enqueue this plugin's objects, found by name or by label
     /// selector rather than by owner reference (see [`Watch`]). None by default.
     fn watches() -> Vec<Watch> {
         Vec::new()
     }
+    /// Decides what a failed reconcile of `key` tells the host (kube-runtime's
+    /// `error_policy`). By default the error itself: the host logs its text and retries the
+    /// key with exponential back-off. Override it to answer some errors with an [`Outcome`]
+    /// instead (the host then counts a success: no back-off, no error log), e.g. a fixed
+    /// requeue while a dependency is missing.
+    ///
+    /// ```
+    /// # use kedge_guest::*;
+    /// struct Patient;
+    /// impl Controller for Patient {
+    ///     fn registration() -> Registration {
+    ///         Registration::new("patient", KindRef::new("v1", "ConfigMap"))
+    ///     }
+    ///     fn reconcile(_: &dyn Cluster, _: &ObjectKey) -> Result<Outcome> {
+    ///         Err(ApiError::Forbidden("secrets".into()).into())
+    ///     }
+    ///     fn error_policy(cluster: &dyn Cluster, key: &ObjectKey, error: Error) -> Result<Outcome> {
+    ///         match error.api() {
+    ///             // Waiting for an administrator to widen the grant: look again in a minute.
+    ///             Some(ApiError::Forbidden(_)) => {
+    ///                 cluster.log(LogLevel::Warn, &format!("{}: {error}", key.name));
+    ///                 Ok(Outcome::requeue_after_ms(60_000))
+    ///             }
+    ///             _ => Err(error),
+    ///         }
+    ///     }
+    /// }
+    /// let key = ObjectKey::new("v1", "ConfigMap", "default", "a");
+    /// assert_eq!(run::<Patient>(&FakeCluster::new(), &key), Ok(Outcome::requeue_after_ms(60_000)));
+    /// ```
+    fn error_policy(cluster: &dyn Cluster, key: &ObjectKey, error: Error) -> Result<Outcome> {
+        let _ = (cluster, key);
+        Err(error)
+    }
+}
+
+/// One reconcile as the host sees it: [`Controller::reconcile`], an error passed through
+/// [`Controller::error_policy`], and what is left rendered as text (the WIT export's
+/// `result<reconcile-outcome, string>`). [`export_controller!`] calls it; tests can too.
+///
+/// ```
+/// # use kedge_guest::*;
+/// struct Failing;
+/// impl Controller for Failing {
+///     fn registration() -> Registration {
+///         Registration::new("failing", KindRef::new("v1", "ConfigMap"))
+///     }
+///     fn reconcile(_: &dyn Cluster, _: &ObjectKey) -> Result<Outcome> {
+///         Err(Error::msg("spec is missing"))
+///     }
+/// }
+/// let key = ObjectKey::new("v1", "ConfigMap", "default", "a");
+/// assert_eq!(run::<Failing>(&FakeCluster::new(), &key), Err("spec is missing".to_string()));
+/// ```
+pub fn run<C: Controller + ?Sized>(
+    cluster: &dyn Cluster,
+    key: &ObjectKey,
+) -> std::result::Result<Outcome, String> {
+    C::reconcile(cluster, key)
+        .or_else(|e| C::error_policy(cluster, key, e))
+        .map_err(|e| e.to_string())
 }
 
 /// Exports a [`Controller`] implementation as the component's `register`, `reconcile` and
@@ -122,7 +180,7 @@ macro_rules! export_controller {
             }
 
             fn reconcile(key: $crate::ObjectKey) -> ::core::result::Result<$crate::Outcome, String> {
-                <$ty as $crate::Controller>::reconcile(&$crate::HostCluster, &key)
+                $crate::run::<$ty>(&$crate::HostCluster, &key)
             }
 
             fn watches() -> ::std::vec::Vec<$crate::Watch> {
@@ -134,6 +192,49 @@ macro_rules! export_controller {
             __KedgeGuestExport with_types_in $crate::bindings
         );
     };
+}
+
+impl Registration {
+    /// A plugin `name` reconciling `for_kind`, owning, reading and writing nothing yet; the
+    /// builder methods below add kinds.
+    ///
+    /// ```
+    /// use k8s_openapi::api::apps::v1::ReplicaSet;
+    /// use k8s_openapi::api::core::v1::Pod;
+    /// use kedge_guest::{KindRef, Registration};
+    /// let r = Registration::new("replicaset", KindRef::of::<ReplicaSet>())
+    ///     .owns([KindRef::of::<Pod>()])
+    ///     .writes([KindRef::of::<Pod>(), KindRef::of::<ReplicaSet>()]);
+    /// assert_eq!(r.owns, vec![KindRef::of::<Pod>()]);
+    /// assert!(r.reads.is_empty());
+    /// ```
+    pub fn new(name: &str, for_kind: KindRef) -> Self {
+        Self {
+            name: name.to_owned(),
+            for_kind,
+            owns: Vec::new(),
+            reads: Vec::new(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Adds kinds whose events enqueue their controlling owner (see the WIT `registration`).
+    pub fn owns(mut self, kinds: impl IntoIterator<Item = KindRef>) -> Self {
+        self.owns.extend(kinds);
+        self
+    }
+
+    /// Adds kinds the plugin may read without their events enqueueing anything.
+    pub fn reads(mut self, kinds: impl IntoIterator<Item = KindRef>) -> Self {
+        self.reads.extend(kinds);
+        self
+    }
+
+    /// Adds kinds the plugin may create, update, patch and delete.
+    pub fn writes(mut self, kinds: impl IntoIterator<Item = KindRef>) -> Self {
+        self.writes.extend(kinds);
+        self
+    }
 }
 
 impl ReconcileOutcome {

@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::meta::{controller_of, labels_of, new_controller_ref};
 use crate::quantity::{QuantityError, parse_bytes, parse_cpu_millis};
 use crate::selector::Selector;
-use crate::{ApiError, ApiResult, Cluster, ClusterExt};
+use crate::{ApiResult, ApiResultExt, Cluster, ClusterExt};
 
 /// Kubernetes' pod adoption (its ControllerRefManager) for a controller that owns pods by
 /// selector: in `owner`'s namespace, active orphans matching `selector` are adopted, owned
@@ -21,11 +21,6 @@ where
     let meta = owner.metadata();
     let ns = meta.namespace.as_deref().unwrap_or("default");
     let uid = meta.uid.clone().unwrap_or_default();
-    let skip_gone = |r: ApiResult<Pod>| match r {
-        Ok(p) => Ok(Some(p)),
-        Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => Ok(None),
-        Err(e) => Err(e),
-    };
     let mut owned = Vec::new();
     for pod in cluster.list::<Pod>(ns, "")? {
         let name = pod.metadata.name.clone().unwrap_or_default();
@@ -41,13 +36,18 @@ where
                     .filter(|o| o.uid != uid)
                     .collect();
                 let patch = serde_json::json!({"metadata": {"ownerReferences": rest, "uid": pod.metadata.uid}});
-                skip_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))?;
+                cluster
+                    .patch_merge::<Pod>(ns, &name, &patch)
+                    .ignore_stale()?;
             }
             None if matches && is_active(&pod) => {
                 let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
                 refs.push(new_controller_ref(owner));
                 let patch = serde_json::json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-                if let Some(adopted) = skip_gone(cluster.patch_merge::<Pod>(ns, &name, &patch))? {
+                if let Some(adopted) = cluster
+                    .patch_merge::<Pod>(ns, &name, &patch)
+                    .ignore_stale()?
+                {
                     owned.push(adopted);
                 }
             }

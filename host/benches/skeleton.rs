@@ -98,7 +98,7 @@ async fn run() {
             "template":{{"metadata":{{"labels":{{"app":"{name}"}}}},"spec":{{"containers":[
             {{"name":"hello","image":"kedge.dev/samples/hello-wasm:v1"}}]}}}}}}}}"#
         );
-        let sel = kedge::core::selector::LabelSelector::parse(&format!("app={name}")).unwrap();
+        let sel = kedge::core::selector::Selector::parse(&format!("app={name}")).unwrap();
         let opts = kedge::api::ops::ListOptions {
             labels: sel,
             ..Default::default()

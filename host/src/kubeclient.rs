@@ -202,7 +202,7 @@ pub async fn create_join_token(
     let client = KubeClient::from_kubeconfig(kubeconfig)?;
     let token = BootstrapToken::generate();
     let expiration = ttl.map(|t| chrono::Utc::now() + t);
-    let mut secret = crate::server::token_secret(&token, expiration);
+    let mut secret = crate::api::node_identity::token_secret(&token, expiration);
     if let Some(d) = description {
         secret["data"]["description"] = base64::engine::general_purpose::STANDARD.encode(d).into();
     }

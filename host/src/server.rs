@@ -7,14 +7,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::body::Body;
-use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::http::{ApiState, NodeProxy};
-use crate::api::ops::{Api, Clock, WriteOptions};
+use crate::api::node_identity::{StoreTokens, token_secret};
+use crate::api::ops::{Api, WriteOptions};
 use crate::auth::Identity;
 use crate::core::resources;
 use crate::plugins::manager::PluginManager;
@@ -22,81 +22,11 @@ use crate::plugins::{PluginConfig, PluginHost};
 use crate::store::redb::{Options as StoreOptions, RedbStore};
 use kedge_tunnel::pki::{ClusterPki, identity_from_cert};
 use kedge_tunnel::revocation::Revocations;
-use kedge_tunnel::server::{
-    BootstrapValidator, NodeTunnels, ServerOptions, TunnelServer, ValidToken,
-};
+use kedge_tunnel::server::{NodeTunnels, ServerOptions, TunnelServer};
 use kedge_tunnel::token::{BootstrapToken, JoinToken};
 
 /// The default plugin set, built from controllers-wasm/ by build.rs.
-pub mod default_plugins {
-    pub const SCHEDULER: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_scheduler.wasm"
-    ));
-    pub const REPLICASET: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_replicaset.wasm"
-    ));
-    pub const REPLICATIONCONTROLLER: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_replicationcontroller.wasm"
-    ));
-    pub const DEPLOYMENT: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_deployment.wasm"
-    ));
-    pub const JOB: &[u8] =
-        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_job.wasm"));
-    pub const CRONJOB: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_cronjob.wasm"
-    ));
-    pub const DAEMONSET: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_daemonset.wasm"
-    ));
-    pub const STATEFULSET: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_statefulset.wasm"
-    ));
-
-    pub const NODE_LIFECYCLE: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_nodelifecycle.wasm"
-    ));
-    pub const ENDPOINTS: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_endpoints.wasm"
-    ));
-    pub const GARBAGE_COLLECTOR: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_garbagecollector.wasm"
-    ));
-    pub const SERVICE_ACCOUNT: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_serviceaccount.wasm"
-    ));
-    pub const NAMESPACE: &[u8] = include_bytes!(concat!(
-        env!("KEDGE_WASM_DIR"),
-        "/kedge_plugin_namespace.wasm"
-    ));
-
-    pub const ALL: &[(&str, &[u8])] = &[
-        ("scheduler", SCHEDULER),
-        ("replicaset", REPLICASET),
-        ("replicationcontroller", REPLICATIONCONTROLLER),
-        ("deployment", DEPLOYMENT),
-        ("job", JOB),
-        ("cronjob", CRONJOB),
-        ("daemonset", DAEMONSET),
-        ("statefulset", STATEFULSET),
-        ("nodelifecycle", NODE_LIFECYCLE),
-        ("endpoints", ENDPOINTS),
-        ("garbagecollector", GARBAGE_COLLECTOR),
-        ("serviceaccount", SERVICE_ACCOUNT),
-        ("namespace", NAMESPACE),
-    ];
-}
+pub use kedge_guests::default_plugins;
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -150,94 +80,6 @@ impl NodeProxy for TunnelProxy {
         let node = node.to_string();
         Box::pin(async move { self.0.request(&node, req).await.map_err(|e| e.to_string()) })
     }
-}
-
-/// Bootstrap tokens live where Kubernetes keeps them: Secrets `bootstrap-token-<id>` of type
-/// `bootstrap.kubernetes.io/token` in kube-system.
-struct StoreTokens {
-    api: Arc<Api>,
-    clock: Clock,
-}
-
-impl BootstrapValidator for StoreTokens {
-    fn validate(
-        &self,
-        token: &BootstrapToken,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Option<ValidToken>, String>> + Send + '_>,
-    > {
-        let res = resources::by_kind("v1", "Secret").expect("secrets are served");
-        // A deleted token is simply not found; a failing store is no answer about the token.
-        let found = match self
-            .api
-            .get(res, "kube-system", &format!("bootstrap-token-{}", token.id))
-        {
-            Ok(s) => Some(s),
-            Err(e) if e.code == 404 => None,
-            Err(e) => return Box::pin(async move { Err(e.to_string()) }),
-        };
-        let valid = found
-            .filter(|s| token_secret_valid(s, token, (self.clock)()))
-            .map(|s| ValidToken {
-                created: s
-                    .pointer("/metadata/creationTimestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(std::time::SystemTime::from),
-            });
-        Box::pin(async move { Ok(valid) })
-    }
-}
-
-/// A Secret's `data` field `k`, base64-decoded as UTF-8.
-pub(crate) fn secret_field(s: &Value, k: &str) -> Option<String> {
-    let b64 = s.pointer(&format!("/data/{k}"))?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
-pub(crate) fn token_secret_valid(
-    s: &Value,
-    token: &BootstrapToken,
-    now: chrono::DateTime<chrono::Utc>,
-) -> bool {
-    if s.get("type").and_then(Value::as_str) != Some("bootstrap.kubernetes.io/token") {
-        return false;
-    }
-    if secret_field(s, "usage-bootstrap-authentication").as_deref() != Some("true") {
-        return false;
-    }
-    if let Some(exp) = secret_field(s, "expiration") {
-        match chrono::DateTime::parse_from_rfc3339(&exp) {
-            Ok(t) if t.with_timezone(&chrono::Utc) > now => {}
-            _ => return false,
-        }
-    }
-    secret_field(s, "token-secret").is_some_and(|sec| token.secret_matches(&sec))
-}
-
-/// The Secret that makes `token` valid for node bootstrap.
-pub fn token_secret(
-    token: &BootstrapToken,
-    expiration: Option<chrono::DateTime<chrono::Utc>>,
-) -> Value {
-    let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let mut data = json!({
-        "token-id": b(&token.id),
-        "token-secret": b(&token.secret),
-        "usage-bootstrap-authentication": b("true"),
-        "description": b("kedge node bootstrap token"),
-    });
-    if let Some(e) = expiration {
-        data["expiration"] = json!(b(&crate::core::meta::timestamp(e)));
-    }
-    json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": format!("bootstrap-token-{}", token.id), "namespace": "kube-system"},
-        "type": "bootstrap.kubernetes.io/token",
-        "data": data,
-    })
 }
 
 fn ensure(api: &Api, kind: &str, ns: &str, obj: Value) -> anyhow::Result<()> {
@@ -611,4 +453,18 @@ async fn serve_https(
     }
     conns.close();
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conns.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The API validates `spec.source.builtin` against its own list of names (it does not
+    /// depend on the embedded guests): that list and the embedded set must agree.
+    #[test]
+    fn builtin_plugin_names_are_the_embedded_set() {
+        let embedded: Vec<&str> = super::default_plugins::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(embedded, crate::api::plugin_kind::BUILTIN_NAMES);
+    }
 }

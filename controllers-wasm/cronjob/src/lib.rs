@@ -27,10 +27,11 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kedge_guest::meta::{controller_of, new_controller_ref};
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiError, ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 
-use crate::cron::Schedule;
+use crate::cron::{NextRun, Schedule};
 
 /// The Events' source, as Kubernetes names the controller.
 const COMPONENT: &str = "cronjob-controller";
@@ -44,29 +45,21 @@ pub struct CronJobController;
 
 impl Controller for CronJobController {
     fn registration() -> Registration {
-        Registration {
-            name: "cronjob".into(),
-            for_kind: KindRef::of::<CronJob>(),
-            owns: vec![KindRef::of::<Job>()],
-            reads: vec![],
-            writes: vec![
+        Registration::new("cronjob", KindRef::of::<CronJob>())
+            .owns([KindRef::of::<Job>()])
+            .writes([
                 KindRef::of::<Job>(),
                 KindRef::of::<CronJob>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(CronJobController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 /// How a Job ended, read from its conditions.
 fn finished(job: &Job) -> Option<&'static str> {
@@ -151,9 +144,9 @@ fn most_recent(
     (latest, count)
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let Some(cj) = cluster.get::<CronJob>(ns, &key.name).map_err(api)? else {
+    let Some(cj) = cluster.get::<CronJob>(ns, &key.name)? else {
         return Ok(Outcome::done());
     };
     let Some(spec) = cj.spec.clone() else {
@@ -168,8 +161,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     let mut status = old_status.clone();
 
     let mut jobs: Vec<Job> = cluster
-        .list::<Job>(ns, "")
-        .map_err(api)?
+        .list::<Job>(ns, "")?
         .into_iter()
         .filter(|j| controller_of(&j.metadata).is_some_and(|r| r.uid == uid))
         .collect();
@@ -218,7 +210,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     cleanup_history(cluster, &cj, &mut jobs, &spec)?;
 
     if cj.metadata.deletion_timestamp.is_some() || spec.suspend == Some(true) {
-        write_status(cluster, &cj, &old_status, status)?;
+        write_status(cluster, &cj, status)?;
         return Ok(Outcome::done());
     }
 
@@ -231,7 +223,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 "UnparseableSchedule",
                 &format!("unparseable schedule: {:?} : {e}", spec.schedule),
             );
-            write_status(cluster, &cj, &old_status, status)?;
+            write_status(cluster, &cj, status)?;
             return Ok(Outcome::done());
         }
     };
@@ -247,7 +239,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                     spec.time_zone.as_deref().unwrap_or("")
                 ),
             );
-            write_status(cluster, &cj, &old_status, status)?;
+            write_status(cluster, &cj, status)?;
             return Ok(Outcome::done());
         }
     };
@@ -280,7 +272,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     if let Some(scheduled) = scheduled {
         run_once(cluster, &cj, &spec, &mut status, scheduled, now, &tz)?;
     }
-    write_status(cluster, &cj, &old_status, status)?;
+    write_status(cluster, &cj, status)?;
 
     Ok(match sched.next_after(now, &tz) {
         // A little after the time itself, so the host clock has surely passed it.
@@ -300,7 +292,7 @@ fn run_once(
     scheduled: Timestamp,
     now: Timestamp,
     tz: &TimeZone,
-) -> Result<(), String> {
+) -> Result<()> {
     let ns = cj.metadata.namespace.clone().unwrap_or_default();
     let cj_name = cj.metadata.name.clone().unwrap_or_default();
     if let Some(sds) = spec.starting_deadline_seconds
@@ -342,18 +334,18 @@ fn run_once(
         Some("Replace") => {
             for r in &active {
                 let jname = r.name.clone().unwrap_or_default();
-                match cluster.delete::<Job>(&ns, &jname) {
-                    Ok(()) => {
-                        let _ = cluster.record_event(
-                            cj,
-                            "Normal",
-                            "SuccessfulDelete",
-                            &format!("Deleted job {jname}"),
-                            COMPONENT,
-                        );
-                    }
-                    Err(ApiError::NotFound(_)) => {}
-                    Err(e) => return Err(api(e)),
+                if cluster
+                    .delete::<Job>(&ns, &jname)
+                    .ignore_not_found()?
+                    .is_some()
+                {
+                    let _ = cluster.record_event(
+                        cj,
+                        "Normal",
+                        "SuccessfulDelete",
+                        &format!("Deleted job {jname}"),
+                        COMPONENT,
+                    );
                 }
             }
             status.active = None;
@@ -395,7 +387,7 @@ fn run_once(
             j
         }
         // Created by an earlier reconcile whose status write was lost: adopt the fact.
-        Err(ApiError::AlreadyExists(_)) => match cluster.get::<Job>(&ns, &name).map_err(api)? {
+        Err(ApiError::AlreadyExists(_)) => match cluster.get::<Job>(&ns, &name)? {
             Some(j) if controller_of(&j.metadata).map(|r| &r.uid) == cj.metadata.uid.as_ref() => j,
             _ => {
                 cluster.log(
@@ -405,7 +397,7 @@ fn run_once(
                 return Ok(());
             }
         },
-        Err(e) => return Err(api(e)),
+        Err(e) => return Err(e.into()),
     };
     if finished(&created).is_none() {
         status
@@ -423,7 +415,7 @@ fn cleanup_history(
     cj: &CronJob,
     jobs: &mut [Job],
     spec: &k8s_openapi::api::batch::v1::CronJobSpec,
-) -> Result<(), String> {
+) -> Result<()> {
     let ns = cj.metadata.namespace.clone().unwrap_or_default();
     jobs.sort_by_key(|j| {
         (
@@ -445,18 +437,18 @@ fn cleanup_history(
             .saturating_sub(usize::try_from(limit).unwrap_or(0));
         for job in done.into_iter().take(excess) {
             let name = job.metadata.name.clone().unwrap_or_default();
-            match cluster.delete::<Job>(&ns, &name) {
-                Ok(()) => {
-                    let _ = cluster.record_event(
-                        cj,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted job {name}"),
-                        COMPONENT,
-                    );
-                }
-                Err(ApiError::NotFound(_)) => {}
-                Err(e) => return Err(api(e)),
+            if cluster
+                .delete::<Job>(&ns, &name)
+                .ignore_not_found()?
+                .is_some()
+            {
+                let _ = cluster.record_event(
+                    cj,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted job {name}"),
+                    COMPONENT,
+                );
             }
         }
     }
@@ -469,22 +461,10 @@ fn warn_once(cluster: &dyn Cluster, cj: &CronJob, reason: &str, message: &str) {
     let _ = cluster.record_event(cj, "Warning", reason, message, COMPONENT);
 }
 
-fn write_status(
-    cluster: &dyn Cluster,
-    cj: &CronJob,
-    old: &CronJobStatus,
-    new: CronJobStatus,
-) -> Result<(), String> {
-    if &new == old {
-        return Ok(());
-    }
-    let mut updated = cj.clone();
-    updated.status = Some(new);
-    match cluster.update_status(cj.metadata.namespace.as_deref().unwrap_or(""), &updated) {
-        // A conflict means the CronJob changed; that change enqueues it again.
-        Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => Ok(()),
-        Err(e) => Err(api(e)),
-    }
+fn write_status(cluster: &dyn Cluster, cj: &CronJob, new: CronJobStatus) -> Result<()> {
+    let ns = cj.metadata.namespace.as_deref().unwrap_or("");
+    cluster.update_status_if_changed(ns, cj, new)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,10 +34,11 @@ use k8s_openapi::api::core::v1::{Event, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kedge_guest::meta::{find_condition, labels_of, new_controller_ref, parse_time};
-use kedge_guest::pod::{is_ready, pod_template_hash};
+use kedge_guest::pod::{claim_pods, is_ready, pod_template_hash};
 use kedge_guest::selector::Selector;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 
 pub use eligibility::{DAEMON_TOLERATIONS, Fit, fit};
@@ -60,34 +61,26 @@ pub struct DaemonSetController;
 
 impl Controller for DaemonSetController {
     fn registration() -> Registration {
-        Registration {
-            name: "daemonset".into(),
-            for_kind: KindRef::of::<DaemonSet>(),
-            owns: vec![
+        Registration::new("daemonset", KindRef::of::<DaemonSet>())
+            .owns([
                 KindRef::of::<Pod>(),
                 KindRef::of::<ControllerRevision>(),
                 KindRef::of::<Node>(),
-            ],
-            reads: vec![],
-            writes: vec![
+            ])
+            .writes([
                 KindRef::of::<Pod>(),
                 KindRef::of::<DaemonSet>(),
                 KindRef::of::<ControllerRevision>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(DaemonSetController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 /// The node a daemon pod is for: its `nodeName`, else the single node its required affinity
 /// pins it to (`GetTargetNodeName` in Kubernetes).
@@ -197,16 +190,6 @@ fn daemon_spec(ds: &DaemonSet) -> PodSpec {
     spec
 }
 
-/// Adopts matching orphans and releases owned pods whose labels drifted; returns the pods
-/// this DaemonSet controls.
-fn claim_pods(
-    cluster: &dyn Cluster,
-    ds: &DaemonSet,
-    selector: &Selector,
-) -> Result<Vec<Pod>, String> {
-    kedge_guest::pod::claim_pods(cluster, ds, selector).map_err(api)
-}
-
 /// What one reconcile does to pods, with the Events Kubernetes records for it.
 struct Writer<'a> {
     cluster: &'a dyn Cluster,
@@ -216,12 +199,11 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    fn create(&mut self, hash: &str, node: &str) -> Result<Pod, String> {
+    fn create(&mut self, hash: &str, node: &str) -> Result<Pod> {
         self.changed = true;
         let made = self
             .cluster
-            .create(self.ns, &new_pod(self.ds, hash, node))
-            .map_err(api)?;
+            .create(self.ns, &new_pod(self.ds, hash, node))?;
         let name = made.metadata.name.as_deref().unwrap_or("");
         self.cluster.log(
             LogLevel::Debug,
@@ -237,23 +219,24 @@ impl Writer<'_> {
         Ok(made)
     }
 
-    fn delete(&mut self, pod: &Pod) -> Result<(), String> {
+    fn delete(&mut self, pod: &Pod) -> Result<()> {
         self.changed = true;
         let name = pod.metadata.name.as_deref().unwrap_or("");
-        match self.cluster.delete::<Pod>(self.ns, name) {
-            Ok(()) => {
-                let _ = self.cluster.record_event(
-                    self.ds,
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {name}"),
-                    COMPONENT,
-                );
-                Ok(())
-            }
-            Err(ApiError::NotFound(_)) => Ok(()),
-            Err(e) => Err(api(e)),
+        if self
+            .cluster
+            .delete::<Pod>(self.ns, name)
+            .ignore_not_found()?
+            .is_some()
+        {
+            let _ = self.cluster.record_event(
+                self.ds,
+                "Normal",
+                "SuccessfulDelete",
+                &format!("Deleted pod: {name}"),
+                COMPONENT,
+            );
         }
+        Ok(())
     }
 }
 
@@ -265,9 +248,9 @@ struct NodePods {
     failed: Vec<Pod>,
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let Some(ds) = cluster.get::<DaemonSet>(ns, &key.name).map_err(api)? else {
+    let Some(ds) = cluster.get::<DaemonSet>(ns, &key.name)? else {
         return Ok(Outcome::done());
     };
     if ds.metadata.deletion_timestamp.is_some() {
@@ -314,7 +297,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         }
     }
 
-    let nodes = cluster.list::<Node>("", "").map_err(api)?;
+    let nodes = cluster.list::<Node>("", "")?;
     let pod_spec = daemon_spec(&ds);
     let mut w = Writer {
         cluster,
@@ -442,15 +425,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         collision_count: old.collision_count,
         conditions: old.conditions.clone(),
     };
-    if status != old {
-        let mut updated = ds.clone();
-        updated.status = Some(status);
-        match cluster.update_status(ns, &updated) {
-            // A conflict means the DaemonSet changed; that change enqueues it again.
-            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
-    }
+    cluster.update_status_if_changed(ns, &ds, status)?;
 
     let live: BTreeSet<String> = placed
         .values()
@@ -472,7 +447,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
 }
 
 /// A DaemonSet the API server should not have admitted: say so once, do not retry.
-fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome, String> {
+fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome> {
     cluster.log(
         LogLevel::Warn,
         &format!("daemonset {}/{}: {why}; ignoring", key.namespace, key.name),

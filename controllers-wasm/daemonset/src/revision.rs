@@ -8,10 +8,10 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kedge_guest::meta::{controller_of, new_controller_ref};
-use kedge_guest::{ApiError, Cluster, ClusterExt};
+use kedge_guest::{ApiError, ApiResultExt, Cluster, ClusterExt, Result};
 use serde_json::{Value, json};
 
-use crate::{HASH_LABEL, api};
+use crate::HASH_LABEL;
 
 /// Kubernetes keeps revision names within 253 characters by cutting the DaemonSet name.
 const MAX_PREFIX: usize = 223;
@@ -33,15 +33,11 @@ pub fn revision_name(ds_name: &str, hash: &str) -> String {
 }
 
 /// The revisions `ds` controls, oldest revision first.
-pub fn owned_revisions(
-    cluster: &dyn Cluster,
-    ds: &DaemonSet,
-) -> Result<Vec<ControllerRevision>, String> {
+pub fn owned_revisions(cluster: &dyn Cluster, ds: &DaemonSet) -> Result<Vec<ControllerRevision>> {
     let ns = ds.metadata.namespace.as_deref().unwrap_or("default");
     let uid = ds.metadata.uid.as_deref().unwrap_or("");
     let mut revs: Vec<ControllerRevision> = cluster
-        .list::<ControllerRevision>(ns, "")
-        .map_err(api)?
+        .list::<ControllerRevision>(ns, "")?
         .into_iter()
         .filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
         .collect();
@@ -61,7 +57,7 @@ pub fn sync_current(
     ds: &DaemonSet,
     hash: &str,
     revs: &mut Vec<ControllerRevision>,
-) -> Result<String, String> {
+) -> Result<String> {
     let ns = ds.metadata.namespace.as_deref().unwrap_or("default");
     let ds_name = ds.metadata.name.as_deref().unwrap_or("");
     let template = ds
@@ -82,9 +78,7 @@ pub fn sync_current(
         let name = revs[i].metadata.name.clone().unwrap_or_default();
         if revs[i].revision <= others_max {
             let patch = json!({"revision": others_max + 1});
-            revs[i] = cluster
-                .patch_merge::<ControllerRevision>(ns, &name, &patch)
-                .map_err(api)?;
+            revs[i] = cluster.patch_merge::<ControllerRevision>(ns, &name, &patch)?;
         }
         return Ok(name);
     }
@@ -110,7 +104,7 @@ pub fn sync_current(
     match cluster.create(ns, &rev) {
         Ok(made) => revs.push(made),
         Err(ApiError::AlreadyExists(m)) => {
-            let existing = cluster.get::<ControllerRevision>(ns, &name).map_err(api)?;
+            let existing = cluster.get::<ControllerRevision>(ns, &name)?;
             match existing {
                 // Left behind by an orphaning delete of an earlier DaemonSet: adopt it.
                 Some(old)
@@ -123,18 +117,14 @@ pub fn sync_current(
                         "metadata": {"ownerReferences": refs, "uid": old.metadata.uid},
                         "revision": others_max + 1,
                     });
-                    revs.push(
-                        cluster
-                            .patch_merge::<ControllerRevision>(ns, &name, &patch)
-                            .map_err(api)?,
-                    );
+                    revs.push(cluster.patch_merge::<ControllerRevision>(ns, &name, &patch)?);
                 }
                 // Someone else's, or a hash collision: report it and let the host retry with
                 // back-off rather than clobber it (the GC may be removing a previous owner's).
-                _ => return Err(format!("controllerrevision {ns}/{name} exists: {m}")),
+                _ => return Err(format!("controllerrevision {ns}/{name} exists: {m}").into()),
             }
         }
-        Err(e) => return Err(api(e)),
+        Err(e) => return Err(e.into()),
     }
     Ok(name)
 }
@@ -148,7 +138,7 @@ pub fn cleanup(
     revs: &[ControllerRevision],
     current: &str,
     live_hashes: &BTreeSet<String>,
-) -> Result<(), String> {
+) -> Result<()> {
     let mut old: Vec<&ControllerRevision> = revs
         .iter()
         .filter(|r| r.metadata.name.as_deref() != Some(current))
@@ -164,10 +154,9 @@ pub fn cleanup(
     let excess = old.len() - limit;
     for r in &old[..excess] {
         let name = r.metadata.name.as_deref().unwrap_or("");
-        match cluster.delete::<ControllerRevision>(ns, name) {
-            Ok(()) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        cluster
+            .delete::<ControllerRevision>(ns, name)
+            .ignore_not_found()?;
     }
     Ok(())
 }

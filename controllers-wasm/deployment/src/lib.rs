@@ -15,7 +15,8 @@ use kedge_guest::meta::{controller_of, new_controller_ref, parse_time, set_condi
 use kedge_guest::pod::{POD_TEMPLATE_HASH_LABEL, pod_template_hash};
 use kedge_guest::selector::Selector;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 use serde_json::json;
 
@@ -52,29 +53,21 @@ pub struct DeploymentController;
 
 impl Controller for DeploymentController {
     fn registration() -> Registration {
-        Registration {
-            name: "deployment".into(),
-            for_kind: KindRef::of::<Deployment>(),
-            owns: vec![KindRef::of::<ReplicaSet>()],
-            reads: vec![],
-            writes: vec![
+        Registration::new("deployment", KindRef::of::<Deployment>())
+            .owns([KindRef::of::<ReplicaSet>()])
+            .writes([
                 KindRef::of::<ReplicaSet>(),
                 KindRef::of::<Deployment>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(DeploymentController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 fn revision(meta: &ObjectMeta) -> u64 {
     meta.annotations
@@ -164,9 +157,9 @@ fn store(list: &mut [ReplicaSet], new: ReplicaSet) {
     }
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let Some(mut deploy) = cluster.get::<Deployment>(ns, &key.name).map_err(api)? else {
+    let Some(mut deploy) = cluster.get::<Deployment>(ns, &key.name)? else {
         return Ok(Outcome::done());
     };
     if deploy.metadata.deletion_timestamp.is_some() {
@@ -186,8 +179,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     let hash = pod_template_hash(&spec.template);
 
     let mut owned: Vec<ReplicaSet> = cluster
-        .list::<ReplicaSet>(ns, "")
-        .map_err(api)?
+        .list::<ReplicaSet>(ns, "")?
         .into_iter()
         .filter(|rs| controller_of(&rs.metadata).is_some_and(|r| r.uid == uid))
         .collect();
@@ -236,9 +228,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             }
             if !patch.is_empty() {
                 let from = spec_replicas(rs);
-                let updated = cluster
-                    .patch_merge::<ReplicaSet>(ns, &name, &patch.into())
-                    .map_err(api)?;
+                let updated = cluster.patch_merge::<ReplicaSet>(ns, &name, &patch.into())?;
                 scaled(cluster, &deploy, &name, from, spec_replicas(&updated));
                 store(&mut owned, updated);
             }
@@ -246,7 +236,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         }
         None => {
             let rs = new_replica_set(&deploy, &hash, desired, max_old_rev + 1);
-            let created = cluster.create(ns, &rs).map_err(api)?;
+            let created = cluster.create(ns, &rs)?;
             let name = created.metadata.name.clone().unwrap_or_default();
             cluster.log(LogLevel::Info, &format!("created replicaset {ns}/{name}"));
             scaled(cluster, &deploy, &name, 0, desired);
@@ -272,9 +262,8 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 .iter()
                 .find(|r| r.metadata.name.as_deref() == Some(&name))
                 .map_or(0, spec_replicas);
-            let updated = cluster
-                .patch_merge::<ReplicaSet>(ns, &name, &json!({"spec": {"replicas": 0}}))
-                .map_err(api)?;
+            let updated =
+                cluster.patch_merge::<ReplicaSet>(ns, &name, &json!({"spec": {"replicas": 0}}))?;
             scaled(cluster, &deploy, &name, from, 0);
             store(&mut owned, updated);
         }
@@ -287,11 +276,10 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         && annotations.get(REVISION_ANNOTATION) != Some(&rev)
     {
         annotations.insert(REVISION_ANNOTATION.into(), rev);
-        match cluster.update(ns, &deploy) {
-            Ok(d) => deploy = d,
+        match cluster.update(ns, &deploy).ignore_stale()? {
+            Some(d) => deploy = d,
             // Changed meanwhile: that change enqueues the Deployment again.
-            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => return Ok(Outcome::done()),
-            Err(e) => return Err(api(e)),
+            None => return Ok(Outcome::done()),
         }
     }
 
@@ -371,18 +359,12 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         collision_count: old.collision_count,
         terminating_replicas: old.terminating_replicas,
     };
-    if status != old {
-        deploy.status = Some(status);
-        match cluster.update_status(ns, &deploy) {
-            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
-    }
+    cluster.update_status_if_changed(ns, &deploy, status)?;
     Ok(Outcome::done())
 }
 
 /// A Deployment the API server should not have admitted: say so once, do not retry.
-fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome, String> {
+fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome> {
     cluster.log(
         LogLevel::Warn,
         &format!("deployment {}/{}: {why}; ignoring", key.namespace, key.name),

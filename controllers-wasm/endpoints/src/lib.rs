@@ -31,28 +31,26 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kedge_guest::meta::new_controller_ref;
 use kedge_guest::pod::is_ready;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration, Watch,
+    ApiError, ApiResultExt, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome,
+    Registration, Result, Watch,
 };
 
 pub struct EndpointsController;
 
 impl Controller for EndpointsController {
     fn registration() -> Registration {
-        Registration {
-            name: "endpoints".into(),
-            for_kind: KindRef::of::<Service>(),
+        Registration::new("endpoints", KindRef::of::<Service>())
             // Its slices (controller-owned): one edited or deleted by hand is put back.
-            owns: vec![KindRef::of::<EndpointSlice>()],
-            reads: vec![KindRef::of::<Pod>()],
-            writes: vec![
+            .owns([KindRef::of::<EndpointSlice>()])
+            .reads([KindRef::of::<Pod>()])
+            .writes([
                 KindRef::of::<Endpoints>(),
                 KindRef::of::<EndpointSlice>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 
@@ -65,10 +63,6 @@ impl Controller for EndpointsController {
 }
 
 kedge_guest::export_controller!(EndpointsController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 /// The port a Service port reaches on `pod`, if the pod has it.
 fn resolve_port(pod: &Pod, target: Option<&IntOrString>, port: i32) -> Option<i32> {
@@ -175,16 +169,15 @@ pub fn subsets(service: &Service, pods: &[Pod]) -> Vec<EndpointSubset> {
         .collect()
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let existing = cluster.get::<Endpoints>(ns, &key.name).map_err(api)?;
-    let Some(service) = cluster.get::<Service>(ns, &key.name).map_err(api)? else {
+    let existing = cluster.get::<Endpoints>(ns, &key.name)?;
+    let Some(service) = cluster.get::<Service>(ns, &key.name)? else {
         // The Service is gone: so are its endpoints.
         if existing.is_some() {
-            match cluster.delete::<Endpoints>(ns, &key.name) {
-                Ok(()) | Err(ApiError::NotFound(_)) => {}
-                Err(e) => return Err(api(e)),
-            }
+            cluster
+                .delete::<Endpoints>(ns, &key.name)
+                .ignore_not_found()?;
         }
         return Ok(Outcome::done());
     };
@@ -208,8 +201,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         return Ok(Outcome::done());
     };
     let pods: Vec<Pod> = cluster
-        .list::<Pod>(ns, "")
-        .map_err(api)?
+        .list::<Pod>(ns, "")?
         .into_iter()
         .filter(|p| {
             let labels = p.metadata.labels.clone().unwrap_or_default();
@@ -231,10 +223,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             }
             ep.subsets = want_subsets;
             ep.metadata.labels = Some(labels);
-            match cluster.update(ns, &ep) {
-                Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-                Err(e) => return Err(api(e)),
-            }
+            cluster.update(ns, &ep).ignore_stale()?;
         }
         None => {
             let mut ep = Endpoints::default();
@@ -244,7 +233,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             ep.subsets = want_subsets;
             match cluster.create(ns, &ep) {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
-                Err(e) => return Err(api(e)),
+                Err(e) => return Err(e.into()),
             }
         }
     }
@@ -322,12 +311,10 @@ fn sync_slices(
     service: &Service,
     subsets: &[EndpointSubset],
     manager: &str,
-) -> Result<(), String> {
+) -> Result<()> {
     let ns = service.metadata.namespace.as_deref().unwrap_or_default();
     let name = service.metadata.name.as_deref().unwrap_or_default();
-    let mut have = cluster
-        .list::<EndpointSlice>(ns, &format!("{SERVICE_NAME}={name}"))
-        .map_err(api)?;
+    let mut have = cluster.list::<EndpointSlice>(ns, &format!("{SERVICE_NAME}={name}"))?;
     have.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let want = slices(service, subsets, manager);
     let mut have = have.into_iter();
@@ -344,23 +331,17 @@ fn sync_slices(
                 h.ports = w.ports;
                 h.address_type = w.address_type;
                 h.metadata.labels = w.metadata.labels;
-                match cluster.update(ns, &h) {
-                    Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-                    Err(e) => return Err(api(e)),
-                }
+                cluster.update(ns, &h).ignore_stale()?;
             }
             None => match cluster.create(ns, &w) {
                 Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
-                Err(e) => return Err(api(e)),
+                Err(e) => return Err(e.into()),
             },
         }
     }
     for extra in have {
         let n = extra.metadata.name.as_deref().unwrap_or_default();
-        match cluster.delete::<EndpointSlice>(ns, n) {
-            Ok(()) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        cluster.delete::<EndpointSlice>(ns, n).ignore_not_found()?;
     }
     Ok(())
 }

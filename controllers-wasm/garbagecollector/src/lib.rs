@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use kedge_guest::{
     ApiError, Cluster, Controller, DeleteOptions, KindRef, LogLevel, ObjectKey, Outcome,
-    Propagation, Registration,
+    Propagation, Registration, Result,
 };
 
 pub const FOREGROUND: &str = "foregroundDeletion";
@@ -40,16 +40,12 @@ pub struct GarbageCollector;
 
 impl Controller for GarbageCollector {
     fn registration() -> Registration {
-        Registration {
-            name: "garbagecollector".into(),
-            for_kind: KindRef::every(),
-            owns: vec![],
-            reads: vec![KindRef::every()],
-            writes: vec![KindRef::every()],
-        }
+        Registration::new("garbagecollector", KindRef::every())
+            .reads([KindRef::every()])
+            .writes([KindRef::every()])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
@@ -60,10 +56,6 @@ fn done() -> Outcome {
     Outcome {
         requeue_after_ms: None,
     }
-}
-
-fn api(e: ApiError) -> String {
-    e.to_string()
 }
 
 fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -97,11 +89,8 @@ fn api_version_kind(obj: &Value) -> (&str, &str) {
     )
 }
 
-pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-    let Some(obj) = c
-        .get_object(&key.api_version, &key.kind, &key.namespace, &key.name)
-        .map_err(api)?
-    else {
+pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+    let Some(obj) = c.get_object(&key.api_version, &key.kind, &key.namespace, &key.name)? else {
         // Gone: the host queued its dependents (they are collected as orphans) and its owners
         // (one may be waiting for it in the foreground).
         return Ok(done());
@@ -132,7 +121,7 @@ enum Owner {
     Waiting,
 }
 
-fn classify(c: &dyn Cluster, dependent_ns: &str, r: &Value) -> Result<Owner, String> {
+fn classify(c: &dyn Cluster, dependent_ns: &str, r: &Value) -> Result<Owner> {
     let field = |f: &str| r[f].as_str().unwrap_or_default();
     // A namespaced owner lives in its dependent's namespace; the host ignores the namespace
     // for cluster-scoped kinds.
@@ -152,13 +141,13 @@ fn classify(c: &dyn Cluster, dependent_ns: &str, r: &Value) -> Result<Owner, Str
         Err(ApiError::Forbidden(_) | ApiError::NotFound(_) | ApiError::Invalid(_)) => {
             Ok(Owner::Solid)
         }
-        Err(e) => Err(api(e)),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// The dependent side: collect `obj` if its owners are all gone (or waiting in the
 /// foreground); otherwise drop references to vanished owners.
-fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<(), String> {
+fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<()> {
     let mut obj = obj.clone();
     for _ in 0..ATTEMPTS {
         let refs = owner_refs(&obj);
@@ -191,7 +180,7 @@ fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<(), String> 
                 .collect();
             match set_owner_refs(c, key, &obj, kept) {
                 Err(ApiError::Conflict(_)) => {}
-                other => return other.map_err(api),
+                other => return Ok(other?),
             }
         } else {
             if deleting(&obj) {
@@ -199,8 +188,7 @@ fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<(), String> 
             }
             // Dependents of a foreground deletion go in the foreground too when they have
             // dependents of their own, so the chain is deleted bottom-up.
-            let propagation = if any(Owner::Waiting)
-                && !c.dependents(meta(&obj, "uid")).map_err(api)?.is_empty()
+            let propagation = if any(Owner::Waiting) && !c.dependents(meta(&obj, "uid"))?.is_empty()
             {
                 Propagation::Foreground
             } else {
@@ -230,14 +218,11 @@ fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<(), String> 
                 }
                 Err(ApiError::NotFound(_)) => return Ok(()),
                 Err(ApiError::Conflict(_)) => {}
-                Err(e) => return Err(api(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         // Someone wrote meanwhile: judge the fresh object.
-        match c
-            .get_object(&key.api_version, &key.kind, &key.namespace, &key.name)
-            .map_err(api)?
-        {
+        match c.get_object(&key.api_version, &key.kind, &key.namespace, &key.name)? {
             Some(fresh) if meta(&fresh, "uid") == meta(&obj, "uid") => obj = fresh,
             _ => return Ok(()),
         }
@@ -245,7 +230,8 @@ fn collect(c: &dyn Cluster, key: &ObjectKey, obj: &Value) -> Result<(), String> 
     Err(format!(
         "{} {}/{} kept changing while being collected",
         key.kind, key.namespace, key.name
-    ))
+    )
+    .into())
 }
 
 fn set_owner_refs(
@@ -276,10 +262,9 @@ fn set_owner_refs(
 }
 
 /// The dependents of `owner` as (key, object).
-fn dependents_of(c: &dyn Cluster, owner: &Value) -> Result<Vec<(ObjectKey, Value)>, String> {
+fn dependents_of(c: &dyn Cluster, owner: &Value) -> Result<Vec<(ObjectKey, Value)>> {
     let uid = meta(owner, "uid");
-    Ok(c.dependents(uid)
-        .map_err(api)?
+    Ok(c.dependents(uid)?
         .into_iter()
         .map(|d| {
             let (av, kind) = api_version_kind(&d);
@@ -292,7 +277,7 @@ fn dependents_of(c: &dyn Cluster, owner: &Value) -> Result<Vec<(ObjectKey, Value
 }
 
 /// Removes every owner reference to `owner` from its dependents.
-fn orphan_dependents(c: &dyn Cluster, owner: &Value) -> Result<(), String> {
+fn orphan_dependents(c: &dyn Cluster, owner: &Value) -> Result<()> {
     let uid = meta(owner, "uid").to_string();
     for (key, mut dep) in dependents_of(c, owner)? {
         for attempt in 0..ATTEMPTS {
@@ -303,15 +288,12 @@ fn orphan_dependents(c: &dyn Cluster, owner: &Value) -> Result<(), String> {
             match set_owner_refs(c, &key, &dep, kept) {
                 Ok(()) | Err(ApiError::NotFound(_)) => break,
                 Err(ApiError::Conflict(_)) if attempt + 1 < ATTEMPTS => {
-                    match c
-                        .get_object(&key.api_version, &key.kind, &key.namespace, &key.name)
-                        .map_err(api)?
-                    {
+                    match c.get_object(&key.api_version, &key.kind, &key.namespace, &key.name)? {
                         Some(fresh) => dep = fresh,
                         None => break,
                     }
                 }
-                Err(e) => return Err(format!("orphaning {} {}: {e}", key.kind, key.name)),
+                Err(e) => return Err(format!("orphaning {} {}: {e}", key.kind, key.name).into()),
             }
         }
     }
@@ -324,7 +306,7 @@ fn remove_finalizer(
     key: &ObjectKey,
     mut obj: Value,
     finalizer: &str,
-) -> Result<(), String> {
+) -> Result<()> {
     for _ in 0..ATTEMPTS {
         let rest: Vec<String> = finalizers(&obj)
             .into_iter()
@@ -343,21 +325,19 @@ fn remove_finalizer(
         ) {
             Ok(_) | Err(ApiError::NotFound(_)) => return Ok(()),
             Err(ApiError::Conflict(_)) => {
-                match c
-                    .get_object(&key.api_version, &key.kind, &key.namespace, &key.name)
-                    .map_err(api)?
-                {
+                match c.get_object(&key.api_version, &key.kind, &key.namespace, &key.name)? {
                     Some(fresh) if meta(&fresh, "uid") == meta(&obj, "uid") => obj = fresh,
                     _ => return Ok(()),
                 }
             }
-            Err(e) => return Err(api(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Err(format!(
         "{} {}/{} kept changing while its {finalizer} finalizer was removed",
         key.kind, key.namespace, key.name
-    ))
+    )
+    .into())
 }
 
 /// Whether `dep`'s reference to the owner with `uid` blocks the owner's deletion.
@@ -368,7 +348,7 @@ fn blocks(dep: &Value, uid: &str) -> bool {
 }
 
 /// The owner side of a foreground deletion.
-fn foreground(c: &dyn Cluster, key: &ObjectKey, owner: Value) -> Result<Outcome, String> {
+fn foreground(c: &dyn Cluster, key: &ObjectKey, owner: Value) -> Result<Outcome> {
     let uid = meta(&owner, "uid").to_string();
     for (dkey, dep) in dependents_of(c, &owner)? {
         if !deleting(&dep) {

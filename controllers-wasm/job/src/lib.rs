@@ -36,7 +36,8 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kedge_guest::meta::{controller_of, new_controller_ref};
 use kedge_guest::pod::{is_active, is_ready};
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+    Result,
 };
 
 /// The Events' source, as Kubernetes names the controller.
@@ -59,29 +60,21 @@ pub struct JobController;
 
 impl Controller for JobController {
     fn registration() -> Registration {
-        Registration {
-            name: "job".into(),
-            for_kind: KindRef::of::<Job>(),
-            owns: vec![KindRef::of::<Pod>()],
-            reads: vec![],
-            writes: vec![
+        Registration::new("job", KindRef::of::<Job>())
+            .owns([KindRef::of::<Pod>()])
+            .writes([
                 KindRef::of::<Pod>(),
                 KindRef::of::<Job>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(JobController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
@@ -222,9 +215,9 @@ fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     }
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let Some(job) = cluster.get::<Job>(ns, &key.name).map_err(api)? else {
+    let Some(job) = cluster.get::<Job>(ns, &key.name)? else {
         return Ok(Outcome::done());
     };
     if job.metadata.deletion_timestamp.is_some() {
@@ -240,8 +233,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     let now = Time(now_ts);
     let uid = job.metadata.uid.clone().unwrap_or_default();
     let pods: Vec<Pod> = cluster
-        .list::<Pod>(ns, "")
-        .map_err(api)?
+        .list::<Pod>(ns, "")?
         .into_iter()
         .filter(|p| controller_of(&p.metadata).is_some_and(|r| r.uid == uid))
         .collect();
@@ -306,7 +298,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         st.start_time = None;
         st.active = None;
         st.ready = Some(0);
-        write_status(cluster, &job, &old, st)?;
+        write_status(cluster, &job, st)?;
         return Ok(Outcome::done());
     }
     if condition_true(&old, "Suspended").is_some() {
@@ -356,7 +348,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         st.active = None;
         st.ready = Some(0);
         let _ = cluster.record_event(&job, "Warning", reason, message, COMPONENT);
-        let finished = write_status(cluster, &job, &old, st.clone())?;
+        let finished = write_status(cluster, &job, st.clone())?;
         return Ok(ttl(cluster, &finished, &spec, &st, now_ts)?
             .map_or_else(Outcome::done, Outcome::requeue_after_ms));
     }
@@ -389,7 +381,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         st.active = None;
         st.ready = Some(0);
         let _ = cluster.record_event(&job, "Normal", "Completed", "Job completed", COMPONENT);
-        let finished = write_status(cluster, &job, &old, st.clone())?;
+        let finished = write_status(cluster, &job, st.clone())?;
         return Ok(ttl(cluster, &finished, &spec, &st, now_ts)?
             .map_or_else(Outcome::done, Outcome::requeue_after_ms));
     }
@@ -453,17 +445,12 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     let active_n = running.len() + created.len();
     st.active = (active_n > 0).then(|| count(active_n));
     st.ready = Some(count(running.iter().filter(|p| is_ready(p)).count()));
-    write_status(cluster, &job, &old, st)?;
+    write_status(cluster, &job, st)?;
     Ok(requeue.map_or_else(Outcome::done, Outcome::requeue_after_ms))
 }
 
 /// A new pod for `job`, `index` in Indexed mode.
-fn create_pod(
-    cluster: &dyn Cluster,
-    job: &Job,
-    spec: &JobSpec,
-    index: Option<i32>,
-) -> Result<Pod, String> {
+fn create_pod(cluster: &dyn Cluster, job: &Job, spec: &JobSpec, index: Option<i32>) -> Result<Pod> {
     let ns = job.metadata.namespace.clone().unwrap_or_default();
     let name = job.metadata.name.clone().unwrap_or_default();
     let uid = job.metadata.uid.clone().unwrap_or_default();
@@ -514,7 +501,7 @@ fn create_pod(
         spec: Some(pod_spec),
         status: None,
     };
-    let created = cluster.create(&ns, &pod).map_err(api)?;
+    let created = cluster.create(&ns, &pod)?;
     let _ = cluster.record_event(
         job,
         "Normal",
@@ -528,22 +515,22 @@ fn create_pod(
     Ok(created)
 }
 
-fn delete_pods(cluster: &dyn Cluster, job: &Job, pods: &[&Pod]) -> Result<(), String> {
+fn delete_pods(cluster: &dyn Cluster, job: &Job, pods: &[&Pod]) -> Result<()> {
     let ns = job.metadata.namespace.clone().unwrap_or_default();
     for p in pods {
         let name = p.metadata.name.as_deref().unwrap_or("");
-        match cluster.delete::<Pod>(&ns, name) {
-            Ok(()) => {
-                let _ = cluster.record_event(
-                    job,
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {name}"),
-                    COMPONENT,
-                );
-            }
-            Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
+        if cluster
+            .delete::<Pod>(&ns, name)
+            .ignore_not_found()?
+            .is_some()
+        {
+            let _ = cluster.record_event(
+                job,
+                "Normal",
+                "SuccessfulDelete",
+                &format!("Deleted pod: {name}"),
+                COMPONENT,
+            );
         }
     }
     Ok(())
@@ -556,7 +543,7 @@ fn ttl(
     spec: &JobSpec,
     st: &JobStatus,
     now: Timestamp,
-) -> Result<Option<u64>, String> {
+) -> Result<Option<u64>> {
     let Some(ttl) = spec.ttl_seconds_after_finished else {
         return Ok(None);
     };
@@ -572,30 +559,16 @@ fn ttl(
         return Ok(Some(millis_until(now, expires)));
     }
     let ns = job.metadata.namespace.as_deref().unwrap_or("");
-    match cluster.delete::<Job>(ns, job.metadata.name.as_deref().unwrap_or("")) {
-        Ok(()) | Err(ApiError::NotFound(_)) => Ok(None),
-        Err(e) => Err(api(e)),
-    }
+    cluster
+        .delete::<Job>(ns, job.metadata.name.as_deref().unwrap_or(""))
+        .ignore_not_found()?;
+    Ok(None)
 }
 
 /// Writes the status when it changed; returns the Job as stored.
-fn write_status(
-    cluster: &dyn Cluster,
-    job: &Job,
-    old: &JobStatus,
-    new: JobStatus,
-) -> Result<Job, String> {
-    if &new == old {
-        return Ok(job.clone());
-    }
-    let mut updated = job.clone();
-    updated.status = Some(new);
-    match cluster.update_status(job.metadata.namespace.as_deref().unwrap_or(""), &updated) {
-        Ok(j) => Ok(j),
-        // A conflict means the Job changed; that change enqueues it again.
-        Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => Ok(updated),
-        Err(e) => Err(api(e)),
-    }
+fn write_status(cluster: &dyn Cluster, job: &Job, new: JobStatus) -> Result<Job> {
+    let ns = job.metadata.namespace.as_deref().unwrap_or("");
+    Ok(cluster.update_status_if_changed(ns, job, new)?)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{Event, Namespace};
 use serde_json::{Value, json};
 
 use kedge_guest::{
-    ApiError, Cluster, Controller, DeleteOptions, KindRef, LogLevel, ObjectKey, Outcome,
-    Propagation, Registration,
+    ApiError, ApiResultExt, Cluster, Controller, DeleteOptions, KindRef, LogLevel, ObjectKey,
+    Outcome, Propagation, Registration, Result,
 };
 
 /// The `spec.finalizers` entry this controller owns.
@@ -24,21 +24,17 @@ pub struct Namespaces;
 
 impl Controller for Namespaces {
     fn registration() -> Registration {
-        Registration {
-            name: "namespace".into(),
-            for_kind: KindRef::of::<Namespace>(),
-            owns: vec![],
+        Registration::new("namespace", KindRef::of::<Namespace>())
             // Every kind, and Events (which `*` leaves out).
-            reads: vec![KindRef::every(), KindRef::of::<Event>()],
-            writes: vec![
+            .reads([KindRef::every(), KindRef::of::<Event>()])
+            .writes([
                 KindRef::every(),
                 KindRef::of::<Namespace>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
@@ -49,10 +45,6 @@ fn done() -> Outcome {
     Outcome {
         requeue_after_ms: None,
     }
-}
-
-fn api(e: ApiError) -> String {
-    e.to_string()
 }
 
 fn field<'a>(obj: &'a Value, path: &str) -> &'a str {
@@ -68,11 +60,8 @@ fn spec_finalizers(ns: &Value) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-    let Some(ns) = c
-        .get_object("v1", "Namespace", "", &key.name)
-        .map_err(api)?
-    else {
+pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+    let Some(ns) = c.get_object("v1", "Namespace", "", &key.name)? else {
         return Ok(done());
     };
     if ns.pointer("/metadata/deletionTimestamp").is_none()
@@ -81,7 +70,7 @@ pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         return Ok(done());
     }
     let name = key.name.as_str();
-    for obj in c.list_objects("*", "*", name, "").map_err(api)? {
+    for obj in c.list_objects("*", "*", name, "")? {
         if obj.pointer("/metadata/deletionTimestamp").is_some() {
             continue;
         }
@@ -90,18 +79,16 @@ pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
             uid: Some(field(&obj, "/metadata/uid").to_string()),
             resource_version: None,
         };
-        match c.delete_object_with(
+        c.delete_object_with(
             field(&obj, "/apiVersion"),
             field(&obj, "/kind"),
             name,
             field(&obj, "/metadata/name"),
             &opts,
-        ) {
-            Ok(()) | Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        )
+        .ignore_stale()?;
     }
-    let left = c.list_objects("*", "*", name, "").map_err(api)?;
+    let left = c.list_objects("*", "*", name, "")?;
     if !left.is_empty() {
         c.log(
             LogLevel::Debug,
@@ -130,7 +117,7 @@ pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         Err(ApiError::Conflict(_)) => Ok(Outcome {
             requeue_after_ms: Some(RECHECK_MS),
         }),
-        Err(e) => Err(api(e)),
+        Err(e) => Err(e.into()),
     }
 }
 

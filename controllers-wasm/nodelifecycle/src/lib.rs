@@ -23,7 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kedge_guest::meta::{find_condition, parse_time};
 use kedge_guest::pod::tolerates;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
@@ -39,29 +40,21 @@ pub struct NodeLifecycle;
 
 impl Controller for NodeLifecycle {
     fn registration() -> Registration {
-        Registration {
-            name: "nodelifecycle".into(),
-            for_kind: KindRef::of::<Node>(),
-            owns: vec![],
-            reads: vec![KindRef::of::<Lease>(), KindRef::of::<ConfigMap>()],
-            writes: vec![
+        Registration::new("nodelifecycle", KindRef::of::<Node>())
+            .reads([KindRef::of::<Lease>(), KindRef::of::<ConfigMap>()])
+            .writes([
                 KindRef::of::<Node>(),
                 KindRef::of::<Pod>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(NodeLifecycle);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 /// The timeouts in force.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,10 +63,8 @@ pub struct Timeouts {
     pub eviction_ms: i64,
 }
 
-fn timeouts(cluster: &dyn Cluster) -> Result<Timeouts, String> {
-    let cm = cluster
-        .get::<ConfigMap>(CONFIG_NAMESPACE, CONFIG_NAME)
-        .map_err(api)?;
+fn timeouts(cluster: &dyn Cluster) -> Result<Timeouts> {
+    let cm = cluster.get::<ConfigMap>(CONFIG_NAMESPACE, CONFIG_NAME)?;
     let data = cm.and_then(|c| c.data).unwrap_or_default();
     let seconds = |key: &str, default: i64| {
         data.get(key)
@@ -130,17 +121,15 @@ pub fn tolerated_ms(pod: &Pod, default_ms: i64) -> Option<i64> {
     }
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-    let Some(mut node) = cluster.get::<Node>("", &key.name).map_err(api)? else {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+    let Some(mut node) = cluster.get::<Node>("", &key.name)? else {
         return Ok(Outcome::done());
     };
     let timeouts = timeouts(cluster)?;
     let now_s = cluster.now();
     let now = parse_time(&now_s).ok_or("host clock is not RFC 3339")?;
     let now_ms = ms(&now);
-    let lease = cluster
-        .get::<Lease>("kube-node-lease", &key.name)
-        .map_err(api)?;
+    let lease = cluster.get::<Lease>("kube-node-lease", &key.name)?;
     let Some(last) = last_heartbeat_ms(&node, lease.as_ref()) else {
         // Not heard from yet (registering): look again after a grace period.
         return Ok(Outcome::requeue_after_ms(timeouts.grace_ms.max(1000) as u64));
@@ -165,22 +154,17 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 .filter(|t| !is_unreachable_taint(t))
                 .collect();
             node.spec.get_or_insert_default().taints = Some(kept);
-            match cluster.update("", &node) {
-                Ok(_) => {
-                    cluster.log(LogLevel::Info, &format!("node {name} is reachable again"));
-                    let _ = cluster.record_event(
-                        &node,
-                        "Normal",
-                        "NodeReachable",
-                        &format!("Node {name} is reachable again"),
-                        COMPONENT,
-                    );
-                }
-                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {
-                    return Ok(Outcome::requeue_after_ms(1000));
-                }
-                Err(e) => return Err(api(e)),
+            if cluster.update("", &node).ignore_stale()?.is_none() {
+                return Ok(Outcome::requeue_after_ms(1000));
             }
+            cluster.log(LogLevel::Info, &format!("node {name} is reachable again"));
+            let _ = cluster.record_event(
+                &node,
+                "Normal",
+                "NodeReachable",
+                &format!("Node {name} is reachable again"),
+                COMPONENT,
+            );
         }
         // Next check: when the grace period would run out without a new heartbeat.
         let wait = (timeouts.grace_ms - silent_ms).max(0) + 1000;
@@ -207,13 +191,10 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     if changed {
         status.conditions = Some(conditions);
         node.status = Some(status);
-        node = match cluster.update_status("", &node) {
-            Ok(n) => n,
-            Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {
-                return Ok(Outcome::requeue_after_ms(1000));
-            }
-            Err(e) => return Err(api(e)),
+        let Some(stored) = cluster.update_status("", &node).ignore_stale()? else {
+            return Ok(Outcome::requeue_after_ms(1000));
         };
+        node = stored;
         cluster.log(
             LogLevel::Info,
             &format!("node {name} silent for {} s: Unknown", silent_ms / 1000),
@@ -244,12 +225,8 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 });
             }
             node.spec.get_or_insert_default().taints = Some(taints);
-            match cluster.update("", &node) {
-                Ok(_) => {}
-                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {
-                    return Ok(Outcome::requeue_after_ms(1000));
-                }
-                Err(e) => return Err(api(e)),
+            if cluster.update("", &node).ignore_stale()?.is_none() {
+                return Ok(Outcome::requeue_after_ms(1000));
             }
             now_ms
         }
@@ -257,7 +234,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
 
     // Evict the pods whose tolerance of the taint has run out.
     let mut next_ms: Option<i64> = None;
-    for pod in cluster.list::<Pod>("", "").map_err(api)? {
+    for pod in cluster.list::<Pod>("", "")? {
         let on_node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&name);
         if !on_node || pod.metadata.deletion_timestamp.is_some() {
             continue;
@@ -272,22 +249,22 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
         }
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
-        match cluster.delete::<Pod>(&ns, &pod_name) {
-            Ok(()) => {
-                cluster.log(
-                    LogLevel::Info,
-                    &format!("evicted {ns}/{pod_name} from unreachable node {name}"),
-                );
-                let _ = cluster.record_event(
-                    &pod,
-                    "Normal",
-                    "TaintManagerEviction",
-                    &format!("Marking for deletion Pod {ns}/{pod_name}"),
-                    COMPONENT,
-                );
-            }
-            Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
+        if cluster
+            .delete::<Pod>(&ns, &pod_name)
+            .ignore_not_found()?
+            .is_some()
+        {
+            cluster.log(
+                LogLevel::Info,
+                &format!("evicted {ns}/{pod_name} from unreachable node {name}"),
+            );
+            let _ = cluster.record_event(
+                &pod,
+                "Normal",
+                "TaintManagerEviction",
+                &format!("Marking for deletion Pod {ns}/{pod_name}"),
+                COMPONENT,
+            );
         }
     }
     // Look again when the next pod is due, and in any case now and then (a heartbeat ends

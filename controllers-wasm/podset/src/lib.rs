@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kedge_guest::meta::{labels_of, new_controller_ref};
 use kedge_guest::pod::{claim_pods, is_active, is_ready};
 use kedge_guest::selector::Selector;
-use kedge_guest::{ApiError, Cluster, ClusterExt, LogLevel, ObjectKey, Outcome};
+use kedge_guest::{ApiResultExt, Cluster, ClusterExt, LogLevel, ObjectKey, Outcome, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -135,10 +135,6 @@ impl PodSet for ReplicationController {
     }
 }
 
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
-
 /// Sort key for scale-down: the pod that is cheapest to lose sorts first (unscheduled,
 /// then pending, then not ready, then newest), name last for a stable order.
 fn deletion_cost(pod: &Pod) -> (bool, bool, bool, Reverse<Option<Time>>, Option<String>) {
@@ -162,9 +158,9 @@ pub fn reconcile<K: PodSet>(
     cluster: &dyn Cluster,
     key: &ObjectKey,
     component: &str,
-) -> Result<Outcome, String> {
+) -> Result<Outcome> {
     let ns = key.namespace.as_str();
-    let Some(rs) = cluster.get::<K>(ns, &key.name).map_err(api)? else {
+    let Some(rs) = cluster.get::<K>(ns, &key.name)? else {
         return Ok(Outcome::done());
     };
     if rs.metadata().deletion_timestamp.is_some() {
@@ -177,7 +173,7 @@ pub fn reconcile<K: PodSet>(
         Err(e) => return invalid(cluster, key, &e),
     };
 
-    let owned = claim_pods(cluster, &rs, &selector).map_err(api)?;
+    let owned = claim_pods(cluster, &rs, &selector)?;
 
     let mut active: Vec<Pod> = owned.into_iter().filter(is_active).collect();
     let desired = usize::try_from(rs.replicas()).unwrap_or(0);
@@ -197,7 +193,7 @@ pub fn reconcile<K: PodSet>(
             status: None,
         };
         for _ in active.len()..desired {
-            let created = cluster.create(ns, &pod).map_err(api)?;
+            let created = cluster.create(ns, &pod)?;
             let pod_name = created.metadata.name.clone().unwrap_or_default();
             let _ = cluster.record_event(
                 &rs,
@@ -212,18 +208,18 @@ pub fn reconcile<K: PodSet>(
         active.sort_by_cached_key(deletion_cost);
         for victim in active.drain(..active.len() - desired) {
             let pod_name = victim.metadata.name.as_deref().unwrap_or("");
-            match cluster.delete::<Pod>(ns, pod_name) {
-                Ok(()) => {
-                    let _ = cluster.record_event(
-                        &rs,
-                        "Normal",
-                        "SuccessfulDelete",
-                        &format!("Deleted pod: {pod_name}"),
-                        component,
-                    );
-                }
-                Err(ApiError::NotFound(_)) => {}
-                Err(e) => return Err(api(e)),
+            if cluster
+                .delete::<Pod>(ns, pod_name)
+                .ignore_not_found()?
+                .is_some()
+            {
+                let _ = cluster.record_event(
+                    &rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {pod_name}"),
+                    component,
+                );
             }
         }
     }
@@ -250,17 +246,16 @@ pub fn reconcile<K: PodSet>(
         observed_generation: rs.metadata().generation,
     };
     if counts != rs.counts() {
-        match cluster.update_status(ns, &rs.with_counts(counts)) {
-            // A conflict means the object changed; that change enqueues it again.
-            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        // A conflict means the object changed; that change enqueues it again.
+        cluster
+            .update_status(ns, &rs.with_counts(counts))
+            .ignore_stale()?;
     }
     Ok(Outcome::done())
 }
 
 /// A ReplicaSet the API server should not have admitted: say so once, do not retry.
-fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome, String> {
+fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome> {
     cluster.log(
         LogLevel::Warn,
         &format!(

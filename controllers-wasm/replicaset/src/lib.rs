@@ -6,7 +6,7 @@ use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
 #[cfg(test)]
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kedge_guest::{Cluster, Controller, KindRef, ObjectKey, Outcome, Registration};
+use kedge_guest::{Cluster, Controller, KindRef, ObjectKey, Outcome, Registration, Result};
 
 /// The Events' source, as Kubernetes' controller names it.
 const COMPONENT: &str = "replicaset-controller";
@@ -16,20 +16,16 @@ pub struct ReplicaSetController;
 
 impl Controller for ReplicaSetController {
     fn registration() -> Registration {
-        Registration {
-            name: "replicaset".into(),
-            for_kind: KindRef::of::<ReplicaSet>(),
-            owns: vec![KindRef::of::<Pod>()],
-            reads: vec![],
-            writes: vec![
+        Registration::new("replicaset", KindRef::of::<ReplicaSet>())
+            .owns([KindRef::of::<Pod>()])
+            .writes([
                 KindRef::of::<Pod>(),
                 KindRef::of::<ReplicaSet>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         kedge_podset::reconcile::<ReplicaSet>(cluster, key, COMPONENT)
     }
 }

@@ -3,7 +3,7 @@
 //! selector is a plain label map.
 
 use k8s_openapi::api::core::v1::{Event, Pod, ReplicationController};
-use kedge_guest::{Cluster, Controller, KindRef, ObjectKey, Outcome, Registration};
+use kedge_guest::{Cluster, Controller, KindRef, ObjectKey, Outcome, Registration, Result};
 
 /// The Events' source, as Kubernetes' controller names it.
 const COMPONENT: &str = "replication-controller";
@@ -12,20 +12,19 @@ pub struct ReplicationControllerController;
 
 impl Controller for ReplicationControllerController {
     fn registration() -> Registration {
-        Registration {
-            name: "replicationcontroller".into(),
-            for_kind: KindRef::of::<ReplicationController>(),
-            owns: vec![KindRef::of::<Pod>()],
-            reads: vec![],
-            writes: vec![
-                KindRef::of::<Pod>(),
-                KindRef::of::<ReplicationController>(),
-                KindRef::of::<Event>(),
-            ],
-        }
+        Registration::new(
+            "replicationcontroller",
+            KindRef::of::<ReplicationController>(),
+        )
+        .owns([KindRef::of::<Pod>()])
+        .writes([
+            KindRef::of::<Pod>(),
+            KindRef::of::<ReplicationController>(),
+            KindRef::of::<Event>(),
+        ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         kedge_podset::reconcile::<ReplicationController>(cluster, key, COMPONENT)
     }
 }

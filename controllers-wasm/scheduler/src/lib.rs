@@ -42,7 +42,8 @@ pub use kedge_guest::pod::tolerates;
 use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 
 use interpod::{InterPod, NamespaceLabels};
@@ -67,26 +68,18 @@ pub struct Scheduler;
 
 impl Controller for Scheduler {
     fn registration() -> Registration {
-        Registration {
-            name: "scheduler".into(),
-            for_kind: KindRef::of::<Pod>(),
-            owns: vec![],
+        Registration::new("scheduler", KindRef::of::<Pod>())
             // Namespaces: for pod affinity terms with a namespaceSelector.
-            reads: vec![KindRef::of::<Node>(), KindRef::of::<Namespace>()],
-            writes: vec![KindRef::of::<Pod>(), KindRef::of::<Event>()],
-        }
+            .reads([KindRef::of::<Node>(), KindRef::of::<Namespace>()])
+            .writes([KindRef::of::<Pod>(), KindRef::of::<Event>()])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         schedule(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(Scheduler);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 fn needs_scheduling(pod: &Pod) -> bool {
     let Some(spec) = &pod.spec else { return false };
@@ -381,16 +374,16 @@ enum Decision {
     Unschedulable(String),
 }
 
-fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-    let Some(pod) = cluster.get::<Pod>(&key.namespace, &key.name).map_err(api)? else {
+fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+    let Some(pod) = cluster.get::<Pod>(&key.namespace, &key.name)? else {
         return Ok(Outcome::done());
     };
     if !needs_scheduling(&pod) {
         return Ok(Outcome::done());
     }
     let started = std::time::Instant::now();
-    let nodes = cluster.list::<Node>("", "").map_err(api)?;
-    let mut all_pods = cluster.list::<Pod>("", "").map_err(api)?;
+    let nodes = cluster.list::<Node>("", "")?;
+    let mut all_pods = cluster.list::<Pod>("", "")?;
     let ns_labels = NamespaceLabels::new(cluster);
 
     // The pod asked about first, then the other pending ones by age.
@@ -415,8 +408,8 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         let ns = candidate.metadata.namespace.clone().unwrap_or_default();
         let name = candidate.metadata.name.clone().unwrap_or_default();
         match decision {
-            Decision::Bind(node) => match cluster.bind_pod(&ns, &name, &node) {
-                Ok(()) => {
+            Decision::Bind(node) => match cluster.bind_pod(&ns, &name, &node).ignore_stale() {
+                Ok(Some(())) => {
                     cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {node}"));
                     let _ = cluster.record_event(
                         &candidate,
@@ -434,8 +427,8 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
                     }
                 }
                 // Bound meanwhile (another scheduler run, or a stale read): nothing to do.
-                Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-                Err(e) if i == 0 => return Err(api(e)),
+                Ok(None) => {}
+                Err(e) if i == 0 => return Err(e.into()),
                 Err(_) => {}
             },
             // Other pods of the batch that fit nowhere get their own reconcile, which
@@ -455,7 +448,7 @@ fn decide(
     nodes: &[Node],
     all_pods: &[Pod],
     ns_labels: &NamespaceLabels,
-) -> Result<Decision, String> {
+) -> Result<Decision> {
     let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let want = pod_requests(spec).map_err(|e| format!("pod requests: {e}"))?;
     let by_name: HashMap<&str, &Node> = nodes
@@ -519,11 +512,7 @@ fn decide(
 
 /// `PodScheduled=False` with kubectl's message and a FailedScheduling Event, once per
 /// change; the pod is looked at again later (new nodes do not enqueue it).
-fn report_unschedulable(
-    cluster: &dyn Cluster,
-    pod: &Pod,
-    message: &str,
-) -> Result<Outcome, String> {
+fn report_unschedulable(cluster: &dyn Cluster, pod: &Pod, message: &str) -> Result<Outcome> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     let mut updated = pod.clone();
@@ -540,11 +529,8 @@ fn report_unschedulable(
         },
     );
     if changed {
-        match cluster.update_status(ns, &updated) {
-            // A conflict means the pod changed; its own event reconciles it again.
-            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        // A conflict means the pod changed; its own event reconciles it again.
+        cluster.update_status(ns, &updated).ignore_stale()?;
         cluster.log(
             LogLevel::Info,
             &format!("{ns}/{name} unschedulable: {message}"),

@@ -10,6 +10,7 @@
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kedge_guest::{
     ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    Result,
 };
 
 pub const DEFAULT_NAME: &str = "default";
@@ -18,16 +19,12 @@ pub struct ServiceAccounts;
 
 impl Controller for ServiceAccounts {
     fn registration() -> Registration {
-        Registration {
-            name: "serviceaccount".into(),
-            for_kind: KindRef::of::<Namespace>(),
-            owns: vec![KindRef::of::<ServiceAccount>()],
-            reads: vec![],
-            writes: vec![KindRef::of::<ServiceAccount>()],
-        }
+        Registration::new("serviceaccount", KindRef::of::<Namespace>())
+            .owns([KindRef::of::<ServiceAccount>()])
+            .writes([KindRef::of::<ServiceAccount>()])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
@@ -45,17 +42,13 @@ fn active(ns: &Namespace) -> bool {
         && ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating")
 }
 
-pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-    let ns = match c.get::<Namespace>("", &key.name) {
-        Ok(Some(ns)) if active(&ns) => ns,
-        Ok(_) => return Ok(done()),
-        Err(e) => return Err(e.to_string()),
+pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+    let ns = match c.get::<Namespace>("", &key.name)? {
+        Some(ns) if active(&ns) => ns,
+        _ => return Ok(done()),
     };
     let name = ns.metadata.name.unwrap_or_default();
-    if c.get::<ServiceAccount>(&name, DEFAULT_NAME)
-        .map_err(|e| e.to_string())?
-        .is_some()
-    {
+    if c.get::<ServiceAccount>(&name, DEFAULT_NAME)?.is_some() {
         return Ok(done());
     }
     let mut sa = ServiceAccount::default();
@@ -73,7 +66,7 @@ pub fn reconcile(c: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
         Err(ApiError::AlreadyExists(_) | ApiError::Forbidden(_) | ApiError::NotFound(_)) => {
             Ok(done())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 

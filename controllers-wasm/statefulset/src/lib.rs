@@ -27,7 +27,8 @@ use kedge_guest::meta::{controller_of, labels_of, new_controller_ref, parse_time
 use kedge_guest::pod::{fnv1a32, is_ready, safe_encode};
 use kedge_guest::selector::Selector;
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome, Registration,
+    ApiError, ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
+    Registration, Result,
 };
 use serde_json::{Value, json};
 
@@ -50,30 +51,22 @@ pub struct StatefulSetController;
 
 impl Controller for StatefulSetController {
     fn registration() -> Registration {
-        Registration {
-            name: "statefulset".into(),
-            for_kind: KindRef::of::<StatefulSet>(),
-            owns: vec![KindRef::of::<Pod>()],
-            reads: vec![],
-            writes: vec![
+        Registration::new("statefulset", KindRef::of::<StatefulSet>())
+            .owns([KindRef::of::<Pod>()])
+            .writes([
                 KindRef::of::<Pod>(),
                 KindRef::of::<StatefulSet>(),
                 KindRef::of::<ControllerRevision>(),
                 KindRef::of::<Event>(),
-            ],
-        }
+            ])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         reconcile(cluster, key)
     }
 }
 
 kedge_guest::export_controller!(StatefulSetController);
-
-fn api(e: ApiError) -> String {
-    e.to_string()
-}
 
 /// The ordinal in a pod name `<sts>-<ordinal>`; `None` for any other name (`web-01`
 /// included: no StatefulSet makes it).
@@ -179,10 +172,10 @@ struct Ctx<'a> {
     nodes: BTreeMap<String, String>,
 }
 
-fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
+fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
     let name = key.name.as_str();
-    let Some(mut sts) = cluster.get::<StatefulSet>(ns, name).map_err(api)? else {
+    let Some(mut sts) = cluster.get::<StatefulSet>(ns, name)? else {
         return Ok(Outcome::done());
     };
     if sts.metadata.deletion_timestamp.is_some() {
@@ -200,7 +193,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     let uid = sts.metadata.uid.clone().unwrap_or_default();
 
     let mut pods: BTreeMap<i32, Pod> = BTreeMap::new();
-    for pod in cluster.list::<Pod>(ns, "").map_err(api)? {
+    for pod in cluster.list::<Pod>(ns, "")? {
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let Some(ord) = ordinal_of(name, &pod_name) else {
             continue;
@@ -213,10 +206,11 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
                 let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
                 refs.push(new_controller_ref(&sts));
                 let patch = json!({"metadata": {"ownerReferences": refs, "uid": pod.metadata.uid}});
-                match cluster.patch_merge::<Pod>(ns, &pod_name, &patch) {
-                    Ok(p) => _ = pods.insert(ord, p),
-                    Err(ApiError::NotFound(_) | ApiError::Conflict(_)) => {}
-                    Err(e) => return Err(api(e)),
+                if let Some(p) = cluster
+                    .patch_merge::<Pod>(ns, &pod_name, &patch)
+                    .ignore_stale()?
+                {
+                    pods.insert(ord, p);
                 }
             }
             _ => {}
@@ -249,11 +243,9 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
             }
         }
         if learnt {
-            let text = serde_json::to_string(&nodes).map_err(|e| e.to_string())?;
+            let text = serde_json::to_string(&nodes)?;
             let patch = json!({"metadata": {"annotations": {VOLUME_NODES_ANNOTATION: text}}});
-            sts = cluster
-                .patch_merge::<StatefulSet>(ns, name, &patch)
-                .map_err(api)?;
+            sts = cluster.patch_merge::<StatefulSet>(ns, name, &patch)?;
         }
     }
 
@@ -320,15 +312,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> 
     status.available_replicas = Some(ready);
     status.current_replicas = Some(cur);
     status.updated_replicas = Some(upd);
-    if sts.status.as_ref() != Some(&status) {
-        let mut updated = sts.clone();
-        updated.status = Some(status);
-        match cluster.update_status(ns, &updated) {
-            // A conflict means the StatefulSet changed; that change enqueues it again.
-            Ok(_) | Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
-    }
+    cluster.update_status_if_changed(ns, &sts, status)?;
     Ok(Outcome::done())
 }
 
@@ -350,7 +334,7 @@ fn manage(
     plan: &Plan,
     update: &Revision,
     current: &Revision,
-) -> Result<(), String> {
+) -> Result<()> {
     // 1. Every ordinal below `replicas` gets a pod; failed ones are replaced under the same
     //    name. OrderedReady waits for each to be Running and Ready before the next.
     for ord in 0..plan.replicas {
@@ -469,7 +453,7 @@ fn new_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Pod {
 }
 
 /// Creates pod `ordinal`; `None` when a pod of that name already exists (our view lags).
-fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod>, String> {
+fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod>> {
     let pod = new_pod(ctx, ordinal, revision);
     let pod_name = format!("{}-{ordinal}", ctx.name);
     match ctx.cluster.create(ctx.ns, &pod) {
@@ -507,30 +491,31 @@ fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod
                 ),
                 COMPONENT,
             );
-            Err(api(e))
+            Err(e.into())
         }
     }
 }
 
 /// Deletes pod `ordinal`; in `pods` it stays, as terminating, like the API shows it until
 /// the node confirms.
-fn delete_pod(ctx: &Ctx, pods: &mut BTreeMap<i32, Pod>, ordinal: i32) -> Result<(), String> {
+fn delete_pod(ctx: &Ctx, pods: &mut BTreeMap<i32, Pod>, ordinal: i32) -> Result<()> {
     let pod_name = format!("{}-{ordinal}", ctx.name);
-    match ctx.cluster.delete::<Pod>(ctx.ns, &pod_name) {
-        Ok(()) => {
-            let _ = ctx.cluster.record_event(
-                ctx.sts,
-                "Normal",
-                "SuccessfulDelete",
-                &format!(
-                    "delete Pod {pod_name} in StatefulSet {} successful",
-                    ctx.name
-                ),
-                COMPONENT,
-            );
-        }
-        Err(ApiError::NotFound(_)) => {}
-        Err(e) => return Err(api(e)),
+    if ctx
+        .cluster
+        .delete::<Pod>(ctx.ns, &pod_name)
+        .ignore_not_found()?
+        .is_some()
+    {
+        let _ = ctx.cluster.record_event(
+            ctx.sts,
+            "Normal",
+            "SuccessfulDelete",
+            &format!(
+                "delete Pod {pod_name} in StatefulSet {} successful",
+                ctx.name
+            ),
+            COMPONENT,
+        );
     }
     if let Some(p) = pods.get_mut(&ordinal) {
         p.metadata.deletion_timestamp = parse_time(&ctx.cluster.now());
@@ -545,15 +530,14 @@ fn sync_revisions(
     cluster: &dyn Cluster,
     sts: &StatefulSet,
     pods: &BTreeMap<i32, Pod>,
-) -> Result<(Revision, Revision, i32), String> {
+) -> Result<(Revision, Revision, i32)> {
     let ns = sts.metadata.namespace.as_deref().unwrap_or("default");
     let name = sts.metadata.name.as_deref().unwrap_or("");
     let uid = sts.metadata.uid.as_deref().unwrap_or("");
     let spec = sts.spec.as_ref().expect("caller checked spec");
     let template = &spec.template;
     let mut revs: Vec<ControllerRevision> = cluster
-        .list::<ControllerRevision>(ns, "")
-        .map_err(api)?
+        .list::<ControllerRevision>(ns, "")?
         .into_iter()
         .filter(|r| controller_of(&r.metadata).is_some_and(|c| c.uid == uid))
         .collect();
@@ -573,9 +557,11 @@ fn sync_revisions(
             let rname = revs[i].metadata.name.clone().unwrap_or_default();
             if revs[i].revision != max {
                 // Back to an older template (a rollback): it becomes the newest revision.
-                revs[i] = cluster
-                    .patch_merge::<ControllerRevision>(ns, &rname, &json!({"revision": max + 1}))
-                    .map_err(api)?;
+                revs[i] = cluster.patch_merge::<ControllerRevision>(
+                    ns,
+                    &rname,
+                    &json!({"revision": max + 1}),
+                )?;
             }
             rname
         }
@@ -604,12 +590,12 @@ fn sync_revisions(
                     break rname;
                 }
                 Err(ApiError::AlreadyExists(_)) => {
-                    let existing = cluster
-                        .get::<ControllerRevision>(ns, &rname)
-                        .map_err(api)?
-                        .ok_or_else(|| {
-                            format!("controllerrevision {rname} exists but is not readable yet")
-                        })?;
+                    let existing =
+                        cluster
+                            .get::<ControllerRevision>(ns, &rname)?
+                            .ok_or_else(|| {
+                                format!("controllerrevision {rname} exists but is not readable yet")
+                            })?;
                     let ours = controller_of(&existing.metadata).is_some_and(|c| c.uid == uid);
                     if ours && template_of(&existing).as_ref() == Some(template) {
                         // Made by an earlier reconcile our list had not seen yet.
@@ -619,10 +605,10 @@ fn sync_revisions(
                     // Another template already has this name: Kubernetes' collisionCount.
                     collision += 1;
                     if collision > 1000 {
-                        return Err(format!("too many revision name collisions for {name}"));
+                        return Err(format!("too many revision name collisions for {name}").into());
                     }
                 }
-                Err(e) => return Err(api(e)),
+                Err(e) => return Err(e.into()),
             }
         },
     };
@@ -654,16 +640,15 @@ fn sync_revisions(
         .collect();
     for r in old.iter().take(old.len().saturating_sub(limit)) {
         let rname = r.metadata.name.as_deref().unwrap_or("");
-        match cluster.delete::<ControllerRevision>(ns, rname) {
-            Ok(()) | Err(ApiError::NotFound(_)) => {}
-            Err(e) => return Err(api(e)),
-        }
+        cluster
+            .delete::<ControllerRevision>(ns, rname)
+            .ignore_not_found()?;
     }
     Ok((update, current, collision))
 }
 
 /// A StatefulSet the API server should not have admitted: say so once, do not retry.
-fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome, String> {
+fn invalid(cluster: &dyn Cluster, key: &ObjectKey, why: &str) -> Result<Outcome> {
     cluster.log(
         LogLevel::Warn,
         &format!(

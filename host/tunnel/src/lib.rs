@@ -13,6 +13,7 @@
 
 pub mod agent;
 mod error;
+pub mod frames;
 mod fsutil;
 mod io;
 pub mod pki;

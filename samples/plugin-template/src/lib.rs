@@ -14,7 +14,8 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event};
 use kedge_guest::{
-    ApiError, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+    ApiResultExt, Cluster, ClusterExt, Controller, KindRef, ObjectKey, Outcome, Registration,
+    Result,
 };
 use serde_json::json;
 
@@ -25,50 +26,35 @@ pub struct Greeter;
 
 impl Controller for Greeter {
     fn registration() -> Registration {
-        Registration {
-            name: "greeter".into(),
-            // Every event on a ConfigMap reconciles that ConfigMap.
-            for_kind: KindRef::of::<ConfigMap>(),
-            owns: vec![],
-            reads: vec![],
-            // The host refuses writes to anything not listed (and the Plugin object must
-            // grant these in spec.writes).
-            writes: vec![KindRef::of::<ConfigMap>(), KindRef::of::<Event>()],
-        }
+        // Every event on a ConfigMap reconciles that ConfigMap. The host refuses writes to
+        // anything not listed (and the Plugin object must grant these in spec.writes).
+        Registration::new("greeter", KindRef::of::<ConfigMap>())
+            .writes([KindRef::of::<ConfigMap>(), KindRef::of::<Event>()])
     }
 
-    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome, String> {
-        let Some(cm) = cluster
-            .get::<ConfigMap>(&key.namespace, &key.name)
-            .map_err(|e| e.to_string())?
-        else {
+    // `?` turns API and JSON errors into the reconcile's error: the host logs it and retries
+    // the key with back-off (override `error_policy` to decide otherwise).
+    fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
+        let Some(cm) = cluster.get::<ConfigMap>(&key.namespace, &key.name)? else {
             // Deleted meanwhile: nothing to do.
             return Ok(Outcome::done());
         };
-        let Some(who) = cm
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION))
-        else {
+        let annotations = cm.metadata.annotations.as_ref();
+        let Some(who) = annotations.and_then(|a| a.get(ANNOTATION)) else {
             return Ok(Outcome::done());
         };
         let want = format!("Hello, {who}!");
-        let have = cm.data.as_ref().and_then(|d| d.get("greeting"));
-        if have == Some(&want) {
+        if cm.data.as_ref().and_then(|d| d.get("greeting")) == Some(&want) {
             return Ok(Outcome::done());
         }
         let patch = json!({"data": {"greeting": want}});
-        match cluster.patch_merge::<ConfigMap>(&key.namespace, &key.name, &patch) {
-            Ok(updated) => {
-                // Events are best effort: a failure to record one is not a failed reconcile.
-                let _ = cluster.record_event(&updated, "Normal", "Greeted", &want, "greeter");
-                Ok(Outcome::done())
-            }
-            // Deleted between the read and the write.
-            Err(ApiError::NotFound(_)) => Ok(Outcome::done()),
-            Err(e) => Err(e.to_string()),
+        // `None`: deleted between the read and the write.
+        let patched = cluster.patch_merge::<ConfigMap>(&key.namespace, &key.name, &patch);
+        if let Some(updated) = patched.ignore_not_found()? {
+            // Events are best effort: a failure to record one is not a failed reconcile.
+            let _ = cluster.record_event(&updated, "Normal", "Greeted", &want, "greeter");
         }
+        Ok(Outcome::done())
     }
 }
 

@@ -1,0 +1,966 @@
+//! One container of a pod, from image to exit, again and again per `restartPolicy`: pull the
+//! image (with the pod's imagePullSecrets), decide the runtime by what the image is (Wasm →
+//! wasmtime, OCI image → runc), run it, report each step in the pod's status and as Events.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::events::Kind;
+use super::objects::{self, ObjRef};
+use super::status::ContainerState;
+use super::{ContainerId, Ctx, LogHandle, PodRun, spec};
+use kedge_core::{meta, quantity};
+use kedge_registry::{Credential, Image, ImageKind, Keyring, PullPolicy, Reference};
+use kedge_runtime::oci::{ContainerSpec, Mount, MountSource};
+use kedge_runtime::restart::{RestartPolicy, backoff, should_restart};
+use kedge_runtime::wasm::Preopen;
+use kedge_runtime::wasm::{Exit, RunSpec, Workload};
+
+/// Why a container could not be started, in kubelet's words.
+struct Failure {
+    /// `ErrImagePull`, `InvalidImageName`, `CreateContainerConfigError`, ...
+    reason: String,
+    message: String,
+    /// An image problem: shown as `ErrImagePull`, then `ImagePullBackOff` while waiting.
+    pull: bool,
+}
+
+impl Failure {
+    fn config(message: impl Into<String>) -> Self {
+        Failure {
+            reason: "CreateContainerConfigError".into(),
+            message: message.into(),
+            pull: false,
+        }
+    }
+
+    fn create(message: impl Into<String>) -> Self {
+        Failure {
+            reason: "CreateContainerError".into(),
+            message: message.into(),
+            pull: false,
+        }
+    }
+}
+
+/// What the runtime will run.
+enum Prepared {
+    Wasm {
+        workload: Workload,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        dirs: Vec<Preopen>,
+    },
+    Oci {
+        rootfs: PathBuf,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+        cwd: String,
+        user: Option<String>,
+        mounts: Vec<Mount>,
+    },
+}
+
+/// The credentials the pod's `imagePullSecrets` give for `reference`, in kubelet's order.
+/// Secrets are read only from the pod's own namespace; a missing or malformed one is
+/// reported as an Event and skipped (kubelet goes on and tries the pull).
+async fn pull_credentials(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &str,
+    reference: &Reference,
+) -> Vec<Credential> {
+    let ns = meta::namespace(pod);
+    let mut keyring = Keyring::new();
+    let names: Vec<String> = pod
+        .pointer("/spec/imagePullSecrets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["name"].as_str().map(String::from))
+        .collect();
+    for name in names {
+        let r = ObjRef {
+            kind: objects::Kind::Secret,
+            ns: ns.to_string(),
+            name: name.clone(),
+        };
+        // Through the node's store: an offline node pulling from a reachable registry still
+        // has the credentials.
+        let problem = match objects::fetch(&ctx.client, &ctx.objects, &r).await {
+            Ok(Some(secret)) => match keyring_of(&secret) {
+                Ok(k) => {
+                    keyring.extend(k);
+                    None
+                }
+                Err(e) => Some(format!("secret {ns}/{name}: {e}")),
+            },
+            Ok(None) => Some(format!("secret {ns}/{name} not found")),
+            Err(e) => Some(e),
+        };
+        if let Some(problem) = problem {
+            ctx.events
+                .pod(
+                    pod,
+                    Some(c),
+                    Kind::Warning,
+                    "FailedToRetrieveImagePullSecret",
+                    &format!(
+                        "Unable to retrieve some image pull secrets ({name}); attempting to \
+                         pull the image may not succeed: {problem}"
+                    ),
+                )
+                .await;
+        }
+    }
+    keyring.lookup(reference)
+}
+
+/// A Keyring from a `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg` Secret.
+fn keyring_of(secret: &Value) -> Result<Keyring, String> {
+    let ty = secret["type"].as_str().unwrap_or("Opaque");
+    let (key, json) = match ty {
+        "kubernetes.io/dockerconfigjson" => (".dockerconfigjson", true),
+        "kubernetes.io/dockercfg" => (".dockercfg", false),
+        other => {
+            return Err(format!(
+                "type {other:?} is not kubernetes.io/dockerconfigjson or kubernetes.io/dockercfg"
+            ));
+        }
+    };
+    let data = secret
+        .pointer(&format!("/data/{}", key.replace('/', "~1")))
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("has no data key {key:?}"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| format!("data {key:?} is not base64: {e}"))?;
+    let keyring = if json {
+        Keyring::from_dockerconfigjson(&bytes)
+    } else {
+        Keyring::from_dockercfg(&bytes)
+    };
+    keyring.map_err(|e| e.to_string())
+}
+
+fn pull_policy(c: &Value, reference: &Reference) -> Result<PullPolicy, Failure> {
+    match c["imagePullPolicy"].as_str() {
+        None | Some("") => Ok(kedge_registry::default_pull_policy(reference)),
+        Some(p) => p.parse().map_err(|e: kedge_registry::UnknownPullPolicy| {
+            Failure::config(format!("imagePullPolicy: {e}"))
+        }),
+    }
+}
+
+/// Gets the image onto the node (or finds it there), with kubelet's Events.
+async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
+    let name = c["name"].as_str().unwrap_or_default();
+    let image = c["image"].as_str().unwrap_or_default();
+    let reference = Reference::parse(image).map_err(|e| Failure {
+        reason: "InvalidImageName".into(),
+        message: format!("Failed to apply default image tag {image:?}: {e}"),
+        pull: false,
+    })?;
+    let policy = pull_policy(c, &reference)?;
+    let store = ctx.puller.store().clone();
+    let lookup = reference.clone();
+    let present = tokio::task::spawn_blocking(move || store.image(&lookup))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let will_pull =
+        policy == PullPolicy::Always || (present.is_none() && policy != PullPolicy::Never);
+    let credentials = if will_pull {
+        pull_credentials(ctx, pod, name, &reference).await
+    } else {
+        Vec::new()
+    };
+    if will_pull {
+        ctx.events
+            .pod(
+                pod,
+                Some(name),
+                Kind::Normal,
+                "Pulling",
+                &format!("Pulling image {image:?}"),
+            )
+            .await;
+    }
+    let started = Instant::now();
+    let pulled = match (
+        ctx.puller.ensure(&reference, policy, &credentials).await,
+        present,
+    ) {
+        // Offline autonomy: a node cut off from its registry still runs (and restarts) what
+        // it has, even under `Always`; kubelet would stay in back-off until the link returns.
+        (Err(e), Some(local)) if e.kind == kedge_registry::PullErrorKind::Network => {
+            tracing::info!(%image, error = %e.message, "registry unreachable: using the image on the node");
+            let message = format!(
+                "Could not reach the registry ({}); using image {image:?} as it is on the node",
+                e.message
+            );
+            ctx.events
+                .pod(pod, Some(name), Kind::Warning, "Failed", &message)
+                .await;
+            return Ok(local);
+        }
+        (pulled, _) => pulled,
+    };
+    match pulled {
+        Ok(img) => {
+            let message = if will_pull {
+                format!(
+                    "Successfully pulled image {image:?} in {:.3}s",
+                    started.elapsed().as_secs_f64()
+                )
+            } else {
+                format!("Container image {image:?} already present on machine")
+            };
+            ctx.events
+                .pod(pod, Some(name), Kind::Normal, "Pulled", &message)
+                .await;
+            Ok(img)
+        }
+        Err(e) => {
+            let message = if e.kind == kedge_registry::PullErrorKind::NeverPull {
+                e.message.clone()
+            } else {
+                format!("Failed to pull image {image:?}: {}", e.message)
+            };
+            ctx.events
+                .pod(pod, Some(name), Kind::Warning, "Failed", &message)
+                .await;
+            Err(Failure {
+                reason: e.reason().to_string(),
+                message,
+                pull: true,
+            })
+        }
+    }
+}
+
+/// Resolves the image and builds everything the runtime needs. Returns also the image's ID for
+/// `containerStatuses[].imageID`, its digest (kept from image GC while the container lives)
+/// and the volume directories its `subPath` mounts are bound into (kept while it runs).
+async fn prepare(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    dirs: &spec::PodDirs,
+) -> Result<(Prepared, String, Option<String>, objects::Pins), Failure> {
+    let image = c["image"].as_str().unwrap_or_default();
+    // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
+    let refs = objects::container_refs(pod, c);
+    let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
+        .await
+        .map_err(Failure::config)?;
+    let env =
+        super::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects).map_err(Failure::config)?;
+    let (mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
+        .await
+        .map_err(Failure::config)?;
+    // Wasm guests see volumes as WASI preopened directories.
+    let preopens = || -> Vec<Preopen> {
+        mounts
+            .iter()
+            .map(|m| Preopen {
+                host_path: m.source.clone(),
+                guest_path: m.destination.clone(),
+                read_only: m.read_only,
+            })
+            .collect()
+    };
+    if let Some(path) = image.strip_prefix("file://") {
+        // A local Wasm file, for development.
+        use sha2::{Digest, Sha256};
+        let bytes = tokio::fs::read(path).await.map_err(|e| Failure {
+            reason: "ErrImagePull".into(),
+            message: format!("reading {path}: {e}"),
+            pull: true,
+        })?;
+        let id = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
+        let workload = ctx
+            .runtime
+            .load(bytes)
+            .await
+            .map_err(|e| Failure::create(e.to_string()))?;
+        let args = super::container_args(c);
+        return Ok((
+            Prepared::Wasm {
+                workload,
+                args,
+                env,
+                dirs: preopens(),
+            },
+            id,
+            None,
+            pins,
+        ));
+    }
+    let img = pull(ctx, pod, c).await?;
+    let digest = Some(img.digest.clone());
+    match &img.kind {
+        ImageKind::Wasm { module } => {
+            let workload = load_module(ctx, module).await?;
+            let args = super::container_args(c);
+            Ok((
+                Prepared::Wasm {
+                    workload,
+                    args,
+                    env,
+                    dirs: preopens(),
+                },
+                img.image_id,
+                digest,
+                pins,
+            ))
+        }
+        ImageKind::Oci { config, .. } => {
+            if ctx.oci.is_none() {
+                return Err(Failure::create(format!(
+                    "image {image:?} is an OCI container image, and this node has no container \
+                     runtime (runc not found or not usable): it runs only Wasm images"
+                )));
+            }
+            let args =
+                spec::oci_argv(c, &config.entrypoint, &config.cmd).map_err(Failure::create)?;
+            let env = spec::merge_env(&config.env, env);
+            let cwd = c["workingDir"]
+                .as_str()
+                .filter(|w| !w.is_empty())
+                .map(String::from)
+                .or_else(|| config.working_dir.clone())
+                .unwrap_or_else(|| "/".into());
+            let user = security_user(pod, c).or_else(|| config.user.clone());
+            let mounts = mounts
+                .into_iter()
+                .map(|m| Mount {
+                    destination: m.destination,
+                    source: MountSource::Bind {
+                        path: m.source,
+                        read_only: m.read_only,
+                    },
+                })
+                .collect();
+            let store = ctx.puller.store().clone();
+            let for_unpack = img.clone();
+            let rootfs = tokio::task::spawn_blocking(move || store.rootfs(&for_unpack))
+                .await
+                .map_err(|e| Failure::create(format!("unpacking the image: {e}")))?
+                .map_err(|e| Failure::create(format!("unpacking the image: {e}")))?;
+            Ok((
+                Prepared::Oci {
+                    rootfs,
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    mounts,
+                },
+                img.image_id,
+                digest,
+                pins,
+            ))
+        }
+    }
+}
+
+/// Writes the volumes `c` mounts and plans its mounts, with the pod's volumes to itself (see
+/// [`objects::Volumes`]): the timestamped directories its `subPath` mounts resolve into are
+/// pinned, so that no refresh removes them before the runtime has mounted them.
+async fn mount_volumes(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    dirs: &spec::PodDirs,
+    objects: objects::Objects,
+) -> Result<(Vec<spec::MountPlan>, objects::Pins), String> {
+    let (pod, c, dirs) = (pod.clone(), c.clone(), dirs.clone());
+    let uid = meta::uid(&pod).to_string();
+    ctx.volumes
+        .with_pod(&uid, (ctx.clock)(), move |w| {
+            dirs.prepare()
+                .map_err(|e| format!("creating the pod's directories: {e}"))?;
+            write_volumes(w, &pod, &c, &dirs, &objects)?;
+            let mounts = spec::mounts(&pod, &c, &dirs)?;
+            let pins = w.pin(mounts.iter().map(|m| m.source.as_path()));
+            Ok((mounts, pins))
+        })
+        .await?
+}
+
+/// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts (those
+/// of running pods are kept up to date by [`super::refresh_volumes`]).
+fn write_volumes(
+    w: &mut objects::VolumeWriter,
+    pod: &Value,
+    c: &Value,
+    dirs: &spec::PodDirs,
+    objects: &objects::Objects,
+) -> Result<(), String> {
+    let mounted: Vec<&str> = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let name = v["name"].as_str().unwrap_or_default();
+        if !mounted.contains(&name) {
+            continue;
+        }
+        let (Some(files), Some(dir)) = (
+            objects::volume_files(objects, meta::namespace(pod), v)
+                .map_err(|e| format!("volume {name:?}: {e}"))?,
+            spec::projected_dir(dirs, v),
+        ) else {
+            continue;
+        };
+        w.write(&dir, &files, true)
+            .map_err(|e| format!("volume {name:?}: writing {}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Compiles a Wasm module of the image store, or finds it compiled: blobs are named by their
+/// verified digest (`blobs/sha256/<hex>`), so a restart neither reads nor hashes them again.
+async fn load_module(ctx: &Ctx, module: &std::path::Path) -> Result<Workload, Failure> {
+    let digest = module
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|_| {
+            module
+                .parent()
+                .and_then(|p| p.file_name())
+                .is_some_and(|a| a == "sha256")
+        })
+        .map(|h| format!("sha256:{h}"));
+    if let Some(w) = digest.as_deref().and_then(|d| ctx.runtime.get(d)) {
+        return Ok(w);
+    }
+    let bytes = tokio::fs::read(module)
+        .await
+        .map_err(|e| Failure::create(format!("reading {}: {e}", module.display())))?;
+    let loaded = match digest {
+        Some(d) => ctx.runtime.load_with_digest(bytes, d).await,
+        None => ctx.runtime.load(bytes).await,
+    };
+    loaded.map_err(|e| Failure::create(e.to_string()))
+}
+
+/// `securityContext.runAsUser`/`runAsGroup` (container over pod) as `uid[:gid]`.
+fn security_user(pod: &Value, c: &Value) -> Option<String> {
+    let field = |k: &str| {
+        c.pointer(&format!("/securityContext/{k}"))
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                pod.pointer(&format!("/spec/securityContext/{k}"))
+                    .and_then(Value::as_i64)
+            })
+    };
+    match (field("runAsUser"), field("runAsGroup")) {
+        (Some(u), Some(g)) => Some(format!("{u}:{g}")),
+        (Some(u), None) => Some(u.to_string()),
+        (None, Some(g)) => Some(format!("0:{g}")),
+        (None, None) => None,
+    }
+}
+
+fn exec_hook(c: &Value, which: &str) -> Result<Option<Vec<String>>, String> {
+    let Some(h) = c.pointer(&format!("/lifecycle/{which}")) else {
+        return Ok(None);
+    };
+    if let Some(cmd) = h.pointer("/exec/command").and_then(Value::as_array) {
+        return Ok(Some(
+            cmd.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect(),
+        ));
+    }
+    Err(format!(
+        "lifecycle.{which}: only exec hooks are supported by kedge yet"
+    ))
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// What the node enforces of a container's `resources`, counted exactly as the scheduler
+/// counts them (one quantity parser, `kedge_core::quantity`).
+#[derive(Debug, PartialEq)]
+struct Resources {
+    memory_limit: Option<u64>,
+    cpu_limit_millis: Option<u64>,
+    /// cgroup v1 `cpu.shares`: 1024 per core requested, at least 2 (as kubelet).
+    cpu_shares: Option<u64>,
+}
+
+impl Resources {
+    fn of(c: &Value) -> Self {
+        let q = |path: &str| c.pointer(path).and_then(Value::as_str);
+        let millis = |path: &str| q(path).and_then(|v| quantity::parse_cpu_millis(v).ok());
+        Resources {
+            memory_limit: q("/resources/limits/memory").and_then(|v| quantity::parse_bytes(v).ok()),
+            cpu_limit_millis: millis("/resources/limits/cpu"),
+            cpu_shares: millis("/resources/requests/cpu").map(|m| (m * 1024 / 1000).max(2)),
+        }
+    }
+}
+
+/// Runs container `i` of `pod` until the pod is stopped (`cancel`) or, by its restart policy,
+/// the container is done for good.
+pub(super) async fn run_container(
+    ctx: &Ctx,
+    pod: &Value,
+    c: &Value,
+    i: usize,
+    run: &PodRun,
+    cancel: CancellationToken,
+    grace: watch::Receiver<Duration>,
+) {
+    let name = c["name"].as_str().unwrap_or_default().to_string();
+    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let restart: RestartPolicy = pod
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always")
+        .parse()
+        .unwrap_or(RestartPolicy::Always);
+    let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
+    let dirs = super::pod_dirs(ctx, pod);
+    let dir = dirs.disk.join(&name);
+    let Resources {
+        memory_limit,
+        cpu_limit_millis,
+        cpu_shares,
+    } = Resources::of(c);
+    let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
+    let mut setup_failures = 0u32;
+    // Continued from the node's record when the agent restarted (see `container_counts`).
+    let mut restart_count = run.records.lock().await[i].restart_count;
+    let _in_use = InUse::new(ctx, &id);
+    loop {
+        if cancel.is_cancelled() {
+            return;
+        }
+        let prepared = match (exec_hook(c, "postStart"), exec_hook(c, "preStop")) {
+            (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &dirs)
+                .await
+                .map(|(p, id, digest, pins)| (p, id, digest, pins, post, pre)),
+            (Err(e), _) | (_, Err(e)) => Err(Failure::config(e)),
+        };
+        // `_pins` is held to the end of this iteration: the run (and its back-off).
+        let (prepared, image_id, digest, _pins, post_start, pre_stop) = match prepared {
+            Ok(x) => x,
+            Err(f) => {
+                setup_failures += 1;
+                let wait = backoff(setup_failures.saturating_sub(1));
+                tracing::info!(container = %name, reason = %f.reason, message = %f.message, "container cannot start");
+                let (reason, message) = (f.reason.clone(), f.message.clone());
+                run.update(ctx, i, |r| {
+                    r.state = ContainerState::PullBackOff { reason, message }
+                })
+                .await;
+                if f.pull {
+                    // kubelet shows ErrImagePull first, then ImagePullBackOff while waiting.
+                    if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
+                        return;
+                    }
+                    let message = format!("Back-off pulling image {image:?}");
+                    ctx.events
+                        .pod(pod, Some(&name), Kind::Normal, "BackOff", &message)
+                        .await;
+                    let detail = format!("{message}: {}", f.message);
+                    run.update(ctx, i, |r| {
+                        r.state = ContainerState::PullBackOff {
+                            reason: "ImagePullBackOff".into(),
+                            message: detail,
+                        }
+                    })
+                    .await;
+                } else {
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "Failed",
+                            &format!("Error: {}: {}", f.reason, f.message),
+                        )
+                        .await;
+                }
+                if !sleep_or_cancel(wait, &cancel).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        _in_use.set(digest);
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            run.update(ctx, i, |r| {
+                r.state = ContainerState::StartError {
+                    reason: "RunContainerError".into(),
+                    message: format!("creating {}: {e}", dir.display()),
+                }
+            })
+            .await;
+            if !sleep_or_cancel(backoff(0), &cancel).await {
+                return;
+            }
+            continue;
+        }
+        let log_path = dir.join(format!("{restart_count}.log"));
+        // The log exists before the container is reported Running: `kubectl logs` right
+        // after that must read an empty log, not fail because the runtime (still compiling a
+        // Wasm module, say) has not opened it yet.
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+        {
+            run.update(ctx, i, |r| {
+                r.state = ContainerState::StartError {
+                    reason: "RunContainerError".into(),
+                    message: format!("creating {}: {e}", log_path.display()),
+                }
+            })
+            .await;
+            if !sleep_or_cancel(backoff(0), &cancel).await {
+                return;
+            }
+            continue;
+        }
+        let (done_tx, done_rx) = watch::channel(false);
+        // A fresh stdin per run, as a restarted process gets a new one from kubelet, and the
+        // run's output for `kubectl attach`.
+        let (attach, stdin) = kedge_runtime::stdio::channel(stdio_mode(c));
+        let (attach, stdin) = (Some(attach), Some(stdin));
+        ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id.clone(),
+            LogHandle {
+                uid: uid.to_string(),
+                dir: dir.clone(),
+                restart_count,
+                done: done_rx,
+                runc_id: matches!(prepared, Prepared::Oci { .. })
+                    .then(|| runc_id(uid, &name, restart_count)),
+                wasm: match &prepared {
+                    Prepared::Wasm {
+                        workload,
+                        args,
+                        env,
+                        dirs,
+                    } => Some(Arc::new(super::stream::WasmTarget {
+                        execs: Arc::new(tokio::sync::Semaphore::new(super::stream::WASM_EXECS)),
+                        workload: workload.clone(),
+                        container: kedge_runtime::wasm::ExecSpec {
+                            args: args.clone(),
+                            env: env.clone(),
+                            memory_limit,
+                            dirs: dirs.clone(),
+                        },
+                    })),
+                    Prepared::Oci { .. } => None,
+                },
+                stdin: attach,
+            },
+        );
+        ctx.events
+            .pod(
+                pod,
+                Some(&name),
+                Kind::Normal,
+                "Created",
+                &format!("Created container {name}"),
+            )
+            .await;
+        let started_at = ctx.now();
+        let started = Instant::now();
+        {
+            let (image_id, started_at) = (image_id.clone(), started_at.clone());
+            run.update(ctx, i, move |r| {
+                r.image_id = image_id;
+                r.ever_started = true;
+                r.restart_count = restart_count;
+                r.state = ContainerState::Running { started_at };
+            })
+            .await;
+        }
+        ctx.events
+            .pod(
+                pod,
+                Some(&name),
+                Kind::Normal,
+                "Started",
+                &format!("Started container {name}"),
+            )
+            .await;
+        let exit = match prepared {
+            Prepared::Wasm {
+                workload,
+                args,
+                env,
+                dirs,
+            } => {
+                let spec = RunSpec {
+                    args,
+                    env,
+                    log_path,
+                    memory_limit,
+                    dirs,
+                };
+                ctx.runtime
+                    .run_with_stdin(&workload, spec, stdin, cancel.clone())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Prepared::Oci {
+                rootfs,
+                args,
+                env,
+                cwd,
+                user,
+                mounts,
+            } => {
+                let oci = ctx.oci.as_ref().expect("checked in prepare");
+                let spec = ContainerSpec {
+                    id: runc_id(uid, &name, restart_count),
+                    image_rootfs: rootfs,
+                    work_dir: ctx.containers_dir.join(format!("{uid}-{name}")),
+                    args,
+                    env,
+                    cwd,
+                    user,
+                    hostname: pod_name.to_string(),
+                    mounts,
+                    memory_limit,
+                    cpu_limit_millis,
+                    cpu_shares,
+                    log_path,
+                    grace_period: grace.clone(),
+                    post_start,
+                    pre_stop,
+                };
+                let out = oci.run_with_stdin(spec, stdin, cancel.clone()).await;
+                if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
+                    let text = out
+                        .as_ref()
+                        .err()
+                        .map(ToString::to_string)
+                        .unwrap_or_default();
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "FailedPostStartHook",
+                            &text,
+                        )
+                        .await;
+                }
+                out.map_err(|e| e.to_string())
+            }
+        };
+        let _ = done_tx.send(true);
+        if cancel.is_cancelled() {
+            return;
+        }
+        let finished_at = ctx.now();
+        let (code, reason, message) = match &exit {
+            Ok(e) => (
+                e.exit_code(),
+                e.reason().to_string(),
+                match e {
+                    Exit::Trapped(why) => Some(why.clone()),
+                    _ => None,
+                },
+            ),
+            Err(e) => (128, "Error".to_string(), Some(e.clone())),
+        };
+        tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
+        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
+            "finishedAt": finished_at, "message": message});
+        if should_restart(restart, code) {
+            if kedge_runtime::restart::resets_backoff(started.elapsed()) {
+                setup_failures = 0;
+            }
+            restart_count += 1;
+            let wait = backoff(restart_count - 1);
+            {
+                let (reason, started_at, finished_at) =
+                    (reason.clone(), started_at.clone(), finished_at.clone());
+                run.update(ctx, i, move |r| {
+                    r.last_terminated = Some(terminated);
+                    r.restart_count = restart_count;
+                    r.state = ContainerState::BackOff {
+                        exit_code: code,
+                        reason,
+                        started_at,
+                        finished_at,
+                    };
+                })
+                .await;
+            }
+            if restart_count > 1 {
+                ctx.events
+                    .pod(
+                        pod,
+                        Some(&name),
+                        Kind::Warning,
+                        "BackOff",
+                        &format!("Back-off restarting failed container {name} in pod {pod_name}"),
+                    )
+                    .await;
+            }
+            if !sleep_or_cancel(wait, &cancel).await {
+                return;
+            }
+            continue;
+        }
+        run.update(ctx, i, move |r| {
+            r.state = ContainerState::Done {
+                exit_code: code,
+                reason,
+                message,
+                started_at,
+                finished_at,
+            };
+        })
+        .await;
+        return;
+    }
+}
+
+/// The runc container id of one run of a container (unique per restart).
+/// The container's `stdin`, `stdinOnce` and `tty`.
+fn stdio_mode(c: &Value) -> kedge_runtime::stdio::Mode {
+    let flag = |k: &str| c.get(k).and_then(Value::as_bool).unwrap_or(false);
+    kedge_runtime::stdio::Mode {
+        stdin: flag("stdin"),
+        stdin_once: flag("stdinOnce"),
+        tty: flag("tty"),
+    }
+}
+
+fn runc_id(uid: &str, name: &str, restart_count: u32) -> String {
+    format!("{uid}-{name}-{restart_count}")
+}
+
+/// Marks the image a container uses as in use (image GC keeps it) for as long as the
+/// container's loop lives.
+struct InUse {
+    ctx: Ctx,
+    id: ContainerId,
+}
+
+impl InUse {
+    fn new(ctx: &Ctx, id: &ContainerId) -> Self {
+        InUse {
+            ctx: ctx.clone(),
+            id: id.clone(),
+        }
+    }
+
+    fn set(&self, digest: Option<String>) {
+        let mut m = self
+            .ctx
+            .images_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match digest {
+            Some(d) => {
+                m.insert(self.id.clone(), d);
+            }
+            None => {
+                m.remove(&self.id);
+            }
+        }
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.set(None);
+    }
+}
+
+/// Keeps the node's image store under its size budget, sparing images of live containers.
+pub(super) async fn image_gc_loop(ctx: Ctx, max_bytes: u64, cancel: CancellationToken) {
+    const EVERY: Duration = Duration::from_secs(300);
+    loop {
+        if !sleep_or_cancel(EVERY, &cancel).await {
+            return;
+        }
+        let in_use: std::collections::HashSet<String> = ctx
+            .images_in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let store: Arc<kedge_registry::LocalImageStore> = ctx.puller.store().clone();
+        match tokio::task::spawn_blocking(move || store.gc(&in_use, max_bytes)).await {
+            Ok(Ok(report)) => tracing::debug!(?report, "image gc"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "image gc failed"),
+            Err(e) => tracing::warn!(error = %e, "image gc task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cpu(limit: &str, request: &str) -> Resources {
+        Resources::of(&json!({"resources": {
+            "limits": {"cpu": limit, "memory": "64Mi"}, "requests": {"cpu": request}}}))
+    }
+
+    /// Regression (structure issue): the agent parsed quantities in floating point, so `9m`
+    /// of CPU was 10 millicores on the node while the scheduler counted 9. The node now
+    /// counts every amount from 1m to 100 cores exactly as the scheduler (and Kubernetes).
+    #[test]
+    fn cpu_is_counted_exactly_as_the_scheduler_counts_it() {
+        assert_eq!(
+            cpu("9m", "9m"),
+            Resources {
+                memory_limit: Some(64 << 20),
+                cpu_limit_millis: Some(9),
+                cpu_shares: Some(9),
+            }
+        );
+        for n in 1..=100_000u64 {
+            let r = cpu(&format!("{n}m"), &format!("{}.{:03}", n / 1000, n % 1000));
+            assert_eq!(r.cpu_limit_millis, Some(n), "{n}m");
+            assert_eq!(
+                r.cpu_shares,
+                Some((n * 1024 / 1000).max(2)),
+                "{}.{:03}",
+                n / 1000,
+                n % 1000
+            );
+            assert_eq!(
+                r.cpu_limit_millis,
+                kedge_core::quantity::parse_cpu_millis(&format!("{n}m")).ok()
+            );
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Authorization of node identities: Kubernetes' Node authorizer and NodeRestriction admission
+//! in one place.
+//!
+//! A node (`system:node:<name>` in `system:nodes`, from its client certificate) may:
+//! - read, list and watch only the pods bound to it (a list or watch must select
+//!   `spec.nodeName=<name>`), write their status, delete them, and read their logs;
+//! - read the Secrets and ConfigMaps those pods use (image pull secrets, volumes, env), one at
+//!   a time — never list them;
+//! - create and update its own Node (and its status) and its own Lease in `kube-node-lease`;
+//!   read Nodes, Services, Endpoints and Namespaces;
+//! - create and update Events.
+//!
+//! Everything else is refused with 403, worded as kube-apiserver words it. Other identities
+//! are not restricted here: masters not at all, everyone else by RBAC ([`super::rbac`]).
+
+use axum::http::Method;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::ops::Api;
+use crate::auth::Identity;
+use kedge_core::pod;
+use kedge_core::resources::{self, Resource};
+
+/// What a request asks to do to what.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub res: &'static Resource,
+    pub namespace: &'a str,
+    pub name: Option<&'a str>,
+    pub sub: Option<&'a str>,
+    pub query: &'a std::collections::HashMap<String, String>,
+    pub body: &'a [u8],
+}
+
+/// The authorization verb of a resource request (kube's `RequestInfo.Verb`).
+pub fn verb(
+    method: &Method,
+    named: bool,
+    query: &std::collections::HashMap<String, String>,
+) -> &'static str {
+    let watch = query
+        .get("watch")
+        .is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1");
+    match (method, named) {
+        (&Method::GET, _) if watch => "watch",
+        (&Method::GET, true) => "get",
+        (&Method::GET, false) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, true) => "delete",
+        (&Method::DELETE, false) => "deletecollection",
+        _ => "unknown",
+    }
+}
+
+impl Request<'_> {
+    fn verb(&self) -> &'static str {
+        verb(self.method, self.name.is_some(), self.query)
+    }
+
+    /// The object's name: the URL's, or the body's for a create.
+    fn object_name(&self) -> Option<String> {
+        if let Some(n) = self.name {
+            return Some(n.to_string());
+        }
+        let v: Value = serde_json::from_slice(self.body).ok()?;
+        v.pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    }
+}
+
+/// The node name of a node identity.
+pub fn node_of(id: &Identity) -> Option<&str> {
+    if !id
+        .groups
+        .iter()
+        .any(|g| g == kedge_tunnel::server::NODES_GROUP)
+    {
+        return None;
+    }
+    id.user.strip_prefix(kedge_tunnel::server::NODE_USER_PREFIX)
+}
+
+/// Refuses what a node may not do; anything else passes.
+pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiError> {
+    let Some(node) = node_of(id) else {
+        return Ok(());
+    };
+    let verb = r.verb();
+    let refuse = |why: &str| -> ApiError {
+        let a = super::rbac::Attributes::resource(
+            verb,
+            r.res.group,
+            r.res.plural,
+            r.sub.unwrap_or_default(),
+            r.namespace,
+            r.name.unwrap_or_default(),
+        );
+        super::rbac::forbidden(id, &a, why)
+    };
+    let reads = matches!(verb, "get" | "list" | "watch");
+    match (r.res.group, r.res.kind) {
+        ("", "Node") => {
+            if reads {
+                return Ok(());
+            }
+            match r.object_name() {
+                Some(n) if n == node && verb != "deletecollection" => Ok(()),
+                _ => Err(refuse(&format!(
+                    "node {node:?} may only modify its own Node"
+                ))),
+            }
+        }
+        ("coordination.k8s.io", "Lease") => {
+            if r.namespace != "kube-node-lease"
+                || matches!(verb, "list" | "watch" | "deletecollection")
+            {
+                return Err(refuse(&format!(
+                    "node {node:?} may only use its own Lease in kube-node-lease"
+                )));
+            }
+            match r.object_name() {
+                Some(n) if n == node => Ok(()),
+                _ => Err(refuse(&format!("node {node:?} may only use its own Lease"))),
+            }
+        }
+        ("", "Pod") => match verb {
+            "list" | "watch" => {
+                let selects_self = r.query.get("fieldSelector").is_some_and(|fs| {
+                    fs.split(',').any(|t| {
+                        matches!(t.trim().split_once('='), Some((k, v))
+                            if k.trim_end_matches('=') == "spec.nodeName" && v.trim_start_matches('=') == node)
+                    })
+                });
+                if selects_self {
+                    Ok(())
+                } else {
+                    Err(refuse(&format!(
+                        "a node may only {verb} the pods bound to it (fieldSelector spec.nodeName={node})"
+                    )))
+                }
+            }
+            "get" | "update" | "patch" | "delete" => {
+                // Writes are the status and the final delete, as kubelet does them.
+                if matches!(verb, "update" | "patch") && r.sub != Some("status") {
+                    return Err(refuse("a node may only write the status of its pods"));
+                }
+                if matches!(r.sub, Some("exec" | "attach" | "portforward" | "binding")) {
+                    return Err(refuse("not allowed for nodes"));
+                }
+                let name = r.name.unwrap_or_default();
+                let bound = api.get(r.res, r.namespace, name).ok().and_then(|p| {
+                    p.pointer("/spec/nodeName")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                });
+                if bound.as_deref() == Some(node) {
+                    Ok(())
+                } else {
+                    Err(refuse(&format!(
+                        "no relationship found between node {node:?} and this object"
+                    )))
+                }
+            }
+            _ => Err(refuse("not allowed for nodes")),
+        },
+        ("", "Secret" | "ConfigMap") => {
+            if verb != "get" {
+                return Err(refuse(&format!(
+                    "a node may only get the {} its pods use, one at a time",
+                    r.res.plural
+                )));
+            }
+            let name = r.name.unwrap_or_default();
+            if used_by_pods_on(api, node, r.namespace, r.res.kind, name) {
+                Ok(())
+            } else {
+                Err(refuse(&format!(
+                    "no relationship found between node {node:?} and this object"
+                )))
+            }
+        }
+        ("", "Event") => {
+            if matches!(
+                verb,
+                "get" | "list" | "watch" | "create" | "update" | "patch"
+            ) {
+                Ok(())
+            } else {
+                Err(refuse("not allowed for nodes"))
+            }
+        }
+        ("", "Service" | "Endpoints" | "Namespace") if reads => Ok(()),
+        _ => Err(refuse("not allowed for nodes")),
+    }
+}
+
+/// Whether a pod bound to `node` in `ns` uses the Secret or ConfigMap `name`.
+fn used_by_pods_on(api: &Api, node: &str, ns: &str, kind: &str, name: &str) -> bool {
+    let pods = resources::by_kind("v1", "Pod").expect("served");
+    let Ok(list) = api.list(pods, ns, &Default::default()) else {
+        return false;
+    };
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+        .any(|p| pod_uses(p, kind, name))
+}
+
+/// Whether `pod` names the Secret (`kind` "Secret") or ConfigMap `name`: pull secrets,
+/// volumes (incl. projected), env and envFrom of every container, init and ephemeral ones too.
+fn pod_uses(pod: &Value, kind: &str, name: &str) -> bool {
+    let kind = match kind {
+        "Secret" => pod::Kind::Secret,
+        _ => pod::Kind::ConfigMap,
+    };
+    pod::referenced_objects(pod)
+        .iter()
+        .any(|r| r.kind == kind && r.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{WriteOptions, system_clock};
+    use kedge_store::redb::{Options, RedbStore};
+    use serde_json::json;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    fn node(name: &str) -> Identity {
+        Identity {
+            user: format!("system:node:{name}"),
+            groups: vec!["system:nodes".into(), "system:authenticated".into()],
+        }
+    }
+
+    struct Case<'a> {
+        method: Method,
+        kind: (&'a str, &'a str),
+        ns: &'a str,
+        name: Option<&'a str>,
+        sub: Option<&'a str>,
+        query: &'a [(&'a str, &'a str)],
+        body: Value,
+    }
+
+    fn check(api: &Api, id: &Identity, c: Case<'_>) -> Result<(), String> {
+        let q: HashMap<String, String> = c
+            .query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let body = serde_json::to_vec(&c.body).unwrap();
+        authorize(
+            api,
+            id,
+            &Request {
+                method: &c.method,
+                res: resources::by_kind(c.kind.0, c.kind.1).unwrap(),
+                namespace: c.ns,
+                name: c.name,
+                sub: c.sub,
+                query: &q,
+                body: &body,
+            },
+        )
+        .map_err(|e| e.message)
+    }
+
+    fn get(
+        kind: (&'static str, &'static str),
+        ns: &'static str,
+        name: &'static str,
+    ) -> Case<'static> {
+        Case {
+            method: Method::GET,
+            kind,
+            ns,
+            name: Some(name),
+            sub: None,
+            query: &[],
+            body: Value::Null,
+        }
+    }
+
+    #[test]
+    fn nodes_reach_only_their_own_pods_and_what_those_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let w = WriteOptions::default();
+        let r = |k: &str, v: &str| resources::by_kind(k, v).unwrap();
+        api.create(
+            r("v1", "Namespace"),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &w,
+        )
+        .unwrap();
+        for (pod, node, secret, cm) in [
+            ("a", "n1", "pull-a", "conf-a"),
+            ("b", "n2", "pull-b", "conf-b"),
+        ] {
+            api.create(
+                r("v1", "Pod"),
+                "default",
+                json!({"metadata": {"name": pod}, "spec": {"nodeName": node,
+                    "imagePullSecrets": [{"name": secret}],
+                    "volumes": [{"name": "c", "configMap": {"name": cm}}],
+                    "containers": [{"name": "c", "image": "x:1"}]}}),
+                &w,
+            )
+            .unwrap();
+        }
+        let n1 = node("n1");
+        let ok = |c: Case<'_>| check(&api, &n1, c).unwrap();
+        let no = |c: Case<'_>| {
+            let e = check(&api, &n1, c).unwrap_err();
+            assert!(e.contains("is forbidden: User \"system:node:n1\""), "{e}");
+            e
+        };
+        ok(get(("v1", "Pod"), "default", "a"));
+        let e = no(get(("v1", "Pod"), "default", "b"));
+        assert_eq!(
+            e,
+            "pods \"b\" is forbidden: User \"system:node:n1\" cannot get resource \"pods\" in API group \"\" in the namespace \"default\": no relationship found between node \"n1\" and this object",
+            "worded as RBAC's refusals (rbac::forbidden)"
+        );
+        ok(Case {
+            method: Method::GET,
+            name: None,
+            query: &[("fieldSelector", "spec.nodeName=n1"), ("watch", "true")],
+            ..get(("v1", "Pod"), "", "")
+        });
+        no(Case {
+            method: Method::GET,
+            name: None,
+            query: &[],
+            ..get(("v1", "Pod"), "", "")
+        });
+        ok(get(("v1", "Secret"), "default", "pull-a"));
+        no(get(("v1", "Secret"), "default", "pull-b"));
+        no(get(("v1", "Secret"), "kube-system", "bootstrap-token-abc"));
+        ok(get(("v1", "ConfigMap"), "default", "conf-a"));
+        no(get(("v1", "ConfigMap"), "default", "conf-b"));
+        no(Case {
+            name: None,
+            ..get(("v1", "Secret"), "default", "")
+        });
+        ok(Case {
+            method: Method::PUT,
+            sub: Some("status"),
+            ..get(("v1", "Pod"), "default", "a")
+        });
+        no(Case {
+            method: Method::PUT,
+            sub: Some("status"),
+            ..get(("v1", "Pod"), "default", "b")
+        });
+        no(Case {
+            method: Method::PUT,
+            ..get(("v1", "Pod"), "default", "a")
+        });
+        ok(Case {
+            method: Method::POST,
+            name: None,
+            body: json!({"metadata": {"name": "n1"}}),
+            ..get(("v1", "Node"), "", "")
+        });
+        no(Case {
+            method: Method::POST,
+            name: None,
+            body: json!({"metadata": {"name": "n2"}}),
+            ..get(("v1", "Node"), "", "")
+        });
+        no(Case {
+            method: Method::PUT,
+            sub: Some("status"),
+            ..get(("v1", "Node"), "", "n2")
+        });
+        ok(Case {
+            method: Method::PUT,
+            ..get(("coordination.k8s.io/v1", "Lease"), "kube-node-lease", "n1")
+        });
+        no(Case {
+            method: Method::PUT,
+            ..get(("coordination.k8s.io/v1", "Lease"), "kube-node-lease", "n2")
+        });
+        ok(Case {
+            method: Method::POST,
+            name: None,
+            body: json!({"metadata": {"name": "x.1"}}),
+            ..get(("v1", "Event"), "default", "")
+        });
+        no(Case {
+            method: Method::POST,
+            name: None,
+            body: json!({"metadata": {"name": "d"}}),
+            ..get(("apps/v1", "Deployment"), "default", "")
+        });
+        // Admins are not restricted here.
+        let admin = Identity {
+            user: "kedge-admin".into(),
+            groups: vec!["system:masters".into()],
+        };
+        check(&api, &admin, get(("v1", "Secret"), "default", "pull-b")).unwrap();
+    }
+}

@@ -1,0 +1,302 @@
+//! Discovery documents, aggregated (apidiscovery.k8s.io/v2, what kubectl 1.32 asks for first)
+//! and legacy (what the Python client reads), all generated from the resource table.
+
+use serde_json::{Value, json};
+
+use kedge_core::resources::{RESOURCES, Resource, groups};
+
+/// Create-only resources answered from the request and never stored (kube-apiserver's
+/// "virtual" review resources). They live here, not in the resource table, because routing,
+/// storage, OpenAPI and plugin permissions read that table and must not see them.
+pub static VIRTUAL: &[Resource] = &[
+    Resource {
+        group: "authentication.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectReview",
+        plural: "selfsubjectreviews",
+        singular: "selfsubjectreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    // `kubectl auth can-i`, and the same question asked about someone else.
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectAccessReview",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SelfSubjectRulesReview",
+        plural: "selfsubjectrulesreviews",
+        singular: "selfsubjectrulesreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+    Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        kind: "SubjectAccessReview",
+        plural: "subjectaccessreviews",
+        singular: "subjectaccessreview",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        subresources: &[],
+        field_selectors: &[],
+    },
+];
+
+/// Every resource discovery lists: the stored kinds, then the virtual ones.
+fn served() -> impl Iterator<Item = &'static Resource> {
+    RESOURCES.iter().chain(VIRTUAL.iter())
+}
+
+/// The named groups discovery lists, in order, each with its version.
+fn served_groups() -> Vec<(&'static str, &'static str)> {
+    let mut out = groups();
+    for r in VIRTUAL {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+pub fn version() -> Value {
+    json!({
+        "major": "1",
+        "minor": "32",
+        "gitVersion": "v1.32.0-kedge",
+        "gitCommit": env!("CARGO_PKG_VERSION"),
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-25T00:00:00Z",
+        "goVersion": "n/a (kedge, Rust)",
+        "compiler": "rustc",
+        "platform": format!("linux/{}", kedge_core::kube_arch()),
+    })
+}
+
+/// Every verb of a stored resource kind.
+pub const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+
+fn verbs(r: &Resource) -> Vec<&'static str> {
+    if VIRTUAL.iter().any(|v| std::ptr::eq(v, r)) {
+        return vec!["create"];
+    }
+    VERBS
+        .iter()
+        .copied()
+        .filter(|v| *v != "deletecollection" || r.kind != "Namespace")
+        .collect()
+}
+
+fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {
+    match sub {
+        "scale" => ("autoscaling", "v1", "Scale"),
+        "binding" => ("", "v1", "Binding"),
+        "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
+        "log" => ("", "v1", "Pod"),
+        "exec" => ("", "v1", "PodExecOptions"),
+        "attach" => ("", "v1", "PodAttachOptions"),
+        "portforward" => ("", "v1", "PodPortForwardOptions"),
+        _ => (r.group, r.version, r.kind),
+    }
+}
+
+fn sub_verbs(sub: &str) -> Vec<&'static str> {
+    match sub {
+        "binding" | "token" => vec!["create"],
+        "log" => vec!["get"],
+        "exec" | "attach" | "portforward" => vec!["create", "get"],
+        _ => vec!["get", "patch", "update"],
+    }
+}
+
+fn aggregated_resource(r: &Resource) -> Value {
+    let subs: Vec<Value> = r
+        .subresources
+        .iter()
+        .map(|s| {
+            let (g, v, k) = sub_kind(r, s);
+            json!({"subresource": s, "responseKind": {"group": g, "version": v, "kind": k}, "verbs": sub_verbs(s)})
+        })
+        .collect();
+    let mut v = json!({
+        "resource": r.plural,
+        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": r.singular,
+        "verbs": verbs(r),
+    });
+    if !r.short_names.is_empty() {
+        v["shortNames"] = json!(r.short_names);
+    }
+    if !r.categories.is_empty() {
+        v["categories"] = json!(r.categories);
+    }
+    if !subs.is_empty() {
+        v["subresources"] = json!(subs);
+    }
+    v
+}
+
+/// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
+pub fn aggregated(core: bool) -> Value {
+    let mut items = Vec::new();
+    let group_list: Vec<(&str, &str)> = if core {
+        vec![("", "v1")]
+    } else {
+        served_groups()
+    };
+    for (g, v) in group_list {
+        let resources: Vec<Value> = served()
+            .filter(|r| r.group == g && r.version == v)
+            .map(aggregated_resource)
+            .collect();
+        items.push(json!({
+            "metadata": {"name": g, "creationTimestamp": null},
+            "versions": [{"version": v, "resources": resources, "freshness": "Current"}],
+        }));
+    }
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
+pub fn api_versions() -> Value {
+    json!({
+        "kind": "APIVersions",
+        "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
+    })
+}
+
+fn group_doc(g: &str, v: &str) -> Value {
+    let gv = format!("{g}/{v}");
+    json!({
+        "name": g,
+        "versions": [{"groupVersion": gv, "version": v}],
+        "preferredVersion": {"groupVersion": gv, "version": v},
+    })
+}
+
+pub fn api_group_list() -> Value {
+    let groups: Vec<Value> = served_groups()
+        .iter()
+        .map(|(g, v)| group_doc(g, v))
+        .collect();
+    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+pub fn api_group(group: &str) -> Option<Value> {
+    let (g, v) = served_groups().into_iter().find(|(g, _)| *g == group)?;
+    let mut d = group_doc(g, v);
+    d["kind"] = json!("APIGroup");
+    d["apiVersion"] = json!("v1");
+    Some(d)
+}
+
+/// `/api/v1` or `/apis/<g>/<v>` as an APIResourceList; None when the group-version is not
+/// served.
+pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+    let rs: Vec<&Resource> = served()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in &rs {
+        let mut e = json!({
+            "name": r.plural,
+            "singularName": r.singular,
+            "namespaced": r.namespaced,
+            "kind": r.kind,
+            "verbs": verbs(r),
+        });
+        if !r.short_names.is_empty() {
+            e["shortNames"] = json!(r.short_names);
+        }
+        if !r.categories.is_empty() {
+            e["categories"] = json!(r.categories);
+        }
+        out.push(e);
+        for s in r.subresources {
+            let (g, v, k) = sub_kind(r, s);
+            out.push(json!({
+                "name": format!("{}/{s}", r.plural),
+                "singularName": "",
+                "namespaced": r.namespaced,
+                "group": g,
+                "version": v,
+                "kind": k,
+                "verbs": sub_verbs(s),
+            }));
+        }
+    }
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The review is discoverable (aggregated and legacy) as create-only and cluster-scoped,
+    /// and absent from the stored kinds.
+    #[test]
+    fn self_subject_review_is_discovered_create_only() {
+        let agg = aggregated(false);
+        let group = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "authentication.k8s.io")
+            .expect("group listed");
+        let r = &group["versions"][0]["resources"][0];
+        assert_eq!(r["resource"], "selfsubjectreviews");
+        assert_eq!(r["scope"], "Cluster");
+        assert_eq!(r["verbs"], json!(["create"]));
+        let legacy = resource_list("authentication.k8s.io", "v1").unwrap();
+        assert_eq!(legacy["resources"][0]["kind"], "SelfSubjectReview");
+        assert_eq!(legacy["resources"][0]["namespaced"], false);
+        assert!(api_group("authentication.k8s.io").is_some());
+        assert!(
+            kedge_core::resources::by_plural("authentication.k8s.io", "v1", "selfsubjectreviews")
+                .is_none()
+        );
+        // Stored kinds keep every verb.
+        let core = resource_list("", "v1").unwrap();
+        assert!(core["resources"][0]["verbs"].as_array().unwrap().len() > 1);
+    }
+}

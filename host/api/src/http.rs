@@ -1,0 +1,1332 @@
+//! The Kubernetes REST surface over HTTP: URL routing, query parameters, content types,
+//! watch streaming and Table output. Object semantics live in [`super::ops`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
+use futures_util::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause, Result};
+use super::ops::{Api, DeleteOptions, ListOptions, WriteOptions, parse_propagation};
+use super::schema::FieldValidation;
+use super::{discovery, openapi, table};
+use crate::auth::Identity;
+use kedge_core::patch::PatchType;
+use kedge_core::resources::{self, Resource};
+use kedge_core::selector::{FieldSelector, Selector as LabelSelector};
+
+/// Reaches a node's agent (through its tunnel) for kubelet-style requests.
+pub trait NodeProxy: Send + Sync + 'static {
+    fn request(
+        &self,
+        node: &str,
+        req: http::Request<Body>,
+    ) -> BoxFuture<'_, std::result::Result<http::Response<Body>, String>>;
+}
+
+/// Shared state of the HTTP layer.
+pub struct ApiState {
+    pub api: Arc<Api>,
+    pub nodes: OnceLock<Arc<dyn NodeProxy>>,
+    pub clock: super::ops::Clock,
+    /// Set once the default controllers and scheduler run; until then `/readyz` says 503
+    /// (like kube-apiserver's post-start hooks), so clients and tests know writes will be
+    /// acted on.
+    pub ready: std::sync::atomic::AtomicBool,
+    /// RBAC for callers that are neither masters nor nodes.
+    pub rbac: Arc<super::rbac::Authorizer>,
+    /// Signs and verifies service-account tokens.
+    pub tokens: Arc<crate::tokens::Signer>,
+}
+
+pub fn router(state: Arc<ApiState>) -> axum::Router {
+    axum::Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = dispatch(&st, req).await;
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(%method, %path, code = e.code, reason = e.reason, "request failed");
+            status_response(&e)
+        }
+    }
+}
+
+fn status_response(e: &ApiError) -> Response {
+    json_response(
+        StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &e.status(),
+        &[],
+    )
+}
+
+fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
+    let mut r = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).unwrap_or_default(),
+    )
+        .into_response();
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
+        if let Ok(h) = HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, h);
+        }
+    }
+    r
+}
+
+type Query = HashMap<String, String>;
+
+fn parse_query(q: Option<&str>) -> Query {
+    url::form_urlencoded::parse(q.unwrap_or("").as_bytes())
+        .into_owned()
+        .collect()
+}
+
+fn flag(q: &Query, k: &str) -> bool {
+    q.get(k)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| {
+            a.split(',')
+                .next()
+                .is_some_and(|first| first.contains("as=Table"))
+        })
+}
+
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=APIGroupDiscoveryList"))
+}
+
+/// Where a resource URL points.
+struct Target {
+    res: &'static Resource,
+    namespace: String,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().trim_end_matches('/').to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let query = parse_query(parts.uri.query());
+    let headers = &parts.headers;
+
+    // Health endpoints are open, like kube-apiserver's.
+    match segs.as_slice() {
+        ["livez"] => return Ok((StatusCode::OK, "ok").into_response()),
+        ["healthz"] | ["readyz"] => {
+            return Ok(if st.ready.load(std::sync::atomic::Ordering::Acquire) {
+                (StatusCode::OK, "ok").into_response()
+            } else {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "[-]plugins failed: the default controllers are still loading",
+                )
+                    .into_response()
+            });
+        }
+        _ => {}
+    }
+    // A client certificate first (as kube-apiserver's authenticator chain), else a bearer
+    // token; neither, or a token that does not verify, is 401.
+    let identity = match parts.extensions.get::<Identity>().cloned() {
+        Some(id) => id,
+        None => bearer_identity(st, headers)?,
+    };
+    // Paths outside the resource URLs, and the review "resources" answered right here, are
+    // authorized now; resource requests once their URL is resolved.
+    if super::rbac::applies(&identity) {
+        let attrs = match segs.as_slice() {
+            ["apis", g, "v1", plural]
+                if discovery::VIRTUAL
+                    .iter()
+                    .any(|r| r.group == *g && r.plural == *plural) =>
+            {
+                // Only `create` is served; other methods get their 405 if authorized.
+                let verb = if parts.method == Method::POST {
+                    "create".to_string()
+                } else {
+                    parts.method.as_str().to_ascii_lowercase()
+                };
+                Some(super::rbac::Attributes::resource(
+                    &verb, g, plural, "", "", "",
+                ))
+            }
+            _ if resolve(&segs).is_none() => Some(super::rbac::Attributes::non_resource(
+                &parts.method.as_str().to_ascii_lowercase(),
+                if path.is_empty() { "/" } else { &path },
+            )),
+            _ => None,
+        };
+        if let Some(a) = attrs {
+            st.rbac.check(&identity, &a)?;
+        }
+    }
+
+    match (segs.as_slice(), &parts.method) {
+        (["version"], &Method::GET) => {
+            return Ok(json_response(StatusCode::OK, &discovery::version(), &[]));
+        }
+        (["api"], &Method::GET) => {
+            return Ok(if wants_aggregated(headers) {
+                aggregated_response(discovery::aggregated(true))
+            } else {
+                json_response(StatusCode::OK, &discovery::api_versions(), &[])
+            });
+        }
+        (["apis"], &Method::GET) => {
+            return Ok(if wants_aggregated(headers) {
+                aggregated_response(discovery::aggregated(false))
+            } else {
+                json_response(StatusCode::OK, &discovery::api_group_list(), &[])
+            });
+        }
+        (["api", "v1"], &Method::GET) => {
+            let doc = discovery::resource_list("", "v1").expect("core is served");
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["apis", g], &Method::GET) => {
+            let doc = discovery::api_group(g).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["apis", g, v], &Method::GET) => {
+            let doc =
+                discovery::resource_list(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(json_response(StatusCode::OK, &doc, &[]));
+        }
+        (["apis", "authentication.k8s.io", "v1", "selfsubjectreviews"], &Method::POST) => {
+            // The body (an empty review) carries nothing the answer depends on.
+            let review = crate::auth::self_subject_review(&identity);
+            return Ok(json_response(StatusCode::CREATED, &review, &[]));
+        }
+        (
+            [
+                "apis",
+                "authorization.k8s.io",
+                "v1",
+                kind @ ("selfsubjectaccessreviews"
+                | "subjectaccessreviews"
+                | "selfsubjectrulesreviews"),
+            ],
+            &Method::POST,
+        ) => {
+            let bytes = axum::body::to_bytes(body, super::body::MAX_BODY)
+                .await
+                .map_err(super::body::too_large)?;
+            let review = body_json(&bytes, headers)?;
+            let answer = match *kind {
+                "selfsubjectrulesreviews" => rules_review(st, &identity, review),
+                k => access_review(st, &identity, review, k == "selfsubjectaccessreviews")?,
+            };
+            return Ok(json_response(StatusCode::CREATED, &answer, &[]));
+        }
+        (["openapi", "v3"], &Method::GET) => {
+            return Ok(openapi::response(openapi::root()));
+        }
+        (["openapi", "v3", "api", "v1"], &Method::GET) => {
+            let doc = openapi::group_version("", "v1").expect("core is served");
+            return Ok(openapi::response(doc));
+        }
+        (["openapi", "v3", "apis", g, v], &Method::GET) => {
+            let doc =
+                openapi::group_version(g, v).ok_or_else(|| ApiError::path_not_found(&path))?;
+            return Ok(openapi::response(doc));
+        }
+        _ => {}
+    }
+
+    let target = resolve(&segs).ok_or_else(|| ApiError::path_not_found(&path))?;
+    tracing::trace!(user = %identity.user, method = %parts.method, path, "request");
+    // Streaming subresources take the connection over: they need the request's upgrade
+    // handle, not its body.
+    if let (Some(name), Some(sub)) = (target.name.as_deref(), target.sub.as_deref())
+        && target.res.kind == "Pod"
+        && matches!(parts.method, Method::GET | Method::POST)
+    {
+        let ns = target.namespace.as_str();
+        if matches!(sub, "exec" | "attach" | "portforward") {
+            // The same authorization as every other request (nodes may not open a shell in
+            // pods); these requests have no body to inspect.
+            authorize(st, &identity, &parts.method, &target, &query, &[])?;
+        }
+        match sub {
+            "exec" => return super::stream::exec(st, parts, ns, name, false).await,
+            "attach" => return super::stream::exec(st, parts, ns, name, true).await,
+            "portforward" => return super::stream::port_forward(st, parts, ns, name).await,
+            _ => {}
+        }
+    }
+    let body = axum::body::to_bytes(body, super::body::MAX_BODY)
+        .await
+        .map_err(super::body::too_large)?;
+    authorize(st, &identity, &parts.method, &target, &query, &body)?;
+    let rbac_write = target.res.group == super::rbac::GROUP && parts.method != Method::GET;
+    if rbac_write && super::rbac::applies(&identity) {
+        check_escalation(st, &identity, &parts.method, headers, &target, &body)?;
+    }
+    let out = handle_resource(st, &parts.method, headers, &query, target, body).await;
+    if rbac_write {
+        st.rbac.invalidate();
+    }
+    out
+}
+
+/// The identity of an `Authorization: Bearer` service-account token.
+fn bearer_identity(st: &ApiState, headers: &HeaderMap) -> Result<Identity> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(ApiError::unauthorized)?;
+    crate::tokens::authenticate(&st.api, &st.tokens, token, (st.clock)().timestamp()).map_err(|e| {
+        tracing::debug!(error = %e, "bearer token refused");
+        ApiError::unauthorized()
+    })
+}
+
+/// kube's authorization attributes of a resource request. The streaming pod subresources
+/// are `create` whatever the method (kube 1.32 checks `create` for WebSocket upgrades too).
+fn resource_attributes(method: &Method, t: &Target, query: &Query) -> super::rbac::Attributes {
+    let sub = t.sub.as_deref().unwrap_or("");
+    let verb = if matches!(sub, "exec" | "attach" | "portforward") {
+        "create"
+    } else {
+        super::authz::verb(method, t.name.is_some(), query)
+    };
+    let namespace = if t.res.kind == "Namespace" {
+        // A namespace is in itself, as kube's RequestInfo has it.
+        t.name.as_deref().unwrap_or("")
+    } else {
+        &t.namespace
+    };
+    super::rbac::Attributes::resource(
+        verb,
+        t.res.group,
+        t.res.plural,
+        sub,
+        namespace,
+        t.name.as_deref().unwrap_or(""),
+    )
+}
+
+/// Node authorizer for nodes, RBAC for everyone but masters.
+fn authorize(
+    st: &ApiState,
+    identity: &Identity,
+    method: &Method,
+    t: &Target,
+    query: &Query,
+    body: &[u8],
+) -> Result<()> {
+    super::authz::authorize(
+        &st.api,
+        identity,
+        &super::authz::Request {
+            method,
+            res: t.res,
+            namespace: &t.namespace,
+            name: t.name.as_deref(),
+            sub: t.sub.as_deref(),
+            query,
+            body,
+        },
+    )?;
+    if super::rbac::applies(identity) {
+        st.rbac
+            .check(identity, &resource_attributes(method, t, query))?;
+    }
+    Ok(())
+}
+
+/// The object an RBAC write would store, checked against what the caller may grant.
+fn check_escalation(
+    st: &ApiState,
+    identity: &Identity,
+    method: &Method,
+    headers: &HeaderMap,
+    t: &Target,
+    body: &Bytes,
+) -> Result<()> {
+    let obj = match (method, t.name.as_deref()) {
+        (&Method::POST | &Method::PUT, _) => body_json(body, headers)?,
+        (&Method::PATCH, Some(_)) if is_apply_patch(headers) => super::body::yaml(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
+        (&Method::PATCH, Some(name)) => {
+            let current = st.api.get(t.res, &t.namespace, name)?;
+            let (patch, kind) = patch_body(body, headers)?;
+            kedge_core::patch::apply(&current, &patch, kind)
+                .map_err(|e| super::ops::patch_error(kind, e))?
+        }
+        _ => return Ok(()),
+    };
+    st.rbac
+        .check_escalation(identity, t.res, &t.namespace, &obj)
+}
+
+/// A SelfSubjectAccessReview (about the caller) or SubjectAccessReview (about the user in
+/// its spec), answered and not stored.
+fn access_review(st: &ApiState, caller: &Identity, mut review: Value, own: bool) -> Result<Value> {
+    let spec = review.get("spec").cloned().unwrap_or(Value::Null);
+    let s = |v: &Value, k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let attrs = match (
+        spec.get("resourceAttributes"),
+        spec.get("nonResourceAttributes"),
+    ) {
+        (Some(r), None) if r.is_object() => super::rbac::Attributes::resource(
+            &s(r, "verb"),
+            &s(r, "group"),
+            &s(r, "resource"),
+            &s(r, "subresource"),
+            &s(r, "namespace"),
+            &s(r, "name"),
+        ),
+        (None, Some(n)) if n.is_object() => {
+            super::rbac::Attributes::non_resource(&s(n, "verb"), &s(n, "path"))
+        }
+        _ => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "spec.resourceAttributes: Invalid value: \"null\": exactly one of nonResourceAttributes or resourceAttributes must be specified",
+            ));
+        }
+    };
+    let subject = if own {
+        caller.clone()
+    } else {
+        let groups = spec
+            .get("groups")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| g.as_str().map(str::to_string))
+            .collect();
+        let user = s(&spec, "user");
+        if user.is_empty() && spec.get("groups").is_none() {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "spec.user: Invalid value: \"\": at least one of user or group must be specified",
+            ));
+        }
+        Identity { user, groups }
+    };
+    let allowed = decide(st, &subject, &attrs);
+    if own {
+        review["spec"]["user"] = Value::Null;
+    }
+    review["kind"] = json!(if own {
+        "SelfSubjectAccessReview"
+    } else {
+        "SubjectAccessReview"
+    });
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    if !review.get("metadata").is_some_and(Value::is_object) {
+        review["metadata"] = json!({});
+    }
+    review["metadata"]["creationTimestamp"] = Value::Null;
+    if let Some(spec) = review.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.retain(|_, v| !v.is_null());
+    }
+    review["status"] = json!({"allowed": allowed});
+    Ok(review)
+}
+
+/// A SelfSubjectRulesReview (`kubectl auth can-i --list`): the caller's RBAC rules in the
+/// namespace. Nodes are decided per request, so their answer is marked incomplete.
+fn rules_review(st: &ApiState, caller: &Identity, mut review: Value) -> Value {
+    let ns = review
+        .pointer("/spec/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let rules = st.rbac.rules_for(caller, &ns);
+    let (resource, non_resource): (Vec<_>, Vec<_>) =
+        rules.iter().partition(|r| r.non_resource_urls.is_empty());
+    let resource: Vec<Value> = resource
+        .iter()
+        .map(|r| {
+            let mut v = json!({"verbs": r.verbs, "apiGroups": r.api_groups,
+                "resources": r.resources});
+            if !r.resource_names.is_empty() {
+                v["resourceNames"] = json!(r.resource_names);
+            }
+            v
+        })
+        .collect();
+    let non_resource: Vec<Value> = non_resource
+        .iter()
+        .map(|r| json!({"verbs": r.verbs, "nonResourceURLs": r.non_resource_urls}))
+        .collect();
+    review["kind"] = json!("SelfSubjectRulesReview");
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["metadata"] = json!({"creationTimestamp": null});
+    review["spec"] = json!({"namespace": ns});
+    review["status"] = json!({"resourceRules": resource, "nonResourceRules": non_resource,
+        "incomplete": super::authz::node_of(caller).is_some()});
+    review
+}
+
+/// Whether `id` may do `a`: masters always, nodes by the Node authorizer, others by RBAC.
+fn decide(st: &ApiState, id: &Identity, a: &super::rbac::Attributes) -> bool {
+    if super::authz::node_of(id).is_none() {
+        return st.rbac.allows(id, a);
+    }
+    // The Node authorizer decides per request: ask it about the equivalent one.
+    let Some(res) = resources::RESOURCES
+        .iter()
+        .find(|r| r.group == a.group && r.plural == a.resource)
+    else {
+        return false;
+    };
+    let method = match a.verb.as_str() {
+        "get" | "list" | "watch" => Method::GET,
+        "create" => Method::POST,
+        "update" => Method::PUT,
+        "patch" => Method::PATCH,
+        "delete" | "deletecollection" => Method::DELETE,
+        _ => return false,
+    };
+    let mut query = Query::new();
+    if a.verb == "watch" {
+        query.insert("watch".into(), "true".into());
+    }
+    let named = matches!(a.verb.as_str(), "get" | "update" | "patch" | "delete");
+    super::authz::authorize(
+        &st.api,
+        id,
+        &super::authz::Request {
+            method: &method,
+            res,
+            namespace: &a.namespace,
+            name: named.then_some(a.name.as_str()),
+            sub: (!a.subresource.is_empty()).then_some(a.subresource.as_str()),
+            query: &query,
+            body: &[],
+        },
+    )
+    .is_ok()
+}
+
+fn aggregated_response(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)],
+        serde_json::to_vec(&v).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+/// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource URLs.
+fn resolve(segs: &[&str]) -> Option<Target> {
+    let (group, version, rest) = match segs {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let namespaced_form = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && resources::by_plural(group, version, rest[2]).is_some_and(|r| r.namespaced);
+    let (namespace, rest) = if namespaced_form {
+        (rest[1].to_string(), &rest[2..])
+    } else {
+        (String::new(), rest)
+    };
+    let res = resources::by_plural(group, version, rest.first()?)?;
+    let name = rest.get(1).map(|s| s.to_string());
+    let sub = rest.get(2).map(|s| s.to_string());
+    if rest.len() > 3 {
+        return None;
+    }
+    if let Some(s) = &sub
+        && !res.has(s)
+    {
+        return None;
+    }
+    Some(Target {
+        res,
+        namespace,
+        name,
+        sub,
+    })
+}
+
+fn body_json(body: &Bytes, headers: &HeaderMap) -> Result<Value> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let base = ct.split(';').next().unwrap_or("").trim();
+    match base {
+        // kubectl scale --current-replicas sends no content type at all.
+        "application/json" | "" | "*/*" => super::body::json(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}"))),
+        "application/yaml" => super::body::yaml(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML body: {e}"))),
+        super::protobuf::CONTENT_TYPE => super::protobuf::decode(body),
+        other => Err(ApiError::unsupported_media(other)),
+    }
+}
+
+fn write_options(q: &Query, headers: &HeaderMap) -> Result<WriteOptions> {
+    let validation = match q.get("fieldValidation") {
+        None => FieldValidation::default(),
+        Some(v) => FieldValidation::parse(v).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "fieldValidation: Unsupported value: {v:?}: supported values: \"Ignore\", \"Warn\", \"Strict\""
+            ))
+        })?,
+    };
+    Ok(WriteOptions {
+        dry_run: q.get("dryRun").is_some_and(|v| v == "All"),
+        validation,
+        warnings: Default::default(),
+        manager: field_manager(q, headers),
+    })
+}
+
+/// The manager a write is recorded under: `?fieldManager=`, else the User-Agent up to its
+/// first `/` (`kubectl/v1.32.0 (linux/amd64) ...` → `kubectl`), as kube-apiserver derives it.
+fn field_manager(q: &Query, headers: &HeaderMap) -> Option<String> {
+    if let Some(m) = q.get("fieldManager").filter(|m| !m.is_empty()) {
+        return Some(m.clone());
+    }
+    let ua = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let prefix: String = ua.split('/').next()?.trim().chars().take(128).collect();
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+fn is_apply_patch(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("application/apply-patch+yaml"))
+}
+
+fn warnings(opts: &WriteOptions) -> Vec<String> {
+    opts.warnings
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+async fn handle_resource(
+    st: &ApiState,
+    method: &Method,
+    headers: &HeaderMap,
+    q: &Query,
+    t: Target,
+    body: Bytes,
+) -> Result<Response> {
+    let api = &st.api;
+    let res = t.res;
+    let ns = t.namespace.as_str();
+    if res.namespaced && ns.is_empty() && t.name.is_some() {
+        return Err(ApiError::path_not_found(&format!(
+            "{} must be addressed within a namespace",
+            res.plural
+        )));
+    }
+    match (method, t.name.as_deref(), t.sub.as_deref()) {
+        // Collection.
+        (&Method::GET, None, None) => {
+            let (labels, fields) = selectors(q, res)?;
+            let watching = flag(q, "watch");
+            validate_list_options(q, watching)?;
+            if watching {
+                return watch(st, res, ns, labels, fields, q, wants_table(headers));
+            }
+            check_list_revision(st, q)?;
+            let opts = ListOptions {
+                labels,
+                fields,
+                limit: q.get("limit").and_then(|l| l.parse().ok()),
+                continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
+            };
+            let page = api.list_page(res, ns, &opts)?;
+            if wants_table(headers) {
+                let t = list_table(res, &page, (st.clock)())?;
+                return Ok(json_response(StatusCode::OK, &t, &[]));
+            }
+            Ok(list_response(res, &page))
+        }
+        (&Method::POST, None, None) => {
+            let obj = body_json(&body, headers)?;
+            let opts = write_options(q, headers)?;
+            let created = api.create(res, ns, obj, &opts)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &created,
+                &warnings(&opts),
+            ))
+        }
+        (&Method::DELETE, None, None) => {
+            // deletecollection: every object the selectors match.
+            let (labels, fields) = selectors(q, res)?;
+            let list = api.list(
+                res,
+                ns,
+                &ListOptions {
+                    labels,
+                    fields,
+                    ..Default::default()
+                },
+            )?;
+            let opts = delete_options(&body, q)?;
+            let mut deleted = Vec::new();
+            for o in list["items"].as_array().cloned().unwrap_or_default() {
+                let name = kedge_core::meta::name(&o).to_string();
+                let ons = kedge_core::meta::namespace(&o).to_string();
+                match api.delete(res, &ons, &name, &opts) {
+                    Ok(d) => deleted.push(d),
+                    Err(e) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let mut list = list;
+            list["items"] = json!(deleted);
+            Ok(json_response(StatusCode::OK, &list, &[]))
+        }
+        // One object.
+        (&Method::GET, Some(name), None) => {
+            let obj = api.get(res, ns, name)?;
+            if wants_table(headers) {
+                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                let t = table::table(res, std::slice::from_ref(&obj), meta, (st.clock)());
+                return Ok(json_response(StatusCode::OK, &t, &[]));
+            }
+            Ok(json_response(StatusCode::OK, &obj, &[]))
+        }
+        (&Method::PUT, Some(name), None | Some("status")) => {
+            let obj = body_json(&body, headers)?;
+            let opts = write_options(q, headers)?;
+            let out = api.update(res, ns, name, obj, t.sub.as_deref(), &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
+        }
+        (&Method::PATCH, Some(name), None) if is_apply_patch(headers) => {
+            // Server-side apply; YAML is a superset of the JSON kubectl sends.
+            let config: Value = super::body::yaml(&body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let manager = q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+                )
+            })?;
+            let opts = write_options(q, headers)?;
+            let (out, created) =
+                api.apply(res, ns, name, config, manager, flag(q, "force"), &opts)?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(json_response(code, &out, &warnings(&opts)))
+        }
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            let (patch, kind) = patch_body(&body, headers)?;
+            let opts = write_options(q, headers)?;
+            let out = api.patch(res, ns, name, t.sub.as_deref(), &patch, kind, &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
+        }
+        (&Method::DELETE, Some(name), None) => {
+            let opts = delete_options(&body, q)?;
+            let out = api.delete(res, ns, name, &opts)?;
+            Ok(json_response(StatusCode::OK, &out, &[]))
+        }
+        (&Method::GET, Some(name), Some("status")) => {
+            Ok(json_response(StatusCode::OK, &api.get(res, ns, name)?, &[]))
+        }
+        (&Method::GET, Some(name), Some("scale")) => Ok(json_response(
+            StatusCode::OK,
+            &api.get_scale(res, ns, name)?,
+            &[],
+        )),
+        (&Method::PUT, Some(name), Some("scale")) => {
+            let scale = body_json(&body, headers)?;
+            let opts = write_options(q, headers)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &api.update_scale(res, ns, name, &scale, &opts)?,
+                &[],
+            ))
+        }
+        (&Method::PATCH, Some(name), Some("scale")) => {
+            let (patch, kind) = patch_body(&body, headers)?;
+            let current = api.get_scale(res, ns, name)?;
+            let patched = kedge_core::patch::apply(&current, &patch, kind)
+                .map_err(|e| super::ops::patch_error(kind, e))?;
+            let opts = write_options(q, headers)?;
+            Ok(json_response(
+                StatusCode::OK,
+                &api.update_scale(res, ns, name, &patched, &opts)?,
+                &[],
+            ))
+        }
+        (&Method::POST, Some(name), Some("binding")) => {
+            let binding = body_json(&body, headers)?;
+            api.bind(ns, name, &binding)?;
+            Ok(json_response(
+                StatusCode::CREATED,
+                &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+                &[],
+            ))
+        }
+        (&Method::GET, Some(name), Some("log")) => pod_log(st, ns, name, q).await,
+        (&Method::POST, Some(name), Some("token")) => {
+            let request = body_json(&body, headers)?;
+            let out =
+                crate::tokens::token_request(api, &st.tokens, ns, name, &request, (st.clock)())?;
+            Ok(json_response(StatusCode::CREATED, &out, &[]))
+        }
+        _ => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({method} {})",
+            res.plural
+        ))),
+    }
+}
+
+/// `labelSelector` and `fieldSelector` of a collection request.
+fn selectors(q: &Query, res: &Resource) -> Result<(LabelSelector, FieldSelector)> {
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", |s| s))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fields = FieldSelector::parse(
+        q.get("fieldSelector").map_or("", |s| s),
+        res.field_selectors,
+    )
+    .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok((labels, fields))
+}
+
+/// kube-apiserver's `ValidateListOptions`: the `resourceVersionMatch` / `sendInitialEvents`
+/// combinations it refuses, with its wording, as one 422 on `ListOptions.meta.k8s.io`.
+fn validate_list_options(q: &Query, watching: bool) -> Result<()> {
+    let matching = q.get("resourceVersionMatch").filter(|m| !m.is_empty());
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    let has_continue = q.get("continue").is_some_and(|c| !c.is_empty());
+    let send_initial = q.contains_key("sendInitialEvents");
+    let mut causes = Vec::new();
+    let forbidden = |field: &str, why: &str| Cause {
+        reason: "FieldValueForbidden",
+        field: field.to_string(),
+        message: format!("Forbidden: {why}"),
+    };
+    if watching {
+        if send_initial {
+            if matching.map(String::as_str) != Some("NotOlderThan") {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+                ));
+            }
+            if !flag(q, "allowWatchBookmarks") {
+                causes.push(forbidden(
+                    "allowWatchBookmarks",
+                    "sendInitialEvents requires setting allowWatchBookmarks to true",
+                ));
+            }
+        }
+        if let Some(m) = matching {
+            if !send_initial {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if m != "NotOlderThan" {
+                causes.push(Cause::unsupported(
+                    "resourceVersionMatch",
+                    m,
+                    &["NotOlderThan"],
+                ));
+            }
+            if has_continue {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+        }
+    } else {
+        if let Some(m) = matching {
+            if rv.is_empty() {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if has_continue {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                ));
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                causes.push(Cause::unsupported(
+                    "resourceVersionMatch",
+                    m,
+                    &["Exact", "NotOlderThan", ""],
+                ));
+            }
+            if m == "Exact" && rv == "0" {
+                causes.push(forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
+        }
+        if send_initial {
+            causes.push(forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for list",
+            ));
+        }
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_options("ListOptions", causes))
+    }
+}
+
+/// A list's `resourceVersion` under `resourceVersionMatch`. The store lists only its
+/// current state, so `Exact` is served at the current revision only (an older one is 410
+/// Expired, as after a compaction), and a revision from the future is a 504 as when
+/// kube-apiserver's cache cannot catch up.
+fn check_list_revision(st: &ApiState, q: &Query) -> Result<()> {
+    let rv = q.get("resourceVersion").map_or("", String::as_str);
+    if !rv.is_empty() && rv.parse::<kedge_store::Revision>().is_err() {
+        // What kube-apiserver's storage answers (Go's wording of the parse error).
+        return Err(ApiError::bad_request(format!(
+            "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+        )));
+    }
+    let Some(m) = q.get("resourceVersionMatch").filter(|m| !m.is_empty()) else {
+        return Ok(());
+    };
+    let wanted: kedge_store::Revision = rv
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?;
+    let current = st.api.store().revision();
+    if wanted > current {
+        return Err(ApiError {
+            details: Some(json!({"causes": [{"reason": "ResourceVersionTooLarge",
+                "message": "Too large resource version"}], "retryAfterSeconds": 1})),
+            ..ApiError::new(
+                504,
+                "Timeout",
+                format!("Timeout: Too large resource version: {wanted}, current: {current}"),
+            )
+        });
+    }
+    if m == "Exact" && wanted < current {
+        return Err(ApiError::expired(format!(
+            "too old resource version: {wanted} ({current})"
+        )));
+    }
+    Ok(())
+}
+
+fn patch_body(body: &Bytes, headers: &HeaderMap) -> Result<(Value, PatchType)> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let kind = PatchType::from_content_type(ct).ok_or_else(|| {
+        if ct.starts_with("application/apply-patch") {
+            ApiError::new(
+                415,
+                "UnsupportedMediaType",
+                "server-side apply is served on the object itself, not on its subresources",
+            )
+        } else {
+            ApiError::unsupported_media(ct)
+        }
+    })?;
+    let v = super::body::json(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+    Ok((v, kind))
+}
+
+fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions> {
+    let mut opts = if body.iter().all(u8::is_ascii_whitespace) {
+        DeleteOptions::default()
+    } else {
+        let v: Value = serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding DeleteOptions: {e}")))?;
+        DeleteOptions::from_body(&v)?
+    };
+    // The Python client sends these as query parameters.
+    if let Some(p) = q.get("propagationPolicy") {
+        opts.propagation = Some(parse_propagation(p)?);
+    }
+    if let Some(g) = q.get("gracePeriodSeconds") {
+        opts.grace_period_seconds = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?,
+        );
+    }
+    if q.get("dryRun").is_some_and(|v| v == "All") {
+        opts.dry_run = true;
+    }
+    Ok(opts)
+}
+
+fn watch(
+    st: &ApiState,
+    res: &'static Resource,
+    ns: &str,
+    labels: LabelSelector,
+    fields: FieldSelector,
+    q: &Query,
+    as_table: bool,
+) -> Result<Response> {
+    let rv = match q.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv:?}")))?,
+        ),
+    };
+    // Watch-list (`sendInitialEvents`, validated above): true sends the current state as
+    // ADDED then a bookmark marking its end; false starts at the given or newest revision
+    // without the synthetic events.
+    let send_initial = q
+        .get("sendInitialEvents")
+        .map(|v| v.eq_ignore_ascii_case("true"));
+    let from = match send_initial {
+        Some(true) => None,
+        Some(false) => Some(rv.unwrap_or_else(|| st.api.store().revision())),
+        None => rv,
+    };
+    let initial_end = send_initial == Some(true);
+    let bookmarks = flag(q, "allowWatchBookmarks");
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        // kube-apiserver picks 30-60 min when unset; a bound keeps abandoned watches finite.
+        .unwrap_or(Duration::from_secs(1800));
+    let deadline = tokio::time::Instant::now() + timeout;
+    let clock = st.clock.clone();
+    struct WatchState {
+        watch: Option<super::ops::ApiWatch>,
+        pending_error: Option<ApiError>,
+        done: bool,
+        /// The initial-events-end bookmark is still due (watch-list).
+        initial_end: bool,
+    }
+    let state = match st.api.watch(res, ns, labels, fields, from) {
+        Ok(w) => WatchState {
+            watch: Some(w),
+            pending_error: None,
+            done: false,
+            initial_end,
+        },
+        // Too old: 200 with one ERROR event carrying the 410, so clients relist.
+        Err(e) if e.code == 410 => WatchState {
+            watch: None,
+            pending_error: Some(e),
+            done: false,
+            initial_end: false,
+        },
+        Err(e) => return Err(e),
+    };
+    // Bookmarks every minute keep informers' resourceVersion fresh.
+    let bookmark_every = Duration::from_secs(60);
+    let stream = futures_util::stream::unfold(state, move |mut s| {
+        let clock = clock.clone();
+        async move {
+            if s.done {
+                return None;
+            }
+            if let Some(e) = s.pending_error.take() {
+                s.done = true;
+                let line = json!({"type": "ERROR", "object": e.status()});
+                return Some((vec![line_bytes(&line)], s));
+            }
+            let w = s.watch.as_mut()?;
+            if s.initial_end && !w.has_initial() {
+                s.initial_end = false;
+                let line = json!({"type": "BOOKMARK", "object": {
+                    "kind": res.kind, "apiVersion": res.api_version(),
+                    "metadata": {"resourceVersion": w.start_revision().to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"}}}});
+                return Some((vec![line_bytes(&line)], s));
+            }
+            loop {
+                let next = tokio::time::timeout_at(
+                    deadline.min(tokio::time::Instant::now() + bookmark_every),
+                    w.next(),
+                )
+                .await;
+                match next {
+                    Err(_) if tokio::time::Instant::now() >= deadline => return None,
+                    Err(_) if bookmarks => {
+                        let line = json!({"type": "BOOKMARK", "object": {
+                            "kind": res.kind, "apiVersion": res.api_version(),
+                            "metadata": {"resourceVersion": w.revision().to_string()}}});
+                        return Some((vec![line_bytes(&line)], s));
+                    }
+                    Err(_) => continue,
+                    Ok(None) => return None,
+                    Ok(Some(Err(e))) => {
+                        s.done = true;
+                        let line = json!({"type": "ERROR", "object": e.status()});
+                        return Some((vec![line_bytes(&line)], s));
+                    }
+                    Ok(Some(Ok((kind, obj)))) => {
+                        if !as_table {
+                            // The stored JSON as it is: no parse, no re-serialisation, no
+                            // copy (a stalled client holds the ring's own bytes).
+                            return Some((event_line(kind.as_str(), obj), s));
+                        }
+                        let line = match serde_json::from_slice::<Value>(&obj) {
+                            Ok(obj) => {
+                                let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
+                                let t =
+                                    table::table(res, std::slice::from_ref(&obj), meta, clock());
+                                json!({"type": kind.as_str(), "object": t})
+                            }
+                            Err(e) => {
+                                s.done = true;
+                                let e =
+                                    ApiError::internal(format!("stored object unreadable: {e}"));
+                                json!({"type": "ERROR", "object": e.status()})
+                            }
+                        };
+                        return Some((vec![line_bytes(&line)], s));
+                    }
+                }
+            }
+        }
+    })
+    .flat_map(|frames| {
+        futures_util::stream::iter(frames.into_iter().map(Ok::<_, std::io::Error>))
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(r)
+}
+
+/// A list as kube-apiserver sends it, around the objects' stored JSON (nothing parsed).
+fn list_response(res: &Resource, page: &super::ops::ListPage) -> Response {
+    let head = json!({"kind": res.list_kind(), "apiVersion": res.api_version(),
+        "metadata": page.metadata()});
+    let mut b = serde_json::to_vec(&head).unwrap_or_default();
+    b.pop(); // the closing brace
+    b.extend_from_slice(b",\"items\":[");
+    let total: usize = page.items.iter().map(|i| i.len() + 1).sum();
+    b.reserve(total + 2);
+    for (i, item) in page.items.iter().enumerate() {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(item);
+    }
+    b.extend_from_slice(b"]}");
+    ([(header::CONTENT_TYPE, "application/json")], b).into_response()
+}
+
+/// A list as a Table, its objects parsed a few hundred at a time.
+fn list_table(
+    res: &'static Resource,
+    page: &super::ops::ListPage,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Value> {
+    let mut out: Option<Value> = None;
+    for chunk in page.items.chunks(256) {
+        let objs = super::ops::ListPage::parse(chunk)?;
+        let t = table::table(res, &objs, page.metadata(), now);
+        match (&mut out, t) {
+            (None, t) => out = Some(t),
+            (Some(o), mut t) => {
+                if let (Some(rows), Some(more)) = (
+                    o.get_mut("rows").and_then(Value::as_array_mut),
+                    t.get_mut("rows").and_then(Value::as_array_mut),
+                ) {
+                    rows.append(more);
+                }
+            }
+        }
+    }
+    Ok(out.unwrap_or_else(|| table::table(res, &[], page.metadata(), now)))
+}
+
+/// `{"type":…,"object":…}` and a newline around an object's JSON, as three frames: the
+/// object's bytes are sent as they are held, not copied.
+fn event_line(kind: &str, object: Bytes) -> Vec<Bytes> {
+    let head = format!("{{\"type\":\"{kind}\",\"object\":");
+    vec![Bytes::from(head), object, Bytes::from_static(b"}\n")]
+}
+
+fn line_bytes(v: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+/// The container a pod subresource request means: the one named, the default-container
+/// annotation's, or the only one.
+pub(super) fn pod_container(pod: &Value, name: &str, requested: Option<&String>) -> Result<String> {
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let container = match requested.filter(|c| !c.is_empty()) {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )));
+        }
+        None => {
+            let default = pod
+                .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+                .and_then(Value::as_str)
+                .map(String::from);
+            match (default, containers.len()) {
+                (Some(d), _) => d,
+                (None, 1) => containers[0].clone(),
+                _ => {
+                    return Err(ApiError::bad_request(format!(
+                        "a container name must be specified for pod {name}, choose one of: [{}]",
+                        containers.join(" ")
+                    )));
+                }
+            }
+        }
+    };
+    Ok(container)
+}
+
+/// `pods/<name>/log`: relayed to the pod's node over its tunnel.
+async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Response> {
+    let res = resources::by_kind("v1", "Pod").expect("pods are served");
+    let pod = st.api.get(res, ns, name)?;
+    let container = pod_container(&pod, name, q.get("container"))?;
+    let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str) else {
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
+    };
+    let proxy = st
+        .nodes
+        .get()
+        .ok_or_else(|| ApiError::unavailable("no node tunnel server is running"))?;
+    let mut forwarded: Vec<(String, String)> = q
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "follow"
+                    | "previous"
+                    | "sinceSeconds"
+                    | "sinceTime"
+                    | "tailLines"
+                    | "timestamps"
+                    | "limitBytes"
+            )
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    forwarded.push(("uid".into(), kedge_core::meta::uid(&pod).to_string()));
+    let qs = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(forwarded)
+        .finish();
+    let uri = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
+    let req = http::Request::get(uri)
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let resp = proxy.request(node, req).await.map_err(|e| {
+        ApiError::new(
+            502,
+            "ServiceUnavailable",
+            format!("error talking to node {node:?}: {e}"),
+        )
+    })?;
+    if !resp.status().is_success() {
+        let code = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        let msg = String::from_utf8_lossy(&bytes).trim().to_string();
+        return Err(ApiError::new(
+            if code == 404 { 404 } else { 400 },
+            if code == 404 {
+                "NotFound"
+            } else {
+                "BadRequest"
+            },
+            msg,
+        ));
+    }
+    let mut r = Response::new(resp.into_body());
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_urls() {
+        let t = resolve(&["api", "v1", "namespaces", "default", "pods", "p", "log"]).unwrap();
+        assert_eq!((t.res.plural, t.namespace.as_str()), ("pods", "default"));
+        assert_eq!(t.sub.as_deref(), Some("log"));
+        let t = resolve(&["api", "v1", "namespaces", "default"]).unwrap();
+        assert_eq!(
+            (t.res.plural, t.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
+        let t = resolve(&["api", "v1", "namespaces", "x", "status"]).unwrap();
+        assert_eq!(t.sub.as_deref(), Some("status"));
+        let t = resolve(&["apis", "apps", "v1", "deployments"]).unwrap();
+        assert!(t.namespace.is_empty() && t.name.is_none());
+        let t = resolve(&["api", "v1", "namespaces", "d", "pods", "p", "exec"]).unwrap();
+        assert_eq!(t.sub.as_deref(), Some("exec"));
+        assert!(resolve(&["api", "v1", "namespaces", "d", "pods", "p", "proxy"]).is_none());
+        assert!(resolve(&["apis", "apps", "v2", "deployments"]).is_none());
+    }
+}

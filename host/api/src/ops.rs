@@ -1,0 +1,1382 @@
+//! The API's verbs on objects, independent of HTTP: the REST layer and the plugin host both
+//! call these, so a write from a Wasm controller is defaulted, validated and versioned exactly
+//! like one from kubectl.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause, Result};
+use super::kinds;
+use super::schema::{self, FieldValidation};
+use kedge_core::apply::{self, ApplyError, ApplyRequest};
+use kedge_core::meta;
+use kedge_core::patch::{self, PatchType};
+use kedge_core::resources::{self, Resource};
+use kedge_core::selector::{FieldSelector, Selector as LabelSelector};
+use kedge_store::{self as store, EventType, Revision, Store};
+
+pub use kedge_core::meta::{Clock, set_condition, system_clock};
+
+/// The object verbs over one store.
+pub struct Api {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    /// Serialises Service IP / node port allocation (see [`super::alloc`]).
+    alloc: super::alloc::Allocator,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+/// One page of a list (see [`Api::list_page`]).
+pub struct ListPage {
+    /// The revision the list is consistent at.
+    pub rev: Revision,
+    /// The objects as stored (JSON).
+    pub items: Vec<Bytes>,
+    pub continue_token: Option<String>,
+    /// Matching objects after this page.
+    pub remaining: usize,
+}
+
+impl ListPage {
+    /// Stored objects, parsed.
+    pub fn parse(items: &[Bytes]) -> Result<Vec<Value>> {
+        items
+            .iter()
+            .map(|b| serde_json::from_slice(b))
+            .collect::<std::result::Result<Vec<Value>, _>>()
+            .map_err(|e| ApiError::internal(format!("stored object unreadable: {e}")))
+    }
+
+    /// The list's `metadata`.
+    pub fn metadata(&self) -> Value {
+        let mut m = json!({"resourceVersion": self.rev.to_string()});
+        if let Some(c) = &self.continue_token {
+            m["continue"] = json!(c);
+            m["remainingItemCount"] = json!(self.remaining);
+        }
+        m
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub validation: FieldValidation,
+    /// Unknown-field warnings for the response's `Warning` headers.
+    pub warnings: std::sync::Mutex<Vec<String>>,
+    /// The field manager recorded in `metadata.managedFields` (`operation: Update`); None for
+    /// internal writes, which only drop ownership of fields that are gone.
+    pub manager: Option<String>,
+}
+
+impl WriteOptions {
+    /// Decodes `obj` as its Kubernetes type (see [`schema`]).
+    fn decode(&self, res: &Resource, obj: Value) -> Result<Value> {
+        let d = schema::decode(res, &obj).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: {e}",
+                res.kind, res.version, res.kind
+            ))
+        })?;
+        if !d.unknown.is_empty() {
+            let list: Vec<String> = d
+                .unknown
+                .iter()
+                .map(|f| format!("unknown field \"{f}\""))
+                .collect();
+            match self.validation {
+                FieldValidation::Strict => {
+                    return Err(ApiError::bad_request(format!(
+                        "strict decoding error: {}",
+                        list.join(", ")
+                    )));
+                }
+                FieldValidation::Warn => self
+                    .warnings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(list),
+                FieldValidation::Ignore => {}
+            }
+        }
+        Ok(d.object)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Propagation {
+    Background,
+    Foreground,
+    Orphan,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub propagation: Option<Propagation>,
+    pub grace_period_seconds: Option<i64>,
+    pub dry_run: bool,
+    pub precondition_uid: Option<String>,
+    pub precondition_rv: Option<String>,
+}
+
+impl DeleteOptions {
+    /// Reads a `DeleteOptions` body (kubectl) — query parameters (Python) are merged by the
+    /// caller.
+    pub fn from_body(v: &Value) -> Result<Self> {
+        let mut o = DeleteOptions::default();
+        if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
+            o.propagation = Some(parse_propagation(p)?);
+        } else if v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+            o.propagation = Some(Propagation::Orphan);
+        }
+        o.grace_period_seconds = v.get("gracePeriodSeconds").and_then(Value::as_i64);
+        o.dry_run = v
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        o.precondition_uid = v
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.precondition_rv = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+        Ok(o)
+    }
+}
+
+pub fn parse_propagation(p: &str) -> Result<Propagation> {
+    match p {
+        "Background" => Ok(Propagation::Background),
+        "Foreground" => Ok(Propagation::Foreground),
+        "Orphan" => Ok(Propagation::Orphan),
+        other => Err(ApiError::bad_request(format!(
+            "propagationPolicy: Unsupported value: {other:?}: supported values: \"Foreground\", \"Background\", \"Orphan\""
+        ))),
+    }
+}
+
+fn parse_rv(res: &Resource, name: &str, rv: &str) -> Result<Revision> {
+    rv.parse().map_err(|_| {
+        ApiError::invalid(
+            res,
+            name,
+            vec![Cause::invalid(
+                "metadata.resourceVersion",
+                rv,
+                "must be a decimal resource version",
+            )],
+        )
+    })
+}
+
+/// Everything but metadata and status: what bumps `metadata.generation` when it changes.
+fn spec_part(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("metadata");
+        m.remove("status");
+    }
+    v
+}
+
+/// The finalizer that holds an owner deleted with `propagationPolicy: Foreground`.
+const FOREGROUND_DELETION: &str = "foregroundDeletion";
+const ORPHAN: &str = "orphan";
+/// `spec.finalizers` entry of a namespace: removed by the namespace controller once the
+/// namespace is empty.
+pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+
+/// Metadata fields a client can never change through PUT or PATCH.
+const SERVER_OWNED_META: &[&str] = &[
+    "uid",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "generation",
+    "namespace",
+];
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
+        Api {
+            store,
+            clock,
+            alloc: Default::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn now(&self) -> String {
+        meta::timestamp((self.clock)())
+    }
+
+    fn key(res: &Resource, ns: &str, name: &str) -> String {
+        store::key(
+            res.group,
+            res.plural,
+            if res.namespaced { ns } else { "" },
+            name,
+        )
+    }
+
+    pub fn get(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+        self.store
+            .get(&Self::key(res, ns, name))
+            .map_err(|e| ApiError::from_store(e, res, name))?
+            .ok_or_else(|| ApiError::not_found(res, name))
+    }
+
+    /// A `<Kind>List` with `metadata.resourceVersion`, honouring selectors and pagination.
+    /// A list as one JSON value (for callers inside the server; the REST layer sends
+    /// [`Api::list_page`] as it is stored).
+    pub fn list(&self, res: &'static Resource, ns: &str, opts: &ListOptions) -> Result<Value> {
+        let page = self.list_page(res, ns, opts)?;
+        let items = ListPage::parse(&page.items)?;
+        Ok(json!({
+            "kind": res.list_kind(),
+            "apiVersion": res.api_version(),
+            "metadata": page.metadata(),
+            "items": items,
+        }))
+    }
+
+    /// One page of a list: the matching objects as stored, read one at a time (an object is
+    /// parsed only to test selectors), so a list costs the memory of its answer.
+    pub fn list_page(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        opts: &ListOptions,
+    ) -> Result<ListPage> {
+        let ns = if res.namespaced { ns } else { "" };
+        let every_ns = store::prefix(res.group, res.plural, "");
+        let after = match &opts.continue_token {
+            Some(t) => Some(format!("{every_ns}{}", decode_continue(t)?)),
+            None => None,
+        };
+        let all = opts.labels.is_empty() && opts.fields.is_empty();
+        let limit = opts.limit.filter(|l| *l > 0);
+        let mut items = Vec::new();
+        let mut last = String::new();
+        let mut remaining = 0usize;
+        let rev = self
+            .store
+            .scan(
+                &store::prefix(res.group, res.plural, ns),
+                after.as_deref(),
+                &mut |key, bytes| {
+                    if !all {
+                        let o = store::decode(key, bytes)?;
+                        if !(opts.labels.matches_object(&o) && opts.fields.matches(&o)) {
+                            return Ok(true);
+                        }
+                    }
+                    if limit.is_some_and(|l| items.len() >= l) {
+                        remaining += 1;
+                    } else {
+                        items.push(Bytes::copy_from_slice(bytes));
+                        last = key.to_string();
+                    }
+                    Ok(true)
+                },
+            )
+            .map_err(|e| ApiError::from_store(e, res, ""))?;
+        let continue_token = (remaining > 0).then(|| {
+            base64::engine::general_purpose::STANDARD
+                .encode(last.strip_prefix(every_ns.as_str()).unwrap_or(&last))
+        });
+        Ok(ListPage {
+            rev,
+            items,
+            continue_token,
+            remaining,
+        })
+    }
+
+    pub fn create(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        obj: Value,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        self.create_tracked(res, ns, obj, opts, None)
+    }
+
+    /// `create` with the managed fields given (`preset`, by an apply) or tracked as an Update.
+    fn create_tracked(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        mut obj: Value,
+        opts: &WriteOptions,
+        preset: Option<Vec<apply::Entry>>,
+    ) -> Result<Value> {
+        check_type(res, &mut obj)?;
+        let mut obj = opts.decode(res, obj)?;
+        let meta_obj = obj
+            .as_object_mut()
+            .expect("checked")
+            .entry("metadata")
+            .or_insert_with(|| json!({}));
+        if !meta_obj.is_object() {
+            return Err(ApiError::bad_request("metadata must be an object"));
+        }
+        if res.namespaced {
+            match meta_obj.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                _ => meta_obj["namespace"] = json!(ns),
+            }
+        } else if let Some(m) = meta_obj.as_object_mut() {
+            m.remove("namespace");
+        }
+        let name = match meta_obj.get("name").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => match meta_obj.get("generateName").and_then(Value::as_str) {
+                Some(g) if !g.is_empty() => {
+                    let n = format!("{g}{}", meta::random_suffix());
+                    meta_obj["name"] = json!(n);
+                    n
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        res,
+                        "",
+                        vec![Cause {
+                            reason: "FieldValueRequired",
+                            field: "metadata.name".into(),
+                            message: "Required value: name or generateName is required".into(),
+                        }],
+                    ));
+                }
+            },
+        };
+        if res.namespaced {
+            self.check_namespace_open(ns)?;
+        }
+        let now = self.now();
+        let m = obj["metadata"].as_object_mut().expect("object");
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(now));
+        m.remove("resourceVersion");
+        m.remove("deletionTimestamp");
+        m.remove("deletionGracePeriodSeconds");
+        m.remove("managedFields");
+        if obj.get("spec").is_some() {
+            obj["metadata"]["generation"] = json!(1);
+        } else {
+            obj["metadata"]
+                .as_object_mut()
+                .expect("object")
+                .remove("generation");
+        }
+        kinds::default(res, &mut obj);
+        match res.kind {
+            "Pod" => {
+                let qos = kinds::qos_class(obj.get("spec").unwrap_or(&Value::Null));
+                let mut status = json!({"phase": "Pending", "qosClass": qos});
+                // A pod created already bound (nodeName set) is scheduled.
+                if obj
+                    .pointer("/spec/nodeName")
+                    .and_then(Value::as_str)
+                    .is_some()
+                {
+                    status["conditions"] = json!([{"type": "PodScheduled", "status": "True",
+                        "lastProbeTime": null, "lastTransitionTime": now}]);
+                }
+                obj["status"] = status;
+            }
+            "Namespace" => {
+                obj["status"] = json!({"phase": "Active"});
+                // What holds a deleted namespace until the namespace controller emptied it.
+                if obj.pointer("/spec/finalizers").is_none() {
+                    obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
+                }
+            }
+            k => {
+                if let Some(s) = kinds::initial_status(k) {
+                    obj["status"] = s;
+                }
+            }
+        }
+        let managed = preset.unwrap_or_else(|| {
+            let manager = opts.manager.as_deref();
+            apply::track_update(&[], None, &obj, manager, &res.api_version(), None, &now)
+        });
+        set_managed(&mut obj, &managed);
+        let causes = kinds::validate(res, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(res, &name, causes));
+        }
+        // Held until the object is stored, so no two Services get the same IP or port.
+        let _alloc = self.allocate(res, ns, &name, &mut obj)?;
+        if opts.dry_run {
+            return Ok(obj);
+        }
+        self.store
+            .create(&Self::key(res, ns, &name), obj)
+            .map_err(|e| ApiError::from_store(e, res, &name))
+    }
+
+    /// Assigns a Service's cluster IP and node ports; the guard must be held until the write
+    /// is stored. Other kinds need nothing.
+    fn allocate(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        obj: &mut Value,
+    ) -> Result<Option<std::sync::MutexGuard<'_, ()>>> {
+        if res.kind != "Service" {
+            return Ok(None);
+        }
+        match self.alloc.service(self.store.as_ref(), ns, name, obj) {
+            Ok(Ok(guard)) => Ok(Some(guard)),
+            Ok(Err(causes)) => Err(ApiError::invalid(res, name, causes)),
+            Err(e) => Err(ApiError::from_store(e, res, name)),
+        }
+    }
+
+    fn check_namespace_open(&self, ns: &str) -> Result<()> {
+        let nsres = resources::by_kind("v1", "Namespace").expect("namespaces are served");
+        let n = self.get(nsres, "", ns)?;
+        if n.pointer("/metadata/deletionTimestamp").is_some()
+            || n.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating")
+        {
+            return Err(ApiError::forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    /// PUT of the object (`sub` None) or of its status (`sub` Some("status")).
+    pub fn update(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        obj: Value,
+        sub: Option<&str>,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        self.update_tracked(res, ns, name, obj, sub, opts, None)
+    }
+
+    /// `update` with the managed fields given (`preset`, by an apply) or tracked as an Update.
+    #[allow(clippy::too_many_arguments)] // update's parameters and the apply's ownership
+    fn update_tracked(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        mut obj: Value,
+        sub: Option<&str>,
+        opts: &WriteOptions,
+        preset: Option<Vec<apply::Entry>>,
+    ) -> Result<Value> {
+        check_type(res, &mut obj)?;
+        let obj = opts.decode(res, obj)?;
+        let body_name = obj.pointer("/metadata/name").and_then(Value::as_str);
+        if let Some(n) = body_name
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
+        }
+        if res.namespaced
+            && let Some(n) = obj.pointer("/metadata/namespace").and_then(Value::as_str)
+            && !n.is_empty()
+            && n != ns
+        {
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
+        }
+        let expected = match obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            Some(rv) if !rv.is_empty() => Some(parse_rv(res, name, rv)?),
+            _ => None,
+        };
+        let current = self.get(res, ns, name)?;
+        if let Some(exp) = expected
+            && store::revision_of(&current) != Some(exp)
+        {
+            return Err(ApiError::conflict(res, name));
+        }
+        let mut next = if sub == Some("status") {
+            let mut n = current.clone();
+            n["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            n
+        } else {
+            let mut n = obj;
+            if res.has("status") {
+                match current.get("status") {
+                    Some(s) => n["status"] = s.clone(),
+                    None => {
+                        n.as_object_mut().expect("object").remove("status");
+                    }
+                }
+            }
+            n
+        };
+        // Server-owned metadata always comes from the stored object.
+        {
+            if !next.get("metadata").is_some_and(Value::is_object) {
+                next["metadata"] = json!({});
+            }
+            let nm = next["metadata"].as_object_mut().expect("object");
+            nm.insert("name".into(), json!(name));
+            for f in SERVER_OWNED_META {
+                match current["metadata"].get(*f) {
+                    Some(v) => {
+                        nm.insert((*f).into(), v.clone());
+                    }
+                    None => {
+                        nm.remove(*f);
+                    }
+                }
+            }
+            // Clients never write managedFields directly; they are tracked below.
+            match current["metadata"].get("managedFields") {
+                Some(v) => nm.insert("managedFields".into(), v.clone()),
+                None => nm.remove("managedFields"),
+            };
+        }
+        if let Some(m) = &preset {
+            set_managed(&mut next, m);
+        }
+        let mut _alloc = None;
+        if sub.is_none() {
+            kinds::prepare_update(res, &current, &mut next);
+            kinds::default(res, &mut next);
+            // ValidateSecretUpdate and ValidateConfigMapUpdate report the update rules (type,
+            // immutable) before the object's own: kubectl shows the causes in this order.
+            let update_first = matches!(res.kind, "Secret" | "ConfigMap");
+            let mut causes = if update_first {
+                kinds::validate_update(res, &current, &next)
+            } else {
+                Vec::new()
+            };
+            causes.extend(kinds::validate_replacing(res, &next, Some(&current)));
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(res, name, causes));
+            }
+            if let Some(msg) = immutable_change(res, &current, &next) {
+                return Err(ApiError::invalid(
+                    res,
+                    name,
+                    vec![Cause::forbidden(msg.0, msg.1)],
+                ));
+            }
+            let causes = if update_first {
+                Vec::new()
+            } else {
+                kinds::validate_update(res, &current, &next)
+            };
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(res, name, causes));
+            }
+            _alloc = self.allocate(res, ns, name, &mut next)?;
+            if next.get("spec").is_some() && spec_part(&next) != spec_part(&current) {
+                let g = current
+                    .pointer("/metadata/generation")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0);
+                next["metadata"]["generation"] = json!(g + 1);
+            }
+        }
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        if next == current {
+            // A no-op write stores nothing and wakes no watcher, as in Kubernetes.
+            return Ok(current);
+        }
+        if preset.is_none() {
+            let managed = apply::track_update(
+                &apply::managed_fields(&current),
+                Some(&current),
+                &next,
+                opts.manager.as_deref(),
+                &res.api_version(),
+                sub,
+                &self.now(),
+            );
+            set_managed(&mut next, &managed);
+        }
+        if opts.dry_run {
+            return Ok(next);
+        }
+        let deleting = next.pointer("/metadata/deletionTimestamp").is_some();
+        let spec_finalized = res.kind != "Namespace"
+            || next
+                .pointer("/spec/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(|f| f.is_empty());
+        if deleting && meta::finalizers(&next).is_empty() && spec_finalized {
+            // The last finalizer went away: the object is gone now.
+            let rev = store::revision_of(&current);
+            return self
+                .store
+                .delete(&Self::key(res, ns, name), rev)
+                .map_err(|e| ApiError::from_store(e, res, name));
+        }
+        self.store
+            .update(
+                &Self::key(res, ns, name),
+                next,
+                store::revision_of(&current),
+            )
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// PATCH; retried on a conflict with a concurrent writer unless the patch itself pins a
+    /// resourceVersion (then the conflict is the caller's to see).
+    #[allow(clippy::too_many_arguments)] // the REST verb's own parameters, one each
+    pub fn patch(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &Value,
+        kind: PatchType,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        for _ in 0..5 {
+            let current = self.get(res, ns, name)?;
+            let patched = patch::apply(&current, body, kind).map_err(|e| patch_error(kind, e))?;
+            let pinned = store::revision_of(&patched) != store::revision_of(&current);
+            match self.update(res, ns, name, patched, sub, opts) {
+                Err(e) if e.reason == "Conflict" && !pinned => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    /// Server-side apply (`application/apply-patch+yaml`) of `config` by `manager`: merges it
+    /// into the live object (creating it if missing) with field ownership, see
+    /// [`kedge_core::apply`]. Returns the object and whether it was created.
+    #[allow(clippy::too_many_arguments)] // the REST verb's own parameters, one each
+    pub fn apply(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        mut config: Value,
+        manager: &str,
+        force: bool,
+        opts: &WriteOptions,
+    ) -> Result<(Value, bool)> {
+        if !config.is_object() {
+            return Err(ApiError::bad_request(
+                "the apply configuration must be an object",
+            ));
+        }
+        for f in ["apiVersion", "kind"] {
+            if config
+                .get(f)
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::bad_request(format!(
+                    "error decoding patch: Object '{}' is missing in the apply configuration",
+                    if f == "kind" { "Kind" } else { "apiVersion" }
+                )));
+            }
+        }
+        check_type(res, &mut config)?;
+        match config.pointer("/metadata/name").and_then(Value::as_str) {
+            Some(n) if n == name => {}
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({}) does not match the name on the URL ({name})",
+                    other.unwrap_or_default()
+                )));
+            }
+        }
+        // Status belongs to the status subresource; server-owned metadata to the server.
+        config.as_object_mut().expect("object").remove("status");
+        if let Some(m) = config.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+            for f in SERVER_OWNED_META.iter().filter(|f| **f != "namespace") {
+                m.remove(*f);
+            }
+        }
+        let pinned = config.pointer("/metadata/resourceVersion").is_some();
+        let api_version = res.api_version();
+        for _ in 0..5 {
+            let current = match self.get(res, ns, name) {
+                Ok(c) => Some(c),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            };
+            let managed = current
+                .as_ref()
+                .map(apply::managed_fields)
+                .unwrap_or_default();
+            let now = self.now();
+            let req = ApplyRequest {
+                manager,
+                api_version: &api_version,
+                force,
+                now: &now,
+            };
+            let out = apply::apply(current.as_ref(), &managed, &config, &req)
+                .map_err(|e| apply_error(res, name, e))?;
+            let mut obj = out.object;
+            if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                m.remove("managedFields");
+            }
+            let result = match current {
+                None => self
+                    .create_tracked(res, ns, obj, opts, Some(out.managed))
+                    .map(|o| (o, true)),
+                Some(_) => self
+                    .update_tracked(res, ns, name, obj, None, opts, Some(out.managed))
+                    .map(|o| (o, false)),
+            };
+            match result {
+                Err(e) if matches!(e.reason, "Conflict" | "AlreadyExists") && !pinned => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(res, name))
+    }
+
+    pub fn delete(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        // A concurrent write (a controller's status update) between our read and our write
+        // is not the caller's conflict unless they pinned a resourceVersion: try again on the
+        // fresh object, as kube-apiserver's GuaranteedUpdate does.
+        let mut attempts = 0;
+        loop {
+            match self.delete_once(res, ns, name, opts) {
+                Err(e)
+                    if e.reason == "Conflict"
+                        && opts.precondition_rv.is_none()
+                        && opts.precondition_uid.is_none()
+                        && attempts < 16 =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn delete_once(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> Result<Value> {
+        let current = self.get(res, ns, name)?;
+        if let Some(uid) = &opts.precondition_uid
+            && meta::uid(&current) != uid
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(&current)
+                ),
+            ));
+        }
+        if let Some(rv) = &opts.precondition_rv
+            && current
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                != Some(rv)
+        {
+            return Err(ApiError::conflict(res, name));
+        }
+        if opts.dry_run {
+            return Ok(current);
+        }
+        let rev = store::revision_of(&current);
+        let key = Self::key(res, ns, name);
+        let propagation = opts.propagation.unwrap_or(Propagation::Background);
+
+        if res.kind == "Namespace" {
+            return self.delete_namespace(res, name, current);
+        }
+
+        // Pods on a node terminate gracefully: the agent stops them, then confirms with a
+        // zero grace period.
+        if res.kind == "Pod" {
+            let bound = current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some();
+            let grace = opts.grace_period_seconds.unwrap_or_else(|| {
+                current
+                    .pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(30)
+            });
+            let terminating = current.pointer("/metadata/deletionTimestamp").is_some();
+            let finished = matches!(
+                current.pointer("/status/phase").and_then(Value::as_str),
+                Some("Succeeded" | "Failed")
+            );
+            if bound && grace > 0 && !finished {
+                let current_grace = current
+                    .pointer("/metadata/deletionGracePeriodSeconds")
+                    .and_then(Value::as_i64);
+                if terminating && current_grace.is_some_and(|g| g <= grace) {
+                    // Already terminating as soon or sooner: nothing to change. A second
+                    // delete with a shorter grace period shortens it, as in Kubernetes.
+                    return Ok(current);
+                }
+                let mut next = current.clone();
+                let at = (self.clock)() + chrono::Duration::seconds(grace);
+                next["metadata"]["deletionTimestamp"] = json!(meta::timestamp(at));
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                return self
+                    .store
+                    .update(&key, next, rev)
+                    .map_err(|e| ApiError::from_store(e, res, name));
+            }
+        }
+
+        // What happens to dependents is the garbage collector's work (a plugin), as in
+        // Kubernetes: foreground and orphan deletions leave the object in place, marked and
+        // holding the policy's finalizer, for the collector to finish; a background deletion
+        // removes it now and the collector deletes its dependents when it sees it gone.
+        let mut finalizers = meta::finalizers(&current);
+        let policy_finalizer = match propagation {
+            Propagation::Foreground => Some(FOREGROUND_DELETION),
+            Propagation::Orphan => Some(ORPHAN),
+            Propagation::Background => None,
+        };
+        if let Some(f) = policy_finalizer {
+            // A new policy replaces the other one (kube-apiserver does the same).
+            finalizers.retain(|x| x != FOREGROUND_DELETION && x != ORPHAN);
+            finalizers.push(f.to_string());
+        }
+        if !finalizers.is_empty() {
+            // Finalizers hold the object until their controllers remove them.
+            let mut next = current.clone();
+            next["metadata"]["finalizers"] = json!(finalizers);
+            if next.pointer("/metadata/deletionTimestamp").is_none() {
+                next["metadata"]["deletionTimestamp"] = json!(self.now());
+                next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            }
+            if next == current {
+                return Ok(current);
+            }
+            return self
+                .store
+                .update(&key, next, rev)
+                .map_err(|e| ApiError::from_store(e, res, name));
+        }
+        self.store
+            .delete(&key, rev)
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// Marks the namespace Terminating and holds it with the `kubernetes` finalizer in
+    /// `spec.finalizers`: the namespace controller (a plugin) deletes everything in it, then
+    /// drops the finalizer, and the namespace is gone.
+    fn delete_namespace(
+        &self,
+        res: &'static Resource,
+        name: &str,
+        current: Value,
+    ) -> Result<Value> {
+        if name == "default" || name == "kube-system" {
+            return Err(ApiError::forbidden(format!(
+                "namespace \"{name}\" is protected and cannot be deleted"
+            )));
+        }
+        let mut next = current.clone();
+        if next.pointer("/metadata/deletionTimestamp").is_none() {
+            next["metadata"]["deletionTimestamp"] = json!(self.now());
+            next["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        }
+        next["status"]["phase"] = json!("Terminating");
+        let mut finalizers: Vec<Value> = next
+            .pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if !finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+            // A namespace from before spec.finalizers was set on creation.
+            finalizers.push(json!(NAMESPACE_FINALIZER));
+            next["spec"]["finalizers"] = json!(finalizers);
+        }
+        if next == current {
+            return Ok(current);
+        }
+        self.store
+            .update(
+                &Self::key(res, "", name),
+                next,
+                store::revision_of(&current),
+            )
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// `pods/binding`: assigns a pod to a node exactly once.
+    pub fn bind(&self, ns: &str, name: &str, binding: &Value) -> Result<Value> {
+        let res = resources::by_kind("v1", "Pod").expect("pods are served");
+        let node = binding
+            .pointer("/target/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| ApiError::invalid(res, name, vec![Cause::required("target.name")]))?;
+        let current = self.get(res, ns, name)?;
+        if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str) {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("pod {name} is already assigned to node \"{existing}\""),
+            ));
+        }
+        if current.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("pod {name} is being deleted, cannot be assigned to a host"),
+            ));
+        }
+        let mut next = current.clone();
+        next["spec"]["nodeName"] = json!(node);
+        set_condition(&mut next, "PodScheduled", "True", None, None, &self.now());
+        self.store
+            .update(
+                &Self::key(res, ns, name),
+                next,
+                store::revision_of(&current),
+            )
+            .map_err(|e| ApiError::from_store(e, res, name))
+    }
+
+    /// The `scale` subresource as an autoscaling/v1 Scale.
+    pub fn get_scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+        let obj = self.get(res, ns, name)?;
+        Ok(scale_of(&obj))
+    }
+
+    pub fn update_scale(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        scale: &Value,
+        opts: &WriteOptions,
+    ) -> Result<Value> {
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if replicas < 0 {
+            return Err(ApiError::invalid(
+                res,
+                name,
+                vec![Cause {
+                    reason: "FieldValueInvalid",
+                    field: "spec.replicas".into(),
+                    // Unquoted, as Go prints a number.
+                    message: format!(
+                        "Invalid value: {replicas}: must be greater than or equal to 0"
+                    ),
+                }],
+            ));
+        }
+        let mut obj = self.get(res, ns, name)?;
+        if let Some(rv) = scale
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            && !rv.is_empty()
+        {
+            obj["metadata"]["resourceVersion"] = json!(rv);
+        }
+        obj["spec"]["replicas"] = json!(replicas);
+        let updated = self.update(res, ns, name, obj, None, opts)?;
+        Ok(scale_of(&updated))
+    }
+
+    /// A watch over one resource with selectors. `from` None means "send the current objects
+    /// as ADDED first" (resourceVersion unset or "0").
+    ///
+    /// Nothing is buffered per watcher beyond one chunk: the initial objects are read from a
+    /// snapshot a chunk at a time as the client takes them, and history and live events from
+    /// the store's shared ring or log, filtered by the selectors before any object is loaded.
+    pub fn watch(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        from: Option<Revision>,
+    ) -> Result<ApiWatch> {
+        let ns = if res.namespaced { ns } else { "" };
+        let prefix = store::prefix(res.group, res.plural, ns);
+        let selectors = Arc::new((labels, fields));
+        let (initial, start) = match from {
+            Some(r) => (None, r),
+            None => {
+                let snap = self
+                    .store
+                    .snapshot(&prefix)
+                    .map_err(|e| ApiError::from_store(e, res, ""))?;
+                let rev = snap.revision();
+                (Some(snap), rev)
+            }
+        };
+        let mut inner = self
+            .store
+            .watch(&prefix, start)
+            .map_err(|e| ApiError::from_store(e, res, ""))?;
+        if !(selectors.0.is_empty() && selectors.1.is_empty()) {
+            let s = selectors.clone();
+            inner = inner.with_filter(Box::new(move |e| {
+                s.matches(&e.attrs) || e.prev_attrs.as_ref().is_some_and(|p| s.matches(p))
+            }));
+        }
+        Ok(ApiWatch {
+            initial,
+            pending: VecDeque::new(),
+            start,
+            inner,
+            selectors,
+        })
+    }
+}
+
+/// The selectors of a watch, matched against objects or their [`store::attrs`].
+trait Selects {
+    fn matches(&self, o: &Value) -> bool;
+}
+
+impl Selects for (LabelSelector, FieldSelector) {
+    fn matches(&self, o: &Value) -> bool {
+        self.0.matches_object(o) && self.1.matches(o)
+    }
+}
+
+/// A filtered watch: an object that starts (stops) matching the selectors arrives as ADDED
+/// (DELETED), as Kubernetes' watch cache reports it. Objects arrive as the stored JSON.
+pub struct ApiWatch {
+    /// The initial state still to send (watches without a resourceVersion).
+    initial: Option<Box<dyn store::Snapshot>>,
+    /// A chunk of it, read and not yet sent.
+    pending: VecDeque<Bytes>,
+    /// The revision the initial events (if any) are consistent at.
+    start: Revision,
+    inner: store::Watch,
+    selectors: Arc<(LabelSelector, FieldSelector)>,
+}
+
+impl ApiWatch {
+    pub async fn next(&mut self) -> Option<Result<(EventType, Bytes)>> {
+        if let Err(e) = self.fill_initial() {
+            return Some(Err(e));
+        }
+        if let Some(o) = self.pending.pop_front() {
+            return Some(Ok((EventType::Added, o)));
+        }
+        loop {
+            let event = match self.inner.next().await? {
+                Ok(e) => e,
+                Err(e @ store::Error::Expired { .. }) => {
+                    return Some(Err(ApiError::expired(e.to_string())));
+                }
+                Err(e) => return Some(Err(ApiError::internal(e.to_string()))),
+            };
+            let now = self.selectors.matches(&event.attrs);
+            let before = event
+                .prev_attrs
+                .as_ref()
+                .is_some_and(|p| self.selectors.matches(p));
+            let kind = match (event.kind, before, now) {
+                (EventType::Deleted, true, _) => EventType::Deleted,
+                (EventType::Deleted, false, _) => continue,
+                (_, true, true) => EventType::Modified,
+                (_, false, true) => EventType::Added,
+                (_, true, false) => EventType::Deleted,
+                (_, false, false) => continue,
+            };
+            return Some(Ok((kind, event.object.clone())));
+        }
+    }
+
+    /// Reads the initial state's next chunk that holds a matching object, unless one is
+    /// pending or the initial state is all sent.
+    fn fill_initial(&mut self) -> Result<()> {
+        while self.pending.is_empty() {
+            let Some(snap) = self.initial.as_mut() else {
+                return Ok(());
+            };
+            let chunk = store::blocking(|| snap.next_chunk()).map_err(|e| match e {
+                store::Error::Expired { .. } => ApiError::expired(e.to_string()),
+                e => ApiError::internal(e.to_string()),
+            })?;
+            if chunk.is_empty() {
+                self.initial = None;
+                return Ok(());
+            }
+            let all = self.selectors.0.is_empty() && self.selectors.1.is_empty();
+            for (key, bytes) in chunk {
+                let wanted =
+                    all || store::decode(&key, &bytes).is_ok_and(|o| self.selectors.matches(&o));
+                if wanted {
+                    self.pending.push_back(bytes);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether synthetic ADDED events for the initial state are still to come.
+    pub fn has_initial(&mut self) -> bool {
+        // An unreadable snapshot surfaces as an error from `next`.
+        let _ = self.fill_initial();
+        !self.pending.is_empty()
+    }
+
+    /// The revision the watch started at (the initial state's, for watch-list).
+    pub fn start_revision(&self) -> Revision {
+        self.start
+    }
+
+    /// The revision the watch has reached (for bookmarks).
+    pub fn revision(&self) -> Revision {
+        self.inner.revision()
+    }
+}
+
+/// `(field, message)` when an update touches an immutable field.
+fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String, String)> {
+    match res.kind {
+        "Deployment" | "ReplicaSet"
+            if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
+        {
+            return Some(("spec.selector".into(), "field is immutable".into()));
+        }
+        "Pod" => {
+            let old_node = old.pointer("/spec/nodeName");
+            if old_node.is_some() && old_node != new.pointer("/spec/nodeName") {
+                return Some((
+                    "spec.nodeName".into(),
+                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+                ));
+            }
+            let strip = |v: &Value| {
+                let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+                if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
+                    for c in cs {
+                        if let Some(c) = c.as_object_mut() {
+                            c.remove("image");
+                        }
+                    }
+                }
+                if let Some(m) = s.as_object_mut() {
+                    m.remove("nodeName");
+                    m.remove("activeDeadlineSeconds");
+                    m.remove("tolerations");
+                    m.remove("terminationGracePeriodSeconds");
+                }
+                s
+            };
+            if strip(old) != strip(new) {
+                return Some((
+                    "spec".into(),
+                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+                ));
+            }
+        }
+        _ => {}
+    }
+    None
+}
+
+/// A patch that cannot be applied. JSON patch failures are reported as kube-apiserver does,
+/// as a generic 422 whose cause carries the detail (kubectl prints `The request is invalid:
+/// the server rejected our request due to an error in our request`).
+pub(super) fn patch_error(kind: PatchType, e: patch::Error) -> ApiError {
+    if let patch::Error::BadFormat(why) = e {
+        return ApiError::bad_request(why);
+    }
+    match kind {
+        PatchType::Json => ApiError {
+            details: Some(json!({"causes": [{"reason": "UnexpectedServerResponse",
+                "message": e.to_string()}]})),
+            ..ApiError::new(
+                422,
+                "Invalid",
+                "the server rejected our request due to an error in our request",
+            )
+        },
+        _ => ApiError::new(422, "Invalid", e.to_string()),
+    }
+}
+
+/// Stores `managed` as the object's `metadata.managedFields` (none: the field goes).
+fn set_managed(obj: &mut Value, managed: &[apply::Entry]) {
+    let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    match apply::managed_fields_json(managed) {
+        Some(v) => m.insert("managedFields".into(), v),
+        None => m.remove("managedFields"),
+    };
+}
+
+/// An apply's failure as kube-apiserver reports it: conflicts as a 409 whose causes kubectl
+/// lists before its `--force-conflicts` hint.
+fn apply_error(res: &Resource, name: &str, e: ApplyError) -> ApiError {
+    match e {
+        ApplyError::Conflicts(list) => {
+            let causes: Vec<Value> = list
+                .iter()
+                .map(|c| {
+                    json!({"reason": "FieldManagerConflict",
+                        "message": format!("conflict with {}", c.manager), "field": c.field})
+                })
+                .collect();
+            ApiError {
+                details: Some(json!({"causes": causes})),
+                ..ApiError::new(409, "Conflict", apply::conflict_message(&list))
+            }
+        }
+        ApplyError::Config(c) => ApiError::invalid(
+            res,
+            name,
+            vec![Cause {
+                reason: "FieldValueInvalid",
+                field: String::new(),
+                message: c.to_string(),
+            }],
+        ),
+    }
+}
+
+/// Checks that the body is an object and fills or checks its `apiVersion` / `kind` against the
+/// URL's resource.
+fn check_type(res: &Resource, obj: &mut Value) -> Result<()> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(
+            "the request body must be a JSON object",
+        ));
+    }
+    let want_av = res.api_version();
+    match obj.get("apiVersion").and_then(Value::as_str) {
+        Some(av) if av != want_av => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+        Some(_) => {}
+        None => obj["apiVersion"] = json!(want_av),
+    }
+    match obj.get("kind").and_then(Value::as_str) {
+        Some(k) if k != res.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                res.kind
+            )));
+        }
+        Some(_) => {}
+        None => obj["kind"] = json!(res.kind),
+    }
+    Ok(())
+}
+
+fn decode_continue(token: &str) -> Result<String> {
+    base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let selector = if obj.get("kind").and_then(Value::as_str) == Some("ReplicationController") {
+        obj.pointer("/spec/selector")
+            .map(super::table::map_selector_string)
+            .unwrap_or_default()
+    } else {
+        obj.pointer("/spec/selector")
+            .and_then(|s| kedge_core::selector::from_structured(s).ok())
+            .map(|_| selector_string(obj.pointer("/spec/selector").expect("present")))
+            .unwrap_or_default()
+    };
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta::name(obj),
+            "namespace": meta::namespace(obj),
+            "uid": meta::uid(obj),
+            "resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!("")),
+            "creationTimestamp": obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null),
+        },
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "status": {
+            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "selector": selector,
+        },
+    })
+}
+
+/// The string form of a structured selector (`app=web,tier in (fe)`).
+pub fn selector_string(sel: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
+        for (k, v) in ml {
+            parts.push(format!("{k}={}", v.as_str().unwrap_or_default()));
+        }
+    }
+    if let Some(exprs) = sel.get("matchExpressions").and_then(Value::as_array) {
+        for e in exprs {
+            let key = e.get("key").and_then(Value::as_str).unwrap_or_default();
+            let vals: Vec<&str> = e
+                .get("values")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            parts.push(match e.get("operator").and_then(Value::as_str) {
+                Some("In") => format!("{key} in ({})", vals.join(",")),
+                Some("NotIn") => format!("{key} notin ({})", vals.join(",")),
+                Some("DoesNotExist") => format!("!{key}"),
+                _ => key.to_string(),
+            });
+        }
+    }
+    parts.join(",")
+}
