@@ -62,6 +62,17 @@ fn apply(c: &Cluster, yaml: &str) -> crate::harness::Kubectl {
 fn documentation_examples_apply_get_describe_and_delete() {
     let c = Cluster::start();
 
+    // The CronJob example runs every minute, and its row is read below (a few seconds after
+    // it is created) expecting no run yet: start well clear of a minute boundary.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        % 60;
+    if into_minute > 45 {
+        std::thread::sleep(std::time::Duration::from_secs(61 - into_minute));
+    }
+
     // Every documentation example applies unmodified (server-side validation, Strict).
     for m in MANIFESTS {
         let out = c.k(&["apply", "-f", &manifest(m)]);

@@ -20,12 +20,12 @@ use kedge_tunnel::agent::TunnelClient;
 
 /// Longest wait for a whole non-watch request, answer body included. The agent's requests are
 /// small (an object, a status patch, a list of this node's pods).
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest wait for a watch's response headers.
 const WATCH_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// A watch that says nothing for this long is dead: more than twice the server's one-minute
 /// bookmark interval (the agent always asks for bookmarks).
-pub const WATCH_IDLE: Duration = Duration::from_secs(150);
+pub(crate) const WATCH_IDLE: Duration = Duration::from_secs(150);
 /// How long a request waits for a tunnel that is down to come back before failing.
 const OFFLINE_WAIT: Duration = Duration::from_secs(1);
 
@@ -60,7 +60,7 @@ impl Error {
     /// Whether the server could not be asked (tunnel down, no answer, broken stream, a 5xx,
     /// 429 or 408): what falls back to the node's local copies. An answer from the server
     /// (404, 403, ...) is not.
-    pub fn is_unreachable(&self) -> bool {
+    pub(crate) fn is_unreachable(&self) -> bool {
         match self {
             Error::Tunnel(_) | Error::Offline | Error::Timeout { .. } | Error::Body(_) => true,
             // 429 and 408: the server is there but cannot take it now; try again later.

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::events::Kind;
 use super::objects::{self, ObjRef};
-use super::status::ContainerState;
-use super::{ContainerId, Ctx, LogHandle, PodRun, spec};
+use super::pods::PodRun;
+use super::status::Termination;
+use super::{ContainerId, Ctx, LogHandle, spec};
 use kedge_core::{meta, quantity};
 use kedge_registry::{Credential, Image, ImageKind, Keyring, PullPolicy, Reference};
 use kedge_runtime::oci::{ContainerSpec, Mount, MountSource};
@@ -261,8 +262,8 @@ async fn prepare(
     let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
         .await
         .map_err(Failure::config)?;
-    let env =
-        super::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects).map_err(Failure::config)?;
+    let env = crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects)
+        .map_err(Failure::config)?;
     let (mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
         .await
         .map_err(Failure::config)?;
@@ -291,7 +292,7 @@ async fn prepare(
             .load(bytes)
             .await
             .map_err(|e| Failure::create(e.to_string()))?;
-        let args = super::container_args(c);
+        let args = crate::env::container_args(c);
         return Ok((
             Prepared::Wasm {
                 workload,
@@ -309,7 +310,7 @@ async fn prepare(
     match &img.kind {
         ImageKind::Wasm { module } => {
             let workload = load_module(ctx, module).await?;
-            let args = super::container_args(c);
+            let args = crate::env::container_args(c);
             Ok((
                 Prepared::Wasm {
                     workload,
@@ -397,7 +398,7 @@ async fn mount_volumes(
 }
 
 /// Writes the files of the `configMap`, `secret` and `projected` volumes `c` mounts (those
-/// of running pods are kept up to date by [`super::refresh_volumes`]).
+/// of running pods are kept up to date by [`crate::refresh::refresh_volumes`]).
 fn write_volumes(
     w: &mut objects::VolumeWriter,
     pod: &Value,
@@ -544,7 +545,7 @@ pub(super) async fn run_container(
         .parse()
         .unwrap_or(RestartPolicy::Always);
     let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
-    let dirs = super::pod_dirs(ctx, pod);
+    let dirs = crate::pods::pod_dirs(ctx, pod);
     let dir = dirs.disk.join(&name);
     let Resources {
         memory_limit,
@@ -574,10 +575,7 @@ pub(super) async fn run_container(
                 let wait = backoff(setup_failures.saturating_sub(1));
                 tracing::info!(container = %name, reason = %f.reason, message = %f.message, "container cannot start");
                 let (reason, message) = (f.reason.clone(), f.message.clone());
-                run.update(ctx, i, |r| {
-                    r.state = ContainerState::PullBackOff { reason, message }
-                })
-                .await;
+                run.update(ctx, i, |r| r.pull_failed(reason, message)).await;
                 if f.pull {
                     // kubelet shows ErrImagePull first, then ImagePullBackOff while waiting.
                     if !sleep_or_cancel(Duration::from_secs(1), &cancel).await {
@@ -588,13 +586,8 @@ pub(super) async fn run_container(
                         .pod(pod, Some(&name), Kind::Normal, "BackOff", &message)
                         .await;
                     let detail = format!("{message}: {}", f.message);
-                    run.update(ctx, i, |r| {
-                        r.state = ContainerState::PullBackOff {
-                            reason: "ImagePullBackOff".into(),
-                            message: detail,
-                        }
-                    })
-                    .await;
+                    run.update(ctx, i, |r| r.pull_failed("ImagePullBackOff".into(), detail))
+                        .await;
                 } else {
                     ctx.events
                         .pod(
@@ -614,11 +607,9 @@ pub(super) async fn run_container(
         };
         _in_use.set(digest);
         if let Err(e) = std::fs::create_dir_all(&dir) {
+            let message = format!("creating {}: {e}", dir.display());
             run.update(ctx, i, |r| {
-                r.state = ContainerState::StartError {
-                    reason: "RunContainerError".into(),
-                    message: format!("creating {}: {e}", dir.display()),
-                }
+                r.start_failed("RunContainerError".into(), message)
             })
             .await;
             if !sleep_or_cancel(backoff(0), &cancel).await {
@@ -635,11 +626,9 @@ pub(super) async fn run_container(
             .append(true)
             .open(&log_path)
         {
+            let message = format!("creating {}: {e}", log_path.display());
             run.update(ctx, i, |r| {
-                r.state = ContainerState::StartError {
-                    reason: "RunContainerError".into(),
-                    message: format!("creating {}: {e}", log_path.display()),
-                }
+                r.start_failed("RunContainerError".into(), message)
             })
             .await;
             if !sleep_or_cancel(backoff(0), &cancel).await {
@@ -696,10 +685,7 @@ pub(super) async fn run_container(
         {
             let (image_id, started_at) = (image_id.clone(), started_at.clone());
             run.update(ctx, i, move |r| {
-                r.image_id = image_id;
-                r.ever_started = true;
-                r.restart_count = restart_count;
-                r.state = ContainerState::Running { started_at };
+                r.started(image_id, restart_count, started_at)
             })
             .await;
         }
@@ -795,29 +781,21 @@ pub(super) async fn run_container(
             Err(e) => (128, "Error".to_string(), Some(e.clone())),
         };
         tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
-        let terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at,
-            "finishedAt": finished_at, "message": message});
+        let end = Termination {
+            exit_code: code,
+            reason,
+            message,
+            started_at,
+            finished_at,
+        };
         if should_restart(restart, code) {
             if kedge_runtime::restart::resets_backoff(started.elapsed()) {
                 setup_failures = 0;
             }
             restart_count += 1;
             let wait = backoff(restart_count - 1);
-            {
-                let (reason, started_at, finished_at) =
-                    (reason.clone(), started_at.clone(), finished_at.clone());
-                run.update(ctx, i, move |r| {
-                    r.last_terminated = Some(terminated);
-                    r.restart_count = restart_count;
-                    r.state = ContainerState::BackOff {
-                        exit_code: code,
-                        reason,
-                        started_at,
-                        finished_at,
-                    };
-                })
+            run.update(ctx, i, move |r| r.exited_to_restart(end, restart_count))
                 .await;
-            }
             if restart_count > 1 {
                 ctx.events
                     .pod(
@@ -834,16 +812,7 @@ pub(super) async fn run_container(
             }
             continue;
         }
-        run.update(ctx, i, move |r| {
-            r.state = ContainerState::Done {
-                exit_code: code,
-                reason,
-                message,
-                started_at,
-                finished_at,
-            };
-        })
-        .await;
+        run.update(ctx, i, move |r| r.exited_for_good(end)).await;
         return;
     }
 }

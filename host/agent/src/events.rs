@@ -246,7 +246,7 @@ where
     }
 }
 
-pub struct Recorder {
+pub(crate) struct Recorder {
     client: Client,
     node: String,
     clock: Clock,
@@ -407,7 +407,7 @@ impl Recorder {
     /// Sends the recorded events, in order: each as soon as it is recorded while the server
     /// answers, those recorded while it could not be reached once it answers again. Until
     /// `cancel`.
-    pub async fn flush_loop(&self, cancel: CancellationToken) {
+    pub(crate) async fn flush_loop(&self, cancel: CancellationToken) {
         // Whether the file holds events (an earlier agent's, or ours from an offline period).
         let mut on_disk = self.file.exists();
         // Events waited for a server since the last flush that emptied the outbox.
@@ -478,7 +478,7 @@ impl Recorder {
     }
 
     /// Forgets the events of a pod that is gone (those still waiting are sent all the same).
-    pub fn forget_pod(&self, uid: &str) {
+    pub(crate) fn forget_pod(&self, uid: &str) {
         self.state().seen.retain(|k, _| k.0 != uid);
     }
 }

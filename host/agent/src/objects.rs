@@ -31,7 +31,7 @@ fn arr(v: &Value) -> &[Value] {
 }
 
 /// Everything `pod` names: what the store keeps for it.
-pub fn pod_refs(pod: &Value) -> BTreeSet<ObjRef> {
+pub(crate) fn pod_refs(pod: &Value) -> BTreeSet<ObjRef> {
     kedge_core::pod::referenced_objects(pod)
 }
 
@@ -41,7 +41,7 @@ pub struct Objects(HashMap<ObjRef, Option<Value>>);
 
 impl Objects {
     #[cfg(test)]
-    pub fn from_list(objs: impl IntoIterator<Item = (Kind, Value)>) -> Self {
+    pub(crate) fn from_list(objs: impl IntoIterator<Item = (Kind, Value)>) -> Self {
         Objects(
             objs.into_iter()
                 .map(|(kind, o)| {
@@ -124,7 +124,7 @@ fn valid_env_name(n: &str) -> bool {
 
 /// One `configMapKeyRef` / `secretKeyRef`: the value, or `None` when it is optional and
 /// missing (the variable is then left out, as kubelet does).
-pub fn key_ref(
+pub(crate) fn key_ref(
     objects: &Objects,
     kind: Kind,
     ns: &str,
@@ -185,7 +185,7 @@ pub fn env_from(objects: &Objects, ns: &str, c: &Value) -> Result<Vec<(String, S
 
 /// One file of a `configMap`, `secret` or `projected` volume.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VolumeFile {
+pub(crate) struct VolumeFile {
     /// Relative to the volume's directory.
     pub path: String,
     pub bytes: Vec<u8>,
@@ -270,7 +270,7 @@ fn source_files(
 
 /// The files of `volume` if it is a `configMap`, `secret` or `projected` one; `None` for
 /// other volume types.
-pub fn volume_files(
+pub(crate) fn volume_files(
     objects: &Objects,
     ns: &str,
     volume: &Value,
@@ -475,7 +475,7 @@ fn remove_stale(dir: &Path, current: &str, top: &BTreeSet<&str>, pinned: &BTreeS
 /// the start's resolving and the mount would swap `..data`, remove the directory, and fail the
 /// start. Once unpinned, a directory goes with the next write (the refresh's, at the latest).
 #[derive(Default)]
-pub struct Volumes {
+pub(crate) struct Volumes {
     /// By pod uid; an entry lives while a writer or a pin holds it.
     pods: Mutex<HashMap<String, Weak<PodVolumes>>>,
 }
@@ -505,7 +505,7 @@ impl Volumes {
     /// Runs `f` with the volumes of pod `uid` to itself: on a blocking thread (it does file
     /// I/O), under the pod's lock, which stays held until `f` returns even if the caller
     /// stops waiting. `now` names the timestamped directories written.
-    pub async fn with_pod<T: Send + 'static>(
+    pub(crate) async fn with_pod<T: Send + 'static>(
         &self,
         uid: &str,
         now: chrono::DateTime<chrono::Utc>,
@@ -527,7 +527,7 @@ impl Volumes {
 }
 
 /// The pod's volumes, to one [`Volumes::with_pod`] at a time.
-pub struct VolumeWriter {
+pub(crate) struct VolumeWriter {
     pod: Arc<PodVolumes>,
     now: chrono::DateTime<chrono::Utc>,
     /// The volume directories written, whose timestamped directories [`Self::pin`] may pin.
@@ -614,7 +614,7 @@ impl Drop for Pins {
 }
 
 /// Whether [`write_volume`] has written `dir` (a container of the pod has started with it).
-pub fn volume_written(dir: &Path) -> bool {
+pub(crate) fn volume_written(dir: &Path) -> bool {
     std::fs::symlink_metadata(dir.join(DATA_LINK)).is_ok()
 }
 
@@ -705,7 +705,7 @@ impl Store {
     }
 
     /// Keeps `obj` (temp file of mode 0600 + rename; the directories are 0700).
-    pub fn save(&self, r: &ObjRef, obj: &Value) {
+    pub(crate) fn save(&self, r: &ObjRef, obj: &Value) {
         self.write(r, obj, false);
     }
 

@@ -18,7 +18,7 @@ fn strings(v: Option<&Value>) -> Option<Vec<String>> {
 /// - `command` replaces the image's entrypoint and drops its cmd;
 /// - `args` alone replaces the image's cmd and keeps its entrypoint;
 /// - neither runs the image's entrypoint + cmd.
-pub fn oci_argv(
+pub(crate) fn oci_argv(
     container: &Value,
     entrypoint: &[String],
     cmd: &[String],
@@ -41,7 +41,10 @@ pub fn oci_argv(
 }
 
 /// The image's `KEY=value` environment overridden by the container's.
-pub fn merge_env(image_env: &[String], pod_env: Vec<(String, String)>) -> Vec<(String, String)> {
+pub(crate) fn merge_env(
+    image_env: &[String],
+    pod_env: Vec<(String, String)>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = image_env
         .iter()
         .map(|kv| match kv.split_once('=') {
@@ -59,7 +62,7 @@ pub fn merge_env(image_env: &[String], pod_env: Vec<(String, String)>) -> Vec<(S
 /// One mount of a container: a host directory bound (OCI) or preopened (Wasm) at
 /// `destination`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MountPlan {
+pub(crate) struct MountPlan {
     pub destination: String,
     pub source: PathBuf,
     pub read_only: bool,
@@ -79,7 +82,7 @@ enum VolumeSource {
 /// Where the files of a `configMap`, `secret` or `projected` volume are written; `None` for
 /// other volume types. Volumes that may hold Secrets live in memory (the host's /dev/shm), as
 /// kubelet keeps them on a tmpfs.
-pub fn projected_dir(dirs: &PodDirs, volume: &Value) -> Option<PathBuf> {
+pub(crate) fn projected_dir(dirs: &PodDirs, volume: &Value) -> Option<PathBuf> {
     let name = volume["name"].as_str().unwrap_or_default();
     let base = if volume.get("configMap").is_some() {
         &dirs.disk
@@ -93,7 +96,7 @@ pub fn projected_dir(dirs: &PodDirs, volume: &Value) -> Option<PathBuf> {
 
 /// The node-local directories of one pod's volumes.
 #[derive(Clone, Debug)]
-pub struct PodDirs {
+pub(crate) struct PodDirs {
     /// emptyDir volumes (and the containers' logs).
     pub disk: PathBuf,
     /// emptyDir volumes with `medium: Memory`: under the host's /dev/shm (a tmpfs), so all the

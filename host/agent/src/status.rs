@@ -43,6 +43,24 @@ pub enum ContainerState {
     },
 }
 
+/// How one run of a container ended.
+#[derive(Clone, Debug)]
+pub(crate) struct Termination {
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: Option<String>,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+impl Termination {
+    /// The `terminated` state as `lastState` shows it (`message` null when there is none).
+    pub fn status(&self) -> Value {
+        json!({"exitCode": self.exit_code, "reason": self.reason, "startedAt": self.started_at,
+            "finishedAt": self.finished_at, "message": self.message})
+    }
+}
+
 /// One container's record as the agent keeps it.
 #[derive(Clone, Debug)]
 pub struct ContainerRecord {
@@ -69,6 +87,49 @@ impl ContainerRecord {
             last_terminated: None,
             ever_started: false,
         }
+    }
+
+    /// The image could not be had (`reason` is kubelet's: ErrImagePull, ImagePullBackOff,
+    /// or a config error found while preparing): waiting, retried after a back-off.
+    pub(crate) fn pull_failed(&mut self, reason: String, message: String) {
+        self.state = ContainerState::PullBackOff { reason, message };
+    }
+
+    /// The image loaded but the run could not be set up (its directory or log file).
+    pub(crate) fn start_failed(&mut self, reason: String, message: String) {
+        self.state = ContainerState::StartError { reason, message };
+    }
+
+    /// Run number `restart_count` started from `image_id` at `started_at`.
+    pub fn started(&mut self, image_id: String, restart_count: u32, started_at: String) {
+        self.image_id = image_id;
+        self.ever_started = true;
+        self.restart_count = restart_count;
+        self.state = ContainerState::Running { started_at };
+    }
+
+    /// The run ended and the restart policy restarts it: it becomes `lastState`, the count
+    /// moves to `restart_count`, and the container waits out its back-off.
+    pub(crate) fn exited_to_restart(&mut self, end: Termination, restart_count: u32) {
+        self.last_terminated = Some(end.status());
+        self.restart_count = restart_count;
+        self.state = ContainerState::BackOff {
+            exit_code: end.exit_code,
+            reason: end.reason,
+            started_at: end.started_at,
+            finished_at: end.finished_at,
+        };
+    }
+
+    /// The run ended for good (the restart policy says no more restarts).
+    pub(crate) fn exited_for_good(&mut self, end: Termination) {
+        self.state = ContainerState::Done {
+            exit_code: end.exit_code,
+            reason: end.reason,
+            message: end.message,
+            started_at: end.started_at,
+            finished_at: end.finished_at,
+        };
     }
 
     pub fn ready(&self) -> bool {
@@ -283,5 +344,38 @@ mod tests {
             s["containerStatuses"][0]["state"]["waiting"]["reason"],
             "ImagePullBackOff"
         );
+    }
+
+    #[test]
+    fn a_container_s_runs_move_through_its_transitions() {
+        let end = |code: i32, message: Option<&str>| Termination {
+            exit_code: code,
+            reason: if code == 0 { "Completed" } else { "Error" }.into(),
+            message: message.map(Into::into),
+            started_at: "t1".into(),
+            finished_at: "t2".into(),
+        };
+        let mut r = ContainerRecord::new("c", "img");
+        r.pull_failed("ErrImagePull".into(), "no such image".into());
+        assert_eq!(r.status()["state"]["waiting"]["reason"], "ErrImagePull");
+        assert!(!r.ever_started);
+        r.started("sha256:1".into(), 0, "t1".into());
+        assert!(r.ready() && r.ever_started);
+        assert_eq!(r.status()["imageID"], "sha256:1");
+        r.exited_to_restart(end(1, Some("boom")), 1);
+        let s = r.status();
+        assert_eq!(s["restartCount"], 1);
+        assert_eq!(s["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(s["lastState"]["terminated"]["exitCode"], 1);
+        assert_eq!(s["lastState"]["terminated"]["message"], "boom");
+        r.start_failed("RunContainerError".into(), "disk full".into());
+        assert_eq!(r.status()["state"]["waiting"]["message"], "disk full");
+        r.started("sha256:1".into(), 1, "t3".into());
+        r.exited_for_good(end(0, None));
+        let s = r.status();
+        assert_eq!(s["state"]["terminated"]["reason"], "Completed");
+        assert!(s["state"]["terminated"].get("message").is_none());
+        assert_eq!(s["restartCount"], 1);
+        assert_eq!(phase(&[r]), "Succeeded");
     }
 }

@@ -23,7 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use kedge_runtime::stdio::{Attach, Input};
 
-use super::{Kubelet, LogHandle};
+use super::LogHandle;
+use super::kubelet::Kubelet;
 use kedge_core::channel::{self, CHANNEL_UPGRADE, CHUNK, Frame, READ_AHEAD, TCP_UPGRADE};
 use kedge_tunnel::frames::write_frames;
 

@@ -25,11 +25,11 @@ use kedge_core::meta;
 use kedge_store::{self as store, Store};
 
 /// The service CIDR (K3s's default).
-pub const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
+pub(crate) const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
 /// The first IP of the range goes to the `kubernetes` Service, as in every cluster.
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
-pub const NODE_PORT_MIN: u16 = 30000;
-pub const NODE_PORT_MAX: u16 = 32767;
+pub(crate) const NODE_PORT_MIN: u16 = 30000;
+pub(crate) const NODE_PORT_MAX: u16 = 32767;
 
 /// kube-apiserver's static band: min(max(16, size/16), 256) IPs, min(max(16, size/16), 128)
 /// ports.
@@ -76,7 +76,7 @@ fn needs_node_ports(spec: &Value) -> bool {
 
 /// The IPs and ports held by `services`, except the one named `ns/name` (the object being
 /// written: on update its old values are its own).
-pub fn used_by(services: &[Value], ns: &str, name: &str) -> Used {
+pub(crate) fn used_by(services: &[Value], ns: &str, name: &str) -> Used {
     let mut used = Used::default();
     for s in services {
         if meta::namespace(s) == ns && meta::name(s) == name {
@@ -147,7 +147,7 @@ fn go_strings(v: &[&str]) -> String {
 /// Fills in `spec.clusterIP`/`clusterIPs` and the ports' `nodePort`s of a Service about to be
 /// stored, checking requested values against the range and `used`. `seed` picks where the
 /// search for a free value starts (random in production, fixed in tests).
-pub fn assign(svc: &mut Value, used: &Used, seed: u32) -> Result<(), Vec<Cause>> {
+pub(crate) fn assign(svc: &mut Value, used: &Used, seed: u32) -> Result<(), Vec<Cause>> {
     let mut causes = Vec::new();
     let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) else {
         return Ok(());
@@ -281,7 +281,7 @@ pub fn assign(svc: &mut Value, used: &Used, seed: u32) -> Result<(), Vec<Cause>>
 
 /// Serialises Service allocations (see the module documentation).
 #[derive(Debug, Default)]
-pub struct Allocator {
+pub(crate) struct Allocator {
     lock: Mutex<()>,
 }
 

@@ -6,7 +6,7 @@ pub use kedge_tunnel::Identity;
 
 /// `authentication.k8s.io/v1` SelfSubjectReview of the caller (`kubectl auth whoami`): who
 /// the request authenticated as. Answered, never stored.
-pub fn self_subject_review(id: &Identity) -> serde_json::Value {
+pub(crate) fn self_subject_review(id: &Identity) -> serde_json::Value {
     serde_json::json!({
         "kind": "SelfSubjectReview",
         "apiVersion": "authentication.k8s.io/v1",

@@ -18,7 +18,7 @@ pub const MAX_BODY: usize = kedge_store::MAX_OBJECT_BYTES + 64 * 1024;
 /// Nesting depth of YAML bodies: serde-saphyr's default, which keeps its recursion within a
 /// 2 MiB thread stack even in a debug build (JSON keeps serde_json's 128; a Kubernetes
 /// object nests about twenty deep).
-pub const YAML_MAX_DEPTH: usize = 64;
+pub(crate) const YAML_MAX_DEPTH: usize = 64;
 
 /// Nodes (scalars, sequences, mappings) of a YAML body: a manifest has hundreds; the slowest
 /// shape of 16,384 parses in ~15 ms here (`--bench memory`). Bigger documents can be sent
@@ -43,7 +43,7 @@ fn off_workers<T>(len: usize, f: impl FnOnce() -> T) -> T {
 }
 
 /// The answer to a body over [`MAX_BODY`], in kube-apiserver's words.
-pub fn too_large(_: axum::Error) -> super::ApiError {
+pub(crate) fn too_large(_: axum::Error) -> super::ApiError {
     super::ApiError::new(
         413,
         "RequestEntityTooLarge",

@@ -8,7 +8,7 @@ use kedge_core::resources::{RESOURCES, Resource, groups};
 /// Create-only resources answered from the request and never stored (kube-apiserver's
 /// "virtual" review resources). They live here, not in the resource table, because routing,
 /// storage, OpenAPI and plugin permissions read that table and must not see them.
-pub static VIRTUAL: &[Resource] = &[
+pub(crate) static VIRTUAL: &[Resource] = &[
     Resource {
         group: "authentication.k8s.io",
         version: "v1",
@@ -76,7 +76,7 @@ fn served_groups() -> Vec<(&'static str, &'static str)> {
     out
 }
 
-pub const AGGREGATED_CONTENT_TYPE: &str =
+pub(crate) const AGGREGATED_CONTENT_TYPE: &str =
     "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 pub fn version() -> Value {
@@ -94,7 +94,7 @@ pub fn version() -> Value {
 }
 
 /// Every verb of a stored resource kind.
-pub const VERBS: &[&str] = &[
+pub(crate) const VERBS: &[&str] = &[
     "create",
     "delete",
     "deletecollection",
@@ -167,7 +167,7 @@ fn aggregated_resource(r: &Resource) -> Value {
 }
 
 /// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
-pub fn aggregated(core: bool) -> Value {
+pub(crate) fn aggregated(core: bool) -> Value {
     let mut items = Vec::new();
     let group_list: Vec<(&str, &str)> = if core {
         vec![("", "v1")]
@@ -187,7 +187,7 @@ pub fn aggregated(core: bool) -> Value {
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
-pub fn api_versions() -> Value {
+pub(crate) fn api_versions() -> Value {
     json!({
         "kind": "APIVersions",
         "versions": ["v1"],
@@ -204,7 +204,7 @@ fn group_doc(g: &str, v: &str) -> Value {
     })
 }
 
-pub fn api_group_list() -> Value {
+pub(crate) fn api_group_list() -> Value {
     let groups: Vec<Value> = served_groups()
         .iter()
         .map(|(g, v)| group_doc(g, v))
@@ -212,7 +212,7 @@ pub fn api_group_list() -> Value {
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
-pub fn api_group(group: &str) -> Option<Value> {
+pub(crate) fn api_group(group: &str) -> Option<Value> {
     let (g, v) = served_groups().into_iter().find(|(g, _)| *g == group)?;
     let mut d = group_doc(g, v);
     d["kind"] = json!("APIGroup");
@@ -222,7 +222,7 @@ pub fn api_group(group: &str) -> Option<Value> {
 
 /// `/api/v1` or `/apis/<g>/<v>` as an APIResourceList; None when the group-version is not
 /// served.
-pub fn resource_list(group: &str, version: &str) -> Option<Value> {
+pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
     let rs: Vec<&Resource> = served()
         .filter(|r| r.group == group && r.version == version)
         .collect();

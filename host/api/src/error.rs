@@ -80,7 +80,7 @@ impl ApiError {
         }
     }
 
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
 
@@ -95,7 +95,7 @@ impl ApiError {
         }
     }
 
-    pub fn path_not_found(path: &str) -> Self {
+    pub(crate) fn path_not_found(path: &str) -> Self {
         Self::new(
             404,
             "NotFound",
@@ -103,7 +103,7 @@ impl ApiError {
         )
     }
 
-    pub fn already_exists(res: &Resource, name: &str) -> Self {
+    pub(crate) fn already_exists(res: &Resource, name: &str) -> Self {
         ApiError {
             details: Some(json!({"name": name, "group": res.group, "kind": res.plural})),
             ..Self::new(
@@ -135,7 +135,7 @@ impl ApiError {
 
     /// 422 on request options (`ListOptions`, `DeleteOptions`) of meta.k8s.io, worded as
     /// kube-apiserver's `ListOptions.meta.k8s.io "" is invalid: ...`.
-    pub fn invalid_options(kind: &'static str, causes: Vec<Cause>) -> Self {
+    pub(crate) fn invalid_options(kind: &'static str, causes: Vec<Cause>) -> Self {
         Self::invalid_kind(
             &format!("{kind}.meta.k8s.io"),
             kind,
@@ -165,11 +165,11 @@ impl ApiError {
         }
     }
 
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+    pub(crate) fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }
 
-    pub fn unsupported_media(ct: &str) -> Self {
+    pub(crate) fn unsupported_media(ct: &str) -> Self {
         Self::new(
             415,
             "UnsupportedMediaType",
@@ -200,7 +200,7 @@ impl ApiError {
     }
 
     /// Maps a store error for the object `name` of `res`.
-    pub fn from_store(e: store::Error, res: &Resource, name: &str) -> Self {
+    pub(crate) fn from_store(e: store::Error, res: &Resource, name: &str) -> Self {
         match e {
             store::Error::NotFound => Self::not_found(res, name),
             store::Error::AlreadyExists => Self::already_exists(res, name),

@@ -1,29 +1,30 @@
 //! The Kubernetes API server: object verbs ([`ops`]), their HTTP surface ([`http`]),
-//! discovery, OpenAPI, Tables, per-kind defaulting and validation ([`kinds`], with kedge's own
-//! Plugin kind in [`plugin_kind`]), authentication ([`auth`], service-account [`tokens`],
-//! node bootstrap in [`node_identity`]) and authorization ([`authz`], [`rbac`]).
+//! discovery, OpenAPI, Tables, per-kind rules (defaulting, validation, columns, typed form:
+//! [`kinds`], one file per kind; kedge's own Plugin kind in [`plugin_kind`]), authentication
+//! ([`auth`], service-account [`tokens`], node bootstrap in [`node_identity`]) and
+//! authorization ([`authz`], [`rbac`]).
 //!
 //! It depends on the store and the pure core, never on the plugin host or the node agent:
 //! both of those call into it.
 
 pub mod alloc;
 pub mod auth;
-pub mod authz;
+mod authz;
 pub mod body;
-pub mod discovery;
+mod discovery;
 pub mod error;
 pub mod http;
-pub mod kinds;
+mod kinds;
 pub mod node_identity;
-pub mod openapi;
+mod openapi;
 pub mod ops;
 pub mod plugin_kind;
-pub mod protobuf;
+mod protobuf;
 pub mod rbac;
 pub mod schema;
-pub mod spdy;
+mod spdy;
 mod stream;
-pub mod table;
+mod table;
 pub mod tokens;
 
 pub use error::ApiError;

@@ -36,7 +36,7 @@ pub fn configmaps() -> &'static Resource {
 
 /// The revocation list a ConfigMap holds. Values that do not parse are skipped with a
 /// warning: a typo must not lock every node out, nor silently un-revoke the others.
-pub fn parse_revocations(cm: &Value) -> HashMap<String, SystemTime> {
+pub(crate) fn parse_revocations(cm: &Value) -> HashMap<String, SystemTime> {
     let mut out = HashMap::new();
     let Some(data) = cm.get("data").and_then(Value::as_object) else {
         return out;
@@ -262,13 +262,13 @@ impl BootstrapValidator for StoreTokens {
 }
 
 /// A Secret's `data` field `k`, base64-decoded as UTF-8.
-pub fn secret_field(s: &Value, k: &str) -> Option<String> {
+pub(crate) fn secret_field(s: &Value, k: &str) -> Option<String> {
     let b64 = s.pointer(&format!("/data/{k}"))?.as_str()?;
     let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
     String::from_utf8(bytes).ok()
 }
 
-pub fn token_secret_valid(
+pub(crate) fn token_secret_valid(
     s: &Value,
     token: &BootstrapToken,
     now: chrono::DateTime<chrono::Utc>,

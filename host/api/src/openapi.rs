@@ -18,7 +18,6 @@ use std::sync::LazyLock;
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use k8s_openapi::schemars::JsonSchema;
 use k8s_openapi::schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
@@ -43,7 +42,7 @@ pub fn root() -> Bytes {
 }
 
 /// The document of one group-version (`""` for core).
-pub fn group_version(group: &str, version: &str) -> Option<Bytes> {
+pub(crate) fn group_version(group: &str, version: &str) -> Option<Bytes> {
     let path = gv_path(group, version);
     DOCUMENTS
         .group_versions
@@ -103,49 +102,8 @@ fn build() -> Documents {
 
 /// Registers the Kubernetes type of a served kind; returns its definition name.
 fn register(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    };
-    fn add<T: JsonSchema>(generator: &mut SchemaGenerator) -> String {
-        generator.subschema_for::<T>();
-        T::schema_name().into_owned()
-    }
-    let g = generator;
-    Some(match (r.group, r.kind) {
-        ("", "Namespace") => add::<core::Namespace>(g),
-        ("", "Node") => add::<core::Node>(g),
-        ("", "Pod") => add::<core::Pod>(g),
-        ("", "Event") => add::<core::Event>(g),
-        ("", "Secret") => add::<core::Secret>(g),
-        ("", "ConfigMap") => add::<core::ConfigMap>(g),
-        ("", "Service") => add::<core::Service>(g),
-        ("", "Endpoints") => add::<core::Endpoints>(g),
-        ("", "ServiceAccount") => add::<core::ServiceAccount>(g),
-        ("apps", "ControllerRevision") => add::<apps::ControllerRevision>(g),
-        ("apps", "DaemonSet") => add::<apps::DaemonSet>(g),
-        ("apps", "Deployment") => add::<apps::Deployment>(g),
-        ("apps", "ReplicaSet") => add::<apps::ReplicaSet>(g),
-        ("", "ReplicationController") => add::<core::ReplicationController>(g),
-        ("apps", "StatefulSet") => add::<apps::StatefulSet>(g),
-        ("batch", "Job") => add::<batch::Job>(g),
-        ("batch", "CronJob") => add::<batch::CronJob>(g),
-        ("coordination.k8s.io", "Lease") => add::<coord::Lease>(g),
-        ("discovery.k8s.io", "EndpointSlice") => {
-            add::<k8s_openapi::api::discovery::v1::EndpointSlice>(g)
-        }
-        ("rbac.authorization.k8s.io", "ClusterRole") => {
-            add::<k8s_openapi::api::rbac::v1::ClusterRole>(g)
-        }
-        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
-            add::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(g)
-        }
-        ("rbac.authorization.k8s.io", "Role") => add::<k8s_openapi::api::rbac::v1::Role>(g),
-        ("rbac.authorization.k8s.io", "RoleBinding") => {
-            add::<k8s_openapi::api::rbac::v1::RoleBinding>(g)
-        }
-        ("plugins.kedge.io", "Plugin") => add::<crate::plugin_kind::PluginObject>(g),
-        _ => return None,
-    })
+    let typed = crate::kinds::rules(r).typed()?;
+    Some(typed.register(generator))
 }
 
 /// All definitions, post-processed, and the definition name of each served kind that has one.

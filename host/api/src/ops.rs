@@ -38,7 +38,7 @@ pub struct ListOptions {
 }
 
 /// One page of a list (see [`Api::list_page`]).
-pub struct ListPage {
+pub(crate) struct ListPage {
     /// The revision the list is consistent at.
     pub rev: Revision,
     /// The objects as stored (JSON).
@@ -133,7 +133,7 @@ pub struct DeleteOptions {
 impl DeleteOptions {
     /// Reads a `DeleteOptions` body (kubectl) — query parameters (Python) are merged by the
     /// caller.
-    pub fn from_body(v: &Value) -> Result<Self> {
+    pub(crate) fn from_body(v: &Value) -> Result<Self> {
         let mut o = DeleteOptions::default();
         if let Some(p) = v.get("propagationPolicy").and_then(Value::as_str) {
             o.propagation = Some(parse_propagation(p)?);
@@ -157,7 +157,7 @@ impl DeleteOptions {
     }
 }
 
-pub fn parse_propagation(p: &str) -> Result<Propagation> {
+pub(crate) fn parse_propagation(p: &str) -> Result<Propagation> {
     match p {
         "Background" => Ok(Propagation::Background),
         "Foreground" => Ok(Propagation::Foreground),
@@ -197,7 +197,7 @@ const FOREGROUND_DELETION: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 /// `spec.finalizers` entry of a namespace: removed by the namespace controller once the
 /// namespace is empty.
-pub const NAMESPACE_FINALIZER: &str = "kubernetes";
+pub(crate) const NAMESPACE_FINALIZER: &str = "kubernetes";
 
 /// Metadata fields a client can never change through PUT or PATCH.
 const SERVER_OWNED_META: &[&str] = &[
@@ -258,7 +258,7 @@ impl Api {
 
     /// One page of a list: the matching objects as stored, read one at a time (an object is
     /// parsed only to test selectors), so a list costs the memory of its answer.
-    pub fn list_page(
+    pub(crate) fn list_page(
         &self,
         res: &'static Resource,
         ns: &str,
@@ -986,12 +986,12 @@ impl Api {
     }
 
     /// The `scale` subresource as an autoscaling/v1 Scale.
-    pub fn get_scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+    pub(crate) fn get_scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
         let obj = self.get(res, ns, name)?;
         Ok(scale_of(&obj))
     }
 
-    pub fn update_scale(
+    pub(crate) fn update_scale(
         &self,
         res: &'static Resource,
         ns: &str,
@@ -1163,14 +1163,14 @@ impl ApiWatch {
     }
 
     /// Whether synthetic ADDED events for the initial state are still to come.
-    pub fn has_initial(&mut self) -> bool {
+    pub(crate) fn has_initial(&mut self) -> bool {
         // An unreadable snapshot surfaces as an error from `next`.
         let _ = self.fill_initial();
         !self.pending.is_empty()
     }
 
     /// The revision the watch started at (the initial state's, for watch-list).
-    pub fn start_revision(&self) -> Revision {
+    pub(crate) fn start_revision(&self) -> Revision {
         self.start
     }
 
@@ -1355,7 +1355,7 @@ fn scale_of(obj: &Value) -> Value {
 }
 
 /// The string form of a structured selector (`app=web,tier in (fe)`).
-pub fn selector_string(sel: &Value) -> String {
+pub(crate) fn selector_string(sel: &Value) -> String {
     let mut parts = Vec::new();
     if let Some(ml) = sel.get("matchLabels").and_then(Value::as_object) {
         for (k, v) in ml {

@@ -12,10 +12,12 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::error::Cause;
-use kedge_core::resources;
+use crate::kinds::table_fmt::{CREATED, Column, age, col, name, s};
+use crate::kinds::{self, KindRules, Typed};
+use kedge_core::resources::{self, Resource};
 
 /// Reconciles a new version must complete without trapping before it replaces the previous
 /// one for good.
@@ -185,13 +187,89 @@ pub const BUILTIN_NAMES: &[&str] = &[
 ];
 
 /// [`BUILTIN_NAMES`], as a list.
-pub fn builtin_names() -> Vec<&'static str> {
+pub(crate) fn builtin_names() -> Vec<&'static str> {
     BUILTIN_NAMES.to_vec()
 }
 
 /// Whether a kind reference is the wildcard (`*`/`*`).
 pub fn is_wildcard(api_version: &str, kind: &str) -> bool {
     api_version == "*" && kind == "*"
+}
+
+/// The kind's rules, as [`crate::kinds::rules`] finds them.
+pub(crate) struct Rules;
+
+static COLUMNS: [Column; 8] = [
+    col("Name", "string", 0),
+    col("Role", "string", 0),
+    col("Source", "string", 0),
+    col("Digest", "string", 0),
+    col("Phase", "string", 0),
+    col("Age", "string", 0),
+    col("Ready", "string", 1),
+    col("Message", "string", 1),
+];
+
+impl KindRules for Rules {
+    fn default(&self, obj: &mut Value) {
+        default(obj);
+    }
+
+    fn prepare_update(&self, old: &Value, new: &mut Value) {
+        prepare_update(old, new);
+    }
+
+    fn validate(
+        &self,
+        _res: &Resource,
+        obj: &Value,
+        _old: Option<&Value>,
+        causes: &mut Vec<Cause>,
+    ) {
+        validate(obj, causes);
+    }
+
+    fn columns(&self) -> &'static [Column] {
+        &COLUMNS
+    }
+
+    fn cells(&self, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
+        let ready = o
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+        let source = serde_json::from_value::<PluginSource>(
+            o.pointer("/spec/source").cloned().unwrap_or(Value::Null),
+        )
+        .map(|s| s.describe())
+        .unwrap_or_default();
+        let digest = s(o, "/status/activeDigest");
+        let short = digest
+            .strip_prefix("sha256:")
+            .map_or(digest, |h| &h[..h.len().min(12)]);
+        vec![
+            name(o),
+            json!(s(o, "/spec/role")),
+            json!(source),
+            json!(short),
+            json!(s(o, "/status/phase")),
+            json!(age(o, CREATED, now)),
+            json!(ready.map_or(String::new(), |c| format!(
+                "{} ({})",
+                c["status"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default()
+            ))),
+            json!(
+                ready
+                    .and_then(|c| c["message"].as_str())
+                    .unwrap_or_default()
+            ),
+        ]
+    }
+
+    fn typed(&self) -> Option<&'static dyn Typed> {
+        kinds::typed::<PluginObject>()
+    }
 }
 
 /// Fills in the defaults Kubernetes users see in `kubectl get -o yaml`.
@@ -210,7 +288,7 @@ pub fn default(obj: &mut Value) {
 /// annotation) switches to the new one, as kube-apiserver drops the fields of a union member
 /// that is no longer selected. Sources the update does not change are dropped only when
 /// exactly one source changed.
-pub fn prepare_update(old: &Value, new: &mut Value) {
+pub(crate) fn prepare_update(old: &Value, new: &mut Value) {
     const SOURCES: [&str; 3] = ["builtin", "file", "image"];
     let old_src = old.pointer("/spec/source");
     let Some(src) = new

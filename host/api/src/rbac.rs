@@ -19,16 +19,16 @@ use std::sync::{Arc, RwLock};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::error::{ApiError, Cause};
+use super::error::ApiError;
 use super::ops::{Api, WriteOptions};
 use crate::auth::Identity;
 use kedge_core::meta;
 use kedge_core::resources::{self, Resource};
 use kedge_store::informer::Informers;
 
-pub const GROUP: &str = "rbac.authorization.k8s.io";
+pub(crate) const GROUP: &str = "rbac.authorization.k8s.io";
 /// Callers in this group are not subject to authorization at all, as in Kubernetes.
-pub const MASTERS_GROUP: &str = "system:masters";
+pub(crate) const MASTERS_GROUP: &str = "system:masters";
 
 /// What a request asks to do, in the authorizer's terms (kube's `authorizer.Attributes`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -67,7 +67,7 @@ impl Attributes {
         }
     }
 
-    pub fn non_resource(verb: &str, path: &str) -> Self {
+    pub(crate) fn non_resource(verb: &str, path: &str) -> Self {
         Attributes {
             verb: verb.into(),
             path: path.into(),
@@ -83,7 +83,7 @@ pub fn applies(id: &Identity) -> bool {
 
 /// One `PolicyRule`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Rule {
+pub(crate) struct Rule {
     pub verbs: Vec<String>,
     pub api_groups: Vec<String>,
     pub resources: Vec<String>,
@@ -236,7 +236,7 @@ fn rules_of(v: &Value) -> Vec<Rule> {
 }
 
 impl Policy {
-    pub fn from_objects(
+    pub(crate) fn from_objects(
         cluster_roles: &[Value],
         roles: &[Value],
         cluster_bindings: &[Value],
@@ -306,7 +306,7 @@ impl Policy {
     /// Every rule that applies to `id` in `namespace` (SelfSubjectRulesReview, `kubectl auth
     /// can-i --list`): ClusterRoleBindings' everywhere, RoleBindings' in their namespace, and
     /// path rules only from ClusterRoleBindings.
-    pub fn rules_for(&self, id: &Identity, namespace: &str) -> Vec<Rule> {
+    pub(crate) fn rules_for(&self, id: &Identity, namespace: &str) -> Vec<Rule> {
         let mut out = Vec::new();
         for b in &self.bindings {
             if b.namespace.as_ref().is_some_and(|ns| ns != namespace)
@@ -375,7 +375,7 @@ impl Authorizer {
     }
 
     /// The rules that apply to `id` in `namespace`.
-    pub fn rules_for(&self, id: &Identity, namespace: &str) -> Vec<Rule> {
+    pub(crate) fn rules_for(&self, id: &Identity, namespace: &str) -> Vec<Rule> {
         self.policy().rules_for(id, namespace)
     }
 
@@ -392,7 +392,7 @@ impl Authorizer {
     /// what it holds itself — every (verb, group, resource, name) of a new role's rules, or
     /// of the role a new binding refers to — unless it may `escalate` the roles or `bind`
     /// the referenced role. Wildcards are checked literally, so only a wildcard grants one.
-    pub fn check_escalation(
+    pub(crate) fn check_escalation(
         &self,
         id: &Identity,
         res: &Resource,
@@ -558,161 +558,10 @@ pub fn forbidden(id: &Identity, a: &Attributes, reason: &str) -> ApiError {
     }
 }
 
-/// kube's defaulting of binding subjects: Users and Groups are in the RBAC API group.
-pub fn default_subjects(obj: &mut Value) {
-    if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
-        for s in subjects {
-            let kind = s.get("kind").and_then(Value::as_str).unwrap_or_default();
-            if matches!(kind, "User" | "Group")
-                && s.get("apiGroup")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-            {
-                s["apiGroup"] = json!(GROUP);
-            }
-        }
-    }
-}
-
-/// kube's `ValidatePolicyRule` over a Role's or ClusterRole's rules.
-pub fn validate_role(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
-    let rules = obj.get("rules").and_then(Value::as_array);
-    for (i, v) in rules.into_iter().flatten().enumerate() {
-        let at = format!("rules[{i}]");
-        let r = Rule::from_json(v);
-        if r.verbs.is_empty() {
-            causes.push(Cause {
-                message: "Required value: verbs must contain at least one value".into(),
-                ..Cause::required(format!("{at}.verbs"))
-            });
-        }
-        if !r.non_resource_urls.is_empty() {
-            let urls = format!("[]string{{{}}}", quoted(&r.non_resource_urls));
-            if res.namespaced {
-                causes.push(Cause {
-                    reason: "FieldValueInvalid",
-                    field: format!("{at}.nonResourceURLs"),
-                    message: format!(
-                        "Invalid value: {urls}: namespaced rules cannot apply to non-resource URLs"
-                    ),
-                });
-            }
-            if !r.api_groups.is_empty() || !r.resources.is_empty() {
-                causes.push(Cause {
-                    reason: "FieldValueInvalid",
-                    field: format!("{at}.nonResourceURLs"),
-                    message: format!(
-                        "Invalid value: {urls}: rules cannot apply to both regular resources and non-resource URLs"
-                    ),
-                });
-            }
-            continue;
-        }
-        if r.api_groups.is_empty() {
-            causes.push(Cause {
-                message: "Required value: resource rules must supply at least one api group".into(),
-                ..Cause::required(format!("{at}.apiGroups"))
-            });
-        }
-        if r.resources.is_empty() {
-            causes.push(Cause {
-                message: "Required value: resource rules must supply at least one resource".into(),
-                ..Cause::required(format!("{at}.resources"))
-            });
-        }
-    }
-}
-
-/// RBAC object names are path segments (`system:discovery` is one), as kube's
-/// `ValidateRBACName`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err(format!("may not be '{name}'"));
-    }
-    for bad in ["/", "%"] {
-        if name.contains(bad) {
-            return Err(format!("may not contain '{bad}'"));
-        }
-    }
-    Ok(())
-}
-
-fn quoted(v: &[String]) -> String {
-    v.iter()
-        .map(|s| format!("{s:?}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// kube's `ValidateRoleBinding` / `ValidateClusterRoleBinding`.
-pub fn validate_binding(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
-    let role_ref = obj.get("roleRef").unwrap_or(&Value::Null);
-    let s = |v: &Value, k: &str| {
-        v.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let group = s(role_ref, "apiGroup");
-    if group != GROUP {
-        causes.push(Cause::unsupported("roleRef.apiGroup", &group, &[GROUP]));
-    }
-    let kind = s(role_ref, "kind");
-    let kinds: &[&str] = if res.namespaced {
-        &["Role", "ClusterRole"]
-    } else {
-        &["ClusterRole"]
-    };
-    if !kinds.contains(&kind.as_str()) {
-        causes.push(Cause::unsupported("roleRef.kind", &kind, kinds));
-    }
-    let name = s(role_ref, "name");
-    if name.is_empty() {
-        causes.push(Cause::required("roleRef.name"));
-    } else if let Err(why) = validate_name(&name) {
-        causes.push(Cause::invalid("roleRef.name", &name, why));
-    }
-    let subjects = obj.get("subjects").and_then(Value::as_array);
-    for (i, sub) in subjects.into_iter().flatten().enumerate() {
-        let at = format!("subjects[{i}]");
-        if s(sub, "name").is_empty() {
-            causes.push(Cause::required(format!("{at}.name")));
-        }
-        let group = s(sub, "apiGroup");
-        match s(sub, "kind").as_str() {
-            "ServiceAccount" => {
-                if !group.is_empty() {
-                    causes.push(Cause::unsupported(format!("{at}.apiGroup"), &group, &[""]));
-                }
-                if !res.namespaced && s(sub, "namespace").is_empty() {
-                    causes.push(Cause::required(format!("{at}.namespace")));
-                }
-            }
-            "User" | "Group" => {
-                if group != GROUP {
-                    causes.push(Cause::unsupported(
-                        format!("{at}.apiGroup"),
-                        &group,
-                        &[GROUP],
-                    ));
-                }
-            }
-            other => causes.push(Cause::unsupported(
-                format!("{at}.kind"),
-                other,
-                &["ServiceAccount", "User", "Group"],
-            )),
-        }
-    }
-}
-
 /// The default ClusterRoles and ClusterRoleBindings (kube-apiserver's bootstrap policy,
 /// trimmed to what kedge serves): discovery and self-review for everyone authenticated,
 /// `cluster-admin` for `system:masters`, and the user-facing `admin`, `edit` and `view`.
-pub fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
+pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
     let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| json!({"apiGroups": groups, "resources": resources, "verbs": verbs});
     let read = ["get", "list", "watch"];
     let write = ["create", "delete", "deletecollection", "patch", "update"];
@@ -1117,41 +966,6 @@ mod tests {
         assert_eq!(
             e.message,
             "forbidden: User \"system:serviceaccount:a:b\" cannot get path \"/metrics\""
-        );
-    }
-
-    #[test]
-    fn validation_requires_the_essentials() {
-        let role = resources::by_kind("rbac.authorization.k8s.io/v1", "Role").unwrap();
-        let crb = resources::by_kind("rbac.authorization.k8s.io/v1", "ClusterRoleBinding").unwrap();
-        let mut causes = Vec::new();
-        validate_role(
-            role,
-            &json!({"rules": [{"apiGroups": [""], "resources": ["pods"]},
-                {"nonResourceURLs": ["/x"], "verbs": ["get"]}, {"verbs": ["get"]}]}),
-            &mut causes,
-        );
-        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "rules[0].verbs",
-                "rules[1].nonResourceURLs",
-                "rules[2].apiGroups",
-                "rules[2].resources"
-            ]
-        );
-        let mut causes = Vec::new();
-        validate_binding(
-            crb,
-            &json!({"roleRef": {"apiGroup": GROUP, "kind": "Role", "name": "x"},
-                "subjects": [{"kind": "ServiceAccount", "name": "a"}, {"kind": "Robot", "name": "r"}]}),
-            &mut causes,
-        );
-        let fields: Vec<&str> = causes.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["roleRef.kind", "subjects[0].namespace", "subjects[1].kind"]
         );
     }
 

@@ -31,54 +31,11 @@ pub struct Decoded {
     pub unknown: Vec<String>,
 }
 
-fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(
-    v: &Value,
-) -> Result<Value, String> {
-    let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
-    serde_json::to_value(typed).map_err(|e| e.to_string())
-}
-
 /// Decodes `obj` as the Kubernetes type of `res`. Kinds without a typed struct pass through.
 pub fn decode(res: &Resource, obj: &Value) -> Result<Decoded, String> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, batch::v1 as batch, coordination::v1 as coord, core::v1 as core,
-    };
-    let normalised = match (res.group, res.kind) {
-        ("", "Pod") => round_trip::<core::Pod>(obj)?,
-        ("", "Node") => round_trip::<core::Node>(obj)?,
-        ("", "Namespace") => round_trip::<core::Namespace>(obj)?,
-        ("", "Event") => round_trip::<core::Event>(obj)?,
-        ("", "Secret") => round_trip::<core::Secret>(obj)?,
-        ("", "ConfigMap") => round_trip::<core::ConfigMap>(obj)?,
-        ("apps", "Deployment") => round_trip::<apps::Deployment>(obj)?,
-        ("", "Service") => round_trip::<core::Service>(obj)?,
-        ("", "Endpoints") => round_trip::<core::Endpoints>(obj)?,
-        ("", "ServiceAccount") => round_trip::<core::ServiceAccount>(obj)?,
-        ("apps", "ReplicaSet") => round_trip::<apps::ReplicaSet>(obj)?,
-        ("", "ReplicationController") => round_trip::<core::ReplicationController>(obj)?,
-        ("apps", "StatefulSet") => round_trip::<apps::StatefulSet>(obj)?,
-        ("apps", "DaemonSet") => round_trip::<apps::DaemonSet>(obj)?,
-        ("apps", "ControllerRevision") => round_trip::<apps::ControllerRevision>(obj)?,
-        ("batch", "Job") => round_trip::<batch::Job>(obj)?,
-        ("batch", "CronJob") => round_trip::<batch::CronJob>(obj)?,
-        ("coordination.k8s.io", "Lease") => round_trip::<coord::Lease>(obj)?,
-        ("discovery.k8s.io", "EndpointSlice") => {
-            round_trip::<k8s_openapi::api::discovery::v1::EndpointSlice>(obj)?
-        }
-        ("rbac.authorization.k8s.io", "ClusterRole") => {
-            round_trip::<k8s_openapi::api::rbac::v1::ClusterRole>(obj)?
-        }
-        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => {
-            round_trip::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(obj)?
-        }
-        ("rbac.authorization.k8s.io", "Role") => {
-            round_trip::<k8s_openapi::api::rbac::v1::Role>(obj)?
-        }
-        ("rbac.authorization.k8s.io", "RoleBinding") => {
-            round_trip::<k8s_openapi::api::rbac::v1::RoleBinding>(obj)?
-        }
-        ("plugins.kedge.io", "Plugin") => round_trip::<crate::plugin_kind::PluginObject>(obj)?,
-        _ => obj.clone(),
+    let normalised = match crate::kinds::rules(res).typed() {
+        Some(t) => t.round_trip(obj)?,
+        None => obj.clone(),
     };
     let mut unknown = Vec::new();
     diff(obj, &normalised, "", &mut unknown);

@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
 const VERSION: u16 = 3;
-pub const FLAG_FIN: u8 = 0x01;
+pub(crate) const FLAG_FIN: u8 = 0x01;
 
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
@@ -25,8 +25,9 @@ const HEADERS: u16 = 8;
 const WINDOW_UPDATE: u16 = 9;
 
 /// RST_STREAM status codes used here.
-pub const RST_PROTOCOL_ERROR: u32 = 1;
-pub const RST_REFUSED_STREAM: u32 = 3;
+pub(crate) const RST_PROTOCOL_ERROR: u32 = 1;
+#[cfg(test)]
+pub(crate) const RST_REFUSED_STREAM: u32 = 3;
 
 /// The protocol allows 16 MiB frames; kubectl writes 32 KiB chunks. Bounding the frames we
 /// accept bounds memory per connection.
@@ -35,7 +36,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 /// blocks are a few hundred bytes).
 const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
-pub type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -182,7 +183,7 @@ fn dictionary() -> &'static [u8] {
 }
 
 /// Decodes the frames one peer sends; owns that direction's zlib stream.
-pub struct Decoder {
+pub(crate) struct Decoder {
     inflate: Decompress,
 }
 
@@ -358,7 +359,7 @@ fn parse_header_block(mut b: &[u8]) -> Result<Headers, Error> {
 }
 
 /// Encodes the frames we send; owns our direction's zlib stream.
-pub struct Encoder {
+pub(crate) struct Encoder {
     deflate: Compress,
 }
 

@@ -34,10 +34,10 @@ use kedge_store::informer::Informers;
 /// The issuer (and default audience) of TokenRequest tokens: kube-apiserver's default.
 pub const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 /// The issuer of legacy Secret tokens.
-pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
-pub const SECRET_TYPE: &str = "kubernetes.io/service-account-token";
-pub const SA_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
-pub const SA_UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
+pub(crate) const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
+pub(crate) const SECRET_TYPE: &str = "kubernetes.io/service-account-token";
+pub(crate) const SA_NAME_ANNOTATION: &str = "kubernetes.io/service-account.name";
+pub(crate) const SA_UID_ANNOTATION: &str = "kubernetes.io/service-account.uid";
 /// kube-apiserver's default when the request names no duration.
 const DEFAULT_EXPIRATION_SECONDS: i64 = 3600;
 /// kube-apiserver refuses shorter tokens (`may not specify a duration less than 10 minutes`).
@@ -330,7 +330,7 @@ pub fn authenticate(
 
 /// `POST /api/v1/namespaces/<ns>/serviceaccounts/<name>/token`: a TokenRequest answered with
 /// a fresh token (never stored).
-pub fn token_request(
+pub(crate) fn token_request(
     api: &Api,
     signer: &Signer,
     ns: &str,
@@ -399,7 +399,7 @@ pub fn token_request(
 /// Fills a legacy token Secret (`data.token`, `data.ca.crt`, `data.namespace`, the uid
 /// annotation) when it names an existing ServiceAccount and has no token yet. Returns the
 /// updated Secret, or `None` when there is nothing to do.
-pub fn fill_legacy_secret(
+pub(crate) fn fill_legacy_secret(
     secret: &Value,
     sa: Option<&Value>,
     signer: &Signer,

@@ -3,9 +3,6 @@
 //! registry. Only the crates that embed them depend on this one, so a change to a guest
 //! rebuilds the server and the agent, not the API or the plugin host.
 
-/// Where the build script put the guests (`*.wasm`), for tests and benches that load them.
-pub const WASM_DIR: &str = env!("KEDGE_WASM_DIR");
-
 /// The sample Wasm app (`samples/hello-wasm`).
 pub const HELLO_WASM: &[u8] = include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/hello-wasm.wasm"));
 
@@ -19,30 +16,30 @@ pub mod default_plugins {
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_replicaset.wasm"
     ));
-    pub const REPLICATIONCONTROLLER: &[u8] = include_bytes!(concat!(
+    pub(crate) const REPLICATIONCONTROLLER: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_replicationcontroller.wasm"
     ));
-    pub const DEPLOYMENT: &[u8] = include_bytes!(concat!(
+    pub(crate) const DEPLOYMENT: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_deployment.wasm"
     ));
-    pub const JOB: &[u8] =
+    pub(crate) const JOB: &[u8] =
         include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_job.wasm"));
-    pub const CRONJOB: &[u8] = include_bytes!(concat!(
+    pub(crate) const CRONJOB: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_cronjob.wasm"
     ));
-    pub const DAEMONSET: &[u8] = include_bytes!(concat!(
+    pub(crate) const DAEMONSET: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_daemonset.wasm"
     ));
-    pub const STATEFULSET: &[u8] = include_bytes!(concat!(
+    pub(crate) const STATEFULSET: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_statefulset.wasm"
     ));
 
-    pub const NODE_LIFECYCLE: &[u8] = include_bytes!(concat!(
+    pub(crate) const NODE_LIFECYCLE: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_nodelifecycle.wasm"
     ));
@@ -50,11 +47,11 @@ pub mod default_plugins {
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_endpoints.wasm"
     ));
-    pub const GARBAGE_COLLECTOR: &[u8] = include_bytes!(concat!(
+    pub(crate) const GARBAGE_COLLECTOR: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_garbagecollector.wasm"
     ));
-    pub const SERVICE_ACCOUNT: &[u8] = include_bytes!(concat!(
+    pub(crate) const SERVICE_ACCOUNT: &[u8] = include_bytes!(concat!(
         env!("KEDGE_WASM_DIR"),
         "/kedge_plugin_serviceaccount.wasm"
     ));

@@ -9,7 +9,7 @@ use wasmtime::component::Component;
 /// Loads `digest` from `dir` if a compatible artifact is there, else compiles, stores and
 /// returns it. The file name carries the engine's compatibility hash, so an artifact from
 /// another wasmtime version or configuration is never loaded.
-pub fn load_or_compile(
+pub(crate) fn load_or_compile(
     engine: &Engine,
     dir: &Path,
     digest: &str,

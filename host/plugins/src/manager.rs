@@ -21,10 +21,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::kind::{PluginKindRef, PluginObject, PluginSource, PluginSpec, PluginStatus};
-use super::{Error, Grant, KindSet, Limits, Plugin, PluginHost, Slot, SlotEvent, SlotObserver};
+use super::slot::{SlotEvent, SlotObserver};
+use super::{Error, Grant, KindSet, Limits, Plugin, PluginHost, Slot};
 use kedge_api::Api;
 use kedge_api::ops::WriteOptions;
+use kedge_api::plugin_kind::{
+    self as kind, PluginKindRef, PluginObject, PluginSource, PluginSpec, PluginStatus,
+};
 use kedge_core::meta;
 use kedge_core::resources::{self, Resource};
 use kedge_core::selector::Selector as LabelSelector;
@@ -307,7 +310,7 @@ impl PluginManager {
             );
         let probation = spec
             .probation_reconciles
-            .unwrap_or(super::kind::DEFAULT_PROBATION)
+            .unwrap_or(kind::DEFAULT_PROBATION)
             .max(0) as u32;
         match existing {
             Some(slot) => {

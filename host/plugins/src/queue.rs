@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Back-off after the n-th consecutive failure: 100 ms doubling, capped at 60 s.
-pub fn failure_backoff(failures: u32) -> Duration {
+pub(crate) fn failure_backoff(failures: u32) -> Duration {
     let ms = 100u64.saturating_mul(1u64 << failures.saturating_sub(1).min(20));
     Duration::from_millis(ms.min(60_000))
 }
@@ -28,7 +28,7 @@ struct State<K> {
     shut_down: bool,
 }
 
-pub struct WorkQueue<K> {
+pub(crate) struct WorkQueue<K> {
     state: Mutex<State<K>>,
     notify: Notify,
 }
@@ -71,7 +71,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         }
     }
 
-    pub fn add_after(&self, key: K, delay: Duration) {
+    pub(crate) fn add_after(&self, key: K, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
@@ -87,7 +87,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
     }
 
     /// Re-adds a key that failed, after its back-off.
-    pub fn add_rate_limited(&self, key: K) {
+    pub(crate) fn add_rate_limited(&self, key: K) {
         let n = {
             let mut s = self.lock();
             let n = s.failures.entry(key.clone()).or_insert(0);
@@ -154,17 +154,19 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         }
     }
 
-    pub fn shut_down(&self) {
+    pub(crate) fn shut_down(&self) {
         self.lock().shut_down = true;
         self.notify.notify_waiters();
         self.notify.notify_one();
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().queue.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }

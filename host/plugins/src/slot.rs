@@ -14,13 +14,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::informer::Change;
 use super::queue::WorkQueue;
 use super::{Error, Permissions, Plugin, PluginHost, WatchBy};
 use kedge_core::meta;
 use kedge_core::resources::{self, Resource};
 use kedge_core::selector::Selector as LabelSelector;
 use kedge_store::EventType;
+use kedge_store::informer::Change;
 
 /// Consecutive traps (over any keys) before the slot backs off as a whole.
 const TRAPS_BEFORE_BACKOFF: u32 = 3;
@@ -81,7 +81,7 @@ impl std::fmt::Display for Key {
 /// What a slot reports about its versions; the plugin manager turns these into status and
 /// Events.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SlotEvent {
+pub(crate) enum SlotEvent {
     /// The version on probation completed its probation reconciles and is now the proven one.
     ProbationPassed { digest: String },
     /// The version on probation trapped; `restored` runs again.
@@ -97,7 +97,7 @@ pub enum SlotEvent {
 }
 
 /// Receives a slot's [`SlotEvent`]s (the plugin manager; nothing for bare `start`).
-pub trait SlotObserver: Send + Sync {
+pub(crate) trait SlotObserver: Send + Sync {
     fn observe(&self, slot: &str, event: SlotEvent);
 }
 
@@ -165,12 +165,6 @@ impl Slot {
     /// The version reconciling now.
     pub fn current(&self) -> Arc<Plugin> {
         self.lock().current.clone()
-    }
-
-    /// Whether a new version is still proving itself.
-    pub fn on_probation(&self) -> bool {
-        let v = self.lock();
-        v.previous.is_some() && v.probation_left > 0
     }
 
     /// Holds the running versions (current and fallback) to `grant` at once.

@@ -242,7 +242,7 @@ pub fn decode(key: &str, bytes: &[u8]) -> Result<Value> {
 
 /// Decides from an event's key, type and attributes (its `object` may still be empty) whether
 /// a watcher wants it.
-pub type Filter = Box<dyn Fn(&Event) -> bool + Send + Sync>;
+pub(crate) type Filter = Box<dyn Fn(&Event) -> bool + Send + Sync>;
 
 /// How much one read of the log or the ring hands a watcher at most. Bounds what a watcher
 /// holds between its client's reads; one event bigger than this still goes alone.

@@ -295,7 +295,8 @@ impl RedbStore {
     }
 
     /// Bytes of keys and values the store holds (objects and log), as it counts them.
-    pub fn live_bytes(&self) -> Result<u64> {
+    #[cfg(test)]
+    pub(crate) fn live_bytes(&self) -> Result<u64> {
         let db = self.inner.db();
         let txn = db.begin_read().map_err(backend)?;
         meta_get(&txn.open_table(META).map_err(backend)?, LIVE_BYTES)

@@ -1,0 +1,140 @@
+//! The kubelet endpoint (logs, exec, attach, port-forward), reached only through the
+//! tunnel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path as UrlPath, Query, State};
+use axum::response::{IntoResponse, Response};
+use kedge_runtime::oci::OciRuntime;
+use kedge_runtime::wasm::WasmRuntime;
+use tokio_util::sync::CancellationToken;
+
+use super::{ContainerId, LogHandle, stream};
+
+#[derive(serde::Deserialize)]
+struct LogQuery {
+    follow: Option<String>,
+    previous: Option<String>,
+    #[serde(rename = "tailLines")]
+    tail_lines: Option<usize>,
+    #[serde(rename = "sinceSeconds")]
+    since_seconds: Option<i64>,
+    #[serde(rename = "sinceTime")]
+    since_time: Option<String>,
+    timestamps: Option<String>,
+    #[serde(rename = "limitBytes")]
+    limit_bytes: Option<u64>,
+    pub(crate) uid: Option<String>,
+}
+
+pub(crate) fn truthy(v: &Option<String>) -> bool {
+    v.as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+pub(crate) type LogMap = Arc<Mutex<HashMap<ContainerId, LogHandle>>>;
+
+/// What the kubelet endpoint serves from.
+pub(crate) struct Kubelet {
+    pub(crate) logs: LogMap,
+    pub(crate) oci: Option<Arc<OciRuntime>>,
+    pub(crate) wasm: WasmRuntime,
+    /// Stops exec and port-forward sessions when the agent stops.
+    pub(crate) cancel: CancellationToken,
+}
+
+pub(crate) fn kubelet_router(kubelet: Arc<Kubelet>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/containerLogs/{ns}/{pod}/{container}",
+            axum::routing::get(container_logs),
+        )
+        .route(
+            "/exec/{ns}/{pod}/{container}",
+            axum::routing::post(stream::exec),
+        )
+        .route(
+            "/attach/{ns}/{pod}/{container}",
+            axum::routing::post(stream::attach),
+        )
+        .route(
+            "/portForward/{ns}/{pod}",
+            axum::routing::post(stream::port_forward),
+        )
+        .with_state(kubelet)
+}
+
+async fn container_logs(
+    State(kubelet): State<Arc<Kubelet>>,
+    UrlPath((ns, pod, container)): UrlPath<(String, String, String)>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let handle = kubelet
+        .logs
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&(ns.clone(), pod.clone(), container.clone()))
+        .cloned();
+    let Some(h) = handle.filter(|h| q.uid.as_ref().is_none_or(|u| *u == h.uid)) else {
+        return (
+            http::StatusCode::NOT_FOUND,
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start or has no logs on this node"),
+        )
+            .into_response();
+    };
+    let (path, done) = if truthy(&q.previous) {
+        if h.restart_count == 0 {
+            return (
+                http::StatusCode::BAD_REQUEST,
+                format!("previous terminated container \"{container}\" in pod \"{pod}\" not found"),
+            )
+                .into_response();
+        }
+        (h.dir.join(format!("{}.log", h.restart_count - 1)), None)
+    } else {
+        (
+            h.dir.join(format!("{}.log", h.restart_count)),
+            Some(h.done.clone()),
+        )
+    };
+    let since = match (&q.since_time, q.since_seconds) {
+        (Some(t), _) => chrono::DateTime::parse_from_rfc3339(t)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        (None, Some(s)) => Some(chrono::Utc::now() - chrono::Duration::seconds(s)),
+        _ => None,
+    };
+    let opts = kedge_runtime::logs::LogOptions {
+        // A previous run is over: nothing to follow.
+        follow: truthy(&q.follow) && !truthy(&q.previous),
+        tail_lines: q.tail_lines,
+        since,
+        timestamps: truthy(&q.timestamps),
+        limit_bytes: q.limit_bytes,
+    };
+    // A body that fails before its first byte makes hyper drop the stream without the head,
+    // which the server can only report as a 502; a missing file gets a real answer instead.
+    if let Err(e) = tokio::fs::metadata(&path).await {
+        let (code, text) = if e.kind() == std::io::ErrorKind::NotFound {
+            (
+                http::StatusCode::NOT_FOUND,
+                format!("container \"{container}\" in pod \"{pod}\" has no log on this node"),
+            )
+        } else {
+            (
+                http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the log of container \"{container}\" in pod \"{pod}\": {e}"),
+            )
+        };
+        return (code, text).into_response();
+    }
+    let stream = kedge_runtime::logs::read(path, opts, done);
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}

@@ -1,0 +1,91 @@
+//! Small pieces the kinds' rules share: creating nested objects while defaulting, and the
+//! causes kube-apiserver words the same way for every kind (unquoted values, duplicates,
+//! ranges, enums, immutable fields).
+
+use serde_json::{Map, Value, json};
+
+use crate::error::Cause;
+
+pub(super) fn ensure_object_value<'a>(obj: &'a mut Value, field: &str) -> &'a mut Value {
+    if !obj.get(field).is_some_and(Value::is_object) {
+        obj[field] = json!({});
+    }
+    &mut obj[field]
+}
+
+pub(super) fn ensure_object<'a>(obj: &'a mut Value, field: &str) -> &'a mut Map<String, Value> {
+    ensure_object_value(obj, field)
+        .as_object_mut()
+        .expect("just made an object")
+}
+
+/// An Invalid cause whose value prints unquoted, as Go prints numbers and structs.
+pub(super) fn invalid_raw(field: impl Into<String>, value: &str, why: &str) -> Cause {
+    Cause {
+        reason: "FieldValueInvalid",
+        field: field.into(),
+        message: format!("Invalid value: {value}: {why}"),
+    }
+}
+
+/// A label map as Go's `%#v` prints it: `map[string]string{"a":"1", "b":"2"}`.
+pub(super) fn go_map(labels: Option<&Map<String, Value>>) -> String {
+    let mut parts: Vec<String> = labels
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k:?}:{:?}", v.as_str().unwrap_or_default()))
+        .collect();
+    parts.sort();
+    format!("map[string]string{{{}}}", parts.join(", "))
+}
+
+pub(super) fn duplicate(field: impl Into<String>, value: &str) -> Cause {
+    Cause {
+        reason: "FieldValueDuplicate",
+        field: field.into(),
+        message: format!("Duplicate value: {value}"),
+    }
+}
+
+pub(super) fn non_negative(spec: &Value, field: &str, at: &str, causes: &mut Vec<Cause>) {
+    if let Some(v) = spec.get(field)
+        && v.as_i64().is_none_or(|n| n < 0)
+    {
+        causes.push(invalid_raw(
+            format!("{at}.{field}"),
+            &v.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+}
+
+pub(super) fn one_of(
+    spec: &Value,
+    field: &str,
+    at: &str,
+    allowed: &[&str],
+    causes: &mut Vec<Cause>,
+) {
+    if let Some(v) = spec.get(field).and_then(Value::as_str)
+        && !allowed.contains(&v)
+    {
+        causes.push(Cause::unsupported(format!("{at}.{field}"), v, allowed));
+    }
+}
+
+pub(super) fn valid_port(v: &Value) -> bool {
+    v.as_i64().is_some_and(|p| (1..=65535).contains(&p))
+}
+
+/// A field kube-apiserver refuses to change once set, at `ptr` (a JSON pointer), reported as
+/// `field`.
+pub(super) fn immutable(old: &Value, new: &Value, field: &str, ptr: &str, causes: &mut Vec<Cause>) {
+    let (o, n) = (old.pointer(ptr), new.pointer(ptr));
+    if o != n {
+        causes.push(invalid_raw(
+            field,
+            &n.map(|v| v.to_string()).unwrap_or_else(|| "null".into()),
+            "field is immutable",
+        ));
+    }
+}

@@ -1,0 +1,347 @@
+//! Pod specs, wherever they appear (a Pod, a workload's template, a CronJob's job template):
+//! their defaults, their checks, the shared checks of the apps workloads' selector and
+//! template, and the QoS class.
+
+use serde_json::{Value, json};
+
+use super::common::{go_map, invalid_raw};
+use crate::error::Cause;
+use kedge_core::meta;
+use kedge_core::resources::Resource;
+use kedge_core::selector;
+
+pub(super) fn default_pod_spec(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else {
+        return;
+    };
+    s.entry("restartPolicy").or_insert(json!("Always"));
+    s.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
+    s.entry("schedulerName")
+        .or_insert(json!("default-scheduler"));
+    s.entry("terminationGracePeriodSeconds")
+        .or_insert(json!(30));
+    s.entry("securityContext").or_insert(json!({}));
+    s.entry("enableServiceLinks").or_insert(json!(true));
+    for list in ["containers", "initContainers"] {
+        if let Some(Value::Array(cs)) = s.get_mut(list) {
+            for c in cs.iter_mut().filter_map(Value::as_object_mut) {
+                let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+                let policy = default_pull_policy(image);
+                c.entry("imagePullPolicy").or_insert(json!(policy));
+                c.entry("terminationMessagePath")
+                    .or_insert(json!("/dev/termination-log"));
+                c.entry("terminationMessagePolicy").or_insert(json!("File"));
+                c.entry("resources").or_insert(json!({}));
+            }
+        }
+    }
+}
+
+/// SetDefaults_Pod: a container with a limit and no request for a resource requests its
+/// limit, so the scheduler counts what the container may use. Pods only, not templates (as in
+/// Kubernetes, where a template's pods are defaulted when created).
+pub(super) fn requests_from_limits(spec: &mut Value) {
+    for list in ["containers", "initContainers"] {
+        let Some(Value::Array(cs)) = spec.get_mut(list) else {
+            continue;
+        };
+        for c in cs {
+            let Some(limits) = c
+                .pointer("/resources/limits")
+                .and_then(Value::as_object)
+                .filter(|l| !l.is_empty())
+                .cloned()
+            else {
+                continue;
+            };
+            let Some(resources) = c.get_mut("resources").and_then(Value::as_object_mut) else {
+                continue;
+            };
+            let requests = resources.entry("requests").or_insert_with(|| json!({}));
+            if requests.is_null() {
+                *requests = json!({});
+            }
+            if let Some(requests) = requests.as_object_mut() {
+                for (k, v) in limits {
+                    requests.entry(k).or_insert(v);
+                }
+            }
+        }
+    }
+}
+
+/// `:latest` or no tag → Always, else IfNotPresent (Kubernetes' rule). A malformed
+/// reference is left for the agent to report as a pull error on the container.
+fn default_pull_policy(image: &str) -> &'static str {
+    use kedge_registry::PullPolicy;
+    match kedge_registry::Reference::parse(image) {
+        Ok(r) => match kedge_registry::default_pull_policy(&r) {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        },
+        Err(_) => "IfNotPresent",
+    }
+}
+
+/// The apps workloads' (Deployment, ReplicaSet, DaemonSet, StatefulSet) shared checks: replicas,
+/// a non-empty selector the template's labels match, and a pod template that always restarts.
+pub(super) fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
+    let Some(spec) = obj.get("spec") else {
+        causes.push(Cause::required("spec"));
+        return;
+    };
+    if let Some(r) = spec.get("replicas")
+        && r.as_i64().is_none_or(|r| r < 0)
+    {
+        causes.push(invalid_raw(
+            "spec.replicas",
+            &r.to_string(),
+            "must be greater than or equal to 0",
+        ));
+    }
+    let sel = match spec.get("selector") {
+        None => {
+            causes.push(Cause::required("spec.selector"));
+            None
+        }
+        Some(s) => match selector::from_structured(s) {
+            Ok(sel) if sel.is_empty() => {
+                causes.push(Cause::invalid(
+                    "spec.selector",
+                    "{}",
+                    format!("empty selector is invalid for {}", res.singular),
+                ));
+                None
+            }
+            Ok(sel) => Some(sel),
+            Err(e) => {
+                causes.push(Cause::invalid("spec.selector", "", e));
+                None
+            }
+        },
+    };
+    let Some(template) = spec.get("template") else {
+        causes.push(Cause::required("spec.template"));
+        return;
+    };
+    let labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    if let Some(sel) = sel
+        && !sel.matches(labels)
+    {
+        causes.push(invalid_raw(
+            "spec.template.metadata.labels",
+            &go_map(labels),
+            "`selector` does not match template `labels`",
+        ));
+    }
+    match template.get("spec") {
+        Some(pod) => {
+            validate_pod_spec(pod, "spec.template.spec", causes);
+            let policy = pod.get("restartPolicy").and_then(Value::as_str);
+            if policy.is_some_and(|p| p != "Always") {
+                causes.push(Cause::unsupported(
+                    "spec.template.spec.restartPolicy",
+                    policy.unwrap_or_default(),
+                    &["Always"],
+                ));
+            }
+        }
+        None => causes.push(Cause::required("spec.template.spec")),
+    }
+}
+
+/// The most containers (init, regular and ephemeral together) a pod may have. Kubernetes sets
+/// none, but every container is a process, a log and a status entry on a small node, and a
+/// pod of a thousand containers (~800 KB) made every status write of it cost a megabyte.
+pub(crate) const MAX_CONTAINERS: usize = 100;
+
+pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let count = ["initContainers", "containers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k).and_then(Value::as_array))
+        .map(Vec::len)
+        .sum::<usize>();
+    if count > MAX_CONTAINERS {
+        causes.push(Cause {
+            reason: "FieldValueTooMany",
+            field: format!("{at}.containers"),
+            message: format!("Too many: {count}: must have at most {MAX_CONTAINERS} items"),
+        });
+    }
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => causes.push(Cause::required(format!("{at}.containers"))),
+        Some(cs) if cs.is_empty() => causes.push(Cause::required(format!("{at}.containers"))),
+        Some(cs) => {
+            let mut seen = Vec::new();
+            for (i, c) in cs.iter().enumerate() {
+                let path = format!("{at}.containers[{i}]");
+                match c.get("name").and_then(Value::as_str) {
+                    None | Some("") => causes.push(Cause::required(format!("{path}.name"))),
+                    Some(n) => {
+                        if let Err(why) = meta::validate_label(n) {
+                            causes.push(Cause::invalid(format!("{path}.name"), n, why));
+                        }
+                        if seen.contains(&n) {
+                            causes.push(Cause {
+                                reason: "FieldValueDuplicate",
+                                field: format!("{path}.name"),
+                                message: format!("Duplicate value: {n:?}"),
+                            });
+                        }
+                        seen.push(n);
+                    }
+                }
+                match c.get("image").and_then(Value::as_str) {
+                    None | Some("") => causes.push(Cause::required(format!("{path}.image"))),
+                    Some(img) if img.trim() != img => causes.push(Cause::invalid(
+                        format!("{path}.image"),
+                        img,
+                        "must not have leading or trailing whitespace",
+                    )),
+                    Some(_) => {}
+                }
+                if let Some(p) = c.get("imagePullPolicy").and_then(Value::as_str) {
+                    let allowed = ["Always", "IfNotPresent", "Never"];
+                    if !allowed.contains(&p) {
+                        causes.push(Cause::unsupported(
+                            format!("{path}.imagePullPolicy"),
+                            p,
+                            &allowed,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(p) = spec.get("restartPolicy").and_then(Value::as_str) {
+        let allowed = ["Always", "OnFailure", "Never"];
+        if !allowed.contains(&p) {
+            causes.push(Cause::unsupported(
+                format!("{at}.restartPolicy"),
+                p,
+                &allowed,
+            ));
+        }
+    }
+}
+
+/// The pod's QoS class, as the API reports it in status.
+pub(crate) fn qos_class(spec: &Value) -> &'static str {
+    let containers = spec
+        .get("containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in &containers {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        if req.is_some_and(|r| !r.is_empty()) || lim.is_some_and(|l| !l.is_empty()) {
+            any = true;
+        }
+        for r in ["cpu", "memory"] {
+            let l = lim.and_then(|l| l.get(r));
+            let q = req.and_then(|q| q.get(r)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinds::test_support::*;
+
+    #[test]
+    fn pods_have_a_container_count_limit() {
+        let pod = by_kind("v1", "Pod").unwrap();
+        let containers = |n: usize| {
+            (0..n)
+                .map(|i| json!({"name": format!("c{i}"), "image": "busybox"}))
+                .collect::<Vec<_>>()
+        };
+        let p =
+            json!({"metadata": {"name": "p"}, "spec": {"containers": containers(MAX_CONTAINERS)}});
+        assert!(validate(pod, &p).is_empty());
+        let p = json!({"metadata": {"name": "p"}, "spec": {"containers": containers(1000)}});
+        let causes = validate(pod, &p);
+        assert_eq!(
+            field_reasons(&causes),
+            [("spec.containers", "FieldValueTooMany")]
+        );
+        assert_eq!(
+            causes[0].message,
+            "Too many: 1000: must have at most 100 items"
+        );
+    }
+
+    /// Regression (hardening issue, finding 5): a pod with limits and no requests requests
+    /// its limits (it was scheduled as if it asked for nothing).
+    #[test]
+    fn pod_requests_default_to_limits() {
+        let pod = by_kind("v1", "Pod").unwrap();
+        let mut p = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"limits": {"memory": "1Ti", "cpu": "2"}}},
+            {"name": "b", "image": "i", "resources": {"limits": {"memory": "1Gi"}, "requests": {"memory": "1Mi"}}},
+            {"name": "c", "image": "i"},
+        ], "initContainers": [{"name": "i", "image": "i", "resources": {"limits": {"cpu": "1"}}}]}});
+        default(pod, &mut p);
+        let cs = &p["spec"]["containers"];
+        assert_eq!(
+            cs[0]["resources"]["requests"],
+            json!({"memory": "1Ti", "cpu": "2"})
+        );
+        assert_eq!(cs[1]["resources"]["requests"], json!({"memory": "1Mi"}));
+        assert_eq!(cs[2]["resources"], json!({}));
+        assert_eq!(
+            p["spec"]["initContainers"][0]["resources"]["requests"],
+            json!({"cpu": "1"})
+        );
+        // Templates are left alone (their pods are defaulted when created).
+        let dep = by_kind("apps/v1", "Deployment").unwrap();
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "i", "resources": {"limits": {"memory": "1Gi"}}}]}}}});
+        default(dep, &mut d);
+        assert!(
+            d.pointer("/spec/template/spec/containers/0/resources/requests")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn pod_without_image_is_invalid() {
+        let res = by_kind("v1", "Pod").unwrap();
+        let pod = json!({"metadata": {"name": "bad"}, "spec": {"containers": [{"name": "c"}]}});
+        let causes = validate(res, &pod);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.containers[0].image");
+        assert_eq!(causes[0].message, "Required value");
+    }
+
+    #[test]
+    fn qos() {
+        assert_eq!(qos_class(&json!({"containers": [{}]})), "BestEffort");
+        assert_eq!(
+            qos_class(
+                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+            ),
+            "Guaranteed"
+        );
+        assert_eq!(
+            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            "Burstable"
+        );
+    }
+}

@@ -1,0 +1,426 @@
+//! The host side of the plugin WIT world (`guest-sdk/wit`): the `cluster` interface a
+//! plugin calls (reads from informer caches, writes through the API), per call.
+
+use std::sync::Arc;
+
+use kedge_api::ops::{DeleteOptions, WriteOptions};
+use kedge_api::schema::FieldValidation;
+use kedge_api::{Api, ApiError};
+use kedge_core::meta;
+use kedge_core::patch::PatchType;
+use kedge_core::resources::{self, Resource};
+use kedge_core::selector::Selector as LabelSelector;
+use kedge_store::EventType;
+use kedge_store::informer::Informers;
+use serde_json::Value;
+use wasmtime::StoreLimits;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::permissions::{Grant, Permissions, is_wildcard};
+
+wasmtime::component::bindgen!({
+    path: "../../guest-sdk/wit",
+    world: "controller",
+    exports: { default: async },
+});
+
+pub(crate) use self::kedge::plugin::cluster::LogLevel;
+pub(crate) use self::kedge::plugin::types::{
+    ApiError as WitApiError, DeleteOptions as WitDeleteOptions, KindRef,
+    Propagation as WitPropagation, Watch, WatchMap,
+};
+
+/// Per-call state inside the wasmtime store.
+pub(crate) struct HostState {
+    pub(crate) plugin: Arc<PluginShared>,
+    pub(crate) limits: StoreLimits,
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// What host functions need, shared by all calls of one plugin.
+pub(crate) struct PluginShared {
+    pub(crate) name: String,
+    pub(crate) api: Arc<Api>,
+    pub(crate) informers: Arc<Informers>,
+    pub(crate) perms: Permissions,
+    /// The Plugin object's grant; `None` for plugins started without one (tests, benches).
+    pub(crate) grant: std::sync::RwLock<Option<Grant>>,
+}
+
+pub(crate) fn wit_error(e: ApiError) -> WitApiError {
+    let m = e.message.clone();
+    match (e.code, e.reason) {
+        (404, _) => WitApiError::NotFound(m),
+        (409, "AlreadyExists") => WitApiError::AlreadyExists(m),
+        (409, _) => WitApiError::Conflict(m),
+        (400 | 422, _) => WitApiError::Invalid(m),
+        (401 | 403, _) => WitApiError::Forbidden(m),
+        _ => WitApiError::Other(m),
+    }
+}
+
+impl PluginShared {
+    pub(crate) fn readable(
+        &self,
+        av: &str,
+        kind: &str,
+    ) -> std::result::Result<&'static Resource, WitApiError> {
+        let res = resources::by_kind(av, kind)
+            .filter(|r| self.perms.readable.contains(r))
+            .ok_or_else(|| {
+                WitApiError::Forbidden(format!("plugin {} did not declare {av}/{kind}", self.name))
+            })?;
+        if !self.granted(|g| g.reads.contains(res)) {
+            return Err(WitApiError::Forbidden(format!(
+                "plugin {}: the Plugin's grant no longer includes {av}/{kind}",
+                self.name
+            )));
+        }
+        Ok(res)
+    }
+
+    pub(crate) fn writable(
+        &self,
+        av: &str,
+        kind: &str,
+    ) -> std::result::Result<&'static Resource, WitApiError> {
+        let res = resources::by_kind(av, kind)
+            .filter(|r| self.perms.writable.contains(r))
+            .ok_or_else(|| {
+                WitApiError::Forbidden(format!(
+                    "plugin {} may not write {av}/{kind}: not in its declared writes",
+                    self.name
+                ))
+            })?;
+        if !self.granted(|g| g.writes.contains(res)) {
+            return Err(WitApiError::Forbidden(format!(
+                "plugin {} may not write {av}/{kind}: the Plugin's spec.writes no longer \
+                 includes it",
+                self.name
+            )));
+        }
+        Ok(res)
+    }
+
+    pub(crate) fn granted(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
+        match &*self.grant.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(g) => check(g),
+            None => true,
+        }
+    }
+
+    pub(crate) fn write_options() -> WriteOptions {
+        // Plugins get strict decoding: an unknown field is a plugin bug worth surfacing.
+        WriteOptions {
+            validation: FieldValidation::Strict,
+            ..Default::default()
+        }
+    }
+
+    /// PUT of a whole object or (`sub`) its status, recorded in the cache on success.
+    pub(crate) fn put(
+        &self,
+        res: &'static Resource,
+        namespace: &str,
+        body: &str,
+        sub: Option<&str>,
+    ) -> std::result::Result<String, WitApiError> {
+        let obj = parse_body(body)?;
+        let name = meta::name(&obj).to_string();
+        let out = self
+            .api
+            .update(res, namespace, &name, obj, sub, &Self::write_options())
+            .map_err(wit_error)?;
+        self.record_write(res, &out);
+        Ok(out.to_string())
+    }
+
+    pub(crate) fn delete(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+        name: &str,
+        opts: DeleteOptions,
+    ) -> std::result::Result<(), WitApiError> {
+        let res = self.writable(api_version, kind)?;
+        let out = self
+            .api
+            .delete(res, namespace, name, &opts)
+            .map_err(wit_error)?;
+        // Gone, or only marked for deletion (graceful pods, finalizers)?
+        let gone = self.api.get(res, namespace, name).is_err();
+        self.record(
+            res,
+            if gone {
+                EventType::Deleted
+            } else {
+                EventType::Modified
+            },
+            &out,
+        );
+        Ok(())
+    }
+
+    /// Records an update or patch: a write that removed the last finalizer of an object
+    /// being deleted deleted it.
+    pub(crate) fn record_write(&self, res: &'static Resource, out: &Value) {
+        // The API returns the object as it was stored before the delete (finalizers and all),
+        // and a pod terminating gracefully has a deletionTimestamp yet exists: ask the
+        // store. Recording a deleted object as modified would leave a ghost in the cache
+        // (its deletion event carries the same revision and would be ignored).
+        let gone = out.pointer("/metadata/deletionTimestamp").is_some()
+            && self
+                .api
+                .get(res, meta::namespace(out), meta::name(out))
+                .is_err();
+        let kind = if gone {
+            EventType::Deleted
+        } else {
+            EventType::Modified
+        };
+        self.record(res, kind, out);
+    }
+
+    pub(crate) fn record(&self, res: &'static Resource, kind: EventType, obj: &Value) {
+        self.informers.get(res).write_through(kind, obj.clone());
+    }
+}
+
+pub(crate) fn parse_body(body: &str) -> std::result::Result<Value, WitApiError> {
+    serde_json::from_str(body).map_err(|e| WitApiError::Invalid(format!("body is not JSON: {e}")))
+}
+
+impl self::kedge::plugin::types::Host for HostState {}
+
+impl self::kedge::plugin::cluster::Host for HostState {
+    fn get(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> std::result::Result<Option<String>, WitApiError> {
+        let p = &self.plugin;
+        let res = p.readable(&api_version, &kind)?;
+        // Straight from the store, not the informer cache: a controller deciding on one
+        // object (adopt or not, is it being deleted) must see its latest state, as
+        // Kubernetes' controllers re-read an owner uncached before adopting. Lists stay
+        // cached. A namespace given for a cluster-scoped kind (an owner looked up from its
+        // dependent's namespace) is ignored.
+        let namespace = if res.namespaced {
+            namespace.as_str()
+        } else {
+            ""
+        };
+        match p.api.get(res, namespace, &name) {
+            Ok(o) => Ok(Some(o.to_string())),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(wit_error(e)),
+        }
+    }
+
+    fn list(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        label_selector: String,
+    ) -> std::result::Result<Vec<String>, WitApiError> {
+        let p = &self.plugin;
+        let sel = LabelSelector::parse(&label_selector)
+            .map_err(|e| WitApiError::Invalid(e.to_string()))?;
+        if is_wildcard(&api_version, &kind) {
+            // Everything the plugin may read (in `namespace`: namespaced kinds only).
+            let mut out = Vec::new();
+            for res in p.perms.readable.iter() {
+                if (!namespace.is_empty() && !res.namespaced)
+                    || !p.granted(|g| g.reads.contains(res))
+                {
+                    continue;
+                }
+                out.extend(
+                    p.informers
+                        .get(res)
+                        .list_raw(&namespace, &sel)
+                        .iter()
+                        .map(|o| o.to_string()),
+                );
+            }
+            return Ok(out);
+        }
+        let res = p.readable(&api_version, &kind)?;
+        Ok(p.informers
+            .get(res)
+            .list_raw(&namespace, &sel)
+            .iter()
+            .map(|o| o.to_string())
+            .collect())
+    }
+
+    fn create(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let obj = parse_body(&body)?;
+        let created = p
+            .api
+            .create(res, &namespace, obj, &PluginShared::write_options())
+            .map_err(wit_error)?;
+        p.record(res, EventType::Added, &created);
+        Ok(created.to_string())
+    }
+
+    fn update(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        p.put(res, &namespace, &body, None)
+    }
+
+    fn update_status(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        body: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        if !res.has("status") {
+            return Err(WitApiError::Invalid(format!(
+                "{kind} has no status subresource"
+            )));
+        }
+        p.put(res, &namespace, &body, Some("status"))
+    }
+
+    fn patch(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        patch: String,
+    ) -> std::result::Result<String, WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable(&api_version, &kind)?;
+        let body = parse_body(&patch)?;
+        let out = p
+            .api
+            .patch(
+                res,
+                &namespace,
+                &name,
+                None,
+                &body,
+                PatchType::Merge,
+                &PluginShared::write_options(),
+            )
+            .map_err(wit_error)?;
+        p.record_write(res, &out);
+        Ok(out.to_string())
+    }
+
+    fn delete(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+    ) -> std::result::Result<(), WitApiError> {
+        self.plugin.delete(
+            &api_version,
+            &kind,
+            &namespace,
+            &name,
+            DeleteOptions::default(),
+        )
+    }
+
+    fn delete_with(
+        &mut self,
+        api_version: String,
+        kind: String,
+        namespace: String,
+        name: String,
+        options: WitDeleteOptions,
+    ) -> std::result::Result<(), WitApiError> {
+        use kedge_api::ops::Propagation;
+        let opts = DeleteOptions {
+            propagation: options.propagation.map(|p| match p {
+                WitPropagation::Background => Propagation::Background,
+                WitPropagation::Foreground => Propagation::Foreground,
+                WitPropagation::Orphan => Propagation::Orphan,
+            }),
+            precondition_uid: options.uid,
+            precondition_rv: options.resource_version,
+            ..Default::default()
+        };
+        self.plugin
+            .delete(&api_version, &kind, &namespace, &name, opts)
+    }
+
+    fn dependents(&mut self, owner_uid: String) -> std::result::Result<Vec<String>, WitApiError> {
+        let p = &self.plugin;
+        let mut out = Vec::new();
+        p.informers.owners().dependents(&owner_uid, |d| {
+            if p.perms.readable.contains(d.res)
+                && p.granted(|g| g.reads.contains(d.res))
+                && let Some(o) = p.informers.get(d.res).get_raw(d.namespace, d.name)
+            {
+                out.push(o.to_string());
+            }
+        });
+        Ok(out)
+    }
+
+    fn bind_pod(
+        &mut self,
+        namespace: String,
+        name: String,
+        node: String,
+    ) -> std::result::Result<(), WitApiError> {
+        let p = &self.plugin;
+        let res = p.writable("v1", "Pod")?;
+        let binding = serde_json::json!({"target": {"kind": "Node", "name": node}});
+        let out = p.api.bind(&namespace, &name, &binding).map_err(wit_error)?;
+        p.record(res, EventType::Modified, &out);
+        Ok(())
+    }
+
+    fn now(&mut self) -> String {
+        self.plugin.api.now()
+    }
+
+    fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = self.plugin.name.as_str();
+        match level {
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+        }
+    }
+}
