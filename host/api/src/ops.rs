@@ -195,9 +195,7 @@ fn spec_part(obj: &Value) -> Value {
 /// The finalizer that holds an owner deleted with `propagationPolicy: Foreground`.
 const FOREGROUND_DELETION: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
-/// `spec.finalizers` entry of a namespace: removed by the namespace controller once the
-/// namespace is empty.
-pub(crate) const NAMESPACE_FINALIZER: &str = "kubernetes";
+use super::kinds::NAMESPACE_FINALIZER;
 
 /// Metadata fields a client can never change through PUT or PATCH.
 const SERVER_OWNED_META: &[&str] = &[
@@ -391,34 +389,7 @@ impl Api {
                 .remove("generation");
         }
         kinds::default(res, &mut obj);
-        match res.kind {
-            "Pod" => {
-                let qos = kinds::qos_class(obj.get("spec").unwrap_or(&Value::Null));
-                let mut status = json!({"phase": "Pending", "qosClass": qos});
-                // A pod created already bound (nodeName set) is scheduled.
-                if obj
-                    .pointer("/spec/nodeName")
-                    .and_then(Value::as_str)
-                    .is_some()
-                {
-                    status["conditions"] = json!([{"type": "PodScheduled", "status": "True",
-                        "lastProbeTime": null, "lastTransitionTime": now}]);
-                }
-                obj["status"] = status;
-            }
-            "Namespace" => {
-                obj["status"] = json!({"phase": "Active"});
-                // What holds a deleted namespace until the namespace controller emptied it.
-                if obj.pointer("/spec/finalizers").is_none() {
-                    obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
-                }
-            }
-            k => {
-                if let Some(s) = kinds::initial_status(k) {
-                    obj["status"] = s;
-                }
-            }
-        }
+        kinds::on_create(res, &mut obj, &now);
         let managed = preset.unwrap_or_else(|| {
             let manager = opts.manager.as_deref();
             apply::track_update(&[], None, &obj, manager, &res.api_version(), None, &now)
@@ -573,9 +544,7 @@ impl Api {
         if sub.is_none() {
             kinds::prepare_update(res, &current, &mut next);
             kinds::default(res, &mut next);
-            // ValidateSecretUpdate and ValidateConfigMapUpdate report the update rules (type,
-            // immutable) before the object's own: kubectl shows the causes in this order.
-            let update_first = matches!(res.kind, "Secret" | "ConfigMap");
+            let update_first = kinds::update_checks_first(res);
             let mut causes = if update_first {
                 kinds::validate_update(res, &current, &next)
             } else {
@@ -585,7 +554,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, name, causes));
             }
-            if let Some(msg) = immutable_change(res, &current, &next) {
+            if let Some(msg) = kinds::immutable_change(res, &current, &next) {
                 return Err(ApiError::invalid(
                     res,
                     name,
@@ -1178,51 +1147,6 @@ impl ApiWatch {
     pub fn revision(&self) -> Revision {
         self.inner.revision()
     }
-}
-
-/// `(field, message)` when an update touches an immutable field.
-fn immutable_change(res: &Resource, old: &Value, new: &Value) -> Option<(String, String)> {
-    match res.kind {
-        "Deployment" | "ReplicaSet"
-            if old.pointer("/spec/selector") != new.pointer("/spec/selector") =>
-        {
-            return Some(("spec.selector".into(), "field is immutable".into()));
-        }
-        "Pod" => {
-            let old_node = old.pointer("/spec/nodeName");
-            if old_node.is_some() && old_node != new.pointer("/spec/nodeName") {
-                return Some((
-                    "spec.nodeName".into(),
-                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
-                ));
-            }
-            let strip = |v: &Value| {
-                let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
-                if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
-                    for c in cs {
-                        if let Some(c) = c.as_object_mut() {
-                            c.remove("image");
-                        }
-                    }
-                }
-                if let Some(m) = s.as_object_mut() {
-                    m.remove("nodeName");
-                    m.remove("activeDeadlineSeconds");
-                    m.remove("tolerations");
-                    m.remove("terminationGracePeriodSeconds");
-                }
-                s
-            };
-            if strip(old) != strip(new) {
-                return Some((
-                    "spec".into(),
-                    "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
-                ));
-            }
-        }
-        _ => {}
-    }
-    None
 }
 
 /// A patch that cannot be applied. JSON patch failures are reported as kube-apiserver does,

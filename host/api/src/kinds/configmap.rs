@@ -18,6 +18,10 @@ static COLUMNS: [Column; 3] = [
 ];
 
 impl KindRules for ConfigMap {
+    fn update_checks_first(&self) -> bool {
+        true
+    }
+
     fn default(&self, obj: &mut Value) {
         normalize_data(obj, "binaryData");
     }

@@ -24,6 +24,11 @@ static COLUMNS: [Column; 8] = [
 ];
 
 impl KindRules for Deployment {
+    fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
+            .then(|| ("spec.selector".into(), "field is immutable".into()))
+    }
+
     fn default(&self, obj: &mut Value) {
         let spec = ensure_object(obj, "spec");
         spec.entry("replicas").or_insert(json!(1));

@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::error::Cause;
 use kedge_core::meta;
-use kedge_core::resources::{RESOURCES, Resource};
+use kedge_core::resources::Resource;
 
 mod common;
 mod data;
@@ -52,7 +52,7 @@ mod service;
 mod serviceaccount;
 mod statefulset;
 
-pub(crate) use podspec::qos_class;
+pub(crate) use namespace::NAMESPACE_FINALIZER;
 pub(crate) use table_fmt::Column;
 
 /// What one kind does differently. Every method defaults to what a kind without rules gets,
@@ -73,8 +73,29 @@ pub trait KindRules: Sync {
         None
     }
 
+    /// On create, after defaulting: the status the object starts with and whatever else
+    /// kube-apiserver's create strategy sets. By default, [`Self::initial_status`].
+    fn on_create(&self, obj: &mut Value, _now: &str) {
+        if let Some(s) = self.initial_status() {
+            obj["status"] = s;
+        }
+    }
+
     /// Before defaulting an update: carries over what the server set and the client omitted.
     fn prepare_update(&self, _old: &Value, _new: &mut Value) {}
+
+    /// `(field, message)` when an update changes a field this kind keeps immutable (checked
+    /// before validation, as kube-apiserver's update strategies do).
+    fn immutable_change(&self, _old: &Value, _new: &Value) -> Option<(String, String)> {
+        None
+    }
+
+    /// Whether the update-only checks report before the object's own (Secret and ConfigMap:
+    /// `ValidateSecretUpdate` and `ValidateConfigMapUpdate` do, and kubectl shows the causes
+    /// in that order).
+    fn update_checks_first(&self) -> bool {
+        false
+    }
 
     /// The kind's own checks of an object about to be stored in place of `old` (if any), after
     /// the shared metadata checks.
@@ -190,10 +211,24 @@ pub fn default(res: &Resource, obj: &mut Value) {
     rules(res).default(obj);
 }
 
-/// The status a new object of `kind` starts with, if its kind has one.
-pub(crate) fn initial_status(kind: &str) -> Option<Value> {
-    let res = RESOURCES.iter().find(|r| r.kind == kind)?;
-    rules(res).initial_status()
+/// [`KindRules::on_create`] of `res`'s kind: the status a new object starts with, and what
+/// else create sets.
+pub(crate) fn on_create(res: &Resource, obj: &mut Value, now: &str) {
+    rules(res).on_create(obj, now);
+}
+
+/// [`KindRules::immutable_change`] of `res`'s kind.
+pub(crate) fn immutable_change(
+    res: &Resource,
+    old: &Value,
+    new: &Value,
+) -> Option<(String, String)> {
+    rules(res).immutable_change(old, new)
+}
+
+/// [`KindRules::update_checks_first`] of `res`'s kind.
+pub(crate) fn update_checks_first(res: &Resource) -> bool {
+    rules(res).update_checks_first()
 }
 
 /// Before defaulting an update: carries over what the server allocated and the client

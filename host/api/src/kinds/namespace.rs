@@ -8,6 +8,10 @@ use super::table_fmt::{CREATED, Column, age, col, name, s};
 use super::{KindRules, Typed, typed};
 use kedge_core::meta;
 
+/// `spec.finalizers` entry of a namespace: what holds a deleted namespace until the namespace
+/// controller emptied it.
+pub(crate) const NAMESPACE_FINALIZER: &str = "kubernetes";
+
 pub(super) struct Namespace;
 
 static COLUMNS: [Column; 3] = [
@@ -19,6 +23,13 @@ static COLUMNS: [Column; 3] = [
 impl KindRules for Namespace {
     fn check_name(&self, name: &str) -> Result<(), String> {
         meta::validate_label(name)
+    }
+
+    fn on_create(&self, obj: &mut Value, _now: &str) {
+        obj["status"] = json!({"phase": "Active"});
+        if obj.pointer("/spec/finalizers").is_none() {
+            obj["spec"]["finalizers"] = json!([NAMESPACE_FINALIZER]);
+        }
     }
 
     fn columns(&self) -> &'static [Column] {

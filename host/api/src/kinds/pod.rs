@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
 
-use super::podspec::{default_pod_spec, requests_from_limits, validate_pod_spec};
+use super::podspec::{default_pod_spec, qos_class, requests_from_limits, validate_pod_spec};
 use super::table_fmt::{CREATED, Column, age, col, i, name, s};
 use super::{KindRules, Typed, typed};
 use crate::error::Cause;
@@ -25,6 +25,55 @@ static COLUMNS: [Column; 9] = [
 ];
 
 impl KindRules for Pod {
+    fn on_create(&self, obj: &mut Value, now: &str) {
+        let qos = qos_class(obj.get("spec").unwrap_or(&Value::Null));
+        let mut status = json!({"phase": "Pending", "qosClass": qos});
+        // A pod created already bound (nodeName set) is scheduled.
+        if obj
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some()
+        {
+            status["conditions"] = json!([{"type": "PodScheduled", "status": "True",
+                "lastProbeTime": null, "lastTransitionTime": now}]);
+        }
+        obj["status"] = status;
+    }
+
+    fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        let old_node = old.pointer("/spec/nodeName");
+        if old_node.is_some() && old_node != new.pointer("/spec/nodeName") {
+            return Some((
+                "spec.nodeName".into(),
+                "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+            ));
+        }
+        let strip = |v: &Value| {
+            let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
+            if let Some(cs) = s.get_mut("containers").and_then(Value::as_array_mut) {
+                for c in cs {
+                    if let Some(c) = c.as_object_mut() {
+                        c.remove("image");
+                    }
+                }
+            }
+            if let Some(m) = s.as_object_mut() {
+                m.remove("nodeName");
+                m.remove("activeDeadlineSeconds");
+                m.remove("tolerations");
+                m.remove("terminationGracePeriodSeconds");
+            }
+            s
+        };
+        if strip(old) != strip(new) {
+            return Some((
+                "spec".into(),
+                "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
+            ));
+        }
+        None
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj.get_mut("spec") {
             default_pod_spec(spec);

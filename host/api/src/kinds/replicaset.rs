@@ -29,6 +29,11 @@ static COLUMNS: [Column; 8] = [
 ];
 
 impl KindRules for ReplicaSet {
+    fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
+        (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
+            .then(|| ("spec.selector".into(), "field is immutable".into()))
+    }
+
     fn default(&self, obj: &mut Value) {
         ensure_object(obj, "spec")
             .entry("replicas")

@@ -22,6 +22,10 @@ static COLUMNS: [Column; 4] = [
 ];
 
 impl KindRules for Secret {
+    fn update_checks_first(&self) -> bool {
+        true
+    }
+
     fn default(&self, obj: &mut Value) {
         // kubectl create secret generic sends an empty type; kube-apiserver stores Opaque.
         if obj
