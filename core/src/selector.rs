@@ -565,11 +565,6 @@ pub fn from_labels(labels: &serde_json::Map<String, Value>) -> Selector {
     )
 }
 
-/// [`Selector::from_structured`], as a function.
-pub fn from_structured(selector: &Value) -> Result<Selector, SelectorError> {
-    Selector::from_structured(selector)
-}
-
 /// Whether `labels` match a structured selector; shorthand for controllers filtering pods.
 ///
 /// ```
@@ -734,7 +729,7 @@ mod tests {
 
     #[test]
     fn structured_selector() {
-        let s = from_structured(&json!({"matchLabels": {"app": "web"},
+        let s = Selector::from_structured(&json!({"matchLabels": {"app": "web"},
             "matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe"]}]}))
         .unwrap();
         assert!(s.matches_object(&obj(json!({"app": "web", "tier": "fe"}))));

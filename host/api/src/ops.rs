@@ -1256,7 +1256,7 @@ fn scale_of(obj: &Value) -> Value {
             .unwrap_or_default()
     } else {
         obj.pointer("/spec/selector")
-            .and_then(|s| kedge_core::selector::from_structured(s).ok())
+            .and_then(|s| LabelSelector::from_structured(s).ok())
             .map(|_| selector_string(obj.pointer("/spec/selector").expect("present")))
             .unwrap_or_default()
     };

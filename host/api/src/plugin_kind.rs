@@ -186,11 +186,6 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "namespace",
 ];
 
-/// [`BUILTIN_NAMES`], as a list.
-pub(crate) fn builtin_names() -> Vec<&'static str> {
-    BUILTIN_NAMES.to_vec()
-}
-
 /// Whether a kind reference is the wildcard (`*`/`*`).
 pub fn is_wildcard(api_version: &str, kind: &str) -> bool {
     api_version == "*" && kind == "*"
@@ -361,11 +356,10 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             "exactly one of builtin, file, image must be set",
         ));
     }
-    if let Some(b) = &s.builtin {
-        let names = builtin_names();
-        if !names.contains(&b.as_str()) {
-            causes.push(Cause::unsupported("spec.source.builtin", b, &names));
-        }
+    if let Some(b) = &s.builtin
+        && !BUILTIN_NAMES.contains(&b.as_str())
+    {
+        causes.push(Cause::unsupported("spec.source.builtin", b, BUILTIN_NAMES));
     }
     if let Some(f) = &s.file
         && !f.starts_with('/')

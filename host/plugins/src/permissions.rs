@@ -96,7 +96,7 @@ impl WatchBy {
             }
             WatchBy::LabelSelector(path) => {
                 let selector = primary.pointer(path).filter(|v| v.is_object())?;
-                kedge_core::selector::from_structured(selector).ok()
+                LabelSelector::from_structured(selector).ok()
             }
         }
     }

@@ -89,3 +89,9 @@ pub(super) fn immutable(old: &Value, new: &Value, field: &str, ptr: &str, causes
         ));
     }
 }
+
+/// `spec.selector` changed: immutable once set for Deployments and ReplicaSets (apps/v1).
+pub(super) fn selector_change(old: &Value, new: &Value) -> Option<(String, String)> {
+    (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
+        .then(|| ("spec.selector".into(), "field is immutable".into()))
+}

@@ -3,7 +3,7 @@
 use k8s_openapi::api::apps::v1 as apps;
 use serde_json::{Value, json};
 
-use super::common::{ensure_object, ensure_object_value};
+use super::common::{ensure_object, ensure_object_value, selector_change};
 use super::podspec::{default_pod_spec, validate_workload};
 use super::table_fmt::{CREATED, Column, age, col, containers_and_images, i, name};
 use super::{KindRules, Typed, typed};
@@ -25,8 +25,7 @@ static COLUMNS: [Column; 8] = [
 
 impl KindRules for Deployment {
     fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
-        (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
-            .then(|| ("spec.selector".into(), "field is immutable".into()))
+        selector_change(old, new)
     }
 
     fn default(&self, obj: &mut Value) {

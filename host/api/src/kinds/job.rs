@@ -196,7 +196,7 @@ pub(super) fn validate_job_spec(obj: &Value, spec: &Value, at: &str, causes: &mu
             None
         }
         None => None,
-        Some(s) => match selector::from_structured(s) {
+        Some(s) => match selector::Selector::from_structured(s) {
             Ok(sel) => Some(sel),
             Err(e) => {
                 causes.push(Cause::invalid(format!("{at}.selector"), "", e));

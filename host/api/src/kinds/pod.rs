@@ -12,6 +12,9 @@ use kedge_core::resources::Resource;
 
 pub(super) struct Pod;
 
+/// kube-apiserver's refusal of a pod update that touches more than it allows.
+const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
 static COLUMNS: [Column; 9] = [
     col("Name", "string", 0),
     col("Ready", "string", 0),
@@ -43,10 +46,7 @@ impl KindRules for Pod {
     fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
         let old_node = old.pointer("/spec/nodeName");
         if old_node.is_some() && old_node != new.pointer("/spec/nodeName") {
-            return Some((
-                "spec.nodeName".into(),
-                "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
-            ));
+            return Some(("spec.nodeName".into(), POD_UPDATE_FORBIDDEN.into()));
         }
         let strip = |v: &Value| {
             let mut s = v.get("spec").cloned().unwrap_or(Value::Null);
@@ -66,10 +66,7 @@ impl KindRules for Pod {
             s
         };
         if strip(old) != strip(new) {
-            return Some((
-                "spec".into(),
-                "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations), `spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)".into(),
-            ));
+            return Some(("spec".into(), POD_UPDATE_FORBIDDEN.into()));
         }
         None
     }

@@ -105,7 +105,7 @@ pub(super) fn validate_workload(res: &Resource, obj: &Value, causes: &mut Vec<Ca
             causes.push(Cause::required("spec.selector"));
             None
         }
-        Some(s) => match selector::from_structured(s) {
+        Some(s) => match selector::Selector::from_structured(s) {
             Ok(sel) if sel.is_empty() => {
                 causes.push(Cause::invalid(
                     "spec.selector",

@@ -4,7 +4,7 @@
 use k8s_openapi::api::{apps::v1 as apps, core::v1 as core};
 use serde_json::{Value, json};
 
-use super::common::{ensure_object, go_map, invalid_raw};
+use super::common::{ensure_object, go_map, invalid_raw, selector_change};
 use super::podspec::{default_pod_spec, validate_pod_spec, validate_workload};
 use super::table_fmt::{
     CREATED, Column, age, col, containers_and_images, i, map_selector_string, name,
@@ -30,8 +30,7 @@ static COLUMNS: [Column; 8] = [
 
 impl KindRules for ReplicaSet {
     fn immutable_change(&self, old: &Value, new: &Value) -> Option<(String, String)> {
-        (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
-            .then(|| ("spec.selector".into(), "field is immutable".into()))
+        selector_change(old, new)
     }
 
     fn default(&self, obj: &mut Value) {
