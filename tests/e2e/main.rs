@@ -17,6 +17,7 @@ mod nat;
 mod node_identity;
 mod nodes;
 mod plugins;
+mod probes;
 mod python;
 mod rbac;
 mod sandbox;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::Kind;
 use super::objects::{self, ObjRef};
 use super::pods::PodRun;
+use super::probe::{ExecTarget, Prober, Probes};
 use super::status::Termination;
 use super::{ContainerId, Ctx, LogHandle, spec};
 use kedge_core::{meta, quantity};
@@ -532,7 +533,7 @@ pub(super) async fn run_container(
     pod: &Value,
     c: &Value,
     i: usize,
-    run: &PodRun,
+    run: &Arc<PodRun>,
     cancel: CancellationToken,
     grace: watch::Receiver<Duration>,
 ) {
@@ -561,14 +562,18 @@ pub(super) async fn run_container(
         if cancel.is_cancelled() {
             return;
         }
-        let prepared = match (exec_hook(c, "postStart"), exec_hook(c, "preStop")) {
-            (Ok(post), Ok(pre)) => prepare(ctx, pod, c, &dirs)
+        let prepared = match (
+            exec_hook(c, "postStart"),
+            exec_hook(c, "preStop"),
+            Probes::of(c),
+        ) {
+            (Ok(post), Ok(pre), Ok(probes)) => prepare(ctx, pod, c, &dirs)
                 .await
-                .map(|(p, id, digest, pins)| (p, id, digest, pins, post, pre)),
-            (Err(e), _) | (_, Err(e)) => Err(Failure::config(e)),
+                .map(|(p, id, digest, pins)| (p, id, digest, pins, post, pre, probes)),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(Failure::config(e)),
         };
         // `_pins` is held to the end of this iteration: the run (and its back-off).
-        let (prepared, image_id, digest, _pins, post_start, pre_stop) = match prepared {
+        let (prepared, image_id, digest, _pins, post_start, pre_stop, probes) = match prepared {
             Ok(x) => x,
             Err(f) => {
                 setup_failures += 1;
@@ -641,6 +646,24 @@ pub(super) async fn run_container(
         // run's output for `kubectl attach`.
         let (attach, stdin) = kedge_runtime::stdio::channel(stdio_mode(c));
         let (attach, stdin) = (Some(attach), Some(stdin));
+        let wasm_target = match &prepared {
+            Prepared::Wasm {
+                workload,
+                args,
+                env,
+                dirs,
+            } => Some(Arc::new(super::stream::WasmTarget {
+                execs: Arc::new(tokio::sync::Semaphore::new(super::stream::WASM_EXECS)),
+                workload: workload.clone(),
+                container: kedge_runtime::wasm::ExecSpec {
+                    args: args.clone(),
+                    env: env.clone(),
+                    memory_limit,
+                    dirs: dirs.clone(),
+                },
+            })),
+            Prepared::Oci { .. } => None,
+        };
         ctx.logs.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id.clone(),
             LogHandle {
@@ -650,24 +673,7 @@ pub(super) async fn run_container(
                 done: done_rx,
                 runc_id: matches!(prepared, Prepared::Oci { .. })
                     .then(|| runc_id(uid, &name, restart_count)),
-                wasm: match &prepared {
-                    Prepared::Wasm {
-                        workload,
-                        args,
-                        env,
-                        dirs,
-                    } => Some(Arc::new(super::stream::WasmTarget {
-                        execs: Arc::new(tokio::sync::Semaphore::new(super::stream::WASM_EXECS)),
-                        workload: workload.clone(),
-                        container: kedge_runtime::wasm::ExecSpec {
-                            args: args.clone(),
-                            env: env.clone(),
-                            memory_limit,
-                            dirs: dirs.clone(),
-                        },
-                    })),
-                    Prepared::Oci { .. } => None,
-                },
+                wasm: wasm_target.clone(),
                 stdin: attach,
             },
         );
@@ -698,72 +704,124 @@ pub(super) async fn run_container(
                 &format!("Started container {name}"),
             )
             .await;
-        let exit = match prepared {
-            Prepared::Wasm {
-                workload,
-                args,
-                env,
-                dirs,
-            } => {
-                let spec = RunSpec {
+        // This run alone: a failed liveness or startup probe ends it (with the probe's grace
+        // period, if it has one), the pod's `cancel` ends it with the pod.
+        let run_cancel = cancel.child_token();
+        let run_grace = Arc::new(watch::Sender::new(*grace.borrow()));
+        let probing = (!probes.is_empty()).then(|| {
+            let exec = match (&wasm_target, &ctx.oci) {
+                (Some(target), _) => ExecTarget::Wasm {
+                    target: target.clone(),
+                    runtime: ctx.runtime.clone(),
+                },
+                (None, Some(oci)) => ExecTarget::Oci {
+                    runc_id: runc_id(uid, &name, restart_count),
+                    oci: oci.clone(),
+                },
+                (None, None) => unreachable!("an OCI container runs only where runc is"),
+            };
+            let prober = Prober {
+                ctx: ctx.clone(),
+                pod: pod.clone(),
+                container: c.clone(),
+                index: i,
+                run: run.clone(),
+                run_no: restart_count,
+                exec,
+                started: tokio::time::Instant::now(),
+                pod_ip: ctx.host_ip.clone(),
+                kill: run_cancel.clone(),
+                grace: run_grace.clone(),
+            };
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(prober.supervise(probes)))
+        });
+        // The pod's grace period, as a deletion shortens it, reaches the run's.
+        let forward_grace = {
+            let (mut pod_grace, run_grace) = (grace.clone(), run_grace.clone());
+            async move {
+                while pod_grace.changed().await.is_ok() {
+                    let g = *pod_grace.borrow_and_update();
+                    run_grace.send_replace(g);
+                }
+                std::future::pending::<()>().await;
+            }
+        };
+        let run_future = async {
+            match prepared {
+                Prepared::Wasm {
+                    workload,
                     args,
                     env,
-                    log_path,
-                    memory_limit,
                     dirs,
-                };
-                ctx.runtime
-                    .run_with_stdin(&workload, spec, stdin, cancel.clone())
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Prepared::Oci {
-                rootfs,
-                args,
-                env,
-                cwd,
-                user,
-                mounts,
-            } => {
-                let oci = ctx.oci.as_ref().expect("checked in prepare");
-                let spec = ContainerSpec {
-                    id: runc_id(uid, &name, restart_count),
-                    image_rootfs: rootfs,
-                    work_dir: ctx.containers_dir.join(format!("{uid}-{name}")),
+                } => {
+                    let spec = RunSpec {
+                        args,
+                        env,
+                        log_path,
+                        memory_limit,
+                        dirs,
+                    };
+                    ctx.runtime
+                        .run_with_stdin(&workload, spec, stdin, run_cancel.clone())
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Prepared::Oci {
+                    rootfs,
                     args,
                     env,
                     cwd,
                     user,
-                    hostname: pod_name.to_string(),
                     mounts,
-                    memory_limit,
-                    cpu_limit_millis,
-                    cpu_shares,
-                    log_path,
-                    grace_period: grace.clone(),
-                    post_start,
-                    pre_stop,
-                };
-                let out = oci.run_with_stdin(spec, stdin, cancel.clone()).await;
-                if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
-                    let text = out
-                        .as_ref()
-                        .err()
-                        .map(ToString::to_string)
-                        .unwrap_or_default();
-                    ctx.events
-                        .pod(
-                            pod,
-                            Some(&name),
-                            Kind::Warning,
-                            "FailedPostStartHook",
-                            &text,
-                        )
-                        .await;
+                } => {
+                    let oci = ctx.oci.as_ref().expect("checked in prepare");
+                    let spec = ContainerSpec {
+                        id: runc_id(uid, &name, restart_count),
+                        image_rootfs: rootfs,
+                        work_dir: ctx.containers_dir.join(format!("{uid}-{name}")),
+                        args,
+                        env,
+                        cwd,
+                        user,
+                        hostname: pod_name.to_string(),
+                        mounts,
+                        memory_limit,
+                        cpu_limit_millis,
+                        cpu_shares,
+                        log_path,
+                        grace_period: run_grace.subscribe(),
+                        post_start,
+                        pre_stop,
+                    };
+                    let out = oci.run_with_stdin(spec, stdin, run_cancel.clone()).await;
+                    if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
+                        let text = out
+                            .as_ref()
+                            .err()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
+                        ctx.events
+                            .pod(
+                                pod,
+                                Some(&name),
+                                Kind::Warning,
+                                "FailedPostStartHook",
+                                &text,
+                            )
+                            .await;
+                    }
+                    out.map_err(|e| e.to_string())
                 }
-                out.map_err(|e| e.to_string())
             }
         };
+        // The forwarding comes first, so a deletion's grace period is in place before the run
+        // sees the cancellation that comes with it.
+        let exit = tokio::select! {
+            biased;
+            () = forward_grace => unreachable!("pending forever"),
+            exit = run_future => exit,
+        };
+        drop(probing);
         let _ = done_tx.send(true);
         if cancel.is_cancelled() {
             return;

@@ -12,6 +12,7 @@ mod node;
 mod objects;
 mod pod_cache;
 mod pods;
+mod probe;
 mod refresh;
 mod spec;
 mod status;

@@ -444,7 +444,11 @@ async fn run_pod(
         .iter()
         .map(|c| {
             let name = c["name"].as_str().unwrap_or_default();
-            let mut r = ContainerRecord::new(name, c["image"].as_str().unwrap_or_default());
+            let mut r = ContainerRecord::new(name, c["image"].as_str().unwrap_or_default())
+                .with_probes(
+                    c.get("startupProbe").is_some_and(|p| !p.is_null()),
+                    c.get("readinessProbe").is_some_and(|p| !p.is_null()),
+                );
             if let Some(counts) = saved.get(name) {
                 container_counts::resume(&mut r, counts, &now);
             }

@@ -8,6 +8,8 @@
 
 use serde_json::{Value, json};
 
+use crate::probe::ProbeKind;
+
 /// Where one container is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ContainerState {
@@ -74,6 +76,14 @@ pub struct ContainerRecord {
     /// Whether the container ever ran (a pod with a started container is Running, not
     /// Pending, even while it is in back-off).
     pub ever_started: bool,
+    /// The container has a startup probe: each run is not `started` until it passes.
+    pub has_startup: bool,
+    /// The container has a readiness probe: each run is not `ready` until it passes.
+    pub has_readiness: bool,
+    /// This run's startup probe passed (or there is none).
+    pub probe_started: bool,
+    /// This run's readiness probe passes (or there is none).
+    pub probe_ready: bool,
 }
 
 impl ContainerRecord {
@@ -86,7 +96,20 @@ impl ContainerRecord {
             restart_count: 0,
             last_terminated: None,
             ever_started: false,
+            has_startup: false,
+            has_readiness: false,
+            probe_started: true,
+            probe_ready: true,
         }
+    }
+
+    /// A record for a container with these probes.
+    pub(crate) fn with_probes(mut self, startup: bool, readiness: bool) -> Self {
+        self.has_startup = startup;
+        self.has_readiness = readiness;
+        self.probe_started = !startup;
+        self.probe_ready = !readiness;
+        self
     }
 
     /// The image could not be had (`reason` is kubelet's: ErrImagePull, ImagePullBackOff,
@@ -106,6 +129,27 @@ impl ContainerRecord {
         self.ever_started = true;
         self.restart_count = restart_count;
         self.state = ContainerState::Running { started_at };
+        // Each run is probed afresh.
+        self.probe_started = !self.has_startup;
+        self.probe_ready = !self.has_readiness;
+    }
+
+    /// A probe's result flipped for run `run` (a result for an earlier run is stale and
+    /// dropped). Liveness results are not kept: a failing one ends the run.
+    pub(crate) fn probed(&mut self, run: u32, kind: ProbeKind, ok: bool) {
+        if run != self.restart_count || !matches!(self.state, ContainerState::Running { .. }) {
+            return;
+        }
+        match kind {
+            ProbeKind::Startup => self.probe_started = ok,
+            ProbeKind::Readiness => self.probe_ready = ok,
+            ProbeKind::Liveness => {}
+        }
+    }
+
+    /// Running, and its startup probe (if any) passed.
+    pub fn is_started(&self) -> bool {
+        matches!(self.state, ContainerState::Running { .. }) && self.probe_started
     }
 
     /// The run ended and the restart policy restarts it: it becomes `lastState`, the count
@@ -132,8 +176,9 @@ impl ContainerRecord {
         };
     }
 
+    /// Running, started, and its readiness probe (if any) passes.
     pub fn ready(&self) -> bool {
-        matches!(self.state, ContainerState::Running { .. })
+        self.is_started() && self.probe_ready
     }
 
     /// The `containerStatuses[]` entry (every field the Python client requires is present).
@@ -170,7 +215,7 @@ impl ContainerRecord {
             "image": self.image,
             "imageID": self.image_id,
             "ready": self.ready(),
-            "started": self.ready(),
+            "started": self.is_started(),
             "restartCount": self.restart_count,
             "state": state,
         });

@@ -242,7 +242,7 @@ pub(super) struct WasmTarget {
 
 impl WasmTarget {
     /// The container's argv[0]: the name an exec's command must begin with.
-    fn program(&self) -> &str {
+    pub(super) fn program(&self) -> &str {
         self.container.args.first().map_or("", String::as_str)
     }
 }

@@ -232,6 +232,17 @@ impl OciRuntime {
         &self.version
     }
 
+    /// Runs `argv` to its end in running container `id` (with the container's env, user and
+    /// cwd), bounded by `timeout`: a probe. Ok when it exits 0; otherwise why, with its output.
+    pub async fn exec_checked(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> std::result::Result<(), String> {
+        self.runc.exec(id, argv, timeout).await
+    }
+
     /// Runs one container instance to its end and removes it.
     ///
     /// On `cancel`: preStop hook (bounded by the grace period), TERM, the rest of the grace
@@ -500,11 +511,21 @@ impl OciRuntime {
     /// Waits until the container runs, then executes the hook in it. A container that is
     /// already gone needs no hook; its exit is reported by the caller.
     async fn post_start(&self, id: &str, argv: &[String]) -> std::result::Result<(), String> {
+        match self.until_running(id).await? {
+            true => self.runc.exec(id, argv, POST_START_TIMEOUT).await,
+            false => Ok(()),
+        }
+    }
+
+    /// Waits until container `id` runs (true) or has already stopped (false); an error if it
+    /// is not running after the start timeout. What comes into a container (hooks, probes)
+    /// waits for this: `runc exec` into one still being created fails.
+    pub async fn until_running(&self, id: &str) -> std::result::Result<bool, String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match self.runc.state(id).await {
-                Ok(Some(s)) if s == "running" => break,
-                Ok(Some(s)) if s == "stopped" => return Ok(()),
+                Ok(Some(s)) if s == "running" => return Ok(true),
+                Ok(Some(s)) if s == "stopped" => return Ok(false),
                 Ok(_) => {}
                 Err(e) => debug!(error = %e, "runc state"),
             }
@@ -513,7 +534,6 @@ impl OciRuntime {
             }
             tokio::time::sleep(STATE_POLL).await;
         }
-        self.runc.exec(id, argv, POST_START_TIMEOUT).await
     }
 
     /// preStop, TERM, grace, KILL. Returns runc's exit status (if it came) and whether KILL

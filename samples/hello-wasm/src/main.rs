@@ -5,7 +5,10 @@
 //! `HELLO_EXIT_AFTER_SECS` to make it exit after that many seconds with `HELLO_EXIT_CODE`
 //! (default 1), which exercises restart policies and back-off. Set `HELLO_LISTEN` to a port
 //! (or `address:port`) to serve the greeting over HTTP there instead (WASI sockets; pods
-//! share the node's network), which `kubectl port-forward` reaches.
+//! share the node's network), which `kubectl port-forward` reaches. The server also has what
+//! probes need: `/healthz` answers 200 while the program is ready and 503 once `/ready/off`
+//! was asked (`/ready/on` turns it back), and `/hang` makes it stop answering anything, as a
+//! hung service does.
 //!
 //! With `--once` as its first argument it greets and exits 0: what `kubectl exec POD -- hello
 //! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
@@ -56,10 +59,11 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
     };
     println!("listening on {addr}");
     let _ = std::io::stdout().flush();
-    let body = format!("{greeting}\n");
+    let greeting = format!("{greeting}\n");
+    let mut ready = true;
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        // Read the request head (any request gets the greeting), then answer and close.
+        // Read the request head, then answer by its path and close.
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -68,11 +72,34 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
                 Ok(n) => head.extend_from_slice(&buf[..n]),
             }
         }
+        let path = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        let (status, body) = match path.as_str() {
+            "/healthz" if ready => ("200 OK", "ok\n".to_owned()),
+            "/healthz" => ("503 Service Unavailable", "not ready\n".to_owned()),
+            "/ready/on" | "/ready/off" => {
+                ready = path == "/ready/on";
+                println!("ready: {ready}");
+                ("200 OK", format!("ready: {ready}\n"))
+            }
+            "/hang" => {
+                println!("hanging: no more answers");
+                let _ = std::io::stdout().flush();
+                loop {
+                    std::thread::sleep(Duration::from_secs(3600));
+                }
+            }
+            _ => ("200 OK", greeting.clone()),
+        };
         let _ = write!(
             conn,
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            "HTTP/1.0 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        let _ = std::io::stdout().flush();
     }
     exit(0)
 }

@@ -30,6 +30,7 @@ use kedge_core::resources::Resource;
 mod common;
 mod data;
 mod podspec;
+mod probes;
 pub(crate) mod table_fmt;
 
 mod configmap;

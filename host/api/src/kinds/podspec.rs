@@ -32,6 +32,7 @@ pub(super) fn default_pod_spec(spec: &mut Value) {
                     .or_insert(json!("/dev/termination-log"));
                 c.entry("terminationMessagePolicy").or_insert(json!("File"));
                 c.entry("resources").or_insert(json!({}));
+                super::probes::default_probes(c);
             }
         }
     }
@@ -204,6 +205,7 @@ pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>)
                     )),
                     Some(_) => {}
                 }
+                super::probes::validate_probes(c, &path, false, causes);
                 if let Some(p) = c.get("imagePullPolicy").and_then(Value::as_str) {
                     let allowed = ["Always", "IfNotPresent", "Never"];
                     if !allowed.contains(&p) {

@@ -103,7 +103,10 @@ impl Runc {
             .arg(id)
             .args(argv)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stderr(Stdio::piped())
+            // Past the timeout, runc goes with the dropped wait (its process in the container
+            // may outlive it, as with kubelet's exec probes).
+            .kill_on_drop(true);
         let child = c
             .spawn()
             .map_err(|e| format!("cannot spawn runc exec: {e}"))?;
