@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::{Pod, PodSpec, PodTemplateSpec, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::meta::{controller_of, labels_of, new_controller_ref};
+use crate::meta::{controller_of, find_condition, labels_of, new_controller_ref};
 use crate::quantity::{QuantityError, parse_bytes, parse_cpu_millis};
 use crate::selector::Selector;
 use crate::{ApiResult, ApiResultExt, Cluster, ClusterExt};
@@ -117,6 +117,44 @@ pub fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// When a ready pod becomes available, in epoch milliseconds (Kubernetes' `IsPodAvailable`):
+/// its Ready condition's `lastTransitionTime` plus `min_ready_seconds`, so a controller can
+/// both count available pods (`<= now`) and ask to look again when the next one is due, since
+/// no event announces that moment. `None` for a pod that is not ready, or that is ready
+/// without a transition time while `min_ready_seconds` is positive (Kubernetes never counts
+/// those); with `min_ready_seconds <= 0` a ready pod is available from the start of time.
+///
+/// ```
+/// use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+/// use kedge_guest::meta::parse_time;
+/// use kedge_guest::pod::available_at;
+/// let ready = PodCondition { type_: "Ready".into(), status: "True".into(),
+///     last_transition_time: parse_time("2025-01-01T00:00:00Z"), ..Default::default() };
+/// let pod = Pod { status: Some(PodStatus { conditions: Some(vec![ready]), ..Default::default() }),
+///     ..Default::default() };
+/// let since = parse_time("2025-01-01T00:00:00Z").unwrap().0.as_millisecond();
+/// assert_eq!(available_at(&pod, 10), Some(since + 10_000));
+/// assert_eq!(available_at(&pod, 0), Some(i64::MIN));
+/// assert_eq!(available_at(&Pod::default(), 0), None);
+/// ```
+pub fn available_at(pod: &Pod, min_ready_seconds: i32) -> Option<i64> {
+    if !is_ready(pod) {
+        return None;
+    }
+    if min_ready_seconds <= 0 {
+        return Some(i64::MIN);
+    }
+    let since = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_deref()
+        .and_then(|c| find_condition(c, "Ready"))?
+        .last_transition_time
+        .as_ref()?;
+    Some(since.0.as_millisecond() + i64::from(min_ready_seconds) * 1000)
 }
 
 /// CPU and memory a pod asks the scheduler for.
@@ -323,6 +361,31 @@ mod tests {
             ..Default::default()
         };
         assert!(pod_requests(&bad).is_err());
+    }
+
+    #[test]
+    fn availability_needs_a_transition_time_once_min_ready_is_set() {
+        let mut pod = Pod {
+            status: Some(PodStatus {
+                phase: Some("Running".into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(available_at(&pod, 0), Some(i64::MIN));
+        assert_eq!(available_at(&pod, 5), None);
+        fn ready(pod: &mut Pod) -> &mut PodCondition {
+            &mut pod.status.as_mut().unwrap().conditions.as_mut().unwrap()[0]
+        }
+        ready(&mut pod).last_transition_time = crate::meta::parse_time("1970-01-01T00:00:01Z");
+        assert_eq!(available_at(&pod, 5), Some(6_000));
+        ready(&mut pod).status = "False".into();
+        assert_eq!(available_at(&pod, 5), None);
     }
 
     #[test]

@@ -13,13 +13,31 @@
 //!   elsewhere; the deletion completes when the node comes back or is deleted.
 //! - The heartbeat returns: the taints are removed (the agent re-posts Ready itself).
 //!
-//! The grace period and the default eviction time can be shortened (tests, fast-failover
-//! sites) with the ConfigMap `kube-system/kedge-node-lifecycle`, keys `gracePeriodSeconds`
-//! and `evictionSeconds`.
+//! Edge autonomy: an edge site cut off for hours should keep its workloads where they run
+//! rather than have them deleted and recreated elsewhere (they keep running on the node
+//! anyway; the agent restarts them from its own copy). The Node annotation
+//! `node.kedge.io/autonomy-duration` holds how long: a Go-style duration (`90s`, `10m`,
+//! `2h30m`, `24h`), or `0` for as long as the node stays away. While it runs, counted from
+//! the `NoExecute` taint's `timeAdded`, no pod of the node is evicted whatever its
+//! tolerations say; afterwards eviction is the usual one (a pod that tolerates the taint
+//! longer stays longer; without the annotation, or with a duration shorter than a pod's
+//! toleration, nothing changes). Pods not deleted are not replaced by their controllers.
+//! The node still shows `Unknown`/NotReady and carries the taints, so nothing new is
+//! scheduled there and `kubectl get nodes` tells the truth. A value that is not a
+//! duration gets a Warning Event `InvalidAutonomyDuration` on the Node, and the node is
+//! treated as if it had no annotation. Removing the annotation while the node is away
+//! restores the usual eviction at once.
+//!
+//! Settings live in the ConfigMap `kube-system/kedge-node-lifecycle` (plugins have no
+//! configuration of their own; a ConfigMap is readable, watchable and editable with
+//! kubectl): `gracePeriodSeconds` and `evictionSeconds` shorten the timeouts (tests,
+//! fast-failover sites), `autonomyDuration` (same syntax as the annotation) is the
+//! autonomy of every node without the annotation.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, NodeCondition, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::SignedDuration;
 use kedge_guest::meta::{find_condition, parse_time};
 use kedge_guest::pod::tolerates;
 use kedge_guest::{
@@ -34,6 +52,12 @@ pub const DEFAULT_GRACE_SECONDS: i64 = 40;
 pub const DEFAULT_EVICTION_SECONDS: i64 = 300;
 pub const CONFIG_NAMESPACE: &str = "kube-system";
 pub const CONFIG_NAME: &str = "kedge-node-lifecycle";
+/// The Node annotation that keeps an unreachable node's pods bound (see the module doc).
+pub const AUTONOMY_ANNOTATION: &str = "node.kedge.io/autonomy-duration";
+/// The ConfigMap key of the server-wide autonomy of nodes without the annotation.
+pub const AUTONOMY_CONFIG_KEY: &str = "autonomyDuration";
+/// The Event reason for an autonomy value that does not parse.
+pub const INVALID_AUTONOMY: &str = "InvalidAutonomyDuration";
 const COMPONENT: &str = "node-controller";
 
 pub struct NodeLifecycle;
@@ -61,21 +85,133 @@ kedge_guest::export_controller!(NodeLifecycle);
 pub struct Timeouts {
     pub grace_ms: i64,
     pub eviction_ms: i64,
+    /// For nodes without the annotation; `None`: no autonomy.
+    pub autonomy: Option<Autonomy>,
+}
+
+/// How long an unreachable node keeps its pods whatever their tolerations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Autonomy {
+    /// This many milliseconds after the node was tainted unreachable.
+    For(i64),
+    /// As long as the node is away (the value `0`).
+    Forever,
+}
+
+/// Reads an autonomy value: a Go-style duration, or `0` (any zero duration) for
+/// [`Autonomy::Forever`]. The error says what is accepted, for the Event.
+///
+/// Durations are read by jiff's parser, which also takes a few spellings Go does not
+/// (`1 hour`, ISO 8601 `PT1H`); every Go spelling of hours and smaller units reads the same.
+pub fn parse_autonomy(value: &str) -> Result<Autonomy, String> {
+    let value = value.trim();
+    let invalid =
+        || format!("{value:?} is not a duration such as 90s, 10m or 2h30m, nor 0 (never evict)");
+    if value == "0" {
+        return Ok(Autonomy::Forever);
+    }
+    let d: SignedDuration = value.parse().map_err(|_| invalid())?;
+    if d.is_negative() {
+        return Err(invalid());
+    }
+    if d.is_zero() {
+        return Ok(Autonomy::Forever);
+    }
+    Ok(Autonomy::For(
+        i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+    ))
 }
 
 fn timeouts(cluster: &dyn Cluster) -> Result<Timeouts> {
     let cm = cluster.get::<ConfigMap>(CONFIG_NAMESPACE, CONFIG_NAME)?;
-    let data = cm.and_then(|c| c.data).unwrap_or_default();
+    let data = cm.as_ref().and_then(|c| c.data.clone()).unwrap_or_default();
     let seconds = |key: &str, default: i64| {
         data.get(key)
             .and_then(|v| v.trim().parse::<i64>().ok())
             .filter(|s| *s >= 0)
             .unwrap_or(default)
     };
+    let autonomy = match (data.get(AUTONOMY_CONFIG_KEY), cm.as_ref()) {
+        (Some(v), Some(cm)) => match parse_autonomy(v) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                warn_once(
+                    cluster,
+                    cm,
+                    INVALID_AUTONOMY,
+                    &format!("{AUTONOMY_CONFIG_KEY}: {why}; nodes get no autonomy by default"),
+                )?;
+                None
+            }
+        },
+        _ => None,
+    };
     Ok(Timeouts {
         grace_ms: seconds("gracePeriodSeconds", DEFAULT_GRACE_SECONDS) * 1000,
         eviction_ms: seconds("evictionSeconds", DEFAULT_EVICTION_SECONDS) * 1000,
+        autonomy,
     })
+}
+
+/// The node's own autonomy, else the server-wide default; a malformed annotation is
+/// reported and ignored.
+fn node_autonomy(
+    cluster: &dyn Cluster,
+    node: &Node,
+    default: Option<Autonomy>,
+) -> Result<Option<Autonomy>> {
+    let Some(value) = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(AUTONOMY_ANNOTATION))
+    else {
+        return Ok(default);
+    };
+    match parse_autonomy(value) {
+        Ok(a) => Ok(Some(a)),
+        Err(why) => {
+            warn_once(
+                cluster,
+                node,
+                INVALID_AUTONOMY,
+                &format!("annotation {AUTONOMY_ANNOTATION}: {why}; ignored"),
+            )?;
+            Ok(default)
+        }
+    }
+}
+
+/// A Warning Event about `obj`, unless one with the same reason and message is there
+/// already: reconciles repeat every few seconds, Events should not.
+fn warn_once<K>(cluster: &dyn Cluster, obj: &K, reason: &str, message: &str) -> Result<()>
+where
+    K: k8s_openapi::Resource
+        + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    let meta = obj.metadata();
+    let ns = meta.namespace.as_deref().unwrap_or("default");
+    let seen = cluster.list::<Event>(ns, "")?.iter().any(|e| {
+        e.involved_object.kind.as_deref() == Some(K::KIND)
+            && e.involved_object.name == meta.name
+            && e.reason.as_deref() == Some(reason)
+            && e.message.as_deref() == Some(message)
+    });
+    if !seen {
+        cluster.log(LogLevel::Warn, message);
+        let _ = cluster.record_event(obj, "Warning", reason, message, COMPONENT);
+    }
+    Ok(())
+}
+
+/// When (ms after the node was tainted unreachable) a pod goes: `None` = not while the
+/// node is away. Autonomy only ever postpones an eviction.
+pub fn eviction_delay_ms(tolerated_ms: Option<i64>, autonomy: Option<Autonomy>) -> Option<i64> {
+    match autonomy {
+        None => tolerated_ms,
+        Some(Autonomy::Forever) => None,
+        Some(Autonomy::For(kept)) => tolerated_ms.map(|t| t.max(kept)),
+    }
 }
 
 fn ms(t: &Time) -> i64 {
@@ -126,6 +262,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         return Ok(Outcome::done());
     };
     let timeouts = timeouts(cluster)?;
+    let autonomy = node_autonomy(cluster, &node, timeouts.autonomy)?;
     let now_s = cluster.now();
     let now = parse_time(&now_s).ok_or("host clock is not RFC 3339")?;
     let now_ms = ms(&now);
@@ -228,6 +365,19 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             if cluster.update("", &node).ignore_stale()?.is_none() {
                 return Ok(Outcome::requeue_after_ms(1000));
             }
+            if let Some(a) = autonomy {
+                let how_long = match a {
+                    Autonomy::Forever => "until it is back".to_string(),
+                    Autonomy::For(ms) => format!("for {:#}", SignedDuration::from_millis(ms)),
+                };
+                let _ = cluster.record_event(
+                    &node,
+                    "Normal",
+                    "NodeAutonomy",
+                    &format!("Node {name} is unreachable; its pods stay bound {how_long}"),
+                    COMPONENT,
+                );
+            }
             now_ms
         }
     };
@@ -239,10 +389,11 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         if !on_node || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let Some(tolerated) = tolerated_ms(&pod, timeouts.eviction_ms) else {
+        let tolerated = tolerated_ms(&pod, timeouts.eviction_ms);
+        let Some(delay) = eviction_delay_ms(tolerated, autonomy) else {
             continue;
         };
-        let due = tainted_at + tolerated;
+        let due = tainted_at.saturating_add(delay);
         if due > now_ms {
             next_ms = Some(next_ms.map_or(due, |n: i64| n.min(due)));
             continue;

@@ -231,3 +231,239 @@ fn toleration_matching() {
     };
     assert_eq!(tolerated_ms(&p(vec![forever]), 7), None);
 }
+
+fn annotated(mut n: Node, value: &str) -> Node {
+    n.metadata.annotations = Some([(AUTONOMY_ANNOTATION.to_string(), value.to_string())].into());
+    n
+}
+
+fn config(data: &[(&str, &str)]) -> ConfigMap {
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some(CONFIG_NAME.into());
+    cm.metadata.namespace = Some(CONFIG_NAMESPACE.into());
+    cm.data = Some(
+        data.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
+    cm
+}
+
+fn events(fake: &FakeCluster, ns: &str, reason: &str) -> Vec<Event> {
+    fake.list::<Event>(ns, "")
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .collect()
+}
+
+fn patient(name: &str, seconds: i64) -> Pod {
+    pod(
+        name,
+        "edge-1",
+        vec![Toleration {
+            key: Some(UNREACHABLE_TAINT.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: Some(seconds),
+            ..Default::default()
+        }],
+    )
+}
+
+/// The node went silent at T0 and is found unreachable (and tainted) at 41 s.
+fn disconnected(fake: &FakeCluster, node: Node) {
+    fake.seed(&node);
+    fake.seed(&lease("edge-1", T0));
+    fake.set_now(&at(41));
+    run(fake);
+    assert_eq!(unreachable_taints(&stored(fake)).len(), 2);
+}
+
+#[test]
+fn autonomy_annotation_keeps_pods_past_their_tolerations_then_evicts() {
+    let fake = FakeCluster::new();
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    fake.seed(&patient("hour", 3600));
+    disconnected(&fake, annotated(node("edge-1"), "10m"));
+    let said = events(&fake, "default", "NodeAutonomy");
+    assert_eq!(said.len(), 1);
+    assert_eq!(
+        said[0].message.as_deref(),
+        Some("Node edge-1 is unreachable; its pods stay bound for 10m")
+    );
+
+    // Past the default 300 s: nothing is evicted, and the node still shows its state.
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    fake.set_now(&at(41 + 599));
+    run(&fake);
+    assert_eq!(pods(&fake), ["hour", "plain"]);
+    let n = stored(&fake);
+    let conds = n.status.as_ref().unwrap().conditions.as_ref().unwrap();
+    assert!(conds.iter().all(|c| c.status == "Unknown"), "{conds:?}");
+    assert_eq!(unreachable_taints(&n), ["NoSchedule", "NoExecute"]);
+
+    // Ten minutes after the taint: the usual eviction; a longer toleration still holds.
+    fake.set_now(&at(41 + 600));
+    run(&fake);
+    assert_eq!(pods(&fake), ["hour"]);
+    fake.set_now(&at(41 + 3600));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+}
+
+#[test]
+fn autonomy_zero_never_evicts() {
+    let fake = FakeCluster::new();
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, annotated(node("edge-1"), "0"));
+    assert_eq!(
+        events(&fake, "default", "NodeAutonomy")[0]
+            .message
+            .as_deref(),
+        Some("Node edge-1 is unreachable; its pods stay bound until it is back")
+    );
+    for secs in [300, 3600, 30 * 24 * 3600] {
+        fake.set_now(&at(41 + secs));
+        run(&fake);
+        assert_eq!(pods(&fake), ["plain"], "after {secs} s");
+    }
+    assert_eq!(fake.count(kedge_guest::Verb::Delete, "Pod"), 0);
+}
+
+#[test]
+fn malformed_autonomy_is_reported_once_and_ignored() {
+    let fake = FakeCluster::new();
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, annotated(node("edge-1"), "soon"));
+    fake.set_now(&at(100));
+    run(&fake);
+    let warned = events(&fake, "default", INVALID_AUTONOMY);
+    assert_eq!(warned.len(), 1, "once, not every reconcile: {warned:?}");
+    assert_eq!(warned[0].type_.as_deref(), Some("Warning"));
+    assert_eq!(warned[0].involved_object.kind.as_deref(), Some("Node"));
+    assert_eq!(
+        warned[0].message.as_deref(),
+        Some(
+            "annotation node.kedge.io/autonomy-duration: \"soon\" is not a duration such as 90s, 10m or 2h30m, nor 0 (never evict); ignored"
+        )
+    );
+    assert!(events(&fake, "default", "NodeAutonomy").is_empty());
+    // The default behaviour: gone after 300 s.
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+}
+
+#[test]
+fn malformed_annotation_falls_back_to_the_server_default() {
+    let fake = FakeCluster::new();
+    fake.seed(&config(&[(AUTONOMY_CONFIG_KEY, "10m")]));
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, annotated(node("edge-1"), "-5m"));
+    assert_eq!(events(&fake, "default", INVALID_AUTONOMY).len(), 1);
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    assert_eq!(pods(&fake), ["plain"]);
+    fake.set_now(&at(41 + 600));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+}
+
+#[test]
+fn the_server_default_applies_to_nodes_without_the_annotation() {
+    let fake = FakeCluster::new();
+    fake.seed(&config(&[(AUTONOMY_CONFIG_KEY, "10m")]));
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, node("edge-1"));
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    assert_eq!(pods(&fake), ["plain"]);
+    fake.set_now(&at(41 + 600));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+
+    // A node's own annotation wins, here a short one that gives the usual 300 s back.
+    let fake = FakeCluster::new();
+    fake.seed(&config(&[(AUTONOMY_CONFIG_KEY, "0")]));
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, annotated(node("edge-1"), "1s"));
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+}
+
+#[test]
+fn a_malformed_server_default_is_reported_on_the_config_map() {
+    let fake = FakeCluster::new();
+    fake.seed(&config(&[(AUTONOMY_CONFIG_KEY, "forever")]));
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    disconnected(&fake, node("edge-1"));
+    fake.set_now(&at(100));
+    run(&fake);
+    let warned = events(&fake, CONFIG_NAMESPACE, INVALID_AUTONOMY);
+    assert_eq!(warned.len(), 1, "{warned:?}");
+    assert_eq!(warned[0].involved_object.kind.as_deref(), Some("ConfigMap"));
+    fake.set_now(&at(41 + 300));
+    run(&fake);
+    assert!(pods(&fake).is_empty(), "no autonomy by default");
+}
+
+#[test]
+fn removing_the_annotation_while_away_restores_eviction() {
+    let fake = FakeCluster::new();
+    fake.seed(&pod("plain", "edge-1", vec![]));
+    fake.seed(&patient("patient", 600));
+    disconnected(&fake, annotated(node("edge-1"), "0"));
+    fake.set_now(&at(41 + 400));
+    run(&fake);
+    assert_eq!(pods(&fake), ["patient", "plain"]);
+
+    let mut n = stored(&fake);
+    n.metadata.annotations = None;
+    fake.seed(&n);
+    run(&fake);
+    assert_eq!(pods(&fake), ["patient"], "past its 300 s: evicted at once");
+    fake.set_now(&at(41 + 600));
+    run(&fake);
+    assert!(pods(&fake).is_empty());
+}
+
+#[test]
+fn autonomy_values() {
+    for (value, want) in [
+        ("90s", Ok(Autonomy::For(90_000))),
+        ("10m", Ok(Autonomy::For(600_000))),
+        ("2h30m", Ok(Autonomy::For(9_000_000))),
+        ("24h", Ok(Autonomy::For(86_400_000))),
+        ("1.5h", Ok(Autonomy::For(5_400_000))),
+        ("500ms", Ok(Autonomy::For(500))),
+        (" 10m ", Ok(Autonomy::For(600_000))),
+        ("0", Ok(Autonomy::Forever)),
+        ("0s", Ok(Autonomy::Forever)),
+    ] {
+        assert_eq!(parse_autonomy(value), want, "{value:?}");
+    }
+    for bad in ["", "10", "-5m", "soon", "10 parsecs", "m"] {
+        assert!(parse_autonomy(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn autonomy_only_postpones_evictions() {
+    let ten_min = Some(Autonomy::For(600_000));
+    for (tolerated, autonomy, want) in [
+        (Some(300_000), None, Some(300_000)),
+        (Some(300_000), ten_min, Some(600_000)),
+        (Some(3_600_000), ten_min, Some(3_600_000)),
+        (None, ten_min, None),
+        (Some(300_000), Some(Autonomy::Forever), None),
+    ] {
+        assert_eq!(
+            eviction_delay_ms(tolerated, autonomy),
+            want,
+            "{tolerated:?} {autonomy:?}"
+        );
+    }
+}

@@ -2,7 +2,10 @@
 //! identical pods matching a selector, adopting orphans and releasing pods whose labels
 //! drifted away, with Kubernetes' scale-down order and status counts.
 //!
-//! `minReadySeconds` is not honoured yet: a pod counts as available as soon as it is ready.
+//! A pod counts as available once it has been ready for `spec.minReadySeconds` (Kubernetes'
+//! `IsPodAvailable`: the Ready condition's `lastTransitionTime` plus `minReadySeconds` is not
+//! after now). While a ready pod is still waiting for that, the reconcile asks to be run
+//! again when the earliest one becomes available, since no event would announce it.
 
 use std::cmp::Reverse;
 
@@ -11,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     Pod, PodTemplateSpec, ReplicationController, ReplicationControllerStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kedge_guest::meta::{labels_of, new_controller_ref};
+use kedge_guest::meta::{find_condition, labels_of, new_controller_ref, parse_time};
 use kedge_guest::pod::{claim_pods, is_active, is_ready};
 use kedge_guest::selector::Selector;
 use kedge_guest::{ApiResultExt, Cluster, ClusterExt, LogLevel, ObjectKey, Outcome, Result};
@@ -39,6 +42,8 @@ pub trait PodSet:
     /// The selector; an `Err` or an empty selector makes the object invalid.
     fn selector(&self) -> Result<Selector, String>;
     fn replicas(&self) -> i32;
+    /// How long a pod must have been ready before it counts as available.
+    fn min_ready_seconds(&self) -> i32;
     fn template(&self) -> Option<&PodTemplateSpec>;
     /// The counts in the stored status.
     fn counts(&self) -> Counts;
@@ -54,6 +59,13 @@ impl PodSet for ReplicaSet {
 
     fn replicas(&self) -> i32 {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+    }
+
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
     }
 
     fn template(&self) -> Option<&PodTemplateSpec> {
@@ -105,6 +117,13 @@ impl PodSet for ReplicationController {
         self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
     }
 
+    fn min_ready_seconds(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.min_ready_seconds)
+            .unwrap_or(0)
+    }
+
     fn template(&self) -> Option<&PodTemplateSpec> {
         self.spec.as_ref()?.template.as_ref()
     }
@@ -151,6 +170,28 @@ fn deletion_cost(pod: &Pod) -> (bool, bool, bool, Reverse<Option<Time>>, Option<
         Reverse(pod.metadata.creation_timestamp.clone()),
         pod.metadata.name.clone(),
     )
+}
+
+/// When a ready pod becomes available (epoch milliseconds): the Ready condition's
+/// `lastTransitionTime` plus `min_ready_seconds`; `None` for a pod that is not ready, or
+/// that is ready without a transition time while `min_ready_seconds` is positive (Kubernetes
+/// never counts those).
+pub fn available_since(pod: &Pod, min_ready_seconds: i32) -> Option<i64> {
+    if !is_ready(pod) {
+        return None;
+    }
+    let since = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .and_then(|c| find_condition(c, "Ready"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| t.0.as_millisecond());
+    match (since, min_ready_seconds) {
+        (_, s) if s <= 0 => Some(i64::MIN),
+        (Some(t), s) => Some(t + i64::from(s) * 1000),
+        (None, _) => None,
+    }
 }
 
 /// Reconciles one pod set of kind `K`; `component` names the Events' source.
@@ -232,6 +273,20 @@ pub fn reconcile<K: PodSet>(
         i32::try_from(active.iter().filter(|p| f(p)).count()).unwrap_or(i32::MAX)
     };
     let ready = count(&is_ready);
+    let now_ms = parse_time(&cluster.now()).map_or(i64::MAX, |t| t.0.as_millisecond());
+    let min_ready = rs.min_ready_seconds();
+    let since: Vec<i64> = active
+        .iter()
+        .filter_map(|p| available_since(p, min_ready))
+        .collect();
+    let available =
+        i32::try_from(since.iter().filter(|&&t| t <= now_ms).count()).unwrap_or(i32::MAX);
+    // The earliest ready pod still inside its minReadySeconds: look again when it is due.
+    let next_due = since
+        .iter()
+        .filter(|&&t| t > now_ms)
+        .min()
+        .map(|t| t - now_ms);
     let counts = Counts {
         replicas: count(&|_| true),
         fully_labeled: count(&|p| {
@@ -242,7 +297,7 @@ pub fn reconcile<K: PodSet>(
                 .all(|(k, v)| labels.get(k) == Some(v))
         }),
         ready,
-        available: ready,
+        available,
         observed_generation: rs.metadata().generation,
     };
     if counts != rs.counts() {
@@ -251,7 +306,10 @@ pub fn reconcile<K: PodSet>(
             .update_status(ns, &rs.with_counts(counts))
             .ignore_stale()?;
     }
-    Ok(Outcome::done())
+    Ok(match next_due {
+        Some(ms) => Outcome::requeue_after_ms(u64::try_from(ms).unwrap_or(0)),
+        None => Outcome::done(),
+    })
 }
 
 /// A ReplicaSet the API server should not have admitted: say so once, do not retry.

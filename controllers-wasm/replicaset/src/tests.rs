@@ -320,3 +320,56 @@ fn empty_selector_is_refused() {
     assert!(fake.writes().is_empty());
     assert_eq!(fake.logs().len(), 1);
 }
+
+fn ready_since(t: &str) -> impl Fn(&mut Pod) {
+    let t = t.to_owned();
+    move |p: &mut Pod| {
+        ready(p);
+        let c = &mut p.status.as_mut().unwrap().conditions.as_mut().unwrap()[0];
+        c.last_transition_time = parse_time(&t);
+    }
+}
+
+fn reconcile_at(fake: &FakeCluster, now: &str) -> Outcome {
+    fake.set_now(now);
+    ReplicaSetController::reconcile(fake, &ObjectKey::of::<ReplicaSet>("ns", "web")).unwrap()
+}
+
+#[test]
+fn min_ready_seconds_delays_availability_and_requeues_until_due() {
+    let fake = FakeCluster::new();
+    let mut r = rs(2);
+    r.spec.as_mut().unwrap().min_ready_seconds = Some(30);
+    fake.create("ns", &r).unwrap();
+    run(&fake);
+    set_pods(&fake, ready_since("2025-01-01T00:00:10Z"));
+    // Ready for 5s of the 30 required: ready but not available, look again in 25s.
+    assert_eq!(
+        reconcile_at(&fake, "2025-01-01T00:00:15Z"),
+        Outcome::requeue_after_ms(25_000)
+    );
+    let st = stored(&fake).status.unwrap();
+    assert_eq!(
+        (st.ready_replicas, st.available_replicas),
+        (Some(2), Some(0))
+    );
+    // Exactly at lastTransitionTime + minReadySeconds the pods count.
+    assert_eq!(reconcile_at(&fake, "2025-01-01T00:00:40Z"), Outcome::done());
+    assert_eq!(stored(&fake).status.unwrap().available_replicas, Some(2));
+}
+
+#[test]
+fn min_ready_seconds_ignores_ready_pods_without_transition_time() {
+    let fake = FakeCluster::new();
+    let mut r = rs(1);
+    r.spec.as_mut().unwrap().min_ready_seconds = Some(5);
+    fake.create("ns", &r).unwrap();
+    run(&fake);
+    set_pods(&fake, ready);
+    assert_eq!(reconcile_at(&fake, "2025-01-02T00:00:00Z"), Outcome::done());
+    let st = stored(&fake).status.unwrap();
+    assert_eq!(
+        (st.ready_replicas, st.available_replicas),
+        (Some(1), Some(0))
+    );
+}

@@ -4,10 +4,11 @@
 //!
 //! Filters, in kube-scheduler's order (a node is rejected by the first that fails): node
 //! Ready, not cordoned, taints (`NoSchedule`/`NoExecute`) against the pod's tolerations,
-//! `nodeSelector` and required node affinity, the runtime (below), CPU/memory requests and
-//! pod count against `status.allocatable`, topology spread (`DoNotSchedule`), inter-pod
-//! affinity and anti-affinity (the incoming pod's required terms, and the required
-//! anti-affinity of pods already placed).
+//! `nodeSelector` and required node affinity, the runtime (below), free ports
+//! (`nodeports.rs`: `hostPort`s, and every `containerPort` while pods share the node's
+//! network), CPU/memory requests and pod count against `status.allocatable`, topology spread
+//! (`DoNotSchedule`), inter-pod affinity and anti-affinity (the incoming pod's required
+//! terms, and the required anti-affinity of pods already placed).
 //!
 //! Scores, each normalized to 0–100 over the feasible nodes and summed with weights
 //! (`score.rs`): untolerated `PreferNoSchedule` taints (3), preferred node affinity (2),
@@ -25,11 +26,12 @@
 //!
 //! Pods counted for inter-pod affinity and spreading: active pods bound to a known node,
 //! including those this plugin bound moments ago (the host writes bindings through to the
-//! cache `list` reads). Not implemented: preemption, host ports, volumes, default spread
-//! constraints, `RuntimeClass` objects (their node selectors and overhead).
+//! cache `list` reads). Not implemented: preemption, volumes, default spread constraints,
+//! `RuntimeClass` objects (their node selectors and overhead).
 
 mod interpod;
 mod nodeaffinity;
+mod nodeports;
 mod score;
 mod spread;
 
@@ -47,6 +49,7 @@ use kedge_guest::{
 };
 
 use interpod::{InterPod, NamespaceLabels};
+use nodeports::NodePorts;
 use score::Capacity;
 use spread::Spread;
 
@@ -100,6 +103,7 @@ enum Reason {
     Taint,
     Selector,
     Runtime,
+    NodePorts,
     Cpu,
     Memory,
     Pods,
@@ -118,6 +122,7 @@ impl Reason {
             Reason::Taint => "node(s) had untolerated taint(s)",
             Reason::Selector => "node(s) didn't match Pod's node affinity/selector",
             Reason::Runtime => "node(s) didn't have an OCI container runtime",
+            Reason::NodePorts => "node(s) didn't have free ports for the requested pod ports",
             Reason::Cpu => "Insufficient cpu",
             Reason::Memory => "Insufficient memory",
             Reason::Pods => "Too many pods",
@@ -200,6 +205,7 @@ fn evaluate(
     pod: &Pod,
     want: Requests,
     usage: Usage,
+    ports: &NodePorts,
     spread: &Spread,
     interpod: &InterPod,
 ) -> Result<Capacity, Vec<Reason>> {
@@ -229,6 +235,9 @@ fn evaluate(
             != Some("true")
     {
         return Err(vec![Reason::Runtime]);
+    }
+    if let Some(r) = ports.check(node) {
+        return Err(vec![r]);
     }
     let (cap, max_pods) = capacity(node);
     let used = usage.requests.saturating_add(want);
@@ -479,13 +488,14 @@ fn decide(
     }
 
     let interpod = InterPod::new(pod, &placed, ns_labels);
+    let ports = NodePorts::new(pod, all_pods);
     let spread = Spread::new(pod, nodes, &pods_by_node);
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut feasible = Vec::new();
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
         let u = usage.get(name).copied().unwrap_or_default();
-        match evaluate(node, pod, want, u, &spread, &interpod) {
+        match evaluate(node, pod, want, u, &ports, &spread, &interpod) {
             Ok(cap) => feasible.push(Feasible {
                 node,
                 usage: u,

@@ -831,3 +831,54 @@ fn one_reconcile_places_a_batch_of_pending_pods_counting_each_binding() {
         "{cond:?}"
     );
 }
+
+fn with_port(mut p: Pod, container_port: i32) -> Pod {
+    p.spec.as_mut().unwrap().containers[0].ports =
+        Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+            container_port,
+            ..Default::default()
+        }]);
+    p
+}
+
+#[test]
+fn pods_sharing_the_node_network_do_not_share_a_container_port() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "4", "8Gi", &[]));
+    fake.seed(&with_port(pod("web-1", "100m", "64Mi"), 8080));
+    fake.seed(&with_port(pod("web-2", "100m", "64Mi"), 8080));
+    // One reconcile places the batch: the first binding is counted against the second.
+    run(&fake, "web-1");
+    assert_eq!(node_of(&fake, "web-1").as_deref(), Some("a"));
+    assert_eq!(node_of(&fake, "web-2"), None);
+    assert_eq!(
+        run(&fake, "web-2"),
+        Outcome::requeue_after_ms(UNSCHEDULABLE_RETRY_MS)
+    );
+    assert_eq!(
+        message(&fake, "web-2").as_deref(),
+        Some(
+            "0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
+        )
+    );
+
+    // Another port, or another node, is free.
+    fake.seed(&with_port(pod("api", "100m", "64Mi"), 9090));
+    run(&fake, "api");
+    assert_eq!(node_of(&fake, "api").as_deref(), Some("a"));
+    fake.seed(&node("b", "4", "8Gi", &[]));
+    run(&fake, "web-2");
+    assert_eq!(node_of(&fake, "web-2").as_deref(), Some("b"));
+}
+
+#[test]
+fn a_finished_pod_frees_its_port() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "4", "8Gi", &[]));
+    let mut done = bound(with_port(pod("done", "100m", "64Mi"), 8080), "a");
+    done.status.as_mut().unwrap().phase = Some("Succeeded".into());
+    fake.seed(&done);
+    fake.seed(&with_port(pod("next", "100m", "64Mi"), 8080));
+    run(&fake, "next");
+    assert_eq!(node_of(&fake, "next").as_deref(), Some("a"));
+}

@@ -13,9 +13,18 @@
 //! never removed: the retention policy is always Retain). A node that is gone for good leaves
 //! its ordinal Pending, as a local PersistentVolume would.
 //!
+//! `minReadySeconds`: a pod is available once it is Running and has been Ready for that long
+//! (its Ready condition's `lastTransitionTime` plus `minReadySeconds` is not after now);
+//! `status.availableReplicas` counts those. As in Kubernetes, `OrderedReady` waits for each
+//! ordinal to be available (not only ready) before creating the next one or scaling down, and
+//! a rolling update waits for the updated pod to be available before replacing the next
+//! ordinal. No event announces that moment, so the reconcile asks to run again when the
+//! earliest ready pod becomes available. The rollout counts as complete (current revision :=
+//! update revision) once every pod is ready, as Kubernetes still does.
+//!
 //! Not implemented: `rollingUpdate.maxUnavailable` (updates go one pod at a time),
-//! `minReadySeconds` (ready counts as available), `spec.ordinals.start`, the PVC retention
-//! policy `Delete`, release of owned pods whose labels stopped matching the selector.
+//! `spec.ordinals.start`, the PVC retention policy `Delete`, release of owned pods whose labels
+//! stopped matching the selector.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +33,7 @@ use k8s_openapi::api::core::v1::{Event, HostPathVolumeSource, Pod, PodTemplateSp
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kedge_guest::meta::{controller_of, labels_of, new_controller_ref, parse_time};
-use kedge_guest::pod::{fnv1a32, is_ready, safe_encode};
+use kedge_guest::pod::{available_at, fnv1a32, is_ready, safe_encode};
 use kedge_guest::selector::Selector;
 use kedge_guest::{
     ApiError, ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
@@ -110,9 +119,53 @@ fn finished(p: &Pod) -> bool {
     matches!(phase(p), "Failed" | "Succeeded")
 }
 
-/// Running, Ready and not going away: what `OrderedReady` waits for.
+/// Running, Ready and not going away.
 fn healthy(p: &Pod) -> bool {
     !terminating(p) && phase(p) == "Running" && is_ready(p)
+}
+
+/// Running and Ready, as `status.readyReplicas` counts (terminating pods included).
+fn running_and_ready(p: &Pod) -> bool {
+    phase(p) == "Running" && is_ready(p)
+}
+
+/// When pods become available: `spec.minReadySeconds` and the reconcile's clock.
+#[derive(Debug, Clone, Copy)]
+struct Availability {
+    min_ready_seconds: i32,
+    /// Epoch milliseconds.
+    now_ms: i64,
+}
+
+impl Availability {
+    /// When `p` becomes available (epoch ms); `None` if it is not running and ready, or never
+    /// will be on its current Ready condition.
+    fn due(&self, p: &Pod) -> Option<i64> {
+        if !running_and_ready(p) {
+            return None;
+        }
+        available_at(p, self.min_ready_seconds)
+    }
+
+    /// Running, Ready for `minReadySeconds` (Kubernetes' `isRunningAndAvailable`).
+    fn available(&self, p: &Pod) -> bool {
+        self.due(p).is_some_and(|t| t <= self.now_ms)
+    }
+
+    /// Healthy and available: what `OrderedReady` and a rolling update wait for.
+    fn settled(&self, p: &Pod) -> bool {
+        healthy(p) && self.available(p)
+    }
+
+    /// Milliseconds until the earliest ready pod still inside its `minReadySeconds` becomes
+    /// available.
+    fn next_due_ms<'p>(&self, pods: impl IntoIterator<Item = &'p Pod>) -> Option<u64> {
+        pods.into_iter()
+            .filter_map(|p| self.due(p))
+            .filter(|&t| t > self.now_ms)
+            .min()
+            .map(|t| u64::try_from(t - self.now_ms).unwrap_or(0))
+    }
 }
 
 fn revision_of(p: &Pod) -> Option<&str> {
@@ -276,6 +329,11 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         ordered: spec.pod_management_policy.as_deref() != Some("Parallel"),
         partition,
         on_delete,
+        availability: Availability {
+            min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
+            // An unreadable clock would stall every wait: treat everything ready as due.
+            now_ms: parse_time(&cluster.now()).map_or(i64::MAX, |t| t.0.as_millisecond()),
+        },
     };
     manage(&ctx, &mut pods, &plan, &update, &current)?;
 
@@ -288,11 +346,14 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         conditions: sts.status.as_ref().and_then(|s| s.conditions.clone()),
         ..Default::default()
     };
-    let (mut ready, mut cur, mut upd) = (0, 0, 0);
+    let (mut ready, mut available, mut cur, mut upd) = (0, 0, 0, 0);
     for p in pods.values() {
         status.replicas += 1;
-        if phase(p) == "Running" && is_ready(p) {
+        if running_and_ready(p) {
             ready += 1;
+        }
+        if plan.availability.available(p) {
+            available += 1;
         }
         if !terminating(p) {
             if revision_of(p) == Some(current.name.as_str()) {
@@ -303,31 +364,39 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             }
         }
     }
-    // The rollout is complete: the update revision becomes the current one.
+    // The rollout is complete: the update revision becomes the current one. Kubernetes asks
+    // only for readiness here, not availability (kubernetes/kubernetes#136831).
     if upd == replicas && ready == replicas && status.replicas == replicas {
         status.current_revision = Some(update.name.clone());
         cur = upd;
     }
     status.ready_replicas = Some(ready);
-    status.available_replicas = Some(ready);
+    status.available_replicas = Some(available);
     status.current_replicas = Some(cur);
     status.updated_replicas = Some(upd);
     cluster.update_status_if_changed(ns, &sts, status)?;
-    Ok(Outcome::done())
+    // Both `availableReplicas` and any wait in `manage` change when a ready pod's
+    // minReadySeconds run out; no event says so.
+    Ok(match plan.availability.next_due_ms(pods.values()) {
+        Some(ms) => Outcome::requeue_after_ms(ms),
+        None => Outcome::done(),
+    })
 }
 
-/// How pods are managed, from the spec.
+/// How pods are managed, from the spec (and the clock, for `minReadySeconds`).
 struct Plan {
     replicas: i32,
-    /// `OrderedReady`: one ordinal at a time, each Running and Ready before the next.
+    /// `OrderedReady`: one ordinal at a time, each Running and available before the next.
     ordered: bool,
     /// Ordinals below it keep the current revision.
     partition: i32,
     on_delete: bool,
+    availability: Availability,
 }
 
 /// One pass of Kubernetes' StatefulSet algorithm; returning early means "wait for the pods
-/// to change" (their events bring the StatefulSet back).
+/// to change" (their events bring the StatefulSet back) or for a ready pod to become
+/// available (the caller requeues for that).
 fn manage(
     ctx: &Ctx,
     pods: &mut BTreeMap<i32, Pod>,
@@ -335,8 +404,9 @@ fn manage(
     update: &Revision,
     current: &Revision,
 ) -> Result<()> {
+    let settled = |p: &Pod| plan.availability.settled(p);
     // 1. Every ordinal below `replicas` gets a pod; failed ones are replaced under the same
-    //    name. OrderedReady waits for each to be Running and Ready before the next.
+    //    name. OrderedReady waits for each to be Running, Ready and available before the next.
     for ord in 0..plan.replicas {
         match pods.get(&ord) {
             None => {
@@ -360,13 +430,14 @@ fn manage(
                     return Ok(());
                 }
             }
-            Some(p) if plan.ordered && !healthy(p) => return Ok(()),
+            Some(p) if plan.ordered && !settled(p) => return Ok(()),
             Some(_) => {}
         }
     }
 
     // 2. Scale down, highest ordinal first; OrderedReady removes one at a time and only
-    //    while every other pod is healthy.
+    //    while every other pod is healthy; a healthy condemned pod is first left to become
+    //    available, as Kubernetes does.
     let condemned: Vec<i32> = pods.range(plan.replicas..).map(|(o, _)| *o).rev().collect();
     for ord in condemned {
         if terminating(&pods[&ord]) {
@@ -378,6 +449,9 @@ fn manage(
         if plan.ordered && pods.iter().any(|(o, p)| *o != ord && !healthy(p)) {
             return Ok(());
         }
+        if plan.ordered && healthy(&pods[&ord]) && !settled(&pods[&ord]) {
+            return Ok(());
+        }
         delete_pod(ctx, pods, ord)?;
         if plan.ordered {
             return Ok(());
@@ -385,7 +459,8 @@ fn manage(
     }
 
     // 3. RollingUpdate: highest ordinal first down to the partition, one pod at a time,
-    //    each back to healthy before the next (maxUnavailable is not honoured: always 1).
+    //    each back to healthy and available before the next (maxUnavailable is not
+    //    honoured: always 1).
     if plan.on_delete {
         return Ok(());
     }
@@ -397,7 +472,7 @@ fn manage(
             delete_pod(ctx, pods, ord)?;
             return Ok(());
         }
-        if !healthy(p) {
+        if !settled(p) {
             return Ok(());
         }
     }

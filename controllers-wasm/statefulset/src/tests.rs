@@ -462,3 +462,167 @@ fn ordinals_parse_strictly() {
     assert_eq!(ordinal_of("web", "web-x"), None);
     assert_eq!(ordinal_of("web", "web-1-2"), None);
 }
+
+/// The reconcile's outcome, for the tests that look at its requeue.
+fn outcome(fake: &FakeCluster) -> Outcome {
+    StatefulSetController::reconcile(fake, &ObjectKey::of::<StatefulSet>("ns", "web")).unwrap()
+}
+
+/// Running and Ready since `since` (RFC 3339), or without a transition time when `None`.
+fn ready_since(fake: &FakeCluster, name: &str, since: Option<&str>) {
+    let mut p = fake.object("v1", "Pod", "ns", name).unwrap();
+    let mut cond = json!({"type": "Ready", "status": "True"});
+    if let Some(t) = since {
+        cond["lastTransitionTime"] = json!(t);
+    }
+    p["status"] = json!({"phase": "Running", "conditions": [cond]});
+    fake.seed_json(p);
+}
+
+fn setup_min_ready(replicas: i32, policy: &str, min_ready_seconds: i32) -> FakeCluster {
+    let fake = FakeCluster::new();
+    let mut s = sts_json(replicas, policy);
+    s["spec"]["minReadySeconds"] = json!(min_ready_seconds);
+    fake.create_object("apps/v1", "StatefulSet", "ns", &s)
+        .unwrap();
+    fake
+}
+
+fn counts(fake: &FakeCluster) -> (Option<i32>, Option<i32>) {
+    let st = status(fake);
+    (st.ready_replicas, st.available_replicas)
+}
+
+#[test]
+fn available_replicas_lag_readiness_by_min_ready_seconds() {
+    let fake = setup_min_ready(3, "Parallel", 10);
+    run(&fake);
+    ready_since(&fake, "web-0", Some("2025-01-01T00:00:00Z"));
+    ready_since(&fake, "web-1", Some("2025-01-01T00:00:04Z"));
+    // Ready without a transition time: never available while minReadySeconds is set.
+    ready_since(&fake, "web-2", None);
+    // (now, availableReplicas, requeue): the requeue lands on the next pod's due time.
+    let cases = [
+        ("2025-01-01T00:00:00Z", 0, Some(10_000)),
+        ("2025-01-01T00:00:09.500Z", 0, Some(500)),
+        ("2025-01-01T00:00:10Z", 1, Some(4_000)),
+        ("2025-01-01T00:00:13Z", 1, Some(1_000)),
+        ("2025-01-01T00:00:14Z", 2, None),
+        ("2025-01-01T01:00:00Z", 2, None),
+    ];
+    for (now, available, requeue) in cases {
+        fake.set_now(now);
+        let out = outcome(&fake);
+        assert_eq!(counts(&fake), (Some(3), Some(available)), "at {now}");
+        assert_eq!(out.requeue_after_ms, requeue, "at {now}");
+    }
+}
+
+#[test]
+fn min_ready_seconds_zero_counts_ready_as_available_at_once() {
+    // Explicit 0 and absent behave alike: available with readiness, nothing to requeue for.
+    for min_ready in [None, Some(0)] {
+        let fake = FakeCluster::new();
+        let mut s = sts_json(2, "OrderedReady");
+        if let Some(m) = min_ready {
+            s["spec"]["minReadySeconds"] = json!(m);
+        }
+        fake.create_object("apps/v1", "StatefulSet", "ns", &s)
+            .unwrap();
+        run(&fake);
+        ready_since(&fake, "web-0", Some("2025-01-01T00:00:00Z"));
+        assert_eq!(outcome(&fake), Outcome::done(), "{min_ready:?}");
+        assert_eq!(names(&fake), ["web-0", "web-1"], "{min_ready:?}");
+        ready_since(&fake, "web-1", None);
+        assert_eq!(outcome(&fake), Outcome::done(), "{min_ready:?}");
+        assert_eq!(counts(&fake), (Some(2), Some(2)), "{min_ready:?}");
+    }
+}
+
+#[test]
+fn ordered_ready_creates_the_next_ordinal_once_the_last_is_available() {
+    let fake = setup_min_ready(2, "OrderedReady", 10);
+    run(&fake);
+    ready_since(&fake, "web-0", Some("2025-01-01T00:00:00Z"));
+    // (now, pods afterwards, requeue)
+    let cases: [(&str, &[&str], Option<u64>); 3] = [
+        ("2025-01-01T00:00:00Z", &["web-0"], Some(10_000)),
+        ("2025-01-01T00:00:09Z", &["web-0"], Some(1_000)),
+        ("2025-01-01T00:00:10Z", &["web-0", "web-1"], None),
+    ];
+    for (now, want, requeue) in cases {
+        fake.set_now(now);
+        assert_eq!(outcome(&fake).requeue_after_ms, requeue, "at {now}");
+        assert_eq!(names(&fake), want, "at {now}");
+    }
+}
+
+#[test]
+fn rolling_update_waits_for_the_updated_pod_to_be_available() {
+    // OrderedReady already waits while re-creating the ordinal; Parallel relies on the
+    // rolling update's own wait.
+    for policy in ["OrderedReady", "Parallel"] {
+        let fake = setup_min_ready(3, policy, 30);
+        // Bring it up with pods ready long ago, so all are available.
+        for _ in 0..6 {
+            let _ = outcome(&fake);
+            for n in names(&fake) {
+                if pod(&fake, &n).is_some_and(|p| !healthy(&p)) {
+                    ready_since(&fake, &n, Some("2024-01-01T00:00:00Z"));
+                }
+            }
+        }
+        assert_eq!(outcome(&fake), Outcome::done(), "{policy}");
+        assert_eq!(counts(&fake), (Some(3), Some(3)), "{policy}");
+
+        patch_spec(
+            &fake,
+            json!({"template": {"spec": {"containers": [{"name": "hello", "image": "hello:v2"}]}}}),
+        );
+        run(&fake);
+        assert!(pod(&fake, "web-2").is_none(), "{policy}");
+        run(&fake);
+        assert_eq!(image(&pod(&fake, "web-2").unwrap()), "hello:v2", "{policy}");
+        ready_since(&fake, "web-2", Some("2025-01-01T00:00:00Z"));
+
+        // Ready but not yet available: web-1 stays, and the reconcile comes back exactly
+        // when web-2's 30 s are up.
+        for (now, requeue) in [
+            ("2025-01-01T00:00:00Z", 30_000),
+            ("2025-01-01T00:00:29Z", 1_000),
+        ] {
+            fake.set_now(now);
+            assert_eq!(
+                outcome(&fake).requeue_after_ms,
+                Some(requeue),
+                "{policy} at {now}"
+            );
+            let p1 = pod(&fake, "web-1").unwrap();
+            assert_eq!(image(&p1), "hello:v1", "{policy} at {now}");
+            assert!(!terminating(&p1), "{policy} at {now}");
+            assert_eq!(counts(&fake), (Some(3), Some(2)), "{policy} at {now}");
+        }
+        fake.set_now("2025-01-01T00:00:30Z");
+        assert_eq!(outcome(&fake), Outcome::done(), "{policy}");
+        assert!(
+            pod(&fake, "web-1").is_none(),
+            "{policy}: web-2 available, web-1 next"
+        );
+        assert_eq!(image(&pod(&fake, "web-0").unwrap()), "hello:v1", "{policy}");
+    }
+}
+
+#[test]
+fn scale_down_lets_a_fresh_pod_become_available_first() {
+    let fake = setup_min_ready(2, "OrderedReady", 10);
+    run(&fake);
+    ready_since(&fake, "web-0", Some("2024-01-01T00:00:00Z"));
+    run(&fake);
+    ready_since(&fake, "web-1", Some("2025-01-01T00:00:00Z"));
+    patch_spec(&fake, json!({"replicas": 1}));
+    assert_eq!(outcome(&fake).requeue_after_ms, Some(10_000));
+    assert_eq!(names(&fake), ["web-0", "web-1"]);
+    fake.set_now("2025-01-01T00:00:10Z");
+    assert_eq!(outcome(&fake), Outcome::done());
+    assert_eq!(names(&fake), ["web-0"]);
+}
