@@ -1,5 +1,8 @@
 //! The resource table: every kind the API serves, described once. Discovery, routing, storage
-//! keys, OpenAPI and plugin permissions all read it, so adding a kind is one entry.
+//! keys, OpenAPI and plugin permissions all read it, so adding a kind is one entry. Beside it,
+//! [`RETIRED`]: versions Kubernetes has removed that are still served by conversion.
+
+use serde_json::Value;
 
 /// One REST resource.
 #[derive(Debug)]
@@ -73,7 +76,15 @@ pub static RESOURCES: &[Resource] = &[
         namespaced: true,
         short_names: &["po"],
         categories: &["all"],
-        subresources: &["status", "binding", "log", "exec", "attach", "portforward"],
+        subresources: &[
+            "status",
+            "binding",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "eviction",
+        ],
         field_selectors: &[
             "spec.nodeName",
             "spec.schedulerName",
@@ -289,6 +300,18 @@ pub static RESOURCES: &[Resource] = &[
         field_selectors: &["addressType"],
     },
     Resource {
+        group: "policy",
+        version: "v1",
+        kind: "PodDisruptionBudget",
+        plural: "poddisruptionbudgets",
+        singular: "poddisruptionbudget",
+        namespaced: true,
+        short_names: &["pdb"],
+        categories: NONE,
+        subresources: &["status"],
+        field_selectors: NONE,
+    },
+    Resource {
         group: "rbac.authorization.k8s.io",
         version: "v1",
         kind: "ClusterRole",
@@ -350,6 +373,143 @@ pub static RESOURCES: &[Resource] = &[
         field_selectors: NONE,
     },
 ];
+
+/// A version Kubernetes has removed that manifests copied from older docs and tutorials still
+/// name. It is served by converting to and from the stored version of the same kind (one
+/// storage version: objects written through either are visible through both), and every
+/// response to it carries kube-apiserver's deprecation warning. Adding one is one entry in
+/// [`RETIRED`].
+#[derive(Debug)]
+pub struct Retired {
+    /// The resource as the retired version presents it (routing, discovery, OpenAPI). It has
+    /// no categories, so `kubectl get all` lists the kind once, in its stored version.
+    pub resource: Resource,
+    /// The version that replaced it, in which its objects are stored (same group and kind).
+    pub replacement: &'static str,
+    /// The Kubernetes releases that deprecated and removed it (`1.21`, `1.25`).
+    pub deprecated_in: &'static str,
+    pub removed_in: &'static str,
+    /// Reshapes an object of the retired version into the replacement's; an error names what
+    /// the replacement cannot hold. Must accept partial objects (apply configurations).
+    /// `apiVersion` is rewritten by [`Retired::to_stored`], not here.
+    pub up: Convert,
+    /// The reverse; an error names what the retired version cannot hold, and the request is
+    /// refused rather than the field dropped.
+    pub down: Convert,
+}
+
+/// One direction of a conversion, on an object in place.
+pub type Convert = fn(&mut Value) -> Result<(), String>;
+
+/// Why an object cannot cross between a retired version and its replacement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConvertError {
+    /// The body names another version than the URL (kube-apiserver's wording).
+    #[error(
+        "the API version in the data ({found}) does not match the expected API version ({expected})"
+    )]
+    ApiVersion { found: String, expected: String },
+    /// The object has what the target version cannot represent.
+    #[error("{0}")]
+    Unrepresentable(String),
+}
+
+impl Retired {
+    /// `batch/v1beta1`.
+    pub fn api_version(&self) -> String {
+        self.resource.api_version()
+    }
+
+    /// The stored resource this version is converted to.
+    pub fn stored(&self) -> &'static Resource {
+        by_plural(self.resource.group, self.replacement, self.resource.plural)
+            .expect("a retired version's replacement is in RESOURCES")
+    }
+
+    /// kube-apiserver's deprecation warning, word for word (k8s.io/apiserver's
+    /// `deprecation.WarningMessage`): `batch/v1beta1 CronJob is deprecated in v1.21+,
+    /// unavailable in v1.25+; use batch/v1 CronJob`.
+    pub fn warning(&self) -> String {
+        format!(
+            "{} {} is deprecated in v{}+, unavailable in v{}+; use {} {}",
+            self.api_version(),
+            self.resource.kind,
+            self.deprecated_in,
+            self.removed_in,
+            self.stored().api_version(),
+            self.resource.kind
+        )
+    }
+
+    /// An object (or apply configuration) sent in the retired version, in the stored
+    /// version's form. A body without `apiVersion` is taken to be in the URL's version.
+    pub fn to_stored(&self, obj: &mut Value) -> Result<(), ConvertError> {
+        let expected = self.api_version();
+        if let Some(found) = obj.get("apiVersion").and_then(Value::as_str)
+            && found != expected
+        {
+            return Err(ConvertError::ApiVersion {
+                found: found.to_string(),
+                expected,
+            });
+        }
+        (self.up)(obj).map_err(ConvertError::Unrepresentable)?;
+        if let Some(o) = obj.as_object_mut() {
+            o.insert(
+                "apiVersion".into(),
+                Value::from(self.stored().api_version()),
+            );
+        }
+        Ok(())
+    }
+
+    /// A stored object as the retired version presents it.
+    pub fn from_stored(&self, obj: &mut Value) -> Result<(), ConvertError> {
+        (self.down)(obj).map_err(ConvertError::Unrepresentable)?;
+        if let Some(o) = obj.as_object_mut() {
+            o.insert("apiVersion".into(), Value::from(self.api_version()));
+        }
+        Ok(())
+    }
+}
+
+/// The retired versions served. Each converts to a kind in [`RESOURCES`].
+pub static RETIRED: &[Retired] = &[
+    // The CronJob of the Kubernetes 1.20 docs and of countless charts and tutorials.
+    Retired {
+        resource: Resource {
+            group: "batch",
+            version: "v1beta1",
+            kind: "CronJob",
+            plural: "cronjobs",
+            singular: "cronjob",
+            namespaced: true,
+            short_names: &["cj"],
+            categories: NONE,
+            subresources: &["status"],
+            field_selectors: NONE,
+        },
+        replacement: "v1",
+        deprecated_in: "1.21",
+        removed_in: "1.25",
+        up: cronjob_same_shape,
+        down: cronjob_same_shape,
+    },
+];
+
+/// batch/v1beta1 CronJob, as Kubernetes 1.24 last served it, has exactly batch/v1's fields
+/// (`timeZone` included, alpha in both then) and its job template holds a batch/v1 JobSpec;
+/// kube-apiserver's conversion between them copies every field. Only `apiVersion` differs.
+fn cronjob_same_shape(_: &mut Value) -> Result<(), String> {
+    Ok(())
+}
+
+/// A retired version by group, version and plural (the URL form).
+pub fn retired(group: &str, version: &str, plural: &str) -> Option<&'static Retired> {
+    RETIRED.iter().find(|r| {
+        r.resource.group == group && r.resource.version == version && r.resource.plural == plural
+    })
+}
 
 /// By group and plural (the URL form).
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
@@ -419,5 +579,72 @@ mod tests {
             assert!(all.contains(&p), "{p} is in category all");
         }
         assert_eq!(all.len(), 9);
+    }
+
+    /// A retired version mirrors the stored resource it converts to, except for its version
+    /// and its categories (none: `kubectl get all` would list the kind twice).
+    #[test]
+    fn retired_versions_mirror_their_replacement() {
+        for r in RETIRED {
+            let stored = r.stored();
+            let v = &r.resource;
+            assert_ne!(v.version, stored.version);
+            assert_eq!(
+                (v.group, v.kind, v.plural, v.singular, v.namespaced),
+                (
+                    stored.group,
+                    stored.kind,
+                    stored.plural,
+                    stored.singular,
+                    stored.namespaced
+                )
+            );
+            assert_eq!(v.short_names, stored.short_names);
+            assert!(v.subresources.iter().all(|s| stored.has(s)));
+            assert!(v.categories.is_empty());
+            assert!(by_plural(v.group, v.version, v.plural).is_none());
+            assert!(std::ptr::eq(
+                retired(v.group, v.version, v.plural).unwrap(),
+                r
+            ));
+        }
+    }
+
+    /// The warning kubectl prints, as kube-apiserver words it.
+    #[test]
+    fn cronjob_v1beta1_warning_is_kubernetes_wording() {
+        let r = retired("batch", "v1beta1", "cronjobs").unwrap();
+        assert_eq!(
+            r.warning(),
+            "batch/v1beta1 CronJob is deprecated in v1.21+, unavailable in v1.25+; use batch/v1 CronJob"
+        );
+    }
+
+    #[test]
+    fn cronjob_v1beta1_converts_both_ways_keeping_every_field() {
+        let r = retired("batch", "v1beta1", "cronjobs").unwrap();
+        let spec = serde_json::json!({"schedule": "*/1 * * * *", "timeZone": "Etc/UTC",
+            "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 30,
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+                "containers": [{"name": "hello", "image": "busybox", "args": ["date"]}]}}}}});
+        let mut obj = serde_json::json!({"apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "metadata": {"name": "hello"}, "spec": spec.clone()});
+        r.to_stored(&mut obj).unwrap();
+        assert_eq!(obj["apiVersion"], "batch/v1");
+        assert_eq!(obj["spec"], spec);
+        obj["status"] = serde_json::json!({"lastScheduleTime": "2025-01-01T00:00:00Z"});
+        r.from_stored(&mut obj).unwrap();
+        assert_eq!(obj["apiVersion"], "batch/v1beta1");
+        assert_eq!(obj["spec"], spec);
+        assert_eq!(obj["status"]["lastScheduleTime"], "2025-01-01T00:00:00Z");
+        // No apiVersion: the URL's version. Another version: refused, as kube-apiserver does.
+        let mut bare = serde_json::json!({"kind": "CronJob"});
+        r.to_stored(&mut bare).unwrap();
+        assert_eq!(bare["apiVersion"], "batch/v1");
+        let mut other = serde_json::json!({"apiVersion": "batch/v1", "kind": "CronJob"});
+        assert_eq!(
+            r.to_stored(&mut other).unwrap_err().to_string(),
+            "the API version in the data (batch/v1) does not match the expected API version (batch/v1beta1)"
+        );
     }
 }

@@ -142,6 +142,7 @@ async fn run_oci(
         grace_period: fixed_grace(Duration::from_secs(1)),
         post_start: None,
         pre_stop: None,
+        security: Default::default(),
     };
     oci.run(spec, CancellationToken::new()).await.expect("runc");
 }

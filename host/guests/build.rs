@@ -34,6 +34,7 @@ const GUESTS: &[(&str, &str)] = &[
         "kedge_plugin_serviceaccount.wasm",
     ),
     ("kedge-plugin-namespace", "kedge_plugin_namespace.wasm"),
+    ("kedge-plugin-disruption", "kedge_plugin_disruption.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

@@ -25,7 +25,10 @@ fn endpoint_pods(c: &Cluster, name: &str) -> Vec<String> {
 fn a_service_lists_its_ready_pods_as_endpoints() {
     let mut c = Cluster::start();
     let token = c.token.clone();
+    // Two nodes: pods share their node's network, so two replicas declaring port 8080 are
+    // never scheduled onto one node.
     c.start_agent("node-a", &token);
+    c.start_agent("node-b", &token);
     let deployment = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},
        "spec":{"replicas":2,"selector":{"matchLabels":{"app":"web"}},
        "template":{"metadata":{"labels":{"app":"web"}},"spec":{

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::events::Kind;
 use super::objects::{self, ObjRef};
 use super::pods::PodRun;
-use super::probe::{ExecTarget, Prober, Probes};
+use super::probe::{self, ExecTarget, Handler, Prober, Probes};
 use super::status::Termination;
 use super::{ContainerId, Ctx, LogHandle, spec};
 use kedge_core::{meta, quantity};
@@ -263,11 +263,26 @@ async fn prepare(
     let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
         .await
         .map_err(Failure::config)?;
-    let env = crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects)
-        .map_err(Failure::config)?;
-    let (mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
+    let mut env = crate::sa_token::api_env(&ctx.api_server);
+    for (k, v) in crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects)
+        .map_err(Failure::config)?
+    {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
+    let expanded = crate::env::expand_command(c, &env);
+    let c = &expanded;
+    let (mut mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
         .await
         .map_err(Failure::config)?;
+    // The ServiceAccount token, unless the container mounts something there itself.
+    if let Some(m) = crate::sa_token::mount(ctx, pod, dirs)
+        .await
+        .map_err(Failure::config)?
+        && !mounts.iter().any(|x| x.destination == m.destination)
+    {
+        mounts.push(m);
+    }
     // Wasm guests see volumes as WASI preopened directories.
     let preopens = || -> Vec<Preopen> {
         mounts
@@ -341,6 +356,9 @@ async fn prepare(
                 .or_else(|| config.working_dir.clone())
                 .unwrap_or_else(|| "/".into());
             let user = security_user(pod, c).or_else(|| config.user.clone());
+            if let Some(why) = non_root_violation(pod, c, user.as_deref()) {
+                return Err(Failure::config(why));
+            }
             let mounts = mounts
                 .into_iter()
                 .map(|m| Mount {
@@ -385,12 +403,13 @@ async fn mount_volumes(
     objects: objects::Objects,
 ) -> Result<(Vec<spec::MountPlan>, objects::Pins), String> {
     let (pod, c, dirs) = (pod.clone(), c.clone(), dirs.clone());
+    let (node, host_ip) = (ctx.node.clone(), ctx.host_ip.clone());
     let uid = meta::uid(&pod).to_string();
     ctx.volumes
         .with_pod(&uid, (ctx.clock)(), move |w| {
             dirs.prepare()
                 .map_err(|e| format!("creating the pod's directories: {e}"))?;
-            write_volumes(w, &pod, &c, &dirs, &objects)?;
+            write_volumes(w, &pod, &c, &dirs, &objects, (&node, &host_ip))?;
             let mounts = spec::mounts(&pod, &c, &dirs)?;
             let pins = w.pin(mounts.iter().map(|m| m.source.as_path()));
             Ok((mounts, pins))
@@ -406,7 +425,9 @@ fn write_volumes(
     c: &Value,
     dirs: &spec::PodDirs,
     objects: &objects::Objects,
+    (node, host_ip): (&str, &str),
 ) -> Result<(), String> {
+    let info = crate::downward::PodInfo { pod, node, host_ip };
     let mounted: Vec<&str> = c["volumeMounts"]
         .as_array()
         .into_iter()
@@ -424,7 +445,7 @@ fn write_volumes(
             continue;
         }
         let (Some(files), Some(dir)) = (
-            objects::volume_files(objects, meta::namespace(pod), v)
+            objects::volume_files(objects, &info, v)
                 .map_err(|e| format!("volume {name:?}: {e}"))?,
             spec::projected_dir(dirs, v),
         ) else {
@@ -481,20 +502,103 @@ fn security_user(pod: &Value, c: &Value) -> Option<String> {
     }
 }
 
-fn exec_hook(c: &Value, which: &str) -> Result<Option<Vec<String>>, String> {
-    let Some(h) = c.pointer(&format!("/lifecycle/{which}")) else {
+/// A `securityContext` setting, the container's over the pod's.
+fn security_setting<'a>(pod: &'a Value, c: &'a Value, key: &str) -> Option<&'a Value> {
+    c.pointer(&format!("/securityContext/{key}"))
+        .filter(|v| !v.is_null())
+        .or_else(|| {
+            pod.pointer(&format!("/spec/securityContext/{key}"))
+                .filter(|v| !v.is_null())
+        })
+}
+
+/// kubelet's `runAsNonRoot` check, against the user the container will run as (a uid, a
+/// name, `uid:gid`; `None` is root).
+fn non_root_violation(pod: &Value, c: &Value, user: Option<&str>) -> Option<String> {
+    if security_setting(pod, c, "runAsNonRoot").and_then(Value::as_bool) != Some(true) {
+        return None;
+    }
+    if security_setting(pod, c, "runAsUser").and_then(Value::as_i64) == Some(0) {
+        return Some("container's runAsUser breaks non-root policy".into());
+    }
+    let uid = user
+        .map(|u| u.split(':').next().unwrap_or_default().trim())
+        .filter(|u| !u.is_empty());
+    match uid {
+        None | Some("0") | Some("root") => {
+            Some("container has runAsNonRoot and image will run as root".into())
+        }
+        Some(u) if u.parse::<u32>().is_err() => Some(format!(
+            "container has runAsNonRoot and image has non-numeric user ({u}), cannot verify \
+             user is non-root"
+        )),
+        Some(_) => None,
+    }
+}
+
+/// What the OCI runtime applies of the container's `securityContext`.
+fn security(pod: &Value, c: &Value) -> kedge_runtime::oci::Security {
+    let strings = |ptr: &str| -> Vec<String> {
+        c.pointer(ptr)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let flag = |key: &str| {
+        c.pointer(&format!("/securityContext/{key}"))
+            .and_then(Value::as_bool)
+    };
+    kedge_runtime::oci::Security {
+        no_new_privileges: flag("allowPrivilegeEscalation") == Some(false),
+        read_only_rootfs: flag("readOnlyRootFilesystem") == Some(true),
+        run_as_non_root: security_setting(pod, c, "runAsNonRoot").and_then(Value::as_bool)
+            == Some(true),
+        add_capabilities: strings("/securityContext/capabilities/add"),
+        drop_capabilities: strings("/securityContext/capabilities/drop"),
+    }
+}
+
+/// A container's `lifecycle.postStart` or `lifecycle.preStop` handler.
+fn hook(c: &Value, which: &str) -> Result<Option<Handler>, String> {
+    let Some(h) = c
+        .pointer(&format!("/lifecycle/{which}"))
+        .filter(|h| !h.is_null())
+    else {
         return Ok(None);
     };
-    if let Some(cmd) = h.pointer("/exec/command").and_then(Value::as_array) {
-        return Ok(Some(
-            cmd.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect(),
-        ));
+    if let Some(secs) = h.pointer("/sleep/seconds") {
+        let secs = secs
+            .as_u64()
+            .ok_or_else(|| format!("lifecycle.{which}.sleep.seconds must be a whole number"))?;
+        return Ok(Some(Handler::Sleep(Duration::from_secs(secs))));
     }
-    Err(format!(
-        "lifecycle.{which}: only exec hooks are supported by kedge yet"
-    ))
+    Handler::of(h)
+        .map(Some)
+        .map_err(|e| format!("lifecycle.{which}: {e}"))
+}
+
+/// How long a postStart hook the agent runs may take.
+const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
+/// What a container still gets after a slow preStop hook, before KILL (kubelet's 2 s).
+const MIN_TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// The text of kubelet's FailedPostStartHook / FailedPreStopHook Events.
+fn hook_failure(h: &Handler, container: &str, pod: &Value, error: &str) -> String {
+    let (kind, what) = match h {
+        Handler::Exec(argv) => ("Exec", format!("{argv:?}")),
+        Handler::Http { path, .. } => ("HTTP", path.clone()),
+        Handler::Tcp { port, .. } => ("TCP", format!("{port:?}")),
+        Handler::Grpc { port, .. } => ("gRPC", port.to_string()),
+        Handler::Sleep(d) => ("Sleep", format!("{}s", d.as_secs())),
+    };
+    format!(
+        "{kind} lifecycle hook ({what}) for Container {container:?} in Pod \"{}_{}({})\" failed - error: {error}",
+        meta::name(pod),
+        meta::namespace(pod),
+        meta::uid(pod)
+    )
 }
 
 async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> bool {
@@ -526,25 +630,36 @@ impl Resources {
     }
 }
 
-/// Runs container `i` of `pod` until the pod is stopped (`cancel`) or, by its restart policy,
-/// the container is done for good.
+/// Where a container stands in its pod's run.
+pub(super) struct Slot {
+    /// Its index in the pod's records.
+    pub index: usize,
+    /// Its restart policy: the pod's for app containers, OnFailure or Never for init
+    /// containers, Always for sidecars.
+    pub restart: RestartPolicy,
+    /// Record how the run ended when it is stopped (a sidecar stopped after the app
+    /// containers: its end is part of the pod's status, not the end of the pod).
+    pub record_stop: bool,
+}
+
+/// Runs the container of `slot` until it is stopped (`cancel`) or, by its restart policy, it
+/// is done for good.
 pub(super) async fn run_container(
     ctx: &Ctx,
     pod: &Value,
     c: &Value,
-    i: usize,
+    slot: Slot,
     run: &Arc<PodRun>,
     cancel: CancellationToken,
     grace: watch::Receiver<Duration>,
 ) {
     let name = c["name"].as_str().unwrap_or_default().to_string();
     let image = c["image"].as_str().unwrap_or_default().to_string();
-    let restart: RestartPolicy = pod
-        .pointer("/spec/restartPolicy")
-        .and_then(Value::as_str)
-        .unwrap_or("Always")
-        .parse()
-        .unwrap_or(RestartPolicy::Always);
+    let Slot {
+        index: i,
+        restart,
+        record_stop,
+    } = slot;
     let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
     let dirs = crate::pods::pod_dirs(ctx, pod);
     let dir = dirs.disk.join(&name);
@@ -562,11 +677,7 @@ pub(super) async fn run_container(
         if cancel.is_cancelled() {
             return;
         }
-        let prepared = match (
-            exec_hook(c, "postStart"),
-            exec_hook(c, "preStop"),
-            Probes::of(c),
-        ) {
+        let prepared = match (hook(c, "postStart"), hook(c, "preStop"), Probes::of(c)) {
             (Ok(post), Ok(pre), Ok(probes)) => prepare(ctx, pod, c, &dirs)
                 .await
                 .map(|(p, id, digest, pins)| (p, id, digest, pins, post, pre, probes)),
@@ -704,22 +815,37 @@ pub(super) async fn run_container(
                 &format!("Started container {name}"),
             )
             .await;
-        // This run alone: a failed liveness or startup probe ends it (with the probe's grace
-        // period, if it has one), the pod's `cancel` ends it with the pod.
-        let run_cancel = cancel.child_token();
+        // runc runs an OCI container's exec hooks itself (`runc exec`); the agent runs every
+        // other hook: those of Wasm containers, and httpGet, tcpSocket and sleep ones.
+        let oci = matches!(prepared, Prepared::Oci { .. });
+        let split = |h: Option<Handler>| match h {
+            Some(Handler::Exec(argv)) if oci => (Some(argv), None),
+            other => (None, other),
+        };
+        let (post_start, agent_post_start) = split(post_start);
+        let (pre_stop, agent_pre_stop) = split(pre_stop);
+        // The run stops when `run_cancel` fires. Asking it to stop (`stop`: the pod stopping,
+        // a failed probe or postStart hook) runs the agent's preStop hook first, within the
+        // grace period; a failed postStart hook skips it (`no_pre_stop`), as in kubelet.
+        let run_cancel = CancellationToken::new();
+        let stop = cancel.child_token();
+        let no_pre_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let run_grace = Arc::new(watch::Sender::new(*grace.borrow()));
+        let exec_target = match (&wasm_target, &ctx.oci) {
+            (Some(target), _) => Some(ExecTarget::Wasm {
+                target: target.clone(),
+                runtime: ctx.runtime.clone(),
+            }),
+            (None, Some(oci)) => Some(ExecTarget::Oci {
+                runc_id: runc_id(uid, &name, restart_count),
+                oci: oci.clone(),
+            }),
+            (None, None) => None,
+        };
         let probing = (!probes.is_empty()).then(|| {
-            let exec = match (&wasm_target, &ctx.oci) {
-                (Some(target), _) => ExecTarget::Wasm {
-                    target: target.clone(),
-                    runtime: ctx.runtime.clone(),
-                },
-                (None, Some(oci)) => ExecTarget::Oci {
-                    runc_id: runc_id(uid, &name, restart_count),
-                    oci: oci.clone(),
-                },
-                (None, None) => unreachable!("an OCI container runs only where runc is"),
-            };
+            let exec = exec_target
+                .clone()
+                .expect("an OCI container runs only where runc is");
             let prober = Prober {
                 ctx: ctx.clone(),
                 pod: pod.clone(),
@@ -730,7 +856,7 @@ pub(super) async fn run_container(
                 exec,
                 started: tokio::time::Instant::now(),
                 pod_ip: ctx.host_ip.clone(),
-                kill: run_cancel.clone(),
+                kill: stop.clone(),
                 grace: run_grace.clone(),
             };
             tokio_util::task::AbortOnDropHandle::new(tokio::spawn(prober.supervise(probes)))
@@ -745,6 +871,71 @@ pub(super) async fn run_container(
                 }
                 std::future::pending::<()>().await;
             }
+        };
+        let stopper = async {
+            stop.cancelled().await;
+            let skip = no_pre_stop.load(std::sync::atomic::Ordering::Relaxed);
+            if let (Some(h), false) = (&agent_pre_stop, skip) {
+                let grace = *run_grace.borrow();
+                let began = Instant::now();
+                let ran = tokio::time::timeout(
+                    grace,
+                    probe::check(h, c, &ctx.host_ip, grace, exec_target.as_ref()),
+                )
+                .await;
+                let error = match ran {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(format!("did not finish within {}s", grace.as_secs())),
+                };
+                if let Some(e) = error {
+                    let message = hook_failure(h, &name, pod, &e);
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "FailedPreStopHook",
+                            &message,
+                        )
+                        .await;
+                }
+                run_grace.send_replace(grace.saturating_sub(began.elapsed()).max(MIN_TERM_GRACE));
+            }
+            run_cancel.cancel();
+            std::future::pending::<()>().await;
+        };
+        let post_start_hook = async {
+            if let Some(h) = &agent_post_start {
+                if let Some(ExecTarget::Oci { runc_id, oci }) = &exec_target {
+                    let _ = oci.until_running(runc_id).await;
+                }
+                let ran =
+                    probe::check(h, c, &ctx.host_ip, POST_START_TIMEOUT, exec_target.as_ref());
+                let error = match tokio::time::timeout(POST_START_TIMEOUT, ran).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e),
+                    Err(_) => Some(format!(
+                        "did not finish within {}s",
+                        POST_START_TIMEOUT.as_secs()
+                    )),
+                };
+                if let Some(e) = error {
+                    let message = hook_failure(h, &name, pod, &e);
+                    ctx.events
+                        .pod(
+                            pod,
+                            Some(&name),
+                            Kind::Warning,
+                            "FailedPostStartHook",
+                            &message,
+                        )
+                        .await;
+                    no_pre_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop.cancel();
+                }
+            }
+            std::future::pending::<()>().await;
         };
         let run_future = async {
             match prepared {
@@ -783,7 +974,12 @@ pub(super) async fn run_container(
                         env,
                         cwd,
                         user,
-                        hostname: pod_name.to_string(),
+                        hostname: pod
+                            .pointer("/spec/hostname")
+                            .and_then(Value::as_str)
+                            .filter(|h| !h.is_empty())
+                            .unwrap_or(pod_name)
+                            .to_string(),
                         mounts,
                         memory_limit,
                         cpu_limit_millis,
@@ -792,6 +988,7 @@ pub(super) async fn run_container(
                         grace_period: run_grace.subscribe(),
                         post_start,
                         pre_stop,
+                        security: security(pod, c),
                     };
                     let out = oci.run_with_stdin(spec, stdin, run_cancel.clone()).await;
                     if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
@@ -819,11 +1016,13 @@ pub(super) async fn run_container(
         let exit = tokio::select! {
             biased;
             () = forward_grace => unreachable!("pending forever"),
+            () = stopper => unreachable!("pending forever"),
+            () = post_start_hook => unreachable!("pending forever"),
             exit = run_future => exit,
         };
         drop(probing);
         let _ = done_tx.send(true);
-        if cancel.is_cancelled() {
+        if cancel.is_cancelled() && !record_stop {
             return;
         }
         let finished_at = ctx.now();
@@ -846,6 +1045,10 @@ pub(super) async fn run_container(
             started_at,
             finished_at,
         };
+        if cancel.is_cancelled() {
+            run.update(ctx, i, move |r| r.exited_for_good(end)).await;
+            return;
+        }
         if should_restart(restart, code) {
             if kedge_runtime::restart::resets_backoff(started.elapsed()) {
                 setup_failures = 0;
@@ -955,6 +1158,35 @@ pub(super) async fn image_gc_loop(ctx: Ctx, max_bytes: u64, cancel: Cancellation
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// kubelet's runAsNonRoot rule, with the container's setting over the pod's.
+    #[test]
+    fn run_as_non_root_is_checked_against_the_user() {
+        let pod = |sc: Value| json!({"spec": {"securityContext": sc}});
+        let c = json!({});
+        let on = pod(json!({"runAsNonRoot": true}));
+        assert_eq!(non_root_violation(&pod(json!({})), &c, None), None);
+        assert_eq!(
+            non_root_violation(&on, &c, None).as_deref(),
+            Some("container has runAsNonRoot and image will run as root")
+        );
+        assert_eq!(non_root_violation(&on, &c, Some("1000:1000")), None);
+        assert!(
+            non_root_violation(&on, &c, Some("nobody"))
+                .is_some_and(|m| m.contains("non-numeric user (nobody)"))
+        );
+        let off = json!({"securityContext": {"runAsNonRoot": false}});
+        assert_eq!(
+            non_root_violation(&on, &off, None),
+            None,
+            "the container's wins"
+        );
+        let root = pod(json!({"runAsNonRoot": true, "runAsUser": 0}));
+        assert_eq!(
+            non_root_violation(&root, &c, Some("0")).as_deref(),
+            Some("container's runAsUser breaks non-root policy")
+        );
+    }
 
     fn cpu(limit: &str, request: &str) -> Resources {
         Resources::of(&json!({"resources": {

@@ -15,6 +15,7 @@ pub(crate) fn container_env(
     objects: &objects::Objects,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = meta::namespace(pod);
+    let info = crate::downward::PodInfo { pod, node, host_ip };
     let mut env = vec![
         ("POD_NAME".to_string(), meta::name(pod).to_string()),
         ("POD_NAMESPACE".to_string(), ns.to_string()),
@@ -30,29 +31,31 @@ pub(crate) fn container_env(
                 .map(|sel| objects::key_ref(objects, kind, ns, sel))
         };
         let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
-            v.to_string()
+            // `$(NAME)` of a variable defined before this one (kubelet's order).
+            expand(v, |k| {
+                env.iter()
+                    .rev()
+                    .find(|(ek, _)| ek == k)
+                    .map(|(_, v)| v.clone())
+            })
         } else if let Some(path) = e
             .pointer("/valueFrom/fieldRef/fieldPath")
             .and_then(Value::as_str)
         {
-            match path {
-                "metadata.name" => meta::name(pod).to_string(),
-                "metadata.namespace" => meta::namespace(pod).to_string(),
-                "metadata.uid" => meta::uid(pod).to_string(),
-                "spec.nodeName" => node.to_string(),
-                // Pods share the node's network for now: both are the node's address.
-                "status.hostIP" | "status.podIP" => host_ip.to_string(),
-                "spec.serviceAccountName" => pod
-                    .pointer("/spec/serviceAccountName")
-                    .and_then(Value::as_str)
-                    .unwrap_or("default")
-                    .to_string(),
-                other => {
-                    return Err(format!(
-                        "env {name}: fieldRef {other:?} is not supported by kedge yet"
-                    ));
-                }
-            }
+            crate::downward::field(&info, path, false).map_err(|m| format!("env {name}: {m}"))?
+        } else if let Some(r) = e.pointer("/valueFrom/resourceFieldRef") {
+            let container = r["containerName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .or_else(|| c["name"].as_str())
+                .unwrap_or_default();
+            crate::downward::resource(
+                &info,
+                container,
+                r["resource"].as_str().unwrap_or_default(),
+                r["divisor"].as_str(),
+            )
+            .map_err(|m| format!("env {name}: {m}"))?
         } else if let Some(v) = key_ref(objects::Kind::ConfigMap, "/valueFrom/configMapKeyRef")
             .or_else(|| key_ref(objects::Kind::Secret, "/valueFrom/secretKeyRef"))
         {
@@ -63,8 +66,8 @@ pub(crate) fn container_env(
             }
         } else if e.get("valueFrom").is_some() {
             return Err(format!(
-                "env {name}: only value and valueFrom fieldRef, configMapKeyRef and \
-                 secretKeyRef are supported by kedge yet"
+                "env {name}: valueFrom has none of fieldRef, resourceFieldRef, \
+                 configMapKeyRef, secretKeyRef"
             ));
         } else {
             String::new()
@@ -95,4 +98,100 @@ pub(crate) fn container_args(c: &Value) -> Vec<String> {
     };
     argv.extend(args);
     argv
+}
+
+/// kubelet's `$(VAR)` expansion: `$(NAME)` becomes the variable's value when `lookup` knows
+/// it and stays as written when not; `$$` is a literal `$` (so `$$(NAME)` is `$(NAME)`).
+pub(crate) fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('(')
+            && let Some(end) = tail.find(')')
+        {
+            let name = &tail[..end];
+            match lookup(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    out.push_str("$(");
+                    out.push_str(name);
+                    out.push(')');
+                }
+            }
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The container with `$(VAR)` references in its `command` and `args` expanded against its
+/// environment, as kubelet does before it starts the process.
+pub(crate) fn expand_command(c: &Value, env: &[(String, String)]) -> Value {
+    let mut c = c.clone();
+    for key in ["command", "args"] {
+        if let Some(list) = c.get_mut(key).and_then(Value::as_array_mut) {
+            for item in list.iter_mut() {
+                if let Some(s) = item.as_str() {
+                    *item = Value::String(expand(s, |k| {
+                        env.iter()
+                            .rev()
+                            .find(|(ek, _)| ek == k)
+                            .map(|(_, v)| v.clone())
+                    }));
+                }
+            }
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod expansion_tests {
+    use super::*;
+
+    /// Kubernetes' documented cases of dependent environment variables.
+    #[test]
+    fn references_expand_as_kubelet_expands_them() {
+        let vars = |k: &str| match k {
+            "A" => Some("a".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        for (input, want) in [
+            ("$(A)", "a"),
+            ("x$(A)y$(A)", "xaya"),
+            ("$(MISSING)", "$(MISSING)"),
+            ("$$(A)", "$(A)"),
+            ("$$$(A)", "$a"),
+            ("$(EMPTY)-", "-"),
+            ("$A", "$A"),
+            ("$(A", "$(A"),
+            ("tail $", "tail $"),
+            ("$()", "$()"),
+            ("no refs", "no refs"),
+        ] {
+            assert_eq!(expand(input, vars), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn command_and_args_expand_against_the_environment() {
+        let c = serde_json::json!({"command": ["echo", "$(GREETING)"], "args": ["$(NAME)!", "$$(NAME)"]});
+        let env = vec![
+            ("GREETING".to_string(), "hello".to_string()),
+            ("NAME".to_string(), "kedge".to_string()),
+        ];
+        let c = expand_command(&c, &env);
+        assert_eq!(c["command"], serde_json::json!(["echo", "hello"]));
+        assert_eq!(c["args"], serde_json::json!(["kedge!", "$(NAME)"]));
+    }
 }

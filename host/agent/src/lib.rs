@@ -5,6 +5,7 @@
 mod client;
 mod container;
 mod container_counts;
+mod downward;
 mod env;
 mod events;
 mod kubelet;
@@ -14,6 +15,7 @@ mod pod_cache;
 mod pods;
 mod probe;
 mod refresh;
+mod sa_token;
 mod spec;
 mod status;
 mod stream;
@@ -115,6 +117,10 @@ struct Shared {
     /// Shared with the kubelet endpoint, which serves these containers' logs.
     logs: LogMap,
     clock: Clock,
+    /// `host:port` of the API server (what in-cluster clients are pointed at).
+    api_server: String,
+    /// When each pod's ServiceAccount token is due for renewal, by pod uid.
+    sa_tokens: tokio::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
 }
 
 impl Shared {
@@ -213,6 +219,8 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         host_ip: local_ip_towards(&cfg.server),
         logs,
         clock,
+        api_server: cfg.server.clone(),
+        sa_tokens: tokio::sync::Mutex::default(),
     });
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(node_loop(

@@ -66,7 +66,7 @@ pub(crate) fn local_ip_towards(server: &str) -> String {
         .unwrap_or_else(|| "127.0.0.1".into())
 }
 
-fn mem_total_bytes() -> u64 {
+pub(crate) fn mem_total_bytes() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -272,9 +272,10 @@ fn source_files(
 /// other volume types.
 pub(crate) fn volume_files(
     objects: &Objects,
-    ns: &str,
+    info: &crate::downward::PodInfo,
     volume: &Value,
 ) -> Result<Option<Vec<VolumeFile>>, String> {
+    let ns = kedge_core::meta::namespace(info.pod);
     let mode_of = |v: &Value| {
         v["defaultMode"]
             .as_u64()
@@ -304,6 +305,8 @@ pub(crate) fn volume_files(
             } else if let Some(s) = src.get("secret") {
                 let name = s["name"].as_str().unwrap_or_default();
                 source_files(objects, Kind::Secret, ns, name, s, mode, &mut out)?;
+            } else if let Some(d) = src.get("downwardAPI") {
+                out.extend(crate::downward::files(info, d, mode)?);
             } else {
                 let kind = src
                     .as_object()
@@ -311,11 +314,13 @@ pub(crate) fn volume_files(
                     .unwrap_or_default();
                 return Err(format!(
                     "volume {:?}: projected source {kind:?} is not supported by kedge yet \
-                     (configMap and secret are)",
+                     (configMap, secret and downwardAPI are)",
                     volume["name"].as_str().unwrap_or_default()
                 ));
             }
         }
+    } else if let Some(d) = volume.get("downwardAPI") {
+        out.extend(crate::downward::files(info, d, mode_of(d))?);
     } else {
         return Ok(None);
     }
@@ -958,7 +963,13 @@ mod tests {
     #[test]
     fn volumes_get_their_files_with_items_and_modes() {
         let o = objects();
-        let files = |v: Value| volume_files(&o, "default", &v);
+        let pod = json!({"metadata": {"namespace": "default"}});
+        let info = crate::downward::PodInfo {
+            pod: &pod,
+            node: "n",
+            host_ip: "10.0.0.1",
+        };
+        let files = |v: Value| volume_files(&o, &info, &v);
         let all = files(json!({"name": "c", "configMap": {"name": "conf"}}))
             .unwrap()
             .unwrap();

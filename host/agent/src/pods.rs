@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{self, ContainerRecord};
+use super::status::{self, ContainerRecord, Role};
 use super::{Ctx, Shared, container, container_counts, events, pod_cache, spec};
+use kedge_runtime::restart::RestartPolicy;
 
 struct PodWorker {
     pub(crate) cancel: CancellationToken,
@@ -22,6 +23,9 @@ struct PodWorker {
     /// How long containers get between TERM and KILL: the pod's
     /// `terminationGracePeriodSeconds`, replaced by the deletion's grace period.
     pub(crate) grace: watch::Sender<Duration>,
+    /// The pod as last seen in the API (its labels, annotations, conditions others set,
+    /// `activeDeadlineSeconds` may change while it runs).
+    latest: watch::Sender<Value>,
 }
 
 /// Kubernetes' default `terminationGracePeriodSeconds`.
@@ -229,6 +233,7 @@ fn observe_pod(
             let cancel = CancellationToken::new();
             let (done_tx, done_rx) = watch::channel(false);
             let (grace_tx, grace_rx) = watch::channel(grace_of(&pod));
+            let (latest_tx, latest_rx) = watch::channel(pod.clone());
             workers.insert(
                 uid.clone(),
                 PodWorker {
@@ -236,13 +241,14 @@ fn observe_pod(
                     done: done_rx,
                     terminating: false,
                     grace: grace_tx,
+                    latest: latest_tx,
                 },
             );
             pod_cache::remember(&ctx.data_dir, &pod);
             let ctx = ctx.clone();
             tasks.spawn(async move {
                 let stopped = cancel.clone();
-                run_pod(&ctx, pod, cancel, grace_rx).await;
+                run_pod(&ctx, pod, cancel, grace_rx, latest_rx).await;
                 if !stopped.is_cancelled() {
                     // Finished on its own (restartPolicy Never/OnFailure): not to be run again.
                     forget_pod(&ctx, &uid);
@@ -281,7 +287,19 @@ fn observe_pod(
                 confirm_deletion(&ctx, &pod).await;
             });
         }
-        Some(_) => {}
+        Some(w) => {
+            // Labels and annotations feed downwardAPI volumes, rewritten from the record.
+            let meta_changed = {
+                let seen = w.latest.borrow();
+                ["/metadata/labels", "/metadata/annotations"]
+                    .iter()
+                    .any(|p| seen.pointer(p) != pod.pointer(p))
+            };
+            if meta_changed && !w.terminating {
+                pod_cache::remember(&ctx.data_dir, &pod);
+            }
+            w.latest.send_replace(pod);
+        }
     }
 }
 
@@ -340,6 +358,9 @@ pub(crate) struct PodRun {
     /// it does, as kubelet's status manager resyncs, or a pod that finished while the link
     /// was down would stay Running in the API for good.
     unsynced: std::sync::atomic::AtomicBool,
+    /// Bumped at every change of the records (what waits on a container watches it).
+    changes: watch::Sender<u64>,
+    facts: std::sync::Mutex<status::PodFacts>,
 }
 
 /// First and longest wait between retries of a status write that did not land.
@@ -350,6 +371,7 @@ impl PodRun {
     pub(crate) async fn update(&self, ctx: &Ctx, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
         let mut recs = self.records.lock().await;
         f(&mut recs[i]);
+        self.changes.send_modify(|n| *n += 1);
         let counts = container_counts::of(&recs);
         {
             let mut saved = self.counts.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,9 +382,73 @@ impl PodRun {
             }
         }
         let mut last = self.last_status.lock().await;
-        let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
+        let status = status::pod_status(&last, &recs, &self.facts(), &ctx.host_ip, &ctx.now());
         drop(recs);
         self.write(ctx, &mut last, status).await;
+    }
+
+    fn facts(&self) -> status::PodFacts {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The pod changed in the API: the conditions of its readiness gates (which others set)
+    /// are taken into the status, and the status is written again if that changes it.
+    async fn pod_changed(&self, ctx: &Ctx, pod: &Value) {
+        let gates = self.facts().gates;
+        if gates.is_empty() {
+            return;
+        }
+        let recs = self.records.lock().await;
+        let mut last = self.last_status.lock().await;
+        let theirs: Vec<Value> = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|c| {
+                c["type"]
+                    .as_str()
+                    .is_some_and(|t| gates.iter().any(|g| g == t))
+            })
+            .cloned()
+            .collect();
+        let mut merged = last.clone();
+        if !merged["conditions"].is_array() {
+            merged["conditions"] = json!([]);
+        }
+        if let Some(conds) = merged["conditions"].as_array_mut() {
+            conds.retain(|c| {
+                !c["type"]
+                    .as_str()
+                    .is_some_and(|t| gates.iter().any(|g| g == t))
+            });
+            conds.extend(theirs);
+        }
+        let before = status::pod_status(&last, &recs, &self.facts(), &ctx.host_ip, &ctx.now());
+        let after = status::pod_status(&merged, &recs, &self.facts(), &ctx.host_ip, &ctx.now());
+        drop(recs);
+        *last = merged;
+        if before["conditions"] != after["conditions"] {
+            self.write(ctx, &mut last, after).await;
+        }
+    }
+
+    /// Waits until the records satisfy `pred` (true) or `cancel` fires (false).
+    pub(crate) async fn wait_until(
+        &self,
+        pred: impl Fn(&[ContainerRecord]) -> bool,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut changes = self.changes.subscribe();
+        loop {
+            if pred(&self.records.lock().await) {
+                return true;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                r = changes.changed() => if r.is_err() { return false },
+            }
+        }
     }
 
     /// Writes the current status again if the last write did not land.
@@ -372,7 +458,7 @@ impl PodRun {
         if !self.unsynced() {
             return;
         }
-        let status = status::pod_status(&last, &recs, &ctx.host_ip, &ctx.now());
+        let status = status::pod_status(&last, &recs, &self.facts(), &ctx.host_ip, &ctx.now());
         drop(recs);
         tracing::debug!(pod = %self.name, "writing the pod status again");
         self.write(ctx, &mut last, status).await;
@@ -426,25 +512,44 @@ impl PodRun {
     }
 }
 
+/// Runs a pod's containers: the init containers one after the other (each to completion, a
+/// sidecar until it has started), then the app containers together; sidecars are stopped
+/// after the app containers, the last started first.
 async fn run_pod(
     ctx: &Ctx,
     pod: Value,
     cancel: CancellationToken,
     grace: watch::Receiver<Duration>,
+    latest: watch::Receiver<Value>,
 ) {
-    let containers = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let list = |key: &str| {
+        pod.pointer(&format!("/spec/{key}"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (init, containers) = (list("initContainers"), list("containers"));
+    let n_init = init.len();
     let uid = meta::uid(&pod).to_string();
     let saved = container_counts::load(&ctx.data_dir, &uid);
     let now = ctx.now();
-    let records: Vec<ContainerRecord> = containers
+    let records: Vec<ContainerRecord> = init
         .iter()
         .map(|c| {
+            (
+                c,
+                if is_sidecar(c) {
+                    Role::Sidecar
+                } else {
+                    Role::Init
+                },
+            )
+        })
+        .chain(containers.iter().map(|c| (c, Role::App)))
+        .map(|(c, role)| {
             let name = c["name"].as_str().unwrap_or_default();
             let mut r = ContainerRecord::new(name, c["image"].as_str().unwrap_or_default())
+                .with_role(role)
                 .with_probes(
                     c.get("startupProbe").is_some_and(|p| !p.is_null()),
                     c.get("readinessProbe").is_some_and(|p| !p.is_null()),
@@ -463,28 +568,191 @@ async fn run_pod(
         records: tokio::sync::Mutex::new(records),
         last_status: tokio::sync::Mutex::new(pod.get("status").cloned().unwrap_or(json!({}))),
         unsynced: std::sync::atomic::AtomicBool::new(false),
+        changes: watch::Sender::new(0),
+        facts: std::sync::Mutex::new(status::PodFacts {
+            gates: pod
+                .pointer("/spec/readinessGates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|g| g["conditionType"].as_str().map(String::from))
+                .collect(),
+            deadline_exceeded: false,
+        }),
     });
     tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
-    let mut set = tokio::task::JoinSet::new();
-    for (i, c) in containers.into_iter().enumerate() {
-        let (ctx, pod, run, cancel, grace) = (
-            ctx.clone(),
-            pod.clone(),
-            run.clone(),
-            cancel.clone(),
-            grace.clone(),
-        );
-        set.spawn(
-            async move { container::run_container(&ctx, &pod, &c, i, &run, cancel, grace).await },
-        );
-    }
-    let containers = async { while set.join_next().await.is_some() {} };
+    let policy: RestartPolicy = pod
+        .pointer("/spec/restartPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Always")
+        .parse()
+        .unwrap_or(RestartPolicy::Always);
+    // An init container is retried on failure unless the pod never restarts anything.
+    let init_policy = match policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    };
+    // What stops the containers: the pod stopping, or its active deadline.
+    let stop_all = cancel.child_token();
+    let mut sidecars: Vec<(CancellationToken, tokio::task::JoinHandle<()>)> = Vec::new();
+    let body = async {
+        for (i, c) in init.iter().enumerate() {
+            if stop_all.is_cancelled() {
+                return;
+            }
+            if is_sidecar(c) {
+                // Its own token: it outlives the app containers when the pod stops.
+                let stop = CancellationToken::new();
+                let slot = container::Slot {
+                    index: i,
+                    restart: RestartPolicy::Always,
+                    record_stop: true,
+                };
+                let (ctx2, pod2, c2, run2, stop2, grace2) = (
+                    ctx.clone(),
+                    pod.clone(),
+                    c.clone(),
+                    run.clone(),
+                    stop.clone(),
+                    grace.clone(),
+                );
+                let handle = tokio::spawn(async move {
+                    container::run_container(&ctx2, &pod2, &c2, slot, &run2, stop2, grace2).await
+                });
+                sidecars.push((stop, handle));
+                if !run
+                    .wait_until(|r| r[i].is_started() || r[i].completed(), &stop_all)
+                    .await
+                {
+                    return;
+                }
+            } else {
+                let slot = container::Slot {
+                    index: i,
+                    restart: init_policy,
+                    record_stop: false,
+                };
+                container::run_container(ctx, &pod, c, slot, &run, stop_all.clone(), grace.clone())
+                    .await;
+                if !run.records.lock().await[i].completed() {
+                    // Stopped, or failed for good: the app containers never start.
+                    return;
+                }
+            }
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for (j, c) in containers.iter().enumerate() {
+            let slot = container::Slot {
+                index: n_init + j,
+                restart: policy,
+                record_stop: false,
+            };
+            let (ctx, pod, c, run, cancel, grace) = (
+                ctx.clone(),
+                pod.clone(),
+                c.clone(),
+                run.clone(),
+                stop_all.clone(),
+                grace.clone(),
+            );
+            set.spawn(async move {
+                container::run_container(&ctx, &pod, &c, slot, &run, cancel, grace).await
+            });
+        }
+        while set.join_next().await.is_some() {}
+    };
+    // The pod as the API changes it: readiness gates' conditions, the active deadline.
+    let deadline_hit = std::sync::atomic::AtomicBool::new(false);
+    let follow = async {
+        let mut latest = latest;
+        loop {
+            let wait = active_deadline(ctx, &latest.borrow());
+            tokio::select! {
+                changed = latest.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                    let pod = latest.borrow_and_update().clone();
+                    run.pod_changed(ctx, &pod).await;
+                }
+                () = sleep_or_forever(wait) => {
+                    deadline_hit.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stop_all.cancel();
+                    std::future::pending::<()>().await;
+                }
+            }
+        }
+    };
+    let dirs = pod_dirs(ctx, &pod);
     // `never` keeps the retry loop alive exactly as long as the containers run.
     let never = CancellationToken::new();
     tokio::select! {
-        () = containers => {}
+        () = body => {}
         () = run.retry_unsynced(ctx, &never, true) => {}
+        () = follow => {}
+        () = crate::sa_token::keep_fresh(ctx, &pod, &dirs) => {}
+    }
+    crate::sa_token::forget(ctx, meta::uid(&pod)).await;
+    if deadline_hit.load(std::sync::atomic::Ordering::Relaxed) && !cancel.is_cancelled() {
+        deadline_exceeded(ctx, &pod, &run).await;
+    }
+    // The app containers are done (or the pod is stopping): the sidecars go, last first.
+    for (stop, handle) in sidecars.into_iter().rev() {
+        stop.cancel();
+        let _ = handle.await;
     }
     // The containers' last word (Succeeded, Failed) must reach the API too.
     run.retry_unsynced(ctx, &cancel, false).await;
+}
+
+/// How long until the pod's `activeDeadlineSeconds` (counted from its `status.startTime`,
+/// or from now for a pod starting) runs out; `None` without one.
+fn active_deadline(ctx: &Ctx, pod: &Value) -> Option<Duration> {
+    let secs = pod.pointer("/spec/activeDeadlineSeconds")?.as_i64()?;
+    let now = (ctx.clock)();
+    let started = pod
+        .pointer("/status/startTime")
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(now, |t| t.with_timezone(&chrono::Utc));
+    let end = started + chrono::Duration::seconds(secs.max(0));
+    Some((end - now).to_std().unwrap_or(Duration::ZERO))
+}
+
+async fn sleep_or_forever(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The pod outlived its `activeDeadlineSeconds`: its containers were stopped; it fails with
+/// kubelet's reason, message and Event.
+async fn deadline_exceeded(ctx: &Ctx, pod: &Value, run: &PodRun) {
+    const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
+    tracing::info!(pod = %run.name, "active deadline exceeded");
+    ctx.events
+        .pod(
+            pod,
+            None,
+            events::Kind::Warning,
+            "DeadlineExceeded",
+            MESSAGE,
+        )
+        .await;
+    run.facts
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .deadline_exceeded = true;
+    let now = ctx.now();
+    let n = run.records.lock().await.len();
+    for i in 0..n {
+        let now = now.clone();
+        run.update(ctx, i, move |r| r.deadline_exceeded(now)).await;
+    }
+}
+
+/// An init container with `restartPolicy: Always`: a native sidecar.
+fn is_sidecar(c: &Value) -> bool {
+    c["restartPolicy"].as_str() == Some("Always")
 }

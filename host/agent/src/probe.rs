@@ -115,6 +115,8 @@ pub(crate) enum Handler {
         port: u16,
         service: String,
     },
+    /// A lifecycle hook's `sleep`.
+    Sleep(Duration),
 }
 
 impl Handler {
@@ -545,6 +547,10 @@ pub(crate) async fn check(
         }
         Handler::Grpc { port, service } => {
             grpc_check(&join_host_port(pod_ip, *port), service, timeout).await
+        }
+        Handler::Sleep(d) => {
+            tokio::time::sleep(*d).await;
+            Ok(())
         }
     }
 }

@@ -41,6 +41,7 @@ pub(crate) async fn object_refresh_loop(ctx: Ctx, period: Duration, cancel: Canc
 /// container's `subPath` is bound into any more ([`objects::Volumes`]).
 pub(crate) async fn refresh_volumes(ctx: &Shared) {
     for pod in pod_cache::peek(&ctx.data_dir) {
+        let pod_obj = &pod;
         let dirs = pod_dirs(ctx, &pod);
         let (ns, pod_name, uid) = (meta::namespace(&pod), meta::name(&pod), meta::uid(&pod));
         for v in pod
@@ -58,7 +59,14 @@ pub(crate) async fn refresh_volumes(ctx: &Shared) {
             let refs = objects::volume_refs(ns, v);
             let files = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Copies)
                 .await
-                .and_then(|o| objects::volume_files(&o, ns, v));
+                .and_then(|o| {
+                    let info = crate::downward::PodInfo {
+                        pod: pod_obj,
+                        node: &ctx.node,
+                        host_ip: &ctx.host_ip,
+                    };
+                    objects::volume_files(&o, &info, v)
+                });
             let files = match files {
                 Ok(Some(files)) => files,
                 Ok(None) => continue,

@@ -84,7 +84,7 @@ enum VolumeSource {
 /// kubelet keeps them on a tmpfs.
 pub(crate) fn projected_dir(dirs: &PodDirs, volume: &Value) -> Option<PathBuf> {
     let name = volume["name"].as_str().unwrap_or_default();
-    let base = if volume.get("configMap").is_some() {
+    let base = if volume.get("configMap").is_some() || volume.get("downwardAPI").is_some() {
         &dirs.disk
     } else if volume.get("secret").is_some() || volume.get("projected").is_some() {
         &dirs.memory

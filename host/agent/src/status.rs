@@ -63,10 +63,24 @@ impl Termination {
     }
 }
 
+/// What a container is to its pod.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Role {
+    /// One of `spec.containers`.
+    #[default]
+    App,
+    /// An init container: runs to completion, in order, before the app containers.
+    Init,
+    /// A native sidecar (an init container with `restartPolicy: Always`): started in order
+    /// with the init containers, kept running beside the app containers, stopped after them.
+    Sidecar,
+}
+
 /// One container's record as the agent keeps it.
 #[derive(Clone, Debug)]
 pub struct ContainerRecord {
     pub name: String,
+    pub role: Role,
     pub image: String,
     pub image_id: String,
     pub state: ContainerState,
@@ -90,6 +104,7 @@ impl ContainerRecord {
     pub fn new(name: &str, image: &str) -> Self {
         ContainerRecord {
             name: name.to_string(),
+            role: Role::App,
             image: image.to_string(),
             image_id: String::new(),
             state: ContainerState::ImagePull,
@@ -101,6 +116,16 @@ impl ContainerRecord {
             probe_started: true,
             probe_ready: true,
         }
+    }
+
+    pub(crate) fn with_role(mut self, role: Role) -> Self {
+        self.role = role;
+        self
+    }
+
+    /// An init container that ran to completion.
+    pub fn completed(&self) -> bool {
+        matches!(self.state, ContainerState::Done { exit_code: 0, .. })
     }
 
     /// A record for a container with these probes.
@@ -147,6 +172,23 @@ impl ContainerRecord {
         }
     }
 
+    /// The pod's active deadline stopped the container: a container that had not ended is
+    /// terminated (exit 137, as killed), one that never started stays as it was.
+    pub(crate) fn deadline_exceeded(&mut self, now: String) {
+        let started_at = match &self.state {
+            ContainerState::Running { started_at } => started_at.clone(),
+            ContainerState::BackOff { .. } => now.clone(),
+            _ => return,
+        };
+        self.state = ContainerState::Done {
+            exit_code: 137,
+            reason: "DeadlineExceeded".into(),
+            message: None,
+            started_at,
+            finished_at: now,
+        };
+    }
+
     /// Running, and its startup probe (if any) passed.
     pub fn is_started(&self) -> bool {
         matches!(self.state, ContainerState::Running { .. }) && self.probe_started
@@ -176,9 +218,13 @@ impl ContainerRecord {
         };
     }
 
-    /// Running, started, and its readiness probe (if any) passes.
+    /// Running, started, and its readiness probe (if any) passes; an init container once
+    /// it completed (as kubelet reports it).
     pub fn ready(&self) -> bool {
-        self.is_started() && self.probe_ready
+        match self.role {
+            Role::Init => self.completed(),
+            Role::App | Role::Sidecar => self.is_started() && self.probe_ready,
+        }
     }
 
     /// The `containerStatuses[]` entry (every field the Python client requires is present).
@@ -215,7 +261,7 @@ impl ContainerRecord {
             "image": self.image,
             "imageID": self.image_id,
             "ready": self.ready(),
-            "started": self.is_started(),
+            "started": self.role != Role::Init && self.is_started(),
             "restartCount": self.restart_count,
             "state": state,
         });
@@ -226,8 +272,30 @@ impl ContainerRecord {
     }
 }
 
-/// The pod phase from its containers (kubelet's rules, without init containers).
-pub fn phase(containers: &[ContainerRecord]) -> &'static str {
+/// Whether the pod is initialized: every init container completed, every sidecar started.
+fn initialized(records: &[ContainerRecord]) -> bool {
+    records.iter().all(|r| match r.role {
+        Role::Init => r.completed(),
+        Role::Sidecar => r.ever_started,
+        Role::App => true,
+    })
+}
+
+/// The pod phase from its containers (kubelet's rules): Pending while initializing, Failed
+/// if an init container failed for good, then the app containers' (sidecars do not count).
+pub fn phase(records: &[ContainerRecord]) -> &'static str {
+    let failed_init = records.iter().any(|r| {
+        r.role == Role::Init
+            && matches!(r.state, ContainerState::Done { exit_code, .. } if exit_code != 0)
+    });
+    if failed_init {
+        return "Failed";
+    }
+    if !initialized(records) {
+        return "Pending";
+    }
+    let containers: Vec<&ContainerRecord> =
+        records.iter().filter(|r| r.role == Role::App).collect();
     if containers.is_empty() {
         return "Pending";
     }
@@ -247,16 +315,65 @@ pub fn phase(containers: &[ContainerRecord]) -> &'static str {
     }
 }
 
+/// The names in `records` that `pred` picks out, as kubelet's condition messages list them.
+fn names(records: &[ContainerRecord], pred: impl Fn(&ContainerRecord) -> bool) -> Vec<&str> {
+    records
+        .iter()
+        .filter(|r| pred(r))
+        .map(|r| r.name.as_str())
+        .collect()
+}
+
 /// The pod's `status` (phase, conditions, containerStatuses), keeping the scheduler's
 /// PodScheduled condition and the start time already reported.
+/// What the pod's status also depends on, besides its containers.
+#[derive(Clone, Debug, Default)]
+pub struct PodFacts {
+    /// `spec.readinessGates`' condition types: Ready also needs each of them True in the
+    /// pod's conditions (which others write).
+    pub gates: Vec<String>,
+    /// `activeDeadlineSeconds` ran out: the pod failed.
+    pub deadline_exceeded: bool,
+}
+
+/// Why a readiness gate holds the pod back (kubelet's words), if it does.
+fn gate_unready(status: &Value, gate: &str) -> Option<String> {
+    let cond = status["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == gate);
+    match cond.and_then(|c| c["status"].as_str()) {
+        None => Some(format!(
+            "corresponding condition of pod readiness gate {gate:?} does not exist."
+        )),
+        Some("True") => None,
+        Some(other) => Some(format!(
+            "the status of pod readiness gate {gate:?} is not \"True\", but {other}"
+        )),
+    }
+}
+
 pub fn pod_status(
     existing: &Value,
-    containers: &[ContainerRecord],
+    records: &[ContainerRecord],
+    facts: &PodFacts,
     host_ip: &str,
     now: &str,
 ) -> Value {
-    let phase = phase(containers);
-    let all_ready = !containers.is_empty() && containers.iter().all(ContainerRecord::ready);
+    let phase = if facts.deadline_exceeded {
+        "Failed"
+    } else {
+        phase(records)
+    };
+    let initialized = initialized(records);
+    // The app containers and the sidecars make the pod ready.
+    let serving = |r: &ContainerRecord| r.role != Role::Init;
+    let all_ready = records.iter().any(|r| r.role == Role::App)
+        && records
+            .iter()
+            .filter(|r| serving(r))
+            .all(ContainerRecord::ready);
     let mut status = existing.clone();
     if !status.is_object() {
         status = json!({});
@@ -270,27 +387,49 @@ pub fn pod_status(
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now);
     }
+    if facts.deadline_exceeded {
+        status["reason"] = json!("DeadlineExceeded");
+        status["message"] = json!("Pod was active on the node longer than the specified deadline");
+    }
+    let gates: Vec<String> = facts
+        .gates
+        .iter()
+        .filter_map(|g| gate_unready(&status, g))
+        .collect();
     let mut obj = json!({"status": status});
     let ready = if all_ready { "True" } else { "False" };
     let not_ready_reason = (!all_ready).then_some("ContainersNotReady");
-    let unready: Vec<&str> = containers
-        .iter()
-        .filter(|c| !c.ready())
-        .map(|c| c.name.as_str())
-        .collect();
+    let unready = names(records, |r| serving(r) && !r.ready());
     let msg =
         (!all_ready).then(|| format!("containers with unready status: [{}]", unready.join(" ")));
     let done = matches!(phase, "Succeeded" | "Failed");
     let done_reason = done.then_some("PodCompleted");
-    kedge_core::meta::set_condition(&mut obj, "Initialized", "True", done_reason, None, now);
-    kedge_core::meta::set_condition(
-        &mut obj,
-        "Ready",
-        ready,
-        done_reason.or(not_ready_reason),
-        msg.as_deref(),
-        now,
-    );
+    let set = |obj: &mut Value, ty: &str, ok: bool, reason: Option<&str>, msg: Option<&str>| {
+        let status = if ok { "True" } else { "False" };
+        kedge_core::meta::set_condition(obj, ty, status, reason, msg, now);
+    };
+    // The pod's directories exist and its containers may start (kubelet: the sandbox).
+    set(&mut obj, "PodReadyToStartContainers", true, None, None);
+    if initialized {
+        set(&mut obj, "Initialized", true, done_reason, None);
+    } else {
+        let incomplete = names(records, |r| match r.role {
+            Role::Init => !r.completed(),
+            Role::Sidecar => !r.ever_started,
+            Role::App => false,
+        });
+        let msg = format!(
+            "containers with incomplete status: [{}]",
+            incomplete.join(" ")
+        );
+        set(
+            &mut obj,
+            "Initialized",
+            false,
+            Some("ContainersNotInitialized"),
+            Some(&msg),
+        );
+    }
     kedge_core::meta::set_condition(
         &mut obj,
         "ContainersReady",
@@ -299,13 +438,40 @@ pub fn pod_status(
         msg.as_deref(),
         now,
     );
-    kedge_core::meta::set_condition(&mut obj, "PodScheduled", "True", None, None, now);
-    obj["status"]["containerStatuses"] = json!(
-        containers
+    // The pod is Ready when its containers are and every readiness gate is True.
+    let (ready, reason, msg) = match (all_ready, gates.is_empty()) {
+        (true, false) => (
+            "False",
+            Some("ReadinessGatesNotReady"),
+            Some(gates.join(", ")),
+        ),
+        _ => (ready, done_reason.or(not_ready_reason), msg),
+    };
+    kedge_core::meta::set_condition(&mut obj, "Ready", ready, reason, msg.as_deref(), now);
+    set(&mut obj, "PodScheduled", true, None, None);
+    let statuses = |role: fn(&ContainerRecord) -> bool| -> Vec<Value> {
+        records
             .iter()
-            .map(ContainerRecord::status)
-            .collect::<Vec<_>>()
-    );
+            .filter(|r| role(r))
+            .map(|r| {
+                let mut s = r.status();
+                // App containers wait for the init containers as kubelet shows it.
+                if !initialized && r.role == Role::App && r.state == ContainerState::ImagePull {
+                    s["state"] = json!({"waiting": {"reason": "PodInitializing"}});
+                }
+                s
+            })
+            .collect()
+    };
+    obj["status"]["containerStatuses"] = json!(statuses(|r| r.role == Role::App));
+    let init = statuses(|r| r.role != Role::App);
+    if init.is_empty() {
+        if let Some(m) = obj["status"].as_object_mut() {
+            m.remove("initContainerStatuses");
+        }
+    } else {
+        obj["status"]["initContainerStatuses"] = json!(init);
+    }
     obj["status"].take()
 }
 
@@ -362,7 +528,13 @@ mod tests {
             },
             true,
         );
-        let s = pod_status(&json!({"phase": "Pending"}), &[c], "10.0.0.1", "t1");
+        let s = pod_status(
+            &json!({"phase": "Pending"}),
+            &[c],
+            &PodFacts::default(),
+            "10.0.0.1",
+            "t1",
+        );
         assert_eq!(s["phase"], "Running");
         let conds = s["conditions"].as_array().unwrap();
         let ready = conds.iter().find(|c| c["type"] == "Ready").unwrap();
@@ -383,7 +555,7 @@ mod tests {
             },
             false,
         );
-        let s = pod_status(&json!({}), &[c], "h", "t");
+        let s = pod_status(&json!({}), &[c], &PodFacts::default(), "h", "t");
         assert_eq!(s["phase"], "Pending");
         assert_eq!(
             s["containerStatuses"][0]["state"]["waiting"]["reason"],

@@ -8,7 +8,8 @@
 //!   a time — never list them;
 //! - create and update its own Node (and its status) and its own Lease in `kube-node-lease`;
 //!   read Nodes, Services, Endpoints and Namespaces;
-//! - create and update Events.
+//! - create and update Events;
+//! - get the ServiceAccounts its pods use, and request tokens bound to its pods for them.
 //!
 //! Everything else is refused with 403, worded as kube-apiserver words it. Other identities
 //! are not restricted here: masters not at all, everyone else by RBAC ([`super::rbac`]).
@@ -193,22 +194,70 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
                 Err(refuse("not allowed for nodes"))
             }
         }
+        ("", "ServiceAccount") => {
+            // kubelet's projected tokens: a token bound to one of its pods, for that pod's
+            // ServiceAccount; and a read of the ServiceAccounts its pods use.
+            let name = r.name.unwrap_or_default();
+            let allowed = match (verb, r.sub) {
+                ("create", Some("token")) => {
+                    let body: Value = serde_json::from_slice(r.body).unwrap_or_default();
+                    let bound = body.pointer("/spec/boundObjectRef");
+                    let pod = bound
+                        .filter(|b| b["kind"] == "Pod")
+                        .and_then(|b| b["name"].as_str())
+                        .and_then(|p| api.get(pods_res(), r.namespace, p).ok());
+                    pod.is_some_and(|p| {
+                        p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+                            && service_account_of(&p) == name
+                    })
+                }
+                ("get", None) => pods_on(api, node, r.namespace)
+                    .iter()
+                    .any(|p| service_account_of(p) == name),
+                _ => false,
+            };
+            if allowed {
+                Ok(())
+            } else {
+                Err(refuse(&format!(
+                    "no relationship found between node {node:?} and this object"
+                )))
+            }
+        }
         ("", "Service" | "Endpoints" | "Namespace") if reads => Ok(()),
         _ => Err(refuse("not allowed for nodes")),
     }
 }
 
-/// Whether a pod bound to `node` in `ns` uses the Secret or ConfigMap `name`.
-fn used_by_pods_on(api: &Api, node: &str, ns: &str, kind: &str, name: &str) -> bool {
-    let pods = resources::by_kind("v1", "Pod").expect("served");
-    let Ok(list) = api.list(pods, ns, &Default::default()) else {
-        return false;
+fn pods_res() -> &'static Resource {
+    resources::by_kind("v1", "Pod").expect("served")
+}
+
+/// The pods bound to `node` in `ns`.
+fn pods_on(api: &Api, node: &str, ns: &str) -> Vec<Value> {
+    let Ok(list) = api.list(pods_res(), ns, &Default::default()) else {
+        return Vec::new();
     };
     list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node))
+        .cloned()
+        .collect()
+}
+
+fn service_account_of(pod: &Value) -> &str {
+    pod.pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+}
+
+/// Whether a pod bound to `node` in `ns` uses the Secret or ConfigMap `name`.
+fn used_by_pods_on(api: &Api, node: &str, ns: &str, kind: &str, name: &str) -> bool {
+    pods_on(api, node, ns)
+        .iter()
         .any(|p| pod_uses(p, kind, name))
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use kedge_core::resources::{RESOURCES, Resource, groups};
+use kedge_core::resources::{RESOURCES, RETIRED, Resource, groups};
 
 /// Create-only resources answered from the request and never stored (kube-apiserver's
 /// "virtual" review resources). They live here, not in the resource table, because routing,
@@ -60,17 +60,32 @@ pub(crate) static VIRTUAL: &[Resource] = &[
     },
 ];
 
-/// Every resource discovery lists: the stored kinds, then the virtual ones.
+/// Every resource discovery lists: the stored kinds, the retired versions still served, then
+/// the virtual ones.
 fn served() -> impl Iterator<Item = &'static Resource> {
-    RESOURCES.iter().chain(VIRTUAL.iter())
+    RESOURCES
+        .iter()
+        .chain(RETIRED.iter().map(|r| &r.resource))
+        .chain(VIRTUAL.iter())
 }
 
-/// The named groups discovery lists, in order, each with its version.
-fn served_groups() -> Vec<(&'static str, &'static str)> {
-    let mut out = groups();
-    for r in VIRTUAL {
-        if !out.contains(&(r.group, r.version)) {
-            out.push((r.group, r.version));
+/// The named groups discovery lists, in order, each with its versions, the preferred (stored)
+/// one first: kubectl maps a kind without a version to its group's first version.
+fn served_groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let pairs = groups()
+        .into_iter()
+        .chain(
+            RETIRED
+                .iter()
+                .map(|r| (r.resource.group, r.resource.version)),
+        )
+        .chain(VIRTUAL.iter().map(|r| (r.group, r.version)));
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (g, v) in pairs.filter(|(g, _)| !g.is_empty()) {
+        match out.iter_mut().find(|(known, _)| *known == g) {
+            Some((_, versions)) if !versions.contains(&v) => versions.push(v),
+            Some(_) => {}
+            None => out.push((g, vec![v])),
         }
     }
     out
@@ -125,13 +140,15 @@ fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static st
         "exec" => ("", "v1", "PodExecOptions"),
         "attach" => ("", "v1", "PodAttachOptions"),
         "portforward" => ("", "v1", "PodPortForwardOptions"),
+        // What kubectl drain looks for to evict rather than delete.
+        "eviction" => ("policy", "v1", "Eviction"),
         _ => (r.group, r.version, r.kind),
     }
 }
 
 fn sub_verbs(sub: &str) -> Vec<&'static str> {
     match sub {
-        "binding" | "token" => vec!["create"],
+        "binding" | "token" | "eviction" => vec!["create"],
         "log" => vec!["get"],
         "exec" | "attach" | "portforward" => vec!["create", "get"],
         _ => vec!["get", "patch", "update"],
@@ -169,19 +186,25 @@ fn aggregated_resource(r: &Resource) -> Value {
 /// `/api` (core = true) or `/apis` as an APIGroupDiscoveryList.
 pub(crate) fn aggregated(core: bool) -> Value {
     let mut items = Vec::new();
-    let group_list: Vec<(&str, &str)> = if core {
-        vec![("", "v1")]
+    let group_list: Vec<(&str, Vec<&str>)> = if core {
+        vec![("", vec!["v1"])]
     } else {
         served_groups()
     };
-    for (g, v) in group_list {
-        let resources: Vec<Value> = served()
-            .filter(|r| r.group == g && r.version == v)
-            .map(aggregated_resource)
+    for (g, vs) in group_list {
+        let versions: Vec<Value> = vs
+            .iter()
+            .map(|v| {
+                let resources: Vec<Value> = served()
+                    .filter(|r| r.group == g && r.version == *v)
+                    .map(aggregated_resource)
+                    .collect();
+                json!({"version": v, "resources": resources, "freshness": "Current"})
+            })
             .collect();
         items.push(json!({
             "metadata": {"name": g, "creationTimestamp": null},
-            "versions": [{"version": v, "resources": resources, "freshness": "Current"}],
+            "versions": versions,
         }));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
@@ -195,26 +218,27 @@ pub(crate) fn api_versions() -> Value {
     })
 }
 
-fn group_doc(g: &str, v: &str) -> Value {
-    let gv = format!("{g}/{v}");
+/// A group with its versions; the first is preferred.
+fn group_doc(g: &str, versions: &[&str]) -> Value {
+    let entry = |v: &str| json!({"groupVersion": format!("{g}/{v}"), "version": v});
     json!({
         "name": g,
-        "versions": [{"groupVersion": gv, "version": v}],
-        "preferredVersion": {"groupVersion": gv, "version": v},
+        "versions": versions.iter().map(|v| entry(v)).collect::<Vec<_>>(),
+        "preferredVersion": entry(versions[0]),
     })
 }
 
 pub(crate) fn api_group_list() -> Value {
     let groups: Vec<Value> = served_groups()
         .iter()
-        .map(|(g, v)| group_doc(g, v))
+        .map(|(g, vs)| group_doc(g, vs))
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
 pub(crate) fn api_group(group: &str) -> Option<Value> {
-    let (g, v) = served_groups().into_iter().find(|(g, _)| *g == group)?;
-    let mut d = group_doc(g, v);
+    let (g, vs) = served_groups().into_iter().find(|(g, _)| *g == group)?;
+    let mut d = group_doc(g, &vs);
     d["kind"] = json!("APIGroup");
     d["apiVersion"] = json!("v1");
     Some(d)
@@ -298,5 +322,57 @@ mod tests {
         // Stored kinds keep every verb.
         let core = resource_list("", "v1").unwrap();
         assert!(core["resources"][0]["verbs"].as_array().unwrap().len() > 1);
+    }
+
+    /// batch/v1beta1 is discoverable (so kubectl maps a v1beta1 CronJob manifest), after
+    /// batch/v1, which stays preferred.
+    #[test]
+    fn retired_cronjob_version_is_discovered_after_the_preferred_one() {
+        let agg = aggregated(false);
+        let batch = agg["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["metadata"]["name"] == "batch")
+            .unwrap();
+        let versions: Vec<&str> = batch["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_str().unwrap())
+            .collect();
+        assert_eq!(versions, ["v1", "v1beta1"]);
+        let beta = &batch["versions"][1]["resources"];
+        assert_eq!(beta.as_array().unwrap().len(), 1);
+        assert_eq!(
+            beta[0]["responseKind"],
+            json!({"group": "batch", "version": "v1beta1", "kind": "CronJob"})
+        );
+        assert_eq!(
+            beta[0]["subresources"][0]["responseKind"]["version"],
+            "v1beta1"
+        );
+        assert!(beta[0]["categories"].is_null(), "`get all` lists it once");
+        let group = api_group("batch").unwrap();
+        assert_eq!(group["preferredVersion"]["version"], "v1");
+        assert_eq!(group["versions"][1]["groupVersion"], "batch/v1beta1");
+        let list = api_group_list();
+        let batch = list["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "batch")
+            .unwrap();
+        assert_eq!(batch["versions"].as_array().unwrap().len(), 2);
+        let legacy = resource_list("batch", "v1beta1").unwrap();
+        assert_eq!(legacy["groupVersion"], "batch/v1beta1");
+        let names: Vec<&str> = legacy["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["cronjobs", "cronjobs/status"]);
+        assert!(resource_list("batch", "v2alpha1").is_none());
     }
 }

@@ -19,7 +19,7 @@ use super::schema::FieldValidation;
 use super::{discovery, openapi, table};
 use crate::auth::Identity;
 use kedge_core::patch::PatchType;
-use kedge_core::resources::{self, Resource};
+use kedge_core::resources::{self, Resource, Retired};
 use kedge_core::selector::{FieldSelector, Selector as LabelSelector};
 
 /// Reaches a node's agent (through its tunnel) for kubelet-style requests.
@@ -54,21 +54,42 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let result = dispatch(&st, req).await;
-    match result {
+    let mut response = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(%method, %path, code = e.code, reason = e.reason, "request failed");
             status_response(&e)
         }
+    };
+    // Every answer about a retired version says so, errors included; kubectl prints it.
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if let Some(r) = resolve(&segs).and_then(|t| t.retired)
+        && let Some(h) = super::retired::warning_header(&r.warning())
+    {
+        response.headers_mut().append(header::WARNING, h);
     }
+    response
 }
 
 fn status_response(e: &ApiError) -> Response {
-    json_response(
+    let mut r = json_response(
         StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         &e.status(),
         &[],
-    )
+    );
+    // kube-apiserver's writer turns `details.retryAfterSeconds` into the header client-go
+    // waits on before retrying by itself.
+    if let Some(secs) = e
+        .details
+        .as_ref()
+        .and_then(|d| d.get("retryAfterSeconds"))
+        .and_then(Value::as_u64)
+        .filter(|s| *s > 0)
+    {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    r
 }
 
 fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
@@ -79,8 +100,7 @@ fn json_response(code: StatusCode, v: &Value, warnings: &[String]) -> Response {
     )
         .into_response();
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "\\\""));
-        if let Ok(h) = HeaderValue::from_str(&text) {
+        if let Some(h) = super::retired::warning_header(w) {
             r.headers_mut().append(header::WARNING, h);
         }
     }
@@ -120,10 +140,13 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
 
 /// Where a resource URL points.
 struct Target {
+    /// The stored resource, also for a URL in a retired version.
     res: &'static Resource,
     namespace: String,
     name: Option<String>,
     sub: Option<String>,
+    /// The retired version the URL names, whose bodies are converted.
+    retired: Option<&'static Retired>,
 }
 
 async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
@@ -547,6 +570,19 @@ fn aggregated_response(v: Value) -> Response {
         .into_response()
 }
 
+/// A served resource by URL: the stored resource, and the retired version if the URL names
+/// one.
+fn lookup(
+    group: &str,
+    version: &str,
+    plural: &str,
+) -> Option<(&'static Resource, Option<&'static Retired>)> {
+    match resources::by_plural(group, version, plural) {
+        Some(r) => Some((r, None)),
+        None => resources::retired(group, version, plural).map(|r| (r.stored(), Some(r))),
+    }
+}
+
 /// Parses `/api/v1/...` and `/apis/<g>/<v>/...` resource URLs.
 fn resolve(segs: &[&str]) -> Option<Target> {
     let (group, version, rest) = match segs {
@@ -556,20 +592,21 @@ fn resolve(segs: &[&str]) -> Option<Target> {
     };
     let namespaced_form = rest.len() >= 3
         && rest[0] == "namespaces"
-        && resources::by_plural(group, version, rest[2]).is_some_and(|r| r.namespaced);
+        && lookup(group, version, rest[2]).is_some_and(|(r, _)| r.namespaced);
     let (namespace, rest) = if namespaced_form {
         (rest[1].to_string(), &rest[2..])
     } else {
         (String::new(), rest)
     };
-    let res = resources::by_plural(group, version, rest.first()?)?;
+    let (res, retired) = lookup(group, version, rest.first()?)?;
     let name = rest.get(1).map(|s| s.to_string());
     let sub = rest.get(2).map(|s| s.to_string());
     if rest.len() > 3 {
         return None;
     }
+    let seen = retired.map_or(res, |r| &r.resource);
     if let Some(s) = &sub
-        && !res.has(s)
+        && !seen.has(s)
     {
         return None;
     }
@@ -578,6 +615,7 @@ fn resolve(segs: &[&str]) -> Option<Target> {
         namespace,
         name,
         sub,
+        retired,
     })
 }
 
@@ -651,6 +689,11 @@ async fn handle_resource(
     let api = &st.api;
     let res = t.res;
     let ns = t.namespace.as_str();
+    // A retired version: bodies converted in and out, lists and events labelled with it.
+    let view = t.retired;
+    let seen = view.map_or(res, |r| &r.resource);
+    let inbound = |v| super::retired::inbound(view, v);
+    let outbound = |v| super::retired::outbound(view, v);
     if res.namespaced && ns.is_empty() && t.name.is_some() {
         return Err(ApiError::path_not_found(&format!(
             "{} must be addressed within a namespace",
@@ -664,7 +707,7 @@ async fn handle_resource(
             let watching = flag(q, "watch");
             validate_list_options(q, watching)?;
             if watching {
-                return watch(st, res, ns, labels, fields, q, wants_table(headers));
+                return watch(st, res, view, ns, labels, fields, q, wants_table(headers));
             }
             check_list_revision(st, q)?;
             let opts = ListOptions {
@@ -673,17 +716,23 @@ async fn handle_resource(
                 limit: q.get("limit").and_then(|l| l.parse().ok()),
                 continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
             };
-            let page = api.list_page(res, ns, &opts)?;
+            let mut page = api.list_page(res, ns, &opts)?;
             if wants_table(headers) {
                 let t = list_table(res, &page, (st.clock)())?;
                 return Ok(json_response(StatusCode::OK, &t, &[]));
             }
-            Ok(list_response(res, &page))
+            if view.is_some() {
+                page.items = std::mem::take(&mut page.items)
+                    .into_iter()
+                    .map(|o| super::retired::outbound_bytes(view, o))
+                    .collect::<Result<_>>()?;
+            }
+            Ok(list_response(seen, &page))
         }
         (&Method::POST, None, None) => {
-            let obj = body_json(&body, headers)?;
+            let obj = inbound(body_json(&body, headers)?)?;
             let opts = write_options(q, headers)?;
-            let created = api.create(res, ns, obj, &opts)?;
+            let created = outbound(api.create(res, ns, obj, &opts)?)?;
             Ok(json_response(
                 StatusCode::CREATED,
                 &created,
@@ -708,18 +757,19 @@ async fn handle_resource(
                 let name = kedge_core::meta::name(&o).to_string();
                 let ons = kedge_core::meta::namespace(&o).to_string();
                 match api.delete(res, &ons, &name, &opts) {
-                    Ok(d) => deleted.push(d),
+                    Ok(d) => deleted.push(outbound(d)?),
                     Err(e) if e.code == 404 => {}
                     Err(e) => return Err(e),
                 }
             }
             let mut list = list;
             list["items"] = json!(deleted);
+            list["apiVersion"] = json!(seen.api_version());
             Ok(json_response(StatusCode::OK, &list, &[]))
         }
         // One object.
         (&Method::GET, Some(name), None) => {
-            let obj = api.get(res, ns, name)?;
+            let obj = outbound(api.get(res, ns, name)?)?;
             if wants_table(headers) {
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
                 let t = table::table(res, std::slice::from_ref(&obj), meta, (st.clock)());
@@ -728,15 +778,16 @@ async fn handle_resource(
             Ok(json_response(StatusCode::OK, &obj, &[]))
         }
         (&Method::PUT, Some(name), None | Some("status")) => {
-            let obj = body_json(&body, headers)?;
+            let obj = inbound(body_json(&body, headers)?)?;
             let opts = write_options(q, headers)?;
-            let out = api.update(res, ns, name, obj, t.sub.as_deref(), &opts)?;
+            let out = outbound(api.update(res, ns, name, obj, t.sub.as_deref(), &opts)?)?;
             Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
         }
         (&Method::PATCH, Some(name), None) if is_apply_patch(headers) => {
             // Server-side apply; YAML is a superset of the JSON kubectl sends.
             let config: Value = super::body::yaml(&body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let config = inbound(config)?;
             let manager = q.get("fieldManager").filter(|m| !m.is_empty()).ok_or_else(|| {
                 ApiError::new(
                     422,
@@ -747,6 +798,7 @@ async fn handle_resource(
             let opts = write_options(q, headers)?;
             let (out, created) =
                 api.apply(res, ns, name, config, manager, flag(q, "force"), &opts)?;
+            let out = outbound(out)?;
             let code = if created {
                 StatusCode::CREATED
             } else {
@@ -757,17 +809,20 @@ async fn handle_resource(
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let (patch, kind) = patch_body(&body, headers)?;
             let opts = write_options(q, headers)?;
-            let out = api.patch(res, ns, name, t.sub.as_deref(), &patch, kind, &opts)?;
+            let out = api.patch_as(res, ns, name, t.sub.as_deref(), &patch, kind, &opts, view)?;
+            let out = outbound(out)?;
             Ok(json_response(StatusCode::OK, &out, &warnings(&opts)))
         }
         (&Method::DELETE, Some(name), None) => {
             let opts = delete_options(&body, q)?;
-            let out = api.delete(res, ns, name, &opts)?;
+            let out = outbound(api.delete(res, ns, name, &opts)?)?;
             Ok(json_response(StatusCode::OK, &out, &[]))
         }
-        (&Method::GET, Some(name), Some("status")) => {
-            Ok(json_response(StatusCode::OK, &api.get(res, ns, name)?, &[]))
-        }
+        (&Method::GET, Some(name), Some("status")) => Ok(json_response(
+            StatusCode::OK,
+            &outbound(api.get(res, ns, name)?)?,
+            &[],
+        )),
         (&Method::GET, Some(name), Some("scale")) => Ok(json_response(
             StatusCode::OK,
             &api.get_scale(res, ns, name)?,
@@ -802,6 +857,12 @@ async fn handle_resource(
                 &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
                 &[],
             ))
+        }
+        (&Method::POST, Some(name), Some("eviction")) => {
+            let eviction = body_json(&body, headers)?;
+            let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+            let out = super::eviction::evict(api, ns, name, &eviction, dry_run)?;
+            Ok(json_response(StatusCode::CREATED, &out, &[]))
         }
         (&Method::GET, Some(name), Some("log")) => pod_log(st, ns, name, q).await,
         (&Method::POST, Some(name), Some("token")) => {
@@ -1003,9 +1064,11 @@ fn delete_options(body: &Bytes, q: &Query) -> Result<DeleteOptions> {
     Ok(opts)
 }
 
+#[allow(clippy::too_many_arguments)] // the watch's resource, its version and its query
 fn watch(
     st: &ApiState,
     res: &'static Resource,
+    view: Option<&'static Retired>,
     ns: &str,
     labels: LabelSelector,
     fields: FieldSelector,
@@ -1040,6 +1103,8 @@ fn watch(
         .unwrap_or(Duration::from_secs(1800));
     let deadline = tokio::time::Instant::now() + timeout;
     let clock = st.clock.clone();
+    // What the events' objects and bookmarks are labelled with.
+    let seen = view.map_or(res, |r| &r.resource);
     struct WatchState {
         watch: Option<super::ops::ApiWatch>,
         pending_error: Option<ApiError>,
@@ -1080,7 +1145,7 @@ fn watch(
             if s.initial_end && !w.has_initial() {
                 s.initial_end = false;
                 let line = json!({"type": "BOOKMARK", "object": {
-                    "kind": res.kind, "apiVersion": res.api_version(),
+                    "kind": seen.kind, "apiVersion": seen.api_version(),
                     "metadata": {"resourceVersion": w.start_revision().to_string(),
                         "annotations": {"k8s.io/initial-events-end": "true"}}}});
                 return Some((vec![line_bytes(&line)], s));
@@ -1095,7 +1160,7 @@ fn watch(
                     Err(_) if tokio::time::Instant::now() >= deadline => return None,
                     Err(_) if bookmarks => {
                         let line = json!({"type": "BOOKMARK", "object": {
-                            "kind": res.kind, "apiVersion": res.api_version(),
+                            "kind": seen.kind, "apiVersion": seen.api_version(),
                             "metadata": {"resourceVersion": w.revision().to_string()}}});
                         return Some((vec![line_bytes(&line)], s));
                     }
@@ -1109,8 +1174,16 @@ fn watch(
                     Ok(Some(Ok((kind, obj)))) => {
                         if !as_table {
                             // The stored JSON as it is: no parse, no re-serialisation, no
-                            // copy (a stalled client holds the ring's own bytes).
-                            return Some((event_line(kind.as_str(), obj), s));
+                            // copy (a stalled client holds the ring's own bytes), unless
+                            // the watch is in a retired version.
+                            return Some(match super::retired::outbound_bytes(view, obj) {
+                                Ok(obj) => (event_line(kind.as_str(), obj), s),
+                                Err(e) => {
+                                    s.done = true;
+                                    let line = json!({"type": "ERROR", "object": e.status()});
+                                    (vec![line_bytes(&line)], s)
+                                }
+                            });
                         }
                         let line = match serde_json::from_slice::<Value>(&obj) {
                             Ok(obj) => {
@@ -1203,17 +1276,20 @@ fn line_bytes(v: &Value) -> Bytes {
 /// The container a pod subresource request means: the one named, the default-container
 /// annotation's, or the only one.
 pub(super) fn pod_container(pod: &Value, name: &str, requested: Option<&String>) -> Result<String> {
-    let containers: Vec<String> = pod
-        .pointer("/spec/containers")
-        .and_then(Value::as_array)
-        .map(|cs| {
-            cs.iter()
-                .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = |list: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{list}"))
+            .and_then(Value::as_array)
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let containers = names("containers");
+    let init = names("initContainers");
     let container = match requested.filter(|c| !c.is_empty()) {
-        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) if containers.contains(c) || init.contains(c) => c.clone(),
         Some(c) => {
             return Err(ApiError::bad_request(format!(
                 "container {c} is not valid for pod {name}"
@@ -1228,10 +1304,17 @@ pub(super) fn pod_container(pod: &Value, name: &str, requested: Option<&String>)
                 (Some(d), _) => d,
                 (None, 1) => containers[0].clone(),
                 _ => {
-                    return Err(ApiError::bad_request(format!(
+                    let mut message = format!(
                         "a container name must be specified for pod {name}, choose one of: [{}]",
                         containers.join(" ")
-                    )));
+                    );
+                    if !init.is_empty() {
+                        message.push_str(&format!(
+                            " or one of the init containers: [{}]",
+                            init.join(" ")
+                        ));
+                    }
+                    return Err(ApiError::bad_request(message));
                 }
             }
         }
@@ -1328,5 +1411,444 @@ mod tests {
         assert_eq!(t.sub.as_deref(), Some("exec"));
         assert!(resolve(&["api", "v1", "namespaces", "d", "pods", "p", "proxy"]).is_none());
         assert!(resolve(&["apis", "apps", "v2", "deployments"]).is_none());
+        // A retired version resolves to the stored resource, and knows it is retired.
+        let t = resolve(&[
+            "apis",
+            "batch",
+            "v1beta1",
+            "namespaces",
+            "d",
+            "cronjobs",
+            "c",
+        ])
+        .unwrap();
+        assert_eq!((t.res.version, t.res.kind), ("v1", "CronJob"));
+        assert_eq!(t.retired.unwrap().resource.version, "v1beta1");
+        let t = resolve(&[
+            "apis",
+            "batch",
+            "v1beta1",
+            "namespaces",
+            "d",
+            "cronjobs",
+            "c",
+            "status",
+        ]);
+        assert_eq!(t.unwrap().sub.as_deref(), Some("status"));
+        assert!(resolve(&["apis", "batch", "v1beta1", "namespaces", "d", "jobs"]).is_none());
+        assert!(
+            resolve(&["apis", "batch", "v1", "cronjobs"])
+                .unwrap()
+                .retired
+                .is_none()
+        );
+    }
+
+    /// A server over a fresh store, with the `default` namespace.
+    fn state(dir: &std::path::Path) -> Arc<ApiState> {
+        let store = kedge_store::redb::RedbStore::open(
+            &dir.join("s"),
+            kedge_store::redb::Options::default(),
+        )
+        .unwrap();
+        let api = Arc::new(Api::new(Arc::new(store), super::super::ops::system_clock()));
+        super::super::rbac::ensure_bootstrap(&api).unwrap();
+        let ns = resources::by_kind("v1", "Namespace").unwrap();
+        api.create(
+            ns,
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        Arc::new(ApiState {
+            rbac: Arc::new(super::super::rbac::Authorizer::new(api.clone())),
+            api,
+            nodes: OnceLock::new(),
+            clock: super::super::ops::system_clock(),
+            ready: true.into(),
+            tokens: Arc::new(crate::tokens::Signer::generate().unwrap()),
+        })
+    }
+
+    struct Answer {
+        code: u16,
+        warnings: Vec<String>,
+        body: Value,
+    }
+
+    /// One request as `user` (in `groups`), its body JSON (a watch's events as an array).
+    async fn call(
+        st: &Arc<ApiState>,
+        who: (&str, &[&str]),
+        method: &str,
+        uri: &str,
+        content_type: &str,
+        body: Value,
+    ) -> Answer {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(if body.is_null() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&body).unwrap()
+            }))
+            .unwrap();
+        let mut groups: Vec<String> = who.1.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        req.extensions_mut().insert(Identity {
+            user: who.0.into(),
+            groups,
+        });
+        let r = handle(State(st.clone()), req).await;
+        let warnings = r
+            .headers()
+            .get_all(header::WARNING)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        let code = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = if uri.contains("watch=true") {
+            let lines: Vec<Value> = String::from_utf8_lossy(&bytes)
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            json!(lines)
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        Answer {
+            code,
+            warnings,
+            body,
+        }
+    }
+
+    const ADMIN: (&str, &[&str]) = ("admin", &["system:masters"]);
+    const JSON: &str = "application/json";
+    const BETA: &str = "/apis/batch/v1beta1/namespaces/default/cronjobs";
+    const V1: &str = "/apis/batch/v1/namespaces/default/cronjobs";
+    const DEPRECATED: &str = "299 - \"batch/v1beta1 CronJob is deprecated in v1.21+, unavailable in v1.25+; use batch/v1 CronJob\"";
+
+    /// batch/v1beta1 CronJob over HTTP: every verb, converted to and from the one stored
+    /// version, each answer (errors too) with the deprecation warning, none on batch/v1.
+    #[tokio::test]
+    async fn retired_cronjob_version_is_served_converted_and_warned() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let manifest = json!({"apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "metadata": {"name": "hello"}, "spec": {"schedule": "*/1 * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "OnFailure",
+            "containers": [{"name": "hello", "image": "busybox", "args": ["date"]}]}}}}}});
+        let a = call(&st, ADMIN, "POST", BETA, JSON, manifest).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        assert_eq!(a.warnings, [DEPRECATED]);
+        assert_eq!(a.body["apiVersion"], "batch/v1beta1");
+        assert_eq!(a.body["spec"]["successfulJobsHistoryLimit"], 3, "defaulted");
+        // Stored once, visible through both versions.
+        let a = call(&st, ADMIN, "GET", &format!("{V1}/hello"), JSON, Value::Null).await;
+        assert_eq!(
+            (a.code, a.body["apiVersion"].as_str()),
+            (200, Some("batch/v1"))
+        );
+        assert!(a.warnings.is_empty());
+        let a = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{BETA}/hello/status"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(a.body["apiVersion"], "batch/v1beta1");
+        let a = call(&st, ADMIN, "GET", BETA, JSON, Value::Null).await;
+        assert_eq!(
+            (a.body["kind"].as_str(), a.body["apiVersion"].as_str()),
+            (Some("CronJobList"), Some("batch/v1beta1"))
+        );
+        assert_eq!(a.body["items"][0]["apiVersion"], "batch/v1beta1");
+        assert_eq!(a.warnings, [DEPRECATED]);
+        // Patches apply to the object as the retired version shows it.
+        let patch = json!([{"op": "test", "path": "/apiVersion", "value": "batch/v1beta1"},
+            {"op": "replace", "path": "/spec/suspend", "value": true}]);
+        let uri = format!("{BETA}/hello");
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &uri,
+            "application/json-patch+json",
+            patch,
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(a.body["spec"]["suspend"], true);
+        for ct in [
+            "application/merge-patch+json",
+            "application/strategic-merge-patch+json",
+        ] {
+            let p = json!({"metadata": {"labels": {"via": "beta"}}});
+            let a = call(&st, ADMIN, "PATCH", &uri, ct, p).await;
+            assert_eq!(
+                (a.code, a.body["apiVersion"].as_str()),
+                (200, Some("batch/v1beta1"))
+            );
+        }
+        let config = json!({"apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "metadata": {"name": "hello"}, "spec": {"schedule": "@hourly"}});
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{uri}?fieldManager=ssa&force=true"),
+            "application/apply-patch+yaml",
+            config,
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(
+            (
+                a.body["apiVersion"].as_str(),
+                a.body["spec"]["schedule"].as_str()
+            ),
+            (Some("batch/v1beta1"), Some("@hourly"))
+        );
+        // A PUT of the v1beta1 object; a body in another version is refused, with the warning.
+        let mut obj = a.body.clone();
+        obj["spec"]["suspend"] = json!(false);
+        let a = call(&st, ADMIN, "PUT", &uri, JSON, obj.clone()).await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        obj["apiVersion"] = json!("batch/v1");
+        let a = call(&st, ADMIN, "PUT", &uri, JSON, obj).await;
+        assert_eq!((a.code, a.warnings.len()), (400, 1));
+        let a = call(&st, ADMIN, "GET", &format!("{V1}/hello"), JSON, Value::Null).await;
+        assert_eq!(
+            (
+                a.body["spec"]["schedule"].as_str(),
+                a.body["metadata"]["labels"]["via"].as_str()
+            ),
+            (Some("@hourly"), Some("beta"))
+        );
+        // Watch events in the requested version.
+        let a = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{BETA}?watch=true&timeoutSeconds=1"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(a.body[0]["type"], "ADDED");
+        assert_eq!(a.body[0]["object"]["apiVersion"], "batch/v1beta1");
+        assert_eq!(a.warnings, [DEPRECATED]);
+        // RBAC names group and resource, not version: a rule on batch cronjobs covers both.
+        let role = json!({"metadata": {"name": "cj-reader", "namespace": "default"},
+            "rules": [{"apiGroups": ["batch"], "resources": ["cronjobs"], "verbs": ["get"]}]});
+        let binding = json!({"metadata": {"name": "cj-reader", "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cj-reader"},
+            "subjects": [{"kind": "User", "name": "alice"}]});
+        let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/default";
+        assert_eq!(
+            call(&st, ADMIN, "POST", &format!("{roles}/roles"), JSON, role)
+                .await
+                .code,
+            201
+        );
+        let a = call(
+            &st,
+            ADMIN,
+            "POST",
+            &format!("{roles}/rolebindings"),
+            JSON,
+            binding,
+        )
+        .await;
+        assert_eq!(a.code, 201);
+        let alice = ("alice", &[][..]);
+        assert_eq!(
+            call(&st, alice, "GET", &uri, JSON, Value::Null).await.code,
+            200
+        );
+        assert_eq!(
+            call(&st, alice, "GET", &format!("{V1}/hello"), JSON, Value::Null)
+                .await
+                .code,
+            200
+        );
+        assert_eq!(
+            call(&st, alice, "DELETE", &uri, JSON, Value::Null)
+                .await
+                .code,
+            403
+        );
+        // Delete through the retired version; a miss is a 404 with the warning.
+        let a = call(&st, ADMIN, "DELETE", &uri, JSON, Value::Null).await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        let a = call(&st, ADMIN, "GET", &uri, JSON, Value::Null).await;
+        assert_eq!(
+            (a.code, a.warnings.as_slice()),
+            (404, &[DEPRECATED.to_string()][..])
+        );
+        assert_eq!(a.body["message"], "cronjobs.batch \"hello\" not found");
+    }
+
+    /// `pods/eviction` over HTTP: refused with 429 while the budget is not processed or has
+    /// nothing to spare, allowed (201) once it has, spending it and deleting the pod
+    /// gracefully; `create pods/eviction` is what RBAC checks (the `edit` role has it); two
+    /// budgets over one pod are a 500.
+    #[tokio::test]
+    async fn eviction_spends_the_budget_or_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let pods = "/api/v1/namespaces/default/pods";
+        let pdbs = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+        for name in ["web-1", "web-2"] {
+            let pod = json!({"metadata": {"name": name, "labels": {"app": "web"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}});
+            let a = call(&st, ADMIN, "POST", pods, JSON, pod).await;
+            assert_eq!(a.code, 201, "{}", a.body);
+            let mut running = a.body;
+            running["status"] = json!({"phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}]});
+            let uri = format!("{pods}/{name}/status");
+            assert_eq!(call(&st, ADMIN, "PUT", &uri, JSON, running).await.code, 200);
+        }
+        let pdb = json!({"metadata": {"name": "web"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}});
+        let a = call(&st, ADMIN, "POST", pdbs, JSON, pdb).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        assert_eq!(a.body["status"]["disruptionsAllowed"], 0);
+        let evict = |name: &str| {
+            json!({"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": name, "namespace": "default"}})
+        };
+        let uri = format!("{pods}/web-1/eviction");
+
+        // Not processed by the controller yet.
+        let a = call(&st, ADMIN, "POST", &uri, JSON, evict("web-1")).await;
+        assert_eq!(
+            (a.code, &a.body["reason"]),
+            (429, &json!("TooManyRequests"))
+        );
+        assert_eq!(a.body["details"]["retryAfterSeconds"], 10);
+
+        let set_status = |allowed: i64| {
+            let st = st.clone();
+            async move {
+                let a = call(&st, ADMIN, "GET", &format!("{pdbs}/web"), JSON, Value::Null).await;
+                let mut b = a.body;
+                b["status"] = json!({"observedGeneration": 1, "expectedPods": 2,
+                    "desiredHealthy": 1, "currentHealthy": 1 + allowed,
+                    "disruptionsAllowed": allowed});
+                let uri = format!("{pdbs}/web/status");
+                assert_eq!(call(&st, ADMIN, "PUT", &uri, JSON, b).await.code, 200);
+            }
+        };
+        set_status(0).await;
+        let a = call(&st, ADMIN, "POST", &uri, JSON, evict("web-1")).await;
+        assert_eq!(a.code, 429, "{}", a.body);
+        assert_eq!(
+            a.body["message"],
+            "Cannot evict pod as it would violate the pod's disruption budget."
+        );
+        assert_eq!(
+            a.body["details"]["causes"][0],
+            json!({"reason": "DisruptionBudget",
+                "message": "The disruption budget web needs 1 healthy pods and has 1 currently"})
+        );
+
+        // RBAC: `create` on `pods/eviction`, which `edit` grants.
+        set_status(1).await;
+        let alice = ("alice", &[][..]);
+        let a = call(&st, alice, "POST", &uri, JSON, evict("web-1")).await;
+        assert_eq!(a.code, 403, "{}", a.body);
+        let binding = json!({"metadata": {"name": "alice-edit", "namespace": "default"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "User", "name": "alice"}]});
+        let roles = "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings";
+        assert_eq!(
+            call(&st, ADMIN, "POST", roles, JSON, binding).await.code,
+            201
+        );
+        let a = call(&st, alice, "POST", &uri, JSON, evict("web-1")).await;
+        assert_eq!(
+            (a.code, &a.body["status"]),
+            (201, &json!("Success")),
+            "{}",
+            a.body
+        );
+        let pod = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{pods}/web-1"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert!(
+            pod.body["metadata"]["deletionTimestamp"].is_string(),
+            "graceful"
+        );
+        let b = call(&st, ADMIN, "GET", &format!("{pdbs}/web"), JSON, Value::Null).await;
+        assert_eq!(b.body["status"]["disruptionsAllowed"], 0);
+        assert!(b.body["status"]["disruptedPods"]["web-1"].is_string());
+        assert_eq!(
+            b.body["status"]["conditions"][0]["reason"],
+            "InsufficientPods"
+        );
+        // Spent: the next one waits.
+        let uri2 = format!("{pods}/web-2/eviction");
+        assert_eq!(
+            call(&st, ADMIN, "POST", &uri2, JSON, evict("web-2"))
+                .await
+                .code,
+            429
+        );
+        // The terminating pod goes again without consulting the budget.
+        assert_eq!(
+            call(&st, ADMIN, "POST", &uri, JSON, evict("web-1"))
+                .await
+                .code,
+            201
+        );
+        // The body must name the pod of the URL.
+        assert_eq!(
+            call(&st, ADMIN, "POST", &uri2, JSON, evict("web-1"))
+                .await
+                .code,
+            400
+        );
+
+        // Two budgets over one pod: not supported.
+        let all =
+            json!({"metadata": {"name": "all"}, "spec": {"maxUnavailable": 1, "selector": {}}});
+        assert_eq!(call(&st, ADMIN, "POST", pdbs, JSON, all).await.code, 201);
+        let a = call(&st, ADMIN, "POST", &uri2, JSON, evict("web-2")).await;
+        assert_eq!(a.code, 500);
+        assert_eq!(
+            a.body["message"],
+            "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."
+        );
+        // Discovery tells kubectl drain to evict with policy/v1.
+        let a = call(&st, ADMIN, "GET", "/api/v1", JSON, Value::Null).await;
+        let eviction = a.body["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == "pods/eviction")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (&eviction["group"], &eviction["version"], &eviction["kind"]),
+            (&json!("policy"), &json!("v1"), &json!("Eviction"))
+        );
     }
 }

@@ -22,7 +22,7 @@ use k8s_openapi::schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use kedge_core::patch;
-use kedge_core::resources::{RESOURCES, Resource, groups};
+use kedge_core::resources::{RESOURCES, RETIRED, Resource, Retired, groups};
 
 const REF_PREFIX: &str = "#/components/schemas/";
 
@@ -79,6 +79,12 @@ fn build() -> Documents {
     let (schemas, kinds) = schemas();
     let mut gvs = vec![("", "v1")];
     gvs.extend(groups());
+    for r in RETIRED {
+        let gv = (r.resource.group, r.resource.version);
+        if !gvs.contains(&gv) {
+            gvs.push(gv);
+        }
+    }
     let mut paths = Map::new();
     let mut group_versions = Vec::new();
     for (group, version) in gvs {
@@ -142,7 +148,49 @@ fn schemas() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
             );
         }
     }
+    let mut kinds = kinds;
+    for r in RETIRED {
+        if let Some((name, schema)) = retired_schema(r, &defs, &kinds) {
+            defs.insert(name.clone(), schema);
+            kinds.push((&r.resource, name));
+        }
+    }
     (defs, kinds)
+}
+
+/// A retired version's definition: its stored kind's, under the retired version's name and
+/// group-version-kind. Its fields refer to the stored version's definitions, which have the
+/// same shape: a retired version is served only where its conversion keeps the shape (see
+/// [`Retired`]), so kubectl validates and computes patches against what is stored.
+fn retired_schema(
+    r: &Retired,
+    defs: &Map<String, Value>,
+    kinds: &[(&Resource, String)],
+) -> Option<(String, Value)> {
+    let stored = r.stored();
+    let (_, stored_name) = kinds.iter().find(|(k, _)| std::ptr::eq(*k, stored))?;
+    let mut schema = defs.get(stored_name)?.clone();
+    let suffix = format!(".{}.{}", stored.version, stored.kind);
+    let name = match stored_name.strip_suffix(&suffix) {
+        Some(package) => format!("{package}.{}.{}", r.resource.version, r.resource.kind),
+        None => format!(
+            "io.kedge.{}.{}.{}",
+            group_or_core(&r.resource),
+            r.resource.version,
+            r.resource.kind
+        ),
+    };
+    let o = schema.as_object_mut()?;
+    o.insert(
+        "x-kubernetes-group-version-kind".into(),
+        json!([{"group": r.resource.group, "kind": r.resource.kind, "version": r.resource.version}]),
+    );
+    let description = o.get("description").and_then(Value::as_str).unwrap_or("");
+    o.insert(
+        "description".into(),
+        json!(format!("{description}\n\nDeprecated: {}.", r.warning())),
+    );
+    Some((name, schema))
 }
 
 /// k8s-openapi types IntOrString and Quantity only with `x-kubernetes-int-or-string`; give them
@@ -261,6 +309,7 @@ fn document(
 ) -> Option<Value> {
     let rs: Vec<&Resource> = RESOURCES
         .iter()
+        .chain(RETIRED.iter().map(|r| &r.resource))
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if rs.is_empty() {
@@ -451,7 +500,7 @@ mod tests {
 
     #[test]
     fn every_served_kind_has_a_typed_schema_with_its_gvk_and_a_patch_operation() {
-        for r in RESOURCES {
+        for r in RESOURCES.iter().chain(RETIRED.iter().map(|r| &r.resource)) {
             let d = doc(r.group, r.version);
             let gvk = json!({"group": r.group, "kind": r.kind, "version": r.version});
             let schemas = d["components"]["schemas"].as_object().unwrap();
@@ -499,7 +548,8 @@ mod tests {
     fn documents_are_self_contained_and_listed_with_their_hash() {
         let root: Value = serde_json::from_slice(&root()).unwrap();
         let paths = root["paths"].as_object().unwrap();
-        assert_eq!(paths.len(), groups().len() + 1);
+        // Core, the named groups, and batch/v1beta1 (a retired version).
+        assert_eq!(paths.len(), groups().len() + 2);
         for (path, entry) in paths {
             let (group, version) = match path.split('/').collect::<Vec<_>>()[..] {
                 ["api", v] => ("", v),
@@ -513,5 +563,41 @@ mod tests {
             assert!(dangling(&d).is_empty(), "{path}: {:?}", dangling(&d));
         }
         assert!(group_version("apps", "v2").is_none());
+    }
+
+    /// kubectl apply of a batch/v1beta1 CronJob validates server-side and computes its patch
+    /// from this document: a PATCH operation with the v1beta1 kind, and a schema with the
+    /// v1beta1 GVK whose fields are the stored version's.
+    #[test]
+    fn retired_cronjob_version_has_its_own_document() {
+        let d = doc("batch", "v1beta1");
+        let cj = schema(&d, "io.k8s.api.batch.v1beta1.CronJob");
+        assert_eq!(
+            cj["x-kubernetes-group-version-kind"],
+            json!([{"group": "batch", "kind": "CronJob", "version": "v1beta1"}])
+        );
+        assert!(
+            cj["description"]
+                .as_str()
+                .unwrap()
+                .ends_with("use batch/v1 CronJob.")
+        );
+        assert_eq!(
+            ref_name(&cj["properties"]["spec"]),
+            Some("io.k8s.api.batch.v1.CronJobSpec")
+        );
+        let patch =
+            &d["paths"]["/apis/batch/v1beta1/namespaces/{namespace}/cronjobs/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["version"],
+            "v1beta1"
+        );
+        // The stored version's document is unchanged: its kind keeps its own GVK.
+        let v1 = doc("batch", "v1");
+        assert_eq!(
+            schema(&v1, "io.k8s.api.batch.v1.CronJob")["x-kubernetes-group-version-kind"][0]["version"],
+            "v1"
+        );
+        assert!(v1["components"]["schemas"]["io.k8s.api.batch.v1beta1.CronJob"].is_null());
     }
 }

@@ -389,6 +389,9 @@ impl Api {
                 .remove("generation");
         }
         kinds::default(res, &mut obj);
+        if res.group.is_empty() && res.kind == "Pod" {
+            self.service_account_admission(ns, &mut obj);
+        }
         kinds::on_create(res, &mut obj, &now);
         let managed = preset.unwrap_or_else(|| {
             let manager = opts.manager.as_deref();
@@ -407,6 +410,46 @@ impl Api {
         self.store
             .create(&Self::key(res, ns, &name), obj)
             .map_err(|e| ApiError::from_store(e, res, &name))
+    }
+
+    /// Kubernetes' ServiceAccount admission for a new pod: its ServiceAccount is `default`
+    /// unless named (`serviceAccount`, the old field, is kept equal), and a pod that names no
+    /// image pull secrets gets its ServiceAccount's. A ServiceAccount not there yet (a
+    /// namespace just made, whose `default` the serviceaccount plugin has not created) is not
+    /// an error here: the pod just gets no pull secrets from it.
+    fn service_account_admission(&self, ns: &str, pod: &mut Value) {
+        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        let named = |k: &str| {
+            spec.get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        };
+        let sa = named("serviceAccountName")
+            .or_else(|| named("serviceAccount"))
+            .unwrap_or_else(|| "default".into());
+        spec.insert("serviceAccountName".into(), json!(sa));
+        spec.insert("serviceAccount".into(), json!(sa));
+        let has_secrets = spec
+            .get("imagePullSecrets")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
+        if has_secrets {
+            return;
+        }
+        let Some(accounts) = resources::by_kind("v1", "ServiceAccount") else {
+            return;
+        };
+        let secrets = self
+            .get(accounts, ns, &sa)
+            .ok()
+            .and_then(|a| a.get("imagePullSecrets").cloned())
+            .filter(|s| s.as_array().is_some_and(|a| !a.is_empty()));
+        if let Some(secrets) = secrets {
+            spec.insert("imagePullSecrets".into(), secrets);
+        }
     }
 
     /// Assigns a Service's cluster IP and node ports; the guard must be held until the write
@@ -634,10 +677,29 @@ impl Api {
         kind: PatchType,
         opts: &WriteOptions,
     ) -> Result<Value> {
+        self.patch_as(res, ns, name, sub, body, kind, opts, None)
+    }
+
+    /// [`Api::patch`] by a client that sees the object in a retired version (`view`): the
+    /// patch applies to the object as that version presents it, and the result is converted
+    /// back before it is stored. The stored object is returned.
+    #[allow(clippy::too_many_arguments)] // patch's parameters and the version
+    pub(crate) fn patch_as(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+        sub: Option<&str>,
+        body: &Value,
+        kind: PatchType,
+        opts: &WriteOptions,
+        view: Option<&'static resources::Retired>,
+    ) -> Result<Value> {
         for _ in 0..5 {
-            let current = self.get(res, ns, name)?;
+            let current = super::retired::outbound(view, self.get(res, ns, name)?)?;
             let patched = patch::apply(&current, body, kind).map_err(|e| patch_error(kind, e))?;
             let pinned = store::revision_of(&patched) != store::revision_of(&current);
+            let patched = super::retired::inbound(view, patched)?;
             match self.update(res, ns, name, patched, sub, opts) {
                 Err(e) if e.reason == "Conflict" && !pinned => continue,
                 other => return other,

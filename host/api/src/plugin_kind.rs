@@ -184,6 +184,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "garbagecollector",
     "serviceaccount",
     "namespace",
+    "disruption",
 ];
 
 /// Whether a kind reference is the wildcard (`*`/`*`).

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use k8s_pb::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
-    core::v1 as core, rbac::v1 as rbac,
+    core::v1 as core, policy::v1 as policy, policy::v1beta1 as policy_beta, rbac::v1 as rbac,
 };
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
@@ -70,6 +70,12 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("apps/v1", "Deployment") => convert::<apps::Deployment>(&raw, &kind)?,
         ("batch/v1", "Job") => convert::<batch::Job>(&raw, &kind)?,
         ("batch/v1", "CronJob") => convert::<batch::CronJob>(&raw, &kind)?,
+        ("policy/v1", "PodDisruptionBudget") => {
+            convert::<policy::PodDisruptionBudget>(&raw, &kind)?
+        }
+        // `kubectl drain` evicts through the typed client: protobuf.
+        ("policy/v1", "Eviction") => convert::<policy::Eviction>(&raw, &kind)?,
+        ("policy/v1beta1", "Eviction") => convert::<policy_beta::Eviction>(&raw, &kind)?,
         ("rbac.authorization.k8s.io/v1", "Role") => convert::<rbac::Role>(&raw, &kind)?,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
             convert::<rbac::ClusterRole>(&raw, &kind)?
@@ -427,6 +433,38 @@ fn unknown_field(original: &[u8], reencoded: &[u8], at: &str) -> Option<String> 
 }
 
 messages! {
+    policy::PodDisruptionBudget {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    policy::PodDisruptionBudgetSpec {
+        min_available: "minAvailable" ptr,
+        selector: "selector",
+        max_unavailable: "maxUnavailable" ptr,
+        unhealthy_pod_eviction_policy: "unhealthyPodEvictionPolicy",
+    }
+    policy::Eviction {
+        metadata: "metadata",
+        delete_options: "deleteOptions",
+    }
+    policy_beta::Eviction {
+        metadata: "metadata",
+        delete_options: "deleteOptions",
+    }
+    meta::DeleteOptions {
+        grace_period_seconds: "gracePeriodSeconds" ptr,
+        preconditions: "preconditions",
+        orphan_dependents: "orphanDependents" ptr,
+        propagation_policy: "propagationPolicy",
+        dry_run: "dryRun",
+        ignore_store_read_error_with_cluster_breaking_potential:
+            "ignoreStoreReadErrorWithClusterBreakingPotential" reject,
+    }
+    meta::Preconditions {
+        uid: "uid",
+        resource_version: "resourceVersion",
+    }
     rbac::Role {
         metadata: "metadata",
         rules: "rules",
@@ -1639,6 +1677,65 @@ mod tests {
         raw.extend([0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x00]);
         let got = decode(&envelope("v1", "ConfigMap", raw)).unwrap();
         assert_eq!(got["data"], json!({"k": ""}));
+    }
+
+    /// `kubectl create pdb` and `kubectl drain` send these: a budget of 0 is kept (a pointer
+    /// in Go), and an eviction's delete options come through whole.
+    #[test]
+    fn budgets_and_evictions() {
+        let budget = policy::PodDisruptionBudget {
+            metadata: Some(meta("web")),
+            spec: Some(policy::PodDisruptionBudgetSpec {
+                max_unavailable: Some(IntOrString {
+                    r#type: Some(0),
+                    int_val: Some(0),
+                    str_val: s(""),
+                }),
+                selector: Some(meta::LabelSelector {
+                    match_labels: labels(&[("app", "web")]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        assert_eq!(
+            decode(&body("policy/v1", "PodDisruptionBudget", &budget)).unwrap(),
+            json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                "metadata": {"name": "web"},
+                "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "web"}}}})
+        );
+        let options = meta::DeleteOptions {
+            grace_period_seconds: Some(0),
+            preconditions: Some(meta::Preconditions {
+                uid: s("u-1"),
+                resource_version: None,
+            }),
+            dry_run: vec!["All".into()],
+            ..Default::default()
+        };
+        let want = |v: &str| {
+            json!({"apiVersion": v, "kind": "Eviction",
+                "metadata": {"name": "web-1"},
+                "deleteOptions": {"gracePeriodSeconds": 0, "preconditions": {"uid": "u-1"},
+                    "dryRun": ["All"]}})
+        };
+        let v1 = policy::Eviction {
+            metadata: Some(meta("web-1")),
+            delete_options: Some(options.clone()),
+        };
+        assert_eq!(
+            decode(&body("policy/v1", "Eviction", &v1)).unwrap(),
+            want("policy/v1")
+        );
+        let beta = policy_beta::Eviction {
+            metadata: Some(meta("web-1")),
+            delete_options: Some(options),
+        };
+        assert_eq!(
+            decode(&body("policy/v1beta1", "Eviction", &beta)).unwrap(),
+            want("policy/v1beta1")
+        );
     }
 
     #[test]

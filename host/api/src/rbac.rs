@@ -609,6 +609,11 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
             &read,
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], &read),
+        rule(
+            &["policy"],
+            &["poddisruptionbudgets", "poddisruptionbudgets/status"],
+            &read,
+        ),
     ];
     let mut edit_rules = view_rules.clone();
     edit_rules.extend([
@@ -637,6 +642,8 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
         ),
         rule(&[""], &["secrets"], &read),
         rule(&[""], &["serviceaccounts/token"], &["create"]),
+        // What `kubectl drain` needs besides cordoning the node.
+        rule(&[""], &["pods/eviction"], &["create"]),
         rule(
             &["apps"],
             &[
@@ -652,6 +659,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
         ),
         rule(&["batch"], &["cronjobs", "jobs"], &write),
         rule(&["discovery.k8s.io"], &["endpointslices"], &write),
+        rule(&["policy"], &["poddisruptionbudgets"], &write),
     ]);
     let mut admin_rules = edit_rules.clone();
     admin_rules.push(rule(

@@ -251,6 +251,10 @@ fn service_accounts() -> &'static Resource {
     resources::by_kind("v1", "ServiceAccount").expect("serviceaccounts are served")
 }
 
+fn pods() -> &'static Resource {
+    resources::by_kind("v1", "Pod").expect("pods are served")
+}
+
 fn secrets() -> &'static Resource {
     resources::by_kind("v1", "Secret").expect("secrets are served")
 }
@@ -313,6 +317,22 @@ pub fn authenticate(
             )));
         }
     }
+    // A pod-bound token dies with its pod.
+    if let Some(pod) = claims.pointer("/kubernetes.io/pod") {
+        let (pod_name, pod_uid) = (
+            pod["name"].as_str().unwrap_or_default(),
+            pod["uid"].as_str().unwrap_or_default(),
+        );
+        match api.get(pods(), &ns, pod_name) {
+            Ok(p) if meta::uid(&p) == pod_uid => {}
+            _ => {
+                return Err(TokenError::Revoked(format!(
+                    "pod {ns}/{pod_name} (uid {pod_uid}), which the token is bound to, no \
+                     longer exists"
+                )));
+            }
+        }
+    }
     if legacy {
         let secret = s("/kubernetes.io~1serviceaccount~1secret.name");
         let held = api.get(secrets(), &ns, &secret).ok().and_then(|sec| {
@@ -358,11 +378,34 @@ pub(crate) fn token_request(
     if seconds > MAX_EXPIRATION_SECONDS {
         causes.push(raw("may not specify a duration larger than 2^32 seconds"));
     }
-    if spec.get("boundObjectRef").is_some_and(|b| !b.is_null()) {
-        causes.push(Cause::forbidden(
-            "spec.boundObjectRef",
-            "kedge does not bind tokens to objects",
-        ));
+    // A token bound to a pod lives only as long as the pod (kubelet's projected tokens).
+    let bound = spec.get("boundObjectRef").filter(|b| !b.is_null());
+    let mut bound_pod = None;
+    if let Some(b) = bound {
+        let kind = b["kind"].as_str().unwrap_or_default();
+        let pod_name = b["name"].as_str().unwrap_or_default();
+        if kind != "Pod" || b["apiVersion"].as_str().is_some_and(|v| v != "v1") {
+            causes.push(Cause::unsupported(
+                "spec.boundObjectRef.kind",
+                kind,
+                &["Pod"],
+            ));
+        } else {
+            match api.get(pods(), ns, pod_name) {
+                Ok(p)
+                    if b["uid"]
+                        .as_str()
+                        .is_none_or(|u| u.is_empty() || u == meta::uid(&p)) =>
+                {
+                    bound_pod = Some(p);
+                }
+                _ => causes.push(Cause::invalid(
+                    "spec.boundObjectRef",
+                    pod_name,
+                    "no such pod (with that uid) in the namespace",
+                )),
+            }
+        }
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(
@@ -385,13 +428,20 @@ pub(crate) fn token_request(
     if audiences.is_empty() {
         audiences.push(ISSUER.to_string());
     }
-    let token = signer.sign(&claims(&sa, &audiences, now.timestamp(), seconds));
+    let mut claims = claims(&sa, &audiences, now.timestamp(), seconds);
+    let mut bound_ref = Value::Null;
+    if let Some(p) = &bound_pod {
+        claims["kubernetes.io"]["pod"] = json!({"name": meta::name(p), "uid": meta::uid(p)});
+        bound_ref = json!({"kind": "Pod", "apiVersion": "v1", "name": meta::name(p),
+            "uid": meta::uid(p)});
+    }
+    let token = signer.sign(&claims);
     let expires = now + chrono::Duration::seconds(seconds);
     Ok(json!({
         "kind": "TokenRequest",
         "apiVersion": "authentication.k8s.io/v1",
         "metadata": {"name": name, "namespace": ns, "creationTimestamp": meta::timestamp(now)},
-        "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": null},
+        "spec": {"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": bound_ref},
         "status": {"token": token, "expirationTimestamp": meta::timestamp(expires)},
     }))
 }

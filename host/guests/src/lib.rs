@@ -60,6 +60,11 @@ pub mod default_plugins {
         "/kedge_plugin_namespace.wasm"
     ));
 
+    pub(crate) const DISRUPTION: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_disruption.wasm"
+    ));
+
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
@@ -74,5 +79,6 @@ pub mod default_plugins {
         ("garbagecollector", GARBAGE_COLLECTOR),
         ("serviceaccount", SERVICE_ACCOUNT),
         ("namespace", NAMESPACE),
+        ("disruption", DISRUPTION),
     ];
 }

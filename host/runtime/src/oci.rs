@@ -122,6 +122,23 @@ pub struct ContainerSpec {
     pub post_start: Option<Vec<String>>,
     /// Exec hook run on cancel, before TERM.
     pub pre_stop: Option<Vec<String>>,
+    /// The container's `securityContext` settings the runtime applies.
+    pub security: Security,
+}
+
+/// What of a container's `securityContext` the runtime applies (besides the user).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `allowPrivilegeEscalation: false`: the process runs with no_new_privs.
+    pub no_new_privileges: bool,
+    /// `readOnlyRootFilesystem`: the root filesystem is mounted read-only.
+    pub read_only_rootfs: bool,
+    /// `runAsNonRoot`: refuse to start a process that would run as uid 0.
+    pub run_as_non_root: bool,
+    /// `capabilities.add`, as Kubernetes names them (`NET_ADMIN`, with or without `CAP_`).
+    pub add_capabilities: Vec<String>,
+    /// `capabilities.drop`; `ALL` drops every one (then `add` puts some back).
+    pub drop_capabilities: Vec<String>,
 }
 
 /// A grace period that stays `d`.
@@ -303,6 +320,11 @@ impl OciRuntime {
         self.cleanup(&spec.id, &layout).await?;
 
         let ident = spec::resolve_user(&image_rootfs, spec.user.as_deref())?;
+        if spec.security.run_as_non_root && ident.uid == 0 {
+            return Err(Error::InvalidSpec(
+                "container has runAsNonRoot and image will run as root".into(),
+            ));
+        }
         let mut log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,

@@ -32,6 +32,7 @@ mod data;
 mod podspec;
 mod probes;
 pub(crate) mod table_fmt;
+mod unsupported;
 
 mod configmap;
 mod controllerrevision;
@@ -46,6 +47,7 @@ mod lease;
 mod namespace;
 mod node;
 mod pod;
+mod poddisruptionbudget;
 mod rbac;
 mod replicaset;
 mod secret;
@@ -154,6 +156,7 @@ pub fn rules(res: &Resource) -> &'static dyn KindRules {
         ("batch", "CronJob") => &cronjob::CronJob,
         ("coordination.k8s.io", "Lease") => &lease::Lease,
         ("discovery.k8s.io", "EndpointSlice") => &endpointslice::EndpointSlice,
+        ("policy", "PodDisruptionBudget") => &poddisruptionbudget::PodDisruptionBudget,
         (crate::rbac::GROUP, "Role") => &rbac::ROLE,
         (crate::rbac::GROUP, "ClusterRole") => &rbac::CLUSTER_ROLE,
         (crate::rbac::GROUP, "RoleBinding") => &rbac::ROLE_BINDING,
@@ -264,6 +267,7 @@ pub(crate) fn validate_replacing(res: &Resource, obj: &Value, old: Option<&Value
         validate_labels_and_annotations(obj, old, at, &mut causes);
     }
     rules.validate(res, obj, old, &mut causes);
+    unsupported::check(res, obj, old, &mut causes);
     causes
 }
 

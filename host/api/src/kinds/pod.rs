@@ -96,27 +96,14 @@ impl KindRules for Pod {
     }
 
     fn cells(&self, o: &Value, now: chrono::DateTime<chrono::Utc>) -> Vec<Value> {
-        let total = o
-            .pointer("/spec/containers")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
-        let statuses = o
-            .pointer("/status/containerStatuses")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        let ready = statuses
-            .iter()
-            .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-            .count();
-        let restarts: i64 = statuses.iter().map(|c| i(c, "/restartCount")).sum();
+        let row = print_pod(o);
         let ip = s(o, "/status/podIP");
         let node = s(o, "/spec/nodeName");
         vec![
             name(o),
-            json!(format!("{ready}/{total}")),
-            json!(pod_status(o)),
-            json!(restarts.to_string()),
+            json!(format!("{}/{}", row.ready, row.total)),
+            json!(row.reason),
+            json!(row.restarts.to_string()),
             json!(age(o, CREATED, now)),
             json!(if ip.is_empty() { "<none>" } else { ip }),
             json!(if node.is_empty() { "<none>" } else { node }),
@@ -130,34 +117,137 @@ impl KindRules for Pod {
     }
 }
 
-/// The STATUS column of `kubectl get pods`: a waiting or terminated reason beats the phase.
-pub fn pod_status(p: &Value) -> String {
-    if p.pointer("/metadata/deletionTimestamp").is_some() {
-        return "Terminating".into();
+/// The READY, STATUS and RESTARTS columns of `kubectl get pods`.
+pub(crate) struct PodRow {
+    pub ready: usize,
+    pub total: usize,
+    pub reason: String,
+    pub restarts: i64,
+}
+
+/// kubectl's pod printer: init containers first (`Init:N/M`, `Init:<reason>`), then the app
+/// containers' waiting or terminated reasons over the phase; sidecars (init containers with
+/// `restartPolicy: Always`) count among the containers once started.
+pub(crate) fn print_pod(p: &Value) -> PodRow {
+    let list = |ptr: &str| {
+        p.pointer(ptr)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (init_specs, init_statuses) = (
+        list("/spec/initContainers"),
+        list("/status/initContainerStatuses"),
+    );
+    let statuses = list("/status/containerStatuses");
+    let sidecar = |name: &str| {
+        init_specs
+            .iter()
+            .any(|c| c["name"].as_str() == Some(name) && c["restartPolicy"] == "Always")
+    };
+    let mut total = list("/spec/containers").len()
+        + init_specs
+            .iter()
+            .filter(|c| c["restartPolicy"] == "Always")
+            .count();
+    let mut ready = 0;
+    let mut restarts = 0i64;
+    let mut sidecar_restarts = 0i64;
+    let phase = s(p, "/status/phase").to_string();
+    let mut reason = match p.pointer("/status/reason").and_then(Value::as_str) {
+        Some(r) if !r.is_empty() => r.to_string(),
+        _ => phase.clone(),
+    };
+    let terminated_reason = |t: &Value, prefix: &str| match t.get("reason").and_then(Value::as_str)
+    {
+        Some(r) if !r.is_empty() => format!("{prefix}{r}"),
+        _ => format!("{prefix}ExitCode:{}", i(t, "/exitCode")),
+    };
+    let mut initializing = false;
+    for (n, cs) in init_statuses.iter().enumerate() {
+        let name = cs["name"].as_str().unwrap_or_default();
+        let count = i(cs, "/restartCount");
+        restarts += count;
+        if sidecar(name) {
+            sidecar_restarts += count;
+        }
+        let terminated = cs.pointer("/state/terminated");
+        let waiting = cs
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty() && *r != "PodInitializing");
+        if terminated.is_some_and(|t| i(t, "/exitCode") == 0) {
+            continue;
+        }
+        if sidecar(name) && cs["started"] == true {
+            if cs["ready"] == true {
+                ready += 1;
+            }
+            continue;
+        }
+        reason = match (terminated, waiting) {
+            (Some(t), _) => terminated_reason(t, "Init:"),
+            (None, Some(w)) => format!("Init:{w}"),
+            (None, None) => format!("Init:{n}/{}", init_specs.len()),
+        };
+        initializing = true;
+        break;
     }
-    let mut reason = s(p, "/status/phase").to_string();
-    if let Some(r) = p.pointer("/status/reason").and_then(Value::as_str) {
-        reason = r.to_string();
-    }
-    let statuses = p
-        .pointer("/status/containerStatuses")
+    let initialized = p
+        .pointer("/status/conditions")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    for cs in statuses.iter().rev() {
-        if let Some(r) = cs.pointer("/state/waiting/reason").and_then(Value::as_str) {
-            reason = r.to_string();
-        } else if let Some(t) = cs.pointer("/state/terminated") {
-            reason = match t.get("reason").and_then(Value::as_str) {
-                Some(r) => r.to_string(),
-                None => format!("ExitCode:{}", i(t, "/exitCode")),
-            };
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Initialized" && c["status"] == "True");
+    if !initializing || initialized {
+        restarts = sidecar_restarts;
+        let mut running = false;
+        for cs in statuses.iter().rev() {
+            restarts += i(cs, "/restartCount");
+            let waiting = cs
+                .pointer("/state/waiting/reason")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty());
+            if let Some(w) = waiting {
+                reason = w.to_string();
+            } else if let Some(t) = cs.pointer("/state/terminated") {
+                reason = terminated_reason(t, "");
+            } else if cs["ready"] == true && cs.pointer("/state/running").is_some() {
+                running = true;
+                ready += 1;
+            }
+        }
+        if reason == "Completed" && running {
+            let ready_condition = p
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
+            reason = if ready_condition {
+                "Running"
+            } else {
+                "NotReady"
+            }
+            .into();
+        }
+    }
+    if p.pointer("/metadata/deletionTimestamp").is_some() {
+        if p.pointer("/status/reason").and_then(Value::as_str) == Some("NodeLost") {
+            reason = "Unknown".into();
+        } else if !matches!(phase.as_str(), "Succeeded" | "Failed") {
+            reason = "Terminating".into();
         }
     }
     if reason.is_empty() {
-        "Unknown".into()
-    } else {
-        reason
+        reason = "Unknown".into();
+    }
+    total = total.max(ready);
+    PodRow {
+        ready,
+        total,
+        reason,
+        restarts,
     }
 }
 
@@ -169,8 +259,116 @@ mod tests {
     fn pod_status_prefers_container_reasons() {
         let p = json!({"status": {"phase": "Pending", "containerStatuses": [
             {"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}});
-        assert_eq!(pod_status(&p), "ImagePullBackOff");
+        assert_eq!(print_pod(&p).reason, "ImagePullBackOff");
         let p = json!({"metadata": {"deletionTimestamp": "x"}, "status": {"phase": "Running"}});
-        assert_eq!(pod_status(&p), "Terminating");
+        assert_eq!(print_pod(&p).reason, "Terminating");
+    }
+
+    /// The rows kubectl prints for pods with init containers and sidecars.
+    #[test]
+    fn init_containers_show_as_kubectl_prints_them() {
+        let spec = json!({"initContainers": [{"name": "a"}, {"name": "b"},
+            {"name": "side", "restartPolicy": "Always"}], "containers": [{"name": "app"}]});
+        let waiting = |r: &str| json!({"waiting": {"reason": r}});
+        let done = |code: i64, r: &str| json!({"terminated": {"exitCode": code, "reason": r}});
+        let running = json!({"running": {}});
+        let init = |a: Value, b: Value, side: Value, side_started: bool| {
+            json!([{"name": "a", "state": a, "restartCount": 0},
+                {"name": "b", "state": b, "restartCount": 2},
+                {"name": "side", "state": side, "started": side_started, "ready": side_started,
+                    "restartCount": 1}])
+        };
+        let app = |state: Value, ready: bool| json!([{"name": "app", "state": state, "ready": ready, "restartCount": 0}]);
+        let initialized = json!([{"type": "Initialized", "status": "True"},
+            {"type": "Ready", "status": "True"}]);
+        let not_initialized = json!([{"type": "Initialized", "status": "False"}]);
+        let cases = [
+            // (init statuses, app statuses, conditions, READY, STATUS, RESTARTS)
+            (
+                init(
+                    waiting("PodInitializing"),
+                    waiting("PodInitializing"),
+                    waiting("PodInitializing"),
+                    false,
+                ),
+                app(waiting("PodInitializing"), false),
+                not_initialized.clone(),
+                "0/2",
+                "Init:0/3",
+                0,
+            ),
+            (
+                init(
+                    done(0, "Completed"),
+                    running.clone(),
+                    waiting("PodInitializing"),
+                    false,
+                ),
+                app(waiting("PodInitializing"), false),
+                not_initialized.clone(),
+                "0/2",
+                "Init:1/3",
+                2,
+            ),
+            (
+                init(
+                    done(0, "Completed"),
+                    done(1, "Error"),
+                    waiting("PodInitializing"),
+                    false,
+                ),
+                app(waiting("PodInitializing"), false),
+                not_initialized.clone(),
+                "0/2",
+                "Init:Error",
+                2,
+            ),
+            (
+                init(
+                    done(0, "Completed"),
+                    waiting("CrashLoopBackOff"),
+                    waiting("PodInitializing"),
+                    false,
+                ),
+                app(waiting("PodInitializing"), false),
+                not_initialized.clone(),
+                "0/2",
+                "Init:CrashLoopBackOff",
+                2,
+            ),
+            (
+                init(
+                    done(0, "Completed"),
+                    done(0, "Completed"),
+                    running.clone(),
+                    true,
+                ),
+                app(running.clone(), true),
+                initialized.clone(),
+                "2/2",
+                "Running",
+                1,
+            ),
+        ];
+        for (init_statuses, app_statuses, conditions, ready, status, restarts) in cases {
+            let phase = if status == "Running" {
+                "Running"
+            } else {
+                "Pending"
+            };
+            let p = json!({"spec": spec, "status": {"phase": phase,
+                "initContainerStatuses": init_statuses, "containerStatuses": app_statuses,
+                "conditions": conditions}});
+            let row = print_pod(&p);
+            assert_eq!(
+                (
+                    format!("{}/{}", row.ready, row.total),
+                    row.reason.as_str(),
+                    row.restarts
+                ),
+                (ready.to_string(), status, restarts),
+                "{p}"
+            );
+        }
     }
 }

@@ -172,49 +172,48 @@ pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>)
             message: format!("Too many: {count}: must have at most {MAX_CONTAINERS} items"),
         });
     }
-    let containers = spec.get("containers").and_then(Value::as_array);
-    match containers {
+    let mut seen = Vec::new();
+    if let Some(init) = spec.get("initContainers").and_then(Value::as_array) {
+        for (i, c) in init.iter().enumerate() {
+            let path = format!("{at}.initContainers[{i}]");
+            validate_container(c, &path, &mut seen, causes);
+            let sidecar = match c.get("restartPolicy").filter(|p| !p.is_null()) {
+                None => false,
+                Some(p) if p == "Always" => true,
+                Some(p) => {
+                    causes.push(Cause::unsupported(
+                        format!("{path}.restartPolicy"),
+                        p.as_str().unwrap_or_default(),
+                        &["Always"],
+                    ));
+                    false
+                }
+            };
+            super::probes::validate_probes(c, &path, !sidecar, causes);
+            if !sidecar && c.get("lifecycle").is_some_and(|l| !l.is_null()) {
+                causes.push(Cause::forbidden(
+                    format!("{path}.lifecycle"),
+                    "may not be set for init containers without restartPolicy=Always",
+                ));
+            }
+        }
+    }
+    match spec.get("containers").and_then(Value::as_array) {
         None => causes.push(Cause::required(format!("{at}.containers"))),
         Some(cs) if cs.is_empty() => causes.push(Cause::required(format!("{at}.containers"))),
         Some(cs) => {
-            let mut seen = Vec::new();
             for (i, c) in cs.iter().enumerate() {
                 let path = format!("{at}.containers[{i}]");
-                match c.get("name").and_then(Value::as_str) {
-                    None | Some("") => causes.push(Cause::required(format!("{path}.name"))),
-                    Some(n) => {
-                        if let Err(why) = meta::validate_label(n) {
-                            causes.push(Cause::invalid(format!("{path}.name"), n, why));
-                        }
-                        if seen.contains(&n) {
-                            causes.push(Cause {
-                                reason: "FieldValueDuplicate",
-                                field: format!("{path}.name"),
-                                message: format!("Duplicate value: {n:?}"),
-                            });
-                        }
-                        seen.push(n);
-                    }
-                }
-                match c.get("image").and_then(Value::as_str) {
-                    None | Some("") => causes.push(Cause::required(format!("{path}.image"))),
-                    Some(img) if img.trim() != img => causes.push(Cause::invalid(
-                        format!("{path}.image"),
-                        img,
-                        "must not have leading or trailing whitespace",
-                    )),
-                    Some(_) => {}
-                }
+                validate_container(c, &path, &mut seen, causes);
                 super::probes::validate_probes(c, &path, false, causes);
-                if let Some(p) = c.get("imagePullPolicy").and_then(Value::as_str) {
-                    let allowed = ["Always", "IfNotPresent", "Never"];
-                    if !allowed.contains(&p) {
-                        causes.push(Cause::unsupported(
-                            format!("{path}.imagePullPolicy"),
-                            p,
-                            &allowed,
-                        ));
-                    }
+                if let Some(p) = c.get("restartPolicy").filter(|p| !p.is_null()) {
+                    causes.push(Cause::forbidden(
+                        format!("{path}.restartPolicy"),
+                        format!(
+                            "may not be set for non-init containers (it is {p}): the pod's \
+                             restartPolicy applies to them"
+                        ),
+                    ));
                 }
             }
         }
@@ -224,6 +223,51 @@ pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>)
         if !allowed.contains(&p) {
             causes.push(Cause::unsupported(
                 format!("{at}.restartPolicy"),
+                p,
+                &allowed,
+            ));
+        }
+    }
+}
+
+/// One container's name (unique among all of the pod's containers, `seen`), image and pull
+/// policy.
+fn validate_container<'a>(
+    c: &'a Value,
+    path: &str,
+    seen: &mut Vec<&'a str>,
+    causes: &mut Vec<Cause>,
+) {
+    match c.get("name").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required(format!("{path}.name"))),
+        Some(n) => {
+            if let Err(why) = meta::validate_label(n) {
+                causes.push(Cause::invalid(format!("{path}.name"), n, why));
+            }
+            if seen.contains(&n) {
+                causes.push(Cause {
+                    reason: "FieldValueDuplicate",
+                    field: format!("{path}.name"),
+                    message: format!("Duplicate value: {n:?}"),
+                });
+            }
+            seen.push(n);
+        }
+    }
+    match c.get("image").and_then(Value::as_str) {
+        None | Some("") => causes.push(Cause::required(format!("{path}.image"))),
+        Some(img) if img.trim() != img => causes.push(Cause::invalid(
+            format!("{path}.image"),
+            img,
+            "must not have leading or trailing whitespace",
+        )),
+        Some(_) => {}
+    }
+    if let Some(p) = c.get("imagePullPolicy").and_then(Value::as_str) {
+        let allowed = ["Always", "IfNotPresent", "Never"];
+        if !allowed.contains(&p) {
+            causes.push(Cause::unsupported(
+                format!("{path}.imagePullPolicy"),
                 p,
                 &allowed,
             ));

@@ -37,6 +37,34 @@ const DEFAULT_CAPS: &[&str] = &[
     "CAP_AUDIT_WRITE",
 ];
 
+/// The default set, less `drop` (`ALL`: every one), plus `add`, as runc names them.
+pub(super) fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let name = |c: &str| {
+        let c = c.trim().to_ascii_uppercase();
+        if c.starts_with("CAP_") {
+            c
+        } else {
+            format!("CAP_{c}")
+        }
+    };
+    let drop: Vec<String> = drop.iter().map(|c| name(c)).collect();
+    let mut caps: Vec<String> = if drop.iter().any(|c| c == "CAP_ALL") {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
+    for c in add.iter().map(|c| name(c)) {
+        if !caps.contains(&c) {
+            caps.push(c);
+        }
+    }
+    caps
+}
+
 /// Docker's masked paths: host information a container has no business reading.
 const MASKED_PATHS: &[&str] = &[
     "/proc/asound",
@@ -287,6 +315,10 @@ pub(super) struct Host<'a> {
 /// same as `hostNetwork: true`. Everything else follows what Docker/containerd give a plain
 /// container, so images behave as they do there.
 pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) -> Value {
+    let caps = capabilities(
+        &spec.security.add_capabilities,
+        &spec.security.drop_capabilities,
+    );
     let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let has = |key: &str| spec.env.iter().any(|(k, _)| k == key);
     if !has("PATH") {
@@ -379,14 +411,14 @@ pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) ->
             "env": env,
             "cwd": cwd,
             "capabilities": {
-                "bounding": DEFAULT_CAPS,
-                "effective": DEFAULT_CAPS,
-                "permitted": DEFAULT_CAPS,
+                "bounding": caps,
+                "effective": caps,
+                "permitted": caps,
             },
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": host.nofile, "soft": host.nofile}],
-            "noNewPrivileges": false,
+            "noNewPrivileges": spec.security.no_new_privileges,
         },
-        "root": {"path": "rootfs", "readonly": false},
+        "root": {"path": "rootfs", "readonly": spec.security.read_only_rootfs},
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
@@ -440,6 +472,7 @@ mod tests {
             grace_period: crate::oci::fixed_grace(Duration::from_secs(30)),
             post_start: None,
             pre_stop: None,
+            security: Default::default(),
         }
     }
 
@@ -546,6 +579,36 @@ mod tests {
         assert!(matches!(r("nobody"), Err(Error::User { .. })));
         assert!(matches!(r("app:nogroup"), Err(Error::User { .. })));
         assert_eq!(resolve_user(dir.path(), None).unwrap(), Identity::ROOT);
+    }
+
+    #[test]
+    fn capabilities_drop_then_add() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(capabilities(&[], &[]), v(DEFAULT_CAPS));
+        assert_eq!(
+            capabilities(&v(&["net_bind_service"]), &v(&["ALL"])),
+            v(&["CAP_NET_BIND_SERVICE"])
+        );
+        let caps = capabilities(&v(&["NET_ADMIN"]), &v(&["CAP_NET_RAW", "CHOWN"]));
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(
+            !caps.contains(&"CAP_NET_RAW".to_string()) && !caps.contains(&"CAP_CHOWN".to_string())
+        );
+        assert_eq!(caps.len(), DEFAULT_CAPS.len() - 1);
+        let mut spec = spec();
+        spec.security = crate::oci::Security {
+            no_new_privileges: true,
+            read_only_rootfs: true,
+            drop_capabilities: v(&["ALL"]),
+            ..Default::default()
+        };
+        let c = config(&spec, &Identity::ROOT, &host());
+        assert_eq!(c["process"]["noNewPrivileges"], true);
+        assert_eq!(c["root"]["readonly"], true);
+        assert_eq!(
+            c["process"]["capabilities"]["bounding"],
+            serde_json::json!([])
+        );
     }
 
     #[test]

@@ -97,6 +97,7 @@ fn spec(f: &Fixture, name: &str, script: &str) -> ContainerSpec {
         grace_period: crate::oci::fixed_grace(Duration::from_secs(1)),
         post_start: None,
         pre_stop: None,
+        security: Default::default(),
     }
 }
 
