@@ -41,3 +41,4 @@ bench: setup
 	$(CARGO) bench -p kedge --bench plugins
 	$(CARGO) bench -p kedge --bench endpoints
 	$(CARGO) bench -p kedge --bench memory
+	$(CARGO) bench -p kedge --bench probes

@@ -100,6 +100,7 @@ async fn run_wasm(
         log_path: log,
         memory_limit: None,
         dirs: Vec::new(),
+        memory_in_use: None,
     };
     runtime
         .run(&w, spec, CancellationToken::new())

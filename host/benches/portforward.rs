@@ -137,6 +137,7 @@ async fn run() {
             registries: Default::default(),
             image_store_max_bytes: 10 << 30,
             object_refresh: agent::OBJECT_REFRESH,
+            eviction_hard: Default::default(),
         },
         cancel.clone(),
     )

@@ -138,6 +138,10 @@ enum Command {
         /// its pods use and updates their volumes' files (kubelet's sync period is a minute).
         #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
         object_refresh_seconds: u64,
+        /// Node-pressure eviction thresholds, kubelet's syntax (`nodefs.available` also as a
+        /// percentage); they also set the Node's MemoryPressure and DiskPressure.
+        #[arg(long, default_value = "memory.available<100Mi,nodefs.available<1Gi")]
+        eviction_hard: agent::EvictionThresholds,
         #[command(flatten)]
         images: ImageArgs,
     },
@@ -378,6 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_labels,
             node_taints,
             object_refresh_seconds,
+            eviction_hard,
             images,
         } => {
             let (registries, image_store_max_bytes) = images.load()?;
@@ -399,6 +404,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 registries,
                 image_store_max_bytes,
                 object_refresh: Duration::from_secs(object_refresh_seconds),
+                eviction_hard,
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
@@ -432,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     registries,
                     image_store_max_bytes,
                     object_refresh: agent::OBJECT_REFRESH,
+                    eviction_hard: Default::default(),
                 },
                 cancel.clone(),
             )

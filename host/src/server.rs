@@ -246,6 +246,16 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
     };
     let url = format!("https://{url_host}:{}", https_addr.port());
     kubernetes_service(&api, &url_host, https_addr.port())?;
+    // K3s' default StorageClass, served by the local-path plugin; kept as the user left it.
+    ensure(
+        &api,
+        "storage.k8s.io/v1:StorageClass",
+        "",
+        json!({"metadata": {"name": "local-path",
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path", "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer"}),
+    )?;
     crate::api::rbac::ensure_bootstrap(&api)
         .map_err(|e| anyhow::anyhow!("creating the default RBAC roles: {e}"))?;
     let signer = Arc::new(

@@ -206,6 +206,15 @@ fn documentation_examples_apply_get_describe_and_delete() {
     assert_eq!(sts["status"]["readyReplicas"].as_i64().unwrap_or(0), 0);
     let sts_row = row(&c.k(&["get", "sts"]), "web");
     assert_eq!(sts_row[1], "0/3", "{sts_row:?}");
+    // Its claim comes from the claim template, Pending: nothing provisions `my-storage-class`.
+    let claim = c.wait("the claim www-web-0", || {
+        let r = c.kubectl(&["get", "pvc", "www-web-0", "-o", "json"]);
+        r.ok.then(|| serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap())
+    });
+    assert_eq!(claim["spec"]["storageClassName"], "my-storage-class");
+    assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert_eq!(claim["metadata"]["labels"]["app"], "nginx");
+    assert_eq!(claim["status"]["phase"], "Pending");
     let job = json(&c, &["job", "pi"]);
     let uid = job["metadata"]["uid"].as_str().unwrap();
     assert_eq!(
@@ -464,6 +473,8 @@ fn documentation_examples_apply_get_describe_and_delete() {
         assert!(!all.contains(gone), "{gone} still listed:\n{all}");
     }
     assert!(!c.kubectl(&["get", "ep", "my-service-no-selector"]).ok);
+    // As in Kubernetes, a StatefulSet's claims outlive it.
+    assert!(c.kubectl(&["get", "pvc", "www-web-0"]).ok);
 }
 
 /// ReplicationController, the older kind: its plugin keeps the replicas (running on an agent),

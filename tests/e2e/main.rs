@@ -33,3 +33,4 @@ mod services;
 mod skeleton;
 mod statefulset;
 mod volumes;
+mod volumes_pv;

@@ -91,6 +91,51 @@ fn downward_api_readiness_gates_and_active_deadlines() {
         (cat("labels").as_deref() == Some("app=\"info\"\nzone=\"eu-west\"")).then_some(())
     });
 
+    // A new image for a running pod's container: it restarts with it.
+    let r = c.kubectl(&[
+        "set",
+        "image",
+        "pod/info",
+        "hello=kedge.dev/samples/hello-wasm:v2",
+    ]);
+    assert!(r.ok, "{}", r.stderr);
+    c.wait("the container restarted with the new image", || {
+        let s = &pod_json(&c, "info")["status"]["containerStatuses"][0];
+        (s["image"] == "kedge.dev/samples/hello-wasm:v2"
+            && s["restartCount"] == 1
+            && s["state"]["running"].is_object())
+        .then_some(())
+    });
+    let events = c.k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=info",
+    ]);
+    assert!(
+        events.contains("Container hello definition changed, will be restarted"),
+        "{events}"
+    );
+
+    // FallbackToLogsOnError: a failed container's message is the end of its log.
+    apply(
+        &c,
+        &json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fallback"},
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "hello",
+                "image": "kedge.dev/samples/hello-wasm:v1",
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+                "env": [{"name": "HELLO_EXIT_AFTER_SECS", "value": "0"},
+                    {"name": "HELLO_EXIT_CODE", "value": "4"}]}]}}),
+    );
+    c.wait("the log's tail as the termination message", || {
+        let t = &pod_json(&c, "fallback")["status"]["containerStatuses"][0]["state"]["terminated"];
+        (t["exitCode"] == 4
+            && t["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("hello from fallback in default")))
+        .then_some(())
+    });
+
     // A readiness gate: the containers are ready, the pod is not until its condition is True.
     apply(
         &c,
@@ -145,4 +190,60 @@ fn downward_api_readiness_gates_and_active_deadlines() {
     );
     let row = c.k(&["get", "pod", "deadline", "--no-headers"]);
     assert!(row.contains("DeadlineExceeded"), "{row}");
+}
+
+/// Node-pressure eviction: with a memory threshold the node can never meet, the agent evicts
+/// one pod per round, the one furthest over its request first (a BestEffort pod before a
+/// Guaranteed one using less than it asked for), with kubelet's status, condition and Event.
+#[test]
+fn node_pressure_evicts_the_pod_most_over_its_request_first() {
+    let mut c = Cluster::start();
+    let token = c.token.clone();
+    c.start_agent_with(
+        "pressed",
+        &token,
+        &["--eviction-hard", "memory.available<1000Ti"],
+    );
+    let hello = |name: &str, resources: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"containers": [{"name": "hello",
+                "image": "kedge.dev/samples/hello-wasm:v1", "resources": resources}]}})
+    };
+    // The BestEffort pod first: whichever of the two the first round sees, it goes first.
+    apply(&c, &hello("best-effort", json!({})));
+    apply(
+        &c,
+        &hello(
+            "guaranteed",
+            json!({"limits": {"cpu": "100m", "memory": "64Mi"}}),
+        ),
+    );
+    let p = c.wait("the BestEffort pod evicted", || {
+        let p = pod_json(&c, "best-effort");
+        (p["status"]["reason"] == "Evicted").then_some(p)
+    });
+    assert_eq!(p["status"]["phase"], "Failed");
+    let message = p["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "The node was low on resource: memory. Threshold quantity: 1073741824000Ki"
+        ) && message.contains("Container hello was using"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&p, "DisruptionTarget"),
+        ("True".into(), "TerminationByKubelet".into())
+    );
+    assert_ne!(
+        pod_json(&c, "guaranteed")["status"]["reason"],
+        "Evicted",
+        "the Guaranteed pod, under its request, goes later"
+    );
+    let events = c.k(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=best-effort",
+    ]);
+    assert!(events.contains("Evicted"), "{events}");
 }

@@ -82,6 +82,21 @@ fn security_context_and_hostname_apply_to_oci_containers() {
     });
     assert_eq!(logs.trim(), "custom-host");
 
+    // The termination message: what the container wrote to terminationMessagePath.
+    let mut said = busybox_pod(
+        "said",
+        &b.image,
+        "printf 'bye from said' > /dev/termination-log; exit 3",
+        json!({}),
+        json!({}),
+    );
+    said["spec"]["restartPolicy"] = json!("Never");
+    apply(&said);
+    c.wait("the termination message", || {
+        let t = &pod_json(&c, "said")["status"]["containerStatuses"][0]["state"]["terminated"];
+        (t["exitCode"] == 3 && t["message"] == "bye from said").then_some(())
+    });
+
     // Privileged containers are not supported: refused, naming the field.
     let r = c.kubectl_stdin(
         &["apply", "-f", "-"],

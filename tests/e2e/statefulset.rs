@@ -1,6 +1,11 @@
 //! StatefulSet, end to end with the real kubectl: ordered creation of `web-0..2` behind a
-//! headless Service, a partitioned rolling update (highest ordinal first, ordinals below the
-//! partition untouched), and ordered scale-down (`web-2` before `web-1`).
+//! headless Service, each with its own PersistentVolumeClaim `www-web-<i>` from the claim
+//! template (provisioned by local-path and Bound), a partitioned rolling update (highest
+//! ordinal first, ordinals below the partition untouched), ordered scale-down (`web-2` before
+//! `web-1`) that keeps the claims, a scale-up that mounts the same claim again, and deletion of
+//! the StatefulSet, which leaves its claims.
+
+use serde_json::json;
 
 use crate::harness::{Cluster, PodInfo};
 
@@ -15,6 +20,24 @@ fn up(p: Option<&PodInfo>) -> bool {
     p.is_some_and(|p| p.phase == "Running" && p.ready && !p.deleting)
 }
 
+/// (status, volume) of each claim `kubectl get pvc` lists, by name.
+fn claims(c: &Cluster) -> Vec<(String, String, String)> {
+    c.k(&["get", "pvc", "--no-headers"])
+        .lines()
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            let cell = |i: usize| cells.get(i).copied().unwrap_or("").to_string();
+            (cell(0), cell(1), cell(2))
+        })
+        .collect()
+}
+
+fn all_bound(c: &Cluster, want: &[&str]) -> Option<Vec<(String, String, String)>> {
+    let got = claims(c);
+    let names: Vec<&str> = got.iter().map(|(n, _, _)| n.as_str()).collect();
+    (names == want && got.iter().all(|(_, s, _)| s == "Bound")).then_some(got)
+}
+
 /// The READY column of `kubectl get sts web`.
 fn ready_column(c: &Cluster) -> String {
     let out = c.k(&["get", "sts", "web", "--no-headers"]);
@@ -25,20 +48,36 @@ fn ready_column(c: &Cluster) -> String {
 fn statefulset_orders_creation_update_and_scale_down() {
     let mut c = Cluster::start();
     let token = c.token.clone();
-    c.start_agent("node-a", &token);
+    // This machine's disk may be nearly full (builds share it): the default `nodefs.available
+    // <10%` would evict the pods, which this test is not about.
+    c.start_agent_with(
+        "node-a",
+        &token,
+        &["--eviction-hard", "nodefs.available<1Gi"],
+    );
 
     let svc = r#"{"apiVersion":"v1","kind":"Service","metadata":{"name":"web"},
       "spec":{"clusterIP":"None","selector":{"app":"web"},"ports":[{"port":80}]}}"#;
     let r = c.kubectl_stdin(&["create", "-f", "-"], Some(svc));
     assert!(r.ok, "{}", r.stderr);
-    let sts = format!(
-        r#"{{"apiVersion":"apps/v1","kind":"StatefulSet","metadata":{{"name":"web"}},
-      "spec":{{"replicas":3,"serviceName":"web","selector":{{"matchLabels":{{"app":"web"}}}},
-      "template":{{"metadata":{{"labels":{{"app":"web"}}}},"spec":{{
-        "terminationGracePeriodSeconds":2,
-        "containers":[{{"name":"hello","image":"{V1}"}}]}}}}}}}}"#
-    );
-    let r = c.kubectl_stdin(&["create", "-f", "-"], Some(&sts));
+    // A local-path class keeping its directories in the test's own directory.
+    let storage = c.dir.path().join("storage");
+    let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "web-data"}, "provisioner": "rancher.io/local-path",
+        "volumeBindingMode": "WaitForFirstConsumer", "reclaimPolicy": "Delete",
+        "parameters": {"nodePath": storage.to_str().unwrap()}});
+    let r = c.kubectl_stdin(&["create", "-f", "-"], Some(&class.to_string()));
+    assert!(r.ok, "{}", r.stderr);
+    let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "web"},
+      "spec": {"replicas": 3, "serviceName": "web", "selector": {"matchLabels": {"app": "web"}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+          "terminationGracePeriodSeconds": 2,
+          "containers": [{"name": "hello", "image": V1,
+            "volumeMounts": [{"name": "www", "mountPath": "/data"}]}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "www"},
+          "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "web-data",
+            "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    let r = c.kubectl_stdin(&["create", "-f", "-"], Some(&sts.to_string()));
     assert!(r.ok, "{}", r.stderr);
 
     // OrderedReady: whenever ordinal i exists, every lower ordinal is already Running+Ready.
@@ -87,9 +126,40 @@ fn statefulset_orders_creation_update_and_scale_down() {
     c.wait("READY 3/3", || (ready_column(&c) == "3/3").then_some(()));
     let events = c.k(&["get", "events"]);
     assert!(
-        events.contains("create Pod web-0 in StatefulSet web successful"),
+        events.contains("create Pod web-0 in StatefulSet web successful")
+            && events.contains("create Claim www-web-0 Pod web-0 in StatefulSet web success"),
         "{events}"
     );
+
+    // One claim per ordinal, provisioned on the node and Bound; each pod mounts its own.
+    let www = ["www-web-0", "www-web-1", "www-web-2"];
+    let bound = c.wait("www-web-0..2 Bound", || all_bound(&c, &www));
+    for i in 0..3 {
+        let claim = c.k(&[
+            "get",
+            "pod",
+            &format!("web-{i}"),
+            "-o",
+            "jsonpath={.spec.volumes[?(@.name==\"www\")].persistentVolumeClaim.claimName}",
+        ]);
+        assert_eq!(claim, format!("www-web-{i}"));
+    }
+    let labels = c.k(&[
+        "get",
+        "pvc",
+        "www-web-1",
+        "-o",
+        "jsonpath={.metadata.labels.app}",
+    ]);
+    assert_eq!(labels, "web");
+    let owners = c.k(&[
+        "get",
+        "pvc",
+        "www-web-1",
+        "-o",
+        "jsonpath={.metadata.ownerReferences}",
+    ]);
+    assert_eq!(owners, "", "claims are retained: nothing owns them");
 
     // Partitioned rolling update: web-2 then web-1 move to v2; web-0 stays on v1.
     c.k(&[
@@ -154,4 +224,22 @@ fn statefulset_orders_creation_update_and_scale_down() {
         events.contains("delete Pod web-2 in StatefulSet web successful"),
         "{events}"
     );
+    // Scale-down keeps the claims, bound to the same volumes.
+    assert_eq!(all_bound(&c, &www).as_ref(), Some(&bound));
+
+    // Scaled up again, web-1 mounts its old claim (the same volume, on the node it is on).
+    c.k(&["scale", "sts", "web", "--replicas=2"]);
+    c.wait("web-0 and web-1 up", || {
+        let pods = c.pods("app=web");
+        (pods.len() == 2 && up(by_name(&pods, "web-0")) && up(by_name(&pods, "web-1")))
+            .then_some(())
+    });
+    assert_eq!(all_bound(&c, &www).as_ref(), Some(&bound));
+
+    // Deleting the StatefulSet takes its pods, not its claims.
+    c.k(&["delete", "statefulset", "web", "--wait=true"]);
+    c.wait("the pods gone", || {
+        c.pods("app=web").is_empty().then_some(())
+    });
+    assert_eq!(all_bound(&c, &www).as_ref(), Some(&bound));
 }

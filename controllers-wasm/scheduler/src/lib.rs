@@ -26,7 +26,7 @@
 //!
 //! Pods counted for inter-pod affinity and spreading: active pods bound to a known node,
 //! including those this plugin bound moments ago (the host writes bindings through to the
-//! cache `list` reads). Not implemented: preemption, volumes, default spread constraints,
+//! cache `list` reads). Volumes: `volumes.rs`. Not implemented: preemption, default spread constraints,
 //! `RuntimeClass` objects (their node selectors and overhead).
 
 mod interpod;
@@ -34,11 +34,15 @@ mod nodeaffinity;
 mod nodeports;
 mod score;
 mod spread;
+mod volumes;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::api::core::v1::{Event, Namespace, Node, Pod, PodCondition, PodSpec, Toleration};
+use k8s_openapi::api::core::v1::{
+    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, PodSpec,
+    Toleration,
+};
 use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
 pub use kedge_guest::pod::tolerates;
 use kedge_guest::pod::{Requests, is_active, pod_requests};
@@ -52,6 +56,7 @@ use interpod::{InterPod, NamespaceLabels};
 use nodeports::NodePorts;
 use score::Capacity;
 use spread::Spread;
+use volumes::Volumes;
 
 /// How long to wait before retrying a pod that fits nowhere; new nodes and freed capacity
 /// do not enqueue the pod (Nodes are only read), so polling is what notices them.
@@ -73,8 +78,17 @@ impl Controller for Scheduler {
     fn registration() -> Registration {
         Registration::new("scheduler", KindRef::of::<Pod>())
             // Namespaces: for pod affinity terms with a namespaceSelector.
-            .reads([KindRef::of::<Node>(), KindRef::of::<Namespace>()])
-            .writes([KindRef::of::<Pod>(), KindRef::of::<Event>()])
+            .reads([
+                KindRef::of::<Node>(),
+                KindRef::of::<Namespace>(),
+                KindRef::of::<PersistentVolume>(),
+            ])
+            .writes([
+                KindRef::of::<Pod>(),
+                KindRef::of::<Event>(),
+                // The selected-node annotation of WaitForFirstConsumer claims.
+                KindRef::of::<PersistentVolumeClaim>(),
+            ])
     }
 
     fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
@@ -112,6 +126,7 @@ enum Reason {
     PodAffinity,
     PodAntiAffinity,
     ExistingAntiAffinity,
+    VolumeNodeAffinity,
 }
 
 impl Reason {
@@ -135,6 +150,7 @@ impl Reason {
             Reason::ExistingAntiAffinity => {
                 "node(s) didn't satisfy existing pods anti-affinity rules"
             }
+            Reason::VolumeNodeAffinity => "node(s) had volume node affinity conflict",
         }
     }
 }
@@ -413,11 +429,23 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         if i > 0 && started.elapsed() > BATCH_BUDGET {
             break;
         }
-        let decision = decide(&candidate, &nodes, &all_pods, &ns_labels)?;
+        let volumes = match Volumes::of(cluster, &candidate)? {
+            Ok(v) => v,
+            Err(message) => {
+                if i == 0 {
+                    outcome = report_unschedulable(cluster, &candidate, &message)?;
+                }
+                continue;
+            }
+        };
+        let decision = decide(&candidate, &nodes, &all_pods, &ns_labels, &volumes)?;
         let ns = candidate.metadata.namespace.clone().unwrap_or_default();
         let name = candidate.metadata.name.clone().unwrap_or_default();
         match decision {
-            Decision::Bind(node) => match cluster.bind_pod(&ns, &name, &node).ignore_stale() {
+            Decision::Bind(node) => match volumes
+                .select(cluster, &ns, &node)
+                .and_then(|()| Ok(cluster.bind_pod(&ns, &name, &node).ignore_stale()?))
+            {
                 Ok(Some(())) => {
                     cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {node}"));
                     let _ = cluster.record_event(
@@ -437,7 +465,7 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
                 }
                 // Bound meanwhile (another scheduler run, or a stale read): nothing to do.
                 Ok(None) => {}
-                Err(e) if i == 0 => return Err(e.into()),
+                Err(e) if i == 0 => return Err(e),
                 Err(_) => {}
             },
             // Other pods of the batch that fit nowhere get their own reconcile, which
@@ -457,6 +485,7 @@ fn decide(
     nodes: &[Node],
     all_pods: &[Pod],
     ns_labels: &NamespaceLabels,
+    volumes: &Volumes,
 ) -> Result<Decision> {
     let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let want = pod_requests(spec).map_err(|e| format!("pod requests: {e}"))?;
@@ -495,7 +524,12 @@ fn decide(
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
         let u = usage.get(name).copied().unwrap_or_default();
-        match evaluate(node, pod, want, u, &ports, &spread, &interpod) {
+        let evaluated = if volumes.fits(node) {
+            evaluate(node, pod, want, u, &ports, &spread, &interpod)
+        } else {
+            Err(vec![Reason::VolumeNodeAffinity])
+        };
+        match evaluated {
             Ok(cap) => feasible.push(Feasible {
                 node,
                 usage: u,

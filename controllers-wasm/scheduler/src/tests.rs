@@ -882,3 +882,60 @@ fn a_finished_pod_frees_its_port() {
     run(&fake, "next");
     assert_eq!(node_of(&fake, "next").as_deref(), Some("a"));
 }
+
+/// VolumeBinding: a missing claim keeps the pod Pending with kube's message; a bound claim's
+/// volume pins the pod to its node; an unbound claim gets the chosen node written on it.
+#[test]
+fn claims_steer_placement_and_learn_their_node() {
+    use serde_json::json;
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "4", "8Gi", &[("kubernetes.io/hostname", "a")]));
+    fake.seed(&node("b", "4", "8Gi", &[("kubernetes.io/hostname", "b")]));
+    let with_claim = |name: &str, claim: &str| {
+        let mut p = pod(name, "0", "0");
+        p.spec.as_mut().unwrap().volumes = Some(vec![
+            serde_json::from_value(
+                json!({"name": "v", "persistentVolumeClaim": {"claimName": claim}}),
+            )
+            .unwrap(),
+        ]);
+        fake.seed(&p);
+    };
+    with_claim("lost", "nope");
+    run(&fake, "lost");
+    let lost = fake.get::<Pod>("default", "lost").unwrap().unwrap();
+    let cond = &lost.status.unwrap().conditions.unwrap()[0];
+    assert_eq!(
+        cond.message.as_deref(),
+        Some("persistentvolumeclaim \"nope\" not found")
+    );
+
+    fake.seed_json(
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-b"},
+        "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}}),
+    );
+    fake.seed_json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "bound", "namespace": "default"}, "spec": {"volumeName": "pv-b"}}));
+    fake.seed_json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "fresh", "namespace": "default"}, "spec": {}}));
+    for i in 0..3 {
+        let name = format!("pinned-{i}");
+        with_claim(&name, "bound");
+        run(&fake, &name);
+        let p = fake.get::<Pod>("default", &name).unwrap().unwrap();
+        assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("b"));
+    }
+    with_claim("new", "fresh");
+    run(&fake, "new");
+    let p = fake.get::<Pod>("default", "new").unwrap().unwrap();
+    let node = p.spec.unwrap().node_name.unwrap();
+    let pvc = fake
+        .get::<PersistentVolumeClaim>("default", "fresh")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        pvc.metadata.annotations.unwrap()[volumes::SELECTED_NODE],
+        node
+    );
+}

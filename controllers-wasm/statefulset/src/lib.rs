@@ -4,34 +4,49 @@
 //! or only when the user deletes them (`OnDelete`). Every template version is recorded as a
 //! ControllerRevision `<sts>-<hash>`, the way Kubernetes stores it, so a rollback finds it.
 //!
-//! `volumeClaimTemplates`: kedge serves no PersistentVolumeClaims yet, so each claim becomes a
-//! node-local `hostPath` directory (type `DirectoryOrCreate`, made by the agent) at
-//! `/var/lib/kedge/volumes/<namespace>/<claim>-<sts>-<ordinal>` — the name a PVC would have.
-//! The node an ordinal first ran on is recorded in the StatefulSet annotation
-//! [`VOLUME_NODES_ANNOTATION`], and every later pod of that ordinal is bound straight to it
-//! (`spec.nodeName`), so its data follows it across deletion and scale-down (the directory is
-//! never removed: the retention policy is always Retain). A node that is gone for good leaves
-//! its ordinal Pending, as a local PersistentVolume would.
+//! `volumeClaimTemplates`: before an ordinal's pod is created, each template gets its
+//! PersistentVolumeClaim `<template>-<sts>-<ordinal>` ([`claim_name`]) if it is missing: the
+//! template's spec (the API fills in the default StorageClass when it names none), its labels
+//! plus the selector's `matchLabels`, and no owner reference, so claims outlive scale-down and
+//! the StatefulSet itself (the retention policy Retain) and a re-created ordinal finds its data
+//! again. The pod mounts each claim as a volume named after its template (replacing a template
+//! volume of that name); where the pod runs is the scheduler's business, led by the bound
+//! volume's node affinity. A claim still being deleted holds its pod back (as in Kubernetes):
+//! claims do not enqueue the StatefulSet, so the reconcile polls until it is gone. A Pending pod
+//! whose claim has disappeared gets it back.
 //!
 //! `minReadySeconds`: a pod is available once it is Running and has been Ready for that long
 //! (its Ready condition's `lastTransitionTime` plus `minReadySeconds` is not after now);
 //! `status.availableReplicas` counts those. As in Kubernetes, `OrderedReady` waits for each
 //! ordinal to be available (not only ready) before creating the next one or scaling down, and
-//! a rolling update waits for the updated pod to be available before replacing the next
-//! ordinal. No event announces that moment, so the reconcile asks to run again when the
+//! a rolling update counts a pod that is not yet available against `maxUnavailable` (below).
+//! No event announces that moment, so the reconcile asks to run again when the
 //! earliest ready pod becomes available. The rollout counts as complete (current revision :=
 //! update revision) once every pod is ready, as Kubernetes still does.
 //!
-//! Not implemented: `rollingUpdate.maxUnavailable` (updates go one pod at a time),
-//! `spec.ordinals.start`, the PVC retention policy `Delete`, release of owned pods whose labels
+//! `rollingUpdate.maxUnavailable` (Kubernetes' MaxUnavailableStatefulSet, [`max_unavailable`]):
+//! how many of the ordinals below `replicas` may be unavailable (missing, terminating, or not
+//! Running and available as above) while a rolling update replaces pods; 1 without the field.
+//! Each pass counts the unavailable ordinals, those below the partition included, and deletes
+//! up to the difference from the highest ordinal down to the partition, skipping pods already
+//! on the update revision; the deleted ones come back on it. With `OrderedReady` the deletions
+//! still happen together, but their pods come back one ordinal at a time, each available
+//! before the next, as in Kubernetes. An old pod that never becomes available counts too, so
+//! (as in Kubernetes) rolling away from a broken template may need such pods deleted by hand.
+//!
+//! Not implemented: `spec.ordinals.start`, the PVC retention policy `Delete` (the API refuses
+//! it), resizing existing claims when a template changes, release of owned pods whose labels
 //! stopped matching the selector.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
-use k8s_openapi::api::core::v1::{Event, HostPathVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    Event, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kedge_guest::meta::{controller_of, labels_of, new_controller_ref, parse_time};
 use kedge_guest::pod::{available_at, fnv1a32, is_ready, safe_encode};
 use kedge_guest::selector::Selector;
@@ -50,10 +65,10 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// Label carrying the name of the ControllerRevision a pod was made from.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
-/// StatefulSet annotation: JSON object ordinal → node holding that ordinal's volumes.
-pub const VOLUME_NODES_ANNOTATION: &str = "statefulset.kedge.io/volume-nodes";
-/// Where the node-local stand-ins for PersistentVolumeClaims live on a node.
-pub const VOLUME_ROOT: &str = "/var/lib/kedge/volumes";
+
+/// How soon to look again at a claim that is being deleted: claims carry no owner reference,
+/// so their events do not bring the StatefulSet back.
+const CLAIM_POLL_MS: u64 = 2000;
 
 /// The plugin type wired to the component exports.
 pub struct StatefulSetController;
@@ -66,6 +81,7 @@ impl Controller for StatefulSetController {
                 KindRef::of::<Pod>(),
                 KindRef::of::<StatefulSet>(),
                 KindRef::of::<ControllerRevision>(),
+                KindRef::of::<PersistentVolumeClaim>(),
                 KindRef::of::<Event>(),
             ])
     }
@@ -92,16 +108,42 @@ pub fn ordinal_of(sts: &str, pod: &str) -> Option<i32> {
     (o >= 0 && o.to_string() == n).then_some(o)
 }
 
-/// The node directory standing in for claim `claim` of ordinal `ordinal`.
+/// `rollingUpdate.maxUnavailable` as a pod count for `replicas` replicas: 1 when absent, a
+/// percentage rounded down (Kubernetes' `getStatefulSetMaxUnavailable`; its API reference
+/// says "rounding up", its controller does not), and never below 1 so an update always moves.
+/// The API admits only a positive integer or a percentage in (0%, 100%]; anything else stored
+/// counts as 1.
 ///
 /// ```
-/// assert_eq!(
-///     kedge_plugin_statefulset::volume_path("default", "data", "web", 2),
-///     "/var/lib/kedge/volumes/default/data-web-2"
-/// );
+/// use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+/// use kedge_plugin_statefulset::max_unavailable;
+/// assert_eq!(max_unavailable(Some(&IntOrString::String("40%".into())), 5), 2);
+/// assert_eq!(max_unavailable(Some(&IntOrString::String("10%".into())), 5), 1);
+/// assert_eq!(max_unavailable(None, 5), 1);
 /// ```
-pub fn volume_path(namespace: &str, claim: &str, sts: &str, ordinal: i32) -> String {
-    format!("{VOLUME_ROOT}/{namespace}/{claim}-{sts}-{ordinal}")
+pub fn max_unavailable(value: Option<&IntOrString>, replicas: i32) -> i32 {
+    let n = match value {
+        None => 1,
+        Some(IntOrString::Int(n)) => *n,
+        Some(IntOrString::String(s)) => s
+            .strip_suffix('%')
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i64>().ok())
+            .map_or(1, |pct| {
+                i32::try_from(pct * i64::from(replicas.max(0)) / 100).unwrap_or(i32::MAX)
+            }),
+    };
+    n.max(1)
+}
+
+/// The PersistentVolumeClaim of template `template` for ordinal `ordinal`, as Kubernetes
+/// names it.
+///
+/// ```
+/// assert_eq!(kedge_plugin_statefulset::claim_name("www", "web", 2), "www-web-2");
+/// ```
+pub fn claim_name(template: &str, sts: &str, ordinal: i32) -> String {
+    format!("{template}-{sts}-{ordinal}")
 }
 
 fn phase(p: &Pod) -> &str {
@@ -221,14 +263,17 @@ struct Ctx<'a> {
     sts: &'a StatefulSet,
     ns: &'a str,
     name: &'a str,
-    claims: Vec<String>,
-    nodes: BTreeMap<String, String>,
+    /// `spec.volumeClaimTemplates`.
+    templates: Vec<PersistentVolumeClaim>,
+    /// The namespace's claims by name, as this reconcile has seen or made them; empty (and
+    /// never listed) without templates.
+    claims: BTreeMap<String, PersistentVolumeClaim>,
 }
 
 fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let ns = key.namespace.as_str();
     let name = key.name.as_str();
-    let Some(mut sts) = cluster.get::<StatefulSet>(ns, name)? else {
+    let Some(sts) = cluster.get::<StatefulSet>(ns, name)? else {
         return Ok(Outcome::done());
     };
     if sts.metadata.deletion_timestamp.is_some() {
@@ -270,72 +315,52 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         }
     }
 
-    // Where each ordinal's volumes are: learnt from the first pod of the ordinal to be bound.
-    let claims: Vec<String> = spec
-        .volume_claim_templates
-        .iter()
-        .flatten()
-        .filter_map(|c| c.metadata.name.clone())
-        .collect();
-    let mut nodes: BTreeMap<String, String> = sts
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(VOLUME_NODES_ANNOTATION))
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    if !claims.is_empty() {
-        let mut learnt = false;
-        for (ord, p) in &pods {
-            if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.as_ref())
-                && !node.is_empty()
-                && !nodes.contains_key(&ord.to_string())
-            {
-                nodes.insert(ord.to_string(), node.clone());
-                learnt = true;
-            }
-        }
-        if learnt {
-            let text = serde_json::to_string(&nodes)?;
-            let patch = json!({"metadata": {"annotations": {VOLUME_NODES_ANNOTATION: text}}});
-            sts = cluster.patch_merge::<StatefulSet>(ns, name, &patch)?;
-        }
-    }
+    let templates = spec.volume_claim_templates.clone().unwrap_or_default();
+    let claims = if templates.is_empty() {
+        BTreeMap::new()
+    } else {
+        cluster
+            .list::<PersistentVolumeClaim>(ns, "")?
+            .into_iter()
+            .filter_map(|c| Some((c.metadata.name.clone()?, c)))
+            .collect()
+    };
 
     let (update, current, collision_count) = sync_revisions(cluster, &sts, &pods)?;
 
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         cluster,
         sts: &sts,
         ns,
         name,
+        templates,
         claims,
-        nodes,
     };
     let replicas = spec.replicas.unwrap_or(1).max(0);
     let strategy = spec.update_strategy.clone().unwrap_or_default();
     let on_delete = strategy.type_.as_deref() == Some("OnDelete");
-    let partition = if on_delete {
-        0
-    } else {
-        strategy
-            .rolling_update
-            .and_then(|r| r.partition)
-            .unwrap_or(0)
-            .max(0)
-    };
+    let rolling = strategy.rolling_update.filter(|_| !on_delete);
+    let partition = rolling
+        .as_ref()
+        .and_then(|r| r.partition)
+        .unwrap_or(0)
+        .max(0);
     let plan = Plan {
         replicas,
         ordered: spec.pod_management_policy.as_deref() != Some("Parallel"),
         partition,
         on_delete,
+        max_unavailable: max_unavailable(
+            rolling.as_ref().and_then(|r| r.max_unavailable.as_ref()),
+            replicas,
+        ),
         availability: Availability {
             min_ready_seconds: spec.min_ready_seconds.unwrap_or(0),
             // An unreadable clock would stall every wait: treat everything ready as due.
             now_ms: parse_time(&cluster.now()).map_or(i64::MAX, |t| t.0.as_millisecond()),
         },
     };
-    manage(&ctx, &mut pods, &plan, &update, &current)?;
+    let claim_wait = manage(&mut ctx, &mut pods, &plan, &update, &current)?;
 
     // Status, from the pods as this reconcile left them (deleted ones count as terminating).
     let mut status = StatefulSetStatus {
@@ -377,7 +402,8 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     cluster.update_status_if_changed(ns, &sts, status)?;
     // Both `availableReplicas` and any wait in `manage` change when a ready pod's
     // minReadySeconds run out; no event says so.
-    Ok(match plan.availability.next_due_ms(pods.values()) {
+    let next = plan.availability.next_due_ms(pods.values());
+    Ok(match next.into_iter().chain(claim_wait).min() {
         Some(ms) => Outcome::requeue_after_ms(ms),
         None => Outcome::done(),
     })
@@ -391,23 +417,34 @@ struct Plan {
     /// Ordinals below it keep the current revision.
     partition: i32,
     on_delete: bool,
+    /// How many ordinals below `replicas` a rolling update may leave unavailable (at least 1).
+    max_unavailable: i32,
     availability: Availability,
 }
 
 /// One pass of Kubernetes' StatefulSet algorithm; returning early means "wait for the pods
 /// to change" (their events bring the StatefulSet back) or for a ready pod to become
-/// available (the caller requeues for that).
+/// available (the caller requeues for that). Returns how soon to look again at a claim that
+/// held a pod back while being deleted.
 fn manage(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     pods: &mut BTreeMap<i32, Pod>,
     plan: &Plan,
     update: &Revision,
     current: &Revision,
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let settled = |p: &Pod| plan.availability.settled(p);
+    let mut claim_wait = None;
     // 1. Every ordinal below `replicas` gets a pod; failed ones are replaced under the same
     //    name. OrderedReady waits for each to be Running, Ready and available before the next.
     for ord in 0..plan.replicas {
+        // As Kubernetes does, a pod still waiting to start gets back a claim it lost.
+        if let Some(p) = pods.get(&ord)
+            && phase(p) == "Pending"
+            && !terminating(p)
+        {
+            ensure_claims(ctx, ord)?;
+        }
         match pods.get(&ord) {
             None => {
                 let rev = if !plan.on_delete && ord < plan.partition {
@@ -416,21 +453,28 @@ fn manage(
                     update
                 };
                 match create_pod(ctx, ord, rev)? {
-                    Some(p) => _ = pods.insert(ord, p),
+                    Created::Pod(p) => _ = pods.insert(ord, *p),
                     // Our view lags behind the API: wait for the pod's event.
-                    None => return Ok(()),
+                    Created::Exists => return Ok(claim_wait),
+                    Created::ClaimDeleting => {
+                        claim_wait = Some(CLAIM_POLL_MS);
+                        if plan.ordered {
+                            return Ok(claim_wait);
+                        }
+                        continue;
+                    }
                 }
                 if plan.ordered {
-                    return Ok(());
+                    return Ok(claim_wait);
                 }
             }
             Some(p) if finished(p) && !terminating(p) => {
                 delete_pod(ctx, pods, ord)?;
                 if plan.ordered {
-                    return Ok(());
+                    return Ok(claim_wait);
                 }
             }
-            Some(p) if plan.ordered && !settled(p) => return Ok(()),
+            Some(p) if plan.ordered && !settled(p) => return Ok(claim_wait),
             Some(_) => {}
         }
     }
@@ -442,41 +486,46 @@ fn manage(
     for ord in condemned {
         if terminating(&pods[&ord]) {
             if plan.ordered {
-                return Ok(());
+                return Ok(claim_wait);
             }
             continue;
         }
         if plan.ordered && pods.iter().any(|(o, p)| *o != ord && !healthy(p)) {
-            return Ok(());
+            return Ok(claim_wait);
         }
         if plan.ordered && healthy(&pods[&ord]) && !settled(&pods[&ord]) {
-            return Ok(());
+            return Ok(claim_wait);
         }
         delete_pod(ctx, pods, ord)?;
         if plan.ordered {
-            return Ok(());
+            return Ok(claim_wait);
         }
     }
 
-    // 3. RollingUpdate: highest ordinal first down to the partition, one pod at a time,
-    //    each back to healthy and available before the next (maxUnavailable is not
-    //    honoured: always 1).
+    // 3. RollingUpdate: highest ordinal first down to the partition, as many pods at once as
+    //    keep the unavailable ordinals (all of them, below the partition too) within
+    //    maxUnavailable; the deleted ones come back on the update revision in step 1.
     if plan.on_delete {
-        return Ok(());
+        return Ok(claim_wait);
     }
-    for ord in (plan.partition..plan.replicas).rev() {
-        let Some(p) = pods.get(&ord) else {
-            return Ok(());
-        };
-        if revision_of(p) != Some(update.name.as_str()) && !terminating(p) {
-            delete_pod(ctx, pods, ord)?;
-            return Ok(());
-        }
-        if !settled(p) {
-            return Ok(());
-        }
+    let unavailable = (0..plan.replicas)
+        .filter(|o| pods.get(o).is_none_or(|p| !settled(p)))
+        .count();
+    let budget = usize::try_from(plan.max_unavailable)
+        .unwrap_or(1)
+        .saturating_sub(unavailable);
+    let outdated: Vec<i32> = (plan.partition..plan.replicas)
+        .rev()
+        .filter(|o| {
+            pods.get(o)
+                .is_some_and(|p| revision_of(p) != Some(update.name.as_str()) && !terminating(p))
+        })
+        .take(budget)
+        .collect();
+    for ord in outdated {
+        delete_pod(ctx, pods, ord)?;
     }
-    Ok(())
+    Ok(claim_wait)
 }
 
 /// Pod `ordinal` of the StatefulSet at `revision`.
@@ -495,22 +544,23 @@ fn new_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Pod {
         .as_ref()
         .and_then(|s| s.service_name.clone())
         .filter(|s| !s.is_empty());
-    if !ctx.claims.is_empty() {
+    if !ctx.templates.is_empty() {
         let volumes = spec.volumes.get_or_insert_default();
-        for claim in &ctx.claims {
+        for template in ctx
+            .templates
+            .iter()
+            .filter_map(|t| t.metadata.name.as_ref())
+        {
             // As in Kubernetes, the claim wins over a template volume of the same name.
-            volumes.retain(|v| &v.name != claim);
+            volumes.retain(|v| &v.name != template);
             volumes.push(Volume {
-                name: claim.clone(),
-                host_path: Some(HostPathVolumeSource {
-                    path: volume_path(ctx.ns, claim, ctx.name, ordinal),
-                    type_: Some("DirectoryOrCreate".into()),
+                name: template.clone(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(template, ctx.name, ordinal),
+                    read_only: None,
                 }),
                 ..Default::default()
             });
-        }
-        if let Some(node) = ctx.nodes.get(&ordinal.to_string()) {
-            spec.node_name = Some(node.clone());
         }
     }
     Pod {
@@ -527,10 +577,119 @@ fn new_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Pod {
     }
 }
 
-/// Creates pod `ordinal`; `None` when a pod of that name already exists (our view lags).
-fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod>> {
-    let pod = new_pod(ctx, ordinal, revision);
+/// Claim `template` of ordinal `ordinal`: the template's spec, labels and annotations, the
+/// selector's `matchLabels` among the labels (Kubernetes' `getPersistentVolumeClaims`), and
+/// no owner: claims are retained.
+fn new_claim(ctx: &Ctx, template: &PersistentVolumeClaim, ordinal: i32) -> PersistentVolumeClaim {
+    let tname = template.metadata.name.as_deref().unwrap_or_default();
+    let mut labels = template.metadata.labels.clone().unwrap_or_default();
+    if let Some(match_labels) = ctx
+        .sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+    {
+        labels.extend(match_labels.clone());
+    }
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(claim_name(tname, ctx.name, ordinal)),
+            namespace: Some(ctx.ns.to_owned()),
+            labels: (!labels.is_empty()).then_some(labels),
+            annotations: template.metadata.annotations.clone(),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Whether an ordinal's claims let its pod be created.
+#[derive(Debug, PartialEq)]
+enum Claims {
+    Ready,
+    /// This claim exists but is being deleted: the pod would lose it.
+    Deleting(String),
+}
+
+/// Creates the claims of ordinal `ordinal` that do not exist yet.
+fn ensure_claims(ctx: &mut Ctx, ordinal: i32) -> Result<Claims> {
     let pod_name = format!("{}-{ordinal}", ctx.name);
+    let mut state = Claims::Ready;
+    for template in &ctx.templates {
+        let claim = new_claim(ctx, template, ordinal);
+        let cname = claim.metadata.name.clone().unwrap_or_default();
+        let existing = match ctx.claims.get(&cname) {
+            Some(c) => Some(c.clone()),
+            None => match ctx.cluster.create(ctx.ns, &claim) {
+                Ok(made) => {
+                    let _ = ctx.cluster.record_event(
+                        ctx.sts,
+                        "Normal",
+                        "SuccessfulCreate",
+                        &format!(
+                            "create Claim {cname} Pod {pod_name} in StatefulSet {} success",
+                            ctx.name
+                        ),
+                        COMPONENT,
+                    );
+                    Some(made)
+                }
+                // Made since our list: look at it, it may be going away.
+                Err(ApiError::AlreadyExists(_)) => {
+                    ctx.cluster.get::<PersistentVolumeClaim>(ctx.ns, &cname)?
+                }
+                Err(e) => {
+                    let _ = ctx.cluster.record_event(
+                        ctx.sts,
+                        "Warning",
+                        "FailedCreate",
+                        &format!(
+                            "create Claim {cname} for Pod {pod_name} in StatefulSet {} failed error: {e}",
+                            ctx.name
+                        ),
+                        COMPONENT,
+                    );
+                    return Err(e.into());
+                }
+            },
+        };
+        let Some(existing) = existing else {
+            // Gone again between the conflict and the read: the next reconcile retries.
+            state = Claims::Deleting(cname);
+            continue;
+        };
+        if existing.metadata.deletion_timestamp.is_some() && state == Claims::Ready {
+            state = Claims::Deleting(cname.clone());
+        }
+        ctx.claims.insert(cname, existing);
+    }
+    Ok(state)
+}
+
+/// What [`create_pod`] did.
+enum Created {
+    Pod(Box<Pod>),
+    /// A pod of that name already exists: our view lags.
+    Exists,
+    /// A claim the pod needs is being deleted: the pod waits for it to go.
+    ClaimDeleting,
+}
+
+/// Creates pod `ordinal`, after the claims it mounts.
+fn create_pod(ctx: &mut Ctx, ordinal: i32, revision: &Revision) -> Result<Created> {
+    let pod_name = format!("{}-{ordinal}", ctx.name);
+    if let Claims::Deleting(claim) = ensure_claims(ctx, ordinal)? {
+        ctx.cluster.log(
+            LogLevel::Debug,
+            &format!(
+                "pod {}/{pod_name} waits: claim {claim} is being deleted",
+                ctx.ns
+            ),
+        );
+        return Ok(Created::ClaimDeleting);
+    }
+    let pod = new_pod(ctx, ordinal, revision);
     match ctx.cluster.create(ctx.ns, &pod) {
         Ok(p) => {
             let _ = ctx.cluster.record_event(
@@ -543,7 +702,7 @@ fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod
                 ),
                 COMPONENT,
             );
-            Ok(Some(p))
+            Ok(Created::Pod(Box::new(p)))
         }
         Err(ApiError::AlreadyExists(_)) => {
             ctx.cluster.log(
@@ -553,7 +712,7 @@ fn create_pod(ctx: &Ctx, ordinal: i32, revision: &Revision) -> Result<Option<Pod
                     ctx.ns
                 ),
             );
-            Ok(None)
+            Ok(Created::Exists)
         }
         Err(e) => {
             let _ = ctx.cluster.record_event(

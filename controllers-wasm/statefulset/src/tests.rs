@@ -422,37 +422,273 @@ fn revision_name_collisions_bump_the_count() {
     );
 }
 
-#[test]
-fn claims_become_node_local_volumes_pinned_to_their_node() {
+/// A StatefulSet of `replicas` with claim template `data` (and a template volume of that name,
+/// which the claim replaces).
+fn setup_claims(replicas: i32, policy: &str) -> FakeCluster {
     let fake = FakeCluster::new();
-    let mut s = sts_json(1, "OrderedReady");
-    s["spec"]["volumeClaimTemplates"] = json!([{"metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"]}}]);
-    s["spec"]["template"]["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
+    let mut s = sts_json(replicas, policy);
+    s["spec"]["volumeClaimTemplates"] = json!([{
+        "metadata": {"name": "data", "labels": {"tier": "db"}, "annotations": {"note": "kept"}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "1Gi"}},
+            "selector": {"matchLabels": {"disk": "ssd"}}}}]);
+    s["spec"]["template"]["spec"]["volumes"] = json!([
+        {"name": "data", "emptyDir": {}}, {"name": "scratch", "emptyDir": {}}]);
     fake.create_object("apps/v1", "StatefulSet", "ns", &s)
         .unwrap();
+    fake.clear_writes();
+    fake
+}
+
+fn claim_names(fake: &FakeCluster) -> Vec<String> {
+    fake.list::<PersistentVolumeClaim>("ns", "")
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect()
+}
+
+/// The claim each `persistentVolumeClaim` volume of the pod names, by volume name.
+fn pod_claims(fake: &FakeCluster, name: &str) -> Vec<(String, String)> {
+    let spec = pod(fake, name).unwrap().spec.unwrap();
+    spec.volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| Some((v.name, v.persistent_volume_claim?.claim_name)))
+        .collect()
+}
+
+#[test]
+fn claims_are_made_from_the_templates_before_their_pods() {
+    let fake = setup_claims(1, "OrderedReady");
     run(&fake);
-    let p = pod(&fake, "web-0").unwrap();
-    let spec = p.spec.unwrap();
-    let vols = spec.volumes.unwrap();
-    assert_eq!(vols.len(), 1);
-    let hp = vols[0].host_path.as_ref().unwrap();
-    assert_eq!(hp.path, "/var/lib/kedge/volumes/ns/data-web-0");
-    assert_eq!(hp.type_.as_deref(), Some("DirectoryOrCreate"));
+    // The claim first, then the pod.
+    let order: Vec<(Verb, String)> = fake
+        .writes()
+        .into_iter()
+        .filter(|w| w.verb == Verb::Create && w.kind != "ControllerRevision" && w.kind != "Event")
+        .map(|w| (w.verb, w.name))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            (Verb::Create, "data-web-0".to_string()),
+            (Verb::Create, "web-0".to_string())
+        ]
+    );
+    let c = fake
+        .get::<PersistentVolumeClaim>("ns", "data-web-0")
+        .unwrap()
+        .unwrap();
+    let labels = labels_of(&c.metadata);
+    assert_eq!(
+        (labels["tier"].as_str(), labels["app"].as_str()),
+        ("db", "web")
+    );
+    assert_eq!(c.metadata.annotations.unwrap()["note"], "kept");
     assert!(
-        spec.node_name.is_none(),
-        "the first pod is scheduled freely"
+        c.metadata.owner_references.is_none(),
+        "claims are retained: no owner"
+    );
+    let spec = serde_json::to_value(c.spec.unwrap()).unwrap();
+    assert_eq!(
+        spec,
+        json!({"accessModes": ["ReadWriteOnce"], "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": "1Gi"}},
+            "selector": {"matchLabels": {"disk": "ssd"}}}),
+        "the template's spec as is: the API fills in the default class"
+    );
+    assert!(
+        events(&fake)
+            .contains(&"create Claim data-web-0 Pod web-0 in StatefulSet web success".into())
     );
 
-    fake.bind_pod("ns", "web-0", "node-a").unwrap();
-    run(&fake);
-    let annotations = stored(&fake).metadata.annotations.unwrap();
-    assert_eq!(annotations[VOLUME_NODES_ANNOTATION], r#"{"0":"node-a"}"#);
+    // The pod mounts it under the template's name, in place of the template volume of that
+    // name; nothing ties it to a node.
+    let p = pod(&fake, "web-0").unwrap();
+    let spec = p.spec.unwrap();
+    assert!(spec.node_name.is_none() && spec.affinity.is_none());
+    let vols = spec.volumes.unwrap();
+    assert_eq!(vols.len(), 2, "{vols:?}");
+    assert!(vols.iter().all(|v| v.host_path.is_none()));
+    assert!(
+        vols.iter()
+            .any(|v| v.name == "scratch" && v.empty_dir.is_some())
+    );
+    assert_eq!(
+        pod_claims(&fake, "web-0"),
+        [("data".to_string(), "data-web-0".to_string())]
+    );
 
-    fake.delete::<Pod>("ns", "web-0").unwrap();
+    // Once made, a claim is not made again.
+    fake.clear_writes();
     run(&fake);
-    let again = pod(&fake, "web-0").unwrap();
-    assert_eq!(again.spec.unwrap().node_name.as_deref(), Some("node-a"));
+    assert_eq!(fake.count(Verb::Create, "PersistentVolumeClaim"), 0);
+}
+
+#[test]
+fn each_ordinal_gets_its_own_claims() {
+    let fake = setup_claims(3, "OrderedReady");
+    let mut s = fake.object("apps/v1", "StatefulSet", "ns", "web").unwrap();
+    s["spec"]["volumeClaimTemplates"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"metadata": {"name": "logs"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast",
+                "resources": {"requests": {"storage": "100Mi"}}}}));
+    fake.seed_json(s);
+    converge(&fake);
+    assert_eq!(
+        claim_names(&fake),
+        [
+            "data-web-0",
+            "data-web-1",
+            "data-web-2",
+            "logs-web-0",
+            "logs-web-1",
+            "logs-web-2"
+        ]
+    );
+    assert_eq!(fake.count(Verb::Create, "PersistentVolumeClaim"), 6);
+    let logs = fake
+        .get::<PersistentVolumeClaim>("ns", "logs-web-2")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        logs.spec.unwrap().storage_class_name.as_deref(),
+        Some("fast")
+    );
+    for i in 0..3 {
+        let mut got = pod_claims(&fake, &format!("web-{i}"));
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("data".to_string(), format!("data-web-{i}")),
+                ("logs".to_string(), format!("logs-web-{i}"))
+            ]
+        );
+    }
+}
+
+#[test]
+fn scale_down_and_deletion_keep_claims_and_scale_up_reuses_them() {
+    let fake = setup_claims(3, "OrderedReady");
+    converge(&fake);
+    let uid = |n: &str| {
+        fake.get::<PersistentVolumeClaim>("ns", n)
+            .unwrap()
+            .unwrap()
+            .metadata
+            .uid
+    };
+    let before: Vec<_> = ["data-web-1", "data-web-2"].map(uid).into();
+
+    patch_spec(&fake, json!({"replicas": 1}));
+    fake.clear_writes();
+    converge(&fake);
+    assert_eq!(names(&fake), ["web-0"]);
+    assert_eq!(fake.count(Verb::Delete, "PersistentVolumeClaim"), 0);
+    assert_eq!(
+        claim_names(&fake),
+        ["data-web-0", "data-web-1", "data-web-2"]
+    );
+
+    // Scaled up again: the same claims, under the same pods.
+    patch_spec(&fake, json!({"replicas": 3}));
+    converge(&fake);
+    assert_eq!(names(&fake), ["web-0", "web-1", "web-2"]);
+    assert_eq!(fake.count(Verb::Create, "PersistentVolumeClaim"), 0);
+    assert_eq!(
+        pod_claims(&fake, "web-2"),
+        [("data".to_string(), "data-web-2".to_string())]
+    );
+    let after: Vec<_> = ["data-web-1", "data-web-2"].map(uid).into();
+    assert_eq!(before, after);
+
+    // The StatefulSet goes (its pods go by garbage collection, not simulated): the claims
+    // stay, and nothing owns them.
+    fake.delete::<StatefulSet>("ns", "web").unwrap();
+    fake.clear_writes();
+    run(&fake);
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    let claims = fake.list::<PersistentVolumeClaim>("ns", "").unwrap();
+    assert_eq!(claims.len(), 3);
+    assert!(claims.iter().all(|c| c.metadata.owner_references.is_none()));
+}
+
+/// Claim `data-web-<ordinal>`, held by a finalizer, then deleted: it stays, being deleted.
+fn deleting_claim(fake: &FakeCluster, ordinal: i32) {
+    let name = format!("data-web-{ordinal}");
+    fake.seed_json(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "ns",
+            "finalizers": ["kubernetes.io/pvc-protection"]},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}));
+    fake.delete::<PersistentVolumeClaim>("ns", &name).unwrap();
+}
+
+fn drop_finalizers(fake: &FakeCluster, ordinal: i32) {
+    fake.patch_object(
+        "v1",
+        "PersistentVolumeClaim",
+        "ns",
+        &format!("data-web-{ordinal}"),
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_claim_being_deleted_holds_its_pod_back_until_it_is_gone() {
+    let fake = setup_claims(1, "OrderedReady");
+    deleting_claim(&fake, 0);
+    for _ in 0..2 {
+        assert_eq!(
+            outcome(&fake).requeue_after_ms,
+            Some(CLAIM_POLL_MS),
+            "claims do not enqueue the StatefulSet: it polls"
+        );
+        assert!(names(&fake).is_empty());
+    }
+    drop_finalizers(&fake, 0);
+    assert!(claim_names(&fake).is_empty());
+    run(&fake);
+    assert_eq!(names(&fake), ["web-0"]);
+    let c = fake
+        .get::<PersistentVolumeClaim>("ns", "data-web-0")
+        .unwrap()
+        .unwrap();
+    assert!(c.metadata.deletion_timestamp.is_none());
+}
+
+#[test]
+fn parallel_creates_the_other_ordinals_while_one_claim_is_deleted() {
+    let fake = setup_claims(3, "Parallel");
+    deleting_claim(&fake, 1);
+    assert_eq!(outcome(&fake).requeue_after_ms, Some(CLAIM_POLL_MS));
+    assert_eq!(names(&fake), ["web-0", "web-2"]);
+    drop_finalizers(&fake, 1);
+    run(&fake);
+    assert_eq!(names(&fake), ["web-0", "web-1", "web-2"]);
+}
+
+#[test]
+fn a_pending_pod_gets_back_a_claim_it_lost() {
+    let fake = setup_claims(2, "OrderedReady");
+    run(&fake);
+    // web-0 Pending; its claim deleted by hand (no finalizer in the fake: gone at once).
+    fake.delete::<PersistentVolumeClaim>("ns", "data-web-0")
+        .unwrap();
+    run(&fake);
+    assert_eq!(claim_names(&fake), ["data-web-0"]);
+    // A running pod's lost claim is not re-made (Kubernetes leaves it too).
+    make_ready(&fake, "web-0");
+    converge(&fake);
+    fake.delete::<PersistentVolumeClaim>("ns", "data-web-0")
+        .unwrap();
+    fake.clear_writes();
+    run(&fake);
+    assert_eq!(fake.count(Verb::Create, "PersistentVolumeClaim"), 0);
 }
 
 #[test]
@@ -625,4 +861,255 @@ fn scale_down_lets_a_fresh_pod_become_available_first() {
     fake.set_now("2025-01-01T00:00:10Z");
     assert_eq!(outcome(&fake), Outcome::done());
     assert_eq!(names(&fake), ["web-0"]);
+}
+
+#[test]
+fn max_unavailable_scales_percentages_down_and_is_at_least_one() {
+    let pct = |s: &str| Some(IntOrString::String(s.into()));
+    // (maxUnavailable, replicas, pods)
+    let cases = [
+        (None, 5, 1),
+        (Some(IntOrString::Int(1)), 3, 1),
+        (Some(IntOrString::Int(2)), 5, 2),
+        // More than there are replicas: a count, not capped.
+        (Some(IntOrString::Int(3)), 0, 3),
+        (pct("40%"), 5, 2),
+        (pct("100%"), 5, 5),
+        // Rounded down, as Kubernetes' controller does (2.5 -> 2)...
+        (pct("10%"), 25, 2),
+        (pct("50%"), 5, 2),
+        // ...but never below 1, so an update always moves.
+        (pct("10%"), 5, 1),
+        (pct("50%"), 0, 1),
+        // What the API refuses, should it be stored anyway: the default.
+        (Some(IntOrString::Int(0)), 5, 1),
+        (Some(IntOrString::Int(-2)), 5, 1),
+        (pct("5"), 5, 1),
+        (pct("%"), 5, 1),
+        (pct("-5%"), 5, 1),
+    ];
+    for (value, replicas, want) in cases {
+        assert_eq!(
+            max_unavailable(value.as_ref(), replicas),
+            want,
+            "{value:?} of {replicas}"
+        );
+    }
+}
+
+/// A StatefulSet of `replicas` pods with `rollingUpdate` as given, all Running and available
+/// (Ready since long before the fake's clock).
+fn setup_rolling(
+    replicas: i32,
+    policy: &str,
+    rolling: Value,
+    min_ready_seconds: Option<i32>,
+) -> FakeCluster {
+    let fake = FakeCluster::new();
+    let mut s = sts_json(replicas, policy);
+    s["spec"]["updateStrategy"]["rollingUpdate"] = rolling;
+    if let Some(m) = min_ready_seconds {
+        s["spec"]["minReadySeconds"] = json!(m);
+    }
+    fake.create_object("apps/v1", "StatefulSet", "ns", &s)
+        .unwrap();
+    for _ in 0..=replicas {
+        let _ = outcome(&fake);
+        for n in names(&fake) {
+            if pod(&fake, &n).is_some_and(|p| !healthy(&p)) {
+                ready_since(&fake, &n, Some("2024-01-01T00:00:00Z"));
+            }
+        }
+    }
+    assert_eq!(outcome(&fake), Outcome::done(), "{policy}");
+    assert_eq!(counts(&fake), (Some(replicas), Some(replicas)), "{policy}");
+    fake
+}
+
+fn update_to_v2(fake: &FakeCluster) {
+    patch_spec(
+        fake,
+        json!({"template": {"spec": {"containers": [{"name": "hello", "image": "hello:v2"}]}}}),
+    );
+    fake.clear_writes();
+}
+
+/// The pods deleted since the last call, in order.
+fn deleted(fake: &FakeCluster) -> Vec<String> {
+    let d = fake
+        .writes()
+        .into_iter()
+        .filter(|w| w.verb == Verb::Delete && w.kind == "Pod")
+        .map(|w| w.name)
+        .collect();
+    fake.clear_writes();
+    d
+}
+
+/// The pods on the new template.
+fn on_v2(fake: &FakeCluster) -> Vec<String> {
+    names(fake)
+        .into_iter()
+        .filter(|n| pod(fake, n).is_some_and(|p| image(&p) == "hello:v2"))
+        .collect()
+}
+
+#[test]
+fn max_unavailable_replaces_that_many_pods_at_once_highest_first() {
+    for policy in ["Parallel", "OrderedReady"] {
+        let ordered = policy == "OrderedReady";
+        let fake = setup_rolling(
+            5,
+            policy,
+            json!({"partition": 0, "maxUnavailable": 2}),
+            None,
+        );
+        update_to_v2(&fake);
+        run(&fake);
+        assert_eq!(deleted(&fake), ["web-4", "web-3"], "{policy}");
+
+        // They come back on the new template (OrderedReady: in order, each ready first);
+        // while they are not available, nothing else goes.
+        run(&fake);
+        if ordered {
+            assert_eq!(on_v2(&fake), ["web-3"]);
+            run(&fake);
+            assert!(deleted(&fake).is_empty());
+            make_ready(&fake, "web-3");
+            run(&fake);
+        }
+        assert_eq!(on_v2(&fake), ["web-3", "web-4"], "{policy}");
+        run(&fake);
+        assert!(deleted(&fake).is_empty(), "{policy}");
+        make_ready(&fake, "web-3");
+        if ordered {
+            make_ready(&fake, "web-4");
+            run(&fake);
+            assert_eq!(deleted(&fake), ["web-2", "web-1"]);
+            run(&fake);
+            assert_eq!(on_v2(&fake), ["web-1", "web-3", "web-4"]);
+            make_ready(&fake, "web-1");
+            run(&fake);
+        } else {
+            // One of the two is back: one more may go (the budget is a window, as in
+            // Kubernetes), then the next as soon as the other is back.
+            run(&fake);
+            assert_eq!(deleted(&fake), ["web-2"]);
+            make_ready(&fake, "web-4");
+            run(&fake);
+            assert_eq!(deleted(&fake), ["web-1"]);
+            run(&fake);
+        }
+        assert_eq!(
+            on_v2(&fake),
+            ["web-1", "web-2", "web-3", "web-4"],
+            "{policy}"
+        );
+        // web-0 waits for web-1 and web-2, then the rollout completes.
+        run(&fake);
+        assert!(deleted(&fake).is_empty(), "{policy}");
+        make_ready(&fake, "web-1");
+        make_ready(&fake, "web-2");
+        run(&fake);
+        assert_eq!(deleted(&fake), ["web-0"], "{policy}");
+        run(&fake);
+        make_ready(&fake, "web-0");
+        run(&fake);
+        assert_eq!(on_v2(&fake).len(), 5, "{policy}");
+        let st = status(&fake);
+        assert_eq!(st.current_revision, st.update_revision, "{policy}");
+        assert_eq!(st.updated_replicas, Some(5), "{policy}");
+    }
+}
+
+#[test]
+fn max_unavailable_stops_at_the_partition_and_counts_pods_below_it() {
+    for policy in ["Parallel", "OrderedReady"] {
+        // 60% of 5 = 3, but only web-3 and web-4 are at or above the partition.
+        let fake = setup_rolling(
+            5,
+            policy,
+            json!({"partition": 3, "maxUnavailable": "60%"}),
+            None,
+        );
+        update_to_v2(&fake);
+        run(&fake);
+        assert_eq!(deleted(&fake), ["web-4", "web-3"], "{policy}");
+        for _ in 0..4 {
+            run(&fake);
+            for n in ["web-3", "web-4"] {
+                if pod(&fake, n).is_some() {
+                    make_ready(&fake, n);
+                }
+            }
+        }
+        run(&fake);
+        assert!(deleted(&fake).is_empty(), "{policy}");
+        assert_eq!(on_v2(&fake), ["web-3", "web-4"], "{policy}");
+
+        // An unavailable pod below the partition takes its share of the budget: with
+        // maxUnavailable 2 and web-0 not ready, one pod at a time.
+        let fake = setup_rolling(
+            5,
+            policy,
+            json!({"partition": 1, "maxUnavailable": 2}),
+            None,
+        );
+        update_to_v2(&fake);
+        set_phase(&fake, "web-0", "Running", false);
+        fake.clear_writes();
+        let _ = outcome(&fake);
+        if policy == "OrderedReady" {
+            // OrderedReady waits for web-0 before anything else.
+            assert!(deleted(&fake).is_empty());
+            continue;
+        }
+        assert_eq!(deleted(&fake), ["web-4"], "{policy}");
+    }
+}
+
+#[test]
+fn max_unavailable_waits_for_replaced_pods_to_be_available() {
+    // Parallel: the rolling update's own count is what waits (OrderedReady's ordinal wait is
+    // tested above).
+    let fake = setup_rolling(
+        5,
+        "Parallel",
+        json!({"partition": 0, "maxUnavailable": 2}),
+        Some(30),
+    );
+    update_to_v2(&fake);
+    run(&fake);
+    assert_eq!(deleted(&fake), ["web-4", "web-3"]);
+    run(&fake);
+    ready_since(&fake, "web-3", Some("2025-01-01T00:00:00Z"));
+    ready_since(&fake, "web-4", Some("2025-01-01T00:00:00Z"));
+    // Ready but not yet available: nobody else goes, and the reconcile comes back when
+    // they are.
+    for (now, requeue) in [
+        ("2025-01-01T00:00:00Z", 30_000),
+        ("2025-01-01T00:00:29Z", 1_000),
+    ] {
+        fake.set_now(now);
+        assert_eq!(outcome(&fake).requeue_after_ms, Some(requeue), "at {now}");
+        assert!(deleted(&fake).is_empty(), "at {now}");
+        assert_eq!(counts(&fake), (Some(5), Some(3)), "at {now}");
+    }
+    fake.set_now("2025-01-01T00:00:30Z");
+    assert_eq!(outcome(&fake), Outcome::done());
+    assert_eq!(deleted(&fake), ["web-2", "web-1"]);
+}
+
+#[test]
+fn without_max_unavailable_parallel_updates_one_pod_at_a_time() {
+    let fake = setup_rolling(3, "Parallel", json!({"partition": 0}), None);
+    update_to_v2(&fake);
+    run(&fake);
+    assert_eq!(deleted(&fake), ["web-2"]);
+    run(&fake);
+    run(&fake);
+    assert!(deleted(&fake).is_empty());
+    make_ready(&fake, "web-2");
+    run(&fake);
+    assert_eq!(deleted(&fake), ["web-1"]);
 }

@@ -173,6 +173,18 @@ impl Client {
         .await
     }
 
+    /// A strategic merge patch: lists with a merge key (a pod's conditions, by type) are
+    /// merged item by item, not replaced.
+    pub async fn strategic_patch(&self, path: &str, body: &Value) -> Result<Value> {
+        self.call(
+            http::Method::PATCH,
+            path,
+            "application/strategic-merge-patch+json",
+            Some(body),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str, body: &Value) -> Result<Value> {
         self.call(http::Method::DELETE, path, "application/json", Some(body))
             .await

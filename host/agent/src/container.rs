@@ -257,6 +257,10 @@ async fn prepare(
     c: &Value,
     dirs: &spec::PodDirs,
 ) -> Result<(Prepared, String, Option<String>, objects::Pins), Failure> {
+    // Claims become the directories of their volumes (crate::claims).
+    let pod = &crate::claims::resolve(&ctx.client, pod)
+        .await
+        .map_err(Failure::config)?;
     let image = c["image"].as_str().unwrap_or_default();
     // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
     let refs = objects::container_refs(pod, c);
@@ -359,7 +363,7 @@ async fn prepare(
             if let Some(why) = non_root_violation(pod, c, user.as_deref()) {
                 return Err(Failure::config(why));
             }
-            let mounts = mounts
+            let mut mounts: Vec<Mount> = mounts
                 .into_iter()
                 .map(|m| Mount {
                     destination: m.destination,
@@ -369,6 +373,31 @@ async fn prepare(
                     },
                 })
                 .collect();
+            // The termination message file: empty at each start, read when the run ends.
+            let message_file = termination_file(dirs, c);
+            let fresh = message_file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&message_file, b""))
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    // Written by the container's user, whoever that is.
+                    std::fs::set_permissions(&message_file, std::fs::Permissions::from_mode(0o666))
+                });
+            fresh.map_err(|e| {
+                Failure::create(format!("creating the termination message file: {e}"))
+            })?;
+            mounts.push(Mount {
+                destination: c["terminationMessagePath"]
+                    .as_str()
+                    .filter(|p| p.starts_with('/'))
+                    .unwrap_or("/dev/termination-log")
+                    .to_string(),
+                source: MountSource::Bind {
+                    path: message_file,
+                    read_only: false,
+                },
+            });
             let store = ctx.puller.store().clone();
             let for_unpack = img.clone();
             let rootfs = tokio::task::spawn_blocking(move || store.rootfs(&for_unpack))
@@ -560,6 +589,52 @@ fn security(pod: &Value, c: &Value) -> kedge_runtime::oci::Security {
     }
 }
 
+/// Where an OCI container's termination message file lives on the node.
+fn termination_file(dirs: &spec::PodDirs, c: &Value) -> PathBuf {
+    dirs.disk
+        .join(c["name"].as_str().unwrap_or_default())
+        .join("termination-log")
+}
+
+/// kubelet's termination message: the file at `terminationMessagePath` (OCI: at most 4 KiB),
+/// or with `terminationMessagePolicy: FallbackToLogsOnError` and a failed run and no file
+/// message, the log's last 80 lines (at most 2 KiB).
+async fn termination_message(
+    c: &Value,
+    dirs: &spec::PodDirs,
+    oci: bool,
+    code: i32,
+    log: &std::path::Path,
+) -> Option<String> {
+    const FILE_MAX: usize = 4096;
+    const LOG_MAX: usize = 2048;
+    if oci {
+        let bytes = tokio::fs::read(termination_file(dirs, c))
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(FILE_MAX)]).to_string();
+        if !text.is_empty() {
+            return Some(text);
+        }
+    }
+    if code == 0 || c["terminationMessagePolicy"] != "FallbackToLogsOnError" {
+        return None;
+    }
+    use futures_util::StreamExt as _;
+    let opts = kedge_runtime::logs::LogOptions {
+        tail_lines: Some(80),
+        ..Default::default()
+    };
+    let mut text = Vec::new();
+    let mut stream = std::pin::pin!(kedge_runtime::logs::read(log.to_path_buf(), opts, None));
+    while let Some(Ok(chunk)) = stream.next().await {
+        text.extend_from_slice(&chunk);
+    }
+    let tail = &text[text.len().saturating_sub(LOG_MAX)..];
+    let tail = String::from_utf8_lossy(tail).to_string();
+    (!tail.is_empty()).then_some(tail)
+}
+
 /// A container's `lifecycle.postStart` or `lifecycle.preStop` handler.
 fn hook(c: &Value, which: &str) -> Result<Option<Handler>, String> {
     let Some(h) = c
@@ -640,6 +715,20 @@ pub(super) struct Slot {
     /// Record how the run ended when it is stopped (a sidecar stopped after the app
     /// containers: its end is part of the pod's status, not the end of the pod).
     pub record_stop: bool,
+    /// The pod as last seen in the API: a new image for the container restarts it with
+    /// that image (the one part of a pod's containers an update may change).
+    pub latest: watch::Receiver<Value>,
+}
+
+/// The image of container `name` in `pod`, in `containers` or `initContainers`.
+fn image_in(pod: &Value, name: &str) -> Option<String> {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|l| pod.pointer(&format!("/spec/{l}")).and_then(Value::as_array))
+        .flatten()
+        .find(|c| c["name"].as_str() == Some(name))
+        .and_then(|c| c["image"].as_str())
+        .map(String::from)
 }
 
 /// Runs the container of `slot` until it is stopped (`cancel`) or, by its restart policy, it
@@ -647,19 +736,20 @@ pub(super) struct Slot {
 pub(super) async fn run_container(
     ctx: &Ctx,
     pod: &Value,
-    c: &Value,
+    spec: &Value,
     slot: Slot,
     run: &Arc<PodRun>,
     cancel: CancellationToken,
     grace: watch::Receiver<Duration>,
 ) {
-    let name = c["name"].as_str().unwrap_or_default().to_string();
-    let image = c["image"].as_str().unwrap_or_default().to_string();
+    let name = spec["name"].as_str().unwrap_or_default().to_string();
     let Slot {
         index: i,
         restart,
         record_stop,
+        latest,
     } = slot;
+    let mut current = spec.clone();
     let (ns, pod_name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
     let dirs = crate::pods::pod_dirs(ctx, pod);
     let dir = dirs.disk.join(&name);
@@ -667,7 +757,7 @@ pub(super) async fn run_container(
         memory_limit,
         cpu_limit_millis,
         cpu_shares,
-    } = Resources::of(c);
+    } = Resources::of(spec);
     let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
     let mut setup_failures = 0u32;
     // Continued from the node's record when the agent restarted (see `container_counts`).
@@ -677,6 +767,12 @@ pub(super) async fn run_container(
         if cancel.is_cancelled() {
             return;
         }
+        // The container as the pod now has it (its image may have been updated).
+        if let Some(img) = image_in(&latest.borrow(), &name) {
+            current["image"] = Value::String(img);
+        }
+        let c = &current;
+        let image = c["image"].as_str().unwrap_or_default().to_string();
         let prepared = match (hook(c, "postStart"), hook(c, "preStop"), Probes::of(c)) {
             (Ok(post), Ok(pre), Ok(probes)) => prepare(ctx, pod, c, &dirs)
                 .await
@@ -734,6 +830,7 @@ pub(super) async fn run_container(
             continue;
         }
         let log_path = dir.join(format!("{restart_count}.log"));
+        let run_log = log_path.clone();
         // The log exists before the container is reported Running: `kubectl logs` right
         // after that must read an empty log, not fail because the runtime (still compiling a
         // Wasm module, say) has not opened it yet.
@@ -757,6 +854,8 @@ pub(super) async fn run_container(
         // run's output for `kubectl attach`.
         let (attach, stdin) = kedge_runtime::stdio::channel(stdio_mode(c));
         let (attach, stdin) = (Some(attach), Some(stdin));
+        let memory_gauge = matches!(prepared, Prepared::Wasm { .. })
+            .then(kedge_runtime::wasm::MemoryGauge::default);
         let wasm_target = match &prepared {
             Prepared::Wasm {
                 workload,
@@ -786,6 +885,7 @@ pub(super) async fn run_container(
                     .then(|| runc_id(uid, &name, restart_count)),
                 wasm: wasm_target.clone(),
                 stdin: attach,
+                memory: memory_gauge.clone(),
             },
         );
         ctx.events
@@ -800,8 +900,10 @@ pub(super) async fn run_container(
         let started_at = ctx.now();
         let started = Instant::now();
         {
-            let (image_id, started_at) = (image_id.clone(), started_at.clone());
+            let (image_id, started_at, image) =
+                (image_id.clone(), started_at.clone(), image.clone());
             run.update(ctx, i, move |r| {
+                r.image = image;
                 r.started(image_id, restart_count, started_at)
             })
             .await;
@@ -822,7 +924,8 @@ pub(super) async fn run_container(
             Some(Handler::Exec(argv)) if oci => (Some(argv), None),
             other => (None, other),
         };
-        let (post_start, agent_post_start) = split(post_start);
+        // postStart always runs in the agent, which then lets the pod's next container start.
+        let (agent_post_start, post_start) = (post_start, None);
         let (pre_stop, agent_pre_stop) = split(pre_stop);
         // The run stops when `run_cancel` fires. Asking it to stop (`stop`: the pod stopping,
         // a failed probe or postStart hook) runs the agent's preStop hook first, within the
@@ -933,8 +1036,11 @@ pub(super) async fn run_container(
                         .await;
                     no_pre_stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     stop.cancel();
+                    return std::future::pending::<()>().await;
                 }
             }
+            // Started, hook and all: the pod's next container may start (kubelet's order).
+            run.note(i, move |r| r.post_start_done(restart_count)).await;
             std::future::pending::<()>().await;
         };
         let run_future = async {
@@ -951,6 +1057,7 @@ pub(super) async fn run_container(
                         log_path,
                         memory_limit,
                         dirs,
+                        memory_in_use: memory_gauge.clone(),
                     };
                     ctx.runtime
                         .run_with_stdin(&workload, spec, stdin, run_cancel.clone())
@@ -1013,11 +1120,38 @@ pub(super) async fn run_container(
         };
         // The forwarding comes first, so a deletion's grace period is in place before the run
         // sees the cancellation that comes with it.
+        // A new image in the pod: this run stops and the container starts again with it.
+        let redefined = std::sync::atomic::AtomicBool::new(false);
+        let image_changed = async {
+            let mut pods = latest.clone();
+            loop {
+                if pods.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                let now = image_in(&pods.borrow_and_update(), &name);
+                if now.is_some_and(|img| img != image) {
+                    break;
+                }
+            }
+            ctx.events
+                .pod(
+                    pod,
+                    Some(&name),
+                    Kind::Normal,
+                    "Killing",
+                    &format!("Container {name} definition changed, will be restarted"),
+                )
+                .await;
+            redefined.store(true, std::sync::atomic::Ordering::Relaxed);
+            stop.cancel();
+            std::future::pending::<()>().await;
+        };
         let exit = tokio::select! {
             biased;
             () = forward_grace => unreachable!("pending forever"),
             () = stopper => unreachable!("pending forever"),
             () = post_start_hook => unreachable!("pending forever"),
+            () = image_changed => unreachable!("pending forever"),
             exit = run_future => exit,
         };
         drop(probing);
@@ -1037,6 +1171,11 @@ pub(super) async fn run_container(
             ),
             Err(e) => (128, "Error".to_string(), Some(e.clone())),
         };
+        // What the container left in its termination message file, else (with
+        // `FallbackToLogsOnError`, after a failure) the end of its log.
+        let message = termination_message(c, &dirs, oci, code, &run_log)
+            .await
+            .or(message);
         tracing::info!(container = %name, pod = %pod_name, code, %reason, "container exited");
         let end = Termination {
             exit_code: code,
@@ -1048,6 +1187,13 @@ pub(super) async fn run_container(
         if cancel.is_cancelled() {
             run.update(ctx, i, move |r| r.exited_for_good(end)).await;
             return;
+        }
+        if redefined.load(std::sync::atomic::Ordering::Relaxed) && !cancel.is_cancelled() {
+            // Restarted at once with its new definition, whatever the restart policy.
+            restart_count += 1;
+            run.update(ctx, i, move |r| r.exited_to_restart(end, restart_count))
+                .await;
+            continue;
         }
         if should_restart(restart, code) {
             if kedge_runtime::restart::resets_backoff(started.elapsed()) {

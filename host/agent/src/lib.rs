@@ -2,12 +2,14 @@
 //! registers its Node, renews its Lease, runs the pods bound to it and reports their status,
 //! and serves their logs back through the tunnel.
 
+mod claims;
 mod client;
 mod container;
 mod container_counts;
 mod downward;
 mod env;
 mod events;
+mod eviction;
 mod kubelet;
 mod node;
 mod objects;
@@ -20,6 +22,7 @@ mod spec;
 mod status;
 mod stream;
 
+pub use eviction::Thresholds as EvictionThresholds;
 pub use node::Taint;
 pub use refresh::OBJECT_REFRESH;
 
@@ -71,6 +74,8 @@ pub struct AgentConfig {
     /// How often the node's copies of Secrets and ConfigMaps are refreshed and the volumes of
     /// running pods updated from them ([`OBJECT_REFRESH`] unless a test wants it quicker).
     pub object_refresh: Duration,
+    /// Node-pressure eviction thresholds (`--eviction-hard`, kubelet's defaults).
+    pub eviction_hard: EvictionThresholds,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -88,6 +93,8 @@ struct LogHandle {
     /// The current run's stdin (open with `stdin: true`) and its live output, for
     /// `kubectl attach`.
     stdin: Option<kedge_runtime::stdio::Attach>,
+    /// The linear memory a Wasm container's run holds (OCI containers: their cgroup).
+    memory: Option<kedge_runtime::wasm::MemoryGauge>,
 }
 
 type ContainerId = (String, String, String);
@@ -120,7 +127,11 @@ struct Shared {
     /// `host:port` of the API server (what in-cluster clients are pointed at).
     api_server: String,
     /// When each pod's ServiceAccount token is due for renewal, by pod uid.
-    sa_tokens: tokio::sync::Mutex<HashMap<String, chrono::DateTime<chrono::Utc>>>,
+    sa_tokens: Mutex<HashMap<String, sa_token::Due>>,
+    /// The pods node-pressure eviction may pick, by uid.
+    evictable: eviction::Registry,
+    /// Node-pressure thresholds (also what the Node's pressure conditions report).
+    eviction_hard: EvictionThresholds,
 }
 
 impl Shared {
@@ -220,7 +231,9 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         logs,
         clock,
         api_server: cfg.server.clone(),
-        sa_tokens: tokio::sync::Mutex::default(),
+        sa_tokens: Mutex::default(),
+        evictable: eviction::Registry::default(),
+        eviction_hard: cfg.eviction_hard.clone(),
     });
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(node_loop(
@@ -237,6 +250,16 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     let events = shared.clone();
     let stop = cancel.clone();
     tasks.spawn(async move { events.events.flush_loop(stop).await });
+    tasks.spawn(eviction::eviction_loop(
+        shared.clone(),
+        cfg.eviction_hard.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(claims::cleanup_loop(
+        shared.client.clone(),
+        shared.node.clone(),
+        cancel.clone(),
+    ));
     tasks.spawn(container::image_gc_loop(
         shared.clone(),
         cfg.image_store_max_bytes,
@@ -354,6 +377,7 @@ mod tests {
                 runc_id: None,
                 wasm: None,
                 stdin: None,
+                memory: None,
             },
         );
         let router = kubelet_router(Arc::new(Kubelet {
@@ -387,7 +411,7 @@ mod tests {
     fn pressure_is_sensed_on_a_real_filesystem() {
         let dir = tempfile::tempdir().unwrap();
         // This machine has memory and disk to spare; the point is that sensing works.
-        let p = sense_pressure(dir.path());
+        let p = sense_pressure(dir.path(), &Default::default());
         assert!(!p.memory, "{p:?}");
         let conds = node_conditions(
             "t",

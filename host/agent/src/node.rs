@@ -175,7 +175,7 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
         "status": {
             "capacity": capacity,
             "allocatable": capacity,
-            "conditions": node_conditions(now, now, sense_pressure(&ctx.data_dir)),
+            "conditions": node_conditions(now, now, sense_pressure(&ctx.data_dir, &ctx.eviction_hard)),
             "images": node_images(ctx.puller.store()),
             "addresses": [
                 {"type": "InternalIP", "address": ctx.host_ip},
@@ -214,13 +214,13 @@ fn runtime_version(ctx: &Shared) -> String {
 /// Resource pressure as kubelet's default hard eviction thresholds define it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Pressure {
-    /// `memory.available` < 100 MiB.
+    /// `memory.available` below its eviction threshold.
     pub(crate) memory: bool,
-    /// `nodefs.available` < 10 % on the agent's data filesystem.
+    /// `nodefs.available` (the agent's data filesystem) below its eviction threshold.
     pub(crate) disk: bool,
 }
 
-fn mem_available_bytes() -> Option<u64> {
+pub(crate) fn mem_available_bytes() -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
         m.lines()
             .find(|l| l.starts_with("MemAvailable:"))
@@ -230,11 +230,17 @@ fn mem_available_bytes() -> Option<u64> {
     })
 }
 
-pub(crate) fn sense_pressure(data_dir: &std::path::Path) -> Pressure {
-    let memory = mem_available_bytes().is_some_and(|b| b < 100 << 20);
-    let disk = rustix::fs::statvfs(data_dir)
-        .is_ok_and(|st| st.f_blocks > 0 && (st.f_bavail as f64) < 0.10 * st.f_blocks as f64);
-    Pressure { memory, disk }
+/// The node's conditions follow its eviction thresholds, as kubelet's do.
+pub(crate) fn sense_pressure(
+    data_dir: &std::path::Path,
+    thresholds: &crate::eviction::Thresholds,
+) -> Pressure {
+    let crossed = crate::eviction::observe_all(thresholds, data_dir);
+    let has = |s| crossed.iter().any(|c| c.starved == s);
+    Pressure {
+        memory: has(crate::eviction::Starved::Memory),
+        disk: has(crate::eviction::Starved::Disk),
+    }
 }
 
 pub(crate) fn node_conditions(now: &str, since: &str, pressure: Pressure) -> Value {
@@ -413,7 +419,7 @@ pub(crate) async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: C
                         &json!({"status": {"conditions": node_conditions(
                             &now,
                             &since,
-                            sense_pressure(&ctx.data_dir),
+                            sense_pressure(&ctx.data_dir, &ctx.eviction_hard),
                         ), "images": images}}),
                     )
                     .await

@@ -387,6 +387,12 @@ impl PodRun {
         self.write(ctx, &mut last, status).await;
     }
 
+    /// Changes a record in what the status does not show (no write), waking what waits.
+    pub(crate) async fn note(&self, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
+        f(&mut self.records.lock().await[i]);
+        self.changes.send_modify(|n| *n += 1);
+    }
+
     fn facts(&self) -> status::PodFacts {
         self.facts.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -470,10 +476,26 @@ impl PodRun {
 
     pub(crate) async fn write(&self, ctx: &Ctx, last: &mut Value, status: Value) {
         let path = format!("{}/status", Shared::pod_path(&self.ns, &self.name));
-        let res = ctx
-            .client
-            .merge_patch(&path, &json!({"status": status}))
-            .await;
+        let gates = self.facts().gates;
+        let res = if gates.is_empty() {
+            ctx.client
+                .merge_patch(&path, &json!({"status": status}))
+                .await
+        } else {
+            // The readiness gates' conditions belong to others: they are left out, and the
+            // agent's own conditions merged by type, so a gate set meanwhile is not undone.
+            let mut status = status;
+            if let Some(conds) = status["conditions"].as_array_mut() {
+                conds.retain(|c| {
+                    !c["type"]
+                        .as_str()
+                        .is_some_and(|t| gates.iter().any(|g| g == t))
+                });
+            }
+            ctx.client
+                .strategic_patch(&path, &json!({"status": status}))
+                .await
+        };
         let landed = match res {
             Ok(p) => {
                 *last = p["status"].clone();
@@ -577,7 +599,7 @@ async fn run_pod(
                 .flatten()
                 .filter_map(|g| g["conditionType"].as_str().map(String::from))
                 .collect(),
-            deadline_exceeded: false,
+            ended: None,
         }),
     });
     tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
@@ -594,6 +616,7 @@ async fn run_pod(
     };
     // What stops the containers: the pod stopping, or its active deadline.
     let stop_all = cancel.child_token();
+    let pods_seen = latest.clone();
     let mut sidecars: Vec<(CancellationToken, tokio::task::JoinHandle<()>)> = Vec::new();
     let body = async {
         for (i, c) in init.iter().enumerate() {
@@ -607,6 +630,7 @@ async fn run_pod(
                     index: i,
                     restart: RestartPolicy::Always,
                     record_stop: true,
+                    latest: pods_seen.clone(),
                 };
                 let (ctx2, pod2, c2, run2, stop2, grace2) = (
                     ctx.clone(),
@@ -621,7 +645,10 @@ async fn run_pod(
                 });
                 sidecars.push((stop, handle));
                 if !run
-                    .wait_until(|r| r[i].is_started() || r[i].completed(), &stop_all)
+                    .wait_until(
+                        |r| (r[i].is_started() && r[i].post_started) || r[i].completed(),
+                        &stop_all,
+                    )
                     .await
                 {
                     return;
@@ -631,6 +658,7 @@ async fn run_pod(
                     index: i,
                     restart: init_policy,
                     record_stop: false,
+                    latest: pods_seen.clone(),
                 };
                 container::run_container(ctx, &pod, c, slot, &run, stop_all.clone(), grace.clone())
                     .await;
@@ -646,8 +674,9 @@ async fn run_pod(
                 index: n_init + j,
                 restart: policy,
                 record_stop: false,
+                latest: pods_seen.clone(),
             };
-            let (ctx, pod, c, run, cancel, grace) = (
+            let (ctx, pod, c, run2, cancel, grace) = (
                 ctx.clone(),
                 pod.clone(),
                 c.clone(),
@@ -656,10 +685,31 @@ async fn run_pod(
                 grace.clone(),
             );
             set.spawn(async move {
-                container::run_container(&ctx, &pod, &c, slot, &run, cancel, grace).await
+                container::run_container(&ctx, &pod, &c, slot, &run2, cancel, grace).await
             });
+            // In order, each once the previous one runs with its postStart hook done (or
+            // failed), as kubelet starts them.
+            let k = n_init + j;
+            if !run.wait_until(|r| r[k].lets_next_start(), &stop_all).await {
+                break;
+            }
         }
         while set.join_next().await.is_some() {}
+    };
+    // Node-pressure eviction may pick it while its containers run.
+    let evictable = Arc::new(crate::eviction::Evictable {
+        pod: pod.clone(),
+        evict: CancellationToken::new(),
+        why: std::sync::Mutex::new(None),
+    });
+    ctx.evictable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(meta::uid(&pod).to_string(), evictable.clone());
+    let evicted = async {
+        evictable.evict.cancelled().await;
+        stop_all.cancel();
+        std::future::pending::<()>().await;
     };
     // The pod as the API changes it: readiness gates' conditions, the active deadline.
     let deadline_hit = std::sync::atomic::AtomicBool::new(false);
@@ -690,15 +740,33 @@ async fn run_pod(
         () = body => {}
         () = run.retry_unsynced(ctx, &never, true) => {}
         () = follow => {}
+        () = evicted => {}
         () = crate::sa_token::keep_fresh(ctx, &pod, &dirs) => {}
     }
-    crate::sa_token::forget(ctx, meta::uid(&pod)).await;
-    if deadline_hit.load(std::sync::atomic::Ordering::Relaxed) && !cancel.is_cancelled() {
-        deadline_exceeded(ctx, &pod, &run).await;
+    crate::sa_token::forget(ctx, meta::uid(&pod));
+    ctx.evictable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(meta::uid(&pod));
+    if !cancel.is_cancelled() {
+        if deadline_hit.load(std::sync::atomic::Ordering::Relaxed) {
+            let message = "Pod was active on the node longer than the specified deadline";
+            end_pod(ctx, &pod, &run, "DeadlineExceeded", message.into()).await;
+        } else if evictable.evict.is_cancelled() {
+            let why = evictable
+                .why
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            end_pod(ctx, &pod, &run, "Evicted", why.unwrap_or_default()).await;
+        }
     }
-    // The app containers are done (or the pod is stopping): the sidecars go, last first.
-    for (stop, handle) in sidecars.into_iter().rev() {
+    // The app containers are done (or the pod is stopping): the sidecars go, together, so
+    // the pod's grace period bounds them all.
+    for (stop, _) in &sidecars {
         stop.cancel();
+    }
+    for (_, handle) in sidecars {
         let _ = handle.await;
     }
     // The containers' last word (Succeeded, Failed) must reach the API too.
@@ -726,29 +794,24 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-/// The pod outlived its `activeDeadlineSeconds`: its containers were stopped; it fails with
-/// kubelet's reason, message and Event.
-async fn deadline_exceeded(ctx: &Ctx, pod: &Value, run: &PodRun) {
-    const MESSAGE: &str = "Pod was active on the node longer than the specified deadline";
-    tracing::info!(pod = %run.name, "active deadline exceeded");
+/// The node ended the pod: its containers were stopped; it fails with kubelet's `reason`,
+/// `message` and Warning Event (the active deadline ran out, or it was evicted).
+async fn end_pod(ctx: &Ctx, pod: &Value, run: &PodRun, reason: &str, message: String) {
+    tracing::info!(pod = %run.name, reason, %message, "the node ended the pod");
     ctx.events
-        .pod(
-            pod,
-            None,
-            events::Kind::Warning,
-            "DeadlineExceeded",
-            MESSAGE,
-        )
+        .pod(pod, None, events::Kind::Warning, reason, &message)
         .await;
-    run.facts
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .deadline_exceeded = true;
+    run.facts.lock().unwrap_or_else(|p| p.into_inner()).ended = Some((reason.into(), message));
     let now = ctx.now();
     let n = run.records.lock().await.len();
+    let container_reason = match reason {
+        "Evicted" => "Error",
+        other => other,
+    };
     for i in 0..n {
         let now = now.clone();
-        run.update(ctx, i, move |r| r.deadline_exceeded(now)).await;
+        run.update(ctx, i, move |r| r.ended_by_node(container_reason, now))
+            .await;
     }
 }
 

@@ -55,9 +55,35 @@ async fn wanted(ctx: &Ctx, pod: &Value) -> bool {
     }
 }
 
+/// How long after a failed renewal the next try comes.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// When a pod's token is due for renewal; one lock per pod, held across its renewal.
+pub(crate) type Due = std::sync::Arc<tokio::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>>;
+
+fn due_of(ctx: &Shared, uid: &str) -> Due {
+    ctx.sa_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(uid.to_string())
+        .or_default()
+        .clone()
+}
+
+/// Why no token was had.
+enum Failure {
+    /// The server could not be reached: the pod starts without one (an offline node runs
+    /// its pods), and it comes when the link does.
+    Unreachable(String),
+    /// The server said no (no such ServiceAccount, say): the container waits.
+    Refused(String),
+}
+
 /// The mount of the pod's token directory for its containers, after making sure the token
-/// there is fresh; `None` when the pod gets none. A token that cannot be renewed (the server
-/// unreachable) is kept while it lasts; with none at all, the container cannot start yet.
+/// there is fresh; `None` when the pod gets none. A token that cannot be renewed is kept
+/// while it lasts. With none at all and the server unreachable (a node restarted offline),
+/// the directory holds `ca.crt` and `namespace` and the token follows once the server
+/// answers; a refusal from the server keeps the container from starting.
 pub(crate) async fn mount(
     ctx: &Ctx,
     pod: &Value,
@@ -66,20 +92,25 @@ pub(crate) async fn mount(
     if !wanted(ctx, pod).await {
         return Ok(None);
     }
-    let uid = meta::uid(pod).to_string();
     let dir = dir(dirs);
-    let mut due = ctx.sa_tokens.lock().await;
+    let slot = due_of(ctx, meta::uid(pod));
+    let mut due = slot.lock().await;
     let now = (ctx.clock)();
-    let fresh = due.get(&uid).is_some_and(|at| now < *at) && dir.join("token").exists();
+    let has_token = dir.join("token").exists();
+    let fresh = due.is_some_and(|at| now < at) && has_token;
     if !fresh {
         match refresh(ctx, pod, dirs).await {
-            Ok(at) => {
-                due.insert(uid, at);
-            }
-            Err(e) if dir.join("token").exists() => {
+            Ok(at) => *due = Some(at),
+            Err(Failure::Unreachable(e) | Failure::Refused(e)) if has_token => {
                 tracing::info!(pod = %meta::name(pod), error = %e, "service account token not renewed; keeping the current one");
+                *due = Some(now + chrono::Duration::from_std(RETRY).unwrap_or_default());
             }
-            Err(e) => return Err(format!("service account token: {e}")),
+            Err(Failure::Unreachable(e)) => {
+                tracing::info!(pod = %meta::name(pod), error = %e, "no service account token yet: the server is unreachable");
+                write_files(ctx, pod, dirs, None).await?;
+                *due = Some(now + chrono::Duration::from_std(RETRY).unwrap_or_default());
+            }
+            Err(Failure::Refused(e)) => return Err(format!("service account token: {e}")),
         }
     }
     Ok(Some(MountPlan {
@@ -91,20 +122,18 @@ pub(crate) async fn mount(
 
 /// Renews the pod's token when it is due, for as long as the pod runs.
 pub(crate) async fn keep_fresh(ctx: &Ctx, pod: &Value, dirs: &PodDirs) {
-    const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
-    let uid = meta::uid(pod).to_string();
+    if !wanted(ctx, pod).await {
+        return std::future::pending().await;
+    }
+    let slot = due_of(ctx, meta::uid(pod));
     loop {
-        let wait = {
-            let due = ctx.sa_tokens.lock().await;
-            match due.get(&uid) {
-                Some(at) => (*at - (ctx.clock)()).to_std().unwrap_or_default(),
-                // No token (none wanted, or none had yet): look again later.
-                None => RETRY * 6,
-            }
+        let at = *slot.lock().await;
+        let wait = match at {
+            Some(at) => (at - (ctx.clock)()).to_std().unwrap_or_default(),
+            None => RETRY,
         };
         tokio::time::sleep(wait.max(std::time::Duration::from_secs(1))).await;
-        let has = ctx.sa_tokens.lock().await.contains_key(&uid);
-        if has && let Err(e) = mount(ctx, pod, dirs).await {
+        if let Err(e) = mount(ctx, pod, dirs).await {
             tracing::debug!(pod = %meta::name(pod), error = %e, "renewing the service account token");
             tokio::time::sleep(RETRY).await;
         }
@@ -112,8 +141,11 @@ pub(crate) async fn keep_fresh(ctx: &Ctx, pod: &Value, dirs: &PodDirs) {
 }
 
 /// Forgets a pod's renewal time (its directory goes with the pod's).
-pub(crate) async fn forget(ctx: &Shared, uid: &str) {
-    ctx.sa_tokens.lock().await.remove(uid);
+pub(crate) fn forget(ctx: &Shared, uid: &str) {
+    ctx.sa_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(uid);
 }
 
 /// Asks for a token bound to the pod and writes it with `ca.crt` and `namespace`; returns
@@ -122,7 +154,7 @@ async fn refresh(
     ctx: &Ctx,
     pod: &Value,
     dirs: &PodDirs,
-) -> Result<chrono::DateTime<chrono::Utc>, String> {
+) -> Result<chrono::DateTime<chrono::Utc>, Failure> {
     let ns = meta::namespace(pod);
     let path = format!(
         "/api/v1/namespaces/{ns}/serviceaccounts/{}/token",
@@ -141,13 +173,14 @@ async fn refresh(
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.code().is_none() => return Err(Failure::Unreachable(e.to_string())),
+            Err(e) => return Err(Failure::Refused(e.to_string())),
         }
     };
     let token = answer
         .pointer("/status/token")
         .and_then(Value::as_str)
-        .ok_or("the TokenRequest answer has no token")?
+        .ok_or_else(|| Failure::Refused("the TokenRequest answer has no token".into()))?
         .to_string();
     let now = (ctx.clock)();
     let expires = answer
@@ -157,9 +190,24 @@ async fn refresh(
         .map_or(now + chrono::Duration::seconds(EXPIRATION_SECONDS), |t| {
             t.with_timezone(&chrono::Utc)
         });
+    write_files(ctx, pod, dirs, Some(token))
+        .await
+        .map_err(Failure::Refused)?;
+    // Renewed once 80 % of its life is gone, as kubelet does.
+    let life = (expires - now).num_seconds().max(0);
+    Ok(now + chrono::Duration::seconds(life * 8 / 10))
+}
+
+/// Writes `ca.crt`, `namespace` and (when there is one) `token` into the pod's directory.
+async fn write_files(
+    ctx: &Ctx,
+    pod: &Value,
+    dirs: &PodDirs,
+    token: Option<String>,
+) -> Result<(), String> {
     let ca = std::fs::read(ctx.data_dir.join("tunnel").join("ca.crt"))
         .map_err(|e| format!("reading the cluster CA: {e}"))?;
-    let files = vec![
+    let mut files = vec![
         VolumeFile {
             path: "ca.crt".into(),
             bytes: ca,
@@ -167,27 +215,27 @@ async fn refresh(
         },
         VolumeFile {
             path: "namespace".into(),
-            bytes: ns.as_bytes().to_vec(),
-            mode: 0o644,
-        },
-        VolumeFile {
-            path: "token".into(),
-            bytes: token.into_bytes(),
+            bytes: meta::namespace(pod).as_bytes().to_vec(),
             mode: 0o644,
         },
     ];
+    if let Some(token) = token {
+        files.push(VolumeFile {
+            path: "token".into(),
+            bytes: token.into_bytes(),
+            mode: 0o644,
+        });
+    }
     let (dirs, dir) = (dirs.clone(), dir(dirs));
     ctx.volumes
-        .with_pod(meta::uid(pod), now, move |w| {
+        .with_pod(meta::uid(pod), (ctx.clock)(), move |w| {
             dirs.prepare()
                 .map_err(|e| format!("creating the pod's directories: {e}"))?;
             w.write(&dir, &files, true)
+                .map(|_| ())
                 .map_err(|e| format!("writing {}: {e}", dir.display()))
         })
-        .await??;
-    // Renewed once 80 % of its life is gone, as kubelet does.
-    let life = (expires - now).num_seconds().max(0);
-    Ok(now + chrono::Duration::seconds(life * 8 / 10))
+        .await?
 }
 
 /// `KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT` and the Docker-link style

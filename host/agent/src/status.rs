@@ -98,6 +98,8 @@ pub struct ContainerRecord {
     pub probe_started: bool,
     /// This run's readiness probe passes (or there is none).
     pub probe_ready: bool,
+    /// This run's postStart hook is done (or there is none): the next container may start.
+    pub post_started: bool,
 }
 
 impl ContainerRecord {
@@ -115,6 +117,7 @@ impl ContainerRecord {
             has_readiness: false,
             probe_started: true,
             probe_ready: true,
+            post_started: false,
         }
     }
 
@@ -157,6 +160,24 @@ impl ContainerRecord {
         // Each run is probed afresh.
         self.probe_started = !self.has_startup;
         self.probe_ready = !self.has_readiness;
+        self.post_started = false;
+    }
+
+    /// Run `run`'s postStart hook is done (or it has none).
+    pub(crate) fn post_start_done(&mut self, run: u32) {
+        if run == self.restart_count && matches!(self.state, ContainerState::Running { .. }) {
+            self.post_started = true;
+        }
+    }
+
+    /// Whether the container lets the pod's next one start: it runs and its postStart hook
+    /// is done, or it is not going to (it failed, waits in back-off, or ended).
+    pub(crate) fn lets_next_start(&self) -> bool {
+        match self.state {
+            ContainerState::ImagePull => false,
+            ContainerState::Running { .. } => self.post_started,
+            _ => true,
+        }
     }
 
     /// A probe's result flipped for run `run` (a result for an earlier run is stale and
@@ -172,9 +193,10 @@ impl ContainerRecord {
         }
     }
 
-    /// The pod's active deadline stopped the container: a container that had not ended is
-    /// terminated (exit 137, as killed), one that never started stays as it was.
-    pub(crate) fn deadline_exceeded(&mut self, now: String) {
+    /// The node ended the pod (active deadline, eviction): a container that had not ended
+    /// is terminated with `reason` (exit 137, as killed), one that never started stays as it
+    /// was.
+    pub(crate) fn ended_by_node(&mut self, reason: &str, now: String) {
         let started_at = match &self.state {
             ContainerState::Running { started_at } => started_at.clone(),
             ContainerState::BackOff { .. } => now.clone(),
@@ -182,7 +204,7 @@ impl ContainerRecord {
         };
         self.state = ContainerState::Done {
             exit_code: 137,
-            reason: "DeadlineExceeded".into(),
+            reason: reason.into(),
             message: None,
             started_at,
             finished_at: now,
@@ -332,8 +354,9 @@ pub struct PodFacts {
     /// `spec.readinessGates`' condition types: Ready also needs each of them True in the
     /// pod's conditions (which others write).
     pub gates: Vec<String>,
-    /// `activeDeadlineSeconds` ran out: the pod failed.
-    pub deadline_exceeded: bool,
+    /// The node ended the pod (its active deadline ran out, it was evicted): the pod failed
+    /// with this reason and message.
+    pub ended: Option<(String, String)>,
 }
 
 /// Why a readiness gate holds the pod back (kubelet's words), if it does.
@@ -361,7 +384,7 @@ pub fn pod_status(
     host_ip: &str,
     now: &str,
 ) -> Value {
-    let phase = if facts.deadline_exceeded {
+    let phase = if facts.ended.is_some() {
         "Failed"
     } else {
         phase(records)
@@ -387,9 +410,9 @@ pub fn pod_status(
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now);
     }
-    if facts.deadline_exceeded {
-        status["reason"] = json!("DeadlineExceeded");
-        status["message"] = json!("Pod was active on the node longer than the specified deadline");
+    if let Some((reason, message)) = &facts.ended {
+        status["reason"] = json!(reason);
+        status["message"] = json!(message);
     }
     let gates: Vec<String> = facts
         .gates
@@ -449,6 +472,16 @@ pub fn pod_status(
     };
     kedge_core::meta::set_condition(&mut obj, "Ready", ready, reason, msg.as_deref(), now);
     set(&mut obj, "PodScheduled", true, None, None);
+    if let Some((reason, message)) = facts.ended.as_ref().filter(|(r, _)| r == "Evicted") {
+        let _ = reason;
+        set(
+            &mut obj,
+            "DisruptionTarget",
+            true,
+            Some("TerminationByKubelet"),
+            Some(message),
+        );
+    }
     let statuses = |role: fn(&ContainerRecord) -> bool| -> Vec<Value> {
         records
             .iter()

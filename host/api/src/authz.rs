@@ -9,7 +9,11 @@
 //! - create and update its own Node (and its status) and its own Lease in `kube-node-lease`;
 //!   read Nodes, Services, Endpoints and Namespaces;
 //! - create and update Events;
-//! - get the ServiceAccounts its pods use, and request tokens bound to its pods for them.
+//! - get the ServiceAccounts its pods use, and request tokens bound to its pods for them;
+//! - get the PersistentVolumeClaims its pods use and the volumes bound to them; list, watch
+//!   and update — only to drop finalizers — the local-path volumes labelled
+//!   `kedge.io/local-path-node=<name>` (its agent removes their directories and clean-up
+//!   finalizer).
 //!
 //! Everything else is refused with 403, worded as kube-apiserver words it. Other identities
 //! are not restricted here: masters not at all, everyone else by RBAC ([`super::rbac`]).
@@ -184,6 +188,17 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
                 )))
             }
         }
+        ("", "PersistentVolumeClaim") => {
+            let name = r.name.unwrap_or_default();
+            if verb == "get" && claim_used_on(api, node, r.namespace, name) {
+                Ok(())
+            } else {
+                Err(refuse(&format!(
+                    "no relationship found between node {node:?} and this object"
+                )))
+            }
+        }
+        ("", "PersistentVolume") => persistent_volume(api, node, r, verb).map_err(|w| refuse(&w)),
         ("", "Event") => {
             if matches!(
                 verb,
@@ -227,6 +242,94 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
         ("", "Service" | "Endpoints" | "Namespace") if reads => Ok(()),
         _ => Err(refuse("not allowed for nodes")),
     }
+}
+
+/// A node's access to PersistentVolumes: get those its pods' claims are bound to; list,
+/// watch, get and update (only to drop the clean-up finalizer) the local-path volumes labelled
+/// with its name (a list or watch must select exactly that label). Nothing else.
+fn persistent_volume(api: &Api, node: &str, r: &Request<'_>, verb: &str) -> Result<(), String> {
+    let label = format!("kedge.io/local-path-node={node}");
+    let no = || format!("no relationship found between node {node:?} and this object");
+    match verb {
+        "list" | "watch" => {
+            if r.query.get("labelSelector").map(|s| s.trim()) == Some(label.as_str()) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "a node may only {verb} the persistentvolumes labelled {label}"
+                ))
+            }
+        }
+        "get" | "update" => {
+            if r.sub.is_some() {
+                return Err(no());
+            }
+            let name = r.name.unwrap_or_default();
+            let Some(res) = resources::by_kind("v1", "PersistentVolume") else {
+                return Err(no());
+            };
+            let Ok(pv) = api.get(res, "", name) else {
+                return Err(no());
+            };
+            let labelled = pv
+                .pointer("/metadata/labels/kedge.io~1local-path-node")
+                .and_then(Value::as_str)
+                == Some(node);
+            let claimed = verb == "get"
+                && pv.pointer("/spec/claimRef").is_some_and(|c| {
+                    claim_used_on(
+                        api,
+                        node,
+                        c["namespace"].as_str().unwrap_or_default(),
+                        c["name"].as_str().unwrap_or_default(),
+                    )
+                });
+            // An update only drops finalizers (the clean-up one): a node may not rebind,
+            // relabel or change the reclaim policy of a volume.
+            let stays = verb == "get"
+                || serde_json::from_slice::<Value>(r.body)
+                    .ok()
+                    .is_some_and(|b| only_drops_finalizers(&pv, &b));
+            if (labelled || claimed) && stays {
+                Ok(())
+            } else {
+                Err(no())
+            }
+        }
+        _ => Err("not allowed for nodes".into()),
+    }
+}
+
+/// Whether `new` is `old` less some finalizers, as far as a node's update could change it.
+fn only_drops_finalizers(old: &Value, new: &Value) -> bool {
+    let same = |p: &str| old.pointer(p) == new.pointer(p);
+    let kept = |o: &Value| {
+        o.pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let before = kept(old);
+    same("/spec")
+        && same("/metadata/labels")
+        && same("/metadata/annotations")
+        && same("/metadata/ownerReferences")
+        && kept(new).iter().all(|f| before.contains(f))
+}
+
+/// Whether a pod bound to `node` in `ns` mounts the claim `name`.
+fn claim_used_on(api: &Api, node: &str, ns: &str, name: &str) -> bool {
+    pods_on(api, node, ns).iter().any(|p| {
+        p.pointer("/spec/volumes")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|v| {
+                v.pointer("/persistentVolumeClaim/claimName")
+                    .and_then(Value::as_str)
+                    == Some(name)
+            })
+    })
 }
 
 fn pods_res() -> &'static Resource {
@@ -459,5 +562,77 @@ mod tests {
             groups: vec!["system:masters".into()],
         };
         check(&api, &admin, get(("v1", "Secret"), "default", "pull-b")).unwrap();
+    }
+
+    /// A node reads and updates its own local-path volumes, and an update may only drop a
+    /// finalizer (its agent's clean-up), never rebind, relabel or change the reclaim policy.
+    #[test]
+    fn nodes_only_drop_finalizers_of_their_own_local_path_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let res = resources::by_kind("v1", "PersistentVolume").unwrap();
+        let mut volumes = Vec::new();
+        for (name, node) in [("mine", "n1"), ("theirs", "n2")] {
+            let pv = json!({"metadata": {"name": name,
+                    "labels": {"kedge.io/local-path-node": node},
+                    "finalizers": ["kedge.io/local-path-cleanup"]},
+                "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": format!("/s/{name}")}}});
+            volumes.push(api.create(res, "", pv, &WriteOptions::default()).unwrap());
+        }
+        let n1 = node("n1");
+        let pv = ("v1", "PersistentVolume");
+        let put = |name: &'static str, body: Value| Case {
+            method: Method::PUT,
+            body,
+            ..get(pv, "", name)
+        };
+        let list = |query: &'static [(&'static str, &'static str)]| Case {
+            name: None,
+            query,
+            ..get(pv, "", "")
+        };
+        check(&api, &n1, get(pv, "", "mine")).unwrap();
+        check(&api, &n1, get(pv, "", "theirs")).unwrap_err();
+        check(
+            &api,
+            &n1,
+            list(&[("labelSelector", "kedge.io/local-path-node=n1")]),
+        )
+        .unwrap();
+        check(&api, &n1, list(&[])).unwrap_err();
+        check(
+            &api,
+            &n1,
+            list(&[("labelSelector", "kedge.io/local-path-node=n2")]),
+        )
+        .unwrap_err();
+
+        let mut released = volumes[0].clone();
+        released["metadata"]["finalizers"] = json!([]);
+        check(&api, &n1, put("mine", released)).unwrap();
+        let changes: [fn(&mut Value); 4] = [
+            |v| v["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete"),
+            |v| v["spec"]["claimRef"] = json!({"namespace": "default", "name": "x"}),
+            |v| v["metadata"]["labels"]["kedge.io/local-path-node"] = json!("n2"),
+            |v| v["metadata"]["finalizers"] = json!(["kedge.io/local-path-cleanup", "x"]),
+        ];
+        for change in changes {
+            let mut changed = volumes[0].clone();
+            change(&mut changed);
+            check(&api, &n1, put("mine", changed)).unwrap_err();
+        }
+        check(&api, &n1, put("theirs", volumes[1].clone())).unwrap_err();
+        check(
+            &api,
+            &n1,
+            Case {
+                method: Method::DELETE,
+                ..get(pv, "", "mine")
+            },
+        )
+        .unwrap_err();
     }
 }

@@ -392,6 +392,9 @@ impl Api {
         if res.group.is_empty() && res.kind == "Pod" {
             self.service_account_admission(ns, &mut obj);
         }
+        if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
+            self.default_storage_class_admission(&mut obj);
+        }
         kinds::on_create(res, &mut obj, &now);
         let managed = preset.unwrap_or_else(|| {
             let manager = opts.manager.as_deref();
@@ -449,6 +452,40 @@ impl Api {
             .filter(|s| s.as_array().is_some_and(|a| !a.is_empty()));
         if let Some(secrets) = secrets {
             spec.insert("imagePullSecrets".into(), secrets);
+        }
+    }
+
+    /// Kubernetes' `DefaultStorageClass` admission: a new claim that names no class (the field
+    /// absent, not `""`, which asks for no class) gets the default one, the newest if several
+    /// are marked; none marked leaves it unset.
+    fn default_storage_class_admission(&self, pvc: &mut Value) {
+        if pvc
+            .pointer("/spec/storageClassName")
+            .is_some_and(|c| !c.is_null())
+        {
+            return;
+        }
+        let Some(classes) = resources::by_kind("storage.k8s.io/v1", "StorageClass") else {
+            return;
+        };
+        let Ok(list) = self.list(classes, "", &Default::default()) else {
+            return;
+        };
+        let default = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| kinds::storageclass::is_default(c))
+            .max_by(|a, b| {
+                let created = |o: &Value| o.pointer("/metadata/creationTimestamp").cloned();
+                created(a)
+                    .map(|v| v.to_string())
+                    .cmp(&created(b).map(|v| v.to_string()))
+                    .then_with(|| meta::name(b).cmp(meta::name(a)))
+            });
+        if let (Some(c), Some(spec)) = (default, pvc.get_mut("spec").and_then(Value::as_object_mut))
+        {
+            spec.insert("storageClassName".into(), json!(meta::name(c)));
         }
     }
 

@@ -185,6 +185,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "serviceaccount",
     "namespace",
     "disruption",
+    "localpath",
 ];
 
 /// Whether a kind reference is the wildcard (`*`/`*`).

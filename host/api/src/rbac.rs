@@ -572,6 +572,8 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                 "configmaps",
                 "endpoints",
                 "events",
+                "persistentvolumeclaims",
+                "persistentvolumeclaims/status",
                 "pods",
                 "pods/log",
                 "pods/status",
@@ -632,6 +634,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
             &[
                 "configmaps",
                 "endpoints",
+                "persistentvolumeclaims",
                 "replicationcontrollers",
                 "replicationcontrollers/scale",
                 "secrets",
@@ -943,6 +946,55 @@ mod tests {
         };
         assert!(p.allows(&admin, &res("delete", "", "nodes", "", "", "n")));
         assert!(p.allows(&admin, &Attributes::non_resource("get", "/metrics")));
+    }
+
+    /// Kubernetes' `edit` and `admin` manage claims, `view` reads them (and their status);
+    /// none of them reaches PersistentVolumes or StorageClasses, which are cluster-scoped.
+    #[test]
+    fn user_facing_roles_cover_persistent_volume_claims() {
+        let (cluster_roles, _) = bootstrap_policy();
+        let role = |name: &str| {
+            cluster_roles
+                .iter()
+                .find(|r| r["metadata"]["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let bind_to = |name: &str| {
+            binding(
+                "RoleBinding",
+                Some("team"),
+                ("ClusterRole", name),
+                json!([{"kind": "ServiceAccount", "name": name}]),
+            )
+        };
+        let p = Policy::from_objects(
+            &[role("admin"), role("edit"), role("view")],
+            &[],
+            &[],
+            &[bind_to("admin"), bind_to("edit"), bind_to("view")],
+        );
+        let pvc = |verb: &str, sub: &str| res(verb, "", "persistentvolumeclaims", sub, "team", "c");
+        for who in ["admin", "edit"] {
+            let u = sa("team", who);
+            for verb in [
+                "create", "delete", "update", "patch", "get", "list", "watch",
+            ] {
+                assert!(p.allows(&u, &pvc(verb, "")), "{who} {verb}");
+            }
+        }
+        let view = sa("team", "view");
+        for verb in ["get", "list", "watch"] {
+            assert!(p.allows(&view, &pvc(verb, "")), "view {verb}");
+            assert!(p.allows(&view, &pvc(verb, "status")), "view {verb} status");
+        }
+        for verb in ["create", "delete", "update", "patch"] {
+            assert!(!p.allows(&view, &pvc(verb, "")), "view {verb}");
+        }
+        assert!(!p.allows(
+            &sa("team", "edit"),
+            &res("create", "", "persistentvolumes", "", "", "pv")
+        ));
     }
 
     #[test]

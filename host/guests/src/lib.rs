@@ -65,6 +65,11 @@ pub mod default_plugins {
         "/kedge_plugin_disruption.wasm"
     ));
 
+    pub(crate) const LOCAL_PATH: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_localpath.wasm"
+    ));
+
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
@@ -80,5 +85,6 @@ pub mod default_plugins {
         ("serviceaccount", SERVICE_ACCOUNT),
         ("namespace", NAMESPACE),
         ("disruption", DISRUPTION),
+        ("localpath", LOCAL_PATH),
     ];
 }

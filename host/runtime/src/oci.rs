@@ -249,6 +249,22 @@ impl OciRuntime {
         &self.version
     }
 
+    /// Bytes of memory container `id` uses now (its memory cgroup's usage), if known.
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
+        let dir = self
+            .cgroups
+            .memory_dir(&format!("{}/{}", self.cgroup_parent, id))?;
+        let file = match self.cgroups {
+            Cgroups::V1 { .. } => "memory.usage_in_bytes",
+            _ => "memory.current",
+        };
+        std::fs::read_to_string(dir.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Runs `argv` to its end in running container `id` (with the container's env, user and
     /// cwd), bounded by `timeout`: a probe. Ok when it exits 0; otherwise why, with its output.
     pub async fn exec_checked(

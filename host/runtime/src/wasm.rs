@@ -160,7 +160,13 @@ pub struct RunSpec {
     pub memory_limit: Option<u64>,
     /// Host directories the guest sees (WASI preopens): the pod's volumes.
     pub dirs: Vec<Preopen>,
+    /// Kept at the bytes of linear memory the guest holds (for the node's accounting:
+    /// eviction under memory pressure, metrics).
+    pub memory_in_use: Option<MemoryGauge>,
 }
+
+/// Bytes of linear memory a running guest holds.
+pub type MemoryGauge = std::sync::Arc<std::sync::atomic::AtomicU64>;
 
 /// A second instance of a running container's program, for `kubectl exec`.
 #[derive(Clone, Debug)]
@@ -280,9 +286,17 @@ struct MemoryCap {
     limits: StoreLimits,
     cap: Option<usize>,
     exceeded: bool,
+    gauge: Option<MemoryGauge>,
 }
 
 impl MemoryCap {
+    fn with_gauge(cap: Option<usize>, gauge: Option<MemoryGauge>) -> Self {
+        Self {
+            gauge,
+            ..Self::new(cap)
+        }
+    }
+
     fn new(cap: Option<usize>) -> Self {
         let mut builder = StoreLimitsBuilder::new().trap_on_grow_failure(true);
         if let Some(cap) = cap {
@@ -292,6 +306,7 @@ impl MemoryCap {
             limits: builder.build(),
             cap,
             exceeded: false,
+            gauge: None,
         }
     }
 }
@@ -306,7 +321,11 @@ impl ResourceLimiter for MemoryCap {
         if self.cap.is_some_and(|cap| desired > cap) {
             self.exceeded = true;
         }
-        self.limits.memory_growing(current, desired, maximum)
+        let grows = self.limits.memory_growing(current, desired, maximum)?;
+        if grows && let Some(g) = &self.gauge {
+            g.store(desired as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(grows)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -521,7 +540,7 @@ impl WasmRuntime {
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => Ok(Exit::Killed),
-            r = self.execute(workload, wasi, cap) => r,
+            r = self.execute(workload, wasi, cap, spec.memory_in_use.clone()) => r,
         };
         flush_partials(&[&stdout, &stderr]);
         match &outcome {
@@ -553,7 +572,7 @@ impl WasmRuntime {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => Ok(Exit::Killed),
-                r = rt.execute(&workload, wasi, cap) => r,
+                r = rt.execute(&workload, wasi, cap, None) => r,
             }
         });
         Ok(WasmExec {
@@ -571,6 +590,7 @@ impl WasmRuntime {
         workload: &Workload,
         mut wasi: WasiCtxBuilder,
         cap: Option<usize>,
+        gauge: Option<MemoryGauge>,
     ) -> Result<Exit> {
         let digest = workload.digest();
         let engine = &self.inner.engine;
@@ -578,7 +598,7 @@ impl WasmRuntime {
             Code::Module(module) => {
                 let state = P1State {
                     wasi: wasi.build_p1(),
-                    limits: MemoryCap::new(cap),
+                    limits: MemoryCap::with_gauge(cap, gauge.clone()),
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limits);
@@ -608,7 +628,7 @@ impl WasmRuntime {
                 let state = P2State {
                     ctx: wasi.build(),
                     table: ResourceTable::new(),
-                    limits: MemoryCap::new(cap),
+                    limits: MemoryCap::with_gauge(cap, gauge.clone()),
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limits);

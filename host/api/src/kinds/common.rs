@@ -95,3 +95,36 @@ pub(super) fn selector_change(old: &Value, new: &Value) -> Option<(String, Strin
     (old.pointer("/spec/selector") != new.pointer("/spec/selector"))
         .then(|| ("spec.selector".into(), "field is immutable".into()))
 }
+
+/// kube-apiserver's wording for a malformed percentage (`IsValidPercent`).
+pub(super) const PERCENT_MSG: &str = "a valid percent string must be a numeric string followed by an ending \
+     '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
+
+/// An int-or-percent as Go prints it in a cause: the number, or the string unquoted.
+pub(super) fn int_or_percent_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// The value of an int-or-percent (`getIntOrPercentValue`): the number, or the percentage
+/// without its sign; `None` when malformed (reported separately).
+pub(super) fn int_or_percent(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s
+            .strip_suffix('%')
+            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse().ok()),
+        _ => None,
+    }
+}
+
+/// `ValidatePositiveIntOrPercent`: a non-negative integer or a well-formed percentage.
+pub(super) fn positive_int_or_percent(v: &Value, field: &str, causes: &mut Vec<Cause>) {
+    let why = match v {
+        Value::Number(n) if n.as_i64().is_some_and(|n| n >= 0) => return,
+        Value::Number(_) => "must be greater than or equal to 0",
+        Value::String(_) if int_or_percent(v).is_some() => return,
+        _ => PERCENT_MSG,
+    };
+    causes.push(invalid_raw(field, &int_or_percent_text(v), why));
+}

@@ -4,7 +4,8 @@ use k8s_openapi::api::apps::v1 as apps;
 use serde_json::{Value, json};
 
 use super::common::{
-    ensure_object, ensure_object_value, invalid_raw, non_negative, selector_change,
+    ensure_object, ensure_object_value, int_or_percent, int_or_percent_text, invalid_raw,
+    non_negative, positive_int_or_percent, selector_change,
 };
 use super::podspec::{default_pod_spec, validate_workload};
 use super::table_fmt::{CREATED, Column, age, col, containers_and_images, i, name};
@@ -32,39 +33,6 @@ const ROLLOUT_FIELDS: [&str; 4] = [
     "/spec/progressDeadlineSeconds",
     "/spec/revisionHistoryLimit",
 ];
-
-/// kube-apiserver's wording for a malformed percentage (`IsValidPercent`).
-const PERCENT_MSG: &str = "a valid percent string must be a numeric string followed by an ending \
-     '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
-
-/// An int-or-percent as Go prints it in a cause: the number, or the string unquoted.
-fn int_or_percent_text(v: &Value) -> String {
-    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-}
-
-/// The value of an int-or-percent (`getIntOrPercentValue`): the number, or the percentage
-/// without its sign; `None` when malformed (reported separately).
-fn int_or_percent(v: &Value) -> Option<i64> {
-    match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s
-            .strip_suffix('%')
-            .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|p| p.parse().ok()),
-        _ => None,
-    }
-}
-
-/// `ValidatePositiveIntOrPercent`: a non-negative integer or a well-formed percentage.
-fn positive_int_or_percent(v: &Value, field: &str, causes: &mut Vec<Cause>) {
-    let why = match v {
-        Value::Number(n) if n.as_i64().is_some_and(|n| n >= 0) => return,
-        Value::Number(_) => "must be greater than or equal to 0",
-        Value::String(_) if int_or_percent(v).is_some() => return,
-        _ => PERCENT_MSG,
-    };
-    causes.push(invalid_raw(field, &int_or_percent_text(v), why));
-}
 
 /// kube-apiserver's `ValidateDeploymentSpec` checks of the rollout settings: the strategy
 /// (type, RollingUpdate budgets), minReadySeconds, progressDeadlineSeconds (above
@@ -325,11 +293,11 @@ mod tests {
             [
                 format!(
                     "spec.strategy.rollingUpdate.maxUnavailable: Invalid value: -5%: {}",
-                    super::PERCENT_MSG
+                    crate::kinds::common::PERCENT_MSG
                 ),
                 format!(
                     "spec.strategy.rollingUpdate.maxSurge: Invalid value: 5: {}",
-                    super::PERCENT_MSG
+                    crate::kinds::common::PERCENT_MSG
                 ),
             ]
         );

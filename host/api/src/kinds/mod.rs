@@ -46,6 +46,8 @@ mod job;
 mod lease;
 mod namespace;
 mod node;
+mod persistentvolume;
+pub(crate) mod persistentvolumeclaim;
 mod pod;
 mod poddisruptionbudget;
 mod rbac;
@@ -54,6 +56,7 @@ mod secret;
 mod service;
 mod serviceaccount;
 mod statefulset;
+pub(crate) mod storageclass;
 
 pub(crate) use namespace::NAMESPACE_FINALIZER;
 pub(crate) use table_fmt::Column;
@@ -147,6 +150,9 @@ pub fn rules(res: &Resource) -> &'static dyn KindRules {
         ("", "Endpoints") => &endpoints::Endpoints,
         ("", "ServiceAccount") => &serviceaccount::ServiceAccount,
         ("", "ReplicationController") => &replicaset::ReplicationController,
+        ("", "PersistentVolumeClaim") => &persistentvolumeclaim::PersistentVolumeClaim,
+        ("", "PersistentVolume") => &persistentvolume::PersistentVolume,
+        ("storage.k8s.io", "StorageClass") => &storageclass::StorageClass,
         ("apps", "ControllerRevision") => &controllerrevision::ControllerRevision,
         ("apps", "DaemonSet") => &daemonset::DaemonSet,
         ("apps", "Deployment") => &deployment::Deployment,

@@ -4,7 +4,10 @@
 use k8s_openapi::api::apps::v1 as apps;
 use serde_json::{Value, json};
 
-use super::common::{ensure_object, non_negative, one_of};
+use super::common::{
+    ensure_object, int_or_percent, int_or_percent_text, invalid_raw, non_negative, one_of,
+    positive_int_or_percent,
+};
 use super::podspec::{default_pod_spec, validate_workload};
 use super::table_fmt::{CREATED, Column, age, col, containers_and_images, i, name};
 use super::{KindRules, Typed, typed};
@@ -151,6 +154,9 @@ fn validate_statefulset(obj: &Value, causes: &mut Vec<Cause>) {
         );
         if let Some(ru) = st.get("rollingUpdate") {
             non_negative(ru, "partition", "spec.updateStrategy.rollingUpdate", causes);
+            if let Some(v) = ru.get("maxUnavailable").filter(|v| !v.is_null()) {
+                validate_max_unavailable(v, causes);
+            }
         }
     }
     non_negative(spec, "minReadySeconds", "spec", causes);
@@ -182,6 +188,28 @@ fn validate_statefulset(obj: &Value, causes: &mut Vec<Cause>) {
                 });
             }
         }
+    }
+}
+
+/// kube-apiserver's `validateRollingUpdateStatefulSet` for `maxUnavailable`: a positive
+/// integer or a percentage in (0%, 100%]. Zero is judged as Go's `getIntOrPercentValue` reads
+/// the value: a string that is no percentage counts as the integer it spells, else 0, so "abc"
+/// is also "cannot be 0".
+fn validate_max_unavailable(v: &Value, causes: &mut Vec<Cause>) {
+    let at = "spec.updateStrategy.rollingUpdate.maxUnavailable";
+    positive_int_or_percent(v, at, causes);
+    let value = int_or_percent(v)
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    if value == 0 {
+        causes.push(invalid_raw(at, &int_or_percent_text(v), "cannot be 0"));
+    }
+    if v.is_string() && int_or_percent(v).is_some_and(|p| p > 100) {
+        causes.push(invalid_raw(
+            at,
+            &int_or_percent_text(v),
+            "must not be greater than 100%",
+        ));
     }
 }
 
@@ -217,5 +245,70 @@ mod tests {
         assert!(c[0].message.starts_with(
             "Forbidden: updates to statefulset spec for fields other than 'replicas'"
         ));
+    }
+
+    #[test]
+    fn max_unavailable_is_validated_as_kube_apiserver_does() {
+        let res = by_kind("apps/v1", "StatefulSet").unwrap();
+        let check = |max: Value| {
+            let mut s = json!({"metadata": {"name": "web"}, "spec": {
+                "serviceName": "web",
+                "selector": {"matchLabels": {"app": "web"}},
+                "updateStrategy": {"type": "RollingUpdate",
+                    "rollingUpdate": {"partition": 0, "maxUnavailable": max}},
+                "template": pod_template(json!({"app": "web"}), "Always")}});
+            default(res, &mut s);
+            validate(res, &s)
+                .into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        let at = "spec.updateStrategy.rollingUpdate.maxUnavailable";
+        let pct = crate::kinds::common::PERCENT_MSG;
+        // Accepted (and no longer refused as unsupported).
+        for ok in [
+            json!(1),
+            json!(3),
+            json!("1%"),
+            json!("40%"),
+            json!("100%"),
+            json!(null),
+        ] {
+            assert!(check(ok.clone()).is_empty(), "{ok}");
+        }
+        let cases: [(Value, Vec<String>); 6] = [
+            (
+                json!(0),
+                vec![format!("{at}: Invalid value: 0: cannot be 0")],
+            ),
+            (
+                json!("0%"),
+                vec![format!("{at}: Invalid value: 0%: cannot be 0")],
+            ),
+            (
+                json!(-1),
+                vec![format!(
+                    "{at}: Invalid value: -1: must be greater than or equal to 0"
+                )],
+            ),
+            (
+                json!("150%"),
+                vec![format!(
+                    "{at}: Invalid value: 150%: must not be greater than 100%"
+                )],
+            ),
+            // Not a percentage: Go reads "5" as 5, "abc" as 0.
+            (json!("5"), vec![format!("{at}: Invalid value: 5: {pct}")]),
+            (
+                json!("abc"),
+                vec![
+                    format!("{at}: Invalid value: abc: {pct}"),
+                    format!("{at}: Invalid value: abc: cannot be 0"),
+                ],
+            ),
+        ];
+        for (max, want) in cases {
+            assert_eq!(check(max.clone()), want, "{max}");
+        }
     }
 }

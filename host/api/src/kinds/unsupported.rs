@@ -5,7 +5,8 @@
 //!
 //! Like kube-apiserver's ratcheting validation, a rule applies to an update only when the
 //! update changes the value it checks, so an object stored before kedge refused a field can
-//! still be scaled, relabelled and deleted.
+//! still be scaled, relabelled and deleted; and what a controller creates from its owner's
+//! template (checked when the owner was stored) is not checked again.
 
 use serde_json::Value;
 
@@ -31,6 +32,12 @@ fn pod_spec_at(kind: &str) -> Option<&'static str> {
 /// Adds a cause for every unsupported field of `obj` (an object of `res`) that `old` did not
 /// already have with the same value.
 pub(super) fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    // What a controller makes (a ReplicaSet's pods, a Deployment's ReplicaSets) comes from its
+    // owner's template, checked when the owner was stored: a workload stored before a rule
+    // existed keeps making its pods (refusing them would stop it replacing lost pods).
+    if old.is_none() && controlled(obj) {
+        return;
+    }
     let mut c = Check { obj, old, causes };
     if let Some(at) = pod_spec_at(res.kind) {
         pod_spec(&mut c, at);
@@ -48,6 +55,13 @@ pub(super) fn check(res: &Resource, obj: &Value, old: Option<&Value>, causes: &m
         "Service" => service(&mut c),
         _ => {}
     }
+}
+
+/// Whether the object has a controller owner.
+fn controlled(obj: &Value) -> bool {
+    obj.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true))
 }
 
 struct Check<'a> {
@@ -271,12 +285,20 @@ fn container(c: &mut Check, at: &str, init: bool) {
     }
     let sc = |rest: &str| format!("{at}/securityContext/{rest}");
     c.forbid(&sc("privileged"), "privileged containers are not supported");
+    // Pods share the node's network (and more): only Kubernetes' baseline capabilities may
+    // be added.
     let add = sc("capabilities/add");
     for i in 0..c.len(&add) {
         c.forbid_if(
             &format!("{add}/{i}"),
-            |v| v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("ALL")),
-            "adding every capability amounts to a privileged container",
+            |v| {
+                let name = v.as_str().unwrap_or_default().to_ascii_uppercase();
+                let name = name.strip_prefix("CAP_").unwrap_or(&name).to_string();
+                !BASELINE_CAPABILITIES.contains(&name.as_str())
+            },
+            "only the baseline capabilities may be added (AUDIT_WRITE, CHOWN, DAC_OVERRIDE, \
+             FOWNER, FSETID, KILL, MKNOD, NET_BIND_SERVICE, SETFCAP, SETGID, SETPCAP, SETUID, \
+             SYS_CHROOT): pods share the node's network namespace",
         );
     }
     c.only(&sc("procMount"), &["Default"]);
@@ -287,7 +309,6 @@ fn container(c: &mut Check, at: &str, init: bool) {
         );
     }
     security(c, &format!("{at}/securityContext"));
-    c.only(&f("terminationMessagePolicy"), &["File"]);
     c.forbid(&f("volumeDevices"), "there are no block volumes");
     for i in 0..c.len(&f("volumeMounts")) {
         let m = |rest: &str| f(&format!("volumeMounts/{i}/{rest}"));
@@ -302,10 +323,28 @@ fn container(c: &mut Check, at: &str, init: bool) {
     }
 }
 
+/// The capabilities the Pod Security Standards' baseline profile lets a container add.
+const BASELINE_CAPABILITIES: [&str; 13] = [
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
+];
+
 /// The volume sources kedge's node agent provides.
-const VOLUMES: [&str; 6] = [
+const VOLUMES: [&str; 7] = [
     "emptyDir",
     "hostPath",
+    "persistentVolumeClaim",
     "configMap",
     "secret",
     "projected",
@@ -323,8 +362,9 @@ fn volume(c: &mut Check, at: &str) {
             c.forbid_if(
                 &format!("{at}/{k}"),
                 |_| true,
-                "the node agent provides emptyDir, hostPath, configMap, secret, downwardAPI and \
-                 projected (configMap, secret and downwardAPI sources) volumes",
+                "the node agent provides emptyDir, hostPath, persistentVolumeClaim, configMap, \
+                 secret, downwardAPI and projected (configMap, secret and downwardAPI sources) \
+                 volumes",
             );
         }
     }
@@ -430,10 +470,6 @@ fn job(c: &mut Check, at: &str) {
 }
 
 fn statefulset(c: &mut Check) {
-    c.forbid(
-        "/spec/updateStrategy/rollingUpdate/maxUnavailable",
-        "pods are updated one at a time",
-    );
     c.only(
         "/spec/persistentVolumeClaimRetentionPolicy/whenDeleted",
         &["Retain"],
@@ -607,11 +643,6 @@ mod tests {
                 "spec.containers[0].env[0].valueFrom.fieldRef.fieldPath",
                 unsupported,
             ),
-            (
-                container(json!({"terminationMessagePolicy": "FallbackToLogsOnError"})),
-                "spec.containers[0].terminationMessagePolicy",
-                unsupported,
-            ),
         ];
         for (obj, field, reason) in cases {
             let got = refused(POD, &obj);
@@ -659,6 +690,24 @@ mod tests {
         let svc = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}],
             "selector": {"a": "b"}}});
         assert_eq!(refused(("v1", "Service"), &svc), vec![]);
+    }
+
+    #[test]
+    fn only_baseline_capabilities_may_be_added_and_owned_objects_pass() {
+        let add =
+            |cap: &str| container(json!({"securityContext": {"capabilities": {"add": [cap]}}}));
+        assert_eq!(
+            refused(POD, &add("NET_ADMIN")),
+            vec![(
+                "spec.containers[0].securityContext.capabilities.add[0]".to_string(),
+                "FieldValueForbidden"
+            )]
+        );
+        assert_eq!(refused(POD, &add("net_bind_service")), vec![]);
+        let mut owned = pod(json!({"hostPID": true}));
+        owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1",
+            "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}]);
+        assert_eq!(refused(POD, &owned), vec![], "made from a checked template");
     }
 
     /// An object stored before a rule existed can still be updated when the update leaves

@@ -99,6 +99,7 @@ fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
         log_path: dir.join("logs/0.log"),
         memory_limit: None,
         dirs: Vec::new(),
+        memory_in_use: None,
     }
 }
 
