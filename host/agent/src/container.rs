@@ -267,13 +267,8 @@ async fn prepare(
     let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
         .await
         .map_err(Failure::config)?;
-    let mut env = crate::sa_token::api_env(&ctx.api_server);
-    for (k, v) in crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &objects)
-        .map_err(Failure::config)?
-    {
-        env.retain(|(ek, _)| *ek != k);
-        env.push((k, v));
-    }
+    let env = crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &ctx.api_server, &objects)
+        .map_err(Failure::config)?;
     let expanded = crate::env::expand_command(c, &env);
     let c = &expanded;
     let (mut mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)

@@ -12,14 +12,16 @@ pub(crate) fn container_env(
     c: &Value,
     node: &str,
     host_ip: &str,
+    server: &str,
     objects: &objects::Objects,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = meta::namespace(pod);
     let info = crate::downward::PodInfo { pod, node, host_ip };
-    let mut env = vec![
-        ("POD_NAME".to_string(), meta::name(pod).to_string()),
-        ("POD_NAMESPACE".to_string(), ns.to_string()),
-    ];
+    // The API server's address first (its variables may be referenced by `$(VAR)`), then
+    // kedge's own, then the container's.
+    let mut env = crate::sa_token::api_env(server);
+    env.push(("POD_NAME".to_string(), meta::name(pod).to_string()));
+    env.push(("POD_NAMESPACE".to_string(), ns.to_string()));
     for (k, v) in objects::env_from(objects, ns, c)? {
         env.retain(|(ek, _)| *ek != k);
         env.push((k, v));

@@ -503,6 +503,14 @@ impl PodRun {
             }
             // The pod is gone: nothing left to report.
             Err(e) if e.code() == Some(404) => true,
+            // Refused for good (not a conflict or an overload): retrying changes nothing.
+            Err(e)
+                if e.code()
+                    .is_some_and(|c| (400..500).contains(&c) && ![408, 409, 429].contains(&c)) =>
+            {
+                tracing::warn!(pod = %self.name, error = %e, "status update refused");
+                true
+            }
             Err(e) => {
                 tracing::warn!(pod = %self.name, error = %e, "status update failed; will retry");
                 false
@@ -711,12 +719,14 @@ async fn run_pod(
         stop_all.cancel();
         std::future::pending::<()>().await;
     };
-    // The pod as the API changes it: readiness gates' conditions, the active deadline.
+    // The pod as the API changes it: readiness gates' conditions, the active deadline
+    // (counted from `startTime`, or from now for a pod that has none yet).
+    let began = (ctx.clock)();
     let deadline_hit = std::sync::atomic::AtomicBool::new(false);
     let follow = async {
         let mut latest = latest;
         loop {
-            let wait = active_deadline(ctx, &latest.borrow());
+            let wait = active_deadline(ctx, &latest.borrow(), began);
             tokio::select! {
                 changed = latest.changed() => {
                     if changed.is_err() {
@@ -775,14 +785,18 @@ async fn run_pod(
 
 /// How long until the pod's `activeDeadlineSeconds` (counted from its `status.startTime`,
 /// or from now for a pod starting) runs out; `None` without one.
-fn active_deadline(ctx: &Ctx, pod: &Value) -> Option<Duration> {
+fn active_deadline(
+    ctx: &Ctx,
+    pod: &Value,
+    began: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
     let secs = pod.pointer("/spec/activeDeadlineSeconds")?.as_i64()?;
     let now = (ctx.clock)();
     let started = pod
         .pointer("/status/startTime")
         .and_then(Value::as_str)
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map_or(now, |t| t.with_timezone(&chrono::Utc));
+        .map_or(began, |t| t.with_timezone(&chrono::Utc));
     let end = started + chrono::Duration::seconds(secs.max(0));
     Some((end - now).to_std().unwrap_or(Duration::ZERO))
 }

@@ -143,12 +143,29 @@ fn volume_source(dirs: &PodDirs, volume: &Value) -> Result<VolumeSource, String>
         }
         let path = PathBuf::from(path);
         return match h["type"].as_str().unwrap_or("") {
-            "" | "Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice" => {
-                if path.exists() || h["type"].as_str().unwrap_or("").is_empty() {
+            "" => Ok(VolumeSource::Dir(path)),
+            want @ ("Directory" | "File" | "Socket" | "CharDevice" | "BlockDevice") => {
+                // kubelet's hostPath type check.
+                use std::os::unix::fs::FileTypeExt as _;
+                let md = std::fs::metadata(&path).map_err(|_| {
+                    format!(
+                        "volume {name:?}: hostPath type check failed: {} does not exist",
+                        path.display()
+                    )
+                })?;
+                let t = md.file_type();
+                let is = match want {
+                    "Directory" => t.is_dir(),
+                    "File" => t.is_file(),
+                    "Socket" => t.is_socket(),
+                    "CharDevice" => t.is_char_device(),
+                    _ => t.is_block_device(),
+                };
+                if is {
                     Ok(VolumeSource::Dir(path))
                 } else {
                     Err(format!(
-                        "volume {name:?}: hostPath {} does not exist",
+                        "volume {name:?}: hostPath type check failed: {} is not a {want}",
                         path.display()
                     ))
                 }

@@ -441,6 +441,86 @@ mod tests {
         }
     }
 
+    /// kubelet's projected tokens: a node may request a token only bound to one of its own
+    /// pods, for that pod's ServiceAccount, and read only the ServiceAccounts its pods use.
+    #[test]
+    fn nodes_mint_tokens_only_for_their_own_pods_service_accounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let w = WriteOptions::default();
+        let r = |k: &str, v: &str| resources::by_kind(k, v).unwrap();
+        api.create(
+            r("v1", "Namespace"),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &w,
+        )
+        .unwrap();
+        for (pod, node, sa) in [("a", "n1", "builder"), ("b", "n2", "default")] {
+            api.create(
+                r("v1", "Pod"),
+                "default",
+                json!({"metadata": {"name": pod}, "spec": {"nodeName": node,
+                    "serviceAccountName": sa, "containers": [{"name": "c", "image": "x:1"}]}}),
+                &w,
+            )
+            .unwrap();
+        }
+        let token = |sa: &'static str, bound: Value| Case {
+            method: Method::POST,
+            kind: ("v1", "ServiceAccount"),
+            ns: "default",
+            name: Some(sa),
+            sub: Some("token"),
+            query: &[],
+            body: json!({"spec": {"boundObjectRef": bound}}),
+        };
+        let pod = |name: &str| json!({"kind": "Pod", "apiVersion": "v1", "name": name});
+        let n1 = node("n1");
+        assert_eq!(check(&api, &n1, token("builder", pod("a"))), Ok(()));
+        for (sa, bound, why) in [
+            ("builder", pod("b"), "another node's pod"),
+            ("default", pod("a"), "not the pod's ServiceAccount"),
+            ("builder", Value::Null, "not bound to a pod"),
+            (
+                "builder",
+                json!({"kind": "Secret", "name": "a"}),
+                "bound to a Secret",
+            ),
+            ("builder", pod("missing"), "no such pod"),
+        ] {
+            assert!(check(&api, &n1, token(sa, bound)).is_err(), "{why}");
+        }
+        assert_eq!(
+            check(
+                &api,
+                &n1,
+                get(("v1", "ServiceAccount"), "default", "builder")
+            ),
+            Ok(())
+        );
+        assert!(
+            check(
+                &api,
+                &n1,
+                get(("v1", "ServiceAccount"), "default", "default")
+            )
+            .is_err(),
+            "no pod of n1 uses it"
+        );
+        let list = Case {
+            method: Method::GET,
+            kind: ("v1", "ServiceAccount"),
+            ns: "default",
+            name: None,
+            sub: None,
+            query: &[],
+            body: Value::Null,
+        };
+        assert!(check(&api, &n1, list).is_err());
+    }
+
     #[test]
     fn nodes_reach_only_their_own_pods_and_what_those_use() {
         let dir = tempfile::tempdir().unwrap();

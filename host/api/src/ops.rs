@@ -1403,3 +1403,58 @@ pub(crate) fn selector_string(sel: &Value) -> String {
     }
     parts.join(",")
 }
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+    use kedge_store::redb::{Options, RedbStore};
+
+    /// Kubernetes' ServiceAccount admission: `default` unless named, and the ServiceAccount's
+    /// image pull secrets for a pod that names none.
+    #[test]
+    fn pods_get_their_service_account_and_its_pull_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let w = WriteOptions::default();
+        let r = |k: &str, v: &str| resources::by_kind(k, v).unwrap();
+        api.create(
+            r("v1", "Namespace"),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &w,
+        )
+        .unwrap();
+        api.create(
+            r("v1", "ServiceAccount"),
+            "default",
+            json!({"metadata": {"name": "puller"}, "imagePullSecrets": [{"name": "regcred"}]}),
+            &w,
+        )
+        .unwrap();
+        let pod = |name: &str, spec: Value| {
+            let mut spec = spec;
+            spec["containers"] = json!([{"name": "c", "image": "x:1"}]);
+            api.create(
+                r("v1", "Pod"),
+                "default",
+                json!({"metadata": {"name": name}, "spec": spec}),
+                &w,
+            )
+            .unwrap()
+        };
+        let p = pod("plain", json!({}));
+        assert_eq!(p["spec"]["serviceAccountName"], "default");
+        assert_eq!(p["spec"]["serviceAccount"], "default");
+        assert!(p["spec"].get("imagePullSecrets").is_none());
+        let p = pod("pulls", json!({"serviceAccountName": "puller"}));
+        assert_eq!(p["spec"]["imagePullSecrets"], json!([{"name": "regcred"}]));
+        let p = pod(
+            "own",
+            json!({"serviceAccountName": "puller", "imagePullSecrets": [{"name": "mine"}]}),
+        );
+        assert_eq!(p["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
+        let p = pod("old-field", json!({"serviceAccount": "puller"}));
+        assert_eq!(p["spec"]["serviceAccountName"], "puller");
+    }
+}

@@ -397,6 +397,21 @@ pub(crate) fn token_request(
                         .as_str()
                         .is_none_or(|u| u.is_empty() || u == meta::uid(&p)) =>
                 {
+                    let runs_as = p
+                        .pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or("default");
+                    if runs_as != name {
+                        causes.push(Cause::invalid(
+                            "spec.boundObjectRef",
+                            pod_name,
+                            format!(
+                                "cannot bind token for serviceaccount {name:?} to pod running \
+                                 with different serviceaccount name {runs_as:?}"
+                            ),
+                        ));
+                    }
                     bound_pod = Some(p);
                 }
                 _ => causes.push(Cause::invalid(
