@@ -46,6 +46,10 @@ use kedge_guest::{
 };
 
 pub const UNREACHABLE_TAINT: &str = "node.kubernetes.io/unreachable";
+
+/// The taint a cordoned node carries (`spec.unschedulable`), as Kubernetes' node lifecycle
+/// controller sets it.
+pub const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
 /// Kubernetes' node-monitor-grace-period.
 pub const DEFAULT_GRACE_SECONDS: i64 = 40;
 /// Kubernetes' default tolerationSeconds for unreachable nodes.
@@ -266,6 +270,34 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     let now_s = cluster.now();
     let now = parse_time(&now_s).ok_or("host clock is not RFC 3339")?;
     let now_ms = ms(&now);
+    // A cordoned node carries the unschedulable taint, and only while cordoned.
+    let cordoned = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false);
+    let mut current = node
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
+    if cordoned != current.iter().any(|t| t.key == UNSCHEDULABLE_TAINT) {
+        if cordoned {
+            current.push(Taint {
+                key: UNSCHEDULABLE_TAINT.into(),
+                effect: "NoSchedule".into(),
+                time_added: Some(now.clone()),
+                value: None,
+            });
+        } else {
+            current.retain(|t| t.key != UNSCHEDULABLE_TAINT);
+        }
+        node.spec.get_or_insert_default().taints = Some(current);
+        match cluster.update("", &node).ignore_stale()? {
+            Some(updated) => node = updated,
+            None => return Ok(Outcome::requeue_after_ms(1000)),
+        }
+    }
     let lease = cluster.get::<Lease>("kube-node-lease", &key.name)?;
     let Some(last) = last_heartbeat_ms(&node, lease.as_ref()) else {
         // Not heard from yet (registering): look again after a grace period.

@@ -467,3 +467,34 @@ fn autonomy_only_postpones_evictions() {
         );
     }
 }
+
+#[test]
+fn a_cordoned_node_carries_the_unschedulable_taint_while_cordoned() {
+    let fake = FakeCluster::new();
+    let mut n = node("edge-1");
+    n.spec.get_or_insert_default().unschedulable = Some(true);
+    fake.seed(&n);
+    fake.seed(&lease("edge-1", &at(100)));
+    fake.set_now(&at(110));
+    run(&fake);
+    let taints = |n: &Node| -> Vec<(String, String)> {
+        n.spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| (t.key, t.effect))
+            .collect()
+    };
+    assert_eq!(
+        taints(&stored(&fake)),
+        [(UNSCHEDULABLE_TAINT.to_string(), "NoSchedule".to_string())]
+    );
+    run(&fake);
+    assert_eq!(taints(&stored(&fake)).len(), 1, "added once");
+    let mut n = stored(&fake);
+    n.spec.get_or_insert_default().unschedulable = None;
+    fake.seed(&n);
+    run(&fake);
+    assert!(taints(&stored(&fake)).is_empty(), "uncordoned");
+}

@@ -970,6 +970,15 @@ mod tests {
             host_ip: "10.0.0.1",
         };
         let files = |v: Value| volume_files(&o, &info, &v);
+        // A projected volume takes downwardAPI sources too.
+        let projected = files(json!({"name": "p", "projected": {"sources": [
+            {"downwardAPI": {"items": [{"path": "ns",
+                "fieldRef": {"fieldPath": "metadata.namespace"}}]}},
+            {"configMap": {"name": "conf", "items": [{"key": "GREETING", "path": "g"}]}}]}}))
+        .unwrap()
+        .unwrap();
+        let ns = projected.iter().find(|f| f.path == "ns").unwrap();
+        assert_eq!(ns.bytes, b"default");
         let all = files(json!({"name": "c", "configMap": {"name": "conf"}}))
             .unwrap()
             .unwrap();

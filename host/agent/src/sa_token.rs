@@ -193,9 +193,17 @@ async fn refresh(
     write_files(ctx, pod, dirs, Some(token))
         .await
         .map_err(Failure::Refused)?;
-    // Renewed once 80 % of its life is gone, as kubelet does.
+    Ok(renew_at(now, expires))
+}
+
+/// When a token issued `now` and expiring at `expires` is renewed: once 80 % of its life is
+/// gone, as kubelet does.
+fn renew_at(
+    now: chrono::DateTime<chrono::Utc>,
+    expires: chrono::DateTime<chrono::Utc>,
+) -> chrono::DateTime<chrono::Utc> {
     let life = (expires - now).num_seconds().max(0);
-    Ok(now + chrono::Duration::seconds(life * 8 / 10))
+    now + chrono::Duration::seconds(life * 8 / 10)
 }
 
 /// Writes `ca.crt`, `namespace` and (when there is one) `token` into the pod's directory.
@@ -266,6 +274,18 @@ pub(crate) fn api_env(server: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_are_renewed_at_four_fifths_of_their_life() {
+        let t = |s: i64| chrono::DateTime::from_timestamp(s, 0).unwrap();
+        assert_eq!(renew_at(t(1000), t(1000 + 3607)), t(1000 + 2885));
+        assert_eq!(
+            renew_at(t(1000), t(1000)),
+            t(1000),
+            "an expired one at once"
+        );
+        assert_eq!(renew_at(t(1000), t(900)), t(1000));
+    }
 
     #[test]
     fn the_api_server_address_becomes_kubernetes_variables() {
