@@ -296,9 +296,18 @@ impl ContainerRecord {
 
 /// Whether the pod is initialized: every init container completed, every sidecar started.
 fn initialized(records: &[ContainerRecord]) -> bool {
+    // Once an app container has run, the pod stays initialized (kubelet's rule), whatever
+    // its sidecars do since.
+    if records
+        .iter()
+        .any(|r| r.role == Role::App && r.ever_started)
+    {
+        return true;
+    }
     records.iter().all(|r| match r.role {
         Role::Init => r.completed(),
-        Role::Sidecar => r.ever_started,
+        // Running, and past its startup probe if it has one.
+        Role::Sidecar => r.is_started(),
         Role::App => true,
     })
 }
@@ -438,7 +447,7 @@ pub fn pod_status(
     } else {
         let incomplete = names(records, |r| match r.role {
             Role::Init => !r.completed(),
-            Role::Sidecar => !r.ever_started,
+            Role::Sidecar => !r.is_started(),
             Role::App => false,
         });
         let msg = format!(
@@ -594,6 +603,37 @@ mod tests {
             s["containerStatuses"][0]["state"]["waiting"]["reason"],
             "ImagePullBackOff"
         );
+    }
+
+    /// A sidecar counts for `Initialized` once it runs past its startup probe; after an app
+    /// container has run, the pod stays initialized whatever the sidecar does.
+    #[test]
+    fn sidecars_initialize_once_started() {
+        let mut side = ContainerRecord::new("side", "img")
+            .with_role(Role::Sidecar)
+            .with_probes(true, false);
+        side.started("sha256:1".into(), 0, "t".into());
+        let app = ContainerRecord::new("app", "img");
+        assert!(
+            !initialized(&[side.clone(), app.clone()]),
+            "startup probe pending"
+        );
+        side.probed(0, ProbeKind::Startup, true);
+        assert!(initialized(&[side.clone(), app.clone()]));
+        let mut app_ran = app.clone();
+        app_ran.started("sha256:2".into(), 0, "t".into());
+        let mut crashed = side.clone();
+        crashed.state = ContainerState::BackOff {
+            exit_code: 1,
+            reason: "Error".into(),
+            started_at: "a".into(),
+            finished_at: "b".into(),
+        };
+        assert!(
+            initialized(&[crashed.clone(), app_ran]),
+            "stays initialized"
+        );
+        assert!(!initialized(&[crashed, app]));
     }
 
     #[test]

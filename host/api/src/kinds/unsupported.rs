@@ -70,6 +70,45 @@ struct Check<'a> {
     causes: &'a mut Vec<Cause>,
 }
 
+/// Lists whose items have a unique `name`.
+const NAMED_LISTS: [&str; 4] = [
+    "containers",
+    "initContainers",
+    "ephemeralContainers",
+    "volumes",
+];
+
+/// `ptr` in `new` as a pointer into `old`: the index of an item of a [`NAMED_LISTS`] list
+/// becomes the index of the item with the same name in `old`. `None` when `old` has no such
+/// item.
+fn by_name(new: &Value, old: &Value, ptr: &str) -> Option<String> {
+    let segs: Vec<&str> = ptr.split('/').collect();
+    let mut out: Vec<String> = Vec::with_capacity(segs.len());
+    for (i, seg) in segs.iter().enumerate() {
+        let list_prefix = segs[..i].join("/");
+        let is_index = i > 0
+            && NAMED_LISTS.contains(&segs[i - 1])
+            && !seg.is_empty()
+            && seg.bytes().all(|b| b.is_ascii_digit());
+        if !is_index {
+            out.push(seg.to_string());
+            continue;
+        }
+        let name = new
+            .pointer(&format!("{list_prefix}/{seg}/name"))
+            .and_then(Value::as_str);
+        let old_list = old.pointer(&out.join("/")).and_then(Value::as_array)?;
+        let j = match name {
+            Some(name) => old_list
+                .iter()
+                .position(|x| x["name"].as_str() == Some(name))?,
+            None => seg.parse().ok()?,
+        };
+        out.push(j.to_string());
+    }
+    Some(out.join("/"))
+}
+
 /// `/spec/containers/0/name` → `spec.containers[0].name`.
 fn field_path(ptr: &str) -> String {
     let mut out = String::new();
@@ -92,10 +131,16 @@ impl Check<'_> {
         self.obj.pointer(ptr).filter(|v| !v.is_null())
     }
 
-    /// New or changed by this request.
+    /// New or changed by this request. Containers and volumes are matched by name, not by
+    /// position, so adding one before another does not make the other's fields look new.
     fn changed(&self, ptr: &str) -> bool {
-        self.old
-            .is_none_or(|old| old.pointer(ptr) != self.obj.pointer(ptr))
+        let Some(old) = self.old else {
+            return true;
+        };
+        match by_name(self.obj, old, ptr) {
+            Some(old_ptr) => old.pointer(&old_ptr) != self.obj.pointer(ptr),
+            None => true,
+        }
     }
 
     /// Refuses the field at `ptr` when `pred` holds for its (non-null) value.
@@ -708,6 +753,28 @@ mod tests {
         owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1",
             "kind": "ReplicaSet", "name": "rs", "uid": "u", "controller": true}]);
         assert_eq!(refused(POD, &owned), vec![], "made from a checked template");
+    }
+
+    /// Ratcheting matches containers and volumes by name: one added in front of a container
+    /// holding a refused value (stored before the rule) does not make it look new.
+    #[test]
+    fn rules_ratchet_by_name_not_position() {
+        let res = by_kind(POD.0, POD.1).unwrap();
+        let old = json!({"metadata": {"name": "p"}, "spec": {"containers": [
+            {"name": "app", "image": "i", "securityContext": {"privileged": true}}]}});
+        let mut new = old.clone();
+        new["spec"]["containers"] = json!([{"name": "first", "image": "i"},
+            {"name": "app", "image": "i", "securityContext": {"privileged": true}}]);
+        let mut causes = Vec::new();
+        check(res, &new, Some(&old), &mut causes);
+        assert!(causes.is_empty(), "{causes:?}");
+        new["spec"]["containers"][0]["securityContext"] = json!({"privileged": true});
+        check(res, &new, Some(&old), &mut causes);
+        assert_eq!(causes.len(), 1, "the new container's is new: {causes:?}");
+        assert_eq!(
+            causes[0].field,
+            "spec.containers[0].securityContext.privileged"
+        );
     }
 
     /// An object stored before a rule existed can still be updated when the update leaves
