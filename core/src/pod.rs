@@ -1,7 +1,8 @@
 //! The Secrets and ConfigMaps a pod names — `imagePullSecrets`, `configMap`, `secret` and
 //! `projected` volumes, `env[].valueFrom` and `envFrom` of its (init, ephemeral) containers —
 //! walked in one place for the node authorizer (what a node may read) and the agent (what it
-//! fetches and keeps).
+//! fetches and keeps); and what the API and the agent must agree on about a pod's containers
+//! (which are sidecars, which `fieldRef` paths resolve).
 
 use std::collections::BTreeSet;
 
@@ -127,6 +128,28 @@ pub fn container_refs(pod: &Value, c: &Value) -> BTreeSet<ObjRef> {
     }
     out
 }
+
+/// An init container with `restartPolicy: Always`: a native sidecar.
+pub fn is_sidecar(container: &Value) -> bool {
+    container["restartPolicy"] == "Always"
+}
+
+/// The `fieldRef` paths the node agent resolves, in env and in downwardAPI files (besides
+/// `metadata.labels['…']` and `metadata.annotations['…']`); the API refuses others.
+pub const FIELD_REF_PATHS: [&str; 9] = [
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.hostIP",
+    "status.hostIPs",
+    "status.podIP",
+    "status.podIPs",
+];
+
+/// The `fieldRef` paths only downwardAPI files take: the whole label and annotation maps.
+pub const FILE_FIELD_REF_PATHS: [&str; 2] = ["metadata.labels", "metadata.annotations"];
 
 #[cfg(test)]
 mod tests {

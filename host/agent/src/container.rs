@@ -654,6 +654,34 @@ const POST_START_TIMEOUT: Duration = Duration::from_secs(120);
 /// What a container still gets after a slow preStop hook, before KILL (kubelet's 2 s).
 const MIN_TERM_GRACE: Duration = Duration::from_secs(2);
 
+/// A lifecycle hook of one run of a container.
+struct Hook<'a> {
+    ctx: &'a Ctx,
+    pod: &'a Value,
+    container: &'a Value,
+    name: &'a str,
+    exec: Option<&'a ExecTarget>,
+}
+
+impl Hook<'_> {
+    /// Runs `h` within `timeout`; a failure is reported as kubelet's `reason` Event
+    /// (`FailedPostStartHook`, `FailedPreStopHook`). Returns whether it succeeded.
+    async fn run(&self, h: &Handler, timeout: Duration, reason: &str) -> bool {
+        let ran = probe::check(h, self.container, &self.ctx.host_ip, timeout, self.exec);
+        let error = match tokio::time::timeout(timeout, ran).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e,
+            Err(_) => format!("did not finish within {}s", timeout.as_secs()),
+        };
+        let message = hook_failure(h, self.name, self.pod, &error);
+        self.ctx
+            .events
+            .pod(self.pod, Some(self.name), Kind::Warning, reason, &message)
+            .await;
+        false
+    }
+}
+
 /// The text of kubelet's FailedPostStartHook / FailedPreStopHook Events.
 fn hook_failure(h: &Handler, container: &str, pod: &Value, error: &str) -> String {
     let (kind, what) = match h {
@@ -970,34 +998,20 @@ pub(super) async fn run_container(
                 std::future::pending::<()>().await;
             }
         };
+        let hooks = Hook {
+            ctx,
+            pod,
+            container: c,
+            name: &name,
+            exec: exec_target.as_ref(),
+        };
         let stopper = async {
             stop.cancelled().await;
             let skip = no_pre_stop.load(std::sync::atomic::Ordering::Relaxed);
             if let (Some(h), false) = (&agent_pre_stop, skip) {
                 let grace = *run_grace.borrow();
                 let began = Instant::now();
-                let ran = tokio::time::timeout(
-                    grace,
-                    probe::check(h, c, &ctx.host_ip, grace, exec_target.as_ref()),
-                )
-                .await;
-                let error = match ran {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(_) => Some(format!("did not finish within {}s", grace.as_secs())),
-                };
-                if let Some(e) = error {
-                    let message = hook_failure(h, &name, pod, &e);
-                    ctx.events
-                        .pod(
-                            pod,
-                            Some(&name),
-                            Kind::Warning,
-                            "FailedPreStopHook",
-                            &message,
-                        )
-                        .await;
-                }
+                hooks.run(h, grace, "FailedPreStopHook").await;
                 run_grace.send_replace(grace.saturating_sub(began.elapsed()).max(MIN_TERM_GRACE));
             }
             run_cancel.cancel();
@@ -1008,27 +1022,10 @@ pub(super) async fn run_container(
                 if let Some(ExecTarget::Oci { runc_id, oci }) = &exec_target {
                     let _ = oci.until_running(runc_id).await;
                 }
-                let ran =
-                    probe::check(h, c, &ctx.host_ip, POST_START_TIMEOUT, exec_target.as_ref());
-                let error = match tokio::time::timeout(POST_START_TIMEOUT, ran).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e),
-                    Err(_) => Some(format!(
-                        "did not finish within {}s",
-                        POST_START_TIMEOUT.as_secs()
-                    )),
-                };
-                if let Some(e) = error {
-                    let message = hook_failure(h, &name, pod, &e);
-                    ctx.events
-                        .pod(
-                            pod,
-                            Some(&name),
-                            Kind::Warning,
-                            "FailedPostStartHook",
-                            &message,
-                        )
-                        .await;
+                if !hooks
+                    .run(h, POST_START_TIMEOUT, "FailedPostStartHook")
+                    .await
+                {
                     no_pre_stop.store(true, std::sync::atomic::Ordering::Relaxed);
                     stop.cancel();
                     return std::future::pending::<()>().await;

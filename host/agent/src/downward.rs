@@ -212,6 +212,19 @@ mod tests {
         assert!(field(&i, "spec.something", false).is_err());
     }
 
+    /// Every path the API lets through resolves here.
+    #[test]
+    fn every_path_the_api_accepts_resolves() {
+        let p = pod();
+        let i = info(&p);
+        for path in kedge_core::pod::FIELD_REF_PATHS {
+            assert!(field(&i, path, false).is_ok(), "{path}");
+        }
+        for path in kedge_core::pod::FILE_FIELD_REF_PATHS {
+            assert!(field(&i, path, true).is_ok(), "{path}");
+        }
+    }
+
     /// The documentation's resourceFieldRef example: divisors, rounding up, and the node's
     /// allocatable amount for a limit not set.
     #[test]

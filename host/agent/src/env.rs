@@ -34,12 +34,7 @@ pub(crate) fn container_env(
         };
         let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
             // `$(NAME)` of a variable defined before this one (kubelet's order).
-            expand(v, |k| {
-                env.iter()
-                    .rev()
-                    .find(|(ek, _)| ek == k)
-                    .map(|(_, v)| v.clone())
-            })
+            expand(v, |k| lookup(&env, k))
         } else if let Some(path) = e
             .pointer("/valueFrom/fieldRef/fieldPath")
             .and_then(Value::as_str)
@@ -102,6 +97,14 @@ pub(crate) fn container_args(c: &Value) -> Vec<String> {
     argv
 }
 
+/// The value of variable `name` in `env` (the last definition wins).
+fn lookup(env: &[(String, String)], name: &str) -> Option<String> {
+    env.iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+}
+
 /// kubelet's `$(VAR)` expansion: `$(NAME)` becomes the variable's value when `lookup` knows
 /// it and stays as written when not; `$$` is a literal `$` (so `$$(NAME)` is `$(NAME)`).
 pub(crate) fn expand(input: &str, lookup: impl Fn(&str) -> Option<String>) -> String {
@@ -143,12 +146,7 @@ pub(crate) fn expand_command(c: &Value, env: &[(String, String)]) -> Value {
         if let Some(list) = c.get_mut(key).and_then(Value::as_array_mut) {
             for item in list.iter_mut() {
                 if let Some(s) = item.as_str() {
-                    *item = Value::String(expand(s, |k| {
-                        env.iter()
-                            .rev()
-                            .find(|(ek, _)| ek == k)
-                            .map(|(_, v)| v.clone())
-                    }));
+                    *item = Value::String(expand(s, |k| lookup(env, k)));
                 }
             }
         }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kedge_core::meta;
+use kedge_core::pod::is_sidecar;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -827,9 +828,4 @@ async fn end_pod(ctx: &Ctx, pod: &Value, run: &PodRun, reason: &str, message: St
         run.update(ctx, i, move |r| r.ended_by_node(container_reason, now))
             .await;
     }
-}
-
-/// An init container with `restartPolicy: Always`: a native sidecar.
-fn is_sidecar(c: &Value) -> bool {
-    c["restartPolicy"].as_str() == Some("Always")
 }

@@ -143,12 +143,12 @@ pub(crate) fn print_pod(p: &Value) -> PodRow {
     let sidecar = |name: &str| {
         init_specs
             .iter()
-            .any(|c| c["name"].as_str() == Some(name) && c["restartPolicy"] == "Always")
+            .any(|c| c["name"].as_str() == Some(name) && kedge_core::pod::is_sidecar(c))
     };
     let mut total = list("/spec/containers").len()
         + init_specs
             .iter()
-            .filter(|c| c["restartPolicy"] == "Always")
+            .filter(|c| kedge_core::pod::is_sidecar(c))
             .count();
     let mut ready = 0;
     let mut restarts = 0i64;

@@ -7,7 +7,7 @@
 use k8s_openapi::api::policy::v1 as policy;
 use serde_json::{Value, json};
 
-use super::common::invalid_raw;
+use super::common::{PERCENT_MSG, int_or_percent, invalid_raw};
 use super::table_fmt::{CREATED, Column, age, col, i, name};
 use super::{KindRules, Typed, typed};
 use crate::error::Cause;
@@ -18,10 +18,6 @@ pub(super) struct PodDisruptionBudget;
 
 /// The policies `spec.unhealthyPodEvictionPolicy` accepts, in kube-apiserver's order.
 pub(crate) const UNHEALTHY_POLICIES: &[&str] = &["AlwaysAllow", "IfHealthyBudget"];
-
-/// kube-apiserver's wording for a malformed percentage (`IsValidPercent`).
-const PERCENT_MSG: &str = "a valid percent string must be a numeric string followed by an ending \
-     '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')";
 
 /// kubectl's PodDisruptionBudget printer.
 static COLUMNS: [Column; 5] = [
@@ -87,15 +83,6 @@ fn go_int_or_string(v: &Value) -> String {
     }
 }
 
-/// The percentage of a `"N%"` string; `None` for an int or a malformed string.
-fn percent(v: &Value) -> Option<i64> {
-    v.as_str()?
-        .strip_suffix('%')
-        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))?
-        .parse()
-        .ok()
-}
-
 /// `ValidatePositiveIntOrPercent` and `IsNotMoreThan100Percent` of one budget field.
 fn validate_budget(v: &Value, field: &str, causes: &mut Vec<Cause>) {
     match v {
@@ -108,7 +95,7 @@ fn validate_budget(v: &Value, field: &str, causes: &mut Vec<Cause>) {
                 ));
             }
         }
-        Value::String(_) => match percent(v) {
+        Value::String(_) => match int_or_percent(v) {
             None => causes.push(invalid_raw(field, &go_int_or_string(v), PERCENT_MSG)),
             Some(p) if p > 100 => causes.push(invalid_raw(
                 field,

@@ -464,19 +464,9 @@ fn field_ref(c: &mut Check, ptr: &str, volume: bool) {
     if subscript {
         return;
     }
-    let mut allowed = vec![
-        "metadata.name",
-        "metadata.namespace",
-        "metadata.uid",
-        "spec.nodeName",
-        "spec.serviceAccountName",
-        "status.hostIP",
-        "status.hostIPs",
-        "status.podIP",
-        "status.podIPs",
-    ];
+    let mut allowed = kedge_core::pod::FIELD_REF_PATHS.to_vec();
     if volume {
-        allowed.extend(["metadata.labels", "metadata.annotations"]);
+        allowed.extend(kedge_core::pod::FILE_FIELD_REF_PATHS);
     }
     c.only(ptr, &allowed);
 }
