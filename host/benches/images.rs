@@ -101,6 +101,8 @@ async fn run_wasm(
         memory_limit: None,
         dirs: Vec::new(),
         memory_in_use: None,
+        net: None,
+        resolver: None,
     };
     runtime
         .run(&w, spec, CancellationToken::new())
@@ -144,6 +146,9 @@ async fn run_oci(
         post_start: None,
         pre_stop: None,
         security: Default::default(),
+        netns: None,
+        resolv_conf: None,
+        hosts: None,
     };
     oci.run(spec, CancellationToken::new()).await.expect("runc");
 }

@@ -57,6 +57,13 @@ async fn run() {
             image_store_max_bytes: 10 << 30,
             object_refresh: agent::OBJECT_REFRESH,
             eviction_hard: Default::default(),
+            // Timing the control path, not the pod network: pods on the node's network.
+            network: kedge::agent::NetworkConfig {
+                pod_network: kedge::agent::PodNetworkMode::Host,
+                proxy_mode: kedge::agent::ProxyMode::None,
+                cluster_dns: None,
+                ..Default::default()
+            },
         },
         cancel.clone(),
     )

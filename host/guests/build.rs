@@ -36,6 +36,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-namespace", "kedge_plugin_namespace.wasm"),
     ("kedge-plugin-disruption", "kedge_plugin_disruption.wasm"),
     ("kedge-plugin-localpath", "kedge_plugin_localpath.wasm"),
+    ("kedge-plugin-servicelb", "kedge_plugin_servicelb.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",

@@ -52,6 +52,21 @@ struct ServerArgs {
     /// tunnel after 70–80 % of it.
     #[arg(long, default_value = "365d")]
     node_cert_validity: String,
+    /// Pod IP range of the cluster (IPv4, at most /24); each Node gets a /24 of it in
+    /// `spec.podCIDR`. Must not overlap the service CIDR 10.43.0.0/16.
+    #[arg(long, default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// IP of the cluster DNS Service `kube-system/kube-dns` (inside the service CIDR
+    /// 10.43.0.0/16); every node answers on it itself.
+    #[arg(long, default_value = "10.43.0.10")]
+    cluster_dns: String,
+}
+
+impl ServerArgs {
+    fn network(&self) -> anyhow::Result<kedge::api::alloc::ClusterNetwork> {
+        kedge::api::alloc::ClusterNetwork::parse(&self.cluster_cidr, &self.cluster_dns)
+            .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))
+    }
 }
 
 /// Registry credentials and trust (the agent's images, the server's plugin images).
@@ -103,6 +118,67 @@ impl ImageArgs {
     }
 }
 
+/// How an agent networks its pods (the pod network, the service proxy, cluster DNS).
+#[derive(clap::Args)]
+struct NetArgs {
+    /// `auto`: each pod gets its own network namespace and an address of the node's podCIDR
+    /// through the CNI plugins, when the agent runs as root and the plugins are there (else
+    /// pods share the node's network, and the Node says so); `host`: always the node's.
+    #[arg(long, default_value = "auto")]
+    pod_network: agent::PodNetworkMode,
+    /// The service proxy: `nftables` (kernel DNAT; needs root and nft), `userspace` (a proxy
+    /// in the agent that retries another endpoint when a connect fails), `auto` (nftables
+    /// when possible), or `none`.
+    #[arg(long, default_value = "auto")]
+    proxy_mode: agent::ProxyMode,
+    /// The cluster's DNS domain, served by each agent's node-local DNS server.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// Where the CNI plugins are (searched in order).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/lib/cni,/opt/cni/bin"
+    )]
+    cni_bin_dir: Vec<PathBuf>,
+    /// The bridge the pods' interfaces join.
+    #[arg(long, default_value = "kedge0")]
+    pod_bridge: String,
+    /// Do not serve LoadBalancer Services on this node (K3s' ServiceLB is on by default).
+    #[arg(long)]
+    disable_servicelb: bool,
+}
+
+impl NetArgs {
+    fn config(
+        &self,
+        cluster_cidr: &str,
+        cluster_dns: &str,
+    ) -> anyhow::Result<agent::NetworkConfig> {
+        let cidr =
+            agent::parse_cidr(cluster_cidr).map_err(|e| anyhow::anyhow!("--cluster-cidr {e}"))?;
+        let dns = if cluster_dns.is_empty() {
+            None
+        } else {
+            Some(
+                cluster_dns
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--cluster-dns {cluster_dns:?}: {e}"))?,
+            )
+        };
+        Ok(agent::NetworkConfig {
+            pod_network: self.pod_network,
+            proxy_mode: self.proxy_mode,
+            cluster_cidr: cidr,
+            cluster_dns: dns,
+            cluster_domain: self.cluster_domain.trim_end_matches('.').to_string(),
+            cni_bin_dirs: self.cni_bin_dir.clone(),
+            bridge: self.pod_bridge.clone(),
+            service_lb: !self.disable_servicelb,
+        })
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane: API server, plugin host (controllers, scheduler), node tunnel.
@@ -144,6 +220,16 @@ enum Command {
         eviction_hard: agent::EvictionThresholds,
         #[command(flatten)]
         images: ImageArgs,
+        /// The cluster's pod range (the server's `--cluster-cidr`): pod traffic within it is
+        /// not masqueraded.
+        #[arg(long, default_value = "10.42.0.0/16")]
+        cluster_cidr: String,
+        /// The cluster DNS address this node serves (the `kube-dns` Service's IP, the
+        /// server's `--cluster-dns`); empty: no cluster DNS on this node.
+        #[arg(long, default_value = "10.43.0.10")]
+        cluster_dns: String,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// A one-node cluster in one process: server plus a local agent, embedded defaults.
     Dev {
@@ -154,6 +240,8 @@ enum Command {
         name: Option<String>,
         #[command(flatten)]
         images: ImageArgs,
+        #[command(flatten)]
+        net: NetArgs,
     },
     /// Push a Wasm module or component to an OCI registry as a Wasm artifact.
     Push {
@@ -342,9 +430,14 @@ async fn shutdown_signal(cancel: CancellationToken) {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                "info,wasmtime=warn,cranelift=warn,quinn=warn,rustls=warn".into()
-            }),
+            // hickory's DNS server logs every query at info: the node-local DNS answers
+            // every pod's lookups, so only its warnings are worth a line, whatever RUST_LOG
+            // asks of the rest.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| {
+                    "info,wasmtime=warn,cranelift=warn,quinn=warn,rustls=warn".into()
+                })
+                .add_directive("hickory_server=warn".parse().expect("a valid directive")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -363,7 +456,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut cfg = server_config(&a, "server")?;
             cfg.registries = registries.load()?;
-            let srv = server::start(cfg, cancel.clone()).await?;
+            let srv = server::start_with_network(cfg, a.network()?, cancel.clone()).await?;
             eprintln!(
                 "kedge server listening on {} (https) and {} (udp tunnel)\n  admin kubeconfig: {}\n  join token: {}",
                 srv.https_addr,
@@ -384,7 +477,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             object_refresh_seconds,
             eviction_hard,
             images,
+            cluster_cidr,
+            cluster_dns,
+            net,
         } => {
+            let network = net.config(&cluster_cidr, &cluster_dns)?;
             let (registries, image_store_max_bytes) = images.load()?;
             let taints = node_taints
                 .iter()
@@ -405,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image_store_max_bytes,
                 object_refresh: Duration::from_secs(object_refresh_seconds),
                 eviction_hard,
+                network,
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
@@ -415,12 +513,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             server: a,
             name,
             images,
+            net,
         } => {
+            let network = net.config(&a.cluster_cidr, &a.cluster_dns)?;
             let (registries, image_store_max_bytes) = images.load()?;
             let mut cfg = server_config(&a, "dev")?;
             cfg.registries = registries.clone();
             let data_dir = cfg.data_dir.clone();
-            let srv = server::start(cfg, cancel.clone()).await?;
+            let srv = server::start_with_network(cfg, a.network()?, cancel.clone()).await?;
             let connect = if srv.tunnel_addr.ip().is_unspecified() {
                 SocketAddr::new([127, 0, 0, 1].into(), srv.tunnel_addr.port())
             } else {
@@ -439,6 +539,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     image_store_max_bytes,
                     object_refresh: agent::OBJECT_REFRESH,
                     eviction_hard: Default::default(),
+                    network,
                 },
                 cancel.clone(),
             )

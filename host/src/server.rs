@@ -12,6 +12,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::alloc::ClusterNetwork;
 use crate::api::http::{ApiState, NodeProxy};
 use crate::api::node_identity::{StoreTokens, token_secret};
 use crate::api::ops::{Api, WriteOptions};
@@ -167,6 +168,42 @@ fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The annotation that tells agents to serve a Service's IP themselves (node-local DNS) and
+/// their service proxy to leave it alone.
+pub const NODE_LOCAL_DNS_ANNOTATION: &str = "kedge.io/node-local-dns";
+
+/// `kube-system/kube-dns` as every cluster has it, at `--cluster-dns`: no selector (each
+/// agent answers on that IP itself). Created when absent; one left with another IP (the flag
+/// changed) is reported, not replaced — a cluster IP cannot change in place.
+fn kube_dns_service(api: &Api, ip: std::net::Ipv4Addr) {
+    let svc = json!({"metadata": {"name": "kube-dns", "namespace": "kube-system",
+            "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS",
+                "kubernetes.io/cluster-service": "true"},
+            "annotations": {NODE_LOCAL_DNS_ANNOTATION: "true"}},
+        "spec": {"clusterIP": ip.to_string(), "ports": [
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}});
+    let res = resources::by_kind("v1", "Service").expect("served kind");
+    match api.create(res, "kube-system", svc, &WriteOptions::default()) {
+        Ok(_) => tracing::info!(%ip, "created the kube-dns Service"),
+        Err(e) if e.reason == "AlreadyExists" => {
+            let have = api.get(res, "kube-system", "kube-dns").ok().and_then(|s| {
+                s.pointer("/spec/clusterIP")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            });
+            if have.as_deref() != Some(ip.to_string().as_str()) {
+                tracing::warn!(
+                    want = %ip,
+                    have = have.as_deref().unwrap_or(""),
+                    "kube-system/kube-dns has another cluster IP than --cluster-dns; delete it to have it recreated at the next start"
+                );
+            }
+        }
+        Err(e) => tracing::error!(%ip, error = %e, "creating the kube-dns Service failed"),
+    }
+}
+
 fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     // Created 0600, or narrowed to it if an older kedge left it wider.
@@ -206,8 +243,19 @@ async fn maintain_store(store: Arc<RedbStore>, cancel: CancellationToken) {
     }
 }
 
-/// Starts every part of the server; returns once all listen.
+/// Starts every part of the server with the default cluster addressing; returns once all
+/// listen.
 pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Result<Server> {
+    start_with_network(cfg, ClusterNetwork::default(), cancel).await
+}
+
+/// Starts every part of the server, handing out pod CIDRs of `network.cluster_cidr` and
+/// serving cluster DNS at `network.cluster_dns`; returns once all listen.
+pub async fn start_with_network(
+    cfg: ServerConfig,
+    network: ClusterNetwork,
+    cancel: CancellationToken,
+) -> anyhow::Result<Server> {
     kedge_tunnel::install_crypto_provider();
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
@@ -227,10 +275,19 @@ pub async fn start(cfg: ServerConfig, cancel: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
     );
     let clock = crate::api::ops::system_clock();
-    let api = Arc::new(Api::new(store.clone(), clock.clone()));
+    let api = Arc::new(Api::new(store.clone(), clock.clone()).with_network(network));
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(&api, "v1:Namespace", "", json!({"metadata": {"name": ns}}))?;
     }
+    // Nodes stored before pod CIDRs were handed out get theirs now.
+    match api.assign_missing_pod_cidrs() {
+        Ok(0) => {}
+        Ok(n) => {
+            tracing::info!(nodes = n, cluster_cidr = %network.cluster_cidr, "assigned pod CIDRs")
+        }
+        Err(e) => tracing::warn!(error = %e, "assigning pod CIDRs to stored nodes failed"),
+    }
+    kube_dns_service(&api, network.cluster_dns);
 
     let tcp = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -246,6 +246,20 @@ impl Cluster {
             "--data-dir",
             data.to_str().unwrap(),
         ];
+        // Many clusters share this machine while the tests run in parallel: unless a test
+        // asks for the pod network (it then gives each node a network namespace of its own,
+        // see network.rs), agents keep their pods on the node's network and run no proxy or
+        // DNS, which would otherwise meet on the host's one bridge, nftables and DNS address.
+        if !extra.iter().any(|a| a.starts_with("--pod-network")) {
+            args.extend_from_slice(&[
+                "--pod-network",
+                "host",
+                "--proxy-mode",
+                "none",
+                "--cluster-dns",
+                "",
+            ]);
+        }
         args.extend_from_slice(extra);
         let p = spawn_in(netns, name, self.dir.path(), &args);
         self.agents.push(p);

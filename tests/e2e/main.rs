@@ -1,6 +1,7 @@
 //! kedge's integration tests: end-to-end scenarios with real processes and the real kubectl
 //! (`skeleton`), and in-process tests of the plugin sandbox (`sandbox`).
 
+mod apiproxy;
 mod apply;
 mod authz;
 mod autonomy;
@@ -18,6 +19,7 @@ mod jobs;
 mod kinds;
 mod kubectl;
 mod nat;
+mod network;
 mod node_identity;
 mod nodes;
 mod plugins;

@@ -118,6 +118,7 @@ enum Reason {
     Selector,
     Runtime,
     NodePorts,
+    PodNetwork,
     Cpu,
     Memory,
     Pods,
@@ -138,6 +139,9 @@ impl Reason {
             Reason::Selector => "node(s) didn't match Pod's node affinity/selector",
             Reason::Runtime => "node(s) didn't have an OCI container runtime",
             Reason::NodePorts => "node(s) didn't have free ports for the requested pod ports",
+            Reason::PodNetwork => {
+                "node(s) had no pod network to map a hostPort to a different containerPort or hostIP"
+            }
             Reason::Cpu => "Insufficient cpu",
             Reason::Memory => "Insufficient memory",
             Reason::Pods => "Too many pods",

@@ -3,9 +3,10 @@
 //! `hostIP`) overlaps every address — as kube-scheduler's NodePorts filter decides.
 //!
 //! The ports a pod holds on its node are the `hostPort`s of its containers and init
-//! containers (what kube-scheduler counts) and, while [`pods_share_node_network`], every
-//! `containerPort` too: with no pod network the container's process listens on the node
-//! itself, so two pods declaring `containerPort: 8080` cannot run side by side. A
+//! containers (what kube-scheduler counts) and, on a node whose pods share its network
+//! ([`pods_share_node_network`]: its agent runs without a pod network), every
+//! `containerPort` too: there the container's process listens on the node itself, so two
+//! pods declaring `containerPort: 8080` cannot run side by side. A
 //! `containerPort` takes the `hostIP` and protocol of its entry, as it does for a
 //! `hostNetwork` pod in Kubernetes (whose API copies `containerPort` into `hostPort`).
 //!
@@ -19,11 +20,20 @@ use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
 
 use crate::Reason;
 
-/// Whether every pod shares its node's network namespace (pod IP = node IP), so every port
-/// a container declares is a port on the node. True until kedge has a pod network; then only
-/// `hostNetwork` pods' `containerPort`s (and everyone's `hostPort`s) hold node ports.
-pub(crate) const fn pods_share_node_network() -> bool {
-    true
+/// The label an agent puts on its Node: `cni` when its pods get their own network, `host`
+/// when they share the node's.
+pub const POD_NETWORK_LABEL: &str = "kedge.io/pod-network";
+
+/// Whether pods on `node` share its network namespace (pod IP = node IP), so every port a
+/// container declares is a port on the node. Only a node that says it has a pod network is
+/// spared (an agent from before the pod network says nothing); there only `hostNetwork`
+/// pods' `containerPort`s (and everyone's `hostPort`s) hold node ports.
+pub(crate) fn pods_share_node_network(node: &Node) -> bool {
+    node.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(POD_NETWORK_LABEL))
+        .is_none_or(|v| v != "cni")
 }
 
 /// The address that stands for every address of the node.
@@ -48,8 +58,8 @@ impl HostPort {
 }
 
 /// The ports `spec` holds on its node (see the module doc for which).
-pub(crate) fn held_ports(spec: &PodSpec) -> Vec<HostPort> {
-    let container_ports = pods_share_node_network() || spec.host_network == Some(true);
+pub(crate) fn held_ports(spec: &PodSpec, shared_network: bool) -> Vec<HostPort> {
+    let container_ports = shared_network || spec.host_network == Some(true);
     let mut held = Vec::new();
     let containers = spec
         .init_containers
@@ -85,18 +95,35 @@ pub(crate) fn held_ports(spec: &PodSpec) -> Vec<HostPort> {
     held
 }
 
-/// The incoming pod's ports and what the pods on each node hold.
+/// Whether a pod maps a hostPort to a different containerPort or binds it to one hostIP
+/// (not for `hostNetwork` pods, whose ports are the node's own).
+fn needs_port_mapping(spec: &PodSpec) -> bool {
+    spec.host_network != Some(true)
+        && spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers)
+            .flat_map(|c| c.ports.iter().flatten())
+            .any(|p| {
+                p.host_port.is_some_and(|h| h > 0 && h != p.container_port)
+                    || p.host_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+            })
+}
+
+/// The incoming pod and the pods on each node (their ports depend on the node's network).
 pub(crate) struct NodePorts<'a> {
-    wanted: Vec<HostPort>,
-    held: HashMap<&'a str, Vec<HostPort>>,
+    spec: Option<&'a PodSpec>,
+    held: HashMap<&'a str, Vec<&'a PodSpec>>,
 }
 
 impl<'a> NodePorts<'a> {
-    pub(crate) fn new(pod: &Pod, all_pods: &'a [Pod]) -> Self {
-        let wanted = pod.spec.as_ref().map(held_ports).unwrap_or_default();
-        let mut held: HashMap<&str, Vec<HostPort>> = HashMap::new();
-        // A pod that needs no port fits whatever the nodes hold.
-        if !wanted.is_empty() {
+    pub(crate) fn new(pod: &'a Pod, all_pods: &'a [Pod]) -> Self {
+        let spec = pod.spec.as_ref();
+        let mut held: HashMap<&str, Vec<&PodSpec>> = HashMap::new();
+        // A pod that declares no port fits whatever the nodes hold.
+        let any = spec.is_some_and(|s| !held_ports(s, true).is_empty());
+        if any {
             for other in all_pods {
                 let Some(spec) = other.spec.as_ref() else {
                     continue;
@@ -109,17 +136,25 @@ impl<'a> NodePorts<'a> {
                 {
                     continue;
                 }
-                held.entry(node).or_default().extend(held_ports(spec));
+                held.entry(node).or_default().push(spec);
             }
         }
-        NodePorts { wanted, held }
+        NodePorts { spec, held }
     }
 
     /// `Some(reason)` when a port the pod needs is taken on `node`.
     pub(crate) fn check(&self, node: &Node) -> Option<Reason> {
+        let shared = pods_share_node_network(node);
+        // A port mapping (hostPort to another containerPort, or on one hostIP) is portmap's
+        // work in the pod's network: a node whose pods share its network cannot do it.
+        if shared && self.spec.is_some_and(needs_port_mapping) {
+            return Some(Reason::PodNetwork);
+        }
         let name = node.metadata.name.as_deref().unwrap_or("");
         let held = self.held.get(name)?;
-        self.wanted
+        let wanted = held_ports(self.spec?, shared);
+        let held: Vec<HostPort> = held.iter().flat_map(|s| held_ports(s, shared)).collect();
+        wanted
             .iter()
             .any(|w| held.iter().any(|h| h.overlaps(w)))
             .then_some(Reason::NodePorts)
@@ -230,17 +265,52 @@ mod tests {
             (
                 "a containerPort held against a hostPort wanted",
                 port(9000, 0, "", ""),
-                port(80, 9000, "", ""),
+                port(9000, 9000, "", ""),
                 true,
             ),
         ];
-        assert!(pods_share_node_network(), "the table assumes today's rule");
+        assert!(
+            pods_share_node_network(&node("n")),
+            "plain cases run on a host-network node"
+        );
+        let mut cni = node("n");
+        cni.metadata.labels = Some([(POD_NETWORK_LABEL.to_string(), "cni".to_string())].into());
         for (case, held, wanted, conflict) in cases {
             let pods = [pod("old", "n", "Running", vec![held])];
             let incoming = pod("new", "", "Pending", vec![wanted]);
-            let got = NodePorts::new(&incoming, &pods).check(&node("n"));
+            // A port mapped to another number or one address needs a pod network: those cases
+            // are about hostPorts, which collide the same way there.
+            let on = if incoming.spec.as_ref().is_some_and(needs_port_mapping) {
+                &cni
+            } else {
+                &node("n")
+            };
+            let got = NodePorts::new(&incoming, &pods).check(on);
             assert_eq!(got.is_some(), conflict, "{case}");
         }
+    }
+
+    /// On a node with a pod network each pod has its own address: two pods declaring the same
+    /// containerPort fit side by side; hostPorts still collide.
+    #[test]
+    fn a_pod_network_frees_container_ports_but_not_host_ports() {
+        let mut n = node("n");
+        n.metadata.labels = Some([(POD_NETWORK_LABEL.to_string(), "cni".to_string())].into());
+        assert!(!pods_share_node_network(&n));
+        let pods = [pod("old", "n", "Running", vec![port(80, 0, "", "")])];
+        let same = pod("new", "", "Pending", vec![port(80, 0, "", "")]);
+        assert!(NodePorts::new(&same, &pods).check(&n).is_none());
+        assert!(NodePorts::new(&same, &pods).check(&node("n")).is_some());
+        let host = [pod("old", "n", "Running", vec![port(80, 8080, "", "")])];
+        let wants_host = pod("new", "", "Pending", vec![port(81, 8080, "", "")]);
+        assert!(NodePorts::new(&wants_host, &host).check(&n).is_some());
+        // A mapping to another port fits only where portmap can make it.
+        let mapped = pod("new", "", "Pending", vec![port(80, 9090, "", "")]);
+        assert_eq!(NodePorts::new(&mapped, &[]).check(&n), None);
+        assert_eq!(
+            NodePorts::new(&mapped, &[]).check(&node("n")),
+            Some(Reason::PodNetwork)
+        );
     }
 
     #[test]
@@ -286,7 +356,7 @@ mod tests {
             .spec
             .unwrap();
         assert_eq!(
-            held_ports(&spec),
+            held_ports(&spec, true),
             [HostPort {
                 ip: ANY_IP.into(),
                 protocol: "TCP".into(),
@@ -296,7 +366,7 @@ mod tests {
         let spec = pod("p", "", "Pending", vec![port(80, 8080, "10.0.0.1", "UDP")])
             .spec
             .unwrap();
-        let numbers: Vec<i32> = held_ports(&spec).iter().map(|h| h.port).collect();
+        let numbers: Vec<i32> = held_ports(&spec, true).iter().map(|h| h.port).collect();
         assert_eq!(numbers, [8080, 80], "the hostPort and the containerPort");
     }
 }

@@ -117,6 +117,12 @@ impl Client {
             .header(http::header::ACCEPT, "application/json")
             .body(Full::new(bytes))
             .expect("valid request");
+        self.online().await?;
+        Ok(self.tunnel.request(req).await?)
+    }
+
+    /// [`Error::Offline`] unless the tunnel is up, or comes back within [`OFFLINE_WAIT`].
+    async fn online(&self) -> Result<()> {
         let mut connected = self.tunnel.connected();
         if !*connected.borrow_and_update() {
             // Down: give a reconnect in progress a moment, no more.
@@ -125,7 +131,40 @@ impl Client {
                 return Err(Error::Offline);
             }
         }
-        Ok(self.tunnel.request(req).await?)
+        Ok(())
+    }
+
+    /// A `GET` upgraded to `token` on a stream of its own: after the server's `101`, the
+    /// stream is the caller's (the relay between nodes). Any other answer is [`Error::Api`].
+    /// Bounded by the caller.
+    #[cfg_attr(
+        not(test),
+        expect(
+            dead_code,
+            reason = "the relay's only caller is not wired yet (issue 15)"
+        )
+    )]
+    pub(crate) async fn upgrade(
+        &self,
+        path: &str,
+        token: &'static str,
+    ) -> Result<hyper::upgrade::Upgraded> {
+        let req = http::Request::get(path)
+            .header(http::header::HOST, "kedge-server")
+            .header(http::header::CONNECTION, "upgrade")
+            .header(http::header::UPGRADE, token)
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .expect("valid request");
+        self.online().await?;
+        let mut resp = self.tunnel.request(req).await?;
+        if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            let code = resp.status().as_u16();
+            return Err(api_error(code, &read_body(resp).await?));
+        }
+        hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(|e| Error::Body(format!("upgrading the stream: {e}")))
     }
 
     /// One request with a JSON answer; non-2xx answers become [`Error::Api`].

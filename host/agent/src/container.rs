@@ -267,8 +267,21 @@ async fn prepare(
     let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
         .await
         .map_err(Failure::config)?;
-    let env = crate::env::container_env(pod, c, &ctx.node, &ctx.host_ip, &ctx.api_server, &objects)
-        .map_err(Failure::config)?;
+    let pod_ip = pod_ip(ctx, pod);
+    let links = service_links(ctx, pod);
+    let env = crate::env::container_env(
+        pod,
+        c,
+        crate::env::Where {
+            node: &ctx.node,
+            host_ip: &ctx.host_ip,
+            pod_ip: &pod_ip,
+            server: &ctx.api_server,
+        },
+        links,
+        &objects,
+    )
+    .map_err(Failure::config)?;
     let expanded = crate::env::expand_command(c, &env);
     let c = &expanded;
     let (mut mounts, pins) = mount_volumes(ctx, pod, c, dirs, objects)
@@ -427,13 +440,13 @@ async fn mount_volumes(
     objects: objects::Objects,
 ) -> Result<(Vec<spec::MountPlan>, objects::Pins), String> {
     let (pod, c, dirs) = (pod.clone(), c.clone(), dirs.clone());
-    let (node, host_ip) = (ctx.node.clone(), ctx.host_ip.clone());
+    let (node, host_ip, pod_ip) = (ctx.node.clone(), ctx.host_ip.clone(), pod_ip(ctx, &pod));
     let uid = meta::uid(&pod).to_string();
     ctx.volumes
         .with_pod(&uid, (ctx.clock)(), move |w| {
             dirs.prepare()
                 .map_err(|e| format!("creating the pod's directories: {e}"))?;
-            write_volumes(w, &pod, &c, &dirs, &objects, (&node, &host_ip))?;
+            write_volumes(w, &pod, &c, &dirs, &objects, (&node, &host_ip, &pod_ip))?;
             let mounts = spec::mounts(&pod, &c, &dirs)?;
             let pins = w.pin(mounts.iter().map(|m| m.source.as_path()));
             Ok((mounts, pins))
@@ -449,9 +462,14 @@ fn write_volumes(
     c: &Value,
     dirs: &spec::PodDirs,
     objects: &objects::Objects,
-    (node, host_ip): (&str, &str),
+    (node, host_ip, pod_ip): (&str, &str, &str),
 ) -> Result<(), String> {
-    let info = crate::downward::PodInfo { pod, node, host_ip };
+    let info = crate::downward::PodInfo {
+        pod,
+        node,
+        host_ip,
+        pod_ip,
+    };
     let mounted: Vec<&str> = c["volumeMounts"]
         .as_array()
         .into_iter()
@@ -667,7 +685,8 @@ impl Hook<'_> {
     /// Runs `h` within `timeout`; a failure is reported as kubelet's `reason` Event
     /// (`FailedPostStartHook`, `FailedPreStopHook`). Returns whether it succeeded.
     async fn run(&self, h: &Handler, timeout: Duration, reason: &str) -> bool {
-        let ran = probe::check(h, self.container, &self.ctx.host_ip, timeout, self.exec);
+        let ip = pod_ip(self.ctx, self.pod);
+        let ran = probe::check(h, self.container, &ip, timeout, self.exec);
         let error = match tokio::time::timeout(timeout, ran).await {
             Ok(Ok(())) => return true,
             Ok(Err(e)) => e,
@@ -879,6 +898,81 @@ pub(super) async fn run_container(
         let (attach, stdin) = (Some(attach), Some(stdin));
         let memory_gauge = matches!(prepared, Prepared::Wasm { .. })
             .then(kedge_runtime::wasm::MemoryGauge::default);
+        // The pod's own network, if it has one: Wasm instances run on its namespace's
+        // runtime, OCI containers join the namespace and get the pod's resolv.conf and hosts.
+        let pod_net = ctx.net().pod(uid);
+        let wasm_net = match (&pod_net, &prepared) {
+            (Some(n), Prepared::Wasm { .. }) => match n.handle() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let message = format!("entering the pod's network namespace: {e}");
+                    run.update(ctx, i, |r| {
+                        r.start_failed("RunContainerError".into(), message)
+                    })
+                    .await;
+                    if !sleep_or_cancel(backoff(0), &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+            _ => None,
+        };
+        // A Wasm container's name lookups follow the pod's resolv.conf (by dnsPolicy) when the
+        // pod has its own network or asks for a resolver of its own; otherwise, on the node's
+        // network, they use the node's resolver as its processes do.
+        let wasm_resolver = match &prepared {
+            Prepared::Wasm { .. }
+                if pod_net.is_some()
+                    || matches!(
+                        pod.pointer("/spec/dnsPolicy").and_then(Value::as_str),
+                        Some("None" | "ClusterFirstWithHostNet")
+                    ) =>
+            {
+                match ctx.net().resolv_conf(pod) {
+                    Ok(text) => Some(Arc::new(kedge_runtime::wasm::Resolver::from_resolv_conf(
+                        &text,
+                    ))),
+                    Err(message) => {
+                        run.update(ctx, i, |r| {
+                            r.start_failed("CreateContainerConfigError".into(), message)
+                        })
+                        .await;
+                        if !sleep_or_cancel(backoff(0), &cancel).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
+        // An OCI container's /etc/resolv.conf (by dnsPolicy) and /etc/hosts (with the pod's
+        // address, or the node's file on its network, and hostAliases either way).
+        let etc = match &prepared {
+            Prepared::Wasm { .. } => None,
+            Prepared::Oci { .. } => match ctx.net().resolv_conf(pod) {
+                Ok(resolv) => Some((
+                    resolv,
+                    match &pod_net {
+                        Some(n) => {
+                            crate::network::hosts_file(pod, n.ip, &ctx.net().cfg.cluster_domain)
+                        }
+                        None => crate::network::node_hosts_file(pod),
+                    },
+                )),
+                Err(message) => {
+                    run.update(ctx, i, |r| {
+                        r.start_failed("CreateContainerConfigError".into(), message)
+                    })
+                    .await;
+                    if !sleep_or_cancel(backoff(0), &cancel).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
         let wasm_target = match &prepared {
             Prepared::Wasm {
                 workload,
@@ -893,6 +987,8 @@ pub(super) async fn run_container(
                     env: env.clone(),
                     memory_limit,
                     dirs: dirs.clone(),
+                    net: wasm_net.clone(),
+                    resolver: wasm_resolver.clone(),
                 },
             })),
             Prepared::Oci { .. } => None,
@@ -909,6 +1005,7 @@ pub(super) async fn run_container(
                 wasm: wasm_target.clone(),
                 stdin: attach,
                 memory: memory_gauge.clone(),
+                netns: pod_net.as_ref().map(|n| n.netns.clone()),
             },
         );
         ctx.events
@@ -981,7 +1078,7 @@ pub(super) async fn run_container(
                 run_no: restart_count,
                 exec,
                 started: tokio::time::Instant::now(),
-                pod_ip: ctx.host_ip.clone(),
+                pod_ip: pod_ip(ctx, pod),
                 kill: stop.clone(),
                 grace: run_grace.clone(),
             };
@@ -1050,6 +1147,8 @@ pub(super) async fn run_container(
                         memory_limit,
                         dirs,
                         memory_in_use: memory_gauge.clone(),
+                        net: wasm_net.clone(),
+                        resolver: wasm_resolver.clone(),
                     };
                     ctx.runtime
                         .run_with_stdin(&workload, spec, stdin, run_cancel.clone())
@@ -1088,6 +1187,9 @@ pub(super) async fn run_container(
                         post_start,
                         pre_stop,
                         security: security(pod, c),
+                        netns: pod_net.as_ref().map(|n| n.netns.clone()),
+                        resolv_conf: etc.as_ref().map(|e| e.0.clone()),
+                        hosts: etc.as_ref().map(|e| e.1.clone()),
                     };
                     let out = oci.run_with_stdin(spec, stdin, run_cancel.clone()).await;
                     if let Err(kedge_runtime::Error::PostStartHook { .. }) = &out {
@@ -1290,6 +1392,28 @@ pub(super) async fn image_gc_loop(ctx: Ctx, max_bytes: u64, cancel: Cancellation
             Err(e) => tracing::warn!(error = %e, "image gc task failed"),
         }
     }
+}
+
+/// The pod's address: its own network's, or the node's.
+fn pod_ip(ctx: &Ctx, pod: &Value) -> String {
+    ctx.net()
+        .pod(meta::uid(pod))
+        .map(|n| n.ip.to_string())
+        .unwrap_or_else(|| ctx.host_ip.clone())
+}
+
+/// The service environment variables a container gets (`enableServiceLinks`, default on):
+/// the Services of its namespace the node knows when it starts.
+fn service_links(ctx: &Ctx, pod: &Value) -> Vec<(String, String)> {
+    let on = pod
+        .pointer("/spec/enableServiceLinks")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    if !on {
+        return Vec::new();
+    }
+    let services = ctx.net().view.borrow().services_in(meta::namespace(pod));
+    kedge_net::svcenv::service_env(&services)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ pub(crate) struct PodInfo<'a> {
     pub pod: &'a Value,
     pub node: &'a str,
     pub host_ip: &'a str,
+    /// The pod's own address; the node's when it shares the node's network.
+    pub pod_ip: &'a str,
 }
 
 /// A label or annotation map as kubelet writes it to a file: `key="value"` lines, sorted.
@@ -56,10 +58,8 @@ pub(crate) fn field(info: &PodInfo, path: &str, volume: bool) -> Result<String, 
             .and_then(Value::as_str)
             .unwrap_or("default")
             .to_string(),
-        // Pods share the node's network for now: both are the node's address.
-        "status.hostIP" | "status.podIP" | "status.hostIPs" | "status.podIPs" => {
-            info.host_ip.to_string()
-        }
+        "status.hostIP" | "status.hostIPs" => info.host_ip.to_string(),
+        "status.podIP" | "status.podIPs" => info.pod_ip.to_string(),
         other => match subscript(other) {
             Some((map @ ("labels" | "annotations"), key)) => pod
                 .pointer(&format!("/metadata/{map}"))
@@ -183,6 +183,7 @@ mod tests {
             pod,
             node: "n1",
             host_ip: "10.0.0.1",
+            pod_ip: "10.0.0.1",
         }
     }
 

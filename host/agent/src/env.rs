@@ -5,21 +5,39 @@ use serde_json::Value;
 
 use super::objects;
 
+/// Where a container runs: its node, the node's and the pod's addresses, the API server.
+#[derive(Clone, Copy)]
+pub(crate) struct Where<'a> {
+    pub node: &'a str,
+    pub host_ip: &'a str,
+    pub pod_ip: &'a str,
+    pub server: &'a str,
+}
+
 /// A container's environment: kedge's `POD_NAME`/`POD_NAMESPACE`, then `envFrom`, then `env`
 /// (later wins), with `valueFrom` resolved against the pod and the `objects` it uses.
 pub(crate) fn container_env(
     pod: &Value,
     c: &Value,
-    node: &str,
-    host_ip: &str,
-    server: &str,
+    at: Where<'_>,
+    service_links: Vec<(String, String)>,
     objects: &objects::Objects,
 ) -> Result<Vec<(String, String)>, String> {
     let ns = meta::namespace(pod);
-    let info = crate::downward::PodInfo { pod, node, host_ip };
-    // The API server's address first (its variables may be referenced by `$(VAR)`), then
-    // kedge's own, then the container's.
-    let mut env = crate::sa_token::api_env(server);
+    let info = crate::downward::PodInfo {
+        pod,
+        node: at.node,
+        host_ip: at.host_ip,
+        pod_ip: at.pod_ip,
+    };
+    // The Services' variables first (kubelet's order: a container's own win), then the API
+    // server's address (its variables may be referenced by `$(VAR)`), then kedge's own, then
+    // the container's.
+    let mut env = service_links;
+    for (k, v) in crate::sa_token::api_env(at.server) {
+        env.retain(|(ek, _)| *ek != k);
+        env.push((k, v));
+    }
     env.push(("POD_NAME".to_string(), meta::name(pod).to_string()));
     env.push(("POD_NAMESPACE".to_string(), ns.to_string()));
     for (k, v) in objects::env_from(objects, ns, c)? {

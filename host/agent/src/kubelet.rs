@@ -63,6 +63,12 @@ pub(crate) fn kubelet_router(kubelet: Arc<Kubelet>) -> axum::Router {
             "/portForward/{ns}/{pod}",
             axum::routing::post(stream::port_forward),
         )
+        .route(super::relay::PATH, axum::routing::post(super::relay::serve))
+        .route("/healthz", axum::routing::get(super::http_proxy::healthz))
+        .route(
+            "/podProxy/{*target}",
+            axum::routing::any(super::http_proxy::pod_proxy),
+        )
         .with_state(kubelet)
 }
 

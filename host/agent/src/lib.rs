@@ -10,25 +10,29 @@ mod downward;
 mod env;
 mod events;
 mod eviction;
+mod http_proxy;
 mod kubelet;
+mod network;
 mod node;
 mod objects;
 mod pod_cache;
 mod pods;
 mod probe;
 mod refresh;
+mod relay;
 mod sa_token;
 mod spec;
 mod status;
 mod stream;
 
 pub use eviction::Thresholds as EvictionThresholds;
+pub use network::{NetworkConfig, PodNetworkMode, ProxyMode, parse_cidr};
 pub use node::Taint;
 pub use refresh::OBJECT_REFRESH;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -76,6 +80,8 @@ pub struct AgentConfig {
     pub object_refresh: Duration,
     /// Node-pressure eviction thresholds (`--eviction-hard`, kubelet's defaults).
     pub eviction_hard: EvictionThresholds,
+    /// The pod network, the service proxy and cluster DNS.
+    pub network: NetworkConfig,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -95,6 +101,8 @@ struct LogHandle {
     stdin: Option<kedge_runtime::stdio::Attach>,
     /// The linear memory a Wasm container's run holds (OCI containers: their cgroup).
     memory: Option<kedge_runtime::wasm::MemoryGauge>,
+    /// The pod's network namespace, when it has its own (port-forward connects from inside).
+    netns: Option<PathBuf>,
 }
 
 type ContainerId = (String, String, String);
@@ -132,11 +140,20 @@ struct Shared {
     evictable: eviction::Registry,
     /// Node-pressure thresholds (also what the Node's pressure conditions report).
     eviction_hard: EvictionThresholds,
+    /// The node's networking, decided once at start (before any pod runs).
+    net: OnceLock<Arc<network::Network>>,
 }
 
 impl Shared {
     fn now(&self) -> String {
         meta::timestamp((self.clock)())
+    }
+
+    /// The node's networking; set before the pod loop starts.
+    fn net(&self) -> &network::Network {
+        self.net
+            .get()
+            .expect("networking is decided before pods run")
     }
 
     fn pod_path(ns: &str, name: &str) -> String {
@@ -234,6 +251,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         sa_tokens: Mutex::default(),
         evictable: eviction::Registry::default(),
         eviction_hard: cfg.eviction_hard.clone(),
+        net: OnceLock::new(),
     });
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(node_loop(
@@ -241,7 +259,35 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         cfg.labels.clone(),
         cancel.clone(),
     ));
-    tasks.spawn(pod_sync_loop(shared.clone(), tasks.clone(), cancel.clone()));
+    // Pods start once the node knows how to network them: its podCIDR comes with its
+    // registration (or from its own record, offline).
+    {
+        let (shared, tasks2, cancel, cfg_net) = (
+            shared.clone(),
+            tasks.clone(),
+            cancel.clone(),
+            cfg.network.clone(),
+        );
+        tasks.spawn(async move {
+            let net = network::Network::init(
+                cfg_net,
+                &shared.data_dir,
+                &shared.client,
+                &shared.node,
+                &cancel,
+            )
+            .await;
+            let net = Arc::new(net);
+            let _ = shared.net.set(net.clone());
+            {
+                let (shared, cancel) = (shared.clone(), cancel.clone());
+                tasks2.spawn(async move { network::announce(&shared, &cancel).await });
+            }
+            tasks2.spawn(network::services_loop(shared.clone(), cancel.clone()));
+            tasks2.spawn(network::routes_loop(shared.clone(), cancel.clone()));
+            pod_sync_loop(shared, tasks2, cancel).await;
+        });
+    }
     tasks.spawn(object_refresh_loop(
         shared.clone(),
         cfg.object_refresh,
@@ -378,6 +424,7 @@ mod tests {
                 wasm: None,
                 stdin: None,
                 memory: None,
+                netns: None,
             },
         );
         let router = kubelet_router(Arc::new(Kubelet {

@@ -152,6 +152,13 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
     if ctx.oci.is_some() {
         l.insert("kedge.io/runtime-oci".into(), json!("true"));
     }
+    if let Some(net) = ctx.net.get() {
+        l.insert(crate::network::POD_NETWORK_LABEL.into(), json!(net.label()));
+        l.insert(
+            crate::network::SERVICE_LB_LABEL.into(),
+            json!(net.cfg.service_lb.to_string()),
+        );
+    }
     for (k, v) in labels {
         l.insert(k.clone(), json!(v));
     }

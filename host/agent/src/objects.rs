@@ -968,6 +968,7 @@ mod tests {
             pod: &pod,
             node: "n",
             host_ip: "10.0.0.1",
+            pod_ip: "10.0.0.1",
         };
         let files = |v: Value| volume_files(&o, &info, &v);
         // A projected volume takes downwardAPI sources too.

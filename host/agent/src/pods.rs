@@ -109,6 +109,8 @@ pub(crate) async fn pod_sync_loop(
                 for p in items {
                     observe_pod(&ctx, &tasks, &mut workers, p, false);
                 }
+                let live: Vec<String> = workers.keys().cloned().collect();
+                ctx.net().collect_garbage(&live).await;
                 resume = Some(rv.clone());
                 rv
             }
@@ -251,8 +253,11 @@ fn observe_pod(
                 let stopped = cancel.clone();
                 run_pod(&ctx, pod, cancel, grace_rx, latest_rx).await;
                 if !stopped.is_cancelled() {
-                    // Finished on its own (restartPolicy Never/OnFailure): not to be run again.
+                    // Finished on its own (restartPolicy Never/OnFailure): not to be run again,
+                    // and its address goes back to the node's range, as kubelet tears down a
+                    // finished pod's sandbox.
                     forget_pod(&ctx, &uid);
+                    ctx.net().teardown(&uid).await;
                 }
                 ctx.events.forget_pod(&uid);
                 let _ = done_tx.send(true);
@@ -322,6 +327,7 @@ pub(crate) fn pod_dirs(ctx: &Shared, pod: &Value) -> spec::PodDirs {
 
 /// Removes a stopped pod's logs and emptyDir volumes.
 async fn remove_pod_dirs(ctx: &Ctx, pod: &Value) {
+    ctx.net().teardown(meta::uid(pod)).await;
     let dirs = pod_dirs(ctx, pod);
     for d in [dirs.disk, dirs.memory] {
         match tokio::fs::remove_dir_all(&d).await {
@@ -562,6 +568,10 @@ async fn run_pod(
     let (init, containers) = (list("initContainers"), list("containers"));
     let n_init = init.len();
     let uid = meta::uid(&pod).to_string();
+    // The pod's network first (its sandbox, in CRI's words): every container joins it.
+    let Some(net) = pod_network(ctx, &pod, &cancel).await else {
+        return;
+    };
     let saved = container_counts::load(&ctx.data_dir, &uid);
     let now = ctx.now();
     let records: Vec<ContainerRecord> = init
@@ -609,6 +619,7 @@ async fn run_pod(
                 .filter_map(|g| g["conditionType"].as_str().map(String::from))
                 .collect(),
             ended: None,
+            pod_ip: net.as_ref().map(|n| n.ip.to_string()),
         }),
     });
     tracing::info!(pod = %format!("{}/{}", run.ns, run.name), "starting pod");
@@ -782,6 +793,39 @@ async fn run_pod(
     }
     // The containers' last word (Succeeded, Failed) must reach the API too.
     run.retry_unsynced(ctx, &cancel, false).await;
+}
+
+/// The pod's network, set up with retries as kubelet retries a sandbox
+/// (`FailedCreatePodSandBox` Events); `Some(None)`: it uses the node's network; `None`: the
+/// pod was stopped first.
+async fn pod_network(
+    ctx: &Ctx,
+    pod: &Value,
+    cancel: &CancellationToken,
+) -> Option<Option<Arc<crate::network::PodNet>>> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match ctx.net().setup(pod).await {
+            Ok(n) => return Some(n),
+            Err(e) => {
+                tracing::warn!(pod = %format!("{}/{}", meta::namespace(pod), meta::name(pod)), error = %e, "pod network setup failed");
+                ctx.events
+                    .pod(
+                        pod,
+                        None,
+                        events::Kind::Warning,
+                        "FailedCreatePodSandBox",
+                        &format!("Failed to create pod sandbox: {e}"),
+                    )
+                    .await;
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return None,
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
 }
 
 /// How long until the pod's `activeDeadlineSeconds` (counted from its `status.startTime`,

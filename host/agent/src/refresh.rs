@@ -64,6 +64,11 @@ pub(crate) async fn refresh_volumes(ctx: &Shared) {
                         pod: pod_obj,
                         node: &ctx.node,
                         host_ip: &ctx.host_ip,
+                        pod_ip: &ctx
+                            .net()
+                            .pod(meta::uid(pod_obj))
+                            .map(|n| n.ip.to_string())
+                            .unwrap_or_else(|| ctx.host_ip.clone()),
                     };
                     objects::volume_files(&o, &info, v)
                 });

@@ -366,6 +366,8 @@ pub struct PodFacts {
     /// The node ended the pod (its active deadline ran out, it was evicted): the pod failed
     /// with this reason and message.
     pub ended: Option<(String, String)>,
+    /// The pod's own address (its network namespace's); `None`: it shares the node's.
+    pub pod_ip: Option<String>,
 }
 
 /// Why a readiness gate holds the pod back (kubelet's words), if it does.
@@ -413,9 +415,11 @@ pub fn pod_status(
     status["phase"] = json!(phase);
     status["hostIP"] = json!(host_ip);
     status["hostIPs"] = json!([{"ip": host_ip}]);
-    // Pods share the node's network (no CNI yet): the pod's address is the node's.
-    status["podIP"] = json!(host_ip);
-    status["podIPs"] = json!([{"ip": host_ip}]);
+    // A pod on the node's network (hostNetwork, or a node without a pod network) has the
+    // node's address.
+    let pod_ip = facts.pod_ip.as_deref().unwrap_or(host_ip);
+    status["podIP"] = json!(pod_ip);
+    status["podIPs"] = json!([{"ip": pod_ip}]);
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now);
     }

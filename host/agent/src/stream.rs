@@ -720,8 +720,9 @@ where
     }
 }
 
-/// One forwarded connection: connects to the port on the node (pods share the host network)
-/// and splices it with the tunnel stream, half-closes included.
+/// One forwarded connection: connects to the port on the pod's own loopback (from inside its
+/// network namespace, as kubelet's runtimes do; a pod on the node's network: the node's
+/// loopback) and splices it with the tunnel stream, half-closes included.
 pub(super) async fn port_forward(
     State(k): State<Arc<Kubelet>>,
     UrlPath((ns, pod)): UrlPath<(String, String)>,
@@ -745,19 +746,22 @@ pub(super) async fn port_forward(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .any(|((n, p, _), h)| *n == ns && *p == pod && uid.as_deref().is_none_or(|u| u == h.uid));
-    if !here {
+        .find(|((n, p, _), h)| *n == ns && *p == pod && uid.as_deref().is_none_or(|u| u == h.uid))
+        .map(|(_, h)| h.netns.clone());
+    let Some(netns) = here else {
         return refuse(
             StatusCode::NOT_FOUND,
             format!("pod {ns}/{pod} has no running containers on this node"),
         );
-    }
-    let tcp = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    {
+    };
+    let local = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let connect = async {
+        match &netns {
+            Some(ns) => kedge_net::netns::connect_in(ns, local, CONNECT_TIMEOUT).await,
+            None => tokio::net::TcpStream::connect(local).await,
+        }
+    };
+    let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return refuse(

@@ -12,9 +12,15 @@
 //!
 //! As kube-apiserver does, dynamic allocation prefers the upper part of each range and leaves
 //! the lower band (256 IPs, 128 ports) to requested values, so a Service that asks for a fixed
-//! IP rarely collides with a dynamically allocated one.
+//! IP rarely collides with a dynamically allocated one. The IPs the server itself gives out
+//! (the `kubernetes` Service's, the cluster DNS's) are never picked dynamically, even once the
+//! dynamic band is full, so deleting `kube-dns` cannot lose its IP to another Service.
+//!
+//! Pod CIDRs of Nodes work the same way (kube-controller-manager's range allocator, without
+//! its record): each Node gets a /24 of `--cluster-cidr` in `spec.podCIDR(s)`, derived from the
+//! stored Nodes under a lock of its own, so a deleted Node frees its range.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -26,6 +32,15 @@ use kedge_store::{self as store, Store};
 
 /// The service CIDR (K3s's default).
 pub(crate) const SERVICE_CIDR: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 43, 0, 0), 16);
+/// The pod CIDR of the cluster unless `--cluster-cidr` says otherwise (K3s's default).
+pub const DEFAULT_CLUSTER_CIDR: Cidr = Cidr {
+    addr: Ipv4Addr::new(10, 42, 0, 0),
+    prefix: 16,
+};
+/// The cluster DNS Service's IP unless `--cluster-dns` says otherwise (K3s's default).
+pub const DEFAULT_CLUSTER_DNS: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 10);
+/// Each node's share of the cluster CIDR (kube-controller-manager's `--node-cidr-mask-size`).
+pub const NODE_CIDR_PREFIX: u8 = 24;
 /// The first IP of the range goes to the `kubernetes` Service, as in every cluster.
 pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 43, 0, 1);
 pub(crate) const NODE_PORT_MIN: u16 = 30000;
@@ -35,6 +50,142 @@ pub(crate) const NODE_PORT_MAX: u16 = 32767;
 /// ports.
 const IP_STATIC_BAND: u32 = 256;
 const PORT_STATIC_BAND: u16 = 128;
+
+/// An IPv4 network, `10.42.0.0/16`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    fn mask(self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        }
+    }
+
+    pub fn contains(self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether `other` lies inside this network.
+    pub fn covers(self, other: Cidr) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+
+    pub fn overlaps(self, other: Cidr) -> bool {
+        self.covers(other) || other.covers(self)
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    /// An IPv4 network address with its prefix; host bits must be zero.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (ip, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not an IPv4 CIDR such as 10.42.0.0/16"))?;
+        let addr: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 CIDR such as 10.42.0.0/16"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
+        let c = Cidr { addr, prefix };
+        if u32::from(addr) & !c.mask() != 0 {
+            return Err(format!(
+                "{s:?} is not a network address (did you mean {}/{prefix}?)",
+                Ipv4Addr::from(u32::from(addr) & c.mask())
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// The cluster's addressing as the server hands it out: pod CIDRs to Nodes, the cluster DNS
+/// IP to `kube-system/kube-dns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterNetwork {
+    pub cluster_cidr: Cidr,
+    pub cluster_dns: Ipv4Addr,
+}
+
+impl Default for ClusterNetwork {
+    fn default() -> Self {
+        ClusterNetwork {
+            cluster_cidr: DEFAULT_CLUSTER_CIDR,
+            cluster_dns: DEFAULT_CLUSTER_DNS,
+        }
+    }
+}
+
+impl ClusterNetwork {
+    /// From `--cluster-cidr` and `--cluster-dns`, every problem reported at once.
+    pub fn parse(cluster_cidr: &str, cluster_dns: &str) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let service = Cidr {
+            addr: SERVICE_CIDR.0,
+            prefix: SERVICE_CIDR.1,
+        };
+        let cidr = match cluster_cidr.parse::<Cidr>() {
+            Ok(c) if c.prefix > NODE_CIDR_PREFIX => {
+                errors.push(format!(
+                    "--cluster-cidr {c}: the prefix must be at most /{NODE_CIDR_PREFIX} (each node gets a /{NODE_CIDR_PREFIX})"
+                ));
+                None
+            }
+            Ok(c) if c.overlaps(service) => {
+                errors.push(format!(
+                    "--cluster-cidr {c} overlaps the service CIDR {service}"
+                ));
+                None
+            }
+            Ok(c) => Some(c),
+            Err(e) => {
+                errors.push(format!("--cluster-cidr: {e}"));
+                None
+            }
+        };
+        let dns = match cluster_dns.parse::<Ipv4Addr>() {
+            Ok(ip) if offset_of(ip).is_none() => {
+                errors.push(format!(
+                    "--cluster-dns {ip} is not a usable address of the service CIDR {service}"
+                ));
+                None
+            }
+            Ok(ip) if ip == KUBERNETES_SERVICE_IP => {
+                errors.push(format!("--cluster-dns {ip} is the kubernetes Service's IP"));
+                None
+            }
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                errors.push(format!(
+                    "--cluster-dns {cluster_dns:?} is not an IPv4 address"
+                ));
+                None
+            }
+        };
+        match (cidr, dns) {
+            (Some(cluster_cidr), Some(cluster_dns)) if errors.is_empty() => Ok(ClusterNetwork {
+                cluster_cidr,
+                cluster_dns,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
 
 fn cidr_string() -> String {
     format!("{}/{}", SERVICE_CIDR.0, SERVICE_CIDR.1)
@@ -60,6 +211,8 @@ fn offset_of(ip: Ipv4Addr) -> Option<u32> {
 pub struct Used {
     pub ips: HashSet<Ipv4Addr>,
     pub node_ports: HashSet<u16>,
+    /// IPs only given to a Service that asks for them (the server's own Services').
+    pub reserved: HashSet<Ipv4Addr>,
 }
 
 /// Types whose ports get node ports.
@@ -122,7 +275,10 @@ fn probe(from: u32, to: u32, start: u32, free: impl Fn(u32) -> bool) -> Option<u
 fn pick_ip(used: &Used, seed: u32) -> Option<Ipv4Addr> {
     let (lo, hi) = host_offsets();
     let base = u32::from(SERVICE_CIDR.0);
-    let free = |o: u32| !used.ips.contains(&Ipv4Addr::from(base + o));
+    let free = |o: u32| {
+        let ip = Ipv4Addr::from(base + o);
+        !used.ips.contains(&ip) && !used.reserved.contains(&ip)
+    };
     let dyn_lo = (lo + IP_STATIC_BAND).min(hi);
     let start = dyn_lo + seed % (hi - dyn_lo + 1);
     probe(dyn_lo, hi, start, free)
@@ -279,13 +435,159 @@ pub(crate) fn assign(svc: &mut Value, used: &Used, seed: u32) -> Result<(), Vec<
     }
 }
 
-/// Serialises Service allocations (see the module documentation).
+/// The pod CIDRs held by `nodes`, each with its Node, except the Node named `name` (on update
+/// its old range is its own).
+pub(crate) fn pod_cidrs_used_by(nodes: &[Value], name: &str) -> HashMap<Cidr, String> {
+    let mut used = HashMap::new();
+    for n in nodes.iter().filter(|n| meta::name(n) != name) {
+        let cidrs = n
+            .pointer("/spec/podCIDRs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .chain(n.pointer("/spec/podCIDR"));
+        for c in cidrs.filter_map(Value::as_str) {
+            if let Ok(c) = c.parse::<Cidr>() {
+                used.insert(c, meta::name(n).to_string());
+            }
+        }
+    }
+    used
+}
+
+/// What a Node asked for: `spec.podCIDR`, else the first of `spec.podCIDRs`.
+fn requested_pod_cidr(spec: &serde_json::Map<String, Value>) -> Option<String> {
+    fn set(v: Option<&Value>) -> Option<&str> {
+        v.and_then(Value::as_str).filter(|s| !s.is_empty())
+    }
+    set(spec.get("podCIDR"))
+        .or_else(|| set(spec.get("podCIDRs").and_then(|v| v.get(0))))
+        .map(String::from)
+}
+
+/// Fills in `spec.podCIDR` and `spec.podCIDRs` of a Node about to be stored: the /24 it asks
+/// for (inside `cluster` and free) or the lowest free one. `Ok(false)` when the range has no
+/// free /24 left and the Node asked for none (the caller decides whether that is an error).
+pub(crate) fn assign_pod_cidr(
+    node: &mut Value,
+    cluster: Cidr,
+    used: &HashMap<Cidr, String>,
+) -> Result<bool, Vec<Cause>> {
+    let Some(obj) = node.as_object_mut() else {
+        return Ok(true);
+    };
+    let spec = obj
+        .entry("spec")
+        .or_insert_with(|| json!({}))
+        .as_object_mut();
+    let Some(spec) = spec else {
+        return Ok(true);
+    };
+    let field = "spec.podCIDR";
+    let cidr = match requested_pod_cidr(spec) {
+        Some(req) => {
+            let bad = |why: String| vec![Cause::invalid(field, &req, why)];
+            let c: Cidr = req.parse().map_err(bad)?;
+            if c.prefix != NODE_CIDR_PREFIX || !cluster.covers(c) {
+                return Err(bad(format!(
+                    "must be a /{NODE_CIDR_PREFIX} inside the cluster CIDR {cluster}"
+                )));
+            }
+            if let Some(holder) = used.get(&c) {
+                return Err(bad(format!("already allocated to node {holder:?}")));
+            }
+            let others: Vec<&Value> = spec
+                .get("podCIDRs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|v| v.as_str() != Some(req.as_str()))
+                .collect();
+            if !others.is_empty() {
+                return Err(vec![Cause::invalid(
+                    "spec.podCIDRs",
+                    &Value::Array(others.into_iter().cloned().collect()).to_string(),
+                    format!(
+                        "must hold only spec.podCIDR ({req}): kedge gives a node one IPv4 range"
+                    ),
+                )]);
+            }
+            c
+        }
+        None => {
+            let count = 1u32 << (NODE_CIDR_PREFIX - cluster.prefix);
+            let base = u32::from(cluster.addr);
+            let step = 1u32 << (32 - NODE_CIDR_PREFIX);
+            let free = (0..count)
+                .map(|i| Cidr {
+                    addr: Ipv4Addr::from(base + i * step),
+                    prefix: NODE_CIDR_PREFIX,
+                })
+                .find(|c| !used.contains_key(c));
+            match free {
+                Some(c) => c,
+                None => return Ok(false),
+            }
+        }
+    };
+    spec.insert("podCIDR".into(), json!(cidr.to_string()));
+    spec.insert("podCIDRs".into(), json!([cidr.to_string()]));
+    Ok(true)
+}
+
+/// The message of a full cluster CIDR.
+pub(crate) fn pod_cidr_exhausted(cluster: Cidr) -> Cause {
+    let nodes = 1u32 << (NODE_CIDR_PREFIX - cluster.prefix);
+    Cause {
+        reason: "FieldValueInvalid",
+        field: "spec.podCIDR".into(),
+        message: format!(
+            "Invalid value: \"\": failed to allocate a pod CIDR: every /{NODE_CIDR_PREFIX} of the cluster CIDR {cluster} is held by a node ({nodes} nodes); delete a node or restart the server with a larger --cluster-cidr"
+        ),
+    }
+}
+
+/// Serialises Service and Node allocations (see the module documentation).
 #[derive(Debug, Default)]
 pub(crate) struct Allocator {
     lock: Mutex<()>,
+    nodes: Mutex<()>,
+    pub(crate) network: ClusterNetwork,
 }
 
 impl Allocator {
+    pub fn new(network: ClusterNetwork) -> Self {
+        Allocator {
+            network,
+            ..Default::default()
+        }
+    }
+
+    /// Assigns the pod CIDR of the Node `name` (`creating` it, or updating it); returns the
+    /// guard to hold until the object is stored. A full range refuses a new Node and leaves
+    /// an existing one as it was.
+    pub fn node<'a>(
+        &'a self,
+        store: &dyn Store,
+        name: &str,
+        node: &mut Value,
+        creating: bool,
+    ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
+        let guard = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, _) = store.list(&store::prefix("", "nodes", ""))?;
+        let used = pod_cidrs_used_by(&all, name);
+        let cluster = self.network.cluster_cidr;
+        Ok(match assign_pod_cidr(node, cluster, &used) {
+            Ok(true) => Ok(guard),
+            Ok(false) if creating => Err(vec![pod_cidr_exhausted(cluster)]),
+            Ok(false) => {
+                tracing::warn!(node = name, %cluster, "no free pod CIDR for the node");
+                Ok(guard)
+            }
+            Err(causes) => Err(causes),
+        })
+    }
+
     /// Assigns IPs and ports to the Service `svc` (named `ns/name`); returns the guard to hold
     /// until the object is stored. Invalid requests come back as 422 causes.
     pub fn service<'a>(
@@ -297,7 +599,8 @@ impl Allocator {
     ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let (all, _) = store.list(&store::prefix("", "services", ""))?;
-        let used = used_by(&all, ns, name);
+        let mut used = used_by(&all, ns, name);
+        used.reserved = [KUBERNETES_SERVICE_IP, self.network.cluster_dns].into();
         let seed = rand::random::<u32>();
         Ok(assign(svc, &used, seed).map(|()| guard))
     }
@@ -505,5 +808,173 @@ mod tests {
         );
         assert!(assign(&mut b.clone(), &used_by(&[a], "d", "b"), 0).is_err());
         assign(&mut b, &used_by(&[], "d", "b"), 0).unwrap();
+    }
+
+    fn node(name: &str, spec: Value) -> Value {
+        json!({"metadata": {"name": name}, "spec": spec})
+    }
+
+    #[test]
+    fn nodes_get_the_lowest_free_24_or_the_one_they_ask_for() {
+        let cluster = DEFAULT_CLUSTER_CIDR;
+        let held = [
+            node(
+                "a",
+                json!({"podCIDR": "10.42.0.0/24", "podCIDRs": ["10.42.0.0/24"]}),
+            ),
+            node("b", json!({"podCIDRs": ["10.42.2.0/24"]})),
+        ];
+        let used = pod_cidrs_used_by(&held, "c");
+        let mut c = node("c", json!({}));
+        assert!(assign_pod_cidr(&mut c, cluster, &used).unwrap());
+        assert_eq!(c["spec"]["podCIDR"], "10.42.1.0/24");
+        assert_eq!(c["spec"]["podCIDRs"], json!(["10.42.1.0/24"]));
+
+        let mut asks = node("c", json!({"podCIDR": "10.42.7.0/24"}));
+        assert!(assign_pod_cidr(&mut asks, cluster, &used).unwrap());
+        assert_eq!(asks["spec"]["podCIDRs"], json!(["10.42.7.0/24"]));
+
+        let refused = |spec: Value| {
+            let mut n = node("c", spec);
+            let e = assign_pod_cidr(&mut n, cluster, &used).unwrap_err();
+            assert_eq!(e[0].field, "spec.podCIDR");
+            e[0].message.clone()
+        };
+        assert_eq!(
+            refused(json!({"podCIDR": "10.42.2.0/24"})),
+            "Invalid value: \"10.42.2.0/24\": already allocated to node \"b\""
+        );
+        assert!(
+            refused(json!({"podCIDR": "10.99.0.0/24"}))
+                .contains("inside the cluster CIDR 10.42.0.0/16")
+        );
+        assert!(refused(json!({"podCIDR": "10.42.4.0/23"})).contains("must be a /24"));
+        assert!(refused(json!({"podCIDR": "10.42.4.1/24"})).contains("not a network address"));
+        // Its own range is not "used" on update.
+        let mut a = held[0].clone();
+        assert!(assign_pod_cidr(&mut a, cluster, &pod_cidrs_used_by(&held, "a")).unwrap());
+        assert_eq!(a["spec"]["podCIDR"], "10.42.0.0/24");
+    }
+
+    #[test]
+    fn a_full_cluster_cidr_is_reported() {
+        let cluster: Cidr = "10.42.0.0/23".parse().unwrap();
+        let held = [
+            node("a", json!({"podCIDR": "10.42.0.0/24"})),
+            node("b", json!({"podCIDR": "10.42.1.0/24"})),
+        ];
+        let mut c = node("c", json!({}));
+        assert!(!assign_pod_cidr(&mut c, cluster, &pod_cidrs_used_by(&held, "c")).unwrap());
+        assert!(c["spec"].get("podCIDR").is_none());
+        let m = pod_cidr_exhausted(cluster).message;
+        assert!(
+            m.contains("every /24 of the cluster CIDR 10.42.0.0/23 is held by a node (2 nodes)"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn cluster_network_flags_are_validated_together() {
+        let n = ClusterNetwork::parse("10.42.0.0/16", "10.43.0.10").unwrap();
+        assert_eq!(n, ClusterNetwork::default());
+        let n = ClusterNetwork::parse("192.168.0.0/20", "10.43.1.53").unwrap();
+        assert_eq!(n.cluster_cidr.to_string(), "192.168.0.0/20");
+        let e = ClusterNetwork::parse("10.42.0.0/25", "10.44.0.10").unwrap_err();
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("at most /24"), "{e:?}");
+        assert!(
+            e[1].contains("not a usable address of the service CIDR 10.43.0.0/16"),
+            "{e:?}"
+        );
+        for (cidr, why) in [
+            ("10.0.0.0/8", "overlaps the service CIDR"),
+            ("10.43.128.0/17", "overlaps the service CIDR"),
+            ("fd00::/48", "not an IPv4 CIDR"),
+            ("10.42.1.0/16", "not a network address"),
+        ] {
+            let e = ClusterNetwork::parse(cidr, "10.43.0.10").unwrap_err();
+            assert!(e[0].contains(why), "{cidr}: {e:?}");
+        }
+        let e = ClusterNetwork::parse("10.42.0.0/16", "10.43.0.1").unwrap_err();
+        assert!(e[0].contains("kubernetes Service"), "{e:?}");
+    }
+
+    /// The DNS IP is in the static band, and dynamic allocation never takes it, even when
+    /// nothing else is free.
+    #[test]
+    fn dynamic_allocation_never_takes_the_dns_ip() {
+        let dns = offset_of(DEFAULT_CLUSTER_DNS).unwrap();
+        assert!(dns < IP_STATIC_BAND, "in the static band");
+        let (lo, hi) = host_offsets();
+        let base = u32::from(SERVICE_CIDR.0);
+        let mut used = Used::default();
+        for o in lo..=hi {
+            used.ips.insert(Ipv4Addr::from(base + o));
+        }
+        used.ips.remove(&DEFAULT_CLUSTER_DNS);
+        used.reserved.insert(DEFAULT_CLUSTER_DNS);
+        for seed in [0, 9, 10, 12345] {
+            assert_eq!(pick_ip(&used, seed), None);
+        }
+        // Asked for by name, it is given.
+        let mut s = svc(
+            "kube-system",
+            "kube-dns",
+            json!({"clusterIP": "10.43.0.10"}),
+        );
+        assign(&mut s, &used, 0).unwrap();
+    }
+
+    /// Through the API: Nodes created by anyone get a /24, a delete frees it, a taken or
+    /// foreign one is refused naming spec.podCIDR, a replace keeps it and a change is refused,
+    /// and Nodes stored without one get one at the start pass.
+    #[test]
+    fn api_nodes_get_pod_cidrs_freed_on_delete() {
+        use crate::ops::{Api, DeleteOptions, WriteOptions, system_clock};
+        use kedge_core::resources::by_kind;
+        use kedge_store::redb::{Options, RedbStore};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("s"), Options::default()).unwrap());
+        // A Node stored before pod CIDRs were handed out.
+        store
+            .create(
+                &store::key("", "nodes", "", "old"),
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "old"}, "spec": {}}),
+            )
+            .unwrap();
+        let network = ClusterNetwork::parse("10.42.0.0/23", "10.43.0.10").unwrap();
+        let api = Api::new(store, system_clock()).with_network(network);
+        let (w, res) = (WriteOptions::default(), by_kind("v1", "Node").unwrap());
+        let a = api.create(res, "", node("a", json!({})), &w).unwrap();
+        assert_eq!(a["spec"]["podCIDR"], "10.42.0.0/24");
+        let e = api
+            .create(res, "", node("b", json!({"podCIDR": "10.42.0.0/24"})), &w)
+            .unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(e.message.contains("spec.podCIDR: Invalid value"), "{e}");
+        let b = api.create(res, "", node("b", json!({})), &w).unwrap();
+        assert_eq!(b["spec"]["podCIDR"], "10.42.1.0/24");
+        let e = api.create(res, "", node("c", json!({})), &w).unwrap_err();
+        assert!(e.message.contains("failed to allocate a pod CIDR"), "{e}");
+        // The start pass cannot place "old" either: the range is full, and it stays as it was.
+        assert_eq!(api.assign_missing_pod_cidrs().unwrap(), 0);
+        api.delete(res, "", "b", &DeleteOptions::default()).unwrap();
+        assert_eq!(api.assign_missing_pod_cidrs().unwrap(), 1);
+        assert_eq!(
+            api.get(res, "", "old").unwrap()["spec"]["podCIDR"],
+            "10.42.1.0/24"
+        );
+        // A replace without it keeps it; a change is refused.
+        let mut replaced = api.get(res, "", "a").unwrap();
+        replaced["spec"] = json!({"unschedulable": true});
+        let a2 = api.update(res, "", "a", replaced, None, &w).unwrap();
+        assert_eq!(a2["spec"]["podCIDRs"], json!(["10.42.0.0/24"]));
+        let mut moved = a2.clone();
+        moved["spec"]["podCIDR"] = json!("10.42.1.0/24");
+        moved["spec"]["podCIDRs"] = json!(["10.42.1.0/24"]);
+        let e = api.update(res, "", "a", moved, None, &w).unwrap_err();
+        assert!(e.message.contains("spec.podCIDRs: Forbidden"), "{e}");
     }
 }

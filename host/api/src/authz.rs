@@ -7,7 +7,8 @@
 //! - read the Secrets and ConfigMaps those pods use (image pull secrets, volumes, env), one at
 //!   a time — never list them;
 //! - create and update its own Node (and its status) and its own Lease in `kube-node-lease`;
-//!   read Nodes, Services, Endpoints and Namespaces;
+//!   read Nodes, Services, Endpoints, EndpointSlices (all namespaces, as kube-proxy and the
+//!   agent's service proxy and DNS need) and Namespaces;
 //! - create and update Events;
 //! - get the ServiceAccounts its pods use, and request tokens bound to its pods for them;
 //! - get the PersistentVolumeClaims its pods use and the volumes bound to them; list, watch
@@ -15,7 +16,9 @@
 //!   `kedge.io/local-path-node=<name>` (its agent removes their directories and clean-up
 //!   finalizer).
 //!
-//! Everything else is refused with 403, worded as kube-apiserver words it. Other identities
+//! Proxying through the API server (`pods/proxy`, `services/proxy`, `nodes/proxy`) is not for
+//! nodes; relaying a TCP connection to another node's pod (`nodes/<name>/relay`) is for nodes
+//! only, checked in [`super::relay`]. Everything else is refused with 403, worded as kube-apiserver words it. Other identities
 //! are not restricted here: masters not at all, everyone else by RBAC ([`super::rbac`]).
 
 use axum::http::Method;
@@ -107,6 +110,9 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
         super::rbac::forbidden(id, &a, why)
     };
     let reads = matches!(verb, "get" | "list" | "watch");
+    if r.sub == Some("proxy") {
+        return Err(refuse("not allowed for nodes"));
+    }
     match (r.res.group, r.res.kind) {
         ("", "Node") => {
             if reads {
@@ -239,7 +245,11 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
                 )))
             }
         }
-        ("", "Service" | "Endpoints" | "Namespace") if reads => Ok(()),
+        ("", "Service" | "Endpoints" | "Namespace") | ("discovery.k8s.io", "EndpointSlice")
+            if reads =>
+        {
+            Ok(())
+        }
         _ => Err(refuse("not allowed for nodes")),
     }
 }
@@ -714,5 +724,55 @@ mod tests {
             },
         )
         .unwrap_err();
+    }
+
+    /// What kube-proxy and the agent's DNS read: Services, Endpoints, EndpointSlices (every
+    /// namespace) and Nodes; never written, and no proxying through the API server.
+    #[test]
+    fn nodes_read_services_endpoint_slices_and_nodes_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let n1 = node("n1");
+        let slice = ("discovery.k8s.io/v1", "EndpointSlice");
+        for kind in [("v1", "Service"), ("v1", "Endpoints"), slice] {
+            for ns in ["", "default", "kube-system"] {
+                for query in [&[][..], &[("watch", "true")][..]] {
+                    let list = Case {
+                        name: None,
+                        query,
+                        ..get(kind, ns, "")
+                    };
+                    assert_eq!(check(&api, &n1, list), Ok(()), "{kind:?} in {ns:?}");
+                }
+            }
+            assert_eq!(check(&api, &n1, get(kind, "default", "web")), Ok(()));
+            for method in [Method::PUT, Method::DELETE] {
+                let write = Case {
+                    method,
+                    ..get(kind, "default", "web")
+                };
+                assert!(check(&api, &n1, write).is_err(), "{kind:?}");
+            }
+        }
+        let nodes = Case {
+            name: None,
+            query: &[("watch", "true")],
+            ..get(("v1", "Node"), "", "")
+        };
+        assert_eq!(check(&api, &n1, nodes), Ok(()));
+        assert_eq!(check(&api, &n1, get(("v1", "Node"), "", "n2")), Ok(()));
+        for (kind, ns, name) in [
+            (("v1", "Node"), "", "n1"),
+            (("v1", "Service"), "default", "web"),
+            (("v1", "Pod"), "default", "a"),
+        ] {
+            let proxy = Case {
+                sub: Some("proxy"),
+                ..get(kind, ns, name)
+            };
+            let e = check(&api, &n1, proxy).unwrap_err();
+            assert!(e.contains("/proxy\""), "{e}");
+        }
     }
 }

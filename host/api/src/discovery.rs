@@ -131,8 +131,27 @@ fn verbs(r: &Resource) -> Vec<&'static str> {
         .collect()
 }
 
+/// Subresources served by the HTTP layer alone, not stored or routed through the resource
+/// table: the API server proxy (see [`super::proxy`]).
+pub(crate) fn proxy_subresource(r: &Resource) -> bool {
+    r.group.is_empty() && matches!(r.kind, "Pod" | "Service" | "Node")
+}
+
+/// Every subresource of `r` discovery lists.
+fn subresources(r: &Resource) -> impl Iterator<Item = &'static str> {
+    r.subresources
+        .iter()
+        .copied()
+        .chain(proxy_subresource(r).then_some("proxy"))
+}
+
 fn sub_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {
     match sub {
+        "proxy" => match r.kind {
+            "Pod" => ("", "v1", "PodProxyOptions"),
+            "Service" => ("", "v1", "ServiceProxyOptions"),
+            _ => ("", "v1", "NodeProxyOptions"),
+        },
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "token" => ("authentication.k8s.io", "v1", "TokenRequest"),
@@ -151,14 +170,13 @@ fn sub_verbs(sub: &str) -> Vec<&'static str> {
         "binding" | "token" | "eviction" => vec!["create"],
         "log" => vec!["get"],
         "exec" | "attach" | "portforward" => vec!["create", "get"],
+        "proxy" => vec!["create", "delete", "get", "patch", "update"],
         _ => vec!["get", "patch", "update"],
     }
 }
 
 fn aggregated_resource(r: &Resource) -> Value {
-    let subs: Vec<Value> = r
-        .subresources
-        .iter()
+    let subs: Vec<Value> = subresources(r)
         .map(|s| {
             let (g, v, k) = sub_kind(r, s);
             json!({"subresource": s, "responseKind": {"group": g, "version": v, "kind": k}, "verbs": sub_verbs(s)})
@@ -269,7 +287,7 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
             e["categories"] = json!(r.categories);
         }
         out.push(e);
-        for s in r.subresources {
+        for s in subresources(r) {
             let (g, v, k) = sub_kind(r, s);
             out.push(json!({
                 "name": format!("{}/{s}", r.plural),
@@ -374,5 +392,50 @@ mod tests {
             .collect();
         assert_eq!(names, ["cronjobs", "cronjobs/status"]);
         assert!(resource_list("batch", "v2alpha1").is_none());
+    }
+
+    /// `pods/proxy`, `services/proxy` and `nodes/proxy` are listed as kube-apiserver lists
+    /// them (legacy and aggregated), with their options kinds and the method verbs.
+    #[test]
+    fn proxy_subresources_are_discovered() {
+        let legacy = resource_list("", "v1").unwrap();
+        for (name, kind) in [
+            ("pods/proxy", "PodProxyOptions"),
+            ("services/proxy", "ServiceProxyOptions"),
+            ("nodes/proxy", "NodeProxyOptions"),
+        ] {
+            let r = legacy["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["name"] == name)
+                .unwrap_or_else(|| panic!("{name} listed"));
+            assert_eq!(r["kind"], kind);
+            assert_eq!(
+                r["verbs"],
+                json!(["create", "delete", "get", "patch", "update"])
+            );
+        }
+        let agg = aggregated(true);
+        let pods = agg["items"][0]["versions"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resource"] == "pods")
+            .unwrap();
+        assert!(
+            pods["subresources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["subresource"] == "proxy")
+        );
+        assert!(
+            !legacy["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == "configmaps/proxy")
+        );
     }
 }

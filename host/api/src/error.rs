@@ -23,6 +23,15 @@ impl Cause {
         }
     }
 
+    /// `Required value: <why>`, as kube-apiserver words a missing field it explains.
+    pub fn required_with(field: impl Into<String>, why: &str) -> Self {
+        Cause {
+            reason: "FieldValueRequired",
+            field: field.into(),
+            message: format!("Required value: {why}"),
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, value: &str, why: impl std::fmt::Display) -> Self {
         Cause {
             reason: "FieldValueInvalid",

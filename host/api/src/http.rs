@@ -178,6 +178,24 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         Some(id) => id,
         None => bearer_identity(st, headers)?,
     };
+    // The API server proxy: a subresource URL with a path of its own after `/proxy`.
+    if let Some(p) = super::proxy::parse(parts.uri.path()) {
+        let p = p?;
+        let target = Target {
+            res: p.resource(),
+            namespace: p.namespace.clone(),
+            name: Some(p.id.clone()),
+            sub: Some("proxy".into()),
+            retired: None,
+        };
+        authorize(st, &identity, &parts.method, &target, &query, &[])?;
+        return super::proxy::serve(st, parts, body, p).await;
+    }
+    // The relay between nodes behind different NATs: nodes only, checked by the relay itself
+    // (it is no resource RBAC could grant).
+    if let Some(target) = super::relay::parse(&segs) {
+        return super::relay::serve(st, &identity, parts, &target).await;
+    }
     // Paths outside the resource URLs, and the review "resources" answered right here, are
     // authorized now; resource requests once their URL is resolved.
     if super::rbac::applies(&identity) {
@@ -337,9 +355,11 @@ fn bearer_identity(st: &ApiState, headers: &HeaderMap) -> Result<Identity> {
 fn resource_attributes(method: &Method, t: &Target, query: &Query) -> super::rbac::Attributes {
     let sub = t.sub.as_deref().unwrap_or("");
     let verb = if matches!(sub, "exec" | "attach" | "portforward") {
-        "create"
+        "create".to_string()
+    } else if sub == "proxy" {
+        super::proxy::verb(method)
     } else {
-        super::authz::verb(method, t.name.is_some(), query)
+        super::authz::verb(method, t.name.is_some(), query).to_string()
     };
     let namespace = if t.res.kind == "Namespace" {
         // A namespace is in itself, as kube's RequestInfo has it.
@@ -348,7 +368,7 @@ fn resource_attributes(method: &Method, t: &Target, query: &Query) -> super::rba
         &t.namespace
     };
     super::rbac::Attributes::resource(
-        verb,
+        &verb,
         t.res.group,
         t.res.plural,
         sub,
@@ -1849,6 +1869,261 @@ mod tests {
         assert_eq!(
             (&eviction["group"], &eviction["version"], &eviction["kind"]),
             (&json!("policy"), &json!("v1"), &json!("Eviction"))
+        );
+    }
+
+    /// Records what reaches a node and answers with a redirect, so the test sees the request
+    /// the server forwards and the answer it passes back.
+    struct Recorder(std::sync::Mutex<Vec<(String, http::request::Parts, Bytes)>>);
+
+    impl NodeProxy for Recorder {
+        fn request(
+            &self,
+            node: &str,
+            req: http::Request<Body>,
+        ) -> BoxFuture<'_, std::result::Result<http::Response<Body>, String>> {
+            let node = node.to_string();
+            Box::pin(async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                self.0.lock().unwrap().push((node, parts, body));
+                Ok(http::Response::builder()
+                    .status(302)
+                    .header(header::LOCATION, "/login")
+                    .header(header::CONNECTION, "close")
+                    .body(Body::from("moved"))
+                    .unwrap())
+            })
+        }
+    }
+
+    /// The API server proxy in process: pods, services (by port name and number, a ready
+    /// endpoint only) and nodes reach the right node and path with the query, body and
+    /// headers (credentials and hop-by-hop ones dropped), the answer comes back untouched;
+    /// no endpoints is a 503; RBAC decides on `<resource>/proxy`.
+    #[tokio::test]
+    async fn proxy_requests_reach_the_right_node_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let rec = Arc::new(Recorder(Default::default()));
+        let _ = st.nodes.set(rec.clone());
+        let create = |uri: &'static str, obj: Value| {
+            let st = st.clone();
+            async move {
+                let a = call(&st, ADMIN, "POST", uri, JSON, obj).await;
+                assert_eq!(a.code, 201, "{}", a.body);
+            }
+        };
+        create("/api/v1/nodes", json!({"metadata": {"name": "n1"}})).await;
+        create(
+            "/api/v1/namespaces/default/pods",
+            json!({"metadata": {"name": "web"}, "spec": {"nodeName": "n1",
+                "containers": [{"name": "c", "image": "x", "ports": [{"containerPort": 8080}]}]}}),
+        )
+        .await;
+        let pods = resources::by_kind("v1", "Pod").unwrap();
+        let mut pod = st.api.get(pods, "default", "web").unwrap();
+        pod["status"] = json!({"phase": "Running", "podIP": "10.42.0.5"});
+        st.api
+            .update(
+                pods,
+                "default",
+                "web",
+                pod,
+                Some("status"),
+                &WriteOptions::default(),
+            )
+            .unwrap();
+        create(
+            "/api/v1/namespaces/default/services",
+            json!({"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"},
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+        )
+        .await;
+        create(
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices",
+            json!({"metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}],
+                "endpoints": [
+                    {"addresses": ["10.42.1.9"], "conditions": {"ready": false}, "nodeName": "n2"},
+                    {"addresses": ["10.42.0.5"], "conditions": {"ready": true}, "nodeName": "n1"}]}),
+        )
+        .await;
+        create(
+            "/api/v1/namespaces/default/services",
+            json!({"metadata": {"name": "empty"}, "spec": {"ports": [{"port": 80}]}}),
+        )
+        .await;
+
+        let send = |method: &str, uri: &str, who: (&str, &[&str]), body: &'static str| {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .header(header::AUTHORIZATION, "Bearer secret")
+                .header(header::CONNECTION, "keep-alive, x-hop")
+                .header("x-hop", "1")
+                .header("x-app", "kept")
+                .body(Body::from(body))
+                .unwrap();
+            req.extensions_mut().insert(Identity {
+                user: who.0.into(),
+                groups: who.1.iter().map(|g| g.to_string()).collect(),
+            });
+            handle(State(st.clone()), req)
+        };
+        let last = || {
+            let l = rec.0.lock().unwrap();
+            let (node, parts, body) = l.last().unwrap();
+            (node.clone(), parts.clone(), body.clone())
+        };
+
+        let r = send(
+            "POST",
+            "/api/v1/namespaces/default/pods/web/proxy/a/b?x=1&y=%20",
+            ADMIN,
+            "data",
+        )
+        .await;
+        assert_eq!(r.status(), 302);
+        assert_eq!(r.headers()[header::LOCATION], "/login");
+        assert!(r.headers().get(header::CONNECTION).is_none());
+        assert_eq!(
+            &axum::body::to_bytes(r.into_body(), 64).await.unwrap()[..],
+            b"moved"
+        );
+        let (node, parts, body) = last();
+        assert_eq!(node, "n1");
+        assert_eq!(parts.method, Method::POST);
+        assert_eq!(parts.uri, "/podProxy/http/10.42.0.5/8080/a/b?x=1&y=%20");
+        assert_eq!(&body[..], b"data");
+        assert_eq!(parts.headers["x-app"], "kept");
+        for gone in ["authorization", "connection", "x-hop"] {
+            assert!(parts.headers.get(gone).is_none(), "{gone} forwarded");
+        }
+
+        for svc in ["web:http", "web:80", "https:web:http"] {
+            let r = send(
+                "GET",
+                &format!("/api/v1/namespaces/default/services/{svc}/proxy/"),
+                ADMIN,
+                "",
+            )
+            .await;
+            assert_eq!(r.status(), 302, "{svc}");
+            let (node, parts, _) = last();
+            assert_eq!(node, "n1", "the ready endpoint's node");
+            let scheme = if svc.starts_with("https") {
+                "https"
+            } else {
+                "http"
+            };
+            assert_eq!(
+                parts.uri,
+                format!("/podProxy/{scheme}/10.42.0.5/8080/").as_str()
+            );
+        }
+        let r = send("GET", "/api/v1/nodes/n1/proxy/healthz?verbose", ADMIN, "").await;
+        assert_eq!(r.status(), 302);
+        assert_eq!(last().1.uri, "/healthz?verbose");
+
+        // Without a trailing slash: redirected to it, as kube-apiserver does.
+        let r = send(
+            "GET",
+            "/api/v1/namespaces/default/services/web:http/proxy?q=1",
+            ADMIN,
+            "",
+        )
+        .await;
+        assert_eq!(r.status(), 301);
+        assert_eq!(
+            r.headers()[header::LOCATION],
+            "/api/v1/namespaces/default/services/web:http/proxy/?q=1"
+        );
+
+        let before = rec.0.lock().unwrap().len();
+        let status = |r: Response| async move {
+            let code = r.status().as_u16();
+            let b = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+            (code, serde_json::from_slice::<Value>(&b).unwrap())
+        };
+        let (code, body) = status(
+            send(
+                "GET",
+                "/api/v1/namespaces/default/services/empty/proxy/",
+                ADMIN,
+                "",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(
+            (code, body["reason"].as_str()),
+            (503, Some("ServiceUnavailable"))
+        );
+        assert_eq!(
+            body["message"],
+            "no endpoints available for service \"empty\""
+        );
+        let (code, body) = status(
+            send(
+                "GET",
+                "/api/v1/namespaces/default/services/web:other/proxy/",
+                ADMIN,
+                "",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(code, 503);
+        assert_eq!(
+            body["message"],
+            "no endpoints available for service \"web:other\""
+        );
+        let (code, _) = status(
+            send(
+                "GET",
+                "/api/v1/namespaces/default/pods/nope/proxy/",
+                ADMIN,
+                "",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(code, 404);
+        // RBAC: nobody but admins here; a node may not proxy at all.
+        let (code, body) = status(
+            send(
+                "GET",
+                "/api/v1/namespaces/default/pods/web/proxy/",
+                ("alice", &["system:authenticated"]),
+                "",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(code, 403);
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot get resource \"pods/proxy\""),
+            "{body}"
+        );
+        let (code, _) = status(
+            send(
+                "GET",
+                "/api/v1/nodes/n1/proxy/healthz",
+                ("system:node:n1", &["system:nodes"]),
+                "",
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(code, 403);
+        assert_eq!(
+            rec.0.lock().unwrap().len(),
+            before,
+            "nothing refused was forwarded"
         );
     }
 }

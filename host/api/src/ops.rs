@@ -216,6 +216,41 @@ impl Api {
         }
     }
 
+    /// The same API handing out pod CIDRs and reserving the DNS IP per `network` (the
+    /// defaults otherwise).
+    pub fn with_network(mut self, network: super::alloc::ClusterNetwork) -> Self {
+        self.alloc = super::alloc::Allocator::new(network);
+        self
+    }
+
+    pub fn network(&self) -> super::alloc::ClusterNetwork {
+        self.alloc.network
+    }
+
+    /// Gives every stored Node without a pod CIDR one (Nodes stored before the server handed
+    /// them out); returns how many got one. A Node whose update fails is left for its next
+    /// update.
+    pub fn assign_missing_pod_cidrs(&self) -> Result<usize> {
+        let res = resources::by_kind("v1", "Node").expect("nodes are served");
+        let list = self.list(res, "", &ListOptions::default())?;
+        let mut assigned = 0;
+        for n in list["items"].as_array().into_iter().flatten() {
+            if n.pointer("/spec/podCIDR")
+                .and_then(Value::as_str)
+                .is_some_and(|c| !c.is_empty())
+            {
+                continue;
+            }
+            let name = meta::name(n).to_string();
+            match self.update(res, "", &name, n.clone(), None, &WriteOptions::default()) {
+                Ok(v) if v.pointer("/spec/podCIDR").is_some() => assigned += 1,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(node = %name, error = %e, "assigning a pod CIDR failed"),
+            }
+        }
+        Ok(assigned)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -406,7 +441,7 @@ impl Api {
             return Err(ApiError::invalid(res, &name, causes));
         }
         // Held until the object is stored, so no two Services get the same IP or port.
-        let _alloc = self.allocate(res, ns, &name, &mut obj)?;
+        let _alloc = self.allocate(res, ns, &name, &mut obj, true)?;
         if opts.dry_run {
             return Ok(obj);
         }
@@ -489,19 +524,22 @@ impl Api {
         }
     }
 
-    /// Assigns a Service's cluster IP and node ports; the guard must be held until the write
-    /// is stored. Other kinds need nothing.
+    /// Assigns a Service's cluster IP and node ports, or a Node's pod CIDR; the guard must be
+    /// held until the write is stored. Other kinds need nothing.
     fn allocate(
         &self,
         res: &Resource,
         ns: &str,
         name: &str,
         obj: &mut Value,
+        creating: bool,
     ) -> Result<Option<std::sync::MutexGuard<'_, ()>>> {
-        if res.kind != "Service" {
-            return Ok(None);
-        }
-        match self.alloc.service(self.store.as_ref(), ns, name, obj) {
+        let allocated = match (res.group, res.kind) {
+            ("", "Service") => self.alloc.service(self.store.as_ref(), ns, name, obj),
+            ("", "Node") => self.alloc.node(self.store.as_ref(), name, obj, creating),
+            _ => return Ok(None),
+        };
+        match allocated {
             Ok(Ok(guard)) => Ok(Some(guard)),
             Ok(Err(causes)) => Err(ApiError::invalid(res, name, causes)),
             Err(e) => Err(ApiError::from_store(e, res, name)),
@@ -649,7 +687,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, name, causes));
             }
-            _alloc = self.allocate(res, ns, name, &mut next)?;
+            _alloc = self.allocate(res, ns, name, &mut next, false)?;
             if next.get("spec").is_some() && spec_part(&next) != spec_part(&current) {
                 let g = current
                     .pointer("/metadata/generation")

@@ -186,6 +186,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "namespace",
     "disruption",
     "localpath",
+    "servicelb",
 ];
 
 /// Whether a kind reference is the wildcard (`*`/`*`).

@@ -621,14 +621,21 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
     edit_rules.extend([
         rule(
             &[""],
-            &["pods", "pods/attach", "pods/exec", "pods/portforward"],
+            &[
+                "pods",
+                "pods/attach",
+                "pods/exec",
+                "pods/portforward",
+                "pods/proxy",
+            ],
             &write,
         ),
         rule(
             &[""],
-            &["pods/attach", "pods/exec", "pods/portforward"],
+            &["pods/attach", "pods/exec", "pods/portforward", "pods/proxy"],
             &read,
         ),
+        rule(&[""], &["services/proxy"], &read),
         rule(
             &[""],
             &[
@@ -640,6 +647,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                 "secrets",
                 "serviceaccounts",
                 "services",
+                "services/proxy",
             ],
             &write,
         ),
@@ -708,6 +716,40 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                     &["authentication.k8s.io"],
                     &["selfsubjectreviews"],
                     &["create"],
+                ),
+            ],
+        ),
+        // kube-apiserver's `system:node` role, for reference and for binding by hand: kedge
+        // decides for nodes with its Node authorizer (super::authz), which narrows the pod,
+        // secret and volume rules to the node's own; what nodes read cluster-wide (the
+        // service proxy and DNS) is the same here.
+        cluster_role(
+            "system:node",
+            vec![
+                rule(
+                    &[""],
+                    &["services", "endpoints", "nodes", "namespaces"],
+                    &read,
+                ),
+                rule(&["discovery.k8s.io"], &["endpointslices"], &read),
+                rule(
+                    &[""],
+                    &["nodes", "nodes/status"],
+                    &["create", "update", "patch"],
+                ),
+                rule(
+                    &[""],
+                    &["pods", "configmaps", "secrets"],
+                    &["get", "list", "watch"],
+                ),
+                rule(&[""], &["pods/status"], &["update", "patch"]),
+                rule(&[""], &["pods"], &["delete"]),
+                rule(&[""], &["events"], &["create", "update", "patch"]),
+                rule(&[""], &["serviceaccounts/token"], &["create"]),
+                rule(
+                    &["coordination.k8s.io"],
+                    &["leases"],
+                    &["get", "create", "update", "patch"],
                 ),
             ],
         ),
@@ -995,6 +1037,55 @@ mod tests {
             &sa("team", "edit"),
             &res("create", "", "persistentvolumes", "", "", "pv")
         ));
+    }
+
+    /// As in Kubernetes: `edit` and `admin` proxy to pods and services of their namespace,
+    /// `view` does not, and nobody but cluster admins proxies to nodes.
+    #[test]
+    fn proxy_subresources_follow_kubernetes_roles() {
+        let (cluster_roles, _) = bootstrap_policy();
+        let role = |name: &str| {
+            cluster_roles
+                .iter()
+                .find(|r| r["metadata"]["name"] == name)
+                .unwrap()
+                .clone()
+        };
+        let bind_to = |name: &str| {
+            binding(
+                "RoleBinding",
+                Some("team"),
+                ("ClusterRole", name),
+                json!([{"kind": "ServiceAccount", "name": name}]),
+            )
+        };
+        let p = Policy::from_objects(
+            &[role("admin"), role("edit"), role("view")],
+            &[],
+            &[],
+            &[bind_to("admin"), bind_to("edit"), bind_to("view")],
+        );
+        for who in ["admin", "edit"] {
+            for verb in ["get", "create", "update", "patch", "delete"] {
+                for plural in ["pods", "services"] {
+                    let a = res(verb, "", plural, "proxy", "team", "web:80");
+                    assert!(
+                        p.allows(&sa("team", who), &a),
+                        "{who} {verb} {plural}/proxy"
+                    );
+                }
+            }
+            let node = res("get", "", "nodes", "proxy", "", "n1");
+            assert!(!p.allows(&sa("team", who), &node), "{who} nodes/proxy");
+        }
+        let view = sa("team", "view");
+        assert!(!p.allows(&view, &res("get", "", "pods", "proxy", "team", "p")));
+        assert!(!p.allows(&view, &res("get", "", "services", "proxy", "team", "s")));
+        assert!(
+            cluster_roles
+                .iter()
+                .any(|r| r["metadata"]["name"] == "system:node")
+        );
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub mod default_plugins {
         "/kedge_plugin_localpath.wasm"
     ));
 
+    pub(crate) const SERVICE_LB: &[u8] = include_bytes!(concat!(
+        env!("KEDGE_WASM_DIR"),
+        "/kedge_plugin_servicelb.wasm"
+    ));
+
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
@@ -86,5 +91,6 @@ pub mod default_plugins {
         ("namespace", NAMESPACE),
         ("disruption", DISRUPTION),
         ("localpath", LOCAL_PATH),
+        ("servicelb", SERVICE_LB),
     ];
 }

@@ -124,6 +124,13 @@ pub struct ContainerSpec {
     pub pre_stop: Option<Vec<String>>,
     /// The container's `securityContext` settings the runtime applies.
     pub security: Security,
+    /// The pod's network namespace (`/run/netns/…`); `None`: the node's network
+    /// (`hostNetwork: true`, or a node without a pod network).
+    pub netns: Option<PathBuf>,
+    /// What `/etc/resolv.conf` and `/etc/hosts` hold; `None`: the node's resolv.conf and a
+    /// hosts file naming the pod on loopback, right for the node's network.
+    pub resolv_conf: Option<String>,
+    pub hosts: Option<String>,
 }
 
 /// What of a container's `securityContext` the runtime applies (besides the user).
@@ -356,7 +363,12 @@ impl OciRuntime {
             armed: true,
         };
         rootfs::mount_overlay(&image_rootfs, &layout)?;
-        rootfs::write_etc_files(&layout, &spec.hostname)?;
+        rootfs::write_etc_files(
+            &layout,
+            &spec.hostname,
+            spec.resolv_conf.as_deref(),
+            spec.hosts.as_deref(),
+        )?;
         let config = spec::config(
             &spec,
             &ident,

@@ -10,6 +10,13 @@
 //! `kubectl exec` into a Wasm container ([`WasmRuntime::exec`]) starts a second instance of
 //! the same program with the exec's arguments, the container's env and volumes, and the
 //! exec's stdio: a Wasm image holds one program, so that is the process there is to start.
+//!
+//! Name lookups of components follow the pod's resolv.conf when the spec carries a
+//! [`Resolver`] (`wasm/lookup.rs`); without one they are wasmtime-wasi's (the node's resolver).
+
+mod lookup;
+
+pub use lookup::Resolver;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,6 +71,9 @@ struct Inner {
     engine: Engine,
     module_linker: wasmtime::Linker<P1State>,
     component_linker: wasmtime::component::Linker<P2State>,
+    /// `component_linker` with `wasi:sockets/ip-name-lookup` answered from the instance's
+    /// [`Resolver`] instead of the node's resolv.conf.
+    pod_dns_linker: wasmtime::component::Linker<P2State>,
     /// Compiled code by digest, held weakly: two pods on one image share the compilation while
     /// someone holds the `Workload`.
     cache: Mutex<HashMap<String, Weak<Loaded>>>,
@@ -163,6 +173,14 @@ pub struct RunSpec {
     /// Kept at the bytes of linear memory the guest holds (for the node's accounting:
     /// eviction under memory pressure, metrics).
     pub memory_in_use: Option<MemoryGauge>,
+    /// Where the instance runs: a runtime whose threads are in the pod's network namespace,
+    /// so the sockets the guest opens are the pod's. `None`: the agent's own runtime, on the
+    /// node's network.
+    pub net: Option<tokio::runtime::Handle>,
+    /// Whom a component's name lookups ask (the pod's resolv.conf, see
+    /// [`Resolver::from_resolv_conf`]). `None`: wasmtime-wasi's lookup through the node's
+    /// resolver.
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 /// Bytes of linear memory a running guest holds.
@@ -177,6 +195,10 @@ pub struct ExecSpec {
     pub env: Vec<(String, String)>,
     pub memory_limit: Option<u64>,
     pub dirs: Vec<Preopen>,
+    /// As [`RunSpec::net`].
+    pub net: Option<tokio::runtime::Handle>,
+    /// As [`RunSpec::resolver`].
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 /// A running [`WasmRuntime::exec`]: our ends of its stdio and the instance's task.
@@ -268,6 +290,8 @@ struct P2State {
     ctx: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
+    /// Set when the store runs on `pod_dns_linker`.
+    lookup: Option<lookup::LookupCtx>,
 }
 
 impl WasiView for P2State {
@@ -407,6 +431,12 @@ impl WasmRuntime {
         // Includes `wasi:cli/exit.exit-with-code` (stable since WASI 0.2.12), so guests can
         // report exit codes other than 0 and 1.
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(Error::Link)?;
+        let mut pod_dns_linker = component_linker.clone();
+        lookup::add_to_linker(&mut pod_dns_linker, |s: &mut P2State| lookup::LookupView {
+            ctx: s.lookup.as_ref(),
+            table: &mut s.table,
+        })
+        .map_err(Error::Link)?;
 
         let ticker = Ticker::start(engine.clone())?;
         Ok(Self {
@@ -414,6 +444,7 @@ impl WasmRuntime {
                 engine,
                 module_linker,
                 component_linker,
+                pod_dns_linker,
                 cache: Mutex::new(HashMap::new()),
                 recent: Mutex::default(),
                 _ticker: ticker,
@@ -540,7 +571,12 @@ impl WasmRuntime {
         let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => Ok(Exit::Killed),
-            r = self.execute(workload, wasi, cap, spec.memory_in_use.clone()) => r,
+            r = self.execute_on(spec.net.as_ref(), workload, Instance {
+                wasi,
+                cap,
+                gauge: spec.memory_in_use.clone(),
+                resolver: spec.resolver.clone(),
+            }) => r,
         };
         flush_partials(&[&stdout, &stderr]);
         match &outcome {
@@ -568,11 +604,18 @@ impl WasmRuntime {
             .map(|b| usize::try_from(b).unwrap_or(usize::MAX));
         let cancel = CancellationToken::new();
         let (rt, workload, stop) = (self.clone(), workload.clone(), cancel.clone());
+        let net = spec.net.clone();
+        let instance = Instance {
+            wasi,
+            cap,
+            gauge: None,
+            resolver: spec.resolver.clone(),
+        };
         let task = tokio::spawn(async move {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => Ok(Exit::Killed),
-                r = rt.execute(&workload, wasi, cap, None) => r,
+                r = rt.execute_on(net.as_ref(), &workload, instance) => r,
             }
         });
         Ok(WasmExec {
@@ -585,13 +628,34 @@ impl WasmRuntime {
         })
     }
 
-    async fn execute(
+    /// [`Self::execute`] on `net`'s runtime when given (the pod's network namespace), else
+    /// here. Dropping the returned future drops the instance wherever it runs.
+    async fn execute_on(
         &self,
+        net: Option<&tokio::runtime::Handle>,
         workload: &Workload,
-        mut wasi: WasiCtxBuilder,
-        cap: Option<usize>,
-        gauge: Option<MemoryGauge>,
+        instance: Instance,
     ) -> Result<Exit> {
+        let Some(net) = net else {
+            return self.execute(workload, instance).await;
+        };
+        let (rt, workload) = (self.clone(), workload.clone());
+        let task =
+            AbortOnDropHandle::new(net.spawn(async move { rt.execute(&workload, instance).await }));
+        match task.await {
+            Ok(r) => r,
+            // The pod's network runtime shut down under the instance: the pod is going.
+            Err(_) => Ok(Exit::Killed),
+        }
+    }
+
+    async fn execute(&self, workload: &Workload, instance: Instance) -> Result<Exit> {
+        let Instance {
+            mut wasi,
+            cap,
+            gauge,
+            resolver,
+        } = instance;
         let digest = workload.digest();
         let engine = &self.inner.engine;
         match &workload.0.code {
@@ -629,16 +693,20 @@ impl WasmRuntime {
                     ctx: wasi.build(),
                     table: ResourceTable::new(),
                     limits: MemoryCap::with_gauge(cap, gauge.clone()),
+                    lookup: resolver.map(|resolver| lookup::LookupCtx {
+                        resolver,
+                        allowed: ALLOW_NAME_LOOKUP,
+                    }),
+                };
+                let linker = if state.lookup.is_some() {
+                    &self.inner.pod_dns_linker
+                } else {
+                    &self.inner.component_linker
                 };
                 let mut store = Store::new(engine, state);
                 store.limiter(|s| &mut s.limits);
                 arm_epochs(&mut store);
-                let command = match Command::instantiate_async(
-                    &mut store,
-                    component,
-                    &self.inner.component_linker,
-                )
-                .await
+                let command = match Command::instantiate_async(&mut store, component, linker).await
                 {
                     Ok(c) => c,
                     Err(e) => return instantiation_failed(e, store.data().limits.exceeded, digest),
@@ -651,6 +719,18 @@ impl WasmRuntime {
             }
         }
     }
+}
+
+/// Guests may resolve names (through wasmtime-wasi, or the pod's [`Resolver`], which keeps its
+/// own copy of this switch since wasmtime-wasi's is private).
+const ALLOW_NAME_LOOKUP: bool = true;
+
+/// One instance to start: its WASI context, memory cap and gauge, and resolver.
+struct Instance {
+    wasi: WasiCtxBuilder,
+    cap: Option<usize>,
+    gauge: Option<MemoryGauge>,
+    resolver: Option<Arc<Resolver>>,
 }
 
 /// What every instance gets: argv, env, the node's network (pods share it, as containers do:
@@ -666,7 +746,7 @@ fn wasi_builder(
         .inherit_network()
         .allow_tcp(true)
         .allow_udp(true)
-        .allow_ip_name_lookup(true);
+        .allow_ip_name_lookup(ALLOW_NAME_LOOKUP);
     for d in dirs {
         let perms = if d.read_only {
             FsPerms::ReadOnly

@@ -14,7 +14,10 @@
 //! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
 //! With `--cat PATH` it prints the file at `PATH` (a pod's volume, which the guest sees as a
 //! preopened directory) and exits 0, or 1 if it cannot be read: `kubectl exec POD -- hello
-//! --cat /etc/config/key` is how a test sees what a Wasm container reads.
+//! --cat /etc/config/key` is how a test sees what a Wasm container reads. With `--get
+//! HOST:PORT[/PATH]` it makes one HTTP/1.0 GET (the name resolved as the pod resolves names,
+//! e.g. a Service's) and prints the response body, exiting 1 on failure: a Wasm client for
+//! the service-networking tests.
 
 use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
@@ -120,6 +123,35 @@ fn cat(path: &str) -> ! {
     }
 }
 
+/// One HTTP/1.0 GET of `target` (`host:port[/path]`); prints the body and exits.
+fn get(target: &str) -> ! {
+    let (authority, path) = match target.find('/') {
+        Some(i) => (&target[..i], &target[i..]),
+        None => (target, "/"),
+    };
+    let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+    let result = (|| -> std::io::Result<String> {
+        let mut conn = std::net::TcpStream::connect(authority)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(conn, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match result {
+        Ok(response) => {
+            let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            print!("{body}");
+            let _ = std::io::stdout().flush();
+            exit(0)
+        }
+        Err(e) => {
+            eprintln!("GET {target}: {e}");
+            exit(1)
+        }
+    }
+}
+
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
@@ -128,6 +160,11 @@ fn main() {
         && flag == "--cat"
     {
         cat(path);
+    }
+    if let [flag, target] = args.as_slice()
+        && flag == "--get"
+    {
+        get(target);
     }
     let once = args.first().is_some_and(|a| a == "--once");
     if once {

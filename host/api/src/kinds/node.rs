@@ -1,10 +1,13 @@
-//! Nodes: written by their agents, listed as `kubectl get nodes` shows them.
+//! Nodes: written by their agents, listed as `kubectl get nodes` shows them; the pod CIDR the
+//! server gave a Node (see [`crate::alloc`]) is kept over a replace that omits it and never
+//! changes once set.
 
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{Value, json};
 
 use super::table_fmt::{CREATED, Column, age, col, name, s};
 use super::{KindRules, Typed, typed};
+use crate::error::Cause;
 
 pub(super) struct Node;
 
@@ -22,6 +25,36 @@ static COLUMNS: [Column; 10] = [
 ];
 
 impl KindRules for Node {
+    fn prepare_update(&self, old: &Value, new: &mut Value) {
+        keep_pod_cidr(old, new);
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
+        let cidrs = |o: &Value| -> Vec<String> {
+            match o.pointer("/spec/podCIDRs").and_then(Value::as_array) {
+                Some(a) if !a.is_empty() => a
+                    .iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect(),
+                _ => o
+                    .pointer("/spec/podCIDR")
+                    .and_then(Value::as_str)
+                    .filter(|c| !c.is_empty())
+                    .map(String::from)
+                    .into_iter()
+                    .collect(),
+            }
+        };
+        let before = cidrs(old);
+        if !before.is_empty() && cidrs(new) != before {
+            // kube-apiserver's ValidateNodeUpdate, word for word.
+            causes.push(Cause::forbidden(
+                "spec.podCIDRs",
+                "node updates may not change podCIDR except from \"\" to valid",
+            ));
+        }
+    }
+
     fn columns(&self) -> &'static [Column] {
         &COLUMNS
     }
@@ -82,5 +115,74 @@ impl KindRules for Node {
 
     fn typed(&self) -> Option<&'static dyn Typed> {
         typed::<core::Node>()
+    }
+}
+
+/// Before defaulting an update: a replace or patch that drops `spec.podCIDR(s)` keeps what the
+/// server allocated (as Services keep their cluster IPs), instead of failing as a change.
+fn keep_pod_cidr(old: &Value, new: &mut Value) {
+    let empty = |v: Option<&Value>| {
+        v.is_none_or(|v| {
+            v.is_null() || v.as_str() == Some("") || v.as_array().is_some_and(|a| a.is_empty())
+        })
+    };
+    let Some(os) = old.get("spec") else {
+        return;
+    };
+    if empty(os.get("podCIDR")) && empty(os.get("podCIDRs")) {
+        return;
+    }
+    let Some(obj) = new.as_object_mut() else {
+        return;
+    };
+    let spec = obj.entry("spec").or_insert_with(|| json!({}));
+    if spec.is_null() {
+        *spec = json!({});
+    }
+    let Some(ns) = spec.as_object_mut() else {
+        return;
+    };
+    if empty(ns.get("podCIDR")) && empty(ns.get("podCIDRs")) {
+        for f in ["podCIDR", "podCIDRs"] {
+            if let Some(v) = os.get(f) {
+                ns.insert(f.into(), v.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_cidr_is_kept_when_omitted_and_immutable_once_set() {
+        let old = json!({"metadata": {"name": "n"},
+            "spec": {"podCIDR": "10.42.0.0/24", "podCIDRs": ["10.42.0.0/24"]}});
+        let mut replaced = json!({"metadata": {"name": "n"}, "spec": {"unschedulable": true}});
+        keep_pod_cidr(&old, &mut replaced);
+        assert_eq!(replaced["spec"]["podCIDR"], "10.42.0.0/24");
+        assert_eq!(replaced["spec"]["podCIDRs"], json!(["10.42.0.0/24"]));
+        let mut causes = Vec::new();
+        Node.validate_update(&old, &replaced, &mut causes);
+        assert!(causes.is_empty());
+
+        let mut changed = old.clone();
+        changed["spec"]["podCIDR"] = json!("10.42.1.0/24");
+        changed["spec"]["podCIDRs"] = json!(["10.42.1.0/24"]);
+        keep_pod_cidr(&old, &mut changed);
+        Node.validate_update(&old, &changed, &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.podCIDRs");
+        assert_eq!(
+            causes[0].message,
+            "Forbidden: node updates may not change podCIDR except from \"\" to valid"
+        );
+
+        // From "" to a value is allowed.
+        let mut causes = Vec::new();
+        let bare = json!({"metadata": {"name": "n"}, "spec": {}});
+        Node.validate_update(&bare, &old, &mut causes);
+        assert!(causes.is_empty());
     }
 }

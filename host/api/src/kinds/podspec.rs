@@ -218,6 +218,7 @@ pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>)
             }
         }
     }
+    validate_dns(spec, at, causes);
     if let Some(p) = spec.get("restartPolicy").and_then(Value::as_str) {
         let allowed = ["Always", "OnFailure", "Never"];
         if !allowed.contains(&p) {
@@ -226,6 +227,81 @@ pub(super) fn validate_pod_spec(spec: &Value, at: &str, causes: &mut Vec<Cause>)
                 p,
                 &allowed,
             ));
+        }
+    }
+}
+
+/// `dnsConfig` and `dnsPolicy: None` as kube-apiserver checks them (what the agent writes
+/// into the pod's resolv.conf must be valid): at most 3 nameservers, each an IP address, at
+/// most 32 search domains of 2048 characters in all, options with names; `None` needs at
+/// least one nameserver.
+fn validate_dns(spec: &Value, at: &str, causes: &mut Vec<Cause>) {
+    let cfg = spec.get("dnsConfig").filter(|c| !c.is_null());
+    let list = |k: &str| -> Vec<&str> {
+        cfg.and_then(|c| c.get(k))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect()
+    };
+    let nameservers = list("nameservers");
+    if spec.get("dnsPolicy").and_then(Value::as_str) == Some("None") {
+        if cfg.is_none() {
+            causes.push(Cause::required_with(
+                format!("{at}.dnsConfig"),
+                "must provide `dnsConfig` when `dnsPolicy` is None",
+            ));
+        } else if nameservers.is_empty() {
+            causes.push(Cause::required_with(
+                format!("{at}.dnsConfig.nameservers"),
+                "must provide at least one DNS nameserver when `dnsPolicy` is None",
+            ));
+        }
+    }
+    if nameservers.len() > 3 {
+        causes.push(Cause::invalid(
+            format!("{at}.dnsConfig.nameservers"),
+            &nameservers.join(","),
+            "must not have more than 3 nameservers",
+        ));
+    }
+    for (i, ns) in nameservers.iter().enumerate() {
+        if ns.parse::<std::net::IpAddr>().is_err() {
+            causes.push(Cause::invalid(
+                format!("{at}.dnsConfig.nameservers[{i}]"),
+                ns,
+                "must be a valid IP address",
+            ));
+        }
+    }
+    let searches = list("searches");
+    if searches.len() > 32 {
+        causes.push(Cause::invalid(
+            format!("{at}.dnsConfig.searches"),
+            &searches.join(" "),
+            "must not have more than 32 search paths",
+        ));
+    }
+    if searches.iter().map(|s| s.len() + 1).sum::<usize>() > 2048 {
+        causes.push(Cause::invalid(
+            format!("{at}.dnsConfig.searches"),
+            &searches.join(" "),
+            "must not have more than 2048 characters (including spaces) in the search list",
+        ));
+    }
+    for (i, o) in cfg
+        .and_then(|c| c.get("options"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if o.get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            causes.push(Cause::required(format!("{at}.dnsConfig.options[{i}].name")));
         }
     }
 }
@@ -330,6 +406,57 @@ mod tests {
         assert_eq!(
             causes[0].message,
             "Too many: 1000: must have at most 100 items"
+        );
+    }
+
+    /// What the agent writes into a pod's resolv.conf is checked first, as kube-apiserver
+    /// checks it.
+    #[test]
+    fn dns_config_is_validated() {
+        let pod = by_kind("v1", "Pod").unwrap();
+        let with = |extra: Value| {
+            let mut p = json!({"metadata": {"name": "p"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+            for (k, v) in extra.as_object().unwrap() {
+                p["spec"][k] = v.clone();
+            }
+            field_reasons(&validate(pod, &p))
+                .into_iter()
+                .map(|(f, r)| (f.to_string(), r.to_string()))
+                .collect::<Vec<_>>()
+        };
+        let pair = |f: &str, r: &str| vec![(f.to_string(), r.to_string())];
+        assert_eq!(
+            with(json!({"dnsPolicy": "None"})),
+            pair("spec.dnsConfig", "FieldValueRequired")
+        );
+        assert_eq!(
+            with(json!({"dnsPolicy": "None", "dnsConfig": {"searches": ["a"]}})),
+            pair("spec.dnsConfig.nameservers", "FieldValueRequired")
+        );
+        assert!(
+            with(
+                json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["1.1.1.1"],
+            "options": [{"name": "ndots", "value": "2"}]}})
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            with(json!({"dnsConfig": {"nameservers": ["a", "1.1.1.1", "1.0.0.1", "8.8.8.8"]}})),
+            vec![
+                (
+                    "spec.dnsConfig.nameservers".to_string(),
+                    "FieldValueInvalid".to_string()
+                ),
+                (
+                    "spec.dnsConfig.nameservers[0]".to_string(),
+                    "FieldValueInvalid".to_string()
+                ),
+            ]
+        );
+        assert_eq!(
+            with(json!({"dnsConfig": {"options": [{"value": "x"}]}})),
+            pair("spec.dnsConfig.options[0].name", "FieldValueRequired")
         );
     }
 

@@ -191,7 +191,7 @@ fn non_empty(v: &Value) -> bool {
     }
 }
 
-const NO_DNS: &str = "kedge serves no cluster DNS yet";
+const NO_FQDN_HOSTNAME: &str = "the pod's hostname is its short name (no FQDN hostnames)";
 
 fn pod_spec(c: &mut Check, at: &str) {
     let p = |rest: &str| format!("{at}/{rest}");
@@ -216,15 +216,10 @@ fn pod_spec(c: &mut Check, at: &str) {
         "each container has its own PID namespace (kubectl debug --copy-to needs \
          --share-processes=false)",
     );
-    c.forbid(&p("setHostnameAsFQDN"), NO_DNS);
+    c.forbid(&p("setHostnameAsFQDN"), NO_FQDN_HOSTNAME);
     c.only(
         &p("dnsPolicy"),
-        &["ClusterFirst", "ClusterFirstWithHostNet", "Default"],
-    );
-    c.forbid(&p("dnsConfig"), NO_DNS);
-    c.forbid(
-        &p("hostAliases"),
-        "the pod's /etc/hosts is not configurable yet",
+        &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
     );
     c.only(&p("os/name"), &["linux"]);
     c.forbid(
@@ -292,19 +287,6 @@ fn container(c: &mut Check, at: &str, init: bool) {
         &f("lifecycle/stopSignal"),
         "containers are stopped with SIGTERM",
     );
-    for i in 0..c.len(&f("ports")) {
-        let port = f(&format!("ports/{i}"));
-        let container_port = c.obj.pointer(&format!("{port}/containerPort")).cloned();
-        c.forbid_if(
-            &format!("{port}/hostPort"),
-            |v| Some(v) != container_port.as_ref(),
-            "pods share the node's network, so a hostPort must equal its containerPort",
-        );
-        c.forbid(
-            &format!("{port}/hostIP"),
-            "ports listen on every node address",
-        );
-    }
     c.forbid(&f("resizePolicy"), "a pod's resources cannot be resized");
     c.forbid(
         &f("resources/claims"),
@@ -536,14 +518,11 @@ fn service(c: &mut Check) {
     }
     c.forbid(
         "/spec/externalIPs",
-        "there is no service proxy for external IPs",
+        "kedge's service proxy does not serve external IPs",
     );
-    c.only("/spec/externalTrafficPolicy", &["Cluster"]);
-    c.only("/spec/internalTrafficPolicy", &["Cluster"]);
-    c.only("/spec/sessionAffinity", &["None"]);
     c.forbid(
         "/spec/healthCheckNodePort",
-        "it goes with externalTrafficPolicy Local",
+        "kedge's ServiceLB listens on the nodes themselves and needs no health check port",
     );
 }
 
@@ -609,9 +588,9 @@ mod tests {
                 forbidden,
             ),
             (
-                pod(json!({"dnsPolicy": "None"})),
-                "spec.dnsPolicy",
-                unsupported,
+                pod(json!({"setHostnameAsFQDN": true})),
+                "spec.setHostnameAsFQDN",
+                forbidden,
             ),
             (
                 pod(json!({"securityContext": {"sysctls": [{"name": "a", "value": "1"}]}})),
@@ -652,11 +631,6 @@ mod tests {
             (
                 container(json!({"lifecycle": {"preStop": {"tcpSocket": {"port": 1}}}})),
                 "spec.containers[0].lifecycle.preStop.tcpSocket",
-                forbidden,
-            ),
-            (
-                container(json!({"ports": [{"containerPort": 80, "hostPort": 8080}]})),
-                "spec.containers[0].ports[0].hostPort",
                 forbidden,
             ),
             (
@@ -716,12 +690,17 @@ mod tests {
             refused(("batch/v1", "Job"), &job)
                 .contains(&("spec.podFailurePolicy".into(), "FieldValueForbidden"))
         );
-        let svc = json!({"metadata": {"name": "s"}, "spec": {"sessionAffinity": "ClientIP",
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"externalIPs": ["1.2.3.4"],
             "ports": [{"port": 80}], "selector": {"a": "b"}}});
         assert_eq!(
             refused(("v1", "Service"), &svc),
-            vec![("spec.sessionAffinity".to_string(), "FieldValueNotSupported")]
+            vec![("spec.externalIPs".to_string(), "FieldValueForbidden")]
         );
+        // What the service proxy honours passes.
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"sessionAffinity": "ClientIP",
+            "externalTrafficPolicy": "Local", "internalTrafficPolicy": "Local",
+            "ports": [{"port": 80}], "selector": {"a": "b"}}});
+        assert_eq!(refused(("v1", "Service"), &svc), vec![]);
         let svc = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}],
             "selector": {"a": "b"}}});
         assert_eq!(refused(("v1", "Service"), &svc), vec![]);

@@ -86,20 +86,31 @@ pub(super) fn mount_overlay(image_rootfs: &Path, layout: &Layout) -> Result<()> 
     Ok(())
 }
 
-/// Writes the files bind-mounted over `/etc/hosts` and `/etc/resolv.conf`. With the host
-/// network, the host's resolver configuration is the right one; hosts only needs localhost and
-/// the pod's own name.
-pub(super) fn write_etc_files(layout: &Layout, hostname: &str) -> Result<()> {
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    );
+/// Writes the files bind-mounted over `/etc/hosts` and `/etc/resolv.conf`: the pod's own
+/// (from its network and `dnsPolicy`) when the agent gives them; otherwise, on the host
+/// network, the host's resolver configuration, and a hosts file with localhost and the pod's
+/// own name.
+pub(super) fn write_etc_files(
+    layout: &Layout,
+    hostname: &str,
+    resolv: Option<&str>,
+    hosts: Option<&str>,
+) -> Result<()> {
+    let hosts = hosts.map(str::to_owned).unwrap_or_else(|| {
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        )
+    });
     std::fs::write(&layout.hosts, hosts).map_err(io_err("write", &layout.hosts))?;
-    let resolv = match std::fs::read("/etc/resolv.conf") {
-        Ok(b) => b,
-        Err(e) => {
-            warn!(error = %e, "cannot read the host's /etc/resolv.conf; containers get an empty one");
-            Vec::new()
-        }
+    let resolv = match resolv {
+        Some(text) => text.as_bytes().to_vec(),
+        None => match std::fs::read("/etc/resolv.conf") {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "cannot read the host's /etc/resolv.conf; containers get an empty one");
+                Vec::new()
+            }
+        },
     };
     std::fs::write(&layout.resolv, resolv).map_err(io_err("write", &layout.resolv))
 }

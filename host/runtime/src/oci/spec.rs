@@ -311,8 +311,9 @@ pub(super) struct Host<'a> {
 
 /// Renders `config.json`.
 ///
-/// There is no network namespace: pods use the host network until kedge has a CNI story, the
-/// same as `hostNetwork: true`. Everything else follows what Docker/containerd give a plain
+/// The network namespace is the pod's (made by the agent through CNI, shared by its
+/// containers) when the spec names one, else the host's (`hostNetwork: true`, or a node
+/// without a pod network). Everything else follows what Docker/containerd give a plain
 /// container, so images behave as they do there.
 pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) -> Value {
     let caps = capabilities(
@@ -398,6 +399,15 @@ pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) ->
         resources["cpu"] = Value::Object(cpu);
     }
 
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    if let Some(ns) = &spec.netns {
+        namespaces.push(json!({"type": "network", "path": ns}));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -422,8 +432,7 @@ pub(super) fn config(spec: &ContainerSpec, ident: &Identity, host: &Host<'_>) ->
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            // No "network": host network, see above.
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "namespaces": namespaces,
             "resources": resources,
             "cgroupsPath": host.cgroups_path,
             "maskedPaths": MASKED_PATHS,
@@ -473,6 +482,9 @@ mod tests {
             post_start: None,
             pre_stop: None,
             security: Default::default(),
+            netns: None,
+            resolv_conf: None,
+            hosts: None,
         }
     }
 
@@ -510,6 +522,16 @@ mod tests {
         assert_eq!(v["linux"]["cgroupsPath"], "/kedge/pod-c-0");
         let ns = v["linux"]["namespaces"].as_array().unwrap();
         assert!(!ns.iter().any(|n| n["type"] == "network"), "host network");
+        // With a pod network, the pod's namespace is joined by path (all its containers).
+        let mut with_net = spec();
+        with_net.netns = Some(PathBuf::from("/run/netns/kedge-u1"));
+        let v2 = config(&with_net, &Identity::ROOT, &host());
+        assert!(
+            v2["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "network", "path": "/run/netns/kedge-u1"}))
+        );
         let mounts = v["mounts"].as_array().unwrap();
         let data = mounts.iter().find(|m| m["destination"] == "/data").unwrap();
         assert_eq!(data["options"], json!(["rbind", "rprivate", "ro"]));

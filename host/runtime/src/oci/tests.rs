@@ -98,6 +98,9 @@ fn spec(f: &Fixture, name: &str, script: &str) -> ContainerSpec {
         post_start: None,
         pre_stop: None,
         security: Default::default(),
+        netns: None,
+        resolv_conf: None,
+        hosts: None,
     }
 }
 
@@ -631,7 +634,7 @@ async fn make_leftover(f: &Fixture, s: &ContainerSpec) -> CleanupGuard {
         armed: true,
     };
     rootfs::mount_overlay(&std::fs::canonicalize(&f.image).unwrap(), &layout).unwrap();
-    rootfs::write_etc_files(&layout, "old").unwrap();
+    rootfs::write_etc_files(&layout, "old", None, None).unwrap();
     let mut old = s.clone();
     old.args = vec!["sleep".into(), "60".into()];
     let cgroups_path = format!("kedge-test/{}", s.id);

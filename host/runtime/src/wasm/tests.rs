@@ -100,6 +100,8 @@ fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
         memory_limit: None,
         dirs: Vec::new(),
         memory_in_use: None,
+        net: None,
+        resolver: None,
     }
 }
 
@@ -547,6 +549,8 @@ fn exec_spec(args: &[&str], env: &[(&str, &str)]) -> ExecSpec {
             .collect(),
         memory_limit: None,
         dirs: vec![],
+        net: None,
+        resolver: None,
     }
 }
 
@@ -595,4 +599,111 @@ async fn exec_stdin_reaches_the_guest_and_stop_ends_it() {
         .expect("stop returns");
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(p.wait().await.unwrap(), Exit::Killed);
+}
+
+/// Answers one HTTP request on 127.0.0.1 with `body`; the port it listens on.
+async fn serve_once(body: &'static str) -> (u16, AbortOnDropHandle<()>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            return;
+        };
+        // Read the request head (bounded), then answer and close.
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        let response = format!(
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = conn.write_all(response.as_bytes()).await;
+    });
+    (port, AbortOnDropHandle::new(task))
+}
+
+/// Runs `hello --get <target>` and returns its exit and stdout lines.
+async fn hello_get(target: &str, resolver: Option<Arc<Resolver>>) -> (Exit, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(hello_component()).await.unwrap();
+    let mut spec = spec(dir.path(), &["hello", "--get", target], &[]);
+    spec.resolver = resolver;
+    let log = spec.log_path.clone();
+    let exit = tokio::time::timeout(
+        Duration::from_secs(30),
+        rt.run(&w, spec, CancellationToken::new()),
+    )
+    .await
+    .expect("the guest ends")
+    .unwrap();
+    let out = records(&log).into_iter().map(|r| r.2).collect();
+    (exit, out)
+}
+
+/// A Wasm guest's `my-service` goes through the pod's search path to the pod's nameserver,
+/// not the node's resolver (which knows no cluster names).
+#[tokio::test]
+async fn component_resolves_service_names_through_the_pod_resolver() {
+    use super::lookup::tests::{FakeDns, Zone, pod_resolver};
+    let dns =
+        FakeDns::start(Zone::default().with("my-service.default.svc.cluster.local", "127.0.0.1"))
+            .await;
+    let (port, _server) = serve_once("hello through cluster dns\n").await;
+    let resolver = Arc::new(pod_resolver(&[dns.addr]));
+    let (exit, out) = hello_get(&format!("my-service:{port}/"), Some(resolver)).await;
+    assert_eq!(exit, Exit::Code(0), "{out:?}");
+    assert_eq!(out, ["hello through cluster dns"]);
+    assert_eq!(dns.asked_a()[0], "my-service.default.svc.cluster.local");
+}
+
+/// The guest sees the WASI error codes: an unknown name fails to connect (exit 1) after the
+/// whole search path was asked.
+#[tokio::test]
+async fn component_sees_unknown_names_fail() {
+    use super::lookup::tests::{FakeDns, Zone, pod_resolver};
+    let dns = FakeDns::start(Zone::default()).await;
+    let resolver = Arc::new(pod_resolver(&[dns.addr]));
+    let (exit, _) = hello_get("no-such-service:80/", Some(resolver)).await;
+    assert_eq!(exit, Exit::Code(1));
+    assert_eq!(dns.asked_a().last().unwrap(), "no-such-service");
+}
+
+/// Without a resolver, lookups stay wasmtime-wasi's (the node's resolver and hosts file).
+#[tokio::test]
+async fn without_a_resolver_component_lookups_use_the_node_resolver() {
+    let (port, _server) = serve_once("hello through the node\n").await;
+    let (exit, out) = hello_get(&format!("localhost:{port}/"), None).await;
+    assert_eq!(exit, Exit::Code(0), "{out:?}");
+    assert_eq!(out, ["hello through the node"]);
+}
+
+/// `kubectl exec` into a Wasm container resolves as the container does.
+#[tokio::test]
+async fn exec_resolves_through_the_pod_resolver() {
+    use super::lookup::tests::{FakeDns, Zone, pod_resolver};
+    let dns =
+        FakeDns::start(Zone::default().with("my-service.default.svc.cluster.local", "127.0.0.1"))
+            .await;
+    let (port, _server) = serve_once("hello from exec\n").await;
+    let rt = WasmRuntime::new().unwrap();
+    let w = rt.load(hello_component()).await.unwrap();
+    let target = format!("my-service:{port}/");
+    let mut spec = exec_spec(&["hello", "--get", &target], &[]);
+    spec.resolver = Some(Arc::new(pod_resolver(&[dns.addr])));
+    let mut p = rt.exec(&w, spec, false).unwrap();
+    let (out, err) = (p.stdout.take().unwrap(), p.stderr.take().unwrap());
+    let (exit, out, err) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(p.wait(), read_all(out), read_all(err))
+    })
+    .await
+    .expect("the instance ends");
+    assert_eq!(exit.unwrap(), Exit::Code(0), "{err}");
+    assert_eq!(out, "hello from exec\n");
 }

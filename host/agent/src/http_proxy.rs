@@ -1,0 +1,363 @@
+//! The agent's half of the API server proxy (`pods/…/proxy`, `services/…/proxy`,
+//! `nodes/NAME:PORT/proxy`): the server sends the request through the tunnel to
+//! `/podProxy/<scheme>/<ip>/<port>/<path>?<query>` on the kubelet router, and the agent opens
+//! the connection to `ip:port` — a pod on this node, or the node itself — and forwards it.
+//!
+//! `http`: request and response bodies are streamed both ways (hyper's client on one TCP
+//! connection). `https`: TLS without verification, as kube-apiserver's pod and service
+//! proxy does; through reqwest (the client the agent already has), which streams the
+//! response but takes the request body whole, up to [`MAX_TLS_REQUEST_BODY`]. Redirects are
+//! never followed: the answer, `Location` and all, is the backend's.
+//!
+//! The agent connects to whatever IP it is given; the server chose it from the pod's status
+//! or an endpoint (it is the only caller: the kubelet router is reached through the tunnel
+//! only).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use hyper_util::rt::TokioIo;
+
+use super::kubelet::Kubelet;
+
+/// How long a connection to the backend may take (kube-apiserver's proxy dialer: 30 s).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The largest request body sent to an `https` backend (it is buffered: reqwest here has no
+/// streaming request bodies). Plain `http` bodies are streamed and not limited.
+const MAX_TLS_REQUEST_BODY: usize = 16 << 20;
+
+/// `/healthz` of the kubelet router: reaching it through `nodes/NAME/proxy/healthz` says the
+/// node's agent answers through its tunnel.
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// The target of a `/podProxy/…` path.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    https: bool,
+    addr: SocketAddr,
+    /// Origin-form path and query for the backend.
+    path: String,
+}
+
+fn parse_target(path_and_query: &str) -> Result<Target, String> {
+    let rest = path_and_query
+        .strip_prefix("/podProxy/")
+        .ok_or("not a proxy path")?;
+    let mut it = rest.splitn(4, '/');
+    let scheme = it.next().unwrap_or_default();
+    let ip = it.next().unwrap_or_default();
+    let port = it.next().unwrap_or_default();
+    let path = format!("/{}", it.next().unwrap_or_default());
+    let https = match scheme {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("unsupported scheme {other:?}")),
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| format!("invalid IP {ip:?}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("invalid port {port:?}"))?;
+    Ok(Target {
+        https,
+        addr: SocketAddr::new(ip, port),
+        path,
+    })
+}
+
+/// A Kubernetes Status, the way the server's proxy errors look.
+fn status(code: StatusCode, message: String) -> Response {
+    let reason = if code == StatusCode::SERVICE_UNAVAILABLE {
+        "ServiceUnavailable"
+    } else {
+        "BadRequest"
+    };
+    let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()});
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn unreachable_backend(e: impl std::fmt::Display) -> Response {
+    status(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("error trying to reach service: {e}"),
+    )
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), and those `Connection` names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        h.remove(n);
+    }
+}
+
+/// `/podProxy/<scheme>/<ip>/<port>/<path>`: forwards the request to `ip:port`.
+pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request) -> Response {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let target = match parse_target(&pq) {
+        Ok(t) => t,
+        Err(e) => return status(StatusCode::BAD_REQUEST, format!("proxy request: {e}")),
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Ok(host) = HeaderValue::from_str(&target.addr.to_string()) {
+        parts.headers.insert(header::HOST, host);
+    }
+    tracing::debug!(addr = %target.addr, path = %target.path, https = target.https, method = %parts.method, "proxying to the backend");
+    if target.https {
+        return https(target, parts, body).await;
+    }
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target.addr))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return unreachable_backend(format!("dial tcp {}: {e}", target.addr)),
+            Err(_) => return unreachable_backend(format!("dial tcp {}: i/o timeout", target.addr)),
+        };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(x) => x,
+        Err(e) => return unreachable_backend(e),
+    };
+    // The connection lives while the response body is read; it ends with the backend's
+    // answer, or when the agent stops.
+    let cancel = kubelet.cancel.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            r = conn => if let Err(e) = r {
+                tracing::debug!(error = %e, "proxied connection ended with an error");
+            },
+            () = cancel.cancelled() => {}
+        }
+    });
+    let mut out = http::Request::from_parts(parts, body);
+    *out.uri_mut() = match target.path.parse() {
+        Ok(u) => u,
+        Err(e) => return status(StatusCode::BAD_REQUEST, format!("proxy path: {e}")),
+    };
+    match sender.send_request(out).await {
+        Ok(resp) => {
+            let (mut p, b) = resp.into_parts();
+            strip_hop_by_hop(&mut p.headers);
+            Response::from_parts(p, Body::new(b))
+        }
+        Err(e) => unreachable_backend(e),
+    }
+}
+
+/// The `https` backend, without certificate checks.
+async fn https(target: Target, parts: http::request::Parts, body: Body) -> Response {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        kedge_tunnel::install_crypto_provider();
+        reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .expect("a client without custom TLS roots builds")
+    });
+    let body = match http_body_util::Limited::new(body, MAX_TLS_REQUEST_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "request body for an https backend: {e} (at most {MAX_TLS_REQUEST_BODY} bytes)"
+                ),
+            );
+        }
+    };
+    let url = format!("https://{}{}", target.addr, target.path);
+    let mut headers = parts.headers;
+    // reqwest sets these itself.
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    let resp = match client
+        .request(parts.method, &url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return unreachable_backend(format!("{url}: {e}")),
+    };
+    let mut out = Response::builder().status(resp.status().as_u16());
+    if let Some(h) = out.headers_mut() {
+        for (k, v) in resp.headers() {
+            h.append(k.clone(), v.clone());
+        }
+        strip_hop_by_hop(h);
+    }
+    let chunks = futures_util::stream::unfold(resp, |mut r| async move {
+        match r.chunk().await {
+            Ok(Some(c)) => Some((Ok::<_, std::io::Error>(c), r)),
+            Ok(None) => None,
+            Err(e) => Some((Err(std::io::Error::other(e)), r)),
+        }
+    });
+    out.body(Body::from_stream(chunks))
+        .unwrap_or_else(unreachable_backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        let t = parse_target("/podProxy/http/10.42.0.5/8080/a/b%20c?x=1&y").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                https: false,
+                addr: "10.42.0.5:8080".parse().unwrap(),
+                path: "/a/b%20c?x=1&y".into()
+            }
+        );
+        let t = parse_target("/podProxy/https/fd00::5/443").unwrap();
+        assert!(t.https);
+        assert_eq!(t.addr.to_string(), "[fd00::5]:443");
+        assert_eq!(t.path, "/");
+        for bad in [
+            "/podProxy/ftp/10.0.0.1/21/",
+            "/podProxy/http/web/80/",
+            "/podProxy/http/10.0.0.1/0/",
+            "/podProxy/http/10.0.0.1/x/",
+            "/other",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A request goes to the backend with its method, path, query, headers (hop-by-hop
+    /// ones dropped) and streamed body; the answer, a redirect included, comes back as it is.
+    #[tokio::test]
+    async fn forwards_to_a_backend_and_back() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let backend = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head and the 5-byte body, bounded in time and size.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while !String::from_utf8_lossy(&got).ends_with("hello") && got.len() < 65536 {
+                let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nX-Backend: yes\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&got).to_string()
+        });
+        let kubelet = Arc::new(Kubelet {
+            logs: Default::default(),
+            oci: None,
+            wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        });
+        let req = http::Request::post(format!("/podProxy/http/127.0.0.1/{}/x/y?q=1", addr.port()))
+            .header("x-custom", "1")
+            .header(header::CONNECTION, "keep-alive, x-hop")
+            .header("x-hop", "drop me")
+            .header(header::CONTENT_LENGTH, "5")
+            .body(Body::from("hello"))
+            .unwrap();
+        let resp = pod_proxy(State(kubelet), req).await;
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        assert_eq!(resp.headers()["location"], "/elsewhere");
+        assert_eq!(resp.headers()["x-backend"], "yes");
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"ok");
+        let seen = backend.await.unwrap().to_ascii_lowercase();
+        assert!(seen.starts_with("post /x/y?q=1 http/1.1\r\n"), "{seen}");
+        assert!(
+            seen.contains(&format!("host: 127.0.0.1:{}\r\n", addr.port())),
+            "{seen}"
+        );
+        assert!(seen.contains("x-custom: 1\r\n"), "{seen}");
+        assert!(!seen.contains("x-hop"), "{seen}");
+        assert!(seen.ends_with("\r\n\r\nhello"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_backend_is_a_503_status() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let kubelet = Arc::new(Kubelet {
+            logs: Default::default(),
+            oci: None,
+            wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        });
+        let req = http::Request::get(format!("/podProxy/http/127.0.0.1/{port}/"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = pod_proxy(State(kubelet), req).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["reason"], "ServiceUnavailable");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("error trying to reach service: dial tcp 127.0.0.1:"),
+            "{v}"
+        );
+    }
+}

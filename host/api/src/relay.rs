@@ -1,0 +1,342 @@
+//! `GET /api/v1/nodes/<target>/relay?ip=A.B.C.D&port=N`: the data path between nodes that
+//! cannot reach each other (behind different NATs).
+//!
+//! A node asks, through its own tunnel, for a TCP connection to a pod of another node; the
+//! server opens an upgraded stream to the target node's agent through that node's tunnel
+//! (as for port-forward), the agent connects to `ip:port`, and the server splices the two
+//! streams: agent A → server → agent B → pod. Both hops are upgraded to
+//! [`TCP_UPGRADE`]: after `101` each carries the raw bytes of the one TCP connection, and a
+//! half-close travels as the stream's end.
+//!
+//! Only nodes may ask, and only for what the target node itself hosts: an address in its
+//! `spec.podCIDR(s)` (pods with their own network) or its InternalIP (pods on the node's
+//! network). Anything else would make the server an open TCP proxy into every node's
+//! network. Nothing is recorded in the store.
+
+use std::net::Ipv4Addr;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::alloc::Cidr;
+use super::error::{ApiError, Result};
+use super::http::ApiState;
+use crate::auth::Identity;
+use kedge_core::channel::TCP_UPGRADE;
+use kedge_core::resources;
+
+/// The agent's kubelet-router path that connects to `ip:port` and splices.
+pub(crate) const AGENT_PATH: &str = "/relay";
+/// Copy buffer per direction of a relayed connection: as the agent's port-forward splice, a
+/// QUIC stream write per 64 KiB rather than per 8 KiB; also the most a relay holds per
+/// direction.
+const SPLICE_BUF: usize = 64 * 1024;
+
+/// The target node of a relay URL (`/api/v1/nodes/<name>/relay`), None for any other path.
+pub(crate) fn parse(segs: &[&str]) -> Option<String> {
+    match segs {
+        ["api", "v1", "nodes", name, "relay"] if !name.is_empty() => Some((*name).to_string()),
+        _ => None,
+    }
+}
+
+/// What a relay request asks for, once its query is read.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Dest {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+}
+
+/// `ip` (IPv4) and `port` (1–65535) from the query.
+pub(crate) fn dest(query: Option<&str>) -> Result<Dest> {
+    let (mut ip, mut port) = (None, None);
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match k.as_ref() {
+            "ip" => ip = Some(v.into_owned()),
+            "port" => port = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let ip = ip.ok_or_else(|| ApiError::bad_request("query parameter \"ip\" is required"))?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "query parameter \"ip\": {ip:?} is not an IPv4 address"
+        ))
+    })?;
+    let port = port.ok_or_else(|| ApiError::bad_request("query parameter \"port\" is required"))?;
+    let port = port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "query parameter \"port\": {port:?} is not a port number (1-65535)"
+        ))
+    })?;
+    Ok(Dest { ip, port })
+}
+
+fn forbidden(id: &Identity, target: &str, why: &str) -> ApiError {
+    let a = super::rbac::Attributes::resource("get", "", "nodes", "relay", "", target);
+    super::rbac::forbidden(id, &a, why)
+}
+
+/// The caller's node name: only nodes relay, and never to themselves (their own pods are
+/// local to them).
+pub(crate) fn caller<'a>(id: &'a Identity, target: &str) -> Result<&'a str> {
+    let Some(node) = super::authz::node_of(id) else {
+        return Err(forbidden(
+            id,
+            target,
+            "only nodes (group system:nodes) may relay connections between nodes",
+        ));
+    };
+    if node == target {
+        return Err(ApiError::bad_request(format!(
+            "node {node:?} cannot relay to itself: its pods are local"
+        )));
+    }
+    Ok(node)
+}
+
+/// Whether the Node `target` hosts `ip`: inside its `spec.podCIDR(s)`, or its InternalIP.
+/// The refusal says what the node does host.
+pub(crate) fn hosts(target: &Value, ip: Ipv4Addr) -> std::result::Result<(), String> {
+    let cidrs: Vec<Cidr> = target
+        .pointer("/spec/podCIDRs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .chain(target.pointer("/spec/podCIDR"))
+        .filter_map(Value::as_str)
+        .filter_map(|c| c.parse::<Cidr>().ok())
+        .collect();
+    let internal: Vec<Ipv4Addr> = target
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|a| a["type"] == "InternalIP")
+        .filter_map(|a| a["address"].as_str()?.parse().ok())
+        .collect();
+    if cidrs.iter().any(|c| c.contains(ip)) || internal.contains(&ip) {
+        return Ok(());
+    }
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    Err(format!(
+        "{ip} is neither in the node's pod CIDR ({}) nor its InternalIP ({})",
+        list(cidrs.iter().map(ToString::to_string).collect()),
+        list(internal.iter().map(ToString::to_string).collect()),
+    ))
+}
+
+fn asks_for_tcp(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(TCP_UPGRADE))
+}
+
+/// Serves one relay request: every check, then the target agent's stream, then `101` and
+/// the splice in a task of its own. The task ends when both directions have ended, at the
+/// latest when either tunnel closes (as when the server stops).
+pub(crate) async fn serve(
+    st: &ApiState,
+    identity: &Identity,
+    mut parts: Parts,
+    target: &str,
+) -> Result<Response> {
+    let from = caller(identity, target)?.to_string();
+    if parts.method != Method::GET {
+        return Err(ApiError::method_not_allowed(format!(
+            "a relay is a GET with an upgrade to {TCP_UPGRADE}"
+        )));
+    }
+    let d = dest(parts.uri.query())?;
+    let nodes = resources::by_kind("v1", "Node").expect("nodes are served");
+    let node = st.api.get(nodes, "", target)?;
+    hosts(&node, d.ip).map_err(|why| forbidden(identity, target, &why))?;
+    let on_upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .filter(|_| asks_for_tcp(&parts))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("a relay needs an upgrade to {TCP_UPGRADE}"))
+        })?;
+    let proxy = st
+        .nodes
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::unavailable("no node tunnel server is running"))?;
+    let uri = format!("{AGENT_PATH}?ip={}&port={}", d.ip, d.port);
+    let req = http::Request::post(uri)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TCP_UPGRADE)
+        .body(Body::empty())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut resp = proxy.request(target, req).await.map_err(|e| {
+        ApiError::unavailable(format!(
+            "node {target:?} cannot be reached through its tunnel: {e}"
+        ))
+    })?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Err(agent_refusal(target, resp).await);
+    }
+    let to_b = hyper::upgrade::on(&mut resp).await.map_err(|e| {
+        ApiError::unavailable(format!("upgrading the stream to node {target:?}: {e}"))
+    })?;
+    let (ip, port) = (d.ip, d.port);
+    tokio::spawn(async move {
+        let from_a = match on_upgrade.await {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(from, error = %e, "relay: the caller's upgrade failed");
+                return;
+            }
+        };
+        let (mut a, mut b) = (TokioIo::new(from_a), TokioIo::new(to_b));
+        match tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, SPLICE_BUF, SPLICE_BUF).await
+        {
+            Ok((up, down)) => {
+                tracing::trace!(from, %ip, port, up, down, "relayed connection ended")
+            }
+            Err(e) => tracing::debug!(from, %ip, port, error = %e, "relayed connection broke"),
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static(TCP_UPGRADE));
+    Ok(r)
+}
+
+/// The target agent's answer before an upgrade (port closed, no route, timed out) as the
+/// caller's Status, with the agent's words.
+async fn agent_refusal(target: &str, resp: http::Response<Body>) -> ApiError {
+    let code = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_string();
+    let msg = if text.is_empty() {
+        format!("node {target:?} answered {code} to a relay")
+    } else {
+        text
+    };
+    match code {
+        400 => ApiError::bad_request(msg),
+        404 => ApiError::new(404, "NotFound", msg),
+        504 => ApiError::new(504, "Timeout", msg),
+        _ => ApiError::new(502, "ServiceUnavailable", msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn id(user: &str, groups: &[&str]) -> Identity {
+        Identity {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn relay_urls() {
+        assert_eq!(
+            parse(&["api", "v1", "nodes", "b", "relay"]).as_deref(),
+            Some("b")
+        );
+        assert_eq!(parse(&["api", "v1", "nodes", "b"]), None);
+        assert_eq!(parse(&["api", "v1", "nodes", "b", "proxy"]), None);
+        assert_eq!(parse(&["apis", "x", "v1", "nodes", "b", "relay"]), None);
+    }
+
+    #[test]
+    fn only_other_nodes_relay() {
+        let node = id("system:node:a", &["system:nodes", "system:authenticated"]);
+        assert_eq!(caller(&node, "b").unwrap(), "a");
+        let e = caller(&node, "a").unwrap_err();
+        assert_eq!(e.code, 400);
+        assert!(e.message.contains("itself"), "{}", e.message);
+        for who in [
+            id("admin", &["system:masters"]),
+            id("system:node:a", &["system:authenticated"]),
+            id("alice", &["system:nodes-not"]),
+        ] {
+            let e = caller(&who, "b").unwrap_err();
+            assert_eq!(e.code, 403, "{who:?}");
+            assert!(
+                e.message.contains("nodes \"b\" is forbidden"),
+                "{}",
+                e.message
+            );
+            assert!(e.message.contains("only nodes"), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn query_names_an_ipv4_address_and_a_port() {
+        assert_eq!(
+            dest(Some("ip=10.42.1.7&port=80")).unwrap(),
+            Dest {
+                ip: Ipv4Addr::new(10, 42, 1, 7),
+                port: 80
+            }
+        );
+        assert_eq!(dest(Some("port=65535&ip=1.2.3.4")).unwrap().port, 65535);
+        for bad in [
+            None,
+            Some("ip=10.42.1.7"),
+            Some("port=80"),
+            Some("ip=10.42.1.7&port=0"),
+            Some("ip=10.42.1.7&port=65536"),
+            Some("ip=10.42.1.7&port=http"),
+            Some("ip=fe80::1&port=80"),
+            Some("ip=example.com&port=80"),
+        ] {
+            let e = dest(bad).unwrap_err();
+            assert_eq!(e.code, 400, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_node_hosts_its_pod_cidr_and_its_internal_ip() {
+        let n = json!({"spec": {"podCIDR": "10.42.1.0/24", "podCIDRs": ["10.42.1.0/24"]},
+            "status": {"addresses": [
+                {"type": "Hostname", "address": "b"},
+                {"type": "ExternalIP", "address": "203.0.113.9"},
+                {"type": "InternalIP", "address": "192.168.7.2"}]}});
+        for ok in ["10.42.1.0", "10.42.1.7", "10.42.1.255", "192.168.7.2"] {
+            assert!(hosts(&n, ok.parse().unwrap()).is_ok(), "{ok}");
+        }
+        for bad in [
+            "10.42.2.7",
+            "10.42.0.255",
+            "192.168.7.3",
+            "203.0.113.9",
+            "127.0.0.1",
+        ] {
+            let e = hosts(&n, bad.parse().unwrap()).unwrap_err();
+            assert!(
+                e.contains("10.42.1.0/24") && e.contains("192.168.7.2"),
+                "{bad}: {e}"
+            );
+        }
+        // A node with neither hosts nothing.
+        let e = hosts(&json!({"spec": {}}), "10.42.1.7".parse().unwrap()).unwrap_err();
+        assert!(e.contains("(none)"), "{e}");
+        // podCIDRs alone counts too.
+        let n = json!({"spec": {"podCIDRs": ["10.42.3.0/24"]}});
+        assert!(hosts(&n, "10.42.3.1".parse().unwrap()).is_ok());
+    }
+}
