@@ -260,9 +260,23 @@ pub async fn start_with_network(
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // In-cluster clients reach the API server as the `kubernetes` Service (its ClusterIP, or
+    // its DNS names) through their node's service proxy, and check the certificate for
+    // those names, as kube-apiserver's certificate carries them.
+    let mut sans = cfg.tls_sans.clone();
+    for name in [
+        crate::api::alloc::KUBERNETES_SERVICE_IP.to_string(),
+        "kubernetes".into(),
+        "kubernetes.default".into(),
+        "kubernetes.default.svc".into(),
+        "kubernetes.default.svc.cluster.local".into(),
+    ] {
+        if !sans.contains(&name) {
+            sans.push(name);
+        }
+    }
     let pki = Arc::new(
-        ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &cfg.tls_sans)
-            .context("cluster PKI")?,
+        ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &sans).context("cluster PKI")?,
     );
     let store = Arc::new(
         RedbStore::open(

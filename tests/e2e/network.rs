@@ -575,6 +575,22 @@ fn services_carry_traffic_between_pods_on_two_nodes() {
             short.contains(&cluster_ip),
             "bb resolving my-service: {short}"
         );
+        // In-cluster clients are pointed at the `kubernetes` Service, which every node serves
+        // through its own forwarder to the API server.
+        assert!(env.contains("KUBERNETES_SERVICE_HOST=10.43.0.1"), "{env}");
+        assert!(env.contains("KUBERNETES_SERVICE_PORT=443"), "{env}");
+        let r = c.k(&[
+            "exec",
+            "bb",
+            "--",
+            "sh",
+            "-c",
+            "echo | busybox nc -w 3 10.43.0.1 443 >/dev/null; echo rc=$?",
+        ]);
+        assert!(
+            r.contains("rc=0"),
+            "a TCP connection to the kubernetes Service: {r}"
+        );
         // busybox nc, not wget: the image's static wget crashes in glibc's resolver even for
         // an address.
         let get = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 3 {cluster_ip} 80");
@@ -800,4 +816,183 @@ fn userspace_proxy_and_a_node_without_a_pod_network() {
             .log_text()
             .contains("service proxy: userspace")
     );
+}
+
+/// Two sites, each behind its own NAT router: neither can reach the other's addresses (the
+/// routers only masquerade outwards and have no route to each other), both reach the server.
+struct NatSites {
+    bridge: String,
+    routers: Vec<String>,
+    sites: Vec<String>,
+    n: u8,
+}
+
+impl NatSites {
+    fn create() -> NatSites {
+        static CREATING: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+        let mut seq = CREATING.lock().unwrap_or_else(|p| p.into_inner());
+        *seq += 1;
+        let pid = std::process::id() + *seq * 13 + 5;
+        let routes = stdout(&["ip", "-4", "route", "show", "table", "all"]);
+        let addrs = stdout(&["ip", "-4", "addr"]);
+        let n = (0..100u32)
+            .map(|i| (150 + (pid + i) % 50) as u8)
+            .find(|n| {
+                let p = format!("10.{n}.");
+                !routes.contains(&p) && !addrs.contains(&p)
+            })
+            .expect("a free 10.N.0.0/16 for the test network");
+        let tag = format!("kx{}", pid % 100_000);
+        let net = NatSites {
+            bridge: format!("{tag}br"),
+            routers: (0..2).map(|i| format!("{tag}-r{i}")).collect(),
+            sites: (0..2).map(|i| format!("{tag}-s{i}")).collect(),
+            n,
+        };
+        sh(&format!("ip link add {} type bridge", net.bridge));
+        sh(&format!("ip addr add 10.{n}.0.1/24 dev {}", net.bridge));
+        drop(seq);
+        sh(&format!("ip link set {} up", net.bridge));
+        for i in 0..2 {
+            let (r, site) = (&net.routers[i], &net.sites[i]);
+            let (up_host, up_r) = (format!("{tag}u{i}"), format!("{tag}o{i}"));
+            let (in_r, in_s) = (format!("{tag}i{i}"), format!("{tag}s{i}"));
+            sh(&format!("ip netns add {r}"));
+            sh(&format!("ip netns add {site}"));
+            sh(&format!(
+                "ip link add {up_host} type veth peer name {up_r} netns {r}"
+            ));
+            sh(&format!("ip link set {up_host} master {} up", net.bridge));
+            sh(&format!("ip -n {r} link set lo up"));
+            sh(&format!(
+                "ip -n {r} addr add 10.{n}.0.{}/24 dev {up_r}",
+                10 + i
+            ));
+            sh(&format!("ip -n {r} link set {up_r} up"));
+            sh(&format!(
+                "ip link add {in_r} netns {r} type veth peer name {in_s} netns {site}"
+            ));
+            sh(&format!(
+                "ip -n {r} addr add 10.{n}.{}.1/24 dev {in_r}",
+                i + 1
+            ));
+            sh(&format!("ip -n {r} link set {in_r} up"));
+            sh(&format!("ip -n {site} link set lo up"));
+            sh(&format!(
+                "ip -n {site} addr add 10.{n}.{}.2/24 dev {in_s}",
+                i + 1
+            ));
+            sh(&format!("ip -n {site} link set {in_s} up"));
+            sh(&format!(
+                "ip -n {site} route add default via 10.{n}.{}.1",
+                i + 1
+            ));
+            sh(&format!(
+                "ip netns exec {r} sysctl -qw net.ipv4.ip_forward=1"
+            ));
+            sh(&format!(
+                "ip netns exec {r} iptables -w 5 -t nat -A POSTROUTING -o {up_r} -j MASQUERADE"
+            ));
+            sh(&format!(
+                "ip netns exec {r} iptables -w 5 -A FORWARD -i {up_r} -m conntrack --ctstate NEW -j DROP"
+            ));
+        }
+        net
+    }
+
+    fn host_ip(&self) -> String {
+        format!("10.{}.0.1", self.n)
+    }
+}
+
+impl Drop for NatSites {
+    fn drop(&mut self) {
+        for ns in self.sites.iter().chain(&self.routers) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// Nodes behind different NATs: a pod on one reaches a Service whose only endpoint is on the
+/// other, by ClusterIP and by name, through the server's relay over both nodes' tunnels.
+#[test]
+fn a_service_is_reached_across_two_nats_through_the_relay() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipping the cross-NAT test: {why}");
+        return;
+    }
+    if Command::new("iptables").arg("-V").output().is_err() {
+        eprintln!("skipping the cross-NAT test: iptables is missing");
+        return;
+    }
+    let sites = NatSites::create();
+    let mut c = Cluster::start_on(&sites.host_ip());
+    let token = c.token.clone();
+    for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
+        let ns = sites.sites[i].clone();
+        c.start_agent_in(Some(&ns), name, &token, &["--pod-network", "auto"]);
+    }
+    struct PodNamespaces(std::path::PathBuf);
+    impl Drop for PodNamespaces {
+        fn drop(&mut self) {
+            remove_pod_namespaces(&self.0);
+        }
+    }
+    let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
+    apply(
+        &c,
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: far}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: far}}
+  template:
+    metadata: {labels: {app: far}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: node-b}
+      containers:
+      - name: hello
+        image: kedge.dev/samples/hello-wasm:v1
+        env: [{name: HELLO_LISTEN, value: "9376"}]
+        ports: [{name: http, containerPort: 9376}]
+        readinessProbe: {httpGet: {path: /healthz, port: 9376}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: far}
+spec:
+  selector: {app: far}
+  ports: [{name: http, port: 80, targetPort: http}]
+"#,
+    );
+    apply(
+        &c,
+        &client_pod(
+            "client-a",
+            "node-a",
+            "kedge.dev/samples/hello-wasm:v1",
+            None,
+        ),
+    );
+    let far = running_ready(&c, "app=far", 1);
+    assert_eq!(far[0].node, "node-b");
+    c.wait("client-a running", || {
+        let v = json(&c, &["get", "pod", "client-a", "-o", "json"]);
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let ip = json(&c, &["get", "svc", "far", "-o", "json"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = c.wait("client-a reaching the Service behind the other NAT", || {
+        wasm_get(&c, "client-a", &format!("{ip}:80/"))
+    });
+    assert!(body.contains(&far[0].name), "{body}");
+    let body = c.wait("and by name", || wasm_get(&c, "client-a", "far:80/"));
+    assert!(body.contains(&far[0].name), "{body}");
 }

@@ -304,8 +304,10 @@ pub fn slices(service: &Service, subsets: &[EndpointSubset], manager: &str) -> V
         .collect()
 }
 
-/// Makes the Service's slices those of `subsets`: existing ones are updated in place (paired
-/// in name order), extra ones deleted, missing ones created.
+/// Makes the Service's slices of `manager` those of `subsets`: existing ones are updated in
+/// place (paired in name order), extra ones deleted, missing ones created. Slices another
+/// manager keeps (the API server's own for `kubernetes`) are left alone, as Kubernetes'
+/// controllers each touch only their own.
 fn sync_slices(
     cluster: &dyn Cluster,
     service: &Service,
@@ -314,7 +316,32 @@ fn sync_slices(
 ) -> Result<()> {
     let ns = service.metadata.namespace.as_deref().unwrap_or_default();
     let name = service.metadata.name.as_deref().unwrap_or_default();
-    let mut have = cluster.list::<EndpointSlice>(ns, &format!("{SERVICE_NAME}={name}"))?;
+    let manager_of = |s: &EndpointSlice| {
+        s.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(MANAGED_BY_LABEL))
+            .cloned()
+    };
+    let all = cluster.list::<EndpointSlice>(ns, &format!("{SERVICE_NAME}={name}"))?;
+    // The slices of this controller's other role (a Service that gained or lost its
+    // selector) go; those of any other manager stay.
+    for s in &all {
+        let other = if manager == MANAGED_BY {
+            MIRRORING
+        } else {
+            MANAGED_BY
+        };
+        if manager_of(s).as_deref() == Some(other) {
+            let n = s.metadata.name.as_deref().unwrap_or_default();
+            cluster.delete::<EndpointSlice>(ns, n).ignore_not_found()?;
+        }
+    }
+    // Unlabelled slices of the Service are taken as ours (kedge's before the label).
+    let mut have: Vec<EndpointSlice> = all
+        .into_iter()
+        .filter(|s| manager_of(s).is_none_or(|m| m == manager))
+        .collect();
     have.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let want = slices(service, subsets, manager);
     let mut have = have.into_iter();

@@ -166,6 +166,56 @@ fn services_without_selector_keep_their_manual_endpoints_and_deletion_cleans_up(
     assert!(endpoints(&fake, "manual").is_none());
 }
 
+/// Regression: the `kubernetes` Service (no selector, Endpoints marked skip-mirror) keeps the
+/// EndpointSlice the API server writes for it; the controller only touches its own slices.
+#[test]
+fn another_managers_slice_is_left_alone() {
+    use k8s_openapi::api::discovery::v1::{Endpoint as SliceEndpoint, EndpointSlice};
+    let fake = FakeCluster::new();
+    fake.seed(&service("kubernetes", None, IntOrString::Int(6443)));
+    let mut ep = Endpoints::default();
+    ep.metadata.name = Some("kubernetes".into());
+    ep.metadata.namespace = Some("default".into());
+    ep.metadata.labels = Some(
+        [(
+            "endpointslice.kubernetes.io/skip-mirror".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    fake.seed(&ep);
+    let mut slice = EndpointSlice {
+        address_type: "IPv4".into(),
+        endpoints: vec![SliceEndpoint {
+            addresses: vec!["192.0.2.1".into()],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    slice.metadata.name = Some("kubernetes".into());
+    slice.metadata.namespace = Some("default".into());
+    slice.metadata.labels = Some(
+        [
+            (
+                "kubernetes.io/service-name".to_string(),
+                "kubernetes".to_string(),
+            ),
+            (
+                "endpointslice.kubernetes.io/managed-by".to_string(),
+                "kedge-server".to_string(),
+            ),
+        ]
+        .into(),
+    );
+    fake.seed(&slice);
+    run(&fake, "kubernetes");
+    let slices = fake
+        .list::<EndpointSlice>("default", "kubernetes.io/service-name=kubernetes")
+        .unwrap();
+    assert_eq!(slices.len(), 1, "{slices:?}");
+    assert_eq!(slices[0].endpoints[0].addresses, ["192.0.2.1"]);
+}
+
 #[test]
 fn numeric_target_ports_and_publish_not_ready() {
     let fake = FakeCluster::new();

@@ -137,13 +137,6 @@ impl Client {
     /// A `GET` upgraded to `token` on a stream of its own: after the server's `101`, the
     /// stream is the caller's (the relay between nodes). Any other answer is [`Error::Api`].
     /// Bounded by the caller.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the relay's only caller is not wired yet (issue 15)"
-        )
-    )]
     pub(crate) async fn upgrade(
         &self,
         path: &str,

@@ -269,6 +269,20 @@ async fn prepare(
         .map_err(Failure::config)?;
     let pod_ip = pod_ip(ctx, pod);
     let links = service_links(ctx, pod);
+    // A pod with its own network reaches the API server as the `kubernetes` Service, through
+    // its node's proxy (the server's own address may be loopback, or behind a NAT); on the
+    // node's network, the address the agent itself uses.
+    let api = ctx
+        .net()
+        .pod(meta::uid(pod))
+        .and(
+            ctx.net()
+                .api_service
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+        .unwrap_or_else(|| ctx.api_server.clone());
     let env = crate::env::container_env(
         pod,
         c,
@@ -276,7 +290,7 @@ async fn prepare(
             node: &ctx.node,
             host_ip: &ctx.host_ip,
             pod_ip: &pod_ip,
-            server: &ctx.api_server,
+            server: &api,
         },
         links,
         &objects,

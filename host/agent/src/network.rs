@@ -174,6 +174,14 @@ pub(crate) struct Network {
     pub dns_up: std::sync::atomic::AtomicBool,
     /// The Services and EndpointSlices this node knows.
     pub view: watch::Sender<View>,
+    /// The agent's own forwarders on the pod bridge (with a pod network only).
+    forwarders: Option<Forwarders>,
+    /// `ip:port` of the `kubernetes` Service once this node's proxy serves it (pods with
+    /// their own network are pointed at it, as kubelet points them at the Service).
+    pub api_service: Mutex<Option<String>>,
+    /// The nodes whose pods this node cannot route to (behind another NAT, or on another
+    /// network): their Service endpoints are reached through the server's relay.
+    pub unreachable: watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 /// What the node knows of the cluster's Services.
@@ -217,6 +225,16 @@ impl Network {
             }
             Mode::Host(why) => tracing::warn!(%why, "pods share the node's network"),
         }
+        let forwarders = match &mode {
+            Mode::Cni { pod_cidr, .. } => match ensure_bridge(&cfg.bridge, *pod_cidr).await {
+                Ok(()) => Some(Forwarders::new(gateway_of(*pod_cidr), client.clone())),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no pod bridge yet: in-cluster clients use the API server's own address");
+                    None
+                }
+            },
+            Mode::Host(_) => None,
+        };
         Network {
             cfg,
             mode,
@@ -224,6 +242,9 @@ impl Network {
             host_resolv,
             dns_up: std::sync::atomic::AtomicBool::new(false),
             view: watch::Sender::new(View::default()),
+            forwarders,
+            api_service: Mutex::default(),
+            unreachable: watch::Sender::new(Default::default()),
         }
     }
 
@@ -796,6 +817,7 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
     let dns = start_dns(&net, &cancel).await;
     let mut rx = net.view.subscribe();
     rx.mark_changed();
+    let mut far = net.unreachable.subscribe();
     let mut last_saved = tokio::time::Instant::now();
     let mut dirty = false;
     let mut last_table = None;
@@ -804,13 +826,46 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
         tokio::select! {
             () = cancel.cancelled() => break,
             changed = rx.changed() => if changed.is_err() { break },
+            changed = far.changed() => if changed.is_err() { break },
             // Record a view that changed, at most every 2 s.
             () = tokio::time::sleep(Duration::from_secs(2)), if dirty => {}
             () = tokio::time::sleep(Duration::from_secs(1)), if retry => {}
         }
         // Coalesce a burst of events into one sync.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let view = rx.borrow_and_update().clone();
+        let mut view = rx.borrow_and_update().clone();
+        // The `kubernetes` Service goes to this node's forwarder to the API server.
+        let mut api_service = None;
+        if let (Some(fw), Some(_)) = (&net.forwarders, &proxier)
+            && let Some(slice) = view.slices.get("default/kubernetes")
+        {
+            match fw.port_for(&Upstream::Api(ctx.api_server.clone())).await {
+                Ok(port) => {
+                    let gw = fw.bind;
+                    let local = local_api_slice(slice, gw, port);
+                    view.slices.insert("default/kubernetes".into(), local);
+                    api_service = view.services.get("default/kubernetes").and_then(|s| {
+                        let ip = s.pointer("/spec/clusterIP")?.as_str()?;
+                        let port = s.pointer("/spec/ports/0/port")?.as_u64()?;
+                        Some(format!("{ip}:{port}"))
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "no forwarder to the API server"),
+            }
+        }
+        // Endpoints on nodes this one cannot route to go through local forwarders to the
+        // relay (TCP only: the relay carries no UDP, so such endpoints serve TCP ports only).
+        if let (Some(fw), Some(_)) = (&net.forwarders, &proxier) {
+            let far_nodes = far.borrow_and_update().clone();
+            let mut used = std::collections::HashSet::new();
+            if api_service.is_some() {
+                used.insert(Upstream::Api(ctx.api_server.clone()));
+            }
+            if !far_nodes.is_empty() {
+                relay_far_endpoints(&mut view, &far_nodes, fw, &mut used).await;
+            }
+            fw.retain(&used);
+        }
         // Building the zone and the table is tens of milliseconds at a thousand Services:
         // off the async workers.
         let (zone, table) = {
@@ -844,6 +899,8 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
                 Ok(stats) => {
                     tracing::debug!(?stats, "service proxy synced");
                     last_table = Some(table);
+                    *net.api_service.lock().unwrap_or_else(|p| p.into_inner()) =
+                        api_service.clone();
                 }
                 Err(e) => {
                     // Tried again shortly, whether or not anything changes meanwhile.
@@ -863,6 +920,227 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
     // nftables rules stay while the agent is away (the kernel keeps serving, as after
     // kube-proxy exits); userspace listeners go with the proxier.
     drop(proxier);
+}
+
+/// Where a local forwarder sends the connections it accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Upstream {
+    /// The API server, over TCP at the address the agent dials (in-cluster clients' way to
+    /// it: the `kubernetes` Service).
+    Api(String),
+    /// A pod (or a host-network pod's node address) on a node this one cannot route to
+    /// (behind another NAT): through the server's relay, over both nodes' tunnels.
+    Relay {
+        node: String,
+        ip: Ipv4Addr,
+        port: u16,
+    },
+}
+
+/// Most connections one forwarder carries at once.
+const FORWARDER_CONNECTIONS: usize = 1024;
+
+/// TCP forwarders in the agent, listening on the pod bridge's gateway address: what the
+/// service proxy sends a Service endpoint to when the agent itself must carry the traffic.
+/// The `kubernetes` Service is one: its endpoint is the API server's address as the server
+/// sees itself (loopback in `kedge dev`, an address a pod behind NAT may not route to), so
+/// every node answers it locally and forwards to the address its own agent uses. Endpoints
+/// on nodes behind another NAT are the other: the forwarder relays through the server.
+pub(crate) struct Forwarders {
+    bind: Ipv4Addr,
+    client: Client,
+    map: Mutex<HashMap<Upstream, (u16, tokio_util::task::AbortOnDropHandle<()>)>>,
+}
+
+impl Forwarders {
+    fn new(bind: Ipv4Addr, client: Client) -> Self {
+        Forwarders {
+            bind,
+            client,
+            map: Mutex::default(),
+        }
+    }
+
+    /// Stops the forwarders not in `keep` (their Services or endpoints went away).
+    fn retain(&self, keep: &std::collections::HashSet<Upstream>) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|up, _| keep.contains(up));
+    }
+
+    /// The local port forwarding to `up`, started on first use.
+    async fn port_for(&self, up: &Upstream) -> std::io::Result<u16> {
+        if let Some((port, _)) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(up) {
+            return Ok(*port);
+        }
+        let listener = tokio::net::TcpListener::bind((self.bind, 0)).await?;
+        let port = listener.local_addr()?.port();
+        let (target, tunnel) = (up.clone(), self.client.clone());
+        let task = tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDER_CONNECTIONS));
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue; // Dropping the connection: too many at once.
+                };
+                let (target, tunnel) = (target.clone(), tunnel.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    if let Err(e) = forward(conn, &target, &tunnel).await {
+                        tracing::debug!(?target, error = %e, "forwarded connection failed");
+                    }
+                });
+            }
+        });
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map
+            .entry(up.clone())
+            .or_insert((port, tokio_util::task::AbortOnDropHandle::new(task)));
+        Ok(entry.0)
+    }
+}
+
+/// Carries one accepted connection to its upstream, both ways, half-closes included.
+async fn forward(
+    mut conn: tokio::net::TcpStream,
+    target: &Upstream,
+    tunnel: &Client,
+) -> std::io::Result<()> {
+    let _ = conn.set_nodelay(true);
+    match target {
+        Upstream::Api(addr) => {
+            let mut up = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(addr.as_str()),
+            )
+            .await
+            .map_err(|_| std::io::Error::other("connecting to the API server timed out"))??;
+            tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
+        }
+        Upstream::Relay { node, ip, port } => {
+            let mut up = crate::relay::relay_connect(tunnel, node, *ip, *port).await?;
+            tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Replaces, in `view`, every endpoint that lives on a node in `far` by this node's
+/// forwarder to it through the relay: one slice per such endpoint, its TCP ports (by the
+/// same names) on the forwarders' ports. The proxy then treats it as any endpoint.
+async fn relay_far_endpoints(
+    view: &mut View,
+    far: &std::collections::BTreeSet<String>,
+    fw: &Forwarders,
+    used: &mut std::collections::HashSet<Upstream>,
+) {
+    let mut added = Vec::new();
+    for (key, slice) in view.slices.iter_mut() {
+        let Some(endpoints) = slice["endpoints"].as_array().cloned() else {
+            continue;
+        };
+        let ports = slice["ports"].as_array().cloned().unwrap_or_default();
+        let (near, remote): (Vec<Value>, Vec<Value>) = endpoints
+            .into_iter()
+            .partition(|e| e["nodeName"].as_str().is_none_or(|n| !far.contains(n)));
+        if remote.is_empty() {
+            continue;
+        }
+        slice["endpoints"] = Value::Array(near);
+        for (i, e) in remote.iter().enumerate() {
+            let node = e["nodeName"].as_str().unwrap_or_default().to_owned();
+            let Some(ip) = e["addresses"][0]
+                .as_str()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            else {
+                continue;
+            };
+            let mut local_ports = Vec::new();
+            for p in &ports {
+                let tcp = p["protocol"].as_str().is_none_or(|pr| pr == "TCP");
+                let Some(port) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok()) else {
+                    continue;
+                };
+                if !tcp {
+                    continue;
+                }
+                let up = Upstream::Relay {
+                    node: node.clone(),
+                    ip,
+                    port,
+                };
+                match fw.port_for(&up).await {
+                    Ok(local) => {
+                        let mut lp = p.clone();
+                        lp["port"] = json!(local);
+                        local_ports.push(lp);
+                        used.insert(up);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "no relay forwarder"),
+                }
+            }
+            if local_ports.is_empty() {
+                continue;
+            }
+            let mut e = e.clone();
+            e["addresses"] = json!([fw.bind.to_string()]);
+            let mut relayed = slice.clone();
+            relayed["metadata"]["name"] = json!(format!("{}-relay-{i}", meta::name(slice)));
+            relayed["endpoints"] = json!([e]);
+            relayed["ports"] = Value::Array(local_ports);
+            added.push((format!("{key}-relay-{i}"), relayed));
+        }
+    }
+    view.slices.extend(added);
+}
+
+/// The `kubernetes` Service's EndpointSlice as this node serves it: one endpoint, this node's
+/// forwarder to the API server.
+fn local_api_slice(slice: &Value, gateway: Ipv4Addr, port: u16) -> Value {
+    let mut s = slice.clone();
+    s["endpoints"] = json!([{"addresses": [gateway.to_string()], "conditions": {"ready": true}}]);
+    s["ports"] = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    s
+}
+
+/// The gateway address the bridge plugin gives the bridge: the podCIDR's first address.
+fn gateway_of((net, _): (Ipv4Addr, u8)) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(net) + 1)
+}
+
+/// Makes the pod bridge with its gateway address before any pod exists (the bridge plugin
+/// takes it as it finds it), so the agent's forwarders can listen there from the start.
+async fn ensure_bridge(name: &str, (net, len): (Ipv4Addr, u8)) -> Result<(), String> {
+    let run = |args: Vec<String>| async move {
+        let out = tokio::process::Command::new("ip")
+            .args(&args)
+            .output()
+            .await
+            .map_err(|e| format!("ip: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(format!(
+                "ip {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    };
+    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    if run(s(&["link", "show", name])).await.is_err() {
+        run(s(&["link", "add", name, "type", "bridge"])).await?;
+    }
+    let gw = format!("{}/{len}", gateway_of((net, len)));
+    let addrs = run(s(&["-4", "addr", "show", "dev", name])).await?;
+    if !addrs.contains(&format!("inet {gw} ")) {
+        run(s(&["addr", "add", &gw, "dev", name])).await?;
+    }
+    run(s(&["link", "set", name, "up"])).await.map(|_| ())
 }
 
 /// The routing protocol number kedge's routes carry, so the agent tells them from
@@ -910,6 +1188,7 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let mut wanted = BTreeMap::new();
+        let mut far = std::collections::BTreeSet::new();
         for n in nodes.values() {
             if meta::name(n) == ctx.node {
                 continue;
@@ -926,14 +1205,25 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             if let (Some(a), Some(b)) = (&my_net, their_net)
                 && a != b
             {
+                far.insert(meta::name(n).to_owned());
                 continue;
             }
             let Some(ip) = internal_ip(n) else { continue };
-            if ip.to_string() == ctx.host_ip || !directly_reachable(ip).await {
+            if ip.to_string() == ctx.host_ip {
+                // Another agent on this very machine: its bridge is beside ours.
+                continue;
+            }
+            if !directly_reachable(ip).await {
+                far.insert(meta::name(n).to_owned());
                 continue;
             }
             wanted.insert(cidr.to_owned(), ip);
         }
+        net.unreachable.send_if_modified(|f| {
+            let changed = *f != far;
+            *f = far;
+            changed
+        });
         if last.as_ref() == Some(&wanted) {
             continue;
         }

@@ -32,26 +32,12 @@ pub(crate) const PATH: &str = "/relay";
 /// Bound on connecting to the pod's port (as port-forward's).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the whole set-up seen from A: B's connect plus a round trip over each tunnel.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the service proxy calls it next (issue 15); drop this then"
-    )
-)]
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Copy buffer per direction (as port-forward's): a QUIC stream write per 64 KiB, and the
 /// most a relayed connection holds per direction on this node.
 const SPLICE_BUF: usize = 64 * 1024;
 
 /// A relayed TCP connection, as A holds it.
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the service proxy calls it next (issue 15); drop this then"
-    )
-)]
 pub(crate) type RelayStream = TokioIo<hyper::upgrade::Upgraded>;
 
 /// A TCP connection to `ip:port` on node `node`, relayed by the server through both tunnels.
@@ -60,13 +46,6 @@ pub(crate) type RelayStream = TokioIo<hyper::upgrade::Upgraded>;
 /// from a path that is down: `ConnectionRefused` / `TimedOut` (B could not connect),
 /// `NotConnected` (our tunnel or B's is down), `PermissionDenied` (`ip` is not B's),
 /// `NotFound` (no such node), `InvalidInput` (a bad address or B is this node).
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the service proxy calls it next (issue 15); drop this then"
-    )
-)]
 pub(crate) async fn relay_connect(
     client: &Client,
     node: &str,
@@ -87,13 +66,6 @@ pub(crate) async fn relay_connect(
     Ok(TokioIo::new(upgraded))
 }
 
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the service proxy calls it next (issue 15); drop this then"
-    )
-)]
 fn relay_error(node: &str, ip: Ipv4Addr, port: u16, e: Error) -> io::Error {
     use io::ErrorKind as K;
     let kind = match &e {
@@ -410,7 +382,7 @@ mod tests {
         // More than a splice buffer and a QUIC window's worth each way.
         let sent: Vec<u8> = (0..3 * SPLICE_BUF + 123).map(|i| (i % 251) as u8).collect();
         for round in 0..2 {
-            let mut s = relay_connect(&a, "b", local, port).await.unwrap();
+            let mut s = relay_connect(a, "b", local, port).await.unwrap();
             let (mut rd, mut wr) = tokio::io::split(&mut s);
             let write = async {
                 wr.write_all(&sent).await.unwrap();
@@ -433,7 +405,7 @@ mod tests {
 
         let refused = |res: io::Result<RelayStream>| res.map(|_| ()).unwrap_err();
         // Not B's: the server refuses before B is asked.
-        let e = refused(relay_connect(&a, "b", Ipv4Addr::new(10, 42, 2, 9), port).await);
+        let e = refused(relay_connect(a, "b", Ipv4Addr::new(10, 42, 2, 9), port).await);
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("10.42.1.0/24"), "{e}");
         // B's, but nothing listens: B says so.
@@ -441,14 +413,14 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let e = refused(relay_connect(&a, "b", local, closed).await);
+        let e = refused(relay_connect(a, "b", local, closed).await);
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert!(e.to_string().contains("failed to connect"), "{e}");
-        let e = refused(relay_connect(&a, "nope", local, port).await);
+        let e = refused(relay_connect(a, "nope", local, port).await);
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
-        let e = refused(relay_connect(&a, "c", Ipv4Addr::new(10, 42, 2, 9), port).await);
+        let e = refused(relay_connect(a, "c", Ipv4Addr::new(10, 42, 2, 9), port).await);
         assert_eq!(e.kind(), io::ErrorKind::NotConnected, "{e}");
-        let e = refused(relay_connect(&a, "a", Ipv4Addr::new(10, 42, 0, 9), port).await);
+        let e = refused(relay_connect(a, "a", Ipv4Addr::new(10, 42, 0, 9), port).await);
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
 
         // Only nodes: the same request from a user's identity is refused by the server.

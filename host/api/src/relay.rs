@@ -14,6 +14,7 @@
 //! network. Nothing is recorded in the store.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
@@ -30,6 +31,9 @@ use kedge_core::resources;
 
 /// The agent's kubelet-router path that connects to `ip:port` and splices.
 pub(crate) const AGENT_PATH: &str = "/relay";
+/// Bound on the target agent's answer: it connects within 5 s; the rest is a round trip
+/// over its tunnel.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Copy buffer per direction of a relayed connection: as the agent's port-forward splice, a
 /// QUIC stream write per 64 KiB rather than per 8 KiB; also the most a relay holds per
 /// direction.
@@ -180,17 +184,28 @@ pub(crate) async fn serve(
         .header(header::UPGRADE, TCP_UPGRADE)
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut resp = proxy.request(target, req).await.map_err(|e| {
-        ApiError::unavailable(format!(
-            "node {target:?} cannot be reached through its tunnel: {e}"
-        ))
-    })?;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Err(agent_refusal(target, resp).await);
-    }
-    let to_b = hyper::upgrade::on(&mut resp).await.map_err(|e| {
-        ApiError::unavailable(format!("upgrading the stream to node {target:?}: {e}"))
-    })?;
+    let to_b = async {
+        let mut resp = proxy.request(target, req).await.map_err(|e| {
+            ApiError::unavailable(format!(
+                "node {target:?} cannot be reached through its tunnel: {e}"
+            ))
+        })?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(agent_refusal(target, resp).await);
+        }
+        hyper::upgrade::on(&mut resp).await.map_err(|e| {
+            ApiError::unavailable(format!("upgrading the stream to node {target:?}: {e}"))
+        })
+    };
+    let to_b = tokio::time::timeout(AGENT_TIMEOUT, to_b)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                504,
+                "Timeout",
+                format!("node {target:?} did not answer a relay within {AGENT_TIMEOUT:?}"),
+            )
+        })??;
     let (ip, port) = (d.ip, d.port);
     tokio::spawn(async move {
         let from_a = match on_upgrade.await {
@@ -232,7 +247,14 @@ async fn agent_refusal(target: &str, resp: http::Response<Body>) -> ApiError {
     };
     match code {
         400 => ApiError::bad_request(msg),
-        404 => ApiError::new(404, "NotFound", msg),
+        // The relay route answers everything else itself: an agent from before it.
+        404 => ApiError::new(
+            502,
+            "ServiceUnavailable",
+            format!(
+                "node {target:?} does not relay connections (its agent is older than the server)"
+            ),
+        ),
         504 => ApiError::new(504, "Timeout", msg),
         _ => ApiError::new(502, "ServiceUnavailable", msg),
     }

@@ -16,7 +16,9 @@ pub fn service_env(services: &[Value]) -> Vec<(String, String)> {
         .iter()
         .filter(|s| {
             let ip = s["spec"]["clusterIP"].as_str().unwrap_or_default();
-            !ip.is_empty() && ip != "None"
+            let api =
+                s["metadata"]["namespace"] == "default" && s["metadata"]["name"] == "kubernetes";
+            !ip.is_empty() && ip != "None" && !api
         })
         .collect();
     svcs.sort_by_key(|s| s["metadata"]["name"].as_str().unwrap_or_default());
@@ -79,6 +81,8 @@ mod tests {
                 "ports": [{"name": "http", "port": 80, "protocol": "TCP"}, {"name": "dns-udp", "port": 53, "protocol": "UDP"}]}}),
             json!({"metadata": {"name": "headless"}, "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}),
             json!({"metadata": {"name": "ext"}, "spec": {"type": "ExternalName", "externalName": "example.org"}}),
+            json!({"metadata": {"name": "kubernetes", "namespace": "default"},
+                "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443}]}}),
         ];
         let env = service_env(&svcs);
         let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
@@ -97,5 +101,7 @@ mod tests {
             !env.iter()
                 .any(|(n, _)| n.starts_with("HEADLESS") || n.starts_with("EXT_"))
         );
+        // The API server's variables are the agent's own (set once, pointing where it chose).
+        assert!(!env.iter().any(|(n, _)| n.starts_with("KUBERNETES_")));
     }
 }
