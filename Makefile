@@ -38,6 +38,8 @@ bench: setup
 	$(CARGO) bench -p kedge --bench tunnel
 	$(CARGO) bench -p kedge --bench portforward
 	$(CARGO) bench -p kedge --bench scheduler
+	$(CARGO) bench -p kedge-net --bench proxy
+	$(CARGO) bench -p kedge-net --bench dns
 	$(CARGO) bench -p kedge --bench plugins
 	$(CARGO) bench -p kedge --bench endpoints
 	$(CARGO) bench -p kedge --bench memory

@@ -30,6 +30,11 @@ have htpasswd || need_pkgs+=(apache2-utils)
 # The NAT end-to-end test builds network namespaces, veths and a masquerading router.
 have ip || need_pkgs+=(iproute2)
 have iptables || need_pkgs+=(iptables)
+# The pod network: the standard CNI plugins (bridge, host-local, portmap, loopback), which
+# the agent drives; the service proxy's kernel mode (nft); curl for the networking tests.
+[ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_pkgs+=(containernetworking-plugins)
+have nft || need_pkgs+=(nftables)
+have curl || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing packages ${need_pkgs[*]}; run as root or install them" >&2

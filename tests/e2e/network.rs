@@ -268,6 +268,14 @@ spec:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: web-lb}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 8081, targetPort: 9376}]
+---
+apiVersion: v1
+kind: Service
 metadata: {name: search}
 spec:
   type: ExternalName
@@ -501,6 +509,31 @@ fn services_carry_traffic_between_pods_on_two_nodes() {
         let url = format!("http://{}:{np}/", lan.node_ip(i));
         let got = wait_for(
             &format!("NodePort on {url}"),
+            Duration::from_secs(30),
+            || {
+                let out = stdout(&["curl", "-s", "-m", "3", &url]);
+                out.starts_with("hello from web-").then_some(out)
+            },
+        );
+        assert!(got.starts_with("hello from web-"));
+    }
+
+    // LoadBalancer, as K3s' ServiceLB: the nodes' addresses are its ingress and serve it.
+    let ingress = c.wait("web-lb's ingress listing both nodes", || {
+        let v = json(&c, &["get", "svc", "web-lb", "-o", "json"]);
+        let mut ips: Vec<String> = v["status"]["loadBalancer"]["ingress"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["ip"].as_str().map(str::to_owned))
+            .collect();
+        ips.sort();
+        (ips.len() == 2).then_some(ips)
+    });
+    assert_eq!(ingress, [lan.node_ip(0), lan.node_ip(1)]);
+    for ip in &ingress {
+        let url = format!("http://{ip}:8081/");
+        let got = wait_for(
+            &format!("LoadBalancer on {url}"),
             Duration::from_secs(30),
             || {
                 let out = stdout(&["curl", "-s", "-m", "3", &url]);
@@ -994,5 +1027,12 @@ spec:
     });
     assert!(body.contains(&far[0].name), "{body}");
     let body = c.wait("and by name", || wasm_get(&c, "client-a", "far:80/"));
+    assert!(body.contains(&far[0].name), "{body}");
+    // And the pod's own address, behind the other NAT, directly.
+    let far_ip = pod_ip(&c, &far[0].name);
+    let body = c.wait(
+        "client-a reaching the pod's address behind the other NAT",
+        || wasm_get(&c, "client-a", &format!("{far_ip}:9376/")),
+    );
     assert!(body.contains(&far[0].name), "{body}");
 }

@@ -123,16 +123,6 @@ pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((ip, len))
 }
 
-#[cfg(test)]
-fn in_cidr(ip: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 /// How this node's pods are networked.
 pub(crate) enum Mode {
     Cni {
@@ -536,12 +526,15 @@ async fn wait_for_pod_cidr(
 /// The nftables table of this node's pod masquerade rule: one per node name, so agents that
 /// share a machine (tests, `kedge dev` beside another agent) do not overwrite each other.
 fn masq_table(node: &str) -> String {
-    let clean: String = node
-        .chars()
+    format!("kedge_masq_{}", nft_name(node))
+}
+
+/// A node name as nftables accepts it in a table name.
+fn nft_name(node: &str) -> String {
+    node.chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .take(40)
-        .collect();
-    format!("kedge_masq_{clean}")
+        .collect()
 }
 
 /// Masquerades what pods send out of the cluster (not to other pods: pod-to-pod traffic keeps
@@ -1168,6 +1161,7 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
         cancel.clone(),
     ));
     let mut last: Option<BTreeMap<String, Ipv4Addr>> = None;
+    let mut far_pods: Option<FarPods> = None;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -1189,6 +1183,8 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             .map(str::to_owned);
         let mut wanted = BTreeMap::new();
         let mut far = std::collections::BTreeSet::new();
+        // podCIDR → node, of the nodes this one cannot route to.
+        let mut far_cidrs = BTreeMap::new();
         for n in nodes.values() {
             if meta::name(n) == ctx.node {
                 continue;
@@ -1206,6 +1202,7 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
                 && a != b
             {
                 far.insert(meta::name(n).to_owned());
+                far_cidrs.insert(cidr.to_owned(), meta::name(n).to_owned());
                 continue;
             }
             let Some(ip) = internal_ip(n) else { continue };
@@ -1215,6 +1212,7 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             }
             if !directly_reachable(ip).await {
                 far.insert(meta::name(n).to_owned());
+                far_cidrs.insert(cidr.to_owned(), meta::name(n).to_owned());
                 continue;
             }
             wanted.insert(cidr.to_owned(), ip);
@@ -1224,6 +1222,17 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             *f = far;
             changed
         });
+        if far_pods.is_none() && !far_cidrs.is_empty() {
+            match FarPods::start(&ctx.node, ctx.client.clone()).await {
+                Ok(f) => far_pods = Some(f),
+                Err(e) => tracing::warn!(error = %e, "no relay for pods behind other NATs"),
+            }
+        }
+        if let Some(f) = far_pods.as_mut()
+            && let Err(e) = f.sync(&far_cidrs).await
+        {
+            tracing::warn!(error = %e, "redirecting traffic to pods behind other NATs failed");
+        }
         if last.as_ref() == Some(&wanted) {
             continue;
         }
@@ -1238,6 +1247,113 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             Err(e) => tracing::warn!(error = %e, "programming routes to other nodes failed"),
         }
     }
+}
+
+/// The podCIDRs of nodes behind another NAT and the node of each, as the listener reads them.
+type FarCidrs = Arc<Mutex<Vec<((Ipv4Addr, u8), String)>>>;
+
+/// Pod addresses on nodes behind another NAT, reached directly (not only through a
+/// Service): nftables redirects TCP to their podCIDRs to a listener in the agent, which reads
+/// each connection's original destination (`SO_ORIGINAL_DST`) and relays it to the node that
+/// has that podCIDR, through the server.
+struct FarPods {
+    table: String,
+    port: u16,
+    cidrs: FarCidrs,
+    applied: Option<BTreeMap<String, String>>,
+    _task: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl FarPods {
+    async fn start(node: &str, client: Client) -> std::io::Result<FarPods> {
+        // Every local address: the redirect lands on the pod bridge's address for pods and
+        // on 127.0.0.1 for the node's own processes. A connection that was not redirected
+        // has no far destination and is closed.
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
+        let port = listener.local_addr()?.port();
+        let cidrs: FarCidrs = Arc::default();
+        let lookup = cidrs.clone();
+        let task = tokio::spawn(async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDER_CONNECTIONS));
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    continue;
+                };
+                let Ok(dst) = rustix::net::sockopt::ip_original_dst(&conn) else {
+                    continue;
+                };
+                let node = lookup
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|(cidr, _)| cidr_contains(*cidr, *dst.ip()))
+                    .map(|(_, n)| n.clone());
+                let Some(node) = node else { continue };
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _ = conn.set_nodelay(true);
+                    match crate::relay::relay_connect(&client, &node, *dst.ip(), dst.port()).await {
+                        Ok(mut up) => {
+                            let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                        }
+                        Err(e) => {
+                            tracing::debug!(%dst, %node, error = %e, "relaying to a pod behind another NAT failed")
+                        }
+                    }
+                });
+            }
+        });
+        Ok(FarPods {
+            table: format!("kedge_far_{}", nft_name(node)),
+            port,
+            cidrs,
+            applied: None,
+            _task: tokio_util::task::AbortOnDropHandle::new(task),
+        })
+    }
+
+    /// Redirects exactly the podCIDRs of `far` (podCIDR → node).
+    async fn sync(&mut self, far: &BTreeMap<String, String>) -> Result<(), String> {
+        if self.applied.as_ref() == Some(far) {
+            return Ok(());
+        }
+        let parsed: Vec<((Ipv4Addr, u8), String)> = far
+            .iter()
+            .filter_map(|(c, n)| parse_cidr(c).ok().map(|c| (c, n.clone())))
+            .collect();
+        *self.cidrs.lock().unwrap_or_else(|p| p.into_inner()) = parsed.clone();
+        let table = &self.table;
+        let port = self.port;
+        let elements = if parsed.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = parsed
+                .iter()
+                .map(|((ip, len), _)| format!("{ip}/{len}"))
+                .collect();
+            format!("    elements = {{ {} }}\n", list.join(", "))
+        };
+        let rules = format!(
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set far {{\n    type ipv4_addr; flags interval;\n{elements}  }}\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n}}\n"
+        );
+        nft_apply(&rules).await?;
+        self.applied = Some(far.clone());
+        Ok(())
+    }
+}
+
+fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    };
+    u32::from(ip) & mask == u32::from(net) & mask
 }
 
 fn internal_ip(node: &Value) -> Option<Ipv4Addr> {
@@ -1450,8 +1566,8 @@ mod tests {
     #[test]
     fn cidrs_parse_and_contain() {
         let c = parse_cidr("10.42.0.0/16").unwrap();
-        assert!(in_cidr(Ipv4Addr::new(10, 42, 7, 1), c));
-        assert!(!in_cidr(Ipv4Addr::new(10, 43, 0, 1), c));
+        assert!(cidr_contains(c, Ipv4Addr::new(10, 42, 7, 1)));
+        assert!(!cidr_contains(c, Ipv4Addr::new(10, 43, 0, 1)));
         assert!(parse_cidr("10.42.0.0").is_err());
         assert!(parse_cidr("10.42.0.0/33").is_err());
     }

@@ -10,10 +10,20 @@ use tracing::debug;
 
 use crate::Error;
 
+/// Streams one tunnel may hold open at once, each way. Every API call, watch, log, exec,
+/// port-forward and relayed Service connection is one; quinn's default (100) let ~95 relayed
+/// connections stall a node's own API calls.
+const MAX_STREAMS: u32 = 1024;
+/// What all of a connection's streams together may have in flight unread: with many streams
+/// open, this, not the per-stream window, bounds the memory a peer can make us hold.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
 /// The QUIC transport settings both ends share: keep-alives every 5 s hold NAT mappings
 /// open, and 30 s of silence means the peer is gone (reconnect rather than hang).
 pub(crate) fn transport_config(keep_alive: bool) -> std::sync::Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
+    t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.max_idle_timeout(Some(
         quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits a varint"),
     ));
