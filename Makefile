@@ -44,3 +44,4 @@ bench: setup
 	$(CARGO) bench -p kedge --bench endpoints
 	$(CARGO) bench -p kedge --bench memory
 	$(CARGO) bench -p kedge --bench probes
+	$(CARGO) bench -p kedge --bench servicedns

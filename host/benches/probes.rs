@@ -107,6 +107,14 @@ async fn run() {
         "probes".into(),
         "--data-dir".into(),
         dir.path().join("agent").display().to_string(),
+        // The probes are timed against ports on the node's loopback, as before the pod
+        // network: pods stay on the node's network, and no proxy or DNS runs beside them.
+        "--pod-network".into(),
+        "host".into(),
+        "--proxy-mode".into(),
+        "none".into(),
+        "--cluster-dns".into(),
+        String::new(),
     ];
     if let Some((_, yaml)) = &registry {
         args.push("--registries-config".into());
