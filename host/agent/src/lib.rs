@@ -285,6 +285,17 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
             }
             tasks2.spawn(network::services_loop(shared.clone(), cancel.clone()));
             tasks2.spawn(network::routes_loop(shared.clone(), cancel.clone()));
+            // Pods wait (a little) for the Services to be served: a pod that started before
+            // would keep the wrong resolv.conf and API address for its life. Offline, the
+            // recorded Services are served at once and the wait ends on its bound.
+            if net.is_cni() {
+                let mut served = net.served.subscribe();
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    served.wait_for(|s| *s),
+                )
+                .await;
+            }
             pod_sync_loop(shared, tasks2, cancel).await;
         });
     }

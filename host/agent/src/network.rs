@@ -2,9 +2,9 @@
 //!
 //! - the pod network: every pod that does not ask for `hostNetwork` gets its own network
 //!   namespace and an address of the node's podCIDR through the CNI plugins; without root,
-//!   the plugins or a podCIDR, pods share the node's network, and the Node says so (its
-//!   `NetworkUnavailable` condition, the `kedge.io/pod-network` label the scheduler reads,
-//!   and an Event);
+//!   the plugins or a podCIDR, pods share the node's network, and the Node says so (the
+//!   `kedge.io/pod-network` label the scheduler reads, and a `PodNetworkUnavailable`
+//!   Event);
 //! - the node's view of Services and EndpointSlices (a list and watch through the tunnel,
 //!   kept on disk so it survives an agent restart while the server is away), which feeds the
 //!   service proxy, the node-local DNS server and the service environment variables.
@@ -172,6 +172,12 @@ pub(crate) struct Network {
     /// The nodes whose pods this node cannot route to (behind another NAT, or on another
     /// network): their Service endpoints are reached through the server's relay.
     pub unreachable: watch::Sender<std::collections::BTreeSet<String>>,
+    /// Turns true once the proxy and DNS have served the Services as first listed (or as
+    /// recorded, when the server is away): pods start after it, so their resolv.conf and
+    /// `KUBERNETES_SERVICE_HOST` are right from their first container on.
+    pub served: watch::Sender<bool>,
+    /// Which of the two lists (1: Services, 2: EndpointSlices) arrived since the start.
+    listed: std::sync::atomic::AtomicU8,
 }
 
 /// What the node knows of the cluster's Services.
@@ -197,6 +203,14 @@ fn record_path(data_dir: &Path) -> PathBuf {
     data_dir.join("network.json")
 }
 
+/// The podCIDR this node recorded, if it ever had one.
+pub(crate) fn recorded_pod_cidr(data_dir: &Path) -> Option<String> {
+    std::fs::read(record_path(data_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|v| v["podCIDR"].as_str().map(str::to_owned))
+}
+
 impl Network {
     /// Decides how pods are networked. Waits (bounded) for the Node's podCIDR when the node
     /// has never had one; the Node is registered meanwhile by the node loop.
@@ -207,7 +221,13 @@ impl Network {
         node: &str,
         cancel: &CancellationToken,
     ) -> Network {
-        let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // As kubelet and K3s do: with systemd-resolved, /etc/resolv.conf names its stub on
+        // 127.0.0.53, which a pod's own namespace (and the DNS server forwarding for it)
+        // cannot use; the real upstreams are in resolved's own file.
+        let host_resolv = ["/run/systemd/resolve/resolv.conf", "/etc/resolv.conf"]
+            .iter()
+            .find_map(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default();
         let mode = Self::decide(&cfg, data_dir, client, node, cancel).await;
         match &mode {
             Mode::Cni { pod_cidr, .. } => {
@@ -235,6 +255,8 @@ impl Network {
             forwarders,
             api_service: Mutex::default(),
             unreachable: watch::Sender::new(Default::default()),
+            served: watch::Sender::new(false),
+            listed: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -258,10 +280,7 @@ impl Network {
                 "{e} (install the CNI plugins, e.g. Debian's containernetworking-plugins)"
             ));
         }
-        let recorded = std::fs::read(record_path(data_dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["podCIDR"].as_str().map(str::to_owned));
+        let recorded = recorded_pod_cidr(data_dir);
         let cidr = match recorded {
             Some(c) => Some(c),
             None => wait_for_pod_cidr(client, node, cancel).await,
@@ -527,6 +546,11 @@ async fn wait_for_pod_cidr(
 /// share a machine (tests, `kedge dev` beside another agent) do not overwrite each other.
 fn masq_table(node: &str) -> String {
     format!("kedge_masq_{}", nft_name(node))
+}
+
+/// The nftables table of this node's redirects to pods behind other NATs.
+fn far_table(node: &str) -> String {
+    format!("kedge_far_{}", nft_name(node))
 }
 
 /// A node name as nftables accepts it in a table name.
@@ -795,14 +819,24 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
         tokio::spawn(watch_objects(
             ctx.client.clone(),
             "/api/v1/services",
-            move |c| n.view.send_modify(|v| apply_to(&mut v.services, c)),
+            move |c| {
+                if matches!(c, Change::Replace(_)) {
+                    n.listed.fetch_or(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                n.view.send_modify(|v| apply_to(&mut v.services, c))
+            },
             cancel.clone(),
         ));
         let n = net.clone();
         tokio::spawn(watch_objects(
             ctx.client.clone(),
             "/apis/discovery.k8s.io/v1/endpointslices",
-            move |c| n.view.send_modify(|v| apply_to(&mut v.slices, c)),
+            move |c| {
+                if matches!(c, Change::Replace(_)) {
+                    n.listed.fetch_or(2, std::sync::atomic::Ordering::Relaxed);
+                }
+                n.view.send_modify(|v| apply_to(&mut v.slices, c))
+            },
             cancel.clone(),
         ));
     }
@@ -826,7 +860,10 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
         }
         // Coalesce a burst of events into one sync.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let mut view = rx.borrow_and_update().clone();
+        let original = rx.borrow_and_update().clone();
+        // The proxy's copy: endpoints this node serves itself are rewritten in it; names and
+        // the record on disk keep the Services as they are.
+        let mut view = original.clone();
         // The `kubernetes` Service goes to this node's forwarder to the API server.
         let mut api_service = None;
         if let (Some(fw), Some(_)) = (&net.forwarders, &proxier)
@@ -862,13 +899,20 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
         // Building the zone and the table is tens of milliseconds at a thousand Services:
         // off the async workers.
         let (zone, table) = {
-            let (view, domain, want_zone) =
-                (view.clone(), net.cfg.cluster_domain.clone(), dns.is_some());
+            let (proxied, named, domain, want_zone) = (
+                view.clone(),
+                original.clone(),
+                net.cfg.cluster_domain.clone(),
+                dns.is_some(),
+            );
             match tokio::task::spawn_blocking(move || {
-                let services: Vec<Value> = view.services.into_values().collect();
-                let slices: Vec<Value> = view.slices.into_values().collect();
-                let zone =
-                    want_zone.then(|| kedge_net::dns::Zone::build(&domain, &services, &slices));
+                let zone = want_zone.then(|| {
+                    let services: Vec<Value> = named.services.into_values().collect();
+                    let slices: Vec<Value> = named.slices.into_values().collect();
+                    kedge_net::dns::Zone::build(&domain, &services, &slices)
+                });
+                let services: Vec<Value> = proxied.services.into_values().collect();
+                let slices: Vec<Value> = proxied.slices.into_values().collect();
                 let table = kedge_net::model::ServiceTable::build(&services, &slices);
                 (zone, table)
             })
@@ -902,10 +946,16 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
                 }
             }
         }
+        let listed = net.listed.load(std::sync::atomic::Ordering::Relaxed) == 3;
+        // Offline the recorded view is all there is: serving it is being ready.
+        if (listed || !ctx.client.is_connected()) && !retry {
+            net.served.send_if_modified(|s| !std::mem::replace(s, true));
+        }
         dirty = true;
         if last_saved.elapsed() >= Duration::from_secs(2) {
             let d = ctx.data_dir.clone();
-            let _ = tokio::task::spawn_blocking(move || save_view(&d, &view)).await;
+            let record = original.clone();
+            let _ = tokio::task::spawn_blocking(move || save_view(&d, &record)).await;
             last_saved = tokio::time::Instant::now();
             dirty = false;
         }
@@ -1160,16 +1210,40 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
         move |c| tx.send_modify(|m| apply_to(m, c)),
         cancel.clone(),
     ));
+    // A previous run's redirects to far podCIDRs go first: they would send traffic to a
+    // listener that is gone (recreated below if nodes are still far).
+    let _ = nft_apply(&format!(
+        "table ip {t} {{}}\ndelete table ip {t}\n",
+        t = far_table(&ctx.node)
+    ))
+    .await;
     let mut last: Option<BTreeMap<String, Ipv4Addr>> = None;
     let mut far_pods: Option<FarPods> = None;
+    // What of the Nodes decides routes; a heartbeat that changes none of it is skipped.
+    let mut seen: Option<Vec<(String, Value, Value, Value)>> = None;
     loop {
-        tokio::select! {
+        let by_timer = tokio::select! {
             () = cancel.cancelled() => return,
-            changed = rx.changed() => if changed.is_err() { return },
+            changed = rx.changed() => if changed.is_err() { return } else { false },
             // Links change under us (a cable, a DHCP lease): look again now and then.
-            () = tokio::time::sleep(Duration::from_secs(30)) => {}
-        }
+            () = tokio::time::sleep(Duration::from_secs(30)) => true,
+        };
         let nodes = rx.borrow_and_update().clone();
+        let now: Vec<(String, Value, Value, Value)> = nodes
+            .values()
+            .map(|n| {
+                (
+                    meta::name(n).to_owned(),
+                    n.pointer("/spec/podCIDR").cloned().unwrap_or_default(),
+                    n.pointer("/status/addresses").cloned().unwrap_or_default(),
+                    n.pointer("/metadata/labels").cloned().unwrap_or_default(),
+                )
+            })
+            .collect();
+        if !by_timer && seen.as_ref() == Some(&now) {
+            continue;
+        }
+        seen = Some(now);
         let me = nodes.get(&format!("/{}", ctx.node)).cloned();
         let my_net = me
             .as_ref()
@@ -1223,7 +1297,7 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
             changed
         });
         if far_pods.is_none() && !far_cidrs.is_empty() {
-            match FarPods::start(&ctx.node, ctx.client.clone()).await {
+            match FarPods::start(&ctx.node, &net.cfg.bridge, ctx.client.clone()).await {
                 Ok(f) => far_pods = Some(f),
                 Err(e) => tracing::warn!(error = %e, "no relay for pods behind other NATs"),
             }
@@ -1258,6 +1332,9 @@ type FarCidrs = Arc<Mutex<Vec<((Ipv4Addr, u8), String)>>>;
 /// has that podCIDR, through the server.
 struct FarPods {
     table: String,
+    /// Only pods' traffic (arriving on the bridge) and the node's own is redirected: a host
+    /// on the LAN gets no relay through this node.
+    bridge: String,
     port: u16,
     cidrs: FarCidrs,
     applied: Option<BTreeMap<String, String>>,
@@ -1265,7 +1342,7 @@ struct FarPods {
 }
 
 impl FarPods {
-    async fn start(node: &str, client: Client) -> std::io::Result<FarPods> {
+    async fn start(node: &str, bridge: &str, client: Client) -> std::io::Result<FarPods> {
         // Every local address: the redirect lands on the pod bridge's address for pods and
         // on 127.0.0.1 for the node's own processes. A connection that was not redirected
         // has no far destination and is closed.
@@ -1309,7 +1386,8 @@ impl FarPods {
             }
         });
         Ok(FarPods {
-            table: format!("kedge_far_{}", nft_name(node)),
+            table: far_table(node),
+            bridge: bridge.to_owned(),
             port,
             cidrs,
             applied: None,
@@ -1328,6 +1406,7 @@ impl FarPods {
             .collect();
         *self.cidrs.lock().unwrap_or_else(|p| p.into_inner()) = parsed.clone();
         let table = &self.table;
+        let bridge = &self.bridge;
         let port = self.port;
         let elements = if parsed.is_empty() {
             String::new()
@@ -1339,7 +1418,7 @@ impl FarPods {
             format!("    elements = {{ {} }}\n", list.join(", "))
         };
         let rules = format!(
-            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set far {{\n    type ipv4_addr; flags interval;\n{elements}  }}\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n}}\n"
+            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set far {{\n    type ipv4_addr; flags interval;\n{elements}  }}\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    iifname \"{bridge}\" ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n}}\n"
         );
         nft_apply(&rules).await?;
         self.applied = Some(far.clone());
@@ -1456,11 +1535,20 @@ async fn start_proxy(ctx: &super::Ctx, net: &Network) -> Option<kedge_net::model
     let root = rustix::process::geteuid().is_root();
     let nft = root && has_nft().await;
     let mode = match net.cfg.proxy_mode {
-        ProxyMode::None => return None,
+        ProxyMode::None => ProxyMode::None,
         ProxyMode::Auto if nft => ProxyMode::Nftables,
         ProxyMode::Auto => ProxyMode::Userspace,
         m => m,
     };
+    if nft && mode != ProxyMode::Nftables {
+        // Rules an earlier run in nftables mode left would still answer the ClusterIPs
+        // (with the endpoints of then), before any listener of ours.
+        let t = kedge_net::nft::TABLE;
+        let _ = nft_apply(&format!("table ip {t} {{}}\ndelete table ip {t}\n")).await;
+    }
+    if mode == ProxyMode::None {
+        return None;
+    }
     match mode {
         ProxyMode::Nftables if !nft => {
             tracing::error!(

@@ -169,11 +169,17 @@ fn node_object(ctx: &Shared, labels: &[(String, String)], now: &str) -> Value {
         .iter()
         .map(|t| json!({"key": t.key, "value": t.value, "effect": t.effect}))
         .collect();
-    let spec = if taints.is_empty() {
+    let mut spec = if taints.is_empty() {
         json!({})
     } else {
         json!({"taints": taints})
     };
+    // A node that had a pod range asks for it back when its Node is created again (deleted,
+    // or the server's state reset): its pods and their addresses live in that range.
+    if let Some(cidr) = crate::network::recorded_pod_cidr(&ctx.data_dir) {
+        spec["podCIDR"] = json!(cidr);
+        spec["podCIDRs"] = json!([cidr]);
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -305,8 +311,23 @@ pub(crate) fn node_conditions(now: &str, since: &str, pressure: Pressure) -> Val
 
 async fn register_node(ctx: &Ctx, labels: &[(String, String)]) -> client::Result<()> {
     let now = ctx.now();
-    let node = node_object(ctx, labels, &now);
-    match ctx.client.create("/api/v1/nodes", &node).await {
+    let mut node = node_object(ctx, labels, &now);
+    let mut created = ctx.client.create("/api/v1/nodes", &node).await;
+    if created.as_ref().is_err_and(|e| e.code() == Some(422))
+        && node.pointer("/spec/podCIDR").is_some()
+    {
+        // The range it had went to another node meanwhile: take the one the server gives.
+        // Pods already running keep their old addresses until they are replaced.
+        tracing::warn!(
+            node = %ctx.node,
+            "the Node's recorded podCIDR was refused; registering for a new one"
+        );
+        let spec = node["spec"].as_object_mut().expect("an object");
+        spec.remove("podCIDR");
+        spec.remove("podCIDRs");
+        created = ctx.client.create("/api/v1/nodes", &node).await;
+    }
+    match created {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some(409) => {
             // Re-registration after a restart: refresh labels and status.

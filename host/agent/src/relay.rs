@@ -256,6 +256,29 @@ mod tests {
             .unwrap();
     }
 
+    /// A hostNetwork pod on `node` declaring `ports`.
+    fn host_network_pod(st: &ApiState, node: &str, ports: &[u16]) {
+        let pods = resources::by_kind("v1", "Pod").unwrap();
+        let namespaces = resources::by_kind("v1", "Namespace").unwrap();
+        let _ = st.api.create(
+            namespaces,
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        );
+        let ports: Vec<Value> = ports.iter().map(|p| json!({"containerPort": p})).collect();
+        st.api
+            .create(
+                pods,
+                "default",
+                json!({"metadata": {"name": "hostnet", "namespace": "default"},
+                    "spec": {"nodeName": node, "hostNetwork": true,
+                        "containers": [{"name": "c", "image": "i", "ports": ports}]}}),
+                &WriteOptions::default(),
+            )
+            .unwrap();
+    }
+
     /// Reads each connection to its end, sends it all back, then `bye`, then closes: what
     /// comes back shows both half-closes crossed the relay.
     async fn echo(listener: tokio::net::TcpListener, conns: usize) {
@@ -378,6 +401,13 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let _echo = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(echo(listener, 4)));
         let local = Ipv4Addr::LOCALHOST;
+        // On B's own address only ports its pods serve there may be relayed to: a hostNetwork
+        // pod on B declares the echo server's port and a closed one.
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        host_network_pod(st, "b", &[port, closed]);
 
         // More than a splice buffer and a QUIC window's worth each way.
         let sent: Vec<u8> = (0..3 * SPLICE_BUF + 123).map(|i| (i % 251) as u8).collect();
@@ -409,10 +439,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
         assert!(e.to_string().contains("10.42.1.0/24"), "{e}");
         // B's, but nothing listens: B says so.
-        let closed = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
         let e = refused(relay_connect(a, "b", local, closed).await);
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e}");
         assert!(e.to_string().contains("failed to connect"), "{e}");

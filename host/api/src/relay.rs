@@ -102,9 +102,18 @@ pub(crate) fn caller<'a>(id: &'a Identity, target: &str) -> Result<&'a str> {
     Ok(node)
 }
 
-/// Whether the Node `target` hosts `ip`: inside its `spec.podCIDR(s)`, or its InternalIP.
-/// The refusal says what the node does host.
-pub(crate) fn hosts(target: &Value, ip: Ipv4Addr) -> std::result::Result<(), String> {
+/// Whether the Node `target` hosts a pod at `ip:port`: a pod address inside its
+/// `spec.podCIDR(s)` (not the range's own network, gateway or broadcast address: those are
+/// the node itself), or its InternalIP on a port one of its pods serves there
+/// (`node_ports`: hostNetwork pods' containerPorts and every pod's hostPorts). Nothing else
+/// of a node may be reached through the relay: its own services (sshd, the agent's
+/// forwarders) stay the node's. The refusal says what the node does host.
+pub(crate) fn hosts(
+    target: &Value,
+    ip: Ipv4Addr,
+    port: u16,
+    node_ports: impl FnOnce() -> Vec<u16>,
+) -> std::result::Result<(), String> {
     let cidrs: Vec<Cidr> = target
         .pointer("/spec/podCIDRs")
         .and_then(Value::as_array)
@@ -122,8 +131,26 @@ pub(crate) fn hosts(target: &Value, ip: Ipv4Addr) -> std::result::Result<(), Str
         .filter(|a| a["type"] == "InternalIP")
         .filter_map(|a| a["address"].as_str()?.parse().ok())
         .collect();
-    if cidrs.iter().any(|c| c.contains(ip)) || internal.contains(&ip) {
+    if let Some(c) = cidrs.iter().find(|c| c.contains(ip)) {
+        let net = u32::from(c.addr);
+        let size = 1u64 << (32 - u32::from(c.prefix));
+        let last = (u64::from(net) + size - 1) as u32;
+        let node_own = [net, net.wrapping_add(1), last];
+        if c.prefix < 31 && node_own.contains(&u32::from(ip)) {
+            return Err(format!(
+                "{ip} is the node's own address in its pod CIDR ({c}), not a pod's"
+            ));
+        }
         return Ok(());
+    }
+    if internal.contains(&ip) {
+        if node_ports().contains(&port) {
+            return Ok(());
+        }
+        return Err(format!(
+            "no pod on the node serves port {port} on its address {ip} (a hostNetwork \
+             pod's containerPort or a hostPort)"
+        ));
     }
     let list = |v: Vec<String>| {
         if v.is_empty() {
@@ -137,6 +164,41 @@ pub(crate) fn hosts(target: &Value, ip: Ipv4Addr) -> std::result::Result<(), Str
         list(cidrs.iter().map(ToString::to_string).collect()),
         list(internal.iter().map(ToString::to_string).collect()),
     ))
+}
+
+/// The ports pods on `node` serve on its own address: hostNetwork pods' containerPorts and
+/// every pod's hostPorts.
+fn pod_ports_on(api: &crate::ops::Api, node: &str) -> Vec<u16> {
+    let pods = resources::by_kind("v1", "Pod").expect("pods are served");
+    let Ok(list) = api.list(pods, "", &crate::ops::ListOptions::default()) else {
+        return Vec::new();
+    };
+    let mut ports = Vec::new();
+    for p in list["items"].as_array().into_iter().flatten() {
+        if p.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
+            continue;
+        }
+        let host_network = p.pointer("/spec/hostNetwork") == Some(&Value::Bool(true));
+        for key in ["initContainers", "containers"] {
+            for c in p
+                .pointer(&format!("/spec/{key}"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for port in c["ports"].as_array().into_iter().flatten() {
+                    let n = port["hostPort"]
+                        .as_u64()
+                        .filter(|n| *n > 0)
+                        .or_else(|| port["containerPort"].as_u64().filter(|_| host_network));
+                    if let Some(n) = n.and_then(|n| u16::try_from(n).ok()) {
+                        ports.push(n);
+                    }
+                }
+            }
+        }
+    }
+    ports
 }
 
 fn asks_for_tcp(parts: &Parts) -> bool {
@@ -165,7 +227,8 @@ pub(crate) async fn serve(
     let d = dest(parts.uri.query())?;
     let nodes = resources::by_kind("v1", "Node").expect("nodes are served");
     let node = st.api.get(nodes, "", target)?;
-    hosts(&node, d.ip).map_err(|why| forbidden(identity, target, &why))?;
+    let node_ports = || pod_ports_on(&st.api, target);
+    hosts(&node, d.ip, d.port, node_ports).map_err(|why| forbidden(identity, target, &why))?;
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -338,9 +401,18 @@ mod tests {
                 {"type": "Hostname", "address": "b"},
                 {"type": "ExternalIP", "address": "203.0.113.9"},
                 {"type": "InternalIP", "address": "192.168.7.2"}]}});
-        for ok in ["10.42.1.0", "10.42.1.7", "10.42.1.255", "192.168.7.2"] {
-            assert!(hosts(&n, ok.parse().unwrap()).is_ok(), "{ok}");
+        let served = || vec![8080];
+        for ok in ["10.42.1.7", "10.42.1.254", "192.168.7.2"] {
+            assert!(hosts(&n, ok.parse().unwrap(), 8080, served).is_ok(), "{ok}");
         }
+        // The node's own addresses in its range are the node, not pods.
+        for own in ["10.42.1.0", "10.42.1.1", "10.42.1.255"] {
+            let e = hosts(&n, own.parse().unwrap(), 22, served).unwrap_err();
+            assert!(e.contains("node's own address"), "{own}: {e}");
+        }
+        // Its InternalIP only on a port a pod serves there.
+        let e = hosts(&n, "192.168.7.2".parse().unwrap(), 22, served).unwrap_err();
+        assert!(e.contains("no pod on the node serves port 22"), "{e}");
         for bad in [
             "10.42.2.7",
             "10.42.0.255",
@@ -348,17 +420,23 @@ mod tests {
             "203.0.113.9",
             "127.0.0.1",
         ] {
-            let e = hosts(&n, bad.parse().unwrap()).unwrap_err();
+            let e = hosts(&n, bad.parse().unwrap(), 8080, || vec![8080]).unwrap_err();
             assert!(
                 e.contains("10.42.1.0/24") && e.contains("192.168.7.2"),
                 "{bad}: {e}"
             );
         }
         // A node with neither hosts nothing.
-        let e = hosts(&json!({"spec": {}}), "10.42.1.7".parse().unwrap()).unwrap_err();
+        let e = hosts(
+            &json!({"spec": {}}),
+            "10.42.1.7".parse().unwrap(),
+            80,
+            Vec::new,
+        )
+        .unwrap_err();
         assert!(e.contains("(none)"), "{e}");
         // podCIDRs alone counts too.
         let n = json!({"spec": {"podCIDRs": ["10.42.3.0/24"]}});
-        assert!(hosts(&n, "10.42.3.1".parse().unwrap()).is_ok());
+        assert!(hosts(&n, "10.42.3.9".parse().unwrap(), 80, Vec::new).is_ok());
     }
 }

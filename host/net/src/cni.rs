@@ -214,7 +214,10 @@ impl Cni {
             netns: &ns,
             args: &args,
         };
-        exec.call("ADD", &lo, "lo").await?;
+        if let Err(e) = exec.call("ADD", &lo, "lo").await {
+            let _ = netns::delete(&ns_name);
+            return Err(e);
+        }
         let runtime = json!({"portMappings": ports.iter().map(|p| {
             let mut m = json!({"hostPort": p.host_port, "containerPort": p.container_port, "protocol": p.protocol});
             if let Some(ip) = &p.host_ip { m["hostIP"] = json!(ip); }
@@ -293,14 +296,15 @@ impl Cni {
         tokio::task::spawn_blocking(move || netns::delete(&ns_name))
             .await
             .map_err(std::io::Error::other)??;
-        match std::fs::remove_file(self.result_path(uid)) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
+        if let Some(e) = first_error {
+            // The record stays, so the next collection runs DEL again (with no namespace,
+            // as the spec allows) until the plugins release the address and port mappings.
+            return Err(e);
         }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+        match std::fs::remove_file(self.result_path(uid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

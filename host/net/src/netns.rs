@@ -52,7 +52,10 @@ pub fn delete(name: &str) -> io::Result<()> {
 /// Moves the calling thread into the namespace at `netns`. Only for threads that stay there
 /// for good (an [`Executor`]'s) or that end right after (see [`connect_in`]).
 pub fn enter(netns: &Path) -> io::Result<()> {
-    let f = File::open(netns)?;
+    enter_fd(&File::open(netns)?)
+}
+
+fn enter_fd(f: &File) -> io::Result<()> {
     move_into_link_name_space(f.as_fd(), Some(LinkNameSpaceType::Network)).map_err(io::Error::from)
 }
 
@@ -92,21 +95,23 @@ pub struct Executor {
 
 impl Executor {
     pub fn start(netns: &Path) -> io::Result<Arc<Executor>> {
-        // Fail here, on the caller's thread, if the namespace is not there to enter.
-        File::open(netns)?;
+        // Opened once, here (failing on the caller's thread if the namespace is not there):
+        // every thread enters it by this descriptor, so a namespace file removed later (the
+        // pod torn down while a run ends) cannot leave a thread outside.
+        let fd = Arc::new(File::open(netns)?);
         let ns = netns.to_owned();
         let (handle_tx, handle_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("kedge-pod-net".into())
             .spawn(move || {
-                let built = enter(&ns).and_then(|()| {
-                    let pool_ns = ns.clone();
+                let built = enter_fd(&fd).and_then(|()| {
+                    let (pool_fd, pool_ns) = (fd.clone(), ns.clone());
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .thread_name("kedge-pod-net-blocking")
                         .on_thread_start(move || {
-                            if let Err(error) = enter(&pool_ns) {
+                            if let Err(error) = enter_fd(&pool_fd) {
                                 // A pool thread outside the namespace would open the pod's
                                 // sockets on the node: better that it cannot run at all.
                                 tracing::error!(%error, netns = %pool_ns.display(), "cannot enter the pod's network namespace");

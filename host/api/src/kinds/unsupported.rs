@@ -256,9 +256,13 @@ fn pod_spec(c: &mut Check, at: &str) {
         );
     }
     security(c, &format!("{at}/securityContext"));
+    let host_network = c.obj.pointer(&p("hostNetwork")) == Some(&Value::Bool(true));
     for (list, init) in [("containers", false), ("initContainers", true)] {
         for i in 0..c.len(&p(list)) {
             container(c, &format!("{at}/{list}/{i}"), init);
+            if host_network {
+                host_network_ports(c, &format!("{at}/{list}/{i}"));
+            }
         }
     }
     for i in 0..c.len(&p("volumes")) {
@@ -271,6 +275,24 @@ fn security(c: &mut Check, at: &str) {
     let f = |rest: &str| format!("{at}/{rest}");
     c.only(&f("seccompProfile/type"), &["Unconfined"]);
     c.only(&f("appArmorProfile/type"), &["Unconfined"]);
+}
+
+/// A `hostNetwork` pod's ports are the node's own: there is no mapping (kube-apiserver
+/// requires `hostPort` to equal `containerPort` there) and no address to bind one to.
+fn host_network_ports(c: &mut Check, at: &str) {
+    for i in 0..c.len(&format!("{at}/ports")) {
+        let port = format!("{at}/ports/{i}");
+        let container_port = c.obj.pointer(&format!("{port}/containerPort")).cloned();
+        c.forbid_if(
+            &format!("{port}/hostPort"),
+            |v| v.as_u64() != Some(0) && Some(v) != container_port.as_ref(),
+            "with hostNetwork a hostPort must equal its containerPort",
+        );
+        c.forbid(
+            &format!("{port}/hostIP"),
+            "with hostNetwork the container binds the node's addresses itself",
+        );
+    }
 }
 
 fn container(c: &mut Check, at: &str, init: bool) {
@@ -590,6 +612,14 @@ mod tests {
             (
                 pod(json!({"setHostnameAsFQDN": true})),
                 "spec.setHostnameAsFQDN",
+                forbidden,
+            ),
+            (
+                pod(
+                    json!({"hostNetwork": true, "containers": [{"name": "c", "image": "i",
+                    "ports": [{"containerPort": 80, "hostPort": 8080}]}]}),
+                ),
+                "spec.containers[0].ports[0].hostPort",
                 forbidden,
             ),
             (
