@@ -298,7 +298,7 @@ impl Network {
             record_path(data_dir),
             serde_json::to_vec(&json!({"podCIDR": cidr})).expect("JSON"),
         );
-        let masq = install_masquerade(node, pod_cidr, cfg.cluster_cidr).await;
+        let masq = install_masquerade(node, pod_cidr, cfg.cluster_cidr, cfg.cluster_dns).await;
         if let Err(e) = &masq {
             tracing::warn!(error = %e, "no nftables masquerade rule; the bridge plugin masquerades instead");
         }
@@ -382,8 +382,10 @@ impl Network {
         let Mode::Cni { cni, .. } = &self.mode else {
             return;
         };
+        // Whatever is not kept goes, also a network still in the running map: its pod was
+        // dropped by a relist (deleted while the node was away) and has no other way out.
         for uid in cni.known() {
-            if !keep.contains(&uid) && self.pod(&uid).is_none() {
+            if !keep.contains(&uid) {
                 tracing::info!(%uid, "removing the network of a pod that is gone");
                 self.teardown(&uid).await;
             }
@@ -562,15 +564,25 @@ fn nft_name(node: &str) -> String {
 }
 
 /// Masquerades what pods send out of the cluster (not to other pods: pod-to-pod traffic keeps
-/// its source address across nodes, as Kubernetes requires).
+/// its source address across nodes, as Kubernetes requires), and keeps the node-local DNS
+/// server to pods and the node itself (it is no open resolver for a LAN that routes the
+/// cluster DNS address to the node).
 async fn install_masquerade(
     node: &str,
     (pod_net, pod_len): (Ipv4Addr, u8),
     (cl_net, cl_len): (Ipv4Addr, u8),
+    dns: Option<Ipv4Addr>,
 ) -> Result<(), String> {
     let table = masq_table(node);
+    let guard = dns
+        .map(|ip| {
+            format!(
+                "  chain dns_guard {{\n    type filter hook input priority 0; policy accept;\n    ip daddr {ip} meta l4proto {{ tcp, udp }} th dport 53 ip saddr != {{ {cl_net}/{cl_len}, 127.0.0.0/8 }} fib saddr type != local drop\n  }}\n"
+            )
+        })
+        .unwrap_or_default();
     let rules = format!(
-        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pod_net}/{pod_len} ip daddr != {cl_net}/{cl_len} ip daddr != 224.0.0.0/4 masquerade\n  }}\n}}\n"
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {pod_net}/{pod_len} ip daddr != {cl_net}/{cl_len} ip daddr != 224.0.0.0/4 masquerade\n  }}\n{guard}}}\n"
     );
     nft_apply(&rules).await
 }
