@@ -31,6 +31,9 @@ pub const V4: &str = "v4.channel.k8s.io";
 pub const CHANNEL_UPGRADE: &str = "kedge-channel";
 /// The `Upgrade` token of the tunnel's port-forward streams.
 pub const TCP_UPGRADE: &str = "kedge-tcp";
+/// The agent's kubelet-router path a relayed stream (from another node, through the server)
+/// arrives on: the server's side and the agent's share it.
+pub const RELAY_PATH: &str = "/relay";
 
 /// The agent's output read size: one frame per read.
 pub const CHUNK: usize = 32 * 1024;

@@ -460,3 +460,41 @@ impl Busybox {
             .expect("preloading busybox");
     }
 }
+
+/// Runs a command (words separated by spaces) that must succeed.
+pub fn sh(cmd: &str) {
+    let args: Vec<&str> = cmd.split_whitespace().collect();
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What a command prints (empty if it cannot run).
+pub fn stdout(args: &[&str]) -> String {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A second octet `N` in `first..first + span` whose `10.N.0.0/16` no address or route of
+/// this machine uses, starting at an offset of `seed` (tests that build networks pass their
+/// pid, so parallel and leftover runs pick different ones).
+pub fn free_test_subnet(first: u32, span: u32, seed: u32) -> u8 {
+    let routes = stdout(&["ip", "-4", "route", "show", "table", "all"]);
+    let addrs = stdout(&["ip", "-4", "addr"]);
+    (0..span)
+        .map(|i| (first + (seed + i) % span) as u8)
+        .find(|n| {
+            let p = format!("10.{n}.");
+            !routes.contains(&p) && !addrs.contains(&p)
+        })
+        .expect("a free 10.N.0.0/16 for the test network")
+}

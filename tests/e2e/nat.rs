@@ -24,29 +24,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Busybox, Cluster, containers_unavailable, free_port, tail, wait_for};
-
-/// Runs a command (words separated by spaces) that must succeed.
-fn sh(cmd: &str) {
-    let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn stdout(args: &[&str]) -> String {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
+use crate::harness::{
+    Busybox, Cluster, containers_unavailable, free_port, free_test_subnet, sh, stdout, tail,
+    wait_for,
+};
 
 /// What this test needs that the machine may lack, in words for the skip message.
 fn missing_prerequisite() -> Option<String> {
@@ -89,15 +70,7 @@ struct NatNet {
 impl NatNet {
     fn create() -> NatNet {
         let pid = std::process::id();
-        let routes = stdout(&["ip", "-4", "route", "show", "table", "all"]);
-        let addrs = stdout(&["ip", "-4", "addr"]);
-        let n = (0..100u32)
-            .map(|i| (100 + (pid + i) % 100) as u8)
-            .find(|n| {
-                let p = format!("10.{n}.");
-                !routes.contains(&p) && !addrs.contains(&p)
-            })
-            .expect("a free 10.N.0.0/16 for the test network");
+        let n = free_test_subnet(100, 100, pid);
         let tag = format!("kn{}", pid % 100_000);
         let net = NatNet {
             router: format!("{tag}-router"),

@@ -27,28 +27,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Busybox, Cluster, containers_unavailable, tail, wait_for};
-
-fn sh(cmd: &str) {
-    let args: Vec<&str> = cmd.split_whitespace().collect();
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn stdout(args: &[&str]) -> String {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
+use crate::harness::{
+    Busybox, Cluster, containers_unavailable, free_test_subnet, sh, stdout, tail, wait_for,
+};
 
 /// Why these tests cannot run here (`None`: they can). Only a non-root run skips them: as
 /// root (CI's case) a missing tool is a failure, since `make setup` installs every one, so a
@@ -98,15 +79,7 @@ impl Lan {
         let mut seq = CREATING.lock().unwrap_or_else(|p| p.into_inner());
         *seq += 1;
         let pid = std::process::id() + *seq * 7;
-        let routes = stdout(&["ip", "-4", "route", "show", "table", "all"]);
-        let addrs = stdout(&["ip", "-4", "addr"]);
-        let n = (0..100u32)
-            .map(|i| (200 + (pid + i) % 50) as u8)
-            .find(|n| {
-                let p = format!("10.{n}.");
-                !routes.contains(&p) && !addrs.contains(&p)
-            })
-            .expect("a free 10.N.0.0/16 for the test network");
+        let n = free_test_subnet(200, 50, pid);
         let tag = format!("kl{}", pid % 100_000);
         // (the guard is held until the bridge's address is in place, below)
         let lan = Lan {
@@ -884,15 +857,7 @@ impl NatSites {
         let mut seq = CREATING.lock().unwrap_or_else(|p| p.into_inner());
         *seq += 1;
         let pid = std::process::id() + *seq * 13 + 5;
-        let routes = stdout(&["ip", "-4", "route", "show", "table", "all"]);
-        let addrs = stdout(&["ip", "-4", "addr"]);
-        let n = (0..100u32)
-            .map(|i| (150 + (pid + i) % 50) as u8)
-            .find(|n| {
-                let p = format!("10.{n}.");
-                !routes.contains(&p) && !addrs.contains(&p)
-            })
-            .expect("a free 10.N.0.0/16 for the test network");
+        let n = free_test_subnet(150, 50, pid);
         let tag = format!("kx{}", pid % 100_000);
         let net = NatSites {
             bridge: format!("{tag}br"),

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
@@ -98,33 +98,6 @@ fn unreachable_backend(e: impl std::fmt::Display) -> Response {
     )
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), and those `Connection` names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        h.remove(n);
-    }
-}
-
 /// `/podProxy/<scheme>/<ip>/<port>/<path>`: forwards the request to `ip:port`.
 pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request) -> Response {
     let pq = req
@@ -137,7 +110,7 @@ pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request)
         Err(e) => return status(StatusCode::BAD_REQUEST, format!("proxy request: {e}")),
     };
     let (mut parts, body) = req.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    kedge_tunnel::headers::strip_hop_by_hop(&mut parts.headers);
     if let Ok(host) = HeaderValue::from_str(&target.addr.to_string()) {
         parts.headers.insert(header::HOST, host);
     }
@@ -177,7 +150,7 @@ pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request)
     match sender.send_request(out).await {
         Ok(resp) => {
             let (mut p, b) = resp.into_parts();
-            strip_hop_by_hop(&mut p.headers);
+            kedge_tunnel::headers::strip_hop_by_hop(&mut p.headers);
             Response::from_parts(p, Body::new(b))
         }
         Err(e) => unreachable_backend(e),
@@ -231,7 +204,7 @@ async fn https(target: Target, parts: http::request::Parts, body: Body) -> Respo
         for (k, v) in resp.headers() {
             h.append(k.clone(), v.clone());
         }
-        strip_hop_by_hop(h);
+        kedge_tunnel::headers::strip_hop_by_hop(h);
     }
     let chunks = futures_util::stream::unfold(resp, |mut r| async move {
         match r.chunk().await {

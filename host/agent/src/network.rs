@@ -109,19 +109,8 @@ impl Default for NetworkConfig {
     }
 }
 
-/// Parses `a.b.c.d/n`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (ip, len) = s
-        .split_once('/')
-        .ok_or_else(|| format!("{s:?}: expected an IPv4 CIDR such as 10.42.0.0/16"))?;
-    let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{s:?}: {e}"))?;
-    let len: u8 = len
-        .parse()
-        .ok()
-        .filter(|l| *l <= 32)
-        .ok_or_else(|| format!("{s:?}: bad prefix length"))?;
-    Ok((ip, len))
-}
+use kedge_net::cidr::contains as cidr_contains;
+pub use kedge_net::cidr::parse as parse_cidr;
 
 /// How this node's pods are networked.
 pub(crate) enum Mode {
@@ -588,29 +577,24 @@ async fn install_masquerade(
 }
 
 async fn nft_apply(rules: &str) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("nft: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(rules.as_bytes())
-            .await
-            .map_err(|e| format!("nft: {e}"))?;
-    }
-    let out = child
-        .wait_with_output()
+    kedge_net::nft::apply_script(rules)
         .await
-        .map_err(|e| format!("nft: {e}"))?;
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `ip` with `args`; its stdout, or what it said on stderr.
+async fn ip(args: &[&str]) -> Result<String, String> {
+    let out = tokio::process::Command::new("ip")
+        .args(args)
+        .output()
+        .await
+        .map_err(|e| format!("ip: {e}"))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(format!(
-            "nft: {}",
+            "ip {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
@@ -1170,32 +1154,15 @@ fn gateway_of((net, _): (Ipv4Addr, u8)) -> Ipv4Addr {
 /// Makes the pod bridge with its gateway address before any pod exists (the bridge plugin
 /// takes it as it finds it), so the agent's forwarders can listen there from the start.
 async fn ensure_bridge(name: &str, (net, len): (Ipv4Addr, u8)) -> Result<(), String> {
-    let run = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new("ip")
-            .args(&args)
-            .output()
-            .await
-            .map_err(|e| format!("ip: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    let s = |v: &[&str]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
-    if run(s(&["link", "show", name])).await.is_err() {
-        run(s(&["link", "add", name, "type", "bridge"])).await?;
+    if ip(&["link", "show", name]).await.is_err() {
+        ip(&["link", "add", name, "type", "bridge"]).await?;
     }
     let gw = format!("{}/{len}", gateway_of((net, len)));
-    let addrs = run(s(&["-4", "addr", "show", "dev", name])).await?;
+    let addrs = ip(&["-4", "addr", "show", "dev", name]).await?;
     if !addrs.contains(&format!("inet {gw} ")) {
-        run(s(&["addr", "add", &gw, "dev", name])).await?;
+        ip(&["addr", "add", &gw, "dev", name]).await?;
     }
-    run(s(&["link", "set", name, "up"])).await.map(|_| ())
+    ip(&["link", "set", name, "up"]).await.map(|_| ())
 }
 
 /// The routing protocol number kedge's routes carry, so the agent tells them from
@@ -1438,15 +1405,6 @@ impl FarPods {
     }
 }
 
-fn cidr_contains((net, len): (Ipv4Addr, u8), ip: Ipv4Addr) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
-    u32::from(ip) & mask == u32::from(net) & mask
-}
-
 fn internal_ip(node: &Value) -> Option<Ipv4Addr> {
     node.pointer("/status/addresses")?
         .as_array()?
@@ -1458,46 +1416,15 @@ fn internal_ip(node: &Value) -> Option<Ipv4Addr> {
 }
 
 /// Whether `ip` is on one of this node's links (the kernel's route to it has no gateway).
-async fn directly_reachable(ip: Ipv4Addr) -> bool {
-    let out = tokio::process::Command::new("ip")
-        .args(["-4", "route", "get", &ip.to_string()])
-        .output()
-        .await;
-    match out {
-        Ok(o) if o.status.success() => {
-            let text = String::from_utf8_lossy(&o.stdout);
-            !text.contains(" via ") && !text.starts_with("local ")
-        }
-        _ => false,
-    }
+async fn directly_reachable(addr: Ipv4Addr) -> bool {
+    ip(&["-4", "route", "get", &addr.to_string()])
+        .await
+        .is_ok_and(|text| !text.contains(" via ") && !text.starts_with("local "))
 }
 
 /// Makes kedge's routes exactly `wanted` (podCIDR → next hop).
 async fn sync_routes(wanted: &BTreeMap<String, Ipv4Addr>) -> Result<(), String> {
-    let ip = |args: Vec<String>| async move {
-        let out = tokio::process::Command::new("ip")
-            .args(&args)
-            .output()
-            .await
-            .map_err(|e| format!("ip: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    let current = ip(vec![
-        "-4".into(),
-        "route".into(),
-        "show".into(),
-        "proto".into(),
-        ROUTE_PROTO.into(),
-    ])
-    .await?;
+    let current = ip(&["-4", "route", "show", "proto", ROUTE_PROTO]).await?;
     for line in current.lines() {
         let Some(dst) = line.split_whitespace().next() else {
             continue;
@@ -1508,27 +1435,12 @@ async fn sync_routes(wanted: &BTreeMap<String, Ipv4Addr>) -> Result<(), String> 
             .nth(1)
             .and_then(|v| v.parse::<Ipv4Addr>().ok());
         if wanted.get(dst).copied() != via {
-            ip(vec![
-                "route".into(),
-                "del".into(),
-                dst.into(),
-                "proto".into(),
-                ROUTE_PROTO.into(),
-            ])
-            .await?;
+            ip(&["route", "del", dst, "proto", ROUTE_PROTO]).await?;
         }
     }
     for (cidr, via) in wanted {
-        ip(vec![
-            "route".into(),
-            "replace".into(),
-            cidr.clone(),
-            "via".into(),
-            via.to_string(),
-            "proto".into(),
-            ROUTE_PROTO.into(),
-        ])
-        .await?;
+        let via = via.to_string();
+        ip(&["route", "replace", cidr, "via", &via, "proto", ROUTE_PROTO]).await?;
     }
     Ok(())
 }
@@ -1614,21 +1526,9 @@ async fn start_dns(net: &Network, cancel: &CancellationToken) -> Option<kedge_ne
         tracing::warn!("not root: no cluster DNS on this node (pods get the node's resolv.conf)");
         return None;
     }
-    let added = tokio::process::Command::new("ip")
-        .args(["addr", "replace", &format!("{ip}/32"), "dev", "lo"])
-        .output()
-        .await;
-    match added {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let e = String::from_utf8_lossy(&o.stderr);
-            tracing::warn!(error = %e.trim(), "cannot put the cluster DNS address on lo; no cluster DNS");
-            return None;
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot run ip; no cluster DNS");
-            return None;
-        }
+    if let Err(e) = self::ip(&["addr", "replace", &format!("{ip}/32"), "dev", "lo"]).await {
+        tracing::warn!(error = %e, "cannot put the cluster DNS address on lo; no cluster DNS");
+        return None;
     }
     let upstreams = kedge_net::dns::upstreams_from_resolv_conf(&net.host_resolv)
         .into_iter()
@@ -1662,15 +1562,6 @@ async fn start_dns(net: &Network, cancel: &CancellationToken) -> Option<kedge_ne
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidrs_parse_and_contain() {
-        let c = parse_cidr("10.42.0.0/16").unwrap();
-        assert!(cidr_contains(c, Ipv4Addr::new(10, 42, 7, 1)));
-        assert!(!cidr_contains(c, Ipv4Addr::new(10, 43, 0, 1)));
-        assert!(parse_cidr("10.42.0.0").is_err());
-        assert!(parse_cidr("10.42.0.0/33").is_err());
-    }
 
     #[test]
     fn host_ports_are_what_portmap_gets() {

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Error};
 use super::kubelet::Kubelet;
+/// The kubelet-router path the server's relay stream arrives on.
+pub(crate) use kedge_core::channel::RELAY_PATH as PATH;
 use kedge_core::channel::TCP_UPGRADE;
 
-/// The kubelet-router path the server's relay stream arrives on.
-pub(crate) const PATH: &str = "/relay";
 /// Bound on connecting to the pod's port (as port-forward's).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on the whole set-up seen from A: B's connect plus a round trip over each tunnel.

@@ -15,7 +15,7 @@
 //! redirects and `Location` headers are the backend's, untouched.
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -223,15 +223,7 @@ pub(crate) struct Candidate {
 pub(crate) fn slice_candidates(slices: &[Value], port: &str) -> Vec<Candidate> {
     let mut out = Vec::new();
     for s in slices {
-        let Some(n) = s
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port)
-            .and_then(|p| p.get("port").and_then(Value::as_u64))
-            .and_then(|n| u16::try_from(n).ok())
-        else {
+        let Some(n) = named_port(s.get("ports"), port) else {
             continue;
         };
         for e in s
@@ -257,6 +249,18 @@ pub(crate) fn slice_candidates(slices: &[Value], port: &str) -> Vec<Candidate> {
     out
 }
 
+/// The number of the port named `name` ("" for an unnamed one) in a slice's or subset's
+/// `ports`.
+fn named_port(ports: Option<&Value>, name: &str) -> Option<u16> {
+    ports
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == name)
+        .and_then(|p| p.get("port").and_then(Value::as_u64))
+        .and_then(|n| u16::try_from(n).ok())
+}
+
 fn pod_ref(r: Option<&Value>) -> Option<String> {
     r.filter(|r| r.get("kind").and_then(Value::as_str) == Some("Pod"))
         .and_then(|r| r.get("name").and_then(Value::as_str))
@@ -272,15 +276,7 @@ pub(crate) fn endpoints_candidates(ep: &Value, port: &str) -> Vec<Candidate> {
         .into_iter()
         .flatten()
     {
-        let Some(n) = ss
-            .get("ports")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port)
-            .and_then(|p| p.get("port").and_then(Value::as_u64))
-            .and_then(|n| u16::try_from(n).ok())
-        else {
+        let Some(n) = named_port(ss.get("ports"), port) else {
             continue;
         };
         for a in ss
@@ -489,33 +485,6 @@ pub(crate) fn route(st: &ApiState, p: &ProxyPath, seed: usize) -> Result<Route> 
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), and those `Connection` names.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        h.remove(n);
-    }
-}
-
 /// Forwards the request of `p` and streams the answer back.
 pub(crate) async fn serve(
     st: &ApiState,
@@ -548,7 +517,7 @@ pub(crate) async fn serve(
         uri.push_str(q);
     }
     let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers);
+    kedge_tunnel::headers::strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
     headers.remove(header::AUTHORIZATION);
     let impersonation: Vec<HeaderName> = headers
@@ -572,7 +541,7 @@ pub(crate) async fn serve(
         .await
         .map_err(|e| unavailable(format!("error trying to reach service: node {node:?}: {e}")))?;
     let (mut rp, rb) = resp.into_parts();
-    strip_hop_by_hop(&mut rp.headers);
+    kedge_tunnel::headers::strip_hop_by_hop(&mut rp.headers);
     Ok(Response::from_parts(rp, rb))
 }
 
@@ -730,19 +699,5 @@ mod tests {
         assert_eq!(verb(&Method::HEAD), "get");
         assert_eq!(verb(&Method::POST), "create");
         assert_eq!(verb(&Method::OPTIONS), "options");
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("close, x-drop"),
-        );
-        h.insert("x-drop", HeaderValue::from_static("1"));
-        h.insert("x-keep", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-keep"));
     }
 }

@@ -26,11 +26,9 @@ use super::alloc::Cidr;
 use super::error::{ApiError, Result};
 use super::http::ApiState;
 use crate::auth::Identity;
-use kedge_core::channel::TCP_UPGRADE;
+use kedge_core::channel::{RELAY_PATH as AGENT_PATH, TCP_UPGRADE};
 use kedge_core::resources;
 
-/// The agent's kubelet-router path that connects to `ip:port` and splices.
-pub(crate) const AGENT_PATH: &str = "/relay";
 /// Bound on the target agent's answer: it connects within 5 s; the rest is a round trip
 /// over its tunnel.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(8);

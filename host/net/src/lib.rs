@@ -11,6 +11,7 @@
 //!
 //! Nothing here talks to the API server: the agent feeds it what its watches see.
 
+pub mod cidr;
 pub mod cni;
 pub mod dns;
 pub mod iface;

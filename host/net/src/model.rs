@@ -39,13 +39,7 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// Whether `ip` is a pod address, i.e. inside the cluster CIDR.
     pub fn in_cluster_cidr(&self, ip: Ipv4Addr) -> bool {
-        let (net, len) = self.cluster_cidr;
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len.min(32)))
-        };
-        u32::from(ip) & mask == u32::from(net) & mask
+        crate::cidr::contains(self.cluster_cidr, ip)
     }
 }
 

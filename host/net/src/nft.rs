@@ -573,6 +573,12 @@ impl NftProxy {
     }
 }
 
+/// Applies `script` with the node's own `nft` (one kernel transaction): what the agent's
+/// other tables (masquerade, redirects to the relay) are written with too.
+pub async fn apply_script(script: &str) -> Result<()> {
+    run_nft(&["nft".to_string()], &["-f", "-"], script).await
+}
+
 /// Runs nft with `script` on stdin; nft itself makes a `-f` file one kernel transaction.
 pub(crate) async fn run_nft(command: &[String], args: &[&str], script: &str) -> Result<()> {
     let program = command.first().cloned().unwrap_or_else(|| "nft".into());

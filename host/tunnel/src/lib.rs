@@ -15,6 +15,7 @@ pub mod agent;
 mod error;
 pub mod frames;
 mod fsutil;
+pub mod headers;
 mod io;
 pub mod pki;
 pub mod revocation;
