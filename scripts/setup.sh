@@ -34,6 +34,8 @@ have iptables || need_pkgs+=(iptables)
 # the agent drives; the service proxy's kernel mode (nft); curl for the networking tests.
 [ -x /usr/lib/cni/bridge ] || [ -x /opt/cni/bin/bridge ] || need_pkgs+=(containernetworking-plugins)
 have nft || need_pkgs+=(nftables)
+# The nft proxy clears UDP flows stuck on removed endpoints with conntrack (conntrack-tools).
+have conntrack || [ -x /usr/sbin/conntrack ] || need_pkgs+=(conntrack)
 have curl || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

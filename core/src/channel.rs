@@ -31,6 +31,11 @@ pub const V4: &str = "v4.channel.k8s.io";
 pub const CHANNEL_UPGRADE: &str = "kedge-channel";
 /// The `Upgrade` token of the tunnel's port-forward streams.
 pub const TCP_UPGRADE: &str = "kedge-tcp";
+/// The `Upgrade` token of a relayed UDP flow (between nodes behind different NATs): after
+/// `101` the stream carries datagrams, each as a 2-byte big-endian length and its bytes.
+pub const UDP_UPGRADE: &str = "kedge-udp";
+/// The largest datagram a relayed UDP flow carries (IPv4's UDP payload limit).
+pub const MAX_DATAGRAM: usize = 65_507;
 /// The agent's kubelet-router path a relayed stream (from another node, through the server)
 /// arrives on: the server's side and the agent's share it.
 pub const RELAY_PATH: &str = "/relay";

@@ -368,6 +368,7 @@ pub async fn start_with_network(
         ready: std::sync::atomic::AtomicBool::new(false),
         rbac: rbac.clone(),
         tokens: signer.clone(),
+        relays: Default::default(),
     });
     let router = crate::api::http::router(state.clone());
 

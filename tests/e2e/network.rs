@@ -15,8 +15,10 @@
 //! NodePort answers from outside the cluster; `sessionAffinity: ClientIP` pins a client; two
 //! replicas listen on one port on one node; a StatefulSet's pods resolve by name under their
 //! headless Service, with SRV records; an ExternalName answers with its CNAME; pods get the
-//! Services' environment variables. Then the same Service through the userspace proxy, and a
-//! node without the CNI plugins, which falls back to the node's network and says so.
+//! Services' environment variables. A Service's UDP port carries datagrams to a UDP echo on
+//! the other node. Then the same Service through the userspace proxy, and a node without the
+//! CNI plugins, which falls back to the node's network and says so; last, two nodes behind
+//! two NATs, whose pods reach each other's Services (TCP and UDP) through the server's relay.
 //!
 //! Needs root, `ip`, `nft`, `nsenter` and the CNI plugins; the OCI half (a busybox client)
 //! also runc and the test registry. Skips with a message otherwise.
@@ -166,6 +168,16 @@ fn remove_pod_namespaces(dir: &Path) {
     }
 }
 
+/// Removes the pod namespaces of the agents under its folder when dropped: before the
+/// cluster's folder goes, so even a failed test leaves none behind.
+struct PodNamespaces(std::path::PathBuf);
+
+impl Drop for PodNamespaces {
+    fn drop(&mut self) {
+        remove_pod_namespaces(&self.0);
+    }
+}
+
 /// Polls `f` until it is true or `timeout` passes; whether it became true.
 fn wait_for_ok(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = std::time::Instant::now();
@@ -192,6 +204,41 @@ fn apply(c: &Cluster, yaml: &str) {
 fn wasm_get(c: &Cluster, pod: &str, target: &str) -> Option<String> {
     let r = c.kubectl(&["exec", pod, "--", "hello", "--get", target]);
     r.ok.then_some(r.stdout)
+}
+
+/// `kubectl exec POD -- hello --udp TARGET ping` in a Wasm pod: the answer, or what went wrong.
+fn wasm_udp(c: &Cluster, pod: &str, target: &str) -> Result<String, String> {
+    let r = c.kubectl(&["exec", pod, "--", "hello", "--udp", target, "ping"]);
+    if r.ok {
+        Ok(r.stdout.trim_end().to_owned())
+    } else {
+        Err(format!("{}{}", r.stdout, r.stderr))
+    }
+}
+
+/// Waits (a minute at most) for `pod`'s datagram to `target` to be answered by `backend`'s
+/// UDP echo; on time-out, fails with the last answer or error and the agents' logs.
+fn udp_answered(c: &Cluster, pod: &str, target: &str, backend: &str) {
+    let expected = format!("hello from {backend} in default got ping");
+    let mut last = String::new();
+    let answered = wait_for_ok(Duration::from_secs(60), || match wasm_udp(c, pod, target) {
+        Ok(answer) => {
+            last = answer;
+            last == expected
+        }
+        Err(error) => {
+            last = error;
+            false
+        }
+    });
+    if !answered {
+        let logs: String = c
+            .agents
+            .iter()
+            .map(|a| format!("--- {} ---\n{}\n", a.name, tail(&a.log_text(), 30)))
+            .collect();
+        panic!("{pod} asking {target} over UDP: {last:?}, not {expected:?}\n{logs}");
+    }
 }
 
 /// The backend names (`hello from <pod> in <ns>`) that answered `n` requests.
@@ -306,6 +353,42 @@ spec:
         ports: [{containerPort: 8080}]
 "#;
 
+/// A Deployment `name` of one pod on `node` serving its greeting over HTTP and as a UDP echo,
+/// both on port 9376, and its Service: port 80 over TCP and over UDP, as DNS has 53 twice.
+fn echo_app(name: &str, node: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers:
+      - name: hello
+        image: kedge.dev/samples/hello-wasm:v1
+        env: [{{name: HELLO_LISTEN, value: "9376"}}, {{name: HELLO_UDP, value: "9376"}}]
+        ports:
+        - {{name: http, containerPort: 9376}}
+        - {{name: echo, containerPort: 9376, protocol: UDP}}
+        readinessProbe: {{httpGet: {{path: /healthz, port: 9376}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}}}
+spec:
+  selector: {{app: {name}}}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: echo, protocol: UDP, port: 80, targetPort: echo}}
+"#
+    )
+}
+
 fn client_pod(name: &str, node: &str, image: &str, command: Option<&str>) -> String {
     let command = command
         .map(|c| format!("    command: [{c}]\n"))
@@ -360,12 +443,6 @@ fn services_carry_traffic_between_pods_on_two_nodes() {
         c.start_agent_in(Some(&ns), name, &token, &["--pod-network", "auto"]);
     }
     let dir = c.dir.path().to_owned();
-    struct PodNamespaces(std::path::PathBuf);
-    impl Drop for PodNamespaces {
-        fn drop(&mut self) {
-            remove_pod_namespaces(&self.0);
-        }
-    }
     let _pod_namespaces = PodNamespaces(dir);
 
     // 1. Pod network: each node has its own podCIDR, says it has a pod network, and is Ready.
@@ -746,6 +823,56 @@ spec:
     assert!(!log.contains("panicked"), "{}", tail(&log, 30));
 }
 
+/// UDP through a Service (nftables DNAT): a pod on node-a gets its datagram answered by the
+/// UDP echo on node-b, by the Service's ClusterIP, by its name and by the pod's own address.
+/// The Service has port 80 twice, TCP and UDP, and TCP still reaches HTTP; the backend serves
+/// both (its readiness probe is HTTP) from its one loop.
+#[test]
+fn udp_services_carry_datagrams_between_pods_on_two_nodes() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipping the UDP service test: {why}");
+        return;
+    }
+    let lan = Lan::create(2);
+    let mut c = Cluster::start_on(&lan.host_ip());
+    let token = c.token.clone();
+    for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
+        let ns = lan.nodes[i].clone();
+        c.start_agent_in(Some(&ns), name, &token, &["--pod-network", "auto"]);
+    }
+    let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
+    apply(&c, &echo_app("echo", "node-b"));
+    apply(
+        &c,
+        &client_pod(
+            "client-a",
+            "node-a",
+            "kedge.dev/samples/hello-wasm:v1",
+            None,
+        ),
+    );
+    let echo = running_ready(&c, "app=echo", 1);
+    assert_eq!(echo[0].node, "node-b");
+    let backend = &echo[0].name;
+    c.wait("client-a running", || {
+        let v = json(&c, &["get", "pod", "client-a", "-o", "json"]);
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let ip = json(&c, &["get", "svc", "echo", "-o", "json"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    udp_answered(&c, "client-a", &format!("{ip}:80"), backend);
+    udp_answered(&c, "client-a", "echo:80", backend);
+    udp_answered(&c, "client-a", "echo.default.svc.cluster.local:80", backend);
+    let body = c.wait("client-a reaching echo's TCP port 80", || {
+        wasm_get(&c, "client-a", &format!("{ip}:80/"))
+    });
+    assert_eq!(body, format!("hello from {backend} in default\n"));
+    let direct = format!("{}:9376", pod_ip(&c, backend));
+    udp_answered(&c, "client-a", &direct, backend);
+}
+
 /// The userspace proxy (a node that asks for it) and a node without the CNI plugins, which
 /// keeps its pods on its own network and says so; a Service with a backend on each is
 /// reached from a pod on the first by its ClusterIP, retrying past a dead backend.
@@ -771,12 +898,6 @@ fn userspace_proxy_and_a_node_without_a_pod_network() {
         &token,
         &["--pod-network", "auto", "--cni-bin-dir", "/nonexistent/cni"],
     );
-    struct PodNamespaces(std::path::PathBuf);
-    impl Drop for PodNamespaces {
-        fn drop(&mut self) {
-            remove_pod_namespaces(&self.0);
-        }
-    }
     let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
     let label = |n: &str| {
         let r = c.kubectl(&["get", "node", n, "-o", "json"]);
@@ -933,7 +1054,8 @@ impl Drop for NatSites {
 }
 
 /// Nodes behind different NATs: a pod on one reaches a Service whose only endpoint is on the
-/// other, by ClusterIP and by name, through the server's relay over both nodes' tunnels.
+/// other, by ClusterIP and by name, and that pod's own address, over TCP and over UDP, through
+/// the server's relay over both nodes' tunnels.
 #[test]
 fn a_service_is_reached_across_two_nats_through_the_relay() {
     if let Some(why) = missing_prerequisite() {
@@ -951,41 +1073,8 @@ fn a_service_is_reached_across_two_nats_through_the_relay() {
         let ns = sites.sites[i].clone();
         c.start_agent_in(Some(&ns), name, &token, &["--pod-network", "auto"]);
     }
-    struct PodNamespaces(std::path::PathBuf);
-    impl Drop for PodNamespaces {
-        fn drop(&mut self) {
-            remove_pod_namespaces(&self.0);
-        }
-    }
     let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
-    apply(
-        &c,
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: far}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: far}}
-  template:
-    metadata: {labels: {app: far}}
-    spec:
-      nodeSelector: {kubernetes.io/hostname: node-b}
-      containers:
-      - name: hello
-        image: kedge.dev/samples/hello-wasm:v1
-        env: [{name: HELLO_LISTEN, value: "9376"}]
-        ports: [{name: http, containerPort: 9376}]
-        readinessProbe: {httpGet: {path: /healthz, port: 9376}, periodSeconds: 1}
----
-apiVersion: v1
-kind: Service
-metadata: {name: far}
-spec:
-  selector: {app: far}
-  ports: [{name: http, port: 80, targetPort: http}]
-"#,
-    );
+    apply(&c, &echo_app("far", "node-b"));
     apply(
         &c,
         &client_pod(
@@ -1018,4 +1107,8 @@ spec:
         || wasm_get(&c, "client-a", &format!("{far_ip}:9376/")),
     );
     assert!(body.contains(&far[0].name), "{body}");
+    // UDP the same three ways: the Service's UDP port by ClusterIP and by name, and the pod's.
+    udp_answered(&c, "client-a", &format!("{ip}:80"), &far[0].name);
+    udp_answered(&c, "client-a", "far:80", &far[0].name);
+    udp_answered(&c, "client-a", &format!("{far_ip}:9376"), &far[0].name);
 }

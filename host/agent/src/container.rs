@@ -932,21 +932,24 @@ pub(super) async fn run_container(
             },
             _ => None,
         };
-        // A Wasm container's name lookups follow the pod's resolv.conf (by dnsPolicy) when the
-        // pod has its own network or asks for a resolver of its own; otherwise, on the node's
-        // network, they use the node's resolver as its processes do.
+        // The pod's /etc/hosts: with its address, or the node's file on its network, and
+        // hostAliases either way. OCI containers get it as a file, Wasm ones in their resolver.
+        let pod_hosts = || match &pod_net {
+            Some(n) => crate::network::hosts_file(pod, n.ip, &ctx.net().cfg.cluster_domain),
+            None => crate::network::node_hosts_file(pod),
+        };
+        // A Wasm container's name lookups follow the pod's hosts file and resolv.conf (by
+        // dnsPolicy) when it needs a resolver of its own; otherwise the node's resolver
+        // answers, as for the node's processes.
         let wasm_resolver = match &prepared {
             Prepared::Wasm { .. }
-                if pod_net.is_some()
-                    || matches!(
-                        pod.pointer("/spec/dnsPolicy").and_then(Value::as_str),
-                        Some("None" | "ClusterFirstWithHostNet")
-                    ) =>
+                if wasm_needs_resolver(pod, pod_net.is_some(), ctx.net().cluster_dns_serving()) =>
             {
                 match ctx.net().resolv_conf(pod) {
-                    Ok(text) => Some(Arc::new(kedge_runtime::wasm::Resolver::from_resolv_conf(
-                        &text,
-                    ))),
+                    Ok(text) => Some(Arc::new(
+                        kedge_runtime::wasm::Resolver::from_resolv_conf(&text)
+                            .with_hosts(&pod_hosts()),
+                    )),
                     Err(message) => {
                         run.update(ctx, i, |r| {
                             r.start_failed("CreateContainerConfigError".into(), message)
@@ -961,20 +964,11 @@ pub(super) async fn run_container(
             }
             _ => None,
         };
-        // An OCI container's /etc/resolv.conf (by dnsPolicy) and /etc/hosts (with the pod's
-        // address, or the node's file on its network, and hostAliases either way).
+        // An OCI container's /etc/resolv.conf (by dnsPolicy) and /etc/hosts.
         let etc = match &prepared {
             Prepared::Wasm { .. } => None,
             Prepared::Oci { .. } => match ctx.net().resolv_conf(pod) {
-                Ok(resolv) => Some((
-                    resolv,
-                    match &pod_net {
-                        Some(n) => {
-                            crate::network::hosts_file(pod, n.ip, &ctx.net().cfg.cluster_domain)
-                        }
-                        None => crate::network::node_hosts_file(pod),
-                    },
-                )),
+                Ok(resolv) => Some((resolv, pod_hosts())),
                 Err(message) => {
                     run.update(ctx, i, |r| {
                         r.start_failed("CreateContainerConfigError".into(), message)
@@ -1332,6 +1326,38 @@ pub(super) async fn run_container(
     }
 }
 
+/// Whether a Wasm container's name lookups need the pod's own [`kedge_runtime::wasm::Resolver`]
+/// rather than the node's (wasmtime-wasi's `getaddrinfo`): with the pod's own network (its
+/// resolv.conf and hosts differ from the node's), with `dnsPolicy` `None` or
+/// `ClusterFirstWithHostNet` (a resolv.conf of its own), with `hostAliases`, which the
+/// node's `/etc/hosts` lacks, or, for a pod that is not `hostNetwork` but shares the node's
+/// network (a node without a pod network), `ClusterFirst` while the cluster DNS serves (its
+/// OCI containers get the cluster's resolv.conf too). Otherwise the node's resolver is kept,
+/// with whatever it knows beyond the hosts file and DNS (nsswitch: `myhostname`, `resolve`,
+/// mDNS).
+fn wasm_needs_resolver(pod: &Value, own_network: bool, cluster_dns: bool) -> bool {
+    let policy = pod.pointer("/spec/dnsPolicy").and_then(Value::as_str);
+    // As the agent's hosts file counts them: an address and at least one name.
+    let aliases = pod
+        .pointer("/spec/hostAliases")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|a| {
+            a["ip"].is_string()
+                && a["hostnames"]
+                    .as_array()
+                    .is_some_and(|names| names.iter().any(Value::is_string))
+        });
+    let cluster_first = matches!(policy, None | Some("ClusterFirst"))
+        && !crate::network::host_network(pod)
+        && cluster_dns;
+    own_network
+        || matches!(policy, Some("None" | "ClusterFirstWithHostNet"))
+        || aliases
+        || cluster_first
+}
+
 /// The runc container id of one run of a container (unique per restart).
 /// The container's `stdin`, `stdinOnce` and `tty`.
 fn stdio_mode(c: &Value) -> kedge_runtime::stdio::Mode {
@@ -1462,6 +1488,42 @@ mod tests {
             non_root_violation(&root, &c, Some("0")).as_deref(),
             Some("container's runAsUser breaks non-root policy")
         );
+    }
+
+    /// A Wasm container on the node's network keeps the node's resolver unless the pod's
+    /// hosts file or resolv.conf would differ from the node's: `hostAliases` need the pod's
+    /// resolver, or they would not resolve as they do in the pod's OCI containers.
+    #[test]
+    fn wasm_containers_get_a_resolver_when_the_node_s_would_differ() {
+        let pod = |spec: Value| json!({"spec": spec});
+        let host_net = pod(json!({"hostNetwork": true}));
+        assert!(!wasm_needs_resolver(&host_net, false, true));
+        assert!(
+            wasm_needs_resolver(&host_net, true, false),
+            "its own network"
+        );
+        for policy in ["None", "ClusterFirstWithHostNet"] {
+            let p = pod(json!({"hostNetwork": true, "dnsPolicy": policy}));
+            assert!(wasm_needs_resolver(&p, false, true), "{policy}");
+        }
+        for policy in ["Default", "ClusterFirst"] {
+            let p = pod(json!({"hostNetwork": true, "dnsPolicy": policy}));
+            assert!(!wasm_needs_resolver(&p, false, true), "{policy}");
+        }
+        let aliased = pod(json!({"hostNetwork": true, "hostAliases": [
+            {"ip": "10.1.2.3", "hostnames": ["foo.local"]}]}));
+        assert!(wasm_needs_resolver(&aliased, false, false));
+        // Entries the hosts file leaves out change nothing.
+        let empty = pod(json!({"hostNetwork": true, "hostAliases": [
+            {"ip": "10.1.2.3", "hostnames": []}, {"hostnames": ["foo.local"]}]}));
+        assert!(!wasm_needs_resolver(&empty, false, true));
+        // A pod that is not hostNetwork on a node without a pod network: the cluster's
+        // resolv.conf while its DNS serves, as its OCI containers get.
+        let fallback = pod(json!({}));
+        assert!(wasm_needs_resolver(&fallback, false, true));
+        assert!(!wasm_needs_resolver(&fallback, false, false));
+        let default = pod(json!({"dnsPolicy": "Default"}));
+        assert!(!wasm_needs_resolver(&default, false, true));
     }
 
     fn cpu(limit: &str, request: &str) -> Resources {

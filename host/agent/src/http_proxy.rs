@@ -98,6 +98,24 @@ fn unreachable_backend(e: impl std::fmt::Display) -> Response {
     )
 }
 
+/// An error with its causes: reqwest's and hyper's own messages ("error sending request",
+/// "client error (Connect)") leave out why, which is what the caller of the proxy needs
+/// ("Connection refused", a TLS alert).
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        // Some errors repeat their cause in their own message.
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// `/podProxy/<scheme>/<ip>/<port>/<path>`: forwards the request to `ip:port`.
 pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request) -> Response {
     let pq = req
@@ -129,7 +147,7 @@ pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request)
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(e) => return unreachable_backend(e),
+        Err(e) => return unreachable_backend(with_causes(&e)),
     };
     // The connection lives while the response body is read; it ends with the backend's
     // answer, or when the agent stops.
@@ -153,11 +171,16 @@ pub(crate) async fn pod_proxy(State(kubelet): State<Arc<Kubelet>>, req: Request)
             kedge_tunnel::headers::strip_hop_by_hop(&mut p.headers);
             Response::from_parts(p, Body::new(b))
         }
-        Err(e) => unreachable_backend(e),
+        Err(e) => unreachable_backend(with_causes(&e)),
     }
 }
 
 /// The `https` backend, without certificate checks.
+///
+/// Unlike `http`, the request is not passed on byte for byte: reqwest takes the URL as a
+/// `url::Url`, which resolves `.`/`..` segments (`%2e%2e` too) and percent-encodes a few query
+/// characters (`'`), and it adds `Accept: */*` when there is none (the same thing to the
+/// backend: RFC 9110 §12.5.1).
 async fn https(target: Target, parts: http::request::Parts, body: Body) -> Response {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let client = CLIENT.get_or_init(|| {
@@ -197,7 +220,8 @@ async fn https(target: Target, parts: http::request::Parts, body: Body) -> Respo
         .await
     {
         Ok(r) => r,
-        Err(e) => return unreachable_backend(format!("{url}: {e}")),
+        // The URL once, at the front (reqwest would add it again).
+        Err(e) => return unreachable_backend(format!("{url}: {}", with_causes(&e.without_url()))),
     };
     let mut out = Response::builder().status(resp.status().as_u16());
     if let Some(h) = out.headers_mut() {
@@ -220,6 +244,35 @@ async fn https(target: Target, parts: http::request::Parts, body: Body) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn kubelet() -> Arc<Kubelet> {
+        Arc::new(Kubelet {
+            logs: Default::default(),
+            oci: None,
+            wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        })
+    }
+
+    /// Reads what a backend was sent, up to a body ending in `hello` (or the end of the
+    /// stream), bounded in time and size.
+    async fn read_request(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !got.ends_with(b"hello") && got.len() < 65536 {
+            let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).to_string()
+    }
 
     #[test]
     fn targets_parse() {
@@ -251,35 +304,16 @@ mod tests {
     /// ones dropped) and streamed body; the answer, a redirect included, comes back as it is.
     #[tokio::test]
     async fn forwards_to_a_backend_and_back() {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let backend = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let mut got = Vec::new();
-            let mut buf = [0u8; 4096];
-            // The head and the 5-byte body, bounded in time and size.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while !String::from_utf8_lossy(&got).ends_with("hello") && got.len() < 65536 {
-                let n = tokio::time::timeout_at(deadline, s.read(&mut buf))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
+            let got = read_request(&mut s).await;
             s.write_all(b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nX-Backend: yes\r\nContent-Length: 2\r\n\r\nok")
                 .await
                 .unwrap();
-            String::from_utf8_lossy(&got).to_string()
-        });
-        let kubelet = Arc::new(Kubelet {
-            logs: Default::default(),
-            oci: None,
-            wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
-            cancel: tokio_util::sync::CancellationToken::new(),
+            got
         });
         let req = http::Request::post(format!("/podProxy/http/127.0.0.1/{}/x/y?q=1", addr.port()))
             .header("x-custom", "1")
@@ -288,7 +322,7 @@ mod tests {
             .header(header::CONTENT_LENGTH, "5")
             .body(Body::from("hello"))
             .unwrap();
-        let resp = pod_proxy(State(kubelet), req).await;
+        let resp = pod_proxy(State(kubelet()), req).await;
         assert_eq!(resp.status(), StatusCode::FOUND);
         assert_eq!(resp.headers()["location"], "/elsewhere");
         assert_eq!(resp.headers()["x-backend"], "yes");
@@ -311,16 +345,10 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let kubelet = Arc::new(Kubelet {
-            logs: Default::default(),
-            oci: None,
-            wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
-            cancel: tokio_util::sync::CancellationToken::new(),
-        });
         let req = http::Request::get(format!("/podProxy/http/127.0.0.1/{port}/"))
             .body(Body::empty())
             .unwrap();
-        let resp = pod_proxy(State(kubelet), req).await;
+        let resp = pod_proxy(State(kubelet()), req).await;
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -332,5 +360,106 @@ mod tests {
                 .starts_with("error trying to reach service: dial tcp 127.0.0.1:"),
             "{v}"
         );
+    }
+
+    /// A TLS acceptor with a fresh self-signed certificate for a name the backend is not
+    /// reached by: the proxy must check neither the chain nor the name, as kube-apiserver's
+    /// pod and service proxy does not. HTTP/1.1 only, so the backend can answer by hand.
+    fn self_signed_acceptor() -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls;
+        let key = rcgen::generate_simple_self_signed(["backend.invalid".to_string()]).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![key.cert.der().clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()).into(),
+            )
+            .unwrap();
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
+
+    /// The `https:` backend: over TLS the request keeps its method, path, query, headers
+    /// (hop-by-hop ones dropped both ways) and body, and the answer, a redirect included,
+    /// comes back as it is.
+    #[tokio::test]
+    async fn forwards_to_an_https_backend_and_back() {
+        use tokio::io::AsyncWriteExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tls = self_signed_acceptor();
+        let backend = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut s = tls.accept(tcp).await.unwrap();
+            let got = read_request(&mut s).await;
+            s.write_all(
+                b"HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nX-Backend: yes\r\n\
+                  Connection: x-resp-hop\r\nX-Resp-Hop: 1\r\nKeep-Alive: timeout=5\r\n\
+                  Content-Length: 2\r\n\r\nok",
+            )
+            .await
+            .unwrap();
+            s.shutdown().await.unwrap();
+            got
+        });
+        let req = http::Request::post(format!("/podProxy/https/127.0.0.1/{}/x?q=1", addr.port()))
+            .header("x-custom", "1")
+            .header(header::CONNECTION, "keep-alive, x-hop")
+            .header("x-hop", "drop me")
+            .header(header::CONTENT_LENGTH, "5")
+            .body(Body::from("hello"))
+            .unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(30), pod_proxy(State(kubelet()), req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        assert_eq!(resp.headers()["location"], "/elsewhere");
+        assert_eq!(resp.headers()["x-backend"], "yes");
+        for gone in ["connection", "x-resp-hop", "keep-alive"] {
+            assert!(!resp.headers().contains_key(gone), "{:?}", resp.headers());
+        }
+        let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"ok");
+        let seen = backend.await.unwrap().to_ascii_lowercase();
+        assert!(seen.starts_with("post /x?q=1 http/1.1\r\n"), "{seen}");
+        assert!(
+            seen.contains(&format!("host: 127.0.0.1:{}\r\n", addr.port())),
+            "{seen}"
+        );
+        assert!(seen.contains("x-custom: 1\r\n"), "{seen}");
+        assert!(seen.contains("content-length: 5\r\n"), "{seen}");
+        assert!(!seen.contains("x-hop"), "{seen}");
+        assert!(seen.ends_with("\r\n\r\nhello"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_https_backend_is_a_503_status() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let req = http::Request::get(format!("/podProxy/https/127.0.0.1/{port}/"))
+            .body(Body::empty())
+            .unwrap();
+        let resp = pod_proxy(State(kubelet()), req).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["kind"], "Status");
+        assert_eq!(v["reason"], "ServiceUnavailable");
+        assert_eq!(v["code"], 503);
+        // Why, not only that it failed; and the URL once.
+        let message = v["message"].as_str().unwrap();
+        let url = format!("https://127.0.0.1:{port}/");
+        assert!(
+            message.starts_with(&format!("error trying to reach service: {url}: ")),
+            "{v}"
+        );
+        assert!(message.contains("Connection refused"), "{v}");
+        assert_eq!(message.matches(&url).count(), 1, "{v}");
     }
 }

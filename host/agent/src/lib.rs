@@ -24,6 +24,7 @@ mod sa_token;
 mod spec;
 mod status;
 mod stream;
+mod udp_relay;
 
 pub use eviction::Thresholds as EvictionThresholds;
 pub use network::{NetworkConfig, PodNetworkMode, ProxyMode, parse_cidr};

@@ -200,6 +200,16 @@ pub(crate) fn recorded_pod_cidr(data_dir: &Path) -> Option<String> {
         .and_then(|v| v["podCIDR"].as_str().map(str::to_owned))
 }
 
+/// Records the podCIDR the node's pod network uses (read at the next start).
+pub(crate) fn record_pod_cidr(data_dir: &Path, cidr: &str) {
+    if let Err(e) = std::fs::write(
+        record_path(data_dir),
+        serde_json::to_vec(&json!({"podCIDR": cidr})).expect("JSON"),
+    ) {
+        tracing::warn!(error = %e, "recording the podCIDR failed");
+    }
+}
+
 impl Network {
     /// Decides how pods are networked. Waits (bounded) for the Node's podCIDR when the node
     /// has never had one; the Node is registered meanwhile by the node loop.
@@ -283,10 +293,7 @@ impl Network {
             Ok(c) => c,
             Err(e) => return Mode::Host(format!("spec.podCIDR {e}")),
         };
-        let _ = std::fs::write(
-            record_path(data_dir),
-            serde_json::to_vec(&json!({"podCIDR": cidr})).expect("JSON"),
-        );
+        record_pod_cidr(data_dir, &cidr);
         let masq = install_masquerade(node, pod_cidr, cfg.cluster_cidr, cfg.cluster_dns).await;
         if let Err(e) = &masq {
             tracing::warn!(error = %e, "no nftables masquerade rule; the bridge plugin masquerades instead");
@@ -382,6 +389,11 @@ impl Network {
     }
 
     /// The pod's `/etc/resolv.conf`, by its `dnsPolicy`.
+    /// Whether pods are pointed at the cluster DNS (configured, and this node serves it).
+    pub fn cluster_dns_serving(&self) -> bool {
+        self.cfg.cluster_dns.is_some() && self.dns_up.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn resolv_conf(&self, pod: &Value) -> Result<String, String> {
         let dns_up = self.dns_up.load(std::sync::atomic::Ordering::Relaxed);
         let cfg = kedge_net::resolv::ResolvConfig {
@@ -880,7 +892,7 @@ pub(crate) async fn services_loop(ctx: super::Ctx, cancel: CancellationToken) {
             }
         }
         // Endpoints on nodes this one cannot route to go through local forwarders to the
-        // relay (TCP only: the relay carries no UDP, so such endpoints serve TCP ports only).
+        // relay (TCP and UDP; SCTP, which the relay does not carry, is left out).
         if let (Some(fw), Some(_)) = (&net.forwarders, &proxier) {
             let far_nodes = far.borrow_and_update().clone();
             let mut used = std::collections::HashSet::new();
@@ -973,6 +985,8 @@ pub(crate) enum Upstream {
         node: String,
         ip: Ipv4Addr,
         port: u16,
+        /// A UDP endpoint: the forwarder is a UDP socket relaying each client's flow.
+        udp: bool,
     },
 }
 
@@ -1012,6 +1026,20 @@ impl Forwarders {
     async fn port_for(&self, up: &Upstream) -> std::io::Result<u16> {
         if let Some((port, _)) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(up) {
             return Ok(*port);
+        }
+        if let Upstream::Relay {
+            node,
+            ip,
+            port,
+            udp: true,
+        } = up
+        {
+            let dst = std::net::SocketAddrV4::new(*ip, *port);
+            let (local, task) =
+                crate::udp_relay::forwarder(self.bind, self.client.clone(), node.clone(), dst)
+                    .await?;
+            let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+            return Ok(map.entry(up.clone()).or_insert((local, task)).0);
         }
         let listener = tokio::net::TcpListener::bind((self.bind, 0)).await?;
         let port = listener.local_addr()?.port();
@@ -1060,17 +1088,25 @@ async fn forward(
             .map_err(|_| std::io::Error::other("connecting to the API server timed out"))??;
             tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
         }
-        Upstream::Relay { node, ip, port } => {
+        Upstream::Relay {
+            node,
+            ip,
+            port,
+            udp: false,
+        } => {
             let mut up = crate::relay::relay_connect(tunnel, node, *ip, *port).await?;
             tokio::io::copy_bidirectional(&mut conn, &mut up).await?;
+        }
+        Upstream::Relay { udp: true, .. } => {
+            return Err(std::io::Error::other("a UDP upstream has no TCP forwarder"));
         }
     }
     Ok(())
 }
 
 /// Replaces, in `view`, every endpoint that lives on a node in `far` by this node's
-/// forwarder to it through the relay: one slice per such endpoint, its TCP ports (by the
-/// same names) on the forwarders' ports. The proxy then treats it as any endpoint.
+/// forwarder to it through the relay: one slice per such endpoint, its TCP and UDP ports (by
+/// the same names) on the forwarders' ports. The proxy then treats it as any endpoint.
 async fn relay_far_endpoints(
     view: &mut View,
     far: &std::collections::BTreeSet<String>,
@@ -1100,17 +1136,19 @@ async fn relay_far_endpoints(
             };
             let mut local_ports = Vec::new();
             for p in &ports {
-                let tcp = p["protocol"].as_str().is_none_or(|pr| pr == "TCP");
+                let udp = match p["protocol"].as_str().unwrap_or("TCP") {
+                    "TCP" => false,
+                    "UDP" => true,
+                    _ => continue,
+                };
                 let Some(port) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok()) else {
                     continue;
                 };
-                if !tcp {
-                    continue;
-                }
                 let up = Upstream::Relay {
                     node: node.clone(),
                     ip,
                     port,
+                    udp,
                 };
                 match fw.port_for(&up).await {
                     Ok(local) => {
@@ -1302,19 +1340,23 @@ pub(crate) async fn routes_loop(ctx: super::Ctx, cancel: CancellationToken) {
     }
 }
 
-/// The podCIDRs of nodes behind another NAT and the node of each, as the listener reads them.
-type FarCidrs = Arc<Mutex<Vec<((Ipv4Addr, u8), String)>>>;
+use crate::udp_relay::FarCidrs;
 
 /// Pod addresses on nodes behind another NAT, reached directly (not only through a
 /// Service): nftables redirects TCP to their podCIDRs to a listener in the agent, which reads
 /// each connection's original destination (`SO_ORIGINAL_DST`) and relays it to the node that
-/// has that podCIDR, through the server.
+/// has that podCIDR, through the server. UDP is redirected to a socket that relays each
+/// flow the same way ([`crate::udp_relay::FarUdp`]). Anything else to them (ICMP) is refused here with an ICMP
+/// error, rather than leaving by the default route with a pod's address no router knows.
 struct FarPods {
     table: String,
     /// Only pods' traffic (arriving on the bridge) and the node's own is redirected: a host
     /// on the LAN gets no relay through this node.
     bridge: String,
     port: u16,
+    /// The UDP socket; `None` without the `conntrack` tool (then UDP to far pods is refused
+    /// like any other protocol the relay does not carry).
+    udp: Option<crate::udp_relay::FarUdp>,
     cidrs: FarCidrs,
     applied: Option<BTreeMap<String, String>>,
     _task: tokio_util::task::AbortOnDropHandle<()>,
@@ -1328,6 +1370,16 @@ impl FarPods {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", 0)).await?;
         let port = listener.local_addr()?.port();
         let cidrs: FarCidrs = Arc::default();
+        let udp = if crate::udp_relay::conntrack_available().await {
+            crate::udp_relay::FarUdp::start(client.clone(), cidrs.clone())
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Err("the conntrack tool is missing (`make setup` installs it)".to_string())
+        };
+        let udp = udp
+            .inspect_err(|e| tracing::warn!(error = %e, "UDP to pods behind other NATs is refused"))
+            .ok();
         let lookup = cidrs.clone();
         let task = tokio::spawn(async move {
             let slots = Arc::new(tokio::sync::Semaphore::new(FORWARDER_CONNECTIONS));
@@ -1368,6 +1420,7 @@ impl FarPods {
             table: far_table(node),
             bridge: bridge.to_owned(),
             port,
+            udp,
             cidrs,
             applied: None,
             _task: tokio_util::task::AbortOnDropHandle::new(task),
@@ -1384,25 +1437,45 @@ impl FarPods {
             .filter_map(|(c, n)| parse_cidr(c).ok().map(|c| (c, n.clone())))
             .collect();
         *self.cidrs.lock().unwrap_or_else(|p| p.into_inner()) = parsed.clone();
-        let table = &self.table;
-        let bridge = &self.bridge;
-        let port = self.port;
-        let elements = if parsed.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = parsed
-                .iter()
-                .map(|((ip, len), _)| format!("{ip}/{len}"))
-                .collect();
-            format!("    elements = {{ {} }}\n", list.join(", "))
-        };
-        let rules = format!(
-            "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set far {{\n    type ipv4_addr; flags interval;\n{elements}  }}\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    iifname \"{bridge}\" ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n  }}\n}}\n"
-        );
+        let cidrs: Vec<(Ipv4Addr, u8)> = parsed.iter().map(|(c, _)| *c).collect();
+        let udp_port = self.udp.as_ref().map(|u| u.port);
+        let rules = far_rules(&self.table, &self.bridge, &cidrs, self.port, udp_port);
         nft_apply(&rules).await?;
         self.applied = Some(far.clone());
         Ok(())
     }
+}
+
+/// The far-pods table: TCP to `cidrs` redirected to `port`, UDP (with `udp_port`) to
+/// `udp_port`, pods' traffic (from the bridge) and the node's own alike; anything else to
+/// them refused with an ICMP error.
+fn far_rules(
+    table: &str,
+    bridge: &str,
+    cidrs: &[(Ipv4Addr, u8)],
+    port: u16,
+    udp_port: Option<u16>,
+) -> String {
+    let elements = if cidrs.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = cidrs
+            .iter()
+            .map(|(ip, len)| format!("{ip}/{len}"))
+            .collect();
+        format!("    elements = {{ {} }}\n", list.join(", "))
+    };
+    let (udp_in, udp_out, carried) = match udp_port {
+        Some(u) => (
+            format!("    iifname \"{bridge}\" ip daddr @far meta l4proto udp redirect to :{u}\n"),
+            format!("    ip daddr @far meta l4proto udp redirect to :{u}\n"),
+            "{ tcp, udp }",
+        ),
+        None => (String::new(), String::new(), "tcp"),
+    };
+    format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n  set far {{\n    type ipv4_addr; flags interval;\n{elements}  }}\n  chain prerouting {{\n    type nat hook prerouting priority -110; policy accept;\n    iifname \"{bridge}\" ip daddr @far meta l4proto tcp redirect to :{port}\n{udp_in}  }}\n  chain output {{\n    type nat hook output priority -110; policy accept;\n    ip daddr @far meta l4proto tcp redirect to :{port}\n{udp_out}  }}\n  chain other_forward {{\n    type filter hook forward priority filter; policy accept;\n    iifname \"{bridge}\" ip daddr @far meta l4proto != {carried} reject with icmp type admin-prohibited\n  }}\n  chain other_output {{\n    type filter hook output priority filter; policy accept;\n    ip daddr @far meta l4proto != {carried} reject with icmp type admin-prohibited\n  }}\n}}\n"
+    )
 }
 
 fn internal_ip(node: &Value) -> Option<Ipv4Addr> {
@@ -1587,6 +1660,57 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn far_rules_parse_with_and_without_udp() {
+        let cidrs = [
+            (Ipv4Addr::new(10, 42, 2, 0), 24),
+            (Ipv4Addr::new(10, 42, 3, 0), 24),
+        ];
+        let with = far_rules("kedge_far_t", "kedge0", &cidrs, 4000, Some(4001));
+        assert!(with.contains("udp redirect to :4001"), "{with}");
+        assert!(
+            with.contains("elements = { 10.42.2.0/24, 10.42.3.0/24 }"),
+            "{with}"
+        );
+        assert!(with.contains("l4proto != { tcp, udp } reject"), "{with}");
+        let without = far_rules("kedge_far_t", "kedge0", &[], 4000, None);
+        assert!(!without.contains("udp redirect"), "{without}");
+        assert!(without.contains("l4proto != tcp reject"), "{without}");
+        // nft itself checks them where it can (root): in a namespace of the test's own.
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let ns = format!("kedge-far-rules-{}", std::process::id());
+        let ok = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .status()
+        };
+        if ok(&["ip", "netns", "add", &ns]).is_err() {
+            return;
+        }
+        for script in [&with, &without] {
+            let mut child = std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "nft", "-c", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let status = child.wait().unwrap();
+            if !status.success() {
+                let _ = ok(&["ip", "netns", "del", &ns]);
+                panic!("nft refused:\n{script}");
+            }
+        }
+        let _ = ok(&["ip", "netns", "del", &ns]);
     }
 
     #[test]

@@ -323,9 +323,28 @@ async fn register_node(ctx: &Ctx, labels: &[(String, String)]) -> client::Result
             "the Node's recorded podCIDR was refused; registering for a new one"
         );
         let spec = node["spec"].as_object_mut().expect("an object");
-        spec.remove("podCIDR");
+        let had = spec.remove("podCIDR");
         spec.remove("podCIDRs");
         created = ctx.client.create("/api/v1/nodes", &node).await;
+        if let Ok(n) = &created
+            && let Some(given) = n
+                .pointer("/spec/podCIDR")
+                .and_then(serde_json::Value::as_str)
+        {
+            // The next start takes the new range; until then new pods still get addresses in
+            // the old one, which other nodes no longer route here: say so.
+            crate::network::record_pod_cidr(&ctx.data_dir, given);
+            let had = had.as_ref().and_then(|v| v.as_str()).unwrap_or("?");
+            let message = format!(
+                "the node's podCIDR {had} went to another node while this Node was away; the \
+                 server gave it {given}: restart the agent to move its pod network there (until \
+                 then pods keep getting addresses in {had}, which other nodes no longer route here)"
+            );
+            tracing::error!("{message}");
+            ctx.events
+                .node(super::events::Kind::Warning, "PodCIDRChanged", &message)
+                .await;
+        }
     }
     match created {
         Ok(_) => Ok(()),

@@ -7,6 +7,9 @@
 //! - B ([`serve`], on the kubelet router): the server's upgraded request; connects to
 //!   `ip:port` and splices it with the stream, half-closes included.
 //!
+//! A stream upgraded to [`UDP_UPGRADE`] instead carries one UDP flow's datagrams
+//! ([`crate::udp_relay`]).
+//!
 //! The server checks who may relay where (only nodes, only to what B hosts); B connects to
 //! what the server asks, as for port-forward, since only the server reaches its kubelet
 //! router.
@@ -27,7 +30,7 @@ use super::client::{Client, Error};
 use super::kubelet::Kubelet;
 /// The kubelet-router path the server's relay stream arrives on.
 pub(crate) use kedge_core::channel::RELAY_PATH as PATH;
-use kedge_core::channel::TCP_UPGRADE;
+use kedge_core::channel::{TCP_UPGRADE, UDP_UPGRADE};
 
 /// Bound on connecting to the pod's port (as port-forward's).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,9 +55,21 @@ pub(crate) async fn relay_connect(
     ip: Ipv4Addr,
     port: u16,
 ) -> io::Result<RelayStream> {
+    relay_connect_as(client, node, ip, port, TCP_UPGRADE).await
+}
+
+/// A relayed stream to `ip:port` on `node` upgraded to `token`: [`TCP_UPGRADE`] for a TCP
+/// connection, [`UDP_UPGRADE`] for a UDP flow.
+pub(crate) async fn relay_connect_as(
+    client: &Client,
+    node: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    token: &'static str,
+) -> io::Result<RelayStream> {
     let node_seg: String = url::form_urlencoded::byte_serialize(node.as_bytes()).collect();
     let path = format!("/api/v1/nodes/{node_seg}/relay?ip={ip}&port={port}");
-    let upgraded = tokio::time::timeout(SETUP_TIMEOUT, client.upgrade(&path, TCP_UPGRADE))
+    let upgraded = tokio::time::timeout(SETUP_TIMEOUT, client.upgrade(&path, token))
         .await
         .map_err(|_| {
             io::Error::new(
@@ -72,6 +87,7 @@ fn relay_error(node: &str, ip: Ipv4Addr, port: u16, e: Error) -> io::Error {
         Error::Api { code: 400, .. } => K::InvalidInput,
         Error::Api { code: 403, .. } => K::PermissionDenied,
         Error::Api { code: 404, .. } => K::NotFound,
+        Error::Api { code: 429, .. } => K::ResourceBusy,
         Error::Api { code: 502, .. } => K::ConnectionRefused,
         Error::Api { code: 504, .. } | Error::Timeout { .. } => K::TimedOut,
         Error::Api { code: 503, .. } | Error::Offline | Error::Tunnel(_) => K::NotConnected,
@@ -114,17 +130,24 @@ async fn accept(cancel: CancellationToken, query: Option<&str>, mut req: Request
         .headers()
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(TCP_UPGRADE));
+        .and_then(|v| {
+            [TCP_UPGRADE, UDP_UPGRADE]
+                .into_iter()
+                .find(|t| v.eq_ignore_ascii_case(t))
+        });
     let on_upgrade = req
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
-        .filter(|_| asked);
-    let Some(on_upgrade) = on_upgrade else {
+        .filter(|_| asked.is_some());
+    let (Some(on_upgrade), Some(token)) = (on_upgrade, asked) else {
         return refuse(
             StatusCode::BAD_REQUEST,
-            format!("a relay needs an upgrade to {TCP_UPGRADE}"),
+            format!("a relay needs an upgrade to {TCP_UPGRADE} or {UDP_UPGRADE}"),
         );
     };
+    if token == UDP_UPGRADE {
+        return accept_udp(cancel, std::net::SocketAddrV4::new(ip, port), on_upgrade).await;
+    }
     let addr = SocketAddr::from((ip, port));
     let tcp =
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
@@ -155,16 +178,40 @@ async fn accept(cancel: CancellationToken, query: Option<&str>, mut req: Request
             () = cancel.cancelled() => {}
         }
     });
+    switching(TCP_UPGRADE)
+}
+
+/// B's end of a UDP flow: a socket connected to the pod, then `101` and the datagrams.
+async fn accept_udp(
+    cancel: CancellationToken,
+    addr: std::net::SocketAddrV4,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+) -> Response {
+    let sock = match crate::udp_relay::open_flow(addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_GATEWAY,
+                format!("error relaying to {addr}: failed to open a UDP flow to {addr}: {e}"),
+            );
+        }
+    };
+    tokio::spawn(async move {
+        let Ok(io) = on_upgrade.await else { return };
+        crate::udp_relay::serve_flow(TokioIo::new(io), sock, cancel).await;
+    });
+    switching(UDP_UPGRADE)
+}
+
+fn switching(token: &'static str) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     r.headers_mut().insert(
         http::header::CONNECTION,
         http::HeaderValue::from_static("upgrade"),
     );
-    r.headers_mut().insert(
-        http::header::UPGRADE,
-        http::HeaderValue::from_static(TCP_UPGRADE),
-    );
+    r.headers_mut()
+        .insert(http::header::UPGRADE, http::HeaderValue::from_static(token));
     r
 }
 
@@ -234,6 +281,7 @@ mod tests {
             clock: kedge_core::meta::system_clock(),
             ready: true.into(),
             tokens: Arc::new(kedge_api::tokens::Signer::generate().unwrap()),
+            relays: Default::default(),
         })
     }
 
@@ -256,8 +304,12 @@ mod tests {
             .unwrap();
     }
 
-    /// A hostNetwork pod on `node` declaring `ports`.
+    /// A hostNetwork pod on `node` declaring `ports` (TCP).
     fn host_network_pod(st: &ApiState, node: &str, ports: &[u16]) {
+        host_network_pod_named(st, node, "hostnet", ports, "TCP");
+    }
+
+    fn host_network_pod_named(st: &ApiState, node: &str, name: &str, ports: &[u16], proto: &str) {
         let pods = resources::by_kind("v1", "Pod").unwrap();
         let namespaces = resources::by_kind("v1", "Namespace").unwrap();
         let _ = st.api.create(
@@ -266,12 +318,15 @@ mod tests {
             json!({"metadata": {"name": "default"}}),
             &WriteOptions::default(),
         );
-        let ports: Vec<Value> = ports.iter().map(|p| json!({"containerPort": p})).collect();
+        let ports: Vec<Value> = ports
+            .iter()
+            .map(|p| json!({"containerPort": p, "protocol": proto}))
+            .collect();
         st.api
             .create(
                 pods,
                 "default",
-                json!({"metadata": {"name": "hostnet", "namespace": "default"},
+                json!({"metadata": {"name": name, "namespace": "default"},
                     "spec": {"nodeName": node, "hostNetwork": true,
                         "containers": [{"name": "c", "image": "i", "ports": ports}]}}),
                 &WriteOptions::default(),
@@ -468,6 +523,80 @@ mod tests {
             .unwrap();
         let status: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(status["kind"], "Status");
+    }
+
+    /// Datagrams go A → server → B → a UDP server on 127.0.0.1 and back, boundaries kept,
+    /// both on a flow A opens itself and through A's UDP forwarder (what the service proxy
+    /// sends a far endpoint's traffic to), one flow per client; a port B's pods serve only
+    /// over TCP is refused for UDP.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn datagrams_cross_two_tunnels() {
+        use futures_util::{SinkExt as _, StreamExt as _};
+        let run = async {
+            let Cluster { st, a, .. } = &cluster().await;
+            let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = server.local_addr().unwrap().port();
+            let _echo = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_535];
+                while let Ok((n, from)) = server.recv_from(&mut buf).await {
+                    let mut answer = format!("{from} said ").into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = server.send_to(&answer, from).await;
+                }
+            }));
+            let tcp_only = 1;
+            host_network_pod_named(st, "b", "udp", &[port], "UDP");
+            host_network_pod_named(st, "b", "tcp", &[tcp_only], "TCP");
+            let local = Ipv4Addr::LOCALHOST;
+
+            let s = crate::udp_relay::connect(a, "b", local, port)
+                .await
+                .unwrap();
+            let mut flow = tokio_util::codec::Framed::new(s, crate::udp_relay::codec());
+            for d in [&b"one"[..], b"", &[9u8; 60_000]] {
+                flow.send(bytes::Bytes::copy_from_slice(d)).await.unwrap();
+                let got = flow.next().await.unwrap().unwrap();
+                assert!(got.ends_with(d) && got.len() > d.len(), "{}", got.len());
+            }
+
+            let (fw_port, _fw) = crate::udp_relay::forwarder(
+                local,
+                a.clone(),
+                "b".into(),
+                std::net::SocketAddrV4::new(local, port),
+            )
+            .await
+            .unwrap();
+            let mut seen = std::collections::BTreeSet::new();
+            for client in 0..2 {
+                let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                let mut buf = vec![0u8; 65_535];
+                for i in 0..3 {
+                    let msg = format!("client {client} datagram {i}");
+                    c.send_to(msg.as_bytes(), (local, fw_port)).await.unwrap();
+                    let (n, from) = c.recv_from(&mut buf).await.unwrap();
+                    assert_eq!(from.port(), fw_port, "answers come from the forwarder");
+                    let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    assert!(got.ends_with(&msg), "{got}");
+                    // B's socket for this flow, as the server saw it.
+                    seen.insert(got.split(' ').next().unwrap().to_owned());
+                }
+            }
+            assert_eq!(seen.len(), 2, "one flow per client: {seen:?}");
+
+            let e = crate::udp_relay::connect(a, "b", local, tcp_only)
+                .await
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+            assert!(
+                e.to_string().contains("no pod on the node serves port 1"),
+                "{e}"
+            );
+        };
+        tokio::time::timeout(TEST_TIMEOUT, run)
+            .await
+            .expect("test timed out");
     }
 
     /// Bytes per transfer of the throughput figure.

@@ -44,6 +44,8 @@ pub struct ApiState {
     pub rbac: Arc<super::rbac::Authorizer>,
     /// Signs and verifies service-account tokens.
     pub tokens: Arc<crate::tokens::Signer>,
+    /// Relayed connections open per node (between nodes behind different NATs), bounded.
+    pub relays: super::relay::Slots,
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {
@@ -1488,6 +1490,7 @@ mod tests {
             clock: super::super::ops::system_clock(),
             ready: true.into(),
             tokens: Arc::new(crate::tokens::Signer::generate().unwrap()),
+            relays: Default::default(),
         })
     }
 

@@ -12,6 +12,11 @@
 //! `spec.podCIDR(s)` (pods with their own network) or its InternalIP (pods on the node's
 //! network). Anything else would make the server an open TCP proxy into every node's
 //! network. Nothing is recorded in the store.
+//!
+//! A stream upgraded to [`UDP_UPGRADE`] instead carries one UDP flow, its datagrams framed
+//! by the agents; the server splices it the same way. Each node takes part in at most
+//! [`MAX_RELAYS_PER_NODE`] relayed connections at once (as caller or target), so relays
+//! never take all of a tunnel's streams from the node's own API calls.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -26,7 +31,7 @@ use super::alloc::Cidr;
 use super::error::{ApiError, Result};
 use super::http::ApiState;
 use crate::auth::Identity;
-use kedge_core::channel::{RELAY_PATH as AGENT_PATH, TCP_UPGRADE};
+use kedge_core::channel::{RELAY_PATH as AGENT_PATH, TCP_UPGRADE, UDP_UPGRADE};
 use kedge_core::resources;
 
 /// Bound on the target agent's answer: it connects within 5 s; the rest is a round trip
@@ -36,6 +41,60 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(8);
 /// QUIC stream write per 64 KiB rather than per 8 KiB; also the most a relay holds per
 /// direction.
 const SPLICE_BUF: usize = 64 * 1024;
+
+/// Relayed connections one node takes part in at once, as caller or target: half of the
+/// 1,024 streams its tunnel carries, so its own API calls always have room.
+pub const MAX_RELAYS_PER_NODE: usize = 512;
+
+/// Relayed connections open per node.
+#[derive(Debug, Default)]
+pub struct Slots(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>);
+
+/// One relayed connection's claim on both its nodes' slots, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    slots: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    nodes: [String; 2],
+}
+
+impl Slots {
+    /// A slot of `from` and of `to`, or the node that has none left.
+    pub(crate) fn claim(&self, from: &str, to: &str) -> std::result::Result<Claim, String> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for n in [from, to] {
+            if open.get(n).copied().unwrap_or(0) >= MAX_RELAYS_PER_NODE {
+                return Err(n.to_string());
+            }
+        }
+        for n in [from, to] {
+            *open.entry(n.to_string()).or_default() += 1;
+        }
+        Ok(Claim {
+            slots: self.0.clone(),
+            nodes: [from.to_string(), to.to_string()],
+        })
+    }
+
+    #[cfg(test)]
+    fn open(&self, node: &str) -> usize {
+        let open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        open.get(node).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut open = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for n in &self.nodes {
+            if let Some(c) = open.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    open.remove(n);
+                }
+            }
+        }
+    }
+}
 
 /// The target node of a relay URL (`/api/v1/nodes/<name>/relay`), None for any other path.
 pub(crate) fn parse(segs: &[&str]) -> Option<String> {
@@ -164,9 +223,9 @@ pub(crate) fn hosts(
     ))
 }
 
-/// The ports pods on `node` serve on its own address: hostNetwork pods' containerPorts and
-/// every pod's hostPorts.
-fn pod_ports_on(api: &crate::ops::Api, node: &str) -> Vec<u16> {
+/// The ports (of `protocol`) pods on `node` serve on its own address: hostNetwork pods'
+/// containerPorts and every pod's hostPorts.
+fn pod_ports_on(api: &crate::ops::Api, node: &str, protocol: &str) -> Vec<u16> {
     let pods = resources::by_kind("v1", "Pod").expect("pods are served");
     let Ok(list) = api.list(pods, "", &crate::ops::ListOptions::default()) else {
         return Vec::new();
@@ -185,6 +244,9 @@ fn pod_ports_on(api: &crate::ops::Api, node: &str) -> Vec<u16> {
                 .flatten()
             {
                 for port in c["ports"].as_array().into_iter().flatten() {
+                    if port["protocol"].as_str().unwrap_or("TCP") != protocol {
+                        continue;
+                    }
                     let n = port["hostPort"]
                         .as_u64()
                         .filter(|n| *n > 0)
@@ -199,12 +261,12 @@ fn pod_ports_on(api: &crate::ops::Api, node: &str) -> Vec<u16> {
     ports
 }
 
-fn asks_for_tcp(parts: &Parts) -> bool {
-    parts
-        .headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(TCP_UPGRADE))
+/// The relay's kind: a TCP connection or a UDP flow, by the upgrade asked for.
+fn asked_upgrade(parts: &Parts) -> Option<&'static str> {
+    let v = parts.headers.get(header::UPGRADE)?.to_str().ok()?;
+    [TCP_UPGRADE, UDP_UPGRADE]
+        .into_iter()
+        .find(|t| v.eq_ignore_ascii_case(t))
 }
 
 /// Serves one relay request: every check, then the target agent's stream, then `101` and
@@ -223,17 +285,30 @@ pub(crate) async fn serve(
         )));
     }
     let d = dest(parts.uri.query())?;
+    let token = asked_upgrade(&parts).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "a relay needs an upgrade to {TCP_UPGRADE} (TCP) or {UDP_UPGRADE} (UDP)"
+        ))
+    })?;
+    let protocol = if token == UDP_UPGRADE { "UDP" } else { "TCP" };
     let nodes = resources::by_kind("v1", "Node").expect("nodes are served");
     let node = st.api.get(nodes, "", target)?;
-    let node_ports = || pod_ports_on(&st.api, target);
+    let node_ports = || pod_ports_on(&st.api, target, protocol);
     hosts(&node, d.ip, d.port, node_ports).map_err(|why| forbidden(identity, target, &why))?;
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
-        .filter(|_| asks_for_tcp(&parts))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!("a relay needs an upgrade to {TCP_UPGRADE}"))
-        })?;
+        .ok_or_else(|| ApiError::bad_request(format!("a relay needs an upgrade to {token}")))?;
+    let claim = st.relays.claim(&from, target).map_err(|full| {
+        ApiError::new(
+            429,
+            "TooManyRequests",
+            format!(
+                "node {full:?} already takes part in {MAX_RELAYS_PER_NODE} relayed \
+                 connections, the most per node"
+            ),
+        )
+    })?;
     let proxy = st
         .nodes
         .get()
@@ -242,7 +317,7 @@ pub(crate) async fn serve(
     let uri = format!("{AGENT_PATH}?ip={}&port={}", d.ip, d.port);
     let req = http::Request::post(uri)
         .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, TCP_UPGRADE)
+        .header(header::UPGRADE, token)
         .body(Body::empty())
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let to_b = async {
@@ -269,6 +344,7 @@ pub(crate) async fn serve(
         })??;
     let (ip, port) = (d.ip, d.port);
     tokio::spawn(async move {
+        let _claim = claim;
         let from_a = match on_upgrade.await {
             Ok(io) => io,
             Err(e) => {
@@ -289,7 +365,7 @@ pub(crate) async fn serve(
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static(TCP_UPGRADE));
+    h.insert(header::UPGRADE, HeaderValue::from_static(token));
     Ok(r)
 }
 
@@ -330,6 +406,28 @@ mod tests {
         Identity {
             user: user.into(),
             groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_node_takes_part_in_a_bounded_number_of_relays() {
+        let slots = Slots::default();
+        let mut held = Vec::new();
+        for _ in 0..MAX_RELAYS_PER_NODE {
+            held.push(slots.claim("a", "b").unwrap());
+        }
+        // a and b are both full; c and d are not.
+        assert_eq!(slots.claim("a", "c").unwrap_err(), "a");
+        assert_eq!(slots.claim("c", "b").unwrap_err(), "b");
+        assert_eq!(slots.open("c"), 0, "a refused claim takes nothing");
+        let other = slots.claim("c", "d").unwrap();
+        held.pop();
+        let again = slots.claim("c", "b").unwrap();
+        assert_eq!(slots.open("b"), MAX_RELAYS_PER_NODE);
+        assert_eq!(slots.open("c"), 2);
+        drop((other, again, held));
+        for n in ["a", "b", "c", "d"] {
+            assert_eq!(slots.open(n), 0, "{n}");
         }
     }
 

@@ -5,7 +5,8 @@
 //! - [`netns`]: entering a pod's network namespace from a thread (Wasm containers open their
 //!   sockets there).
 //! - [`model`]: the Services and EndpointSlices a node knows, as one table the proxy reads.
-//! - [`nft`] and [`userspace`]: the service proxy's two modes.
+//! - [`nft`] and [`userspace`]: the service proxy's two modes; [`conntrack`]: the UDP flows
+//!   the nftables mode clears when endpoints go.
 //! - [`dns`] and [`resolv`]: node-local cluster DNS and the pods' resolv.conf.
 //! - [`svcenv`]: Docker-links-style service environment variables.
 //!
@@ -13,6 +14,7 @@
 
 pub mod cidr;
 pub mod cni;
+pub mod conntrack;
 pub mod dns;
 pub mod iface;
 pub mod model;

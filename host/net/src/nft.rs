@@ -21,6 +21,9 @@
 //! old table goes and the new one arrives with no moment in between). Later syncs send only
 //! the difference, still as one transaction: recreating everything each time would also
 //! forget every client's session affinity, which lives in the per-endpoint sets.
+//!
+//! DNAT is decided once per conntrack flow, so after each sync the UDP flows still bound to
+//! endpoints the new table dropped are deleted ([`crate::conntrack`]).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -30,6 +33,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 use tokio::sync::Mutex;
 
+use crate::conntrack::{Conntrack, stale_flows};
 use crate::model::{Endpoint, ProxyConfig, Service, ServicePort, ServiceTable, SyncStats};
 
 /// Our table. `ip` family: the proxy is IPv4-only, like the model.
@@ -488,7 +492,18 @@ pub struct NftProxy {
     /// The program and leading arguments that run `nft`: plain `nft` on a node, wrapped in
     /// `ip netns exec` by tests and benches that must not touch the host's rules.
     command: Vec<String>,
-    installed: Mutex<Option<Ruleset>>,
+    /// Clears UDP flows the new rules would no longer make (in the same namespace as `nft`).
+    conntrack: Conntrack,
+    installed: Mutex<Installed>,
+}
+
+/// What the last syncs left in the kernel, as far as we know.
+#[derive(Default)]
+struct Installed {
+    /// The ruleset in our table; `None` makes the next sync replace the whole table.
+    ruleset: Option<Ruleset>,
+    /// The table the last successful sync applied: where UDP flows may still be DNATed to.
+    table: Option<ServiceTable>,
 }
 
 impl NftProxy {
@@ -496,7 +511,8 @@ impl NftProxy {
         NftProxy {
             cfg,
             command: vec!["nft".into()],
-            installed: Mutex::new(None),
+            conntrack: Conntrack::new(),
+            installed: Mutex::default(),
         }
     }
 
@@ -507,15 +523,34 @@ impl NftProxy {
             command: ["ip", "netns", "exec", netns, "nft"]
                 .map(String::from)
                 .to_vec(),
-            installed: Mutex::new(None),
+            conntrack: Conntrack::in_netns(netns),
+            installed: Mutex::default(),
         }
     }
 
-    /// Installs `table`: a difference against the last successful sync, or the whole table
-    /// the first time and after any failure (someone may have changed our table under us).
+    /// Installs `table`, then deletes the UDP conntrack flows that would keep clients on
+    /// endpoints the table no longer sends them to ([`crate::conntrack`]).
     pub async fn sync(&self, table: &ServiceTable) -> Result<SyncStats> {
         let new = Ruleset::build(table, &self.cfg);
         let mut installed = self.installed.lock().await;
+        let stats = self.install(&mut installed.ruleset, table, new).await?;
+        if let Some(old) = installed.table.replace(table.clone())
+            && old != *table
+        {
+            let stale = stale_flows(&old, table, &self.cfg);
+            self.conntrack.delete(&stale).await;
+        }
+        Ok(stats)
+    }
+
+    /// Installs `new`: a difference against the last successful sync, or the whole table
+    /// the first time and after any failure (someone may have changed our table under us).
+    async fn install(
+        &self,
+        installed: &mut Option<Ruleset>,
+        table: &ServiceTable,
+        new: Ruleset,
+    ) -> Result<SyncStats> {
         let mut stats = SyncStats {
             service_ports: table.services.iter().map(|s| s.ports.len()).sum(),
             endpoints: new.endpoint_chains(),
@@ -565,7 +600,7 @@ impl NftProxy {
         if let Err(error) = self.apply(&script).await {
             tracing::warn!(%error, "removing the proxy's nft table failed");
         }
-        *installed = None;
+        *installed = Installed::default();
     }
 
     async fn apply(&self, script: &str) -> Result<()> {

@@ -11,8 +11,9 @@
 //! the same program with the exec's arguments, the container's env and volumes, and the
 //! exec's stdio: a Wasm image holds one program, so that is the process there is to start.
 //!
-//! Name lookups of components follow the pod's resolv.conf when the spec carries a
-//! [`Resolver`] (`wasm/lookup.rs`); without one they are wasmtime-wasi's (the node's resolver).
+//! Name lookups of components follow the pod's hosts file, then its resolv.conf, when the
+//! spec carries a [`Resolver`] (`wasm/lookup.rs`); without one they are wasmtime-wasi's (the
+//! node's resolver).
 
 mod lookup;
 
@@ -177,9 +178,9 @@ pub struct RunSpec {
     /// so the sockets the guest opens are the pod's. `None`: the agent's own runtime, on the
     /// node's network.
     pub net: Option<tokio::runtime::Handle>,
-    /// Whom a component's name lookups ask (the pod's resolv.conf, see
-    /// [`Resolver::from_resolv_conf`]). `None`: wasmtime-wasi's lookup through the node's
-    /// resolver.
+    /// Whom a component's name lookups ask (the pod's hosts file, then its resolv.conf: see
+    /// [`Resolver::from_resolv_conf`] and [`Resolver::with_hosts`]). `None`: wasmtime-wasi's
+    /// lookup through the node's resolver.
     pub resolver: Option<Arc<Resolver>>,
 }
 

@@ -4,11 +4,14 @@
 //! node agent sets), then stays up printing a heartbeat every 30 s, like a small service. Set
 //! `HELLO_EXIT_AFTER_SECS` to make it exit after that many seconds with `HELLO_EXIT_CODE`
 //! (default 1), which exercises restart policies and back-off. Set `HELLO_LISTEN` to a port
-//! (or `address:port`) to serve the greeting over HTTP there instead (WASI sockets; pods
-//! share the node's network), which `kubectl port-forward` reaches. The server also has what
+//! (or `address:port`) to serve the greeting over HTTP there instead (WASI sockets, on the
+//! pod's network), which `kubectl port-forward` and Services reach. The server also has what
 //! probes need: `/healthz` answers 200 while the program is ready and 503 once `/ready/off`
 //! was asked (`/ready/on` turns it back), and `/hang` makes it stop answering anything, as a
-//! hung service does.
+//! hung service does. Set `HELLO_UDP` to a port (or `address:port`) to answer every UDP
+//! datagram there, to its sender, with `<greeting> got <payload>`: a UDP echo for Services'
+//! UDP ports. Both may be set: WASI P2 has no threads, so one loop then polls both sockets,
+//! non-blocking, with short sleeps between rounds.
 //!
 //! With `--once` as its first argument it greets and exits 0: what `kubectl exec POD -- hello
 //! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
@@ -17,12 +20,25 @@
 //! --cat /etc/config/key` is how a test sees what a Wasm container reads. With `--get
 //! HOST:PORT[/PATH]` it makes one HTTP/1.0 GET (the name resolved as the pod resolves names,
 //! e.g. a Service's) and prints the response body, exiting 1 on failure: a Wasm client for
-//! the service-networking tests.
+//! the service-networking tests. With `--udp HOST:PORT MESSAGE` it sends `MESSAGE` in one
+//! datagram, again each second until an answer comes from that address (at most 5 times: UDP
+//! may lose any datagram), prints the answer and exits 0, or 1 after the fifth try or on an
+//! error: the UDP client of those tests.
 
-use std::io::{Read as _, Write as _};
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::time::{Duration, Instant};
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
+/// How long one round of the server loop (or a client waiting for its answer) sleeps when
+/// there was nothing to do: short enough that an answer is not noticeably late.
+const POLL: Duration = Duration::from_millis(10);
+/// The largest UDP payload, so no datagram is cut short.
+const MAX_DATAGRAM: usize = 65_535;
+/// How many times `--udp` sends its datagram, a second apart, before it gives up.
+const UDP_TRIES: u32 = 5;
+/// How long an HTTP client may take to send its request: the loop serves nobody else meanwhile.
+const HTTP_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn env_or_unknown(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| "unknown".to_owned())
@@ -51,22 +67,49 @@ fn exit(code: i32) -> ! {
     std::process::exit(code)
 }
 
-/// Answers every connection on `addr` with `greeting` as a plain-text HTTP response.
-fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
-    let listener = match std::net::TcpListener::bind(addr) {
-        Ok(l) => l,
+/// A port (every address) or `address:port`, as `HELLO_LISTEN` and `HELLO_UDP` take it.
+fn listen_addr(raw: &str) -> Option<SocketAddr> {
+    match raw.trim().parse::<u16>() {
+        Ok(port) => Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))),
+        Err(_) => raw.trim().parse().ok(),
+    }
+}
+
+/// [`listen_addr`] of the variable `name`; a malformed value is reported and ignored.
+fn listen_env(name: &str) -> Option<SocketAddr> {
+    let raw = std::env::var(name).ok()?;
+    let addr = listen_addr(&raw);
+    if addr.is_none() {
+        eprintln!("ignoring {name}={raw:?}: not a port or address:port");
+    }
+    addr
+}
+
+/// The socket bound on `addr`, or why not said and exit 1.
+fn bound<S>(what: &str, addr: SocketAddr, bind: std::io::Result<S>) -> S {
+    match bind {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("cannot listen on {addr}: {e}");
+            eprintln!("cannot serve {what} on {addr}: {e}");
             exit(1);
         }
-    };
-    println!("listening on {addr}");
-    let _ = std::io::stdout().flush();
-    let greeting = format!("{greeting}\n");
-    let mut ready = true;
-    for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
-        // Read the request head, then answer by its path and close.
+    }
+}
+
+/// The HTTP server: the greeting, and what the probes see.
+struct Http {
+    listener: TcpListener,
+    greeting: String,
+    ready: bool,
+}
+
+impl Http {
+    /// Reads the request head, then answers by its path and closes.
+    fn answer(&mut self, mut conn: TcpStream) {
+        // An accepted connection may inherit the listener's non-blocking mode; a client that
+        // never sends its request must not hold the loop (and the UDP side) for long.
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(HTTP_READ_TIMEOUT));
         let mut head = Vec::new();
         let mut buf = [0u8; 1024];
         while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -81,12 +124,12 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
             .unwrap_or("/")
             .to_owned();
         let (status, body) = match path.as_str() {
-            "/healthz" if ready => ("200 OK", "ok\n".to_owned()),
+            "/healthz" if self.ready => ("200 OK", "ok\n".to_owned()),
             "/healthz" => ("503 Service Unavailable", "not ready\n".to_owned()),
             "/ready/on" | "/ready/off" => {
-                ready = path == "/ready/on";
-                println!("ready: {ready}");
-                ("200 OK", format!("ready: {ready}\n"))
+                self.ready = path == "/ready/on";
+                println!("ready: {}", self.ready);
+                ("200 OK", format!("ready: {}\n", self.ready))
             }
             "/hang" => {
                 println!("hanging: no more answers");
@@ -95,7 +138,7 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             }
-            _ => ("200 OK", greeting.clone()),
+            _ => ("200 OK", self.greeting.clone()),
         };
         let _ = write!(
             conn,
@@ -104,7 +147,77 @@ fn serve(addr: std::net::SocketAddr, greeting: &str) -> ! {
         );
         let _ = std::io::stdout().flush();
     }
-    exit(0)
+}
+
+/// Answers one datagram waiting on `socket`, to its sender, with `<greeting> got <payload>`.
+fn echo(socket: &UdpSocket, greeting: &str, buf: &mut [u8]) -> std::io::Result<()> {
+    let (n, peer) = socket.recv_from(buf)?;
+    let answer = format!("{greeting} got {}", String::from_utf8_lossy(&buf[..n]));
+    socket.send_to(answer.as_bytes(), peer)?;
+    Ok(())
+}
+
+/// Serves the greeting over HTTP on `http` and as a UDP echo on `udp`, whichever are given.
+/// One of them alone blocks on its socket; both (WASI P2 has no threads) are polled in turn,
+/// non-blocking, sleeping [`POLL`] when neither had anything.
+fn serve(http: Option<SocketAddr>, udp: Option<SocketAddr>, greeting: &str) -> ! {
+    let mut http = http.map(|addr| {
+        let listener = bound("HTTP", addr, TcpListener::bind(addr));
+        println!("listening on {addr}");
+        Http {
+            listener,
+            greeting: format!("{greeting}\n"),
+            ready: true,
+        }
+    });
+    let udp = udp.map(|addr| {
+        let socket = bound("UDP", addr, UdpSocket::bind(addr));
+        println!("serving UDP on {addr}");
+        socket
+    });
+    let _ = std::io::stdout().flush();
+    let polling = match (&http, &udp) {
+        (Some(http), Some(udp)) => {
+            let nonblocking = http.listener.set_nonblocking(true);
+            if let Err(e) = nonblocking.and_then(|()| udp.set_nonblocking(true)) {
+                eprintln!("cannot serve HTTP and UDP together (non-blocking sockets): {e}");
+                exit(1);
+            }
+            true
+        }
+        _ => false,
+    };
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let mut idle = true;
+        if let Some(http) = &mut http {
+            match http.listener.accept() {
+                Ok((conn, _)) => {
+                    idle = false;
+                    http.answer(conn);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    // Not a tight loop if the error stays.
+                    eprintln!("accept: {e}");
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+        if let Some(socket) = &udp {
+            match echo(socket, greeting, &mut buf) {
+                Ok(()) => idle = false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    eprintln!("udp: {e}");
+                    std::thread::sleep(POLL);
+                }
+            }
+        }
+        if polling && idle {
+            std::thread::sleep(POLL);
+        }
+    }
 }
 
 /// Copies the file at `path` to stdout and exits.
@@ -131,7 +244,7 @@ fn get(target: &str) -> ! {
     };
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
     let result = (|| -> std::io::Result<String> {
-        let mut conn = std::net::TcpStream::connect(authority)?;
+        let mut conn = TcpStream::connect(authority)?;
         conn.set_read_timeout(Some(Duration::from_secs(10)))?;
         write!(conn, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
         let mut response = String::new();
@@ -152,6 +265,57 @@ fn get(target: &str) -> ! {
     }
 }
 
+/// Sends `message` to `target` (`host:port`) over UDP until an answer comes from there (at
+/// most [`UDP_TRIES`] times, a second apart); prints the answer and exits.
+fn udp(target: &str, message: &str) -> ! {
+    let result = (|| -> std::io::Result<Option<String>> {
+        let peer = target
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(ErrorKind::NotFound, "the name has no address"))?;
+        let local = if peer.is_ipv4() {
+            SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+        };
+        let socket = UdpSocket::bind(local)?;
+        socket.set_nonblocking(true)?;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        for _ in 0..UDP_TRIES {
+            socket.send_to(message.as_bytes(), peer)?;
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                match socket.recv_from(&mut buf) {
+                    // As a connected socket would, take answers from the address asked only
+                    // (a Service's answers must come back from its ClusterIP, not a backend).
+                    Ok((n, from)) if from == peer => {
+                        return Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned()));
+                    }
+                    Ok((_, from)) => eprintln!("ignoring a datagram from {from} (asked {peer})"),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
+    })();
+    match result {
+        Ok(Some(answer)) => {
+            println!("{answer}");
+            let _ = std::io::stdout().flush();
+            exit(0)
+        }
+        Ok(None) => {
+            eprintln!("UDP {target}: no answer after {UDP_TRIES} tries");
+            exit(1)
+        }
+        Err(e) => {
+            eprintln!("UDP {target}: {e}");
+            exit(1)
+        }
+    }
+}
+
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
@@ -165,6 +329,11 @@ fn main() {
         && flag == "--get"
     {
         get(target);
+    }
+    if let [flag, target, message] = args.as_slice()
+        && flag == "--udp"
+    {
+        udp(target, message);
     }
     let once = args.first().is_some_and(|a| a == "--once");
     if once {
@@ -181,15 +350,9 @@ fn main() {
     if once {
         exit(0);
     }
-    if let Ok(listen) = std::env::var("HELLO_LISTEN") {
-        let addr = match listen.trim().parse::<u16>() {
-            Ok(port) => Ok(std::net::SocketAddr::from(([0, 0, 0, 0], port))),
-            Err(_) => listen.trim().parse::<std::net::SocketAddr>(),
-        };
-        match addr {
-            Ok(addr) => serve(addr, &greeting),
-            Err(_) => eprintln!("ignoring HELLO_LISTEN={listen:?}: not a port or address:port"),
-        }
+    let (http, udp) = (listen_env("HELLO_LISTEN"), listen_env("HELLO_UDP"));
+    if http.is_some() || udp.is_some() {
+        serve(http, udp, &greeting);
     }
 
     let exit_after = parse_env::<u64>("HELLO_EXIT_AFTER_SECS").map(Duration::from_secs);
@@ -218,5 +381,39 @@ fn main() {
             wake = wake.min(after);
         }
         std::thread::sleep(wake.saturating_sub(start.elapsed()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listen_setting_is_a_port_or_an_address() {
+        let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 9376));
+        assert_eq!(listen_addr(" 9376\n"), Some(any));
+        assert_eq!(
+            listen_addr("127.0.0.1:53"),
+            Some(SocketAddr::from((Ipv4Addr::LOCALHOST, 53)))
+        );
+        assert_eq!(listen_addr("nine"), None);
+        assert_eq!(listen_addr("70000"), None);
+    }
+
+    #[test]
+    fn the_echo_answers_its_sender_with_the_greeting_and_the_payload() {
+        let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client
+            .send_to(b"ping", server.local_addr().unwrap())
+            .unwrap();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        echo(&server, "hello from p in ns", &mut buf).unwrap();
+        let (n, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello from p in ns got ping");
+        assert_eq!(from, server.local_addr().unwrap());
     }
 }

@@ -8,6 +8,10 @@
 //! linker; the `network` resource and `pollable` stay wasmtime-wasi's (bindgen `with`), so the
 //! rest of WASI sees the same handles.
 //!
+//! Before any DNS question, the pod's hosts file (what its OCI containers get as `/etc/hosts`:
+//! its own hostname, `hostAliases`) is consulted for the name exactly as asked, as glibc's and
+//! musl's `files` source does.
+//!
 //! The resolver follows glibc's stub resolver: the search order of `res_search`, each nameserver
 //! in turn (`attempts` rounds), A and AAAA asked together, UDP with TCP after a truncated answer.
 //! Messages are encoded and decoded by hickory-proto; only the socket I/O is here, so the sockets
@@ -120,7 +124,7 @@ mod bindings {
     });
 }
 
-/// A pod's stub-resolver settings, as its resolv.conf gives them.
+/// A pod's stub-resolver settings, as its resolv.conf gives them, and its hosts file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolver {
     /// Asked in order, each on port 53.
@@ -133,6 +137,8 @@ pub struct Resolver {
     pub timeout: Duration,
     /// Rounds over all nameservers before giving up.
     pub attempts: usize,
+    /// Asked before DNS (see [`Resolver::with_hosts`]); empty unless given.
+    hosts: Hosts,
 }
 
 impl Default for Resolver {
@@ -144,6 +150,7 @@ impl Default for Resolver {
             ndots: 1,
             timeout: DEFAULT_TIMEOUT,
             attempts: DEFAULT_ATTEMPTS,
+            hosts: Hosts::default(),
         }
     }
 }
@@ -211,6 +218,16 @@ impl Resolver {
         r
     }
 
+    /// Answers names from `hosts` (a hosts file's text, as the pod's OCI containers get it in
+    /// `/etc/hosts`) before asking DNS: without it `hostAliases` and the pod's own hostname
+    /// would not resolve. Read as glibc does: `#` starts a comment, the first field is an IPv4
+    /// or IPv6 address (a line with an unparsable one is skipped), the others are names,
+    /// compared without case.
+    pub fn with_hosts(mut self, hosts: &str) -> Resolver {
+        self.hosts = Hosts::parse(hosts);
+        self
+    }
+
     /// The names to ask for, in order, for `name` (ASCII, lowercase): glibc's `res_search`. A
     /// trailing dot makes the name absolute; with fewer dots than `ndots` the search suffixes
     /// come first and then the name itself, otherwise the name first. No trailing dots in the
@@ -241,6 +258,11 @@ impl Resolver {
     }
 
     async fn resolve_domain(&self, domain: &str) -> Result<Vec<IpAddr>, ErrorCode> {
+        let listed = self.hosts.lookup(domain);
+        if !listed.is_empty() {
+            debug!(name = %domain, addrs = ?listed, "resolved from the hosts file");
+            return Ok(listed);
+        }
         if is_localhost(domain) {
             // Pods resolve these from /etc/hosts; RFC 6761 reserves them for the loopback.
             return Ok(vec![
@@ -299,6 +321,50 @@ impl Resolver {
         } else {
             Answer::Unreachable
         }
+    }
+}
+
+/// A hosts file as glibc's `files` source reads it: each name with its line's address, in the
+/// file's order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Hosts(Vec<(String, IpAddr)>);
+
+impl Hosts {
+    fn parse(text: &str) -> Hosts {
+        let mut entries = Vec::new();
+        for line in text.lines() {
+            let line = line.split('#').next().unwrap_or_default();
+            let mut fields = line.split_whitespace();
+            // glibc skips a line whose address does not parse (a zone, `fe80::1%eth0`, too).
+            let Some(Ok(ip)) = fields.next().map(IpAddr::from_str) else {
+                continue;
+            };
+            // In the form `parse_name` gives the guest's names (lowercase, punycode), so the
+            // two compare as glibc's `strcasecmp` does. A name that is an IP literal, or no
+            // name at all, could never be asked.
+            entries.extend(fields.filter_map(|name| match url::Host::parse(name) {
+                Ok(url::Host::Domain(d)) => Some((d, ip)),
+                _ => None,
+            }));
+        }
+        Hosts(entries)
+    }
+
+    /// The addresses of every line naming `domain` exactly as asked (no search suffix, and a
+    /// trailing dot kept, so `name.` does not match `name`: glibc and musl compare so), IPv4
+    /// first as from DNS. Every line, not only the first: musl does so, and glibc with
+    /// `multi on`, which Debian (and Ubuntu) ship in `/etc/host.conf`; kubelet's
+    /// `localhost` is on two lines, one per family.
+    fn lookup(&self, domain: &str) -> Vec<IpAddr> {
+        let mut addrs: Vec<IpAddr> = Vec::new();
+        for (name, ip) in &self.0 {
+            if name == domain && !addrs.contains(ip) {
+                addrs.push(*ip);
+            }
+        }
+        // Stable: each family keeps the file's order.
+        addrs.sort_by_key(IpAddr::is_ipv6);
+        addrs
     }
 }
 

@@ -153,6 +153,118 @@ fn names_are_validated_and_punycoded() {
     }
 }
 
+/// What the agent writes as `/etc/hosts` for pod `web-0` (subdomain `nginx`, address
+/// 10.42.0.7) with two `hostAliases` (see `hosts_file` in the agent's network.rs).
+const POD_HOSTS: &str = "# Kubernetes-managed hosts file.\n\
+    127.0.0.1\tlocalhost\n\
+    ::1\tlocalhost ip6-localhost ip6-loopback\n\
+    fe00::0\tip6-localnet\n\
+    fe00::0\tip6-mcastprefix\n\
+    fe00::1\tip6-allnodes\n\
+    fe00::2\tip6-allrouters\n\
+    10.42.0.7\tweb-0.nginx.default.svc.cluster.local\tweb-0\n\
+    \n\
+    # Entries added by HostAliases.\n\
+    10.1.2.3\tfoo.local\tBar.Local\n\
+    fd00::5\tfoo.local\tv6.local\n";
+
+#[test]
+fn reads_a_hosts_file_as_glibc_does() {
+    let hosts = Hosts::parse(
+        "# comment\n\
+         10.0.0.1 one # one.example\n\
+         \t 10.0.0.2\tTwo  Two.Example \r\n\
+         fe80::1%eth0 zoned\n\
+         not-an-address bad\n\
+         10.0.0.300 bad\n\
+         10.0.0.3\n\
+         2001:db8::1 one\n\
+         10.0.0.4 one 10.9.9.9\n\
+         10.0.0.1 one\n\
+         10.0.0.5 dotted.\n\
+         10.0.0.6 bücher.example\n",
+    );
+    let find = |name: &str| hosts.lookup(name);
+    // Every line naming it, IPv4 first, each address once; a comment ends the line.
+    assert_eq!(find("one"), ips(&["10.0.0.1", "10.0.0.4", "2001:db8::1"]));
+    assert!(find("one.example").is_empty());
+    // Tabs, spaces and CRLF separate; names are kept lowercase (asked names are, too).
+    assert_eq!(find("two"), ips(&["10.0.0.2"]));
+    assert_eq!(find("two.example"), ips(&["10.0.0.2"]));
+    // Lines with an unparsable address are skipped; an address alone names nothing.
+    for name in ["zoned", "bad", "10.0.0.3", "10.9.9.9"] {
+        assert!(find(name).is_empty(), "{name}");
+    }
+    // The name exactly as asked: a trailing dot on either side only matches the same.
+    assert_eq!(find("dotted."), ips(&["10.0.0.5"]));
+    assert!(find("dotted").is_empty());
+    assert!(find("one.").is_empty());
+    // Unicode names in punycode, as `parse_name` gives the guest's.
+    assert_eq!(find("xn--bcher-kva.example"), ips(&["10.0.0.6"]));
+    assert_eq!(Hosts::parse(""), Hosts::default());
+}
+
+/// The pod's hosts file before DNS: `hostAliases`, the pod's own names and localhost answer
+/// without a question; a name is looked up exactly as asked, so short names still go
+/// through the search path and a trailing dot misses the entry.
+#[tokio::test]
+async fn the_hosts_file_answers_before_dns() {
+    let dns = FakeDns::start(
+        Zone::default()
+            .with("foo.local", "10.99.0.1")
+            .with("web-0.nginx.default.svc.cluster.local", "10.99.0.2")
+            .with("foo.local.default.svc.cluster.local", "10.99.0.3"),
+    )
+    .await;
+    let r = Resolver {
+        nameservers: vec![dns.addr],
+        ..Resolver::from_resolv_conf(POD_RESOLV_CONF).with_hosts(POD_HOSTS)
+    };
+    // hostAliases, whatever the case asked, both families (IPv4 first), DNS not asked
+    // though it knows `foo.local` (and would find it under the first search suffix).
+    assert_eq!(
+        r.lookup("foo.local").await.unwrap(),
+        ips(&["10.1.2.3", "fd00::5"])
+    );
+    assert_eq!(
+        r.lookup("FOO.local").await.unwrap(),
+        ips(&["10.1.2.3", "fd00::5"])
+    );
+    assert_eq!(r.lookup("bar.local").await.unwrap(), ips(&["10.1.2.3"]));
+    assert_eq!(r.lookup("V6.Local").await.unwrap(), ips(&["fd00::5"]));
+    // The pod's hostname and FQDN, and localhost from its lines.
+    assert_eq!(r.lookup("web-0").await.unwrap(), ips(&["10.42.0.7"]));
+    assert_eq!(
+        r.lookup("web-0.nginx.default.svc.cluster.local")
+            .await
+            .unwrap(),
+        ips(&["10.42.0.7"])
+    );
+    assert_eq!(
+        r.lookup("localhost").await.unwrap(),
+        ips(&["127.0.0.1", "::1"])
+    );
+    assert_eq!(r.lookup("ip6-localhost").await.unwrap(), ips(&["::1"]));
+    assert_eq!(dns.asked_a(), Vec::<String>::new());
+
+    // Not in the file as asked: DNS, with the search path (glibc's files source applies none).
+    assert_eq!(r.lookup("web-0.nginx").await.unwrap(), ips(&["10.99.0.2"]));
+    assert_eq!(dns.asked_a(), ["web-0.nginx.default.svc.cluster.local"]);
+    // A trailing dot: not the file's `foo.local`; DNS for the absolute name.
+    assert_eq!(r.lookup("foo.local.").await.unwrap(), ips(&["10.99.0.1"]));
+    assert_eq!(dns.asked_a()[1..], ["foo.local"]);
+
+    // Without the hosts file the same names go to DNS.
+    let plain = Resolver {
+        nameservers: vec![dns.addr],
+        ..Resolver::from_resolv_conf(POD_RESOLV_CONF)
+    };
+    assert_eq!(
+        plain.lookup("foo.local").await.unwrap(),
+        ips(&["10.99.0.3"])
+    );
+}
+
 /// The questions a [`FakeDns`] was asked: name, type, `"udp"` or `"tcp"`.
 type Asked = Mutex<Vec<(String, RecordType, &'static str)>>;
 
@@ -309,6 +421,7 @@ pub(crate) fn pod_resolver(servers: &[SocketAddr]) -> Resolver {
         ndots: 5,
         timeout: Duration::from_millis(500),
         attempts: 2,
+        hosts: Hosts::default(),
     }
 }
 
