@@ -14,8 +14,9 @@
 //!   `SO_ORIGINAL_DST`, and TPROXY loses its socket on a bridge with `br_netfilter`, as pod
 //!   bridges have); each flow answers from a socket bound to the redirect's address and
 //!   connected to the client, so conntrack turns the answer's source back into the pod's
-//!   address. One limit follows from the redirect: a client socket reaches one far address
-//!   at a time (a second destination from the same socket clashes in the NAT and is dropped).
+//!   address. One client socket may talk to several far addresses: the NAT resolves the
+//!   clash of their replies (all from our one port) by giving each destination's flow a
+//!   source port of its own, which is what the listener sees and keys flows by.
 //!
 //! A flow ends after [`IDLE`] without a datagram either way (conntrack's UDP timeout), when
 //! either tunnel goes, or when the agent stops.
