@@ -728,4 +728,110 @@ mod tests {
             100.0 * ru / tu
         );
     }
+
+    fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration) {
+        v.sort();
+        (v[v.len() / 2], v[v.len() * 99 / 100])
+    }
+
+    /// The latency half of issue 15's relay figure, printed side by side: a 1-byte round trip
+    /// over TCP and over UDP, direct on loopback vs through the relay (A -> server -> B ->
+    /// the same echo server), and the relay's connection set-up. Run in release:
+    /// `cargo test --release -p kedge-agent --lib relay_latency -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a figure, not a check: run it in release"]
+    async fn relay_latency() {
+        const TRIPS: usize = 2000;
+        const SETUPS: usize = 200;
+        let Cluster { st, a, .. } = &cluster().await;
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp_port = tcp.local_addr().unwrap().port();
+        let _tcp = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let _ = s.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut b = [0u8; 1];
+                    while s.read_exact(&mut b).await.is_ok() {
+                        if s.write_all(&b).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
+        let _udp = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut b = [0u8; 64];
+            while let Ok((n, from)) = udp.recv_from(&mut b).await {
+                let _ = udp.send_to(&b[..n], from).await;
+            }
+        }));
+        host_network_pod_named(st, "b", "tcp", &[tcp_port], "TCP");
+        host_network_pod_named(st, "b", "udp", &[udp_port], "UDP");
+
+        async fn trips<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+            s: &mut S,
+        ) -> Vec<Duration> {
+            let mut out = Vec::with_capacity(TRIPS);
+            let mut b = [7u8; 1];
+            for _ in 0..TRIPS {
+                let t = std::time::Instant::now();
+                s.write_all(&b).await.unwrap();
+                s.read_exact(&mut b).await.unwrap();
+                out.push(t.elapsed());
+            }
+            out
+        }
+        let show = |what: &str, v: Vec<Duration>| {
+            let (p50, p99) = percentiles(v);
+            println!("{what}: p50 {p50:?}, p99 {p99:?}");
+        };
+        let mut direct = tokio::net::TcpStream::connect(("127.0.0.1", tcp_port))
+            .await
+            .unwrap();
+        direct.set_nodelay(true).unwrap();
+        show("TCP round trip, direct", trips(&mut direct).await);
+        let mut relayed = relay_connect(a, "b", Ipv4Addr::LOCALHOST, tcp_port)
+            .await
+            .unwrap();
+        show("TCP round trip, relayed", trips(&mut relayed).await);
+        let mut setups = Vec::with_capacity(SETUPS);
+        for _ in 0..SETUPS {
+            let t = std::time::Instant::now();
+            let s = relay_connect(a, "b", Ipv4Addr::LOCALHOST, tcp_port)
+                .await
+                .unwrap();
+            setups.push(t.elapsed());
+            drop(s);
+        }
+        show("relayed TCP connection set-up", setups);
+
+        let udp_trips = |port: u16| async move {
+            let c = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            c.connect(("127.0.0.1", port)).await.unwrap();
+            let mut out = Vec::with_capacity(TRIPS);
+            let mut b = [0u8; 64];
+            for _ in 0..TRIPS {
+                let t = std::time::Instant::now();
+                c.send(b"p").await.unwrap();
+                tokio::time::timeout(Duration::from_secs(5), c.recv(&mut b))
+                    .await
+                    .expect("a datagram lost on loopback")
+                    .unwrap();
+                out.push(t.elapsed());
+            }
+            out
+        };
+        show("UDP round trip, direct", udp_trips(udp_port).await);
+        let (fw_port, _fw) = crate::udp_relay::forwarder(
+            Ipv4Addr::LOCALHOST,
+            a.clone(),
+            "b".into(),
+            std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, udp_port),
+        )
+        .await
+        .unwrap();
+        show("UDP round trip, relayed", udp_trips(fw_port).await);
+    }
 }
