@@ -327,6 +327,30 @@ pub async fn start_with_network(
             "provisioner": "rancher.io/local-path", "reclaimPolicy": "Delete",
             "volumeBindingMode": "WaitForFirstConsumer"}),
     )?;
+    // kedge's two runtimes as RuntimeClasses, each placing its pods on nodes that run it
+    // (the labels the agent sets at registration); kept as the user left them.
+    for (class, label) in [
+        ("wasm", "kedge.io/runtime-wasm"),
+        ("runc", "kedge.io/runtime-oci"),
+    ] {
+        ensure(
+            &api,
+            "node.k8s.io/v1:RuntimeClass",
+            "",
+            json!({"metadata": {"name": class}, "handler": class,
+                "scheduling": {"nodeSelector": {label: "true"}}}),
+        )?;
+    }
+    // Kubernetes' two system PriorityClasses.
+    for (class, value) in crate::api::SYSTEM_PRIORITY_CLASSES {
+        ensure(
+            &api,
+            "scheduling.k8s.io/v1:PriorityClass",
+            "",
+            json!({"metadata": {"name": class}, "value": value,
+                "description": "Used for system critical pods that must not be moved from their current node."}),
+        )?;
+    }
     crate::api::rbac::ensure_bootstrap(&api)
         .map_err(|e| anyhow::anyhow!("creating the default RBAC roles: {e}"))?;
     let signer = Arc::new(

@@ -17,21 +17,25 @@
 //! pods (1), so replicas that request nothing still spread across the edge fleet. Ties go
 //! to fewer pods, then the less loaded node, then the name (kube-scheduler picks at random).
 //!
-//! Runtime fit: nodes that can run OCI containers carry `kedge.io/runtime-oci=true` (the
-//! agent sets it when runc is usable); every node runs Wasm. A pod whose
-//! `runtimeClassName` is set to anything but `wasm` or `kedge-wasm` needs that label. A pod
-//! with no `runtimeClassName` fits any node: the reference alone does not tell whether an
-//! image is Wasm or OCI (only its media type after pulling does), so an unmarked OCI pod may
-//! land on a Wasm-only node and fail there — give OCI pods a runtime class to prevent it.
+//! Runtime fit comes from RuntimeClasses, as in Kubernetes: the API's admission merges a
+//! pod's class's `scheduling.nodeSelector` (the `runc` class: `kedge.io/runtime-oci=true`,
+//! which the agent sets when runc is usable) into the pod's `nodeSelector`, and its
+//! `overhead` into `spec.overhead`, which the resource fit counts on top of the containers'
+//! requests (`pod_requests`). A pod with no `runtimeClassName` fits any node: the reference
+//! alone does not tell whether an image is Wasm or OCI (only its media type after pulling
+//! does), so an unmarked OCI pod may land on a Wasm-only node and fail there — give OCI pods
+//! the `runc` class to prevent it.
 //!
 //! Pods counted for inter-pod affinity and spreading: active pods bound to a known node,
 //! including those this plugin bound moments ago (the host writes bindings through to the
-//! cache `list` reads). Volumes: `volumes.rs`. Not implemented: preemption, default spread constraints,
-//! `RuntimeClass` objects (their node selectors and overhead).
+//! cache `list` reads). Volumes: `volumes.rs`. Pending pods are taken by priority, then
+//! age; a pod that fits nowhere may preempt pods of lower priority (`preempt.rs`). Not
+//! implemented: default spread constraints.
 
 mod interpod;
 mod nodeaffinity;
 mod nodeports;
+mod preempt;
 mod score;
 mod spread;
 mod volumes;
@@ -40,10 +44,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{
-    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, PodSpec,
-    Toleration,
+    Event, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, PodCondition, Toleration,
 };
-use kedge_guest::meta::{find_condition, labels_of, parse_time, set_condition};
+use kedge_guest::meta::{find_condition, parse_time, set_condition};
 pub use kedge_guest::pod::tolerates;
 use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
@@ -64,12 +67,6 @@ const UNSCHEDULABLE_RETRY_MS: u64 = 5000;
 
 /// kube-scheduler's default when a node does not report `allocatable.pods`.
 const DEFAULT_MAX_PODS: u64 = 110;
-
-/// The node label the agent sets when it can run OCI containers.
-pub const OCI_RUNTIME_LABEL: &str = "kedge.io/runtime-oci";
-
-/// Runtime classes that name kedge's Wasm runtime, which every node has.
-pub const WASM_RUNTIME_CLASSES: &[&str] = &["wasm", "kedge-wasm"];
 
 /// The plugin type wired to the component exports.
 pub struct Scheduler;
@@ -116,7 +113,6 @@ enum Reason {
     Unschedulable,
     Taint,
     Selector,
-    Runtime,
     NodePorts,
     PodNetwork,
     Cpu,
@@ -137,7 +133,6 @@ impl Reason {
             Reason::Unschedulable => "node(s) were unschedulable",
             Reason::Taint => "node(s) had untolerated taint(s)",
             Reason::Selector => "node(s) didn't match Pod's node affinity/selector",
-            Reason::Runtime => "node(s) didn't have an OCI container runtime",
             Reason::NodePorts => "node(s) didn't have free ports for the requested pod ports",
             Reason::PodNetwork => {
                 "node(s) had no pod network to map a hostPort to a different containerPort or hostIP"
@@ -192,13 +187,6 @@ fn untolerated_taint(node: &Node, pod: &Pod) -> bool {
         .any(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
 }
 
-/// Whether the pod asks for an OCI runtime (see the module doc for the rule).
-fn needs_oci(spec: &PodSpec) -> bool {
-    spec.runtime_class_name
-        .as_deref()
-        .is_some_and(|rc| !rc.is_empty() && !WASM_RUNTIME_CLASSES.contains(&rc))
-}
-
 fn capacity(node: &Node) -> (Capacity, u64) {
     let alloc = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
     let get = |name: &str| alloc.and_then(|a| a.get(name)).map(|q| q.0.as_str());
@@ -247,14 +235,6 @@ fn evaluate(
     }
     if !nodeaffinity::matches(spec, node) {
         return Err(vec![Reason::Selector]);
-    }
-    if needs_oci(spec)
-        && labels_of(&node.metadata)
-            .get(OCI_RUNTIME_LABEL)
-            .map(String::as_str)
-            != Some("true")
-    {
-        return Err(vec![Reason::Runtime]);
     }
     if let Some(r) = ports.check(node) {
         return Err(vec![r]);
@@ -401,6 +381,12 @@ const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(400);
 enum Decision {
     Bind(String),
     Unschedulable(String),
+    /// Fits nowhere (the message says why), but will on `node` once `victims` are gone.
+    Preempt {
+        message: String,
+        node: String,
+        victims: Vec<Pod>,
+    },
 }
 
 fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
@@ -421,9 +407,18 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         .filter(|p| p.metadata.uid != pod.metadata.uid && needs_scheduling(p))
         .cloned()
         .collect();
+    // kube-scheduler's queue order: higher priority first, then older.
     queue.sort_by(|a, b| {
-        (&a.metadata.creation_timestamp, &a.metadata.name)
-            .cmp(&(&b.metadata.creation_timestamp, &b.metadata.name))
+        (
+            Reverse(preempt::priority(a)),
+            &a.metadata.creation_timestamp,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                Reverse(preempt::priority(b)),
+                &b.metadata.creation_timestamp,
+                &b.metadata.name,
+            ))
     });
     queue.truncate(BATCH - 1);
     queue.insert(0, pod);
@@ -477,7 +472,22 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             Decision::Unschedulable(message) if i == 0 => {
                 outcome = report_unschedulable(cluster, &candidate, &message)?;
             }
-            Decision::Unschedulable(_) => {}
+            Decision::Preempt {
+                message,
+                node,
+                victims,
+            } if i == 0 => {
+                outcome = preempt_for(cluster, &candidate, &message, &node, &victims)?;
+                // The rest of the batch sees the victims leaving and the room taken.
+                for p in all_pods.iter_mut() {
+                    if victims.iter().any(|v| v.metadata.uid == p.metadata.uid) {
+                        p.metadata.deletion_timestamp = parse_time(&cluster.now());
+                    } else if p.metadata.uid == candidate.metadata.uid {
+                        p.status.get_or_insert_default().nominated_node_name = Some(node.clone());
+                    }
+                }
+            }
+            Decision::Unschedulable(_) | Decision::Preempt { .. } => {}
         }
     }
     Ok(outcome)
@@ -500,16 +510,43 @@ fn decide(
     let mut usage: HashMap<&str, Usage> = HashMap::new();
     let mut pods_by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
     let mut placed: Vec<(&Pod, &Node)> = Vec::new();
+    // For preemption: each node's active pods with their requests, and what pods nominated
+    // there (by an earlier preemption, of at least this pod's priority) will take.
+    let mut requests_by_node: HashMap<&str, Vec<(&Pod, Requests)>> = HashMap::new();
+    let mut nominated: HashMap<&str, Usage> = HashMap::new();
     for other in all_pods {
         let Some(other_spec) = other.spec.as_ref() else {
             continue;
         };
         let node = other_spec.node_name.as_deref().unwrap_or("");
+        if node.is_empty()
+            && is_active(other)
+            && other.metadata.uid != pod.metadata.uid
+            && preempt::priority(other) >= preempt::priority(pod)
+            && let Some(at) = other
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+                .filter(|n| !n.is_empty())
+        {
+            let requests = pod_requests(other_spec).unwrap_or_default();
+            let u = nominated.entry(at).or_default();
+            u.requests = u.requests.saturating_add(requests);
+            u.pods += 1;
+            let u = usage.entry(at).or_default();
+            u.requests = u.requests.saturating_add(requests);
+            u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
+            u.pods += 1;
+        }
         if node.is_empty() || !is_active(other) || other.metadata.uid == pod.metadata.uid {
             continue;
         }
         // A bound pod with a bad quantity was admitted anyway; count it as one pod, no resources.
         let requests = pod_requests(other_spec).unwrap_or_default();
+        requests_by_node
+            .entry(node)
+            .or_default()
+            .push((other, requests));
         let u = usage.entry(node).or_default();
         u.requests = u.requests.saturating_add(requests);
         u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
@@ -525,6 +562,7 @@ fn decide(
     let spread = Spread::new(pod, nodes, &pods_by_node);
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut feasible = Vec::new();
+    let mut preemptible: Vec<&Node> = Vec::new();
     for node in nodes {
         let name = node.metadata.name.as_deref().unwrap_or("");
         let u = usage.get(name).copied().unwrap_or_default();
@@ -539,9 +577,13 @@ fn decide(
                 usage: u,
                 cap,
             }),
-            Err(rs) => rs
-                .into_iter()
-                .for_each(|r| *reasons.entry(r).or_default() += 1),
+            Err(rs) => {
+                if preempt::resources_only(&rs) {
+                    preemptible.push(node);
+                }
+                rs.into_iter()
+                    .for_each(|r| *reasons.entry(r).or_default() += 1);
+            }
         }
     }
     let world = World {
@@ -552,18 +594,103 @@ fn decide(
         spread: &spread,
         interpod: &interpod,
     };
-    Ok(match pick(&world, &feasible) {
-        Some(best) => Decision::Bind(best.to_string()),
-        None => Decision::Unschedulable(unschedulable_message(nodes.len(), &reasons)),
+    if let Some(best) = pick(&world, &feasible) {
+        return Ok(Decision::Bind(best.to_string()));
+    }
+    let message = unschedulable_message(nodes.len(), &reasons);
+    if !preempt::may_preempt(pod) || preemptible.is_empty() {
+        return Ok(Decision::Unschedulable(message));
+    }
+    let candidates: Vec<preempt::NodePods> = preemptible
+        .into_iter()
+        .map(|node| {
+            let name = node.metadata.name.as_deref().unwrap_or("");
+            preempt::NodePods {
+                node,
+                pods: requests_by_node.remove(name).unwrap_or_default(),
+                nominated: nominated.get(name).copied().unwrap_or_default(),
+            }
+        })
+        .collect();
+    let fits =
+        |node: &Node, u: Usage| evaluate(node, pod, want, u, &ports, &spread, &interpod).is_ok();
+    Ok(match preempt::plan(pod, &candidates, &fits) {
+        Some(plan) => Decision::Preempt {
+            message,
+            node: plan.node.to_string(),
+            victims: plan.victims.into_iter().cloned().collect(),
+        },
+        None => Decision::Unschedulable(message),
     })
+}
+
+/// How soon a pod that preempted is tried again: its victims no longer count once their
+/// deletion started.
+const PREEMPTED_RETRY_MS: u64 = 500;
+
+/// Preempts for `pod`: nominates `node` in its status (with the unschedulable condition),
+/// then deletes each victim gracefully, its uid a precondition, telling it why.
+fn preempt_for(
+    cluster: &dyn Cluster,
+    pod: &Pod,
+    message: &str,
+    node: &str,
+    victims: &[Pod],
+) -> Result<Outcome> {
+    let mut nominated = pod.clone();
+    nominated.status.get_or_insert_default().nominated_node_name = Some(node.to_string());
+    report_unschedulable_as(cluster, pod, nominated, message)?;
+    let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+    for v in victims {
+        let (ns, name) = (
+            v.metadata.namespace.as_deref().unwrap_or_default(),
+            v.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let opts = kedge_guest::DeleteOptions {
+            propagation: None,
+            uid: v.metadata.uid.clone(),
+            resource_version: None,
+        };
+        // Gone or replaced meanwhile: nothing to preempt there.
+        if cluster
+            .delete_object_with("v1", "Pod", ns, name, &opts)
+            .ignore_stale()?
+            .is_none()
+        {
+            continue;
+        }
+        cluster.log(
+            LogLevel::Info,
+            &format!("preempted {ns}/{name} on {node} for {uid}"),
+        );
+        let _ = cluster.record_event(
+            v,
+            "Normal",
+            "Preempted",
+            &format!("Preempted by pod {uid} on node {node}"),
+            "default-scheduler",
+        );
+    }
+    Ok(Outcome::requeue_after_ms(PREEMPTED_RETRY_MS))
 }
 
 /// `PodScheduled=False` with kubectl's message and a FailedScheduling Event, once per
 /// change; the pod is looked at again later (new nodes do not enqueue it).
 fn report_unschedulable(cluster: &dyn Cluster, pod: &Pod, message: &str) -> Result<Outcome> {
+    report_unschedulable_as(cluster, pod, pod.clone(), message)
+}
+
+/// [`report_unschedulable`] writing `updated` (the pod with other status changes).
+fn report_unschedulable_as(
+    cluster: &dyn Cluster,
+    pod: &Pod,
+    mut updated: Pod,
+    message: &str,
+) -> Result<Outcome> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or_default();
     let name = pod.metadata.name.as_deref().unwrap_or_default();
-    let mut updated = pod.clone();
+    let nominated_changed = updated.status.as_ref().map(|s| &s.nominated_node_name)
+        != pod.status.as_ref().map(|s| &s.nominated_node_name);
     let status = updated.status.get_or_insert_default();
     let changed = set_condition(
         status.conditions.get_or_insert_default(),
@@ -576,9 +703,11 @@ fn report_unschedulable(cluster: &dyn Cluster, pod: &Pod, message: &str) -> Resu
             ..Default::default()
         },
     );
-    if changed {
+    if changed || nominated_changed {
         // A conflict means the pod changed; its own event reconciles it again.
         cluster.update_status(ns, &updated).ignore_stale()?;
+    }
+    if changed {
         cluster.log(
             LogLevel::Info,
             &format!("{ns}/{name} unschedulable: {message}"),

@@ -720,33 +720,72 @@ fn topology_spread_schedule_anyway_scores() {
     assert_eq!(node_of(&fake, "spread").as_deref(), Some("b"));
 }
 
+/// A pod's `runtimeClassName` alone places nothing: the node selector its RuntimeClass
+/// gave it at admission does (a class named anything may use either runtime).
 #[test]
-fn oci_runtime_classes_need_an_oci_node() {
+fn runtime_classes_place_pods_through_their_node_selector() {
     let fake = FakeCluster::new();
-    fake.seed(&host("wasm-only", &[]));
-    let with_class = |name: &str, class: Option<&str>| {
+    fake.seed(&host("wasm-only", &[("kedge.io/runtime-wasm", "true")]));
+    let with_class = |name: &str, class: &str, selector: Option<(&str, &str)>| {
         let mut p = pod(name, "100m", "64Mi");
-        p.spec.as_mut().unwrap().runtime_class_name = class.map(Into::into);
+        let spec = p.spec.as_mut().unwrap();
+        spec.runtime_class_name = Some(class.into());
+        spec.node_selector = selector.map(|(k, v)| [(k.to_string(), v.to_string())].into());
         p
     };
-    fake.seed(&with_class("oci", Some("runc")));
+    fake.seed(&with_class(
+        "oci",
+        "runc",
+        Some(("kedge.io/runtime-oci", "true")),
+    ));
     run(&fake, "oci");
     assert_eq!(
         message(&fake, "oci").as_deref(),
-        Some("0/1 nodes are available: 1 node(s) didn't have an OCI container runtime.")
+        Some("0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector.")
     );
-    for (name, class) in [
-        ("wasm", Some("wasm")),
-        ("kw", Some("kedge-wasm")),
-        ("none", None),
-    ] {
-        fake.seed(&with_class(name, class));
-        run(&fake, name);
-        assert_eq!(node_of(&fake, name).as_deref(), Some("wasm-only"), "{name}");
-    }
-    fake.seed(&host("runc", &[(crate::OCI_RUNTIME_LABEL, "true")]));
+    fake.seed(&with_class("fast", "fast-wasm", None));
+    run(&fake, "fast");
+    assert_eq!(node_of(&fake, "fast").as_deref(), Some("wasm-only"));
+    fake.seed(&host("runc", &[("kedge.io/runtime-oci", "true")]));
     run(&fake, "oci");
     assert_eq!(node_of(&fake, "oci").as_deref(), Some("runc"));
+}
+
+/// `spec.overhead` (set from the pod's RuntimeClass) counts on top of the containers'
+/// requests, for the incoming pod and for those already placed.
+#[test]
+fn pod_overhead_counts_in_the_resource_fit() {
+    let with_overhead = |mut p: Pod, cpu: &str| {
+        p.spec.as_mut().unwrap().overhead =
+            Some([("cpu".to_string(), Quantity(cpu.into()))].into());
+        p
+    };
+    let fake = FakeCluster::new();
+    fake.seed(&node("small", "1", "8Gi", &[]));
+    fake.seed(&with_overhead(pod("big", "800m", "64Mi"), "300m"));
+    run(&fake, "big");
+    assert_eq!(node_of(&fake, "big"), None);
+    assert_eq!(
+        message(&fake, "big").as_deref(),
+        Some("0/1 nodes are available: 1 Insufficient cpu.")
+    );
+    fake.seed(&with_overhead(pod("fits", "800m", "64Mi"), "200m"));
+    run(&fake, "fits");
+    assert_eq!(node_of(&fake, "fits").as_deref(), Some("small"));
+
+    let fake = FakeCluster::new();
+    fake.seed(&node("small", "1", "8Gi", &[]));
+    fake.seed(&bound(
+        with_overhead(pod("placed", "500m", "64Mi"), "300m"),
+        "small",
+    ));
+    fake.seed(&pod("next", "300m", "64Mi"));
+    run(&fake, "next");
+    assert_eq!(
+        node_of(&fake, "next"),
+        None,
+        "500m + 300m overhead + 300m > 1"
+    );
 }
 
 #[test]
@@ -938,4 +977,102 @@ fn claims_steer_placement_and_learn_their_node() {
         pvc.metadata.annotations.unwrap()[volumes::SELECTED_NODE],
         node
     );
+}
+
+fn with_priority(mut p: Pod, priority: i32) -> Pod {
+    p.spec.as_mut().unwrap().priority = Some(priority);
+    p
+}
+
+fn exists(fake: &FakeCluster, name: &str) -> bool {
+    fake.get::<Pod>("default", name).unwrap().is_some()
+}
+
+fn nominated(fake: &FakeCluster, name: &str) -> Option<String> {
+    fake.get::<Pod>("default", name)
+        .unwrap()
+        .unwrap()
+        .status
+        .and_then(|s| s.nominated_node_name)
+}
+
+/// A full node: the high-priority pod evicts the fewest, least important pods it needs
+/// (the more important of the low ones is reprieved), is nominated, and binds on its next
+/// try; the victim is told why.
+#[test]
+fn a_higher_priority_pod_preempts_the_least_it_needs() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "2", "8Gi", &[]));
+    fake.seed(&with_priority(bound(pod("low", "900m", "64Mi"), "a"), 10));
+    fake.seed(&with_priority(bound(pod("lower", "900m", "64Mi"), "a"), 5));
+    fake.seed(&with_priority(pod("critical", "900m", "64Mi"), 1000));
+    let out = run(&fake, "critical");
+    assert_eq!(out, Outcome::requeue_after_ms(PREEMPTED_RETRY_MS));
+    assert!(!exists(&fake, "lower"), "the least important pod goes");
+    assert!(
+        exists(&fake, "low"),
+        "one victim is enough: the other is reprieved"
+    );
+    assert_eq!(nominated(&fake, "critical").as_deref(), Some("a"));
+    let events = fake
+        .list::<k8s_openapi::api::core::v1::Event>("default", "")
+        .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Preempted")
+                && e.message
+                    .as_deref()
+                    .is_some_and(|m| m.ends_with("on node a"))),
+        "{events:?}"
+    );
+    // Its victim gone, it binds.
+    assert_eq!(run(&fake, "critical"), Outcome::done());
+    assert_eq!(node_of(&fake, "critical").as_deref(), Some("a"));
+}
+
+/// No preemption for `preemptionPolicy: Never`, nor of pods of equal or higher priority.
+#[test]
+fn preemption_respects_policy_and_priority() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "1", "8Gi", &[]));
+    fake.seed(&with_priority(bound(pod("peer", "900m", "64Mi"), "a"), 100));
+    fake.seed(&with_priority(pod("same", "900m", "64Mi"), 100));
+    let mut never = with_priority(pod("never", "900m", "64Mi"), 1000);
+    never.spec.as_mut().unwrap().preemption_policy = Some("Never".into());
+    fake.seed(&never);
+    for name in ["same", "never"] {
+        assert_eq!(
+            run(&fake, name),
+            Outcome::requeue_after_ms(UNSCHEDULABLE_RETRY_MS),
+            "{name}"
+        );
+        assert!(nominated(&fake, name).is_none(), "{name}");
+    }
+    assert!(exists(&fake, "peer"));
+}
+
+/// The node whose victims matter least is chosen, and a pod of lower priority than a
+/// nominated one does not take the room it made.
+#[test]
+fn the_cheapest_node_is_preempted_and_its_room_kept() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "1", "8Gi", &[]));
+    fake.seed(&node("b", "1", "8Gi", &[]));
+    fake.seed(&with_priority(bound(pod("on-a", "900m", "64Mi"), "a"), 50));
+    fake.seed(&with_priority(bound(pod("on-b", "900m", "64Mi"), "b"), 20));
+    fake.seed(&with_priority(pod("vip", "900m", "64Mi"), 100));
+    run(&fake, "vip");
+    assert!(exists(&fake, "on-a"));
+    assert!(!exists(&fake, "on-b"), "b's victim has the lower priority");
+    assert_eq!(nominated(&fake, "vip").as_deref(), Some("b"));
+    // A lower-priority pod arriving now finds b taken by the nominated pod.
+    fake.seed(&with_priority(pod("late", "900m", "64Mi"), 10));
+    assert_eq!(
+        run(&fake, "late"),
+        Outcome::requeue_after_ms(UNSCHEDULABLE_RETRY_MS)
+    );
+    assert!(node_of(&fake, "late").is_none());
+    assert_eq!(run(&fake, "vip"), Outcome::done());
+    assert_eq!(node_of(&fake, "vip").as_deref(), Some("b"));
 }

@@ -1,6 +1,7 @@
 //! One container of a pod, from image to exit, again and again per `restartPolicy`: pull the
 //! image (with the pod's imagePullSecrets), decide the runtime by what the image is (Wasm →
-//! wasmtime, OCI image → runc), run it, report each step in the pod's status and as Events.
+//! wasmtime, OCI image → runc; a pod's RuntimeClass admits only its handler's kind, see
+//! [`crate::runtime_class`]), run it, report each step in the pod's status and as Events.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -262,6 +263,16 @@ async fn prepare(
         .await
         .map_err(Failure::config)?;
     let image = c["image"].as_str().unwrap_or_default();
+    // The pod's RuntimeClass, if it names one: its handler decides which images may run.
+    let class = crate::runtime_class::resolve(&ctx.client, &ctx.data_dir, pod)
+        .await
+        .map_err(Failure::create)?;
+    let runs = |is_wasm: bool| match &class {
+        Some(class) => {
+            crate::runtime_class::check_image(class, image, is_wasm).map_err(Failure::create)
+        }
+        None => Ok(()),
+    };
     // The Secrets and ConfigMaps it uses: from the API, or the node's copies while offline.
     let refs = objects::container_refs(pod, c);
     let objects = objects::resolve(&ctx.client, &ctx.objects, refs, objects::Source::Server)
@@ -323,6 +334,7 @@ async fn prepare(
     if let Some(path) = image.strip_prefix("file://") {
         // A local Wasm file, for development.
         use sha2::{Digest, Sha256};
+        runs(true)?;
         let bytes = tokio::fs::read(path).await.map_err(|e| Failure {
             reason: "ErrImagePull".into(),
             message: format!("reading {path}: {e}"),
@@ -351,6 +363,7 @@ async fn prepare(
     let digest = Some(img.digest.clone());
     match &img.kind {
         ImageKind::Wasm { module } => {
+            runs(true)?;
             let workload = load_module(ctx, module).await?;
             let args = crate::env::container_args(c);
             Ok((
@@ -366,6 +379,7 @@ async fn prepare(
             ))
         }
         ImageKind::Oci { config, .. } => {
+            runs(false)?;
             if ctx.oci.is_none() {
                 return Err(Failure::create(format!(
                     "image {image:?} is an OCI container image, and this node has no container \

@@ -20,6 +20,7 @@ mod pods;
 mod probe;
 mod refresh;
 mod relay;
+mod runtime_class;
 mod sa_token;
 mod spec;
 mod status;

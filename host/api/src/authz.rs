@@ -245,7 +245,10 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
                 )))
             }
         }
-        ("", "Service" | "Endpoints" | "Namespace") | ("discovery.k8s.io", "EndpointSlice")
+        // RuntimeClasses: system:node's get/list/watch (kubelet resolves a pod's handler).
+        ("", "Service" | "Endpoints" | "Namespace")
+        | ("discovery.k8s.io", "EndpointSlice")
+        | ("node.k8s.io", "RuntimeClass")
             if reads =>
         {
             Ok(())
@@ -735,6 +738,13 @@ mod tests {
         let api = Api::new(Arc::new(store), system_clock());
         let n1 = node("n1");
         let slice = ("discovery.k8s.io/v1", "EndpointSlice");
+        let class = ("node.k8s.io/v1", "RuntimeClass");
+        assert_eq!(check(&api, &n1, get(class, "", "wasm")), Ok(()));
+        let write = Case {
+            method: Method::PUT,
+            ..get(class, "", "wasm")
+        };
+        assert!(check(&api, &n1, write).is_err());
         for kind in [("v1", "Service"), ("v1", "Endpoints"), slice] {
             for ns in ["", "default", "kube-system"] {
                 for query in [&[][..], &[("watch", "true")][..]] {

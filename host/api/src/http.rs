@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use super::error::{ApiError, Cause, Result};
 use super::ops::{Api, DeleteOptions, ListOptions, WriteOptions, parse_propagation};
 use super::schema::FieldValidation;
-use super::{discovery, openapi, table};
+use super::table::{self, IncludeObject};
+use super::{discovery, openapi};
 use crate::auth::Identity;
 use kedge_core::patch::PatchType;
 use kedge_core::resources::{self, Resource, Retired};
@@ -131,6 +132,15 @@ fn wants_table(headers: &HeaderMap) -> bool {
                 .next()
                 .is_some_and(|first| first.contains("as=Table"))
         })
+}
+
+/// What a Table's rows embed, when the request asks for a Table; `includeObject` is read
+/// (and refused when unknown) only then, as kube-apiserver does.
+fn table_options(headers: &HeaderMap, q: &Query) -> Result<Option<IncludeObject>> {
+    if !wants_table(headers) {
+        return Ok(None);
+    }
+    IncludeObject::parse(q.get("includeObject").map(String::as_str)).map(Some)
 }
 
 fn wants_aggregated(headers: &HeaderMap) -> bool {
@@ -729,7 +739,8 @@ async fn handle_resource(
             let watching = flag(q, "watch");
             validate_list_options(q, watching)?;
             if watching {
-                return watch(st, res, view, ns, labels, fields, q, wants_table(headers));
+                let as_table = table_options(headers, q)?;
+                return watch(st, res, view, ns, labels, fields, q, as_table);
             }
             check_list_revision(st, q)?;
             let opts = ListOptions {
@@ -739,8 +750,9 @@ async fn handle_resource(
                 continue_token: q.get("continue").filter(|c| !c.is_empty()).cloned(),
             };
             let mut page = api.list_page(res, ns, &opts)?;
-            if wants_table(headers) {
-                let t = list_table(res, &page, (st.clock)())?;
+            if let Some(include) = table_options(headers, q)? {
+                let mut t = list_table(res, &page, (st.clock)(), include)?;
+                table::map_objects(&mut t, outbound)?;
                 return Ok(json_response(StatusCode::OK, &t, &[]));
             }
             if view.is_some() {
@@ -791,13 +803,15 @@ async fn handle_resource(
         }
         // One object.
         (&Method::GET, Some(name), None) => {
-            let obj = outbound(api.get(res, ns, name)?)?;
-            if wants_table(headers) {
+            let obj = api.get(res, ns, name)?;
+            if let Some(include) = table_options(headers, q)? {
+                // Cells from the stored form; an embedded object in the request's version.
                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
-                let t = table::table(res, std::slice::from_ref(&obj), meta, (st.clock)());
+                let mut t = table::table(res, vec![obj], meta, (st.clock)(), include);
+                table::map_objects(&mut t, outbound)?;
                 return Ok(json_response(StatusCode::OK, &t, &[]));
             }
-            Ok(json_response(StatusCode::OK, &obj, &[]))
+            Ok(json_response(StatusCode::OK, &outbound(obj)?, &[]))
         }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let obj = inbound(body_json(&body, headers)?)?;
@@ -1095,7 +1109,7 @@ fn watch(
     labels: LabelSelector,
     fields: FieldSelector,
     q: &Query,
-    as_table: bool,
+    as_table: Option<IncludeObject>,
 ) -> Result<Response> {
     let rv = match q.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
@@ -1194,7 +1208,7 @@ fn watch(
                         return Some((vec![line_bytes(&line)], s));
                     }
                     Ok(Some(Ok((kind, obj)))) => {
-                        if !as_table {
+                        let Some(include) = as_table else {
                             // The stored JSON as it is: no parse, no re-serialisation, no
                             // copy (a stalled client holds the ring's own bytes), unless
                             // the watch is in a retired version.
@@ -1206,18 +1220,22 @@ fn watch(
                                     (vec![line_bytes(&line)], s)
                                 }
                             });
-                        }
-                        let line = match serde_json::from_slice::<Value>(&obj) {
-                            Ok(obj) => {
+                        };
+                        // A one-row Table, its row's object in the watch's version.
+                        let one_row = serde_json::from_slice::<Value>(&obj)
+                            .map_err(|e| {
+                                ApiError::internal(format!("stored object unreadable: {e}"))
+                            })
+                            .and_then(|obj| {
                                 let meta = json!({"resourceVersion": obj["metadata"]["resourceVersion"].clone()});
-                                let t =
-                                    table::table(res, std::slice::from_ref(&obj), meta, clock());
-                                json!({"type": kind.as_str(), "object": t})
-                            }
+                                let mut t = table::table(res, vec![obj], meta, clock(), include);
+                                table::map_objects(&mut t, |o| super::retired::outbound(view, o))?;
+                                Ok(t)
+                            });
+                        let line = match one_row {
+                            Ok(t) => json!({"type": kind.as_str(), "object": t}),
                             Err(e) => {
                                 s.done = true;
-                                let e =
-                                    ApiError::internal(format!("stored object unreadable: {e}"));
                                 json!({"type": "ERROR", "object": e.status()})
                             }
                         };
@@ -1262,11 +1280,12 @@ fn list_table(
     res: &'static Resource,
     page: &super::ops::ListPage,
     now: chrono::DateTime<chrono::Utc>,
+    include: IncludeObject,
 ) -> Result<Value> {
     let mut out: Option<Value> = None;
     for chunk in page.items.chunks(256) {
         let objs = super::ops::ListPage::parse(chunk)?;
-        let t = table::table(res, &objs, page.metadata(), now);
+        let t = table::table(res, objs, page.metadata(), now, include);
         match (&mut out, t) {
             (None, t) => out = Some(t),
             (Some(o), mut t) => {
@@ -1279,7 +1298,7 @@ fn list_table(
             }
         }
     }
-    Ok(out.unwrap_or_else(|| table::table(res, &[], page.metadata(), now)))
+    Ok(out.unwrap_or_else(|| table::table(res, Vec::new(), page.metadata(), now, include)))
 }
 
 /// `{"type":…,"object":…}` and a newline around an object's JSON, as three frames: the
@@ -1557,6 +1576,164 @@ mod tests {
     const BETA: &str = "/apis/batch/v1beta1/namespaces/default/cronjobs";
     const V1: &str = "/apis/batch/v1/namespaces/default/cronjobs";
     const DEPRECATED: &str = "299 - \"batch/v1beta1 CronJob is deprecated in v1.21+, unavailable in v1.25+; use batch/v1 CronJob\"";
+
+    /// `includeObject` on Tables (what `kubectl get --sort-by` needs): list, get and watch
+    /// rows embed nothing, the PartialObjectMetadata (the default) or the whole object in
+    /// the URL's version; an unknown value is a 400 before anything is read or streamed,
+    /// and is ignored when no Table is asked for.
+    #[tokio::test]
+    async fn tables_honour_include_object() {
+        const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let cms = "/api/v1/namespaces/default/configmaps";
+        let cm = json!({"metadata": {"name": "a"}, "data": {"k": "2"}});
+        assert_eq!(call(&st, ADMIN, "POST", cms, JSON, cm).await.code, 201);
+        let cj = json!({"apiVersion": "batch/v1beta1", "kind": "CronJob",
+            "metadata": {"name": "c"}, "spec": {"schedule": "* * * * *",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "busybox"}]}}}}}});
+        assert_eq!(call(&st, ADMIN, "POST", BETA, JSON, cj).await.code, 201);
+        // One Table read as admin: its code and body (a watch's events as an array).
+        let table = |uri: String| {
+            let st = st.clone();
+            async move {
+                let mut req = http::Request::builder()
+                    .uri(&uri)
+                    .header(header::ACCEPT, TABLE)
+                    .body(Body::empty())
+                    .unwrap();
+                req.extensions_mut().insert(Identity {
+                    user: "admin".into(),
+                    groups: vec!["system:masters".into(), "system:authenticated".into()],
+                });
+                let r = handle(State(st), req).await;
+                let code = r.status().as_u16();
+                let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                let mut values: Vec<Value> = serde_json::Deserializer::from_slice(&bytes)
+                    .into_iter()
+                    .map(Result::unwrap)
+                    .collect();
+                let body = if uri.contains("watch=true") && code == 200 {
+                    json!(values)
+                } else {
+                    values.remove(0)
+                };
+                (code, body)
+            }
+        };
+        let row_object = |t: &Value| t["rows"][0].get("object").cloned();
+        let read = |uri: String| {
+            let table = &table;
+            async move {
+                let (code, t) = table(uri.clone()).await;
+                assert_eq!(code, 200, "{uri}: {t}");
+                assert_eq!(t["kind"], "Table", "{uri}: {t}");
+                row_object(&t)
+            }
+        };
+        for uri in [format!("{cms}?"), format!("{cms}/a?"), format!("{BETA}?")] {
+            assert_eq!(read(format!("{uri}includeObject=None")).await, None);
+            for default in ["", "includeObject=Metadata"] {
+                let o = read(format!("{uri}{default}")).await.unwrap();
+                assert_eq!(
+                    (&o["kind"], &o["apiVersion"]),
+                    (&json!("PartialObjectMetadata"), &json!("meta.k8s.io/v1")),
+                    "{uri}{default}"
+                );
+                assert!(o.get("data").is_none() && o.get("spec").is_none());
+            }
+        }
+        let o = read(format!("{cms}?includeObject=Object")).await.unwrap();
+        assert_eq!(
+            (&o["kind"], &o["data"]["k"]),
+            (&json!("ConfigMap"), &json!("2"))
+        );
+        let o = read(format!("{cms}/a?includeObject=Object")).await.unwrap();
+        assert_eq!(
+            (&o["apiVersion"], &o["data"]["k"]),
+            (&json!("v1"), &json!("2"))
+        );
+        for uri in [BETA.to_string(), format!("{BETA}/c")] {
+            let o = read(format!("{uri}?includeObject=Object")).await.unwrap();
+            assert_eq!(
+                (&o["kind"], &o["apiVersion"]),
+                (&json!("CronJob"), &json!("batch/v1beta1")),
+                "{uri}"
+            );
+        }
+        // Watches: each event a one-row Table, honouring includeObject too.
+        for (uri, want) in [
+            (
+                format!("{cms}?watch=true&timeoutSeconds=1"),
+                "PartialObjectMetadata",
+            ),
+            (
+                format!("{cms}?watch=true&timeoutSeconds=1&includeObject=Object"),
+                "ConfigMap",
+            ),
+            (
+                format!("{BETA}?watch=true&timeoutSeconds=1&includeObject=Object"),
+                "CronJob",
+            ),
+        ] {
+            let (code, events) = table(uri.clone()).await;
+            assert_eq!(code, 200, "{uri}");
+            let e = &events[0];
+            assert_eq!(
+                (&e["type"], &e["object"]["kind"]),
+                (&json!("ADDED"), &json!("Table"))
+            );
+            assert_eq!(e["object"]["rows"].as_array().unwrap().len(), 1, "{e}");
+            assert_eq!(row_object(&e["object"]).unwrap()["kind"], want, "{uri}");
+        }
+        let (_, events) = table(format!(
+            "{BETA}?watch=true&timeoutSeconds=1&includeObject=Object"
+        ))
+        .await;
+        assert_eq!(
+            row_object(&events[0]["object"]).unwrap()["apiVersion"],
+            "batch/v1beta1"
+        );
+        let (_, events) = table(format!(
+            "{cms}?watch=true&timeoutSeconds=1&includeObject=None"
+        ))
+        .await;
+        assert_eq!(row_object(&events[0]["object"]), None);
+        // Anything else: 400, worded as kube-apiserver words it; no Table, no check.
+        for uri in [
+            format!("{cms}?"),
+            format!("{cms}/a?"),
+            format!("{cms}?watch=true&"),
+        ] {
+            let (code, s) = table(format!("{uri}includeObject=Everything")).await;
+            assert_eq!(
+                (code, &s["reason"]),
+                (400, &json!("BadRequest")),
+                "{uri}: {s}"
+            );
+            assert_eq!(
+                s["message"],
+                "Unable to convert to Table as requested: includeObject: Invalid value: \
+                 \"Everything\": must be 'Metadata', 'Object', 'None', or empty"
+            );
+        }
+        let plain = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{cms}?includeObject=Everything"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (plain.code, &plain.body["kind"]),
+            (200, &json!("ConfigMapList"))
+        );
+    }
 
     /// batch/v1beta1 CronJob over HTTP: every verb, converted to and from the one stored
     /// version, each answer (errors too) with the deprecation warning, none on batch/v1.

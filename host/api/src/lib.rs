@@ -7,6 +7,7 @@
 //! It depends on the store and the pure core, never on the plugin host or the node agent:
 //! both of those call into it.
 
+mod admission;
 pub mod alloc;
 pub mod auth;
 mod authz;
@@ -32,4 +33,5 @@ mod table;
 pub mod tokens;
 
 pub use error::ApiError;
+pub use kinds::priorityclass::SYSTEM_CLASSES as SYSTEM_PRIORITY_CLASSES;
 pub use ops::Api;

@@ -27,6 +27,8 @@ pub struct Api {
     clock: Clock,
     /// Serialises Service IP / node port allocation (see [`super::alloc`]).
     alloc: super::alloc::Allocator,
+    /// Serialises each namespace's quota checks with its writes (see [`super::admission`]).
+    pub(crate) quota: super::admission::Locks,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -213,6 +215,7 @@ impl Api {
             store,
             clock,
             alloc: Default::default(),
+            quota: Default::default(),
         }
     }
 
@@ -426,10 +429,13 @@ impl Api {
         kinds::default(res, &mut obj);
         if res.group.is_empty() && res.kind == "Pod" {
             self.service_account_admission(ns, &mut obj);
+            self.runtime_class_admission(res, &name, &mut obj)?;
+            self.priority_admission(res, &name, &mut obj)?;
         }
         if res.group.is_empty() && res.kind == "PersistentVolumeClaim" {
             self.default_storage_class_admission(&mut obj);
         }
+        self.limit_range_defaults(res, ns, &mut obj);
         kinds::on_create(res, &mut obj, &now);
         let managed = preset.unwrap_or_else(|| {
             let manager = opts.manager.as_deref();
@@ -442,6 +448,8 @@ impl Api {
         }
         // Held until the object is stored, so no two Services get the same IP or port.
         let _alloc = self.allocate(res, ns, &name, &mut obj, true)?;
+        // LimitRanger's checks and the quotas; held until stored (see `super::admission`).
+        let _quota = self.admit(res, ns, None, Some(&mut obj))?;
         if opts.dry_run {
             return Ok(obj);
         }
@@ -488,6 +496,70 @@ impl Api {
         if let Some(secrets) = secrets {
             spec.insert("imagePullSecrets".into(), secrets);
         }
+    }
+
+    /// Kubernetes' `RuntimeClass` admission of a new pod ([`kinds::runtimeclass::admit`]);
+    /// a refusal is the plugin's 403.
+    fn runtime_class_admission(&self, res: &Resource, name: &str, pod: &mut Value) -> Result<()> {
+        let class = pod
+            .pointer("/spec/runtimeClassName")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(String::from);
+        let class = match (class, resources::by_kind("node.k8s.io/v1", "RuntimeClass")) {
+            (Some(c), Some(classes)) => match self.get(classes, "", &c) {
+                Ok(obj) => Some(obj),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            },
+            _ => None,
+        };
+        kinds::runtimeclass::admit(pod, class.as_ref()).map_err(|why| ApiError {
+            details: Some(json!({"name": name, "kind": res.plural})),
+            ..ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural))
+        })
+    }
+
+    /// Kubernetes' `Priority` admission of a new pod ([`kinds::priorityclass::admit`]): the
+    /// class it names, or the `globalDefault` one (the newest if several); a refusal is 403.
+    fn priority_admission(&self, res: &Resource, name: &str, pod: &mut Value) -> Result<()> {
+        let Some(classes) = resources::by_kind("scheduling.k8s.io/v1", "PriorityClass") else {
+            return Ok(());
+        };
+        let named = pod
+            .pointer("/spec/priorityClassName")
+            .and_then(Value::as_str)
+            .filter(|c| !c.is_empty())
+            .map(String::from);
+        let class = match &named {
+            Some(c) => match self.get(classes, "", c) {
+                Ok(obj) => Some(obj),
+                Err(e) if e.code == 404 => None,
+                Err(e) => return Err(e),
+            },
+            None => {
+                let list = self.list(classes, "", &Default::default())?;
+                list["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|c| kinds::priorityclass::is_global_default(c))
+                    .max_by_key(|c| {
+                        (
+                            c.pointer("/metadata/creationTimestamp")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                                .to_string(),
+                            meta::name(c).to_string(),
+                        )
+                    })
+                    .cloned()
+            }
+        };
+        kinds::priorityclass::admit(pod, named.as_deref(), class.as_ref()).map_err(|why| ApiError {
+            details: Some(json!({"name": name, "kind": res.plural})),
+            ..ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural))
+        })
     }
 
     /// Kubernetes' `DefaultStorageClass` admission: a new claim that names no class (the field
@@ -713,6 +785,10 @@ impl Api {
             );
             set_managed(&mut next, &managed);
         }
+        // The quotas, held until stored; a write that removes the object counts as a delete.
+        let gone = next.pointer("/metadata/deletionTimestamp").is_some()
+            && meta::finalizers(&next).is_empty();
+        let _quota = self.admit(res, ns, Some(&current), (!gone).then_some(&mut next))?;
         if opts.dry_run {
             return Ok(next);
         }
@@ -934,6 +1010,8 @@ impl Api {
         }
         let rev = store::revision_of(&current);
         let key = Self::key(res, ns, name);
+        // The namespace's quota statuses follow the delete (see `super::admission`).
+        let _quota = self.admit(res, ns, Some(&current), None)?;
         let propagation = opts.propagation.unwrap_or(Propagation::Background);
 
         if res.kind == "Namespace" {

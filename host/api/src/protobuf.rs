@@ -21,6 +21,7 @@ use base64::Engine;
 use k8s_pb::api::{
     apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
     core::v1 as core, policy::v1 as policy, policy::v1beta1 as policy_beta, rbac::v1 as rbac,
+    scheduling::v1 as scheduling,
 };
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
@@ -64,6 +65,8 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("v1", "Namespace") => convert::<core::Namespace>(&raw, &kind)?,
         ("v1", "ServiceAccount") => convert::<core::ServiceAccount>(&raw, &kind)?,
         ("v1", "ConfigMap") => convert::<core::ConfigMap>(&raw, &kind)?,
+        // `kubectl create quota`.
+        ("v1", "ResourceQuota") => convert::<core::ResourceQuota>(&raw, &kind)?,
         ("v1", "Secret") => convert::<core::Secret>(&raw, &kind)?,
         ("v1", "Service") => convert::<core::Service>(&raw, &kind)?,
         ("v1", "Pod") => convert::<core::Pod>(&raw, &kind)?,
@@ -72,6 +75,10 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("batch/v1", "CronJob") => convert::<batch::CronJob>(&raw, &kind)?,
         ("policy/v1", "PodDisruptionBudget") => {
             convert::<policy::PodDisruptionBudget>(&raw, &kind)?
+        }
+        // `kubectl create priorityclass`.
+        ("scheduling.k8s.io/v1", "PriorityClass") => {
+            convert::<scheduling::PriorityClass>(&raw, &kind)?
         }
         // `kubectl drain` evicts through the typed client: protobuf.
         ("policy/v1", "Eviction") => convert::<policy::Eviction>(&raw, &kind)?,
@@ -433,6 +440,13 @@ fn unknown_field(original: &[u8], reencoded: &[u8], at: &str) -> Option<String> 
 }
 
 messages! {
+    scheduling::PriorityClass {
+        metadata: "metadata",
+        value: "value" ptr,
+        global_default: "globalDefault" ptr,
+        description: "description",
+        preemption_policy: "preemptionPolicy",
+    }
     policy::PodDisruptionBudget {
         metadata: "metadata",
         spec: "spec",
@@ -616,6 +630,16 @@ messages! {
     }
     core::LocalObjectReference {
         name: "name",
+    }
+    core::ResourceQuota {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    core::ResourceQuotaSpec {
+        hard: "hard",
+        scopes: "scopes",
+        scope_selector: "scopeSelector" reject,
     }
     core::ConfigMap {
         metadata: "metadata",

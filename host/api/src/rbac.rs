@@ -572,6 +572,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                 "configmaps",
                 "endpoints",
                 "events",
+                "limitranges",
                 "persistentvolumeclaims",
                 "persistentvolumeclaims/status",
                 "pods",
@@ -580,6 +581,10 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                 "replicationcontrollers",
                 "replicationcontrollers/scale",
                 "replicationcontrollers/status",
+                // Read-only for admin and edit too, as in Kubernetes: quotas are the
+                // cluster administrator's.
+                "resourcequotas",
+                "resourcequotas/status",
                 "serviceaccounts",
                 "services",
                 "services/status",
@@ -732,6 +737,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                     &read,
                 ),
                 rule(&["discovery.k8s.io"], &["endpointslices"], &read),
+                rule(&["node.k8s.io"], &["runtimeclasses"], &read),
                 rule(
                     &[""],
                     &["nodes", "nodes/status"],

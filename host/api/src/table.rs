@@ -4,17 +4,50 @@
 
 use serde_json::{Value, json};
 
+use crate::error::{ApiError, Result};
 use crate::kinds;
 use kedge_core::resources::Resource;
 
 pub(crate) use kinds::table_fmt::map_selector_string;
 
-/// A Table of `items`; `list_meta` is the list's metadata (resourceVersion, continue).
-pub fn table(
+/// `TableOptions.includeObject`: what each row carries besides its cells.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum IncludeObject {
+    /// No `object` at all.
+    None,
+    /// A `PartialObjectMetadata`: enough for `--show-labels` and `-L`.
+    #[default]
+    Metadata,
+    /// The whole object, which kubectl asks for to sort by (`--sort-by`) a field outside
+    /// the metadata.
+    Object,
+}
+
+impl IncludeObject {
+    /// The `includeObject` query parameter (absent or empty: `Metadata`), refused with
+    /// kube-apiserver's wording when it is none of the three.
+    pub(crate) fn parse(v: Option<&str>) -> Result<Self> {
+        match v.unwrap_or_default() {
+            "" | "Metadata" => Ok(Self::Metadata),
+            "None" => Ok(Self::None),
+            "Object" => Ok(Self::Object),
+            other => Err(ApiError::bad_request(format!(
+                "Unable to convert to Table as requested: includeObject: Invalid value: {other:?}: \
+                 must be 'Metadata', 'Object', 'None', or empty"
+            ))),
+        }
+    }
+}
+
+/// A Table of `items`; `list_meta` is the list's metadata (resourceVersion, continue). The
+/// cells read the stored form; under [`IncludeObject::Object`] each row holds its item as
+/// given, which a caller serving another version converts after (see [`map_objects`]).
+pub(crate) fn table(
     res: &Resource,
-    items: &[Value],
+    items: Vec<Value>,
     list_meta: Value,
     now: chrono::DateTime<chrono::Utc>,
+    include: IncludeObject,
 ) -> Value {
     let rules = kinds::rules(res);
     let defs: Vec<Value> = rules
@@ -26,16 +59,21 @@ pub fn table(
         })
         .collect();
     let rows: Vec<Value> = items
-        .iter()
-        .map(|o| {
-            json!({
-                "cells": rules.cells(o, now),
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata").cloned().unwrap_or(json!({})),
-                },
-            })
+        .into_iter()
+        .map(|mut o| {
+            let mut row = json!({"cells": rules.cells(&o, now)});
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": o.get_mut("metadata").map_or_else(|| json!({}), Value::take),
+                    });
+                }
+                IncludeObject::Object => row["object"] = o,
+            }
+            row
         })
         .collect();
     json!({
@@ -45,6 +83,18 @@ pub fn table(
         "columnDefinitions": defs,
         "rows": rows,
     })
+}
+
+/// Passes every row's embedded object through `f` (a retired version's conversion: it leaves
+/// a `PartialObjectMetadata` as it is).
+pub(crate) fn map_objects(t: &mut Value, f: impl Fn(Value) -> Result<Value>) -> Result<()> {
+    let rows = t.get_mut("rows").and_then(Value::as_array_mut);
+    for row in rows.into_iter().flatten() {
+        if let Some(o) = row.get_mut("object") {
+            *o = f(o.take())?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -65,6 +115,65 @@ mod tests {
             "{kind}: one cell per column"
         );
         c
+    }
+
+    /// `includeObject`: absent, empty and `Metadata` mean PartialObjectMetadata; the values
+    /// are case-sensitive, as kube-apiserver's are, and anything else is a 400.
+    #[test]
+    fn include_object_values_and_the_bad_request() {
+        for (v, want) in [
+            (None, IncludeObject::Metadata),
+            (Some(""), IncludeObject::Metadata),
+            (Some("Metadata"), IncludeObject::Metadata),
+            (Some("None"), IncludeObject::None),
+            (Some("Object"), IncludeObject::Object),
+        ] {
+            assert_eq!(IncludeObject::parse(v).unwrap(), want, "{v:?}");
+        }
+        for bad in ["object", "Everything"] {
+            let e = IncludeObject::parse(Some(bad)).unwrap_err();
+            assert_eq!((e.code, e.reason), (400, "BadRequest"));
+            assert_eq!(
+                e.message,
+                format!(
+                    "Unable to convert to Table as requested: includeObject: Invalid value: \
+                     \"{bad}\": must be 'Metadata', 'Object', 'None', or empty"
+                )
+            );
+        }
+    }
+
+    /// What each row embeds: nothing, the metadata alone, or the whole object (what kubectl
+    /// needs for `--sort-by=.data.k`); the cells are the same in all three.
+    #[test]
+    fn rows_embed_what_include_object_asks() {
+        let res = RESOURCES.iter().find(|r| r.kind == "ConfigMap").unwrap();
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "a", "namespace": "d", "labels": {"x": "1"}},
+            "data": {"k": "v"}});
+        let now = chrono::Utc::now();
+        let rows = |include| {
+            let t = table(res, vec![cm.clone()], json!({}), now, include);
+            assert_eq!(
+                (&t["kind"], &t["apiVersion"]),
+                (&json!("Table"), &json!("meta.k8s.io/v1"))
+            );
+            t["rows"].as_array().unwrap().clone()
+        };
+        let none = rows(IncludeObject::None);
+        assert_eq!(none.len(), 1);
+        assert!(none[0].get("object").is_none(), "{none:?}");
+        let meta = rows(IncludeObject::Metadata);
+        assert_eq!(
+            meta[0]["object"],
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                "metadata": cm["metadata"]})
+        );
+        let full = rows(IncludeObject::Object);
+        assert_eq!(full[0]["object"], cm);
+        assert_eq!(none[0]["cells"], meta[0]["cells"]);
+        assert_eq!(meta[0]["cells"], full[0]["cells"]);
+        assert_eq!(full[0]["cells"][0], "a");
     }
 
     #[test]

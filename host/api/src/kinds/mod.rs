@@ -44,14 +44,18 @@ mod endpointslice;
 mod event;
 mod job;
 mod lease;
+mod limitrange;
 mod namespace;
 mod node;
 mod persistentvolume;
 pub(crate) mod persistentvolumeclaim;
 mod pod;
 mod poddisruptionbudget;
+pub(crate) mod priorityclass;
 mod rbac;
 mod replicaset;
+mod resourcequota;
+pub(crate) mod runtimeclass;
 mod secret;
 mod service;
 mod serviceaccount;
@@ -152,7 +156,11 @@ pub fn rules(res: &Resource) -> &'static dyn KindRules {
         ("", "ReplicationController") => &replicaset::ReplicationController,
         ("", "PersistentVolumeClaim") => &persistentvolumeclaim::PersistentVolumeClaim,
         ("", "PersistentVolume") => &persistentvolume::PersistentVolume,
+        ("", "ResourceQuota") => &resourcequota::ResourceQuota,
+        ("", "LimitRange") => &limitrange::LimitRange,
         ("storage.k8s.io", "StorageClass") => &storageclass::StorageClass,
+        ("scheduling.k8s.io", "PriorityClass") => &priorityclass::PriorityClass,
+        ("node.k8s.io", "RuntimeClass") => &runtimeclass::RuntimeClass,
         ("apps", "ControllerRevision") => &controllerrevision::ControllerRevision,
         ("apps", "DaemonSet") => &daemonset::DaemonSet,
         ("apps", "Deployment") => &deployment::Deployment,

@@ -222,18 +222,10 @@ fn pod_spec(c: &mut Check, at: &str) {
         &["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
     );
     c.only(&p("os/name"), &["linux"]);
-    c.forbid(
-        &p("overhead"),
-        "overhead comes from a RuntimeClass, which kedge does not serve yet",
-    );
-    c.forbid(
-        &p("priority"),
-        "kedge serves no PriorityClasses yet (no priority, no preemption)",
-    );
-    c.forbid(
-        &p("priorityClassName"),
-        "kedge serves no PriorityClasses yet",
-    );
+    // `overhead`: set from the pod's RuntimeClass and checked by its admission
+    // (kinds::runtimeclass::admit); the scheduler counts it.
+    // `priority`, `priorityClassName`, `preemptionPolicy`: resolved by the Priority admission
+    // (kinds::priorityclass::admit); the scheduler orders and preempts by them.
     c.forbid(
         &p("resourceClaims"),
         "dynamic resource allocation is not supported",
@@ -602,11 +594,6 @@ mod tests {
             (
                 pod(json!({"shareProcessNamespace": true})),
                 "spec.shareProcessNamespace",
-                forbidden,
-            ),
-            (
-                pod(json!({"priorityClassName": "high"})),
-                "spec.priorityClassName",
                 forbidden,
             ),
             (
