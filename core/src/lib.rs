@@ -14,6 +14,7 @@
 
 pub mod apply;
 pub mod channel;
+pub mod crd_schema;
 pub mod cron;
 pub mod meta;
 pub mod patch;

@@ -278,6 +278,14 @@ pub async fn start_with_network(
     let pki = Arc::new(
         ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &sans).context("cluster PKI")?,
     );
+    // One registry for the whole server, served at `GET /metrics`: each part gets its
+    // families here, made once, and records into them; nothing is process-global, so
+    // several servers in one process (the tests) keep apart.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let api_metrics = crate::api::metrics::ApiMetrics::new(&mut registry);
+    let store_metrics = kedge_store::metrics::StoreMetrics::new(&mut registry);
+    let plugin_metrics = kedge_plugins::metrics::PluginMetrics::new(&mut registry);
+    let tunnel_metrics = kedge_tunnel::metrics::TunnelMetrics::new(&mut registry);
     let store = Arc::new(
         RedbStore::open(
             &cfg.data_dir.join("state.redb"),
@@ -286,7 +294,8 @@ pub async fn start_with_network(
                 ..Default::default()
             },
         )
-        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?,
+        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?
+        .with_metrics(store_metrics),
     );
     let clock = crate::api::ops::system_clock();
     let api = Arc::new(Api::new(store.clone(), clock.clone()).with_network(network));
@@ -393,6 +402,8 @@ pub async fn start_with_network(
         rbac: rbac.clone(),
         tokens: signer.clone(),
         relays: Default::default(),
+        metrics: api_metrics,
+        registry: Arc::new(registry),
     });
     let router = crate::api::http::router(state.clone());
 
@@ -410,6 +421,7 @@ pub async fn start_with_network(
         ServerOptions {
             node_cert_validity: cfg.node_cert_validity,
             revocations: revocations.clone(),
+            metrics: tunnel_metrics,
         },
     )
     .context("starting the node tunnel (udp)")?;
@@ -429,14 +441,17 @@ pub async fn start_with_network(
         cancel.clone(),
     ));
 
-    let plugins = Arc::new(PluginHost::new(
-        api.clone(),
-        PluginConfig {
-            cache_dir: cfg.plugin_cache_dir.clone(),
-            ..cfg.plugins.clone()
-        },
-        cancel.clone(),
-    )?);
+    let plugins = Arc::new(
+        PluginHost::new(
+            api.clone(),
+            PluginConfig {
+                cache_dir: cfg.plugin_cache_dir.clone(),
+                ..cfg.plugins.clone()
+            },
+            cancel.clone(),
+        )?
+        .with_metrics(plugin_metrics),
+    );
     // The controllers and the scheduler are Plugin objects: the built-in ones are created
     // when missing, then every Plugin starts from its spec (or, after a restart, from the
     // version that was running).

@@ -18,6 +18,7 @@ mod init;
 mod jobs;
 mod kinds;
 mod kubectl;
+mod metrics;
 mod nat;
 mod network;
 mod node_identity;

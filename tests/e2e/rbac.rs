@@ -11,7 +11,7 @@ use base64::Engine as _;
 use crate::harness::{Cluster, Kubectl, tail};
 
 /// A kubeconfig with the cluster CA and a bearer token, and no client certificate.
-fn token_kubeconfig(c: &Cluster, name: &str, token: &str) -> PathBuf {
+pub(crate) fn token_kubeconfig(c: &Cluster, name: &str, token: &str) -> PathBuf {
     let ca = c.dir.path().join("server/pki/ca.crt");
     assert!(ca.exists(), "{} exists", ca.display());
     let path = c.dir.path().join(format!("{name}.kubeconfig"));
@@ -30,7 +30,7 @@ fn token_kubeconfig(c: &Cluster, name: &str, token: &str) -> PathBuf {
     path
 }
 
-fn as_user(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str]) -> Kubectl {
+pub(crate) fn as_user(c: &Cluster, kubeconfig: &std::path::Path, args: &[&str]) -> Kubectl {
     let mut all = vec!["--kubeconfig", kubeconfig.to_str().unwrap()];
     all.extend_from_slice(args);
     c.kubectl(&all)

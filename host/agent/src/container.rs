@@ -209,6 +209,7 @@ async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
                 "Could not reach the registry ({}); using image {image:?} as it is on the node",
                 e.message
             );
+            ctx.metrics.image(false, true, started.elapsed());
             ctx.events
                 .pod(pod, Some(name), Kind::Warning, "Failed", &message)
                 .await;
@@ -216,6 +217,8 @@ async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
         }
         (pulled, _) => pulled,
     };
+    ctx.metrics
+        .image(pulled.is_ok(), will_pull, started.elapsed());
     match pulled {
         Ok(img) => {
             let message = if will_pull {
@@ -829,6 +832,9 @@ pub(super) async fn run_container(
         cpu_shares,
     } = Resources::of(spec);
     let id: ContainerId = (ns.to_string(), pod_name.to_string(), name.clone());
+    let init = pod["spec"]["initContainers"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == name.as_str()));
     let mut setup_failures = 0u32;
     // Continued from the node's record when the agent restarted (see `container_counts`).
     let mut restart_count = run.records.lock().await[i].restart_count;
@@ -890,6 +896,8 @@ pub(super) async fn run_container(
         _in_use.set(digest);
         if let Err(e) = std::fs::create_dir_all(&dir) {
             let message = format!("creating {}: {e}", dir.display());
+            ctx.metrics
+                .container_start_failed(init, "RunContainerError");
             run.update(ctx, i, |r| {
                 r.start_failed("RunContainerError".into(), message)
             })
@@ -910,6 +918,8 @@ pub(super) async fn run_container(
             .open(&log_path)
         {
             let message = format!("creating {}: {e}", log_path.display());
+            ctx.metrics
+                .container_start_failed(init, "RunContainerError");
             run.update(ctx, i, |r| {
                 r.start_failed("RunContainerError".into(), message)
             })
@@ -934,6 +944,8 @@ pub(super) async fn run_container(
                 Ok(h) => Some(h),
                 Err(e) => {
                     let message = format!("entering the pod's network namespace: {e}");
+                    ctx.metrics
+                        .container_start_failed(init, "RunContainerError");
                     run.update(ctx, i, |r| {
                         r.start_failed("RunContainerError".into(), message)
                     })
@@ -965,6 +977,8 @@ pub(super) async fn run_container(
                             .with_hosts(&pod_hosts()),
                     )),
                     Err(message) => {
+                        ctx.metrics
+                            .container_start_failed(init, "CreateContainerConfigError");
                         run.update(ctx, i, |r| {
                             r.start_failed("CreateContainerConfigError".into(), message)
                         })
@@ -984,6 +998,8 @@ pub(super) async fn run_container(
             Prepared::Oci { .. } => match ctx.net().resolv_conf(pod) {
                 Ok(resolv) => Some((resolv, pod_hosts())),
                 Err(message) => {
+                    ctx.metrics
+                        .container_start_failed(init, "CreateContainerConfigError");
                     run.update(ctx, i, |r| {
                         r.start_failed("CreateContainerConfigError".into(), message)
                     })
@@ -1050,6 +1066,7 @@ pub(super) async fn run_container(
             })
             .await;
         }
+        ctx.metrics.container_started(init);
         ctx.events
             .pod(
                 pod,

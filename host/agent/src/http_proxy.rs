@@ -281,6 +281,7 @@ mod tests {
             oci: None,
             wasm: kedge_runtime::wasm::WasmRuntime::new().unwrap(),
             cancel: tokio_util::sync::CancellationToken::new(),
+            metrics: Default::default(),
         })
     }
 

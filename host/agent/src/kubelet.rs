@@ -43,6 +43,8 @@ pub(crate) struct Kubelet {
     pub(crate) wasm: WasmRuntime,
     /// Stops exec and port-forward sessions when the agent stops.
     pub(crate) cancel: CancellationToken,
+    /// Served at `/metrics`.
+    pub(crate) metrics: super::metrics::AgentMetrics,
 }
 
 pub(crate) fn kubelet_router(kubelet: Arc<Kubelet>) -> axum::Router {
@@ -65,6 +67,7 @@ pub(crate) fn kubelet_router(kubelet: Arc<Kubelet>) -> axum::Router {
         )
         .route(super::relay::PATH, axum::routing::post(super::relay::serve))
         .route("/healthz", axum::routing::get(super::http_proxy::healthz))
+        .route("/metrics", axum::routing::get(super::metrics::serve))
         .route(
             "/podProxy/{*target}",
             axum::routing::any(super::http_proxy::pod_proxy),

@@ -12,6 +12,7 @@ mod events;
 mod eviction;
 mod http_proxy;
 mod kubelet;
+mod metrics;
 mod network;
 mod node;
 mod objects;
@@ -144,6 +145,8 @@ struct Shared {
     eviction_hard: EvictionThresholds,
     /// The node's networking, decided once at start (before any pod runs).
     net: OnceLock<Arc<network::Network>>,
+    /// Container starts, image pulls, probes (served by the kubelet endpoint).
+    metrics: metrics::AgentMetrics,
 }
 
 impl Shared {
@@ -201,11 +204,13 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         }
     };
     let wasm = WasmRuntime::new().context("wasm runtime")?;
+    let metrics = metrics::AgentMetrics::default();
     let kubelet = kubelet_router(Arc::new(Kubelet {
         logs: logs.clone(),
         oci: oci.clone(),
         wasm: wasm.clone(),
         cancel: cancel.clone(),
+        metrics: metrics.clone(),
     }));
     let tunnel = kedge_tunnel::agent::TunnelClient::start(
         kedge_tunnel::agent::AgentConfig {
@@ -254,6 +259,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         evictable: eviction::Registry::default(),
         eviction_hard: cfg.eviction_hard.clone(),
         net: OnceLock::new(),
+        metrics,
     });
     let tasks = tokio_util::task::TaskTracker::new();
     tasks.spawn(node_loop(
@@ -445,6 +451,7 @@ mod tests {
             oci: None,
             wasm: WasmRuntime::new().unwrap(),
             cancel: CancellationToken::new(),
+            metrics: Default::default(),
         }));
         let get = |q: &str| {
             let uri = format!("/containerLogs/ns/p/c{q}");

@@ -445,6 +445,7 @@ impl Prober {
             Some(&self.exec),
         )
         .await;
+        self.ctx.metrics.probe(p.kind, outcome.is_ok());
         match outcome {
             Ok(()) => true,
             Err(why) => {

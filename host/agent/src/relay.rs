@@ -282,6 +282,8 @@ mod tests {
             ready: true.into(),
             tokens: Arc::new(kedge_api::tokens::Signer::generate().unwrap()),
             relays: Default::default(),
+            metrics: Default::default(),
+            registry: Default::default(),
         })
     }
 

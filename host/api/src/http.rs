@@ -47,6 +47,10 @@ pub struct ApiState {
     pub tokens: Arc<crate::tokens::Signer>,
     /// Relayed connections open per node (between nodes behind different NATs), bounded.
     pub relays: super::relay::Slots,
+    /// What requests and watches record into.
+    pub metrics: super::metrics::ApiMetrics,
+    /// Every part's metrics (the API's among them), served at `GET /metrics`.
+    pub registry: Arc<prometheus_client::registry::Registry>,
 }
 
 pub fn router(state: Arc<ApiState>) -> axum::Router {
@@ -54,8 +58,12 @@ pub fn router(state: Arc<ApiState>) -> axum::Router {
 }
 
 async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let target = resolve(&segs);
+    let labels = request_labels(&req, target.as_ref());
     let result = dispatch(&st, req).await;
     let mut response = match result {
         Ok(r) => r,
@@ -65,13 +73,48 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
         }
     };
     // Every answer about a retired version says so, errors included; kubectl prints it.
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if let Some(r) = resolve(&segs).and_then(|t| t.retired)
+    if let Some(r) = target.and_then(|t| t.retired)
         && let Some(h) = super::retired::warning_header(&r.warning())
     {
         response.headers_mut().append(header::WARNING, h);
     }
+    st.metrics
+        .request(&labels, response.status(), started.elapsed());
     response
+}
+
+/// The metric labels of a request: from the served resource table for resource URLs and the
+/// API server proxy, the verb alone for anything else.
+fn request_labels(req: &Request, target: Option<&Target>) -> super::metrics::RequestLabels {
+    let (method, headers) = (req.method(), req.headers());
+    if let Some(Ok(p)) = super::proxy::parse(req.uri().path()) {
+        let res = p.resource();
+        return super::metrics::resource_labels(
+            method,
+            headers,
+            false,
+            res,
+            res.namespaced,
+            true,
+            Some("proxy"),
+        );
+    }
+    let Some(t) = target else {
+        return super::metrics::non_resource_labels(method);
+    };
+    let watching = req.uri().query().is_some_and(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .any(|(k, v)| k == "watch" && (v.eq_ignore_ascii_case("true") || v == "1"))
+    });
+    super::metrics::resource_labels(
+        method,
+        headers,
+        watching,
+        t.retired.map_or(t.res, |r| &r.resource),
+        !t.namespace.is_empty(),
+        t.name.is_some(),
+        t.sub.as_deref(),
+    )
 }
 
 fn status_response(e: &ApiError) -> Response {
@@ -242,6 +285,8 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         (["version"], &Method::GET) => {
             return Ok(json_response(StatusCode::OK, &discovery::version(), &[]));
         }
+        // RBAC as a non-resource URL above (kube's `system:monitoring` role).
+        (["metrics"], &Method::GET) => return Ok(super::metrics::response(&st.registry)),
         (["api"], &Method::GET) => {
             return Ok(if wants_aggregated(headers) {
                 aggregated_response(discovery::aggregated(true))
@@ -1147,13 +1192,17 @@ fn watch(
         done: bool,
         /// The initial-events-end bookmark is still due (watch-list).
         initial_end: bool,
+        /// Counts this watcher while the stream lives, and the events it is sent.
+        watcher: super::metrics::WatcherGuard,
     }
+    let watcher = st.metrics.watcher(seen);
     let state = match st.api.watch(res, ns, labels, fields, from) {
         Ok(w) => WatchState {
             watch: Some(w),
             pending_error: None,
             done: false,
             initial_end,
+            watcher,
         },
         // Too old: 200 with one ERROR event carrying the 410, so clients relist.
         Err(e) if e.code == 410 => WatchState {
@@ -1161,6 +1210,7 @@ fn watch(
             pending_error: Some(e),
             done: false,
             initial_end: false,
+            watcher,
         },
         Err(e) => return Err(e),
     };
@@ -1208,6 +1258,7 @@ fn watch(
                         return Some((vec![line_bytes(&line)], s));
                     }
                     Ok(Some(Ok((kind, obj)))) => {
+                        s.watcher.event();
                         let Some(include) = as_table else {
                             // The stored JSON as it is: no parse, no re-serialisation, no
                             // copy (a stalled client holds the ring's own bytes), unless
@@ -1502,6 +1553,8 @@ mod tests {
             &WriteOptions::default(),
         )
         .unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = crate::metrics::ApiMetrics::new(&mut registry);
         Arc::new(ApiState {
             rbac: Arc::new(super::super::rbac::Authorizer::new(api.clone())),
             api,
@@ -1510,6 +1563,8 @@ mod tests {
             ready: true.into(),
             tokens: Arc::new(crate::tokens::Signer::generate().unwrap()),
             relays: Default::default(),
+            metrics,
+            registry: Arc::new(registry),
         })
     }
 
@@ -1572,6 +1627,169 @@ mod tests {
     }
 
     const ADMIN: (&str, &[&str]) = ("admin", &["system:masters"]);
+
+    /// `GET /metrics` as `who`: its status and text.
+    async fn scrape(st: &Arc<ApiState>, who: (&str, &[&str])) -> (u16, String) {
+        let mut req = http::Request::builder()
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let mut groups: Vec<String> = who.1.iter().map(|g| g.to_string()).collect();
+        groups.push("system:authenticated".into());
+        req.extensions_mut().insert(Identity {
+            user: who.0.into(),
+            groups,
+        });
+        let r = handle(State(st.clone()), req).await;
+        let code = r.status().as_u16();
+        let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (code, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// Every line of the exposition is a comment the format knows or one sample:
+    /// `name{label="value",...} number`.
+    fn assert_exposition(text: &str) {
+        assert!(text.ends_with("# EOF\n"), "no EOF marker");
+        for line in text.lines() {
+            if let Some(c) = line.strip_prefix("# ") {
+                assert!(
+                    ["HELP ", "TYPE ", "UNIT ", "EOF"]
+                        .iter()
+                        .any(|p| c.starts_with(p)),
+                    "{line}"
+                );
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+                "{line}"
+            );
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.strip_suffix('}').unwrap_or_else(|| panic!("{line}"))),
+                None => (series, ""),
+            };
+            assert!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{line}"
+            );
+            // Our label values hold no quotes or commas, so a plain split is exact.
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                assert!(
+                    v.len() >= 2 && v.starts_with('"') && v.ends_with('"'),
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    /// The value of the one sample whose series is exactly `series`.
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Requests count under kube-apiserver's labels (LIST, GET, POST with their scopes, a
+    /// watch as WATCH, an unknown path under resource=""), watchers are counted while they
+    /// stream, and the whole exposition parses.
+    #[tokio::test]
+    async fn metrics_count_requests_with_kube_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let cm = json!({"metadata": {"name": "a"}, "data": {"k": "v"}});
+        let path = "/api/v1/namespaces/default/configmaps";
+        assert_eq!(call(&st, ADMIN, "POST", path, JSON, cm).await.code, 201);
+        for _ in 0..2 {
+            assert_eq!(
+                call(&st, ADMIN, "GET", path, JSON, Value::Null).await.code,
+                200
+            );
+        }
+        let one = format!("{path}/a");
+        assert_eq!(
+            call(&st, ADMIN, "GET", &one, JSON, Value::Null).await.code,
+            200
+        );
+        let missing = format!("{path}/nope");
+        assert_eq!(
+            call(&st, ADMIN, "GET", &missing, JSON, Value::Null)
+                .await
+                .code,
+            404
+        );
+        let unknown = "/apis/nothing.example/v1/things";
+        assert_eq!(
+            call(&st, ADMIN, "GET", unknown, JSON, Value::Null)
+                .await
+                .code,
+            404
+        );
+        let watch = format!("{path}?watch=true&timeoutSeconds=1");
+        let w = call(&st, ADMIN, "GET", &watch, JSON, Value::Null).await;
+        assert_eq!(
+            w.body.as_array().unwrap().len(),
+            1,
+            "the one configmap as ADDED"
+        );
+
+        let (code, text) = scrape(&st, ADMIN).await;
+        assert_eq!(code, 200);
+        assert_exposition(&text);
+        let total = |verb: &str, scope: &str, code: u16| {
+            sample(
+                &text,
+                &format!(
+                    "apiserver_request_total{{verb=\"{verb}\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"{scope}\",component=\"apiserver\",code=\"{code}\"}}"
+                ),
+            )
+        };
+        assert_eq!(total("POST", "resource", 201), Some(1.0), "{text}");
+        assert_eq!(total("LIST", "namespace", 200), Some(2.0));
+        assert_eq!(total("GET", "resource", 200), Some(1.0));
+        assert_eq!(total("GET", "resource", 404), Some(1.0));
+        assert_eq!(total("WATCH", "namespace", 200), Some(1.0));
+        let unknown_path = "apiserver_request_total{verb=\"GET\",group=\"\",version=\"\",resource=\"\",subresource=\"\",scope=\"\",component=\"apiserver\",code=\"404\"}";
+        assert_eq!(sample(&text, unknown_path), Some(1.0));
+        assert!(
+            !text.contains("nothing.example"),
+            "URLs never become labels"
+        );
+        let lists = "apiserver_request_duration_seconds_count{verb=\"LIST\",group=\"\",version=\"v1\",resource=\"configmaps\",subresource=\"\",scope=\"namespace\",component=\"apiserver\"}";
+        assert_eq!(sample(&text, lists), Some(2.0));
+        let kind = "{group=\"\",version=\"v1\",kind=\"ConfigMap\"}";
+        assert_eq!(
+            sample(&text, &format!("apiserver_watch_events_total{kind}")),
+            Some(1.0)
+        );
+        // The watch ended (its timeout) and its stream was dropped: no watcher left.
+        assert_eq!(
+            sample(&text, &format!("apiserver_registered_watchers{kind}")),
+            Some(0.0)
+        );
+    }
+
+    /// `/metrics` is a non-resource URL under RBAC, as in kube-apiserver: `system:monitoring`
+    /// (bound by the bootstrap policy) and cluster admins may read it, others get 403.
+    #[tokio::test]
+    async fn metrics_need_the_monitoring_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        assert_eq!(scrape(&st, ("jane", &[])).await.0, 403);
+        let (code, text) = scrape(&st, ("prometheus", &["system:monitoring"])).await;
+        assert_eq!(code, 200);
+        assert!(text.contains("# TYPE apiserver_request counter"), "{text}");
+        assert_eq!(scrape(&st, ADMIN).await.0, 200);
+    }
     const JSON: &str = "application/json";
     const BETA: &str = "/apis/batch/v1beta1/namespaces/default/cronjobs";
     const V1: &str = "/apis/batch/v1/namespaces/default/cronjobs";

@@ -17,6 +17,7 @@ pub mod error;
 mod eviction;
 pub mod http;
 mod kinds;
+pub mod metrics;
 pub mod node_identity;
 mod openapi;
 pub mod ops;

@@ -766,6 +766,14 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
                 "/version/"], "verbs": ["get"]}),
             ],
         ),
+        // Prometheus scrapers: kube-apiserver's role, bound to the group of the same name.
+        cluster_role(
+            "system:monitoring",
+            vec![
+                json!({"nonResourceURLs": ["/healthz", "/healthz/*", "/livez", "/livez/*",
+                "/metrics", "/metrics/slis", "/readyz", "/readyz/*"], "verbs": ["get"]}),
+            ],
+        ),
     ];
     let binding = |name: &str, group: &str| {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -780,6 +788,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
         binding("system:discovery", "system:authenticated"),
         binding("system:basic-user", "system:authenticated"),
         binding("system:public-info-viewer", "system:authenticated"),
+        binding("system:monitoring", "system:monitoring"),
     ];
     (roles, bindings)
 }

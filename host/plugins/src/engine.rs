@@ -66,6 +66,7 @@ pub struct PluginHost {
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: tokio_util::task::TaskTracker,
     pub(crate) _ticker: EpochTicker,
+    pub(crate) metrics: crate::metrics::PluginMetrics,
 }
 
 /// Bumps the engine epoch on a plain thread (it must tick even when tokio's workers are busy
@@ -120,7 +121,15 @@ impl PluginHost {
             cancel,
             tasks: tokio_util::task::TaskTracker::new(),
             _ticker: ticker,
+            metrics: Default::default(),
         })
+    }
+
+    /// Records every plugin's reconciles, traps, swaps and queue into `metrics` (the
+    /// server's registry); plugins started before keep the unregistered defaults.
+    pub fn with_metrics(mut self, metrics: crate::metrics::PluginMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     pub fn informers(&self) -> &Arc<Informers> {

@@ -17,7 +17,8 @@ pub(crate) fn failure_backoff(failures: u32) -> Duration {
 }
 
 struct State<K> {
-    queue: VecDeque<K>,
+    /// Keys ready to process, with when each became ready.
+    queue: VecDeque<(K, Instant)>,
     /// Keys waiting to be processed (in `queue`, or re-added while processing).
     dirty: HashSet<K>,
     processing: HashSet<K>,
@@ -31,6 +32,23 @@ struct State<K> {
 pub(crate) struct WorkQueue<K> {
     state: Mutex<State<K>>,
     notify: Notify,
+    metrics: Option<QueueMetrics>,
+}
+
+/// client-go's `workqueue_depth` and `workqueue_queue_duration_seconds`, for one queue.
+pub(crate) struct QueueMetrics {
+    pub depth: prometheus_client::metrics::gauge::Gauge,
+    /// From ready (added, or its delay over) to taken by the worker.
+    pub wait: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl<K> State<K> {
+    fn push(&mut self, key: K, metrics: &Option<QueueMetrics>) {
+        self.queue.push_back((key, Instant::now()));
+        if let Some(m) = metrics {
+            m.depth.set(self.queue.len() as i64);
+        }
+    }
 }
 
 impl<K: Clone + Eq + Hash> Default for WorkQueue<K> {
@@ -52,6 +70,15 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                 shut_down: false,
             }),
             notify: Notify::new(),
+            metrics: None,
+        }
+    }
+
+    /// A queue reporting its depth and wait times to `metrics`.
+    pub fn with_metrics(metrics: QueueMetrics) -> Self {
+        WorkQueue {
+            metrics: Some(metrics),
+            ..Self::new()
         }
     }
 
@@ -65,7 +92,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
             return;
         }
         if !s.processing.contains(&key) {
-            s.queue.push_back(key);
+            s.push(key, &self.metrics);
             drop(s);
             self.notify.notify_one();
         }
@@ -111,7 +138,7 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
         let mut s = self.lock();
         s.processing.remove(key);
         if s.dirty.contains(key) {
-            s.queue.push_back(key.clone());
+            s.push(key.clone(), &self.metrics);
             drop(s);
             self.notify.notify_one();
         }
@@ -132,10 +159,14 @@ impl<K: Clone + Eq + Hash> WorkQueue<K> {
                     }
                     let key = entry.remove();
                     if s.dirty.insert(key.clone()) && !s.processing.contains(&key) {
-                        s.queue.push_back(key);
+                        s.push(key, &self.metrics);
                     }
                 }
-                if let Some(key) = s.queue.pop_front() {
+                if let Some((key, ready)) = s.queue.pop_front() {
+                    if let Some(m) = &self.metrics {
+                        m.depth.set(s.queue.len() as i64);
+                        m.wait.observe(now.duration_since(ready).as_secs_f64());
+                    }
                     s.dirty.remove(&key);
                     s.processing.insert(key.clone());
                     return Some(key);
@@ -208,6 +239,44 @@ mod tests {
         assert!(start.elapsed() >= Duration::from_secs(5));
         q.forget(&"failed");
         assert_eq!(q.failures(&"failed"), 0);
+    }
+
+    /// Depth counts ready keys only (not delayed ones, not the one being processed); the
+    /// wait is measured from ready to taken.
+    #[tokio::test(start_paused = true)]
+    async fn metrics_follow_depth_and_wait() {
+        use prometheus_client::metrics::{gauge::Gauge, histogram::Histogram};
+        let (depth, wait) = (Gauge::default(), Histogram::new([1.0, 10.0]));
+        let q = WorkQueue::with_metrics(QueueMetrics {
+            depth: depth.clone(),
+            wait: wait.clone(),
+        });
+        q.add("a");
+        q.add("b");
+        q.add_after("later", Duration::from_secs(60));
+        assert_eq!(depth.get(), 2);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(q.get().await.unwrap(), "a");
+        assert_eq!(depth.get(), 1);
+        q.add("a");
+        q.done(&"a");
+        assert_eq!(
+            depth.get(),
+            2,
+            "re-added while processing: ready again when done"
+        );
+        assert_eq!(q.get().await.unwrap(), "b");
+        assert_eq!(q.get().await.unwrap(), "a");
+        assert_eq!(depth.get(), 0);
+        let mut text = String::new();
+        let mut r = prometheus_client::registry::Registry::default();
+        r.register("wait", "", wait);
+        prometheus_client::encoding::text::encode(&mut text, &r).unwrap();
+        assert!(text.contains("wait_count 3"), "{text}");
+        assert!(
+            text.contains("wait_bucket{le=\"1.0\"} 1"),
+            "only the last a waited < 1 s: {text}"
+        );
     }
 
     #[test]

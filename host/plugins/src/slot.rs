@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::metrics::Ended;
 use super::queue::WorkQueue;
 use super::{Error, Permissions, Plugin, PluginHost, WatchBy};
 use kedge_core::meta;
@@ -119,6 +120,7 @@ pub struct Slot {
     queue: Arc<WorkQueue<Key>>,
     observer: Option<Arc<dyn SlotObserver>>,
     cancel: CancellationToken,
+    metrics: super::metrics::SlotMetrics,
 }
 
 impl Slot {
@@ -129,6 +131,7 @@ impl Slot {
         plugin: Arc<Plugin>,
         observer: Option<Arc<dyn SlotObserver>>,
     ) -> Arc<Slot> {
+        let (metrics, queue_metrics) = host.metrics.slot(name);
         let slot = Arc::new(Slot {
             name: name.to_string(),
             host: host.clone(),
@@ -140,9 +143,10 @@ impl Slot {
                 consecutive_traps: 0,
                 unhealthy: false,
             }),
-            queue: Arc::new(WorkQueue::new()),
+            queue: Arc::new(WorkQueue::with_metrics(queue_metrics)),
             observer,
             cancel: host.cancel.child_token(),
+            metrics,
         });
         for res in plugin.shared.perms.primaries() {
             slot.spawn_router(
@@ -220,6 +224,7 @@ impl Slot {
             v.probation_left = probation;
             v.consecutive_traps = 0;
         }
+        self.metrics.swaps.inc();
         self.route_related(&next);
         let slot = self.clone();
         self.host.tasks.spawn(async move {
@@ -391,11 +396,20 @@ impl Slot {
             let span = tracing::debug_span!("reconcile", plugin = %self.name, object = %key);
             // Entered only around synchronous code: a guard held across an await would leak
             // the span into whatever else the worker thread runs meanwhile.
+            let started = std::time::Instant::now();
             let result = self
                 .host
                 .reconcile_object(&plugin, key.res, &key.ns, &key.name)
                 .instrument(span.clone())
                 .await;
+            self.metrics.reconciled(
+                match &result {
+                    Ok(_) => Ended::Success,
+                    Err(Error::Trap { .. }) => Ended::Trap,
+                    Err(_) => Ended::Error,
+                },
+                started.elapsed(),
+            );
             let _enter = span.enter();
             match result {
                 Ok(o) => {

@@ -15,6 +15,7 @@
 
 pub mod fsmode;
 pub mod informer;
+pub mod metrics;
 pub mod redb;
 
 use std::collections::VecDeque;

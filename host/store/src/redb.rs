@@ -100,6 +100,7 @@ pub struct RedbStore {
     /// Snapshots being read (watches' initial events), to end those held too long.
     snapshots: Mutex<Vec<std::sync::Weak<HeldTxn>>>,
     options: Options,
+    metrics: crate::metrics::StoreMetrics,
 }
 
 type Change = Box<dyn FnOnce(Option<Value>, Revision) -> Result<(EventType, Value)> + Send>;
@@ -262,7 +263,14 @@ impl RedbStore {
             hub: Arc::new(Hub::new(rev, options.ring)),
             snapshots: Mutex::default(),
             options,
+            metrics: Default::default(),
         })
+    }
+
+    /// Records commits into `metrics` (the server's registry) from now on.
+    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Ends the snapshots open longer than `max_age`: a watch whose client stopped reading
@@ -332,7 +340,9 @@ impl RedbStore {
     /// Applies `batch` in one transaction and fills every slot. Called with the write lock.
     fn commit_batch(&self, live: &mut Revision, batch: Vec<Pending>) {
         let mut results = Vec::with_capacity(batch.len());
+        let (started, writes) = (Instant::now(), batch.len());
         let outcome = self.apply_batch(*live, batch, &mut results);
+        self.metrics.commit(writes, started.elapsed());
         match outcome {
             Ok(last) => {
                 let mut events = Vec::new();

@@ -17,6 +17,7 @@ pub mod frames;
 mod fsutil;
 pub mod headers;
 mod io;
+pub mod metrics;
 pub mod pki;
 pub mod revocation;
 pub mod server;

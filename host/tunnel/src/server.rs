@@ -71,6 +71,8 @@ pub struct ServerOptions {
     /// Revoked nodes: refused at handshake and renewal, and their live tunnels closed when
     /// the list changes.
     pub revocations: Arc<Revocations>,
+    /// What node connections record into.
+    pub metrics: crate::metrics::TunnelMetrics,
 }
 
 impl Default for ServerOptions {
@@ -78,6 +80,7 @@ impl Default for ServerOptions {
         Self {
             node_cert_validity: DEFAULT_NODE_CERT_VALIDITY,
             revocations: Arc::default(),
+            metrics: Default::default(),
         }
     }
 }
@@ -248,6 +251,9 @@ impl Ctx {
             return;
         }
         let (id, replaced) = self.nodes.register(&node, conn.clone(), cert.issued_at);
+        let mut counted = self.opts.metrics.connected(&node, conn.clone());
+        // Bytes are read from quinn's counters now and then, not per packet.
+        let mut bytes_every = tokio::time::interval(Duration::from_secs(5));
         // A revocation that landed since the check above found no entry to close.
         if self.opts.revocations.check(&node, cert.issued_at).is_err() {
             self.nodes.close_revoked(&self.opts.revocations);
@@ -277,6 +283,7 @@ impl Ctx {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
+                _ = bytes_every.tick() => counted.sync(),
                 () = &mut retire => {
                     conn.close(close::REPLACED, b"replaced by a newer connection from this node");
                     break;
