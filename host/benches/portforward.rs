@@ -138,6 +138,7 @@ async fn run() {
             image_store_max_bytes: 10 << 30,
             object_refresh: agent::OBJECT_REFRESH,
             eviction_hard: Default::default(),
+            container_logs: Default::default(),
             // Timing the control path, not the pod network: pods on the node's network.
             network: kedge::agent::NetworkConfig {
                 pod_network: kedge::agent::PodNetworkMode::Host,

@@ -218,6 +218,14 @@ enum Command {
         /// percentage); they also set the Node's MemoryPressure and DiskPressure.
         #[arg(long, default_value = "memory.available<100Mi,nodefs.available<1Gi")]
         eviction_hard: agent::EvictionThresholds,
+        /// Size at which a container's log file is rotated, a quantity such as 10Mi
+        /// (kubelet's `containerLogMaxSize`).
+        #[arg(long, default_value = "10Mi")]
+        container_log_max_size: String,
+        /// Log files kept per container, the current one included (kubelet's
+        /// `containerLogMaxFiles`); at least 2.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
+        container_log_max_files: u64,
         #[command(flatten)]
         images: ImageArgs,
         /// The cluster's pod range (the server's `--cluster-cidr`): pod traffic within it is
@@ -447,6 +455,23 @@ async fn main() {
     }
 }
 
+/// `--container-log-max-size` and `--container-log-max-files` (the latter range-checked by
+/// clap).
+fn container_log_rotation(max_size: &str, max_files: u64) -> anyhow::Result<agent::LogRotation> {
+    let max_bytes = kedge::core::quantity::parse_bytes(max_size)
+        .ok()
+        .filter(|&b| b > 0)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--container-log-max-size {max_size:?}: expected a positive size such as 10Mi"
+            )
+        })?;
+    Ok(agent::LogRotation {
+        max_bytes,
+        max_files: usize::try_from(max_files)?,
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     match cli.command {
@@ -476,11 +501,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             node_taints,
             object_refresh_seconds,
             eviction_hard,
+            container_log_max_size,
+            container_log_max_files,
             images,
             cluster_cidr,
             cluster_dns,
             net,
         } => {
+            let container_logs =
+                container_log_rotation(&container_log_max_size, container_log_max_files)?;
             let network = net.config(&cluster_cidr, &cluster_dns)?;
             let (registries, image_store_max_bytes) = images.load()?;
             let taints = node_taints
@@ -502,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 image_store_max_bytes,
                 object_refresh: Duration::from_secs(object_refresh_seconds),
                 eviction_hard,
+                container_logs,
                 network,
             };
             let a = agent::start(cfg, cancel.clone()).await?;
@@ -539,6 +569,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     image_store_max_bytes,
                     object_refresh: agent::OBJECT_REFRESH,
                     eviction_hard: Default::default(),
+                    container_logs: Default::default(),
                     network,
                 },
                 cancel.clone(),

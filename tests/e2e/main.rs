@@ -18,6 +18,7 @@ mod init;
 mod jobs;
 mod kinds;
 mod kubectl;
+mod logrotate;
 mod metrics;
 mod nat;
 mod network;

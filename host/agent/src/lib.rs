@@ -29,6 +29,7 @@ mod stream;
 mod udp_relay;
 
 pub use eviction::Thresholds as EvictionThresholds;
+pub use kedge_runtime::logs::LogRotation;
 pub use network::{NetworkConfig, PodNetworkMode, ProxyMode, parse_cidr};
 pub use node::Taint;
 pub use refresh::OBJECT_REFRESH;
@@ -83,6 +84,9 @@ pub struct AgentConfig {
     pub object_refresh: Duration,
     /// Node-pressure eviction thresholds (`--eviction-hard`, kubelet's defaults).
     pub eviction_hard: EvictionThresholds,
+    /// When container log files are rotated (`--container-log-max-size`,
+    /// `--container-log-max-files`, kubelet's defaults).
+    pub container_logs: LogRotation,
     /// The pod network, the service proxy and cluster DNS.
     pub network: NetworkConfig,
 }
@@ -143,6 +147,8 @@ struct Shared {
     evictable: eviction::Registry,
     /// Node-pressure thresholds (also what the Node's pressure conditions report).
     eviction_hard: EvictionThresholds,
+    /// When container log files are rotated.
+    container_logs: LogRotation,
     /// The node's networking, decided once at start (before any pod runs).
     net: OnceLock<Arc<network::Network>>,
     /// Container starts, image pulls, probes (served by the kubelet endpoint).
@@ -258,6 +264,7 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         sa_tokens: Mutex::default(),
         evictable: eviction::Registry::default(),
         eviction_hard: cfg.eviction_hard.clone(),
+        container_logs: cfg.container_logs,
         net: OnceLock::new(),
         metrics,
     });

@@ -694,6 +694,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let _server =
             tokio_util::task::AbortOnDropHandle::new(tokio::spawn(source_and_sink(listener)));
+        // B relays to its own address only on ports its pods serve there.
+        host_network_pod(&c.st, "b", &[port]);
         let limit = Duration::from_secs(300);
         let tunnel_stream = || async {
             let req = http::Request::post(format!("{PATH}?ip=127.0.0.1&port={port}"))

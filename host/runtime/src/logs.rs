@@ -10,6 +10,14 @@
 //! where the tag is `F` for a full line and `P` for a partial one (a line longer than
 //! [`MAX_RECORD`] is split, and text left without a newline when the workload ends is flushed as
 //! `P`). Timestamps use a fixed nine-digit fraction so records sort as text and parse as RFC 3339.
+//!
+//! Rotation follows kubelet's `containerLogMaxSize` / `containerLogMaxFiles`: when a record
+//! would take the current file past the size, the file is renamed to
+//! `<name>.<YYYYMMDD-HHMMSS.nnnnnnnnn>` and a fresh one started, and rotated files beyond
+//! `max_files - 1` are deleted oldest first. Unlike kubelet the rotated files are not gzipped.
+//! The writer counts the bytes it writes, so checking the size costs no `stat`. A crash at any
+//! point leaves only complete, readable files: the rename is atomic, and a missing current file
+//! is created by the next open.
 
 use std::collections::VecDeque;
 use std::io::{self, Write as _};
@@ -80,31 +88,71 @@ pub struct Output {
 }
 
 struct WriterShared {
-    file: Mutex<std::fs::File>,
+    file: Mutex<Current>,
     clock: Clock,
+    path: PathBuf,
+    rotation: LogRotation,
 }
 
+/// The file being appended to and how many bytes it holds.
+struct Current {
+    file: std::fs::File,
+    size: u64,
+}
+
+/// When a container's log file is rotated (kubelet's `containerLogMaxSize` and
+/// `containerLogMaxFiles`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRotation {
+    /// A file is rotated before a record would take it past this many bytes (a single record
+    /// larger than this still gets a file of its own).
+    pub max_bytes: u64,
+    /// Files kept per container run, the current one included; at least 2.
+    pub max_files: usize,
+}
+
+impl Default for LogRotation {
+    /// Kubelet's defaults: 10Mi, 5 files.
+    fn default() -> Self {
+        Self {
+            max_bytes: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
+
+/// Suffix format of rotated files: kubelet's `20060102-150405`, plus nanoseconds so two
+/// rotations within a second (tiny limits, a very chatty container) get distinct names.
+const ROTATED_SUFFIX: &str = "%Y%m%d-%H%M%S%.9f";
+
 impl LogWriter {
-    /// Opens (creating if needed) `path` for appending, stamping records with the system clock.
+    /// Opens (creating if needed) `path` for appending, stamping records with the system clock
+    /// and rotating at kubelet's default limits.
     /// Appending rather than truncating keeps the previous run's lines visible after a restart,
     /// as `kubectl logs` users expect within one container instance's file.
     pub fn open(path: &Path) -> io::Result<Self> {
-        Self::open_with_clock(path, Arc::new(Utc::now))
+        Self::open_with(path, LogRotation::default(), Arc::new(Utc::now))
     }
 
     /// Like [`LogWriter::open`] with an explicit clock.
     pub fn open_with_clock(path: &Path, clock: Clock) -> io::Result<Self> {
+        Self::open_with(path, LogRotation::default(), clock)
+    }
+
+    /// Like [`LogWriter::open`] with explicit rotation limits and clock.
+    pub fn open_with(path: &Path, rotation: LogRotation, clock: Clock) -> io::Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let file = open_append(path)?;
+        // The one `stat`: from here on the size is counted.
+        let size = file.metadata()?.len();
         Ok(Self {
             shared: Arc::new(WriterShared {
-                file: Mutex::new(file),
+                file: Mutex::new(Current { file, size }),
                 clock,
+                path: path.to_owned(),
+                rotation,
             }),
             tee: None,
         })
@@ -119,7 +167,8 @@ impl LogWriter {
 
     /// Writes one record; `text` must not contain the line's `\n`.
     pub fn write_record(&self, stream: StreamKind, partial: bool, text: &[u8]) -> io::Result<()> {
-        let ts = format_ts((self.shared.clock)());
+        let now = (self.shared.clock)();
+        let ts = format_ts(now);
         let tag = if partial { "P" } else { "F" };
         let mut line = Vec::with_capacity(ts.len() + text.len() + 12);
         line.extend_from_slice(ts.as_bytes());
@@ -130,7 +179,35 @@ impl LogWriter {
         line.push(b' ');
         line.extend_from_slice(text);
         line.push(b'\n');
-        lock(&self.shared.file)?.write_all(&line)
+        let mut current = lock(&self.shared.file)?;
+        let len = line.len() as u64;
+        if current.size > 0 && current.size + len > self.shared.rotation.max_bytes {
+            self.rotate(&mut current, now)?;
+        }
+        current.file.write_all(&line)?;
+        current.size += len;
+        Ok(())
+    }
+
+    /// Renames the current file aside, starts a fresh one and drops rotated files beyond
+    /// `max_files - 1`. Runs under the file lock, so no record lands in a file once renamed
+    /// (a following reader relies on that to switch without losing lines).
+    fn rotate(&self, current: &mut Current, mut ts: DateTime<Utc>) -> io::Result<()> {
+        let shared = &self.shared;
+        let rotated = loop {
+            let mut name = shared.path.clone().into_os_string();
+            name.push(".");
+            name.push(ts.format(ROTATED_SUFFIX).to_string());
+            let candidate = PathBuf::from(name);
+            if !candidate.exists() {
+                break candidate;
+            }
+            ts += chrono::Duration::nanoseconds(1);
+        };
+        std::fs::rename(&shared.path, &rotated)?;
+        current.file = open_append(&shared.path)?;
+        current.size = 0;
+        remove_old_rotations(&shared.path, shared.rotation.max_files.saturating_sub(1))
     }
 
     /// A line-buffering sink for one guest stream, to hand to WASI as stdout or stderr.
@@ -141,6 +218,53 @@ impl LogWriter {
             pending: Arc::new(Mutex::new(Vec::new())),
         }
     }
+}
+
+fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// The rotated files of the log at `path`, oldest first (their suffixes sort as text).
+pub fn rotated_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Ok(Vec::new());
+    };
+    let mut prefix = name.to_os_string();
+    prefix.push(".");
+    let prefix = prefix.as_encoded_bytes();
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.as_encoded_bytes();
+            n.len() > prefix.len() && n.starts_with(prefix)
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes the oldest rotated files of `path` until at most `keep` remain.
+fn remove_old_rotations(path: &Path, keep: usize) -> io::Result<()> {
+    let files = rotated_files(path)?;
+    let excess = files.len().saturating_sub(keep);
+    for f in &files[..excess] {
+        match std::fs::remove_file(f) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Fixed-width RFC 3339 with nanoseconds (kubelet's `RFC3339NanoFixed`).
@@ -284,9 +408,12 @@ pub struct LogOptions {
 /// Streams the log at `path` the way kubelet serves it: the text of each record (a `P` record
 /// without its line break), prefixed by `"<timestamp> "` when `timestamps` is set.
 ///
+/// Only the current file is read, not its rotated predecessors, as kubelet does.
 /// `tail_lines` counts records, like kubelet. With `follow` the file is polled for new records
 /// until `done` turns true (the container ended), then read once more to the end; without a
-/// `done` receiver, following goes on until the consumer drops the stream. Malformed lines are
+/// `done` receiver, following goes on until the consumer drops the stream. When the file is
+/// rotated while followed, the rest of the old file is read and then the new one from its
+/// start. Malformed lines are
 /// skipped rather than ending the stream, since one torn write should not hide the rest.
 pub fn read(
     path: PathBuf,
@@ -300,6 +427,8 @@ pub fn read(
         done,
         phase: Phase::Start,
         file: None,
+        file_id: None,
+        switch_pending: false,
         carry: Vec::new(),
         draining: false,
     };
@@ -320,6 +449,10 @@ struct Reader {
     done: Option<watch::Receiver<bool>>,
     phase: Phase,
     file: Option<BufReader<tokio::fs::File>>,
+    /// Device and inode of `file`, to notice that `path` was rotated to another file.
+    file_id: Option<(u64, u64)>,
+    /// `path` is a new file: once the open one is read to its end, switch to it.
+    switch_pending: bool,
     /// Bytes of a record whose newline has not been written yet.
     carry: Vec<u8>,
     remaining: Option<u64>,
@@ -378,7 +511,19 @@ impl Reader {
                     if !at_eof {
                         continue;
                     }
-                    if !self.opts.follow || self.draining {
+                    if !self.opts.follow {
+                        self.phase = Phase::Finished;
+                        continue;
+                    }
+                    match self.follow_rotation().await {
+                        Ok(true) => continue,
+                        Ok(false) => {}
+                        Err(e) => {
+                            self.phase = Phase::Finished;
+                            return Some(Err(e));
+                        }
+                    }
+                    if self.draining {
                         self.phase = Phase::Finished;
                         continue;
                     }
@@ -386,6 +531,72 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// At the end of the open file: `true` when there is more to read because `path` was
+    /// rotated. The first time a rotation is seen the old file is read to its end once more
+    /// (records may have landed between our last read and the rename); the next time the file
+    /// that came after it is opened: the next rotated file when the writer rotated more than
+    /// once since, else `path`. A missing `path` is a rotation in progress: nothing to do yet.
+    async fn follow_rotation(&mut self) -> io::Result<bool> {
+        if self.switch_pending {
+            self.switch_pending = false;
+            match self.next_rotated().await {
+                Some(next) => self.open_file(&next).await?,
+                None => self.open_current().await?,
+            }
+            return Ok(true);
+        }
+        let meta = match tokio::fs::metadata(&self.path).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if Some(file_id(&meta)) == self.file_id {
+            return Ok(false);
+        }
+        self.switch_pending = true;
+        Ok(true)
+    }
+
+    /// The rotated file written after the open one, if it is still there. When the open one
+    /// was deleted already, every rotated file left is newer (they go oldest first), so the
+    /// oldest of them is next. Lines of files deleted unread are lost, as with kubelet.
+    async fn next_rotated(&self) -> Option<PathBuf> {
+        let (path, ours) = (self.path.clone(), self.file_id);
+        tokio::task::spawn_blocking(move || {
+            let files = rotated_files(&path).ok()?;
+            let at = files
+                .iter()
+                .position(|f| std::fs::metadata(f).is_ok_and(|m| Some(file_id(&m)) == ours));
+            match at {
+                Some(i) => files.get(i + 1).cloned(),
+                None => files.first().cloned(),
+            }
+        })
+        .await
+        .ok()?
+    }
+
+    async fn open_current(&mut self) -> io::Result<()> {
+        let path = self.path.clone();
+        self.open_file(&path).await
+    }
+
+    /// Opens `path` (the current file, or a rotated one being caught up on). A rotated file
+    /// deleted before we get to it is skipped for the current one.
+    async fn open_file(&mut self, path: &Path) -> io::Result<()> {
+        let file = match tokio::fs::File::open(path).await {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && path != self.path => {
+                tokio::fs::File::open(&self.path).await?
+            }
+            r => r?,
+        };
+        self.file_id = Some(file_id(&file.metadata().await?));
+        self.file = Some(BufReader::new(file));
+        // The writer writes whole records, so a fragment left here was torn; drop it.
+        self.carry.clear();
+        Ok(())
     }
 
     /// Sleeps one poll interval, waking early when the container ends.
@@ -412,8 +623,7 @@ impl Reader {
 
     /// Opens the file and finds where to start (`tail_lines`).
     async fn start(&mut self) -> io::Result<()> {
-        let file = tokio::fs::File::open(&self.path).await?;
-        self.file = Some(BufReader::new(file));
+        self.open_current().await?;
         self.phase = match self.opts.tail_lines {
             Some(n) => Phase::Tail(self.collect_tail(n).await?),
             None => Phase::Streaming,
@@ -504,6 +714,11 @@ impl Reader {
         }
         (!out.is_empty()).then(|| Bytes::from(out))
     }
+}
+
+fn file_id(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (meta.dev(), meta.ino())
 }
 
 /// One parsed CRI record.
@@ -710,5 +925,162 @@ mod tests {
             .expect("stream ends after done");
         let rest: Vec<u8> = rest.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
         assert_eq!(rest, b"last\n");
+    }
+
+    fn tiny(max_bytes: u64, max_files: usize) -> LogRotation {
+        LogRotation {
+            max_bytes,
+            max_files,
+        }
+    }
+
+    /// Bytes of a record `<30-byte timestamp> stdout F lN\n`.
+    const REC: u64 = 43;
+
+    #[test]
+    fn rotates_by_size_keeping_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        // Two records per file.
+        let w = LogWriter::open_with(&path, tiny(2 * REC, 3), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        for i in 0..9 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+        }
+        let rotated = rotated_files(&path).unwrap();
+        let names: Vec<_> = rotated
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+            .collect();
+        // Files held l0-1, l2-3, l4-5, l6-7 and (current) l8; the oldest two are gone.
+        assert_eq!(
+            names,
+            [
+                "0.log.20240501-100006.000000000",
+                "0.log.20240501-100008.000000000"
+            ]
+        );
+        let text = |p: &Path| std::fs::read_to_string(p).unwrap();
+        assert!(text(&rotated[0]).contains(" l4\n") && text(&rotated[0]).contains(" l5\n"));
+        assert!(text(&rotated[1]).contains(" l6\n") && text(&rotated[1]).contains(" l7\n"));
+        assert_eq!(text(&path), "2024-05-01T10:00:08.000000000Z stdout F l8\n");
+        for f in rotated.iter().chain([&path]) {
+            assert!(std::fs::metadata(f).unwrap().len() <= 2 * REC);
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn counts_an_existing_file_and_oversized_records_get_their_own_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, vec![b'x'; 60]).unwrap();
+        let w = LogWriter::open_with(&path, tiny(50, 2), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        s.write(&[b'y'; 100]).unwrap();
+        s.write(b"\n").unwrap();
+        // The 60 bytes already there were rotated away before the first record.
+        let rotated = rotated_files(&path).unwrap();
+        assert_eq!(rotated.len(), 1);
+        assert_eq!(std::fs::read(&rotated[0]).unwrap(), vec![b'x'; 60]);
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert!(current.ends_with(&format!(" {}\n", "y".repeat(100))));
+        s.write(b"next\n").unwrap();
+        // max_files 2: the current file and one rotated one.
+        let rotated = rotated_files(&path).unwrap();
+        assert_eq!(rotated.len(), 1);
+        assert!(
+            std::fs::read_to_string(&rotated[0])
+                .unwrap()
+                .contains(&"y".repeat(100))
+        );
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with(" next\n"));
+    }
+
+    #[tokio::test]
+    async fn reading_returns_only_the_current_file_as_kubelet() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with(&path, tiny(2 * REC, 5), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        for i in 0..5 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+        }
+        assert_eq!(collect(&path, LogOptions::default()).await, "l4\n");
+        let tail = LogOptions {
+            tail_lines: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(collect(&path, tail).await, "l4\n");
+    }
+
+    #[tokio::test]
+    async fn follow_continues_across_rotations_without_losing_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with(&path, tiny(3 * REC, 2), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        s.write(b"l0\n").unwrap();
+        let (done_tx, done_rx) = watch::channel(false);
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let stream = read(path.clone(), opts, Some(done_rx));
+        let reader = tokio::spawn(async move {
+            let chunks: Vec<_> = stream.collect().await;
+            chunks
+                .into_iter()
+                .flat_map(|c| c.unwrap().to_vec())
+                .collect::<Vec<u8>>()
+        });
+        // Many rotations, at most one per poll of the reader (as kubelet, a reader more than a
+        // whole file behind loses the files deleted meanwhile); the reader must drain each
+        // renamed file, already deleted or not (the open handle still reads it), then switch.
+        let mut want = String::from("l0\n");
+        for i in 1..30 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+            want.push_str(&format!("l{i}\n"));
+            if i % 2 == 0 {
+                tokio::time::sleep(FOLLOW_POLL * 2).await;
+            }
+        }
+        tokio::time::sleep(FOLLOW_POLL * 3).await;
+        done_tx.send(true).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("follow ends after done")
+            .unwrap();
+        assert_eq!(String::from_utf8(got).unwrap(), want);
+        assert_eq!(rotated_files(&path).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn follow_catches_up_through_several_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with(&path, tiny(2 * REC, 5), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        s.write(b"l0\n").unwrap();
+        let (done_tx, done_rx) = watch::channel(false);
+        let opts = LogOptions {
+            follow: true,
+            ..Default::default()
+        };
+        let mut stream = Box::pin(read(path.clone(), opts, Some(done_rx)));
+        assert_eq!(&stream.next().await.unwrap().unwrap()[..], b"l0\n");
+        // Three rotations before the reader looks again: it reads the files in between.
+        let mut want = String::new();
+        for i in 1..8 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+            want.push_str(&format!("l{i}\n"));
+        }
+        assert_eq!(rotated_files(&path).unwrap().len(), 3);
+        done_tx.send(true).unwrap();
+        let rest: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect::<Vec<_>>())
+            .await
+            .expect("follow ends after done");
+        let rest: Vec<u8> = rest.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        assert_eq!(String::from_utf8(rest).unwrap(), want);
     }
 }

@@ -112,6 +112,8 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<u64>,
     /// CRI log file, appended to.
     pub log_path: PathBuf,
+    /// When that file is rotated.
+    pub log_rotation: crate::logs::LogRotation,
     /// `terminationGracePeriodSeconds`: preStop plus TERM, before KILL.
     ///
     /// Read when the stop begins, so the agent can shorten it after the start (a deletion
@@ -348,7 +350,12 @@ impl OciRuntime {
                 "container has runAsNonRoot and image will run as root".into(),
             ));
         }
-        let mut log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
+        let mut log = LogWriter::open_with(
+            &spec.log_path,
+            spec.log_rotation,
+            std::sync::Arc::new(chrono::Utc::now),
+        )
+        .map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,
         })?;

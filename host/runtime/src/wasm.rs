@@ -167,6 +167,8 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// CRI-format log file, appended to.
     pub log_path: PathBuf,
+    /// When that file is rotated.
+    pub log_rotation: crate::logs::LogRotation,
     /// Cap in bytes for each linear memory of the guest (the container's memory limit).
     pub memory_limit: Option<u64>,
     /// Host directories the guest sees (WASI preopens): the pod's volumes.
@@ -547,7 +549,12 @@ impl WasmRuntime {
         stdin: Option<Stdin>,
         cancel: CancellationToken,
     ) -> Result<Exit> {
-        let mut log = LogWriter::open(&spec.log_path).map_err(|source| Error::Log {
+        let mut log = LogWriter::open_with(
+            &spec.log_path,
+            spec.log_rotation,
+            std::sync::Arc::new(chrono::Utc::now),
+        )
+        .map_err(|source| Error::Log {
             path: spec.log_path.clone(),
             source,
         })?;

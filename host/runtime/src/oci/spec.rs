@@ -478,6 +478,7 @@ mod tests {
             cpu_limit_millis: Some(250),
             cpu_shares: Some(1),
             log_path: PathBuf::from("/logs/0.log"),
+            log_rotation: Default::default(),
             grace_period: crate::oci::fixed_grace(Duration::from_secs(30)),
             post_start: None,
             pre_stop: None,

@@ -94,6 +94,7 @@ fn spec(f: &Fixture, name: &str, script: &str) -> ContainerSpec {
         cpu_limit_millis: None,
         cpu_shares: None,
         log_path: base.join("0.log"),
+        log_rotation: Default::default(),
         grace_period: crate::oci::fixed_grace(Duration::from_secs(1)),
         post_start: None,
         pre_stop: None,

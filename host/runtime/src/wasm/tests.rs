@@ -97,6 +97,7 @@ fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         log_path: dir.join("logs/0.log"),
+        log_rotation: Default::default(),
         memory_limit: None,
         dirs: Vec::new(),
         memory_in_use: None,
