@@ -34,6 +34,14 @@ pub const TCP_UPGRADE: &str = "kedge-tcp";
 /// The `Upgrade` token of a relayed UDP flow (between nodes behind different NATs): after
 /// `101` the stream carries datagrams, each as a 2-byte big-endian length and its bytes.
 pub const UDP_UPGRADE: &str = "kedge-udp";
+/// The relay's kind asked for by an `Upgrade` header value: [`TCP_UPGRADE`] or
+/// [`UDP_UPGRADE`] (case-insensitive), `None` for anything else.
+pub fn relay_upgrade(value: &str) -> Option<&'static str> {
+    [TCP_UPGRADE, UDP_UPGRADE]
+        .into_iter()
+        .find(|t| value.eq_ignore_ascii_case(t))
+}
+
 /// The largest datagram a relayed UDP flow carries (IPv4's UDP payload limit).
 pub const MAX_DATAGRAM: usize = 65_507;
 /// The agent's kubelet-router path a relayed stream (from another node, through the server)

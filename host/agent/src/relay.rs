@@ -130,11 +130,7 @@ async fn accept(cancel: CancellationToken, query: Option<&str>, mut req: Request
         .headers()
         .get(http::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            [TCP_UPGRADE, UDP_UPGRADE]
-                .into_iter()
-                .find(|t| v.eq_ignore_ascii_case(t))
-        });
+        .and_then(kedge_core::channel::relay_upgrade);
     let on_upgrade = req
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()

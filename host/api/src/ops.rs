@@ -507,17 +507,10 @@ impl Api {
             .filter(|c| !c.is_empty())
             .map(String::from);
         let class = match (class, resources::by_kind("node.k8s.io/v1", "RuntimeClass")) {
-            (Some(c), Some(classes)) => match self.get(classes, "", &c) {
-                Ok(obj) => Some(obj),
-                Err(e) if e.code == 404 => None,
-                Err(e) => return Err(e),
-            },
+            (Some(c), Some(classes)) => self.get_if_exists(classes, "", &c)?,
             _ => None,
         };
-        kinds::runtimeclass::admit(pod, class.as_ref()).map_err(|why| ApiError {
-            details: Some(json!({"name": name, "kind": res.plural})),
-            ..ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural))
-        })
+        kinds::runtimeclass::admit(pod, class.as_ref()).map_err(|why| refused(res, name, &why))
     }
 
     /// Kubernetes' `Priority` admission of a new pod ([`kinds::priorityclass::admit`]): the
@@ -532,11 +525,7 @@ impl Api {
             .filter(|c| !c.is_empty())
             .map(String::from);
         let class = match &named {
-            Some(c) => match self.get(classes, "", c) {
-                Ok(obj) => Some(obj),
-                Err(e) if e.code == 404 => None,
-                Err(e) => return Err(e),
-            },
+            Some(c) => self.get_if_exists(classes, "", c)?,
             None => {
                 let list = self.list(classes, "", &Default::default())?;
                 list["items"]
@@ -556,10 +545,17 @@ impl Api {
                     .cloned()
             }
         };
-        kinds::priorityclass::admit(pod, named.as_deref(), class.as_ref()).map_err(|why| ApiError {
-            details: Some(json!({"name": name, "kind": res.plural})),
-            ..ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural))
-        })
+        kinds::priorityclass::admit(pod, named.as_deref(), class.as_ref())
+            .map_err(|why| refused(res, name, &why))
+    }
+
+    /// The object, or `None` when there is none.
+    fn get_if_exists(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Option<Value>> {
+        match self.get(res, ns, name) {
+            Ok(obj) => Ok(Some(obj)),
+            Err(e) if e.code == 404 => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Kubernetes' `DefaultStorageClass` admission: a new claim that names no class (the field
@@ -911,11 +907,7 @@ impl Api {
         let pinned = config.pointer("/metadata/resourceVersion").is_some();
         let api_version = res.api_version();
         for _ in 0..5 {
-            let current = match self.get(res, ns, name) {
-                Ok(c) => Some(c),
-                Err(e) if e.code == 404 => None,
-                Err(e) => return Err(e),
-            };
+            let current = self.get_if_exists(res, ns, name)?;
             let managed = current
                 .as_ref()
                 .map(apply::managed_fields)
@@ -1520,6 +1512,13 @@ pub(crate) fn selector_string(sel: &Value) -> String {
     parts.join(",")
 }
 
+/// An admission plugin's refusal of a new object: 403, worded as kube-apiserver's.
+fn refused(res: &Resource, name: &str, why: &str) -> ApiError {
+    ApiError {
+        details: Some(json!({"name": name, "kind": res.plural})),
+        ..ApiError::forbidden(format!("{} {name:?} is forbidden: {why}", res.plural))
+    }
+}
 #[cfg(test)]
 mod admission_tests {
     use super::*;

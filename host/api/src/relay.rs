@@ -263,10 +263,7 @@ fn pod_ports_on(api: &crate::ops::Api, node: &str, protocol: &str) -> Vec<u16> {
 
 /// The relay's kind: a TCP connection or a UDP flow, by the upgrade asked for.
 fn asked_upgrade(parts: &Parts) -> Option<&'static str> {
-    let v = parts.headers.get(header::UPGRADE)?.to_str().ok()?;
-    [TCP_UPGRADE, UDP_UPGRADE]
-        .into_iter()
-        .find(|t| v.eq_ignore_ascii_case(t))
+    kedge_core::channel::relay_upgrade(parts.headers.get(header::UPGRADE)?.to_str().ok()?)
 }
 
 /// Serves one relay request: every check, then the target agent's stream, then `101` and
