@@ -1,6 +1,6 @@
 # Everyday commands. `make dev` and `make test` work on a fresh machine (they install what
 # they need first); see README.md.
-.PHONY: setup dev build test unit e2e fmt clippy bench
+.PHONY: setup dev build test unit e2e fmt clippy bench fuzz
 
 CARGO ?= cargo
 
@@ -31,6 +31,17 @@ unit: setup
 e2e: setup
 	$(CARGO) test -p kedge --test e2e
 
+# The long fuzz run (README "Fuzzing"): every target for FUZZ_SECS seconds after replaying
+# fuzz/corpus. `make test` runs the same targets for 2 s each. Dev profile on purpose:
+# overflow checks and debug assertions stay on, and the test binaries are already built.
+FUZZ_SECS ?= 600
+FUZZ_THREADS ?= 1
+fuzz: setup
+	KEDGE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p kedge-core --test fuzz -- --nocapture --test-threads=$(FUZZ_THREADS)
+	KEDGE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p kedge-registry --test fuzz -- --nocapture --test-threads=$(FUZZ_THREADS)
+	KEDGE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p kedge-tunnel --test fuzz -- --nocapture --test-threads=$(FUZZ_THREADS)
+	KEDGE_FUZZ_SECS=$(FUZZ_SECS) $(CARGO) test -p kedge-api --lib fuzz:: -- --nocapture --test-threads=$(FUZZ_THREADS)
+
 bench: setup
 	$(CARGO) bench -p kedge --bench skeleton
 	$(CARGO) bench -p kedge --bench images
@@ -45,3 +56,5 @@ bench: setup
 	$(CARGO) bench -p kedge --bench memory
 	$(CARGO) bench -p kedge --bench probes
 	$(CARGO) bench -p kedge --bench servicedns
+	$(CARGO) bench -p kedge --bench crd
+	$(CARGO) bench -p kedge --bench scrape

@@ -37,6 +37,12 @@ have nft || need_pkgs+=(nftables)
 # The nft proxy clears UDP flows stuck on removed endpoints with conntrack (conntrack-tools).
 have conntrack || [ -x /usr/sbin/conntrack ] || need_pkgs+=(conntrack)
 have curl || need_pkgs+=(curl)
+# The etcd datastore: etcd-client (the crate) compiles etcd's .proto files with protoc; the
+# store conformance suite and the etcd end-to-end test start Debian's etcd (3.4) themselves.
+have protoc || need_pkgs+=(protobuf-compiler)
+have etcd || need_pkgs+=(etcd-server)
+# The dashboard's end-to-end test drives Debian's headless Chromium over DevTools.
+have chromium || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "setup: missing packages ${need_pkgs[*]}; run as root or install them" >&2

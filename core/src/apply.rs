@@ -7,11 +7,78 @@
 //! owned before and omits now when nobody else owns them. Other writes (`operation: Update`)
 //! take over the fields they change. Lists merge per element where Kubernetes gives them keys
 //! (the strategic-merge keys of [`super::patch`]), scalar sets (`finalizers`) per value, and
-//! everything else is atomic.
+//! everything else is atomic. A kind with a schema (a custom kind) passes its [`Shapes`]
+//! instead: its `x-kubernetes-list-type`, `-list-map-keys` and `-map-type` decide, not names.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
+
+use crate::crd_schema::{ListType, MapType, Schema};
+
+/// How a kind's lists and objects merge, by path: the object keys from the root, `"[]"` for
+/// the items of a list (`["spec", "rules", "[]", "ports"]`). `None` where the kind does not
+/// say (fields kept by `x-kubernetes-preserve-unknown-fields`): there lists are atomic and
+/// objects granular, as structured-merge-diff deduces. `metadata` always follows the built-in
+/// rules of ObjectMeta (`finalizers` a set, `ownerReferences` keyed by `uid`).
+pub trait Shapes {
+    fn list_at(&self, path: &[&str]) -> Option<ListType>;
+    fn map_at(&self, path: &[&str]) -> Option<MapType>;
+}
+
+impl Shapes for Schema {
+    fn list_at(&self, path: &[&str]) -> Option<ListType> {
+        self.list_type_at(path)
+    }
+
+    fn map_at(&self, path: &[&str]) -> Option<MapType> {
+        self.map_type_at(path)
+    }
+}
+
+/// The merge rules of one write: the kind's [`Shapes`], or (None) the built-in rules by field
+/// name.
+#[derive(Clone, Copy)]
+struct Rules<'a>(Option<&'a dyn Shapes>);
+
+impl<'a> Rules<'a> {
+    /// The kind's shapes and the schema path of `pes` (path elements), unless the built-in
+    /// rules decide there.
+    fn shaped<'p>(&self, pes: &'p [String]) -> Option<(&'a dyn Shapes, Vec<&'p str>)> {
+        let shapes = self.0?;
+        if pes.first().is_some_and(|pe| pe == "f:metadata") {
+            return None;
+        }
+        let path = pes
+            .iter()
+            .map(|pe| pe.strip_prefix("f:").unwrap_or("[]"))
+            .collect();
+        Some((shapes, path))
+    }
+
+    /// How the list at `pes`, the value of field `field`, merges (`lists`: its values at hand).
+    fn list_kind(&self, pes: &[String], field: &str, lists: &[&[Value]]) -> ListKind {
+        let Some((shapes, path)) = self.shaped(pes) else {
+            return list_kind(field, lists);
+        };
+        match shapes.list_at(&path) {
+            Some(ListType::Set) => ListKind::Set,
+            Some(ListType::Map(keys)) => ListKind::Keyed {
+                keys,
+                defaults: false,
+            },
+            Some(ListType::Atomic) | None => ListKind::Atomic,
+        }
+    }
+
+    /// Whether the object at `pes`, the value of field `field`, is replaced whole.
+    fn atomic_map(&self, pes: &[String], field: &str) -> bool {
+        match self.shaped(pes) {
+            Some((shapes, path)) => shapes.map_at(&path) == Some(MapType::Atomic),
+            None => atomic_map(field),
+        }
+    }
+}
 
 /// A set of field paths in the `FieldsV1` tree form: children keyed by path element
 /// (`f:name`, `k:{"name":"c"}`, `v:"x"`), `member` when the node itself is in the set.
@@ -190,7 +257,7 @@ fn atomic_map(field: &str) -> bool {
     matches!(field, "selector" | "nodeSelector")
 }
 
-/// The key fields of a keyed list, with the defaults Kubernetes fills in for them.
+/// The key fields of a keyed list (their defaults: [`key_default`]).
 fn list_keys(field: &str, lists: &[&[Value]]) -> Option<Vec<&'static str>> {
     if field == "ports" {
         // Container ports are keyed by containerPort+protocol, Service ports by port+protocol.
@@ -206,21 +273,23 @@ fn list_keys(field: &str, lists: &[&[Value]]) -> Option<Vec<&'static str>> {
     super::patch::merge_key(field, &[]).map(|k| vec![k])
 }
 
+/// The defaults Kubernetes fills in for the key fields of its built-in keyed lists.
 fn key_default(key: &str) -> Option<Value> {
     (key == "protocol").then(|| Value::String("TCP".into()))
 }
 
-/// The `k:{...}` element of a keyed list item; `Err` names the missing key field.
-fn key_pe(item: &Value, keys: &[&str]) -> Result<String, String> {
+/// The `k:{...}` element of a keyed list item (with `defaults`: the built-in key defaults
+/// fill in missing keys); `Err` names the missing key field.
+fn key_pe(item: &Value, keys: &[String], defaults: bool) -> Result<String, String> {
     let mut m = Map::new();
-    let mut sorted = keys.to_vec();
+    let mut sorted: Vec<&str> = keys.iter().map(String::as_str).collect();
     sorted.sort_unstable();
     for k in sorted {
         match item
             .get(k)
             .filter(|v| !v.is_null())
             .cloned()
-            .or_else(|| key_default(k))
+            .or_else(|| key_default(k).filter(|_| defaults))
         {
             Some(v) => {
                 m.insert(k.to_string(), v);
@@ -235,18 +304,26 @@ fn value_pe(v: &Value) -> String {
     format!("v:{v}")
 }
 
-/// How the list `field` merges.
+/// How a list merges.
 enum ListKind {
-    Keyed(Vec<&'static str>),
+    /// Per item, keyed by these fields (`defaults`: the built-in key defaults apply).
+    Keyed {
+        keys: Vec<String>,
+        defaults: bool,
+    },
     Set,
     Atomic,
 }
 
+/// How the list `field` merges by the built-in rules.
 fn list_kind(field: &str, lists: &[&[Value]]) -> ListKind {
     if super::patch::is_set_list(field) {
         ListKind::Set
     } else if let Some(k) = list_keys(field, lists) {
-        ListKind::Keyed(k)
+        ListKind::Keyed {
+            keys: k.into_iter().map(String::from).collect(),
+            defaults: true,
+        }
     } else {
         ListKind::Atomic
     }
@@ -334,14 +411,14 @@ struct ConfigFields {
     nulls: Vec<Vec<String>>,
 }
 
-fn config_fields(v: &Value) -> Result<ConfigFields, ConfigError> {
+fn config_fields(v: &Value, rules: Rules<'_>) -> Result<ConfigFields, ConfigError> {
     let mut out = ConfigFields {
         set: Set::default(),
         nulls: Vec::new(),
     };
     let mut path = Vec::new();
     if let Some(m) = v.as_object() {
-        walk_object(m, &mut path, &mut out)?;
+        walk_object(m, &mut path, &mut out, rules)?;
     }
     Ok(out)
 }
@@ -350,13 +427,14 @@ fn walk_object(
     m: &Map<String, Value>,
     path: &mut Vec<String>,
     out: &mut ConfigFields,
+    rules: Rules<'_>,
 ) -> Result<(), ConfigError> {
     for (k, v) in m {
         path.push(field_pe(k));
         if v.is_null() {
             out.nulls.push(path.clone());
         } else {
-            walk_value(k, v, path, out)?;
+            walk_value(k, v, path, out, rules)?;
         }
         path.pop();
     }
@@ -369,21 +447,25 @@ fn walk_value(
     v: &Value,
     path: &mut Vec<String>,
     out: &mut ConfigFields,
+    rules: Rules<'_>,
 ) -> Result<(), ConfigError> {
     match v {
-        Value::Object(m) if !m.is_empty() && !atomic_map(field) => walk_object(m, path, out),
-        Value::Array(items) if !items.is_empty() => match list_kind(field, &[items]) {
-            ListKind::Keyed(keys) => {
+        Value::Object(m) if !m.is_empty() && !rules.atomic_map(path, field) => {
+            walk_object(m, path, out, rules)
+        }
+        Value::Array(items) if !items.is_empty() => match rules.list_kind(path, field, &[items]) {
+            ListKind::Keyed { keys, defaults } => {
                 for (index, item) in items.iter().enumerate() {
-                    let pe = key_pe(item, &keys).map_err(|key| ConfigError::MissingKey {
-                        path: path_string(path),
-                        index,
-                        key,
-                    })?;
+                    let pe =
+                        key_pe(item, &keys, defaults).map_err(|key| ConfigError::MissingKey {
+                            path: path_string(path),
+                            index,
+                            key,
+                        })?;
                     path.push(pe);
                     out.set.insert(path);
                     if let Some(m) = item.as_object() {
-                        walk_object(m, path, out)?;
+                        walk_object(m, path, out, rules)?;
                     }
                     path.pop();
                 }
@@ -409,16 +491,25 @@ fn walk_value(
     }
 }
 
-/// Merges an apply configuration into the live value of field `field`.
-fn merge(live: Option<&Value>, cfg: &Value, field: &str) -> Value {
+/// Merges an apply configuration into the live value of field `field` at `path` (path
+/// elements; list items as `i:`, enough for [`Rules`]).
+fn merge(
+    live: Option<&Value>,
+    cfg: &Value,
+    field: &str,
+    path: &mut Vec<String>,
+    rules: Rules<'_>,
+) -> Value {
     match cfg {
-        Value::Object(c) if !atomic_map(field) => {
+        Value::Object(c) if !rules.atomic_map(path, field) => {
             let mut out = live.and_then(Value::as_object).cloned().unwrap_or_default();
             for (k, v) in c {
                 if v.is_null() {
                     out.remove(k);
                 } else {
-                    let merged = merge(out.get(k), v, k);
+                    path.push(field_pe(k));
+                    let merged = merge(out.get(k), v, k, path, rules);
+                    path.pop();
                     out.insert(k.clone(), merged);
                 }
             }
@@ -426,7 +517,7 @@ fn merge(live: Option<&Value>, cfg: &Value, field: &str) -> Value {
         }
         Value::Array(items) => {
             let live_items: &[Value] = live.and_then(Value::as_array).map_or(&[], Vec::as_slice);
-            match list_kind(field, &[live_items, items]) {
+            match rules.list_kind(path, field, &[live_items, items]) {
                 ListKind::Atomic => cfg.clone(),
                 ListKind::Set => {
                     let mut out = live_items.to_vec();
@@ -437,19 +528,23 @@ fn merge(live: Option<&Value>, cfg: &Value, field: &str) -> Value {
                     }
                     Value::Array(out)
                 }
-                ListKind::Keyed(keys) => {
+                ListKind::Keyed { keys, defaults } => {
                     let mut out = live_items.to_vec();
+                    path.push("i:".into());
                     for item in items {
-                        let Ok(pe) = key_pe(item, &keys) else {
+                        let Ok(pe) = key_pe(item, &keys, defaults) else {
                             continue; // reported by config_fields
                         };
                         let keys_map: Map<String, Value> =
                             serde_json::from_str(&pe[2..]).unwrap_or_default();
                         match out.iter_mut().find(|i| matches_key(i, &keys_map)) {
-                            Some(existing) => *existing = merge(Some(existing), item, ""),
-                            None => out.push(merge(None, item, "")),
+                            Some(existing) => {
+                                *existing = merge(Some(existing), item, "", path, rules)
+                            }
+                            None => out.push(merge(None, item, "", path, rules)),
                         }
                     }
+                    path.pop();
                     Value::Array(out)
                 }
             }
@@ -626,6 +721,8 @@ pub struct ApplyRequest<'a> {
     pub api_version: &'a str,
     pub force: bool,
     pub now: &'a str,
+    /// The kind's list and map types (a custom kind's schema); None: the built-in rules.
+    pub shapes: Option<&'a dyn Shapes>,
 }
 
 /// The object an apply produces and its new managed fields.
@@ -646,7 +743,8 @@ pub fn apply(
     let empty = Value::Object(Map::new());
     let live = live.unwrap_or(&empty);
     let cfg_view = tracked_view(config, None);
-    let cfg = config_fields(&cfg_view)?;
+    let rules = Rules(req.shapes);
+    let cfg = config_fields(&cfg_view, rules)?;
     let live_view = tracked_view(live, None);
     let mut entries: Vec<Entry> = managed.to_vec();
     let me = entries
@@ -715,7 +813,7 @@ pub fn apply(
         }
     }
 
-    let mut object = merge(Some(live), config, "");
+    let mut object = merge(Some(live), config, "", &mut Vec::new(), rules);
 
     // Fields this manager applied before and omits now go, unless someone still owns them.
     let mut keep = cfg.set.clone();
@@ -796,6 +894,7 @@ fn diff_object(
     new: &Map<String, Value>,
     path: &mut Vec<String>,
     d: &mut Diff,
+    rules: Rules<'_>,
 ) {
     for k in old.keys().filter(|k| !new.contains_key(*k)) {
         path.push(field_pe(k));
@@ -804,28 +903,35 @@ fn diff_object(
     }
     for (k, n) in new {
         path.push(field_pe(k));
-        diff_value(k, old.get(k), n, path, d);
+        diff_value(k, old.get(k), n, path, d, rules);
         path.pop();
     }
 }
 
-fn diff_value(field: &str, old: Option<&Value>, new: &Value, path: &mut Vec<String>, d: &mut Diff) {
+fn diff_value(
+    field: &str,
+    old: Option<&Value>,
+    new: &Value,
+    path: &mut Vec<String>,
+    d: &mut Diff,
+    rules: Rules<'_>,
+) {
     if old == Some(new) {
         return;
     }
     match (old, new) {
-        (Some(Value::Object(o)), Value::Object(n)) if !atomic_map(field) => {
-            diff_object(o, n, path, d);
+        (Some(Value::Object(o)), Value::Object(n)) if !rules.atomic_map(path, field) => {
+            diff_object(o, n, path, d, rules);
             if n.is_empty() {
                 d.changed.insert(path);
             }
         }
-        (None, Value::Object(n)) if !atomic_map(field) && !n.is_empty() => {
-            diff_object(&Map::new(), n, path, d)
+        (None, Value::Object(n)) if !rules.atomic_map(path, field) && !n.is_empty() => {
+            diff_object(&Map::new(), n, path, d, rules)
         }
         (o, Value::Array(items)) if !items.is_empty() => {
             let old_items: &[Value] = o.and_then(Value::as_array).map_or(&[], Vec::as_slice);
-            match list_kind(field, &[old_items, items]) {
+            match rules.list_kind(path, field, &[old_items, items]) {
                 ListKind::Atomic => d.changed.insert(path),
                 ListKind::Set => {
                     for i in old_items.iter().filter(|i| !items.contains(i)) {
@@ -839,11 +945,13 @@ fn diff_value(field: &str, old: Option<&Value>, new: &Value, path: &mut Vec<Stri
                         path.pop();
                     }
                 }
-                ListKind::Keyed(keys) => {
-                    let new_pes: Vec<Option<String>> =
-                        items.iter().map(|i| key_pe(i, &keys).ok()).collect();
+                ListKind::Keyed { keys, defaults } => {
+                    let new_pes: Vec<Option<String>> = items
+                        .iter()
+                        .map(|i| key_pe(i, &keys, defaults).ok())
+                        .collect();
                     for oi in old_items {
-                        if let Ok(pe) = key_pe(oi, &keys)
+                        if let Ok(pe) = key_pe(oi, &keys, defaults)
                             && !new_pes.contains(&Some(pe.clone()))
                         {
                             path.push(pe);
@@ -864,7 +972,7 @@ fn diff_value(field: &str, old: Option<&Value>, new: &Value, path: &mut Vec<Stri
                         let empty = Map::new();
                         let bo = before.and_then(Value::as_object).unwrap_or(&empty);
                         if let Some(no) = ni.as_object() {
-                            diff_object(bo, no, path, d);
+                            diff_object(bo, no, path, d, rules);
                         }
                         path.pop();
                     }
@@ -878,6 +986,8 @@ fn diff_value(field: &str, old: Option<&Value>, new: &Value, path: &mut Vec<Stri
 /// Ownership after a non-apply write (`operation: Update`) by `manager` that turned `old`
 /// (None: a create) into `new`: the writer takes the fields it changed, every manager loses
 /// the fields that are gone. `manager` None (an internal write) only drops what is gone.
+/// `shapes`: the kind's list and map types, as in [`ApplyRequest::shapes`].
+#[allow(clippy::too_many_arguments)] // the write's own parameters and the kind's shapes
 pub fn track_update(
     managed: &[Entry],
     old: Option<&Value>,
@@ -886,13 +996,14 @@ pub fn track_update(
     api_version: &str,
     sub: Option<&str>,
     now: &str,
+    shapes: Option<&dyn Shapes>,
 ) -> Vec<Entry> {
     let empty = Value::Object(Map::new());
     let old_view = tracked_view(old.unwrap_or(&empty), sub);
     let new_view = tracked_view(new, sub);
     let mut d = Diff::default();
     if let (Some(o), Some(n)) = (old_view.as_object(), new_view.as_object()) {
-        diff_object(o, n, &mut Vec::new(), &mut d);
+        diff_object(o, n, &mut Vec::new(), &mut d, Rules(shapes));
     }
     let mut entries: Vec<Entry> = managed
         .iter()
@@ -949,6 +1060,7 @@ mod tests {
             api_version: "apps/v1",
             force,
             now: NOW,
+            shapes: None,
         }
     }
 
@@ -1076,6 +1188,7 @@ mod tests {
             "apps/v1",
             None,
             NOW,
+            None,
         );
         assert_eq!(
             fields(&managed, "kubectl-scale"),
@@ -1147,7 +1260,7 @@ mod tests {
         let live = json!({"spec": {"containers": [
             {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
             {"name": "b", "image": "b:1"}]}});
-        let managed = track_update(&[], None, &live, Some("creator"), "v1", None, NOW);
+        let managed = track_update(&[], None, &live, Some("creator"), "v1", None, NOW, None);
         let cfg = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "a", "env": [{"name": "Y", "value": "2"}]}]}});
         let out = apply(Some(&live), &managed, &cfg, &req("me", false)).unwrap();
@@ -1194,6 +1307,7 @@ mod tests {
             "v1",
             None,
             NOW,
+            None,
         );
         let only_a = json!({"spec": {"containers": [{"name": "a", "image": "a:1"}]}});
         let out = apply(Some(&live), &managed, &only_a, &req("me", false)).unwrap();
@@ -1244,6 +1358,7 @@ mod tests {
             "v1",
             None,
             NOW,
+            None,
         );
         let err = apply(Some(&changed), &m, &cfg, &req("me", false)).unwrap_err();
         assert!(
@@ -1256,7 +1371,7 @@ mod tests {
     #[test]
     fn null_in_the_config_removes_the_field() {
         let live = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"paused": true}});
-        let managed = track_update(&[], None, &live, Some("creator"), "v1", None, NOW);
+        let managed = track_update(&[], None, &live, Some("creator"), "v1", None, NOW, None);
         let cfg = json!({"metadata": {"labels": {"a": null}}, "spec": {"paused": null}});
         // Owned by someone else with a value: a conflict...
         let err = apply(Some(&live), &managed, &cfg, &req("me", false)).unwrap_err();
@@ -1309,7 +1424,16 @@ mod tests {
         let old = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "resourceVersion": "3", "labels": {"a": "1"}},
             "data": {"k": "v", "gone": "1"}, "status": {"s": 1}});
-        let created = track_update(&[], None, &old, Some("kubectl-create"), "v1", None, NOW);
+        let created = track_update(
+            &[],
+            None,
+            &old,
+            Some("kubectl-create"),
+            "v1",
+            None,
+            NOW,
+            None,
+        );
         assert_eq!(
             fields(&created, "kubectl-create"),
             json!({"f:metadata": {"f:labels": {"f:a": {}}}, "f:data": {"f:k": {}, "f:gone": {}}})
@@ -1324,6 +1448,7 @@ mod tests {
             "v1",
             None,
             NOW,
+            None,
         );
         assert_eq!(
             fields(&m, "kubectl-create"),
@@ -1333,14 +1458,23 @@ mod tests {
         // A status write tracks only status, under the subresource.
         let mut st = new.clone();
         st["status"] = json!({"s": 2});
-        let m2 = track_update(&m, Some(&new), &st, Some("ctl"), "v1", Some("status"), NOW);
+        let m2 = track_update(
+            &m,
+            Some(&new),
+            &st,
+            Some("ctl"),
+            "v1",
+            Some("status"),
+            NOW,
+            None,
+        );
         let e = m2.iter().find(|e| e.manager == "ctl").unwrap();
         assert_eq!(e.subresource.as_deref(), Some("status"));
         assert_eq!(e.fields.to_json(), json!({"f:status": {"f:s": {}}}));
         // No manager: removals still drop ownership, changes are not recorded.
         let mut gone = new.clone();
         gone["metadata"]["labels"] = json!({});
-        let m3 = track_update(&m, Some(&new), &gone, None, "v1", None, NOW);
+        let m3 = track_update(&m, Some(&new), &gone, None, "v1", None, NOW, None);
         assert!(m3.iter().all(|e| e.manager != "kubectl-create"));
     }
 
@@ -1358,6 +1492,330 @@ mod tests {
         assert_eq!(
             path_string(&["f:metadata".into(), "f:finalizers".into(), "v:\"x\"".into()]),
             ".metadata.finalizers[=\"x\"]"
+        );
+    }
+
+    /// A custom kind's schema: its list and map types decide, not the field names.
+    fn widget_schema() -> Schema {
+        let keyed = |key: &str, props: Value| {
+            json!({"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": [key],
+                "items": {"type": "object", "required": [key], "properties": props}})
+        };
+        Schema::parse(&json!({"type": "object", "properties": {
+            "metadata": {"type": "object"},
+            "spec": {"type": "object", "properties": {
+                "tags": {"type": "array", "x-kubernetes-list-type": "set",
+                    "items": {"type": "string"}},
+                "items": keyed("id", json!({"id": {"type": "integer"},
+                    "value": {"type": "string"},
+                    "args": {"type": "array", "x-kubernetes-list-type": "set",
+                        "items": {"type": "string"}}})),
+                "env": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "value": {"type": "string"}}}},
+                "ports": keyed("name", json!({"name": {"type": "string"},
+                    "port": {"type": "integer"}, "protocol": {"type": "string"}})),
+                "containers": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "image": {"type": "string"}}}},
+                "selector": {"type": "object", "properties": {
+                    "a": {"type": "string"}, "b": {"type": "string"}}},
+                "limits": {"type": "object", "x-kubernetes-map-type": "atomic",
+                    "additionalProperties": {"type": "string"}},
+                "extra": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}))
+        .unwrap()
+    }
+
+    fn shaped<'a>(manager: &'a str, force: bool, schema: &'a Schema) -> ApplyRequest<'a> {
+        ApplyRequest {
+            api_version: "ssa.test/v1",
+            shapes: Some(schema),
+            ..req(manager, force)
+        }
+    }
+
+    fn widget(spec: Value) -> Value {
+        json!({"apiVersion": "ssa.test/v1", "kind": "Widget", "metadata": {"name": "w"},
+            "spec": spec})
+    }
+
+    /// Applies `spec` as `manager` onto `on` (None: a create).
+    fn apply_spec(
+        on: Option<&Applied>,
+        spec: Value,
+        manager: &str,
+        force: bool,
+        schema: &Schema,
+    ) -> Result<Applied, ApplyError> {
+        apply(
+            on.map(|a| &a.object),
+            on.map_or(&[][..], |a| &a.managed[..]),
+            &widget(spec),
+            &shaped(manager, force, schema),
+        )
+    }
+
+    #[test]
+    fn schema_set_lists_merge_per_value_between_managers() {
+        let schema = widget_schema();
+        let a = apply_spec(None, json!({"tags": ["x", "y"]}), "a", false, &schema).unwrap();
+        let b = apply_spec(Some(&a), json!({"tags": ["y", "z"]}), "b", false, &schema).unwrap();
+        assert_eq!(b.object["spec"]["tags"], json!(["x", "y", "z"]));
+        assert_eq!(
+            fields(&b.managed, "a"),
+            json!({"f:spec": {"f:tags": {"v:\"x\"": {}, "v:\"y\"": {}}}})
+        );
+        assert_eq!(
+            fields(&b.managed, "b"),
+            json!({"f:spec": {"f:tags": {"v:\"y\"": {}, "v:\"z\"": {}}}})
+        );
+        // a drops both: x goes, y stays while b owns it.
+        let a2 = apply_spec(Some(&b), json!({"tags": []}), "a", false, &schema).unwrap();
+        assert_eq!(a2.object["spec"]["tags"], json!(["y", "z"]));
+    }
+
+    #[test]
+    fn schema_map_lists_merge_and_are_owned_per_item_by_their_keys() {
+        let schema = widget_schema();
+        let a = apply_spec(
+            None,
+            json!({"items": [{"id": 1, "value": "a", "args": ["p"]}]}),
+            "a",
+            false,
+            &schema,
+        )
+        .unwrap();
+        let b = apply_spec(
+            Some(&a),
+            json!({"items": [{"id": 2, "value": "b"}, {"id": 1, "args": ["q"]}]}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(
+            b.object["spec"]["items"],
+            json!([{"id": 1, "value": "a", "args": ["p", "q"]}, {"id": 2, "value": "b"}])
+        );
+        assert_eq!(
+            fields(&b.managed, "a"),
+            json!({"f:spec": {"f:items": {"k:{\"id\":1}": {".": {}, "f:id": {},
+                "f:value": {}, "f:args": {"v:\"p\"": {}}}}}})
+        );
+        assert_eq!(
+            fields(&b.managed, "b")["f:spec"]["f:items"]["k:{\"id\":2}"],
+            json!({".": {}, "f:id": {}, "f:value": {}})
+        );
+        // Another value of a's item conflicts, by key.
+        let err = apply_spec(
+            Some(&b),
+            json!({"items": [{"id": 1, "value": "c"}]}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"a\": .spec.items[id=1].value"
+        );
+        // An update of item 2 takes just that field.
+        let mut edited = b.object.clone();
+        edited["spec"]["items"][1]["value"] = json!("e");
+        let m = track_update(
+            &b.managed,
+            Some(&b.object),
+            &edited,
+            Some("edit"),
+            "ssa.test/v1",
+            None,
+            NOW,
+            Some(&schema),
+        );
+        assert_eq!(
+            fields(&m, "edit"),
+            json!({"f:spec": {"f:items": {"k:{\"id\":2}": {"f:value": {}}}}})
+        );
+        // a drops its item: it stays while b owns part of it; b drops too: it goes.
+        let a2 = apply_spec(Some(&b), json!({"items": []}), "a", false, &schema).unwrap();
+        assert_eq!(
+            a2.object["spec"]["items"],
+            json!([{"id": 1, "args": ["q"]}, {"id": 2, "value": "b"}])
+        );
+        let b2 = apply_spec(
+            Some(&a2),
+            json!({"items": [{"id": 2, "value": "b"}]}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(b2.object["spec"]["items"], json!([{"id": 2, "value": "b"}]));
+        // An item without its key is refused as for built-in kinds.
+        let bad = apply_spec(
+            Some(&b2),
+            json!({"items": [{"id": 2}, {"value": "x"}]}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap_err();
+        assert_eq!(
+            bad,
+            ApplyError::Config(ConfigError::MissingKey {
+                path: ".spec.items".into(),
+                index: 1,
+                key: "id".into()
+            })
+        );
+    }
+
+    #[test]
+    fn schema_atomic_lists_are_replaced_whole_and_owned_by_the_last_applier() {
+        let schema = widget_schema();
+        let a = apply_spec(
+            None,
+            json!({"env": [{"name": "x"}, {"name": "y"}]}),
+            "a",
+            false,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(fields(&a.managed, "a"), json!({"f:spec": {"f:env": {}}}));
+        let err = apply_spec(
+            Some(&a),
+            json!({"env": [{"name": "x", "value": "1"}]}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap_err();
+        assert!(err.to_string().ends_with(": .spec.env"), "{err}");
+        let b = apply_spec(
+            Some(&a),
+            json!({"env": [{"name": "x", "value": "1"}]}),
+            "b",
+            true,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(
+            b.object["spec"]["env"],
+            json!([{"name": "x", "value": "1"}])
+        );
+        assert_eq!(fields(&b.managed, "b"), json!({"f:spec": {"f:env": {}}}));
+        assert!(
+            b.managed.iter().all(|e| e.manager != "a"),
+            "a owned only env"
+        );
+    }
+
+    #[test]
+    fn schema_fields_named_like_built_in_lists_follow_the_schema() {
+        let schema = widget_schema();
+        let spec = json!({"ports": [{"name": "http", "port": 80}],
+            "containers": [{"name": "c", "image": "i:1"}], "selector": {"a": "1"}});
+        let a = apply_spec(None, spec, "a", false, &schema).unwrap();
+        // ports keyed by name without the built-in protocol default; containers atomic;
+        // selector granular.
+        assert_eq!(
+            fields(&a.managed, "a"),
+            json!({"f:spec": {
+                "f:ports": {"k:{\"name\":\"http\"}": {".": {}, "f:name": {}, "f:port": {}}},
+                "f:containers": {}, "f:selector": {"f:a": {}}}})
+        );
+        let b = apply_spec(
+            Some(&a),
+            json!({"ports": [{"name": "grpc", "port": 80}], "containers": [{"name": "d"}],
+                "selector": {"b": "2"}}),
+            "b",
+            true,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(
+            b.object["spec"],
+            json!({"ports": [{"name": "http", "port": 80}, {"name": "grpc", "port": 80}],
+                "containers": [{"name": "d"}], "selector": {"a": "1", "b": "2"}})
+        );
+        // A port item needs its name, not port or protocol.
+        let err = apply_spec(
+            Some(&b),
+            json!({"ports": [{"port": 81}]}),
+            "c",
+            false,
+            &schema,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ApplyError::Config(ConfigError::MissingKey { key, .. }) if key == "name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn schema_atomic_maps_are_replaced_whole() {
+        let schema = widget_schema();
+        let a = apply_spec(
+            None,
+            json!({"limits": {"cpu": "1", "memory": "2"}}),
+            "a",
+            false,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(fields(&a.managed, "a"), json!({"f:spec": {"f:limits": {}}}));
+        let err = apply_spec(
+            Some(&a),
+            json!({"limits": {"cpu": "3"}}),
+            "b",
+            false,
+            &schema,
+        )
+        .unwrap_err();
+        assert!(err.to_string().ends_with(": .spec.limits"), "{err}");
+        let b = apply_spec(
+            Some(&a),
+            json!({"limits": {"cpu": "3"}}),
+            "b",
+            true,
+            &schema,
+        )
+        .unwrap();
+        assert_eq!(b.object["spec"]["limits"], json!({"cpu": "3"}));
+        // An update of one entry takes the whole map.
+        let mut edited = b.object.clone();
+        edited["spec"]["limits"]["gpu"] = json!("1");
+        let m = track_update(
+            &b.managed,
+            Some(&b.object),
+            &edited,
+            Some("edit"),
+            "ssa.test/v1",
+            None,
+            NOW,
+            Some(&schema),
+        );
+        assert_eq!(fields(&m, "edit"), json!({"f:spec": {"f:limits": {}}}));
+        assert!(m.iter().all(|e| e.manager != "b"));
+    }
+
+    #[test]
+    fn schema_leaves_metadata_to_the_built_in_rules_and_deduces_unknown_fields() {
+        let schema = widget_schema();
+        let mut cfg = widget(json!({"extra": {"x": {"y": 1}, "containers": [{"name": "c"}]}}));
+        cfg["metadata"]["finalizers"] = json!(["f"]);
+        let live = json!({"metadata": {"finalizers": ["g"]},
+            "spec": {"extra": {"x": {"z": 2}, "containers": [{"name": "d"}]}}});
+        let out = apply(Some(&live), &[], &cfg, &shaped("a", false, &schema)).unwrap();
+        assert_eq!(out.object["metadata"]["finalizers"], json!(["g", "f"]));
+        assert_eq!(
+            out.object["spec"]["extra"],
+            json!({"x": {"z": 2, "y": 1}, "containers": [{"name": "c"}]})
+        );
+        assert_eq!(
+            fields(&out.managed, "a"),
+            json!({"f:metadata": {"f:finalizers": {"v:\"f\"": {}}},
+                "f:spec": {"f:extra": {"f:x": {"f:y": {}}, "f:containers": {}}}})
         );
     }
 }

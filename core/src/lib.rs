@@ -13,6 +13,7 @@
 //! guest SDK uses.
 
 pub mod apply;
+pub mod autoscaling;
 pub mod channel;
 pub mod crd_schema;
 pub mod cron;

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 /// One REST resource.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Resource {
     pub group: &'static str,
     pub version: &'static str,
@@ -444,6 +444,32 @@ pub static RESOURCES: &[Resource] = &[
         subresources: NONE,
         field_selectors: NONE,
     },
+    Resource {
+        group: "autoscaling",
+        version: "v2",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        singular: "horizontalpodautoscaler",
+        namespaced: true,
+        short_names: &["hpa"],
+        categories: &["all"],
+        subresources: &["status"],
+        field_selectors: NONE,
+    },
+    // Users' own kinds; each definition adds its kind to the table while it is established
+    // (see `register_custom`).
+    Resource {
+        group: "apiextensions.k8s.io",
+        version: "v1",
+        kind: "CustomResourceDefinition",
+        plural: "customresourcedefinitions",
+        singular: "customresourcedefinition",
+        namespaced: false,
+        short_names: &["crd", "crds"],
+        categories: &["api-extensions"],
+        subresources: &["status"],
+        field_selectors: NONE,
+    },
     // kedge's own: the controllers and the scheduler, as hot-swappable Wasm plugins.
     Resource {
         group: "plugins.kedge.io",
@@ -471,9 +497,8 @@ pub struct Retired {
     pub resource: Resource,
     /// The version that replaced it, in which its objects are stored (same group and kind).
     pub replacement: &'static str,
-    /// The Kubernetes releases that deprecated and removed it (`1.21`, `1.25`).
-    pub deprecated_in: &'static str,
-    pub removed_in: &'static str,
+    /// What responses in this version warn of.
+    pub deprecation: Deprecation,
     /// Reshapes an object of the retired version into the replacement's; an error names what
     /// the replacement cannot hold. Must accept partial objects (apply configurations).
     /// `apiVersion` is rewritten by [`Retired::to_stored`], not here.
@@ -481,6 +506,21 @@ pub struct Retired {
     /// The reverse; an error names what the retired version cannot hold, and the request is
     /// refused rather than the field dropped.
     pub down: Convert,
+}
+
+/// The warning a served version other than the stored one carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deprecation {
+    /// A Kubernetes version deprecated in one release and removed in another (`1.21`, `1.25`).
+    Removed {
+        deprecated_in: &'static str,
+        removed_in: &'static str,
+    },
+    /// A custom resource version its definition marks `deprecated`, with the definition's
+    /// `deprecationWarning` if it has one.
+    Deprecated(Option<&'static str>),
+    /// A custom resource version served beside its storage version, current: no warning.
+    Current,
 }
 
 /// One direction of a conversion, on an object in place.
@@ -513,17 +553,29 @@ impl Retired {
 
     /// kube-apiserver's deprecation warning, word for word (k8s.io/apiserver's
     /// `deprecation.WarningMessage`): `batch/v1beta1 CronJob is deprecated in v1.21+,
-    /// unavailable in v1.25+; use batch/v1 CronJob`.
-    pub fn warning(&self) -> String {
-        format!(
-            "{} {} is deprecated in v{}+, unavailable in v{}+; use {} {}",
-            self.api_version(),
-            self.resource.kind,
-            self.deprecated_in,
-            self.removed_in,
-            self.stored().api_version(),
-            self.resource.kind
-        )
+    /// unavailable in v1.25+; use batch/v1 CronJob`; for a deprecated custom resource version,
+    /// its `deprecationWarning` or apiextensions' default `example.com/v1beta1 Widget is
+    /// deprecated`. `None` for a current version.
+    pub fn warning(&self) -> Option<String> {
+        match self.deprecation {
+            Deprecation::Removed {
+                deprecated_in,
+                removed_in,
+            } => Some(format!(
+                "{} {} is deprecated in v{deprecated_in}+, unavailable in v{removed_in}+; use {} {}",
+                self.api_version(),
+                self.resource.kind,
+                self.stored().api_version(),
+                self.resource.kind
+            )),
+            Deprecation::Deprecated(Some(text)) => Some(text.to_string()),
+            Deprecation::Deprecated(None) => Some(format!(
+                "{} {} is deprecated",
+                self.api_version(),
+                self.resource.kind
+            )),
+            Deprecation::Current => None,
+        }
     }
 
     /// An object (or apply configuration) sent in the retired version, in the stored
@@ -575,10 +627,32 @@ pub static RETIRED: &[Retired] = &[
             field_selectors: NONE,
         },
         replacement: "v1",
-        deprecated_in: "1.21",
-        removed_in: "1.25",
+        deprecation: Deprecation::Removed {
+            deprecated_in: "1.21",
+            removed_in: "1.25",
+        },
         up: cronjob_same_shape,
         down: cronjob_same_shape,
+    },
+    // Not retired: Kubernetes still serves autoscaling/v1 (what `kubectl autoscale` sends),
+    // so no warning; converted as kube-apiserver converts it (`crate::autoscaling`).
+    Retired {
+        resource: Resource {
+            group: "autoscaling",
+            version: "v1",
+            kind: "HorizontalPodAutoscaler",
+            plural: "horizontalpodautoscalers",
+            singular: "horizontalpodautoscaler",
+            namespaced: true,
+            short_names: &["hpa"],
+            categories: NONE,
+            subresources: &["status"],
+            field_selectors: NONE,
+        },
+        replacement: "v2",
+        deprecation: Deprecation::Current,
+        up: crate::autoscaling::v1_to_v2,
+        down: crate::autoscaling::v2_to_v1,
     },
 ];
 
@@ -589,26 +663,45 @@ fn cronjob_same_shape(_: &mut Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A retired version by group, version and plural (the URL form).
+/// A retired version, or a custom resource's served version other than its storage one, by
+/// group, version and plural (the URL form).
 pub fn retired(group: &str, version: &str, plural: &str) -> Option<&'static Retired> {
-    RETIRED.iter().find(|r| {
+    let same = |r: &&Retired| {
         r.resource.group == group && r.resource.version == version && r.resource.plural == plural
-    })
+    };
+    RETIRED
+        .iter()
+        .find(same)
+        .or_else(|| custom().views.iter().copied().find(same))
 }
 
 /// By group and plural (the URL form).
 pub fn by_plural(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    let same = |r: &&Resource| r.group == group && r.version == version && r.plural == plural;
     RESOURCES
         .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+        .find(same)
+        .or_else(|| custom().kinds.iter().copied().find(same))
 }
 
 /// By `apiVersion` and `kind` (the manifest form).
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
     let (group, version) = split_api_version(api_version);
+    let same = |r: &&Resource| r.group == group && r.version == version && r.kind == kind;
     RESOURCES
         .iter()
-        .find(|r| r.group == group && r.version == version && r.kind == kind)
+        .find(same)
+        .or_else(|| custom().kinds.iter().copied().find(same))
+}
+
+/// The stored resource of a group and plural, whatever its version (storage keys and owner
+/// indexes name no version).
+pub fn by_group_plural(group: &str, plural: &str) -> Option<&'static Resource> {
+    let same = |r: &&Resource| r.group == group && r.plural == plural;
+    RESOURCES
+        .iter()
+        .find(same)
+        .or_else(|| custom().kinds.iter().copied().find(same))
 }
 
 pub fn split_api_version(api_version: &str) -> (&str, &str) {
@@ -618,15 +711,125 @@ pub fn split_api_version(api_version: &str) -> (&str, &str) {
     }
 }
 
+/// Every served kind in its stored version: the built-in ones, then the custom ones in the
+/// order their definitions were registered.
+pub fn all() -> Vec<&'static Resource> {
+    RESOURCES
+        .iter()
+        .chain(custom().kinds.iter().copied())
+        .collect()
+}
+
+/// Every served version stored as another: [`RETIRED`], then the custom resources' others.
+pub fn all_retired() -> Vec<&'static Retired> {
+    RETIRED
+        .iter()
+        .chain(custom().views.iter().copied())
+        .collect()
+}
+
 /// The served groups in discovery order, each with its versions.
 pub fn groups() -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&str, &str)> = Vec::new();
-    for r in RESOURCES {
+    for r in all() {
         if !r.group.is_empty() && !out.contains(&(r.group, r.version)) {
             out.push((r.group, r.version));
         }
     }
     out
+}
+
+/// The kinds users define (CustomResourceDefinitions), registered while their definitions are
+/// established. The table is the process's, like [`RESOURCES`]: one process serves one
+/// cluster. Rows are leaked (`&'static`, as the built-in ones, so every lookup stays a
+/// borrowed reference); definitions change rarely, and a re-registration that keeps a row's
+/// content keeps its address, so holders of the old reference (informers, plugin
+/// permissions) still compare equal.
+struct Custom {
+    kinds: Vec<&'static Resource>,
+    views: Vec<&'static Retired>,
+    generation: u64,
+}
+
+static CUSTOM: std::sync::RwLock<Custom> = std::sync::RwLock::new(Custom {
+    kinds: Vec::new(),
+    views: Vec::new(),
+    generation: 0,
+});
+
+fn custom() -> std::sync::RwLockReadGuard<'static, Custom> {
+    CUSTOM.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A custom kind to serve: its stored version and the other served versions.
+#[derive(Debug)]
+pub struct CustomKind {
+    pub stored: Resource,
+    pub views: Vec<Retired>,
+}
+
+/// A string for a leaked row. Definitions change rarely; see [`register_custom`].
+pub fn leak(s: &str) -> &'static str {
+    Box::leak(s.to_string().into_boxed_str())
+}
+
+/// A list for a leaked row.
+pub fn leak_list(items: &[String]) -> &'static [&'static str] {
+    Box::leak(
+        items
+            .iter()
+            .map(|s| leak(s))
+            .collect::<Vec<_>>()
+            .into_boxed_slice(),
+    )
+}
+
+/// Serves a custom kind (replacing what was served for its group and plural) and returns its
+/// stored row. A row equal to the one served before is kept, address included.
+pub fn register_custom(kind: CustomKind) -> &'static Resource {
+    let mut c = CUSTOM.write().unwrap_or_else(|p| p.into_inner());
+    let (group, plural) = (kind.stored.group, kind.stored.plural);
+    let kept = c
+        .kinds
+        .iter()
+        .copied()
+        .find(|r| r.group == group && r.plural == plural && **r == kind.stored);
+    let stored: &'static Resource = kept.unwrap_or_else(|| Box::leak(Box::new(kind.stored)));
+    c.kinds
+        .retain(|r| !(r.group == group && r.plural == plural));
+    c.kinds.push(stored);
+    c.views
+        .retain(|r| !(r.resource.group == group && r.resource.plural == plural));
+    for v in kind.views {
+        c.views.push(Box::leak(Box::new(v)));
+    }
+    c.generation += 1;
+    stored
+}
+
+/// Stops serving a custom kind. Its rows stay allocated (references to them stay valid).
+pub fn unregister_custom(group: &str, plural: &str) {
+    let mut c = CUSTOM.write().unwrap_or_else(|p| p.into_inner());
+    let before = c.kinds.len() + c.views.len();
+    c.kinds
+        .retain(|r| !(r.group == group && r.plural == plural));
+    c.views
+        .retain(|r| !(r.resource.group == group && r.resource.plural == plural));
+    if c.kinds.len() + c.views.len() != before {
+        c.generation += 1;
+    }
+}
+
+/// Whether a row is a custom kind's (not one of the built-in tables').
+pub fn is_custom(res: &Resource) -> bool {
+    !RESOURCES.iter().any(|r| std::ptr::eq(r, res))
+        && !RETIRED.iter().any(|r| std::ptr::eq(&r.resource, res))
+}
+
+/// Changes whenever the custom kinds served change: discovery and OpenAPI documents built
+/// from the table are current while it stays the same.
+pub fn generation() -> u64 {
+    custom().generation
 }
 
 #[cfg(test)]
@@ -660,10 +863,11 @@ mod tests {
             "jobs",
             "cronjobs",
             "replicationcontrollers",
+            "horizontalpodautoscalers",
         ] {
             assert!(all.contains(&p), "{p} is in category all");
         }
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 10);
     }
 
     /// A retired version mirrors the stored resource it converts to, except for its version
@@ -700,9 +904,84 @@ mod tests {
     fn cronjob_v1beta1_warning_is_kubernetes_wording() {
         let r = retired("batch", "v1beta1", "cronjobs").unwrap();
         assert_eq!(
-            r.warning(),
+            r.warning().unwrap(),
             "batch/v1beta1 CronJob is deprecated in v1.21+, unavailable in v1.25+; use batch/v1 CronJob"
         );
+    }
+
+    fn widget(version: &'static str, short: &'static [&'static str]) -> Resource {
+        Resource {
+            group: "registry.test.kedge.dev",
+            version,
+            kind: "Widget",
+            plural: "widgets",
+            singular: "widget",
+            namespaced: true,
+            short_names: short,
+            categories: NONE,
+            subresources: &["status"],
+            field_selectors: NONE,
+        }
+    }
+
+    fn noop(_: &mut Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Custom kinds are found by every lookup while registered, keep their address across an
+    /// identical re-registration, and are gone after unregistering.
+    #[test]
+    fn custom_kinds_come_and_go() {
+        let g = "registry.test.kedge.dev";
+        let gen0 = generation();
+        let stored = register_custom(CustomKind {
+            stored: widget("v1", &["wd"]),
+            views: vec![Retired {
+                resource: widget("v1beta1", &["wd"]),
+                replacement: "v1",
+                deprecation: Deprecation::Deprecated(None),
+                up: noop,
+                down: noop,
+            }],
+        });
+        assert!(generation() > gen0);
+        assert!(is_custom(stored));
+        assert!(!is_custom(by_kind("v1", "Pod").unwrap()));
+        assert!(std::ptr::eq(
+            by_kind(&format!("{g}/v1"), "Widget").unwrap(),
+            stored
+        ));
+        assert!(std::ptr::eq(by_plural(g, "v1", "widgets").unwrap(), stored));
+        assert!(std::ptr::eq(by_group_plural(g, "widgets").unwrap(), stored));
+        assert!(all().iter().any(|r| std::ptr::eq(*r, stored)));
+        assert!(groups().contains(&(g, "v1")));
+        let view = retired(g, "v1beta1", "widgets").unwrap();
+        assert!(std::ptr::eq(view.stored(), stored));
+        assert_eq!(
+            view.warning().unwrap(),
+            "registry.test.kedge.dev/v1beta1 Widget is deprecated"
+        );
+        assert!(all_retired().iter().any(|r| std::ptr::eq(*r, view)));
+
+        let again = register_custom(CustomKind {
+            stored: widget("v1", &["wd"]),
+            views: vec![],
+        });
+        assert!(
+            std::ptr::eq(again, stored),
+            "an unchanged row keeps its address"
+        );
+        assert!(retired(g, "v1beta1", "widgets").is_none());
+        let changed = register_custom(CustomKind {
+            stored: widget("v1", &["wd", "wdg"]),
+            views: vec![],
+        });
+        assert!(!std::ptr::eq(changed, stored));
+        assert_eq!(by_plural(g, "v1", "widgets").unwrap().short_names.len(), 2);
+
+        unregister_custom(g, "widgets");
+        assert!(by_plural(g, "v1", "widgets").is_none());
+        assert!(!groups().contains(&(g, "v1")));
     }
 
     #[test]

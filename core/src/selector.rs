@@ -215,7 +215,9 @@ impl<'a> Lexer<'a> {
             return Err(err(self.src, "expected '(' after in/notin"));
         }
         if self.eat(")") {
-            return Err(err(self.src, "in/notin needs at least one value"));
+            // As Kubernetes' parser: `()` is the set holding the empty value, which is also
+            // how `k in (,)` and `k in ("")` print, so printed selectors parse again.
+            return Ok(vec![String::new()]);
         }
         let mut values = Vec::new();
         loop {

@@ -32,6 +32,19 @@ pub trait ApiResultExt<T> {
     /// assert!(denied.ignore_stale().is_err());
     /// ```
     fn ignore_stale(self) -> ApiResult<Option<T>>;
+    /// `already-exists` becomes `Ok(None)`: a create lost the race to a namesake, whose own
+    /// event brings the key back.
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::ConfigMap;
+    /// use kedge_guest::{ApiResultExt, ClusterExt, FakeCluster};
+    /// let fake = FakeCluster::new();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("a".into());
+    /// assert!(fake.create("ns", &cm).ignore_already_exists().unwrap().is_some());
+    /// assert_eq!(fake.create("ns", &cm).ignore_already_exists(), Ok(None));
+    /// ```
+    fn ignore_already_exists(self) -> ApiResult<Option<T>>;
 }
 
 impl<T> ApiResultExt<T> for ApiResult<T> {
@@ -47,6 +60,14 @@ impl<T> ApiResultExt<T> for ApiResult<T> {
         match self {
             Ok(v) => Ok(Some(v)),
             Err(ApiError::Conflict(_) | ApiError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn ignore_already_exists(self) -> ApiResult<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(ApiError::AlreadyExists(_)) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -66,7 +66,11 @@ struct State {
 /// `deletionTimestamp` and stays until a write removes the last one; `delete_object_with`
 /// adds `foregroundDeletion` / `orphan` for those policies (the garbage collector then does
 /// the work, as in Kubernetes).
-/// Not simulated: admission, defaulting, graceful deletion of pods, garbage collection itself.
+/// Objects of any kind are kept by apiVersion, kind, namespace and name, so custom kinds (see
+/// [`custom_resource!`](crate::custom_resource)) work as built-in ones do; every kind is
+/// treated as having a status subresource.
+/// Garbage collection runs only when a test calls [`collect_garbage`](Self::collect_garbage).
+/// Not simulated: admission, schemas and defaulting, graceful deletion of pods.
 ///
 /// ```
 /// use k8s_openapi::api::core::v1::Pod;
@@ -187,6 +191,77 @@ impl FakeCluster {
     /// Forgets recorded writes, e.g. between two reconciles of one test.
     pub fn clear_writes(&self) {
         self.state.borrow_mut().writes.clear();
+    }
+
+    /// What the garbage collector would do now: every object with owner references none of
+    /// which names a stored object (by uid) is deleted — or, holding finalizers, marked with a
+    /// `deletionTimestamp` — repeated until nothing changes, so chains of dependents go too.
+    /// Returns how many objects went or were marked. Not recorded as writes (they are not the
+    /// plugin's).
+    ///
+    /// ```
+    /// use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    /// use kedge_guest::{ClusterExt, FakeCluster, meta::new_controller_ref};
+    /// let fake = FakeCluster::new();
+    /// let mut owner = Secret::default();
+    /// owner.metadata.name = Some("owner".into());
+    /// let owner = fake.create("ns", &owner).unwrap();
+    /// let mut cm = ConfigMap::default();
+    /// cm.metadata.name = Some("dependent".into());
+    /// cm.metadata.owner_references = Some(vec![new_controller_ref(&owner)]);
+    /// fake.create("ns", &cm).unwrap();
+    /// assert_eq!(fake.collect_garbage(), 0);
+    /// fake.delete::<Secret>("ns", "owner").unwrap();
+    /// assert_eq!(fake.collect_garbage(), 1);
+    /// assert!(fake.get::<ConfigMap>("ns", "dependent").unwrap().is_none());
+    /// ```
+    pub fn collect_garbage(&self) -> usize {
+        let mut st = self.state.borrow_mut();
+        let mut collected = 0;
+        // Each round removes at least one object, so this ends.
+        loop {
+            let uids: std::collections::BTreeSet<String> = st
+                .objects
+                .values()
+                .filter_map(|o| meta_str(o, "uid").map(str::to_owned))
+                .collect();
+            let orphans: Vec<Key> = st
+                .objects
+                .iter()
+                .filter(|(_, o)| o["metadata"].get("deletionTimestamp").is_none())
+                .filter(|(_, o)| {
+                    let refs = o["metadata"]
+                        .get("ownerReferences")
+                        .and_then(Value::as_array);
+                    refs.is_some_and(|refs| {
+                        !refs.is_empty()
+                            && refs
+                                .iter()
+                                .all(|r| !r["uid"].as_str().is_some_and(|u| uids.contains(u)))
+                    })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if orphans.is_empty() {
+                return collected;
+            }
+            for k in orphans {
+                collected += 1;
+                let Some(mut obj) = st.objects.remove(&k) else {
+                    continue;
+                };
+                let held = obj["metadata"]
+                    .get("finalizers")
+                    .and_then(Value::as_array)
+                    .is_some_and(|f| !f.is_empty());
+                if held {
+                    obj["metadata"]["deletionTimestamp"] = json!(st.now.clone());
+                    st.counter += 1;
+                    obj["metadata"]["resourceVersion"] = json!(st.counter.to_string());
+                    st.objects.insert(k, obj);
+                }
+            }
+        }
     }
 
     /// Lines the plugin logged, with their level.
@@ -778,5 +853,30 @@ mod tests {
         assert_eq!(verbs, [Verb::Create, Verb::Patch, Verb::Bind, Verb::Delete]);
         fake.set_now("2030-01-01T00:00:00Z");
         assert_eq!(fake.now(), "2030-01-01T00:00:00Z");
+    }
+
+    /// Tests of plugins reading resource metrics seed PodMetrics as the server serves them
+    /// (`metrics.k8s.io/v1beta1`, no status); `get` and `list` with selectors find them.
+    #[test]
+    fn pod_metrics_can_be_seeded_and_read() {
+        let fake = FakeCluster::new();
+        for (name, app, cpu) in [("web-1", "web", "250000000n"), ("db-1", "db", "1000n")] {
+            fake.seed_json(
+                json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetrics",
+                "metadata": {"name": name, "namespace": "ns", "labels": {"app": app}},
+                "timestamp": "2025-01-01T00:00:00Z", "window": "15s",
+                "containers": [{"name": "c", "usage": {"cpu": cpu, "memory": "1024Ki"}}]}),
+            );
+        }
+        let web = fake
+            .list_objects("metrics.k8s.io/v1beta1", "PodMetrics", "ns", "app=web")
+            .unwrap();
+        assert_eq!(web.len(), 1);
+        assert_eq!(web[0]["containers"][0]["usage"]["cpu"], "250000000n");
+        let db = fake
+            .get_object("metrics.k8s.io/v1beta1", "PodMetrics", "ns", "db-1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(db["window"], "15s");
     }
 }

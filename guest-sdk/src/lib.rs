@@ -4,7 +4,9 @@
 //! A plugin implements [`Controller`] and calls [`export_controller!`]; its logic talks to
 //! the cluster only through [`Cluster`] so the same code runs against the host
 //! ([`HostCluster`]) and, in native unit tests, against [`FakeCluster`]. `?` turns API and
-//! JSON errors into the reconcile's [`Error`].
+//! JSON errors into the reconcile's [`Error`]. Custom kinds (served from a
+//! CustomResourceDefinition) get typed access through [`custom_resource!`], which declares
+//! their Rust type; they are then named and used as the k8s-openapi types are.
 //!
 //! ```
 //! use k8s_openapi::api::core::v1::Pod;
@@ -28,6 +30,7 @@
 //! ```
 
 mod cluster;
+pub mod custom;
 mod error;
 mod fake;
 pub mod meta;
@@ -65,6 +68,7 @@ pub use bindings::kedge::plugin::types::{
     Watch, WatchMap,
 };
 pub use cluster::{ApiResult, ApiResultExt, Cluster, ClusterExt, HostCluster};
+pub use custom::CustomResource;
 pub use error::{Error, Result};
 pub use fake::{FakeCluster, Verb, Write};
 pub use status::HasStatus;

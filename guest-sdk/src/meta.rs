@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DeploymentCondition, ReplicaSetCondition};
 use k8s_openapi::api::core::v1::{NodeCondition, PodCondition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition as MetaCondition, ObjectMeta, OwnerReference, Time,
+};
 use k8s_openapi::{Metadata, Resource};
 
 /// The owner reference marked `controller: true`, which decides who manages an object
@@ -105,6 +107,46 @@ impl_condition!(
     PodCondition,
     NodeCondition
 );
+
+/// `metav1.Condition`, the condition type of custom kinds' statuses: its `reason`, `message`
+/// and `lastTransitionTime` are required fields, so an empty reason or message reads as none
+/// and a `None` time leaves the one set.
+///
+/// ```
+/// use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+/// use kedge_guest::meta::{parse_time, set_condition};
+/// let ready = |status: &str, t: &str| Condition {
+///     type_: "Ready".into(), status: status.into(), reason: "Written".into(),
+///     message: String::new(), observed_generation: Some(1),
+///     last_transition_time: parse_time(t).unwrap(),
+/// };
+/// let mut conds = vec![ready("True", "2025-01-01T00:00:00Z")];
+/// assert!(!set_condition(&mut conds, ready("True", "2025-02-01T00:00:00Z")));
+/// assert!(set_condition(&mut conds, ready("False", "2025-03-01T00:00:00Z")));
+/// assert_eq!(conds[0].last_transition_time, parse_time("2025-03-01T00:00:00Z").unwrap());
+/// ```
+impl Condition for MetaCondition {
+    fn type_(&self) -> &str {
+        &self.type_
+    }
+    fn status(&self) -> &str {
+        &self.status
+    }
+    fn reason(&self) -> Option<&str> {
+        Some(self.reason.as_str()).filter(|r| !r.is_empty())
+    }
+    fn message(&self) -> Option<&str> {
+        Some(self.message.as_str()).filter(|m| !m.is_empty())
+    }
+    fn last_transition_time(&self) -> Option<&Time> {
+        Some(&self.last_transition_time)
+    }
+    fn set_last_transition_time(&mut self, time: Option<Time>) {
+        if let Some(t) = time {
+            self.last_transition_time = t;
+        }
+    }
+}
 
 /// The condition of a given type, if present.
 ///

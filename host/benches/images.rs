@@ -102,6 +102,7 @@ async fn run_wasm(
         memory_limit: None,
         dirs: Vec::new(),
         memory_in_use: None,
+        cpu_time: None,
         net: None,
         resolver: None,
     };

@@ -58,6 +58,7 @@ async fn run() {
             object_refresh: agent::OBJECT_REFRESH,
             eviction_hard: Default::default(),
             container_logs: Default::default(),
+            metric_resolution: agent::METRIC_RESOLUTION,
             // Timing the control path, not the pod network: pods on the node's network.
             network: kedge::agent::NetworkConfig {
                 pod_network: kedge::agent::PodNetworkMode::Host,

@@ -37,6 +37,7 @@ const GUESTS: &[(&str, &str)] = &[
     ("kedge-plugin-disruption", "kedge_plugin_disruption.wasm"),
     ("kedge-plugin-localpath", "kedge_plugin_localpath.wasm"),
     ("kedge-plugin-servicelb", "kedge_plugin_servicelb.wasm"),
+    ("kedge-plugin-hpa", "kedge_plugin_hpa.wasm"),
     ("hello-wasm", "hello-wasm.wasm"),
     (
         "kedge-fixture-plugin-spin",
@@ -50,6 +51,10 @@ const GUESTS: &[(&str, &str)] = &[
     (
         "kedge-sample-plugin-template",
         "kedge_sample_plugin_template.wasm",
+    ),
+    (
+        "kedge-sample-plugin-template-v2",
+        "kedge_sample_plugin_template_v2.wasm",
     ),
 ];
 

@@ -60,6 +60,23 @@ struct ServerArgs {
     /// 10.43.0.0/16); every node answers on it itself.
     #[arg(long, default_value = "10.43.0.10")]
     cluster_dns: String,
+    /// Keep the cluster's state in etcd (v3 API) at these comma-separated client URLs, e.g.
+    /// https://h1:2379,https://h2:2379, instead of the embedded store in the data dir.
+    #[arg(long, env = "KEDGE_DATASTORE_ENDPOINT", value_delimiter = ',')]
+    datastore_endpoint: Vec<String>,
+    /// The CA that signed etcd's serving certificate (https:// endpoints).
+    #[arg(long, requires = "datastore_endpoint")]
+    datastore_cafile: Option<PathBuf>,
+    /// A client certificate for etcd (with --datastore-keyfile).
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_keyfile"])]
+    datastore_certfile: Option<PathBuf>,
+    /// The key of --datastore-certfile.
+    #[arg(long, requires_all = ["datastore_endpoint", "datastore_certfile"])]
+    datastore_keyfile: Option<PathBuf>,
+    /// The prefix of every key kedge writes to etcd (several clusters can share one etcd
+    /// under different prefixes).
+    #[arg(long, default_value = kedge::store::etcd::DEFAULT_ROOT, requires = "datastore_endpoint")]
+    datastore_prefix: String,
 }
 
 impl ServerArgs {
@@ -226,6 +243,11 @@ enum Command {
         /// `containerLogMaxFiles`); at least 2.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..))]
         container_log_max_files: u64,
+        /// How often, in seconds, the node's and its containers' CPU and memory are sampled
+        /// for `kubectl top` (metrics-server's `--metric-resolution`, 15 s); CPU is the rate
+        /// between two samples.
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        metric_resolution_seconds: u64,
         #[command(flatten)]
         images: ImageArgs,
         /// The cluster's pod range (the server's `--cluster-cidr`): pod traffic within it is
@@ -388,7 +410,27 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         durable: true,
         registries: Default::default(),
         node_cert_validity,
+        datastore: datastore(a),
     })
+}
+
+/// The etcd datastore the flags name, if any.
+fn datastore(a: &ServerArgs) -> Option<kedge::store::etcd::Options> {
+    let endpoints: Vec<String> = a
+        .datastore_endpoint
+        .iter()
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    if endpoints.is_empty() {
+        return None;
+    }
+    let mut o = kedge::store::etcd::Options::new(endpoints);
+    o.ca_file = a.datastore_cafile.clone();
+    o.cert_file = a.datastore_certfile.clone();
+    o.key_file = a.datastore_keyfile.clone();
+    o.root = a.datastore_prefix.clone();
+    Some(o)
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -503,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eviction_hard,
             container_log_max_size,
             container_log_max_files,
+            metric_resolution_seconds,
             images,
             cluster_cidr,
             cluster_dns,
@@ -533,6 +576,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eviction_hard,
                 container_logs,
                 network,
+                metric_resolution: Duration::from_secs(metric_resolution_seconds),
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
@@ -571,6 +615,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     eviction_hard: Default::default(),
                     container_logs: Default::default(),
                     network,
+                    metric_resolution: agent::METRIC_RESOLUTION,
                 },
                 cancel.clone(),
             )

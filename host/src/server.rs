@@ -17,6 +17,7 @@ use crate::api::http::{ApiState, NodeProxy};
 use crate::api::node_identity::{StoreTokens, token_secret};
 use crate::api::ops::{Api, WriteOptions};
 use crate::auth::Identity;
+use crate::core::patch::PatchType;
 use crate::core::resources;
 use crate::plugins::manager::PluginManager;
 use crate::plugins::{PluginConfig, PluginHost};
@@ -45,6 +46,9 @@ pub struct ServerConfig {
     /// Validity of the node certificates the tunnel issues (agents renew at 70–80 % of it);
     /// [`kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY`] unless told otherwise.
     pub node_cert_validity: std::time::Duration,
+    /// Keep the cluster's state in etcd instead of the embedded redb file
+    /// (`--datastore-endpoint`).
+    pub datastore: Option<kedge_store::etcd::Options>,
 }
 
 /// A running server.
@@ -80,6 +84,63 @@ impl NodeProxy for TunnelProxy {
     ) -> BoxFuture<'_, Result<http::Response<Body>, String>> {
         let node = node.to_string();
         Box::pin(async move { self.0.request(&node, req).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// The Node annotation holding where the server sees the node's tunnel come from: behind
+/// which address (the public side of its NAT) a gateway is.
+pub const TUNNEL_ADDRESS_ANNOTATION: &str = "kedge.io/tunnel-address";
+
+/// Keeps [`TUNNEL_ADDRESS_ANNOTATION`] on every connected node's Node current: checked every
+/// few seconds against the live connections, written only when it changed (a new connection,
+/// or a NAT rebinding QUIC migrated across).
+async fn record_tunnel_addresses(
+    api: Arc<Api>,
+    nodes: kedge_tunnel::server::NodeTunnels,
+    cancel: CancellationToken,
+) {
+    let mut recorded: std::collections::HashMap<String, String> = Default::default();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let live = nodes.remote_addresses();
+        recorded.retain(|n, _| live.iter().any(|(l, _)| l == n));
+        for (node, addr) in live {
+            let addr = addr.to_string();
+            if recorded.get(&node) == Some(&addr) {
+                continue;
+            }
+            let api = api.clone();
+            let (n, a) = (node.clone(), addr.clone());
+            let written = tokio::task::spawn_blocking(move || {
+                let res = resources::by_kind("v1", "Node").expect("nodes are served");
+                let patch = json!({"metadata": {"annotations": {TUNNEL_ADDRESS_ANNOTATION: a}}});
+                api.patch(
+                    res,
+                    "",
+                    &n,
+                    None,
+                    &patch,
+                    PatchType::Merge,
+                    &WriteOptions::default(),
+                )
+            })
+            .await;
+            match written {
+                Ok(Ok(_)) => {
+                    recorded.insert(node, addr);
+                }
+                // Not registered yet (the agent creates its Node after connecting): next time.
+                Ok(Err(e)) if e.code == 404 => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(node, error = %e, "recording the tunnel address failed")
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 
@@ -286,22 +347,37 @@ pub async fn start_with_network(
     let store_metrics = kedge_store::metrics::StoreMetrics::new(&mut registry);
     let plugin_metrics = kedge_plugins::metrics::PluginMetrics::new(&mut registry);
     let tunnel_metrics = kedge_tunnel::metrics::TunnelMetrics::new(&mut registry);
-    let store = Arc::new(
-        RedbStore::open(
-            &cfg.data_dir.join("state.redb"),
-            StoreOptions {
-                durable: cfg.durable,
-                ..Default::default()
-            },
-        )
-        .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?
-        .with_metrics(store_metrics),
-    );
+    // The redb store gets its file maintained (below); etcd compacts its own history.
+    let mut redb_store = None;
+    let store: Arc<dyn kedge_store::Store> = match &cfg.datastore {
+        Some(etcd) => Arc::new(
+            kedge_store::etcd::EtcdStore::connect(etcd.clone())
+                .with_context(|| format!("connecting to etcd at {}", etcd.endpoints.join(",")))?
+                .with_metrics(store_metrics),
+        ),
+        None => {
+            let redb = Arc::new(
+                RedbStore::open(
+                    &cfg.data_dir.join("state.redb"),
+                    StoreOptions {
+                        durable: cfg.durable,
+                        ..Default::default()
+                    },
+                )
+                .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?
+                .with_metrics(store_metrics),
+            );
+            redb_store = Some(redb.clone());
+            redb
+        }
+    };
     let clock = crate::api::ops::system_clock();
     let api = Arc::new(Api::new(store.clone(), clock.clone()).with_network(network));
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         ensure(&api, "v1:Namespace", "", json!({"metadata": {"name": ns}}))?;
     }
+    // Users' kinds are served from the start, and deletions of definitions resume.
+    crate::api::crd::load(&api).map_err(|e| anyhow::anyhow!("serving custom resources: {e}"))?;
     // Nodes stored before pod CIDRs were handed out get theirs now.
     match api.assign_missing_pod_cidrs() {
         Ok(0) => {}
@@ -430,8 +506,15 @@ pub async fn start_with_network(
     let _ = state.nodes.set(Arc::new(TunnelProxy(nodes.clone())));
 
     let tasks = tokio_util::task::TaskTracker::new();
+    if let Some(redb) = redb_store {
+        tasks.spawn(maintain_store(redb, cancel.clone()));
+    }
     tasks.spawn(tunnel.serve(cancel.clone()));
-    tasks.spawn(maintain_store(store, cancel.clone()));
+    tasks.spawn(record_tunnel_addresses(
+        api.clone(),
+        nodes.clone(),
+        cancel.clone(),
+    ));
     let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
     tasks.spawn(serve_https(
         tcp,

@@ -38,6 +38,9 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod unpack;
+/// Layer unpacking, public only for the fuzz tests (`registry/tests/fuzz.rs`).
+#[doc(hidden)]
+pub use unpack::unpack_layers;
 
 pub use auth::{AuthError, Credential, Keyring};
 pub use config::{ConfigError, RegistriesConfig, RegistryConfig, TlsConfig};

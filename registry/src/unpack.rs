@@ -30,7 +30,8 @@ const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const MAX_ENTRIES_PER_LAYER: usize = 1_000_000;
 
 /// Unpacks `layers` (digest, blob path), bottom first, into `dest` (created).
-pub(crate) fn unpack_layers(layers: &[(String, PathBuf)], dest: &Path) -> Result<()> {
+#[doc(hidden)]
+pub fn unpack_layers(layers: &[(String, PathBuf)], dest: &Path) -> Result<()> {
     fs::create_dir_all(dest).map_err(io_err(dest))?;
     fs::set_permissions(dest, fs::Permissions::from_mode(0o755)).map_err(io_err(dest))?;
     // Directory modes are applied last: a read-only directory from a lower layer must not stop

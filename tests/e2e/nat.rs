@@ -530,6 +530,19 @@ fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
         before.contains(&format!("dst=10.{}.0.2", net.n)),
         "{before}"
     );
+    // The server records where each tunnel comes from: the NAT's outside address.
+    let tunnel_from = |c: &Cluster| {
+        node(c, "node-a")
+            .and_then(|n| {
+                n.pointer("/metadata/annotations/kedge.io~1tunnel-address")
+                    .cloned()
+            })
+            .and_then(|a| a.as_str().map(String::from))
+    };
+    let outside = format!("10.{}.0.2:", net.n);
+    c.wait("node-a's tunnel address recorded", || {
+        tunnel_from(&c).filter(|a| a.starts_with(&outside))
+    });
     net.renumber_outside();
     for p in &pods {
         c.wait("logs through the migrated tunnel", || {
@@ -556,6 +569,11 @@ fn nodes_behind_nat_survive_rebinding_and_a_link_cut() {
         after.contains(&format!("dst=10.{}.0.3", net.n)),
         "the sites' flows must now leave with the new address:\n{after}"
     );
+    // ... and follows the migration to the new one, without a reconnect.
+    let moved = format!("10.{}.0.3:", net.n);
+    c.wait("node-a's tunnel address following the rebinding", || {
+        tunnel_from(&c).filter(|a| a.starts_with(&moved))
+    });
     for a in ["node-a", "node-b"] {
         assert_eq!(
             count(&mut c, a, "tunnel lost"),

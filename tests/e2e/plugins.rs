@@ -25,7 +25,7 @@ static BUILTINS: &[(&str, &[u8])] = &[("replicaset", REPLICASET)];
 
 /// The same component with a custom section appended: identical behaviour, another digest —
 /// what a rebuilt plugin looks like to the host.
-fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
+pub(crate) fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;
@@ -49,7 +49,7 @@ fn rebuilt(bytes: &[u8], tag: &str) -> Vec<u8> {
     out
 }
 
-fn digest(bytes: &[u8]) -> String {
+pub(crate) fn digest(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -505,44 +505,30 @@ fn replicaset_plugin_is_hot_swapped_three_times_while_a_deployment_scales() {
 #[test]
 fn a_plugin_built_from_the_template_runs_when_applied() {
     let c = Cluster::start();
-    let manifest = format!(
-        r#"apiVersion: plugins.kedge.io/v1
-kind: Plugin
-metadata:
-  name: greeter
-spec:
-  source:
-    file: {TEMPLATE_PATH}
-  watches:
-  - {{apiVersion: v1, kind: ConfigMap}}
-  writes:
-  - {{apiVersion: v1, kind: ConfigMap}}
-  - {{apiVersion: v1, kind: Event}}
-  limits:
-    callDeadlineMilliseconds: 500
-    memory: 16Mi
-"#
-    );
+    // The template reconciles its own custom kind: the CRD first, then the Plugin.
+    crate::operator::install_greeting_crd(&c);
+    let manifest = crate::operator::greeter_plugin_yaml(TEMPLATE_PATH);
     let applied = c.kubectl_stdin(&["apply", "-f", "-"], Some(&manifest));
     assert!(applied.ok, "{}", applied.stderr);
-    let created = c.kubectl(&["create", "configmap", "hello"]);
+    let greeting = |name: &str, message: &str| {
+        format!(
+            "apiVersion: samples.kedge.dev/v1\nkind: Greeting\nmetadata:\n  name: {name}\nspec:\n  message: {message}\n"
+        )
+    };
+    let created = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&greeting("hello", "Hello, edge!")),
+    );
     assert!(created.ok, "{}", created.stderr);
-    let annotated = c.kubectl(&[
-        "annotate",
-        "configmap",
-        "hello",
-        "template.kedge.io/greet=edge",
-    ]);
-    assert!(annotated.ok, "{}", annotated.stderr);
     c.wait("the greeting", || {
-        let g = c.k(&[
+        let g = c.kubectl(&[
             "get",
             "configmap",
             "hello",
             "-o",
             "jsonpath={.data.greeting}",
         ]);
-        (g == "Hello, edge!").then_some(())
+        (g.ok && g.stdout == "Hello, edge!").then_some(())
     });
     let phase = c.k(&["get", "plugin", "greeter", "-o", "jsonpath={.status.phase}"]);
     assert_eq!(phase, "Active");
@@ -569,24 +555,20 @@ spec:
     let deleted = c.kubectl(&["delete", "plugin", "greeter"]);
     assert!(deleted.ok, "{}", deleted.stderr);
     std::thread::sleep(Duration::from_millis(500));
-    let created = c.kubectl(&["create", "configmap", "later"]);
+    let created = c.kubectl_stdin(&["apply", "-f", "-"], Some(&greeting("later", "Nobody")));
     assert!(created.ok, "{}", created.stderr);
-    let annotated = c.kubectl(&[
-        "annotate",
-        "configmap",
-        "later",
-        "template.kedge.io/greet=nobody",
-    ]);
-    assert!(annotated.ok, "{}", annotated.stderr);
     std::thread::sleep(Duration::from_secs(2));
-    let g = c.k(&[
-        "get",
-        "configmap",
-        "later",
-        "-o",
-        "jsonpath={.data.greeting}",
-    ]);
-    assert_eq!(g, "", "a deleted plugin no longer reconciles");
+    let cm = c.kubectl(&["get", "configmap", "later"]);
+    assert!(
+        !cm.ok && cm.stderr.contains("NotFound"),
+        "a deleted plugin no longer reconciles: {}",
+        cm.stdout
+    );
+    let status = c.k(&["get", "greeting", "later", "-o", "jsonpath={.status}"]);
+    assert!(
+        status.is_empty() || status == "{}",
+        "nobody wrote the status: {status}"
+    );
 }
 
 const SPIN: &[u8] = include_bytes!(concat!(

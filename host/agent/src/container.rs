@@ -936,6 +936,8 @@ pub(super) async fn run_container(
         let (attach, stdin) = (Some(attach), Some(stdin));
         let memory_gauge = matches!(prepared, Prepared::Wasm { .. })
             .then(kedge_runtime::wasm::MemoryGauge::default);
+        let cpu_gauge =
+            matches!(prepared, Prepared::Wasm { .. }).then(kedge_runtime::wasm::CpuGauge::default);
         // The pod's own network, if it has one: Wasm instances run on its namespace's
         // runtime, OCI containers join the namespace and get the pod's resolv.conf and hosts.
         let pod_net = ctx.net().pod(uid);
@@ -1027,6 +1029,7 @@ pub(super) async fn run_container(
                     dirs: dirs.clone(),
                     net: wasm_net.clone(),
                     resolver: wasm_resolver.clone(),
+                    cpu_time: cpu_gauge.clone(),
                 },
             })),
             Prepared::Oci { .. } => None,
@@ -1043,6 +1046,7 @@ pub(super) async fn run_container(
                 wasm: wasm_target.clone(),
                 stdin: attach,
                 memory: memory_gauge.clone(),
+                cpu: cpu_gauge.clone(),
                 netns: pod_net.as_ref().map(|n| n.netns.clone()),
             },
         );
@@ -1187,6 +1191,7 @@ pub(super) async fn run_container(
                         memory_limit,
                         dirs,
                         memory_in_use: memory_gauge.clone(),
+                        cpu_time: cpu_gauge.clone(),
                         net: wasm_net.clone(),
                         resolver: wasm_resolver.clone(),
                     };

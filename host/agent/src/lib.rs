@@ -27,12 +27,14 @@ mod spec;
 mod status;
 mod stream;
 mod udp_relay;
+mod usage;
 
 pub use eviction::Thresholds as EvictionThresholds;
 pub use kedge_runtime::logs::LogRotation;
 pub use network::{NetworkConfig, PodNetworkMode, ProxyMode, parse_cidr};
 pub use node::Taint;
 pub use refresh::OBJECT_REFRESH;
+pub use usage::DEFAULT_INTERVAL as METRIC_RESOLUTION;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -89,6 +91,9 @@ pub struct AgentConfig {
     pub container_logs: LogRotation,
     /// The pod network, the service proxy and cluster DNS.
     pub network: NetworkConfig,
+    /// How often the node and its containers' CPU and memory are sampled for
+    /// `metrics.k8s.io` (`--metric-resolution-seconds`, [`METRIC_RESOLUTION`]).
+    pub metric_resolution: Duration,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -108,6 +113,8 @@ struct LogHandle {
     stdin: Option<kedge_runtime::stdio::Attach>,
     /// The linear memory a Wasm container's run holds (OCI containers: their cgroup).
     memory: Option<kedge_runtime::wasm::MemoryGauge>,
+    /// The CPU time a Wasm container's run has used (OCI containers: their cgroup).
+    cpu: Option<kedge_runtime::wasm::CpuGauge>,
     /// The pod's network namespace, when it has its own (port-forward connects from inside).
     netns: Option<PathBuf>,
 }
@@ -332,6 +339,11 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         shared.node.clone(),
         cancel.clone(),
     ));
+    tasks.spawn(usage::usage_loop(
+        shared.clone(),
+        cfg.metric_resolution,
+        cancel.clone(),
+    ));
     tasks.spawn(container::image_gc_loop(
         shared.clone(),
         cfg.image_store_max_bytes,
@@ -450,6 +462,7 @@ mod tests {
                 wasm: None,
                 stdin: None,
                 memory: None,
+                cpu: None,
                 netns: None,
             },
         );

@@ -23,7 +23,7 @@ use crate::error::{ApiError, Result, qualified};
 use crate::ops::{Api, ListOptions};
 use kedge_core::meta;
 use kedge_core::quantity;
-use kedge_core::resources::{self, RESOURCES, Resource};
+use kedge_core::resources::{self, Resource};
 use kedge_store as store;
 
 /// A Kubernetes quantity in thousandths, remembering whether it was written in binary units
@@ -525,8 +525,8 @@ fn tracked_names(res: &Resource) -> Vec<String> {
 
 /// The served kind a quota resource name counts, if kedge implements it.
 pub(crate) fn kind_of(name: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
+    resources::all()
+        .into_iter()
         .filter(|r| r.namespaced)
         .find(|r| tracked_names(r).iter().any(|n| n == name))
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use kedge_core::resources::{RESOURCES, RETIRED, Resource, groups};
+use kedge_core::resources::{self, Resource, groups};
 
 /// Create-only resources answered from the request and never stored (kube-apiserver's
 /// "virtual" review resources). They live here, not in the resource table, because routing,
@@ -63,10 +63,11 @@ pub(crate) static VIRTUAL: &[Resource] = &[
 /// Every resource discovery lists: the stored kinds, the retired versions still served, then
 /// the virtual ones.
 fn served() -> impl Iterator<Item = &'static Resource> {
-    RESOURCES
-        .iter()
-        .chain(RETIRED.iter().map(|r| &r.resource))
+    resources::all()
+        .into_iter()
+        .chain(resources::all_retired().into_iter().map(|r| &r.resource))
         .chain(VIRTUAL.iter())
+        .chain(super::resource_metrics::METRICS.iter())
 }
 
 /// The named groups discovery lists, in order, each with its versions, the preferred (stored)
@@ -75,11 +76,16 @@ fn served_groups() -> Vec<(&'static str, Vec<&'static str>)> {
     let pairs = groups()
         .into_iter()
         .chain(
-            RETIRED
-                .iter()
+            resources::all_retired()
+                .into_iter()
                 .map(|r| (r.resource.group, r.resource.version)),
         )
-        .chain(VIRTUAL.iter().map(|r| (r.group, r.version)));
+        .chain(VIRTUAL.iter().map(|r| (r.group, r.version)))
+        .chain(
+            super::resource_metrics::METRICS
+                .iter()
+                .map(|r| (r.group, r.version)),
+        );
     let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
     for (g, v) in pairs.filter(|(g, _)| !g.is_empty()) {
         match out.iter_mut().find(|(known, _)| *known == g) {
@@ -123,6 +129,9 @@ pub(crate) const VERBS: &[&str] = &[
 fn verbs(r: &Resource) -> Vec<&'static str> {
     if VIRTUAL.iter().any(|v| std::ptr::eq(v, r)) {
         return vec!["create"];
+    }
+    if super::resource_metrics::is_metrics(r) {
+        return super::resource_metrics::VERBS.to_vec();
     }
     VERBS
         .iter()

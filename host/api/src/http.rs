@@ -74,7 +74,8 @@ async fn handle(State(st): State<Arc<ApiState>>, req: Request) -> Response {
     };
     // Every answer about a retired version says so, errors included; kubectl prints it.
     if let Some(r) = target.and_then(|t| t.retired)
-        && let Some(h) = super::retired::warning_header(&r.warning())
+        && let Some(w) = r.warning()
+        && let Some(h) = super::retired::warning_header(&w)
     {
         response.headers_mut().append(header::WARNING, h);
     }
@@ -227,6 +228,11 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         }
         _ => {}
     }
+    // The dashboard's static page, open like kube-dashboard's assets (it holds no data; every
+    // request it makes is an API call with the user's token): see super::ui.
+    if let Some(r) = super::ui::serve(&segs, &parts.method) {
+        return r;
+    }
     // A client certificate first (as kube-apiserver's authenticator chain), else a bearer
     // token; neither, or a token that does not verify, is 401.
     let identity = match parts.extensions.get::<Identity>().cloned() {
@@ -250,6 +256,31 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
     // (it is no resource RBAC could grant).
     if let Some(target) = super::relay::parse(&segs) {
         return super::relay::serve(st, &identity, parts, &target).await;
+    }
+    // Resource metrics (`metrics.k8s.io`, authorized there) and the nodes' usage reports.
+    if super::resource_metrics::is_resource_path(&segs) {
+        return super::resource_metrics::serve(
+            st,
+            &identity,
+            &parts.method,
+            headers,
+            &segs,
+            &query,
+        );
+    }
+    if let Some(node) = super::resource_metrics::report_target(&segs) {
+        let body = axum::body::to_bytes(body, super::body::MAX_BODY)
+            .await
+            .map_err(super::body::too_large)?;
+        let now = std::time::Instant::now();
+        return super::resource_metrics::receive_report(
+            &st.api,
+            &identity,
+            &parts.method,
+            node,
+            &body,
+            now,
+        );
     }
     // Paths outside the resource URLs, and the review "resources" answered right here, are
     // authorized now; resource requests once their URL is resolved.
@@ -603,10 +634,7 @@ fn decide(st: &ApiState, id: &Identity, a: &super::rbac::Attributes) -> bool {
         return st.rbac.allows(id, a);
     }
     // The Node authorizer decides per request: ask it about the equivalent one.
-    let Some(res) = resources::RESOURCES
-        .iter()
-        .find(|r| r.group == a.group && r.plural == a.resource)
-    else {
+    let Some(res) = resources::by_group_plural(&a.group, &a.resource) else {
         return false;
     };
     let method = match a.verb.as_str() {
@@ -2522,6 +2550,372 @@ mod tests {
             rec.0.lock().unwrap().len(),
             before,
             "nothing refused was forwarded"
+        );
+    }
+
+    /// A CustomResourceDefinition end to end through the HTTP layer: established at once,
+    /// discovered, its objects pruned, defaulted and validated by its schema, printed with its
+    /// columns, its status and scale subresources, its second version a view, and its objects
+    /// deleted with it.
+    #[tokio::test]
+    async fn custom_resources_are_served_while_their_definition_lives() {
+        const MERGE: &str = "application/merge-patch+json";
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let g = "crdtest.kedge.dev";
+        let version = |name: &str, storage: bool| {
+            json!({"name": name, "served": true, "storage": storage,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                "spec": {"type": "object", "required": ["size"], "properties": {
+                    "size": {"type": "integer", "minimum": 1, "maximum": 10},
+                    "color": {"type": "string", "enum": ["red", "blue"], "default": "red"},
+                    "replicas": {"type": "integer"}}},
+                "status": {"type": "object", "properties": {
+                    "ready": {"type": "boolean"}, "replicas": {"type": "integer"}}}}}},
+            "subresources": {"status": {}, "scale": {"specReplicasPath": ".spec.replicas",
+                "statusReplicasPath": ".status.replicas"}},
+            "additionalPrinterColumns": [
+                {"name": "Size", "type": "integer", "jsonPath": ".spec.size"},
+                {"name": "Color", "type": "string", "jsonPath": ".spec.color", "priority": 1}]})
+        };
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("gizmos.{g}")},
+            "spec": {"group": g, "scope": "Namespaced",
+                "names": {"plural": "gizmos", "kind": "Gizmo", "shortNames": ["gz"], "categories": ["all"]},
+                "versions": [version("v1", true), version("v1beta1", false)]}});
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let a = call(&st, ADMIN, "POST", crds, JSON, crd).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        assert_eq!(a.body["status"]["acceptedNames"]["kind"], "Gizmo");
+        assert!(
+            a.body["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["type"] == "Established" && c["status"] == "True")
+        );
+        // Discovered in both forms, with the second version after the storage one.
+        let d = call(&st, ADMIN, "GET", &format!("/apis/{g}"), JSON, Value::Null).await;
+        assert_eq!(d.body["preferredVersion"]["version"], "v1", "{}", d.body);
+        assert_eq!(d.body["versions"].as_array().unwrap().len(), 2);
+        let d = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("/apis/{g}/v1"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        let r = &d.body["resources"][0];
+        assert_eq!(
+            (r["name"].as_str(), r["shortNames"][0].as_str()),
+            (Some("gizmos"), Some("gz"))
+        );
+
+        let url = format!("/apis/{g}/v1/namespaces/default/gizmos");
+        // Validation against the schema, with field paths.
+        let bad = json!({"apiVersion": format!("{g}/v1"), "kind": "Gizmo",
+            "metadata": {"name": "bad"}, "spec": {"size": 11, "color": "green"}});
+        let a = call(&st, ADMIN, "POST", &url, JSON, bad).await;
+        assert_eq!(a.code, 422, "{}", a.body);
+        let fields: Vec<&str> = a.body["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, ["spec.color", "spec.size"], "{}", a.body);
+        // Unknown fields pruned (and warned of), defaults filled, status dropped on create.
+        let good = json!({"apiVersion": format!("{g}/v1"), "kind": "Gizmo",
+            "metadata": {"name": "one"}, "spec": {"size": 3, "extra": 1, "replicas": 2},
+            "status": {"ready": true}});
+        let a = call(&st, ADMIN, "POST", &url, JSON, good).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        assert_eq!(
+            a.body["spec"],
+            json!({"size": 3, "color": "red", "replicas": 2})
+        );
+        assert!(a.body.get("status").is_none(), "{}", a.body);
+        assert_eq!(a.body["metadata"]["generation"], 1);
+        assert!(
+            a.warnings
+                .iter()
+                .any(|w| w.contains("unknown field") && w.contains("spec.extra")),
+            "{:?}",
+            a.warnings
+        );
+        // The status subresource: checked by the schema, and the only way to write status.
+        let status = format!("{url}/one/status");
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &status,
+            MERGE,
+            json!({"status": {"ready": "yes"}}),
+        )
+        .await;
+        assert_eq!(a.code, 422, "{}", a.body);
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &status,
+            MERGE,
+            json!({"status": {"ready": true, "replicas": 2}}),
+        )
+        .await;
+        assert_eq!(
+            (a.code, &a.body["status"]["ready"]),
+            (200, &json!(true)),
+            "{}",
+            a.body
+        );
+        // Scale through its paths.
+        let a = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{url}/one/scale"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (
+                a.body["spec"]["replicas"].as_i64(),
+                a.body["status"]["replicas"].as_i64()
+            ),
+            (Some(2), Some(2)),
+            "{}",
+            a.body
+        );
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{url}/one/scale"),
+            MERGE,
+            json!({"spec": {"replicas": 5}}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        let a = call(&st, ADMIN, "GET", &format!("{url}/one"), JSON, Value::Null).await;
+        assert_eq!(a.body["spec"]["replicas"], 5);
+        assert_eq!(a.body["metadata"]["generation"], 2);
+        // The other version is a view of the same objects.
+        let beta = format!("/apis/{g}/v1beta1/namespaces/default/gizmos/one");
+        let a = call(&st, ADMIN, "GET", &beta, JSON, Value::Null).await;
+        assert_eq!(a.body["apiVersion"], format!("{g}/v1beta1"), "{}", a.body);
+        // Printer columns.
+        let mut req = http::Request::builder()
+            .uri(&url)
+            .header(
+                header::ACCEPT,
+                "application/json;as=Table;v=v1;g=meta.k8s.io",
+            )
+            .body(Body::empty())
+            .unwrap();
+        req.extensions_mut().insert(Identity {
+            user: "admin".into(),
+            groups: vec!["system:masters".into()],
+        });
+        let r = handle(State(st.clone()), req).await;
+        let table: Value = serde_json::from_slice(
+            &axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> = table["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["Name", "Size", "Color"], "{table}");
+        assert_eq!(
+            table["rows"][0]["cells"],
+            json!(["one", 3, "red"]),
+            "{table}"
+        );
+
+        // Deleting the definition deletes its objects; one held by a finalizer holds the
+        // definition (terminating, refusing new objects) until it goes.
+        let held = json!({"apiVersion": format!("{g}/v1"), "kind": "Gizmo",
+            "metadata": {"name": "held", "finalizers": ["e2e.kedge.dev/hold"]}, "spec": {"size": 1}});
+        assert_eq!(call(&st, ADMIN, "POST", &url, JSON, held).await.code, 201);
+        let a = call(
+            &st,
+            ADMIN,
+            "DELETE",
+            &format!("{crds}/gizmos.{g}"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert!(a.code == 200 || a.code == 202, "{}", a.body);
+        let a = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{crds}/gizmos.{g}"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert!(
+            a.body["metadata"]["deletionTimestamp"].is_string(),
+            "{}",
+            a.body
+        );
+        let a = call(&st, ADMIN, "GET", &format!("{url}/one"), JSON, Value::Null).await;
+        assert_eq!(a.code, 404, "{}", a.body);
+        let late = json!({"metadata": {"name": "late"}, "spec": {"size": 1}});
+        let a = call(&st, ADMIN, "POST", &url, JSON, late).await;
+        assert_eq!(a.code, 405, "{}", a.body);
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{url}/held"),
+            MERGE,
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        let a = call(
+            &st,
+            ADMIN,
+            "GET",
+            &format!("{crds}/gizmos.{g}"),
+            JSON,
+            Value::Null,
+        )
+        .await;
+        assert_eq!(a.code, 404, "{}", a.body);
+        let a = call(&st, ADMIN, "GET", &url, JSON, Value::Null).await;
+        assert_eq!(a.code, 404, "{}", a.body);
+        let key = kedge_store::prefix(g, "gizmos", "");
+        let (left, _) = st.api.store().list(&key).unwrap();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// Server-side apply follows a custom kind's schema: two managers applying different
+    /// items of an `x-kubernetes-list-type: map` list (keyed by `id`, not a built-in merge
+    /// key) both keep them and own them per item, as do creates and updates.
+    #[tokio::test]
+    async fn server_side_apply_merges_custom_map_lists_by_their_keys() {
+        const APPLY: &str = "application/apply-patch+yaml";
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let g = "ssatest.kedge.dev";
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object",
+            "properties": {"entries": {"type": "array", "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["id"],
+                "items": {"type": "object", "required": ["id"], "properties": {
+                    "id": {"type": "integer"}, "value": {"type": "string"}}}}}}}});
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition", "metadata": {"name": format!("rules.{g}")},
+            "spec": {"group": g, "scope": "Namespaced",
+                "names": {"plural": "rules", "kind": "Rule"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": schema}}]}});
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let a = call(&st, ADMIN, "POST", crds, JSON, crd).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        let url = format!("/apis/{g}/v1/namespaces/default/rules");
+        let rule = |entries: Value| {
+            json!({"apiVersion": format!("{g}/v1"), "kind": "Rule",
+                "metadata": {"name": "r"}, "spec": {"entries": entries}})
+        };
+        let owned = |obj: &Value, manager: &str| {
+            obj["metadata"]["managedFields"]
+                .as_array()
+                .and_then(|m| m.iter().find(|e| e["manager"] == manager))
+                .map(|e| e["fieldsV1"]["f:spec"]["f:entries"].clone())
+                .unwrap_or(Value::Null)
+        };
+        let apply = |manager: &str, entries: Value| {
+            let (uri, body) = (format!("{url}/r?fieldManager={manager}"), rule(entries));
+            let st = st.clone();
+            async move { call(&st, ADMIN, "PATCH", &uri, APPLY, body).await }
+        };
+        let a = apply("a", json!([{"id": 1, "value": "one"}])).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+        let b = apply("b", json!([{"id": 2, "value": "two"}])).await;
+        assert_eq!(b.code, 200, "{}", b.body);
+        assert_eq!(
+            b.body["spec"]["entries"],
+            json!([{"id": 1, "value": "one"}, {"id": 2, "value": "two"}])
+        );
+        assert_eq!(
+            owned(&b.body, "a"),
+            json!({"k:{\"id\":1}": {".": {}, "f:id": {}, "f:value": {}}})
+        );
+        assert_eq!(
+            owned(&b.body, "b"),
+            json!({"k:{\"id\":2}": {".": {}, "f:id": {}, "f:value": {}}})
+        );
+        // Another value for a's item conflicts on that item's field only.
+        let c = apply(
+            "b",
+            json!([{"id": 2, "value": "two"}, {"id": 1, "value": "uno"}]),
+        )
+        .await;
+        assert_eq!(c.code, 409, "{}", c.body);
+        assert!(
+            c.body["message"]
+                .as_str()
+                .unwrap()
+                .ends_with(".spec.entries[id=1].value"),
+            "{}",
+            c.body
+        );
+        // An update takes over just the item field it changes.
+        let patch = json!({"spec": {"entries": [{"id": 1, "value": "one"},
+            {"id": 2, "value": "deux"}]}});
+        let u = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{url}/r?fieldManager=edit"),
+            "application/merge-patch+json",
+            patch,
+        )
+        .await;
+        assert_eq!(u.code, 200, "{}", u.body);
+        assert_eq!(
+            owned(&u.body, "edit"),
+            json!({"k:{\"id\":2}": {"f:value": {}}})
+        );
+        // a drops its item: it goes; b's stays.
+        let a = apply("a", json!([])).await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(
+            a.body["spec"]["entries"],
+            json!([{"id": 2, "value": "deux"}])
+        );
+        // An applied item without its key is refused.
+        let bad = apply("a", json!([{"value": "x"}])).await;
+        assert_eq!(bad.code, 422, "{}", bad.body);
+        // A create records the creator's items by key too.
+        let created = call(
+            &st,
+            ADMIN,
+            "POST",
+            &format!("{url}?fieldManager=creator"),
+            JSON,
+            json!({"apiVersion": format!("{g}/v1"), "kind": "Rule",
+                "metadata": {"name": "s"}, "spec": {"entries": [{"id": 7}]}}),
+        )
+        .await;
+        assert_eq!(created.code, 201, "{}", created.body);
+        assert_eq!(
+            owned(&created.body, "creator"),
+            json!({"k:{\"id\":7}": {".": {}, "f:id": {}}})
         );
     }
 }

@@ -12,9 +12,12 @@ pub mod alloc;
 pub mod auth;
 mod authz;
 pub mod body;
+pub mod crd;
 mod discovery;
 pub mod error;
 mod eviction;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 mod kinds;
 pub mod metrics;
@@ -26,12 +29,14 @@ mod protobuf;
 mod proxy;
 pub mod rbac;
 mod relay;
+pub mod resource_metrics;
 mod retired;
 pub mod schema;
 mod spdy;
 mod stream;
 mod table;
 pub mod tokens;
+mod ui;
 
 pub use error::ApiError;
 pub use kinds::priorityclass::SYSTEM_CLASSES as SYSTEM_PRIORITY_CLASSES;

@@ -13,7 +13,7 @@
 //! [`kedge_core::patch`] rather than upstream, so that the patch kubectl computes is the one
 //! this server applies. Everything is built once, on first request, and served as bytes.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use axum::http::{StatusCode, header};
@@ -22,7 +22,7 @@ use k8s_openapi::schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
 use kedge_core::patch;
-use kedge_core::resources::{RESOURCES, RETIRED, Resource, Retired, groups};
+use kedge_core::resources::{self, Resource, Retired, groups};
 
 const REF_PREFIX: &str = "#/components/schemas/";
 
@@ -34,17 +34,31 @@ struct Documents {
     group_versions: Vec<(String, Bytes)>,
 }
 
-static DOCUMENTS: LazyLock<Documents> = LazyLock::new(build);
+/// The documents of the served kinds, rebuilt when custom kinds come or go (their hashes
+/// change with them, so kubectl's cache refreshes).
+static DOCUMENTS: RwLock<Option<(u64, Arc<Documents>)>> = RwLock::new(None);
+
+fn documents() -> Arc<Documents> {
+    let generation = resources::generation();
+    if let Some((g, d)) = DOCUMENTS.read().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && *g == generation
+    {
+        return d.clone();
+    }
+    let built = Arc::new(build());
+    *DOCUMENTS.write().unwrap_or_else(|p| p.into_inner()) = Some((generation, built.clone()));
+    built
+}
 
 /// `/openapi/v3`: every group-version with a content hash, which kubectl caches by.
 pub fn root() -> Bytes {
-    DOCUMENTS.root.clone()
+    documents().root.clone()
 }
 
 /// The document of one group-version (`""` for core).
 pub(crate) fn group_version(group: &str, version: &str) -> Option<Bytes> {
     let path = gv_path(group, version);
-    DOCUMENTS
+    documents()
         .group_versions
         .iter()
         .find(|(p, _)| *p == path)
@@ -79,7 +93,7 @@ fn build() -> Documents {
     let (schemas, kinds) = schemas();
     let mut gvs = vec![("", "v1")];
     gvs.extend(groups());
-    for r in RETIRED {
+    for r in resources::all_retired() {
         let gv = (r.resource.group, r.resource.version);
         if !gvs.contains(&gv) {
             gvs.push(gv);
@@ -108,7 +122,7 @@ fn build() -> Documents {
 
 /// Registers the Kubernetes type of a served kind; returns its definition name.
 fn register(generator: &mut SchemaGenerator, r: &Resource) -> Option<String> {
-    let typed = crate::kinds::rules(r).typed()?;
+    let typed = crate::kinds::version_typed(r).or_else(|| crate::kinds::rules(r).typed())?;
     Some(typed.register(generator))
 }
 
@@ -119,8 +133,14 @@ fn schemas() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
     let mut generator = SchemaSettings::openapi3()
         .with(|s| s.meta_schema = None)
         .into_generator();
-    let kinds: Vec<(&Resource, String)> = RESOURCES
-        .iter()
+    // Retired versions of another shape than their stored one have a schema of their own.
+    let own_shape = resources::all_retired()
+        .into_iter()
+        .map(|r| &r.resource)
+        .filter(|r| crate::kinds::version_typed(r).is_some());
+    let kinds: Vec<(&Resource, String)> = resources::all()
+        .into_iter()
+        .chain(own_shape)
         .filter_map(|r| register(&mut generator, r).map(|name| (r, name)))
         .collect();
     let mut defs = generator.take_definitions(true);
@@ -149,7 +169,10 @@ fn schemas() -> (Map<String, Value>, Vec<(&'static Resource, String)>) {
         }
     }
     let mut kinds = kinds;
-    for r in RETIRED {
+    for r in resources::all_retired() {
+        if crate::kinds::version_typed(&r.resource).is_some() {
+            continue;
+        }
         if let Some((name, schema)) = retired_schema(r, &defs, &kinds) {
             defs.insert(name.clone(), schema);
             kinds.push((&r.resource, name));
@@ -188,7 +211,10 @@ fn retired_schema(
     let description = o.get("description").and_then(Value::as_str).unwrap_or("");
     o.insert(
         "description".into(),
-        json!(format!("{description}\n\nDeprecated: {}.", r.warning())),
+        json!(match r.warning() {
+            Some(w) => format!("{description}\n\nDeprecated: {w}."),
+            None => description.to_string(),
+        }),
     );
     Some((name, schema))
 }
@@ -307,9 +333,9 @@ fn document(
     defs: &Map<String, Value>,
     kinds: &[(&Resource, String)],
 ) -> Option<Value> {
-    let rs: Vec<&Resource> = RESOURCES
-        .iter()
-        .chain(RETIRED.iter().map(|r| &r.resource))
+    let rs: Vec<&Resource> = resources::all()
+        .into_iter()
+        .chain(resources::all_retired().into_iter().map(|r| &r.resource))
         .filter(|r| r.group == group && r.version == version)
         .collect();
     if rs.is_empty() {
@@ -500,7 +526,10 @@ mod tests {
 
     #[test]
     fn every_served_kind_has_a_typed_schema_with_its_gvk_and_a_patch_operation() {
-        for r in RESOURCES.iter().chain(RETIRED.iter().map(|r| &r.resource)) {
+        for r in resources::RESOURCES
+            .iter()
+            .chain(resources::RETIRED.iter().map(|r| &r.resource))
+        {
             let d = doc(r.group, r.version);
             let gvk = json!({"group": r.group, "kind": r.kind, "version": r.version});
             let schemas = d["components"]["schemas"].as_object().unwrap();
@@ -548,8 +577,9 @@ mod tests {
     fn documents_are_self_contained_and_listed_with_their_hash() {
         let root: Value = serde_json::from_slice(&root()).unwrap();
         let paths = root["paths"].as_object().unwrap();
-        // Core, the named groups, and batch/v1beta1 (a retired version).
-        assert_eq!(paths.len(), groups().len() + 2);
+        // Core, the named groups, batch/v1beta1 (a retired version) and autoscaling/v1 (served
+        // beside v2).
+        assert_eq!(paths.len(), groups().len() + 3);
         for (path, entry) in paths {
             let (group, version) = match path.split('/').collect::<Vec<_>>()[..] {
                 ["api", v] => ("", v),

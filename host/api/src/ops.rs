@@ -29,6 +29,8 @@ pub struct Api {
     alloc: super::alloc::Allocator,
     /// Serialises each namespace's quota checks with its writes (see [`super::admission`]).
     pub(crate) quota: super::admission::Locks,
+    /// The nodes' latest resource usage reports (`metrics.k8s.io`), in memory only.
+    pub(crate) usage: super::resource_metrics::Samples,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -216,7 +218,13 @@ impl Api {
             clock,
             alloc: Default::default(),
             quota: Default::default(),
+            usage: Default::default(),
         }
+    }
+
+    /// The nodes' latest usage reports, which `metrics.k8s.io` serves (plugins read them).
+    pub fn usage(&self) -> &super::resource_metrics::Samples {
+        &self.usage
     }
 
     /// The same API handing out pod CIDRs and reserving the DNS IP per `network` (the
@@ -365,6 +373,7 @@ impl Api {
         preset: Option<Vec<apply::Entry>>,
     ) -> Result<Value> {
         check_type(res, &mut obj)?;
+        super::crd::check_create(res)?;
         let mut obj = opts.decode(res, obj)?;
         let meta_obj = obj
             .as_object_mut()
@@ -439,7 +448,8 @@ impl Api {
         kinds::on_create(res, &mut obj, &now);
         let managed = preset.unwrap_or_else(|| {
             let manager = opts.manager.as_deref();
-            apply::track_update(&[], None, &obj, manager, &res.api_version(), None, &now)
+            let (v, shapes) = (res.api_version(), CustomShapes(res));
+            apply::track_update(&[], None, &obj, manager, &v, None, &now, shapes.of())
         });
         set_managed(&mut obj, &managed);
         let causes = kinds::validate(res, &obj);
@@ -453,9 +463,23 @@ impl Api {
         if opts.dry_run {
             return Ok(obj);
         }
-        self.store
+        let stored = self
+            .store
             .create(&Self::key(res, ns, &name), obj)
-            .map_err(|e| ApiError::from_store(e, res, &name))
+            .map_err(|e| ApiError::from_store(e, res, &name))?;
+        self.after_write(res, &name);
+        Ok(stored)
+    }
+
+    /// What a stored write does beyond the object: a CustomResourceDefinition's kind is
+    /// served, changed or taken away, and a definition being deleted finishes when its last
+    /// object goes (see [`super::crd`]).
+    fn after_write(&self, res: &'static Resource, name: &str) {
+        if res.group == super::crd::GROUP && res.kind == "CustomResourceDefinition" {
+            super::crd::sync(self, name);
+        } else if resources::is_custom(res) {
+            super::crd::after_object_write(self, res);
+        }
     }
 
     /// Kubernetes' ServiceAccount admission for a new pod: its ServiceAccount is `default`
@@ -550,7 +574,12 @@ impl Api {
     }
 
     /// The object, or `None` when there is none.
-    fn get_if_exists(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Option<Value>> {
+    pub(crate) fn get_if_exists(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<Value>> {
         match self.get(res, ns, name) {
             Ok(obj) => Ok(Some(obj)),
             Err(e) if e.code == 404 => Ok(None),
@@ -687,6 +716,10 @@ impl Api {
         let mut next = if sub == Some("status") {
             let mut n = current.clone();
             n["status"] = obj.get("status").cloned().unwrap_or(json!({}));
+            let causes = kinds::validate_status(res, &mut n);
+            if !causes.is_empty() {
+                return Err(ApiError::invalid(res, name, causes));
+            }
             n
         } else {
             let mut n = obj;
@@ -778,6 +811,7 @@ impl Api {
                 &res.api_version(),
                 sub,
                 &self.now(),
+                CustomShapes(res).of(),
             );
             set_managed(&mut next, &managed);
         }
@@ -797,18 +831,23 @@ impl Api {
         if deleting && meta::finalizers(&next).is_empty() && spec_finalized {
             // The last finalizer went away: the object is gone now.
             let rev = store::revision_of(&current);
-            return self
+            let gone = self
                 .store
                 .delete(&Self::key(res, ns, name), rev)
-                .map_err(|e| ApiError::from_store(e, res, name));
+                .map_err(|e| ApiError::from_store(e, res, name))?;
+            self.after_write(res, name);
+            return Ok(gone);
         }
-        self.store
+        let stored = self
+            .store
             .update(
                 &Self::key(res, ns, name),
                 next,
                 store::revision_of(&current),
             )
-            .map_err(|e| ApiError::from_store(e, res, name))
+            .map_err(|e| ApiError::from_store(e, res, name))?;
+        self.after_write(res, name);
+        Ok(stored)
     }
 
     /// PATCH; retried on a conflict with a concurrent writer unless the patch itself pins a
@@ -906,6 +945,7 @@ impl Api {
         }
         let pinned = config.pointer("/metadata/resourceVersion").is_some();
         let api_version = res.api_version();
+        let shapes = CustomShapes(res);
         for _ in 0..5 {
             let current = self.get_if_exists(res, ns, name)?;
             let managed = current
@@ -918,6 +958,7 @@ impl Api {
                 api_version: &api_version,
                 force,
                 now: &now,
+                shapes: shapes.of(),
             };
             let out = apply::apply(current.as_ref(), &managed, &config, &req)
                 .map_err(|e| apply_error(res, name, e))?;
@@ -963,6 +1004,12 @@ impl Api {
                         && attempts < 16 =>
                 {
                     attempts += 1;
+                }
+                Ok(v) => {
+                    if !opts.dry_run {
+                        self.after_write(res, name);
+                    }
+                    return Ok(v);
                 }
                 other => return other,
             }
@@ -1163,8 +1210,22 @@ impl Api {
 
     /// The `scale` subresource as an autoscaling/v1 Scale.
     pub(crate) fn get_scale(&self, res: &'static Resource, ns: &str, name: &str) -> Result<Value> {
+        let paths = Self::scale_paths(res)?;
         let obj = self.get(res, ns, name)?;
-        Ok(scale_of(&obj))
+        Ok(scale_of(&obj, &paths))
+    }
+
+    fn scale_paths(res: &Resource) -> Result<super::crd::ScalePaths> {
+        super::crd::scale_paths(res).ok_or_else(|| {
+            ApiError::new(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the requested resource ({}/scale)",
+                    res.plural
+                ),
+            )
+        })
     }
 
     pub(crate) fn update_scale(
@@ -1193,6 +1254,7 @@ impl Api {
                 }],
             ));
         }
+        let paths = Self::scale_paths(res)?;
         let mut obj = self.get(res, ns, name)?;
         if let Some(rv) = scale
             .pointer("/metadata/resourceVersion")
@@ -1201,9 +1263,9 @@ impl Api {
         {
             obj["metadata"]["resourceVersion"] = json!(rv);
         }
-        obj["spec"]["replicas"] = json!(replicas);
+        set_pointer(&mut obj, &paths.spec_replicas, json!(replicas));
         let updated = self.update(res, ns, name, obj, None, opts)?;
-        Ok(scale_of(&updated))
+        Ok(scale_of(&updated, &paths))
     }
 
     /// A watch over one resource with selectors. `from` None means "send the current objects
@@ -1377,6 +1439,26 @@ pub(super) fn patch_error(kind: PatchType, e: patch::Error) -> ApiError {
     }
 }
 
+/// Server-side apply's list and map types for a custom kind: its schema's (see
+/// [`apply::Shapes`]); built-in kinds merge by kedge's built-in rules.
+struct CustomShapes<'a>(&'a Resource);
+
+impl CustomShapes<'_> {
+    fn of(&self) -> Option<&dyn apply::Shapes> {
+        resources::is_custom(self.0).then_some(self as _)
+    }
+}
+
+impl apply::Shapes for CustomShapes<'_> {
+    fn list_at(&self, path: &[&str]) -> Option<kedge_core::crd_schema::ListType> {
+        super::crd::list_type_at(self.0, path)
+    }
+
+    fn map_at(&self, path: &[&str]) -> Option<kedge_core::crd_schema::MapType> {
+        super::crd::map_type_at(self.0, path)
+    }
+}
+
 /// Stores `managed` as the object's `metadata.managedFields` (none: the field goes).
 fn set_managed(obj: &mut Value, managed: &[apply::Entry]) {
     let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
@@ -1456,8 +1538,30 @@ fn decode_continue(token: &str) -> Result<String> {
         .ok_or_else(|| ApiError::bad_request("continue key is not valid"))
 }
 
-fn scale_of(obj: &Value) -> Value {
-    let selector = if obj.get("kind").and_then(Value::as_str) == Some("ReplicationController") {
+/// Sets the value at a JSON pointer of plain object keys, making the objects on the way.
+fn set_pointer(obj: &mut Value, ptr: &str, v: Value) {
+    let mut at = obj;
+    let keys: Vec<&str> = ptr.split('/').skip(1).collect();
+    for (i, k) in keys.iter().enumerate() {
+        if !at.is_object() {
+            *at = json!({});
+        }
+        if i + 1 == keys.len() {
+            at[*k] = v;
+            return;
+        }
+        at = &mut at[*k];
+    }
+}
+
+fn scale_of(obj: &Value, paths: &super::crd::ScalePaths) -> Value {
+    let selector = if let Some(p) = &paths.label_selector {
+        // A custom kind's selector is kept in its string form.
+        obj.pointer(p)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    } else if obj.get("kind").and_then(Value::as_str) == Some("ReplicationController") {
         obj.pointer("/spec/selector")
             .map(super::table::map_selector_string)
             .unwrap_or_default()
@@ -1477,9 +1581,9 @@ fn scale_of(obj: &Value) -> Value {
             "resourceVersion": obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!("")),
             "creationTimestamp": obj.pointer("/metadata/creationTimestamp").cloned().unwrap_or(Value::Null),
         },
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0)},
+        "spec": {"replicas": obj.pointer(&paths.spec_replicas).and_then(Value::as_i64).unwrap_or(0)},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+            "replicas": obj.pointer(&paths.status_replicas).and_then(Value::as_i64).unwrap_or(0),
             "selector": selector,
         },
     })

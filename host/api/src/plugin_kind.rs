@@ -187,6 +187,7 @@ pub const BUILTIN_NAMES: &[&str] = &[
     "disruption",
     "localpath",
     "servicelb",
+    "hpa",
 ];
 
 /// Whether a kind reference is the wildcard (`*`/`*`).
@@ -405,6 +406,17 @@ pub fn validate(obj: &Value, causes: &mut Vec<Cause>) {
             let at = format!("{field}[{i}]");
             if is_wildcard(&k.api_version, &k.kind) {
                 // Every kind (but Events and Plugins): the garbage collector's grant.
+                continue;
+            }
+            if crate::resource_metrics::by_kind(&k.api_version, &k.kind).is_some() {
+                // Resource metrics are read from the nodes' latest samples, never written.
+                if field == "spec.writes" {
+                    causes.push(Cause::invalid(
+                        at,
+                        &format!("{}/{}", k.api_version, k.kind),
+                        "metrics.k8s.io kinds are read-only",
+                    ));
+                }
                 continue;
             }
             match resources::by_kind(&k.api_version, &k.kind) {

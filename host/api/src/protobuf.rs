@@ -1,5 +1,6 @@
 //! Protobuf request bodies (`application/vnd.kubernetes.protobuf`), which `kubectl create
-//! namespace|configmap|secret|deployment|service|job|cronjob|serviceaccount` send and do not
+//! namespace|configmap|secret|deployment|service|job|cronjob|serviceaccount` and `kubectl
+//! autoscale` send and do not
 //! retry as JSON: the `k8s\0` + `runtime.Unknown` envelope, then the k8s-pb message of the kind,
 //! turned into the Kubernetes JSON form so the rest of the API (typed decode, defaulting,
 //! validation) sees what `kubectl create -f` would have sent.
@@ -19,9 +20,9 @@ use std::collections::BTreeMap;
 
 use base64::Engine;
 use k8s_pb::api::{
-    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz, batch::v1 as batch,
-    core::v1 as core, policy::v1 as policy, policy::v1beta1 as policy_beta, rbac::v1 as rbac,
-    scheduling::v1 as scheduling,
+    apps::v1 as apps, authentication::v1 as authn, authorization::v1 as authz,
+    autoscaling::v1 as autoscaling, batch::v1 as batch, core::v1 as core, policy::v1 as policy,
+    policy::v1beta1 as policy_beta, rbac::v1 as rbac, scheduling::v1 as scheduling,
 };
 use k8s_pb::apimachinery::pkg::api::resource::Quantity;
 use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
@@ -71,6 +72,10 @@ pub fn decode(body: &[u8]) -> Result<Value> {
         ("v1", "Service") => convert::<core::Service>(&raw, &kind)?,
         ("v1", "Pod") => convert::<core::Pod>(&raw, &kind)?,
         ("apps/v1", "Deployment") => convert::<apps::Deployment>(&raw, &kind)?,
+        // `kubectl autoscale`.
+        ("autoscaling/v1", "HorizontalPodAutoscaler") => {
+            convert::<autoscaling::HorizontalPodAutoscaler>(&raw, &kind)?
+        }
         ("batch/v1", "Job") => convert::<batch::Job>(&raw, &kind)?,
         ("batch/v1", "CronJob") => convert::<batch::CronJob>(&raw, &kind)?,
         ("policy/v1", "PodDisruptionBudget") => {
@@ -440,6 +445,22 @@ fn unknown_field(original: &[u8], reencoded: &[u8], at: &str) -> Option<String> 
 }
 
 messages! {
+    autoscaling::HorizontalPodAutoscaler {
+        metadata: "metadata",
+        spec: "spec",
+        status: "status" ignore,
+    }
+    autoscaling::HorizontalPodAutoscalerSpec {
+        scale_target_ref: "scaleTargetRef",
+        min_replicas: "minReplicas" ptr,
+        max_replicas: "maxReplicas" ptr,
+        target_cpu_utilization_percentage: "targetCPUUtilizationPercentage" ptr,
+    }
+    autoscaling::CrossVersionObjectReference {
+        kind: "kind",
+        name: "name",
+        api_version: "apiVersion",
+    }
     scheduling::PriorityClass {
         metadata: "metadata",
         value: "value" ptr,
@@ -1701,6 +1722,32 @@ mod tests {
         raw.extend([0x12, 0x05, 0x0a, 0x01, b'k', 0x12, 0x00]);
         let got = decode(&envelope("v1", "ConfigMap", raw)).unwrap();
         assert_eq!(got["data"], json!({"k": ""}));
+    }
+
+    /// `kubectl autoscale` sends an autoscaling/v1 HorizontalPodAutoscaler.
+    #[test]
+    fn kubectl_autoscale_body() {
+        let hpa = autoscaling::HorizontalPodAutoscaler {
+            metadata: Some(meta("web")),
+            spec: Some(autoscaling::HorizontalPodAutoscalerSpec {
+                scale_target_ref: Some(autoscaling::CrossVersionObjectReference {
+                    kind: s("Deployment"),
+                    name: s("web"),
+                    api_version: s("apps/v1"),
+                }),
+                min_replicas: Some(10),
+                max_replicas: Some(15),
+                target_cpu_utilization_percentage: Some(80),
+            }),
+            status: Some(Default::default()),
+        };
+        assert_eq!(
+            decode(&body("autoscaling/v1", "HorizontalPodAutoscaler", &hpa)).unwrap(),
+            json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "web"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "web", "apiVersion": "apps/v1"},
+                    "minReplicas": 10, "maxReplicas": 15, "targetCPUUtilizationPercentage": 80}})
+        );
     }
 
     /// `kubectl create pdb` and `kubectl drain` send these: a budget of 0 is kept (a pointer

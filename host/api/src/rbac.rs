@@ -617,10 +617,21 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
         ),
         rule(&["discovery.k8s.io"], &["endpointslices"], &read),
         rule(
+            &["autoscaling"],
+            &[
+                "horizontalpodautoscalers",
+                "horizontalpodautoscalers/status",
+            ],
+            &read,
+        ),
+        rule(
             &["policy"],
             &["poddisruptionbudgets", "poddisruptionbudgets/status"],
             &read,
         ),
+        // metrics-server's `system:aggregated-metrics-reader`, aggregated to view, edit and
+        // admin (`kubectl top`).
+        rule(&["metrics.k8s.io"], &["nodes", "pods"], &read),
     ];
     let mut edit_rules = view_rules.clone();
     edit_rules.extend([
@@ -674,6 +685,7 @@ pub(crate) fn bootstrap_policy() -> (Vec<Value>, Vec<Value>) {
             &write,
         ),
         rule(&["batch"], &["cronjobs", "jobs"], &write),
+        rule(&["autoscaling"], &["horizontalpodautoscalers"], &write),
         rule(&["discovery.k8s.io"], &["endpointslices"], &write),
         rule(&["policy"], &["poddisruptionbudgets"], &write),
     ]);

@@ -76,7 +76,7 @@ mod tests {
 
     #[test]
     fn warning_header_is_kube_apiservers() {
-        let h = warning_header(&cronjob_v1beta1().warning()).unwrap();
+        let h = warning_header(&cronjob_v1beta1().warning().unwrap()).unwrap();
         assert_eq!(
             h.to_str().unwrap(),
             "299 - \"batch/v1beta1 CronJob is deprecated in v1.21+, unavailable in v1.25+; use batch/v1 CronJob\""

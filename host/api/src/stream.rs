@@ -380,7 +380,7 @@ pub(super) async fn port_forward(
 }
 
 /// `ports=80,8080` (or repeated `ports`): the ports of a channel-protocol port-forward.
-fn channel_ports(query: Option<&str>) -> Result<Vec<u16>> {
+pub(crate) fn channel_ports(query: Option<&str>) -> Result<Vec<u16>> {
     let mut ports = Vec::new();
     for (k, v) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if k == "ports" {

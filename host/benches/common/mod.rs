@@ -20,5 +20,10 @@ pub fn server_config(data_dir: PathBuf) -> ServerConfig {
         durable: true,
         registries: Default::default(),
         node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
+        // `KEDGE_BENCH_DATASTORE=http://127.0.0.1:2379`: the same bench on etcd.
+        datastore: std::env::var("KEDGE_BENCH_DATASTORE")
+            .ok()
+            .filter(|e| !e.is_empty())
+            .map(|e| kedge::store::etcd::Options::new(e.split(',').map(String::from).collect())),
     }
 }

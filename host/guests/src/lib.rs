@@ -75,6 +75,9 @@ pub mod default_plugins {
         "/kedge_plugin_servicelb.wasm"
     ));
 
+    pub(crate) const HPA: &[u8] =
+        include_bytes!(concat!(env!("KEDGE_WASM_DIR"), "/kedge_plugin_hpa.wasm"));
+
     pub const ALL: &[(&str, &[u8])] = &[
         ("scheduler", SCHEDULER),
         ("replicaset", REPLICASET),
@@ -92,5 +95,6 @@ pub mod default_plugins {
         ("disruption", DISRUPTION),
         ("localpath", LOCAL_PATH),
         ("servicelb", SERVICE_LB),
+        ("hpa", HPA),
     ];
 }

@@ -218,6 +218,7 @@ impl PluginHost {
                 watches: vec![],
                 readable: KindSet::default(),
                 writable: KindSet::default(),
+                metrics: vec![],
             },
             grant: Default::default(),
         });

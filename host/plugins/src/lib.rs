@@ -61,6 +61,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod cache;
+#[cfg(test)]
+mod resource_metrics_tests;
 
 #[cfg(test)]
 mod tests {

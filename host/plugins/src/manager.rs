@@ -928,7 +928,12 @@ fn builtin_object(name: &str, plugin: &Plugin) -> Value {
     if p.for_kind.is_none() || p.readable.every {
         watches.push(every_ref());
     }
-    let extra = p.readable.kinds.iter().filter(|r| !p.writable.contains(r));
+    let extra = p
+        .readable
+        .kinds
+        .iter()
+        .filter(|r| !p.writable.contains(r))
+        .chain(&p.metrics);
     for r in p.for_kind.iter().chain(&p.owns).chain(extra) {
         let k = kind_ref(r);
         if !watches.contains(&k) {
@@ -963,7 +968,9 @@ fn grant_set(refs: &[PluginKindRef]) -> KindSet {
     for k in refs {
         if super::is_wildcard(&k.api_version, &k.kind) {
             set.every = true;
-        } else if let Some(r) = resources::by_kind(&k.api_version, &k.kind) {
+        } else if let Some(r) = resources::by_kind(&k.api_version, &k.kind)
+            .or_else(|| kedge_api::resource_metrics::by_kind(&k.api_version, &k.kind))
+        {
             set.kinds.push(r);
         }
     }
@@ -1002,7 +1009,7 @@ fn check_grant(spec: &PluginSpec, plugin: &Plugin) -> Result<(), Refusal> {
     if p.readable.every && !g.reads.every && p.for_kind.is_some() {
         missing.push("*/* (every kind) in spec.watches".to_string());
     }
-    for r in &p.readable.kinds {
+    for r in p.readable.kinds.iter().chain(&p.metrics) {
         if !g.reads.contains(r) {
             missing.push(format!("{} in spec.watches", name(r)));
         }

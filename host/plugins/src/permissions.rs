@@ -11,9 +11,10 @@ use crate::wit_host::{KindRef, Registration, Watch, WatchMap};
 /// Events (the busiest kind, never anyone's dependent in practice) and Plugins (which no plugin
 /// may touch).
 pub(crate) fn every_kind() -> impl Iterator<Item = &'static Resource> {
-    resources::RESOURCES
-        .iter()
-        .filter(|r| !matches!(r.kind, "Event" | "Plugin"))
+    resources::all().into_iter().filter(|r| {
+        !(r.group.is_empty() && r.kind == "Event"
+            || r.kind == "Plugin" && r.group == "plugins.kedge.io")
+    })
 }
 
 pub use kedge_api::plugin_kind::is_wildcard;
@@ -65,6 +66,9 @@ pub struct Permissions {
     pub watches: Vec<WatchRule>,
     pub readable: KindSet,
     pub writable: KindSet,
+    /// Resource metrics kinds it reads (`metrics.k8s.io/v1beta1 PodMetrics`, NodeMetrics):
+    /// not stored, so no informer; reads go to the server's latest samples.
+    pub metrics: Vec<&'static Resource>,
 }
 
 /// A validated [`Watch`]: events of `kind` enqueue the primary objects `by` finds.
@@ -183,7 +187,17 @@ impl Permissions {
             .iter()
             .map(|w| resolve_watch(w, for_kind))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut readable = resolve_set(&r.reads)?;
+        // Metrics kinds are read-only and have no informer: kept apart from the stored kinds.
+        let (metrics, reads): (Vec<&KindRef>, Vec<&KindRef>) = r
+            .reads
+            .iter()
+            .partition(|k| kedge_api::resource_metrics::by_kind(&k.api_version, &k.kind).is_some());
+        let metrics: Vec<&'static Resource> = metrics
+            .iter()
+            .filter_map(|k| kedge_api::resource_metrics::by_kind(&k.api_version, &k.kind))
+            .collect();
+        let reads: Vec<KindRef> = reads.into_iter().cloned().collect();
+        let mut readable = resolve_set(&reads)?;
         let writable = resolve_set(&r.writes)?;
         readable.every |= for_kind.is_none() || writable.every;
         let watched = watches.iter().map(|w| w.kind);
@@ -203,6 +217,7 @@ impl Permissions {
             watches,
             readable,
             writable,
+            metrics,
         })
     }
 

@@ -113,6 +113,9 @@ struct Versions {
     unhealthy: bool,
 }
 
+/// How often a plugin of every kind looks for newly served kinds.
+const NEW_KINDS_EVERY: Duration = Duration::from_secs(1);
+
 pub struct Slot {
     name: String,
     host: Arc<PluginHost>,
@@ -148,18 +151,52 @@ impl Slot {
             cancel: host.cancel.child_token(),
             metrics,
         });
+        let every = plugin.shared.perms.for_kind.is_none();
         for res in plugin.shared.perms.primaries() {
-            slot.spawn_router(
-                res,
-                Route::Primary {
-                    every: plugin.shared.perms.for_kind.is_none(),
-                },
-            );
+            slot.spawn_router(res, Route::Primary { every });
         }
         slot.route_related(&plugin);
+        if every {
+            slot.follow_new_kinds();
+        }
         let worker = slot.clone();
         host.tasks.spawn(async move { worker.run().await });
         slot
+    }
+
+    /// For a plugin of every kind (the garbage collector, the namespace controller): kinds
+    /// served later (custom resources) get a routing task too, and their objects one
+    /// reconcile each, soon after their definition is established. The resource table
+    /// changes rarely; its generation is checked every [`NEW_KINDS_EVERY`].
+    fn follow_new_kinds(self: &Arc<Self>) {
+        let slot = self.clone();
+        let mut routed: Vec<&'static Resource> = super::permissions::every_kind().collect();
+        let mut seen = resources::generation();
+        self.host.tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = slot.cancel.cancelled() => break,
+                    _ = tokio::time::sleep(NEW_KINDS_EVERY) => {}
+                }
+                let now = resources::generation();
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let new: Vec<&'static Resource> = super::permissions::every_kind()
+                    .filter(|r| !routed.iter().any(|x| std::ptr::eq(*x, *r)))
+                    .collect();
+                for res in new {
+                    routed.push(res);
+                    slot.spawn_router(res, Route::Primary { every: true });
+                    let inf = slot.host.informers.get(res);
+                    inf.wait_synced().await;
+                    for (ns, name) in inf.names("") {
+                        slot.queue.add(Key::new(res, &ns, &name));
+                    }
+                }
+            }
+        });
     }
 
     pub fn name(&self) -> &str {

@@ -90,6 +90,49 @@ impl PluginShared {
         Ok(res)
     }
 
+    /// The metrics kind `av`/`kind` names, if it names one: readable when the plugin declared
+    /// it and its grant (`spec.watches`) includes it.
+    pub(crate) fn metrics_kind(
+        &self,
+        av: &str,
+        kind: &str,
+    ) -> Option<std::result::Result<&'static Resource, WitApiError>> {
+        let res = kedge_api::resource_metrics::by_kind(av, kind)?;
+        if !self.perms.metrics.iter().any(|r| std::ptr::eq(*r, res)) {
+            return Some(Err(WitApiError::Forbidden(format!(
+                "plugin {} did not declare {av}/{kind}",
+                self.name
+            ))));
+        }
+        if !self.granted(|g| g.reads.contains(res)) {
+            return Some(Err(WitApiError::Forbidden(format!(
+                "plugin {}: the Plugin's grant no longer includes {av}/{kind}",
+                self.name
+            ))));
+        }
+        Some(Ok(res))
+    }
+
+    /// NodeMetrics or PodMetrics from the nodes' latest usage reports (what
+    /// `metrics.k8s.io` serves), as the standard JSON objects.
+    pub(crate) fn read_metrics(
+        &self,
+        res: &'static Resource,
+        namespace: &str,
+        name: Option<&str>,
+        labels: &LabelSelector,
+    ) -> std::result::Result<Vec<Value>, WitApiError> {
+        let now = std::time::Instant::now();
+        let usage = self.api.usage();
+        if res.namespaced {
+            let fields = kedge_core::selector::FieldSelector::default();
+            usage.pods(&self.api, namespace, name, labels, &fields, now)
+        } else {
+            usage.nodes(&self.api, name, labels, now)
+        }
+        .map_err(wit_error)
+    }
+
     pub(crate) fn writable(
         &self,
         av: &str,
@@ -213,6 +256,10 @@ impl self::kedge::plugin::cluster::Host for HostState {
         name: String,
     ) -> std::result::Result<Option<String>, WitApiError> {
         let p = &self.plugin;
+        if let Some(res) = p.metrics_kind(&api_version, &kind) {
+            let found = p.read_metrics(res?, &namespace, Some(&name), &LabelSelector::default())?;
+            return Ok(found.first().map(Value::to_string));
+        }
         let res = p.readable(&api_version, &kind)?;
         // Straight from the store, not the informer cache: a controller deciding on one
         // object (adopt or not, is it being deleted) must see its latest state, as
@@ -241,6 +288,10 @@ impl self::kedge::plugin::cluster::Host for HostState {
         let p = &self.plugin;
         let sel = LabelSelector::parse(&label_selector)
             .map_err(|e| WitApiError::Invalid(e.to_string()))?;
+        if let Some(res) = p.metrics_kind(&api_version, &kind) {
+            let found = p.read_metrics(res?, &namespace, None, &sel)?;
+            return Ok(found.iter().map(Value::to_string).collect());
+        }
         if is_wildcard(&api_version, &kind) {
             // Everything the plugin may read (in `namespace`: namespaced kinds only).
             let mut out = Vec::new();

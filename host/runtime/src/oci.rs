@@ -84,6 +84,16 @@ pub struct OciRuntime {
     nofile: u64,
 }
 
+/// A container's cgroup directories (see [`OciRuntime::cgroup_dirs`]): cgroup v1 keeps CPU
+/// time in `cpuacct.usage` of the `cpuacct` hierarchy and memory in the `memory` one; v2 has
+/// one directory with `cpu.stat` and `memory.*`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CgroupDirs {
+    pub v2: bool,
+    pub cpu: PathBuf,
+    pub memory: PathBuf,
+}
+
 /// One container instance to run.
 #[derive(Clone, Debug)]
 pub struct ContainerSpec {
@@ -272,6 +282,22 @@ impl OciRuntime {
             .trim()
             .parse()
             .ok()
+    }
+
+    /// Where container `id`'s CPU and memory accounting is read (its cgroup directories), if
+    /// the host has a cgroup layout this runtime knows.
+    pub fn cgroup_dirs(&self, id: &str) -> Option<CgroupDirs> {
+        let path = format!("{}/{}", self.cgroup_parent, id);
+        let (v2, cpu) = match self.cgroups {
+            Cgroups::V1 { .. } => (false, self.cgroups.controller_dir("cpuacct", &path)?),
+            Cgroups::V2 => (true, self.cgroups.memory_dir(&path)?),
+            Cgroups::Unknown => return None,
+        };
+        Some(CgroupDirs {
+            v2,
+            cpu,
+            memory: self.cgroups.memory_dir(&path)?,
+        })
     }
 
     /// Runs `argv` to its end in running container `id` (with the container's env, user and

@@ -15,6 +15,7 @@
 //! spec carries a [`Resolver`] (`wasm/lookup.rs`); without one they are wasmtime-wasi's (the
 //! node's resolver).
 
+mod cpu;
 mod lookup;
 
 pub use lookup::Resolver;
@@ -176,6 +177,9 @@ pub struct RunSpec {
     /// Kept at the bytes of linear memory the guest holds (for the node's accounting:
     /// eviction under memory pressure, metrics).
     pub memory_in_use: Option<MemoryGauge>,
+    /// Nanoseconds of CPU time the guest has used, added to as it runs (the thread CPU time
+    /// of its polls, see `wasm/cpu.rs`): the container's cumulative CPU usage, for metrics.
+    pub cpu_time: Option<CpuGauge>,
     /// Where the instance runs: a runtime whose threads are in the pod's network namespace,
     /// so the sockets the guest opens are the pod's. `None`: the agent's own runtime, on the
     /// node's network.
@@ -188,6 +192,9 @@ pub struct RunSpec {
 
 /// Bytes of linear memory a running guest holds.
 pub type MemoryGauge = std::sync::Arc<std::sync::atomic::AtomicU64>;
+
+/// Nanoseconds of CPU time a container's guest has used, cumulative over its runs.
+pub type CpuGauge = std::sync::Arc<std::sync::atomic::AtomicU64>;
 
 /// A second instance of a running container's program, for `kubectl exec`.
 #[derive(Clone, Debug)]
@@ -202,6 +209,9 @@ pub struct ExecSpec {
     pub net: Option<tokio::runtime::Handle>,
     /// As [`RunSpec::resolver`].
     pub resolver: Option<Arc<Resolver>>,
+    /// The container's CPU gauge ([`RunSpec::cpu_time`]): an exec'd instance's CPU counts
+    /// as the container's, as a process `runc exec` starts runs in the container's cgroup.
+    pub cpu_time: Option<CpuGauge>,
 }
 
 /// A running [`WasmRuntime::exec`]: our ends of its stdio and the instance's task.
@@ -583,6 +593,7 @@ impl WasmRuntime {
                 wasi,
                 cap,
                 gauge: spec.memory_in_use.clone(),
+                cpu: spec.cpu_time.clone(),
                 resolver: spec.resolver.clone(),
             }) => r,
         };
@@ -617,6 +628,7 @@ impl WasmRuntime {
             wasi,
             cap,
             gauge: None,
+            cpu: spec.cpu_time.clone(),
             resolver: spec.resolver.clone(),
         };
         let task = tokio::spawn(async move {
@@ -642,14 +654,22 @@ impl WasmRuntime {
         &self,
         net: Option<&tokio::runtime::Handle>,
         workload: &Workload,
-        instance: Instance,
+        mut instance: Instance,
     ) -> Result<Exit> {
+        let cpu = instance.cpu.take();
         let Some(net) = net else {
-            return self.execute(workload, instance).await;
+            return match cpu {
+                Some(gauge) => cpu::Metered::new(self.execute(workload, instance), gauge).await,
+                None => self.execute(workload, instance).await,
+            };
         };
         let (rt, workload) = (self.clone(), workload.clone());
-        let task =
-            AbortOnDropHandle::new(net.spawn(async move { rt.execute(&workload, instance).await }));
+        let task = AbortOnDropHandle::new(net.spawn(async move {
+            match cpu {
+                Some(gauge) => cpu::Metered::new(rt.execute(&workload, instance), gauge).await,
+                None => rt.execute(&workload, instance).await,
+            }
+        }));
         match task.await {
             Ok(r) => r,
             // The pod's network runtime shut down under the instance: the pod is going.
@@ -662,6 +682,7 @@ impl WasmRuntime {
             mut wasi,
             cap,
             gauge,
+            cpu: _,
             resolver,
         } = instance;
         let digest = workload.digest();
@@ -738,6 +759,8 @@ struct Instance {
     wasi: WasiCtxBuilder,
     cap: Option<usize>,
     gauge: Option<MemoryGauge>,
+    /// Charged with the CPU time of the instance's polls (taken by `execute_on`).
+    cpu: Option<CpuGauge>,
     resolver: Option<Arc<Resolver>>,
 }
 

@@ -201,10 +201,7 @@ impl OwnerIndex {
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         for (plural, group, ns, name) in &deps {
-            if let Some(res) = kedge_core::resources::RESOURCES
-                .iter()
-                .find(|r| r.plural == *plural && r.group == *group)
-            {
+            if let Some(res) = kedge_core::resources::by_group_plural(group, plural) {
                 each(ObjectRef {
                     res,
                     namespace: ns,
@@ -548,7 +545,7 @@ impl Informer {
 pub struct Informers {
     store: Arc<dyn Store>,
     cancel: CancellationToken,
-    by_kind: Mutex<HashMap<&'static str, Arc<Informer>>>,
+    by_kind: Mutex<HashMap<(&'static str, &'static str), Arc<Informer>>>,
     owners: Arc<OwnerIndex>,
     tasks: tokio_util::task::TaskTracker,
 }
@@ -567,8 +564,8 @@ impl Informers {
     /// The informer of `res`, started if it was not running.
     pub fn get(&self, res: &'static Resource) -> Arc<Informer> {
         let mut map = self.by_kind.lock().unwrap_or_else(|p| p.into_inner());
-        let id = res.plural;
-        if let Some(i) = map.get(id) {
+        let id = (res.group, res.plural);
+        if let Some(i) = map.get(&id) {
             return i.clone();
         }
         let inf = Arc::new(Informer::new(res, self.owners.clone()));

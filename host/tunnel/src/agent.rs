@@ -106,6 +106,8 @@ struct ClientInner {
 struct Link {
     conn: quinn::Connection,
     endpoint: quinn::Endpoint,
+    /// Where the server sees this connection come from (its welcome says).
+    observed: Option<String>,
 }
 
 struct StatePaths {
@@ -324,6 +326,16 @@ impl TunnelClient {
     pub fn connected(&self) -> watch::Receiver<bool> {
         self.inner.connected.clone()
     }
+
+    /// The address the server sees the current connection come from (the public side of a
+    /// NAT the node is behind); `None` while disconnected or from an older server.
+    pub fn observed_address(&self) -> Option<String> {
+        self.inner
+            .link
+            .borrow()
+            .as_ref()
+            .and_then(|l| l.observed.clone())
+    }
 }
 
 /// Everything needed to (re)establish the mTLS connection.
@@ -359,8 +371,12 @@ impl Dialer {
         };
         match welcome.await {
             Ok(w) => {
-                info!(server = %self.server, node = %w.node, "tunnel connected");
-                Ok(Link { conn, endpoint })
+                info!(server = %self.server, node = %w.node, seen_as = ?w.observed, "tunnel connected");
+                Ok(Link {
+                    conn,
+                    endpoint,
+                    observed: w.observed,
+                })
             }
             Err(Error::Connection(e)) => Err(self.classify(e)),
             Err(Error::Read(quinn::ReadToEndError::Read(quinn::ReadError::ConnectionLost(e)))) => {

@@ -488,6 +488,7 @@ async fn send_welcome(conn: &quinn::Connection, node: &str) -> Result<(), Error>
     let mut s = conn.open_uni().await?;
     s.write_all(&wire::encode(&Welcome {
         node: node.to_owned(),
+        observed: Some(conn.remote_address().to_string()),
     }))
     .await?;
     let _ = s.finish();
@@ -626,6 +627,15 @@ impl NodeTunnels {
         let mut v: Vec<String> = self.lock().keys().cloned().collect();
         v.sort();
         v
+    }
+
+    /// Where each connected node's tunnel comes from now (QUIC follows a NAT rebinding, so
+    /// this moves with it without a reconnect).
+    pub fn remote_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.lock()
+            .iter()
+            .map(|(node, n)| (node.clone(), n.conn.remote_address()))
+            .collect()
     }
 
     /// One kubelet-style request to the node on a new server-opened stream. The response

@@ -56,6 +56,10 @@ pub(crate) struct RenewRequest {
 pub(crate) struct Welcome {
     /// The node name the server took from the certificate, for the agent's logs.
     pub node: String,
+    /// The address the server sees the connection come from (the NAT's public side for a
+    /// gateway behind one). Absent from servers before it was added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed: Option<String>,
 }
 
 /// Application close codes; the reason text carries the detail for humans.

@@ -11,7 +11,9 @@
 //! hung service does. Set `HELLO_UDP` to a port (or `address:port`) to answer every UDP
 //! datagram there, to its sender, with `<greeting> got <payload>`: a UDP echo for Services'
 //! UDP ports. Both may be set: WASI P2 has no threads, so one loop then polls both sockets,
-//! non-blocking, with short sleeps between rounds.
+//! non-blocking, with short sleeps between rounds. Set `HELLO_BURN` (to anything) to make it
+//! spin on the CPU forever after its greeting, never sleeping: a busy pod for `kubectl top`
+//! and autoscaling tests.
 //!
 //! With `--once` as its first argument it greets and exits 0: what `kubectl exec POD -- hello
 //! --once` runs (exec in a Wasm container starts its program again with the exec's arguments).
@@ -316,6 +318,14 @@ fn udp(target: &str, message: &str) -> ! {
     }
 }
 
+/// Spins forever: all the CPU one thread gets.
+fn burn() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 fn main() {
     let pod = env_or_unknown("POD_NAME");
     let namespace = env_or_unknown("POD_NAMESPACE");
@@ -349,6 +359,9 @@ fn main() {
     let _ = std::io::stdout().flush();
     if once {
         exit(0);
+    }
+    if std::env::var_os("HELLO_BURN").is_some() {
+        burn();
     }
     let (http, udp) = (listen_env("HELLO_LISTEN"), listen_env("HELLO_UDP"));
     if http.is_some() || udp.is_some() {

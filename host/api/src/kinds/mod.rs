@@ -36,12 +36,14 @@ mod unsupported;
 
 mod configmap;
 mod controllerrevision;
+mod crd;
 mod cronjob;
 mod daemonset;
 mod deployment;
 mod endpoints;
 mod endpointslice;
 mod event;
+mod hpa;
 mod job;
 mod lease;
 mod limitrange;
@@ -121,6 +123,12 @@ pub trait KindRules: Sync {
     /// Update-only checks: fields kube-apiserver refuses to change once set.
     fn validate_update(&self, _old: &Value, _new: &Value, _causes: &mut Vec<Cause>) {}
 
+    /// A write of the `status` subresource: defaults and checks of the whole object (custom
+    /// kinds' schemas; built-in kinds check their status writes elsewhere or not at all).
+    fn validate_status(&self, _obj: &mut Value) -> Vec<Cause> {
+        Vec::new()
+    }
+
     /// The columns of `kubectl get`, as kubectl's printer for the kind has them.
     fn columns(&self) -> &'static [Column] {
         &table_fmt::NAME_AGE
@@ -171,12 +179,27 @@ pub fn rules(res: &Resource) -> &'static dyn KindRules {
         ("coordination.k8s.io", "Lease") => &lease::Lease,
         ("discovery.k8s.io", "EndpointSlice") => &endpointslice::EndpointSlice,
         ("policy", "PodDisruptionBudget") => &poddisruptionbudget::PodDisruptionBudget,
+        ("autoscaling", "HorizontalPodAutoscaler") => &hpa::HorizontalPodAutoscaler,
         (crate::rbac::GROUP, "Role") => &rbac::ROLE,
         (crate::rbac::GROUP, "ClusterRole") => &rbac::CLUSTER_ROLE,
         (crate::rbac::GROUP, "RoleBinding") => &rbac::ROLE_BINDING,
         (crate::rbac::GROUP, "ClusterRoleBinding") => &rbac::CLUSTER_ROLE_BINDING,
         ("plugins.kedge.io", "Plugin") => &crate::plugin_kind::Rules,
-        _ => &NoRules,
+        (crate::crd::GROUP, "CustomResourceDefinition") => &crd::Crd,
+        _ => match crate::crd::custom(res) {
+            Some(c) if kedge_core::resources::is_custom(res) => c,
+            _ => &NoRules,
+        },
+    }
+}
+
+/// The typed form of a version served by conversion whose shape differs from its stored
+/// version's (autoscaling/v1 HorizontalPodAutoscaler): its own OpenAPI schema. `None` for
+/// a version of the stored shape.
+pub(crate) fn version_typed(version: &Resource) -> Option<&'static dyn Typed> {
+    match (version.group, version.version, version.kind) {
+        ("autoscaling", "v1", "HorizontalPodAutoscaler") => hpa::v1_typed(),
+        _ => None,
     }
 }
 
@@ -254,6 +277,11 @@ pub(crate) fn update_checks_first(res: &Resource) -> bool {
 /// without `clusterIP` or `nodePort` keeps them instead of failing as a change.
 pub(crate) fn prepare_update(res: &Resource, old: &Value, new: &mut Value) {
     rules(res).prepare_update(old, new);
+}
+
+/// [`KindRules::validate_status`] of `res`'s kind.
+pub(crate) fn validate_status(res: &Resource, obj: &mut Value) -> Vec<Cause> {
+    rules(res).validate_status(obj)
 }
 
 /// Validates an object about to be created; an empty list means valid.

@@ -239,8 +239,14 @@ impl Cgroups {
     /// The memory cgroup directory runc uses for `cgroups_path`. runc resolves a relative path
     /// against its own cgroup, which is ours (it is our child).
     pub fn memory_dir(self, cgroups_path: &str) -> Option<PathBuf> {
+        self.controller_dir("memory", cgroups_path)
+    }
+
+    /// The directory of `controller` (v1's hierarchy of that name; v2's one tree) runc uses
+    /// for `cgroups_path`.
+    pub fn controller_dir(self, controller: &str, cgroups_path: &str) -> Option<PathBuf> {
         let (base, controller) = match self {
-            Cgroups::V1 { .. } => (Path::new(CGROUP_ROOT).join("memory"), Some("memory")),
+            Cgroups::V1 { .. } => (Path::new(CGROUP_ROOT).join(controller), Some(controller)),
             Cgroups::V2 => (PathBuf::from(CGROUP_ROOT), None),
             Cgroups::Unknown => return None,
         };

@@ -101,6 +101,7 @@ fn spec(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> RunSpec {
         memory_limit: None,
         dirs: Vec::new(),
         memory_in_use: None,
+        cpu_time: None,
         net: None,
         resolver: None,
     }
@@ -552,6 +553,7 @@ fn exec_spec(args: &[&str], env: &[(&str, &str)]) -> ExecSpec {
         dirs: vec![],
         net: None,
         resolver: None,
+        cpu_time: None,
     }
 }
 

@@ -1,0 +1,975 @@
+//! The store on etcd (v3 API), mapped the way kube-apiserver maps Kubernetes onto it:
+//!
+//! - `resourceVersion` is the etcd revision: an object's is its key's `mod_revision`, a list's
+//!   the revision of the range (read at one fixed revision page after page, so the pages of a
+//!   list agree). Objects are stored without it and stamped on the way out, since a write
+//!   learns its revision only from etcd's answer.
+//! - Writes are transactions: a create puts only if the key's `create_revision` is 0; an update
+//!   or delete with an expected revision only if the key's `mod_revision` is still that, else
+//!   the current state is read in the same transaction to tell "not found" from "conflict".
+//!   A deleted object comes back (and in its DELETED event) as its last state stamped with the
+//!   deletion's revision, as the redb backend and Kubernetes do.
+//! - Watches: one etcd watch over the whole key root (with the previous values, which DELETED
+//!   events and selector transitions need) feeds the shared ring of recent events that every
+//!   [`Watch`] reads, like kube-apiserver's watch cache. A watch from before what the ring
+//!   holds, or across a compaction the etcd watch could not follow, gets [`Error::Expired`]
+//!   (410 Gone) and its client relists.
+//! - History: every `compact_interval` the store compacts etcd up to the revision it saw one
+//!   interval earlier (kube-apiserver's default is 5 minutes), so etcd's keyspace does not
+//!   grow until its quota stops writes.
+//!
+//! Every key is prefixed with a root (`/registry/` by default), so several clusters can share
+//! one etcd.
+//!
+//! The [`Store`] trait is synchronous. The store owns a small tokio runtime that runs the etcd
+//! client; a call hands its future to that runtime and waits on a plain channel (inside
+//! [`super::blocking`]), so it works from any thread, async or not, and never blocks the
+//! caller's runtime or needs it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use etcd_client::{
+    Certificate, Client, CompactionOptions, Compare, CompareOp, ConnectOptions, DeleteOptions,
+    EventType as EtcdEventType, GetOptions, Identity, KeyValue, KvClient, TlsOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{
+    Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES, Result, Revision, RingLimits,
+    Snapshot, Store, Watch, attrs, decode, stamp,
+};
+
+/// How to reach etcd and how the store uses it.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Client URLs, `http://` or `https://` (TLS needs `ca_file`).
+    pub endpoints: Vec<String>,
+    /// The CA that signed etcd's serving certificate.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for an etcd that requires client certificates.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Prepended to every key; ends with `/`.
+    pub root: String,
+    /// The in-memory ring of recent events: how far back watches can resume.
+    pub ring: RingLimits,
+    /// How often to compact etcd's history (to the revision seen one interval earlier);
+    /// `None` leaves compaction to someone else (etcd's `--auto-compaction-retention`).
+    pub compact_interval: Option<Duration>,
+    /// How long one request to etcd may take.
+    pub request_timeout: Duration,
+}
+
+impl Options {
+    pub fn new(endpoints: Vec<String>) -> Self {
+        Options {
+            endpoints,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            root: DEFAULT_ROOT.into(),
+            ring: RingLimits::default(),
+            compact_interval: Some(Duration::from_secs(300)),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Kubernetes' key root.
+pub const DEFAULT_ROOT: &str = "/registry/";
+
+/// Keys one range reads at most: a page of a list or snapshot. Objects are at most
+/// [`MAX_OBJECT_BYTES`], so a page is at most 64 × 1.5 MiB.
+const PAGE: i64 = 64;
+/// What one gRPC message may carry (a page of big objects; tonic's default is 4 MiB).
+const MAX_MESSAGE: usize = 128 << 20;
+/// How long a write waits for its own event to reach the ring before returning anyway.
+const PUBLISH_WAIT: Duration = Duration::from_secs(5);
+
+/// What the store and its etcd watch share; the watch task holds it weakly, so dropping the
+/// store drops the sender and ends every [`Watch`].
+struct Shared {
+    hub: Arc<Hub>,
+    /// The revision of the newest event in the ring (or where the ring starts).
+    published: watch::Sender<Revision>,
+}
+
+/// The store's own runtime, shut down without waiting when dropped: a caller on an async
+/// thread may not wait for its tasks (nor may a plain drop there).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+pub struct EtcdStore {
+    /// Dropped last (fields drop in order): what runs on it goes with it.
+    handle: tokio::runtime::Handle,
+    pub(crate) kv: KvClient,
+    root: String,
+    shared: Arc<Shared>,
+    /// The newest etcd revision any answer carried.
+    seen: Arc<AtomicU64>,
+    timeout: Duration,
+    metrics: crate::metrics::StoreMetrics,
+    _runtime: OwnedRuntime,
+}
+
+fn backend(e: impl std::fmt::Display) -> Error {
+    Error::Backend(format!("etcd: {e}"))
+}
+
+/// etcd's answer for a read at a compacted revision.
+fn is_compacted(e: &etcd_client::Error) -> bool {
+    e.to_string()
+        .contains("required revision has been compacted")
+}
+
+fn read_file(what: &str, path: &PathBuf) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::Backend(format!("{what} {}: {e}", path.display())))
+}
+
+/// The end of the key range of every key starting with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+/// The stored JSON of `kv` with `metadata.resourceVersion` set to `rev`.
+fn stamped(key: &str, value: &[u8], rev: Revision) -> Result<(Value, Bytes)> {
+    let mut v = decode(key, value)?;
+    stamp(&mut v, rev);
+    let bytes = serde_json::to_vec(&v).map_err(backend)?;
+    Ok((v, Bytes::from(bytes)))
+}
+
+/// The object as etcd keeps it: without a resourceVersion (its key's revision says it).
+fn stored_bytes(mut object: Value) -> Result<(Value, Vec<u8>)> {
+    if let Some(meta) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    let bytes = serde_json::to_vec(&object).map_err(backend)?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(Error::TooLarge {
+            size: bytes.len(),
+            limit: MAX_OBJECT_BYTES,
+        });
+    }
+    Ok((object, bytes))
+}
+
+fn rev_of(header: Option<&etcd_client::ResponseHeader>) -> Revision {
+    header.map_or(0, |h| h.revision().max(0) as u64)
+}
+
+impl EtcdStore {
+    /// Connects to etcd, reads the current revision (so an unreachable etcd fails here, not
+    /// at the first request) and starts following it.
+    pub fn connect(options: Options) -> Result<Self> {
+        if options.endpoints.is_empty() {
+            return Err(Error::Backend("etcd: no endpoints given".into()));
+        }
+        if !options.root.ends_with('/') {
+            return Err(Error::Backend(format!(
+                "etcd: the key root {:?} must end with '/'",
+                options.root
+            )));
+        }
+        let runtime = OwnedRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("kedge-etcd")
+                .enable_all()
+                .build()
+                .map_err(backend)?,
+        ));
+        let handle = runtime.0.as_ref().expect("just built").handle().clone();
+        let connect = connect_options(&options)?;
+        let endpoints = options.endpoints.clone();
+        let timeout = options.request_timeout;
+        let client = run_on(&handle, timeout, async move {
+            Client::connect(endpoints, Some(connect))
+                .await
+                .map_err(backend)
+        })?;
+        let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let root = options.root.clone();
+        // Where the ring starts: nothing older than this is served to watches.
+        let start = {
+            let (mut kv, root) = (kv.clone(), root.clone());
+            run_on(&handle, timeout, async move {
+                let r = kv
+                    .get(root, Some(GetOptions::new().with_count_only()))
+                    .await
+                    .map_err(|e| unreachable_etcd(&e))?;
+                Ok(rev_of(r.header()))
+            })?
+        };
+        let shared = Arc::new(Shared {
+            hub: Arc::new(Hub::new(start, options.ring)),
+            published: watch::channel(start).0,
+        });
+        let seen = Arc::new(AtomicU64::new(start));
+        let watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
+        handle.spawn(follow(
+            Arc::downgrade(&shared),
+            watch_client,
+            kv.clone(),
+            root.clone(),
+            start,
+        ));
+        if let Some(every) = options.compact_interval {
+            handle.spawn(compact_periodically(
+                Arc::downgrade(&shared),
+                kv.clone(),
+                root.clone(),
+                every,
+            ));
+        }
+        tracing::info!(endpoints = ?options.endpoints, root = %root, revision = start, "store: on etcd");
+        Ok(EtcdStore {
+            handle,
+            kv,
+            root,
+            shared,
+            seen,
+            timeout,
+            metrics: Default::default(),
+            _runtime: runtime,
+        })
+    }
+
+    /// Records writes into `metrics` (the server's registry) from now on.
+    pub fn with_metrics(mut self, metrics: crate::metrics::StoreMetrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Compacts etcd's history up to `rev`: reads and watches from before it fail.
+    pub fn compact(&self, rev: Revision) -> Result<()> {
+        let mut kv = self.kv.clone();
+        self.run(async move {
+            kv.compact(rev as i64, Some(CompactionOptions::new().with_physical()))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    pub(crate) fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        run_on(&self.handle, self.timeout, f)
+    }
+
+    fn etcd_key(&self, key: &str) -> String {
+        format!("{}{key}", self.root)
+    }
+
+    fn note(&self, rev: Revision) {
+        self.seen.fetch_max(rev, Ordering::Relaxed);
+    }
+
+    /// One conditional write: `when` holds → `then`, else the key is read back. Returns the
+    /// transaction's revision and the `then` responses, or the key as it is (None: absent).
+    fn txn(&self, key: &str, when: Compare, then: TxnOp) -> Result<TxnOutcome> {
+        let mut kv = self.kv.clone();
+        let ekey = self.etcd_key(key);
+        let shared = Arc::downgrade(&self.shared);
+        let started = Instant::now();
+        let out = self.run(async move {
+            let txn = Txn::new()
+                .when([when])
+                .and_then([then])
+                .or_else([TxnOp::get(ekey, None)]);
+            let r = kv.txn(txn).await.map_err(|e| {
+                if e.to_string().contains("request is too large") {
+                    Error::TooLarge {
+                        size: MAX_OBJECT_BYTES,
+                        limit: MAX_OBJECT_BYTES,
+                    }
+                } else {
+                    backend(e)
+                }
+            })?;
+            let rev = rev_of(r.header());
+            if r.succeeded() {
+                // Returns once watchers can see the write, as with redb.
+                published(shared, rev).await;
+                return Ok(Ok((rev, r.op_responses())));
+            }
+            let current = r.op_responses().into_iter().find_map(|op| match op {
+                TxnOpResponse::Get(mut g) => Some(g.take_kvs().into_iter().next()),
+                _ => None,
+            });
+            Ok(Err(current.flatten()))
+        });
+        if let Ok(Ok((rev, _))) = &out {
+            self.note(*rev);
+            self.metrics.commit(1, started.elapsed());
+        }
+        out
+    }
+
+    /// A range at `rev` (0: now) from `start` to `end`, at most `limit` keys.
+    fn range(
+        &self,
+        start: Vec<u8>,
+        end: Vec<u8>,
+        rev: Revision,
+        limit: i64,
+    ) -> Result<(Vec<KeyValue>, bool, Revision)> {
+        let mut kv = self.kv.clone();
+        let out = self.run(async move {
+            let opts = GetOptions::new()
+                .with_range(end)
+                .with_limit(limit)
+                .with_revision(rev as i64);
+            let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
+                if is_compacted(&e) {
+                    Error::Expired {
+                        requested: rev,
+                        oldest: rev + 1,
+                    }
+                } else {
+                    backend(e)
+                }
+            })?;
+            let header = rev_of(r.header());
+            let more = r.more();
+            Ok((r.take_kvs(), more, header))
+        })?;
+        self.note(out.2);
+        Ok(out)
+    }
+
+    /// `kv`'s key without the root.
+    fn store_key<'a>(&self, kv: &'a KeyValue) -> Result<&'a str> {
+        let k = kv.key_str().map_err(backend)?;
+        Ok(k.strip_prefix(self.root.as_str()).unwrap_or(k))
+    }
+}
+
+/// A conditional write's outcome: done (its revision and what its operation answered), or
+/// refused with the key as it is (`None`: absent).
+type TxnOutcome = std::result::Result<(Revision, Vec<TxnOpResponse>), Option<KeyValue>>;
+
+/// Waits until the ring holds revision `rev` (or [`PUBLISH_WAIT`] passed).
+async fn published(shared: Weak<Shared>, rev: Revision) {
+    let Some(mut rx) = shared.upgrade().map(|s| s.published.subscribe()) else {
+        return;
+    };
+    if tokio::time::timeout(PUBLISH_WAIT, rx.wait_for(|p| *p >= rev))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            revision = rev,
+            "store: etcd's watch has not delivered a write after {}s",
+            PUBLISH_WAIT.as_secs()
+        );
+    }
+}
+
+/// What an etcd that cannot be reached looks like to whoever starts kedge.
+fn unreachable_etcd(e: &etcd_client::Error) -> Error {
+    Error::Backend(format!("etcd: cannot read from the datastore: {e}"))
+}
+
+fn connect_options(o: &Options) -> Result<ConnectOptions> {
+    let mut c = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(5))
+        // A dead connection under a long watch is noticed within seconds.
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    let https = o.endpoints.iter().any(|e| e.starts_with("https://"));
+    let tls_files = o.ca_file.is_some() || o.cert_file.is_some() || o.key_file.is_some();
+    if o.endpoints
+        .iter()
+        .any(|e| !e.starts_with("https://") && !e.starts_with("http://"))
+    {
+        return Err(Error::Backend(format!(
+            "etcd: endpoints must be http:// or https:// URLs, got {:?}",
+            o.endpoints
+        )));
+    }
+    if https && o.endpoints.iter().any(|e| e.starts_with("http://")) {
+        return Err(Error::Backend(
+            "etcd: endpoints mix http:// and https://".into(),
+        ));
+    }
+    if tls_files && !https {
+        return Err(Error::Backend(
+            "etcd: --datastore-cafile/certfile/keyfile need https:// endpoints".into(),
+        ));
+    }
+    if https {
+        let Some(ca) = &o.ca_file else {
+            return Err(Error::Backend(
+                "etcd: https:// endpoints need --datastore-cafile (the CA of etcd's certificate)"
+                    .into(),
+            ));
+        };
+        let mut tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(read_file("--datastore-cafile", ca)?));
+        match (&o.cert_file, &o.key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read_file("--datastore-certfile", cert)?,
+                    read_file("--datastore-keyfile", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Backend(
+                    "etcd: --datastore-certfile and --datastore-keyfile go together".into(),
+                ));
+            }
+        }
+        c = c.with_tls(tls);
+    }
+    Ok(c)
+}
+
+/// Runs `f` on the store's runtime and waits for it on this thread (see the module doc).
+fn run_on<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    timeout: Duration,
+    f: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle.spawn(async move {
+        let out = match tokio::time::timeout(timeout, f).await {
+            Ok(out) => out,
+            Err(_) => Err(Error::Backend(format!(
+                "etcd: no answer within {}s",
+                timeout.as_secs()
+            ))),
+        };
+        let _ = tx.send(out);
+    });
+    super::blocking(|| rx.recv())
+        .map_err(|_| Error::Backend("etcd: the store's client runtime has stopped".into()))?
+}
+
+/// Turns one etcd event into a store event; `None` for what is not a store object (a value
+/// that is not JSON, written by someone else under our root), logged.
+fn convert(root: &str, ev: &etcd_client::Event) -> std::result::Result<Option<Event>, String> {
+    let Some(kv) = ev.kv() else {
+        return Ok(None);
+    };
+    let Ok(k) = kv.key_str() else {
+        return Ok(None);
+    };
+    let key = k.strip_prefix(root).unwrap_or(k).to_string();
+    let rev = kv.mod_revision().max(0) as u64;
+    let prev = ev.prev_kv();
+    let parsed = |value: &[u8]| match stamped(&key, value, rev) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            tracing::warn!(key = %k, error = %e, "store: skipping an etcd value that is not an object");
+            None
+        }
+    };
+    let prev_attrs = |key: &str| {
+        prev.and_then(|p| decode(key, p.value()).ok())
+            .map(|v| attrs(key, &v))
+    };
+    Ok(match ev.event_type() {
+        EtcdEventType::Put => {
+            let Some((object, bytes)) = parsed(kv.value()) else {
+                return Ok(None);
+            };
+            let kind = if kv.create_revision() == kv.mod_revision() {
+                EventType::Added
+            } else {
+                EventType::Modified
+            };
+            let prev_attrs = match kind {
+                EventType::Added => None,
+                _ => prev_attrs(&key),
+            };
+            Some(Event {
+                rev,
+                kind,
+                attrs: attrs(&key, &object),
+                key,
+                object: bytes,
+                prev_attrs,
+            })
+        }
+        EtcdEventType::Delete => {
+            // The object's last state is what a DELETED event carries; without it (compacted
+            // away) the event cannot be told.
+            let Some(p) = prev else {
+                return Err(format!(
+                    "the delete of {k} at {rev} came without the previous value"
+                ));
+            };
+            let Some((object, bytes)) = parsed(p.value()) else {
+                return Ok(None);
+            };
+            let a = attrs(&key, &object);
+            Some(Event {
+                rev,
+                kind: EventType::Deleted,
+                key,
+                object: bytes,
+                attrs: a.clone(),
+                prev_attrs: Some(a),
+            })
+        }
+    })
+}
+
+/// Follows etcd from `start` and publishes every event under `root` into the ring, in order,
+/// until the store is dropped. A broken stream is resumed from the last revision published;
+/// when that is no longer possible (compacted meanwhile), the ring is reset to the current
+/// revision and every watch from before it expires (its client relists).
+async fn follow(
+    shared: Weak<Shared>,
+    mut client: etcd_client::WatchClient,
+    mut kv: KvClient,
+    root: String,
+    start: Revision,
+) {
+    let mut next = start + 1;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_prev_key()
+            .with_start_revision(next as i64);
+        let mut stream = match client.watch(root.clone(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "store: etcd watch failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut gap = false;
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: etcd watch broke; resuming");
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    gap = true;
+                } else {
+                    tracing::warn!(
+                        reason = resp.cancel_reason(),
+                        "store: etcd cancelled the watch; resuming"
+                    );
+                }
+                break;
+            }
+            let mut events = Vec::with_capacity(resp.events().len());
+            for ev in resp.events() {
+                match convert(&root, ev) {
+                    Ok(Some(e)) => events.push(Arc::new(e)),
+                    Ok(None) => {}
+                    Err(why) => {
+                        tracing::warn!("store: {why}");
+                        gap = true;
+                        break;
+                    }
+                }
+            }
+            if gap {
+                break;
+            }
+            let Some(last) = events.last().map(|e| e.rev) else {
+                continue;
+            };
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            s.hub.publish(events);
+            // Watches wake after the ring holds everything up to `last`.
+            s.published.send_replace(last);
+            next = last + 1;
+        }
+        if gap {
+            // History the watch needed is gone: start over from now.
+            let now = match kv
+                .get(root.clone(), Some(GetOptions::new().with_count_only()))
+                .await
+            {
+                Ok(r) => rev_of(r.header()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: etcd unreachable; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Resume where we were: the next try meets the compaction again.
+                    continue;
+                }
+            };
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            tracing::warn!(
+                from = next,
+                now,
+                "store: etcd compacted history the watch cache had not read; watches from before now relist"
+            );
+            s.hub.reset(now);
+            s.published.send_replace(now);
+            next = now + 1;
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// Every `every`, compacts etcd to the revision it had one interval before (what
+/// kube-apiserver does), so history stays bounded in time.
+async fn compact_periodically(
+    shared: Weak<Shared>,
+    mut kv: KvClient,
+    root: String,
+    every: Duration,
+) {
+    let mut noted: Option<i64> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let now = match kv
+            .get(root.clone(), Some(GetOptions::new().with_count_only()))
+            .await
+        {
+            Ok(r) => r.header().map_or(0, |h| h.revision()),
+            Err(e) => {
+                tracing::warn!(error = %e, "store: etcd unreachable for compaction");
+                continue;
+            }
+        };
+        if let Some(rev) = noted.filter(|r| *r > 0) {
+            match kv.compact(rev, None).await {
+                Ok(_) => tracing::debug!(revision = rev, "store: compacted etcd"),
+                // Another server (or etcd itself) compacted further already.
+                Err(e) if is_compacted(&e) => {}
+                Err(e) => tracing::warn!(error = %e, "store: compacting etcd failed"),
+            }
+        }
+        noted = Some(now);
+    }
+}
+
+/// The ring is the only history an etcd store serves (kube-apiserver's watch cache): a
+/// watch from before it expires.
+struct RingOnly(Arc<Hub>);
+
+impl LogReader for RingOnly {
+    fn read_log(
+        &self,
+        from: Revision,
+        _prefix: &str,
+        _wanted: &dyn Fn(&Event) -> bool,
+    ) -> Result<Chunk> {
+        Err(Error::Expired {
+            requested: from,
+            oldest: self.0.start() + 1,
+        })
+    }
+
+    fn compacted(&self) -> Result<Revision> {
+        Ok(self.0.start())
+    }
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Value>> {
+        let ekey = self.etcd_key(key).into_bytes();
+        let end = {
+            let mut e = ekey.clone();
+            e.push(0);
+            e
+        };
+        let (kvs, _, _) = self.range(ekey, end, 0, 1)?;
+        match kvs.first() {
+            Some(kv) => Ok(Some(stamped(key, kv.value(), kv.mod_revision() as u64)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        each: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
+    ) -> Result<Revision> {
+        let eprefix = self.etcd_key(prefix).into_bytes();
+        let end = range_end(&eprefix);
+        let mut start = match after {
+            Some(a) if a >= prefix => {
+                let mut k = self.etcd_key(a).into_bytes();
+                k.push(0);
+                k
+            }
+            _ => eprefix,
+        };
+        // The first page fixes the revision every later page reads at.
+        let mut rev = 0;
+        loop {
+            let (kvs, more, header) = self.range(start, end.clone(), rev, PAGE)?;
+            if rev == 0 {
+                rev = header;
+            }
+            for kv in &kvs {
+                let key = self.store_key(kv)?;
+                let (_, bytes) = stamped(key, kv.value(), kv.mod_revision() as u64)?;
+                if !each(key, &bytes)? {
+                    return Ok(rev);
+                }
+            }
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => return Ok(rev),
+            }
+        }
+    }
+
+    fn snapshot(&self, prefix: &str) -> Result<Box<dyn Snapshot>> {
+        let eprefix = self.etcd_key(prefix).into_bytes();
+        let end = range_end(&eprefix);
+        let (kvs, more, rev) = self.range(eprefix, end.clone(), 0, PAGE)?;
+        let mut snap = EtcdSnapshot {
+            store: self.clone_reader(),
+            end,
+            rev,
+            next: None,
+            done: !more,
+            buffered: Default::default(),
+        };
+        snap.take_page(kvs)?;
+        Ok(Box::new(snap))
+    }
+
+    fn create(&self, key: &str, object: Value) -> Result<Value> {
+        let (mut object, bytes) = stored_bytes(object)?;
+        let ekey = self.etcd_key(key);
+        let when = Compare::create_revision(ekey.clone(), CompareOp::Equal, 0);
+        match self.txn(key, when, TxnOp::put(ekey, bytes, None))? {
+            Ok((rev, _)) => {
+                stamp(&mut object, rev);
+                Ok(object)
+            }
+            Err(_) => Err(Error::AlreadyExists),
+        }
+    }
+
+    fn update(&self, key: &str, object: Value, expected: Option<Revision>) -> Result<Value> {
+        let (mut object, bytes) = stored_bytes(object)?;
+        let ekey = self.etcd_key(key);
+        let when = match expected {
+            Some(rev) => Compare::mod_revision(ekey.clone(), CompareOp::Equal, rev as i64),
+            None => Compare::create_revision(ekey.clone(), CompareOp::Greater, 0),
+        };
+        match self.txn(key, when, TxnOp::put(ekey, bytes, None))? {
+            Ok((rev, _)) => {
+                stamp(&mut object, rev);
+                Ok(object)
+            }
+            Err(None) => Err(Error::NotFound),
+            Err(Some(current)) => Err(Error::Conflict {
+                current: current.mod_revision() as u64,
+            }),
+        }
+    }
+
+    fn delete(&self, key: &str, expected: Option<Revision>) -> Result<Value> {
+        let ekey = self.etcd_key(key);
+        let when = match expected {
+            Some(rev) => Compare::mod_revision(ekey.clone(), CompareOp::Equal, rev as i64),
+            None => Compare::create_revision(ekey.clone(), CompareOp::Greater, 0),
+        };
+        let op = TxnOp::delete(ekey, Some(DeleteOptions::new().with_prev_key()));
+        match self.txn(key, when, op)? {
+            Ok((rev, responses)) => {
+                let prev = responses.into_iter().find_map(|r| match r {
+                    TxnOpResponse::Delete(mut d) => d.take_prev_kvs().into_iter().next(),
+                    _ => None,
+                });
+                // The compare said the key was there; its last state comes back stamped with
+                // the deletion's revision.
+                let prev = prev.ok_or(Error::NotFound)?;
+                Ok(stamped(key, prev.value(), rev)?.0)
+            }
+            Err(None) => Err(Error::NotFound),
+            Err(Some(current)) => Err(Error::Conflict {
+                current: current.mod_revision() as u64,
+            }),
+        }
+    }
+
+    fn watch(&self, prefix: &str, from: Revision) -> Result<Watch> {
+        let hub = self.shared.hub.clone();
+        Watch::new(
+            prefix,
+            from,
+            self.shared.published.subscribe(),
+            hub.clone(),
+            Arc::new(RingOnly(hub)),
+        )
+    }
+
+    fn revision(&self) -> Revision {
+        let mut kv = self.kv.clone();
+        let root = self.root.clone();
+        let now = self.run(async move {
+            let r = kv
+                .get(root, Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(backend)?;
+            Ok(rev_of(r.header()))
+        });
+        match now {
+            Ok(rev) => {
+                self.note(rev);
+                rev
+            }
+            Err(e) => {
+                // The newest revision known: what a client compares against stays sane.
+                tracing::warn!(error = %e, "store: reading etcd's revision failed");
+                self.seen.load(Ordering::Relaxed)
+            }
+        }
+    }
+}
+
+impl EtcdStore {
+    /// What a snapshot needs to read pages on its own (it outlives no store call but must be
+    /// `Send` and own its state).
+    fn clone_reader(&self) -> Reader {
+        Reader {
+            handle: self.handle.clone(),
+            kv: self.kv.clone(),
+            root: self.root.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+struct Reader {
+    handle: tokio::runtime::Handle,
+    kv: KvClient,
+    root: String,
+    timeout: Duration,
+}
+
+/// A list at one revision, a page at a time, handed out [`super::CHUNK_BYTES`] at a time.
+/// etcd keeps that revision readable until it is compacted: a snapshot read across a
+/// compaction fails with [`Error::Expired`] and the watch relists.
+struct EtcdSnapshot {
+    store: Reader,
+    end: Vec<u8>,
+    rev: Revision,
+    /// Where the next page starts (after the last key read).
+    next: Option<Vec<u8>>,
+    done: bool,
+    buffered: std::collections::VecDeque<(String, Bytes)>,
+}
+
+impl EtcdSnapshot {
+    fn take_page(&mut self, kvs: Vec<KeyValue>) -> Result<()> {
+        if let Some(last) = kvs.last() {
+            let mut k = last.key().to_vec();
+            k.push(0);
+            self.next = Some(k);
+        } else {
+            self.done = true;
+        }
+        for kv in kvs {
+            let k = kv.key_str().map_err(backend)?;
+            let key = k.strip_prefix(self.store.root.as_str()).unwrap_or(k);
+            let (_, bytes) = stamped(key, kv.value(), kv.mod_revision() as u64)?;
+            self.buffered.push_back((key.to_string(), bytes));
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot for EtcdSnapshot {
+    fn revision(&self) -> Revision {
+        self.rev
+    }
+
+    fn next_chunk(&mut self) -> Result<Vec<(String, Bytes)>> {
+        if self.buffered.is_empty() && !self.done {
+            let Some(start) = self.next.clone() else {
+                self.done = true;
+                return Ok(Vec::new());
+            };
+            let mut kv = self.store.kv.clone();
+            let (end, rev) = (self.end.clone(), self.rev);
+            let (kvs, more) = run_on(&self.store.handle, self.store.timeout, async move {
+                let opts = GetOptions::new()
+                    .with_range(end)
+                    .with_limit(PAGE)
+                    .with_revision(rev as i64);
+                let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
+                    if is_compacted(&e) {
+                        Error::Expired {
+                            requested: rev,
+                            oldest: rev + 1,
+                        }
+                    } else {
+                        backend(e)
+                    }
+                })?;
+                let more = r.more();
+                Ok((r.take_kvs(), more))
+            })?;
+            self.take_page(kvs)?;
+            if !more {
+                self.done = true;
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some((k, v)) = self.buffered.pop_front() {
+            bytes += v.len();
+            out.push((k, v));
+            if bytes >= super::CHUNK_BYTES {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
