@@ -231,12 +231,20 @@ pub(crate) fn read_round(ctx: &Shared, taken: Instant) -> Option<Round> {
     for pod in &pods {
         let (ns, name, uid) = (meta::namespace(pod), meta::name(pod), meta::uid(pod));
         let mut containers = Vec::new();
-        for c in pod
-            .pointer("/spec/containers")
+        // The app containers and the sidecars (restartable init containers, which run beside
+        // them and which the HPA counts, as kube's does); other init containers are done.
+        let sidecars = pod
+            .pointer("/spec/initContainers")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-        {
+            .filter(|c| c["restartPolicy"] == "Always");
+        for c in sidecars.chain(
+            pod.pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        ) {
             let cname = c["name"].as_str().unwrap_or_default();
             let Some(h) = logs
                 .get(&(ns.to_string(), name.to_string(), cname.to_string()))

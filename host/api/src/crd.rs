@@ -63,6 +63,9 @@ pub(crate) struct Custom {
     scale: Option<ScalePaths>,
     /// The definition is being deleted: no new objects.
     terminating: AtomicBool,
+    /// Of the definition's spec and accepted names: a write that changes neither (labels,
+    /// annotations, status) re-registers nothing.
+    fingerprint: u64,
 }
 
 /// The `scale` subresource's paths, as JSON pointers.
@@ -115,8 +118,22 @@ pub(crate) fn check_create(res: &Resource) -> Result<(), ApiError> {
             "MethodNotAllowed",
             "create not allowed while custom resource definition is terminating",
         )),
-        _ => Ok(()),
+        _ => check_served(res),
     }
+}
+
+/// A write of a custom kind is checked by its definition's rules or not done: a request
+/// routed just as its kind stopped being served (or before its rules were in place) gets the
+/// 404 a later one would, never a write without validation.
+pub(crate) fn check_served(res: &Resource) -> Result<(), ApiError> {
+    if resources::is_custom(res) && custom(res).is_none() {
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
+    }
+    Ok(())
 }
 
 /// The `scale` paths of a kind: custom kinds' from their definition, `None` for a custom kind
@@ -162,6 +179,13 @@ pub(crate) fn sync(api: &Api, name: &str) {
         cleanup(api, &crd);
         return;
     }
+    // One registration at a time, from the definition as stored now: two writes' syncs
+    // racing cannot leave the older one served.
+    let _one = REGISTERING.lock().unwrap_or_else(|p| p.into_inner());
+    let crd = match api.get_if_exists(definitions(), "", name) {
+        Ok(Some(c)) if c.pointer("/metadata/deletionTimestamp").is_none() => c,
+        _ => return,
+    };
     if established(&crd) {
         register(&crd);
     } else if let (Some(g), Some(p)) = (
@@ -170,6 +194,16 @@ pub(crate) fn sync(api: &Api, name: &str) {
     ) {
         unregister(g, p);
     }
+}
+
+static REGISTERING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn fingerprint(crd: &Value) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    crd["spec"].to_string().hash(&mut h);
+    crd["status"]["acceptedNames"].to_string().hash(&mut h);
+    h.finish()
 }
 
 /// After a stored write of a custom object: when its definition is being deleted and this was
@@ -194,14 +228,23 @@ fn any_left(api: &Api, res: &Resource) -> bool {
 
 fn cleanup(api: &Api, crd: &Value) {
     let name = meta::name(crd).to_string();
-    let res = match (
-        crd.pointer("/spec/group").and_then(Value::as_str),
-        crd.pointer("/spec/names/plural").and_then(Value::as_str),
-    ) {
-        (Some(g), Some(p)) => resources::by_group_plural(g, p),
-        _ => None,
+    let served = || {
+        let (group, plural) = (
+            crd.pointer("/spec/group").and_then(Value::as_str)?,
+            crd.pointer("/status/acceptedNames/plural")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())?,
+        );
+        resources::by_group_plural(group, plural).filter(|r| resources::is_custom(r))
     };
-    let Some(res) = res.filter(|r| resources::is_custom(r)) else {
+    let mut res = served();
+    if res.is_none() && established(crd) {
+        // Deleted while this server was down (or before a restart finished the cleanup): the
+        // kind is served again, terminating, so its objects are found and deleted.
+        register(crd);
+        res = served();
+    }
+    let Some(res) = res else {
         // Never served (names not accepted): nothing of its kind can exist.
         finalize(api, &name);
         return;
@@ -230,7 +273,8 @@ fn cleanup(api: &Api, crd: &Value) {
 }
 
 /// Drops the cleanup finalizer of a definition being deleted (which removes it when it was
-/// the last one), then stops serving its kind.
+/// the last one). The update's own [`sync`] then stops serving the kind once the definition
+/// is gone; a definition held by other finalizers stays served, terminating, until they go.
 fn finalize(api: &Api, name: &str) {
     for _ in 0..8 {
         let Ok(Some(mut crd)) = api.get_if_exists(definitions(), "", name) else {
@@ -251,7 +295,6 @@ fn finalize(api: &Api, name: &str) {
             }
         }
     }
-    sync(api, name);
 }
 
 fn established(crd: &Value) -> bool {
@@ -262,7 +305,7 @@ fn established(crd: &Value) -> bool {
         .any(|c| c["type"] == "Established" && c["status"] == "True")
 }
 
-fn unregister(group: &str, plural: &str) {
+pub(crate) fn unregister(group: &str, plural: &str) {
     resources::unregister_custom(group, plural);
     SERVED
         .write()
@@ -272,6 +315,14 @@ fn unregister(group: &str, plural: &str) {
 
 /// Serves the kind of a valid, established definition.
 fn register(crd: &Value) {
+    let fingerprint = fingerprint(crd);
+    if served()
+        .iter()
+        .any(|(_, c)| c.crd == meta::name(crd) && c.fingerprint == fingerprint)
+    {
+        // Nothing it serves changed (the registry's rows are leaked: not again).
+        return;
+    }
     let d = match Definition::of(crd) {
         Ok(d) => d,
         Err(e) => {
@@ -358,6 +409,7 @@ fn register(crd: &Value) {
         status: storage.status,
         scale: storage.scale.clone(),
         terminating: AtomicBool::new(false),
+        fingerprint,
     }));
     let mut s = SERVED.write().unwrap_or_else(|p| p.into_inner());
     s.retain(|(r, _)| !(r.group == stored.group && r.plural == stored.plural));
@@ -468,7 +520,12 @@ pub(crate) struct PrinterColumn {
 impl Definition {
     pub(crate) fn of(crd: &Value) -> Result<Definition, String> {
         let spec = &crd["spec"];
-        let names = accepted_names(spec);
+        // The names the definition was accepted under: a later change to `spec.names` that
+        // conflicts with another definition is not served (NamesAccepted=False), as in kube.
+        let names = match crd.pointer("/status/acceptedNames") {
+            Some(n) if n["plural"].as_str().is_some_and(|p| !p.is_empty()) => n.clone(),
+            _ => accepted_names(spec),
+        };
         let str_of = |v: &Value| v.as_str().unwrap_or_default().to_string();
         let list_of = |v: &Value| -> Vec<String> {
             v.as_array()
@@ -708,7 +765,7 @@ impl KindRules for Custom {
         causes.extend(schema_causes(self.schema.validate(obj)));
     }
 
-    fn validate_status(&self, obj: &mut Value) -> Vec<Cause> {
+    fn validate_status(&self, _old: &Value, obj: &mut Value) -> Vec<Cause> {
         self.schema.default(obj);
         schema_causes(self.schema.validate(obj)).collect()
     }

@@ -2803,6 +2803,105 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
     }
 
+    /// A definition's status is the server's, and its deletion finishes whatever else holds
+    /// it: another finalizer on the definition keeps it (terminating, nothing looping) until
+    /// it goes, and a server restarted mid-cleanup serves the kind again and finishes.
+    #[tokio::test]
+    async fn a_definition_being_deleted_survives_other_finalizers_and_restarts() {
+        const MERGE: &str = "application/merge-patch+json";
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let g = "crdlife.kedge.dev";
+        let crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions";
+        let crd_url = format!("{crds}/things.{g}");
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("things.{g}"), "finalizers": ["e2e.kedge.dev/keep"]},
+            "spec": {"group": g, "scope": "Namespaced", "names": {"plural": "things", "kind": "Thing"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object",
+                        "x-kubernetes-preserve-unknown-fields": true}}}]}});
+        let a = call(&st, ADMIN, "POST", crds, JSON, crd).await;
+        assert_eq!(a.code, 201, "{}", a.body);
+
+        // /status: conditions and accepted names stay the server's; storedVersions is checked.
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{crd_url}/status"),
+            MERGE,
+            json!({"status": {"acceptedNames": {"plural": "others", "kind": "Other"},
+                "conditions": [], "storedVersions": ["v1"]}}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(a.body["status"]["acceptedNames"]["kind"], "Thing");
+        assert_eq!(a.body["status"]["conditions"].as_array().unwrap().len(), 2);
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{crd_url}/status"),
+            MERGE,
+            json!({"status": {"storedVersions": ["v9"]}}),
+        )
+        .await;
+        assert_eq!(a.code, 422, "{}", a.body);
+
+        let url = format!("/apis/{g}/v1/namespaces/default/things");
+        let held = json!({"apiVersion": format!("{g}/v1"), "kind": "Thing",
+            "metadata": {"name": "held", "finalizers": ["e2e.kedge.dev/hold"]}});
+        assert_eq!(call(&st, ADMIN, "POST", &url, JSON, held).await.code, 201);
+        let a = call(&st, ADMIN, "DELETE", &crd_url, JSON, Value::Null).await;
+        assert!(a.code == 200 || a.code == 202, "{}", a.body);
+
+        // A restart while the object holds the cleanup: the kind is served again.
+        super::super::crd::unregister(g, "things");
+        assert!(resources::by_group_plural(g, "things").is_none());
+        super::super::crd::load(&st.api).unwrap();
+        let a = call(&st, ADMIN, "GET", &format!("{url}/held"), JSON, Value::Null).await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        let late = json!({"metadata": {"name": "late"}});
+        assert_eq!(call(&st, ADMIN, "POST", &url, JSON, late).await.code, 405);
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &format!("{url}/held"),
+            MERGE,
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+
+        // The cleanup is done; the other finalizer still holds the definition.
+        let a = call(&st, ADMIN, "GET", &crd_url, JSON, Value::Null).await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(
+            a.body["metadata"]["finalizers"],
+            json!(["e2e.kedge.dev/keep"])
+        );
+        // A restart now finds nothing to clean and loops on nothing.
+        super::super::crd::load(&st.api).unwrap();
+        let a = call(
+            &st,
+            ADMIN,
+            "PATCH",
+            &crd_url,
+            MERGE,
+            json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
+        assert_eq!(a.code, 200, "{}", a.body);
+        assert_eq!(
+            call(&st, ADMIN, "GET", &crd_url, JSON, Value::Null)
+                .await
+                .code,
+            404
+        );
+        assert!(resources::by_group_plural(g, "things").is_none());
+    }
+
     /// Server-side apply follows a custom kind's schema: two managers applying different
     /// items of an `x-kubernetes-list-type: map` list (keyed by `id`, not a built-in merge
     /// key) both keep them and own them per item, as do creates and updates.

@@ -400,7 +400,10 @@ fn connect_options(o: &Options) -> Result<ConnectOptions> {
         .with_connect_timeout(Duration::from_secs(5))
         // A dead connection under a long watch is noticed within seconds.
         .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // As kube-apiserver's WithRequireLeader: a member cut off from its leader ends our
+        // watch (which then resumes on another member) instead of keeping it open and silent.
+        .with_require_leader(true);
     let https = o.endpoints.iter().any(|e| e.starts_with("https://"));
     let tls_files = o.ca_file.is_some() || o.cert_file.is_some() || o.key_file.is_some();
     if o.endpoints
@@ -561,6 +564,10 @@ async fn follow(
         let opts = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
+            // A catch-up over many revisions of big objects comes in fragments etcd sizes
+            // (--max-request-bytes), never one message over MAX_MESSAGE that could not be
+            // decoded and would be asked for again and again.
+            .with_fragment()
             .with_start_revision(next as i64);
         let mut stream = match client.watch(root.clone(), Some(opts)).await {
             Ok(s) => s,

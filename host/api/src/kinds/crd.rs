@@ -6,7 +6,8 @@
 //! Refused beyond kube's checks, naming the field: conversion webhooks (only the `None`
 //! strategy), served versions whose schema, subresources or printer columns differ from the
 //! storage version's (they would need conversion), a storage version that is not served,
-//! groups kedge serves itself, and what the schema engine cannot honour
+//! groups kedge serves itself, a `listKind` other than `<Kind>List`, `selectableFields`
+//! (field selectors on custom kinds are metadata's), and what the schema engine cannot honour
 //! (`x-kubernetes-validations` and the rest listed in [`kedge_core::crd_schema`]).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
@@ -214,6 +215,65 @@ impl KindRules for Crd {
         validate_spec(obj, causes);
     }
 
+    /// `/status` writes: the conditions and accepted names are the server's (a write cannot
+    /// establish a definition whose names conflict); `storedVersions` is the clients' to trim
+    /// (after a storage migration) but must keep the storage version and name only versions
+    /// the definition has.
+    fn validate_status(&self, old: &Value, obj: &mut Value) -> Vec<Cause> {
+        if !obj.get("status").is_some_and(Value::is_object) {
+            obj["status"] = json!({});
+        }
+        for owned in ["conditions", "acceptedNames"] {
+            match old["status"].get(owned) {
+                Some(v) => obj["status"][owned] = v.clone(),
+                None => {
+                    if let Some(s) = obj["status"].as_object_mut() {
+                        s.remove(owned);
+                    }
+                }
+            }
+        }
+        let mut causes = Vec::new();
+        let versions: Vec<&str> = obj["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        let stored = &obj["status"]["storedVersions"];
+        if !stored.is_array() {
+            causes.push(required(
+                "status.storedVersions",
+                "must have at least one stored version",
+            ));
+            return causes;
+        }
+        for (i, v) in stored.as_array().into_iter().flatten().enumerate() {
+            if !v.as_str().is_some_and(|v| versions.contains(&v)) {
+                causes.push(invalid(
+                    format!("status.storedVersions[{i}]"),
+                    v,
+                    "must appear in spec.versions",
+                ));
+            }
+        }
+        if let Some(storage) = obj["spec"]["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["storage"] == true)
+            .and_then(|v| v["name"].as_str())
+            && !str_list(stored).contains(&storage)
+        {
+            causes.push(invalid(
+                "status.storedVersions",
+                stored,
+                &format!("must have the storage version {storage}"),
+            ));
+        }
+        causes
+    }
+
     fn validate_update(&self, old: &Value, new: &Value, causes: &mut Vec<Cause>) {
         if old.pointer("/spec/scope") != new.pointer("/spec/scope") {
             causes.push(invalid(
@@ -281,11 +341,30 @@ fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
             &spec["group"],
             "should be a domain with at least one dot",
         ));
-    } else if resources::RESOURCES.iter().any(|r| r.group == group) {
+    } else if resources::RESOURCES
+        .iter()
+        .chain(crate::discovery::VIRTUAL)
+        .chain(crate::resource_metrics::METRICS)
+        .any(|r| r.group == group)
+    {
         causes.push(invalid(
             "spec.group",
             &spec["group"],
             "kedge serves this group itself; custom resources need a group of their own",
+        ));
+    } else if (group == "k8s.io"
+        || group.ends_with(".k8s.io")
+        || group == "kubernetes.io"
+        || group.ends_with(".kubernetes.io"))
+        && obj
+            .pointer("/metadata/annotations/api-approved.kubernetes.io")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
+        // kube's rule for the groups of the Kubernetes project (KEP 1111).
+        causes.push(required(
+            "metadata.annotations[api-approved.kubernetes.io]",
+            "protected groups must have approval annotation \"api-approved.kubernetes.io\", see https://github.com/kubernetes/enhancements/pull/1111",
         ));
     }
     match spec["scope"].as_str() {
@@ -301,7 +380,17 @@ fn validate_spec(obj: &Value, causes: &mut Vec<Cause>) {
     }
     validate_names(&spec["names"], causes);
     match spec.pointer("/conversion/strategy").and_then(Value::as_str) {
-        None | Some("None") => {}
+        None | Some("None") => {
+            if spec
+                .pointer("/conversion/webhook")
+                .is_some_and(|w| !w.is_null())
+            {
+                causes.push(forbidden(
+                    "spec.conversion.webhook",
+                    "should not be set when strategy is not set to Webhook",
+                ));
+            }
+        }
         Some("Webhook") => causes.push(forbidden(
             "spec.conversion.strategy",
             "kedge does not call conversion webhooks; only the None strategy is supported",
@@ -358,6 +447,15 @@ fn validate_names(names: &Value, causes: &mut Vec<Cause>) {
             "spec.names.listKind",
             &names["listKind"],
             "kind and listKind may not be the same",
+        ));
+    } else if let (Some(kind), Some(list)) = (names["kind"].as_str(), names["listKind"].as_str())
+        && !list.is_empty()
+        && list != format!("{kind}List")
+    {
+        causes.push(invalid(
+            "spec.names.listKind",
+            &names["listKind"],
+            &format!("kedge names the lists of a kind <kind>List; leave it out or use {kind}List"),
         ));
     }
     for (i, v) in str_list(&names["shortNames"]).iter().enumerate() {
@@ -466,6 +564,15 @@ fn validate_versions(spec: &Value, causes: &mut Vec<Cause>) {
                     }));
                 }
             }
+        }
+        if v["selectableFields"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            causes.push(forbidden(
+                format!("{at}.selectableFields"),
+                "kedge selects custom resources by metadata.name and metadata.namespace only",
+            ));
         }
         validate_subresources(v, &at, causes);
         validate_columns(v, &at, causes);

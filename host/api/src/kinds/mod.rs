@@ -123,9 +123,10 @@ pub trait KindRules: Sync {
     /// Update-only checks: fields kube-apiserver refuses to change once set.
     fn validate_update(&self, _old: &Value, _new: &Value, _causes: &mut Vec<Cause>) {}
 
-    /// A write of the `status` subresource: defaults and checks of the whole object (custom
-    /// kinds' schemas; built-in kinds check their status writes elsewhere or not at all).
-    fn validate_status(&self, _obj: &mut Value) -> Vec<Cause> {
+    /// A write of the `status` subresource (`obj`, in place of `old`): defaults and checks of
+    /// the whole object (custom kinds' schemas; a definition's server-owned status; other
+    /// built-in kinds check their status writes elsewhere or not at all).
+    fn validate_status(&self, _old: &Value, _obj: &mut Value) -> Vec<Cause> {
         Vec::new()
     }
 
@@ -280,8 +281,8 @@ pub(crate) fn prepare_update(res: &Resource, old: &Value, new: &mut Value) {
 }
 
 /// [`KindRules::validate_status`] of `res`'s kind.
-pub(crate) fn validate_status(res: &Resource, obj: &mut Value) -> Vec<Cause> {
-    rules(res).validate_status(obj)
+pub(crate) fn validate_status(res: &Resource, old: &Value, obj: &mut Value) -> Vec<Cause> {
+    rules(res).validate_status(old, obj)
 }
 
 /// Validates an object about to be created; an empty list means valid.
