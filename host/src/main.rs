@@ -1,4 +1,5 @@
-//! The `kedge` binary: `server`, `agent`, `dev` (both in one process) and `token create`.
+//! The `kedge` binary: `server`, `agent`, `dev` (both in one process), `image import`,
+//! `token create`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -299,6 +300,11 @@ enum Command {
         #[arg(long, env = "KEDGE_REGISTRIES_CONFIG")]
         registries_config: Option<PathBuf>,
     },
+    /// The node's local images (offline supply for nodes without registry access).
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
     /// Bootstrap tokens for joining nodes.
     Token {
         #[command(subcommand)]
@@ -308,6 +314,22 @@ enum Command {
     Node {
         #[command(subcommand)]
         command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import image archives into the node's image store: `docker save` tarballs and OCI
+    /// image layouts (`skopeo copy … oci-archive:`), plain or gzip. Images keep the names the
+    /// archive gives and are never removed by image GC. Refused while the node's agent runs
+    /// (it owns the store): stop it, or put the files in <data-dir>/images/ and restart it.
+    Import {
+        /// The archives.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The agent's data dir (`kedge dev`: <dev data dir>/agent).
+        #[arg(long, env = "KEDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -675,6 +697,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                  To let it back: kedge token create, then start its agent with --token <new token>.",
                 kedge::core::meta::timestamp(at)
             );
+        }
+        Command::Image {
+            command: ImageCommand::Import { files, data_dir },
+        } => {
+            let dir = data_dir
+                .unwrap_or_else(|| default_dir("agent"))
+                .join("images");
+            tokio::task::spawn_blocking(move || {
+                let store = kedge_registry::LocalImageStore::open_exclusive(&dir)?;
+                for file in &files {
+                    // The error names the archive; what was imported before it is printed.
+                    let report = store.import_archive(file, std::time::SystemTime::now())?;
+                    for image in &report.images {
+                        println!("{}@{}", image.reference, image.digest);
+                    }
+                    for skipped in &report.skipped {
+                        eprintln!("{}: not imported: {skipped}", file.display());
+                    }
+                }
+                anyhow::Ok(())
+            })
+            .await??;
         }
         Command::Push {
             file,

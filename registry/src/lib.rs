@@ -7,7 +7,10 @@
 //!
 //! ```text
 //! LocalImageStore::open(dir) -> Result<LocalImageStore>               (sync: spawn_blocking)
+//! LocalImageStore::open_exclusive(dir)                                 the owner (agent, CLI)
 //!   .import(&Reference, &[u8]) -> Result<String>                      air-gapped Wasm modules
+//!   .import_archive(path, now) -> Result<ImportReport, ArchiveError>  docker/OCI tarballs
+//!   .import_airgap_dir(now)                                           archives in the store dir
 //!   .image(&Reference) -> Result<Option<Image>>                       present and complete?
 //!   .lookup(&Reference) -> Result<Option<(String, PathBuf)>>          digest + module/manifest
 //!   .rootfs(&Image) -> Result<PathBuf>                                unpacked once, read-only
@@ -18,6 +21,7 @@
 //! Keyring::from_dockerconfigjson(&[u8]) / from_dockercfg(&[u8]) / from_docker_config_file(path)
 //!   .extend(Keyring), .lookup(&Reference) -> Vec<Credential>
 //! RegistriesConfig::load(path) / Default
+//!   .sources(&Reference) -> Vec<PullSource>                           mirrors, then the registry
 //! push_wasm(&Reference, &[u8], &Credential, &RegistriesConfig, FnMut(sent, total)).await
 //!   -> Result<String /*manifest digest*/, PushError>
 //! PullError { kind: PullErrorKind, message } .reason() -> "ErrImagePull" | "ErrImageNeverPull"
@@ -28,6 +32,7 @@
 //! (`rustls::crypto::ring::default_provider().install_default()`): oci-client is built
 //! without one so the whole binary shares ring.
 
+pub mod archive;
 pub mod auth;
 pub mod config;
 pub mod image;
@@ -42,8 +47,11 @@ mod unpack;
 #[doc(hidden)]
 pub use unpack::unpack_layers;
 
+pub use archive::{ArchiveError, ImportReport, ImportedImage};
 pub use auth::{AuthError, Credential, Keyring};
-pub use config::{ConfigError, RegistriesConfig, RegistryConfig, TlsConfig};
+pub use config::{
+    ConfigError, Endpoint, Mirror, PullSource, RegistriesConfig, RegistryConfig, Rewrite, TlsConfig,
+};
 pub use image::{Image, ImageKind, OciConfig, node_arch};
 pub use pull::{PullError, PullErrorKind, Puller, PushError};
 pub use push::push_wasm;

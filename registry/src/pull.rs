@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt as _;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::auth::Credential;
-use crate::config::RegistriesConfig;
+use crate::config::{PullSource, RegistriesConfig};
 use crate::image::{
     Image, ImageConfigJson, TAR_LAYER_MEDIA_TYPES, WASM_CONFIG_MEDIA_TYPE, WASM_LAYER_MEDIA_TYPES,
     node_arch,
@@ -215,9 +215,54 @@ impl Puller {
             _ => {}
         }
 
+        let sources = self.config.sources(reference);
+        let mut failed: Vec<String> = Vec::new();
+        for (i, source) in sources.iter().enumerate() {
+            let last = i + 1 == sources.len();
+            match self.pull_from(reference, source, credentials).await {
+                Ok(image) => {
+                    info!(digest = %image.digest, endpoint = %source.endpoint.url(), "image pulled");
+                    return Ok(image);
+                }
+                Err(e) if !last && falls_through(e.kind) => {
+                    // A mirror without the image is routine (`"*"` mirrors); anything else
+                    // is worth a line.
+                    if e.kind == PullErrorKind::NotFound {
+                        debug!(endpoint = %source.endpoint.url(), error = %e, "not on this endpoint; trying the next");
+                    } else {
+                        warn!(endpoint = %source.endpoint.url(), error = %e, "endpoint failed; trying the next");
+                    }
+                    failed.push(format!("{}: {}", source.endpoint.url(), e.message));
+                }
+                Err(mut e) => {
+                    if !failed.is_empty() {
+                        e.message = format!(
+                            "{} (from {}; before it: {})",
+                            e.message,
+                            source.endpoint.url(),
+                            failed.join("; ")
+                        );
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(PullError::new(PullErrorKind::Network, "no endpoint to try"))
+    }
+
+    /// Tries one endpoint with each credential that may go there: for the registry itself the
+    /// pod's, the node's, then anonymous (kubelet's order); for a mirror only the node's for
+    /// that mirror host and anonymous, so a pod's secret never leaves for another host.
+    async fn pull_from(
+        &self,
+        reference: &Reference,
+        source: &PullSource,
+        credentials: &[Credential],
+    ) -> Result<Image, PullError> {
         let mut candidates: Vec<Credential> = Vec::new();
-        let node = self.config.credential(reference.registry());
-        for c in credentials
+        let pod: &[Credential] = if source.mirror { &[] } else { credentials };
+        let node = self.config.credential(&source.endpoint.host);
+        for c in pod
             .iter()
             .cloned()
             .chain(node)
@@ -230,11 +275,8 @@ impl Puller {
         let mut first_error: Option<PullError> = None;
         let tried = candidates.len();
         for credential in candidates {
-            match self.pull_with(reference, &credential).await {
-                Ok(image) => {
-                    info!(digest = %image.digest, "image pulled");
-                    return Ok(image);
-                }
+            match self.pull_with(reference, source, &credential).await {
+                Ok(image) => return Ok(image),
                 Err(e)
                     if matches!(
                         e.kind,
@@ -270,24 +312,26 @@ impl Puller {
         blocking(move || store.touch(&digest, now)).await
     }
 
-    /// A client for one attempt: the registry's CA and TLS settings, nothing cached.
-    fn client(&self, registry: &str) -> Result<oci_client::Client, PullError> {
-        crate::push::client_for(&self.config, registry)
-    }
-
     async fn pull_with(
         &self,
         reference: &Reference,
+        source: &PullSource,
         credential: &Credential,
     ) -> Result<Image, PullError> {
-        let client = self.client(reference.registry())?;
-        let oci_ref = to_oci_reference(reference);
+        // A client for one attempt: the endpoint's CA and TLS settings, nothing cached.
+        let client = crate::push::client_for_endpoint(
+            &self.config,
+            &source.endpoint.host,
+            source.endpoint.plain_http,
+        )?;
+        let oci_ref = source_reference(reference, source);
         let auth = credential.to_oci();
         let ctx = Ctx {
             puller: self,
             client: &client,
             oci_ref: &oci_ref,
             reference,
+            source,
             credential,
         };
 
@@ -395,14 +439,24 @@ struct Ctx<'a> {
     client: &'a oci_client::Client,
     oci_ref: &'a oci_client::Reference,
     reference: &'a Reference,
+    source: &'a PullSource,
     credential: &'a Credential,
 }
 
 impl Ctx<'_> {
     fn fail(&self, kind: PullErrorKind, detail: &str) -> PullError {
+        let via = if self.source.mirror {
+            format!(
+                " from mirror {} as {}",
+                self.source.endpoint.url(),
+                self.source.repository
+            )
+        } else {
+            String::new()
+        };
         PullError::new(
             kind,
-            format!("failed to pull image \"{}\": {detail}", self.reference),
+            format!("failed to pull image \"{}\"{via}: {detail}", self.reference),
         )
     }
 
@@ -414,7 +468,7 @@ impl Ctx<'_> {
             OciDistributionError::UnauthorizedError { url } => {
                 match probe_reason(
                     &self.puller.config,
-                    self.reference.registry(),
+                    &self.source.endpoint.host,
                     url,
                     self.credential,
                 )
@@ -521,9 +575,38 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Whether a failed endpoint lets the pull go on to the next one, as containerd's resolver
+/// does: unreachable, 5xx, not there, or not allowed there. Bad content (a digest mismatch),
+/// an image this node cannot run and local store failures stop the pull: another endpoint
+/// would not make them right, and a mirror serving corrupt blobs must be seen.
+fn falls_through(kind: PullErrorKind) -> bool {
+    matches!(
+        kind,
+        PullErrorKind::Network | PullErrorKind::NotFound | PullErrorKind::Unauthorized
+    )
+}
+
+/// The oci-client reference for fetching `reference` from `source`.
+pub(crate) fn source_reference(
+    reference: &Reference,
+    source: &PullSource,
+) -> oci_client::Reference {
+    with_name(
+        reference,
+        source.endpoint.host.clone(),
+        source.repository.clone(),
+    )
+}
+
 pub(crate) fn to_oci_reference(reference: &Reference) -> oci_client::Reference {
-    let registry = reference.registry().to_owned();
-    let repository = reference.repository().to_owned();
+    with_name(
+        reference,
+        reference.registry().to_owned(),
+        reference.repository().to_owned(),
+    )
+}
+
+fn with_name(reference: &Reference, registry: String, repository: String) -> oci_client::Reference {
     match (reference.tag(), reference.digest()) {
         // A digest pins the content; the tag is informational.
         (_, Some(digest)) => {
@@ -538,13 +621,13 @@ pub(crate) fn to_oci_reference(reference: &Reference) -> oci_client::Reference {
     }
 }
 
-enum Manifest {
+pub(crate) enum Manifest {
     Image(Box<OciImageManifest>),
     /// (digest, os, architecture) of each entry.
     Index(Vec<(String, String, String)>),
 }
 
-fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
+pub(crate) fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         PullError::new(
             PullErrorKind::Unsupported,
@@ -581,7 +664,7 @@ fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
 
 /// The index entry for this node: linux on our architecture first, else a Wasm entry (which
 /// runs anywhere).
-fn choose_platform(entries: &[(String, String, String)]) -> Option<String> {
+pub(crate) fn choose_platform(entries: &[(String, String, String)]) -> Option<String> {
     let arch = node_arch();
     entries
         .iter()
@@ -595,7 +678,10 @@ fn choose_platform(entries: &[(String, String, String)]) -> Option<String> {
 }
 
 /// Wasm or OCI, from the media types and the config's platform.
-fn classify(manifest: &OciImageManifest, config: &ImageConfigJson) -> Result<RecordKind, String> {
+pub(crate) fn classify(
+    manifest: &OciImageManifest,
+    config: &ImageConfigJson,
+) -> Result<RecordKind, String> {
     let wasm_layer = manifest
         .layers
         .iter()
@@ -769,6 +855,23 @@ mod tests {
             Some("sha256:wasm")
         );
         assert_eq!(choose_platform(&entries[..1]), None);
+    }
+
+    #[test]
+    fn only_unreachable_missing_or_refused_endpoints_fall_through_to_the_next() {
+        use PullErrorKind as K;
+        for kind in [K::Network, K::NotFound, K::Unauthorized] {
+            assert!(falls_through(kind), "{kind:?}");
+        }
+        for kind in [
+            K::Corrupt,
+            K::Unsupported,
+            K::Store,
+            K::InvalidName,
+            K::NeverPull,
+        ] {
+            assert!(!falls_through(kind), "{kind:?}");
+        }
     }
 
     #[test]

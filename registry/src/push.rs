@@ -25,8 +25,21 @@ pub(crate) fn client_for(
     config: &RegistriesConfig,
     registry: &str,
 ) -> Result<oci_client::Client, PullError> {
+    client_for_endpoint(config, registry, false)
+}
+
+/// [`client_for`] a mirror endpoint, over plain HTTP if it says `http://`.
+pub(crate) fn client_for_endpoint(
+    config: &RegistriesConfig,
+    registry: &str,
+    plain_http: bool,
+) -> Result<oci_client::Client, PullError> {
     let mut cc = ClientConfig {
-        protocol: ClientProtocol::Https,
+        protocol: if plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
         connect_timeout: Some(crate::pull::CONNECT_TIMEOUT),
         read_timeout: Some(crate::pull::READ_TIMEOUT),
         accept_invalid_certificates: config.insecure_skip_verify(registry),

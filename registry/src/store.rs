@@ -16,7 +16,7 @@
 //! and renamed into place the same way. The API is synchronous (local file work); call it from
 //! `spawn_blocking` in async code. One process owns a store directory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
@@ -63,6 +63,11 @@ pub enum StoreError {
     MissingLayer { digest: String, layer: String },
     #[error("cannot unpack layer {layer}: {reason}")]
     Unpack { layer: String, reason: String },
+    #[error(
+        "image store {path} is in use by another process (a running agent?); stop it, or put \
+         the archive in {path} (the airgap directory) and restart the agent"
+    )]
+    Busy { path: PathBuf },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -105,6 +110,11 @@ struct Index {
     /// Image digest → last `ensure`, seconds since the epoch: GC removes the oldest first.
     #[serde(default)]
     last_used: BTreeMap<String, u64>,
+    /// References imported from archives: GC never removes the image one points at (as K3s
+    /// pins airgap images), so an offline node keeps what it was provisioned with. A tag
+    /// moved by a later import or pull unpins the image it pointed at before.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pinned: BTreeSet<String>,
 }
 
 /// What [`LocalImageStore::gc`] did.
@@ -124,6 +134,9 @@ pub struct LocalImageStore {
     dir: PathBuf,
     /// In-memory copy of `index.json`; the lock also serialises index writes.
     index: Mutex<Index>,
+    /// The `lock` file, locked exclusively, when opened with [`Self::open_exclusive`]: the
+    /// flock is released when the store (the file) is dropped or the process dies.
+    _owner: Option<File>,
     /// Blobs a pull in progress needs (digest → holders); GC leaves them alone even before
     /// the pull records its image.
     pins: Arc<Mutex<HashMap<String, usize>>>,
@@ -183,7 +196,33 @@ fn sha256_hex(digest: &str) -> Result<&str> {
 }
 
 impl LocalImageStore {
-    /// Opens (creating if needed) the store in `dir`, discarding unfinished downloads.
+    /// Opens the store like [`Self::open`] after taking an exclusive lock on `<dir>/lock`
+    /// (held until the store is dropped), or fails with [`StoreError::Busy`] if another
+    /// process holds it. The agent opens its store this way, and so does `kedge image import`:
+    /// opening clears `tmp/` and the index lives in memory, so two processes on one store
+    /// would lose each other's work.
+    pub fn open_exclusive(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let lock_path = dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Busy { path: dir }),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        let mut store = Self::open(dir)?;
+        store._owner = Some(file);
+        Ok(store)
+    }
+
+    /// Opens (creating if needed) the store in `dir`, discarding unfinished downloads. Takes
+    /// no lock: for tests and tools that know no other process uses `dir`.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         for sub in ["blobs/sha256", "rootfs"] {
@@ -209,6 +248,7 @@ impl LocalImageStore {
         Ok(Self {
             dir,
             index: Mutex::new(index),
+            _owner: None,
             pins: Arc::default(),
         })
     }
@@ -366,6 +406,29 @@ impl LocalImageStore {
             .ok_or_else(|| StoreError::UnknownImage {
                 digest: digest.to_owned(),
             })
+    }
+
+    /// Records an image imported from an archive under each of `names` (and its digest
+    /// form), pinned against GC. Every blob it names must already be in the store.
+    pub(crate) fn record_imported(
+        &self,
+        names: &[Reference],
+        digest: &str,
+        record: ManifestRecord,
+        now: SystemTime,
+    ) -> Result<()> {
+        sha256_hex(digest)?;
+        self.update_index(|index| {
+            for name in names {
+                index.images.insert(name.to_string(), digest.to_owned());
+                index
+                    .images
+                    .insert(format!("{}@{digest}", name.name()), digest.to_owned());
+                index.pinned.insert(name.to_string());
+            }
+            index.manifests.insert(digest.to_owned(), record);
+            index.last_used.insert(digest.to_owned(), unix_secs(now));
+        })
     }
 
     /// Notes that the image `digest` was used at `at`, for GC's least-recently-used order.
@@ -528,9 +591,14 @@ impl LocalImageStore {
             let mut digests: Vec<&String> = index.images.values().collect();
             digests.sort();
             digests.dedup();
+            let pinned: HashSet<&String> = index
+                .pinned
+                .iter()
+                .filter_map(|r| index.images.get(r))
+                .collect();
             let mut c: Vec<(u64, String)> = digests
                 .into_iter()
-                .filter(|d| !in_use.contains(*d))
+                .filter(|d| !in_use.contains(*d) && !pinned.contains(d))
                 .map(|d| (index.last_used.get(d).copied().unwrap_or(0), d.clone()))
                 .collect();
             c.sort();
@@ -541,6 +609,15 @@ impl LocalImageStore {
                 break;
             }
             self.update_index(|index| {
+                let gone: Vec<String> = index
+                    .images
+                    .iter()
+                    .filter(|(_, d)| **d == digest)
+                    .map(|(r, _)| r.clone())
+                    .collect();
+                for r in &gone {
+                    index.pinned.remove(r);
+                }
                 index.images.retain(|_, d| *d != digest);
                 index.manifests.remove(&digest);
                 index.last_used.remove(&digest);
@@ -683,7 +760,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `data` to `path` via a synced temporary file and a rename, then syncs the directory
 /// so the rename itself survives a power loss.
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()

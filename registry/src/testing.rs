@@ -571,3 +571,37 @@ pub fn wasm_module_sized(tag: &str, min_len: usize) -> Vec<u8> {
     m.extend_from_slice(&section);
     m
 }
+
+/// A `docker save` archive (uncompressed layer tar, `<config-hex>.json`, `manifest.json`) of
+/// the busybox image of [`busybox_image_layer`], named by `tags`: for `kedge image import`
+/// and airgap tests.
+pub fn busybox_docker_archive(tags: &[&str]) -> Result<Vec<u8>> {
+    let mut layer = Vec::new();
+    flate2::read::GzDecoder::new(&busybox_image_layer()?[..])
+        .read_to_end(&mut layer)
+        .map_err(fail)?;
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": node_arch(),
+        "os": "linux",
+        "config": {"Cmd": ["sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .map_err(fail)?;
+    let config_name = format!("{}.json", sha256(&config).trim_start_matches("sha256:"));
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": config_name, "RepoTags": tags, "Layers": ["l1/layer.tar"],
+    }]))
+    .map_err(fail)?;
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, data) in [
+        ("l1/layer.tar", &layer[..]),
+        (config_name.as_str(), &config[..]),
+        ("manifest.json", &manifest[..]),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        builder.append_data(&mut h, path, data).map_err(fail)?;
+    }
+    builder.into_inner().map_err(fail)
+}

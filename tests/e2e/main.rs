@@ -1,6 +1,7 @@
 //! kedge's integration tests: end-to-end scenarios with real processes and the real kubectl
 //! (`skeleton`), and in-process tests of the plugin sandbox (`sandbox`).
 
+mod airgap;
 mod apiproxy;
 mod apply;
 mod authz;

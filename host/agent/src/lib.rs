@@ -197,12 +197,38 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
     // The data dir holds the node's key, its copies of Secrets and the pods' files.
     kedge_store::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating {}", cfg.data_dir.display()))?;
-    let images =
-        Arc::new(LocalImageStore::open(cfg.data_dir.join("images")).context("image store")?);
+    // Exclusive: `kedge image import` on the same store is refused while the agent runs.
+    let images = Arc::new(
+        LocalImageStore::open_exclusive(cfg.data_dir.join("images")).context("image store")?,
+    );
     for (r, bytes) in SAMPLE_IMAGES {
         let reference = Reference::parse(r).expect("valid sample reference");
         if images.lookup(&reference)?.is_none() {
             images.import(&reference, bytes)?;
+        }
+    }
+    // The airgap images directory (K3s' agent/images/): archives placed in the store
+    // directory are imported before any pod starts; one that fails is reported and skipped.
+    let store = Arc::clone(&images);
+    let imported =
+        tokio::task::spawn_blocking(move || store.import_airgap_dir(std::time::SystemTime::now()))
+            .await
+            .context("importing airgap images")?;
+    for (file, result) in imported {
+        match result {
+            Ok(report) => {
+                for skipped in &report.skipped {
+                    tracing::warn!(archive = %file.display(), %skipped, "airgap image not imported");
+                }
+                if report.unchanged {
+                    tracing::debug!(archive = %file.display(), "airgap archive unchanged since its import");
+                } else {
+                    tracing::info!(archive = %file.display(), images = report.images.len(), "airgap images imported");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(archive = %file.display(), error = %format!("{:#}", anyhow::Error::from(e)), "airgap archive refused");
+            }
         }
     }
     let logs: LogMap = Arc::default();

@@ -1,6 +1,8 @@
 //! Integration tests against a real registry on 127.0.0.1 (one test binary keeps link time
 //! down). Everything pushed is built here: no test downloads from the internet.
 
+mod archive;
+mod mirror;
 mod pull;
 mod token;
 
