@@ -22,15 +22,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// One fuzz target's settings.
+/// One fuzz target's settings; its seeds are `fuzz/corpus/<name>/` of the workspace.
 pub struct Target<'a> {
     pub name: &'a str,
-    /// `fuzz/corpus` of the repository (callers pass `concat!(env!("CARGO_MANIFEST_DIR"), ..)`).
-    pub corpus_root: &'a str,
     /// Inputs are cut to this many bytes (keeps each execution bounded).
     pub max_len: usize,
     /// Tokens the mutator inserts (keywords and punctuation of the grammar).
     pub dictionary: &'a [&'a str],
+}
+
+/// A target named `name`, inputs cut to `max_len` bytes, mutated with `dictionary` tokens.
+pub fn target<'a>(name: &'a str, max_len: usize, dictionary: &'a [&'a str]) -> Target<'a> {
+    Target {
+        name,
+        max_len,
+        dictionary,
+    }
 }
 
 struct Rng(u64);
@@ -152,14 +159,17 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, pool: &[Vec<u8>], dict: &[&str], m
     input.truncate(max_len);
 }
 
+/// The workspace: the including crate's nearest ancestor holding `fuzz/corpus`.
+fn workspace() -> &'static Path {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    root.ancestors()
+        .find(|p| p.join("fuzz").join("corpus").is_dir())
+        .unwrap_or(root)
+}
+
 /// `target/fuzz-crashes/<name>` next to `fuzz/corpus` (the workspace's target directory).
 fn crash_dir(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = root
-        .ancestors()
-        .find(|p| p.join("fuzz").join("corpus").is_dir())
-        .unwrap_or(root);
-    workspace.join("target").join("fuzz-crashes").join(name)
+    workspace().join("target").join("fuzz-crashes").join(name)
 }
 
 fn save(name: &str, kind: &str, input: &[u8]) -> PathBuf {
@@ -180,8 +190,8 @@ fn show(input: &[u8]) -> String {
 }
 
 /// Reads `fuzz/corpus/<name>/` (sorted, so runs are reproducible).
-pub fn corpus(root: &str, name: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(root).join(name);
+pub fn corpus(name: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = workspace().join("fuzz").join("corpus").join(name);
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("fuzz corpus {}: {e}", dir.display()))
         .filter_map(|e| e.ok())
@@ -264,7 +274,7 @@ fn slow_again(f: &dyn Fn(&[u8]) -> bool, input: &[u8], slow: Duration) -> bool {
 /// Replays the corpus, then fuzzes `f` for the budget; panics (fails the test) on the first
 /// crash or slow input, and prints executions per second.
 pub fn run(t: Target<'_>, f: impl Fn(&[u8]) -> bool + Sync) {
-    let seeds = corpus(t.corpus_root, t.name);
+    let seeds = corpus(t.name);
     assert!(!seeds.is_empty(), "fuzz {}: empty corpus", t.name);
     let slow = slow_bound();
     for (file, input) in &seeds {

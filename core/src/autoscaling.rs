@@ -30,10 +30,11 @@ fn carry(from: &Value, to: &mut Map<String, Value>, key: &str) {
     }
 }
 
-/// A v2 `MetricSpec` of a resource kind as v1 writes it (`targetAverageUtilization`,
-/// `targetAverageValue`); other types keep their v2 form under their v2 key, which v1
-/// clients do not read and [`metric_spec_up`] brings back.
-fn metric_spec_down(m: &Value) -> Value {
+/// A v2 `MetricSpec` (`part` "target") or `MetricStatus` (`part` "current") of a resource
+/// kind as v1 writes it (`targetAverageUtilization`, `currentAverageValue`, …); other types
+/// keep their v2 form under their v2 key, which v1 clients do not read and
+/// [`metric_spec_up`] / [`metric_status_up`] bring back.
+fn metric_down(m: &Value, part: &str) -> Value {
     let ty = m["type"].as_str().unwrap_or_default();
     let key = match ty {
         "Resource" => "resource",
@@ -44,14 +45,13 @@ fn metric_spec_down(m: &Value) -> Value {
     let mut out = Map::new();
     carry(src, &mut out, "name");
     carry(src, &mut out, "container");
-    if let Some(u) = src["target"]
-        .get("averageUtilization")
-        .filter(|v| !v.is_null())
-    {
-        out.insert("targetAverageUtilization".into(), u.clone());
-    }
-    if let Some(v) = src["target"].get("averageValue").filter(|v| !v.is_null()) {
-        out.insert("targetAverageValue".into(), v.clone());
+    for (v2, v1) in [
+        ("averageUtilization", "AverageUtilization"),
+        ("averageValue", "AverageValue"),
+    ] {
+        if let Some(v) = src[part].get(v2).filter(|v| !v.is_null()) {
+            out.insert(format!("{part}{v1}"), v.clone());
+        }
     }
     json!({"type": ty, key: out})
 }
@@ -76,29 +76,6 @@ fn metric_spec_up(m: &Value) -> Value {
         json!({"type": "AverageValue", "averageValue": src.get("targetAverageValue").cloned().unwrap_or(Value::Null)})
     };
     out.insert("target".into(), target);
-    json!({"type": ty, key: out})
-}
-
-fn metric_status_down(m: &Value) -> Value {
-    let ty = m["type"].as_str().unwrap_or_default();
-    let key = match ty {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        _ => return m.clone(),
-    };
-    let src = &m[key];
-    let mut out = Map::new();
-    carry(src, &mut out, "name");
-    carry(src, &mut out, "container");
-    if let Some(u) = src["current"]
-        .get("averageUtilization")
-        .filter(|v| !v.is_null())
-    {
-        out.insert("currentAverageUtilization".into(), u.clone());
-    }
-    if let Some(v) = src["current"].get("averageValue").filter(|v| !v.is_null()) {
-        out.insert("currentAverageValue".into(), v.clone());
-    }
     json!({"type": ty, key: out})
 }
 
@@ -231,7 +208,7 @@ pub fn v2_to_v1(obj: &mut Value) -> Result<(), String> {
                     continue;
                 }
             }
-            other.push(metric_spec_down(m));
+            other.push(metric_down(m, "target"));
         }
         if let Some(cpu) = cpu {
             spec.insert("targetCPUUtilizationPercentage".into(), cpu);
@@ -258,7 +235,10 @@ pub fn v2_to_v1(obj: &mut Value) -> Result<(), String> {
         }
         if !current.is_empty() {
             statuses = Some(Value::Array(
-                current.into_iter().map(metric_status_down).collect(),
+                current
+                    .into_iter()
+                    .map(|m| metric_down(m, "current"))
+                    .collect(),
             ));
         }
         conditions = status

@@ -6,7 +6,7 @@
 mod driver;
 
 use bytes::BytesMut;
-use driver::{Target, run, text};
+use driver::{run, target, text};
 use kedge_core::apply::{self, ApplyRequest};
 use kedge_core::channel::{Frame, client_message};
 use kedge_core::crd_schema::Schema;
@@ -15,17 +15,6 @@ use kedge_core::quantity::{parse_bytes, parse_cpu_millis};
 use kedge_core::selector::{FieldSelector, Selector};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus");
-
-fn target<'a>(name: &'a str, max_len: usize, dictionary: &'a [&'a str]) -> Target<'a> {
-    Target {
-        name,
-        corpus_root: CORPUS,
-        max_len,
-        dictionary,
-    }
-}
 
 const JSON_DICT: &[&str] = &[
     "{",

@@ -4,21 +4,10 @@
 #[path = "../../fuzz/driver.rs"]
 mod driver;
 
-use driver::{Target, run, text};
+use driver::{run, target, text};
 use kedge_registry::reference::Reference;
 use kedge_registry::{Keyring, RegistriesConfig};
 use std::path::Path;
-
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus");
-
-fn target<'a>(name: &'a str, max_len: usize, dictionary: &'a [&'a str]) -> Target<'a> {
-    Target {
-        name,
-        corpus_root: CORPUS,
-        max_len,
-        dictionary,
-    }
-}
 
 #[test]
 fn fuzz_image_reference() {

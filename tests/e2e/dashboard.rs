@@ -309,28 +309,6 @@ fn pod_yaml(name: &str, listen: Option<u16>) -> String {
     )
 }
 
-fn replicaset_plugin(file: &Path) -> String {
-    format!(
-        r#"apiVersion: plugins.kedge.io/v1
-kind: Plugin
-metadata:
-  name: replicaset
-spec:
-  role: controller
-  source:
-    file: {}
-  watches:
-  - {{apiVersion: apps/v1, kind: ReplicaSet}}
-  - {{apiVersion: v1, kind: Pod}}
-  writes:
-  - {{apiVersion: v1, kind: Pod}}
-  - {{apiVersion: apps/v1, kind: ReplicaSet}}
-  - {{apiVersion: v1, kind: Event}}
-"#,
-        file.display()
-    )
-}
-
 #[test]
 fn dashboard_in_headless_chromium() {
     let mut c = Cluster::start();
@@ -506,7 +484,10 @@ fn dashboard_in_headless_chromium() {
     std::fs::write(&file, &v2).unwrap();
     let want = digest(&v2);
     assert_ne!(builtin, json!(want));
-    let applied = c.kubectl_stdin(&["apply", "-f", "-"], Some(&replicaset_plugin(&file)));
+    let applied = c.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(&crate::plugins::plugin_yaml(&file)),
+    );
     assert!(applied.ok, "{}", applied.stderr);
     let row = cdp.wait_js(
         "the swapped plugin's digest, phase and swap time",

@@ -352,7 +352,8 @@ spec:
     )
 }
 
-fn plugin_yaml(file: &std::path::Path) -> String {
+/// The built-in replicaset controller's Plugin, loaded from `file` (a swap's new version).
+pub(crate) fn plugin_yaml(file: &std::path::Path) -> String {
     format!(
         r#"apiVersion: plugins.kedge.io/v1
 kind: Plugin

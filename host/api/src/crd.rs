@@ -252,9 +252,24 @@ fn cleanup(api: &Api, crd: &Value) {
     if let Some(c) = custom(res) {
         c.terminating.store(true, Ordering::Relaxed);
     }
+    // Twice: a create that passed its check just before the definition turned terminating
+    // may be stored after the first listing.
+    for _pass in 0..2 {
+        delete_all(api, res, &name);
+    }
+    if !any_left(api, res) {
+        finalize(api, &name);
+    }
+}
+
+/// Deletes every object of `res` not already being deleted.
+fn delete_all(api: &Api, res: &'static Resource, name: &str) {
     match api.list(res, "", &ListOptions::default()) {
         Ok(list) => {
             for o in list["items"].as_array().into_iter().flatten() {
+                if o.pointer("/metadata/deletionTimestamp").is_some() {
+                    continue;
+                }
                 let (ns, n) = (meta::namespace(o), meta::name(o));
                 match api.delete(res, ns, n, &DeleteOptions::default()) {
                     Ok(_) => {}
@@ -266,9 +281,6 @@ fn cleanup(api: &Api, crd: &Value) {
             }
         }
         Err(e) => tracing::warn!(crd = %name, error = %e, "listing custom objects failed"),
-    }
-    if !any_left(api, res) {
-        finalize(api, &name);
     }
 }
 

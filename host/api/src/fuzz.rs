@@ -7,19 +7,8 @@
 mod driver;
 
 use bytes::BytesMut;
-use driver::{Target, run, text};
+use driver::{run, target, text};
 use serde_json::Value;
-
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus");
-
-fn target<'a>(name: &'a str, max_len: usize, dictionary: &'a [&'a str]) -> Target<'a> {
-    Target {
-        name,
-        corpus_root: CORPUS,
-        max_len,
-        dictionary,
-    }
-}
 
 const JSON_DICT: &[&str] = &[
     "{",

@@ -5,13 +5,11 @@
 #[path = "../../../fuzz/driver.rs"]
 mod driver;
 
-use driver::{Target, run, text};
+use driver::{run, target, text};
 use kedge_tunnel::pki::{ClusterPki, cert_info_pem, identity_from_cert};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use std::time::Duration;
-
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fuzz/corpus");
 
 const PEM_DICT: &[&str] = &[
     "-----BEGIN CERTIFICATE REQUEST-----\n",
@@ -31,13 +29,8 @@ const PEM_DICT: &[&str] = &[
 fn fuzz_csr() {
     let dir = tempfile::tempdir().unwrap();
     let pki = ClusterPki::load_or_create(dir.path(), &[]).unwrap();
-    let target = Target {
-        name: "csr",
-        corpus_root: CORPUS,
-        max_len: 16 << 10,
-        dictionary: PEM_DICT,
-    };
-    run(target, |b| {
+    let t = target("csr", 16 << 10, PEM_DICT);
+    run(t, |b| {
         let Ok(cert) = pki.sign_csr(
             &text(b),
             "system:node:n1",
@@ -58,13 +51,8 @@ fn fuzz_csr() {
 
 #[test]
 fn fuzz_client_certificate() {
-    let target = Target {
-        name: "client_certificate",
-        corpus_root: CORPUS,
-        max_len: 16 << 10,
-        dictionary: PEM_DICT,
-    };
-    run(target, |b| {
+    let t = target("client_certificate", 16 << 10, PEM_DICT);
+    run(t, |b| {
         // As PEM (kubeconfigs, stored certificates) and as the DER a TLS peer presents.
         let pem = cert_info_pem(&text(b)).is_some();
         let der = CertificateDer::from(b.to_vec());
