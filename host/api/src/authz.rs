@@ -205,11 +205,10 @@ pub fn authorize(api: &Api, id: &Identity, r: &Request<'_>) -> Result<(), ApiErr
             }
         }
         ("", "PersistentVolume") => persistent_volume(api, node, r, verb).map_err(|w| refuse(&w)),
+        // kube's system:node role: events are written, never read (they tell of every
+        // namespace's pods; a gateway has no business reading other nodes' story).
         ("", "Event") => {
-            if matches!(
-                verb,
-                "get" | "list" | "watch" | "create" | "update" | "patch"
-            ) {
+            if matches!(verb, "create" | "update" | "patch") {
                 Ok(())
             } else {
                 Err(refuse("not allowed for nodes"))
@@ -642,6 +641,13 @@ mod tests {
             name: None,
             body: json!({"metadata": {"name": "x.1"}}),
             ..get(("v1", "Event"), "default", "")
+        });
+        // Events are written, never read.
+        no(get(("v1", "Event"), "default", "x.1"));
+        no(Case {
+            name: None,
+            query: &[("watch", "true")],
+            ..get(("v1", "Event"), "", "")
         });
         no(Case {
             method: Method::POST,
