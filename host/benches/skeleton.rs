@@ -59,6 +59,7 @@ async fn run() {
             eviction_hard: Default::default(),
             container_logs: Default::default(),
             metric_resolution: agent::METRIC_RESOLUTION,
+            ensure_secret_pulled_images: false,
             // Timing the control path, not the pod network: pods on the node's network.
             network: kedge::agent::NetworkConfig {
                 pod_network: kedge::agent::PodNetworkMode::Host,

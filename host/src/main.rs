@@ -121,6 +121,11 @@ struct ImageArgs {
     /// container uses are removed past it.
     #[arg(long, default_value = "10Gi")]
     image_store_max: String,
+    /// Kubernetes' KEP-2535 (kubelet's `KubeletEnsureSecretPulledImages`, off by default as
+    /// upstream): an image on the node that was pulled with a pod's credentials serves another
+    /// pod only if it holds the same credential or proves access by pulling with its own.
+    #[arg(long)]
+    ensure_secret_pulled_images: bool,
 }
 
 impl ImageArgs {
@@ -599,6 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 container_logs,
                 network,
                 metric_resolution: Duration::from_secs(metric_resolution_seconds),
+                ensure_secret_pulled_images: images.ensure_secret_pulled_images,
             };
             let a = agent::start(cfg, cancel.clone()).await?;
             eprintln!("kedge agent running as node {}", a.node);
@@ -638,6 +644,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     container_logs: Default::default(),
                     network,
                     metric_resolution: agent::METRIC_RESOLUTION,
+                    ensure_secret_pulled_images: images.ensure_secret_pulled_images,
                 },
                 cancel.clone(),
             )

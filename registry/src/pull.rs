@@ -140,6 +140,27 @@ pub struct Puller {
     blob_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     blobs_downloaded: AtomicU64,
     clock: fn() -> SystemTime,
+    /// `--ensure-secret-pulled-images` (KEP-2535).
+    ensure_secret_pulled: bool,
+}
+
+/// KEP-2535 marks (see `store::Index::pulled_with`).
+const ANONYMOUS: &str = "anonymous";
+const NODE: &str = "node";
+
+/// A credential for `host` as the store remembers it: its SHA-256, never the secret itself.
+fn fingerprint(host: &str, credential: &Credential) -> String {
+    match credential {
+        Credential::Anonymous => ANONYMOUS.to_string(),
+        Credential::Basic { username, password } => {
+            let mut h = Sha256::new();
+            for part in [host, username, password] {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+            format!("sha256:{}", hex::encode(h.finalize()))
+        }
+    }
 }
 
 impl std::fmt::Debug for Puller {
@@ -158,6 +179,66 @@ impl Puller {
             blob_locks: Mutex::default(),
             blobs_downloaded: AtomicU64::new(0),
             clock: SystemTime::now,
+            ensure_secret_pulled: false,
+        }
+    }
+
+    /// Kubernetes' `KubeletEnsureSecretPulledImages` (KEP-2535), off by default as upstream:
+    /// an image on the node that was pulled with a pod's credentials serves another pod only
+    /// if that pod holds the same credential, or proves access by pulling it again with its
+    /// own; images pulled anonymously or with the node's own credential, and preloaded ones
+    /// (imported, or on the node before the records), are shared (upstream's default
+    /// `NeverVerifyPreloadedImages` policy).
+    pub fn with_secret_pulled_images_verified(mut self, on: bool) -> Self {
+        self.ensure_secret_pulled = on;
+        self
+    }
+
+    /// Whether `--ensure-secret-pulled-images` is on.
+    pub fn verifies_secret_pulled_images(&self) -> bool {
+        self.ensure_secret_pulled
+    }
+
+    /// Whether `image`, on the node, may serve a pod holding `credentials` without a pull.
+    pub fn usable_without_pull(
+        &self,
+        reference: &Reference,
+        image: &Image,
+        credentials: &[Credential],
+    ) -> bool {
+        if !self.ensure_secret_pulled {
+            return true;
+        }
+        let Some(pulled_with) = self.store.pulled_with(&image.digest) else {
+            return true; // preloaded
+        };
+        if pulled_with.contains(ANONYMOUS) || pulled_with.contains(NODE) {
+            return true;
+        }
+        credentials
+            .iter()
+            .any(|c| pulled_with.contains(&fingerprint(reference.registry(), c)))
+    }
+
+    /// Records what pulling `reference` from `endpoint_host` with `credential` means for
+    /// KEP-2535: anonymous, the node's own credential for that endpoint, or a pod's (kept as
+    /// its fingerprint for the image's registry, which is what pods' keyrings are keyed by).
+    async fn note_pulled_with(
+        &self,
+        digest: &str,
+        reference: &Reference,
+        endpoint_host: &str,
+        credential: &Credential,
+    ) {
+        let mark = match credential {
+            Credential::Anonymous => ANONYMOUS.to_string(),
+            c if self.config.credential(endpoint_host).as_ref() == Some(c) => NODE.to_string(),
+            c => fingerprint(reference.registry(), c),
+        };
+        let store = Arc::clone(&self.store);
+        let digest = digest.to_owned();
+        if let Err(e) = blocking(move || store.note_pulled_with(&digest, &mark)).await {
+            warn!(error = %e, "cannot record which credential pulled an image");
         }
     }
 
@@ -198,6 +279,23 @@ impl Puller {
         credentials: &[Credential],
     ) -> Result<Image, PullError> {
         let present = self.local(reference).await?;
+        let present = match present {
+            Some(image) if !self.usable_without_pull(reference, &image, credentials) => {
+                if policy == PullPolicy::Never {
+                    return Err(PullError::new(
+                        PullErrorKind::NeverPull,
+                        format!(
+                            "Container image \"{reference}\" is present but was pulled with credentials this pod does not hold, and pull policy Never forbids verifying them"
+                        ),
+                    ));
+                }
+                info!(
+                    "image present but pulled with credentials this pod does not hold: verifying with the registry"
+                );
+                None
+            }
+            other => other,
+        };
         match (policy, present) {
             (PullPolicy::Never | PullPolicy::IfNotPresent, Some(image)) => {
                 debug!(digest = %image.digest, "image present; not pulling");
@@ -276,7 +374,16 @@ impl Puller {
         let tried = candidates.len();
         for credential in candidates {
             match self.pull_with(reference, source, &credential).await {
-                Ok(image) => return Ok(image),
+                Ok(image) => {
+                    self.note_pulled_with(
+                        &image.digest,
+                        reference,
+                        &source.endpoint.host,
+                        &credential,
+                    )
+                    .await;
+                    return Ok(image);
+                }
                 Err(e)
                     if matches!(
                         e.kind,

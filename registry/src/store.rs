@@ -115,6 +115,12 @@ struct Index {
     /// moved by a later import or pull unpins the image it pointed at before.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pinned: BTreeSet<String>,
+    /// Image digest → what pulled it: `anonymous`, `node` (the node's own registries.yaml
+    /// credential) or the SHA-256 of a pod's credential (never the credential itself). An
+    /// image with no entry was preloaded (imported, or pulled before records were kept).
+    /// Read by `--ensure-secret-pulled-images` (KEP-2535).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pulled_with: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// What [`LocalImageStore::gc`] did.
@@ -431,6 +437,30 @@ impl LocalImageStore {
         })
     }
 
+    /// Notes that `digest` was pulled with the credential `fingerprint` (see [`Index`]).
+    pub(crate) fn note_pulled_with(&self, digest: &str, fingerprint: &str) -> Result<()> {
+        if self
+            .lock_index()
+            .pulled_with
+            .get(digest)
+            .is_some_and(|s| s.contains(fingerprint))
+        {
+            return Ok(());
+        }
+        self.update_index(|index| {
+            index
+                .pulled_with
+                .entry(digest.to_owned())
+                .or_default()
+                .insert(fingerprint.to_owned());
+        })
+    }
+
+    /// What pulled `digest` (`None`: preloaded).
+    pub(crate) fn pulled_with(&self, digest: &str) -> Option<BTreeSet<String>> {
+        self.lock_index().pulled_with.get(digest).cloned()
+    }
+
     /// Notes that the image `digest` was used at `at`, for GC's least-recently-used order.
     pub fn touch(&self, digest: &str, at: SystemTime) -> Result<()> {
         self.update_index(|index| {
@@ -621,6 +651,7 @@ impl LocalImageStore {
                 index.images.retain(|_, d| *d != digest);
                 index.manifests.remove(&digest);
                 index.last_used.remove(&digest);
+                index.pulled_with.remove(&digest);
             })?;
             debug!(%digest, "image removed by gc");
             report.images_removed.push(digest);

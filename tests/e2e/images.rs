@@ -339,3 +339,96 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
         "--force",
     ]);
 }
+
+/// KEP-2535 on the agent (`--ensure-secret-pulled-images`): a private Wasm image pulled for a
+/// pod holding the registry's secret does not run, from the node's copy, for a pod of the
+/// same node without it (`IfNotPresent` pulls to verify, and the registry says no); with the
+/// secret another pod uses the copy.
+#[test]
+fn secret_pulled_images_run_only_for_pods_holding_the_secret() {
+    kedge_tunnel::install_crypto_provider();
+    let reg = TestRegistry::start(TestRegistryOptions { auth: true }).expect("test registry");
+    let host = reg.host();
+    let wasm = PathBuf::from(env!("KEDGE_WASM_DIR")).join("hello-wasm.wasm");
+    let image = format!("{host}/apps/hello:v1");
+    let out = std::process::Command::new(KEDGE)
+        .arg("push")
+        .arg(&wasm)
+        .arg(&image)
+        .args(["--username", &reg.username, "--password", &reg.password])
+        .arg("--ca-file")
+        .arg(&reg.ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut c = Cluster::start();
+    let registries = c.dir.path().join("registries.yaml");
+    std::fs::write(
+        &registries,
+        format!(
+            "configs:\n  \"{host}\":\n    tls:\n      ca_file: {}\n",
+            reg.ca_file.display()
+        ),
+    )
+    .unwrap();
+    let token = c.token.clone();
+    c.start_agent_with(
+        "kep-node",
+        &token,
+        &[
+            "--registries-config",
+            registries.to_str().unwrap(),
+            "--ensure-secret-pulled-images",
+        ],
+    );
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", reg.username, reg.password));
+    let dockerconfig = json!({"auths": {host.clone(): {"auth": auth}}}).to_string();
+    apply(
+        &c,
+        &json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "regcred", "namespace": "default"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson":
+                base64::engine::general_purpose::STANDARD.encode(dockerconfig)},
+        }),
+    );
+    let pod = |name: &str, secret: bool| {
+        let mut p = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "kep-node", "containers": [{
+                "name": "hello", "image": image, "imagePullPolicy": "IfNotPresent"}]},
+        });
+        if secret {
+            p["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+        }
+        p
+    };
+    apply(&c, &pod("owner", true));
+    c.wait("owner Running", || {
+        all_running(&c, "default", "owner").then_some(())
+    });
+    apply(&c, &pod("freeloader", false));
+    let (_, message) = c.wait("freeloader refused its image", || {
+        waiting(&c, "default", "freeloader").filter(|(r, _)| r == "ImagePullBackOff")
+    });
+    assert!(
+        message.contains("401") || message.to_lowercase().contains("unauthorized"),
+        "{message}"
+    );
+    apply(&c, &pod("second-owner", true));
+    c.wait("second-owner Running", || {
+        all_running(&c, "default", "second-owner").then_some(())
+    });
+    assert!(
+        waiting(&c, "default", "freeloader").is_some(),
+        "freeloader still waits"
+    );
+}

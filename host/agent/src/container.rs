@@ -178,13 +178,19 @@ async fn pull(ctx: &Ctx, pod: &Value, c: &Value) -> Result<Image, Failure> {
         .ok()
         .and_then(Result::ok)
         .flatten();
+    // KEP-2535: an image pulled with another pod's credentials is not this pod's to use until
+    // it shows its own (then it is not "present" for the offline fallback below either).
+    let verifying = ctx.puller.verifies_secret_pulled_images() && present.is_some();
+    let mut credentials = Vec::new();
+    if policy == PullPolicy::Always || present.is_none() || verifying {
+        credentials = pull_credentials(ctx, pod, name, &reference).await;
+    }
+    let present = present.filter(|img| {
+        ctx.puller
+            .usable_without_pull(&reference, img, &credentials)
+    });
     let will_pull =
         policy == PullPolicy::Always || (present.is_none() && policy != PullPolicy::Never);
-    let credentials = if will_pull {
-        pull_credentials(ctx, pod, name, &reference).await
-    } else {
-        Vec::new()
-    };
     if will_pull {
         ctx.events
             .pod(

@@ -94,6 +94,8 @@ pub struct AgentConfig {
     /// How often the node and its containers' CPU and memory are sampled for
     /// `metrics.k8s.io` (`--metric-resolution-seconds`, [`METRIC_RESOLUTION`]).
     pub metric_resolution: Duration,
+    /// KEP-2535: see [`kedge_registry::Puller::with_secret_pulled_images_verified`].
+    pub ensure_secret_pulled_images: bool,
 }
 
 /// Where a container's logs are, for the kubelet endpoint.
@@ -282,7 +284,8 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         client,
         runtime: wasm,
         oci,
-        puller: Puller::new(images, cfg.registries.clone()),
+        puller: Puller::new(images, cfg.registries.clone())
+            .with_secret_pulled_images_verified(cfg.ensure_secret_pulled_images),
         images_in_use: Mutex::default(),
         objects: objects::Store::new(&cfg.data_dir),
         volumes: objects::Volumes::default(),

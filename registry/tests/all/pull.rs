@@ -420,3 +420,91 @@ async fn concurrent_pulls_of_one_image_agree_and_gc_keeps_images_in_use() {
             .is_none()
     );
 }
+
+/// KEP-2535 (`--ensure-secret-pulled-images`): an image pulled with a pod's credential
+/// serves another pod only if it holds that credential or pulls with its own; images pulled
+/// with the node's own credential are shared; with the option off (the default) everything on
+/// the node is shared, as upstream.
+#[tokio::test]
+async fn secret_pulled_images_serve_only_pods_holding_the_secret() {
+    let mut reg = registry();
+    reg.push_oci_image(
+        "private:1",
+        &[file_layer("a", b"a").unwrap()],
+        &OciConfig::default(),
+    )
+    .await
+    .unwrap();
+    let reference = reg.reference("private:1");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(LocalImageStore::open(dir.path().join("images")).unwrap());
+    let verifying = Puller::new(store.clone(), reg.registries_config(false))
+        .with_secret_pulled_images_verified(true);
+    let sharing = Puller::new(store.clone(), reg.registries_config(false));
+    let secret = [reg.credential()];
+
+    let pulled = verifying
+        .ensure(&reference, PullPolicy::IfNotPresent, &secret)
+        .await
+        .unwrap();
+    assert!(verifying.usable_without_pull(&reference, &pulled, &secret));
+    assert!(!verifying.usable_without_pull(&reference, &pulled, &[]));
+    // A pod without the secret, or with a wrong one, must pull — and the registry says no.
+    for creds in [vec![], vec![Credential::basic(&reg.username, "wrong")]] {
+        let err = verifying
+            .ensure(&reference, PullPolicy::IfNotPresent, &creds)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, PullErrorKind::Unauthorized, "{err}");
+    }
+    let err = verifying
+        .ensure(&reference, PullPolicy::Never, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PullErrorKind::NeverPull, "{err}");
+    assert!(err.message.contains("does not hold"), "{err}");
+    // The option off: the image on the node serves anyone (upstream's default).
+    assert_eq!(
+        sharing
+            .ensure(&reference, PullPolicy::IfNotPresent, &[])
+            .await
+            .unwrap(),
+        pulled
+    );
+
+    // With the registry gone: the pod holding the secret still runs from the node; one
+    // without it cannot prove access and gets no image (never the local copy).
+    reg.stop();
+    let again = verifying
+        .ensure(&reference, PullPolicy::IfNotPresent, &secret)
+        .await
+        .unwrap();
+    assert_eq!(again, pulled);
+    let err = verifying
+        .ensure(&reference, PullPolicy::IfNotPresent, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, PullErrorKind::Network, "{err}");
+
+    // Pulled with the node's own credential (registries.yaml): every pod may use it.
+    let reg = registry();
+    reg.push_oci_image(
+        "nodes:1",
+        &[file_layer("b", b"b").unwrap()],
+        &OciConfig::default(),
+    )
+    .await
+    .unwrap();
+    let node_ref = reg.reference("nodes:1");
+    let node = Puller::new(store.clone(), reg.registries_config(true))
+        .with_secret_pulled_images_verified(true);
+    let img = node
+        .ensure(&node_ref, PullPolicy::IfNotPresent, &[])
+        .await
+        .unwrap();
+    assert!(node.usable_without_pull(&node_ref, &img, &[]));
+    // What the store remembers of a pod's secret is a digest of it, never the secret.
+    let index = std::fs::read_to_string(dir.path().join("images").join("index.json")).unwrap();
+    assert!(!index.contains(&reg.password), "{index}");
+    assert!(index.contains("pulled_with"), "{index}");
+}
