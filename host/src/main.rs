@@ -78,9 +78,26 @@ struct ServerArgs {
     /// under different prefixes).
     #[arg(long, default_value = kedge::store::etcd::DEFAULT_ROOT, requires = "datastore_endpoint")]
     datastore_prefix: String,
+    /// Encrypt resources at rest as this kube-apiserver EncryptionConfiguration file
+    /// (apiserver.config.k8s.io/v1, YAML or JSON) says: providers aesgcm, aescbc,
+    /// secretbox, identity; the first encrypts new writes, all of them decrypt.
+    #[arg(long, conflicts_with = "secrets_encryption")]
+    encryption_provider_config: Option<PathBuf>,
+    /// Encrypt Secrets at rest with an aescbc key generated on first start into
+    /// <data-dir>/cred/encryption-config.json (K3s' --secrets-encryption).
+    #[arg(long)]
+    secrets_encryption: bool,
 }
 
 impl ServerArgs {
+    fn encryption(&self) -> server::StoreEncryption {
+        match (&self.encryption_provider_config, self.secrets_encryption) {
+            (Some(file), _) => server::StoreEncryption::File(file.clone()),
+            (None, true) => server::StoreEncryption::Generated,
+            (None, false) => server::StoreEncryption::Off,
+        }
+    }
+
     fn network(&self) -> anyhow::Result<kedge::api::alloc::ClusterNetwork> {
         kedge::api::alloc::ClusterNetwork::parse(&self.cluster_cidr, &self.cluster_dns)
             .map_err(|errors| anyhow::anyhow!("{}", errors.join("; ")))
@@ -550,7 +567,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let mut cfg = server_config(&a, "server")?;
             cfg.registries = registries.load()?;
-            let srv = server::start_with_network(cfg, a.network()?, cancel.clone()).await?;
+            let srv = server::start_with(cfg, a.network()?, a.encryption(), cancel.clone()).await?;
             eprintln!(
                 "kedge server listening on {} (https) and {} (udp tunnel)\n  admin kubeconfig: {}\n  join token: {}",
                 srv.https_addr,
@@ -622,7 +639,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cfg = server_config(&a, "dev")?;
             cfg.registries = registries.clone();
             let data_dir = cfg.data_dir.clone();
-            let srv = server::start_with_network(cfg, a.network()?, cancel.clone()).await?;
+            let srv = server::start_with(cfg, a.network()?, a.encryption(), cancel.clone()).await?;
             let connect = if srv.tunnel_addr.ip().is_unspecified() {
                 SocketAddr::new([127, 0, 0, 1].into(), srv.tunnel_addr.port())
             } else {

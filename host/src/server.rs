@@ -51,6 +51,78 @@ pub struct ServerConfig {
     pub datastore: Option<kedge_store::etcd::Options>,
 }
 
+/// Secrets at rest: where the server's store gets its encryption configuration (see
+/// [`kedge_store::encryption`]). Nothing is encrypted by default, as in Kubernetes and K3s.
+#[derive(Clone, Debug, Default)]
+pub enum StoreEncryption {
+    #[default]
+    Off,
+    /// kube-apiserver's `--encryption-provider-config FILE`: an `EncryptionConfiguration`.
+    File(PathBuf),
+    /// K3s' `--secrets-encryption`: `<data-dir>/cred/encryption-config.json`, written with a
+    /// fresh aescbc key for `secrets` on first start and read as it is afterwards (edit it to
+    /// rotate, as any such file).
+    Generated,
+}
+
+/// Where `--secrets-encryption` keeps its configuration (K3s' path in its server dir).
+pub fn generated_encryption_config(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("cred").join("encryption-config.json")
+}
+
+impl StoreEncryption {
+    /// The store's encryption, reading (or first creating) its file. Every problem of the
+    /// file is reported at once, in one line.
+    fn load(
+        &self,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Arc<kedge_store::encryption::Encryption>> {
+        use kedge_store::encryption::Encryption;
+        let path = match self {
+            StoreEncryption::Off => return Ok(Arc::default()),
+            StoreEncryption::File(p) => {
+                return Encryption::load(p)
+                    .map(Arc::new)
+                    .with_context(|| "--encryption-provider-config".to_string());
+            }
+            StoreEncryption::Generated => generated_encryption_config(data_dir),
+        };
+        if !path.exists() {
+            let dir = path.parent().expect("a file in a dir");
+            crate::fsmode::private_dir(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let text = Encryption::generate_aescbc_config()?;
+            // Written whole before it takes the final name: a crash leaves no half key file.
+            let tmp = path.with_extension("json.tmp");
+            let _ = std::fs::remove_file(&tmp);
+            crate::fsmode::private_file(&tmp)
+                .and_then(|()| std::fs::write(&tmp, text))
+                .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .with_context(|| format!("writing {}", path.display()))?;
+            tracing::info!(path = %path.display(), "secrets encryption: generated an aescbc key");
+        } else {
+            crate::fsmode::private_file(&path).with_context(|| format!("{}", path.display()))?;
+        }
+        Encryption::load(&path)
+            .map(Arc::new)
+            .with_context(|| "--secrets-encryption".to_string())
+    }
+}
+
+/// Logs what the start's re-encryption did: objects sealed with a key or provider other
+/// than the one writing now (or plaintext ones, when encryption was just turned on) are
+/// rewritten before the API serves, so once a server has started with a new key first, the
+/// old key can be dropped. A failure is logged, not fatal: what was not rewritten stays
+/// readable while its key is listed.
+fn reencrypted(outcome: Result<usize, kedge_store::Error>) {
+    match outcome {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(objects = n, "store: re-encrypted with the current key"),
+        Err(e) => tracing::warn!(error = %e, "store: re-encrypting failed"),
+    }
+}
+
 /// A running server.
 pub struct Server {
     pub api: Arc<Api>,
@@ -317,10 +389,25 @@ pub async fn start_with_network(
     network: ClusterNetwork,
     cancel: CancellationToken,
 ) -> anyhow::Result<Server> {
+    start_with(cfg, network, StoreEncryption::Off, cancel).await
+}
+
+/// [`start_with_network`], with the store encrypting what it writes as `encryption` says
+/// (`--encryption-provider-config`, `--secrets-encryption`).
+pub async fn start_with(
+    cfg: ServerConfig,
+    network: ClusterNetwork,
+    encryption: StoreEncryption,
+    cancel: CancellationToken,
+) -> anyhow::Result<Server> {
     kedge_tunnel::install_crypto_provider();
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let encryption = encryption.load(&cfg.data_dir)?;
+    if !encryption.is_empty() {
+        tracing::info!(encryption = %encryption.describe(), "store: encrypting at rest");
+    }
     // In-cluster clients reach the API server as the `kubernetes` Service (its ClusterIP, or
     // its DNS names) through their node's service proxy, and check the certificate for
     // those names, as kube-apiserver's certificate carries them.
@@ -350,23 +437,34 @@ pub async fn start_with_network(
     // The redb store gets its file maintained (below); etcd compacts its own history.
     let mut redb_store = None;
     let store: Arc<dyn kedge_store::Store> = match &cfg.datastore {
-        Some(etcd) => Arc::new(
-            kedge_store::etcd::EtcdStore::connect(etcd.clone())
-                .with_context(|| format!("connecting to etcd at {}", etcd.endpoints.join(",")))?
-                .with_metrics(store_metrics),
-        ),
+        Some(etcd) => {
+            let etcd = kedge_store::etcd::EtcdStore::connect(kedge_store::etcd::Options {
+                encryption: encryption.clone(),
+                ..etcd.clone()
+            })
+            .with_context(|| format!("connecting to etcd at {}", etcd.endpoints.join(",")))?
+            .with_metrics(store_metrics);
+            if !encryption.is_empty() {
+                reencrypted(etcd.reencrypt());
+            }
+            Arc::new(etcd)
+        }
         None => {
             let redb = Arc::new(
                 RedbStore::open(
                     &cfg.data_dir.join("state.redb"),
                     StoreOptions {
                         durable: cfg.durable,
+                        encryption: encryption.clone(),
                         ..Default::default()
                     },
                 )
                 .with_context(|| format!("opening store in {}", cfg.data_dir.display()))?
                 .with_metrics(store_metrics),
             );
+            if !encryption.is_empty() {
+                reencrypted(redb.reencrypt());
+            }
             redb_store = Some(redb.clone());
             redb
         }

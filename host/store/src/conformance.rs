@@ -631,6 +631,7 @@ macro_rules! suite {
 struct Redb {
     dir: tempfile::TempDir,
     n: AtomicUsize,
+    encryption: Arc<crate::encryption::Encryption>,
 }
 
 impl Fixture for Redb {
@@ -643,6 +644,7 @@ impl Fixture for Redb {
                     // A log a little longer than the ring: a small history for the expiry test.
                     history: ring.events as u64 * 2,
                     ring,
+                    encryption: self.encryption.clone(),
                     ..Default::default()
                 },
             )
@@ -655,11 +657,297 @@ fn redb() -> Option<Box<dyn Fixture>> {
     Some(Box::new(Redb {
         dir: tempfile::tempdir().unwrap(),
         n: AtomicUsize::new(0),
+        encryption: Arc::default(),
+    }))
+}
+
+/// Every object sealed (`*.*`, so the whole suite goes through encryption) with `provider`.
+fn encrypt_everything(provider: &str) -> Arc<crate::encryption::Encryption> {
+    let text = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: ['*.*']\n  providers:\n  - {provider}:\n      keys:\n      - name: k1\n\
+         \x20       secret: YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=\n"
+    );
+    Arc::new(crate::encryption::Encryption::parse(&text).unwrap())
+}
+
+/// The suite on redb with every value encrypted (aescbc, K3s' default).
+fn redb_encrypted() -> Option<Box<dyn Fixture>> {
+    Some(Box::new(Redb {
+        dir: tempfile::tempdir().unwrap(),
+        n: AtomicUsize::new(0),
+        encryption: encrypt_everything("aescbc"),
     }))
 }
 
 suite!(on_redb, redb());
 suite!(on_etcd, etcd::fixture(false));
+suite!(on_redb_encrypted, redb_encrypted());
+suite!(
+    on_etcd_encrypted,
+    etcd::fixture_encrypted(encrypt_everything("secretbox"))
+);
+
+/// Secrets at rest: what reaches the disk (redb's file, etcd's values) holds no plaintext of
+/// a sealed resource, under kube's prefix; other resources stay plaintext; what is read back
+/// (get, list, snapshot, watch replay from the log) is the plaintext.
+mod at_rest {
+    use super::*;
+
+    const SECRET: &str = "s3cr3t-value-that-must-not-leak";
+    const PLAIN: &str = "configmap-value-stored-as-it-is";
+
+    fn secrets_only(provider: &str) -> Arc<crate::encryption::Encryption> {
+        let text = format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+             - resources: [secrets]\n  providers:\n  - {provider}:\n      keys:\n      - name: k1\n\
+             \x20       secret: YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=\n"
+        );
+        Arc::new(crate::encryption::Encryption::parse(&text).unwrap())
+    }
+
+    fn secret(name: &str, big: bool) -> Value {
+        // A big one goes to redb's separate log table rather than inline.
+        let pad = if big { "x".repeat(4096) } else { String::new() };
+        json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "stringData": {"v": SECRET, "pad": pad}})
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    async fn reads_back(s: &dyn Store, from: Revision) {
+        let got = s.get("core/secrets/default/small").unwrap().unwrap();
+        assert_eq!(got["stringData"]["v"], SECRET);
+        let (items, _) = s.list("core/secrets/").unwrap();
+        assert_eq!(items.len(), 2);
+        assert!(items.iter().all(|i| i["stringData"]["v"] == SECRET));
+        let mut snap = s.snapshot("core/secrets/").unwrap();
+        let chunk = snap.next_chunk().unwrap();
+        assert_eq!(chunk.len(), 2);
+        assert!(chunk.iter().all(|(_, b)| contains(b, SECRET.as_bytes())));
+        let mut w = s.watch("core/secrets/", from).unwrap();
+        for _ in 0..3 {
+            let e = tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(e.value().unwrap()["stringData"]["v"], SECRET);
+        }
+    }
+
+    fn write(s: &dyn Store) -> Revision {
+        let from = s.revision();
+        s.create("core/secrets/default/small", secret("small", false))
+            .unwrap();
+        s.create("core/secrets/default/big", secret("big", true))
+            .unwrap();
+        s.create("core/secrets/default/gone", secret("gone", false))
+            .unwrap();
+        // The DELETED event's object (the last state) is logged sealed too.
+        s.delete("core/secrets/default/gone", None).unwrap();
+        let mut cm = secret("cm", false);
+        cm["kind"] = json!("ConfigMap");
+        cm["stringData"]["v"] = json!(PLAIN);
+        s.create("core/configmaps/default/cm", cm).unwrap();
+        from
+    }
+
+    /// A store that re-encrypts (both backends have it, outside the trait).
+    trait Reencrypt: Store {
+        fn re(&self) -> usize;
+    }
+    impl Reencrypt for crate::redb::RedbStore {
+        fn re(&self) -> usize {
+            self.reencrypt().unwrap()
+        }
+    }
+    impl Reencrypt for crate::etcd::EtcdStore {
+        fn re(&self) -> usize {
+            self.reencrypt().unwrap()
+        }
+    }
+
+    fn keys(list: &[(&str, &str)]) -> Arc<crate::encryption::Encryption> {
+        let keys: String = list
+            .iter()
+            .map(|(n, k)| format!("      - name: {n}\n        secret: {k}\n"))
+            .collect();
+        let text = format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n  - aescbc:\n      keys:\n{keys}"
+        );
+        Arc::new(crate::encryption::Encryption::parse(&text).unwrap())
+    }
+
+    const K1: &str = "YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXoxMjM0NTY=";
+    const K2: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    /// Rotation as documented: plaintext secrets from before encryption, then key1, then
+    /// key2 first and key1 second (re-encryption rewrites what key1 sealed), then key2 only:
+    /// every secret reads at every step, and once re-encrypted none needs key1.
+    fn rotation<S: Reencrypt>(open: impl Fn(Arc<crate::encryption::Encryption>) -> S) {
+        let get = |s: &S, name: &str| -> Result<Value, Error> {
+            s.get(&format!("core/secrets/default/{name}"))
+                .map(|o| o.expect("present"))
+        };
+        let s = open(Arc::default());
+        s.create("core/secrets/default/old", secret("old", false))
+            .unwrap();
+        s.create("core/configmaps/default/cm", pod("cm", "default"))
+            .unwrap();
+        drop(s);
+        let s = open(keys(&[("key1", K1)]));
+        let cm_rev = rv(&s.get("core/configmaps/default/cm").unwrap().unwrap());
+        // Encryption turned on: the plaintext secret is sealed, nothing else is touched.
+        assert_eq!(s.re(), 1);
+        assert_eq!(s.re(), 0, "nothing left to do");
+        s.create("core/secrets/default/new", secret("new", true))
+            .unwrap();
+        drop(s);
+        let s = open(keys(&[("key2", K2), ("key1", K1)]));
+        let before = rv(&get(&s, "old").unwrap());
+        assert_eq!(s.re(), 2);
+        // A rewrite is a write: a new resourceVersion, the same content.
+        let after = get(&s, "old").unwrap();
+        assert!(rv(&after) > before);
+        assert_eq!(after["stringData"]["v"], SECRET);
+        drop(s);
+        let s = open(keys(&[("key2", K2)]));
+        for name in ["old", "new"] {
+            assert_eq!(get(&s, name).unwrap()["stringData"]["v"], SECRET);
+        }
+        assert_eq!(s.re(), 0);
+        assert_eq!(
+            rv(&s.get("core/configmaps/default/cm").unwrap().unwrap()),
+            cm_rev
+        );
+        drop(s);
+        // The secrets need key2 now: without it, an error naming it.
+        let s = open(keys(&[("key1", K1)]));
+        let err = get(&s, "old").unwrap_err().to_string();
+        assert!(err.contains("aescbc key \"key2\""), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_rotation_reencrypts_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let open = |enc| {
+            crate::redb::RedbStore::open(
+                &path,
+                crate::redb::Options {
+                    encryption: enc,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        rotation(open);
+        // The log still holds what key1 sealed: with key1 gone, a watch replaying it is told
+        // to relist (410), not handed an error per event or garbage.
+        let s = open(keys(&[("key2", K2)]));
+        let mut w = s.watch("core/secrets/", 0).unwrap();
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(10), w.next())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Ok(e) => assert_eq!(e.rev, 1, "the plaintext create replays"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(end, Error::Expired { .. }), "{end}");
+    }
+
+    #[test]
+    fn etcd_rotation_reencrypts_at_start() {
+        let Some(p) = etcd::start(false) else { return };
+        rotation(|enc| {
+            let mut o = p.options("/rotation/");
+            o.encryption = enc;
+            crate::etcd::EtcdStore::connect(o).unwrap()
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redb_file_holds_no_plaintext_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let open = |enc| {
+            crate::redb::RedbStore::open(
+                &path,
+                crate::redb::Options {
+                    encryption: enc,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        let s = open(secrets_only("aescbc"));
+        let from = write(&s);
+        reads_back(&s, from).await;
+        drop(s);
+        let raw = std::fs::read(&path).unwrap();
+        assert!(contains(&raw, b"k8s:enc:aescbc:v1:k1:"));
+        // No secret's value anywhere in the file (objects, log, freed pages); the ConfigMap
+        // (not listed) is plaintext.
+        assert!(!contains(&raw, SECRET.as_bytes()));
+        assert!(contains(&raw, PLAIN.as_bytes()));
+        // After a restart, the ring is empty: the watch replays from the file's log.
+        let s = open(secrets_only("aescbc"));
+        reads_back(&s, from).await;
+        drop(s);
+        // Without the key: an error naming it, never garbage.
+        let s = open(Arc::default());
+        let err = s.get("core/secrets/default/small").unwrap_err().to_string();
+        assert!(err.contains("aescbc key \"k1\""), "{err}");
+        assert!(s.list("core/secrets/").is_err());
+        assert!(s.get("core/configmaps/default/cm").unwrap().is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_values_hold_no_plaintext_secret() {
+        let Some(p) = etcd::start(false) else { return };
+        let mut o = p.options("/at-rest/");
+        o.encryption = secrets_only("aesgcm");
+        let s = crate::etcd::EtcdStore::connect(o).unwrap();
+        let from = write(&s);
+        reads_back(&s, from).await;
+        let mut kv = s.kv.clone();
+        let values = s
+            .run(async move {
+                let r = kv
+                    .get(
+                        "/at-rest/",
+                        Some(etcd_client::GetOptions::new().with_prefix()),
+                    )
+                    .await
+                    .unwrap();
+                Ok(r.kvs()
+                    .iter()
+                    .map(|kv| (kv.key_str().unwrap().to_string(), kv.value().to_vec()))
+                    .collect::<Vec<_>>())
+            })
+            .unwrap();
+        assert_eq!(values.len(), 3);
+        for (k, v) in &values {
+            assert!(!contains(v, SECRET.as_bytes()), "{k}");
+            if k.contains("/secrets/") {
+                assert!(v.starts_with(b"k8s:enc:aesgcm:v1:k1:"), "{k}");
+            } else {
+                assert!(contains(v, PLAIN.as_bytes()), "{k}");
+            }
+        }
+        // Without the key: an error naming it.
+        let s = crate::etcd::EtcdStore::connect(p.options("/at-rest/")).unwrap();
+        let err = s.get("core/secrets/default/small").unwrap_err().to_string();
+        assert!(err.contains("aesgcm key \"k1\""), "{err}");
+    }
+}
 
 /// What only the etcd backend has: TLS, key roots sharing one etcd, compaction, restarts.
 mod etcd_only {
@@ -1021,6 +1309,7 @@ pub(crate) mod etcd {
     pub(crate) struct Etcd {
         pub(crate) process: EtcdProcess,
         n: AtomicUsize,
+        encryption: Arc<crate::encryption::Encryption>,
     }
 
     impl Fixture for Etcd {
@@ -1029,6 +1318,7 @@ pub(crate) mod etcd {
             let n = self.n.fetch_add(1, Ordering::Relaxed);
             let mut o = self.process.options(&format!("/kedge-test-{n}/"));
             o.ring = ring;
+            o.encryption = self.encryption.clone();
             Arc::new(crate::etcd::EtcdStore::connect(o).unwrap())
         }
     }
@@ -1037,6 +1327,18 @@ pub(crate) mod etcd {
         Some(Box::new(Etcd {
             process: start(tls)?,
             n: AtomicUsize::new(0),
+            encryption: Arc::default(),
+        }))
+    }
+
+    /// Plain HTTP, every value sealed by `encryption`.
+    pub(crate) fn fixture_encrypted(
+        encryption: Arc<crate::encryption::Encryption>,
+    ) -> Option<Box<dyn Fixture>> {
+        Some(Box::new(Etcd {
+            process: start(false)?,
+            n: AtomicUsize::new(0),
+            encryption,
         }))
     }
 }

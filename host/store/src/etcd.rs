@@ -41,6 +41,7 @@ use etcd_client::{
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::encryption::Encryption;
 use super::{
     Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES, Result, Revision, RingLimits,
     Snapshot, Store, Watch, attrs, decode, stamp,
@@ -65,6 +66,8 @@ pub struct Options {
     pub compact_interval: Option<Duration>,
     /// How long one request to etcd may take.
     pub request_timeout: Duration,
+    /// What is encrypted before it is written to etcd; nothing by default.
+    pub encryption: Arc<Encryption>,
 }
 
 impl Options {
@@ -78,6 +81,7 @@ impl Options {
             ring: RingLimits::default(),
             compact_interval: Some(Duration::from_secs(300)),
             request_timeout: Duration::from_secs(30),
+            encryption: Arc::default(),
         }
     }
 }
@@ -123,6 +127,8 @@ pub struct EtcdStore {
     seen: Arc<AtomicU64>,
     timeout: Duration,
     metrics: crate::metrics::StoreMetrics,
+    /// Seals values before they are put, opens them when read back.
+    encryption: Arc<Encryption>,
     _runtime: OwnedRuntime,
 }
 
@@ -153,9 +159,10 @@ fn range_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// The stored JSON of `kv` with `metadata.resourceVersion` set to `rev`.
-fn stamped(key: &str, value: &[u8], rev: Revision) -> Result<(Value, Bytes)> {
-    let mut v = decode(key, value)?;
+/// The JSON of a value etcd holds under `key` (opened if it was sealed) with
+/// `metadata.resourceVersion` set to `rev`.
+fn stamped(enc: &Encryption, key: &str, value: &[u8], rev: Revision) -> Result<(Value, Bytes)> {
+    let mut v = decode(key, &enc.unseal(key, value)?)?;
     stamp(&mut v, rev);
     let bytes = serde_json::to_vec(&v).map_err(backend)?;
     Ok((v, Bytes::from(bytes)))
@@ -233,7 +240,7 @@ impl EtcdStore {
             Arc::downgrade(&shared),
             watch_client,
             kv.clone(),
-            root.clone(),
+            (root.clone(), options.encryption.clone()),
             start,
         ));
         if let Some(every) = options.compact_interval {
@@ -253,6 +260,7 @@ impl EtcdStore {
             seen,
             timeout,
             metrics: Default::default(),
+            encryption: options.encryption.clone(),
             _runtime: runtime,
         })
     }
@@ -338,28 +346,56 @@ impl EtcdStore {
         rev: Revision,
         limit: i64,
     ) -> Result<(Vec<KeyValue>, bool, Revision)> {
-        let mut kv = self.kv.clone();
-        let out = self.run(async move {
-            let opts = GetOptions::new()
-                .with_range(end)
-                .with_limit(limit)
-                .with_revision(rev as i64);
-            let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
-                if is_compacted(&e) {
-                    Error::Expired {
-                        requested: rev,
-                        oldest: rev + 1,
-                    }
-                } else {
-                    backend(e)
-                }
-            })?;
-            let header = rev_of(r.header());
-            let more = r.more();
-            Ok((r.take_kvs(), more, header))
-        })?;
+        let out = self.run(range_at(self.kv.clone(), start, end, rev, limit))?;
         self.note(out.2);
         Ok(out)
+    }
+
+    /// Rewrites every object whose stored value is not what a write would store now under
+    /// the store's encryption (see [`crate::redb::RedbStore::reencrypt`]): each with a
+    /// compare on its revision, so a write from elsewhere meanwhile wins and is left alone.
+    /// Returns how many were rewritten.
+    pub fn reencrypt(&self) -> Result<usize> {
+        let enc = self.encryption.clone();
+        let mut stale = Vec::new();
+        for prefix in enc.prefixes() {
+            let eprefix = self.etcd_key(&prefix).into_bytes();
+            let end = range_end(&eprefix);
+            let (mut start, mut rev) = (eprefix, 0);
+            loop {
+                let (kvs, more, header) = self.range(start, end.clone(), rev, PAGE)?;
+                if rev == 0 {
+                    rev = header;
+                }
+                for kv in &kvs {
+                    let key = self.store_key(kv)?;
+                    if !enc.is_current(key, kv.value()) {
+                        stale.push((key.to_string(), kv.mod_revision() as u64));
+                    }
+                }
+                match kvs.last() {
+                    Some(last) if more => {
+                        start = last.key().to_vec();
+                        start.push(0);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let mut done = 0;
+        for (key, rev) in stale {
+            let rewrite = self
+                .get(&key)
+                .and_then(|o| o.ok_or(Error::NotFound))
+                .and_then(|object| self.update(&key, object, Some(rev)));
+            match rewrite {
+                Ok(_) => done += 1,
+                // Written or deleted meanwhile: sealed as that write chose.
+                Err(Error::NotFound | Error::Conflict { .. }) => {}
+                Err(e) => tracing::warn!(key, error = %e, "store: cannot re-encrypt"),
+            }
+        }
+        Ok(done)
     }
 
     /// `kv`'s key without the root.
@@ -367,6 +403,34 @@ impl EtcdStore {
         let k = kv.key_str().map_err(backend)?;
         Ok(k.strip_prefix(self.root.as_str()).unwrap_or(k))
     }
+}
+
+/// A range at `rev` (0: now) from `start` to `end`, at most `limit` keys: the keys, whether
+/// more follow, and the revision it was read at. A compacted `rev` is [`Error::Expired`].
+async fn range_at(
+    mut kv: KvClient,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    rev: Revision,
+    limit: i64,
+) -> Result<(Vec<KeyValue>, bool, Revision)> {
+    let opts = GetOptions::new()
+        .with_range(end)
+        .with_limit(limit)
+        .with_revision(rev as i64);
+    let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
+        if is_compacted(&e) {
+            Error::Expired {
+                requested: rev,
+                oldest: rev + 1,
+            }
+        } else {
+            backend(e)
+        }
+    })?;
+    let header = rev_of(r.header());
+    let more = r.more();
+    Ok((r.take_kvs(), more, header))
 }
 
 /// A conditional write's outcome: done (its revision and what its operation answered), or
@@ -476,7 +540,11 @@ fn run_on<T: Send + 'static>(
 
 /// Turns one etcd event into a store event; `None` for what is not a store object (a value
 /// that is not JSON, written by someone else under our root), logged.
-fn convert(root: &str, ev: &etcd_client::Event) -> std::result::Result<Option<Event>, String> {
+fn convert(
+    root: &str,
+    enc: &Encryption,
+    ev: &etcd_client::Event,
+) -> std::result::Result<Option<Event>, String> {
     let Some(kv) = ev.kv() else {
         return Ok(None);
     };
@@ -486,7 +554,7 @@ fn convert(root: &str, ev: &etcd_client::Event) -> std::result::Result<Option<Ev
     let key = k.strip_prefix(root).unwrap_or(k).to_string();
     let rev = kv.mod_revision().max(0) as u64;
     let prev = ev.prev_kv();
-    let parsed = |value: &[u8]| match stamped(&key, value, rev) {
+    let parsed = |value: &[u8]| match stamped(enc, &key, value, rev) {
         Ok(x) => Some(x),
         Err(e) => {
             tracing::warn!(key = %k, error = %e, "store: skipping an etcd value that is not an object");
@@ -494,8 +562,12 @@ fn convert(root: &str, ev: &etcd_client::Event) -> std::result::Result<Option<Ev
         }
     };
     let prev_attrs = |key: &str| {
-        prev.and_then(|p| decode(key, p.value()).ok())
-            .map(|v| attrs(key, &v))
+        prev.and_then(|p| {
+            enc.unseal(key, p.value())
+                .ok()
+                .and_then(|b| decode(key, &b).ok())
+        })
+        .map(|v| attrs(key, &v))
     };
     Ok(match ev.event_type() {
         EtcdEventType::Put => {
@@ -552,7 +624,7 @@ async fn follow(
     shared: Weak<Shared>,
     mut client: etcd_client::WatchClient,
     mut kv: KvClient,
-    root: String,
+    (root, enc): (String, Arc<Encryption>),
     start: Revision,
 ) {
     let mut next = start + 1;
@@ -602,7 +674,7 @@ async fn follow(
             }
             let mut events = Vec::with_capacity(resp.events().len());
             for ev in resp.events() {
-                match convert(&root, ev) {
+                match convert(&root, &enc, ev) {
                     Ok(Some(e)) => events.push(Arc::new(e)),
                     Ok(None) => {}
                     Err(why) => {
@@ -727,7 +799,9 @@ impl Store for EtcdStore {
         };
         let (kvs, _, _) = self.range(ekey, end, 0, 1)?;
         match kvs.first() {
-            Some(kv) => Ok(Some(stamped(key, kv.value(), kv.mod_revision() as u64)?.0)),
+            Some(kv) => Ok(Some(
+                stamped(&self.encryption, key, kv.value(), kv.mod_revision() as u64)?.0,
+            )),
             None => Ok(None),
         }
     }
@@ -757,7 +831,8 @@ impl Store for EtcdStore {
             }
             for kv in &kvs {
                 let key = self.store_key(kv)?;
-                let (_, bytes) = stamped(key, kv.value(), kv.mod_revision() as u64)?;
+                let (_, bytes) =
+                    stamped(&self.encryption, key, kv.value(), kv.mod_revision() as u64)?;
                 if !each(key, &bytes)? {
                     return Ok(rev);
                 }
@@ -790,6 +865,7 @@ impl Store for EtcdStore {
 
     fn create(&self, key: &str, object: Value) -> Result<Value> {
         let (mut object, bytes) = stored_bytes(object)?;
+        let bytes = self.encryption.seal(key, &bytes)?.into_owned();
         let ekey = self.etcd_key(key);
         let when = Compare::create_revision(ekey.clone(), CompareOp::Equal, 0);
         match self.txn(key, when, TxnOp::put(ekey, bytes, None))? {
@@ -803,6 +879,7 @@ impl Store for EtcdStore {
 
     fn update(&self, key: &str, object: Value, expected: Option<Revision>) -> Result<Value> {
         let (mut object, bytes) = stored_bytes(object)?;
+        let bytes = self.encryption.seal(key, &bytes)?.into_owned();
         let ekey = self.etcd_key(key);
         let when = match expected {
             Some(rev) => Compare::mod_revision(ekey.clone(), CompareOp::Equal, rev as i64),
@@ -836,7 +913,7 @@ impl Store for EtcdStore {
                 // The compare said the key was there; its last state comes back stamped with
                 // the deletion's revision.
                 let prev = prev.ok_or(Error::NotFound)?;
-                Ok(stamped(key, prev.value(), rev)?.0)
+                Ok(stamped(&self.encryption, key, prev.value(), rev)?.0)
             }
             Err(None) => Err(Error::NotFound),
             Err(Some(current)) => Err(Error::Conflict {
@@ -889,6 +966,7 @@ impl EtcdStore {
             kv: self.kv.clone(),
             root: self.root.clone(),
             timeout: self.timeout,
+            encryption: self.encryption.clone(),
         }
     }
 }
@@ -898,6 +976,7 @@ struct Reader {
     kv: KvClient,
     root: String,
     timeout: Duration,
+    encryption: Arc<Encryption>,
 }
 
 /// A list at one revision, a page at a time, handed out [`super::CHUNK_BYTES`] at a time.
@@ -925,7 +1004,8 @@ impl EtcdSnapshot {
         for kv in kvs {
             let k = kv.key_str().map_err(backend)?;
             let key = k.strip_prefix(self.store.root.as_str()).unwrap_or(k);
-            let (_, bytes) = stamped(key, kv.value(), kv.mod_revision() as u64)?;
+            let rev = kv.mod_revision() as u64;
+            let (_, bytes) = stamped(&self.store.encryption, key, kv.value(), rev)?;
             self.buffered.push_back((key.to_string(), bytes));
         }
         Ok(())
@@ -943,26 +1023,14 @@ impl Snapshot for EtcdSnapshot {
                 self.done = true;
                 return Ok(Vec::new());
             };
-            let mut kv = self.store.kv.clone();
-            let (end, rev) = (self.end.clone(), self.rev);
-            let (kvs, more) = run_on(&self.store.handle, self.store.timeout, async move {
-                let opts = GetOptions::new()
-                    .with_range(end)
-                    .with_limit(PAGE)
-                    .with_revision(rev as i64);
-                let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
-                    if is_compacted(&e) {
-                        Error::Expired {
-                            requested: rev,
-                            oldest: rev + 1,
-                        }
-                    } else {
-                        backend(e)
-                    }
-                })?;
-                let more = r.more();
-                Ok((r.take_kvs(), more))
-            })?;
+            let read = range_at(
+                self.store.kv.clone(),
+                start,
+                self.end.clone(),
+                self.rev,
+                PAGE,
+            );
+            let (kvs, more, _) = run_on(&self.store.handle, self.store.timeout, read)?;
             self.take_page(kvs)?;
             if !more {
                 self.done = true;

@@ -15,6 +15,7 @@
 
 #[cfg(test)]
 mod conformance;
+pub mod encryption;
 pub mod etcd;
 pub mod fsmode;
 pub mod informer;

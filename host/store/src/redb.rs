@@ -29,6 +29,7 @@ use redb::{
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::encryption::Encryption;
 use super::{
     CHUNK_BYTES, CHUNK_SCAN, Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES,
     Result, Revision, RingLimits, Snapshot, Store, Watch, attrs, decode, stamp,
@@ -72,6 +73,9 @@ pub struct Options {
     /// How long `open` waits for another process (a kedge still exiting after a kill) to
     /// release the file.
     pub lock_wait: Duration,
+    /// What is encrypted before it is written to the file (objects and the watch log alike);
+    /// nothing by default.
+    pub encryption: Arc<Encryption>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             cache_bytes: 16 << 20,
             ring: RingLimits::default(),
             lock_wait: Duration::from_secs(30),
+            encryption: Arc::default(),
         }
     }
 }
@@ -123,6 +128,8 @@ struct Inner {
     /// Shared by every transaction; taken exclusively only to compact the file.
     db: RwLock<Database>,
     path: std::path::PathBuf,
+    /// Seals values before they are written, opens them when read back.
+    encryption: Arc<Encryption>,
 }
 
 impl Inner {
@@ -254,6 +261,7 @@ impl RedbStore {
         let inner = Arc::new(Inner {
             db: RwLock::new(db),
             path: path.to_path_buf(),
+            encryption: options.encryption.clone(),
         });
         Ok(RedbStore {
             inner,
@@ -300,6 +308,47 @@ impl RedbStore {
         let _writes = lock(&self.write_lock);
         let mut db = self.inner.db.write().unwrap_or_else(|p| p.into_inner());
         compact_if_bloated(&mut db, &self.inner.path)
+    }
+
+    /// Rewrites every object whose stored bytes are not what a write would store now under
+    /// the store's encryption (sealed with another key or provider, or plaintext where the
+    /// first provider encrypts): the re-encryption that completes a key rotation. Each is an
+    /// ordinary write (a new resourceVersion, a MODIFIED event), as kube's
+    /// `kubectl replace` of every Secret is. Objects that cannot be decrypted are left as
+    /// they are and logged. Returns how many were rewritten.
+    pub fn reencrypt(&self) -> Result<usize> {
+        let enc = self.inner.encryption.clone();
+        let mut stale = Vec::new();
+        {
+            let db = self.inner.db();
+            let txn = db.begin_read().map_err(backend)?;
+            let objects = txn.open_table(OBJECTS).map_err(backend)?;
+            for prefix in enc.prefixes() {
+                for entry in objects.range(prefix.as_str()..).map_err(backend)? {
+                    let (k, v) = entry.map_err(backend)?;
+                    if !k.value().starts_with(&prefix) {
+                        break;
+                    }
+                    if !enc.is_current(k.value(), v.value()) {
+                        stale.push(k.value().to_string());
+                    }
+                }
+            }
+        }
+        let mut done = 0;
+        for key in stale {
+            let rewrite = self.write(&key, |current, _| {
+                let current = current.ok_or(Error::NotFound)?;
+                Ok((EventType::Modified, current))
+            });
+            match rewrite {
+                Ok(_) => done += 1,
+                // Deleted meanwhile: nothing left to rewrite.
+                Err(Error::NotFound) => {}
+                Err(e) => tracing::warn!(key, error = %e, "store: cannot re-encrypt"),
+            }
+        }
+        Ok(done)
     }
 
     /// Bytes of keys and values the store holds (objects and log), as it counts them.
@@ -399,7 +448,7 @@ impl RedbStore {
             for Pending { key, change, slot } in batch {
                 let (current, current_len) =
                     match objects.get(key.as_str()).map_err(|e| be(e.into()))? {
-                        Some(bytes) => match decode(&key, bytes.value()) {
+                        Some(bytes) => match self.inner.object(&key, bytes.value()) {
                             Ok(v) => (Some(v), bytes.value().len()),
                             Err(e) => {
                                 results.push((slot, Err(e)));
@@ -429,6 +478,14 @@ impl RedbStore {
                     ));
                     continue;
                 }
+                // What goes to the file; the ring and the writer get the plaintext.
+                let stored = match self.inner.encryption.seal(&key, &bytes) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        results.push((slot, Err(e)));
+                        continue;
+                    }
+                };
                 rev += 1;
                 if current_len > 0 {
                     live_bytes = live_bytes.saturating_sub(footprint(key.len() + current_len));
@@ -439,9 +496,9 @@ impl RedbStore {
                     }
                     _ => {
                         objects
-                            .insert(key.as_str(), &bytes[..])
+                            .insert(key.as_str(), &stored[..])
                             .map_err(|e| be(e.into()))?;
-                        live_bytes += footprint(key.len() + bytes.len());
+                        live_bytes += footprint(key.len() + stored.len());
                     }
                 }
                 let header = Header {
@@ -449,7 +506,7 @@ impl RedbStore {
                     attrs: attrs(&key, &object),
                     prev,
                 };
-                let inline = (bytes.len() <= INLINE_OBJECT_MAX).then_some(&bytes[..]);
+                let inline = (stored.len() <= INLINE_OBJECT_MAX).then_some(&stored[..]);
                 let entry = encode_entry(&key, &header, inline).map_err(fail)?;
                 events
                     .insert(rev, entry.as_slice())
@@ -457,12 +514,13 @@ impl RedbStore {
                 let mut logged = footprint(entry.len());
                 if inline.is_none() {
                     event_objects
-                        .insert(rev, &bytes[..])
+                        .insert(rev, &stored[..])
                         .map_err(|e| be(e.into()))?;
-                    logged += footprint(bytes.len());
+                    logged += footprint(stored.len());
                 }
                 log_bytes += logged;
                 live_bytes += logged;
+                drop(stored);
                 let event = Event {
                     rev,
                     kind,
@@ -574,6 +632,21 @@ fn compact_if_bloated(db: &mut Database, path: &Path) -> Result<bool> {
     Ok(true)
 }
 
+impl Inner {
+    /// The JSON of a value read from the file under `key` (opened if it was sealed).
+    fn plain(&self, key: &str, stored: &[u8]) -> Result<Bytes> {
+        Ok(match self.encryption.unseal(key, stored)? {
+            std::borrow::Cow::Borrowed(b) => Bytes::copy_from_slice(b),
+            std::borrow::Cow::Owned(v) => Bytes::from(v),
+        })
+    }
+
+    /// The object a value read from the file under `key` holds.
+    fn object(&self, key: &str, stored: &[u8]) -> Result<Value> {
+        decode(key, &self.encryption.unseal(key, stored)?)
+    }
+}
+
 impl LogReader for Inner {
     fn compacted(&self) -> Result<Revision> {
         let db = self.db();
@@ -631,14 +704,23 @@ impl LogReader for Inner {
             if !wanted(&event) {
                 continue;
             }
-            event.object = if inline.is_empty() {
+            let object = if inline.is_empty() {
                 let Some(obj) = objects.get(rev).map_err(backend)? else {
                     return Err(Error::Backend(format!("watch log {rev} has no object")));
                 };
-                Bytes::copy_from_slice(obj.value())
+                self.plain(key, obj.value())
             } else {
-                Bytes::copy_from_slice(inline)
+                self.plain(key, inline)
             };
+            // Sealed with a key no longer configured (rotated out): history this store can
+            // no longer read is history it no longer has; the watcher relists.
+            event.object = object.map_err(|e| {
+                tracing::debug!(rev, error = %e, "store: unreadable watch log entry");
+                Error::Expired {
+                    requested: from,
+                    oldest: rev,
+                }
+            })?;
             bytes += event.object.len();
             chunk.events.push(Arc::new(event));
         }
@@ -652,7 +734,7 @@ impl Store for RedbStore {
         let txn = db.begin_read().map_err(backend)?;
         let objects = txn.open_table(OBJECTS).map_err(backend)?;
         match objects.get(key).map_err(backend)? {
-            Some(bytes) => Ok(Some(decode(key, bytes.value())?)),
+            Some(bytes) => Ok(Some(self.inner.object(key, bytes.value())?)),
             None => Ok(None),
         }
     }
@@ -675,7 +757,11 @@ impl Store for RedbStore {
         };
         for entry in range.map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
-            if !k.value().starts_with(prefix) || !each(k.value(), v.value())? {
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            let plain = self.inner.encryption.unseal(k.value(), v.value())?;
+            if !each(k.value(), &plain)? {
                 break;
             }
         }
@@ -695,6 +781,7 @@ impl Store for RedbStore {
         open.push(Arc::downgrade(&held));
         Ok(Box::new(RedbSnapshot {
             held,
+            inner: self.inner.clone(),
             prefix: prefix.to_string(),
             after: None,
             rev,
@@ -750,6 +837,8 @@ struct HeldTxn {
 /// A read transaction: redb keeps the pages it sees until it ends.
 struct RedbSnapshot {
     held: Arc<HeldTxn>,
+    /// For opening sealed values.
+    inner: Arc<Inner>,
     prefix: String,
     after: Option<String>,
     rev: Revision,
@@ -789,8 +878,9 @@ impl Snapshot for RedbSnapshot {
                 self.done = true;
                 break;
             }
-            bytes += v.value().len();
-            out.push((k.value().to_string(), Bytes::copy_from_slice(v.value())));
+            let plain = self.inner.plain(k.value(), v.value())?;
+            bytes += plain.len();
+            out.push((k.value().to_string(), plain));
             if bytes >= CHUNK_BYTES {
                 break;
             }
