@@ -289,6 +289,15 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
         ],
         "the node's copies"
     );
+    // The Secret's copy is sealed with the node's cache key: neither its value nor the value's
+    // base64 is on the node's disk there (the restart below runs the pods from it).
+    let sealed =
+        std::fs::read(node_dir.join("object-cache/secrets/default_app-secret.json")).unwrap();
+    let sealed = String::from_utf8_lossy(&sealed);
+    assert!(sealed.starts_with("kedge:enc:aesgcm:v1:"), "{sealed}");
+    for plain in ["s3cr3t-token", "czNjcjN0LXRva2Vu"] {
+        assert!(!sealed.contains(plain), "{plain} in the node's copy");
+    }
 
     // The crasher's restart count as the API has it before the agent goes away.
     let restart_count = |c: &Cluster| -> Option<u32> {

@@ -678,11 +678,68 @@ fn visible_links_match(dir: &Path, top: &BTreeSet<&str>) -> bool {
 }
 
 /// The node's copies (`<data-dir>/object-cache/{configmaps,secrets}/<ns>_<name>.json`).
+/// Secret copies are sealed with the node's cache key (see [`CacheKey`]); ConfigMaps are
+/// kept as they are.
 pub struct Store {
     dir: PathBuf,
     /// Saving and pruning exclude each other: a prune that read the pod records before a new
     /// pod was recorded must not delete what that pod's start just saved.
     lock: Mutex<()>,
+    key: Option<CacheKey>,
+}
+
+/// What starts a sealed copy: then a 12-byte nonce and AES-256-GCM of the JSON, with the
+/// copy's own name (`secrets/<ns>_<name>`) authenticated beside it, so a copy cannot be
+/// passed off as another.
+const SEALED: &[u8] = b"kedge:enc:aesgcm:v1:";
+
+/// The key that seals Secret copies: 32 random bytes in `<data-dir>/object-cache.key` (mode
+/// 0600), made on first use. It keeps the copies unreadable to whoever gets the cache
+/// directory without that file (a backup, a copied disk image of the cache); root on the
+/// running node can read both, as it can read the pods' secret volumes.
+struct CacheKey(aes_gcm::Aes256Gcm);
+
+impl CacheKey {
+    fn load_or_create(path: &Path) -> Result<Self, String> {
+        use aes_gcm::KeyInit as _;
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut b = vec![0u8; 32];
+                getrandom::fill(&mut b).map_err(|e| format!("no randomness: {e}"))?;
+                kedge_tunnel::write_atomic(path, &b, 0o600).map_err(|e| e.to_string())?;
+                b
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        aes_gcm::Aes256Gcm::new_from_slice(&bytes)
+            .map(CacheKey)
+            .map_err(|_| format!("{} is not a 32-byte key", path.display()))
+    }
+
+    fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, String> {
+        use aes_gcm::aead::{Aead as _, Payload};
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| format!("no randomness: {e}"))?;
+        let sealed = self
+            .0
+            .encrypt(&nonce.into(), Payload { msg: plain, aad })
+            .map_err(|_| "sealing failed".to_string())?;
+        Ok([SEALED, &nonce[..], &sealed].concat())
+    }
+
+    fn open(&self, aad: &[u8], stored: &[u8]) -> Result<Vec<u8>, String> {
+        use aes_gcm::aead::{Aead as _, Payload};
+        let body = stored
+            .strip_prefix(SEALED)
+            .filter(|b| b.len() >= 12 + 16)
+            .ok_or("not a sealed copy")?;
+        let (nonce, sealed) = body.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().expect("12 bytes");
+        self.0
+            .decrypt(&nonce.into(), Payload { msg: sealed, aad })
+            .map_err(|_| "authentication failed (another node's key, or tampered)".to_string())
+    }
 }
 
 fn safe_name(s: &str) -> bool {
@@ -694,10 +751,49 @@ fn safe_name(s: &str) -> bool {
 
 impl Store {
     pub fn new(data_dir: &Path) -> Self {
-        Store {
+        let key_path = data_dir.join("object-cache.key");
+        let key = match CacheKey::load_or_create(&key_path) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                // Without a key no Secret is kept on disk (they are read from the server).
+                tracing::warn!(error = %e, "no object cache key: Secrets will not be kept for offline starts");
+                None
+            }
+        };
+        let store = Store {
             dir: data_dir.join("object-cache"),
             lock: Mutex::new(()),
+            key,
+        };
+        store.seal_plain_copies();
+        store
+    }
+
+    /// Seals the Secret copies an earlier agent kept in plaintext.
+    fn seal_plain_copies(&self) {
+        for r in self.list() {
+            if r.kind != Kind::Secret {
+                continue;
+            }
+            let Some(p) = self.path(&r) else { continue };
+            let Ok(bytes) = std::fs::read(&p) else {
+                continue;
+            };
+            if bytes.starts_with(SEALED) {
+                continue;
+            }
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(obj) => self.write(&r, &obj, true),
+                Err(_) => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
         }
+    }
+
+    /// What a copy's name authenticates (`secrets/<ns>_<name>`).
+    fn aad(r: &ObjRef) -> String {
+        format!("{}/{}_{}", r.kind.plural(), r.ns, r.name)
     }
 
     fn path(&self, r: &ObjRef) -> Option<PathBuf> {
@@ -738,7 +834,13 @@ impl Store {
                 .mode(0o700)
                 .create(parent)
                 .map_err(|e| e.to_string())?;
-            let bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+            let mut bytes = serde_json::to_vec(&obj).map_err(|e| e.to_string())?;
+            if r.kind == Kind::Secret {
+                let Some(key) = &self.key else {
+                    return Err("no cache key to seal a Secret with".into());
+                };
+                bytes = key.seal(Self::aad(r).as_bytes(), &bytes)?;
+            }
             kedge_tunnel::write_atomic(&p, &bytes, 0o600).map_err(|e| e.to_string())
         };
         if let Err(e) = write() {
@@ -748,7 +850,20 @@ impl Store {
 
     pub fn load(&self, r: &ObjRef) -> Option<Value> {
         let p = self.path(r)?;
-        serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+        let bytes = std::fs::read(p).ok()?;
+        let bytes = if bytes.starts_with(SEALED) {
+            match self.key.as_ref()?.open(Self::aad(r).as_bytes(), &bytes) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(object = %r, error = %e, "a local copy cannot be opened");
+                    return None;
+                }
+            }
+        } else {
+            // A ConfigMap, or an earlier agent's plaintext Secret copy (sealed at start).
+            bytes
+        };
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn remove(&self, r: &ObjRef) {
@@ -1337,5 +1452,78 @@ mod tests {
         assert_eq!(left, ["configmap default/conf", "secret default/creds"]);
         store.prune(Vec::new);
         assert!(store.list().is_empty());
+    }
+
+    /// Secret copies are sealed with the node's cache key: the file holds neither the value
+    /// nor its base64; a copy renamed to another Secret's name, a tampered one or one read
+    /// with another key is a miss, not garbage; an earlier agent's plaintext copy is sealed
+    /// at start; ConfigMaps stay plain.
+    #[test]
+    fn secret_copies_are_sealed_with_the_node_key() {
+        let d = tempfile::tempdir().unwrap();
+        let r = |kind, name: &str| ObjRef {
+            kind,
+            ns: "default".into(),
+            name: name.into(),
+        };
+        let secret = json!({"metadata": {"name": "creds", "namespace": "default"},
+            "data": {"token": b64("very-secret-value")}});
+        let store = Store::new(d.path());
+        store.save(&r(Kind::Secret, "creds"), &secret);
+        store.save(
+            &r(Kind::ConfigMap, "conf"),
+            &json!({"data": {"a": "plain-config"}}),
+        );
+        let file = d.path().join("object-cache/secrets/default_creds.json");
+        let raw = std::fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&raw);
+        assert!(raw.starts_with(SEALED), "{text}");
+        assert!(!text.contains("very-secret-value") && !text.contains(&b64("very-secret-value")));
+        let key = std::fs::metadata(d.path().join("object-cache.key")).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+        assert!(
+            std::fs::read_to_string(d.path().join("object-cache/configmaps/default_conf.json"))
+                .unwrap()
+                .contains("plain-config")
+        );
+        // Read back, also by a new agent on the same data dir (the key persists).
+        assert_eq!(
+            store.load(&r(Kind::Secret, "creds")).unwrap()["data"],
+            secret["data"]
+        );
+        let again = Store::new(d.path());
+        assert_eq!(
+            again.load(&r(Kind::Secret, "creds")).unwrap()["data"],
+            secret["data"]
+        );
+        // Passed off as another Secret, tampered, or under another node's key: a miss.
+        let other = d.path().join("object-cache/secrets/default_other.json");
+        std::fs::copy(&file, &other).unwrap();
+        assert!(again.load(&r(Kind::Secret, "other")).is_none());
+        let mut bad = raw.clone();
+        *bad.last_mut().unwrap() ^= 1;
+        std::fs::write(&other, &bad).unwrap();
+        assert!(again.load(&r(Kind::Secret, "other")).is_none());
+        let elsewhere = tempfile::tempdir().unwrap();
+        let foreign = Store::new(elsewhere.path());
+        std::fs::create_dir_all(elsewhere.path().join("object-cache/secrets")).unwrap();
+        std::fs::copy(
+            &file,
+            elsewhere
+                .path()
+                .join("object-cache/secrets/default_creds.json"),
+        )
+        .unwrap();
+        assert!(foreign.load(&r(Kind::Secret, "creds")).is_none());
+        // An earlier agent's plaintext copy: sealed when the store opens, still readable.
+        let legacy = d.path().join("object-cache/secrets/default_legacy.json");
+        std::fs::write(&legacy, serde_json::to_vec(&secret).unwrap()).unwrap();
+        let third = Store::new(d.path());
+        assert!(std::fs::read(&legacy).unwrap().starts_with(SEALED));
+        assert_eq!(
+            third.load(&r(Kind::Secret, "legacy")).unwrap()["data"],
+            secret["data"]
+        );
     }
 }
