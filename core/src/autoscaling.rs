@@ -30,16 +30,23 @@ fn carry(from: &Value, to: &mut Map<String, Value>, key: &str) {
     }
 }
 
+/// The field holding a metric of a resource type (the types v1 has fields of its own for).
+fn resource_key(ty: &str) -> Option<&'static str> {
+    match ty {
+        "Resource" => Some("resource"),
+        "ContainerResource" => Some("containerResource"),
+        _ => None,
+    }
+}
+
 /// A v2 `MetricSpec` (`part` "target") or `MetricStatus` (`part` "current") of a resource
 /// kind as v1 writes it (`targetAverageUtilization`, `currentAverageValue`, …); other types
 /// keep their v2 form under their v2 key, which v1 clients do not read and
 /// [`metric_spec_up`] / [`metric_status_up`] bring back.
 fn metric_down(m: &Value, part: &str) -> Value {
     let ty = m["type"].as_str().unwrap_or_default();
-    let key = match ty {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        _ => return m.clone(),
+    let Some(key) = resource_key(ty) else {
+        return m.clone();
     };
     let src = &m[key];
     let mut out = Map::new();
@@ -58,10 +65,8 @@ fn metric_down(m: &Value, part: &str) -> Value {
 
 fn metric_spec_up(m: &Value) -> Value {
     let ty = m["type"].as_str().unwrap_or_default();
-    let key = match ty {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        _ => return m.clone(),
+    let Some(key) = resource_key(ty) else {
+        return m.clone();
     };
     let src = &m[key];
     if src.get("target").is_some() {
@@ -81,10 +86,8 @@ fn metric_spec_up(m: &Value) -> Value {
 
 fn metric_status_up(m: &Value) -> Value {
     let ty = m["type"].as_str().unwrap_or_default();
-    let key = match ty {
-        "Resource" => "resource",
-        "ContainerResource" => "containerResource",
-        _ => return m.clone(),
+    let Some(key) = resource_key(ty) else {
+        return m.clone();
     };
     let src = &m[key];
     if src.get("current").is_some() {

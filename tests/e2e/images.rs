@@ -57,6 +57,56 @@ fn busybox_pod(ns: &str, name: &str, image: &str, secret: Option<&str>, script: 
     p
 }
 
+/// `kedge push` of the sample Wasm app to `image` on the test registry, with its
+/// credential; the command's stdout (the pushed reference).
+fn push_hello(reg: &TestRegistry, image: &str) -> String {
+    let wasm = PathBuf::from(env!("KEDGE_WASM_DIR")).join("hello-wasm.wasm");
+    let out = std::process::Command::new(KEDGE)
+        .arg("push")
+        .arg(&wasm)
+        .arg(image)
+        .args(["--username", &reg.username, "--password", &reg.password])
+        .arg("--ca-file")
+        .arg(&reg.ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kedge push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A `registries.yaml` in the cluster's dir trusting the registry's CA, with no credentials.
+fn trusting_registries(c: &Cluster, reg: &TestRegistry) -> PathBuf {
+    let path = c.dir.path().join("registries.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "configs:\n  \"{}\":\n    tls:\n      ca_file: {}\n",
+            reg.host(),
+            reg.ca_file.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The dockerconfigjson Secret `regcred` in `ns`, holding the registry's credential.
+fn regcred(reg: &TestRegistry, ns: &str) -> Value {
+    let auth = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", reg.username, reg.password));
+    let dockerconfig = json!({"auths": {reg.host(): {"auth": auth}}}).to_string();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "regcred", "namespace": ns},
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson":
+            base64::engine::general_purpose::STANDARD.encode(dockerconfig)},
+    })
+}
+
 #[test]
 fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
     kedge_tunnel::install_crypto_provider();
@@ -76,21 +126,7 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
     // The sample Wasm app, pushed as an OCI artifact by `kedge push`.
     let wasm = PathBuf::from(env!("KEDGE_WASM_DIR")).join("hello-wasm.wasm");
     let wasm_ref = format!("{host}/apps/hello:v1");
-    let out = std::process::Command::new(KEDGE)
-        .arg("push")
-        .arg(&wasm)
-        .arg(&wasm_ref)
-        .args(["--username", &reg.username, "--password", &reg.password])
-        .arg("--ca-file")
-        .arg(&reg.ca_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kedge push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pushed = String::from_utf8_lossy(&out.stdout).to_string();
+    let pushed = push_hello(&reg, &wasm_ref);
     assert!(pushed.contains("@sha256:"), "{pushed}");
     // Without credentials the push is refused with the registry's reason.
     let denied = std::process::Command::new(KEDGE)
@@ -111,15 +147,7 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
 
     // The node trusts the registry's CA; it has no credentials of its own.
     let mut c = Cluster::start();
-    let registries = c.dir.path().join("registries.yaml");
-    std::fs::write(
-        &registries,
-        format!(
-            "configs:\n  \"{host}\":\n    tls:\n      ca_file: {}\n",
-            reg.ca_file.display()
-        ),
-    )
-    .unwrap();
+    let registries = trusting_registries(&c, &reg);
     let token = c.token.clone();
     c.start_agent_with(
         "node-a",
@@ -174,19 +202,7 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
     );
 
     // 2. With a dockerconfigjson Secret in the pod's namespace the container runs.
-    let auth = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", reg.username, reg.password));
-    let dockerconfig = json!({"auths": {host.clone(): {"auth": auth}}}).to_string();
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "regcred", "namespace": "team-a"},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson":
-                base64::engine::general_purpose::STANDARD.encode(dockerconfig)},
-        }),
-    );
+    apply(&c, &regcred(&reg, "team-a"));
     // It also mounts volumes: an emptyDir, a memory emptyDir, a hostPath it creates.
     let host_dir = c.dir.path().join("host-volume");
     let mut with_secret = busybox_pod(
@@ -348,34 +364,11 @@ fn private_registry_images_run_as_wasm_and_containers_with_pull_secrets() {
 fn secret_pulled_images_run_only_for_pods_holding_the_secret() {
     kedge_tunnel::install_crypto_provider();
     let reg = TestRegistry::start(TestRegistryOptions { auth: true }).expect("test registry");
-    let host = reg.host();
-    let wasm = PathBuf::from(env!("KEDGE_WASM_DIR")).join("hello-wasm.wasm");
-    let image = format!("{host}/apps/hello:v1");
-    let out = std::process::Command::new(KEDGE)
-        .arg("push")
-        .arg(&wasm)
-        .arg(&image)
-        .args(["--username", &reg.username, "--password", &reg.password])
-        .arg("--ca-file")
-        .arg(&reg.ca_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let image = format!("{}/apps/hello:v1", reg.host());
+    push_hello(&reg, &image);
 
     let mut c = Cluster::start();
-    let registries = c.dir.path().join("registries.yaml");
-    std::fs::write(
-        &registries,
-        format!(
-            "configs:\n  \"{host}\":\n    tls:\n      ca_file: {}\n",
-            reg.ca_file.display()
-        ),
-    )
-    .unwrap();
+    let registries = trusting_registries(&c, &reg);
     let token = c.token.clone();
     c.start_agent_with(
         "kep-node",
@@ -386,19 +379,7 @@ fn secret_pulled_images_run_only_for_pods_holding_the_secret() {
             "--ensure-secret-pulled-images",
         ],
     );
-    let auth = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", reg.username, reg.password));
-    let dockerconfig = json!({"auths": {host.clone(): {"auth": auth}}}).to_string();
-    apply(
-        &c,
-        &json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "regcred", "namespace": "default"},
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson":
-                base64::engine::general_purpose::STANDARD.encode(dockerconfig)},
-        }),
-    );
+    apply(&c, &regcred(&reg, "default"));
     let pod = |name: &str, secret: bool| {
         let mut p = json!({
             "apiVersion": "v1", "kind": "Pod",
