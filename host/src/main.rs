@@ -87,6 +87,11 @@ struct ServerArgs {
     /// <data-dir>/cred/encryption-config.json (K3s' --secrets-encryption).
     #[arg(long)]
     secrets_encryption: bool,
+    /// How many events the embedded store's watch log keeps (default 10000); a watch or list
+    /// from an older resourceVersion gets 410 Gone and relists. etcd keeps its own history.
+    #[arg(long, conflicts_with = "datastore_endpoint",
+        value_parser = clap::value_parser!(u64).range(10..))]
+    watch_history: Option<u64>,
 }
 
 impl ServerArgs {
@@ -455,6 +460,7 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         registries: Default::default(),
         node_cert_validity,
         datastore: datastore(a),
+        watch_history: a.watch_history,
     })
 }
 

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Keep the cluster's state in etcd instead of the embedded redb file
     /// (`--datastore-endpoint`).
     pub datastore: Option<kedge_store::etcd::Options>,
+    /// Events the embedded store's watch log keeps (`--watch-history`); its default when
+    /// `None`.
+    pub watch_history: Option<u64>,
 }
 
 /// Secrets at rest: where the server's store gets its encryption configuration (see
@@ -456,6 +459,7 @@ pub async fn start_with(
                     StoreOptions {
                         durable: cfg.durable,
                         encryption: encryption.clone(),
+                        history: cfg.watch_history.unwrap_or(StoreOptions::default().history),
                         ..Default::default()
                     },
                 )

@@ -36,6 +36,7 @@ fn config(data_dir: PathBuf) -> ServerConfig {
         registries: Default::default(),
         node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
         datastore: None,
+        watch_history: None,
     }
 }
 

@@ -11,7 +11,11 @@
 //!   matching toleration without seconds, else the default (300 s, what Kubernetes'
 //!   DefaultTolerationSeconds admission gives every pod). Its controller replaces it
 //!   elsewhere; the deletion completes when the node comes back or is deleted.
-//! - The heartbeat returns: the taints are removed (the agent re-posts Ready itself).
+//! - Its pods are marked not Ready (their `Ready` condition `False`, a `NodeNotReady` Warning
+//!   Event), as Kubernetes' MarkPodsNotReady does, so Services stop routing to them; they keep
+//!   running on the node.
+//! - The heartbeat returns: the taints are removed (the agent re-posts Ready itself, and
+//!   writes its pods' conditions back over what this controller set).
 //!
 //! Edge autonomy: an edge site cut off for hours should keep its workloads where they run
 //! rather than have them deleted and recreated elsewhere (they keep running on the node
@@ -421,6 +425,7 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         if !on_node || pod.metadata.deletion_timestamp.is_some() {
             continue;
         }
+        mark_not_ready(cluster, &pod, &now, tainted_at)?;
         let tolerated = tolerated_ms(&pod, timeouts.eviction_ms);
         let Some(delay) = eviction_delay_ms(tolerated, autonomy) else {
             continue;
@@ -454,6 +459,42 @@ fn reconcile(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     // all this; a new pod bound meanwhile needs its own deadline).
     let wait = next_ms.map_or(timeouts.grace_ms.max(5000), |n| n - now_ms + 500);
     Ok(Outcome::requeue_after_ms(wait.clamp(500, 60_000) as u64))
+}
+
+/// Kubernetes' MarkPodsNotReady: while its node is silent a pod is not Ready, so Services
+/// stop sending it traffic from elsewhere; the pod keeps running, and its agent sets Ready
+/// again when it is back (it writes its own conditions over what others changed). Only a
+/// Ready that dates from before the node went silent (`tainted_at`) is taken back: one the
+/// agent wrote since is news from the node, and taking it back again would make the pod
+/// flap while the node's heartbeat is on its way. A lost race is no error: the next pass
+/// looks again.
+fn mark_not_ready(cluster: &dyn Cluster, pod: &Pod, now: &Time, tainted_at: i64) -> Result<()> {
+    let mut pod = pod.clone();
+    let Some(ready) = pod
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+        .and_then(|c| c.iter_mut().find(|c| c.type_ == "Ready"))
+    else {
+        return Ok(());
+    };
+    let since = ready.last_transition_time.as_ref().map_or(i64::MIN, ms);
+    if ready.status == "False" || since >= tainted_at {
+        return Ok(());
+    }
+    ready.status = "False".into();
+    ready.last_transition_time = Some(now.clone());
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    if let Some(stored) = cluster.update_status(&ns, &pod).ignore_stale()? {
+        let _ = cluster.record_event(
+            &stored,
+            "Warning",
+            "NodeNotReady",
+            "Node is not ready",
+            COMPONENT,
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

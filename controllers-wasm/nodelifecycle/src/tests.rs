@@ -498,3 +498,74 @@ fn a_cordoned_node_carries_the_unschedulable_taint_while_cordoned() {
     run(&fake);
     assert!(taints(&stored(&fake)).is_empty(), "uncordoned");
 }
+
+#[test]
+fn a_silent_node_s_pods_are_marked_not_ready_and_keep_running() {
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    let ready = |name: &str, node: &str| {
+        let mut p = pod(name, node, vec![]);
+        p.status = Some(PodStatus {
+            phase: Some("Running".into()),
+            conditions: Some(vec![
+                PodCondition {
+                    type_: "Ready".into(),
+                    status: "True".into(),
+                    last_transition_time: parse_time(T0),
+                    ..Default::default()
+                },
+                PodCondition {
+                    type_: "ContainersReady".into(),
+                    status: "True".into(),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        });
+        p
+    };
+    let fake = FakeCluster::new();
+    fake.seed(&ready("here", "edge-1"));
+    fake.seed(&ready("elsewhere", "edge-2"));
+    disconnected(&fake, node("edge-1"));
+    let status = |name: &str| {
+        fake.get::<Pod>("default", name)
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap()
+    };
+    let here = status("here");
+    let conds = here.conditions.as_ref().unwrap();
+    assert_eq!(conds[0].type_, "Ready");
+    assert_eq!(conds[0].status, "False");
+    assert_eq!(conds[0].last_transition_time, parse_time(&at(41)));
+    // Only Ready, as Kubernetes does; the pod is still running.
+    assert_eq!(conds[1].status, "True");
+    assert_eq!(here.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        status("elsewhere").conditions.unwrap()[0].status,
+        "True",
+        "another node's pod is left alone"
+    );
+    let on_pods: Vec<_> = events(&fake, "default", "NodeNotReady")
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("Pod"))
+        .collect();
+    assert_eq!(on_pods.len(), 1);
+    assert_eq!(on_pods[0].type_.as_deref(), Some("Warning"));
+    // Later passes change nothing more.
+    fake.set_now(&at(60));
+    run(&fake);
+    assert_eq!(fake.count(kedge_guest::Verb::UpdateStatus, "Pod"), 1);
+    assert_eq!(pods(&fake), ["elsewhere", "here"]);
+    // The agent is back and says Ready before its heartbeat reaches this controller: news
+    // from the node, not taken back (no flapping).
+    let mut back = fake.get::<Pod>("default", "here").unwrap().unwrap();
+    let conds = back.status.as_mut().unwrap().conditions.as_mut().unwrap();
+    conds[0].status = "True".into();
+    conds[0].last_transition_time = parse_time(&at(65));
+    fake.update_status("default", &back).unwrap();
+    fake.set_now(&at(66));
+    run(&fake);
+    assert_eq!(status("here").conditions.unwrap()[0].status, "True");
+}

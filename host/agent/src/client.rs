@@ -98,6 +98,16 @@ impl Client {
         *self.tunnel.connected().borrow()
     }
 
+    /// Resolves once the tunnel is up after having been down (now or later): what waits for
+    /// the server to be back waits on this rather than on a timer.
+    pub async fn back_online(&self) {
+        let mut connected = self.tunnel.connected();
+        if *connected.borrow_and_update() {
+            let _ = connected.wait_for(|c| !*c).await;
+        }
+        let _ = connected.wait_for(|c| *c).await;
+    }
+
     async fn send(
         &self,
         method: http::Method,

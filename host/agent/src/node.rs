@@ -408,6 +408,8 @@ pub(crate) async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: C
     let mut last_heartbeat = tokio::time::Instant::now();
     let mut attempt = 0u32;
     let mut images_sent = Value::Null;
+    // Lease renewals that failed in a row: the next try comes sooner than LEASE_RENEW.
+    let mut renewals_failed = 0u32;
     loop {
         if !registered {
             match register_node(&ctx, &labels).await {
@@ -426,8 +428,16 @@ pub(crate) async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: C
             }
         }
         if registered {
-            if let Err(e) = renew_lease(&ctx).await {
-                tracing::warn!(error = %e, "lease renewal failed");
+            match renew_lease(&ctx).await {
+                Ok(()) => renewals_failed = 0,
+                Err(e) => {
+                    if renewals_failed == 0 {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                    } else {
+                        tracing::debug!(error = %e, renewals_failed, "lease renewal failed again");
+                    }
+                    renewals_failed = renewals_failed.saturating_add(1);
+                }
             }
             // The node lifecycle controller marks a silent node Unknown; once heard from
             // again, say Ready at once rather than at the next periodic heartbeat.
@@ -488,14 +498,20 @@ pub(crate) async fn node_loop(ctx: Ctx, labels: Vec<(String, String)>, cancel: C
                 }
             }
         }
-        let wait = if registered {
-            LEASE_RENEW
-        } else {
+        let wait = if !registered {
             Duration::from_millis(200 * (1 << attempt.min(5)))
+        } else if renewals_failed > 0 {
+            // 1, 2, 4, 8 s, then every LEASE_RENEW: the node is late already.
+            (Duration::from_secs(1) * (1 << (renewals_failed - 1).min(4))).min(LEASE_RENEW)
+        } else {
+            LEASE_RENEW
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
+            // The tunnel is back after an outage: heartbeat at once, so the node is Ready
+            // again within a round trip of the reconnect rather than at the next tick.
+            () = ctx.client.back_online(), if renewals_failed > 0 => {}
         }
     }
 }

@@ -365,6 +365,9 @@ pub(crate) struct PodRun {
     /// it does, as kubelet's status manager resyncs, or a pod that finished while the link
     /// was down would stay Running in the API for good.
     unsynced: std::sync::atomic::AtomicBool,
+    /// The resourceVersion the last status write landed at: pod events older than it do not
+    /// show that write yet, and are not taken as someone else's change.
+    written: std::sync::atomic::AtomicU64,
     /// Bumped at every change of the records (what waits on a container watches it).
     changes: watch::Sender<u64>,
     facts: std::sync::Mutex<status::PodFacts>,
@@ -394,6 +397,55 @@ impl PodRun {
         self.write(ctx, &mut last, status).await;
     }
 
+    /// The agent's own conditions changed by someone else — the node lifecycle controller
+    /// marks the pods of a node it cannot hear from not Ready, as Kubernetes' does — are
+    /// written back as the agent sees them once the change reaches it, with a new transition
+    /// time (kubelet's status manager reconciles the same way). Events from before the
+    /// agent's last write, and a write still pending, are left alone.
+    async fn reassert(&self, ctx: &Ctx, pod: &Value) {
+        use std::sync::atomic::Ordering;
+        let rv = pod
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        if rv <= self.written.load(Ordering::Relaxed) || self.unsynced() {
+            return;
+        }
+        let gates = self.facts().gates;
+        let recs = self.records.lock().await;
+        let mut last = self.last_status.lock().await;
+        let theirs = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let Some(ours) = last["conditions"].as_array_mut() else {
+            return;
+        };
+        let mut changed = false;
+        for c in ours.iter_mut() {
+            let ty = c["type"].as_str().unwrap_or_default();
+            if gates.iter().any(|g| g == ty) {
+                continue;
+            }
+            if let Some(t) = theirs.iter().find(|t| t["type"] == ty)
+                && t["status"] != c["status"]
+            {
+                // As the API has it: computing the status again is then a transition.
+                *c = t.clone();
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        let status = status::pod_status(&last, &recs, &self.facts(), &ctx.host_ip, &ctx.now());
+        drop(recs);
+        tracing::info!(pod = %self.name, "pod conditions changed by another writer; writing the node's view back");
+        self.write(ctx, &mut last, status).await;
+    }
+
     /// Changes a record in what the status does not show (no write), waking what waits.
     pub(crate) async fn note(&self, i: usize, f: impl FnOnce(&mut ContainerRecord)) {
         f(&mut self.records.lock().await[i]);
@@ -407,6 +459,7 @@ impl PodRun {
     /// The pod changed in the API: the conditions of its readiness gates (which others set)
     /// are taken into the status, and the status is written again if that changes it.
     async fn pod_changed(&self, ctx: &Ctx, pod: &Value) {
+        self.reassert(ctx, pod).await;
         let gates = self.facts().gates;
         if gates.is_empty() {
             return;
@@ -506,6 +559,14 @@ impl PodRun {
         let landed = match res {
             Ok(p) => {
                 *last = p["status"].clone();
+                if let Some(rv) = p
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    self.written
+                        .fetch_max(rv, std::sync::atomic::Ordering::Relaxed);
+                }
                 true
             }
             // The pod is gone: nothing left to report.
@@ -609,6 +670,7 @@ async fn run_pod(
         records: tokio::sync::Mutex::new(records),
         last_status: tokio::sync::Mutex::new(pod.get("status").cloned().unwrap_or(json!({}))),
         unsynced: std::sync::atomic::AtomicBool::new(false),
+        written: std::sync::atomic::AtomicU64::new(0),
         changes: watch::Sender::new(0),
         facts: std::sync::Mutex::new(status::PodFacts {
             gates: pod

@@ -25,5 +25,6 @@ pub fn server_config(data_dir: PathBuf) -> ServerConfig {
             .ok()
             .filter(|e| !e.is_empty())
             .map(|e| kedge::store::etcd::Options::new(e.split(',').map(String::from).collect())),
+        watch_history: None,
     }
 }

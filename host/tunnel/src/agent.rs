@@ -42,6 +42,19 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(7);
+/// While the server does not answer at all (a cut link), a new dial starts this often even
+/// though earlier ones still wait for their answer (each may take [`DIAL_TIMEOUT`] on a slow
+/// link): once the link heals, a fresh handshake is on its way within this time, instead of
+/// after the QUIC handshake's own retransmission back-off (1, 2, 4 s …). Dials into a cut
+/// cost the server nothing: it never sees them.
+const REDIAL_EVERY: Duration = Duration::from_secs(2);
+/// Dials waiting for an answer at once, at most.
+const MAX_DIALS: usize = 5;
+/// Nothing at all from the server for this long — keep-alives every 5 s are acknowledged —
+/// means the path is dead even though QUIC's 30 s idle timeout has not run out: after a cut
+/// heals, the old connection would wait out its loss-recovery back-off (up to tens of
+/// seconds), a new one answers in a round trip.
+const STALL_AFTER: Duration = Duration::from_secs(12);
 /// Renew when this share of the certificate's lifetime has passed, jittered over the range
 /// (kubelet uses 70–90 %) so nodes that joined together do not renew together.
 const RENEW_FROM: f64 = 0.7;
@@ -489,7 +502,7 @@ impl Supervisor {
             }
             let res = tokio::select! {
                 () = self.cancel.cancelled() => break,
-                res = self.dialer.dial() => res,
+                res = self.redial() => res,
             };
             match res {
                 Ok(l) => link = Some(l),
@@ -510,6 +523,31 @@ impl Supervisor {
         }
         self.tracker.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
+    }
+
+    /// Dials until one dial gets through or fails for a reason other than silence; dials
+    /// that get no answer overlap, a new one every [`REDIAL_EVERY`].
+    async fn redial(&self) -> Result<Link, Error> {
+        let mut dials = futures_util::stream::FuturesUnordered::new();
+        let mut every = tokio::time::interval(REDIAL_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = false;
+        loop {
+            tokio::select! {
+                _ = every.tick(), if dials.len() < MAX_DIALS => dials.push(self.dialer.dial()),
+                Some(res) = futures_util::StreamExt::next(&mut dials) => match res {
+                    Ok(link) => return Ok(link),
+                    Err(e) if !silent(&e) => return Err(e),
+                    // No answer: the next dial is already due.
+                    Err(e) => {
+                        if !unanswered {
+                            warn!(error = %e, every = ?REDIAL_EVERY, "the server does not answer; dialing again until it does");
+                            unanswered = true;
+                        }
+                    }
+                },
+            }
+        }
     }
 
     /// A new certificate through a join token, for a node whose certificate expired.
@@ -545,10 +583,24 @@ impl Supervisor {
     async fn serve(&self, link: &Link) -> Served {
         let renew = tokio::time::sleep_until(self.renew_at);
         tokio::pin!(renew);
+        let mut check = tokio::time::interval(Duration::from_secs(1));
+        let mut received = link.conn.stats().udp_rx.datagrams;
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => return Served::Cancelled,
                 () = &mut renew => return Served::RenewDue,
+                _ = check.tick() => {
+                    let now = link.conn.stats().udp_rx.datagrams;
+                    if now != received {
+                        received = now;
+                        heard = tokio::time::Instant::now();
+                    } else if heard.elapsed() >= STALL_AFTER {
+                        warn!(silent = ?heard.elapsed(), "tunnel stalled: nothing from the server; reconnecting");
+                        link.conn.close(close::STALLED, b"nothing heard from the server");
+                        return Served::Lost;
+                    }
+                }
                 res = link.conn.accept_bi() => match res {
                     Ok((send, recv)) => {
                         self.tracker.spawn(serve_stream(send, recv, self.kubelet.clone(), self.cancel.clone()));
@@ -690,6 +742,15 @@ fn insecure(
 }
 
 /// Errors that mean "try again later" rather than "an operator must act".
+/// A dial that got no answer at all (as opposed to a refusal or an error on the way).
+fn silent(e: &Error) -> bool {
+    match e {
+        Error::Connect { reason, .. } => reason.starts_with("no answer"),
+        Error::Connection(quinn::ConnectionError::TimedOut) => true,
+        _ => false,
+    }
+}
+
 fn unreachable(e: &Error) -> bool {
     matches!(
         e,

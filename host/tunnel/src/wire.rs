@@ -71,6 +71,8 @@ pub(crate) mod close {
     pub const BOOTSTRAP_DONE: VarInt = VarInt::from_u32(3);
     /// The agent moved to a connection with its renewed certificate.
     pub const ROTATED: VarInt = VarInt::from_u32(4);
+    /// The agent heard nothing from the server for too long and dials again.
+    pub const STALLED: VarInt = VarInt::from_u32(5);
 }
 
 pub(crate) fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
