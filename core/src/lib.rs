@@ -17,6 +17,7 @@ pub mod autoscaling;
 pub mod channel;
 pub mod crd_schema;
 pub mod cron;
+pub mod logframe;
 pub mod meta;
 pub mod patch;
 pub mod pod;

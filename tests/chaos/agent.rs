@@ -524,6 +524,7 @@ fn figures(t: &[Duration]) -> String {
 
 #[test]
 fn the_agent_restarts_clean_after_sigkill() {
+    let _serial = crate::server::one_at_a_time();
     let cycles = knob("KEDGE_CHAOS_AGENT_CYCLES", 5);
     let window = knob("KEDGE_CHAOS_AGENT_WINDOW_MS", KILL_WINDOW_MS).max(1);
     let mut rng = StdRng::seed_from_u64(seed("agent"));

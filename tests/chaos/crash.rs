@@ -152,6 +152,7 @@ async fn writer(
 
 #[test]
 fn acknowledged_writes_survive_sigkill() {
+    let _serial = crate::server::one_at_a_time();
     let cycles = knob("KEDGE_CHAOS_CYCLES", 10);
     let mut rng = StdRng::seed_from_u64(seed("crash"));
     let began = Instant::now();

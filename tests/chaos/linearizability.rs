@@ -213,6 +213,7 @@ async fn client(id: usize, run: Arc<Run>, mut rng: StdRng) {
 
 #[test]
 fn histories_across_restarts_are_linearizable() {
+    let _serial = crate::server::one_at_a_time();
     let total = knob("KEDGE_CHAOS_OPS", 6000);
     let mut rng = StdRng::seed_from_u64(seed("linearizability"));
     let began = Instant::now();

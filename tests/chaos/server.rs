@@ -9,6 +9,13 @@ use serde_json::{Value, json};
 
 use crate::harness::{self, Proc};
 
+/// Campaigns run one at a time even when the test harness runs tests in parallel: each
+/// loads the machine on purpose, and their figures (and timeouts) assume it is theirs.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A number from the environment, or `short` (the CI form).
 pub fn knob(name: &str, short: u64) -> u64 {
     match std::env::var(name) {

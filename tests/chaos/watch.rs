@@ -568,6 +568,7 @@ struct Writer {
 
 #[test]
 fn watchers_see_exactly_the_history_across_restarts_and_compaction() {
+    let _serial = crate::server::one_at_a_time();
     let rounds = knob("KEDGE_CHAOS_ROUNDS", 3);
     let n_watchers = knob("KEDGE_CHAOS_WATCHERS", 16) as usize;
     let mut rng = StdRng::seed_from_u64(seed("watch"));

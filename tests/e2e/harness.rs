@@ -98,13 +98,16 @@ pub fn spawn(name: &str, dir: &Path, args: &[&str]) -> Proc {
 pub fn spawn_in(netns: Option<&str>, name: &str, dir: &Path, args: &[&str]) -> Proc {
     let log = dir.join(format!("{name}.log"));
     let out = std::fs::File::create(&log).unwrap();
+    // A copy of the binary for long runs (`make chaos`), so a rebuild meanwhile cannot
+    // change what is under test.
+    let kedge = std::env::var("KEDGE_BIN").unwrap_or_else(|_| KEDGE.to_string());
     let mut cmd = match netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/var/run/netns/{ns}")).arg(KEDGE);
+            c.arg(format!("--net=/var/run/netns/{ns}")).arg(&kedge);
             c
         }
-        None => Command::new(KEDGE),
+        None => Command::new(&kedge),
     };
     let child = cmd
         .args(args)
@@ -113,7 +116,7 @@ pub fn spawn_in(netns: Option<&str>, name: &str, dir: &Path, args: &[&str]) -> P
         .stderr(out)
         .stdin(Stdio::null())
         .spawn()
-        .unwrap_or_else(|e| panic!("starting {KEDGE}: {e}"));
+        .unwrap_or_else(|e| panic!("starting {kedge}: {e}"));
     Proc {
         name: name.to_string(),
         child: Some(child),

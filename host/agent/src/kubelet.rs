@@ -27,7 +27,17 @@ struct LogQuery {
     #[serde(rename = "limitBytes")]
     limit_bytes: Option<u64>,
     pub(crate) uid: Option<String>,
+    /// The server's own: each record framed with its cursor (kedge_runtime::logs::Frame),
+    /// so a followed stream can resume where it broke.
+    framed: Option<String>,
+    /// The server's own: go on right after this cursor of run `run`.
+    cursor: Option<String>,
+    run: Option<u32>,
 }
+
+/// Which run of a container a log stream reads (its restart count), in every answer: what a
+/// server resuming the stream asks for again.
+pub(crate) const LOG_RUN_HEADER: &str = "x-kedge-log-run";
 
 pub(crate) fn truthy(v: &Option<String>) -> bool {
     v.as_deref()
@@ -93,7 +103,24 @@ async fn container_logs(
         )
             .into_response();
     };
-    let (path, done) = if truthy(&q.previous) {
+    let resume = match q.cursor.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => return (http::StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let (path, done, run) = if let Some(run) = q.run.filter(|r| *r != h.restart_count) {
+        // A run that has ended since (the stream resumes after the container restarted):
+        // the rest of its log, then the end, as the original stream would have had.
+        if run > h.restart_count {
+            return (
+                http::StatusCode::NOT_FOUND,
+                format!("container \"{container}\" in pod \"{pod}\" has no run {run}"),
+            )
+                .into_response();
+        }
+        let (_ended, done) = tokio::sync::watch::channel(true);
+        (h.dir.join(format!("{run}.log")), Some(done), run)
+    } else if truthy(&q.previous) {
         if h.restart_count == 0 {
             return (
                 http::StatusCode::BAD_REQUEST,
@@ -101,11 +128,16 @@ async fn container_logs(
             )
                 .into_response();
         }
-        (h.dir.join(format!("{}.log", h.restart_count - 1)), None)
+        (
+            h.dir.join(format!("{}.log", h.restart_count - 1)),
+            None,
+            h.restart_count - 1,
+        )
     } else {
         (
             h.dir.join(format!("{}.log", h.restart_count)),
             Some(h.done.clone()),
+            h.restart_count,
         )
     };
     let since = match (&q.since_time, q.since_seconds) {
@@ -122,6 +154,9 @@ async fn container_logs(
         since,
         timestamps: truthy(&q.timestamps),
         limit_bytes: q.limit_bytes,
+        // A byte limit would cut a frame: the server frames only unlimited streams.
+        framed: truthy(&q.framed) && q.limit_bytes.is_none(),
+        resume,
     };
     // A body that fails before its first byte makes hyper drop the stream without the head,
     // which the server can only report as a 502; a missing file gets a real answer instead.
@@ -145,5 +180,7 @@ async fn container_logs(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain"),
     );
+    r.headers_mut()
+        .insert(LOG_RUN_HEADER, http::HeaderValue::from(run));
     r
 }

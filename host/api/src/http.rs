@@ -1472,9 +1472,17 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    forwarded.push(("uid".into(), kedge_core::meta::uid(&pod).to_string()));
+    let uid = kedge_core::meta::uid(&pod).to_string();
+    forwarded.push(("uid".into(), uid.clone()));
+    // A followed stream is framed by the agent, so it can be resumed when the node's tunnel
+    // breaks (a byte limit would cut frames: those streams are relayed as they are).
+    let resumable =
+        q.get("follow").is_some_and(|v| v == "true" || v == "1") && !q.contains_key("limitBytes");
+    if resumable {
+        forwarded.push(("framed".into(), "true".into()));
+    }
     let qs = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(forwarded)
+        .extend_pairs(forwarded.iter().cloned())
         .finish();
     let uri = format!("/containerLogs/{ns}/{name}/{container}?{qs}");
     let req = http::Request::get(uri)
@@ -1503,10 +1511,150 @@ async fn pod_log(st: &ApiState, ns: &str, name: &str, q: &Query) -> Result<Respo
             msg,
         ));
     }
-    let mut r = Response::new(resp.into_body());
+    let run = resp
+        .headers()
+        .get(LOG_RUN_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u32>().ok());
+    let body = match run {
+        // An agent that frames (older ones answer plain text, relayed as it is).
+        Some(run) if resumable => Body::from_stream(futures_util::stream::unfold(
+            LogFollow {
+                proxy: proxy.clone(),
+                api: st.api.clone(),
+                node: node.to_string(),
+                path: format!("/containerLogs/{ns}/{name}/{container}"),
+                pod: (ns.to_string(), name.to_string(), uid),
+                forwarded,
+                run,
+                cursor: None,
+                body: Some(resp.into_body().into_data_stream()),
+                buf: bytes::BytesMut::new(),
+            },
+            |mut f| async move {
+                let chunk = f.next().await?;
+                Some((chunk, f))
+            },
+        )),
+        _ => resp.into_body(),
+    };
+    let mut r = Response::new(body);
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
+}
+
+/// The header an agent names the container run of a log stream with.
+const LOG_RUN_HEADER: &str = "x-kedge-log-run";
+/// How often a followed log whose node went away asks the node again.
+const LOG_RESUME_EVERY: Duration = Duration::from_secs(1);
+
+/// A `kubectl logs -f` relayed from a node's framed stream: the records pass on as the client
+/// asked for them; when the tunnel breaks (the stream ends without its end frame) the client
+/// keeps its connection and the stream goes on, once the node is back, right after the last
+/// record passed on — nothing lost, nothing twice. It ends when the container's run ends,
+/// the pod goes away, or the client hangs up.
+struct LogFollow {
+    proxy: Arc<dyn NodeProxy>,
+    api: Arc<Api>,
+    node: String,
+    path: String,
+    /// Namespace, name and uid of the pod.
+    pod: (String, String, String),
+    /// The first request's query (tail/since apply only until the first record passed on).
+    forwarded: Vec<(String, String)>,
+    run: u32,
+    cursor: Option<kedge_core::logframe::LogCursor>,
+    body: Option<axum::body::BodyDataStream>,
+    buf: bytes::BytesMut,
+}
+
+impl LogFollow {
+    async fn next(&mut self) -> Option<std::result::Result<Bytes, std::io::Error>> {
+        use kedge_core::logframe::Frame;
+        loop {
+            let Some(body) = self.body.as_mut() else {
+                if !self.reopen().await {
+                    return None;
+                }
+                continue;
+            };
+            match body.next().await {
+                Some(Ok(data)) => {
+                    self.buf.extend_from_slice(&data);
+                    let frames = match Frame::split(&mut self.buf) {
+                        Ok(f) => f,
+                        Err(e) => return Some(Err(std::io::Error::other(e))),
+                    };
+                    let mut out = Vec::new();
+                    for (cursor, record) in frames {
+                        if Frame::is_end(&cursor, &record) {
+                            // The run ended: pass on what came before, then stop.
+                            self.body = None;
+                            self.pod.2.clear();
+                            break;
+                        }
+                        self.cursor = Some(cursor);
+                        out.extend_from_slice(&record);
+                    }
+                    if !out.is_empty() {
+                        return Some(Ok(Bytes::from(out)));
+                    }
+                    if self.pod.2.is_empty() {
+                        return None;
+                    }
+                }
+                // Cut short: the tunnel broke (or the node's agent restarted).
+                Some(Err(_)) | None => {
+                    tracing::debug!(node = %self.node, pod = %self.pod.1, "followed log broke off; resuming when the node is back");
+                    self.body = None;
+                    self.buf.clear();
+                }
+            }
+        }
+    }
+
+    /// Asks the node again, after a pause, for as long as the pod is the same one; `false`
+    /// when it is gone (or its run no longer exists) and the stream should end.
+    async fn reopen(&mut self) -> bool {
+        let (ns, name, uid) = &self.pod;
+        if uid.is_empty() {
+            return false;
+        }
+        tokio::time::sleep(LOG_RESUME_EVERY).await;
+        let res = resources::by_kind("v1", "Pod").expect("pods are served");
+        match self.api.get(res, ns, name) {
+            Ok(p) if kedge_core::meta::uid(&p) == uid => {}
+            _ => return false,
+        }
+        let mut query: Vec<(String, String)> = match self.cursor {
+            // Right after the last record passed on, whatever tail/since said at first.
+            Some(c) => self
+                .forwarded
+                .iter()
+                .filter(|(k, _)| matches!(k.as_str(), "follow" | "timestamps" | "uid" | "framed"))
+                .cloned()
+                .chain([("cursor".to_string(), c.to_string())])
+                .collect(),
+            None => self.forwarded.clone(),
+        };
+        query.push(("run".into(), self.run.to_string()));
+        let qs = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(query)
+            .finish();
+        let Ok(req) = http::Request::get(format!("{}?{qs}", self.path)).body(Body::empty()) else {
+            return false;
+        };
+        match self.proxy.request(&self.node, req).await {
+            Ok(resp) if resp.status().is_success() => {
+                self.body = Some(resp.into_body().into_data_stream());
+                true
+            }
+            // The pod or its run is gone from the node: nothing more will come.
+            Ok(resp) if resp.status() == StatusCode::NOT_FOUND => false,
+            // Not back yet (or refused for now): try again.
+            _ => true,
+        }
+    }
 }
 
 #[cfg(test)]

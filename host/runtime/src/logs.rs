@@ -403,7 +403,15 @@ pub struct LogOptions {
     pub since: Option<DateTime<Utc>>,
     pub timestamps: bool,
     pub limit_bytes: Option<u64>,
+    /// Each record as a frame telling where it ends in its file (see [`Frame`]): what the
+    /// server reads to resume a followed stream after the node's tunnel broke.
+    pub framed: bool,
+    /// Start right after this point of a file of the log (a frame's cursor), instead of
+    /// where `tail_lines`/`since` say.
+    pub resume: Option<LogCursor>,
 }
+
+pub use kedge_core::logframe::{Frame, LogCursor};
 
 /// Streams the log at `path` the way kubelet serves it: the text of each record (a `P` record
 /// without its line break), prefixed by `"<timestamp> "` when `timestamps` is set.
@@ -430,7 +438,9 @@ pub fn read(
         file_id: None,
         switch_pending: false,
         carry: Vec::new(),
+        pos: 0,
         draining: false,
+        end_sent: false,
     };
     state.into_stream()
 }
@@ -455,9 +465,13 @@ struct Reader {
     switch_pending: bool,
     /// Bytes of a record whose newline has not been written yet.
     carry: Vec<u8>,
+    /// Bytes of the open file read so far (`carry` included).
+    pos: u64,
     remaining: Option<u64>,
     /// The container ended: one last pass to the end of the file, then stop.
     draining: bool,
+    /// [`Frame::END`] went out (framed streams).
+    end_sent: bool,
 }
 
 impl Reader {
@@ -471,6 +485,10 @@ impl Reader {
     async fn next_chunk(&mut self) -> Option<io::Result<Bytes>> {
         loop {
             match &mut self.phase {
+                Phase::Finished if self.opts.framed && !self.end_sent => {
+                    self.end_sent = true;
+                    return Some(Ok(Bytes::from_static(Frame::END)));
+                }
                 Phase::Finished => return None,
                 Phase::Start => {
                     if let Err(e) = self.start().await {
@@ -594,8 +612,37 @@ impl Reader {
         };
         self.file_id = Some(file_id(&file.metadata().await?));
         self.file = Some(BufReader::new(file));
+        self.pos = 0;
         // The writer writes whole records, so a fragment left here was torn; drop it.
         self.carry.clear();
+        Ok(())
+    }
+
+    /// Opens the file `cursor` is in (the current one or a rotated one) just past it. When
+    /// that file is gone (rotated out and deleted), the oldest file left is read from its
+    /// start: its records are the next ones still there.
+    async fn open_at(&mut self, cursor: LogCursor) -> io::Result<()> {
+        use tokio::io::AsyncSeekExt as _;
+        let path = self.path.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut files = rotated_files(&path).unwrap_or_default();
+            files.push(path);
+            let at = files.iter().position(|f| {
+                std::fs::metadata(f).is_ok_and(|m| file_id(&m) == (cursor.dev, cursor.ino))
+            });
+            match at {
+                Some(i) => (files[i].clone(), true),
+                None => (files[0].clone(), false),
+            }
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.open_file(&found.0).await?;
+        if found.1 && self.file_id == Some((cursor.dev, cursor.ino)) {
+            let file = self.file.as_mut().expect("just opened");
+            file.seek(io::SeekFrom::Start(cursor.offset)).await?;
+            self.pos = cursor.offset;
+        }
         Ok(())
     }
 
@@ -623,6 +670,11 @@ impl Reader {
 
     /// Opens the file and finds where to start (`tail_lines`).
     async fn start(&mut self) -> io::Result<()> {
+        if let Some(cursor) = self.opts.resume {
+            self.open_at(cursor).await?;
+            self.phase = Phase::Streaming;
+            return Ok(());
+        }
         self.open_current().await?;
         self.phase = match self.opts.tail_lines {
             Some(n) => Phase::Tail(self.collect_tail(n).await?),
@@ -671,6 +723,7 @@ impl Reader {
             return Ok(None);
         };
         let n = file.read_until(b'\n', &mut self.carry).await?;
+        self.pos += n as u64;
         if n == 0 || self.carry.last() != Some(&b'\n') {
             return Ok(None);
         }
@@ -696,6 +749,18 @@ impl Reader {
         out.extend_from_slice(rec.text);
         if !rec.partial {
             out.push(b'\n');
+        }
+        if self.opts.framed {
+            // Where this record ends: right after the line just read.
+            let (dev, ino) = self.file_id.unwrap_or_default();
+            let cursor = LogCursor {
+                dev,
+                ino,
+                offset: self.pos,
+            };
+            let mut framed = format!("{cursor} {}\n", out.len()).into_bytes();
+            framed.extend_from_slice(&out);
+            return Some(framed);
         }
         Some(out)
     }
@@ -869,6 +934,94 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(collect(&path, limit).await, "one\ntw");
+    }
+
+    /// Reads `path` framed, returning each record's text with its cursor.
+    async fn frames(path: &Path, opts: LogOptions) -> Vec<(LogCursor, String)> {
+        let opts = LogOptions {
+            framed: true,
+            ..opts
+        };
+        let mut buf = bytes::BytesMut::new();
+        for c in read(path.to_owned(), opts, None).collect::<Vec<_>>().await {
+            buf.extend_from_slice(&c.unwrap());
+        }
+        let mut out = Frame::split(&mut buf).unwrap();
+        assert!(buf.is_empty(), "a torn frame is left: {buf:?}");
+        let (end, rec) = out.pop().expect("frames");
+        assert!(Frame::is_end(&end, &rec), "a stream that ended says so");
+        out.into_iter()
+            .map(|(c, b)| (c, String::from_utf8(b.to_vec()).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn framed_records_carry_cursors_a_reader_resumes_from_even_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let w = LogWriter::open_with(&path, tiny(3 * REC, 3), ticking_clock()).unwrap();
+        let s = w.stream(StreamKind::Stdout);
+        for i in 0..2 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+        }
+        let first = frames(&path, LogOptions::default()).await;
+        let texts: Vec<&str> = first.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["l0\n", "l1\n"]);
+        // The cursor after l0 gives l1 onwards, as rendered (timestamps too when asked).
+        let after_l0 = LogOptions {
+            resume: Some(first[0].0),
+            timestamps: true,
+            tail_lines: Some(0),
+            ..Default::default()
+        };
+        let rest = frames(&path, after_l0).await;
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].1.ends_with(" l1\n"), "{rest:?}");
+        // More lines rotate the file the cursor points into: resuming still goes on right
+        // after l1, through the rotated file and into the current one.
+        for i in 2..6 {
+            s.write(format!("l{i}\n").as_bytes()).unwrap();
+        }
+        assert!(!rotated_files(&path).unwrap().is_empty());
+        let opts = LogOptions {
+            resume: Some(first[1].0),
+            framed: true,
+            follow: true,
+            ..Default::default()
+        };
+        let mut stream = Box::pin(read(path.clone(), opts, None));
+        let mut buf = bytes::BytesMut::new();
+        let mut texts = Vec::new();
+        while texts.len() < 4 {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), stream.next())
+                .await
+                .expect("the rest arrives")
+                .unwrap()
+                .unwrap();
+            buf.extend_from_slice(&chunk);
+            texts.extend(
+                Frame::split(&mut buf)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(_, b)| String::from_utf8(b.to_vec()).unwrap()),
+            );
+        }
+        assert_eq!(texts, ["l2\n", "l3\n", "l4\n", "l5\n"]);
+        // A cursor into a file that is gone reads on from the oldest file left.
+        let gone = LogCursor {
+            dev: first[0].0.dev,
+            ino: u64::MAX,
+            offset: 7,
+        };
+        let from_gone = frames(
+            &path,
+            LogOptions {
+                resume: Some(gone),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(!from_gone.is_empty());
     }
 
     #[tokio::test]
