@@ -358,6 +358,32 @@ fn fuzz_channel_frames() {
     });
 }
 
+#[test]
+fn fuzz_log_frames() {
+    let dict = &["0-0-0 0\n", "2049-131-4096 ", "\n", "18446744073709551615"];
+    run(target("log_frames", 64 << 10, dict), |b| {
+        // A node's framed log stream as the server reads it: whole frames come out, each
+        // no longer than what came in, and what is left is a prefix of one frame.
+        let mut buf = BytesMut::from(b);
+        let before = buf.len();
+        match kedge_core::logframe::Frame::split(&mut buf) {
+            Ok(frames) => {
+                let payload: usize = frames.iter().map(|(_, r)| r.len()).sum();
+                assert!(payload + buf.len() <= before);
+                for (cursor, _) in &frames {
+                    let text = cursor.to_string();
+                    assert_eq!(
+                        text.parse::<kedge_core::logframe::LogCursor>().ok(),
+                        Some(*cursor)
+                    );
+                }
+                !frames.is_empty()
+            }
+            Err(_) => false,
+        }
+    });
+}
+
 // Regression tests for what the fuzzers found (the inputs are also in the corpus).
 
 /// `k in (,)` parsed (as the set holding "") but printed as `k in ()`, which kedge refused;
