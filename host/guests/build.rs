@@ -49,6 +49,14 @@ const GUESTS: &[(&str, &str)] = &[
         "kedge_fixture_plugin_broken.wasm",
     ),
     (
+        "kedge-fixture-plugin-flood",
+        "kedge_fixture_plugin_flood.wasm",
+    ),
+    (
+        "kedge-fixture-plugin-huge",
+        "kedge_fixture_plugin_huge.wasm",
+    ),
+    (
         "kedge-sample-plugin-template",
         "kedge_sample_plugin_template.wasm",
     ),

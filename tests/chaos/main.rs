@@ -22,6 +22,7 @@ mod agent;
 mod crash;
 mod linearizability;
 mod linearize;
+mod plugins;
 mod server;
 mod tunnel;
 mod watch;

@@ -160,7 +160,9 @@ impl Slot {
             slot.follow_new_kinds();
         }
         let worker = slot.clone();
-        host.tasks.spawn(async move { worker.run().await });
+        // Reconciles (guest code and its host calls) on the guests' own threads.
+        host.tasks
+            .spawn_on(async move { worker.run().await }, host.guests.handle());
         slot
     }
 
