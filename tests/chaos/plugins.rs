@@ -423,6 +423,7 @@ fn install(server: &ChaosServer, deadline_ms: u64) {
 
 #[test]
 fn hostile_plugins_do_not_hurt_the_api() {
+    let _serial = crate::server::one_at_a_time();
     let load = Load {
         writers: knob("KEDGE_CHAOS_PLUGIN_WRITERS", 16) as usize,
         watchers: knob("KEDGE_CHAOS_PLUGIN_WATCHERS", 30) as usize,
