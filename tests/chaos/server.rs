@@ -66,9 +66,30 @@ impl ChaosServer {
     }
 
     /// Starts the server (again) on the same data directory and port, and waits until its
-    /// API answers.
+    /// API answers. The port is free while the server is down, so anything on the machine
+    /// binding an ephemeral port may take it meanwhile: then the server starts on another
+    /// one (it writes the new address into its admin kubeconfig, which clients read again).
     pub fn restart(&mut self) {
         assert!(self.proc.is_none(), "the server is running");
+        let began = Instant::now();
+        let mut attempts = 0;
+        let client = loop {
+            attempts += 1;
+            match self.spawn_and_wait() {
+                Ok(client) => break client,
+                Err(log) if log.contains("Address already in use") && attempts < 5 => {
+                    self.proc = None;
+                    self.port = harness::free_port();
+                }
+                Err(log) => panic!("server exited:\n{log}"),
+            }
+        };
+        self.start_times.push(began.elapsed());
+        self.client = Some(client);
+    }
+
+    /// One start; `Err` with the server's log when it exited instead of answering.
+    fn spawn_and_wait(&mut self) -> Result<KubeClient, String> {
         let data = self.data();
         let listen = format!("127.0.0.1:{}", self.port);
         let cache = harness::plugin_cache();
@@ -83,21 +104,27 @@ impl ChaosServer {
         ];
         args.extend(self.extra.iter().map(String::as_str));
         self.starts += 1;
-        let began = Instant::now();
         let proc = harness::spawn(&format!("server-{}", self.starts), self.dir.path(), &args);
         self.proc = Some(proc);
         let kubeconfig = data.join("admin.kubeconfig");
+        let url = format!("https://127.0.0.1:{}", self.port);
+        let mut exited = None;
         let client = harness::wait_for("the server to answer", Duration::from_secs(90), || {
             let p = self.proc.as_mut().unwrap();
             if !p.is_running() {
-                panic!("server exited:\n{}", p.log_text());
+                exited = Some(p.log_text());
+                return Some(None);
+            }
+            // The kubeconfig of this start (an earlier one may name another port).
+            let text = std::fs::read_to_string(&kubeconfig).ok()?;
+            if !text.contains(&url) {
+                return None;
             }
             let client = KubeClient::from_kubeconfig(&kubeconfig).ok()?;
             let ready = block_on(client.request(http::Method::GET, "/readyz", "", None));
-            matches!(ready, Ok((200, _))).then_some(client)
+            matches!(ready, Ok((200, _))).then_some(Some(client))
         });
-        self.start_times.push(began.elapsed());
-        self.client = Some(client);
+        client.ok_or_else(|| exited.unwrap_or_default())
     }
 
     /// SIGKILL, as a crash or power cut would (the process has no chance to flush anything).
