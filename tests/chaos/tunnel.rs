@@ -17,8 +17,10 @@
 //! line once, in order.
 //!
 //! Short form (CI): each fault 8 s, rebinding every 3 s, a 20 s cut (node grace period 10 s,
-//! so the node does go NotReady and come back). Long form (`make chaos`):
-//! `KEDGE_CHAOS_FAULT_SECS=600 KEDGE_CHAOS_CUT_SECS=600 KEDGE_CHAOS_REBIND_EVERY=30`.
+//! so the node does go NotReady and come back). Long form (`make chaos`): loss and delay 2
+//! minutes each, rebinding every 30 s for 10 minutes, a 10-minute cut:
+//! `KEDGE_CHAOS_FAULT_SECS=120 KEDGE_CHAOS_REBIND_EVERY=30 KEDGE_CHAOS_REBIND_SECS=600
+//! KEDGE_CHAOS_CUT_SECS=600`.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -311,6 +313,10 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
     let fault_secs = knob("KEDGE_CHAOS_FAULT_SECS", 8);
     let cut_secs = knob("KEDGE_CHAOS_CUT_SECS", 20);
     let rebind_every = knob("KEDGE_CHAOS_REBIND_EVERY", 3);
+    let rebind_secs = knob(
+        "KEDGE_CHAOS_REBIND_SECS",
+        (rebind_every * 3).max(fault_secs),
+    );
     let seed = seed("tunnel faults");
     let began = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -452,7 +458,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
     phase(
         "NAT rebinding",
         Faults::default(),
-        fault_secs.max(rebind_every * 3),
+        rebind_secs,
         true,
         &mut problems,
     );
