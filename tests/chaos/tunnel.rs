@@ -16,8 +16,9 @@
 //! streams through all of them — resumed by the server after the cut — with every numbered
 //! line once, in order.
 //!
-//! Short form (CI): each fault 8 s, rebinding every 3 s, a 20 s cut (node grace period 10 s,
-//! so the node does go NotReady and come back). Long form (`make chaos`): loss and delay 2
+//! Short form (CI): each fault 8 s, rebinding every 3 s, a 30 s cut (node grace period 20 s,
+//! twice the lease renewal, so the node does go NotReady during the cut and, mostly, not
+//! during the other faults). Long form (`make chaos`): loss and delay 2
 //! minutes each, rebinding every 30 s for 10 minutes, a 10-minute cut:
 //! `KEDGE_CHAOS_FAULT_SECS=120 KEDGE_CHAOS_REBIND_EVERY=30 KEDGE_CHAOS_REBIND_SECS=600
 //! KEDGE_CHAOS_CUT_SECS=600`.
@@ -239,7 +240,7 @@ fn seen_of(pod: &Value) -> Seen {
 async fn watch_pod(
     client: KubeClient,
     from: String,
-    out: Arc<Mutex<Vec<Seen>>>,
+    out: Arc<Mutex<Vec<(Instant, Seen)>>>,
     stop: Arc<AtomicBool>,
 ) {
     let mut conn = client.connect().await.unwrap();
@@ -261,7 +262,9 @@ async fn watch_pod(
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
             let ev: Value = serde_json::from_slice(&line).unwrap();
-            out.lock().unwrap().push(seen_of(&ev["object"]));
+            out.lock()
+                .unwrap()
+                .push((Instant::now(), seen_of(&ev["object"])));
         }
     }
 }
@@ -311,7 +314,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
         return;
     }
     let fault_secs = knob("KEDGE_CHAOS_FAULT_SECS", 8);
-    let cut_secs = knob("KEDGE_CHAOS_CUT_SECS", 20);
+    let cut_secs = knob("KEDGE_CHAOS_CUT_SECS", 30);
     let rebind_every = knob("KEDGE_CHAOS_REBIND_EVERY", 3);
     let rebind_secs = knob(
         "KEDGE_CHAOS_REBIND_SECS",
@@ -329,7 +332,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
     // eviction (an edge site rides out its outage).
     let lifecycle = r#"{"apiVersion":"v1","kind":"ConfigMap",
         "metadata":{"name":"kedge-node-lifecycle","namespace":"kube-system"},
-        "data":{"gracePeriodSeconds":"10","autonomyDuration":"0"}}"#;
+        "data":{"gracePeriodSeconds":"20","autonomyDuration":"0"}}"#;
     let r = c.kubectl_stdin(&["apply", "-f", "-"], Some(lifecycle));
     assert!(r.ok, "{}", r.stderr);
     let busybox = Busybox::start(c.dir.path());
@@ -388,7 +391,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
         })
     });
     let (first, started_at, rv) = start;
-    let transitions: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let transitions: Arc<Mutex<Vec<(Instant, Seen)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = rt.spawn(watch_pod(
         KubeClient::from_kubeconfig(&c.kubeconfig).unwrap(),
@@ -478,7 +481,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
         (rt.block_on(node_ready(&client, "edge")).as_deref() == Some("True")).then_some(())
     });
     let ready_after = healed.elapsed();
-    if cut_secs > 12 && went_not_ready.is_none() {
+    if cut_secs > 22 && went_not_ready.is_none() {
         problems.push(format!("the node stayed Ready through a {cut_secs} s cut"));
     }
     if ready_after > Duration::from_secs(15) {
@@ -520,17 +523,20 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
         problems.push("the container was started again".into());
     }
     // Transitions: each Ready change once, with a new lastTransitionTime; the end is Ready.
+    // Timestamps have whole seconds: two transitions within one second may share one.
     let seen = transitions.lock().unwrap().clone();
     let mut changes = Vec::new();
     let mut prev = first.clone();
-    for s in &seen {
+    let mut prev_at: Option<Instant> = None;
+    for (at, s) in &seen {
         if s.2 != 0 || s.4 != first.4 {
             problems.push(format!(
                 "a watch event showed a restart or another pod: {s:?}"
             ));
         }
+        let same_second = prev_at.is_some_and(|p| at.duration_since(p) < Duration::from_secs(2));
         if s.0 != prev.0 {
-            if s.1 == prev.1 {
+            if s.1 == prev.1 && !same_second {
                 problems.push(format!(
                     "Ready changed {} → {} without a new lastTransitionTime",
                     prev.0, s.0
@@ -544,6 +550,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
             ));
         }
         prev = s.clone();
+        prev_at = Some(*at);
     }
     if prev.0 != "True" {
         problems.push(format!("the pod ends {prev:?}, not Ready"));
