@@ -24,5 +24,6 @@ mod linearizability;
 mod linearize;
 mod plugins;
 mod server;
+mod soak;
 mod tunnel;
 mod watch;

@@ -373,6 +373,9 @@ pub(crate) struct PodRun {
     facts: std::sync::Mutex<status::PodFacts>,
 }
 
+/// How often a pod's conditions in the API are compared with the agent's own.
+const CONDITIONS_RESYNC: Duration = Duration::from_secs(10);
+
 /// First and longest wait between retries of a status write that did not land.
 const STATUS_RETRY_START: Duration = Duration::from_secs(1);
 const STATUS_RETRY_CAP: Duration = Duration::from_secs(10);
@@ -799,6 +802,12 @@ async fn run_pod(
     let deadline_hit = std::sync::atomic::AtomicBool::new(false);
     let follow = async {
         let mut latest = latest;
+        // Now and then the pod as last seen is compared with what the agent wrote, as
+        // kubelet's status manager resyncs: a change of the agent's conditions by another
+        // writer that slipped past (an event coalesced with the agent's own write, a write
+        // lost with a connection) is set right within this time.
+        let mut resync = tokio::time::interval(CONDITIONS_RESYNC);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wait = active_deadline(ctx, &latest.borrow(), began);
             tokio::select! {
@@ -808,6 +817,10 @@ async fn run_pod(
                     }
                     let pod = latest.borrow_and_update().clone();
                     run.pod_changed(ctx, &pod).await;
+                }
+                _ = resync.tick() => {
+                    let pod = latest.borrow().clone();
+                    run.reassert(ctx, &pod).await;
                 }
                 () = sleep_or_forever(wait) => {
                     deadline_hit.store(true, std::sync::atomic::Ordering::Relaxed);

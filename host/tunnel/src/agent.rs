@@ -42,14 +42,14 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(30);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(7);
-/// While the server does not answer at all (a cut link), a new dial starts this often even
-/// though earlier ones still wait for their answer (each may take [`DIAL_TIMEOUT`] on a slow
-/// link): once the link heals, a fresh handshake is on its way within this time, instead of
-/// after the QUIC handshake's own retransmission back-off (1, 2, 4 s …). Dials into a cut
-/// cost the server nothing: it never sees them.
-const REDIAL_EVERY: Duration = Duration::from_secs(2);
-/// Dials waiting for an answer at once, at most.
-const MAX_DIALS: usize = 5;
+/// While the server does not answer at all (a cut link), dials give up after this long and
+/// the next starts at once (every fourth waits the full [`DIAL_TIMEOUT`], for slow links):
+/// once the link heals, the dial in flight is young enough that its handshake is sent again
+/// within a second or two, instead of after the QUIC handshake's own retransmission
+/// back-off (1, 2, 4 s …). One dial at a time: overlapping ones could all get through when
+/// the link heals, and the server would keep the last and close the one in use. Dials into a
+/// cut cost the server nothing: it never sees them.
+const QUICK_DIAL: Duration = Duration::from_secs(3);
 /// Nothing at all from the server for this long — keep-alives every 5 s are acknowledged —
 /// means the path is dead even though QUIC's 30 s idle timeout has not run out: after a cut
 /// heals, the old connection would wait out its loss-recovery back-off (up to tens of
@@ -359,17 +359,31 @@ struct Dialer {
 
 impl Dialer {
     async fn dial(&self) -> Result<Link, Error> {
-        tokio::time::timeout(DIAL_TIMEOUT, self.dial_inner())
-            .await
-            .map_err(|_| Error::Connect {
-                server: self.server.clone(),
-                reason: format!("no answer within {DIAL_TIMEOUT:?}"),
-            })?
+        self.dial_inner().await
     }
 
     async fn dial_inner(&self) -> Result<Link, Error> {
         let addr = resolve(&self.server).await?;
         let endpoint = client_endpoint(addr, &self.server)?;
+        self.dial_on(endpoint, addr, DIAL_TIMEOUT).await
+    }
+
+    /// One dial on `endpoint` that gives up after `limit` without an answer.
+    async fn dial_on(
+        &self,
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        limit: Duration,
+    ) -> Result<Link, Error> {
+        tokio::time::timeout(limit, self.handshake(endpoint, addr))
+            .await
+            .map_err(|_| Error::Connect {
+                server: self.server.clone(),
+                reason: format!("no answer within {limit:?}"),
+            })?
+    }
+
+    async fn handshake(&self, endpoint: quinn::Endpoint, addr: SocketAddr) -> Result<Link, Error> {
         let conn = endpoint
             .connect_with(self.config.clone(), addr, SERVER_NAME)
             .map_err(|e| self.connect_err(e))?
@@ -525,29 +539,32 @@ impl Supervisor {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.tracker.wait()).await;
     }
 
-    /// Dials until one dial gets through or fails for a reason other than silence; dials
-    /// that get no answer overlap, a new one every [`REDIAL_EVERY`].
+    /// Dials until one dial gets through or fails for a reason other than silence (see
+    /// [`QUICK_DIAL`]).
     async fn redial(&self) -> Result<Link, Error> {
-        let mut dials = futures_util::stream::FuturesUnordered::new();
-        let mut every = tokio::time::interval(REDIAL_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // One endpoint (a fresh source port, as after a NAT rebinding) for all the dials of
+        // this outage: each endpoint has its own socket and megabytes of receive buffers.
+        let addr = resolve(&self.dialer.server).await?;
+        let endpoint = client_endpoint(addr, &self.dialer.server)?;
         let mut unanswered = false;
-        loop {
-            tokio::select! {
-                _ = every.tick(), if dials.len() < MAX_DIALS => dials.push(self.dialer.dial()),
-                Some(res) = futures_util::StreamExt::next(&mut dials) => match res {
-                    Ok(link) => return Ok(link),
-                    Err(e) if !silent(&e) => return Err(e),
-                    // No answer: the next dial is already due.
-                    Err(e) => {
-                        if !unanswered {
-                            warn!(error = %e, every = ?REDIAL_EVERY, "the server does not answer; dialing again until it does");
-                            unanswered = true;
-                        }
+        for attempt in 0u32.. {
+            let limit = if attempt % 4 == 0 {
+                DIAL_TIMEOUT
+            } else {
+                QUICK_DIAL
+            };
+            match self.dialer.dial_on(endpoint.clone(), addr, limit).await {
+                Ok(link) => return Ok(link),
+                Err(e) if !silent(&e) => return Err(e),
+                Err(e) => {
+                    if !unanswered {
+                        warn!(error = %e, "the server does not answer; dialing again until it does");
+                        unanswered = true;
                     }
-                },
+                }
             }
         }
+        unreachable!("dials until one gets through")
     }
 
     /// A new certificate through a join token, for a node whose certificate expired.
