@@ -413,6 +413,7 @@ impl PodRun {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(u64::MAX);
         if rv <= self.written.load(Ordering::Relaxed) || self.unsynced() {
+            tracing::trace!(pod = %self.name, rv, "conditions not compared: own write newer or pending");
             return;
         }
         let gates = self.facts().gates;
