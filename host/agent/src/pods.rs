@@ -69,6 +69,10 @@ pub(crate) async fn pod_sync_loop(
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
+                // The tunnel is back after an outage: resume at once, not at the next retry
+                // (what changed meanwhile — a pod marked not Ready — is seen a round trip
+                // after the reconnect).
+                () = ctx.client.back_online() => {}
             }
         }
         let rv = match resume.clone() {
