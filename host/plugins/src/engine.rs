@@ -67,53 +67,6 @@ pub struct PluginHost {
     pub(crate) tasks: tokio_util::task::TaskTracker,
     pub(crate) _ticker: EpochTicker,
     pub(crate) metrics: crate::metrics::PluginMetrics,
-    /// Where plugin guests run: threads of their own, fewer than the cores and at a lower
-    /// priority than the API's, so a guest that spins until its deadline (or many doing
-    /// heavy host calls) cannot take the API server's workers or all of the CPU.
-    pub(crate) guests: GuestRuntime,
-}
-
-/// Threads that are niced by this much run guests: under contention the API's threads get
-/// about three times their share of a core (CFS weights 1024 vs 335); on an idle machine
-/// they run at full speed.
-const GUEST_NICE: i32 = 5;
-
-/// The tokio runtime plugin guests run on (see [`PluginHost::guests`]).
-pub(crate) struct GuestRuntime(Option<tokio::runtime::Runtime>);
-
-impl GuestRuntime {
-    fn start() -> Result<Self> {
-        // Half the cores, at least one: on a 2-core gateway a runaway guest leaves the API a
-        // whole core.
-        let workers = std::thread::available_parallelism()
-            .map(|n| (n.get() / 2).max(1))
-            .unwrap_or(1);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .thread_name("kedge-plugin")
-            .on_thread_start(|| {
-                // Per thread on Linux; failing to lower it only costs the isolation.
-                let _ = rustix::process::nice(GUEST_NICE);
-            })
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("plugin threads: {e}"))))?;
-        Ok(GuestRuntime(Some(rt)))
-    }
-
-    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
-        self.0.as_ref().expect("running until dropped").handle()
-    }
-}
-
-impl Drop for GuestRuntime {
-    fn drop(&mut self) {
-        // Dropped from async code (the server's shutdown): no blocking wait here; the tasks
-        // have been told to stop already.
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 /// Bumps the engine epoch on a plain thread (it must tick even when tokio's workers are busy
@@ -169,7 +122,6 @@ impl PluginHost {
             tasks: tokio_util::task::TaskTracker::new(),
             _ticker: ticker,
             metrics: Default::default(),
-            guests: GuestRuntime::start()?,
         })
     }
 

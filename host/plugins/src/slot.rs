@@ -160,9 +160,7 @@ impl Slot {
             slot.follow_new_kinds();
         }
         let worker = slot.clone();
-        // Reconciles (guest code and its host calls) on the guests' own threads.
-        host.tasks
-            .spawn_on(async move { worker.run().await }, host.guests.handle());
+        host.tasks.spawn(async move { worker.run().await });
         slot
     }
 
