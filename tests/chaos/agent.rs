@@ -33,8 +33,8 @@ use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::harness::{Cluster, KEDGE, containers_unavailable, tail};
-use crate::server::{knob, seed};
+use crate::harness::{Cluster, containers_unavailable, tail};
+use crate::server::{knob, p50_max, poll_for, seed};
 
 const NODE: &str = "chaos-node";
 const NS: &str = "default";
@@ -210,34 +210,12 @@ fn push_hello(reg: &TestRegistry, image: &str, payload: Option<&[u8]>) {
         wasm = dir.path().join("hello-chaos.wasm");
         std::fs::write(&wasm, bytes).unwrap();
     }
-    let out = std::process::Command::new(KEDGE)
-        .arg("push")
-        .arg(&wasm)
-        .arg(image)
-        .args(["--username", &reg.username, "--password", &reg.password])
-        .arg("--ca-file")
-        .arg(&reg.ca_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kedge push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::harness::push_wasm(reg, &wasm, image);
 }
 
 /// Polls `f` until it holds or `timeout` passes; whether it held.
 fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll_for(timeout, || f().then_some(())).is_some()
 }
 
 /// The campaign's view of the cluster: the API through a client, the node's data dir.
@@ -507,19 +485,6 @@ impl Probe<'_> {
         }
         bad
     }
-}
-
-fn figures(t: &[Duration]) -> String {
-    let mut t = t.to_vec();
-    t.sort();
-    if t.is_empty() {
-        return "-".into();
-    }
-    format!(
-        "p50 {:.0} ms, max {:.0} ms",
-        t[t.len() / 2].as_secs_f64() * 1e3,
-        t[t.len() - 1].as_secs_f64() * 1e3
-    )
 }
 
 #[test]
@@ -814,7 +779,7 @@ fn the_agent_restarts_clean_after_sigkill() {
          anomalies: {} (torn blobs, records or volumes, pods not back)",
         began.elapsed().as_secs_f64(),
         if oci { "OCI" } else { "Wasm" },
-        figures(&ready_times),
+        p50_max(&ready_times),
         anomalies.len()
     );
 }

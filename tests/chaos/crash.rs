@@ -157,10 +157,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut rng = StdRng::seed_from_u64(seed("crash"));
     let began = Instant::now();
     let mut server = ChaosServer::start(&[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::server::runtime();
     rt.block_on(server.namespace(NS));
 
     let mut ledgers = vec![vec![Ledger::default(); KEYS_PER_WRITER]; WRITERS];

@@ -219,10 +219,7 @@ fn histories_across_restarts_are_linearizable() {
     let began = Instant::now();
     let mut server = ChaosServer::start(&[]);
     let kubeconfig = server.dir.path().join("server/admin.kubeconfig");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::server::runtime();
     rt.block_on(server.namespace(NS));
     let run = Arc::new(Run {
         kubeconfig,

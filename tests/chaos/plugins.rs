@@ -434,10 +434,7 @@ fn hostile_plugins_do_not_hurt_the_api() {
     let began = Instant::now();
     let mut server = ChaosServer::start(&[]);
     let kubeconfig = server.dir.path().join("server/admin.kubeconfig");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::server::runtime();
     rt.block_on(server.namespace(NS));
 
     let baseline = load_phase(&rt, &kubeconfig, 0, &load);

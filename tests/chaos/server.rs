@@ -166,17 +166,44 @@ impl ChaosServer {
 
     /// Start times as "p50 / max".
     pub fn start_figures(&self) -> String {
-        let mut t = self.start_times.clone();
-        t.sort();
-        if t.is_empty() {
-            return "-".into();
-        }
-        format!(
-            "p50 {:.0} ms, max {:.0} ms",
-            t[t.len() / 2].as_secs_f64() * 1e3,
-            t[t.len() - 1].as_secs_f64() * 1e3
-        )
+        p50_max(&self.start_times)
     }
+}
+
+/// Durations as "p50 …, max …" in milliseconds ("-" when there are none).
+pub fn p50_max(t: &[Duration]) -> String {
+    let mut t = t.to_vec();
+    t.sort();
+    if t.is_empty() {
+        return "-".into();
+    }
+    format!(
+        "p50 {:.0} ms, max {:.0} ms",
+        t[t.len() / 2].as_secs_f64() * 1e3,
+        t[t.len() - 1].as_secs_f64() * 1e3
+    )
+}
+
+/// Polls `f` every 100 ms until it gives a value or `timeout` passes.
+pub fn poll_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The runtime a campaign drives its clients on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Runs a future to completion from synchronous code, inside or outside a runtime.

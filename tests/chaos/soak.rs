@@ -129,10 +129,7 @@ fn the_server_holds_a_fleet_without_growing() {
     // Each Node takes a /24 of the cluster CIDR: the default /16 holds 256 nodes, this one 4,096.
     let server = ChaosServer::start(&["--cluster-cidr", CLUSTER_CIDR]);
     let pid = server_pid(&server.dir.path().join("server"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::server::runtime();
     rt.block_on(soak(
         &server,
         pid,

@@ -37,7 +37,7 @@ use serde_json::Value;
 use tokio::net::UdpSocket;
 
 use crate::harness::{self, Busybox, Cluster};
-use crate::server::{knob, seed};
+use crate::server::{knob, poll_for, runtime, seed};
 
 /// What the relay does to each datagram, either way.
 #[derive(Clone, Copy, Debug, Default)]
@@ -269,20 +269,6 @@ async fn watch_pod(
     }
 }
 
-/// Polls `f` every 100 ms until it gives a value or `timeout` passes.
-fn poll_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The numbers of the pod's `line N` output lines in `text`.
 fn numbers(text: &str) -> Vec<u64> {
     text.lines()
@@ -322,10 +308,7 @@ fn pods_ride_out_loss_delay_cuts_and_rebinding() {
     );
     let seed = seed("tunnel faults");
     let began = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let mut c = Cluster::start();
     let client = KubeClient::from_kubeconfig(&c.kubeconfig).unwrap();
     // A short grace period so the cut makes the node NotReady even in the short form; no

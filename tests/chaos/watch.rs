@@ -575,10 +575,7 @@ fn watchers_see_exactly_the_history_across_restarts_and_compaction() {
     let began = Instant::now();
     let mut server = ChaosServer::start(&["--watch-history", HISTORY]);
     let kubeconfig = server.dir.path().join("server/admin.kubeconfig");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::server::runtime();
     rt.block_on(server.namespace(NS));
 
     let history: Arc<Mutex<History>> = Arc::default();

@@ -124,6 +124,26 @@ pub fn spawn_in(netns: Option<&str>, name: &str, dir: &Path, args: &[&str]) -> P
     }
 }
 
+/// `kedge push` of the Wasm file `wasm` to `image` on the test registry `reg`, with its
+/// credential and CA; the command's stdout (the pushed reference).
+pub fn push_wasm(reg: &kedge_registry::testing::TestRegistry, wasm: &Path, image: &str) -> String {
+    let out = Command::new(KEDGE)
+        .arg("push")
+        .arg(wasm)
+        .arg(image)
+        .args(["--username", &reg.username, "--password", &reg.password])
+        .arg("--ca-file")
+        .arg(&reg.ca_file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kedge push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// Polls `f` until it returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

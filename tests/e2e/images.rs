@@ -61,21 +61,7 @@ fn busybox_pod(ns: &str, name: &str, image: &str, secret: Option<&str>, script: 
 /// credential; the command's stdout (the pushed reference).
 fn push_hello(reg: &TestRegistry, image: &str) -> String {
     let wasm = PathBuf::from(env!("KEDGE_WASM_DIR")).join("hello-wasm.wasm");
-    let out = std::process::Command::new(KEDGE)
-        .arg("push")
-        .arg(&wasm)
-        .arg(image)
-        .args(["--username", &reg.username, "--password", &reg.password])
-        .arg("--ca-file")
-        .arg(&reg.ca_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kedge push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).to_string()
+    crate::harness::push_wasm(reg, &wasm, image)
 }
 
 /// A `registries.yaml` in the cluster's dir trusting the registry's CA, with no credentials.
