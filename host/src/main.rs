@@ -558,6 +558,11 @@ fn container_log_rotation(max_size: &str, max_files: u64) -> anyhow::Result<agen
                 "--container-log-max-size {max_size:?}: expected a positive size such as 10Mi"
             )
         })?;
+    if max_files < 2 {
+        anyhow::bail!(
+            "--container-log-max-files {max_files}: must be at least 2 (the current file and one rotated)"
+        );
+    }
     Ok(agent::LogRotation {
         max_bytes,
         max_files: usize::try_from(max_files)?,

@@ -190,7 +190,7 @@ impl LogWriter {
     }
 
     /// Renames the current file aside, starts a fresh one and drops rotated files beyond
-    /// `max_files - 1`. Runs under the file lock, so no record lands in a file once renamed
+    /// `max_files - 1` (before the rename). Runs under the file lock, so no record lands in a file once renamed
     /// (a following reader relies on that to switch without losing lines).
     fn rotate(&self, current: &mut Current, mut ts: DateTime<Utc>) -> io::Result<()> {
         let shared = &self.shared;
@@ -204,10 +204,14 @@ impl LogWriter {
             }
             ts += chrono::Duration::nanoseconds(1);
         };
+        // Make room first, so the directory never holds more than `max_files` files, not
+        // even for the moment between the rename and the deletion.
+        let keep = shared.rotation.max_files.saturating_sub(1);
+        remove_old_rotations(&shared.path, keep.saturating_sub(1))?;
         std::fs::rename(&shared.path, &rotated)?;
         current.file = open_append(&shared.path)?;
         current.size = 0;
-        remove_old_rotations(&shared.path, shared.rotation.max_files.saturating_sub(1))
+        remove_old_rotations(&shared.path, keep)
     }
 
     /// A line-buffering sink for one guest stream, to hand to WASI as stdout or stderr.
@@ -1121,6 +1125,34 @@ mod tests {
             assert!(std::fs::metadata(f).unwrap().len() <= 2 * REC);
         }
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    /// The directory never holds more than `max_files` files, not even mid-rotation (a reader
+    /// listing it while the writer rotates once saw three with `max_files` 2).
+    #[test]
+    fn never_more_than_max_files_even_mid_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        // Every record rotates.
+        let w = LogWriter::open_with(&path, tiny(REC, 2), ticking_clock()).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let s = w.stream(StreamKind::Stdout);
+                for i in 0..3000 {
+                    s.write(format!("l{}\n", i % 10).as_bytes()).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let mut most = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            most = most.max(std::fs::read_dir(dir.path()).unwrap().count());
+        }
+        writer.join().unwrap();
+        assert!(most <= 2, "{most} files at once with max_files 2");
+        assert_eq!(rotated_files(&path).unwrap().len(), 1);
     }
 
     #[test]
