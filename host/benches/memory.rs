@@ -7,10 +7,15 @@
 //! - a big pod's status writes: the largest pod the API accepts, its status written 300
 //!   times; the store file's size and RSS, then after deleting the pod and restarting;
 //! - body parsing: the slowest of a set of hostile and large JSON/YAML bodies at the size
-//!   limit, parsed in this process.
+//!   limit, parsed in this process;
+//! - `kedge dev` start: process start → its node Ready, first on a fresh data dir (every
+//!   built-in plugin compiled: Winch first, Cranelift in the background), then restarted on
+//!   the same dir (plugins from the compile cache); RSS 20 s after the second start. Pods share
+//!   the host network (`--pod-network host --proxy-mode none`), so the figure is the control
+//!   plane's and the agent's, not CNI's.
 //!
 //! Run: `cargo bench -p kedge --bench memory` (`KEDGE_BENCH_CMS=20000` for fewer ConfigMaps;
-//! `KEDGE_BENCH_ONLY=cms|watch|pod|bodies` for one part).
+//! `KEDGE_BENCH_ONLY=cms|watch|pod|bodies|dev` for one part).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -159,7 +164,7 @@ fn main() {
         .build()
         .unwrap();
     let only = std::env::var("KEDGE_BENCH_ONLY").ok();
-    let parts = ["cms", "watch", "pod", "bodies"];
+    let parts = ["cms", "watch", "pod", "bodies", "dev"];
     if let Some(o) = &only {
         assert!(
             parts.contains(&o.as_str()),
@@ -179,6 +184,83 @@ fn main() {
     if run("bodies") {
         bodies();
     }
+    if run("dev") {
+        rt.block_on(dev_start());
+    }
+}
+
+/// Starts `kedge dev` on `data` and returns it with the time from spawn to its node Ready.
+async fn dev(data: &Path, port: u16) -> (Server, Duration) {
+    let t0 = Instant::now();
+    let child = Command::new(KEDGE)
+        .args(["dev", "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--name",
+            "bench-dev",
+            "--pod-network",
+            "host",
+            "--proxy-mode",
+            "none",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kedge dev");
+    let mut server = Server {
+        child,
+        data: data.to_path_buf(),
+        client: None,
+    };
+    let kubeconfig = data.join("admin.kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "the dev node never became Ready");
+        if kubeconfig.exists()
+            && let Ok(c) = KubeClient::from_kubeconfig(&kubeconfig)
+            && let Ok((200, node)) = c
+                .request(
+                    http::Method::GET,
+                    "/api/v1/nodes/bench-dev",
+                    "application/json",
+                    None,
+                )
+                .await
+            && node["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            })
+        {
+            let took = t0.elapsed();
+            server.client = Some(Arc::new(c));
+            return (server, took);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn dev_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (first, cold) = dev(dir.path(), port).await;
+    // Let the background optimisation finish before the restart, so the second start is
+    // the cached one.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    first.stop();
+    let (second, warm) = dev(dir.path(), port).await;
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    println!(
+        "kedge dev, start → node Ready: fresh data dir (plugins compiled) {:.2} s, restart (plugins cached) {:.2} s; RSS 20 s after the restart {:.1} MB",
+        cold.as_secs_f64(),
+        warm.as_secs_f64(),
+        second.rss_mb()
+    );
+    second.stop();
 }
 
 async fn config_maps() {

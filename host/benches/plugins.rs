@@ -8,6 +8,8 @@
 //!   status showing the previous version back.
 //!
 //! Every version has new bytes (a custom section), so nothing comes from a compile cache.
+//! Run twice: tiered (the default: Winch's quick build serves first, Cranelift's replaces it
+//! in the background; also timed: apply → optimised code serving) and Cranelift only.
 //! Run: `cargo bench -p kedge --bench plugins`
 
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 use kedge::api::ops::{Api, WriteOptions, system_clock};
 use kedge::core::resources::by_kind;
 use kedge::plugins::manager::PluginManager;
-use kedge::plugins::{PluginConfig, PluginHost};
+use kedge::plugins::{PluginConfig, PluginHost, Tier};
 use kedge::store::redb::{Options, RedbStore};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -64,10 +66,44 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(run());
+    compile_times();
+    rt.block_on(run(true));
+    rt.block_on(run(false));
 }
 
-async fn run() {
+/// One compile of the replicaset component by each of wasmtime's compilers, configured as
+/// the plugin host configures them (median of 3).
+fn compile_times() {
+    for (name, strategy) in [
+        ("Winch", wasmtime::Strategy::Winch),
+        ("Cranelift", wasmtime::Strategy::Cranelift),
+    ] {
+        let mut cfg = wasmtime::Config::new();
+        cfg.strategy(strategy);
+        cfg.epoch_interruption(true);
+        cfg.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&cfg).unwrap();
+        let mut times: Vec<Duration> = (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                wasmtime::component::Component::new(&engine, REPLICASET).unwrap();
+                t.elapsed()
+            })
+            .collect();
+        println!(
+            "compile of the replicaset component ({} KB), {name}, median of 3: {}",
+            REPLICASET.len() / 1024,
+            ms(median(&mut times))
+        );
+    }
+}
+
+async fn run(baseline_compiler: bool) {
+    let mode = if baseline_compiler {
+        "tiered (Winch, then Cranelift)"
+    } else {
+        "Cranelift only"
+    };
     let dir = tempfile::tempdir().unwrap();
     let store = RedbStore::open(&dir.path().join("s.redb"), Options::default()).unwrap();
     let api = Arc::new(Api::new(Arc::new(store), system_clock()));
@@ -92,8 +128,11 @@ async fn run() {
         .unwrap();
     }
     let cancel = CancellationToken::new();
-    let host =
-        Arc::new(PluginHost::new(api.clone(), PluginConfig::default(), cancel.clone()).unwrap());
+    let config = PluginConfig {
+        baseline_compiler,
+        ..Default::default()
+    };
+    let host = Arc::new(PluginHost::new(api.clone(), config, cancel.clone()).unwrap());
     let manager = PluginManager::new(
         host.clone(),
         api.clone(),
@@ -132,7 +171,13 @@ async fn run() {
         }
     };
 
+    let tier = || manager.slot("replicaset").unwrap().current().tier();
     let (mut to_active_digest, mut to_proven, mut rollbacks) = (vec![], vec![], vec![]);
+    let mut to_optimized = vec![];
+    // The builtin's own background build first, so it does not overlap the first swap.
+    while tier() != Tier::Optimized {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     for i in 0..SWAPS {
         let bytes = rebuilt(REPLICASET, &format!("v{i}"));
         let path = dir.path().join(format!("v{i}.wasm"));
@@ -144,6 +189,12 @@ async fn run() {
         to_active_digest.push(t0.elapsed());
         wait(&|s| s["activeDigest"] == d && s["phase"] == "Active");
         to_proven.push(t0.elapsed());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tier() != Tier::Optimized {
+            assert!(Instant::now() < deadline, "never optimised");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        to_optimized.push(t0.elapsed());
         let last = d;
 
         if i % 3 == 0 {
@@ -163,15 +214,19 @@ async fn run() {
         }
     }
     println!(
-        "plugin swap, apply → new digest active (compile included), median of {SWAPS}: {}",
+        "plugin swap, {mode}, apply → new digest active (compile included), median of {SWAPS}: {}",
         ms(median(&mut to_active_digest))
     );
     println!(
-        "plugin swap, apply → probation passed ({REPLICASETS} ReplicaSets present), median of {SWAPS}: {}",
+        "plugin swap, {mode}, apply → probation passed ({REPLICASETS} ReplicaSets present), median of {SWAPS}: {}",
         ms(median(&mut to_proven))
     );
     println!(
-        "plugin rollback, apply of a trapping version → previous version back, median of {}: {}",
+        "plugin swap, {mode}, apply → optimised code serving, median of {SWAPS}: {}",
+        ms(median(&mut to_optimized))
+    );
+    println!(
+        "plugin rollback, {mode}, apply of a trapping version → previous version back, median of {}: {}",
         rollbacks.len(),
         ms(median(&mut rollbacks))
     );

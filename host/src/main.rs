@@ -455,6 +455,7 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
             call_deadline: Duration::from_millis(a.plugin_deadline_ms),
             memory_limit: a.plugin_memory_mib << 20,
             cache_dir: None,
+            baseline_compiler: true,
         },
         durable: true,
         registries: Default::default(),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kedge::api::ops::{Api, WriteOptions, system_clock};
 use kedge::core::resources::by_kind;
 use kedge::plugins::manager::PluginManager;
-use kedge::plugins::{PluginConfig, PluginHost};
+use kedge::plugins::{PluginConfig, PluginHost, Tier};
 use kedge::store::redb::{Options, RedbStore};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,10 @@ struct InProcess {
 }
 
 async fn start(dir: &std::path::Path) -> InProcess {
+    start_with_cache(dir, crate::harness::plugin_cache()).await
+}
+
+async fn start_with_cache(dir: &std::path::Path, cache: std::path::PathBuf) -> InProcess {
     let store = RedbStore::open(&dir.join("s.redb"), Options::default()).unwrap();
     let api = Arc::new(Api::new(Arc::new(store), system_clock()));
     let _ = api.create(
@@ -74,7 +78,8 @@ async fn start(dir: &std::path::Path) -> InProcess {
     let config = PluginConfig {
         call_deadline: Duration::from_millis(1000),
         memory_limit: 32 << 20,
-        cache_dir: Some(crate::harness::plugin_cache()),
+        cache_dir: Some(cache),
+        baseline_compiler: true,
     };
     let host = Arc::new(PluginHost::new(api.clone(), config, cancel.clone()).unwrap());
     let manager =
@@ -331,6 +336,86 @@ async fn plugin_versions_are_checked_swapped_rolled_back_and_survive_a_restart()
 }
 
 /// Pod template of the Deployment the hot-swap test keeps scaling.
+/// Tiered compilation: a version not in the compile cache serves code from the baseline
+/// compiler (Winch) at once, Cranelift's build replaces it in the background and lands in the
+/// cache, and the next load of the same bytes is optimised from the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_serves_baseline_code_until_its_optimised_build_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("compiled");
+    let k = start_with_cache(dir.path(), cache.clone()).await;
+    k.wait_status("the builtin to run", |s| ready(s).0 == "True")
+        .await;
+    let res = by_kind("apps/v1", "ReplicaSet").unwrap();
+    k.api
+        .create(
+            res,
+            "default",
+            json!({"metadata": {"name": "tiers"}, "spec": {"replicas": 2,
+                "selector": {"matchLabels": {"app": "tiers"}},
+                "template": {"metadata": {"labels": {"app": "tiers"}},
+                    "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+    k.wait_pods("tiers", 2).await;
+
+    let v3 = rebuilt(REPLICASET, "tiered");
+    let t0 = Instant::now();
+    let plugin = k.host.load("replicaset-v3", &v3).await.unwrap();
+    let baseline = t0.elapsed();
+    assert_eq!(
+        plugin.tier(),
+        Tier::Baseline,
+        "a new version starts on Winch's code"
+    );
+    // The baseline code reconciles: it scales the ReplicaSet up (the running plugin may race
+    // it; either way the count converges).
+    k.scale("tiers", 3);
+    k.host.reconcile(&plugin, "default", "tiers").await.unwrap();
+    k.wait_pods("tiers", 3).await;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while plugin.tier() != Tier::Optimized {
+        assert!(
+            Instant::now() < deadline,
+            "Cranelift's build never replaced the baseline code"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "loaded on Winch's code in {baseline:?}; Cranelift's in place after {:?}",
+        t0.elapsed()
+    );
+    k.host.reconcile(&plugin, "default", "tiers").await.unwrap();
+    let hex = digest(&v3).trim_start_matches("sha256:").to_string();
+    let cached = std::fs::read_dir(&cache)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with(&hex));
+    assert!(cached, "the optimised build is in the compile cache");
+    let again = k.host.load("replicaset-v3", &v3).await.unwrap();
+    assert_eq!(again.tier(), Tier::Optimized, "loaded from the cache");
+
+    // With the baseline compiler off, a new version waits for Cranelift.
+    let plain = PluginHost::new(
+        k.api.clone(),
+        PluginConfig {
+            baseline_compiler: false,
+            ..Default::default()
+        },
+        k.cancel.clone(),
+    )
+    .unwrap();
+    let p = plain
+        .load("replicaset-v4", &rebuilt(REPLICASET, "cranelift only"))
+        .await
+        .unwrap();
+    assert_eq!(p.tier(), Tier::Optimized);
+    k.cancel.cancel();
+    k.host.stopped().await;
+}
+
 fn deployment_yaml(replicas: u32) -> String {
     format!(
         r#"apiVersion: apps/v1

@@ -36,6 +36,7 @@ fn host(dir: &std::path::Path) -> (Arc<Api>, Arc<PluginHost>, CancellationToken)
         call_deadline: Duration::from_millis(300),
         memory_limit: 32 << 20,
         cache_dir: None,
+        baseline_compiler: true,
     };
     let host = Arc::new(PluginHost::new(api.clone(), config, cancel.clone()).unwrap());
     (api, host, cancel)

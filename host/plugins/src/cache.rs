@@ -1,43 +1,57 @@
 //! On-disk cache of compiled plugins: compiling an 800 KB controller takes ~2 s, loading its
 //! precompiled form a few milliseconds (shared/STACK.md), which matters at every server start.
+//! Only the optimising compiler's artifacts are kept: the baseline compiler is fast enough
+//! to run again, and its code is replaced as soon as the optimised build is ready.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// Loads `digest` from `dir` if a compatible artifact is there, else compiles, stores and
-/// returns it. The file name carries the engine's compatibility hash, so an artifact from
-/// another wasmtime version or configuration is never loaded.
-pub(crate) fn load_or_compile(
+/// Where `digest`'s artifact for `engine` lives in `dir`. The name carries the engine's
+/// compatibility hash, so an artifact from another wasmtime version or configuration is
+/// never loaded.
+fn artifact(engine: &Engine, dir: &Path, digest: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut h);
+    dir.join(format!(
+        "{}-{:016x}.cwasm",
+        digest.trim_start_matches("sha256:"),
+        h.finish()
+    ))
+}
+
+/// `digest` from `dir`, if a compatible artifact is there.
+pub(crate) fn load(engine: &Engine, dir: &Path, digest: &str) -> Option<Component> {
+    let file = artifact(engine, dir, digest);
+    if !file.exists() {
+        return None;
+    }
+    // SAFETY: `deserialize_file` requires a file produced by `Engine::precompile_*` of a
+    // compatible engine that nobody tampered with. We only read files `compile_and_store`
+    // wrote, named by the content hash of their source and the engine's compatibility hash,
+    // from a directory owned by the kedge server (created 0700 there); wasmtime also checks
+    // the header and version itself.
+    #[allow(unsafe_code)]
+    let loaded = unsafe { Component::deserialize_file(engine, &file) };
+    match loaded {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached plugin");
+            None
+        }
+    }
+}
+
+/// Compiles `bytes` with `engine`, stores the artifact in `dir` and returns it.
+pub(crate) fn compile_and_store(
     engine: &Engine,
     dir: &Path,
     digest: &str,
     bytes: &[u8],
 ) -> wasmtime::Result<Component> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut h);
-    let file = dir.join(format!(
-        "{}-{:016x}.cwasm",
-        digest.trim_start_matches("sha256:"),
-        h.finish()
-    ));
-    if file.exists() {
-        // SAFETY: `deserialize_file` requires a file produced by `Engine::precompile_*` of a
-        // compatible engine that nobody tampered with. We only read files this function
-        // wrote, named by the content hash of their source and the engine's compatibility
-        // hash, from a directory owned by the kedge server (created 0700 below); wasmtime
-        // also checks the header and version itself.
-        #[allow(unsafe_code)]
-        let loaded = unsafe { Component::deserialize_file(engine, &file) };
-        match loaded {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!(file = %file.display(), error = %e, "ignoring unusable cached plugin")
-            }
-        }
-    }
+    let file = artifact(engine, dir, digest);
     let compiled = engine.precompile_component(bytes)?;
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
@@ -54,7 +68,7 @@ pub(crate) fn load_or_compile(
     std::fs::write(&tmp, &compiled)?;
     std::fs::rename(&tmp, &file)?;
     #[allow(unsafe_code)]
-    // SAFETY: as above; these are the bytes we just produced with this engine.
+    // SAFETY: as in `load`; these are the bytes we just produced with this engine.
     let c = unsafe { Component::deserialize(engine, &compiled) }?;
     Ok(c)
 }

@@ -13,6 +13,10 @@ pub struct PluginConfig {
     pub memory_limit: usize,
     /// Where compiled plugins are cached (keyed by content hash and engine version).
     pub cache_dir: Option<PathBuf>,
+    /// Whether a component not in the cache first runs code from the baseline compiler
+    /// (Winch, quick to compile) until Cranelift's optimised build is ready; off, every new
+    /// version waits for Cranelift.
+    pub baseline_compiler: bool,
 }
 
 impl Default for PluginConfig {
@@ -21,6 +25,7 @@ impl Default for PluginConfig {
             call_deadline: Duration::from_secs(2),
             memory_limit: 64 << 20,
             cache_dir: None,
+            baseline_compiler: true,
         }
     }
 }

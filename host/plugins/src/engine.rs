@@ -1,9 +1,17 @@
 //! The engine: compiling, pre-instantiating and calling plugins under CPU and memory
 //! limits.
+//!
+//! Compilation is tiered. A component not in the compile cache is first compiled by Winch,
+//! wasmtime's single-pass baseline compiler (a tenth of Cranelift's time or less), so a new
+//! version serves within a fraction of a second; Cranelift then compiles it on a background
+//! thread, one plugin at a time, stores the artifact in the cache and the plugin's next calls
+//! run the optimised code. Calls in flight finish on the code they started with.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use kedge_api::Api;
 use kedge_core::resources::Resource;
@@ -22,9 +30,25 @@ use crate::{EPOCH_TICK, Error, Result, cache};
 /// A compiled, registered plugin ready to reconcile.
 pub struct Plugin {
     pub(crate) shared: Arc<PluginShared>,
-    pub(crate) pre: ControllerPre<HostState>,
+    /// The code calls run: the baseline build until the optimised one replaces it.
+    pub(crate) code: ArcSwap<Code>,
     pub(crate) digest: String,
     pub(crate) limits: Limits,
+}
+
+/// One build of a plugin, pre-instantiated against its engine's linker.
+pub(crate) struct Code {
+    pub(crate) pre: ControllerPre<HostState>,
+    pub(crate) tier: Tier,
+}
+
+/// Which compiler built a plugin's code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Winch: compiled in a single pass, quickly, to slower code.
+    Baseline,
+    /// Cranelift: optimised, from the compile cache or compiled in the background.
+    Optimized,
 }
 
 impl Plugin {
@@ -44,6 +68,11 @@ impl Plugin {
         self.limits
     }
 
+    /// Which compiler built the code the plugin's next call runs.
+    pub fn tier(&self) -> Tier {
+        self.code.load().tier
+    }
+
     /// Holds this version to `grant` from its next host call on.
     pub fn restrict(&self, grant: Grant) {
         *self.shared.grant.write().unwrap_or_else(|p| p.into_inner()) = Some(grant);
@@ -58,8 +87,14 @@ pub struct Outcome {
 
 /// Runs plugins: compiles, registers, feeds events, reconciles.
 pub struct PluginHost {
+    /// Cranelift: the code plugins run once it is ready.
     pub(crate) engine: Engine,
-    pub(crate) linker: Linker<HostState>,
+    pub(crate) linker: Arc<Linker<HostState>>,
+    /// Winch, for a quick first build of a component not in the cache; absent where Winch
+    /// does not run (not x86-64) or when [`PluginConfig::baseline_compiler`] is off.
+    pub(crate) baseline: Option<(Engine, Arc<Linker<HostState>>)>,
+    /// One background optimisation at a time: each already compiles on every core.
+    pub(crate) optimizing: Arc<tokio::sync::Semaphore>,
     pub(crate) api: Arc<Api>,
     pub(crate) informers: Arc<Informers>,
     pub(crate) config: PluginConfig,
@@ -69,22 +104,24 @@ pub struct PluginHost {
     pub(crate) metrics: crate::metrics::PluginMetrics,
 }
 
-/// Bumps the engine epoch on a plain thread (it must tick even when tokio's workers are busy
-/// running a runaway guest); stops when dropped.
+/// Bumps the engines' epoch on a plain thread (it must tick even when tokio's workers are
+/// busy running a runaway guest); stops when dropped.
 pub(crate) struct EpochTicker {
     pub(crate) stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: &Engine) -> Self {
+    pub(crate) fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (engine, flag) = (engine.clone(), stop.clone());
+        let flag = stop.clone();
         std::thread::Builder::new()
             .name("kedge-epoch".into())
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawning the epoch thread");
@@ -100,21 +137,28 @@ impl Drop for EpochTicker {
 
 impl PluginHost {
     pub fn new(api: Arc<Api>, config: PluginConfig, cancel: CancellationToken) -> Result<Self> {
-        let mut wcfg = wasmtime::Config::new();
-        wcfg.epoch_interruption(true);
-        wcfg.wasm_component_model(true);
-        let engine = Engine::new(&wcfg).map_err(Error::Engine)?;
-        let mut linker: Linker<HostState> = Linker::new(&engine);
-        // Rust guests import wasi:cli and wasi:io even when the world does not (STACK.md);
-        // they get an empty context: no files, no network, no environment.
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(Error::Engine)?;
-        Controller::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(Error::Engine)?;
+        let engine = new_engine(wasmtime::Strategy::Cranelift).map_err(Error::Engine)?;
+        let linker = Arc::new(new_linker(&engine).map_err(Error::Engine)?);
+        let baseline = if config.baseline_compiler && cfg!(target_arch = "x86_64") {
+            match new_engine(wasmtime::Strategy::Winch).and_then(|e| Ok((new_linker(&e)?, e))) {
+                Ok((linker, engine)) => Some((engine, Arc::new(linker))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no baseline compiler: new plugin versions wait for Cranelift");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let informers = Arc::new(Informers::new(api.store().clone(), cancel.clone()));
-        let ticker = EpochTicker::start(&engine);
+        let mut ticked = vec![engine.clone()];
+        ticked.extend(baseline.as_ref().map(|(e, _)| e.clone()));
+        let ticker = EpochTicker::start(ticked);
         Ok(PluginHost {
             engine,
             linker,
+            baseline,
+            optimizing: Arc::new(tokio::sync::Semaphore::new(1)),
             api,
             informers,
             config,
@@ -136,7 +180,13 @@ impl PluginHost {
         &self.informers
     }
 
-    pub(crate) fn new_store(&self, shared: Arc<PluginShared>, limits: Limits) -> Store<HostState> {
+    /// A store on `engine` (the one the plugin's code was built by) under `limits`.
+    pub(crate) fn new_store(
+        &self,
+        engine: &Engine,
+        shared: Arc<PluginShared>,
+        limits: Limits,
+    ) -> Store<HostState> {
         let deadline = limits.call_deadline;
         let limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory)
@@ -148,7 +198,7 @@ impl PluginHost {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
         };
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         // Every tick the guest yields to the async executor, so a runaway guest holds a tokio
         // worker for at most one tick at a time (other plugins and the API keep their
@@ -180,33 +230,25 @@ impl PluginHost {
     ) -> Result<Arc<Plugin>> {
         use sha2::{Digest, Sha256};
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
-        let component = {
+        let (component, tier) = {
             let bytes = bytes.to_vec();
             let digest = digest.clone();
             let label = label.to_string();
             // Compilation is CPU-heavy; keep it off the async workers.
-            let this = (self.engine.clone(), self.config.cache_dir.clone());
+            let compiler = self.compiler();
+            let baseline = self.baseline.as_ref().map(|(e, _)| e.clone());
             tokio::task::spawn_blocking(move || {
-                let host = CompileOnly {
-                    engine: this.0,
-                    cache_dir: this.1,
-                };
-                host.compile(&label, &bytes, &digest)
+                compiler.compile_quickly(baseline.as_ref(), &label, &bytes, &digest)
             })
             .await
             .map_err(|e| Error::Engine(wasmtime::Error::msg(e.to_string())))??
         };
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|source| Error::Instantiate {
-                    name: label.to_string(),
-                    source,
-                })?;
-        let pre = ControllerPre::new(instance_pre).map_err(|source| Error::Instantiate {
-            name: label.to_string(),
-            source,
-        })?;
+        let linker = match (tier, &self.baseline) {
+            (Tier::Baseline, Some((_, linker))) => linker,
+            _ => &self.linker,
+        };
+        let pre = pre_instantiate(linker, &component, label)?;
+        let engine = component.engine().clone();
         // Registration runs with no permissions at all.
         let probe = Arc::new(PluginShared {
             name: label.to_string(),
@@ -222,7 +264,7 @@ impl PluginHost {
             },
             grant: Default::default(),
         });
-        let mut store = self.new_store(probe, limits);
+        let mut store = self.new_store(&engine, probe, limits);
         let instantiate = |source| Error::Instantiate {
             name: label.to_string(),
             source,
@@ -270,7 +312,7 @@ impl PluginHost {
                 name: reg.name.clone(),
                 why,
             })?;
-        Ok(Arc::new(Plugin {
+        let plugin = Arc::new(Plugin {
             shared: Arc::new(PluginShared {
                 name: reg.name,
                 api: self.api.clone(),
@@ -278,10 +320,73 @@ impl PluginHost {
                 perms,
                 grant: Default::default(),
             }),
-            pre,
+            code: ArcSwap::from_pointee(Code { pre, tier }),
             digest,
             limits,
-        }))
+        });
+        if tier == Tier::Baseline {
+            self.optimize_later(&plugin, bytes.to_vec());
+        }
+        Ok(plugin)
+    }
+
+    fn compiler(&self) -> CompileOnly {
+        CompileOnly {
+            engine: self.engine.clone(),
+            cache_dir: self.config.cache_dir.clone(),
+        }
+    }
+
+    /// Compiles `plugin`'s component with Cranelift on a blocking thread (after any other
+    /// plugin's), then switches the plugin's next calls to that code. If the plugin is gone
+    /// by then (swapped or removed) the artifact still lands in the cache.
+    fn optimize_later(&self, plugin: &Arc<Plugin>, bytes: Vec<u8>) {
+        let weak: Weak<Plugin> = Arc::downgrade(plugin);
+        let (compiler, linker) = (self.compiler(), self.linker.clone());
+        let (gate, cancel) = (self.optimizing.clone(), self.cancel.clone());
+        let (name, digest) = (plugin.name().to_string(), plugin.digest.clone());
+        self.tasks.spawn(async move {
+            let Ok(_turn) = gate.acquire_owned().await else {
+                return;
+            };
+            if cancel.is_cancelled() || (weak.strong_count() == 0 && compiler.cache_dir.is_none())
+            {
+                return;
+            }
+            let started = Instant::now();
+            let label = name.clone();
+            let compiled = tokio::task::spawn_blocking(move || {
+                compiler.compile_optimized(&label, &bytes, &digest)
+            })
+            .await;
+            let component = match compiled {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::warn!(plugin = %name, error = %e, "optimising the plugin failed; it keeps its baseline code");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let Some(plugin) = weak.upgrade() else {
+                return;
+            };
+            match pre_instantiate(&linker, &component, &name) {
+                Ok(pre) => {
+                    plugin.code.store(Arc::new(Code {
+                        pre,
+                        tier: Tier::Optimized,
+                    }));
+                    tracing::info!(
+                        plugin = %name,
+                        ms = started.elapsed().as_millis() as u64,
+                        "plugin now runs optimised code"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %name, error = %e, "optimised plugin does not link; it keeps its baseline code")
+                }
+            }
+        });
     }
 
     /// One reconcile of an object of the plugin's primary kind in a fresh instance.
@@ -309,8 +414,13 @@ impl PluginHost {
         } else {
             format!("{ns}/{name}")
         };
-        let mut store = self.new_store(plugin.shared.clone(), plugin.limits);
-        let instance = plugin
+        let code = plugin.code.load_full();
+        let mut store = self.new_store(
+            code.pre.instance_pre().engine(),
+            plugin.shared.clone(),
+            plugin.limits,
+        );
+        let instance = code
             .pre
             .instantiate_async(&mut store)
             .await
@@ -393,6 +503,37 @@ pub(crate) fn trap_reason(e: &wasmtime::Error, limits: Limits) -> String {
     text
 }
 
+/// An engine for plugins: epoch deadlines, the component model, and `strategy`'s compiler.
+fn new_engine(strategy: wasmtime::Strategy) -> wasmtime::Result<Engine> {
+    let mut wcfg = wasmtime::Config::new();
+    wcfg.strategy(strategy);
+    wcfg.epoch_interruption(true);
+    wcfg.wasm_component_model(true);
+    Engine::new(&wcfg)
+}
+
+/// The host functions plugins import, for `engine`.
+fn new_linker(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
+    let mut linker: Linker<HostState> = Linker::new(engine);
+    // Rust guests import wasi:cli and wasi:io even when the world does not (STACK.md);
+    // they get an empty context: no files, no network, no environment.
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    Controller::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+    Ok(linker)
+}
+
+fn pre_instantiate(
+    linker: &Linker<HostState>,
+    component: &Component,
+    label: &str,
+) -> Result<ControllerPre<HostState>> {
+    let instantiate = |source| Error::Instantiate {
+        name: label.to_string(),
+        source,
+    };
+    ControllerPre::new(linker.instantiate_pre(component).map_err(instantiate)?).map_err(instantiate)
+}
+
 /// Compilation without the rest of the host, so it can run on a blocking thread.
 pub(crate) struct CompileOnly {
     pub(crate) engine: Engine,
@@ -400,7 +541,44 @@ pub(crate) struct CompileOnly {
 }
 
 impl CompileOnly {
-    pub(crate) fn compile(&self, name: &str, bytes: &[u8], digest: &str) -> Result<Component> {
+    /// The cached optimised build if there is one, else a baseline build with `baseline`
+    /// (when given and it compiles), else an optimised build.
+    pub(crate) fn compile_quickly(
+        &self,
+        baseline: Option<&Engine>,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<(Component, Tier)> {
+        if let Some(c) = self
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| cache::load(&self.engine, dir, digest))
+        {
+            return Ok((c, Tier::Optimized));
+        }
+        if let Some(engine) = baseline {
+            match Component::new(engine, bytes) {
+                Ok(c) => return Ok((c, Tier::Baseline)),
+                // Invalid bytes fail again below, with Cranelift's message.
+                Err(e) => {
+                    tracing::debug!(plugin = name, error = %e, "baseline compiler refused the plugin")
+                }
+            }
+        }
+        Ok((
+            self.compile_optimized(name, bytes, digest)?,
+            Tier::Optimized,
+        ))
+    }
+
+    /// Compiles with Cranelift, storing the artifact in the cache when there is one.
+    pub(crate) fn compile_optimized(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component> {
         let compile = || {
             Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
                 name: name.to_string(),
@@ -408,7 +586,7 @@ impl CompileOnly {
             })
         };
         match &self.cache_dir {
-            Some(dir) => cache::load_or_compile(&self.engine, dir, digest, bytes).or_else(|e| {
+            Some(dir) => cache::compile_and_store(&self.engine, dir, digest, bytes).or_else(|e| {
                 tracing::warn!(plugin = name, error = %e, "plugin cache unusable; compiling");
                 compile()
             }),

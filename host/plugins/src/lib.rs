@@ -1,6 +1,7 @@
 //! The plugin host: runs controllers and the scheduler as WebAssembly components.
 //!
-//! Each plugin is compiled once and pre-instantiated; every reconcile gets a fresh instance
+//! Each plugin is compiled (quickly by Winch first, then optimised by Cranelift in the
+//! background: see `engine`) and pre-instantiated; every reconcile gets a fresh instance
 //! (microseconds), so a trap cannot leave state behind. Every call runs under an epoch deadline
 //! (CPU time) and a memory cap; a trap or timeout fails that reconcile, which is retried with
 //! back-off — the host and other plugins carry on. Reads come from shared informer caches,
@@ -17,7 +18,7 @@ mod slot;
 mod wit_host;
 
 pub use config::{Limits, PluginConfig};
-pub use engine::{Outcome, Plugin, PluginHost};
+pub use engine::{Outcome, Plugin, PluginHost, Tier};
 pub use permissions::{Grant, KindSet, Permissions, WatchBy, WatchRule, is_wildcard};
 pub use slot::Slot;
 
