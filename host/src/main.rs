@@ -651,7 +651,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cfg = server_config(&a, "dev")?;
             cfg.registries = registries.clone();
             let data_dir = cfg.data_dir.clone();
-            let srv = server::start_with(cfg, a.network()?, a.encryption(), cancel.clone()).await?;
+            let (srv, plugins) =
+                server::start_serving(cfg, a.network()?, a.encryption(), cancel.clone()).await?;
             let connect = if srv.tunnel_addr.ip().is_unspecified() {
                 SocketAddr::new([127, 0, 0, 1].into(), srv.tunnel_addr.port())
             } else {
@@ -676,8 +677,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ensure_secret_pulled_images: images.ensure_secret_pulled_images,
                 },
                 cancel.clone(),
-            )
-            .await?;
+            );
+            // The node joins while the plugins start (compiled on a first start).
+            let (agent, ()) = tokio::try_join!(agent, plugins)?;
             println!(
                 "kedge dev cluster is up: node {node}, API {}\n\n  kubectl --kubeconfig {} get nodes\n",
                 srv.https_addr,

@@ -403,6 +403,25 @@ pub async fn start_with(
     encryption: StoreEncryption,
     cancel: CancellationToken,
 ) -> anyhow::Result<Server> {
+    let (server, plugins) = start_serving(cfg, network, encryption, cancel).await?;
+    plugins.await?;
+    Ok(server)
+}
+
+/// The rest of a server's start: creating the built-in Plugins and starting every Plugin
+/// (compiling what is not in the compile cache); `/readyz` answers ok once it is done.
+pub type PluginStartup = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// [`start_with`] up to the API, the tunnel and the server's own informers serving; the
+/// plugins' start is returned to await. `kedge dev` starts its agent meanwhile: on a first
+/// start every built-in plugin is compiled, and the node need not wait for the controllers
+/// (nor does a kubelet for kube-controller-manager).
+pub async fn start_serving(
+    cfg: ServerConfig,
+    network: ClusterNetwork,
+    encryption: StoreEncryption,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Server, PluginStartup)> {
     kedge_tunnel::install_crypto_provider();
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
@@ -647,8 +666,6 @@ pub async fn start_with(
         &cfg.data_dir,
         cfg.registries.clone(),
     )?;
-    plugin_manager.install_builtins().await?;
-    plugin_manager.start().await;
     tasks.spawn(crate::node_identity::run(
         plugins.informers().clone(),
         revocations,
@@ -666,11 +683,19 @@ pub async fn start_with(
         pki.ca_pem().to_string(),
         cancel.clone(),
     ));
-    state
-        .ready
-        .store(true, std::sync::atomic::Ordering::Release);
-    tracing::info!(%https_addr, %tunnel_addr, "kedge server ready");
-    Ok(Server {
+    let startup: PluginStartup = {
+        let manager = plugin_manager.clone();
+        Box::pin(async move {
+            manager.install_builtins().await?;
+            manager.start().await;
+            state
+                .ready
+                .store(true, std::sync::atomic::Ordering::Release);
+            tracing::info!(%https_addr, %tunnel_addr, "kedge server ready");
+            Ok(())
+        })
+    };
+    let server = Server {
         api,
         https_addr,
         tunnel_addr,
@@ -680,7 +705,8 @@ pub async fn start_with(
         plugin_manager,
         nodes,
         tasks,
-    })
+    };
+    Ok((server, startup))
 }
 
 /// HTTPS accept loop: TLS with optional client certificates; the certificate's subject becomes

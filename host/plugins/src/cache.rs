@@ -51,8 +51,20 @@ pub(crate) fn compile_and_store(
     digest: &str,
     bytes: &[u8],
 ) -> wasmtime::Result<Component> {
-    let file = artifact(engine, dir, digest);
     let compiled = engine.precompile_component(bytes)?;
+    store(engine, dir, digest, &compiled)?;
+    deserialize(engine, &compiled)
+}
+
+/// Stores `compiled` (from `Engine::precompile_component` of an engine configured like
+/// `engine`) as `digest`'s artifact in `dir`.
+pub(crate) fn store(
+    engine: &Engine,
+    dir: &Path,
+    digest: &str,
+    compiled: &[u8],
+) -> std::io::Result<()> {
+    let file = artifact(engine, dir, digest);
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
@@ -65,10 +77,17 @@ pub(crate) fn compile_and_store(
         std::process::id(),
         rand::random::<u32>()
     ));
-    std::fs::write(&tmp, &compiled)?;
-    std::fs::rename(&tmp, &file)?;
+    std::fs::write(&tmp, compiled)?;
+    std::fs::rename(&tmp, &file)
+}
+
+/// Loads `compiled`, which this process just produced with `engine` or with an engine of
+/// the same configuration (wasmtime checks that the settings match).
+pub(crate) fn deserialize(engine: &Engine, compiled: &[u8]) -> wasmtime::Result<Component> {
     #[allow(unsafe_code)]
-    // SAFETY: as in `load`; these are the bytes we just produced with this engine.
-    let c = unsafe { Component::deserialize(engine, &compiled) }?;
+    // SAFETY: `deserialize` requires bytes from `Engine::precompile_*` of a compatible engine
+    // that nobody tampered with: our callers pass bytes this process produced a moment ago,
+    // still in its memory.
+    let c = unsafe { Component::deserialize(engine, compiled) }?;
     Ok(c)
 }

@@ -2,10 +2,12 @@
 //! limits.
 //!
 //! Compilation is tiered. A component not in the compile cache is first compiled by Winch,
-//! wasmtime's single-pass baseline compiler (a tenth of Cranelift's time or less), so a new
-//! version serves within a fraction of a second; Cranelift then compiles it on a background
-//! thread, one plugin at a time, stores the artifact in the cache and the plugin's next calls
-//! run the optimised code. Calls in flight finish on the code they started with.
+//! wasmtime's single-pass baseline compiler (about a fifth of Cranelift's time here), so a
+//! new version serves sooner; Cranelift then compiles it in the background, one plugin at a
+//! time and on one thread (a parallel compile would occupy the shared compile thread pool, and
+//! the quick compiles of the next versions, or of every built-in plugin at a first start,
+//! would queue behind it), stores the artifact in the cache, and the plugin's next calls run
+//! the optimised code. Calls in flight finish on the code they started with.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -93,7 +95,10 @@ pub struct PluginHost {
     /// Winch, for a quick first build of a component not in the cache; absent where Winch
     /// does not run (not x86-64) or when [`PluginConfig::baseline_compiler`] is off.
     pub(crate) baseline: Option<(Engine, Arc<Linker<HostState>>)>,
-    /// One background optimisation at a time: each already compiles on every core.
+    /// Cranelift configured as `engine` but compiling on the calling thread only, for the
+    /// background optimisation; its artifacts load into `engine`.
+    pub(crate) serial: Engine,
+    /// One background optimisation at a time.
     pub(crate) optimizing: Arc<tokio::sync::Semaphore>,
     pub(crate) api: Arc<Api>,
     pub(crate) informers: Arc<Informers>,
@@ -137,10 +142,12 @@ impl Drop for EpochTicker {
 
 impl PluginHost {
     pub fn new(api: Arc<Api>, config: PluginConfig, cancel: CancellationToken) -> Result<Self> {
-        let engine = new_engine(wasmtime::Strategy::Cranelift).map_err(Error::Engine)?;
+        let engine = new_engine(wasmtime::Strategy::Cranelift, true).map_err(Error::Engine)?;
+        let serial = new_engine(wasmtime::Strategy::Cranelift, false).map_err(Error::Engine)?;
         let linker = Arc::new(new_linker(&engine).map_err(Error::Engine)?);
         let baseline = if config.baseline_compiler && cfg!(target_arch = "x86_64") {
-            match new_engine(wasmtime::Strategy::Winch).and_then(|e| Ok((new_linker(&e)?, e))) {
+            match new_engine(wasmtime::Strategy::Winch, true).and_then(|e| Ok((new_linker(&e)?, e)))
+            {
                 Ok((linker, engine)) => Some((engine, Arc::new(linker))),
                 Err(e) => {
                     tracing::warn!(error = %e, "no baseline compiler: new plugin versions wait for Cranelift");
@@ -158,6 +165,7 @@ impl PluginHost {
             engine,
             linker,
             baseline,
+            serial,
             optimizing: Arc::new(tokio::sync::Semaphore::new(1)),
             api,
             informers,
@@ -342,7 +350,8 @@ impl PluginHost {
     /// by then (swapped or removed) the artifact still lands in the cache.
     fn optimize_later(&self, plugin: &Arc<Plugin>, bytes: Vec<u8>) {
         let weak: Weak<Plugin> = Arc::downgrade(plugin);
-        let (compiler, linker) = (self.compiler(), self.linker.clone());
+        let (compiler, linker, serial) =
+            (self.compiler(), self.linker.clone(), self.serial.clone());
         let (gate, cancel) = (self.optimizing.clone(), self.cancel.clone());
         let (name, digest) = (plugin.name().to_string(), plugin.digest.clone());
         self.tasks.spawn(async move {
@@ -356,7 +365,7 @@ impl PluginHost {
             let started = Instant::now();
             let label = name.clone();
             let compiled = tokio::task::spawn_blocking(move || {
-                compiler.compile_optimized(&label, &bytes, &digest)
+                compiler.compile_in_background(&serial, &label, &bytes, &digest)
             })
             .await;
             let component = match compiled {
@@ -504,9 +513,10 @@ pub(crate) fn trap_reason(e: &wasmtime::Error, limits: Limits) -> String {
 }
 
 /// An engine for plugins: epoch deadlines, the component model, and `strategy`'s compiler.
-fn new_engine(strategy: wasmtime::Strategy) -> wasmtime::Result<Engine> {
+fn new_engine(strategy: wasmtime::Strategy, parallel: bool) -> wasmtime::Result<Engine> {
     let mut wcfg = wasmtime::Config::new();
     wcfg.strategy(strategy);
+    wcfg.parallel_compilation(parallel);
     wcfg.epoch_interruption(true);
     wcfg.wasm_component_model(true);
     Engine::new(&wcfg)
@@ -570,6 +580,28 @@ impl CompileOnly {
             self.compile_optimized(name, bytes, digest)?,
             Tier::Optimized,
         ))
+    }
+
+    /// Compiles with `serial` (Cranelift like `self.engine`, on this thread only), stores
+    /// the artifact in the cache when there is one, and loads it into `self.engine`.
+    pub(crate) fn compile_in_background(
+        &self,
+        serial: &Engine,
+        name: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component> {
+        let compile = |source| Error::Compile {
+            name: name.to_string(),
+            source,
+        };
+        let compiled = serial.precompile_component(bytes).map_err(compile)?;
+        if let Some(dir) = &self.cache_dir
+            && let Err(e) = cache::store(&self.engine, dir, digest, &compiled)
+        {
+            tracing::warn!(plugin = name, error = %e, "could not cache the optimised plugin");
+        }
+        cache::deserialize(&self.engine, &compiled).map_err(compile)
     }
 
     /// Compiles with Cranelift, storing the artifact in the cache when there is one.
