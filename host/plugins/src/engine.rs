@@ -2,7 +2,7 @@
 //! limits.
 //!
 //! Compilation is tiered. A component not in the compile cache is first compiled by Winch,
-//! wasmtime's single-pass baseline compiler (about a fifth of Cranelift's time here), so a
+//! wasmtime's single-pass baseline compiler (a quarter of Cranelift's time here), so a
 //! new version serves sooner; Cranelift then compiles it in the background, one plugin at a
 //! time and on one thread (a parallel compile would occupy the shared compile thread pool, and
 //! the quick compiles of the next versions, or of every built-in plugin at a first start,
