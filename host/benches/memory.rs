@@ -44,48 +44,68 @@ impl Drop for Server {
     }
 }
 
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 impl Server {
-    async fn start(data: &Path) -> Server {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
+    /// `kedge <command> --data-dir <data> --listen 127.0.0.1:<port> <extra>`, output dropped.
+    fn spawn(command: &str, data: &Path, port: u16, extra: &[&std::ffi::OsStr]) -> Server {
         let child = Command::new(KEDGE)
-            .args(["server", "--data-dir"])
+            .args([command, "--data-dir"])
             .arg(data)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--plugin-cache-dir",
-            ])
-            .arg(cache)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("kedge server");
-        let mut server = Server {
+            .expect("kedge");
+        Server {
             child,
             data: data.to_path_buf(),
             client: None,
-        };
-        let kubeconfig = data.join("admin.kubeconfig");
+        }
+    }
+
+    /// Polls (for up to 120 s) until the admin kubeconfig works and `done` holds; keeps that
+    /// client.
+    async fn wait_until(&mut self, what: &str, done: impl AsyncFn(&KubeClient) -> bool) {
+        let kubeconfig = self.data.join("admin.kubeconfig");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            assert!(Instant::now() < deadline, "the server did not come up");
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
             if kubeconfig.exists()
                 && let Ok(c) = KubeClient::from_kubeconfig(&kubeconfig)
-                && let Ok((200, _)) = c
-                    .request(http::Method::GET, "/readyz", "application/json", None)
-                    .await
+                && done(&c).await
             {
-                // Let the plugins' informers settle.
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                server.client = Some(Arc::new(c));
-                return server;
+                self.client = Some(Arc::new(c));
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    async fn start(data: &Path) -> Server {
+        let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-plugin-cache");
+        let mut server = Server::spawn(
+            "server",
+            data,
+            free_port(),
+            &["--plugin-cache-dir".as_ref(), cache.as_os_str()],
+        );
+        server
+            .wait_until("the server", async |c| {
+                matches!(
+                    c.request(http::Method::GET, "/readyz", "application/json", None)
+                        .await,
+                    Ok((200, _))
+                )
+            })
+            .await;
+        // Let the plugins' informers settle.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        server
     }
 
     fn client(&self) -> &Arc<KubeClient> {
@@ -194,35 +214,23 @@ fn main() {
 /// (the last one the previous run left) — and to `/readyz` ok (every plugin started).
 async fn dev(data: &Path, port: u16, stale: Option<&str>) -> (Server, Duration, Duration) {
     let t0 = Instant::now();
-    let child = Command::new(KEDGE)
-        .args(["dev", "--data-dir"])
-        .arg(data)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
+    let mut server = Server::spawn(
+        "dev",
+        data,
+        port,
+        &[
             "--name",
             "bench-dev",
             "--pod-network",
             "host",
             "--proxy-mode",
             "none",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kedge dev");
-    let mut server = Server {
-        child,
-        data: data.to_path_buf(),
-        client: None,
-    };
-    let kubeconfig = data.join("admin.kubeconfig");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        assert!(Instant::now() < deadline, "the dev node never became Ready");
-        if kubeconfig.exists()
-            && let Ok(c) = KubeClient::from_kubeconfig(&kubeconfig)
-            && let Ok((200, node)) = c
+        ]
+        .map(AsRef::as_ref),
+    );
+    server
+        .wait_until("the dev node to be Ready", async |c| {
+            let Ok((200, node)) = c
                 .request(
                     http::Method::GET,
                     "/api/v1/nodes/bench-dev",
@@ -230,35 +238,32 @@ async fn dev(data: &Path, port: u16, stale: Option<&str>) -> (Server, Duration, 
                     None,
                 )
                 .await
-            && node["status"]["conditions"].as_array().is_some_and(|cs| {
+            else {
+                return false;
+            };
+            let ready = node["status"]["conditions"].as_array().is_some_and(|cs| {
                 cs.iter()
                     .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            })
-            && node["metadata"]["resourceVersion"].as_str() != stale
-        {
-            let took = t0.elapsed();
-            while !matches!(
+            });
+            ready && node["metadata"]["resourceVersion"].as_str() != stale
+        })
+        .await;
+    let took = t0.elapsed();
+    server
+        .wait_until("the dev server's /readyz", async |c| {
+            matches!(
                 c.request(http::Method::GET, "/readyz", "application/json", None)
                     .await,
                 Ok((200, _))
-            ) {
-                assert!(Instant::now() < deadline, "the server never became ready");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            let ready = t0.elapsed();
-            server.client = Some(Arc::new(c));
-            return (server, took, ready);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            )
+        })
+        .await;
+    (server, took, t0.elapsed())
 }
 
 async fn dev_start() {
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let (first, cold, cold_ready) = dev(dir.path(), port, None).await;
     // Let the background optimisation finish before the restart, so the second start is
     // the cached one.
