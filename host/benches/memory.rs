@@ -44,6 +44,15 @@ impl Drop for Server {
     }
 }
 
+/// Whether the server answers `/readyz` with 200 (every plugin started).
+async fn readyz(c: &KubeClient) -> bool {
+    matches!(
+        c.request(http::Method::GET, "/readyz", "application/json", None)
+            .await,
+        Ok((200, _))
+    )
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -94,15 +103,7 @@ impl Server {
             free_port(),
             &["--plugin-cache-dir".as_ref(), cache.as_os_str()],
         );
-        server
-            .wait_until("the server", async |c| {
-                matches!(
-                    c.request(http::Method::GET, "/readyz", "application/json", None)
-                        .await,
-                    Ok((200, _))
-                )
-            })
-            .await;
+        server.wait_until("the server", readyz).await;
         // Let the plugins' informers settle.
         tokio::time::sleep(Duration::from_secs(3)).await;
         server
@@ -249,15 +250,7 @@ async fn dev(data: &Path, port: u16, stale: Option<&str>) -> (Server, Duration, 
         })
         .await;
     let took = t0.elapsed();
-    server
-        .wait_until("the dev server's /readyz", async |c| {
-            matches!(
-                c.request(http::Method::GET, "/readyz", "application/json", None)
-                    .await,
-                Ok((200, _))
-            )
-        })
-        .await;
+    server.wait_until("the dev server's /readyz", readyz).await;
     (server, took, t0.elapsed())
 }
 
