@@ -163,6 +163,21 @@ impl InProcess {
         }
     }
 
+    /// Creates ReplicaSet `name` in default: `replicas` pods labelled `app: <name>`.
+    fn create_replicaset(&self, name: &str, replicas: u32) {
+        self.api
+            .create(
+                by_kind("apps/v1", "ReplicaSet").unwrap(),
+                "default",
+                json!({"metadata": {"name": name}, "spec": {"replicas": replicas,
+                    "selector": {"matchLabels": {"app": name}},
+                    "template": {"metadata": {"labels": {"app": name}},
+                        "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
+                &WriteOptions::default(),
+            )
+            .unwrap();
+    }
+
     fn scale(&self, rs: &str, replicas: u32) {
         let res = by_kind("apps/v1", "ReplicaSet").unwrap();
         let scale = json!({"spec": {"replicas": replicas}});
@@ -224,18 +239,7 @@ async fn plugin_versions_are_checked_swapped_rolled_back_and_survive_a_restart()
             .contains(&json!({"apiVersion": "v1", "kind": "Pod"}))
     );
 
-    let res = by_kind("apps/v1", "ReplicaSet").unwrap();
-    k.api
-        .create(
-            res,
-            "default",
-            json!({"metadata": {"name": "web"}, "spec": {"replicas": 2,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {"metadata": {"labels": {"app": "web"}},
-                    "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
+    k.create_replicaset("web", 2);
     k.wait_pods("web", 2).await;
 
     // v2 from a file: compiled, swapped, proven on its first reconcile, then in charge.
@@ -346,18 +350,7 @@ async fn a_new_version_serves_baseline_code_until_its_optimised_build_replaces_i
     let k = start_with_cache(dir.path(), cache.clone()).await;
     k.wait_status("the builtin to run", |s| ready(s).0 == "True")
         .await;
-    let res = by_kind("apps/v1", "ReplicaSet").unwrap();
-    k.api
-        .create(
-            res,
-            "default",
-            json!({"metadata": {"name": "tiers"}, "spec": {"replicas": 2,
-                "selector": {"matchLabels": {"app": "tiers"}},
-                "template": {"metadata": {"labels": {"app": "tiers"}},
-                    "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
+    k.create_replicaset("tiers", 2);
     k.wait_pods("tiers", 2).await;
 
     let v3 = rebuilt(REPLICASET, "tiered");
@@ -719,17 +712,7 @@ async fn a_plugin_that_keeps_trapping_is_backed_off_and_reported() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The replicaset plugin still works meanwhile.
-    k.api
-        .create(
-            by_kind("apps/v1", "ReplicaSet").unwrap(),
-            "default",
-            json!({"metadata": {"name": "alive"}, "spec": {"replicas": 2,
-                "selector": {"matchLabels": {"app": "alive"}},
-                "template": {"metadata": {"labels": {"app": "alive"}},
-                    "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}}),
-            &WriteOptions::default(),
-        )
-        .unwrap();
+    k.create_replicaset("alive", 2);
     k.wait_pods("alive", 2).await;
     k.cancel.cancel();
 }

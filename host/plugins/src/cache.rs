@@ -29,7 +29,7 @@ pub(crate) fn load(engine: &Engine, dir: &Path, digest: &str) -> Option<Componen
         return None;
     }
     // SAFETY: `deserialize_file` requires a file produced by `Engine::precompile_*` of a
-    // compatible engine that nobody tampered with. We only read files `compile_and_store`
+    // compatible engine that nobody tampered with. We only read files `store`
     // wrote, named by the content hash of their source and the engine's compatibility hash,
     // from a directory owned by the kedge server (created 0700 there); wasmtime also checks
     // the header and version itself.
@@ -42,18 +42,6 @@ pub(crate) fn load(engine: &Engine, dir: &Path, digest: &str) -> Option<Componen
             None
         }
     }
-}
-
-/// Compiles `bytes` with `engine`, stores the artifact in `dir` and returns it.
-pub(crate) fn compile_and_store(
-    engine: &Engine,
-    dir: &Path,
-    digest: &str,
-    bytes: &[u8],
-) -> wasmtime::Result<Component> {
-    let compiled = engine.precompile_component(bytes)?;
-    store(engine, dir, digest, &compiled)?;
-    deserialize(engine, &compiled)
 }
 
 /// Stores `compiled` (from `Engine::precompile_component` of an engine configured like

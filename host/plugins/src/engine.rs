@@ -365,7 +365,7 @@ impl PluginHost {
             let started = Instant::now();
             let label = name.clone();
             let compiled = tokio::task::spawn_blocking(move || {
-                compiler.compile_in_background(&serial, &label, &bytes, &digest)
+                compiler.compile_optimized(&serial, &label, &bytes, &digest)
             })
             .await;
             let component = match compiled {
@@ -577,16 +577,17 @@ impl CompileOnly {
             }
         }
         Ok((
-            self.compile_optimized(name, bytes, digest)?,
+            self.compile_optimized(&self.engine, name, bytes, digest)?,
             Tier::Optimized,
         ))
     }
 
-    /// Compiles with `serial` (Cranelift like `self.engine`, on this thread only), stores
-    /// the artifact in the cache when there is one, and loads it into `self.engine`.
-    pub(crate) fn compile_in_background(
+    /// Compiles with `compiler` (Cranelift configured as `self.engine`: that engine itself,
+    /// or its one-thread twin in the background), stores the artifact in the cache when there
+    /// is one (a failed store only warns), and loads it into `self.engine`.
+    pub(crate) fn compile_optimized(
         &self,
-        serial: &Engine,
+        compiler: &Engine,
         name: &str,
         bytes: &[u8],
         digest: &str,
@@ -595,34 +596,12 @@ impl CompileOnly {
             name: name.to_string(),
             source,
         };
-        let compiled = serial.precompile_component(bytes).map_err(compile)?;
+        let compiled = compiler.precompile_component(bytes).map_err(compile)?;
         if let Some(dir) = &self.cache_dir
             && let Err(e) = cache::store(&self.engine, dir, digest, &compiled)
         {
             tracing::warn!(plugin = name, error = %e, "could not cache the optimised plugin");
         }
         cache::deserialize(&self.engine, &compiled).map_err(compile)
-    }
-
-    /// Compiles with Cranelift, storing the artifact in the cache when there is one.
-    pub(crate) fn compile_optimized(
-        &self,
-        name: &str,
-        bytes: &[u8],
-        digest: &str,
-    ) -> Result<Component> {
-        let compile = || {
-            Component::new(&self.engine, bytes).map_err(|source| Error::Compile {
-                name: name.to_string(),
-                source,
-            })
-        };
-        match &self.cache_dir {
-            Some(dir) => cache::compile_and_store(&self.engine, dir, digest, bytes).or_else(|e| {
-                tracing::warn!(plugin = name, error = %e, "plugin cache unusable; compiling");
-                compile()
-            }),
-            None => compile(),
-        }
     }
 }

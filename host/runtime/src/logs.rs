@@ -190,8 +190,8 @@ impl LogWriter {
     }
 
     /// Renames the current file aside, starts a fresh one and drops rotated files beyond
-    /// `max_files - 1` (before the rename). Runs under the file lock, so no record lands in a file once renamed
-    /// (a following reader relies on that to switch without losing lines).
+    /// `max_files - 1` (before the rename). Runs under the file lock, so no record lands in a
+    /// file once renamed (a following reader relies on that to switch without losing lines).
     fn rotate(&self, current: &mut Current, mut ts: DateTime<Utc>) -> io::Result<()> {
         let shared = &self.shared;
         let rotated = loop {
@@ -211,7 +211,11 @@ impl LogWriter {
         std::fs::rename(&shared.path, &rotated)?;
         current.file = open_append(&shared.path)?;
         current.size = 0;
-        remove_old_rotations(&shared.path, keep)
+        if keep == 0 {
+            // `max_files` 1 keeps no rotated file, not even the one just made.
+            std::fs::remove_file(&rotated)?;
+        }
+        Ok(())
     }
 
     /// A line-buffering sink for one guest stream, to hand to WASI as stdout or stderr.
