@@ -177,7 +177,9 @@ async fn run() {
         )
         .unwrap(),
     );
-    let api = Arc::new(Api::new(store, system_clock()));
+    // A /24 per node: 1,000 nodes need more than the default /16.
+    let network = kedge::api::alloc::ClusterNetwork::parse("10.64.0.0/12", "10.43.0.10").unwrap();
+    let api = Arc::new(Api::new(store, system_clock()).with_network(network));
     let namespaces = resources::by_kind("v1", "Namespace").unwrap();
     for ns in ["default", "plain", "spread", "anti"] {
         api.create(

@@ -4,7 +4,8 @@
 //! - plugin reconcile call overhead: a fresh instance + one reconcile of the replicaset plugin
 //!   on a converged ReplicaSet, and on an absent key.
 //!
-//! Run: `cargo bench -p kedge --bench skeleton`
+//! Run: `cargo bench -p kedge --bench skeleton` (`KEDGE_BENCH_ONLY=overhead` for the second
+//! part alone).
 
 mod common;
 
@@ -16,6 +17,10 @@ use kedge::agent::{self, AgentConfig};
 use kedge::core::resources::by_kind;
 use kedge::server;
 use tokio_util::sync::CancellationToken;
+
+/// The `kedge` binary's allocator, so call costs are the server's.
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -97,11 +102,14 @@ async fn run() {
         }
         c
     };
+    let only = std::env::var("KEDGE_BENCH_ONLY").unwrap_or_default();
     // Warm kubectl's discovery and OpenAPI caches so each sample measures one apply.
-    let _ = kubectl(&["get", "pods"], None).wait();
+    if only != "overhead" {
+        let _ = kubectl(&["get", "pods"], None).wait();
+    }
 
     let mut samples = Vec::new();
-    for i in 0..21 {
+    for i in 0..if only == "overhead" { 0 } else { 21 } {
         let name = format!("bench-{i}");
         let manifest = format!(
             r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},
@@ -137,14 +145,16 @@ async fn run() {
         let _ = kubectl(&["delete", "deployment", &name, "--wait=false"], None).wait();
     }
     let mut s = samples.clone();
-    println!(
-        "kubectl apply (1-replica Wasm Deployment) -> pod Running, n={}: median {}, p90 {}, min {}, max {}",
-        s.len(),
-        ms(percentile(&mut s, 0.5)),
-        ms(percentile(&mut s, 0.9)),
-        ms(s[0]),
-        ms(*s.last().unwrap())
-    );
+    if !s.is_empty() {
+        println!(
+            "kubectl apply (1-replica Wasm Deployment) -> pod Running, n={}: median {}, p90 {}, min {}, max {}",
+            s.len(),
+            ms(percentile(&mut s, 0.5)),
+            ms(percentile(&mut s, 0.9)),
+            ms(s[0]),
+            ms(*s.last().unwrap())
+        );
+    }
 
     // Reconcile overhead: the same plugin bytes in a host of our own.
     let host = Arc::new(
@@ -154,6 +164,15 @@ async fn run() {
         .load("replicaset", server::default_plugins::REPLICASET)
         .await
         .unwrap();
+    // Time the code plugins run once settled: Cranelift's, compiled in the background.
+    let settled = Instant::now();
+    while plugin.tier() != kedge::plugins::Tier::Optimized {
+        assert!(
+            settled.elapsed() < Duration::from_secs(60),
+            "never optimised"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rs = by_kind("apps/v1", "ReplicaSet").unwrap();
     let informer = host.informers().get(rs);
     informer.wait_synced().await;
@@ -180,9 +199,13 @@ async fn run() {
     // Let it write its status once.
     host.reconcile(&plugin, "default", "steady").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
+    let calls: usize = std::env::var("KEDGE_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     for (label, key) in [("converged ReplicaSet", "steady"), ("absent key", "absent")] {
         let mut t = Vec::new();
-        for _ in 0..2000 {
+        for _ in 0..calls {
             let start = Instant::now();
             host.reconcile(&plugin, "default", key).await.unwrap();
             t.push(start.elapsed());

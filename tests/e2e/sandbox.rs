@@ -1,13 +1,14 @@
 //! The plugin sandbox: a guest that loops forever and one that allocates without bound are
-//! stopped by the host, which keeps serving; a plugin writes only what it declared; a watch by
-//! label selector routes events of the selected kind.
+//! stopped by the host, which keeps serving, on baseline and on optimised code; more calls at
+//! once than the instance pools hold wait their turn; a plugin writes only what it declared; a
+//! watch by label selector routes events of the selected kind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kedge::api::ops::{Api, WriteOptions, system_clock};
 use kedge::core::resources::by_kind;
-use kedge::plugins::{Error, PluginConfig, PluginHost};
+use kedge::plugins::{Error, PluginConfig, PluginHost, Tier};
 use kedge::store::redb::{Options, RedbStore};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,15 @@ const HOG: &[u8] = include_bytes!(concat!(
 ));
 
 fn host(dir: &std::path::Path) -> (Arc<Api>, Arc<PluginHost>, CancellationToken) {
+    host_with(dir, true)
+}
+
+/// With `baseline` off, plugins run Cranelift's code from the start: the engine whose
+/// instances come from pools.
+fn host_with(
+    dir: &std::path::Path,
+    baseline: bool,
+) -> (Arc<Api>, Arc<PluginHost>, CancellationToken) {
     let store = RedbStore::open(&dir.join("s.redb"), Options::default()).unwrap();
     let api = Arc::new(Api::new(Arc::new(store), system_clock()));
     api.create(
@@ -36,7 +46,7 @@ fn host(dir: &std::path::Path) -> (Arc<Api>, Arc<PluginHost>, CancellationToken)
         call_deadline: Duration::from_millis(300),
         memory_limit: 32 << 20,
         cache_dir: None,
-        baseline_compiler: true,
+        baseline_compiler: baseline,
     };
     let host = Arc::new(PluginHost::new(api.clone(), config, cancel.clone()).unwrap());
     (api, host, cancel)
@@ -44,40 +54,79 @@ fn host(dir: &std::path::Path) -> (Arc<Api>, Arc<PluginHost>, CancellationToken)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runaway_guests_are_stopped_and_the_host_keeps_serving() {
+    for baseline in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (api, host, cancel) = host_with(dir.path(), baseline);
+        let tier = if baseline {
+            Tier::Baseline
+        } else {
+            Tier::Optimized
+        };
+
+        // Built against the plain `controller` world: no `watches` export, no watches.
+        let spin = host.load("spin", SPIN).await.unwrap();
+        assert_eq!(spin.name(), "spin");
+        assert_eq!(spin.tier(), tier);
+        assert!(spin.permissions().watches.is_empty());
+        let start = Instant::now();
+        let err = host.reconcile(&spin, "default", "x").await.unwrap_err();
+        let took = start.elapsed();
+        match &err {
+            Error::Trap { reason, .. } => assert!(reason.contains("deadline"), "{reason}"),
+            other => panic!("expected a trap, got {other}"),
+        }
+        assert!(took < Duration::from_secs(3), "stopped after {took:?}");
+
+        let hog = host.load("hog", HOG).await.unwrap();
+        assert_eq!(hog.tier(), tier);
+        for _ in 0..3 {
+            let err = host.reconcile(&hog, "default", "x").await.unwrap_err();
+            match &err {
+                Error::Trap { reason, .. } => assert!(reason.contains("memory"), "{reason}"),
+                other => panic!("expected a trap, got {other}"),
+            }
+        }
+
+        // The host still serves: the API answers and a well-behaved plugin reconciles.
+        let ns = by_kind("v1", "Namespace").unwrap();
+        assert!(api.get(ns, "", "default").is_ok());
+        let rs = host
+            .load("replicaset", kedge::server::default_plugins::REPLICASET)
+            .await
+            .unwrap();
+        assert_eq!(rs.name(), "replicaset");
+        host.reconcile(&rs, "default", "absent").await.unwrap();
+        // And the runaway ones can be called again (each call gets a fresh instance).
+        assert!(host.reconcile(&spin, "default", "y").await.is_err());
+        cancel.cancel();
+    }
+}
+
+/// The host keeps instances for `CALL_SLOTS` (128) calls at once in its pools; more calls at
+/// once wait for a slot rather than fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_calls_at_once_than_the_pools_hold_wait_their_turn() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, host, cancel) = host(dir.path());
-
-    // Built against the plain `controller` world: no `watches` export, no watches.
+    let (_api, host, cancel) = host_with(dir.path(), false);
     let spin = host.load("spin", SPIN).await.unwrap();
-    assert_eq!(spin.name(), "spin");
-    assert!(spin.permissions().watches.is_empty());
+    assert_eq!(spin.tier(), Tier::Optimized);
     let start = Instant::now();
-    let err = host.reconcile(&spin, "default", "x").await.unwrap_err();
+    let calls: Vec<_> = (0..200)
+        .map(|i| {
+            let (host, spin) = (host.clone(), spin.clone());
+            tokio::spawn(async move { host.reconcile(&spin, "default", &format!("k{i}")).await })
+        })
+        .collect();
+    for call in calls {
+        match call.await.unwrap() {
+            // Every call ran its course: stopped at its 300 ms deadline.
+            Err(Error::Trap { reason, .. }) => assert!(reason.contains("deadline"), "{reason}"),
+            other => panic!("expected a deadline trap, got {other:?}"),
+        }
+    }
+    // Two rounds of deadlines at least: the calls past the first 128 waited.
     let took = start.elapsed();
-    match &err {
-        Error::Trap { reason, .. } => assert!(reason.contains("deadline"), "{reason}"),
-        other => panic!("expected a trap, got {other}"),
-    }
-    assert!(took < Duration::from_secs(3), "stopped after {took:?}");
-
-    let hog = host.load("hog", HOG).await.unwrap();
-    let err = host.reconcile(&hog, "default", "x").await.unwrap_err();
-    match &err {
-        Error::Trap { reason, .. } => assert!(reason.contains("memory"), "{reason}"),
-        other => panic!("expected a trap, got {other}"),
-    }
-
-    // The host still serves: the API answers and a well-behaved plugin reconciles.
-    let ns = by_kind("v1", "Namespace").unwrap();
-    assert!(api.get(ns, "", "default").is_ok());
-    let rs = host
-        .load("replicaset", kedge::server::default_plugins::REPLICASET)
-        .await
-        .unwrap();
-    assert_eq!(rs.name(), "replicaset");
-    host.reconcile(&rs, "default", "absent").await.unwrap();
-    // And the runaway ones can be called again (each call gets a fresh instance).
-    assert!(host.reconcile(&spin, "default", "y").await.is_err());
+    assert!(took >= Duration::from_millis(600), "took {took:?}");
     cancel.cancel();
 }
 

@@ -42,6 +42,56 @@ pub struct Plugin {
 pub(crate) struct Code {
     pub(crate) pre: ControllerPre<HostState>,
     pub(crate) tier: Tier,
+    /// Call slots one instance takes (see [`CALL_SLOTS`]).
+    pub(crate) slots: u32,
+}
+
+/// Plugin instances alive at once: the pooling allocator keeps this many linear memories,
+/// component instances and fiber stacks ready (and `TABLES_PER_SLOT` times as many tables).
+/// A call takes one slot per linear memory its component defines (at least one, and one per
+/// `TABLES_PER_SLOT` tables), so the pools never run out: a call beyond them waits for a
+/// slot. Each memory slot reserves address space only (4 GiB plus guard, as every 32-bit
+/// memory does), not memory.
+pub(crate) const CALL_SLOTS: u32 = 128;
+const TABLES_PER_SLOT: u32 = 8;
+/// Dirty bytes of a memory (and of a table) reset in place when its call ends, so the next
+/// call finds them mapped; beyond this the pages are given back to the kernel. With Linux's
+/// PAGEMAP_SCAN (6.7 and later) only the pages a call wrote are reset: a reconcile of an
+/// absent object costs a third of what unmapping and faulting pages in again did.
+const KEEP_RESIDENT: usize = 256 << 10;
+/// Free slots that keep a plugin's memory image mapped for its next call. Each holds at
+/// most `KEEP_RESIDENT` of resident memory.
+const WARM_SLOTS: u32 = 32;
+
+impl Code {
+    fn new(
+        linker: &Linker<HostState>,
+        component: &Component,
+        tier: Tier,
+        label: &str,
+    ) -> Result<Self> {
+        let pre = pre_instantiate(linker, component, label)?;
+        // A component that imports core modules cannot say what it needs: count it as the
+        // most any component may take.
+        let slots = component
+            .resources_required()
+            .map(|r| {
+                r.num_memories
+                    .max(r.num_tables.div_ceil(TABLES_PER_SLOT))
+                    .max(1)
+            })
+            .unwrap_or(CALL_SLOTS + 1);
+        if slots > CALL_SLOTS {
+            return Err(Error::Instantiate {
+                name: label.to_string(),
+                source: wasmtime::Error::msg(format!(
+                    "one instance needs {slots} call slots (one per linear memory, one per \
+                     {TABLES_PER_SLOT} tables), more than the {CALL_SLOTS} the plugin host has"
+                )),
+            });
+        }
+        Ok(Code { pre, tier, slots })
+    }
 }
 
 /// Which compiler built a plugin's code.
@@ -100,6 +150,8 @@ pub struct PluginHost {
     pub(crate) serial: Engine,
     /// One background optimisation at a time.
     pub(crate) optimizing: Arc<tokio::sync::Semaphore>,
+    /// [`CALL_SLOTS`] permits: a call holds its code's `slots` until its store is gone.
+    pub(crate) call_slots: Arc<tokio::sync::Semaphore>,
     pub(crate) api: Arc<Api>,
     pub(crate) informers: Arc<Informers>,
     pub(crate) config: PluginConfig,
@@ -142,11 +194,16 @@ impl Drop for EpochTicker {
 
 impl PluginHost {
     pub fn new(api: Arc<Api>, config: PluginConfig, cancel: CancellationToken) -> Result<Self> {
-        let engine = new_engine(wasmtime::Strategy::Cranelift, true).map_err(Error::Engine)?;
-        let serial = new_engine(wasmtime::Strategy::Cranelift, false).map_err(Error::Engine)?;
+        // Only the engine running optimised code pools instances: baseline code serves for
+        // seconds, and the serial engine only compiles.
+        let engine =
+            new_engine(wasmtime::Strategy::Cranelift, true, true).map_err(Error::Engine)?;
+        let serial =
+            new_engine(wasmtime::Strategy::Cranelift, false, false).map_err(Error::Engine)?;
         let linker = Arc::new(new_linker(&engine).map_err(Error::Engine)?);
         let baseline = if config.baseline_compiler && cfg!(target_arch = "x86_64") {
-            match new_engine(wasmtime::Strategy::Winch, true).and_then(|e| Ok((new_linker(&e)?, e)))
+            match new_engine(wasmtime::Strategy::Winch, true, false)
+                .and_then(|e| Ok((new_linker(&e)?, e)))
             {
                 Ok((linker, engine)) => Some((engine, Arc::new(linker))),
                 Err(e) => {
@@ -167,6 +224,7 @@ impl PluginHost {
             baseline,
             serial,
             optimizing: Arc::new(tokio::sync::Semaphore::new(1)),
+            call_slots: Arc::new(tokio::sync::Semaphore::new(CALL_SLOTS as usize)),
             api,
             informers,
             config,
@@ -186,6 +244,16 @@ impl PluginHost {
 
     pub fn informers(&self) -> &Arc<Informers> {
         &self.informers
+    }
+
+    /// Waits for the call slots one instance of `code` takes; hold them until its store is
+    /// dropped (declare them before the store).
+    pub(crate) async fn call_slots(&self, code: &Code) -> tokio::sync::OwnedSemaphorePermit {
+        self.call_slots
+            .clone()
+            .acquire_many_owned(code.slots)
+            .await
+            .expect("the call-slot semaphore is never closed")
     }
 
     /// A store on `engine` (the one the plugin's code was built by) under `limits`.
@@ -255,7 +323,7 @@ impl PluginHost {
             (Tier::Baseline, Some((_, linker))) => linker,
             _ => &self.linker,
         };
-        let pre = pre_instantiate(linker, &component, label)?;
+        let code = Code::new(linker, &component, tier, label)?;
         let engine = component.engine().clone();
         // Registration runs with no permissions at all.
         let probe = Arc::new(PluginShared {
@@ -272,6 +340,7 @@ impl PluginHost {
             },
             grant: Default::default(),
         });
+        let _slots = self.call_slots(&code).await;
         let mut store = self.new_store(&engine, probe, limits);
         let instantiate = |source| Error::Instantiate {
             name: label.to_string(),
@@ -282,7 +351,8 @@ impl PluginHost {
             key: key.into(),
             reason: trap_reason(&e, limits),
         };
-        let instance = pre
+        let instance = code
+            .pre
             .instance_pre()
             .instantiate_async(&mut store)
             .await
@@ -328,7 +398,7 @@ impl PluginHost {
                 perms,
                 grant: Default::default(),
             }),
-            code: ArcSwap::from_pointee(Code { pre, tier }),
+            code: ArcSwap::from_pointee(code),
             digest,
             limits,
         });
@@ -379,12 +449,9 @@ impl PluginHost {
             let Some(plugin) = weak.upgrade() else {
                 return;
             };
-            match pre_instantiate(&linker, &component, &name) {
-                Ok(pre) => {
-                    plugin.code.store(Arc::new(Code {
-                        pre,
-                        tier: Tier::Optimized,
-                    }));
+            match Code::new(&linker, &component, Tier::Optimized, &name) {
+                Ok(code) => {
+                    plugin.code.store(Arc::new(code));
                     tracing::info!(
                         plugin = %name,
                         ms = started.elapsed().as_millis() as u64,
@@ -424,6 +491,7 @@ impl PluginHost {
             format!("{ns}/{name}")
         };
         let code = plugin.code.load_full();
+        let _slots = self.call_slots(&code).await;
         let mut store = self.new_store(
             code.pre.instance_pre().engine(),
             plugin.shared.clone(),
@@ -512,13 +580,37 @@ pub(crate) fn trap_reason(e: &wasmtime::Error, limits: Limits) -> String {
     text
 }
 
-/// An engine for plugins: epoch deadlines, the component model, and `strategy`'s compiler.
-fn new_engine(strategy: wasmtime::Strategy, parallel: bool) -> wasmtime::Result<Engine> {
+/// An engine for plugins: epoch deadlines, the component model, and `strategy`'s compiler;
+/// with `pooled`, instances come from pools reused call after call (with an instance per
+/// reconcile, mapping and unmapping a fresh memory, tables and a fiber stack each time was
+/// half of a short call's time, and faulting its pages in again most of the rest).
+fn new_engine(
+    strategy: wasmtime::Strategy,
+    parallel: bool,
+    pooled: bool,
+) -> wasmtime::Result<Engine> {
     let mut wcfg = wasmtime::Config::new();
     wcfg.strategy(strategy);
     wcfg.parallel_compilation(parallel);
     wcfg.epoch_interruption(true);
     wcfg.wasm_component_model(true);
+    if pooled {
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(CALL_SLOTS)
+            .total_memories(CALL_SLOTS)
+            .total_tables(CALL_SLOTS * TABLES_PER_SLOT)
+            .total_stacks(CALL_SLOTS)
+            // Core instances are counted, not reserved.
+            .total_core_instances(CALL_SLOTS * 64)
+            .max_memories_per_module(16)
+            .max_tables_per_module(16)
+            .table_elements(100_000)
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT)
+            .max_unused_warm_slots(WARM_SLOTS);
+        wcfg.allocation_strategy(pool);
+    }
     Engine::new(&wcfg)
 }
 
