@@ -157,8 +157,60 @@ pub struct PluginHost {
     pub(crate) config: PluginConfig,
     pub(crate) cancel: CancellationToken,
     pub(crate) tasks: tokio_util::task::TaskTracker,
+    /// Where the plugins' workers run their guests.
+    pub(crate) guests: GuestRuntime,
     pub(crate) _ticker: EpochTicker,
     pub(crate) metrics: crate::metrics::PluginMetrics,
+}
+
+/// A tokio runtime of its own for the plugins' workers, on threads of lower priority (nice
+/// [`GUEST_NICE`]) than the API's: a guest spinning to its deadline yields only once an
+/// epoch tick (10 ms), and on the API's own workers it kept a request waiting that long; here
+/// the kernel favours the API's threads. Not lower still: under load the controllers must
+/// keep up too.
+pub(crate) struct GuestRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// Nice value of the threads running guests.
+const GUEST_NICE: i32 = 5;
+
+impl GuestRuntime {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .thread_name("kedge-plugin")
+            .enable_all()
+            .on_thread_start(|| {
+                #[cfg(target_os = "linux")]
+                {
+                    // PRIO_PROCESS with a thread id sets that thread's nice value on Linux.
+                    let tid = rustix::thread::gettid();
+                    if let Err(e) = rustix::process::setpriority_process(Some(tid), GUEST_NICE) {
+                        tracing::debug!(error = %e, "could not lower a plugin thread's priority");
+                    }
+                }
+            })
+            .build()?;
+        Ok(GuestRuntime {
+            runtime: Some(runtime),
+        })
+    }
+
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime
+            .as_ref()
+            .expect("the guest runtime lives as long as its host")
+            .handle()
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        // The host may be dropped inside another runtime, where a blocking shutdown panics.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Bumps the engines' epoch on a plain thread (it must tick even when tokio's workers are
@@ -230,6 +282,8 @@ impl PluginHost {
             config,
             cancel,
             tasks: tokio_util::task::TaskTracker::new(),
+            guests: GuestRuntime::start()
+                .map_err(|e| Error::Engine(wasmtime::Error::msg(format!("guest runtime: {e}"))))?,
             _ticker: ticker,
             metrics: Default::default(),
         })

@@ -159,8 +159,10 @@ impl Slot {
         if every {
             slot.follow_new_kinds();
         }
+        // The worker runs the guests: on the host's guest runtime, below the API's priority.
         let worker = slot.clone();
-        host.tasks.spawn(async move { worker.run().await });
+        host.tasks
+            .spawn_on(async move { worker.run().await }, host.guests.handle());
         slot
     }
 
