@@ -557,19 +557,23 @@ fn replicaset_plugin_is_hot_swapped_three_times_while_a_deployment_scales() {
         let running = pods.iter().filter(|p| p.phase == "Running").count();
         (pods.len() == 3 && running == 3).then_some(())
     });
-    let rs = c.k(&[
-        "get",
-        "rs",
-        "-l",
-        "app=swing",
-        "-o",
-        "jsonpath={.items[*].status.replicas}",
-    ]);
-    let total: u32 = rs
-        .split_whitespace()
-        .map(|n| n.parse::<u32>().unwrap())
-        .sum();
-    assert_eq!(total, 3, "replica counts {rs:?}");
+    // The ReplicaSets' status follows their pods (the old ones' last status write can come
+    // after the pods are gone).
+    c.wait("the ReplicaSets' status to count 3 replicas in all", || {
+        let rs = c.k(&[
+            "get",
+            "rs",
+            "-l",
+            "app=swing",
+            "-o",
+            "jsonpath={.items[*].status.replicas}",
+        ]);
+        let total: u32 = rs
+            .split_whitespace()
+            .map(|n| n.parse::<u32>().unwrap())
+            .sum();
+        (total == 3).then_some(())
+    });
     // The rollback is on record: an Event kubectl describe shows.
     let describe = c.k(&["describe", "plugin", "replicaset"]);
     assert!(describe.contains("RolledBack"), "{describe}");

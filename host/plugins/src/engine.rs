@@ -47,20 +47,26 @@ pub(crate) struct Code {
 }
 
 /// Plugin instances alive at once: the pooling allocator keeps this many linear memories,
-/// component instances and fiber stacks ready (and `TABLES_PER_SLOT` times as many tables).
-/// A call takes one slot per linear memory its component defines (at least one, and one per
-/// `TABLES_PER_SLOT` tables), so the pools never run out: a call beyond them waits for a
-/// slot. Each memory slot reserves address space only (4 GiB plus guard, as every 32-bit
-/// memory does), not memory.
+/// component instances and fiber stacks ready (`TABLES_PER_SLOT` times as many tables,
+/// `CORE_INSTANCES_PER_COMPONENT` times as many core instances). A call takes one slot per
+/// linear memory its component defines (at least one, and one per `TABLES_PER_SLOT`
+/// tables), so the pools never run out: a call beyond them waits for a slot. Each memory
+/// slot reserves address space only (4 GiB plus guard, as every 32-bit memory does).
 pub(crate) const CALL_SLOTS: u32 = 128;
 const TABLES_PER_SLOT: u32 = 8;
+/// Most slots one call may take (memories per component): a plugin needing more is refused
+/// at load, so no one plugin's call can hold most of the pool.
+const MAX_SLOTS_PER_CALL: u32 = 8;
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 /// Dirty bytes of a memory (and of a table) reset in place when its call ends, so the next
 /// call finds them mapped; beyond this the pages are given back to the kernel. With Linux's
 /// PAGEMAP_SCAN (6.7 and later) only the pages a call wrote are reset: a reconcile of an
-/// absent object costs a third of what unmapping and faulting pages in again did.
+/// absent object costs a third of what unmapping and faulting pages in again did. Every
+/// slot ever used keeps up to this much resident (calls reuse their plugin's slots, so
+/// about one memory per plugin: ~80 MB `kedge dev` RSS is unchanged).
 const KEEP_RESIDENT: usize = 256 << 10;
-/// Free slots that keep a plugin's memory image mapped for its next call. Each holds at
-/// most `KEEP_RESIDENT` of resident memory.
+/// Free slots kept tied to the module that last used them (its image stays mapped) before
+/// they are handed to another module.
 const WARM_SLOTS: u32 = 32;
 
 impl Code {
@@ -80,13 +86,13 @@ impl Code {
                     .max(r.num_tables.div_ceil(TABLES_PER_SLOT))
                     .max(1)
             })
-            .unwrap_or(CALL_SLOTS + 1);
-        if slots > CALL_SLOTS {
+            .unwrap_or(MAX_SLOTS_PER_CALL + 1);
+        if slots > MAX_SLOTS_PER_CALL {
             return Err(Error::Instantiate {
                 name: label.to_string(),
                 source: wasmtime::Error::msg(format!(
                     "one instance needs {slots} call slots (one per linear memory, one per \
-                     {TABLES_PER_SLOT} tables), more than the {CALL_SLOTS} the plugin host has"
+                     {TABLES_PER_SLOT} tables); a plugin may take at most {MAX_SLOTS_PER_CALL}"
                 )),
             });
         }
@@ -163,33 +169,21 @@ pub struct PluginHost {
     pub(crate) metrics: crate::metrics::PluginMetrics,
 }
 
-/// A tokio runtime of its own for the plugins' workers, on threads of lower priority (nice
-/// [`GUEST_NICE`]) than the API's: a guest spinning to its deadline yields only once an
-/// epoch tick (10 ms), and on the API's own workers it kept a request waiting that long; here
-/// the kernel favours the API's threads. Not lower still: under load the controllers must
-/// keep up too.
+/// A tokio runtime of its own for the plugins' workers: a guest spinning to its deadline
+/// yields only once an epoch tick (10 ms), and on the API's own workers it kept requests
+/// waiting that long; here the kernel shares the cores between the API's threads and the
+/// guests'. (Niced guest threads were tried: on a loaded machine the controllers fell
+/// behind — an end-to-end test saw a ReplicaSet's status late — and the API's gain was
+/// within this machine's noise.)
 pub(crate) struct GuestRuntime {
     runtime: Option<tokio::runtime::Runtime>,
 }
-
-/// Nice value of the threads running guests.
-const GUEST_NICE: i32 = 5;
 
 impl GuestRuntime {
     fn start() -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("kedge-plugin")
             .enable_all()
-            .on_thread_start(|| {
-                #[cfg(target_os = "linux")]
-                {
-                    // PRIO_PROCESS with a thread id sets that thread's nice value on Linux.
-                    let tid = rustix::thread::gettid();
-                    if let Err(e) = rustix::process::setpriority_process(Some(tid), GUEST_NICE) {
-                        tracing::debug!(error = %e, "could not lower a plugin thread's priority");
-                    }
-                }
-            })
             .build()?;
         Ok(GuestRuntime {
             runtime: Some(runtime),
@@ -310,41 +304,6 @@ impl PluginHost {
             .expect("the call-slot semaphore is never closed")
     }
 
-    /// A store on `engine` (the one the plugin's code was built by) under `limits`.
-    pub(crate) fn new_store(
-        &self,
-        engine: &Engine,
-        shared: Arc<PluginShared>,
-        limits: Limits,
-    ) -> Store<HostState> {
-        let deadline = limits.call_deadline;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(limits.memory)
-            .trap_on_grow_failure(true)
-            .build();
-        let state = HostState {
-            plugin: shared,
-            limits,
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(engine, state);
-        store.limiter(|s| &mut s.limits);
-        // Every tick the guest yields to the async executor, so a runaway guest holds a tokio
-        // worker for at most one tick at a time (other plugins and the API keep their
-        // threads); past its deadline the next tick traps it.
-        let started = std::time::Instant::now();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if started.elapsed() >= deadline {
-                Err(wasmtime::Trap::Interrupt.into())
-            } else {
-                Ok(wasmtime::UpdateDeadline::Yield(1))
-            }
-        });
-        store
-    }
-
     /// Compiles `bytes`, asks the plugin to register, validates the registration; calls get
     /// the server-wide limits.
     pub async fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
@@ -394,50 +353,15 @@ impl PluginHost {
             },
             grant: Default::default(),
         });
-        let _slots = self.call_slots(&code).await;
-        let mut store = self.new_store(&engine, probe, limits);
-        let instantiate = |source| Error::Instantiate {
-            name: label.to_string(),
-            source,
-        };
-        let trap = |key: &str, e: wasmtime::Error| Error::Trap {
-            plugin: label.to_string(),
-            key: key.into(),
-            reason: trap_reason(&e, limits),
-        };
-        let instance = code
-            .pre
-            .instance_pre()
-            .instantiate_async(&mut store)
-            .await
-            .map_err(instantiate)?;
-        let bindings = Controller::new(&mut store, &instance).map_err(instantiate)?;
-        let reg = bindings
-            .call_register(&mut store)
-            .await
-            .map_err(|e| trap("register", e))?;
-        if reg.name.is_empty() {
-            return Err(Error::Registration {
-                name: label.to_string(),
-                why: "empty name".into(),
-            });
-        }
-        // `watches` is exported by components of the `watching-controller` world only; a
-        // plain `controller` has none.
-        let watches = match instance.get_func(&mut store, "watches") {
-            None => Vec::new(),
-            Some(f) => {
-                let f = f
-                    .typed::<(), (Vec<Watch>,)>(&store)
-                    .map_err(|e| Error::Registration {
-                        name: reg.name.clone(),
-                        why: format!("its `watches` export has the wrong type: {e}"),
-                    })?;
-                f.call_async(&mut store, ())
-                    .await
-                    .map_err(|e| trap("watches", e))?
-                    .0
-            }
+        // The guest's first calls run where all its calls run: on the guest runtime.
+        let code = Arc::new(code);
+        let (reg, watches) = {
+            let (code, slots, label) = (code.clone(), self.call_slots.clone(), label.to_string());
+            self.guests
+                .handle()
+                .spawn(async move { register(code, slots, engine, probe, limits, label).await })
+                .await
+                .map_err(|e| Error::Engine(wasmtime::Error::msg(e.to_string())))??
         };
         let perms =
             Permissions::from_registration(&reg, &watches).map_err(|why| Error::Registration {
@@ -452,7 +376,7 @@ impl PluginHost {
                 perms,
                 grant: Default::default(),
             }),
-            code: ArcSwap::from_pointee(code),
+            code: ArcSwap::new(code),
             digest,
             limits,
         });
@@ -546,7 +470,7 @@ impl PluginHost {
         };
         let code = plugin.code.load_full();
         let _slots = self.call_slots(&code).await;
-        let mut store = self.new_store(
+        let mut store = new_store(
             code.pre.instance_pre().engine(),
             plugin.shared.clone(),
             plugin.limits,
@@ -611,6 +535,101 @@ impl PluginHost {
     }
 }
 
+/// A store on `engine` (the one the plugin's code was built by) under `limits`.
+pub(crate) fn new_store(
+    engine: &Engine,
+    shared: Arc<PluginShared>,
+    limits: Limits,
+) -> Store<HostState> {
+    let deadline = limits.call_deadline;
+    let limits = StoreLimitsBuilder::new()
+        .memory_size(limits.memory)
+        .trap_on_grow_failure(true)
+        .build();
+    let state = HostState {
+        plugin: shared,
+        limits,
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.limits);
+    // Every tick the guest yields to the async executor, so a runaway guest holds a tokio
+    // worker for at most one tick at a time (other plugins and the API keep their
+    // threads); past its deadline the next tick traps it.
+    let started = std::time::Instant::now();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if started.elapsed() >= deadline {
+            Err(wasmtime::Trap::Interrupt.into())
+        } else {
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// Instantiates `code` with no permissions and asks the plugin for its registration and
+/// its watches.
+async fn register(
+    code: Arc<Code>,
+    call_slots: Arc<tokio::sync::Semaphore>,
+    engine: Engine,
+    probe: Arc<PluginShared>,
+    limits: Limits,
+    label: String,
+) -> Result<(crate::wit_host::Registration, Vec<Watch>)> {
+    let _slots = call_slots
+        .acquire_many_owned(code.slots)
+        .await
+        .expect("the call-slot semaphore is never closed");
+    let mut store = new_store(&engine, probe, limits);
+    let instantiate = |source| Error::Instantiate {
+        name: label.clone(),
+        source,
+    };
+    let trap = |key: &str, e: wasmtime::Error| Error::Trap {
+        plugin: label.clone(),
+        key: key.into(),
+        reason: trap_reason(&e, limits),
+    };
+    let instance = code
+        .pre
+        .instance_pre()
+        .instantiate_async(&mut store)
+        .await
+        .map_err(instantiate)?;
+    let bindings = Controller::new(&mut store, &instance).map_err(instantiate)?;
+    let reg = bindings
+        .call_register(&mut store)
+        .await
+        .map_err(|e| trap("register", e))?;
+    if reg.name.is_empty() {
+        return Err(Error::Registration {
+            name: label.clone(),
+            why: "empty name".into(),
+        });
+    }
+    // `watches` is exported by components of the `watching-controller` world only; a
+    // plain `controller` has none.
+    let watches = match instance.get_func(&mut store, "watches") {
+        None => Vec::new(),
+        Some(f) => {
+            let f = f
+                .typed::<(), (Vec<Watch>,)>(&store)
+                .map_err(|e| Error::Registration {
+                    name: reg.name.clone(),
+                    why: format!("its `watches` export has the wrong type: {e}"),
+                })?;
+            f.call_async(&mut store, ())
+                .await
+                .map_err(|e| trap("watches", e))?
+                .0
+        }
+    };
+    Ok((reg, watches))
+}
+
 pub(crate) fn trap_reason(e: &wasmtime::Error, limits: Limits) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return match trap {
@@ -655,9 +674,12 @@ fn new_engine(
             .total_tables(CALL_SLOTS * TABLES_PER_SLOT)
             .total_stacks(CALL_SLOTS)
             // Core instances are counted, not reserved.
-            .total_core_instances(CALL_SLOTS * 64)
-            .max_memories_per_module(16)
-            .max_tables_per_module(16)
+            .total_core_instances(CALL_SLOTS * CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_SLOTS_PER_CALL)
+            .max_tables_per_component(MAX_SLOTS_PER_CALL * TABLES_PER_SLOT)
+            .max_memories_per_module(MAX_SLOTS_PER_CALL)
+            .max_tables_per_module(MAX_SLOTS_PER_CALL * TABLES_PER_SLOT)
             .table_elements(100_000)
             .pagemap_scan(wasmtime::Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT)

@@ -163,6 +163,15 @@ impl Slot {
         let worker = slot.clone();
         host.tasks
             .spawn_on(async move { worker.run().await }, host.guests.handle());
+        // The worker holds the slot, the slot the host, the host the guest runtime: a cycle
+        // that cancelling breaks. A task on the caller's runtime cancels the slot when that
+        // runtime goes away uncancelled (an embedder or a test dropping everything), as
+        // dropping the worker itself did when it ran there.
+        let token = slot.cancel.clone();
+        host.tasks.spawn(async move {
+            let _cancel_on_drop = token.clone().drop_guard();
+            token.cancelled().await;
+        });
         slot
     }
 
@@ -400,11 +409,17 @@ impl Slot {
         // Reconciling before the caches are filled would act on a partial world (and, say,
         // create pods that already exist).
         let first = self.current();
-        for o in first.shared.perms.primaries() {
-            self.host.informers.get(o).wait_synced().await;
-        }
-        for o in first.shared.perms.readable.iter() {
-            self.host.informers.get(o).wait_synced().await;
+        let synced = async {
+            for o in first.shared.perms.primaries() {
+                self.host.informers.get(o).wait_synced().await;
+            }
+            for o in first.shared.perms.readable.iter() {
+                self.host.informers.get(o).wait_synced().await;
+            }
+        };
+        tokio::select! {
+            _ = self.cancel.cancelled() => return,
+            _ = synced => {}
         }
         // Everything that exists gets one reconcile, whatever events this plugin saw before
         // it subscribed (objects created before the plugin started, or before a restart).

@@ -548,6 +548,9 @@ pub struct Informers {
     by_kind: Mutex<HashMap<(&'static str, &'static str), Arc<Informer>>>,
     owners: Arc<OwnerIndex>,
     tasks: tokio_util::task::TaskTracker,
+    /// The runtime informers run on: the one `new` was called on, whichever runtime asks
+    /// for an informer later (plugin guests run on a niced runtime of their own).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Informers {
@@ -558,6 +561,7 @@ impl Informers {
             by_kind: Mutex::new(HashMap::new()),
             owners: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -570,8 +574,11 @@ impl Informers {
         }
         let inf = Arc::new(Informer::new(res, self.owners.clone()));
         map.insert(id, inf.clone());
-        self.tasks
-            .spawn(inf.clone().run(self.store.clone(), self.cancel.clone()));
+        let run = inf.clone().run(self.store.clone(), self.cancel.clone());
+        match &self.runtime {
+            Some(rt) => self.tasks.spawn_on(run, rt),
+            None => self.tasks.spawn(run),
+        };
         inf
     }
 
