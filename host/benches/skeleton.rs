@@ -109,7 +109,8 @@ async fn run() {
     }
 
     let mut samples = Vec::new();
-    for i in 0..if only == "overhead" { 0 } else { 21 } {
+    let applies = if only == "overhead" { 0 } else { 21 };
+    for i in 0..applies {
         let name = format!("bench-{i}");
         let manifest = format!(
             r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"{name}"}},

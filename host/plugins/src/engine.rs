@@ -294,16 +294,6 @@ impl PluginHost {
         &self.informers
     }
 
-    /// Waits for the call slots one instance of `code` takes; hold them until its store is
-    /// dropped (declare them before the store).
-    pub(crate) async fn call_slots(&self, code: &Code) -> tokio::sync::OwnedSemaphorePermit {
-        self.call_slots
-            .clone()
-            .acquire_many_owned(code.slots)
-            .await
-            .expect("the call-slot semaphore is never closed")
-    }
-
     /// Compiles `bytes`, asks the plugin to register, validates the registration; calls get
     /// the server-wide limits.
     pub async fn load(&self, label: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
@@ -469,7 +459,7 @@ impl PluginHost {
             format!("{ns}/{name}")
         };
         let code = plugin.code.load_full();
-        let _slots = self.call_slots(&code).await;
+        let _slots = take_call_slots(self.call_slots.clone(), &code).await;
         let mut store = new_store(
             code.pre.instance_pre().engine(),
             plugin.shared.clone(),
@@ -535,6 +525,18 @@ impl PluginHost {
     }
 }
 
+/// Waits for the call slots one instance of `code` takes; hold them until its store is
+/// dropped (declare them before the store).
+async fn take_call_slots(
+    call_slots: Arc<tokio::sync::Semaphore>,
+    code: &Code,
+) -> tokio::sync::OwnedSemaphorePermit {
+    call_slots
+        .acquire_many_owned(code.slots)
+        .await
+        .expect("the call-slot semaphore is never closed")
+}
+
 /// A store on `engine` (the one the plugin's code was built by) under `limits`.
 pub(crate) fn new_store(
     engine: &Engine,
@@ -579,10 +581,7 @@ async fn register(
     limits: Limits,
     label: String,
 ) -> Result<(crate::wit_host::Registration, Vec<Watch>)> {
-    let _slots = call_slots
-        .acquire_many_owned(code.slots)
-        .await
-        .expect("the call-slot semaphore is never closed");
+    let _slots = take_call_slots(call_slots, &code).await;
     let mut store = new_store(&engine, probe, limits);
     let instantiate = |source| Error::Instantiate {
         name: label.clone(),

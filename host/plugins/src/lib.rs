@@ -2,11 +2,11 @@
 //!
 //! Each plugin is compiled (quickly by Winch first, then optimised by Cranelift in the
 //! background: see `engine`) and pre-instantiated; every reconcile gets a fresh instance
-//! (microseconds: instances come from wasmtime's pools), so a trap cannot leave state behind. Every call runs under an epoch deadline
-//! (CPU time) and a memory cap; a trap or timeout fails that reconcile, which is retried with
-//! back-off — the host and other plugins carry on. Reads come from shared informer caches,
-//! writes go through [`Api`] (same defaulting and validation as kubectl's requests), limited to
-//! the kinds the plugin declared.
+//! (microseconds: instances come from wasmtime's pools), so a trap cannot leave state
+//! behind. Every call runs under an epoch deadline (CPU time) and a memory cap; a trap or
+//! timeout fails that reconcile, which is retried with back-off — the host and other plugins
+//! carry on. Reads come from shared informer caches, writes go through [`Api`] (same
+//! defaulting and validation as kubectl's requests), limited to the kinds the plugin declared.
 
 mod config;
 mod engine;

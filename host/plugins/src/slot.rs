@@ -159,7 +159,7 @@ impl Slot {
         if every {
             slot.follow_new_kinds();
         }
-        // The worker runs the guests: on the host's guest runtime, below the API's priority.
+        // The worker runs the guests: on the host's guest runtime, off the API's workers.
         let worker = slot.clone();
         host.tasks
             .spawn_on(async move { worker.run().await }, host.guests.handle());

@@ -549,7 +549,7 @@ pub struct Informers {
     owners: Arc<OwnerIndex>,
     tasks: tokio_util::task::TaskTracker,
     /// The runtime informers run on: the one `new` was called on, whichever runtime asks
-    /// for an informer later (plugin guests run on a niced runtime of their own).
+    /// for an informer later (plugin guests run on a runtime of their own).
     runtime: Option<tokio::runtime::Handle>,
 }
 
