@@ -41,6 +41,8 @@ have curl || need_pkgs+=(curl)
 # store conformance suite and the etcd end-to-end test start Debian's etcd (3.4) themselves.
 have protoc || need_pkgs+=(protobuf-compiler)
 have etcd || need_pkgs+=(etcd-server)
+# `kedge snapshot restore` of an etcd snapshot runs etcd's own tool (etcdctl in etcd 3.4).
+have etcdctl || have etcdutl || need_pkgs+=(etcd-client)
 # The dashboard's end-to-end test drives Debian's headless Chromium over DevTools.
 have chromium || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then

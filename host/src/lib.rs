@@ -17,3 +17,4 @@ pub use kedge_store::fsmode;
 pub mod kubeclient;
 pub mod push;
 pub mod server;
+pub mod snapshot;

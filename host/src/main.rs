@@ -342,6 +342,91 @@ enum Command {
         #[command(subcommand)]
         command: NodeCommand,
     },
+    /// Copies of the cluster's store: save one from a running server, restore one into a
+    /// stopped one.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// The cluster's datastore as a whole.
+    Datastore {
+        #[command(subcommand)]
+        command: DatastoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SnapshotCommand {
+    /// Write a consistent copy of the running cluster's store to FILE (mode 0600): a redb file
+    /// for the embedded store, etcd's own snapshot on etcd. Sealed Secrets stay sealed.
+    Save {
+        /// Admin kubeconfig of the cluster (the copy holds every Secret: cluster-admin only).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+        file: PathBuf,
+    },
+    /// Make FILE the store of a stopped server. An embedded-store snapshot replaces
+    /// <data-dir>/state.redb (the old one is kept beside it); objects keep their
+    /// resourceVersions, the revision jumps by --bump-revision and clients relist. An etcd
+    /// snapshot is restored into a new etcd member data dir by etcd's own tool.
+    Restore {
+        file: PathBuf,
+        /// The server's data dir (`kedge dev`: its data dir).
+        #[arg(long, env = "KEDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// How far the revision jumps past the snapshot's (etcdutl's --bump-revision).
+        #[arg(long, default_value_t = kedge::snapshot::DEFAULT_BUMP)]
+        bump_revision: u64,
+        /// etcd snapshots: the new data dir of the etcd member to start on it.
+        #[arg(long)]
+        etcd_data_dir: Option<PathBuf>,
+        /// etcd snapshots: that member's name.
+        #[arg(long, default_value = "default", requires = "etcd_data_dir")]
+        etcd_name: String,
+        /// etcd snapshots: the restored cluster's members, name=peer-url,…
+        #[arg(
+            long,
+            default_value = "default=http://localhost:2380",
+            requires = "etcd_data_dir"
+        )]
+        etcd_initial_cluster: String,
+        /// etcd snapshots: this member's peer URL.
+        #[arg(
+            long,
+            default_value = "http://localhost:2380",
+            requires = "etcd_data_dir"
+        )]
+        etcd_initial_advertise_peer_urls: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatastoreCommand {
+    /// Copy every object of a stopped server's embedded store into etcd (an empty key root),
+    /// then start the server with --datastore-endpoint. Names, UIDs and contents are kept;
+    /// resourceVersions become etcd's (clients relist). state.redb is left as it was.
+    Migrate {
+        /// The server's data dir.
+        #[arg(long, env = "KEDGE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// etcd client URLs, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        datastore_cafile: Option<PathBuf>,
+        #[arg(long, requires = "datastore_keyfile")]
+        datastore_certfile: Option<PathBuf>,
+        #[arg(long, requires = "datastore_certfile")]
+        datastore_keyfile: Option<PathBuf>,
+        #[arg(long, default_value = kedge::store::etcd::DEFAULT_ROOT)]
+        datastore_prefix: String,
+        /// As the server's: needed to read (and keep sealed) what it encrypted.
+        #[arg(long, conflicts_with = "secrets_encryption")]
+        encryption_provider_config: Option<PathBuf>,
+        /// As the server's --secrets-encryption.
+        #[arg(long)]
+        secrets_encryption: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -734,6 +819,104 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "node {name}: certificates issued until {} revoked; its tunnel is closed.\n\
                  To let it back: kedge token create, then start its agent with --token <new token>.",
                 kedge::core::meta::timestamp(at)
+            );
+        }
+        Command::Snapshot {
+            command: SnapshotCommand::Save { kubeconfig, file },
+        } => {
+            let (format, info) = kedge::snapshot::save(&kubeconfig, &file).await?;
+            match info {
+                Some(i) => println!(
+                    "saved a snapshot of the {format} at revision {} ({} objects) to {}",
+                    i.revision,
+                    i.objects,
+                    file.display()
+                ),
+                None => println!("saved a snapshot of the {format} to {}", file.display()),
+            }
+        }
+        Command::Snapshot {
+            command:
+                SnapshotCommand::Restore {
+                    file,
+                    data_dir,
+                    bump_revision,
+                    etcd_data_dir,
+                    etcd_name,
+                    etcd_initial_cluster,
+                    etcd_initial_advertise_peer_urls,
+                },
+        } => {
+            let line = tokio::task::spawn_blocking(move || {
+                let (format, _) = kedge::snapshot::inspect(&file)?;
+                match (format, etcd_data_dir) {
+                    (kedge::snapshot::Format::Redb, None) => {
+                        let dir = data_dir.unwrap_or_else(|| default_dir("server"));
+                        kedge::snapshot::restore_redb(&file, &dir, bump_revision)
+                    }
+                    (kedge::snapshot::Format::Redb, Some(_)) => anyhow::bail!(
+                        "{} is a snapshot of the embedded store: restore it with --data-dir, not --etcd-data-dir",
+                        file.display()
+                    ),
+                    (kedge::snapshot::Format::Etcd, Some(dir)) => {
+                        let member = kedge::snapshot::EtcdMember {
+                            data_dir: dir,
+                            name: etcd_name,
+                            initial_cluster: etcd_initial_cluster,
+                            initial_advertise_peer_urls: etcd_initial_advertise_peer_urls,
+                        };
+                        kedge::snapshot::restore_etcd(&file, &member, bump_revision)
+                    }
+                    (kedge::snapshot::Format::Etcd, None) => anyhow::bail!(
+                        "{} is an etcd snapshot: give --etcd-data-dir (a new data dir for an etcd member) and the member's --etcd-name, --etcd-initial-cluster, --etcd-initial-advertise-peer-urls",
+                        file.display()
+                    ),
+                }
+            })
+            .await??;
+            println!("{line}");
+        }
+        Command::Datastore {
+            command:
+                DatastoreCommand::Migrate {
+                    data_dir,
+                    to,
+                    datastore_cafile,
+                    datastore_certfile,
+                    datastore_keyfile,
+                    datastore_prefix,
+                    encryption_provider_config,
+                    secrets_encryption,
+                },
+        } => {
+            let dir = data_dir.unwrap_or_else(|| default_dir("server"));
+            let endpoints: Vec<String> = to
+                .iter()
+                .map(|e| e.trim().to_string())
+                .filter(|e| !e.is_empty())
+                .collect();
+            let mut etcd = kedge::store::etcd::Options::new(endpoints.clone());
+            etcd.ca_file = datastore_cafile;
+            etcd.cert_file = datastore_certfile;
+            etcd.key_file = datastore_keyfile;
+            etcd.root = datastore_prefix;
+            let encryption = match (encryption_provider_config, secrets_encryption) {
+                (Some(f), _) => server::StoreEncryption::File(f),
+                (None, true) => server::StoreEncryption::Generated,
+                (None, false) => server::StoreEncryption::Off,
+            };
+            let m = tokio::task::spawn_blocking(move || {
+                let encryption = encryption.load(&dir)?;
+                kedge::snapshot::migrate(&dir, encryption, etcd)
+            })
+            .await??;
+            println!(
+                "migrated {} objects (embedded store revision {}) to etcd at {} (now at revision {}); start the server with --datastore-endpoint {}",
+                m.objects,
+                m.from_revision,
+                endpoints.join(","),
+                m.to_revision,
+                endpoints.join(",")
             );
         }
         Command::Image {

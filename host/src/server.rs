@@ -76,7 +76,7 @@ pub fn generated_encryption_config(data_dir: &std::path::Path) -> PathBuf {
 impl StoreEncryption {
     /// The store's encryption, reading (or first creating) its file. Every problem of the
     /// file is reported at once, in one line.
-    fn load(
+    pub fn load(
         &self,
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Arc<kedge_store::encryption::Encryption>> {

@@ -11,7 +11,8 @@ use crate::harness::*;
 struct Etcd {
     child: Child,
     endpoint: String,
-    _dir: tempfile::TempDir,
+    peer_url: String,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Etcd {
@@ -39,47 +40,64 @@ fn start_etcd() -> Option<Etcd> {
     }
     for _ in 0..3 {
         let dir = tempfile::tempdir().unwrap();
-        let (client, peer) = (tcp_port(), tcp_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new("etcd")
-            .args(["--name", "e2e", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("e2e={peer_url}")])
-            .args(["--log-level", "error"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting etcd");
-        let mut e = Etcd {
-            child,
-            endpoint,
-            _dir: dir,
-        };
-        // etcd answers its health endpoint on the client URL once it has a leader.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if e.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            let health = Command::new("curl")
-                .args(["-sf", "--max-time", "2", &format!("{}/health", e.endpoint)])
-                .output();
-            if health
-                .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
-            {
-                return Some(e);
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        let endpoint = format!("http://127.0.0.1:{}", tcp_port());
+        let peer_url = format!("http://127.0.0.1:{}", tcp_port());
+        let data = dir.path().join("data");
+        if let Some(e) = run_etcd(dir, &data, endpoint, peer_url) {
+            return Some(e);
         }
     }
     panic!("etcd did not start in 3 attempts");
+}
+
+/// Runs etcd (member `e2e`) on `data` at the given URLs; `None` if it did not come up.
+fn run_etcd(
+    dir: tempfile::TempDir,
+    data: &std::path::Path,
+    endpoint: String,
+    peer_url: String,
+) -> Option<Etcd> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("etcd.log"))
+        .unwrap();
+    let child = Command::new("etcd")
+        .args(["--name", "e2e", "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", &endpoint])
+        .args(["--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("e2e={peer_url}")])
+        .args(["--log-level", "error"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting etcd");
+    let mut e = Etcd {
+        child,
+        endpoint,
+        peer_url,
+        dir,
+    };
+    // etcd answers its health endpoint on the client URL once it has a leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if e.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        let health = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &format!("{}/health", e.endpoint)])
+            .output();
+        if health.is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
+        {
+            return Some(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }
 
 fn rv_of(c: &Cluster, what: &[&str]) -> u64 {
@@ -92,7 +110,7 @@ fn rv_of(c: &Cluster, what: &[&str]) -> u64 {
         .expect("a numeric resourceVersion")
 }
 
-fn start_server_again(c: &mut Cluster, endpoint: &str) {
+fn start_server_again(c: &mut Cluster, endpoint: &str, extra: &[&str]) {
     let data = c.dir.path().join("server");
     let listen = format!("{}:{}", c.host, c.port);
     let cache = plugin_cache();
@@ -111,7 +129,10 @@ fn start_server_again(c: &mut Cluster, endpoint: &str) {
             &c.host,
             "--datastore-endpoint",
             endpoint,
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect::<Vec<_>>(),
     );
     c.wait("the API back", || {
         c.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())
@@ -198,7 +219,7 @@ fn a_server_on_etcd_keeps_its_objects_and_their_versions_across_a_restart() {
     let pods_before = c.k(&["-n", "shop", "get", "pods", "-o", "name"]);
 
     c.server.kill();
-    start_server_again(&mut c, &etcd.endpoint);
+    start_server_again(&mut c, &etcd.endpoint, &[]);
     assert_eq!(rv_of(&c, &["-n", "shop", "configmap", "kept"]), kept_rv);
     assert_eq!(rv_of(&c, &["-n", "shop", "deployment", "web"]), deploy_rv);
     assert_eq!(
@@ -238,4 +259,257 @@ fn a_server_on_etcd_keeps_its_objects_and_their_versions_across_a_restart() {
         old.stdout,
         old.stderr
     );
+}
+
+fn kedge(args: &[&str]) -> std::process::Output {
+    Command::new(KEDGE)
+        .args(args)
+        .output()
+        .expect("running kedge")
+}
+
+fn configmap_data(c: &Cluster, name: &str) -> String {
+    c.k(&[
+        "-n",
+        "shop",
+        "get",
+        "configmap",
+        name,
+        "-o",
+        "jsonpath={.data}",
+    ])
+}
+
+#[test]
+fn a_snapshot_of_a_server_on_etcd_is_restored_by_etcds_own_tool() {
+    let Some(mut etcd) = start_etcd() else { return };
+    let has = |tool: &str| Command::new(tool).arg("version").output().is_ok();
+    if !has("etcdctl") && !has("etcdutl") {
+        eprintln!(
+            "SKIPPED: neither etcdctl nor etcdutl is installed (scripts/setup.sh installs Debian's etcd-client)"
+        );
+        return;
+    }
+    let mut c = Cluster::start_with(&["--datastore-endpoint", &etcd.endpoint]);
+    c.k(&["create", "namespace", "shop"]);
+    c.k(&[
+        "-n",
+        "shop",
+        "create",
+        "configmap",
+        "before",
+        "--from-literal=a=1",
+    ]);
+    let rv = rv_of(&c, &["-n", "shop", "configmap", "before"]);
+    let file = c.dir.path().join("etcd.snapshot");
+    let kubeconfig = c.kubeconfig.to_str().unwrap().to_string();
+    let out = kedge(&[
+        "snapshot",
+        "save",
+        "--kubeconfig",
+        &kubeconfig,
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("etcd"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    c.k(&[
+        "-n",
+        "shop",
+        "create",
+        "configmap",
+        "after",
+        "--from-literal=b=2",
+    ]);
+
+    // Everything stopped, etcd's data thrown away, the snapshot restored into a new data dir.
+    c.server.kill();
+    let _ = etcd.child.kill();
+    let _ = etcd.child.wait();
+    std::fs::remove_dir_all(etcd.dir.path().join("data")).unwrap();
+    let restored = etcd.dir.path().join("restored");
+    let out = kedge(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--etcd-data-dir",
+        restored.to_str().unwrap(),
+        "--etcd-name",
+        "e2e",
+        "--etcd-initial-cluster",
+        &format!("e2e={}", etcd.peer_url),
+        "--etcd-initial-advertise-peer-urls",
+        &etcd.peer_url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // An etcd snapshot given as an embedded store's is refused with what to do instead.
+    let wrong = kedge(&[
+        "snapshot",
+        "restore",
+        file.to_str().unwrap(),
+        "--data-dir",
+        c.dir.path().join("server").to_str().unwrap(),
+    ]);
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("--etcd-data-dir"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    let again = run_etcd(
+        tempfile::tempdir().unwrap(),
+        &restored,
+        etcd.endpoint.clone(),
+        etcd.peer_url.clone(),
+    )
+    .expect("etcd starts on the restored data dir");
+    start_server_again(&mut c, &again.endpoint, &[]);
+    assert_eq!(rv_of(&c, &["-n", "shop", "configmap", "before"]), rv);
+    assert_eq!(configmap_data(&c, "before"), r#"{"a":"1"}"#);
+    assert!(!c.kubectl(&["-n", "shop", "get", "configmap", "after"]).ok);
+}
+
+#[test]
+fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
+    let Some(etcd) = start_etcd() else { return };
+    let mut c = Cluster::start_with(&["--secrets-encryption"]);
+    c.k(&["create", "namespace", "shop"]);
+    c.k(&[
+        "-n",
+        "shop",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+    ]);
+    c.k(&[
+        "-n",
+        "shop",
+        "create",
+        "secret",
+        "generic",
+        "keys",
+        "--from-literal=token=moved-s3cr3t",
+    ]);
+    let uid = c.k(&[
+        "-n",
+        "shop",
+        "get",
+        "configmap",
+        "cfg",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    c.server.kill();
+
+    let data = c.dir.path().join("server");
+    let migrate = || {
+        kedge(&[
+            "datastore",
+            "migrate",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--to",
+            &etcd.endpoint,
+            "--secrets-encryption",
+        ])
+    };
+    let out = migrate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("migrated"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // etcd holds the Secret sealed, as the embedded store did (etcd's JSON gateway).
+    let key = base64_encode(b"/registry/core/secrets/shop/keys");
+    let raw = Command::new("curl")
+        .args(["-sf", "--max-time", "5", "-X", "POST", "-d"])
+        .arg(format!(r#"{{"key":"{key}"}}"#))
+        .arg(format!("{}/v3/kv/range", etcd.endpoint))
+        .output()
+        .unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let value = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(raw["kvs"][0]["value"].as_str().expect("the Secret in etcd"))
+            .unwrap()
+    };
+    assert!(
+        value.starts_with(b"k8s:enc:aescbc:v1:"),
+        "{}",
+        String::from_utf8_lossy(&value)
+    );
+
+    start_server_again(&mut c, &etcd.endpoint, &["--secrets-encryption"]);
+    assert_eq!(
+        c.k(&[
+            "-n",
+            "shop",
+            "get",
+            "configmap",
+            "cfg",
+            "-o",
+            "jsonpath={.metadata.uid}"
+        ]),
+        uid
+    );
+    assert_eq!(configmap_data(&c, "cfg"), r#"{"a":"1"}"#);
+    assert_eq!(
+        c.k(&[
+            "-n",
+            "shop",
+            "get",
+            "secret",
+            "keys",
+            "-o",
+            "jsonpath={.data.token}"
+        ]),
+        base64_encode(b"moved-s3cr3t")
+    );
+    // Controllers work on the moved cluster.
+    c.k(&[
+        "-n",
+        "shop",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.example/web:1",
+        "--replicas=1",
+    ]);
+    c.wait("the deployment's pod", || {
+        let out = c.kubectl(&["-n", "shop", "get", "pods", "-l", "app=web", "-o", "name"]);
+        (out.stdout.lines().count() == 1).then_some(())
+    });
+    // Twice is refused: etcd is no longer empty.
+    c.server.kill();
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }

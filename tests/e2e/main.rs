@@ -44,6 +44,7 @@ mod sandbox;
 mod security;
 mod services;
 mod skeleton;
+mod snapshot;
 mod statefulset;
 mod tables;
 mod top;

@@ -318,6 +318,18 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         }
         // RBAC as a non-resource URL above (kube's `system:monitoring` role).
         (["metrics"], &Method::GET) => return Ok(super::metrics::response(&st.registry)),
+        // `kedge snapshot save`: the whole store, Secrets included, so never a node's (the
+        // node authorizer grants nodes no non-resource URL) and for others only what RBAC
+        // grants on the non-resource URL (cluster-admin's `*`).
+        (["kedge", "snapshot"], &Method::GET) => {
+            if super::authz::node_of(&identity).is_some() {
+                return Err(ApiError::forbidden(format!(
+                    "User \"{}\" cannot get path \"{path}\"",
+                    identity.user
+                )));
+            }
+            return Ok(snapshot_response(st));
+        }
         (["api"], &Method::GET) => {
             return Ok(if wants_aggregated(headers) {
                 aggregated_response(discovery::aggregated(true))
@@ -420,6 +432,63 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
         st.rbac.invalidate();
     }
     out
+}
+
+/// Streams [`kedge_store::Store::save_snapshot`]: the copy is written on a blocking thread
+/// into a bounded channel the body reads, so a slow client slows the copy and nothing is
+/// buffered whole. A failure midway aborts the body: the client sees a cut transfer, never a
+/// short file that looks complete.
+fn snapshot_response(st: &ApiState) -> Response {
+    /// Hands what the store writes to the response body, a chunk at a time.
+    struct ToBody {
+        tx: tokio::sync::mpsc::Sender<std::io::Result<bytes::Bytes>>,
+        buf: Vec<u8>,
+    }
+    const CHUNK: usize = 256 << 10;
+    impl std::io::Write for ToBody {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.buf.extend_from_slice(data);
+            if self.buf.len() >= CHUNK {
+                self.flush()?;
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            if self.buf.is_empty() {
+                return Ok(());
+            }
+            let chunk = bytes::Bytes::from(std::mem::take(&mut self.buf));
+            self.tx
+                .blocking_send(Ok(chunk))
+                .map_err(|_| std::io::Error::other("the client went away"))
+        }
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let store = st.api.store().clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ToBody {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        match store.save_snapshot(&mut out) {
+            Ok(info) => tracing::info!(
+                revision = info.revision,
+                objects = info.objects,
+                "store snapshot sent"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "store snapshot failed");
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        }
+    });
+    let body = Body::from_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let mut r = Response::new(body);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    r
 }
 
 /// The identity of an `Authorization: Bearer` service-account token.
@@ -1224,7 +1293,17 @@ fn watch(
         watcher: super::metrics::WatcherGuard,
     }
     let watcher = st.metrics.watcher(seen);
-    let state = match st.api.watch(res, ns, labels, fields, from) {
+    // A revision the store has not reached (its revision is authoritative, read from etcd on
+    // that backend) was seen before a restore or a migration to another store: 410, so the
+    // client relists instead of waiting, silently, for numbers that now mean other changes.
+    let current = st.api.store().revision();
+    let opened = match from {
+        Some(f) if f > current => Err(ApiError::expired(format!(
+            "too old resource version: {f} ({current}): newer than the store, which was restored or migrated"
+        ))),
+        _ => st.api.watch(res, ns, labels, fields, from),
+    };
+    let state = match opened {
         Ok(w) => WatchState {
             watch: Some(w),
             pending_error: None,
@@ -1966,6 +2045,40 @@ mod tests {
         assert!(text.contains("# TYPE apiserver_request counter"), "{text}");
         assert_eq!(scrape(&st, ADMIN).await.0, 200);
     }
+    /// `GET /kedge/snapshot` (`kedge snapshot save`) holds every Secret: cluster admins get
+    /// the store's copy (a redb file here), nodes and users without a grant get 403.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_snapshot_is_for_cluster_admins_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = state(dir.path());
+        let get = |who: (&'static str, &'static [&'static str])| {
+            let st = st.clone();
+            async move {
+                let mut req = http::Request::builder()
+                    .uri("/kedge/snapshot")
+                    .body(Body::empty())
+                    .unwrap();
+                let mut groups: Vec<String> = who.1.iter().map(|g| g.to_string()).collect();
+                groups.push("system:authenticated".into());
+                req.extensions_mut().insert(Identity {
+                    user: who.0.into(),
+                    groups,
+                });
+                let r = handle(State(st), req).await;
+                let code = r.status().as_u16();
+                let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
+                    .await
+                    .unwrap();
+                (code, bytes)
+            }
+        };
+        assert_eq!(get(("jane", &[])).await.0, 403);
+        assert_eq!(get(("system:node:n1", &["system:nodes"])).await.0, 403);
+        let (code, bytes) = get(ADMIN).await;
+        assert_eq!(code, 200);
+        assert!(bytes.starts_with(b"redb"), "{} bytes", bytes.len());
+    }
+
     const JSON: &str = "application/json";
     const BETA: &str = "/apis/batch/v1beta1/namespaces/default/cronjobs";
     const V1: &str = "/apis/batch/v1/namespaces/default/cronjobs";

@@ -541,6 +541,38 @@ pub(crate) fn calls_work_from_every_kind_of_thread(s: Arc<dyn Store>) {
     assert_eq!(s.list("core/pods/ctx/").unwrap().0.len(), 20);
 }
 
+/// A snapshot is written while writes go on and reports the revision it is consistent at:
+/// every object written before it began, none after it ended.
+pub(crate) fn a_snapshot_is_saved_while_writes_go_on(s: Arc<dyn Store>) {
+    for i in 0..20 {
+        s.create(
+            &format!("core/pods/snap/p{i}"),
+            pod(&format!("p{i}"), "snap"),
+        )
+        .unwrap();
+    }
+    let before = s.revision();
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..20 {
+                s.create(
+                    &format!("core/pods/snap/q{i}"),
+                    pod(&format!("q{i}"), "snap"),
+                )
+                .unwrap();
+            }
+        })
+    };
+    let mut out = Vec::new();
+    let info = s.save_snapshot(&mut out).unwrap();
+    writer.join().unwrap();
+    assert!(info.revision >= before, "{} < {before}", info.revision);
+    assert!(info.revision <= s.revision());
+    assert!((20..=40).contains(&info.objects), "{}", info.objects);
+    assert!(out.len() > 4096, "{} bytes", out.len());
+}
+
 // ---------------------------------------------------------------------------------------
 // Backends.
 
@@ -617,6 +649,12 @@ macro_rules! suite {
             fn concurrent_writers_each_get_their_own_outcome() {
                 let Some((_f, s)) = store() else { return };
                 super::concurrent_writers_each_get_their_own_outcome(s);
+            }
+
+            #[test]
+            fn a_snapshot_is_saved_while_writes_go_on() {
+                let Some((_f, s)) = store() else { return };
+                super::a_snapshot_is_saved_while_writes_go_on(s);
             }
 
             #[test]

@@ -44,7 +44,7 @@ use tokio::sync::watch;
 use super::encryption::Encryption;
 use super::{
     Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES, Result, Revision, RingLimits,
-    Snapshot, Store, Watch, attrs, decode, stamp,
+    Snapshot, SnapshotInfo, Store, Watch, attrs, decode, stamp,
 };
 
 /// How to reach etcd and how the store uses it.
@@ -121,6 +121,8 @@ pub struct EtcdStore {
     /// Dropped last (fields drop in order): what runs on it goes with it.
     handle: tokio::runtime::Handle,
     pub(crate) kv: KvClient,
+    /// Snapshots (`kedge snapshot save`).
+    maintenance: etcd_client::MaintenanceClient,
     root: String,
     shared: Arc<Shared>,
     /// The newest etcd revision any answer carried.
@@ -218,6 +220,7 @@ impl EtcdStore {
                 .map_err(backend)
         })?;
         let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+        let maintenance = client.maintenance_client();
         let root = options.root.clone();
         // Where the ring starts: nothing older than this is served to watches.
         let start = {
@@ -255,6 +258,7 @@ impl EtcdStore {
         Ok(EtcdStore {
             handle,
             kv,
+            maintenance,
             root,
             shared,
             seen,
@@ -931,6 +935,65 @@ impl Store for EtcdStore {
             hub.clone(),
             Arc::new(RingOnly(hub)),
         )
+    }
+
+    /// etcd's own snapshot of its whole keyspace (the Maintenance API's stream, which ends
+    /// with the SHA-256 of what came before it; `etcdctl snapshot restore` checks it).
+    fn save_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo> {
+        let (mut kv, root) = (self.kv.clone(), self.root.clone());
+        let (revision, objects) = self.run(async move {
+            let r = kv
+                .get(
+                    root,
+                    Some(GetOptions::new().with_prefix().with_count_only()),
+                )
+                .await
+                .map_err(backend)?;
+            Ok((rev_of(r.header()), r.count() as u64))
+        })?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(4);
+        let mut maintenance = self.maintenance.clone();
+        self.handle.spawn(async move {
+            let mut stream = match maintenance.snapshot().await {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = tx.send(Err(backend(e)));
+                    return;
+                }
+            };
+            loop {
+                match stream.message().await {
+                    Ok(Some(m)) => {
+                        if tx.send(Ok(m.blob().to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => return,
+                    Err(e) => {
+                        let _ = tx.send(Err(backend(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        let timeout = self.timeout;
+        super::blocking(|| {
+            loop {
+                match rx.recv_timeout(timeout) {
+                    Ok(Ok(blob)) => out.write_all(&blob).map_err(backend)?,
+                    Ok(Err(e)) => return Err(e),
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                        return Err(Error::Backend(format!(
+                            "etcd: the snapshot stream stalled for {}s",
+                            timeout.as_secs()
+                        )));
+                    }
+                }
+            }
+            out.flush().map_err(backend)
+        })?;
+        Ok(SnapshotInfo { revision, objects })
     }
 
     fn revision(&self) -> Revision {

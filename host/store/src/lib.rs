@@ -205,6 +205,19 @@ pub trait Store: Send + Sync + 'static {
     /// Events under `prefix` with a revision greater than `from`.
     fn watch(&self, prefix: &str, from: Revision) -> Result<Watch>;
     fn revision(&self) -> Revision;
+    /// Writes a consistent copy of the whole store to `out`, in the backend's own format: a
+    /// redb file the embedded store opens as it is ([`redb::restore`]), or etcd's snapshot
+    /// (what `etcdctl snapshot restore` takes). `kedge snapshot save`.
+    fn save_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo>;
+}
+
+/// What [`Store::save_snapshot`] wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The revision the copy is consistent at.
+    pub revision: Revision,
+    /// Objects in it (for etcd: kedge's keys when the copy began).
+    pub objects: u64,
 }
 
 /// See [`Store::snapshot`].

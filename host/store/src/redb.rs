@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{
-    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
-    TableHandle,
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition, TableHandle,
 };
 use serde_json::Value;
 use tokio::sync::watch;
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use super::encryption::Encryption;
 use super::{
     CHUNK_BYTES, CHUNK_SCAN, Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES,
-    Result, Revision, RingLimits, Snapshot, Store, Watch, attrs, decode, stamp,
+    Result, Revision, RingLimits, Snapshot, SnapshotInfo, Store, Watch, attrs, decode, stamp,
 };
 
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
@@ -351,6 +351,65 @@ impl RedbStore {
         Ok(done)
     }
 
+    /// Writes a consistent copy of the store, as it is at one revision, into a new redb file
+    /// at `dest` (which must not exist or be empty): the objects as the file holds them
+    /// (sealed ones stay sealed, so the copy needs the same encryption keys), the revision,
+    /// and no watch log. Writes go on meanwhile; the copy reads one redb snapshot.
+    /// `kedge snapshot save` of a store on redb.
+    pub fn backup(&self, dest: &Path) -> Result<SnapshotInfo> {
+        let db = self.inner.db();
+        let txn = db.begin_read().map_err(backend)?;
+        let revision = meta_get(&txn.open_table(META).map_err(backend)?, REVISION)?;
+        let source = txn.open_table(OBJECTS).map_err(backend)?;
+        crate::fsmode::private_file(dest)
+            .map_err(|e| Error::Backend(format!("{}: {e}", dest.display())))?;
+        let copy = redb::Builder::new()
+            .set_cache_size(4 << 20)
+            .create(dest)
+            .map_err(backend)?;
+        let (mut objects, mut live) = (0u64, 0u64);
+        let mut entries = source.iter().map_err(backend)?;
+        // Bounded transactions (a big store is not held in one write's dirty pages); only
+        // the last one is made durable, and it writes the revision: a copy cut short is
+        // a file without one, which `restore` refuses.
+        loop {
+            let mut out = copy.begin_write().map_err(backend)?;
+            out.set_durability(Durability::None).map_err(backend)?;
+            let mut batch = 0usize;
+            let mut done = true;
+            {
+                let mut table = out.open_table(OBJECTS).map_err(backend)?;
+                for entry in entries.by_ref() {
+                    let (k, v) = entry.map_err(backend)?;
+                    table.insert(k.value(), v.value()).map_err(backend)?;
+                    objects += 1;
+                    let len = k.value().len() + v.value().len();
+                    live += footprint(len);
+                    batch += len;
+                    if batch >= 16 << 20 {
+                        done = false;
+                        break;
+                    }
+                }
+            }
+            if done {
+                out.set_durability(Durability::Immediate).map_err(backend)?;
+                out.open_table(EVENTS).map_err(backend)?;
+                out.open_table(EVENT_OBJECTS).map_err(backend)?;
+                let mut meta = out.open_table(META).map_err(backend)?;
+                meta.insert(REVISION, revision).map_err(backend)?;
+                meta.insert(COMPACTED, revision).map_err(backend)?;
+                meta.insert(LOG_BYTES, 0).map_err(backend)?;
+                meta.insert(LIVE_BYTES, live).map_err(backend)?;
+                drop(meta);
+                out.commit().map_err(backend)?;
+                break;
+            }
+            out.commit().map_err(backend)?;
+        }
+        Ok(SnapshotInfo { revision, objects })
+    }
+
     /// Bytes of keys and values the store holds (objects and log), as it counts them.
     #[cfg(test)]
     pub(crate) fn live_bytes(&self) -> Result<u64> {
@@ -585,6 +644,169 @@ impl RedbStore {
     }
 }
 
+/// The revision and object count of a snapshot file from [`RedbStore::backup`], opened read
+/// only; an error if it is not one, or a copy cut short.
+pub fn inspect(snapshot: &Path) -> Result<SnapshotInfo> {
+    let db = redb::Builder::new()
+        .set_cache_size(1 << 20)
+        .open_read_only(snapshot)
+        .map_err(backend)?;
+    let txn = db.begin_read().map_err(backend)?;
+    let revision = match txn.open_table(META) {
+        Ok(meta) => meta_get(&meta, REVISION)?,
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(backend(e)),
+    };
+    if revision == 0 {
+        return Err(Error::Backend(
+            "not a snapshot of kedge's store: it records no revision (a copy cut short?)".into(),
+        ));
+    }
+    let objects = txn
+        .open_table(OBJECTS)
+        .map_err(backend)?
+        .len()
+        .map_err(backend)?;
+    Ok(SnapshotInfo { revision, objects })
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    /// The revision the snapshot was taken at: every restored object keeps its
+    /// resourceVersion, at most this.
+    pub snapshot: Revision,
+    /// The store's revision after the restore: the next write gets the one after it.
+    pub revision: Revision,
+    pub objects: u64,
+}
+
+/// The file name the store had before a restore replaced it, kept beside it.
+pub fn replaced_name(target: &Path) -> std::path::PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = target.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".before-restore-{secs}"));
+    target.with_file_name(name)
+}
+
+/// Makes the snapshot file `snapshot` (from [`RedbStore::backup`]) the store at `target`,
+/// which no process may have open (a running server is refused). The objects keep their
+/// resourceVersions; the revision jumps by `bump` and history before it counts as compacted
+/// (etcdutl's `--bump-revision --mark-compacted`), so a client that saw revisions written
+/// after the snapshot never sees those numbers again for other changes: its watch gets 410
+/// Gone and it relists. A store already at `target` is kept beside it (see
+/// [`replaced_name`]), returned with the outcome.
+pub fn restore(
+    snapshot: &Path,
+    target: &Path,
+    bump: u64,
+) -> Result<(Restored, Option<std::path::PathBuf>)> {
+    let not_snapshot = |why: String| {
+        Error::Backend(format!(
+            "{} is not a snapshot of kedge's embedded store: {why}",
+            snapshot.display()
+        ))
+    };
+    // Refused while a server holds it (redb locks the file). A store that does not open
+    // for another reason (corrupt: the reason to restore) is replaced all the same.
+    if target.exists()
+        && let Err(DatabaseError::DatabaseAlreadyOpen) =
+            redb::Builder::new().set_cache_size(1 << 20).open(target)
+    {
+        return Err(Error::Backend(format!(
+            "{} is in use: stop the kedge server using this data dir before restoring",
+            target.display()
+        )));
+    }
+    let dir = target.parent().unwrap_or(Path::new("."));
+    crate::fsmode::private_dir(dir)
+        .map_err(|e| Error::Backend(format!("{}: {e}", dir.display())))?;
+    let mut staging = target.as_os_str().to_os_string();
+    staging.push(".restoring");
+    let staging = std::path::PathBuf::from(staging);
+    let _ = std::fs::remove_file(&staging);
+    crate::fsmode::private_file(&staging)
+        .and_then(|()| {
+            std::io::copy(
+                &mut std::fs::File::open(snapshot)?,
+                &mut std::fs::OpenOptions::new().write(true).open(&staging)?,
+            )
+        })
+        .map_err(|e| Error::Backend(format!("copying {}: {e}", snapshot.display())))?;
+    let outcome = (|| {
+        let db = redb::Builder::new()
+            .set_cache_size(4 << 20)
+            .open(&staging)
+            .map_err(|e| not_snapshot(e.to_string()))?;
+        let txn = db.begin_write().map_err(backend)?;
+        let restored = {
+            let names: Vec<String> = txn
+                .list_tables()
+                .map_err(backend)?
+                .map(|t| t.name().to_string())
+                .collect();
+            if !names.iter().any(|n| n == OBJECTS.name()) || !names.iter().any(|n| n == META.name())
+            {
+                return Err(not_snapshot("it has no objects or no revision".into()));
+            }
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let rev = meta_get(&meta, REVISION)?;
+            if rev == 0 {
+                return Err(not_snapshot(
+                    "it records no revision (a copy cut short?)".into(),
+                ));
+            }
+            let objects = txn
+                .open_table(OBJECTS)
+                .map_err(backend)?
+                .len()
+                .map_err(backend)?;
+            // No history crosses a restore.
+            txn.delete_table(EVENTS).map_err(backend)?;
+            txn.delete_table(EVENT_OBJECTS).map_err(backend)?;
+            txn.open_table(EVENTS).map_err(backend)?;
+            txn.open_table(EVENT_OBJECTS).map_err(backend)?;
+            let live = meta_get(&meta, LIVE_BYTES)?.saturating_sub(meta_get(&meta, LOG_BYTES)?);
+            let revision = rev.checked_add(bump).ok_or_else(|| {
+                Error::Backend(format!("--bump-revision {bump} overflows revision {rev}"))
+            })?;
+            meta.insert(REVISION, revision).map_err(backend)?;
+            meta.insert(COMPACTED, revision).map_err(backend)?;
+            meta.insert(LOG_BYTES, 0).map_err(backend)?;
+            meta.insert(LIVE_BYTES, live).map_err(backend)?;
+            Restored {
+                snapshot: rev,
+                revision,
+                objects,
+            }
+        };
+        txn.commit().map_err(backend)?;
+        Ok(restored)
+    })();
+    let restored = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staging);
+            return Err(e);
+        }
+    };
+    let io = |what: &str, e: std::io::Error| Error::Backend(format!("{what}: {e}"));
+    let kept = if target.exists() {
+        let kept = replaced_name(target);
+        std::fs::rename(target, &kept).map_err(|e| io("keeping the replaced store", e))?;
+        Some(kept)
+    } else {
+        None
+    };
+    std::fs::rename(&staging, target).map_err(|e| io("installing the restored store", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("syncing the data dir", e))?;
+    Ok((restored, kept))
+}
+
 /// The room a key and value of `len` bytes take in the file, near enough: redb stores a value
 /// larger than a page in a power-of-two run of 4 KiB pages (a 1.1 MB pod takes 2 MiB). The
 /// log's byte bound and the compaction threshold count this, so they bound the file.
@@ -729,6 +951,27 @@ impl LogReader for Inner {
 }
 
 impl Store for RedbStore {
+    fn save_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo> {
+        /// The copy's file, removed whatever happens.
+        struct Temp(std::path::PathBuf);
+        impl Drop for Temp {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = self.inner.path.as_os_str().to_os_string();
+        name.push(format!(".snapshot-{}-{n}", std::process::id()));
+        let temp = Temp(name.into());
+        let _ = std::fs::remove_file(&temp.0);
+        let info = self.backup(&temp.0)?;
+        let mut file = std::fs::File::open(&temp.0).map_err(backend)?;
+        std::io::copy(&mut file, out).map_err(backend)?;
+        out.flush().map_err(backend)?;
+        Ok(info)
+    }
+
     fn get(&self, key: &str) -> Result<Option<Value>> {
         let db = self.inner.db();
         let txn = db.begin_read().map_err(backend)?;
@@ -935,6 +1178,69 @@ mod tests {
             at = c.scanned_to;
             out.extend(c.events);
         }
+    }
+
+    /// backup → restore: objects keep their resourceVersions and bytes (sealed ones stay
+    /// sealed), the revision jumps, history before it is compacted (410), a copy cut short
+    /// and a store in use are refused, and the replaced store is kept.
+    #[test]
+    fn a_backup_restores_with_its_versions_and_a_bumped_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = r#"{"kind":"EncryptionConfiguration","apiVersion":"apiserver.config.k8s.io/v1","resources":[{"resources":["pods"],"providers":[{"aescbc":{"keys":[{"name":"k1","secret":"c2VjcmV0IGlzIHNlY3VyZSwgaXMgaXQ/IDMyIGJ5dGU="}]}}]}]}"#;
+        let enc = Arc::new(Encryption::parse(text).unwrap());
+        let options = || Options {
+            encryption: enc.clone(),
+            lock_wait: Duration::ZERO,
+            ..Options::default()
+        };
+        let live = dir.path().join("live.redb");
+        let store = RedbStore::open(&live, options()).unwrap();
+        let a = store.create("core/pods/default/a", pod("a")).unwrap();
+        store.create("core/pods/default/b", pod("b")).unwrap();
+        let backup = dir.path().join("backup.redb");
+        let info = store.backup(&backup).unwrap();
+        assert_eq!(
+            info,
+            SnapshotInfo {
+                revision: 2,
+                objects: 2
+            }
+        );
+        assert_eq!(inspect(&backup).unwrap(), info);
+        // Sealed in the copy as in the store.
+        let raw = std::fs::read(&backup).unwrap();
+        assert!(!raw.windows(8).any(|w| w == b"\"kind\":\"P"));
+        store.create("core/pods/default/c", pod("c")).unwrap();
+        store.delete("core/pods/default/a", None).unwrap();
+
+        // Not while the store is open.
+        let refused = restore(&backup, &live, 1000).unwrap_err();
+        assert!(refused.to_string().contains("in use"), "{refused}");
+        drop(store);
+        // A copy cut short is refused and changes nothing.
+        let short = dir.path().join("short.redb");
+        std::fs::write(&short, &raw[..raw.len() / 2]).unwrap();
+        assert!(restore(&short, &live, 1000).is_err());
+        assert!(inspect(&short).is_err());
+
+        let (r, kept) = restore(&backup, &live, 1000).unwrap();
+        assert_eq!(
+            r,
+            Restored {
+                snapshot: 2,
+                revision: 1002,
+                objects: 2
+            }
+        );
+        assert!(kept.unwrap().exists());
+        let store = RedbStore::open(&live, options()).unwrap();
+        assert_eq!(store.get("core/pods/default/a").unwrap().unwrap(), a);
+        assert!(store.get("core/pods/default/c").unwrap().is_none());
+        assert_eq!(store.revision(), 1002);
+        let next = store.create("core/pods/default/d", pod("d")).unwrap();
+        assert_eq!(super::super::revision_of(&next), Some(1003));
+        assert!(matches!(store.watch("", 3), Err(Error::Expired { .. })));
+        assert!(store.watch("", 1003).is_ok());
     }
 
     /// Many writers at once (group commit): every write gets its own outcome, revisions are
