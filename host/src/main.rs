@@ -92,6 +92,20 @@ struct ServerArgs {
     #[arg(long, conflicts_with = "datastore_endpoint",
         value_parser = clap::value_parser!(u64).range(10..))]
     watch_history: Option<u64>,
+    /// This server's name among the replicas sharing an etcd (holder of plugin leases);
+    /// default: the hostname and a suffix kept in the data dir.
+    #[arg(long, env = "KEDGE_REPLICA_NAME")]
+    replica_name: Option<String>,
+    /// On etcd, each plugin runs on one replica, the holder of its Lease: how long a lease
+    /// lasts unrenewed (kube-controller-manager's flag and default).
+    #[arg(long, default_value = "15s")]
+    leader_elect_lease_duration: String,
+    /// How long a plugin's holder keeps running it without renewing its lease.
+    #[arg(long, default_value = "10s")]
+    leader_elect_renew_deadline: String,
+    /// How often leases are tried and renewed.
+    #[arg(long, default_value = "2s")]
+    leader_elect_retry_period: String,
 }
 
 impl ServerArgs {
@@ -547,7 +561,35 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         node_cert_validity,
         datastore: datastore(a),
         watch_history: a.watch_history,
+        replica_name: a.replica_name.clone(),
+        leader_election: leader_election(a)?,
     })
+}
+
+/// The plugins' leader-election timings from the flags, checked as Kubernetes checks them.
+fn leader_election(a: &ServerArgs) -> anyhow::Result<kedge::plugins::lease::Timings> {
+    let secs = |flag: &str, v: &str| -> anyhow::Result<Duration> {
+        parse_ttl(v)
+            .ok()
+            .flatten()
+            .and_then(|d| d.to_std().ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--{flag} {v:?}: expected a duration such as 15s"))
+    };
+    let t = kedge::plugins::lease::Timings {
+        lease_duration: secs(
+            "leader-elect-lease-duration",
+            &a.leader_elect_lease_duration,
+        )?,
+        renew_deadline: secs(
+            "leader-elect-renew-deadline",
+            &a.leader_elect_renew_deadline,
+        )?,
+        retry_period: secs("leader-elect-retry-period", &a.leader_elect_retry_period)?,
+    };
+    t.validate()
+        .map_err(|e| anyhow::anyhow!("--leader-elect-*: {e}"))?;
+    Ok(t)
 }
 
 /// The etcd datastore the flags name, if any.

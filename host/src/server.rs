@@ -52,6 +52,35 @@ pub struct ServerConfig {
     /// Events the embedded store's watch log keeps (`--watch-history`); its default when
     /// `None`.
     pub watch_history: Option<u64>,
+    /// This server's name among the replicas (`--replica-name`); default: the hostname and
+    /// a suffix kept in the data dir.
+    pub replica_name: Option<String>,
+    /// The plugins' leader election on etcd, where several servers may share the cluster
+    /// (on the embedded store the server is alone and runs every plugin).
+    pub leader_election: kedge_plugins::lease::Timings,
+}
+
+/// The replica's name: `name` if given, else `<hostname>-<6 hex>` with the suffix made once
+/// and kept in `<data-dir>/replica-name`, so a restarted replica is the same one (and takes
+/// back its own leases at once).
+pub fn replica_name(data_dir: &std::path::Path, name: Option<&str>) -> anyhow::Result<String> {
+    if let Some(n) = name {
+        return Ok(n.to_string());
+    }
+    let path = data_dir.join("replica-name");
+    if let Ok(n) = std::fs::read_to_string(&path)
+        && !n.trim().is_empty()
+    {
+        return Ok(n.trim().to_string());
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kedge".into());
+    let name = format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+    std::fs::write(&path, &name).with_context(|| format!("writing {}", path.display()))?;
+    Ok(name)
 }
 
 /// Secrets at rest: where the server's store gets its encryption configuration (see
@@ -683,9 +712,27 @@ pub async fn start_serving(
         pki.ca_pem().to_string(),
         cancel.clone(),
     ));
+    let replica = replica_name(&cfg.data_dir, cfg.replica_name.as_deref())?;
+    let election = match &cfg.datastore {
+        Some(_) => Some(kedge_plugins::lease::Election::new(
+            replica.clone(),
+            cfg.leader_election,
+        )),
+        None => None,
+    };
     let startup: PluginStartup = {
         let manager = plugin_manager.clone();
+        let (api, cancel) = (api.clone(), cancel.clone());
         Box::pin(async move {
+            if let Some(e) = &election {
+                // Counted among the replicas before the plugins' elections start.
+                e.keep_identity(api, cancel).await;
+                tracing::info!(replica = %replica, "plugins run where their leases are held");
+            }
+            manager.set_replica(kedge_plugins::manager::Replica {
+                identity: replica,
+                election,
+            });
             manager.install_builtins().await?;
             manager.start().await;
             state

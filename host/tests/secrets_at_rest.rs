@@ -37,6 +37,8 @@ fn config(data_dir: PathBuf) -> ServerConfig {
         node_cert_validity: kedge_tunnel::server::DEFAULT_NODE_CERT_VALIDITY,
         datastore: None,
         watch_history: None,
+        replica_name: None,
+        leader_election: Default::default(),
     }
 }
 

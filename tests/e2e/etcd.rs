@@ -513,3 +513,194 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+/// kubectl through the server whose admin kubeconfig is `kubeconfig`.
+fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Plugin name → the replica holding its lease (`status.holder`, the HOLDER column of
+/// `kubectl get plugins -o wide`).
+fn holders(kubeconfig: &std::path::Path) -> Vec<(String, String)> {
+    let Some(out) = kubectl_at(
+        kubeconfig,
+        &[
+            "get",
+            "plugins",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.status.holder}{"\n"}{end}"#,
+        ],
+    ) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(p, h)| (p.to_string(), h.to_string()))
+        .collect()
+}
+
+fn pod_count(kubeconfig: &std::path::Path) -> Option<usize> {
+    let out = kubectl_at(
+        kubeconfig,
+        &["-n", "shop", "get", "pods", "-l", "app=web", "-o", "name"],
+    )?;
+    Some(out.lines().filter(|l| !l.is_empty()).count())
+}
+
+/// Two servers on one etcd share the plugins, each plugin run by the holder of its Lease:
+/// they spread over both; `kill -9` of the one holding most of them during a scale-up, and
+/// the other takes them over within the lease time and the Deployment converges with neither
+/// a duplicate nor a lost pod; the dead one, restarted, rejoins and gets its share back.
+#[test]
+fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
+    let Some(etcd) = start_etcd() else { return };
+    // Kubernetes' timings scaled down (15 s / 10 s / 2 s by default).
+    let timings = [
+        "--leader-elect-lease-duration",
+        "6s",
+        "--leader-elect-renew-deadline",
+        "4s",
+        "--leader-elect-retry-period",
+        "1s",
+    ];
+    let mut flags = vec![
+        "--datastore-endpoint",
+        &etcd.endpoint,
+        "--replica-name",
+        "alpha",
+    ];
+    flags.extend_from_slice(&timings);
+    let mut c = Cluster::start_with(&flags);
+    let a_config = c.kubeconfig.clone();
+    // The second replica shares the first one's cluster PKI (CA, service-account key), as
+    // servers of one cluster must.
+    let b_data = c.dir.path().join("server-b");
+    std::fs::create_dir_all(&b_data).unwrap();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(c.dir.path().join("server").join("pki"))
+        .arg(&b_data)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let b_listen = format!("127.0.0.1:{}", free_port());
+    let cache = plugin_cache();
+    let start_b = |c: &Cluster| {
+        let mut args = vec![
+            "server",
+            "--data-dir",
+            b_data.to_str().unwrap(),
+            "--listen",
+            &b_listen,
+            "--plugin-cache-dir",
+            cache.to_str().unwrap(),
+            "--tls-san",
+            "127.0.0.1",
+            "--datastore-endpoint",
+            &etcd.endpoint,
+            "--replica-name",
+            "beta",
+        ];
+        args.extend_from_slice(&timings);
+        spawn("server-b", c.dir.path(), &args)
+    };
+    let mut b = start_b(&c);
+    let b_config = b_data.join("admin.kubeconfig");
+    c.wait("the second server ready", || {
+        (b_config.exists() && kubectl_at(&b_config, &["get", "--raw", "/readyz"]).is_some())
+            .then_some(())
+    });
+    // Both serve the whole API: what one writes the other reads.
+    c.k(&["create", "namespace", "shop"]);
+    c.wait("the namespace through the second server", || {
+        kubectl_at(&b_config, &["get", "namespace", "shop"]).map(|_| ())
+    });
+    c.wait("the plugins spread over both servers", || {
+        let h = holders(&a_config);
+        let on = |r: &str| h.iter().filter(|(_, x)| x == r).count();
+        (h.len() >= 10
+            && on("alpha") >= 3
+            && on("beta") >= 3
+            && on("alpha") + on("beta") == h.len())
+        .then_some(())
+    });
+    let wide = kubectl_at(&a_config, &["get", "plugins", "-o", "wide"]).unwrap();
+    assert!(wide.lines().next().unwrap().contains("HOLDER"), "{wide}");
+    assert!(wide.contains("alpha") && wide.contains("beta"), "{wide}");
+    kubectl_at(
+        &b_config,
+        &[
+            "-n",
+            "shop",
+            "create",
+            "deployment",
+            "web",
+            "--image=registry.example/web:1",
+            "--replicas=2",
+        ],
+    )
+    .expect("creating the deployment");
+    c.wait("two pods", || (pod_count(&a_config)? == 2).then_some(()));
+
+    // The replica holding the most plugins dies during a scale-up.
+    let h = holders(&a_config);
+    let on_alpha = h.iter().filter(|(_, x)| x == "alpha").count();
+    let (dead, survivor, survivor_name) = if on_alpha * 2 >= h.len() {
+        ("alpha", b_config.clone(), "beta")
+    } else {
+        ("beta", a_config.clone(), "alpha")
+    };
+    if dead == "alpha" {
+        c.server.crash();
+    } else {
+        b.crash();
+    }
+    let killed = Instant::now();
+    kubectl_at(
+        &survivor,
+        &["-n", "shop", "scale", "deployment", "web", "--replicas=6"],
+    )
+    .expect("scaling through the survivor");
+    c.wait("the survivor running every plugin", || {
+        let h = holders(&survivor);
+        (!h.is_empty() && h.iter().all(|(_, x)| x == survivor_name)).then_some(())
+    });
+    let takeover = killed.elapsed();
+    eprintln!("plugin failover: every plugin on {survivor_name} {takeover:?} after the kill");
+    assert!(takeover < Duration::from_secs(20), "{takeover:?}");
+    c.wait("six pods", || (pod_count(&survivor)? == 6).then_some(()));
+    // Neither duplicates nor losses: six it stays.
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(pod_count(&survivor), Some(6));
+    }
+
+    // The dead replica comes back and gets its share again.
+    if dead == "alpha" {
+        start_server_again(
+            &mut c,
+            &etcd.endpoint,
+            &[&["--replica-name", "alpha"][..], &timings[..]].concat(),
+        );
+    } else {
+        b = start_b(&c);
+        c.wait("the second server back", || {
+            kubectl_at(&b_config, &["get", "--raw", "/readyz"]).map(|_| ())
+        });
+    }
+    c.wait("the plugins spread again", || {
+        let h = holders(&survivor);
+        (h.iter().filter(|(_, x)| x == dead).count() >= 3).then_some(())
+    });
+    assert_eq!(pod_count(&survivor), Some(6));
+    drop(b);
+}

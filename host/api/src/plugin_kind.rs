@@ -166,6 +166,10 @@ pub struct PluginStatus {
     /// trapping).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The server replica running the plugin: with several servers, the holder of its Lease
+    /// `kube-system/kedge-plugin-<name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 }
 
 /// Names accepted in `spec.source.builtin`: the plugins the server embeds (the server's tests
@@ -198,13 +202,14 @@ pub fn is_wildcard(api_version: &str, kind: &str) -> bool {
 /// The kind's rules, as [`crate::kinds::rules`] finds them.
 pub(crate) struct Rules;
 
-static COLUMNS: [Column; 8] = [
+static COLUMNS: [Column; 9] = [
     col("Name", "string", 0),
     col("Role", "string", 0),
     col("Source", "string", 0),
     col("Digest", "string", 0),
     col("Phase", "string", 0),
     col("Age", "string", 0),
+    col("Holder", "string", 1),
     col("Ready", "string", 1),
     col("Message", "string", 1),
 ];
@@ -253,6 +258,7 @@ impl KindRules for Rules {
             json!(short),
             json!(s(o, "/status/phase")),
             json!(age(o, CREATED, now)),
+            json!(s(o, "/status/holder")),
             json!(ready.map_or(String::new(), |c| format!(
                 "{} ({})",
                 c["status"].as_str().unwrap_or_default(),

@@ -26,5 +26,7 @@ pub fn server_config(data_dir: PathBuf) -> ServerConfig {
             .filter(|e| !e.is_empty())
             .map(|e| kedge::store::etcd::Options::new(e.split(',').map(String::from).collect())),
         watch_history: None,
+        replica_name: None,
+        leader_election: Default::default(),
     }
 }

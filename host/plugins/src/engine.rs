@@ -504,7 +504,7 @@ impl PluginHost {
     /// returned slot takes new versions ([`Slot::swap`]).
     pub fn start(self: &Arc<Self>, plugin: Arc<Plugin>) -> Arc<Slot> {
         let name = plugin.name().to_string();
-        Slot::start(self, &name, plugin, None)
+        Slot::start(self, &name, plugin, None, None)
     }
 
     /// [`start`](Self::start) under a given slot name, reporting to `observer`.
@@ -513,8 +513,9 @@ impl PluginHost {
         name: &str,
         plugin: Arc<Plugin>,
         observer: Arc<dyn SlotObserver>,
+        leading: Option<tokio::sync::watch::Receiver<bool>>,
     ) -> Arc<Slot> {
-        Slot::start(self, name, plugin, Some(observer))
+        Slot::start(self, name, plugin, Some(observer), leading)
     }
 
     /// Waits for every plugin task to finish after cancellation.

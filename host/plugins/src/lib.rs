@@ -10,6 +10,7 @@
 
 mod config;
 mod engine;
+pub mod lease;
 pub mod manager;
 pub mod metrics;
 mod permissions;

@@ -69,7 +69,22 @@ struct Entry {
     /// The generation last acted on.
     handled: Option<i64>,
     versions: HashMap<String, Origin>,
+    /// With several replicas: whether this one holds the plugin's lease, and what stops
+    /// its election.
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
+    elector: Option<tokio_util::sync::CancellationToken>,
 }
+
+/// Who this server is among the replicas, and the elections it takes part in (`None`: the
+/// only server, which runs every plugin).
+pub struct Replica {
+    pub identity: String,
+    pub election: Option<super::lease::Election>,
+}
+
+/// Status updates a replica made while another one held the plugin's lease, kept (the last
+/// few per plugin) to be written when this one takes over: they describe what now runs.
+const PARKED_PER_PLUGIN: usize = 32;
 
 /// A change to a Plugin's status, given the object's current generation.
 type Mutation = Box<dyn FnOnce(&mut PluginStatus, i64) + Send>;
@@ -92,6 +107,8 @@ pub struct PluginManager {
     preloaded: Mutex<HashMap<String, Arc<Plugin>>>,
     updates: mpsc::UnboundedSender<Update>,
     updates_rx: Mutex<Option<mpsc::UnboundedReceiver<Update>>>,
+    replica: std::sync::OnceLock<Replica>,
+    parked: Mutex<HashMap<String, std::collections::VecDeque<Update>>>,
 }
 
 impl PluginManager {
@@ -124,7 +141,75 @@ impl PluginManager {
             preloaded: Mutex::new(HashMap::new()),
             updates: tx,
             updates_rx: Mutex::new(Some(rx)),
+            replica: std::sync::OnceLock::new(),
+            parked: Mutex::default(),
         }))
+    }
+
+    /// Says who this server is and, with several replicas, makes each plugin run only where
+    /// its lease is held. Before [`start`](Self::start); once.
+    pub fn set_replica(&self, replica: Replica) {
+        if self.replica.set(replica).is_err() {
+            tracing::warn!("the plugin manager's replica was set twice; keeping the first");
+        }
+    }
+
+    /// Whether this replica holds the plugin's lease (`None`: no election for it here).
+    fn is_leading(&self, name: &str) -> Option<bool> {
+        self.entries()
+            .get(name)
+            .and_then(|e| e.leading.as_ref())
+            .map(|rx| *rx.borrow())
+    }
+
+    /// The lease gate of a plugin starting here (`None` without elections): its election
+    /// runs until the plugin is deleted or the server stops; taking the lease writes the
+    /// updates parked meanwhile and this replica's name as the holder.
+    fn elect(self: &Arc<Self>, name: &str) -> Option<tokio::sync::watch::Receiver<bool>> {
+        let replica = self.replica.get()?;
+        let Some(election) = &replica.election else {
+            let identity = replica.identity.clone();
+            self.update(name, None, move |s, _| s.holder = Some(identity));
+            return None;
+        };
+        let token = self.host.cancel.child_token();
+        let rx = election.elect(
+            self.api.clone(),
+            format!("kedge-plugin-{name}"),
+            token.clone(),
+        );
+        {
+            let mut entries = self.entries();
+            let e = entries.entry(name.to_string()).or_default();
+            e.leading = Some(rx.clone());
+            e.elector = Some(token.clone());
+        }
+        let (this, mut watch, name) = (Arc::downgrade(self), rx.clone(), name.to_string());
+        let identity = replica.identity.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    changed = watch.changed() => if changed.is_err() { break },
+                }
+                if !*watch.borrow_and_update() {
+                    continue;
+                }
+                let Some(m) = this.upgrade() else { break };
+                let parked = m
+                    .parked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name)
+                    .unwrap_or_default();
+                for u in parked {
+                    let _ = m.updates.send(u);
+                }
+                let holder = identity.clone();
+                m.update(&name, None, move |s, _| s.holder = Some(holder));
+            }
+        });
+        Some(rx)
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -234,9 +319,17 @@ impl PluginManager {
     }
 
     fn remove(&self, name: &str) {
-        if let Some(e) = self.entries().remove(name)
-            && let Some(slot) = e.slot
-        {
+        let Some(e) = self.entries().remove(name) else {
+            return;
+        };
+        if let Some(token) = e.elector {
+            token.cancel();
+        }
+        self.parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        if let Some(slot) = e.slot {
             tracing::info!(plugin = name, "plugin deleted; stopping it");
             slot.stop();
         }
@@ -376,7 +469,8 @@ impl PluginManager {
             None => {
                 // The slot reports through a weak reference: the manager owns its slots.
                 let observer = Arc::new(WeakObserver(Arc::downgrade(self)));
-                let slot = self.host.start_observed(&name, plugin, observer);
+                let leading = self.elect(&name);
+                let slot = self.host.start_observed(&name, plugin, observer, leading);
                 self.entries().entry(name.clone()).or_default().slot = Some(slot);
                 let msg = format!("{digest} from {source} started in {swap_ms} ms");
                 let ready = refusal.is_none();
@@ -697,6 +791,16 @@ impl PluginManager {
                 _ = cancel.cancelled() => break,
                 u = rx.recv() => match u { Some(u) => u, None => break },
             };
+            if self.is_leading(&u.name) == Some(false) {
+                // Another replica runs the plugin and writes its status.
+                let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+                let q = parked.entry(u.name.clone()).or_default();
+                if q.len() == PARKED_PER_PLUGIN {
+                    q.pop_front();
+                }
+                q.push_back(u);
+                continue;
+            }
             let api = self.api.clone();
             // Store writes block (group commit); keep them off the async workers.
             let _ = tokio::task::spawn_blocking(move || write_status(&api, u)).await;

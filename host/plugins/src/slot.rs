@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -124,16 +125,30 @@ pub struct Slot {
     observer: Option<Arc<dyn SlotObserver>>,
     cancel: CancellationToken,
     metrics: super::metrics::SlotMetrics,
+    /// Whether this replica holds the plugin's lease (see [`super::lease`]): the worker
+    /// reconciles only while it does; events keep queueing meanwhile.
+    leading: watch::Receiver<bool>,
+    /// Keeps `leading` true for a slot that needs no lease.
+    _always: Option<watch::Sender<bool>>,
 }
 
 impl Slot {
     /// Starts routing events and reconciling with `plugin`.
+    /// `leading` gates the reconciles (`None`: always on).
     pub(super) fn start(
         host: &Arc<PluginHost>,
         name: &str,
         plugin: Arc<Plugin>,
         observer: Option<Arc<dyn SlotObserver>>,
+        leading: Option<watch::Receiver<bool>>,
     ) -> Arc<Slot> {
+        let (leading, always) = match leading {
+            Some(rx) => (rx, None),
+            None => {
+                let (tx, rx) = watch::channel(true);
+                (rx, Some(tx))
+            }
+        };
         let (metrics, queue_metrics) = host.metrics.slot(name);
         let slot = Arc::new(Slot {
             name: name.to_string(),
@@ -150,6 +165,8 @@ impl Slot {
             observer,
             cancel: host.cancel.child_token(),
             metrics,
+            leading,
+            _always: always,
         });
         let every = plugin.shared.perms.for_kind.is_none();
         for res in plugin.shared.perms.primaries() {
@@ -406,6 +423,33 @@ impl Slot {
     }
 
     async fn run(self: Arc<Self>) {
+        let mut leading = self.leading.clone();
+        loop {
+            if !*leading.borrow_and_update() {
+                tracing::info!(plugin = %self.name, "waiting for the plugin's lease (another replica runs it)");
+                loop {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => return self.queue.shut_down(),
+                        changed = leading.changed() => if changed.is_err() {
+                            return self.queue.shut_down();
+                        },
+                    }
+                    if *leading.borrow_and_update() {
+                        break;
+                    }
+                }
+            }
+            if !self.lead(&mut leading).await {
+                break;
+            }
+            tracing::info!(plugin = %self.name, "lost the plugin's lease; another replica runs it now");
+        }
+        self.queue.shut_down();
+    }
+
+    /// Reconciles while this replica holds the lease: false when the slot stops, true when
+    /// the lease is lost (the queue keeps what it holds for the next turn).
+    async fn lead(self: &Arc<Self>, leading: &mut watch::Receiver<bool>) -> bool {
         // Reconciling before the caches are filled would act on a partial world (and, say,
         // create pods that already exist).
         let first = self.current();
@@ -418,7 +462,7 @@ impl Slot {
             }
         };
         tokio::select! {
-            _ = self.cancel.cancelled() => return,
+            _ = self.cancel.cancelled() => return false,
             _ = synced => {}
         }
         // Everything that exists gets one reconcile, whatever events this plugin saw before
@@ -438,13 +482,22 @@ impl Slot {
             };
             if let Some(d) = backoff {
                 tokio::select! {
-                    _ = self.cancel.cancelled() => break,
+                    _ = self.cancel.cancelled() => return false,
                     _ = tokio::time::sleep(d) => {}
                 }
             }
             let key = tokio::select! {
-                _ = self.cancel.cancelled() => break,
-                k = self.queue.get() => match k { Some(k) => k, None => break },
+                _ = self.cancel.cancelled() => return false,
+                changed = leading.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                    if *leading.borrow_and_update() {
+                        continue;
+                    }
+                    return true;
+                }
+                k = self.queue.get() => match k { Some(k) => k, None => return false },
             };
             let plugin = self.current();
             let span = tracing::debug_span!("reconcile", plugin = %self.name, object = %key);
@@ -498,7 +551,6 @@ impl Slot {
             }
             self.queue.done(&key);
         }
-        self.queue.shut_down();
     }
 
     /// A call that did not trap (a returned error is the guest's own decision).
