@@ -14,6 +14,7 @@ pub use kedge_plugins as plugins;
 pub use kedge_store as store;
 pub use kedge_store::fsmode;
 
+pub mod bootstrap;
 pub mod kubeclient;
 pub mod push;
 pub mod server;

@@ -92,6 +92,16 @@ struct ServerArgs {
     #[arg(long, conflicts_with = "datastore_endpoint",
         value_parser = clap::value_parser!(u64).range(10..))]
     watch_history: Option<u64>,
+    /// On etcd: the secret the cluster's servers share (K3s' server token), which seals the
+    /// CA and keys they share in etcd. The first server makes one (<data-dir>/server-token);
+    /// give it to the others.
+    #[arg(
+        long,
+        env = "KEDGE_SERVER_TOKEN",
+        hide_env_values = true,
+        requires = "datastore_endpoint"
+    )]
+    token: Option<String>,
     /// This server's name among the replicas sharing an etcd (holder of plugin leases);
     /// default: the hostname and a suffix kept in the data dir.
     #[arg(long, env = "KEDGE_REPLICA_NAME")]
@@ -563,6 +573,7 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         watch_history: a.watch_history,
         replica_name: a.replica_name.clone(),
         leader_election: leader_election(a)?,
+        server_token: a.token.clone(),
     })
 }
 

@@ -58,6 +58,9 @@ pub struct ServerConfig {
     /// The plugins' leader election on etcd, where several servers may share the cluster
     /// (on the embedded store the server is alone and runs every plugin).
     pub leader_election: kedge_plugins::lease::Timings,
+    /// On etcd: the token the servers of the cluster share (`--token`), which seals their
+    /// bootstrap data there; kept in, or made into, `<data-dir>/server-token` when `None`.
+    pub server_token: Option<String>,
 }
 
 /// The replica's name: `name` if given, else `<hostname>-<6 hex>` with the suffix made once
@@ -455,6 +458,33 @@ pub async fn start_serving(
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // On etcd, where several servers may share the cluster: the CA, the service-account key
+    // and the generated encryption config are the cluster's, from etcd (or this server's,
+    // published there if it is the first).
+    if let Some(etcd) = cfg.datastore.clone() {
+        let token = crate::bootstrap::server_token(&cfg.data_dir, cfg.server_token.as_deref())?;
+        let (dir, enc) = (cfg.data_dir.clone(), encryption.clone());
+        let synced = tokio::task::spawn_blocking(move || {
+            crate::bootstrap::sync(&dir, &etcd, &token, || {
+                ClusterPki::load_or_create(&dir.join("pki"), &[]).context("cluster PKI")?;
+                crate::tokens::Signer::load_or_create(&dir.join("pki").join("sa.key"))
+                    .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
+                enc.load(&dir).map(|_| ())
+            })
+        })
+        .await??;
+        match synced {
+            crate::bootstrap::Synced::Published => tracing::info!(
+                token_file = %crate::bootstrap::token_path(&cfg.data_dir).display(),
+                "published this server's CA and keys as the cluster's bootstrap data; other servers join with --token and the same --datastore-endpoint"
+            ),
+            crate::bootstrap::Synced::Same => {}
+            crate::bootstrap::Synced::Adopted(files) => tracing::info!(
+                ?files,
+                "took the cluster's bootstrap data from etcd (replaced files kept beside them)"
+            ),
+        }
+    }
     let encryption = encryption.load(&cfg.data_dir)?;
     if !encryption.is_empty() {
         tracing::info!(encryption = %encryption.describe(), "store: encrypting at rest");

@@ -39,6 +39,7 @@ fn config(data_dir: PathBuf) -> ServerConfig {
         watch_history: None,
         replica_name: None,
         leader_election: Default::default(),
+        server_token: None,
     }
 }
 

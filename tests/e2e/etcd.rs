@@ -556,7 +556,8 @@ fn pod_count(kubeconfig: &std::path::Path) -> Option<usize> {
     Some(out.lines().filter(|l| !l.is_empty()).count())
 }
 
-/// Two servers on one etcd share the plugins, each plugin run by the holder of its Lease:
+/// Two servers on one etcd, the second joined with the first one's token (the cluster's CA
+/// and keys come sealed from etcd), share the plugins, each run by the holder of its Lease:
 /// they spread over both; `kill -9` of the one holding most of them during a scale-up, and
 /// the other takes them over within the lease time and the Deployment converges with neither
 /// a duplicate nor a lost pod; the dead one, restarted, rejoins and gets its share back.
@@ -581,17 +582,29 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
     flags.extend_from_slice(&timings);
     let mut c = Cluster::start_with(&flags);
     let a_config = c.kubeconfig.clone();
-    // The second replica shares the first one's cluster PKI (CA, service-account key), as
-    // servers of one cluster must.
-    let b_data = c.dir.path().join("server-b");
-    std::fs::create_dir_all(&b_data).unwrap();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(c.dir.path().join("server").join("pki"))
-        .arg(&b_data)
-        .status()
+    // The first server made the cluster's token and published its CA and keys, sealed, in
+    // etcd; a server with the wrong token is refused, the second one joins with the token.
+    let a_data = c.dir.path().join("server");
+    let token = std::fs::read_to_string(a_data.join("server-token")).unwrap();
+    let intruder = c.dir.path().join("server-x");
+    let refused = Command::new(KEDGE)
+        .args(["server", "--data-dir", intruder.to_str().unwrap()])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--datastore-endpoint",
+            &etcd.endpoint,
+            "--token",
+            "not-the-token",
+        ])
+        .output()
         .unwrap();
-    assert!(status.success());
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--token"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let b_data = c.dir.path().join("server-b");
     let b_listen = format!("127.0.0.1:{}", free_port());
     let cache = plugin_cache();
     let start_b = |c: &Cluster| {
@@ -609,6 +622,8 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
             &etcd.endpoint,
             "--replica-name",
             "beta",
+            "--token",
+            token.trim(),
         ];
         args.extend_from_slice(&timings);
         spawn("server-b", c.dir.path(), &args)
@@ -619,6 +634,14 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
         (b_config.exists() && kubectl_at(&b_config, &["get", "--raw", "/readyz"]).is_some())
             .then_some(())
     });
+    // One cluster: the same CA and service-account key on both.
+    for f in ["pki/ca.crt", "pki/ca.key", "pki/sa.key"] {
+        assert_eq!(
+            std::fs::read(a_data.join(f)).unwrap(),
+            std::fs::read(b_data.join(f)).unwrap(),
+            "{f}"
+        );
+    }
     // Both serve the whole API: what one writes the other reads.
     c.k(&["create", "namespace", "shop"]);
     c.wait("the namespace through the second server", || {

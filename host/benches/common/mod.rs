@@ -28,5 +28,6 @@ pub fn server_config(data_dir: PathBuf) -> ServerConfig {
         watch_history: None,
         replica_name: None,
         leader_election: Default::default(),
+        server_token: None,
     }
 }

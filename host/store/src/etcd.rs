@@ -463,6 +463,67 @@ fn unreachable_etcd(e: &etcd_client::Error) -> Error {
     Error::Backend(format!("etcd: cannot read from the datastore: {e}"))
 }
 
+/// The value at `key` in etcd (a key of kedge's own, outside the object root: the servers'
+/// shared bootstrap data) or, when there is none, `make()`'s, written unless another server
+/// writes its own first (a transaction on `create_revision == 0`). Returns what etcd holds
+/// afterwards and whether it is ours.
+pub fn get_or_put(
+    options: &Options,
+    key: &str,
+    make: impl FnOnce() -> Result<Vec<u8>>,
+) -> Result<(Vec<u8>, bool)> {
+    let runtime = OwnedRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("kedge-etcd-bootstrap")
+            .enable_all()
+            .build()
+            .map_err(backend)?,
+    ));
+    let handle = runtime.0.as_ref().expect("just built").handle().clone();
+    let connect = connect_options(options)?;
+    let endpoints = options.endpoints.clone();
+    let timeout = options.request_timeout;
+    let mut kv = run_on(&handle, timeout, async move {
+        Client::connect(endpoints, Some(connect))
+            .await
+            .map(|c| c.kv_client())
+            .map_err(|e| unreachable_etcd(&e))
+    })?;
+    let read = {
+        let (mut kv, key) = (kv.clone(), key.to_string());
+        run_on(&handle, timeout, async move {
+            let r = kv.get(key, None).await.map_err(backend)?;
+            Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+        })?
+    };
+    if let Some(v) = read {
+        return Ok((v, false));
+    }
+    let mine = make()?;
+    let key = key.to_string();
+    let value = mine.clone();
+    let theirs = run_on(&handle, timeout, async move {
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        let r = kv.txn(txn).await.map_err(backend)?;
+        if r.succeeded() {
+            return Ok(None);
+        }
+        Ok(r.op_responses().into_iter().find_map(|op| match op {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        }))
+    })?;
+    drop(runtime);
+    Ok(match theirs {
+        None => (mine, true),
+        Some(v) => (v, false),
+    })
+}
+
 fn connect_options(o: &Options) -> Result<ConnectOptions> {
     let mut c = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(5))
