@@ -19,6 +19,10 @@
 //! Pod CIDRs of Nodes work the same way (kube-controller-manager's range allocator, without
 //! its record): each Node gets a /24 of `--cluster-cidr` in `spec.podCIDR(s)`, derived from the
 //! stored Nodes under a lock of its own, so a deleted Node frees its range.
+//!
+//! The lock is one process's. Several servers sharing one store (etcd) also claim each value
+//! they hand out under a key of its own, created only if absent ([`Claim`]), so two of them
+//! can never give out the same value.
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -575,17 +579,40 @@ impl Allocator {
     ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
         let guard = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         let (all, _) = store.list(&store::prefix("", "nodes", ""))?;
-        let used = pod_cidrs_used_by(&all, name);
+        let mut used = pod_cidrs_used_by(&all, name);
         let cluster = self.network.cluster_cidr;
-        Ok(match assign_pod_cidr(node, cluster, &used) {
-            Ok(true) => Ok(guard),
-            Ok(false) if creating => Err(vec![pod_cidr_exhausted(cluster)]),
-            Ok(false) => {
-                tracing::warn!(node = name, %cluster, "no free pod CIDR for the node");
-                Ok(guard)
+        for _ in 0..CLAIM_ATTEMPTS {
+            let mut candidate = node.clone();
+            match assign_pod_cidr(&mut candidate, cluster, &used) {
+                Ok(true) => {}
+                Ok(false) if creating => return Ok(Err(vec![pod_cidr_exhausted(cluster)])),
+                Ok(false) => {
+                    tracing::warn!(node = name, %cluster, "no free pod CIDR for the node");
+                    return Ok(Ok(guard));
+                }
+                Err(causes) => return Ok(Err(causes)),
             }
-            Err(causes) => Err(causes),
-        })
+            let Some(cidr) = candidate
+                .pointer("/spec/podCIDR")
+                .and_then(Value::as_str)
+                .and_then(|c| c.parse::<Cidr>().ok())
+            else {
+                *node = candidate;
+                return Ok(Ok(guard));
+            };
+            match claim(store, Claim::PodCidr(cidr), "", name)? {
+                None => {
+                    *node = candidate;
+                    return Ok(Ok(guard));
+                }
+                Some(holder) => {
+                    used.insert(cidr, holder);
+                }
+            }
+        }
+        Err(store::Error::Backend(
+            "pod CIDR allocation kept losing races with other servers".into(),
+        ))
     }
 
     /// Assigns IPs and ports to the Service `svc` (named `ns/name`); returns the guard to hold
@@ -597,13 +624,210 @@ impl Allocator {
         name: &str,
         svc: &mut Value,
     ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
+        self.service_seeded(store, ns, name, svc, rand::random::<u32>())
+    }
+
+    /// [`service`](Self::service) with the search's start given.
+    pub(crate) fn service_seeded<'a>(
+        &'a self,
+        store: &dyn Store,
+        ns: &str,
+        name: &str,
+        svc: &mut Value,
+        seed: u32,
+    ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
         let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let (all, _) = store.list(&store::prefix("", "services", ""))?;
         let mut used = used_by(&all, ns, name);
         used.reserved = [KUBERNETES_SERVICE_IP, self.network.cluster_dns].into();
-        let seed = rand::random::<u32>();
-        Ok(assign(svc, &used, seed).map(|()| guard))
+        for attempt in 0..CLAIM_ATTEMPTS {
+            let mut candidate = svc.clone();
+            if let Err(causes) = assign(&mut candidate, &used, seed.wrapping_add(attempt)) {
+                return Ok(Err(causes));
+            }
+            let mut lost = false;
+            for c in claims_of(&candidate) {
+                if claim(store, c, ns, name)?.is_some() {
+                    // Another server's Service holds it (or is about to): not free after all.
+                    match c {
+                        Claim::ServiceIp(ip) => used.ips.insert(ip),
+                        Claim::NodePort(p) => used.node_ports.insert(p),
+                        Claim::PodCidr(_) => false,
+                    };
+                    lost = true;
+                }
+            }
+            if !lost {
+                *svc = candidate;
+                return Ok(Ok(guard));
+            }
+        }
+        Err(store::Error::Backend(
+            "service IP and port allocation kept losing races with other servers".into(),
+        ))
     }
+}
+
+impl Allocator {
+    /// Frees the claims of a Service or Node just removed from the store (`gone`, its last
+    /// state), so its values are free at once, as they are by the scan. Best effort: a claim
+    /// left behind is taken over once old (see [`Claim`]).
+    pub fn release(&self, store: &dyn Store, kind: &str, ns: &str, name: &str, gone: &Value) {
+        let claims: Vec<Claim> = match kind {
+            "Service" => claims_of(gone),
+            "Node" => pod_cidrs_used_by(std::slice::from_ref(gone), "")
+                .into_keys()
+                .map(Claim::PodCidr)
+                .collect(),
+            _ => return,
+        };
+        for c in claims {
+            let key = c.key();
+            let Ok(Some(current)) = store.get(&key) else {
+                continue;
+            };
+            let mine = current.pointer("/owner/namespace").and_then(Value::as_str) == Some(ns)
+                && current.pointer("/owner/name").and_then(Value::as_str) == Some(name);
+            if mine && let Err(e) = store.delete(&key, store::revision_of(&current)) {
+                tracing::debug!(key, error = %e, "freeing an allocation claim failed");
+            }
+        }
+    }
+}
+
+/// How often an allocation is tried again after losing a value to another server.
+const CLAIM_ATTEMPTS: u32 = 16;
+/// How long a claim whose owner does not (yet) hold its value is still respected: the owner
+/// is stored right after claiming, so only a claim left behind (its owner deleted, or a
+/// server that died between claim and store) is that old. Generous for clock skew between
+/// servers.
+const CLAIM_GRACE_SECS: i64 = 60;
+
+/// One allocated value, claimed in the store under a key of its own.
+///
+/// The allocator derives what is used from the stored objects (module documentation), under
+/// a lock of its process. Several servers on one store (etcd) each have their own lock, so
+/// between one server's scan and its write another could pick the same value. A claim closes
+/// that window the way Kubernetes' `IPAddress` objects do: before a value is handed out, a
+/// key naming it is created only if absent, so of two servers racing for a value exactly one
+/// gets it and the other picks again. Claims are never deleted with their owners: one whose
+/// owner no longer holds its value, older than [`CLAIM_GRACE_SECS`], is simply taken over.
+/// The keys live outside every served resource (`kedge-internal/…`, a group no custom
+/// resource can have).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    ServiceIp(Ipv4Addr),
+    NodePort(u16),
+    PodCidr(Cidr),
+}
+
+impl Claim {
+    fn key(self) -> String {
+        let (kind, value) = match self {
+            Claim::ServiceIp(ip) => ("serviceips", ip.to_string()),
+            Claim::NodePort(p) => ("nodeports", p.to_string()),
+            Claim::PodCidr(c) => ("podcidrs", format!("{}-{}", c.addr, c.prefix)),
+        };
+        store::key("kedge-internal", "allocations", kind, &value)
+    }
+
+    /// Whether the object `owner` (a Service or a Node) holds this value.
+    fn held_by(self, owner: &Value) -> bool {
+        match self {
+            Claim::PodCidr(c) => {
+                pod_cidrs_used_by(std::slice::from_ref(owner), "").contains_key(&c)
+            }
+            Claim::ServiceIp(ip) => used_by(std::slice::from_ref(owner), "", "")
+                .ips
+                .contains(&ip),
+            Claim::NodePort(p) => used_by(std::slice::from_ref(owner), "", "")
+                .node_ports
+                .contains(&p),
+        }
+    }
+
+    fn owner_key(self, ns: &str, name: &str) -> String {
+        match self {
+            Claim::PodCidr(_) => store::key("", "nodes", "", name),
+            _ => store::key("", "services", ns, name),
+        }
+    }
+}
+
+/// The values a Service about to be stored holds.
+fn claims_of(svc: &Value) -> Vec<Claim> {
+    let used = used_by(std::slice::from_ref(svc), "", "");
+    let mut out: Vec<Claim> = used.ips.into_iter().map(Claim::ServiceIp).collect();
+    out.extend(used.node_ports.into_iter().map(Claim::NodePort));
+    out
+}
+
+/// Claims `c` for the object `ns/name`: `None` when it is (now) theirs, else the name of
+/// the object that holds it.
+fn claim(
+    store: &dyn Store,
+    c: Claim,
+    ns: &str,
+    name: &str,
+) -> Result<Option<String>, store::Error> {
+    let key = c.key();
+    let record = |now: chrono::DateTime<chrono::Utc>| {
+        json!({"apiVersion": "kedge.io/v1", "kind": "Allocation",
+            "metadata": {"name": key.rsplit('/').next().unwrap_or_default()},
+            "owner": {"namespace": ns, "name": name},
+            "claimedAt": now.to_rfc3339()})
+    };
+    for _ in 0..3 {
+        let now = chrono::Utc::now();
+        // Read first: an object written again with the values it has finds its own claims
+        // and writes nothing.
+        let Some(current) = store.get(&key)? else {
+            match store.create(&key, record(now)) {
+                Ok(_) => return Ok(None),
+                Err(store::Error::AlreadyExists) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        let (o_ns, o_name) = (
+            current
+                .pointer("/owner/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            current
+                .pointer("/owner/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
+        if o_ns == ns && o_name == name {
+            return Ok(None);
+        }
+        let holder = if o_ns.is_empty() {
+            o_name.to_string()
+        } else {
+            format!("{o_ns}/{o_name}")
+        };
+        let young = current
+            .get("claimedAt")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .is_none_or(|t| (now - t.with_timezone(&chrono::Utc)).num_seconds() < CLAIM_GRACE_SECS);
+        if young {
+            return Ok(Some(holder));
+        }
+        let owner_holds = store
+            .get(&c.owner_key(o_ns, o_name))?
+            .is_some_and(|o| c.held_by(&o));
+        if owner_holds {
+            return Ok(Some(holder));
+        }
+        // Left behind: take it over, unless someone else does first.
+        match store.update(&key, record(now), store::revision_of(&current)) {
+            Ok(_) => return Ok(None),
+            Err(store::Error::Conflict { .. } | store::Error::NotFound) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some("another server".into()))
 }
 
 #[cfg(test)]
@@ -612,6 +836,96 @@ mod tests {
 
     fn svc(ns: &str, name: &str, spec: Value) -> Value {
         json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})
+    }
+
+    fn shared_store(dir: &std::path::Path) -> std::sync::Arc<dyn Store> {
+        std::sync::Arc::new(
+            kedge_store::redb::RedbStore::open(&dir.join("s"), Default::default()).unwrap(),
+        )
+    }
+
+    /// Two servers on one store, each with its own allocator (and lock): the second one to
+    /// allocate while the first has claimed but not yet stored its Service gets another IP
+    /// and other node ports, where without claims it would take the same ones (same seed).
+    #[test]
+    fn servers_racing_for_a_value_never_both_get_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shared_store(dir.path());
+        let (one, two) = (Allocator::default(), Allocator::default());
+        let spec = || json!({"type": "NodePort", "ports": [{"port": 80}]});
+        let mut a = svc("default", "a", spec());
+        let guard = one
+            .service_seeded(store.as_ref(), "default", "a", &mut a, 7)
+            .unwrap()
+            .unwrap();
+        // `a` is not stored yet (the first server still holds its guard).
+        let mut b = svc("default", "b", spec());
+        drop(
+            two.service_seeded(store.as_ref(), "default", "b", &mut b, 7)
+                .unwrap()
+                .unwrap(),
+        );
+        drop(guard);
+        assert_ne!(a["spec"]["clusterIP"], b["spec"]["clusterIP"]);
+        assert_ne!(
+            a["spec"]["ports"][0]["nodePort"],
+            b["spec"]["ports"][0]["nodePort"]
+        );
+        // The same Service written again keeps its values without a conflict.
+        let mut again = a.clone();
+        drop(
+            one.service_seeded(store.as_ref(), "default", "a", &mut again, 99)
+                .unwrap()
+                .unwrap(),
+        );
+        assert_eq!(again["spec"]["clusterIP"], a["spec"]["clusterIP"]);
+        // A value another live Service holds cannot be requested.
+        store
+            .create(&store::key("", "services", "default", "a"), a.clone())
+            .unwrap();
+        let mut c = svc(
+            "default",
+            "c",
+            json!({"clusterIP": a["spec"]["clusterIP"], "ports": [{"port": 80}]}),
+        );
+        let refused = two
+            .service_seeded(store.as_ref(), "default", "c", &mut c, 1)
+            .unwrap();
+        assert!(refused.is_err());
+    }
+
+    /// A claim left behind (its owner gone, older than the grace) is taken over; a young one
+    /// is respected even while its owner is not stored yet.
+    #[test]
+    fn claims_left_behind_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = shared_store(dir.path());
+        let ip: Ipv4Addr = "10.43.200.1".parse().unwrap();
+        let old = chrono::Utc::now() - chrono::Duration::seconds(CLAIM_GRACE_SECS + 5);
+        store
+            .create(
+                &Claim::ServiceIp(ip).key(),
+                json!({"metadata": {"name": "x"}, "owner": {"namespace": "default", "name": "gone"},
+                    "claimedAt": old.to_rfc3339()}),
+            )
+            .unwrap();
+        assert_eq!(
+            claim(store.as_ref(), Claim::ServiceIp(ip), "default", "new").unwrap(),
+            None
+        );
+        assert_eq!(
+            claim(store.as_ref(), Claim::ServiceIp(ip), "default", "other").unwrap(),
+            Some("default/new".into())
+        );
+        let cidr: Cidr = "10.42.7.0/24".parse().unwrap();
+        assert_eq!(
+            claim(store.as_ref(), Claim::PodCidr(cidr), "", "n1").unwrap(),
+            None
+        );
+        assert_eq!(
+            claim(store.as_ref(), Claim::PodCidr(cidr), "", "n2").unwrap(),
+            Some("n1".into())
+        );
     }
 
     #[test]

@@ -856,6 +856,10 @@ impl Api {
                 .store
                 .delete(&Self::key(res, ns, name), rev)
                 .map_err(|e| ApiError::from_store(e, res, name))?;
+            if res.group.is_empty() {
+                self.alloc
+                    .release(self.store.as_ref(), res.kind, ns, name, &gone);
+            }
             self.after_write(res, name);
             return Ok(gone);
         }
@@ -1147,9 +1151,15 @@ impl Api {
                 .update(&key, next, rev)
                 .map_err(|e| ApiError::from_store(e, res, name));
         }
-        self.store
+        let gone = self
+            .store
             .delete(&key, rev)
-            .map_err(|e| ApiError::from_store(e, res, name))
+            .map_err(|e| ApiError::from_store(e, res, name))?;
+        if res.group.is_empty() {
+            self.alloc
+                .release(self.store.as_ref(), res.kind, ns, name, &gone);
+        }
+        Ok(gone)
     }
 
     /// Marks the namespace Terminating and holds it with the `kubernetes` finalizer in
