@@ -15,6 +15,7 @@ pub use kedge_store as store;
 pub use kedge_store::fsmode;
 
 pub mod bootstrap;
+pub mod forward;
 pub mod kubeclient;
 pub mod push;
 pub mod server;

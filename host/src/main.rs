@@ -259,7 +259,9 @@ enum Command {
     },
     /// Run a node agent that dials the server over QUIC.
     Agent {
-        /// The server's address, host:port (UDP; the same port as its HTTPS API).
+        /// The server's address, host:port (UDP; the same port as its HTTPS API); with several
+        /// servers on one etcd, several, comma-separated (or a name resolving to several): the
+        /// agent connects to one and moves to another within ~10 s when it dies.
         #[arg(long, env = "KEDGE_SERVER")]
         server: String,
         /// Join token (`K10…::id.secret`), needed until the node has its certificate, and

@@ -6,14 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use axum::body::Body;
-use futures_util::future::BoxFuture;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::alloc::ClusterNetwork;
-use crate::api::http::{ApiState, NodeProxy};
+use crate::api::http::ApiState;
 use crate::api::node_identity::{StoreTokens, token_secret};
 use crate::api::ops::{Api, WriteOptions};
 use crate::auth::Identity;
@@ -181,22 +179,11 @@ impl Server {
     }
 }
 
-struct TunnelProxy(NodeTunnels);
-
-impl NodeProxy for TunnelProxy {
-    fn request(
-        &self,
-        node: &str,
-        req: http::Request<Body>,
-    ) -> BoxFuture<'_, Result<http::Response<Body>, String>> {
-        let node = node.to_string();
-        Box::pin(async move { self.0.request(&node, req).await.map_err(|e| e.to_string()) })
-    }
-}
-
 /// The Node annotation holding where the server sees the node's tunnel come from: behind
 /// which address (the public side of its NAT) a gateway is.
 pub const TUNNEL_ADDRESS_ANNOTATION: &str = "kedge.io/tunnel-address";
+/// The Node annotation naming the server replica holding the node's tunnel (`--replica-name`).
+pub const TUNNEL_SERVER_ANNOTATION: &str = "kedge.io/tunnel-server";
 
 /// Keeps [`TUNNEL_ADDRESS_ANNOTATION`] on every connected node's Node current: checked every
 /// few seconds against the live connections, written only when it changed (a new connection,
@@ -204,10 +191,12 @@ pub const TUNNEL_ADDRESS_ANNOTATION: &str = "kedge.io/tunnel-address";
 async fn record_tunnel_addresses(
     api: Arc<Api>,
     nodes: kedge_tunnel::server::NodeTunnels,
+    replica: String,
     cancel: CancellationToken,
 ) {
     let mut recorded: std::collections::HashMap<String, String> = Default::default();
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    // Often enough that a node which moved to this replica is found here (forwarding) soon.
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -221,10 +210,11 @@ async fn record_tunnel_addresses(
                 continue;
             }
             let api = api.clone();
-            let (n, a) = (node.clone(), addr.clone());
+            let (n, a, r) = (node.clone(), addr.clone(), replica.clone());
             let written = tokio::task::spawn_blocking(move || {
                 let res = resources::by_kind("v1", "Node").expect("nodes are served");
-                let patch = json!({"metadata": {"annotations": {TUNNEL_ADDRESS_ANNOTATION: a}}});
+                let patch = json!({"metadata": {"annotations": {
+                    TUNNEL_ADDRESS_ANNOTATION: a, TUNNEL_SERVER_ANNOTATION: r}}});
                 api.patch(
                     res,
                     "",
@@ -650,6 +640,7 @@ pub async fn start_serving(
         }
     };
 
+    let replica = replica_name(&cfg.data_dir, cfg.replica_name.as_deref())?;
     let state = Arc::new(ApiState {
         api: api.clone(),
         nodes: std::sync::OnceLock::new(),
@@ -683,7 +674,17 @@ pub async fn start_serving(
     .context("starting the node tunnel (udp)")?;
     let tunnel_addr = tunnel.local_addr();
     let nodes = tunnel.nodes();
-    let _ = state.nodes.set(Arc::new(TunnelProxy(nodes.clone())));
+    // On etcd, requests for nodes another replica holds go through that replica.
+    let forwarding_tls = match &cfg.datastore {
+        Some(_) => Some(crate::forward::Forwarding::client_tls(&pki, &replica)?),
+        None => None,
+    };
+    let _ = state.nodes.set(Arc::new(crate::forward::Forwarding {
+        local: nodes.clone(),
+        api: api.clone(),
+        replica: replica.clone(),
+        tls: forwarding_tls,
+    }));
 
     let tasks = tokio_util::task::TaskTracker::new();
     if let Some(redb) = redb_store {
@@ -693,6 +694,7 @@ pub async fn start_serving(
     tasks.spawn(record_tunnel_addresses(
         api.clone(),
         nodes.clone(),
+        replica.clone(),
         cancel.clone(),
     ));
     let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
@@ -742,12 +744,26 @@ pub async fn start_serving(
         pki.ca_pem().to_string(),
         cancel.clone(),
     ));
-    let replica = replica_name(&cfg.data_dir, cfg.replica_name.as_deref())?;
     let election = match &cfg.datastore {
-        Some(_) => Some(kedge_plugins::lease::Election::new(
-            replica.clone(),
-            cfg.leader_election,
-        )),
+        Some(_) => {
+            let mut e = kedge_plugins::lease::Election::new(replica.clone(), cfg.leader_election);
+            // Where the other replicas reach this one's API (for the nodes it holds).
+            let host = if https_addr.ip().is_unspecified() {
+                cfg.tls_sans.first().cloned().unwrap_or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .map(|h| h.trim().to_string())
+                        .unwrap_or_else(|_| "localhost".into())
+                })
+            } else {
+                https_addr.ip().to_string()
+            };
+            e.address = Some(if host.contains(':') && !host.starts_with('[') {
+                format!("[{host}]:{}", https_addr.port())
+            } else {
+                format!("{host}:{}", https_addr.port())
+            });
+            Some(e)
+        }
         None => None,
     };
     let startup: PluginStartup = {

@@ -727,3 +727,227 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
     assert_eq!(pod_count(&survivor), Some(6));
     drop(b);
 }
+
+/// An agent given both servers of a cluster on etcd connects to one (recorded on its Node),
+/// and when that one is killed moves to the other within seconds: the Node says so, and its
+/// pod runs on, never restarted, its logs reachable through the survivor.
+#[test]
+fn an_agent_moves_to_the_other_server_when_its_server_dies() {
+    let Some(etcd) = start_etcd() else { return };
+    let mut c = Cluster::start_with(&[
+        "--datastore-endpoint",
+        &etcd.endpoint,
+        "--replica-name",
+        "alpha",
+    ]);
+    let a_config = c.kubeconfig.clone();
+    let token = std::fs::read_to_string(c.dir.path().join("server/server-token")).unwrap();
+    let b_data = c.dir.path().join("server-b");
+    let b_port = free_port();
+    let b_listen = format!("127.0.0.1:{b_port}");
+    let cache = plugin_cache();
+    let mut b = spawn(
+        "server-b",
+        c.dir.path(),
+        &[
+            "server",
+            "--data-dir",
+            b_data.to_str().unwrap(),
+            "--listen",
+            &b_listen,
+            "--plugin-cache-dir",
+            cache.to_str().unwrap(),
+            "--tls-san",
+            "127.0.0.1",
+            "--datastore-endpoint",
+            &etcd.endpoint,
+            "--replica-name",
+            "beta",
+            "--token",
+            token.trim(),
+        ],
+    );
+    let b_config = b_data.join("admin.kubeconfig");
+    c.wait("the second server ready", || {
+        (b_config.exists() && kubectl_at(&b_config, &["get", "--raw", "/readyz"]).is_some())
+            .then_some(())
+    });
+    let servers = format!("127.0.0.1:{},127.0.0.1:{b_port}", c.port);
+    let node_dir = c.dir.path().join("ha-node");
+    let join = c.token.clone();
+    let _agent = spawn(
+        "ha-node",
+        c.dir.path(),
+        &[
+            "agent",
+            "--server",
+            &servers,
+            "--token",
+            &join,
+            "--name",
+            "ha-node",
+            "--data-dir",
+            node_dir.to_str().unwrap(),
+            "--pod-network",
+            "host",
+            "--proxy-mode",
+            "none",
+            "--cluster-dns",
+            "",
+        ],
+    );
+    let web_port = free_port();
+    c.k(&[
+        "run",
+        "keep",
+        "--image=kedge.dev/samples/hello-wasm:v1",
+        "--restart=Always",
+        &format!("--env=HELLO_LISTEN=127.0.0.1:{web_port}"),
+    ]);
+    let started = |cfg: &std::path::Path| {
+        kubectl_at(
+            cfg,
+            &[
+                "get",
+                "pod",
+                "keep",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.running.startedAt}",
+            ],
+        )
+        .filter(|s| !s.is_empty())
+    };
+    let before = c.wait("the pod running", || started(&a_config));
+    let holder_of = |cfg: &std::path::Path| {
+        kubectl_at(
+            cfg,
+            &[
+                "get",
+                "node",
+                "ha-node",
+                "-o",
+                r#"jsonpath={.metadata.annotations.kedge\.io/tunnel-server}"#,
+            ],
+        )
+        .filter(|s| !s.is_empty())
+    };
+    let holder = c.wait("the node's tunnel recorded", || holder_of(&a_config));
+    let (survivor, survivor_name, dead_config) = if holder == "alpha" {
+        c.server.crash();
+        (b_config.clone(), "beta", a_config.clone())
+    } else {
+        assert_eq!(holder, "beta");
+        b.crash();
+        (a_config.clone(), "alpha", b_config.clone())
+    };
+    let killed = Instant::now();
+    c.wait("the node on the survivor", || {
+        (holder_of(&survivor)? == survivor_name).then_some(())
+    });
+    let moved = killed.elapsed();
+    eprintln!("agent failover: the node's tunnel on {survivor_name} {moved:?} after the kill");
+    assert!(moved < Duration::from_secs(20), "{moved:?}");
+    c.wait("the node Ready", || {
+        (kubectl_at(
+            &survivor,
+            &[
+                "get",
+                "node",
+                "ha-node",
+                "-o",
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status}"#,
+            ],
+        )? == "True")
+            .then_some(())
+    });
+    // Not restarted: the same container start, no restart counted.
+    assert_eq!(started(&survivor).as_deref(), Some(before.as_str()));
+    assert_eq!(
+        kubectl_at(
+            &survivor,
+            &[
+                "get",
+                "pod",
+                "keep",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].restartCount}"
+            ]
+        )
+        .as_deref(),
+        Some("0")
+    );
+    assert!(kubectl_at(&survivor, &["logs", "keep", "--tail=5"]).is_some());
+
+    // The dead server back: the node stays on the survivor, and what is asked of it through
+    // the other server is forwarded there (replica to replica): logs, and port-forward's
+    // upgraded stream.
+    if survivor_name == "beta" {
+        start_server_again(
+            &mut c,
+            &etcd.endpoint,
+            &["--replica-name", "alpha", "--token", token.trim()],
+        );
+    } else {
+        b = spawn(
+            "server-b-again",
+            c.dir.path(),
+            &[
+                "server",
+                "--data-dir",
+                b_data.to_str().unwrap(),
+                "--listen",
+                &b_listen,
+                "--plugin-cache-dir",
+                cache.to_str().unwrap(),
+                "--tls-san",
+                "127.0.0.1",
+                "--datastore-endpoint",
+                &etcd.endpoint,
+                "--replica-name",
+                "beta",
+                "--token",
+                token.trim(),
+            ],
+        );
+    }
+    c.wait("the dead server back", || {
+        kubectl_at(&dead_config, &["get", "--raw", "/readyz"]).map(|_| ())
+    });
+    assert_eq!(holder_of(&dead_config).as_deref(), Some(survivor_name));
+    let logs = c.wait("logs through the other server", || {
+        kubectl_at(&dead_config, &["logs", "keep", "--tail=20"])
+    });
+    assert!(logs.contains("listening on"), "{logs}");
+    let local = free_port();
+    let mut pf = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&dead_config)
+        .args(["port-forward", "pod/keep", &format!("{local}:{web_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(pf.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(
+        line.contains("Forwarding from"),
+        "port-forward said {line:?}"
+    );
+    // kubectl says a line per connection: keep reading, or it dies of a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let mut got = String::new();
+    {
+        use std::io::{Read as _, Write as _};
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        conn.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let _ = conn.read_to_string(&mut got);
+    }
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(got.contains("hello from keep"), "{got}");
+    drop(b);
+}

@@ -67,7 +67,8 @@ use kedge_guests::HELLO_WASM;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
-    /// `host:port` of the server (UDP, the same port number as its HTTPS API).
+    /// `host:port` of the server (UDP, the same port number as its HTTPS API), or several,
+    /// comma-separated.
     pub server: String,
     pub join_token: Option<String>,
     pub node_name: String,
@@ -293,10 +294,11 @@ pub async fn start(cfg: AgentConfig, cancel: CancellationToken) -> anyhow::Resul
         data_dir: cfg.data_dir.clone(),
         taints: cfg.taints.clone(),
         containers_dir,
-        host_ip: local_ip_towards(&cfg.server),
+        host_ip: local_ip_towards(kedge_tunnel::agent::first_server(&cfg.server)),
         logs,
         clock,
-        api_server: cfg.server.clone(),
+        // In-cluster clients reach the API at the first server given.
+        api_server: kedge_tunnel::agent::first_server(&cfg.server).to_string(),
         sa_tokens: Mutex::default(),
         evictable: eviction::Registry::default(),
         eviction_hard: cfg.eviction_hard.clone(),

@@ -30,6 +30,16 @@ pub trait NodeProxy: Send + Sync + 'static {
         node: &str,
         req: http::Request<Body>,
     ) -> BoxFuture<'_, std::result::Result<http::Response<Body>, String>>;
+
+    /// [`request`](Self::request) through this server's own tunnel only (a request another
+    /// replica forwarded here, see [`super::forward`]).
+    fn local(
+        &self,
+        node: &str,
+        req: http::Request<Body>,
+    ) -> BoxFuture<'_, std::result::Result<http::Response<Body>, String>> {
+        self.request(node, req)
+    }
 }
 
 /// Shared state of the HTTP layer.
@@ -256,6 +266,11 @@ async fn dispatch(st: &ApiState, req: Request) -> Result<Response> {
     // (it is no resource RBAC could grant).
     if let Some(target) = super::relay::parse(&segs) {
         return super::relay::serve(st, &identity, parts, &target).await;
+    }
+    // Another server replica's request for a node whose tunnel is here (replicas only,
+    // checked there).
+    if let Some((node, rest)) = super::forward::parse(&parts) {
+        return super::forward::serve(st, &identity, parts, body, &node, &rest).await;
     }
     // Resource metrics (`metrics.k8s.io`, authorized there) and the nodes' usage reports.
     if super::resource_metrics::is_resource_path(&segs) {

@@ -16,6 +16,7 @@ pub mod crd;
 mod discovery;
 pub mod error;
 mod eviction;
+pub mod forward;
 #[cfg(test)]
 mod fuzz;
 pub mod http;

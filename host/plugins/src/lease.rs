@@ -36,6 +36,9 @@ use kedge_core::resources::{self, Resource};
 pub const NAMESPACE: &str = "kube-system";
 /// The label on replicas' identity leases.
 pub const IDENTITY_LABEL: &str = "kedge.io/server-identity";
+/// The annotation on a replica's identity lease with the `host:port` its API serves on,
+/// where the other replicas forward requests for the nodes it holds.
+pub const ADDRESS_ANNOTATION: &str = "kedge.io/server-address";
 
 /// client-go's `LeaderElectionConfig` timings.
 #[derive(Clone, Copy, Debug)]
@@ -81,6 +84,8 @@ impl Timings {
 pub struct Election {
     pub identity: String,
     pub timings: Timings,
+    /// Published on the identity lease (see [`ADDRESS_ANNOTATION`]).
+    pub address: Option<String>,
     shared: Arc<Shared>,
 }
 
@@ -162,6 +167,7 @@ impl Election {
         Election {
             identity: identity.into(),
             timings,
+            address: None,
             shared: Arc::new(shared),
         }
     }
@@ -214,6 +220,7 @@ impl Election {
     async fn identity_tick(&self, api: &Arc<Api>, name: &str) -> usize {
         let (api, name, me) = (api.clone(), name.to_string(), self.identity.clone());
         let duration = self.timings.lease_duration;
+        let address = self.address.clone();
         tokio::task::spawn_blocking(move || {
             let res = lease_res();
             let now = chrono::Utc::now();
@@ -225,16 +232,22 @@ impl Election {
             let written = match api.get(res, NAMESPACE, &name) {
                 Ok(mut lease) => {
                     lease["spec"] = spec;
+                    if let Some(a) = &address {
+                        lease["metadata"]["annotations"] = json!({ADDRESS_ANNOTATION: a});
+                    }
                     api.update(res, NAMESPACE, &name, lease, None, &WriteOptions::default())
                         .map(|_| ())
                 }
                 Err(e) if e.code == 404 => {
-                    let lease = json!({
+                    let mut lease = json!({
                         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": {"name": name, "namespace": NAMESPACE,
                             "labels": {IDENTITY_LABEL: "true"}},
                         "spec": spec,
                     });
+                    if let Some(a) = &address {
+                        lease["metadata"]["annotations"] = json!({ADDRESS_ANNOTATION: a});
+                    }
                     api.create(res, NAMESPACE, lease, &WriteOptions::default())
                         .map(|_| ())
                 }
@@ -518,7 +531,8 @@ mod tests {
 
     fn fast() -> Timings {
         Timings {
-            lease_duration: Duration::from_millis(1800),
+            // Whole seconds: a Lease records its duration in seconds.
+            lease_duration: Duration::from_secs(2),
             renew_deadline: Duration::from_millis(1200),
             retry_period: Duration::from_millis(200),
         }
@@ -589,12 +603,28 @@ mod tests {
         assert_eq!(holder(&api, &lease), "a");
 
         dying.shutdown_background();
-        let died = Instant::now();
-        until("b to take over", Duration::from_secs(5), || *rb.borrow()).await;
-        let took = died.elapsed();
+        // B may take over only once a whole lease has passed since A's last renewal (which
+        // may land just after the "crash": a store write already under way).
+        let mut last_a = None;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !*rb.borrow() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for b to take over"
+            );
+            let r = Record::of(&api.get(lease_res(), NAMESPACE, &lease).unwrap());
+            if r.holder == "a" {
+                last_a = chrono::DateTime::parse_from_rfc3339(&r.renew).ok();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let since = chrono::Utc::now()
+            - last_a
+                .expect("a's renewal seen")
+                .with_timezone(&chrono::Utc);
         assert!(
-            took >= Duration::from_millis(1400),
-            "took over after {took:?}, before the lease ran out"
+            since.num_milliseconds() >= 1900,
+            "took over {since:?} after a's last renewal, before the lease (2 s) ran out"
         );
         assert_eq!(holder(&api, &lease), "b");
         assert_eq!(b.held(), 1);

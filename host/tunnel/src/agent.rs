@@ -249,6 +249,7 @@ impl TunnelClient {
         let mut dialer = Dialer {
             server: cfg.server.clone(),
             config: mtls_client_config(&paths)?,
+            last: Default::default(),
         };
         let cert = paths.cert_info()?;
         let first = if cert.not_after <= SystemTime::now() {
@@ -355,6 +356,8 @@ impl TunnelClient {
 struct Dialer {
     server: String,
     config: quinn::ClientConfig,
+    /// The address of the last dial, so a redial after a loss tries the next server first.
+    last: std::sync::Mutex<Option<SocketAddr>>,
 }
 
 impl Dialer {
@@ -362,10 +365,29 @@ impl Dialer {
         self.dial_inner().await
     }
 
+    /// Tries each server address in turn (the first answer wins).
     async fn dial_inner(&self) -> Result<Link, Error> {
-        let addr = resolve(&self.server).await?;
-        let endpoint = client_endpoint(addr, &self.server)?;
-        self.dial_on(endpoint, addr, DIAL_TIMEOUT).await
+        let addrs = resolve_all(&self.server).await?;
+        let endpoint = client_endpoint(addrs[0], &self.server)?;
+        let mut last = None;
+        for addr in &addrs {
+            match self.dial_on(endpoint.clone(), *addr, DIAL_TIMEOUT).await {
+                Ok(link) => return Ok(link),
+                Err(e) if !silent(&e) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one address"))
+    }
+
+    /// The QUIC settings for a dial: with several servers to go to, a dead one is given up
+    /// within [`FAILOVER_IDLE`] instead of the 30 s a lone server (behind a flaky link) gets.
+    fn config_for(&self, several: bool) -> quinn::ClientConfig {
+        let mut config = self.config.clone();
+        if several {
+            config.transport_config(crate::io::transport_config_idle(true, FAILOVER_IDLE));
+        }
+        config
     }
 
     /// One dial on `endpoint` that gives up after `limit` without an answer.
@@ -375,6 +397,7 @@ impl Dialer {
         addr: SocketAddr,
         limit: Duration,
     ) -> Result<Link, Error> {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(addr);
         tokio::time::timeout(limit, self.handshake(endpoint, addr))
             .await
             .map_err(|_| Error::Connect {
@@ -384,8 +407,9 @@ impl Dialer {
     }
 
     async fn handshake(&self, endpoint: quinn::Endpoint, addr: SocketAddr) -> Result<Link, Error> {
+        let several = self.server.contains(',');
         let conn = endpoint
-            .connect_with(self.config.clone(), addr, SERVER_NAME)
+            .connect_with(self.config_for(several), addr, SERVER_NAME)
             .map_err(|e| self.connect_err(e))?
             .await
             .map_err(|e| self.classify(e))?;
@@ -398,7 +422,7 @@ impl Dialer {
         };
         match welcome.await {
             Ok(w) => {
-                info!(server = %self.server, node = %w.node, seen_as = ?w.observed, "tunnel connected");
+                info!(server = %addr, node = %w.node, seen_as = ?w.observed, "tunnel connected");
                 Ok(Link {
                     conn,
                     endpoint,
@@ -544,11 +568,18 @@ impl Supervisor {
     async fn redial(&self) -> Result<Link, Error> {
         // One endpoint (a fresh source port, as after a NAT rebinding) for all the dials of
         // this outage: each endpoint has its own socket and megabytes of receive buffers.
-        let addr = resolve(&self.dialer.server).await?;
-        let endpoint = client_endpoint(addr, &self.dialer.server)?;
+        let mut addrs = resolve_all(&self.dialer.server).await?;
+        // Several servers: start with the one after the server just lost.
+        let last = *self.dialer.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = last.and_then(|l| addrs.iter().position(|a| *a == l)) {
+            addrs.rotate_left(at + 1);
+        }
+        let endpoint = client_endpoint(addrs[0], &self.dialer.server)?;
         let mut unanswered = false;
         for attempt in 0u32.. {
-            let limit = if attempt % 4 == 0 {
+            // Each server in turn; with one, every dial goes there.
+            let addr = addrs[attempt as usize % addrs.len()];
+            let limit = if attempt % 4 == 0 && addrs.len() == 1 {
                 DIAL_TIMEOUT
             } else {
                 QUICK_DIAL
@@ -802,6 +833,45 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms))
 }
 
+/// How long a connection may stay silent before the agent gives it up when it has several
+/// servers to go to (keep-alives every 2 s), so it is back on another within ~10 s.
+const FAILOVER_IDLE: Duration = Duration::from_secs(8);
+
+/// Every address of every server in `server` (`host:port`, or several, comma-separated; a
+/// name may resolve to several), in order, without repeats.
+async fn resolve_all(server: &str) -> Result<Vec<SocketAddr>, Error> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    let mut last_err = None;
+    for one in server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match tokio::net::lookup_host(one).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    if !out.contains(&a) {
+                        out.push(a);
+                    }
+                }
+            }
+            Err(e) => last_err = Some(e.to_string()),
+        }
+    }
+    if out.is_empty() {
+        return Err(Error::Resolve {
+            server: server.to_owned(),
+            reason: last_err.unwrap_or_else(|| "no addresses".into()),
+        });
+    }
+    Ok(out)
+}
+
+/// The first server of a `--server` list (for what needs one address).
+pub fn first_server(server: &str) -> &str {
+    server
+        .split(',')
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or(server)
+}
+
 async fn resolve(server: &str) -> Result<SocketAddr, Error> {
     let err = |reason: String| Error::Resolve {
         server: server.to_owned(),
@@ -1039,7 +1109,7 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
         server: cfg.server.clone(),
         reason,
     };
-    let addr = resolve(&cfg.server).await?;
+    let addr = resolve(first_server(&cfg.server)).await?;
     let endpoint = client_endpoint(addr, &cfg.server)?;
     let conn = match endpoint
         .connect_with(config, addr, SERVER_NAME)
@@ -1095,6 +1165,24 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn several_servers_are_every_address_once_in_order() {
+        let all = resolve_all(" 127.0.0.1:7001, 127.0.0.2:7002,127.0.0.1:7001,")
+            .await
+            .unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.1:7001".parse().unwrap(),
+            "127.0.0.2:7002".parse().unwrap(),
+        ];
+        assert_eq!(all, want);
+        assert_eq!(
+            first_server(" 127.0.0.2:7002,127.0.0.1:7001"),
+            "127.0.0.2:7002"
+        );
+        assert_eq!(first_server("h:1"), "h:1");
+        assert!(resolve_all(" , ").await.is_err());
+    }
 
     #[test]
     fn renewal_falls_in_the_window() {

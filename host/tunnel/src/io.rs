@@ -21,14 +21,23 @@ const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 /// The QUIC transport settings both ends share: keep-alives every 5 s hold NAT mappings
 /// open, and 30 s of silence means the peer is gone (reconnect rather than hang).
 pub(crate) fn transport_config(keep_alive: bool) -> std::sync::Arc<quinn::TransportConfig> {
+    transport_config_idle(keep_alive, Duration::from_secs(30))
+}
+
+/// [`transport_config`] with another idle timeout (keep-alives at a quarter of it, at most
+/// every 5 s). The shorter of the two ends' timeouts applies.
+pub(crate) fn transport_config_idle(
+    keep_alive: bool,
+    idle: Duration,
+) -> std::sync::Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_STREAMS));
     t.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
     t.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30)).expect("30 s fits a varint"),
+        quinn::IdleTimeout::try_from(idle).expect("an idle timeout fits a varint"),
     ));
     if keep_alive {
-        t.keep_alive_interval(Some(Duration::from_secs(5)));
+        t.keep_alive_interval(Some((idle / 4).min(Duration::from_secs(5))));
     }
     std::sync::Arc::new(t)
 }
