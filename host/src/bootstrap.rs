@@ -9,8 +9,10 @@
 //! the server token (PBKDF2-HMAC-SHA256, 100,000 rounds, a random salt): etcd, its backups and
 //! anyone who can read it learn nothing without the token. K3s seals its bootstrap data the
 //! same way. A write races with other servers' on `create_revision == 0`; the loser adopts the
-//! winner's files. A server whose files differ from the cluster's keeps its own beside them
-//! (`<file>.replaced-<time>`) and takes the cluster's.
+//! winner's files. A server whose CA or service-account key differs from the cluster's keeps
+//! its own beside them (`<file>.replaced-<time>`) and takes the cluster's. The encryption
+//! config is only seeded where a server has none: rotating keys means editing it on every
+//! server, as with kube-apiserver's `--encryption-provider-config`.
 
 use std::path::{Path, PathBuf};
 
@@ -35,24 +37,31 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server-token")
 }
 
-/// The server token: `given` (kept in the data dir for restarts), else the one kept there,
-/// else a new random one written there (the first server of a cluster).
+/// Keeps `token` in the data dir, for restarts without `--token`. Called once the token has
+/// opened (or sealed) the cluster's bootstrap data: a mistyped `--token` must not replace
+/// the right one.
+pub fn save_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
+    let path = token_path(data_dir);
+    if std::fs::read_to_string(&path)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        == Some(token)
+    {
+        return Ok(());
+    }
+    kedge_store::fsmode::private_dir(data_dir)?;
+    kedge_store::fsmode::private_file(&path)?;
+    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The server token: `given`, else the one kept in the data dir, else a new random one
+/// written there (the first server of a cluster). A given one is kept by [`save_token`] once
+/// it has proved right.
 pub fn server_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
     let path = token_path(data_dir);
-    let write = |t: &str| -> anyhow::Result<()> {
-        kedge_store::fsmode::private_dir(data_dir)?;
-        kedge_store::fsmode::private_file(&path)?;
-        std::fs::write(&path, t).with_context(|| format!("writing {}", path.display()))
-    };
+    let write = |t: &str| -> anyhow::Result<()> { save_token(data_dir, t) };
     if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
-        if std::fs::read_to_string(&path)
-            .ok()
-            .as_deref()
-            .map(str::trim)
-            != Some(t)
-        {
-            write(t)?;
-        }
         return Ok(t.to_string());
     }
     if let Ok(t) = std::fs::read_to_string(&path)
@@ -199,6 +208,15 @@ pub fn sync(
         let path = data_dir.join(name);
         match std::fs::read(&path) {
             Ok(have) if have == bytes => continue,
+            // The encryption config is the operator's to edit (key rotation, on every
+            // server in turn): seeded from the cluster's only where it is missing.
+            Ok(_) if name == "cred/encryption-config.json" => {
+                tracing::warn!(
+                    path = %path.display(),
+                    "this server's encryption config differs from the one the cluster's first server published; every server must hold the same keys"
+                );
+                continue;
+            }
             Ok(_) => {
                 let kept = PathBuf::from(format!("{}.replaced-{secs}", path.display()));
                 std::fs::rename(&path, &kept)?;
@@ -252,6 +270,9 @@ mod tests {
         assert_eq!(made.len(), 48);
         assert_eq!(server_token(dir.path(), None).unwrap(), made);
         assert_eq!(server_token(dir.path(), Some("given")).unwrap(), "given");
+        // Not kept until it has proved right.
+        assert_eq!(server_token(dir.path(), None).unwrap(), made);
+        save_token(dir.path(), "given").unwrap();
         assert_eq!(server_token(dir.path(), None).unwrap(), "given");
     }
 }

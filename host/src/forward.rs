@@ -90,10 +90,15 @@ impl Forwarding {
         node: &str,
         req: http::Request<Body>,
     ) -> anyhow::Result<http::Response<Body>> {
-        let tcp = tokio::net::TcpStream::connect(address).await?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(SERVER_NAME)?;
-        let stream = tls.connect(name, tcp).await?;
+        // A replica that died holding the tunnel must not keep the caller for minutes.
+        let stream = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let tcp = tokio::net::TcpStream::connect(address).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(SERVER_NAME)?;
+            anyhow::Ok(tls.connect(name, tcp).await?)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within 5 s"))??;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(stream)).await?;
         tokio::spawn(async move {

@@ -455,12 +455,15 @@ pub async fn start_serving(
         let token = crate::bootstrap::server_token(&cfg.data_dir, cfg.server_token.as_deref())?;
         let (dir, enc) = (cfg.data_dir.clone(), encryption.clone());
         let synced = tokio::task::spawn_blocking(move || {
-            crate::bootstrap::sync(&dir, &etcd, &token, || {
+            let synced = crate::bootstrap::sync(&dir, &etcd, &token, || {
                 ClusterPki::load_or_create(&dir.join("pki"), &[]).context("cluster PKI")?;
                 crate::tokens::Signer::load_or_create(&dir.join("pki").join("sa.key"))
                     .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
                 enc.load(&dir).map(|_| ())
-            })
+            })?;
+            // Kept only now that it has opened (or sealed) the cluster's data.
+            crate::bootstrap::save_token(&dir, &token)?;
+            anyhow::Ok(synced)
         })
         .await??;
         match synced {

@@ -573,6 +573,7 @@ impl Allocator {
     pub fn node<'a>(
         &'a self,
         store: &dyn Store,
+        claims: Option<&dyn Store>,
         name: &str,
         node: &mut Value,
         creating: bool,
@@ -600,7 +601,11 @@ impl Allocator {
                 *node = candidate;
                 return Ok(Ok(guard));
             };
-            match claim(store, Claim::PodCidr(cidr), "", name)? {
+            let Some(claims) = claims else {
+                *node = candidate;
+                return Ok(Ok(guard));
+            };
+            match claim(claims, Claim::PodCidr(cidr), "", name)? {
                 None => {
                     *node = candidate;
                     return Ok(Ok(guard));
@@ -620,11 +625,23 @@ impl Allocator {
     pub fn service<'a>(
         &'a self,
         store: &dyn Store,
+        claims: Option<&dyn Store>,
         ns: &str,
         name: &str,
         svc: &mut Value,
     ) -> Result<Result<MutexGuard<'a, ()>, Vec<Cause>>, store::Error> {
-        self.service_seeded(store, ns, name, svc, rand::random::<u32>())
+        let seed = rand::random::<u32>();
+        match claims {
+            Some(_) => self.service_seeded(store, ns, name, svc, seed),
+            None => {
+                // Picked, not claimed: nothing is stored.
+                let guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (all, _) = store.list(&store::prefix("", "services", ""))?;
+                let mut used = used_by(&all, ns, name);
+                used.reserved = [KUBERNETES_SERVICE_IP, self.network.cluster_dns].into();
+                Ok(assign(svc, &used, seed).map(|()| guard))
+            }
+        }
     }
 
     /// [`service`](Self::service) with the search's start given.

@@ -477,7 +477,7 @@ impl Api {
             return Err(ApiError::invalid(res, &name, causes));
         }
         // Held until the object is stored, so no two Services get the same IP or port.
-        let _alloc = self.allocate(res, ns, &name, &mut obj, true)?;
+        let _alloc = self.allocate(res, ns, &name, &mut obj, true, !opts.dry_run)?;
         // LimitRanger's checks and the quotas; held until stored (see `super::admission`).
         let _quota = self.admit(res, ns, None, Some(&mut obj))?;
         if opts.dry_run {
@@ -650,10 +650,17 @@ impl Api {
         name: &str,
         obj: &mut Value,
         creating: bool,
+        claim: bool,
     ) -> Result<Option<std::sync::MutexGuard<'_, ()>>> {
+        // A dry run picks values but claims none (it stores nothing).
+        let store = claim.then_some(self.store.as_ref());
         let allocated = match (res.group, res.kind) {
-            ("", "Service") => self.alloc.service(self.store.as_ref(), ns, name, obj),
-            ("", "Node") => self.alloc.node(self.store.as_ref(), name, obj, creating),
+            ("", "Service") => self
+                .alloc
+                .service(self.store.as_ref(), store, ns, name, obj),
+            ("", "Node") => self
+                .alloc
+                .node(self.store.as_ref(), store, name, obj, creating),
             _ => return Ok(None),
         };
         match allocated {
@@ -809,7 +816,7 @@ impl Api {
             if !causes.is_empty() {
                 return Err(ApiError::invalid(res, name, causes));
             }
-            _alloc = self.allocate(res, ns, name, &mut next, false)?;
+            _alloc = self.allocate(res, ns, name, &mut next, false, !opts.dry_run)?;
             if bumps_generation(res, &current, &next) {
                 let g = current
                     .pointer("/metadata/generation")

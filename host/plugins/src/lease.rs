@@ -312,7 +312,20 @@ impl Election {
         let mut last_renew: Option<Instant> = None;
         loop {
             let held = *leading.borrow();
-            let outcome = self.try_acquire_or_renew(&api, &name, &mut observed).await;
+            // A leader's attempt may not outlast its renew deadline (client-go's timeout on
+            // each renewal): another replica may take the lease once it has expired.
+            let limit = match (held, last_renew) {
+                (true, Some(t)) => self
+                    .timings
+                    .renew_deadline
+                    .saturating_sub(t.elapsed())
+                    .max(Duration::from_millis(1)),
+                _ => self.timings.lease_duration,
+            };
+            let outcome =
+                tokio::time::timeout(limit, self.try_acquire_or_renew(&api, &name, &mut observed))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")));
             let now = Instant::now();
             match outcome {
                 Ok(true) => {
@@ -323,9 +336,15 @@ impl Election {
                         leading.send_replace(true);
                     } else if self.should_release() {
                         tracing::info!(lease = %name, identity = %self.identity, held = self.held(), fair = self.fair_share(), "giving the plugin's lease away to spread the plugins");
-                        self.release(&api, &name).await;
+                        // Stop first, and let a reconcile under way end (a retry period; the
+                        // lease, unrenewed, still holds meanwhile), then hand over.
                         self.lost(&leading);
                         last_renew = None;
+                        tokio::select! {
+                            _ = cancel.cancelled() => {}
+                            _ = tokio::time::sleep(self.timings.retry_period) => {}
+                        }
+                        self.release(&api, &name).await;
                     }
                 }
                 Ok(false) if held => {
@@ -359,8 +378,8 @@ impl Election {
             }
         }
         if *leading.borrow() {
-            self.release(&api, &name).await;
             self.lost(&leading);
+            self.release(&api, &name).await;
         }
     }
 

@@ -793,12 +793,27 @@ impl PluginManager {
             };
             if self.is_leading(&u.name) == Some(false) {
                 // Another replica runs the plugin and writes its status.
-                let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
-                let q = parked.entry(u.name.clone()).or_default();
-                if q.len() == PARKED_PER_PLUGIN {
-                    q.pop_front();
+                let name = u.name.clone();
+                {
+                    let mut parked = self.parked.lock().unwrap_or_else(|p| p.into_inner());
+                    let q = parked.entry(name.clone()).or_default();
+                    if q.len() == PARKED_PER_PLUGIN {
+                        q.pop_front();
+                    }
+                    q.push_back(u);
                 }
-                q.push_back(u);
+                // The lease may have come meanwhile, its flush already done: flush again.
+                if self.is_leading(&name) == Some(true) {
+                    let parked = self
+                        .parked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&name)
+                        .unwrap_or_default();
+                    for u in parked {
+                        let _ = self.updates.send(u);
+                    }
+                }
                 continue;
             }
             let api = self.api.clone();

@@ -487,6 +487,8 @@ impl Slot {
                 }
             }
             let key = tokio::select! {
+                // The lease first: a replica that lost it takes no further key.
+                biased;
                 _ = self.cancel.cancelled() => return false,
                 changed = leading.changed() => {
                     if changed.is_err() {
@@ -499,6 +501,12 @@ impl Slot {
                 }
                 k = self.queue.get() => match k { Some(k) => k, None => return false },
             };
+            if !*leading.borrow() {
+                // Lost while waiting: the key stays queued for whoever runs the plugin here next.
+                self.queue.add(key.clone());
+                self.queue.done(&key);
+                return true;
+            }
             let plugin = self.current();
             let span = tracing::debug_span!("reconcile", plugin = %self.name, object = %key);
             // Entered only around synchronous code: a guard held across an await would leak

@@ -1000,7 +1000,53 @@ impl Store for EtcdStore {
 
     /// etcd's own snapshot of its whole keyspace (the Maintenance API's stream, which ends
     /// with the SHA-256 of what came before it; `etcdctl snapshot restore` checks it).
+    /// Refused when etcd holds keys outside this cluster's root (other clusters sharing the
+    /// etcd): the copy would hand them out. The revision and count are read as it begins.
     fn save_snapshot(&self, out: &mut dyn std::io::Write) -> Result<SnapshotInfo> {
+        let others = {
+            let (mut kv, root) = (self.kv.clone(), self.root.clone());
+            self.run(async move {
+                let mut end = root.clone().into_bytes();
+                *end.last_mut().expect("the root is not empty") += 1;
+                let ours = format!("/kedge-bootstrap{root}");
+                let before = kv
+                    .get(
+                        vec![0u8],
+                        Some(
+                            GetOptions::new()
+                                .with_range(root.clone())
+                                .with_keys_only()
+                                .with_limit(2),
+                        ),
+                    )
+                    .await
+                    .map_err(backend)?;
+                let after = kv
+                    .get(
+                        end,
+                        Some(
+                            GetOptions::new()
+                                .with_from_key()
+                                .with_keys_only()
+                                .with_limit(1),
+                        ),
+                    )
+                    .await
+                    .map_err(backend)?;
+                Ok(before
+                    .kvs()
+                    .iter()
+                    .chain(after.kvs())
+                    .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+                    .find(|k| *k != ours))
+            })?
+        };
+        if let Some(k) = others {
+            return Err(Error::Backend(format!(
+                "etcd holds keys outside this cluster's prefix {} ({k}, …): its snapshot would copy them too; take it with etcdctl, as the etcd's own operator",
+                self.root
+            )));
+        }
         let (mut kv, root) = (self.kv.clone(), self.root.clone());
         let (revision, objects) = self.run(async move {
             let r = kv
@@ -1015,23 +1061,40 @@ impl Store for EtcdStore {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(4);
         let mut maintenance = self.maintenance.clone();
         self.handle.spawn(async move {
+            // Never a blocking send: a slow reader must not hold one of the two threads every
+            // other etcd call runs on.
+            async fn hand(
+                tx: &std::sync::mpsc::SyncSender<Result<Vec<u8>>>,
+                mut item: Result<Vec<u8>>,
+            ) -> bool {
+                loop {
+                    match tx.try_send(item) {
+                        Ok(()) => return true,
+                        Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                            item = back;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+                    }
+                }
+            }
             let mut stream = match maintenance.snapshot().await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.send(Err(backend(e)));
+                    hand(&tx, Err(backend(e))).await;
                     return;
                 }
             };
             loop {
                 match stream.message().await {
                     Ok(Some(m)) => {
-                        if tx.send(Ok(m.blob().to_vec())).is_err() {
+                        if !hand(&tx, Ok(m.blob().to_vec())).await {
                             return;
                         }
                     }
                     Ok(None) => return,
                     Err(e) => {
-                        let _ = tx.send(Err(backend(e)));
+                        hand(&tx, Err(backend(e))).await;
                         return;
                     }
                 }

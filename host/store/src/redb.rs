@@ -225,6 +225,15 @@ impl RedbStore {
         crate::fsmode::private_file(path)
             .map_err(|e| Error::Backend(format!("{}: {e}", path.display())))?;
         let mut db = open_db(path, options.cache_bytes, options.lock_wait)?;
+        // Snapshot copies a killed server left behind (`save_snapshot`'s temporary files).
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            let prefix = format!("{}.snapshot-", name.to_string_lossy());
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         let txn = db.begin_write().map_err(backend)?;
         let rev = {
             txn.open_table(OBJECTS).map_err(backend)?;

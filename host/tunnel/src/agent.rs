@@ -250,6 +250,7 @@ impl TunnelClient {
             server: cfg.server.clone(),
             config: mtls_client_config(&paths)?,
             last: Default::default(),
+            several: Default::default(),
         };
         let cert = paths.cert_info()?;
         let first = if cert.not_after <= SystemTime::now() {
@@ -358,6 +359,8 @@ struct Dialer {
     config: quinn::ClientConfig,
     /// The address of the last dial, so a redial after a loss tries the next server first.
     last: std::sync::Mutex<Option<SocketAddr>>,
+    /// Whether the servers resolved to more than one address (see [`FAILOVER_IDLE`]).
+    several: std::sync::atomic::AtomicBool,
 }
 
 impl Dialer {
@@ -365,15 +368,18 @@ impl Dialer {
         self.dial_inner().await
     }
 
-    /// Tries each server address in turn (the first answer wins).
+    /// Tries each server address in turn (the first answer wins; a refused certificate
+    /// ends it, as every server would refuse it).
     async fn dial_inner(&self) -> Result<Link, Error> {
         let addrs = resolve_all(&self.server).await?;
+        self.several
+            .store(addrs.len() > 1, std::sync::atomic::Ordering::Relaxed);
         let endpoint = client_endpoint(addrs[0], &self.server)?;
         let mut last = None;
         for addr in &addrs {
             match self.dial_on(endpoint.clone(), *addr, DIAL_TIMEOUT).await {
                 Ok(link) => return Ok(link),
-                Err(e) if !silent(&e) => return Err(e),
+                Err(e @ Error::CertificateRefused(_)) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -407,7 +413,7 @@ impl Dialer {
     }
 
     async fn handshake(&self, endpoint: quinn::Endpoint, addr: SocketAddr) -> Result<Link, Error> {
-        let several = self.server.contains(',');
+        let several = self.several.load(std::sync::atomic::Ordering::Relaxed);
         let conn = endpoint
             .connect_with(self.config_for(several), addr, SERVER_NAME)
             .map_err(|e| self.connect_err(e))?
@@ -569,6 +575,9 @@ impl Supervisor {
         // One endpoint (a fresh source port, as after a NAT rebinding) for all the dials of
         // this outage: each endpoint has its own socket and megabytes of receive buffers.
         let mut addrs = resolve_all(&self.dialer.server).await?;
+        self.dialer
+            .several
+            .store(addrs.len() > 1, std::sync::atomic::Ordering::Relaxed);
         // Several servers: start with the one after the server just lost.
         let last = *self.dialer.last.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = last.and_then(|l| addrs.iter().position(|a| *a == l)) {
@@ -834,8 +843,8 @@ fn backoff(failures: u32) -> Duration {
 }
 
 /// How long a connection may stay silent before the agent gives it up when it has several
-/// servers to go to (keep-alives every 2 s), so it is back on another within ~10 s.
-const FAILOVER_IDLE: Duration = Duration::from_secs(8);
+/// servers to go to (keep-alives every 1.5 s), so it is back on another within ~10 s.
+const FAILOVER_IDLE: Duration = Duration::from_secs(6);
 
 /// Every address of every server in `server` (`host:port`, or several, comma-separated; a
 /// name may resolve to several), in order, without repeats.
@@ -1089,7 +1098,36 @@ fn key_and_csr(node_name: &str) -> Result<(KeyPair, String), Error> {
 }
 
 /// Gets a node certificate: the key is made here and only the CSR travels.
+/// Joins through the first of the servers that answers (a CA that does not match the
+/// token's pin ends it at once).
 async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> Result<(), Error> {
+    let mut last = None;
+    for server in cfg
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match bootstrap_at(cfg, server, join, paths).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (Error::CaHashMismatch { .. } | Error::CertificateRefused(_))) => {
+                return Err(e);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Resolve {
+        server: cfg.server.clone(),
+        reason: "no server given".into(),
+    }))
+}
+
+async fn bootstrap_at(
+    cfg: &AgentConfig,
+    server: &str,
+    join: &JoinToken,
+    paths: &StatePaths,
+) -> Result<(), Error> {
     let (key, csr) = key_and_csr(&cfg.node_name)?;
 
     let provider = provider();
@@ -1106,10 +1144,10 @@ async fn bootstrap(cfg: &AgentConfig, join: &JoinToken, paths: &StatePaths) -> R
     let config = quic_client_config(tls)?;
 
     let connect_err = |reason: String| Error::Connect {
-        server: cfg.server.clone(),
+        server: server.to_string(),
         reason,
     };
-    let addr = resolve(first_server(&cfg.server)).await?;
+    let addr = resolve(server).await?;
     let endpoint = client_endpoint(addr, &cfg.server)?;
     let conn = match endpoint
         .connect_with(config, addr, SERVER_NAME)
