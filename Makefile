@@ -1,6 +1,6 @@
 # Everyday commands. `make dev` and `make test` work on a fresh machine (they install what
 # they need first); see README.md.
-.PHONY: setup dev build test unit e2e fmt clippy bench fuzz chaos chaos-soak
+.PHONY: setup dev build test unit e2e test-etcd fmt clippy bench fuzz chaos chaos-soak
 
 CARGO ?= cargo
 
@@ -30,6 +30,11 @@ unit: setup
 
 e2e: setup
 	$(CARGO) test -p kedge --test e2e
+
+# The whole end-to-end suite with every cluster on an etcd of its own (Debian's etcd-server)
+# instead of the embedded store. CI runs the etcd tests (`etcd::`) on every change.
+test-etcd: setup
+	KEDGE_E2E_DATASTORE=etcd $(CARGO) test -p kedge --test e2e
 
 # The long fuzz run (README "Fuzzing"): every target for FUZZ_SECS seconds after replaying
 # fuzz/corpus. `make test` runs the same targets for 2 s each. Dev profile on purpose:

@@ -17,21 +17,20 @@ fn restart_server(c: &mut Cluster) {
     let data = c.dir.path().join("server");
     let listen = format!("{}:{}", c.host, c.port);
     let cache = plugin_cache();
-    let p: Proc = spawn(
-        "server-again",
-        c.dir.path(),
-        &[
-            "server",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--plugin-cache-dir",
-            cache.to_str().unwrap(),
-            "--tls-san",
-            &c.host,
-        ],
-    );
+    let store = c.datastore_flags();
+    let mut args = vec![
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--plugin-cache-dir",
+        cache.to_str().unwrap(),
+        "--tls-san",
+        &c.host,
+    ];
+    args.extend(store.iter().map(String::as_str));
+    let p: Proc = spawn("server-again", c.dir.path(), &args);
     c.server = p;
     c.wait("the API back", || {
         c.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())

@@ -2,103 +2,10 @@
 //! controllers at work, watches from a resourceVersion, and a restart that keeps every object
 //! with its resourceVersion. The test starts its own etcd on loopback ports.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::*;
-
-/// An etcd of its own for one test, killed when dropped.
-struct Etcd {
-    child: Child,
-    endpoint: String,
-    peer_url: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts etcd and waits until it serves; `None` (said) when etcd is not installed.
-fn start_etcd() -> Option<Etcd> {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        eprintln!(
-            "SKIPPED: the etcd binary is not installed (scripts/setup.sh installs Debian's etcd-server)"
-        );
-        return None;
-    }
-    for _ in 0..3 {
-        let dir = tempfile::tempdir().unwrap();
-        let endpoint = format!("http://127.0.0.1:{}", tcp_port());
-        let peer_url = format!("http://127.0.0.1:{}", tcp_port());
-        let data = dir.path().join("data");
-        if let Some(e) = run_etcd(dir, &data, endpoint, peer_url) {
-            return Some(e);
-        }
-    }
-    panic!("etcd did not start in 3 attempts");
-}
-
-/// Runs etcd (member `e2e`) on `data` at the given URLs; `None` if it did not come up.
-fn run_etcd(
-    dir: tempfile::TempDir,
-    data: &std::path::Path,
-    endpoint: String,
-    peer_url: String,
-) -> Option<Etcd> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("etcd.log"))
-        .unwrap();
-    let child = Command::new("etcd")
-        .args(["--name", "e2e", "--data-dir"])
-        .arg(data)
-        .args(["--listen-client-urls", &endpoint])
-        .args(["--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("e2e={peer_url}")])
-        .args(["--log-level", "error"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting etcd");
-    let mut e = Etcd {
-        child,
-        endpoint,
-        peer_url,
-        dir,
-    };
-    // etcd answers its health endpoint on the client URL once it has a leader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if e.child.try_wait().ok().flatten().is_some() {
-            return None;
-        }
-        let health = Command::new("curl")
-            .args(["-sf", "--max-time", "2", &format!("{}/health", e.endpoint)])
-            .output();
-        if health.is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
-        {
-            return Some(e);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    None
-}
 
 fn rv_of(c: &Cluster, what: &[&str]) -> u64 {
     let mut args = vec!["get"];
@@ -383,6 +290,10 @@ fn a_snapshot_of_a_server_on_etcd_is_restored_by_etcds_own_tool() {
 
 #[test]
 fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
+    if on_etcd() {
+        eprintln!("SKIPPED under make test-etcd: it starts on the embedded store");
+        return;
+    }
     let Some(etcd) = start_etcd() else { return };
     let mut c = Cluster::start_with(&["--secrets-encryption"]);
     c.k(&["create", "namespace", "shop"]);

@@ -169,6 +169,8 @@ pub struct Cluster {
     pub agents: Vec<Proc>,
     pub kubeconfig: PathBuf,
     pub token: String,
+    /// With `make test-etcd`: the cluster's etcd (dropped after the server).
+    pub etcd: Option<Etcd>,
 }
 
 pub struct Kubectl {
@@ -178,6 +180,14 @@ pub struct Kubectl {
 }
 
 impl Cluster {
+    /// The flags a server of this cluster needs again when a test restarts it.
+    pub fn datastore_flags(&self) -> Vec<String> {
+        self.etcd
+            .as_ref()
+            .map(|e| vec!["--datastore-endpoint".to_string(), e.endpoint.clone()])
+            .unwrap_or_default()
+    }
+
     pub fn start() -> Cluster {
         Cluster::start_on("127.0.0.1")
     }
@@ -218,6 +228,13 @@ impl Cluster {
             host,
         ];
         args.extend_from_slice(server_flags);
+        // `make test-etcd`: on an etcd of the cluster's own, unless the test chose a datastore.
+        let etcd = (on_etcd() && !server_flags.contains(&"--datastore-endpoint"))
+            .then(|| start_etcd().expect("make test-etcd needs etcd (scripts/setup.sh)"));
+        let endpoint = etcd.as_ref().map(|e| e.endpoint.clone());
+        if let Some(e) = &endpoint {
+            args.extend_from_slice(&["--datastore-endpoint", e]);
+        }
         let server = spawn("server", dir.path(), &args);
         let kubeconfig = data.join("admin.kubeconfig");
         let token_file = data.join("token");
@@ -229,6 +246,7 @@ impl Cluster {
             agents: Vec::new(),
             kubeconfig,
             token: String::new(),
+            etcd,
         };
         c.token = wait_for("the server's join token", Duration::from_secs(90), || {
             if !c.server.is_running() {
@@ -520,4 +538,103 @@ pub fn free_test_subnet(first: u32, span: u32, seed: u32) -> u8 {
             !routes.contains(&p) && !addrs.contains(&p)
         })
         .expect("a free 10.N.0.0/16 for the test network")
+}
+
+/// An etcd of its own for one test, killed when dropped.
+pub struct Etcd {
+    pub child: Child,
+    pub endpoint: String,
+    pub peer_url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts etcd and waits until it serves; `None` (said) when etcd is not installed.
+pub fn start_etcd() -> Option<Etcd> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIPPED: the etcd binary is not installed (scripts/setup.sh installs Debian's etcd-server)"
+        );
+        return None;
+    }
+    for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let endpoint = format!("http://127.0.0.1:{}", tcp_port());
+        let peer_url = format!("http://127.0.0.1:{}", tcp_port());
+        let data = dir.path().join("data");
+        if let Some(e) = run_etcd(dir, &data, endpoint, peer_url) {
+            return Some(e);
+        }
+    }
+    panic!("etcd did not start in 3 attempts");
+}
+
+/// Runs etcd (member `e2e`) on `data` at the given URLs; `None` if it did not come up.
+pub fn run_etcd(
+    dir: tempfile::TempDir,
+    data: &std::path::Path,
+    endpoint: String,
+    peer_url: String,
+) -> Option<Etcd> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("etcd.log"))
+        .unwrap();
+    let child = Command::new("etcd")
+        .args(["--name", "e2e", "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", &endpoint])
+        .args(["--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("e2e={peer_url}")])
+        .args(["--log-level", "error"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting etcd");
+    let mut e = Etcd {
+        child,
+        endpoint,
+        peer_url,
+        dir,
+    };
+    // etcd answers its health endpoint on the client URL once it has a leader.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if e.child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        let health = Command::new("curl")
+            .args(["-sf", "--max-time", "2", &format!("{}/health", e.endpoint)])
+            .output();
+        if health.is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
+        {
+            return Some(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// `KEDGE_E2E_DATASTORE=etcd` (`make test-etcd`): every cluster the tests start runs on an
+/// etcd of its own instead of the embedded store.
+pub fn on_etcd() -> bool {
+    std::env::var("KEDGE_E2E_DATASTORE").is_ok_and(|v| v == "etcd")
 }
