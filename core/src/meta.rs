@@ -58,6 +58,11 @@ pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// Wall-clock time as a Kubernetes `MicroTime` (a Lease's `renewTime`): microseconds, `Z`.
+pub fn micro_timestamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 pub fn name(object: &Value) -> &str {
     object
         .pointer("/metadata/name")

@@ -61,6 +61,14 @@ pub struct ServerConfig {
     pub server_token: Option<String>,
 }
 
+/// This machine's hostname, if it has one.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+}
+
 /// The replica's name: `name` if given, else `<hostname>-<6 hex>` with the suffix made once
 /// and kept in `<data-dir>/replica-name`, so a restarted replica is the same one (and takes
 /// back its own leases at once).
@@ -74,10 +82,8 @@ pub fn replica_name(data_dir: &std::path::Path, name: Option<&str>) -> anyhow::R
     {
         return Ok(n.trim().to_string());
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_lowercase())
-        .ok()
-        .filter(|h| !h.is_empty())
+    let host = hostname()
+        .map(|h| h.to_lowercase())
         .unwrap_or_else(|| "kedge".into());
     let name = format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff);
     std::fs::write(&path, &name).with_context(|| format!("writing {}", path.display()))?;
@@ -752,11 +758,11 @@ pub async fn start_serving(
             let mut e = kedge_plugins::lease::Election::new(replica.clone(), cfg.leader_election);
             // Where the other replicas reach this one's API (for the nodes it holds).
             let host = if https_addr.ip().is_unspecified() {
-                cfg.tls_sans.first().cloned().unwrap_or_else(|| {
-                    std::fs::read_to_string("/proc/sys/kernel/hostname")
-                        .map(|h| h.trim().to_string())
-                        .unwrap_or_else(|_| "localhost".into())
-                })
+                cfg.tls_sans
+                    .first()
+                    .cloned()
+                    .or_else(hostname)
+                    .unwrap_or_else(|| "localhost".into())
             } else {
                 https_addr.ip().to_string()
             };

@@ -8,34 +8,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{
-    Busybox, Cluster, Proc, containers_unavailable, plugin_cache, spawn, wait_for,
-};
-
-/// Starts the cluster's server again on its data dir and address.
-fn restart_server(c: &mut Cluster) {
-    let data = c.dir.path().join("server");
-    let listen = format!("{}:{}", c.host, c.port);
-    let cache = plugin_cache();
-    let store = c.datastore_flags();
-    let mut args = vec![
-        "server",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--plugin-cache-dir",
-        cache.to_str().unwrap(),
-        "--tls-san",
-        &c.host,
-    ];
-    args.extend(store.iter().map(String::as_str));
-    let p: Proc = spawn("server-again", c.dir.path(), &args);
-    c.server = p;
-    c.wait("the API back", || {
-        c.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())
-    });
-}
+use crate::harness::{Busybox, Cluster, containers_unavailable, wait_for};
 
 /// Every CRI log file of the pod `name` on the node whose data dir is `node_dir`.
 fn log_files(node_dir: &Path, name: &str) -> Vec<PathBuf> {
@@ -369,7 +342,7 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
 
     // Server back: the agent reconnects, the pod is the same one, and Running.
     let back = chrono::Utc::now();
-    restart_server(&mut c);
+    c.restart_server(&[]);
     c.wait("keep Running again, same uid", || {
         let out = c.kubectl(&[
             "get",
@@ -431,7 +404,7 @@ fn an_agent_restarted_while_the_server_is_down_runs_its_pods_from_local_state() 
     c.agents.retain(|a| a.name != node);
     c.start_agent(node, &token);
     std::thread::sleep(Duration::from_secs(2));
-    restart_server(&mut c);
+    c.restart_server(&[]);
     c.wait("doomed gone, keep Running", || {
         let gone = !c.kubectl(&["get", "pod", "doomed"]).ok;
         let keep = c.k(&["get", "pod", "keep", "-o", "jsonpath={.status.phase}"]);

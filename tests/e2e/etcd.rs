@@ -17,35 +17,6 @@ fn rv_of(c: &Cluster, what: &[&str]) -> u64 {
         .expect("a numeric resourceVersion")
 }
 
-fn start_server_again(c: &mut Cluster, endpoint: &str, extra: &[&str]) {
-    let data = c.dir.path().join("server");
-    let listen = format!("{}:{}", c.host, c.port);
-    let cache = plugin_cache();
-    c.server = spawn(
-        "server-again",
-        c.dir.path(),
-        &[
-            "server",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--plugin-cache-dir",
-            cache.to_str().unwrap(),
-            "--tls-san",
-            &c.host,
-            "--datastore-endpoint",
-            endpoint,
-        ]
-        .into_iter()
-        .chain(extra.iter().copied())
-        .collect::<Vec<_>>(),
-    );
-    c.wait("the API back", || {
-        c.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())
-    });
-}
-
 #[test]
 fn a_server_on_etcd_keeps_its_objects_and_their_versions_across_a_restart() {
     let Some(etcd) = start_etcd() else { return };
@@ -126,7 +97,7 @@ fn a_server_on_etcd_keeps_its_objects_and_their_versions_across_a_restart() {
     let pods_before = c.k(&["-n", "shop", "get", "pods", "-o", "name"]);
 
     c.server.kill();
-    start_server_again(&mut c, &etcd.endpoint, &[]);
+    c.restart_server(&["--datastore-endpoint", &etcd.endpoint]);
     assert_eq!(rv_of(&c, &["-n", "shop", "configmap", "kept"]), kept_rv);
     assert_eq!(rv_of(&c, &["-n", "shop", "deployment", "web"]), deploy_rv);
     assert_eq!(
@@ -166,13 +137,6 @@ fn a_server_on_etcd_keeps_its_objects_and_their_versions_across_a_restart() {
         old.stdout,
         old.stderr
     );
-}
-
-fn kedge(args: &[&str]) -> std::process::Output {
-    Command::new(KEDGE)
-        .args(args)
-        .output()
-        .expect("running kedge")
 }
 
 fn configmap_data(c: &Cluster, name: &str) -> String {
@@ -282,7 +246,7 @@ fn a_snapshot_of_a_server_on_etcd_is_restored_by_etcds_own_tool() {
         etcd.peer_url.clone(),
     )
     .expect("etcd starts on the restored data dir");
-    start_server_again(&mut c, &again.endpoint, &[]);
+    c.restart_server(&["--datastore-endpoint", &again.endpoint]);
     assert_eq!(rv_of(&c, &["-n", "shop", "configmap", "before"]), rv);
     assert_eq!(configmap_data(&c, "before"), r#"{"a":"1"}"#);
     assert!(!c.kubectl(&["-n", "shop", "get", "configmap", "after"]).ok);
@@ -369,7 +333,11 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
         String::from_utf8_lossy(&value)
     );
 
-    start_server_again(&mut c, &etcd.endpoint, &["--secrets-encryption"]);
+    c.restart_server(&[
+        "--datastore-endpoint",
+        &etcd.endpoint,
+        "--secrets-encryption",
+    ]);
     assert_eq!(
         c.k(&[
             "-n",
@@ -517,18 +485,8 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
     );
     let b_data = c.dir.path().join("server-b");
     let b_listen = format!("127.0.0.1:{}", free_port());
-    let cache = plugin_cache();
     let start_b = |c: &Cluster| {
         let mut args = vec![
-            "server",
-            "--data-dir",
-            b_data.to_str().unwrap(),
-            "--listen",
-            &b_listen,
-            "--plugin-cache-dir",
-            cache.to_str().unwrap(),
-            "--tls-san",
-            "127.0.0.1",
             "--datastore-endpoint",
             &etcd.endpoint,
             "--replica-name",
@@ -537,7 +495,14 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
             token.trim(),
         ];
         args.extend_from_slice(&timings);
-        spawn("server-b", c.dir.path(), &args)
+        spawn_server(
+            "server-b",
+            c.dir.path(),
+            &b_data,
+            &b_listen,
+            "127.0.0.1",
+            &args,
+        )
     };
     let mut b = start_b(&c);
     let b_config = b_data.join("admin.kubeconfig");
@@ -620,11 +585,14 @@ fn plugins_spread_over_two_servers_and_fail_over_when_one_dies() {
 
     // The dead replica comes back and gets its share again.
     if dead == "alpha" {
-        start_server_again(
-            &mut c,
+        let mut flags = vec![
+            "--datastore-endpoint",
             &etcd.endpoint,
-            &[&["--replica-name", "alpha"][..], &timings[..]].concat(),
-        );
+            "--replica-name",
+            "alpha",
+        ];
+        flags.extend_from_slice(&timings);
+        c.restart_server(&flags);
     } else {
         b = start_b(&c);
         c.wait("the second server back", || {
@@ -656,28 +624,18 @@ fn an_agent_moves_to_the_other_server_when_its_server_dies() {
     let b_data = c.dir.path().join("server-b");
     let b_port = free_port();
     let b_listen = format!("127.0.0.1:{b_port}");
-    let cache = plugin_cache();
-    let mut b = spawn(
-        "server-b",
-        c.dir.path(),
-        &[
-            "server",
-            "--data-dir",
-            b_data.to_str().unwrap(),
-            "--listen",
-            &b_listen,
-            "--plugin-cache-dir",
-            cache.to_str().unwrap(),
-            "--tls-san",
-            "127.0.0.1",
-            "--datastore-endpoint",
-            &etcd.endpoint,
-            "--replica-name",
-            "beta",
-            "--token",
-            token.trim(),
-        ],
-    );
+    let beta = [
+        "--datastore-endpoint",
+        &etcd.endpoint,
+        "--replica-name",
+        "beta",
+        "--token",
+        token.trim(),
+    ];
+    let start_b = |c: &Cluster, name: &str| {
+        spawn_server(name, c.dir.path(), &b_data, &b_listen, "127.0.0.1", &beta)
+    };
+    let mut b = start_b(&c, "server-b");
     let b_config = b_data.join("admin.kubeconfig");
     c.wait("the second server ready", || {
         (b_config.exists() && kubectl_at(&b_config, &["get", "--raw", "/readyz"]).is_some())
@@ -793,33 +751,16 @@ fn an_agent_moves_to_the_other_server_when_its_server_dies() {
     // the other server is forwarded there (replica to replica): logs, and port-forward's
     // upgraded stream.
     if survivor_name == "beta" {
-        start_server_again(
-            &mut c,
+        c.restart_server(&[
+            "--datastore-endpoint",
             &etcd.endpoint,
-            &["--replica-name", "alpha", "--token", token.trim()],
-        );
+            "--replica-name",
+            "alpha",
+            "--token",
+            token.trim(),
+        ]);
     } else {
-        b = spawn(
-            "server-b-again",
-            c.dir.path(),
-            &[
-                "server",
-                "--data-dir",
-                b_data.to_str().unwrap(),
-                "--listen",
-                &b_listen,
-                "--plugin-cache-dir",
-                cache.to_str().unwrap(),
-                "--tls-san",
-                "127.0.0.1",
-                "--datastore-endpoint",
-                &etcd.endpoint,
-                "--replica-name",
-                "beta",
-                "--token",
-                token.trim(),
-            ],
-        );
+        b = start_b(&c, "server-b-again");
     }
     c.wait("the dead server back", || {
         kubectl_at(&dead_config, &["get", "--raw", "/readyz"]).map(|_| ())

@@ -179,13 +179,62 @@ pub struct Kubectl {
     pub stderr: String,
 }
 
+/// `kedge server` named `name` (its log `<dir>/<name>.log`) on the data dir `data`, at
+/// `listen`, with `host` in its certificate, the shared plugin cache and `extra` flags.
+pub fn spawn_server(
+    name: &str,
+    dir: &Path,
+    data: &Path,
+    listen: &str,
+    host: &str,
+    extra: &[&str],
+) -> Proc {
+    let cache = plugin_cache();
+    let mut args = vec![
+        "server",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        listen,
+        "--plugin-cache-dir",
+        cache.to_str().unwrap(),
+        "--tls-san",
+        host,
+    ];
+    args.extend_from_slice(extra);
+    spawn(name, dir, &args)
+}
+
+/// Runs the `kedge` binary (a CLI command) to its end.
+pub fn kedge(args: &[&str]) -> std::process::Output {
+    Command::new(KEDGE)
+        .args(args)
+        .output()
+        .expect("running kedge")
+}
+
 impl Cluster {
-    /// The flags a server of this cluster needs again when a test restarts it.
-    pub fn datastore_flags(&self) -> Vec<String> {
-        self.etcd
-            .as_ref()
-            .map(|e| vec!["--datastore-endpoint".to_string(), e.endpoint.clone()])
-            .unwrap_or_default()
+    /// Starts the cluster's server again on its data dir and address (and its etcd under
+    /// `make test-etcd`), with `extra` flags, and waits for its API.
+    pub fn restart_server(&mut self, extra: &[&str]) {
+        let data = self.dir.path().join("server");
+        let listen = format!("{}:{}", self.host, self.port);
+        let endpoint = self.etcd.as_ref().map(|e| e.endpoint.clone());
+        let mut args = extra.to_vec();
+        if let Some(e) = &endpoint {
+            args.extend_from_slice(&["--datastore-endpoint", e]);
+        }
+        self.server = spawn_server(
+            "server-again",
+            self.dir.path(),
+            &data,
+            &listen,
+            &self.host,
+            &args,
+        );
+        self.wait("the API back", || {
+            self.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())
+        });
     }
 
     pub fn start() -> Cluster {
@@ -215,19 +264,7 @@ impl Cluster {
         let port = free_port();
         let data = dir.path().join("server");
         let listen = format!("{host}:{port}");
-        let cache = plugin_cache();
-        let mut args = vec![
-            "server",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--listen",
-            &listen,
-            "--plugin-cache-dir",
-            cache.to_str().unwrap(),
-            "--tls-san",
-            host,
-        ];
-        args.extend_from_slice(server_flags);
+        let mut args = server_flags.to_vec();
         // `make test-etcd`: on an etcd of the cluster's own, unless the test chose a datastore.
         let etcd = (on_etcd() && !server_flags.contains(&"--datastore-endpoint"))
             .then(|| start_etcd().expect("make test-etcd needs etcd (scripts/setup.sh)"));
@@ -235,7 +272,7 @@ impl Cluster {
         if let Some(e) = &endpoint {
             args.extend_from_slice(&["--datastore-endpoint", e]);
         }
-        let server = spawn("server", dir.path(), &args);
+        let server = spawn_server("server", dir.path(), &data, &listen, host, &args);
         let kubeconfig = data.join("admin.kubeconfig");
         let token_file = data.join("token");
         let mut c = Cluster {

@@ -2,16 +2,7 @@
 //! snapshot restore`: the objects come back with their resourceVersions, what was written
 //! after the snapshot is gone, and the node's running pods carry on, not restarted.
 
-use std::process::Command;
-
 use crate::harness::*;
-
-fn kedge(args: &[&str]) -> std::process::Output {
-    Command::new(KEDGE)
-        .args(args)
-        .output()
-        .expect("running kedge")
-}
 
 fn field(c: &Cluster, what: &[&str], path: &str) -> String {
     let mut args = vec!["get"];
@@ -164,7 +155,7 @@ fn a_restored_snapshot_brings_the_objects_back_and_the_pods_run_on() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    start_server_again(&mut c, &["--secrets-encryption"]);
+    c.restart_server(&["--secrets-encryption"]);
 
     assert_eq!(
         field(&c, &["configmap", "before"], "{.metadata.resourceVersion}"),
@@ -208,27 +199,4 @@ fn a_restored_snapshot_brings_the_objects_back_and_the_pods_run_on() {
         old.stdout,
         old.stderr
     );
-}
-
-/// Starts the cluster's server again on its data dir and address.
-fn start_server_again(c: &mut Cluster, extra: &[&str]) {
-    let data = c.dir.path().join("server");
-    let listen = format!("{}:{}", c.host, c.port);
-    let cache = plugin_cache();
-    let mut args = vec![
-        "server",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--listen",
-        &listen,
-        "--plugin-cache-dir",
-        cache.to_str().unwrap(),
-        "--tls-san",
-        &c.host,
-    ];
-    args.extend_from_slice(extra);
-    c.server = spawn("server-again", c.dir.path(), &args);
-    c.wait("the API back", || {
-        c.kubectl(&["get", "--raw", "/readyz"]).ok.then_some(())
-    });
 }

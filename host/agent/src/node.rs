@@ -369,16 +369,12 @@ async fn register_node(ctx: &Ctx, labels: &[(String, String)]) -> client::Result
     }
 }
 
-fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
-}
-
 async fn renew_lease(ctx: &Ctx) -> client::Result<()> {
     let path = format!(
         "/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{}",
         ctx.node
     );
-    let now = micro_time((ctx.clock)());
+    let now = kedge_core::meta::micro_timestamp((ctx.clock)());
     match ctx.client.get(&path).await {
         Ok(mut lease) => {
             lease["spec"]["renewTime"] = json!(now);

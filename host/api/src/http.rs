@@ -1900,8 +1900,14 @@ mod tests {
 
     /// `GET /metrics` as `who`: its status and text.
     async fn scrape(st: &Arc<ApiState>, who: (&str, &[&str])) -> (u16, String) {
+        let (code, bytes) = get_as(st, who, "/metrics").await;
+        (code, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    /// `GET uri` as `who`: the status and the body's bytes.
+    async fn get_as(st: &Arc<ApiState>, who: (&str, &[&str]), uri: &str) -> (u16, Bytes) {
         let mut req = http::Request::builder()
-            .uri("/metrics")
+            .uri(uri)
             .body(Body::empty())
             .unwrap();
         let mut groups: Vec<String> = who.1.iter().map(|g| g.to_string()).collect();
@@ -1915,7 +1921,7 @@ mod tests {
         let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
             .await
             .unwrap();
-        (code, String::from_utf8(bytes.to_vec()).unwrap())
+        (code, bytes)
     }
 
     /// Every line of the exposition is a comment the format knows or one sample:
@@ -2103,27 +2109,7 @@ mod tests {
     async fn a_store_snapshot_is_for_cluster_admins_only() {
         let dir = tempfile::tempdir().unwrap();
         let st = state(dir.path());
-        let get = |who: (&'static str, &'static [&'static str])| {
-            let st = st.clone();
-            async move {
-                let mut req = http::Request::builder()
-                    .uri("/kedge/snapshot")
-                    .body(Body::empty())
-                    .unwrap();
-                let mut groups: Vec<String> = who.1.iter().map(|g| g.to_string()).collect();
-                groups.push("system:authenticated".into());
-                req.extensions_mut().insert(Identity {
-                    user: who.0.into(),
-                    groups,
-                });
-                let r = handle(State(st), req).await;
-                let code = r.status().as_u16();
-                let bytes = axum::body::to_bytes(r.into_body(), usize::MAX)
-                    .await
-                    .unwrap();
-                (code, bytes)
-            }
-        };
+        let get = |who| get_as(&st, who, "/kedge/snapshot");
         assert_eq!(get(("jane", &[])).await.0, 403);
         assert_eq!(get(("system:node:n1", &["system:nodes"])).await.0, 403);
         let (code, bytes) = get(ADMIN).await;

@@ -105,10 +105,6 @@ fn lease_res() -> &'static Resource {
     resources::by_kind("coordination.k8s.io/v1", "Lease").expect("leases are served")
 }
 
-fn micro_time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-}
-
 /// The fields of a Lease that say who holds it; a change of any of them is a renewal.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Record {
@@ -227,7 +223,7 @@ impl Election {
             let spec = json!({
                 "holderIdentity": me,
                 "leaseDurationSeconds": duration.as_secs().max(1),
-                "renewTime": micro_time(now),
+                "renewTime": kedge_core::meta::micro_timestamp(now),
             });
             let written = match api.get(res, NAMESPACE, &name) {
                 Ok(mut lease) => {
@@ -418,7 +414,7 @@ impl Election {
             if r.holder != me {
                 return;
             }
-            let now = micro_time(chrono::Utc::now());
+            let now = kedge_core::meta::micro_timestamp(chrono::Utc::now());
             r.holder = String::new();
             r.duration_secs = 1;
             r.acquire = now.clone();
@@ -452,8 +448,8 @@ impl Election {
         let fresh = |transitions: i64| Record {
             holder: self.identity.clone(),
             duration_secs,
-            acquire: micro_time(now),
-            renew: micro_time(now),
+            acquire: kedge_core::meta::micro_timestamp(now),
+            renew: kedge_core::meta::micro_timestamp(now),
             transitions,
         };
         let mut lease = match current {
@@ -514,7 +510,7 @@ impl Election {
         }
         let next = if mine {
             Record {
-                renew: micro_time(now),
+                renew: kedge_core::meta::micro_timestamp(now),
                 duration_secs,
                 ..record.clone()
             }
