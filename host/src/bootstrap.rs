@@ -37,44 +37,120 @@ pub fn token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("server-token")
 }
 
+/// The prefix and user of K3s' full server token, `K10<CA sha256>::server:<secret>`.
+const FULL_PREFIX: &str = "K10";
+const FULL_USER: &str = "server:";
+
+/// A server token as operators hand it over: K3s' full form, `K10<CA sha256>::server:<secret>`,
+/// which also tells a joining server which CA to trust, or the secret alone. Only the secret
+/// seals the bootstrap data, so both forms open the same cluster. `Debug` hides the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerToken {
+    /// The SHA-256 (lowercase hex) of the cluster CA's certificate, in the full form.
+    pub ca_hash: Option<String>,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for ServerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerToken")
+            .field("ca_hash", &self.ca_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerToken {
+    pub fn parse(raw: &str) -> anyhow::Result<ServerToken> {
+        let raw = raw.trim();
+        let shape = || {
+            anyhow::anyhow!(
+                "a server token is K10<CA sha256, 64 hex>::server:<secret> or the secret alone"
+            )
+        };
+        let plain = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == ':');
+        match raw.strip_prefix(FULL_PREFIX) {
+            Some(rest) => {
+                let (hash, cred) = rest.split_once("::").ok_or_else(shape)?;
+                let secret = cred.strip_prefix(FULL_USER).ok_or_else(shape)?;
+                if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(shape());
+                }
+                if !plain(secret) {
+                    return Err(shape());
+                }
+                Ok(ServerToken {
+                    ca_hash: Some(hash.to_ascii_lowercase()),
+                    secret: secret.to_string(),
+                })
+            }
+            None if plain(raw) => Ok(ServerToken {
+                ca_hash: None,
+                secret: raw.to_string(),
+            }),
+            None => Err(shape()),
+        }
+    }
+
+    /// The full form, naming the CA whose hash is `ca_hash`.
+    pub fn full(&self, ca_hash: &str) -> String {
+        format!("{FULL_PREFIX}{ca_hash}::{FULL_USER}{}", self.secret)
+    }
+}
+
+/// The token kept in the data dir, if there is one that parses.
+fn kept_token(data_dir: &Path) -> Option<ServerToken> {
+    std::fs::read_to_string(token_path(data_dir))
+        .ok()
+        .and_then(|t| ServerToken::parse(&t).ok())
+}
+
+fn write_token_file(data_dir: &Path, text: &str) -> anyhow::Result<()> {
+    let path = token_path(data_dir);
+    kedge_store::fsmode::private_dir(data_dir)?;
+    kedge_store::fsmode::private_file(&path)?;
+    std::fs::write(&path, format!("{text}\n"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 /// Keeps `token` in the data dir, for restarts without `--token`. Called once the token has
 /// opened (or sealed) the cluster's bootstrap data: a mistyped `--token` must not replace
 /// the right one.
-pub fn save_token(data_dir: &Path, token: &str) -> anyhow::Result<()> {
-    let path = token_path(data_dir);
-    if std::fs::read_to_string(&path)
-        .ok()
-        .as_deref()
-        .map(str::trim)
-        == Some(token)
-    {
+pub fn save_token(data_dir: &Path, token: &ServerToken) -> anyhow::Result<()> {
+    if kept_token(data_dir).is_some_and(|k| k.secret == token.secret) {
         return Ok(());
     }
-    kedge_store::fsmode::private_dir(data_dir)?;
-    kedge_store::fsmode::private_file(&path)?;
-    std::fs::write(&path, token).with_context(|| format!("writing {}", path.display()))
+    write_token_file(data_dir, &token.secret)
+}
+
+/// Writes the token's full form (with the cluster CA's hash) to the data dir, as K3s writes
+/// its `server/token`: what `kedge server --server … --token …` needs to join a replica.
+pub fn save_full_token(data_dir: &Path, token: &ServerToken, ca_hash: &str) -> anyhow::Result<()> {
+    let full = token.full(ca_hash);
+    if std::fs::read_to_string(token_path(data_dir)).is_ok_and(|t| t.trim() == full) {
+        return Ok(());
+    }
+    write_token_file(data_dir, &full)
 }
 
 /// The server token: `given`, else the one kept in the data dir, else a new random one
 /// written there (the first server of a cluster). A given one is kept by [`save_token`] once
 /// it has proved right.
-pub fn server_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<String> {
-    let path = token_path(data_dir);
-    let write = |t: &str| -> anyhow::Result<()> { save_token(data_dir, t) };
+pub fn server_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<ServerToken> {
     if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
-        return Ok(t.to_string());
+        return ServerToken::parse(t).context("--token");
     }
-    if let Ok(t) = std::fs::read_to_string(&path)
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_string());
+    if let Some(t) = kept_token(data_dir) {
+        return Ok(t);
     }
     let mut raw = [0u8; 24];
     SystemRandom::new()
         .fill(&mut raw)
         .map_err(|_| anyhow::anyhow!("no randomness for the server token"))?;
-    let token = hex::encode(raw);
-    write(&token)?;
+    let token = ServerToken {
+        ca_hash: None,
+        secret: hex::encode(raw),
+    };
+    write_token_file(data_dir, &token.secret)?;
     Ok(token)
 }
 
@@ -267,12 +343,46 @@ mod tests {
     fn the_token_is_kept_or_made_once() {
         let dir = tempfile::tempdir().unwrap();
         let made = server_token(dir.path(), None).unwrap();
-        assert_eq!(made.len(), 48);
+        assert_eq!(made.secret.len(), 48);
+        assert_eq!(made.ca_hash, None);
         assert_eq!(server_token(dir.path(), None).unwrap(), made);
-        assert_eq!(server_token(dir.path(), Some("given")).unwrap(), "given");
+        let given = server_token(dir.path(), Some("given")).unwrap();
+        assert_eq!(given.secret, "given");
         // Not kept until it has proved right.
         assert_eq!(server_token(dir.path(), None).unwrap(), made);
-        save_token(dir.path(), "given").unwrap();
-        assert_eq!(server_token(dir.path(), None).unwrap(), "given");
+        save_token(dir.path(), &given).unwrap();
+        assert_eq!(server_token(dir.path(), None).unwrap().secret, "given");
+        // The full form, once the CA is known, is what the file then holds; it is the same
+        // secret, so saving the plain one again leaves it.
+        let hash = "ab".repeat(32);
+        save_full_token(dir.path(), &given, &hash).unwrap();
+        let full = std::fs::read_to_string(token_path(dir.path())).unwrap();
+        assert_eq!(full.trim(), format!("K10{hash}::server:given"));
+        save_token(dir.path(), &given).unwrap();
+        let kept = server_token(dir.path(), None).unwrap();
+        assert_eq!(kept.secret, "given");
+        assert_eq!(kept.ca_hash.as_deref(), Some(hash.as_str()));
+    }
+
+    #[test]
+    fn server_tokens_parse_in_both_forms() {
+        let hash = "0f".repeat(32);
+        let full = ServerToken::parse(&format!("K10{hash}::server:s3cret\n")).unwrap();
+        assert_eq!(full.ca_hash.as_deref(), Some(hash.as_str()));
+        assert_eq!(full.secret, "s3cret");
+        assert_eq!(full.full(&hash), format!("K10{hash}::server:s3cret"));
+        assert_eq!(ServerToken::parse("s3cret").unwrap().ca_hash, None);
+        for bad in [
+            "",
+            "two words",
+            &format!("K10{hash}::node:s3cret"),
+            &format!("K10{hash}::server:"),
+            "K10abc::server:s3cret",
+            &format!("K10{hash}server:s3cret"),
+        ] {
+            assert!(ServerToken::parse(bad).is_err(), "{bad:?}");
+        }
+        // The secret never shows in logs.
+        assert!(!format!("{full:?}").contains("s3cret"));
     }
 }

@@ -16,6 +16,7 @@ pub use kedge_store::fsmode;
 
 pub mod bootstrap;
 pub mod forward;
+pub mod join;
 pub mod kubeclient;
 pub mod push;
 pub mod server;

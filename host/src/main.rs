@@ -93,15 +93,15 @@ struct ServerArgs {
         value_parser = clap::value_parser!(u64).range(10..))]
     watch_history: Option<u64>,
     /// On etcd: the secret the cluster's servers share (K3s' server token), which seals the
-    /// CA and keys they share in etcd. The first server makes one (<data-dir>/server-token);
-    /// give it to the others.
-    #[arg(
-        long,
-        env = "KEDGE_SERVER_TOKEN",
-        hide_env_values = true,
-        requires = "datastore_endpoint"
-    )]
+    /// CA and keys they share in etcd. The first server makes one (<data-dir>/server-token,
+    /// in the full form K10<CA sha256>::server:<secret>); give it to the others.
+    #[arg(long, env = "KEDGE_SERVER_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Join the cluster of the server at this URL as another replica (https://first:6443):
+    /// its datastore is asked of it with --token, which must be the full token
+    /// K10<CA sha256>::server:<secret> (the first server's <data-dir>/server-token).
+    #[arg(long, env = "KEDGE_URL", conflicts_with = "datastore_endpoint")]
+    server: Option<String>,
     /// This server's name among the replicas sharing an etcd (holder of plugin leases);
     /// default: the hostname and a suffix kept in the data dir.
     #[arg(long, env = "KEDGE_REPLICA_NAME")]
@@ -542,6 +542,15 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         .data_dir
         .clone()
         .unwrap_or_else(|| default_dir(default_leaf));
+    if a.token.is_some()
+        && a.datastore_endpoint.is_empty()
+        && a.server.is_none()
+        && !kedge::join::saved_path(&data_dir).exists()
+    {
+        anyhow::bail!(
+            "--token is for servers sharing an etcd: give --datastore-endpoint, or --server to join another server"
+        );
+    }
     let node_cert_validity = parse_ttl(&a.node_cert_validity)
         .ok()
         .flatten()
@@ -576,6 +585,7 @@ fn server_config(a: &ServerArgs, default_leaf: &str) -> anyhow::Result<ServerCon
         replica_name: a.replica_name.clone(),
         leader_election: leader_election(a)?,
         server_token: a.token.clone(),
+        join: a.server.clone(),
     })
 }
 

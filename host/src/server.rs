@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// On etcd: the token the servers of the cluster share (`--token`), which seals their
     /// bootstrap data there; kept in, or made into, `<data-dir>/server-token` when `None`.
     pub server_token: Option<String>,
+    /// `--server URL`: join the cluster of the server at URL (its datastore is asked of it
+    /// with the server token, see [`crate::join`]) instead of naming the datastore.
+    pub join: Option<String>,
 }
 
 /// This machine's hostname, if it has one.
@@ -257,10 +260,9 @@ fn ensure(api: &Api, kind: &str, ns: &str, obj: Value) -> anyhow::Result<()> {
     }
 }
 
-/// The `kubernetes` Service in `default` (first IP of the service range) and its Endpoints
-/// pointing at this server, as every cluster has them. The Endpoints follow the address the
-/// server listens on now, which may differ from the last start.
-fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
+/// `default/kubernetes`, the Service in-cluster clients reach the API by, as kube-apiserver
+/// keeps it; its endpoints are [`kubernetes_endpoints`].
+fn kubernetes_service(api: &Api, port: u16) -> anyhow::Result<()> {
     let ip = crate::api::alloc::KUBERNETES_SERVICE_IP.to_string();
     ensure(
         api,
@@ -270,40 +272,103 @@ fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
                 "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP",
                 "targetPort": port}]}}),
-    )?;
-    let Ok(addr) = host.parse::<std::net::IpAddr>() else {
+    )
+}
+
+/// The label naming who keeps an EndpointSlice.
+const MANAGED_BY: &str = "endpointslice.kubernetes.io/managed-by";
+
+/// Makes the `kubernetes` Service's Endpoints and EndpointSlices list `servers` (the API
+/// servers' addresses; on etcd every live replica, as kube-apiserver's lease endpoint
+/// reconciler keeps them). Servers on different ports (replicas sharing a machine) get a
+/// subset, and a slice, per port: `kubernetes` for the lowest, `kubernetes-<port>` for the
+/// others. Written only where it differs, so replicas that agree write nothing.
+fn kubernetes_endpoints(api: &Api, servers: &[std::net::SocketAddr]) -> anyhow::Result<()> {
+    let mut by_port: std::collections::BTreeMap<u16, Vec<std::net::IpAddr>> = Default::default();
+    for s in servers {
+        by_port.entry(s.port()).or_default().push(s.ip());
+    }
+    if by_port.is_empty() {
         return Ok(());
-    };
-    let subsets = json!([{"addresses": [{"ip": addr.to_string()}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]);
-    // Its EndpointSlice, which kube-apiserver maintains next to the Endpoints.
-    let slice = json!({"metadata": {"name": "kubernetes", "namespace": "default",
-            "labels": {"kubernetes.io/service-name": "kubernetes",
-                "endpointslice.kubernetes.io/managed-by": "kedge-server"}},
-        "addressType": if addr.is_ipv4() { "IPv4" } else { "IPv6" },
-        "endpoints": [{"addresses": [addr.to_string()], "conditions": {"ready": true}}],
-        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]});
+    }
+    for ips in by_port.values_mut() {
+        ips.sort();
+        ips.dedup();
+    }
+    let port_json = |port: u16| json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    let subsets: Vec<Value> = by_port
+        .iter()
+        .map(|(port, ips)| {
+            json!({"addresses": ips.iter().map(|ip| json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+                "ports": port_json(*port)})
+        })
+        .collect();
+    let subsets = Value::Array(subsets);
     let slices = resources::by_kind("discovery.k8s.io/v1", "EndpointSlice").expect("served kind");
-    match api.get(slices, "default", "kubernetes") {
-        Ok(mut old)
-            if old.get("endpoints") != slice.get("endpoints")
-                || old.get("ports") != slice.get("ports") =>
-        {
-            old["endpoints"] = slice["endpoints"].clone();
-            old["ports"] = slice["ports"].clone();
-            old["addressType"] = slice["addressType"].clone();
-            api.update(
-                slices,
-                "default",
-                "kubernetes",
-                old,
-                None,
-                &WriteOptions::default(),
-            )
-            .map_err(|e| anyhow::anyhow!("updating the kubernetes endpoint slice: {e}"))?;
+    let first = *by_port.keys().next().expect("not empty");
+    let mut wanted = Vec::new();
+    for (port, ips) in &by_port {
+        let name = if *port == first {
+            "kubernetes".to_string()
+        } else {
+            format!("kubernetes-{port}")
+        };
+        let v4 = ips.iter().any(|ip| ip.is_ipv4());
+        let family = if v4 { "IPv4" } else { "IPv6" };
+        let endpoints: Vec<Value> = ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() == v4)
+            .map(|ip| json!({"addresses": [ip.to_string()], "conditions": {"ready": true}}))
+            .collect();
+        let slice = json!({"metadata": {"name": name, "namespace": "default",
+                "labels": {"kubernetes.io/service-name": "kubernetes", MANAGED_BY: "kedge-server"}},
+            "addressType": family,
+            "endpoints": endpoints,
+            "ports": port_json(*port)});
+        match api.get(slices, "default", &name) {
+            Ok(mut old)
+                if old.get("endpoints") != slice.get("endpoints")
+                    || old.get("ports") != slice.get("ports")
+                    || old.get("addressType") != slice.get("addressType") =>
+            {
+                old["endpoints"] = slice["endpoints"].clone();
+                old["ports"] = slice["ports"].clone();
+                old["addressType"] = slice["addressType"].clone();
+                api.update(
+                    slices,
+                    "default",
+                    &name,
+                    old,
+                    None,
+                    &WriteOptions::default(),
+                )
+                .map_err(|e| anyhow::anyhow!("updating the kubernetes endpoint slice: {e}"))?;
+            }
+            Ok(_) => {}
+            Err(_) => ensure(api, "discovery.k8s.io/v1:EndpointSlice", "default", slice)?,
         }
-        Ok(_) => {}
-        Err(_) => ensure(api, "discovery.k8s.io/v1:EndpointSlice", "default", slice)?,
+        wanted.push(name);
+    }
+    // Slices of ports no server listens on any more.
+    let opts = crate::api::ops::ListOptions {
+        labels: crate::core::selector::Selector::parse(&format!(
+            "kubernetes.io/service-name=kubernetes,{MANAGED_BY}=kedge-server"
+        ))
+        .expect("a valid selector"),
+        ..Default::default()
+    };
+    if let Ok(list) = api.list(slices, "default", &opts) {
+        for old in list["items"].as_array().into_iter().flatten() {
+            let name = old["metadata"]["name"].as_str().unwrap_or_default();
+            if !wanted.iter().any(|w| w == name) {
+                let _ = api.delete(
+                    slices,
+                    "default",
+                    name,
+                    &crate::api::ops::DeleteOptions::default(),
+                );
+            }
+        }
     }
     let res = resources::by_kind("v1", "Endpoints").expect("served kind");
     match api.get(res, "default", "kubernetes") {
@@ -330,6 +395,35 @@ fn kubernetes_service(api: &Api, host: &str, port: u16) -> anyhow::Result<()> {
         )?,
     }
     Ok(())
+}
+
+/// On etcd: keeps the `kubernetes` Service's endpoints at the live replicas (their identity
+/// leases' addresses), as each replica sees them change, until `cancel`. Every replica
+/// writes the same thing, so they converge; a lost race is written again next change or
+/// within a lease period.
+async fn follow_api_servers(
+    api: Arc<Api>,
+    mut servers: tokio::sync::watch::Receiver<Vec<String>>,
+    every: std::time::Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let addrs: Vec<std::net::SocketAddr> = servers
+            .borrow_and_update()
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let api2 = api.clone();
+        let done = tokio::task::spawn_blocking(move || kubernetes_endpoints(&api2, &addrs)).await;
+        if let Ok(Err(e)) = done {
+            tracing::debug!(error = %e, "updating the kubernetes service's endpoints failed");
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = servers.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// The annotation that tells agents to serve a Service's IP themselves (node-local DNS) and
@@ -454,28 +548,58 @@ pub async fn start_serving(
     // The data dir holds Secrets, tokens and keys: nobody else may enter it.
     crate::fsmode::private_dir(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    // A replica joining through another server learns the datastore from it; one that
+    // joined before finds it in its data dir.
+    let mut cfg = cfg;
+    if cfg.datastore.is_none() {
+        cfg.datastore = match &cfg.join {
+            Some(server) => {
+                if cfg.server_token.is_none()
+                    && !crate::bootstrap::token_path(&cfg.data_dir).exists()
+                {
+                    anyhow::bail!(
+                        "--server needs --token: the cluster's server token (the first server's <data-dir>/server-token)"
+                    );
+                }
+                let token =
+                    crate::bootstrap::server_token(&cfg.data_dir, cfg.server_token.as_deref())?;
+                Some(crate::join::datastore(&cfg.data_dir, server, &token).await?)
+            }
+            None => {
+                let saved = crate::join::saved(&cfg.data_dir)?;
+                if let Some(o) = &saved {
+                    tracing::info!(
+                        endpoints = %o.endpoints.join(","),
+                        "this data dir joined a cluster on etcd: using its datastore"
+                    );
+                }
+                saved
+            }
+        };
+    }
     // On etcd, where several servers may share the cluster: the CA, the service-account key
     // and the generated encryption config are the cluster's, from etcd (or this server's,
     // published there if it is the first).
+    let mut server_token = None;
     if let Some(etcd) = cfg.datastore.clone() {
         let token = crate::bootstrap::server_token(&cfg.data_dir, cfg.server_token.as_deref())?;
-        let (dir, enc) = (cfg.data_dir.clone(), encryption.clone());
+        let (dir, enc, t) = (cfg.data_dir.clone(), encryption.clone(), token.clone());
         let synced = tokio::task::spawn_blocking(move || {
-            let synced = crate::bootstrap::sync(&dir, &etcd, &token, || {
+            let synced = crate::bootstrap::sync(&dir, &etcd, &t.secret, || {
                 ClusterPki::load_or_create(&dir.join("pki"), &[]).context("cluster PKI")?;
                 crate::tokens::Signer::load_or_create(&dir.join("pki").join("sa.key"))
                     .map_err(|e| anyhow::anyhow!("service-account signing key: {e}"))?;
                 enc.load(&dir).map(|_| ())
             })?;
             // Kept only now that it has opened (or sealed) the cluster's data.
-            crate::bootstrap::save_token(&dir, &token)?;
+            crate::bootstrap::save_token(&dir, &t)?;
             anyhow::Ok(synced)
         })
         .await??;
         match synced {
             crate::bootstrap::Synced::Published => tracing::info!(
                 token_file = %crate::bootstrap::token_path(&cfg.data_dir).display(),
-                "published this server's CA and keys as the cluster's bootstrap data; other servers join with --token and the same --datastore-endpoint"
+                "published this server's CA and keys as the cluster's bootstrap data; other servers join with --server <this server's URL> --token <the token file's contents>"
             ),
             crate::bootstrap::Synced::Same => {}
             crate::bootstrap::Synced::Adopted(files) => tracing::info!(
@@ -483,6 +607,7 @@ pub async fn start_serving(
                 "took the cluster's bootstrap data from etcd (replaced files kept beside them)"
             ),
         }
+        server_token = Some(token);
     }
     let encryption = encryption.load(&cfg.data_dir)?;
     if !encryption.is_empty() {
@@ -506,6 +631,18 @@ pub async fn start_serving(
     let pki = Arc::new(
         ClusterPki::load_or_create(&cfg.data_dir.join("pki"), &sans).context("cluster PKI")?,
     );
+    // A full token names the cluster's CA: one naming another is a token of another cluster
+    // (whose secret happened to open this one's data, or a mix-up of files). The data dir
+    // keeps the full form, which replicas join with.
+    if let Some(token) = &server_token {
+        let ca_hash = pki.ca_cert_hash();
+        if let Some(h) = token.ca_hash.as_deref().filter(|h| *h != ca_hash) {
+            anyhow::bail!(
+                "--token names the CA sha256 {h}, but this cluster's CA is {ca_hash}: a token of another cluster"
+            );
+        }
+        crate::bootstrap::save_full_token(&cfg.data_dir, token, &ca_hash)?;
+    }
     // One registry for the whole server, served at `GET /metrics`: each part gets its
     // families here, made once, and records into them; nothing is process-global, so
     // several servers in one process (the tests) keep apart.
@@ -580,7 +717,14 @@ pub async fn start_serving(
         https_addr.ip().to_string()
     };
     let url = format!("https://{url_host}:{}", https_addr.port());
-    kubernetes_service(&api, &url_host, https_addr.port())?;
+    kubernetes_service(&api, https_addr.port())?;
+    // Alone (the embedded store), this server is the API; on etcd the live replicas are,
+    // kept by [`follow_api_servers`] once this one's identity lease is up.
+    if cfg.datastore.is_none()
+        && let Ok(ip) = url_host.parse::<std::net::IpAddr>()
+    {
+        kubernetes_endpoints(&api, &[std::net::SocketAddr::new(ip, https_addr.port())])?;
+    }
     // K3s' default StorageClass, served by the local-path plugin; kept as the user left it.
     ensure(
         &api,
@@ -707,10 +851,18 @@ pub async fn start_serving(
         cancel.clone(),
     ));
     let tls = tokio_rustls::TlsAcceptor::from(pki.https_server_config()?);
+    // Replicas join through any server on etcd (`kedge server --server URL --token T`).
+    let join_answer = match (&cfg.datastore, &server_token) {
+        (Some(etcd), Some(token)) => Some(Arc::new(crate::join::Answer {
+            secret: token.secret.clone(),
+            datastore: etcd.clone(),
+        })),
+        _ => None,
+    };
     tasks.spawn(serve_https(
         tcp,
         tls,
-        router,
+        crate::join::route(router, join_answer),
         revocations.clone(),
         cancel.clone(),
     ));
@@ -781,7 +933,13 @@ pub async fn start_serving(
         Box::pin(async move {
             if let Some(e) = &election {
                 // Counted among the replicas before the plugins' elections start.
-                e.keep_identity(api, cancel).await;
+                e.keep_identity(api.clone(), cancel.clone()).await;
+                tokio::spawn(follow_api_servers(
+                    api,
+                    e.live_servers(),
+                    e.timings.retry_period * 5,
+                    cancel,
+                ));
                 tracing::info!(replica = %replica, "plugins run where their leases are held");
             }
             manager.set_replica(kedge_plugins::manager::Replica {
@@ -900,5 +1058,92 @@ mod tests {
             .map(|(n, _)| *n)
             .collect();
         assert_eq!(embedded, crate::api::plugin_kind::BUILTIN_NAMES);
+    }
+
+    /// The `kubernetes` Service's endpoints list the servers given: a subset and a slice per
+    /// port, and what is no longer given goes (a slice of a port nobody serves on too).
+    #[test]
+    fn the_kubernetes_endpoints_list_the_live_servers() {
+        use super::*;
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(
+            &dir.path().join("s"),
+            StoreOptions {
+                durable: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let api = Api::new(Arc::new(store), crate::api::ops::system_clock());
+        ensure(
+            &api,
+            "v1:Namespace",
+            "",
+            json!({"metadata": {"name": "default"}}),
+        )
+        .unwrap();
+        let at = |s: &[&str]| {
+            s.iter()
+                .map(|a| a.parse().unwrap())
+                .collect::<Vec<SocketAddr>>()
+        };
+        let endpoints = |api: &Api| {
+            let ep = api
+                .get(
+                    resources::by_kind("v1", "Endpoints").unwrap(),
+                    "default",
+                    "kubernetes",
+                )
+                .unwrap();
+            ep["subsets"].clone()
+        };
+        let slice = |api: &Api, name: &str| {
+            api.get(
+                resources::by_kind("discovery.k8s.io/v1", "EndpointSlice").unwrap(),
+                "default",
+                name,
+            )
+            .ok()
+        };
+        kubernetes_endpoints(
+            &api,
+            &at(&["10.0.0.2:6443", "10.0.0.1:6443", "127.0.0.1:7000"]),
+        )
+        .unwrap();
+        assert_eq!(
+            endpoints(&api),
+            json!([
+                {"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}],
+                 "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}]},
+                {"addresses": [{"ip": "127.0.0.1"}],
+                 "ports": [{"name": "https", "port": 7000, "protocol": "TCP"}]},
+            ])
+        );
+        let main = slice(&api, "kubernetes").unwrap();
+        assert_eq!(main["endpoints"].as_array().unwrap().len(), 2);
+        assert_eq!(main["ports"][0]["port"], 6443);
+        assert_eq!(
+            slice(&api, "kubernetes-7000").unwrap()["endpoints"][0]["addresses"],
+            json!(["127.0.0.1"])
+        );
+        // Unchanged: nothing written.
+        let rv = main["metadata"]["resourceVersion"].clone();
+        kubernetes_endpoints(
+            &api,
+            &at(&["10.0.0.1:6443", "10.0.0.2:6443", "127.0.0.1:7000"]),
+        )
+        .unwrap();
+        assert_eq!(
+            slice(&api, "kubernetes").unwrap()["metadata"]["resourceVersion"],
+            rv
+        );
+        // One server left.
+        kubernetes_endpoints(&api, &at(&["10.0.0.2:6443"])).unwrap();
+        assert_eq!(endpoints(&api).as_array().unwrap().len(), 1);
+        assert_eq!(
+            slice(&api, "kubernetes").unwrap()["endpoints"],
+            json!([{"addresses": ["10.0.0.2"], "conditions": {"ready": true}}])
+        );
+        assert!(slice(&api, "kubernetes-7000").is_none());
     }
 }

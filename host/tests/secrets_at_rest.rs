@@ -40,6 +40,7 @@ fn config(data_dir: PathBuf) -> ServerConfig {
         replica_name: None,
         leader_election: Default::default(),
         server_token: None,
+        join: None,
     }
 }
 

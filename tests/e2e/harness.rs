@@ -251,7 +251,8 @@ impl Cluster {
         Cluster::start_on_with(host, &[])
     }
 
-    fn start_on_with(host: &str, server_flags: &[&str]) -> Cluster {
+    /// A server listening on `host`, with extra `kedge server` flags.
+    pub fn start_on_with(host: &str, server_flags: &[&str]) -> Cluster {
         assert!(
             Command::new("kubectl")
                 .arg("version")
@@ -627,47 +628,143 @@ pub fn run_etcd(
     endpoint: String,
     peer_url: String,
 ) -> Option<Etcd> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("etcd.log"))
-        .unwrap();
-    let child = Command::new("etcd")
-        .args(["--name", "e2e", "--data-dir"])
-        .arg(data)
-        .args(["--listen-client-urls", &endpoint])
-        .args(["--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("e2e={peer_url}")])
-        .args(["--log-level", "error"])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting etcd");
+    let cluster = format!("e2e={peer_url}");
+    let child = spawn_etcd_member(dir.path(), data, "e2e", &endpoint, &peer_url, &cluster);
     let mut e = Etcd {
         child,
         endpoint,
         peer_url,
         dir,
     };
-    // etcd answers its health endpoint on the client URL once it has a leader.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if e.child.try_wait().ok().flatten().is_some() {
-            return None;
+    e.wait_healthy(Duration::from_secs(20)).then_some(e)
+}
+
+/// Starts etcd member `name` of the cluster `initial_cluster` (`name=peer-url,…`), logging
+/// to `<dir>/etcd.log`.
+fn spawn_etcd_member(
+    dir: &Path,
+    data: &Path,
+    name: &str,
+    endpoint: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    Command::new("etcd")
+        .args(["--name", name, "--data-dir"])
+        .arg(data)
+        .args(["--listen-client-urls", endpoint])
+        .args(["--advertise-client-urls", endpoint])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", initial_cluster])
+        .args(["--log-level", "error"])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting etcd")
+}
+
+impl Etcd {
+    /// Whether etcd answers its health endpoint (it does once the cluster has a leader)
+    /// within `limit`; false at once if it exited.
+    pub fn wait_healthy(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            let health = Command::new("curl")
+                .args([
+                    "-sf",
+                    "--max-time",
+                    "2",
+                    &format!("{}/health", self.endpoint),
+                ])
+                .output();
+            if health
+                .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-        let health = Command::new("curl")
-            .args(["-sf", "--max-time", "2", &format!("{}/health", e.endpoint)])
-            .output();
-        if health.is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"{\"health\":\"true\""))
-        {
-            return Some(e);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        false
     }
-    None
+}
+
+/// An etcd cluster of its own for one test, on loopback: `n` members, killed when dropped.
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+    /// Every member's client URL, comma-separated (what `--datastore-endpoint` takes).
+    pub endpoints: String,
+}
+
+/// Starts an etcd cluster of `n` members and waits until every member serves; `None` (said)
+/// when etcd is not installed.
+pub fn start_etcd_cluster(n: usize) -> Option<EtcdCluster> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIPPED: the etcd binary is not installed (scripts/setup.sh installs Debian's etcd-server)"
+        );
+        return None;
+    }
+    'attempt: for _ in 0..3 {
+        let urls: Vec<(String, String)> = (0..n)
+            .map(|_| {
+                (
+                    format!("http://127.0.0.1:{}", tcp_port()),
+                    format!("http://127.0.0.1:{}", tcp_port()),
+                )
+            })
+            .collect();
+        let cluster = urls
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}={peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        // All members start before any can serve: a cluster needs its quorum.
+        let mut members: Vec<Etcd> = urls
+            .into_iter()
+            .enumerate()
+            .map(|(i, (endpoint, peer_url))| {
+                let dir = tempfile::tempdir().unwrap();
+                let data = dir.path().join("data");
+                let child = spawn_etcd_member(
+                    dir.path(),
+                    &data,
+                    &format!("m{i}"),
+                    &endpoint,
+                    &peer_url,
+                    &cluster,
+                );
+                Etcd {
+                    child,
+                    endpoint,
+                    peer_url,
+                    dir,
+                }
+            })
+            .collect();
+        for m in &mut members {
+            if !m.wait_healthy(Duration::from_secs(30)) {
+                continue 'attempt;
+            }
+        }
+        let endpoints = members
+            .iter()
+            .map(|m| m.endpoint.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        return Some(EtcdCluster { members, endpoints });
+    }
+    panic!("an etcd cluster of {n} did not start in 3 attempts");
 }
 
 /// `KEDGE_E2E_DATASTORE=etcd` (`make test-etcd`): every cluster the tests start runs on an

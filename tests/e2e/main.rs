@@ -14,6 +14,7 @@ mod drain;
 mod etcd;
 mod exec;
 mod explain;
+mod ha;
 mod harness;
 mod hooks;
 mod hpa;

@@ -30,7 +30,7 @@ use crate::harness::{
 };
 
 /// What this test needs that the machine may lack, in words for the skip message.
-fn missing_prerequisite() -> Option<String> {
+pub(crate) fn missing_prerequisite() -> Option<String> {
     if stdout(&["id", "-u"]).trim() != "0" {
         return Some("not root (network namespaces need CAP_NET_ADMIN)".into());
     }
@@ -55,9 +55,9 @@ fn missing_prerequisite() -> Option<String> {
 /// ```
 ///
 /// Names carry the test process id, so parallel or leftover runs do not collide.
-struct NatNet {
+pub(crate) struct NatNet {
     router: String,
-    sites: [String; 2],
+    pub(crate) sites: [String; 2],
     /// The host end of the veth to the router (in this namespace).
     host_if: String,
     /// The router's outside interface and its inside interfaces, site a then b.
@@ -68,7 +68,7 @@ struct NatNet {
 }
 
 impl NatNet {
-    fn create() -> NatNet {
+    pub(crate) fn create() -> NatNet {
         let pid = std::process::id();
         let n = free_test_subnet(100, 100, pid);
         let tag = format!("kn{}", pid % 100_000);
@@ -134,7 +134,7 @@ impl NatNet {
         ));
     }
 
-    fn host_ip(&self) -> String {
+    pub(crate) fn host_ip(&self) -> String {
         format!("10.{}.0.1", self.n)
     }
 

@@ -29,5 +29,6 @@ pub fn server_config(data_dir: PathBuf) -> ServerConfig {
         replica_name: None,
         leader_election: Default::default(),
         server_token: None,
+        join: None,
     }
 }

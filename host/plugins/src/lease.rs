@@ -99,6 +99,8 @@ struct Shared {
     replicas: AtomicUsize,
     /// When this replica last gave a lease away to spread the load.
     last_release: Mutex<Option<Instant>>,
+    /// The API addresses of the live replicas, sorted (see [`Election::live_servers`]).
+    servers: watch::Sender<Vec<String>>,
 }
 
 fn lease_res() -> &'static Resource {
@@ -186,7 +188,7 @@ impl Election {
     pub async fn keep_identity(&self, api: Arc<Api>, cancel: CancellationToken) {
         let name = format!("kedge-server-{}", self.identity);
         let first = self.identity_tick(&api, &name).await;
-        self.shared.replicas.store(first.max(1), Ordering::Relaxed);
+        self.count(first);
         let this = self.clone();
         tokio::spawn(async move {
             let every = this.timings.lease_duration / 3;
@@ -196,7 +198,7 @@ impl Election {
                     _ = tokio::time::sleep(every) => {}
                 }
                 let live = this.identity_tick(&api, &name).await;
-                this.shared.replicas.store(live.max(1), Ordering::Relaxed);
+                this.count(live);
             }
             let api = api.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -211,9 +213,36 @@ impl Election {
         });
     }
 
-    /// Renews (or creates) the identity lease and counts the identity leases renewed within
-    /// their duration, on their own clocks (skew only shifts the spreading).
-    async fn identity_tick(&self, api: &Arc<Api>, name: &str) -> usize {
+    /// Records what an identity tick saw: how many replicas live, and where they serve.
+    fn count(&self, live: Option<Vec<Option<String>>>) {
+        let Some(live) = live else {
+            // Not read: as before.
+            return;
+        };
+        self.shared
+            .replicas
+            .store(live.len().max(1), Ordering::Relaxed);
+        let mut addrs: Vec<String> = live.into_iter().flatten().collect();
+        addrs.sort();
+        addrs.dedup();
+        self.shared.servers.send_if_modified(|old| {
+            let changed = *old != addrs;
+            *old = addrs;
+            changed
+        });
+    }
+
+    /// The API addresses (`host:port`) the live replicas published on their identity leases,
+    /// sorted; updated at every renewal of this replica's own. What the `kubernetes`
+    /// Service's endpoints list on etcd, as kube-apiserver's lease reconciler keeps them.
+    pub fn live_servers(&self) -> watch::Receiver<Vec<String>> {
+        self.shared.servers.subscribe()
+    }
+
+    /// Renews (or creates) the identity lease and lists the identity leases renewed within
+    /// their duration, on their own clocks (skew only shifts the spreading), with the
+    /// address each published; `None` when they could not be read.
+    async fn identity_tick(&self, api: &Arc<Api>, name: &str) -> Option<Vec<Option<String>>> {
         let (api, name, me) = (api.clone(), name.to_string(), self.identity.clone());
         let duration = self.timings.lease_duration;
         let address = self.address.clone();
@@ -225,12 +254,16 @@ impl Election {
                 "leaseDurationSeconds": duration.as_secs().max(1),
                 "renewTime": kedge_core::meta::micro_timestamp(now),
             });
+            // Where this replica serves, for the others (forwarding, the kubernetes Service).
+            let publish = |lease: &mut Value| {
+                if let Some(a) = &address {
+                    lease["metadata"]["annotations"] = json!({ADDRESS_ANNOTATION: a});
+                }
+            };
             let written = match api.get(res, NAMESPACE, &name) {
                 Ok(mut lease) => {
                     lease["spec"] = spec;
-                    if let Some(a) = &address {
-                        lease["metadata"]["annotations"] = json!({ADDRESS_ANNOTATION: a});
-                    }
+                    publish(&mut lease);
                     api.update(res, NAMESPACE, &name, lease, None, &WriteOptions::default())
                         .map(|_| ())
                 }
@@ -241,9 +274,7 @@ impl Election {
                             "labels": {IDENTITY_LABEL: "true"}},
                         "spec": spec,
                     });
-                    if let Some(a) = &address {
-                        lease["metadata"]["annotations"] = json!({ADDRESS_ANNOTATION: a});
-                    }
+                    publish(&mut lease);
                     api.create(res, NAMESPACE, lease, &WriteOptions::default())
                         .map(|_| ())
                 }
@@ -257,23 +288,30 @@ impl Election {
                     .expect("a valid selector"),
                 ..Default::default()
             };
-            let Ok(list) = api.list(res, NAMESPACE, &opts) else {
-                return 1;
-            };
+            let list = api.list(res, NAMESPACE, &opts).ok()?;
             let items = list["items"].as_array().cloned().unwrap_or_default();
-            items
-                .iter()
-                .filter(|l| {
-                    let r = Record::of(l);
-                    chrono::DateTime::parse_from_rfc3339(&r.renew).is_ok_and(|t| {
-                        let age = now.signed_duration_since(t.with_timezone(&chrono::Utc));
-                        age.num_milliseconds() < (r.duration_secs.max(1) * 1000)
+            Some(
+                items
+                    .iter()
+                    .filter(|l| {
+                        let r = Record::of(l);
+                        chrono::DateTime::parse_from_rfc3339(&r.renew).is_ok_and(|t| {
+                            let age = now.signed_duration_since(t.with_timezone(&chrono::Utc));
+                            age.num_milliseconds() < (r.duration_secs.max(1) * 1000)
+                        })
                     })
-                })
-                .count()
+                    .map(|l| {
+                        l.pointer("/metadata/annotations")
+                            .and_then(|a| a.get(ADDRESS_ANNOTATION))
+                            .and_then(Value::as_str)
+                            .map(String::from)
+                    })
+                    .collect(),
+            )
         })
         .await
-        .unwrap_or(1)
+        .ok()
+        .flatten()
     }
 
     /// Runs the election for lease `name` until `cancel` (then releases it if held). The
@@ -658,6 +696,49 @@ mod tests {
         assert!(stopped.elapsed() < Duration::from_millis(1400));
         until("b to let go", Duration::from_secs(1), || !*rb.borrow()).await;
         assert_eq!(b.held(), 0);
+    }
+
+    /// The live replicas' addresses follow their identity leases: both while both renew,
+    /// one once the other's lease has run out unrenewed (its runtime gone) or was deleted
+    /// by a clean stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn live_servers_follow_the_identity_leases() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = api(dir.path());
+        let mut a = Election::new("a", fast());
+        a.address = Some("10.0.0.1:6443".into());
+        let mut b = Election::new("b", fast());
+        b.address = Some("10.0.0.2:6443".into());
+        let b = b;
+        let mut c = Election::new("c", fast());
+        c.address = Some("10.0.0.3:6443".into());
+        let servers = a.live_servers();
+        a.keep_identity(api.clone(), CancellationToken::new()).await;
+        let dying = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        {
+            let (b, api) = (b.clone(), api.clone());
+            dying.spawn(async move { b.keep_identity(api, CancellationToken::new()).await });
+        }
+        let c_cancel = CancellationToken::new();
+        c.keep_identity(api.clone(), c_cancel.clone()).await;
+        let all = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        until("all three", Duration::from_secs(5), || {
+            *servers.borrow() == all(&["10.0.0.1:6443", "10.0.0.2:6443", "10.0.0.3:6443"])
+        })
+        .await;
+        assert_eq!(a.shared.replicas.load(Ordering::Relaxed), 3);
+        // b dies (no delete), c stops cleanly.
+        dying.shutdown_background();
+        c_cancel.cancel();
+        until("a alone", Duration::from_secs(5), || {
+            *servers.borrow() == all(&["10.0.0.1:6443"])
+        })
+        .await;
+        assert_eq!(a.shared.replicas.load(Ordering::Relaxed), 1);
     }
 
     /// Plugins spread: a replica that started alone holds them all, and gives leases away

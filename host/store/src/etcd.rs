@@ -214,22 +214,30 @@ impl EtcdStore {
         let connect = connect_options(&options)?;
         let endpoints = options.endpoints.clone();
         let timeout = options.request_timeout;
-        let client = run_on(&handle, timeout, async move {
-            Client::connect(endpoints, Some(connect))
-                .await
-                .map_err(backend)
-        })?;
+        let client = {
+            let connect = connect.clone();
+            run_on(&handle, timeout, async move {
+                Client::connect(endpoints, Some(connect))
+                    .await
+                    .map_err(backend)
+            })?
+        };
         let kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
         let maintenance = client.maintenance_client();
         let root = options.root.clone();
         // Where the ring starts: nothing older than this is served to watches.
         let start = {
-            let (mut kv, root) = (kv.clone(), root.clone());
+            let (kv, root) = (kv.clone(), root.clone());
             run_on(&handle, timeout, async move {
-                let r = kv
-                    .get(root, Some(GetOptions::new().with_count_only()))
-                    .await
-                    .map_err(|e| unreachable_etcd(&e))?;
+                let r = unsent_again(|| {
+                    let (mut kv, root) = (kv.clone(), root.clone());
+                    async move {
+                        kv.get(root, Some(GetOptions::new().with_count_only()))
+                            .await
+                    }
+                })
+                .await
+                .map_err(|e| unreachable_etcd(&e))?;
                 Ok(rev_of(r.header()))
             })?
         };
@@ -246,6 +254,14 @@ impl EtcdStore {
             (root.clone(), options.encryption.clone()),
             start,
         ));
+        if options.endpoints.len() > 1 {
+            handle.spawn(tend_members(
+                Arc::downgrade(&shared),
+                client.clone(),
+                options.endpoints.clone(),
+                connect,
+            ));
+        }
         if let Some(every) = options.compact_interval {
             handle.spawn(compact_periodically(
                 Arc::downgrade(&shared),
@@ -304,7 +320,7 @@ impl EtcdStore {
     /// One conditional write: `when` holds → `then`, else the key is read back. Returns the
     /// transaction's revision and the `then` responses, or the key as it is (None: absent).
     fn txn(&self, key: &str, when: Compare, then: TxnOp) -> Result<TxnOutcome> {
-        let mut kv = self.kv.clone();
+        let kv = self.kv.clone();
         let ekey = self.etcd_key(key);
         let shared = Arc::downgrade(&self.shared);
         let started = Instant::now();
@@ -313,7 +329,12 @@ impl EtcdStore {
                 .when([when])
                 .and_then([then])
                 .or_else([TxnOp::get(ekey, None)]);
-            let r = kv.txn(txn).await.map_err(|e| {
+            let r = unsent_again(|| {
+                let (mut kv, txn) = (kv.clone(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
+            .await
+            .map_err(|e| {
                 if e.to_string().contains("request is too large") {
                     Error::TooLarge {
                         size: MAX_OBJECT_BYTES,
@@ -409,10 +430,104 @@ impl EtcdStore {
     }
 }
 
+/// Whether a request never reached etcd: the member the client's balancer picked could not
+/// be connected to. Sending it again is safe, a write too.
+fn unsent(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("tcp connect error") || text.contains("error trying to connect")
+}
+
+/// Runs `call` again (a few times, briefly spaced) while it fails before reaching etcd, so a
+/// member that just died costs a request nothing but a retry on another member.
+async fn unsent_again<T, F, Fut>(mut call: F) -> std::result::Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0u32;
+    loop {
+        match call().await {
+            Err(e) if tries < 5 && unsent(&e) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(tries))).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How often every member is asked whether it serves (see [`tend_members`]).
+const MEMBER_CHECK: Duration = Duration::from_secs(1);
+
+/// Keeps the members that do not serve out of the client's rotation. etcd-client's balancer
+/// keeps sending a share of the requests to a member that is down (each is a fresh connect
+/// that fails; etcdv3/etcd-client#39), where etcd's Go client moves off it. So each member is
+/// asked for its status every [`MEMBER_CHECK`] on a connection of its own; one that does not
+/// answer within a second, or answers without a leader (cut off from the quorum), is taken
+/// out of the balancer until it serves again. None is taken out while no member serves:
+/// there would be nothing to gain. Ends when the store is dropped.
+async fn tend_members(
+    shared: Weak<Shared>,
+    client: Client,
+    endpoints: Vec<String>,
+    options: ConnectOptions,
+) {
+    let mut probes = Vec::new();
+    for e in &endpoints {
+        match Client::connect([e.as_str()], Some(options.clone())).await {
+            Ok(c) => probes.push(c.maintenance_client()),
+            Err(err) => {
+                tracing::warn!(endpoint = %e, error = %err, "store: cannot watch over etcd member");
+                return;
+            }
+        }
+    }
+    let mut out = vec![false; endpoints.len()];
+    loop {
+        tokio::time::sleep(MEMBER_CHECK).await;
+        if shared.upgrade().is_none() {
+            return;
+        }
+        let mut serving = Vec::with_capacity(probes.len());
+        for p in &mut probes {
+            serving.push(matches!(
+                tokio::time::timeout(Duration::from_secs(1), p.status()).await,
+                Ok(Ok(s)) if s.leader() != 0
+            ));
+        }
+        if !serving.iter().any(|s| *s) {
+            continue;
+        }
+        for (i, e) in endpoints.iter().enumerate() {
+            if !serving[i] && !out[i] {
+                match client.remove_endpoint(e).await {
+                    Ok(()) => {
+                        out[i] = true;
+                        tracing::warn!(endpoint = %e, "store: etcd member not serving: requests go to the others");
+                    }
+                    Err(err) => {
+                        tracing::warn!(endpoint = %e, error = %err, "store: taking an etcd member out failed")
+                    }
+                }
+            } else if serving[i] && out[i] {
+                match client.add_endpoint(e).await {
+                    Ok(()) => {
+                        out[i] = false;
+                        tracing::info!(endpoint = %e, "store: etcd member serving again");
+                    }
+                    Err(err) => {
+                        tracing::warn!(endpoint = %e, error = %err, "store: putting an etcd member back failed")
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A range at `rev` (0: now) from `start` to `end`, at most `limit` keys: the keys, whether
 /// more follow, and the revision it was read at. A compacted `rev` is [`Error::Expired`].
 async fn range_at(
-    mut kv: KvClient,
+    kv: KvClient,
     start: Vec<u8>,
     end: Vec<u8>,
     rev: Revision,
@@ -422,7 +537,12 @@ async fn range_at(
         .with_range(end)
         .with_limit(limit)
         .with_revision(rev as i64);
-    let mut r = kv.get(start, Some(opts)).await.map_err(|e| {
+    let mut r = unsent_again(|| {
+        let (mut kv, start, opts) = (kv.clone(), start.clone(), opts.clone());
+        async move { kv.get(start, Some(opts)).await }
+    })
+    .await
+    .map_err(|e| {
         if is_compacted(&e) {
             Error::Expired {
                 requested: rev,
@@ -484,16 +604,21 @@ pub fn get_or_put(
     let connect = connect_options(options)?;
     let endpoints = options.endpoints.clone();
     let timeout = options.request_timeout;
-    let mut kv = run_on(&handle, timeout, async move {
+    let kv = run_on(&handle, timeout, async move {
         Client::connect(endpoints, Some(connect))
             .await
             .map(|c| c.kv_client())
             .map_err(|e| unreachable_etcd(&e))
     })?;
     let read = {
-        let (mut kv, key) = (kv.clone(), key.to_string());
+        let (kv, key) = (kv.clone(), key.to_string());
         run_on(&handle, timeout, async move {
-            let r = kv.get(key, None).await.map_err(backend)?;
+            let r = unsent_again(|| {
+                let (mut kv, key) = (kv.clone(), key.clone());
+                async move { kv.get(key, None).await }
+            })
+            .await
+            .map_err(backend)?;
             Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
         })?
     };
@@ -508,7 +633,12 @@ pub fn get_or_put(
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.clone(), value, None)])
             .or_else([TxnOp::get(key, None)]);
-        let r = kv.txn(txn).await.map_err(backend)?;
+        let r = unsent_again(|| {
+            let (mut kv, txn) = (kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(backend)?;
         if r.succeeded() {
             return Ok(None);
         }

@@ -1,0 +1,406 @@
+//! kedge's writes and watches on each datastore, side by side in one run (prints, asserts
+//! nothing): the embedded store (redb), etcd with one member and etcd with three members
+//! (Debian's etcd-server, started here on loopback, fsync on, as etcd runs by default).
+//!
+//! For each: durable ConfigMap creates per second through kedge's API (HTTPS with mutual TLS,
+//! 32 clients on persistent connections) with their p50/p99 latency; for etcd, the same
+//! number of raw puts of a value of the same size straight to etcd (32 concurrent clients)
+//! as the ceiling; and watch delivery latency with 100 watchers (time from just before a
+//! create is sent to its ADDED event arriving at each watcher).
+//!
+//! All members share this machine's cores and disk: the three-member figures show what
+//! replication costs here, not what three machines would do.
+//!
+//! Run: `cargo bench -p kedge --bench datastores` (`-- --quick` for a short run).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt as _;
+use kedge::kubeclient::KubeClient;
+use kedge::server;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+const CLIENTS: usize = 32;
+const WATCHERS: usize = 100;
+
+struct Sizes {
+    writes: usize,
+    watched: usize,
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn config_map(ns: &str, name: &str) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": ns}, "data": {"key": "value"}})
+}
+
+/// Writes: per second, p50, p99.
+struct Rate {
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Rate {
+    fn of(mut lat: Vec<Duration>, took: Duration) -> Rate {
+        let per_sec = lat.len() as f64 / took.as_secs_f64();
+        Rate {
+            per_sec,
+            p50: percentile(&mut lat, 0.5),
+            p99: percentile(&mut lat, 0.99),
+        }
+    }
+}
+
+/// An etcd cluster on loopback, killed when dropped.
+struct Etcd {
+    children: Vec<Child>,
+    endpoints: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_etcd(members: usize) -> Option<Etcd> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        println!("etcd is not installed (scripts/setup.sh installs it): etcd rows skipped");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let urls: Vec<(String, String)> = (0..members)
+        .map(|_| {
+            (
+                format!("http://127.0.0.1:{}", port()),
+                format!("http://127.0.0.1:{}", port()),
+            )
+        })
+        .collect();
+    let cluster = urls
+        .iter()
+        .enumerate()
+        .map(|(i, (_, p))| format!("m{i}={p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let children = urls
+        .iter()
+        .enumerate()
+        .map(|(i, (client, peer))| {
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+            Command::new("etcd")
+                .args(["--name", &format!("m{i}"), "--data-dir"])
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", client])
+                .args(["--advertise-client-urls", client])
+                .args(["--listen-peer-urls", peer])
+                .args(["--initial-advertise-peer-urls", peer])
+                .args(["--initial-cluster", &cluster])
+                .args(["--log-level", "error"])
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let e = Etcd {
+        children,
+        endpoints: urls.into_iter().map(|(c, _)| c).collect(),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for ep in &e.endpoints {
+        loop {
+            let ok = match etcd_client::Client::connect([ep.as_str()], None).await {
+                Ok(mut c) => c.status().await.is_ok_and(|s| s.leader() != 0),
+                Err(_) => false,
+            };
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "etcd did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Some(e)
+}
+
+/// `n` puts of a ConfigMap-sized value straight to etcd, from [`CLIENTS`] clients.
+async fn raw_puts(endpoints: &[String], n: usize) -> Rate {
+    let value = serde_json::to_vec(&config_map("bench", "cm-00-0000")).unwrap();
+    let per = n / CLIENTS;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (endpoints, value) = (endpoints.to_vec(), value.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut kv = etcd_client::Client::connect(endpoints, None)
+                .await
+                .unwrap()
+                .kv_client();
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let at = Instant::now();
+                kv.put(format!("/raw/{c}/{i}"), value.clone(), None)
+                    .await
+                    .unwrap();
+                lat.push(at.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    Rate::of(lat, started.elapsed())
+}
+
+async fn create_ns(client: &KubeClient, ns: &str) {
+    let (code, body) = client
+        .request(
+            http::Method::POST,
+            "/api/v1/namespaces",
+            "application/json",
+            Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 201, "{body}");
+}
+
+/// `n` ConfigMap creates through the API from [`CLIENTS`] clients.
+async fn api_creates(client: &Arc<KubeClient>, n: usize) -> Rate {
+    let ns = "writes";
+    create_ns(client, ns).await;
+    let per = n / CLIENTS;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            let mut lat = Vec::with_capacity(per);
+            for i in 0..per {
+                let at = Instant::now();
+                let (code, body) = conn
+                    .request(
+                        http::Method::POST,
+                        &format!("/api/v1/namespaces/{ns}/configmaps"),
+                        "application/json",
+                        Some(&config_map(ns, &format!("cm-{c:02}-{i:04}"))),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(code, 201, "{body}");
+                lat.push(at.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    Rate::of(lat, started.elapsed())
+}
+
+/// Watch delivery with [`WATCHERS`] watchers over `events` creates 5 ms apart: p50, p99.
+async fn watch_latency(client: &Arc<KubeClient>, events: usize) -> (Duration, Duration, usize) {
+    let ns = "watched";
+    create_ns(client, ns).await;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
+    let mut watchers = Vec::new();
+    for _ in 0..WATCHERS {
+        let (client, sent, latencies, ready) = (
+            client.clone(),
+            sent.clone(),
+            latencies.clone(),
+            ready_tx.clone(),
+        );
+        watchers.push(tokio::spawn(async move {
+            let mut conn = client.connect().await.unwrap();
+            let resp = conn
+                .send(
+                    http::Method::GET,
+                    &format!("/api/v1/namespaces/{ns}/configmaps?watch=true&timeoutSeconds=120"),
+                    "application/json",
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            ready.send(()).await.unwrap();
+            let mut body = resp.into_body();
+            let (mut buf, mut seen) = (Vec::new(), 0);
+            while seen < events {
+                let Some(frame) = body.frame().await else {
+                    break;
+                };
+                let Ok(data) = frame.unwrap().into_data() else {
+                    continue;
+                };
+                let now = Instant::now();
+                buf.extend_from_slice(&data);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let ev: serde_json::Value = serde_json::from_slice(&line).unwrap();
+                    if ev["type"] != "ADDED" {
+                        continue;
+                    }
+                    let name = ev["object"]["metadata"]["name"].as_str().unwrap();
+                    if let Some(t) = sent.lock().unwrap().get(name) {
+                        latencies.lock().unwrap().push(now - *t);
+                    }
+                    seen += 1;
+                }
+            }
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..WATCHERS {
+        ready_rx.recv().await.unwrap();
+    }
+    let mut conn = client.connect().await.unwrap();
+    for i in 0..events {
+        let name = format!("w-{i}");
+        sent.lock().unwrap().insert(name.clone(), Instant::now());
+        let (code, body) = conn
+            .request(
+                http::Method::POST,
+                &format!("/api/v1/namespaces/{ns}/configmaps"),
+                "application/json",
+                Some(&config_map(ns, &name)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(code, 201, "{body}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for w in watchers {
+        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
+    }
+    let mut l = latencies.lock().unwrap().clone();
+    let n = l.len();
+    (percentile(&mut l, 0.5), percentile(&mut l, 0.99), n)
+}
+
+struct Row {
+    backend: String,
+    raw: Option<Rate>,
+    api: Rate,
+    watch: (Duration, Duration, usize),
+}
+
+/// A server on `endpoints` (the embedded store when `None`), measured.
+async fn measure(backend: &str, dir: &Path, etcd: Option<&Etcd>, sizes: &Sizes) -> Row {
+    let raw = match etcd {
+        Some(e) => Some(raw_puts(&e.endpoints, sizes.writes).await),
+        None => None,
+    };
+    let mut cfg = common::server_config(dir.join(backend));
+    cfg.datastore = etcd.map(|e| kedge::store::etcd::Options::new(e.endpoints.clone()));
+    let cancel = CancellationToken::new();
+    let srv = server::start(cfg, cancel.clone()).await.unwrap();
+    let client = Arc::new(KubeClient::from_kubeconfig(&srv.kubeconfig).unwrap());
+    let api = api_creates(&client, sizes.writes).await;
+    let watch = watch_latency(&client, sizes.watched).await;
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), srv.stopped()).await;
+    let row = Row {
+        backend: backend.to_string(),
+        raw,
+        api,
+        watch,
+    };
+    print_row(&row);
+    row
+}
+
+fn print_row(r: &Row) {
+    let raw = r.raw.as_ref().map_or("—".to_string(), |x| {
+        format!("{:.0}/s (p99 {})", x.per_sec, ms(x.p99))
+    });
+    let share = r.raw.as_ref().map_or(String::new(), |x| {
+        format!(" = {:.0} % of raw", 100.0 * r.api.per_sec / x.per_sec)
+    });
+    println!(
+        "| {:<10} | {:>6.0}/s{share} | {} / {} | {} | {} / {} ({} deliveries) |",
+        r.backend,
+        r.api.per_sec,
+        ms(r.api.p50),
+        ms(r.api.p99),
+        raw,
+        ms(r.watch.0),
+        ms(r.watch.1),
+        r.watch.2,
+    );
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let sizes = if quick {
+        Sizes {
+            writes: 320,
+            watched: 20,
+        }
+    } else {
+        Sizes {
+            writes: 3200,
+            watched: 200,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        println!(
+            "datastores: {} ConfigMap creates from {CLIENTS} clients; {WATCHERS} watchers × {} creates",
+            sizes.writes, sizes.watched
+        );
+        println!(
+            "| datastore | kedge creates (32 clients, HTTPS) | p50 / p99 | raw etcd puts (32 clients) | watch p50 / p99 |"
+        );
+        println!("|---|---|---|---|---|");
+        let mut rows = vec![measure("redb", dir.path(), None, &sizes).await];
+        for members in [1, 3] {
+            if let Some(e) = start_etcd(members).await {
+                rows.push(measure(&format!("etcd×{members}"), dir.path(), Some(&e), &sizes).await);
+            }
+        }
+        drop(rows);
+    });
+}
