@@ -3,7 +3,9 @@
 //! (Debian's etcd-server, started here on loopback, fsync on, as etcd runs by default).
 //!
 //! For each: durable ConfigMap creates per second through kedge's API (HTTPS with mutual TLS,
-//! 32 clients on persistent connections) with their p50/p99 latency; for etcd, the same
+//! 32 clients on persistent connections) with their p50/p99 latency; the same creates
+//! straight through the store (`Store::create`, 32 threads), what the datastore layer costs
+//! without the API; for etcd, the same
 //! number of raw puts of a value of the same size straight to etcd (32 concurrent clients)
 //! as the ceiling; and watch delivery latency with 100 watchers (time from just before a
 //! create is sent to its ADDED event arriving at each watcher).
@@ -185,6 +187,38 @@ async fn raw_puts(endpoints: &[String], n: usize) -> Rate {
     Rate::of(lat, started.elapsed())
 }
 
+/// `n` creates straight through the store (`Store::create`, no API in front) from
+/// [`CLIENTS`] threads: what the datastore layer costs by itself.
+fn store_creates(store: Arc<dyn kedge::store::Store>, n: usize) -> Rate {
+    let per = n / CLIENTS;
+    let started = Instant::now();
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                (0..per)
+                    .map(|i| {
+                        let name = format!("cm-{c:02}-{i:04}");
+                        let at = Instant::now();
+                        store
+                            .create(
+                                &kedge::store::key("", "configmaps", "store", &name),
+                                config_map("store", &name),
+                            )
+                            .unwrap();
+                        at.elapsed()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let lat = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    Rate::of(lat, started.elapsed())
+}
+
 async fn create_ns(client: &KubeClient, ns: &str) {
     let (code, body) = client
         .request(
@@ -319,6 +353,7 @@ async fn watch_latency(client: &Arc<KubeClient>, events: usize) -> (Duration, Du
 struct Row {
     backend: String,
     raw: Option<Rate>,
+    store: Rate,
     api: Rate,
     watch: (Duration, Duration, usize),
 }
@@ -329,6 +364,25 @@ async fn measure(backend: &str, dir: &Path, etcd: Option<&Etcd>, sizes: &Sizes) 
         Some(e) => Some(raw_puts(&e.endpoints, sizes.writes).await),
         None => None,
     };
+    // The store alone, under a key root (or file) of its own.
+    let store: Arc<dyn kedge::store::Store> = match etcd {
+        Some(e) => {
+            let mut o = kedge::store::etcd::Options::new(e.endpoints.clone());
+            o.root = "/store-bench/".into();
+            Arc::new(kedge::store::etcd::EtcdStore::connect(o).unwrap())
+        }
+        None => Arc::new(
+            kedge::store::redb::RedbStore::open(
+                &dir.join(format!("{backend}-store.redb")),
+                Default::default(),
+            )
+            .unwrap(),
+        ),
+    };
+    let writes = sizes.writes;
+    let store = tokio::task::spawn_blocking(move || store_creates(store, writes))
+        .await
+        .unwrap();
     let mut cfg = common::server_config(dir.join(backend));
     cfg.datastore = etcd.map(|e| kedge::store::etcd::Options::new(e.endpoints.clone()));
     let cancel = CancellationToken::new();
@@ -341,6 +395,7 @@ async fn measure(backend: &str, dir: &Path, etcd: Option<&Etcd>, sizes: &Sizes) 
     let row = Row {
         backend: backend.to_string(),
         raw,
+        store,
         api,
         watch,
     };
@@ -356,11 +411,13 @@ fn print_row(r: &Row) {
         format!(" = {:.0} % of raw", 100.0 * r.api.per_sec / x.per_sec)
     });
     println!(
-        "| {:<10} | {:>6.0}/s{share} | {} / {} | {} | {} / {} ({} deliveries) |",
+        "| {:<10} | {:>6.0}/s{share} | {} / {} | {:.0}/s (p99 {}) | {} | {} / {} ({} deliveries) |",
         r.backend,
         r.api.per_sec,
         ms(r.api.p50),
         ms(r.api.p99),
+        r.store.per_sec,
+        ms(r.store.p99),
         raw,
         ms(r.watch.0),
         ms(r.watch.1),
@@ -392,9 +449,9 @@ fn main() {
             sizes.writes, sizes.watched
         );
         println!(
-            "| datastore | kedge creates (32 clients, HTTPS) | p50 / p99 | raw etcd puts (32 clients) | watch p50 / p99 |"
+            "| datastore | kedge creates (32 clients, HTTPS) | p50 / p99 | Store::create alone (32 threads) | raw etcd puts (32 clients) | watch p50 / p99 |"
         );
-        println!("|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|");
         let mut rows = vec![measure("redb", dir.path(), None, &sizes).await];
         for members in [1, 3] {
             if let Some(e) = start_etcd(members).await {

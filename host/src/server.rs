@@ -661,6 +661,16 @@ pub async fn start_serving(
             })
             .with_context(|| format!("connecting to etcd at {}", etcd.endpoints.join(",")))?
             .with_metrics(store_metrics);
+            // A migration into this key root that did not finish: serving it would serve
+            // half a cluster (and the next migration run would skip what the server wrote).
+            if kedge_store::Store::get(&etcd, &crate::snapshot::migration_marker())
+                .map_err(|e| anyhow::anyhow!("reading etcd: {e}"))?
+                .is_some()
+            {
+                anyhow::bail!(
+                    "a `kedge datastore migrate` into this etcd key root did not finish: run it again before starting the server"
+                );
+            }
             if !encryption.is_empty() {
                 reencrypted(etcd.reencrypt());
             }
@@ -898,13 +908,6 @@ pub async fn start_serving(
         plugins.informers().clone(),
         cancel.clone(),
     ));
-    tasks.spawn(crate::tokens::run_legacy(
-        api.clone(),
-        plugins.informers().clone(),
-        signer,
-        pki.ca_pem().to_string(),
-        cancel.clone(),
-    ));
     let election = match &cfg.datastore {
         Some(_) => {
             let mut e = kedge_plugins::lease::Election::new(replica.clone(), cfg.leader_election);
@@ -927,6 +930,17 @@ pub async fn start_serving(
         }
         None => None,
     };
+    // Kubernetes' tokens controller (legacy service-account token Secrets): on etcd one
+    // replica at a time runs it, the holder of its own Lease, as kube-controller-manager's
+    // controllers are leader-elected; alone, this server runs it.
+    tasks.spawn(legacy_tokens(
+        api.clone(),
+        plugins.informers().clone(),
+        signer,
+        pki.ca_pem().to_string(),
+        election.clone(),
+        cancel.clone(),
+    ));
     let startup: PluginStartup = {
         let manager = plugin_manager.clone();
         let (api, cancel) = (api.clone(), cancel.clone());
@@ -967,6 +981,51 @@ pub async fn start_serving(
         tasks,
     };
     Ok((server, startup))
+}
+
+/// The lease the legacy token controller runs under on etcd.
+const TOKENS_LEASE: &str = "kedge-controller-tokens";
+
+/// [`crate::tokens::run_legacy`] while this replica holds [`TOKENS_LEASE`] (always, without an
+/// election), until `cancel`.
+async fn legacy_tokens(
+    api: Arc<Api>,
+    informers: Arc<crate::store::informer::Informers>,
+    signer: Arc<crate::tokens::Signer>,
+    ca_pem: String,
+    election: Option<kedge_plugins::lease::Election>,
+    cancel: CancellationToken,
+) {
+    let Some(election) = election else {
+        crate::tokens::run_legacy(api, informers, signer, ca_pem, cancel).await;
+        return;
+    };
+    let mut leading = election.elect(api.clone(), TOKENS_LEASE.to_string(), cancel.clone());
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() || cancel.is_cancelled() {
+            return;
+        }
+        tracing::info!("running the legacy service-account token controller (its lease is here)");
+        let stop = cancel.child_token();
+        let run = crate::tokens::run_legacy(
+            api.clone(),
+            informers.clone(),
+            signer.clone(),
+            ca_pem.clone(),
+            stop.clone(),
+        );
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => return,
+            gone = async { leading.wait_for(|l| !*l).await.is_err() } => {
+                stop.cancel();
+                run.await;
+                if gone {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// HTTPS accept loop: TLS with optional client certificates; the certificate's subject becomes

@@ -241,10 +241,18 @@ pub struct Migrated {
     pub to_revision: u64,
 }
 
+/// The key a migration holds in etcd while it runs: a server refuses to start on a key root
+/// holding it, and a migration finding it resumes there (the root is its own, half filled).
+pub fn migration_marker() -> String {
+    kedge_store::key("kedge-internal", "migrations", "", "in-progress")
+}
+
 /// `kedge datastore migrate --to URLS`: copies every object of the embedded store in
 /// `data_dir` (its server stopped) into etcd under the options' key root, which must hold
-/// nothing yet. Objects keep their names, UIDs and contents; their resourceVersions become
-/// etcd's revisions (clients relist). The embedded store is left as it was.
+/// nothing yet — or what a migration that did not finish left there (its marker, see
+/// [`migration_marker`]): then it goes on, skipping what is already copied. Objects keep
+/// their names, UIDs and contents; their resourceVersions become etcd's revisions (clients
+/// relist). The embedded store is left as it was.
 pub fn migrate(
     data_dir: &Path,
     encryption: Arc<Encryption>,
@@ -271,6 +279,11 @@ pub fn migrate(
         ..etcd
     })
     .map_err(|e| anyhow::anyhow!("connecting to etcd at {endpoints}: {e}"))?;
+    let marker = migration_marker();
+    let resuming = target
+        .get(&marker)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_some();
     let mut occupied = None;
     target
         .scan("", None, &mut |key, _| {
@@ -278,10 +291,21 @@ pub fn migrate(
             Ok(false)
         })
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if let Some(key) = occupied {
+    if resuming {
+        tracing::info!(%endpoints, %root, "an earlier migration did not finish: going on where it stopped");
+    } else if let Some(key) = occupied {
         anyhow::bail!(
             "etcd at {endpoints} already holds objects under {root} ({key}, …): migrate into an empty key root (--datastore-prefix)"
         );
+    }
+    if !resuming {
+        let record = serde_json::json!({"apiVersion": "kedge.io/v1", "kind": "Migration",
+            "metadata": {"name": "in-progress"},
+            "from": path.display().to_string(),
+            "startedAt": chrono::Utc::now().to_rfc3339()});
+        target
+            .create(&marker, record)
+            .map_err(|e| anyhow::anyhow!("marking the migration in etcd: {e}"))?;
     }
     let mut snapshot = redb.snapshot("").map_err(|e| anyhow::anyhow!("{e}"))?;
     let from_revision = snapshot.revision();
@@ -295,12 +319,21 @@ pub fn migrate(
         }
         for (key, bytes) in chunk {
             let object = kedge_store::decode(&key, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-            target
-                .create(&key, object)
-                .map_err(|e| anyhow::anyhow!("writing {key} to etcd: {e}"))?;
+            match target.create(&key, object) {
+                Ok(_) => {}
+                // Copied by the run that did not finish (the source has not changed since:
+                // its server is stopped).
+                Err(kedge_store::Error::AlreadyExists) if resuming => {}
+                Err(e) => {
+                    anyhow::bail!("writing {key} to etcd: {e} (run the migration again to go on)")
+                }
+            }
             objects += 1;
         }
     }
+    target
+        .delete(&marker, None)
+        .map_err(|e| anyhow::anyhow!("completing the migration in etcd: {e}"))?;
     Ok(Migrated {
         objects,
         from_revision,

@@ -14,6 +14,11 @@
 //!   [`Watch`] reads, like kube-apiserver's watch cache. A watch from before what the ring
 //!   holds, or across a compaction the etcd watch could not follow, gets [`Error::Expired`]
 //!   (410 Gone) and its client relists.
+//! - Reads: the same watch keeps a copy of every object ([`cache`]), and gets, lists and a
+//!   watch's initial state are served from it once it holds everything etcd had when the
+//!   read began (etcd's current revision, one quorum read shared by concurrent reads), so a
+//!   read stays linearizable and costs etcd neither the data nor a round of its own. Until
+//!   the copy is filled, or when it does not catch up in time, reads go to etcd.
 //! - History: every `compact_interval` the store compacts etcd up to the revision it saw one
 //!   interval earlier (kube-apiserver's default is 5 minutes), so etcd's keyspace does not
 //!   grow until its quota stops writes.
@@ -46,6 +51,8 @@ use super::{
     Chunk, Error, Event, EventType, Hub, LogReader, MAX_OBJECT_BYTES, Result, Revision, RingLimits,
     Snapshot, SnapshotInfo, Store, Watch, attrs, decode, stamp,
 };
+
+mod cache;
 
 /// How to reach etcd and how the store uses it.
 #[derive(Clone, Debug)]
@@ -92,6 +99,7 @@ pub const DEFAULT_ROOT: &str = "/registry/";
 /// Keys one range reads at most: a page of a list or snapshot. Objects are at most
 /// [`MAX_OBJECT_BYTES`], so a page is at most 64 × 1.5 MiB.
 const PAGE: i64 = 64;
+
 /// What one gRPC message may carry (a page of big objects; tonic's default is 4 MiB).
 const MAX_MESSAGE: usize = 128 << 20;
 /// How long a write waits for its own event to reach the ring before returning anyway.
@@ -103,6 +111,10 @@ struct Shared {
     hub: Arc<Hub>,
     /// The revision of the newest event in the ring (or where the ring starts).
     published: watch::Sender<Revision>,
+    /// Every object, for reads (see [`cache`]).
+    cache: cache::Cache,
+    /// One request for etcd's current revision shared by the reads waiting for it.
+    fresh: Arc<cache::Freshness>,
 }
 
 /// The store's own runtime, shut down without waiting when dropped: a caller on an async
@@ -241,9 +253,29 @@ impl EtcdStore {
                 Ok(rev_of(r.header()))
             })?
         };
+        // The watch cache, filled at the revision the watch starts after.
+        let (cache, progress) = cache::Cache::new();
+        let objects = {
+            let (kv, root, enc) = (kv.clone(), root.clone(), options.encryption.clone());
+            run_on(&handle, timeout * 10, async move {
+                load_all(kv, &root, &enc, start).await
+            })?
+        };
+        cache.fill(objects, start);
+        // Progress notifications move the cache on only where etcd orders them with events.
+        let version = {
+            let mut m = client.maintenance_client();
+            run_on(&handle, timeout, async move {
+                Ok(m.status().await.map(|s| s.version().to_string()).ok())
+            })?
+        };
+        let trusted = version.as_deref().is_some_and(cache::progress_is_ordered);
+        cache.trust_progress(trusted);
         let shared = Arc::new(Shared {
             hub: Arc::new(Hub::new(start, options.ring)),
             published: watch::channel(start).0,
+            cache,
+            fresh: Arc::default(),
         });
         let seen = Arc::new(AtomicU64::new(start));
         let watch_client = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
@@ -253,6 +285,7 @@ impl EtcdStore {
             kv.clone(),
             (root.clone(), options.encryption.clone()),
             start,
+            progress,
         ));
         if options.endpoints.len() > 1 {
             handle.spawn(tend_members(
@@ -270,7 +303,7 @@ impl EtcdStore {
                 every,
             ));
         }
-        tracing::info!(endpoints = ?options.endpoints, root = %root, revision = start, "store: on etcd");
+        tracing::info!(endpoints = ?options.endpoints, root = %root, revision = start, etcd = ?version, progress_notifications = trusted, "store: on etcd");
         Ok(EtcdStore {
             handle,
             kv,
@@ -315,6 +348,44 @@ impl EtcdStore {
 
     fn note(&self, rev: Revision) {
         self.seen.fetch_max(rev, Ordering::Relaxed);
+    }
+
+    /// `read` of the watch cache once it holds everything etcd had when this call began (a
+    /// linearizable read, see [`cache`]); `None` when the cache cannot serve it (not filled,
+    /// or not caught up in time): the caller reads etcd.
+    fn cached<T>(&self, read: impl FnOnce(&cache::Cache) -> Option<T>) -> Result<Option<T>> {
+        if !self.shared.cache.ready() {
+            return Ok(None);
+        }
+        let (shared, kv, root) = (self.shared.clone(), self.kv.clone(), self.root.clone());
+        let reached = self.run(async move {
+            let fetch = move || {
+                let (kv, root) = (kv.clone(), root.clone());
+                async move {
+                    unsent_again(|| {
+                        let (mut kv, root) = (kv.clone(), root.clone());
+                        async move {
+                            kv.get(root, Some(GetOptions::new().with_count_only()))
+                                .await
+                        }
+                    })
+                    .await
+                    .map(|r| rev_of(r.header()))
+                    .map_err(|e| e.to_string())
+                }
+            };
+            let rev = shared
+                .fresh
+                .revision(fetch)
+                .await
+                .map_err(|e| Error::Backend(format!("etcd: {e}")))?;
+            Ok(shared.cache.caught_up(rev).await.then_some(rev))
+        })?;
+        let Some(rev) = reached else {
+            return Ok(None);
+        };
+        self.note(rev);
+        Ok(read(&self.shared.cache))
     }
 
     /// One conditional write: `when` holds → `then`, else the key is read back. Returns the
@@ -555,6 +626,42 @@ async fn range_at(
     let header = rev_of(r.header());
     let more = r.more();
     Ok((r.take_kvs(), more, header))
+}
+
+/// Every object under `root` at `rev`, read a page at a time: what the watch cache starts
+/// from. A value this server cannot read is kept empty (see [`cache::Op`]).
+async fn load_all(
+    kv: KvClient,
+    root: &str,
+    enc: &Encryption,
+    rev: Revision,
+) -> Result<cache::Objects> {
+    let end = range_end(root.as_bytes());
+    let mut from = root.as_bytes().to_vec();
+    let mut out = cache::Objects::new();
+    loop {
+        let (kvs, more, _) = range_at(kv.clone(), from.clone(), end.clone(), rev, PAGE).await?;
+        for kv in &kvs {
+            let Ok(k) = kv.key_str() else { continue };
+            let key = k.strip_prefix(root).unwrap_or(k);
+            match stamped(enc, key, kv.value(), kv.mod_revision().max(0) as u64) {
+                Ok((_, bytes)) => {
+                    out.insert(key.to_string(), bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(key = %k, error = %e, "store: an etcd value this server cannot read; reads of it go to etcd");
+                    out.insert(key.to_string(), Bytes::new());
+                }
+            }
+        }
+        match kvs.last() {
+            Some(last) if more => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// A conditional write's outcome: done (its revision and what its operation answered), or
@@ -821,6 +928,7 @@ async fn follow(
     mut kv: KvClient,
     (root, enc): (String, Arc<Encryption>),
     start: Revision,
+    mut progress: tokio::sync::mpsc::Receiver<()>,
 ) {
     let mut next = start + 1;
     let mut backoff = Duration::from_millis(100);
@@ -836,8 +944,8 @@ async fn follow(
             // decoded and would be asked for again and again.
             .with_fragment()
             .with_start_revision(next as i64);
-        let mut stream = match client.watch(root.clone(), Some(opts)).await {
-            Ok(s) => s,
+        let (mut requests, mut stream) = match client.watch(root.clone(), Some(opts)).await {
+            Ok(s) => s.split(),
             Err(e) => {
                 tracing::warn!(error = %e, "store: etcd watch failed; retrying");
                 tokio::time::sleep(backoff).await;
@@ -847,7 +955,18 @@ async fn follow(
         };
         let mut gap = false;
         loop {
-            let resp = match stream.message().await {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                Some(()) = progress.recv() => {
+                    // A read waits for the cache to reach etcd's revision: etcd answers with
+                    // its revision once this watch has delivered everything up to it.
+                    if let Err(e) = requests.request_progress().await {
+                        tracing::debug!(error = %e, "store: asking etcd for watch progress failed");
+                    }
+                    continue;
+                }
+            };
+            let resp = match message {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
                 Err(e) => {
@@ -868,10 +987,28 @@ async fn follow(
                 break;
             }
             let mut events = Vec::with_capacity(resp.events().len());
+            let mut ops = Vec::with_capacity(resp.events().len());
             for ev in resp.events() {
                 match convert(&root, &enc, ev) {
-                    Ok(Some(e)) => events.push(Arc::new(e)),
-                    Ok(None) => {}
+                    Ok(Some(e)) => {
+                        ops.push(match e.kind {
+                            EventType::Deleted => cache::Op::Delete(e.key.clone()),
+                            _ => cache::Op::Put(e.key.clone(), e.object.clone()),
+                        });
+                        events.push(Arc::new(e));
+                    }
+                    Ok(None) => {
+                        // Not an object this server can read: reads of it go to etcd.
+                        if let Some(kv) = ev.kv()
+                            && let Ok(k) = kv.key_str()
+                        {
+                            let key = k.strip_prefix(root.as_str()).unwrap_or(k).to_string();
+                            ops.push(match ev.event_type() {
+                                EtcdEventType::Put => cache::Op::Put(key, Bytes::new()),
+                                EtcdEventType::Delete => cache::Op::Delete(key),
+                            });
+                        }
+                    }
                     Err(why) => {
                         tracing::warn!("store: {why}");
                         gap = true;
@@ -882,7 +1019,26 @@ async fn follow(
             if gap {
                 break;
             }
+            // The cache first: a read that sees `published` finds the write in it.
+            if let (Some(s), Some(last)) = (
+                shared.upgrade(),
+                resp.events()
+                    .last()
+                    .and_then(|e| e.kv())
+                    .map(|kv| kv.mod_revision().max(0) as u64),
+            ) {
+                s.cache.apply(ops, last);
+            }
             let Some(last) = events.last().map(|e| e.rev) else {
+                // No event: a progress notification (etcd's revision, everything up to it
+                // delivered), or what a watch's creation answers (not a progress: the
+                // watch may start behind it).
+                if resp.events().is_empty()
+                    && !resp.created()
+                    && let Some(s) = shared.upgrade()
+                {
+                    s.cache.progress(rev_of(resp.header()));
+                }
                 continue;
             };
             let Some(s) = shared.upgrade() else {
@@ -916,6 +1072,18 @@ async fn follow(
                 now,
                 "store: etcd compacted history the watch cache had not read; watches from before now relist"
             );
+            // Reads go to etcd until the cache is filled again at `now`.
+            s.cache.invalidate();
+            match load_all(kv.clone(), &root, &enc, now).await {
+                Ok(objects) => s.cache.fill(objects, now),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store: refilling the watch cache failed; retrying");
+                    drop(s);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
             s.hub.reset(now);
             s.published.send_replace(now);
             next = now + 1;
@@ -986,6 +1154,9 @@ impl LogReader for RingOnly {
 
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Value>> {
+        if let Some((found, _)) = self.cached(|c| c.get(key))? {
+            return found.map(|b| decode(key, &b)).transpose();
+        }
         let ekey = self.etcd_key(key).into_bytes();
         let end = {
             let mut e = ekey.clone();
@@ -1007,6 +1178,16 @@ impl Store for EtcdStore {
         after: Option<&str>,
         each: &mut dyn FnMut(&str, &[u8]) -> Result<bool>,
     ) -> Result<Revision> {
+        // From the cache: one consistent view (a cheap copy of the map), walked outside
+        // the cache's lock.
+        if let Some(view) = self.cached(|c| c.view().filter(|v| v.serves(prefix, after)))? {
+            for (key, bytes) in view.range(prefix, after) {
+                if !each(key, bytes)? {
+                    break;
+                }
+            }
+            return Ok(view.rev);
+        }
         let eprefix = self.etcd_key(prefix).into_bytes();
         let end = range_end(&eprefix);
         let mut start = match after {
@@ -1043,6 +1224,9 @@ impl Store for EtcdStore {
     }
 
     fn snapshot(&self, prefix: &str) -> Result<Box<dyn Snapshot>> {
+        if let Some(view) = self.cached(|c| c.view().filter(|v| v.serves(prefix, None)))? {
+            return Ok(Box::new(view.snapshot(prefix)));
+        }
         let eprefix = self.etcd_key(prefix).into_bytes();
         let end = range_end(&eprefix);
         let (kvs, more, rev) = self.range(eprefix, end.clone(), 0, PAGE)?;
