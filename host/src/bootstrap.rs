@@ -67,8 +67,10 @@ impl ServerToken {
                 "a server token is K10<CA sha256, 64 hex>::server:<secret> or the secret alone"
             )
         };
-        let plain = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c == ':');
-        match raw.strip_prefix(FULL_PREFIX) {
+        let plain = |s: &str| !s.is_empty() && !s.chars().any(char::is_whitespace);
+        // The full form starts `K10` and names its user after `::`; anything else is a secret
+        // as given (earlier tokens were taken whole).
+        match raw.strip_prefix(FULL_PREFIX).filter(|r| r.contains("::")) {
             Some(rest) => {
                 let (hash, cred) = rest.split_once("::").ok_or_else(shape)?;
                 let secret = cred.strip_prefix(FULL_USER).ok_or_else(shape)?;
@@ -97,11 +99,18 @@ impl ServerToken {
     }
 }
 
-/// The token kept in the data dir, if there is one that parses.
-fn kept_token(data_dir: &Path) -> Option<ServerToken> {
-    std::fs::read_to_string(token_path(data_dir))
-        .ok()
-        .and_then(|t| ServerToken::parse(&t).ok())
+/// The token kept in the data dir, if there is one. One that does not parse is an error:
+/// replacing it would lock this server out of the cluster's bootstrap data.
+fn kept_token(data_dir: &Path) -> anyhow::Result<Option<ServerToken>> {
+    let path = token_path(data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if t.trim().is_empty() => Ok(None),
+        Ok(t) => ServerToken::parse(&t)
+            .map(Some)
+            .with_context(|| format!("{}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
 }
 
 fn write_token_file(data_dir: &Path, text: &str) -> anyhow::Result<()> {
@@ -116,7 +125,11 @@ fn write_token_file(data_dir: &Path, text: &str) -> anyhow::Result<()> {
 /// opened (or sealed) the cluster's bootstrap data: a mistyped `--token` must not replace
 /// the right one.
 pub fn save_token(data_dir: &Path, token: &ServerToken) -> anyhow::Result<()> {
-    if kept_token(data_dir).is_some_and(|k| k.secret == token.secret) {
+    if kept_token(data_dir)
+        .ok()
+        .flatten()
+        .is_some_and(|k| k.secret == token.secret)
+    {
         return Ok(());
     }
     write_token_file(data_dir, &token.secret)
@@ -139,7 +152,7 @@ pub fn server_token(data_dir: &Path, given: Option<&str>) -> anyhow::Result<Serv
     if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
         return ServerToken::parse(t).context("--token");
     }
-    if let Some(t) = kept_token(data_dir) {
+    if let Some(t) = kept_token(data_dir)? {
         return Ok(t);
     }
     let mut raw = [0u8; 24];
@@ -378,11 +391,21 @@ mod tests {
             &format!("K10{hash}::node:s3cret"),
             &format!("K10{hash}::server:"),
             "K10abc::server:s3cret",
-            &format!("K10{hash}server:s3cret"),
         ] {
             assert!(ServerToken::parse(bad).is_err(), "{bad:?}");
         }
         // The secret never shows in logs.
         assert!(!format!("{full:?}").contains("s3cret"));
+        // Secrets given whole before the full form existed stay what they were.
+        assert_eq!(ServerToken::parse("a:b").unwrap().secret, "a:b");
+        // A kept token that no longer parses is an error, never replaced.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(token_path(dir.path()), format!("K10{hash}::node:x")).unwrap();
+        assert!(server_token(dir.path(), None).is_err());
+        assert!(
+            std::fs::read_to_string(token_path(dir.path()))
+                .unwrap()
+                .contains("::node:x")
+        );
     }
 }

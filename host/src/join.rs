@@ -180,7 +180,21 @@ fn authority(server: &str) -> anyhow::Result<(String, u16)> {
         .with_context(|| format!("--server {server:?}: no host"))?
         .trim_matches(['[', ']'])
         .to_string();
-    Ok((host, url.port().unwrap_or(6443)))
+    // The URL parser forgets an explicit :443 (https' default): the port comes from the text.
+    let authority = with_scheme
+        .split_once("://")
+        .map_or("", |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let after_host = authority.rsplit_once(']').map_or(authority, |(_, p)| p);
+    let port = match after_host.rsplit_once(':') {
+        Some((_, p)) => p
+            .parse()
+            .with_context(|| format!("--server {server:?}: port {p:?}"))?,
+        None => 6443,
+    };
+    Ok((host, port))
 }
 
 async fn ask(server: &str, ca_hash: &str, secret: &str) -> Result<Datastore, Unreachable> {
@@ -242,12 +256,15 @@ async fn ask(server: &str, ca_hash: &str, secret: &str) -> Result<Datastore, Unr
             .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(String::from))
             .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
         let e = anyhow::anyhow!("{server} refused the join ({status}): {message}");
-        // A server in trouble (5xx) may be answered from what was kept; a refusal may not.
-        return Err(if status.is_server_error() {
-            Unreachable::Yes(e)
-        } else {
-            Unreachable::No(e)
-        });
+        // A server in trouble (5xx), or one that does not know the path (an older one, a
+        // proxy in front), may be answered from what was kept; a refusal may not.
+        return Err(
+            if status.is_server_error() || status == http::StatusCode::NOT_FOUND {
+                Unreachable::Yes(e)
+            } else {
+                Unreachable::No(e)
+            },
+        );
     }
     serde_json::from_slice(&body)
         .context("the join answer")
@@ -337,6 +354,9 @@ mod tests {
         assert_eq!(authority("first:6443").unwrap(), ("first".into(), 6443));
         assert_eq!(authority("https://first").unwrap(), ("first".into(), 6443));
         assert_eq!(authority("https://[::1]:9").unwrap(), ("::1".into(), 9));
+        assert_eq!(authority("https://[::1]").unwrap(), ("::1".into(), 6443));
+        assert_eq!(authority("https://lb:443").unwrap(), ("lb".into(), 443));
+        assert_eq!(authority("https://lb:443/").unwrap(), ("lb".into(), 443));
         assert!(authority("http://first:6443").is_err());
     }
 

@@ -64,6 +64,26 @@ pub struct ServerConfig {
     pub join: Option<String>,
 }
 
+/// The local address this machine sends from to the first etcd endpoint (no packet is
+/// sent: a UDP socket's connect only picks the route).
+fn outbound_ip(etcd: &kedge_store::etcd::Options) -> Option<String> {
+    let url = url::Url::parse(etcd.endpoints.first()?).ok()?;
+    let host = url.host_str()?.trim_matches(['[', ']']).to_string();
+    let port = url.port_or_known_default().unwrap_or(2379);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .ok()?
+        .next()?;
+    let local: SocketAddr = if target.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let socket = std::net::UdpSocket::bind(local).ok()?;
+    socket.connect(target).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then(|| ip.to_string())
+}
+
 /// This machine's hostname, if it has one.
 fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -204,15 +224,17 @@ async fn record_tunnel_addresses(
     cancel: CancellationToken,
 ) {
     let mut recorded: std::collections::HashMap<String, String> = Default::default();
-    // Often enough that a node which moved to this replica is found here (forwarding) soon.
-    let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+    // Often enough that a node which moved to this replica is found here (forwarding) soon;
+    // a tick compares in memory and writes only what changed.
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
             _ = every.tick() => {}
         }
-        let live = nodes.remote_addresses();
-        recorded.retain(|n, _| live.iter().any(|(l, _)| l == n));
+        let live: std::collections::HashMap<String, SocketAddr> =
+            nodes.remote_addresses().into_iter().collect();
+        recorded.retain(|n, _| live.contains_key(n));
         for (node, addr) in live {
             let addr = addr.to_string();
             if recorded.get(&node) == Some(&addr) {
@@ -408,13 +430,27 @@ async fn follow_api_servers(
     cancel: CancellationToken,
 ) {
     loop {
-        let addrs: Vec<std::net::SocketAddr> = servers
-            .borrow_and_update()
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
+        let published = servers.borrow_and_update().clone();
         let api2 = api.clone();
-        let done = tokio::task::spawn_blocking(move || kubernetes_endpoints(&api2, &addrs)).await;
+        let done = tokio::task::spawn_blocking(move || {
+            // Names (a replica that listens everywhere and has no IP to publish) resolved.
+            let addrs: Vec<SocketAddr> = published
+                .iter()
+                .filter_map(|a| {
+                    let found = a.parse().ok().or_else(|| {
+                        std::net::ToSocketAddrs::to_socket_addrs(a.as_str())
+                            .ok()
+                            .and_then(|mut i| i.next())
+                    });
+                    if found.is_none() {
+                        tracing::warn!(address = %a, "a server's address does not resolve: left out of the kubernetes Service");
+                    }
+                    found
+                })
+                .collect();
+            kubernetes_endpoints(&api2, &addrs)
+        })
+        .await;
         if let Ok(Err(e)) = done {
             tracing::debug!(error = %e, "updating the kubernetes service's endpoints failed");
         }
@@ -911,11 +947,18 @@ pub async fn start_serving(
     let election = match &cfg.datastore {
         Some(_) => {
             let mut e = kedge_plugins::lease::Election::new(replica.clone(), cfg.leader_election);
-            // Where the other replicas reach this one's API (for the nodes it holds).
+            // Where the other replicas (forwarding) and pods (the `kubernetes` Service) reach
+            // this one's API: the address it listens on; when that is every address, an IP
+            // among the certificate's names, else the address this machine reaches etcd
+            // from (its way out, as kube-apiserver's --advertise-address defaults to the
+            // default route's), else the hostname.
             let host = if https_addr.ip().is_unspecified() {
                 cfg.tls_sans
-                    .first()
+                    .iter()
+                    .find(|s| s.parse::<std::net::IpAddr>().is_ok())
                     .cloned()
+                    .or_else(|| cfg.datastore.as_ref().and_then(outbound_ip))
+                    .or_else(|| cfg.tls_sans.first().cloned())
                     .or_else(hostname)
                     .unwrap_or_else(|| "localhost".into())
             } else {

@@ -280,10 +280,8 @@ pub fn migrate(
     })
     .map_err(|e| anyhow::anyhow!("connecting to etcd at {endpoints}: {e}"))?;
     let marker = migration_marker();
-    let resuming = target
-        .get(&marker)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .is_some();
+    let unfinished = target.get(&marker).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let resuming = unfinished.is_some();
     let mut occupied = None;
     target
         .scan("", None, &mut |key, _| {
@@ -298,17 +296,31 @@ pub fn migrate(
             "etcd at {endpoints} already holds objects under {root} ({key}, …): migrate into an empty key root (--datastore-prefix)"
         );
     }
-    if !resuming {
-        let record = serde_json::json!({"apiVersion": "kedge.io/v1", "kind": "Migration",
-            "metadata": {"name": "in-progress"},
-            "from": path.display().to_string(),
-            "startedAt": chrono::Utc::now().to_rfc3339()});
-        target
-            .create(&marker, record)
-            .map_err(|e| anyhow::anyhow!("marking the migration in etcd: {e}"))?;
-    }
     let mut snapshot = redb.snapshot("").map_err(|e| anyhow::anyhow!("{e}"))?;
     let from_revision = snapshot.revision();
+    match &unfinished {
+        // What the unfinished run copied must be what is copied now: the same store at the
+        // same revision (its server not started meanwhile), or stale copies would stay.
+        Some(m) => {
+            let then = m.get("fromRevision").and_then(serde_json::Value::as_u64);
+            if then != Some(from_revision) {
+                anyhow::bail!(
+                    "the embedded store changed since the migration that did not finish (revision {}, now {from_revision}): empty the key root {root} in etcd (etcdctl del --prefix {root}) and migrate again",
+                    then.map_or("unknown".into(), |r| r.to_string())
+                );
+            }
+        }
+        None => {
+            let record = serde_json::json!({"apiVersion": "kedge.io/v1", "kind": "Migration",
+                "metadata": {"name": "in-progress"},
+                "from": path.display().to_string(),
+                "fromRevision": from_revision,
+                "startedAt": chrono::Utc::now().to_rfc3339()});
+            target
+                .create(&marker, record)
+                .map_err(|e| anyhow::anyhow!("marking the migration in etcd: {e}"))?;
+        }
+    }
     let mut objects = 0u64;
     loop {
         let chunk = snapshot

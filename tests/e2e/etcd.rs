@@ -301,9 +301,29 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
             "--secrets-encryption",
         ])
     };
-    // As a run that stopped halfway leaves it: its marker and some objects in etcd (here
-    // the namespace, written differently). A server will not start on that; the next run
-    // goes on, skipping what is there.
+    // As a run that stopped halfway leaves it: its marker (with the embedded store's
+    // revision it copied at) and some objects in etcd (here the namespace, written
+    // differently). A server will not start on that; the next run goes on, skipping what is
+    // there — unless the embedded store changed since, which it refuses.
+    let probe = kedge(&[
+        "datastore",
+        "migrate",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--to",
+        &etcd.endpoint,
+        "--datastore-prefix",
+        "/probe/",
+        "--secrets-encryption",
+    ]);
+    let said = String::from_utf8_lossy(&probe.stdout).to_string();
+    assert!(probe.status.success(), "{said}");
+    let revision: u64 = said
+        .split("embedded store revision ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|r| r.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no revision in {said:?}"));
     let put = |key: &str, value: &str| {
         let body = format!(
             r#"{{"key":"{}","value":"{}"}}"#,
@@ -317,10 +337,15 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
             .unwrap();
         assert!(out.status.success(), "putting {key} into etcd");
     };
-    put(
-        "/registry/kedge-internal/migrations//in-progress",
-        r#"{"apiVersion":"kedge.io/v1","kind":"Migration","metadata":{"name":"in-progress"}}"#,
-    );
+    let marker = |rev: u64| {
+        put(
+            "/registry/kedge-internal/migrations//in-progress",
+            &format!(
+                r#"{{"apiVersion":"kedge.io/v1","kind":"Migration","metadata":{{"name":"in-progress"}},"fromRevision":{rev}}}"#
+            ),
+        )
+    };
+    marker(revision + 1);
     put(
         "/registry/core/namespaces//shop",
         r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"shop","uid":"copied-before"}}"#,
@@ -341,6 +366,14 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+    let changed = migrate();
+    assert!(!changed.status.success());
+    assert!(
+        String::from_utf8_lossy(&changed.stderr).contains("changed since"),
+        "{}",
+        String::from_utf8_lossy(&changed.stderr)
+    );
+    marker(revision);
     let out = migrate();
     assert!(
         out.status.success(),

@@ -4,7 +4,8 @@
 //! server holding most plugin leases is killed (`kill -9`) during a Deployment scale-up; the
 //! other takes the plugins over within the lease time and the Deployment converges with
 //! neither a duplicate nor a lost pod; the dead server's agents are on the survivor within
-//! 10 s, their pods never restarted. Then one etcd member is stopped and writes go on; the
+//! 10 s, their pods never restarted; a ReplicaSet controller swapped in before the kill is
+//! what the survivor runs. Then one etcd member is stopped and writes go on; the
 //! dead server is started again and rejoins; `kubectl logs` and `exec` through either server
 //! reach a pod on every node, before and after, and the `kubernetes` Service lists the live
 //! servers.
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Cluster, Proc, free_port, spawn_in, spawn_server, start_etcd_cluster};
 use crate::nat::{NatNet, missing_prerequisite};
+use crate::plugins::{digest, plugin_yaml, rebuilt};
 
 /// Kubernetes' leader-election timings (15 s / 10 s / 2 s) scaled down.
 const TIMINGS: [&str; 6] = [
@@ -284,6 +286,47 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
     c.wait("both servers behind the kubernetes Service", || {
         (api_endpoint_ports(&a_config)? == both).then_some(())
     });
+    // Hot swap with two servers: a new ReplicaSet controller applied through beta is
+    // compiled by both and run by its lease's holder; whoever takes the lease over later runs
+    // it too (checked after the kill below).
+    let files = tempfile::tempdir().unwrap();
+    let v2 = rebuilt(kedge::server::default_plugins::REPLICASET, "ha-v2");
+    let v2_file = files.path().join("replicaset-v2.wasm");
+    std::fs::write(&v2_file, &v2).unwrap();
+    let v2_digest = digest(&v2);
+    let applied = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&b_config)
+        .args(["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .and_then(|mut k| {
+            use std::io::Write as _;
+            k.stdin
+                .take()
+                .unwrap()
+                .write_all(plugin_yaml(&v2_file).as_bytes())?;
+            k.wait()
+        })
+        .unwrap();
+    assert!(applied.success());
+    let swapped = |kubeconfig: &Path| {
+        let digest = jsonpath(
+            kubeconfig,
+            &["get", "plugin", "replicaset"],
+            "{.status.activeDigest}",
+        )?;
+        let reason = jsonpath(
+            kubeconfig,
+            &["get", "plugin", "replicaset"],
+            r#"{.status.conditions[?(@.type=="Ready")].reason}"#,
+        )?;
+        (digest == v2_digest && reason == "Active").then_some(())
+    };
+    c.wait("the new ReplicaSet controller active", || {
+        swapped(&a_config)
+    });
     kubectl_at(
         &b_config,
         &[
@@ -374,6 +417,19 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(web_pods(&survivor).as_ref(), Some(&settled));
     }
+    // The swapped controller is what the survivor runs (it scaled the Deployment).
+    c.wait("the new ReplicaSet controller on the survivor", || {
+        swapped(&survivor)
+    });
+    assert_eq!(
+        jsonpath(
+            &survivor,
+            &["get", "plugin", "replicaset"],
+            "{.status.holder}"
+        )
+        .as_deref(),
+        Some(survivor_name)
+    );
     // No pod restarted by the failover: the same container starts.
     for (n, before) in nodes.iter().zip(&started) {
         assert_eq!(
@@ -394,13 +450,24 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
     let _ = etcd.members[0].child.wait();
     let stopped = Instant::now();
     for i in 0..5 {
-        c.wait("a write with an etcd member down", || {
-            kubectl_at(
-                &survivor,
-                &["create", "configmap", &format!("after-member-{i}")],
-            )
-            .map(|_| ())
-        });
+        // Each within a few seconds (a create whose answer was lost but that was committed
+        // answers AlreadyExists when tried again).
+        let name = format!("after-member-{i}");
+        crate::harness::wait_for(
+            "a write with an etcd member down",
+            Duration::from_secs(15),
+            || {
+                let out = Command::new("kubectl")
+                    .arg("--kubeconfig")
+                    .arg(&survivor)
+                    .args(["--request-timeout=5s", "create", "configmap", &name])
+                    .output()
+                    .ok()?;
+                (out.status.success()
+                    || String::from_utf8_lossy(&out.stderr).contains("AlreadyExists"))
+                .then_some(())
+            },
+        );
     }
     eprintln!(
         "HA: 5 writes done {:?} after an etcd member stopped",
@@ -443,6 +510,21 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
         (api_endpoint_ports(&survivor)? == both).then_some(())
     });
     assert_eq!(web_pods(&dead_config).map(|p| p.len()), Some(3));
+
+    // beta started again through a `--server` that answers nothing starts from the
+    // datastore it saved when it joined.
+    beta.kill();
+    let nowhere = format!("https://{host}:{}", free_port());
+    beta = start_beta(&c, "server-b-saved", &nowhere);
+    c.wait("beta back from its saved datastore", || {
+        kubectl_at(&b_config, &["get", "--raw", "/readyz"]).map(|_| ())
+    });
+    assert!(
+        beta.log_text()
+            .contains("using the datastore this replica joined before"),
+        "{}",
+        beta.log_text()
+    );
     drop(agents);
     drop(beta);
 }

@@ -312,12 +312,24 @@ impl Cluster {
 
     /// An agent inside a network namespace (`None`: this one).
     pub fn start_agent_in(&mut self, netns: Option<&str>, name: &str, token: &str, extra: &[&str]) {
-        let data = self.dir.path().join(name);
         let server = format!("{}:{}", self.host, self.port);
+        self.start_agent_at(netns, &server, name, token, extra);
+    }
+
+    /// [`Cluster::start_agent_in`], given `server` (another replica, or several).
+    pub fn start_agent_at(
+        &mut self,
+        netns: Option<&str>,
+        server: &str,
+        name: &str,
+        token: &str,
+        extra: &[&str],
+    ) {
+        let data = self.dir.path().join(name);
         let mut args = vec![
             "agent",
             "--server",
-            &server,
+            server,
             "--token",
             token,
             "--name",

@@ -54,7 +54,7 @@ pub(crate) fn missing_prerequisite() -> Option<String> {
 ///                                           └── 10.N.2.1 ── site-b ns: agent 10.N.2.2
 /// ```
 ///
-/// Names carry the test process id, so parallel or leftover runs do not collide.
+/// Names carry the test process id and a count, so parallel or leftover runs do not collide.
 pub(crate) struct NatNet {
     router: String,
     pub(crate) sites: [String; 2],
@@ -69,9 +69,13 @@ pub(crate) struct NatNet {
 
 impl NatNet {
     pub(crate) fn create() -> NatNet {
+        // Names and the subnet carry the process id and a count of the networks this process
+        // made: the NAT test and the HA test build one each, in parallel.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let n = free_test_subnet(100, 100, pid);
-        let tag = format!("kn{}", pid % 100_000);
+        let n = free_test_subnet(100, 100, pid + 37 * made);
+        let tag = format!("kn{}{}", pid % 10_000, made % 10);
         let net = NatNet {
             router: format!("{tag}-router"),
             sites: [format!("{tag}-site-a"), format!("{tag}-site-b")],

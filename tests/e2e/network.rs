@@ -1112,3 +1112,109 @@ fn a_service_is_reached_across_two_nats_through_the_relay() {
     udp_answered(&c, "client-a", "far:80", &far[0].name);
     udp_answered(&c, "client-a", &format!("{far_ip}:9376"), &far[0].name);
 }
+
+/// The same across two servers sharing an etcd: each node's agent is given one server only,
+/// so the two tunnels are held by different replicas, and the relay's request from node a's
+/// side reaches node b through the other server (replica to replica, Konnectivity's
+/// proxy-server role).
+#[test]
+fn a_service_is_reached_across_two_nats_and_two_servers_through_the_relay() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipping the cross-NAT, two-server test: {why}");
+        return;
+    }
+    let Some(etcd) = crate::harness::start_etcd() else {
+        return;
+    };
+    let sites = NatSites::create();
+    let host = sites.host_ip();
+    let mut c = Cluster::start_on_with(
+        &host,
+        &[
+            "--datastore-endpoint",
+            &etcd.endpoint,
+            "--replica-name",
+            "alpha",
+        ],
+    );
+    let server_token = std::fs::read_to_string(c.dir.path().join("server/server-token")).unwrap();
+    let b_port = crate::harness::free_port();
+    let b_data = c.dir.path().join("server-b");
+    let alpha_url = format!("https://{host}:{}", c.port);
+    let _beta = crate::harness::spawn_server(
+        "server-b",
+        c.dir.path(),
+        &b_data,
+        &format!("{host}:{b_port}"),
+        &host,
+        &[
+            "--server",
+            &alpha_url,
+            "--token",
+            server_token.trim(),
+            "--replica-name",
+            "beta",
+        ],
+    );
+    let b_config = b_data.join("admin.kubeconfig");
+    c.wait("beta ready", || {
+        let ok = b_config.exists()
+            && Command::new("kubectl")
+                .arg("--kubeconfig")
+                .arg(&b_config)
+                .args(["get", "--raw", "/readyz"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        ok.then_some(())
+    });
+    let token = c.token.clone();
+    let servers = [format!("{host}:{}", c.port), format!("{host}:{b_port}")];
+    for (i, name) in ["node-a", "node-b"].into_iter().enumerate() {
+        let ns = sites.sites[i].clone();
+        c.start_agent_at(
+            Some(&ns),
+            &servers[i],
+            name,
+            &token,
+            &["--pod-network", "auto"],
+        );
+    }
+    let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
+    for (node, replica) in [("node-a", "alpha"), ("node-b", "beta")] {
+        c.wait(&format!("{node}'s tunnel on {replica}"), || {
+            let r = c.kubectl(&[
+                "get",
+                "node",
+                node,
+                "-o",
+                r#"jsonpath={.metadata.annotations.kedge\.io/tunnel-server}"#,
+            ]);
+            (r.ok && r.stdout.trim() == replica).then_some(())
+        });
+    }
+    apply(&c, &echo_app("far", "node-b"));
+    apply(
+        &c,
+        &client_pod(
+            "client-a",
+            "node-a",
+            "kedge.dev/samples/hello-wasm:v1",
+            None,
+        ),
+    );
+    let far = running_ready(&c, "app=far", 1);
+    c.wait("client-a running", || {
+        let v = json(&c, &["get", "pod", "client-a", "-o", "json"]);
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let ip = json(&c, &["get", "svc", "far", "-o", "json"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body = c.wait("client-a reaching the Service through both servers", || {
+        wasm_get(&c, "client-a", &format!("{ip}:80/"))
+    });
+    assert!(body.contains(&far[0].name), "{body}");
+    udp_answered(&c, "client-a", &format!("{ip}:80"), &far[0].name);
+    drop(etcd);
+}

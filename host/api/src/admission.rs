@@ -819,7 +819,9 @@ impl Api {
         let is_quota = res.group.is_empty() && res.kind == "ResourceQuota";
         // Most namespaces have no quota. Seen so without the lock, a write there is not held
         // up behind the namespace's other writes (on etcd the lock would serialize a read's
-        // round trip). A quota created meanwhile counts this object at its next recount, as
+        // round trip). As before, a write that found no quota goes on without the lock, so
+        // one racing a quota's creation may be missing from its `status.used` until the
+        // namespace's next quota-counted write (later checks count live objects), as
         // Kubernetes' quota admission, reading quotas from its informer, lets writes through
         // while a quota is being created.
         if !is_quota && self.in_namespace("ResourceQuota", ns)?.is_empty() {

@@ -262,14 +262,32 @@ impl EtcdStore {
             })?
         };
         cache.fill(objects, start);
-        // Progress notifications move the cache on only where etcd orders them with events.
-        let version = {
-            let mut m = client.maintenance_client();
+        // Progress notifications move the cache on only where etcd orders them with events:
+        // every member must run such a version (the watch may be on any of them).
+        let versions = {
+            let (endpoints, connect) = (options.endpoints.clone(), connect.clone());
             run_on(&handle, timeout, async move {
-                Ok(m.status().await.map(|s| s.version().to_string()).ok())
+                let mut versions = Vec::new();
+                for e in &endpoints {
+                    let v = match Client::connect([e.as_str()], Some(connect.clone())).await {
+                        Ok(c) => tokio::time::timeout(
+                            Duration::from_secs(2),
+                            c.maintenance_client().status(),
+                        )
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .map(|s| s.version().to_string()),
+                        Err(_) => None,
+                    };
+                    versions.push(v);
+                }
+                Ok(versions)
             })?
         };
-        let trusted = version.as_deref().is_some_and(cache::progress_is_ordered);
+        let trusted = versions
+            .iter()
+            .all(|v| v.as_deref().is_some_and(cache::progress_is_ordered));
         cache.trust_progress(trusted);
         let shared = Arc::new(Shared {
             hub: Arc::new(Hub::new(start, options.ring)),
@@ -303,7 +321,7 @@ impl EtcdStore {
                 every,
             ));
         }
-        tracing::info!(endpoints = ?options.endpoints, root = %root, revision = start, etcd = ?version, progress_notifications = trusted, "store: on etcd");
+        tracing::info!(endpoints = ?options.endpoints, root = %root, revision = start, etcd = ?versions, progress_notifications = trusted, "store: on etcd");
         Ok(EtcdStore {
             handle,
             kv,
@@ -374,11 +392,10 @@ impl EtcdStore {
                     .map_err(|e| e.to_string())
                 }
             };
-            let rev = shared
-                .fresh
-                .revision(fetch)
-                .await
-                .map_err(|e| Error::Backend(format!("etcd: {e}")))?;
+            // No revision (etcd slow or away): the caller reads etcd, and says why if it fails.
+            let Ok(rev) = shared.fresh.revision(fetch).await else {
+                return Ok(None);
+            };
             Ok(shared.cache.caught_up(rev).await.then_some(rev))
         })?;
         let Some(rev) = reached else {
@@ -1020,16 +1037,20 @@ async fn follow(
                 break;
             }
             // The cache first: a read that sees `published` finds the write in it.
-            if let (Some(s), Some(last)) = (
-                shared.upgrade(),
-                resp.events()
-                    .last()
-                    .and_then(|e| e.kv())
-                    .map(|kv| kv.mod_revision().max(0) as u64),
-            ) {
+            let batch_last = resp
+                .events()
+                .last()
+                .and_then(|e| e.kv())
+                .map(|kv| kv.mod_revision().max(0) as u64);
+            if let (Some(s), Some(last)) = (shared.upgrade(), batch_last) {
                 s.cache.apply(ops, last);
             }
             let Some(last) = events.last().map(|e| e.rev) else {
+                if let Some(b) = batch_last {
+                    // Only values this server cannot read: a resumed watch starts after them.
+                    next = b + 1;
+                    continue;
+                }
                 // No event: a progress notification (etcd's revision, everything up to it
                 // delivered), or what a watch's creation answers (not a progress: the
                 // watch may start behind it).
@@ -1047,7 +1068,7 @@ async fn follow(
             s.hub.publish(events);
             // Watches wake after the ring holds everything up to `last`.
             s.published.send_replace(last);
-            next = last + 1;
+            next = batch_last.unwrap_or(last).max(last) + 1;
         }
         if gap {
             // History the watch needed is gone: start over from now.

@@ -117,10 +117,13 @@ impl Cache {
 
     /// Replaces the contents with `objects`, complete at `rev`.
     pub(super) fn fill(&self, objects: Objects, rev: Revision) {
-        let mut inner = self.write();
-        inner.unreadable = unreadable(&objects);
-        inner.objects = objects;
-        inner.ready = true;
+        {
+            let mut inner = self.write();
+            inner.unreadable = unreadable(&objects);
+            inner.objects = objects;
+            inner.ready = true;
+        }
+        // Outside the map's lock: a reader holds the revision's while it takes the map's.
         self.rev.send_replace(rev);
     }
 
@@ -194,8 +197,12 @@ impl Cache {
         } else {
             CATCH_UP_EVENTS
         };
-        let reached = tokio::time::timeout(patience, rx.wait_for(|r| *r >= rev)).await;
-        matches!(reached, Ok(Ok(_))) && self.ready()
+        let reached = matches!(
+            tokio::time::timeout(patience, rx.wait_for(|r| *r >= rev)).await,
+            Ok(Ok(_))
+        );
+        // (The revision's guard is gone by now: `fill` takes the locks the other way round.)
+        reached && self.ready()
     }
 
     /// The object at `key` (`None` when there is none), and the revision read at; `None`
@@ -305,6 +312,9 @@ impl Snapshot for ViewSnapshot {
     }
 }
 
+/// How long a shared revision request may take before its readers give up on the cache.
+const FETCH_LIMIT: Duration = Duration::from_secs(2);
+
 /// Shares one request for etcd's current revision among the reads that wait for it.
 #[derive(Default)]
 pub(super) struct Freshness {
@@ -345,7 +355,12 @@ impl Freshness {
                         }
                         std::mem::take(&mut st.waiting)
                     };
-                    let answer = fetch().await;
+                    // A request that hangs (a member black-holed until its connection's
+                    // keep-alive gives up) would hold every read: those waiting read etcd.
+                    let answer = match tokio::time::timeout(FETCH_LIMIT, fetch()).await {
+                        Ok(a) => a,
+                        Err(_) => Err(format!("no revision within {FETCH_LIMIT:?}")),
+                    };
                     for w in batch {
                         let _ = w.send(answer.clone());
                     }
@@ -458,31 +473,54 @@ mod tests {
     async fn reads_share_revision_requests_sent_after_they_began() {
         let fresh = Arc::new(Freshness::default());
         let asked = Arc::new(AtomicU64::new(0));
+        // The first request is held until the test opens the gate.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let fetch = {
-            let asked = asked.clone();
+            let (asked, gate) = (asked.clone(), gate.clone());
             move || {
-                let asked = asked.clone();
+                let (asked, gate) = (asked.clone(), gate.clone());
                 async move {
                     let n = asked.fetch_add(1, Ordering::SeqCst) + 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if n == 1 {
+                        gate.acquire().await.unwrap().forget();
+                    }
                     Ok(n)
                 }
             }
         };
-        let reads: Vec<_> = (0..20)
+        let first = {
+            let (fresh, fetch) = (fresh.clone(), fetch.clone());
+            tokio::spawn(async move { fresh.revision(fetch).await })
+        };
+        let waiting = |n: usize| {
+            let (fresh, asked) = (fresh.clone(), asked.clone());
+            async move {
+                while fresh.state.lock().unwrap().waiting.len() < n
+                    || asked.load(Ordering::SeqCst) < 1
+                {
+                    tokio::task::yield_now().await;
+                }
+            }
+        };
+        // The first read's request is in flight; nineteen more arrive meanwhile.
+        waiting(0).await;
+        let later: Vec<_> = (0..19)
             .map(|_| {
                 let (fresh, fetch) = (fresh.clone(), fetch.clone());
                 tokio::spawn(async move { fresh.revision(fetch).await })
             })
             .collect();
-        for r in reads {
-            assert!(r.await.unwrap().unwrap() >= 1);
+        tokio::time::timeout(Duration::from_secs(5), waiting(19))
+            .await
+            .expect("nineteen reads waiting");
+        gate.add_permits(1);
+        assert_eq!(first.await.unwrap().unwrap(), 1);
+        // They came after request 1 was sent: they share request 2.
+        for r in later {
+            assert_eq!(r.await.unwrap().unwrap(), 2);
         }
-        // Twenty reads, at most two requests: the first, and one for those who came while
-        // it was in flight.
-        assert!(asked.load(Ordering::SeqCst) <= 2, "{asked:?}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
         // A read after those gets a new request.
-        let before = asked.load(Ordering::SeqCst);
-        assert_eq!(fresh.revision(fetch).await.unwrap(), before + 1);
+        assert_eq!(fresh.revision(fetch).await.unwrap(), 3);
     }
 }
