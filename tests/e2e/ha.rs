@@ -128,13 +128,33 @@ fn api_endpoint_ports(kubeconfig: &Path) -> Option<Vec<String>> {
 }
 
 /// `kubectl exec` of every node's pod through the server of `kubeconfig` (forwarded to the
-/// replica holding the node's tunnel when that is another).
+/// replica holding the node's tunnel when that is another), and `kubectl attach`: the pods
+/// print nothing for 30 s, so an attach that reached its container stays open streaming,
+/// where one that did not get through ends at once with an error.
 fn exec_reaches_every_node(kubeconfig: &Path, nodes: &[&str]) {
     for n in nodes {
         let pod = format!("on-{n}");
         // A Wasm container's exec runs its program again: named as the container.
         let out = kubectl_must(kubeconfig, &["exec", &pod, "--", &pod, "--once"]);
         assert!(out.starts_with(&format!("hello from {pod}")), "{out}");
+        let mut attach = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["attach", &pod])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(3));
+        let ended = attach.try_wait().unwrap();
+        let _ = attach.kill();
+        let out = attach.wait_with_output().unwrap();
+        assert!(
+            ended.is_none(),
+            "kubectl attach {pod} ended: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -503,7 +523,8 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
     });
     logs_reach_every_node(&c, &dead_config, &nodes, dead);
     logs_reach_every_node(&c, &survivor, &nodes, survivor_name);
-    // Every node's tunnel is on the survivor now: exec through the other is forwarded.
+    // Every node's tunnel is on the survivor now: exec and attach through the other are
+    // forwarded.
     exec_reaches_every_node(&dead_config, &nodes);
     exec_reaches_every_node(&survivor, &nodes);
     c.wait("both servers behind the kubernetes Service again", || {
