@@ -16,18 +16,18 @@
 //! Run: `cargo bench -p kedge --bench datastores` (`-- --quick` for a short run).
 
 mod common;
+#[path = "common/writes.rs"]
+mod writes;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http_body_util::BodyExt as _;
 use kedge::kubeclient::KubeClient;
 use kedge::server;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use writes::{config_map, ms, percentile};
 
 const CLIENTS: usize = 32;
 const WATCHERS: usize = 100;
@@ -35,20 +35,6 @@ const WATCHERS: usize = 100;
 struct Sizes {
     writes: usize,
     watched: usize,
-}
-
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn config_map(ns: &str, name: &str) -> serde_json::Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns}, "data": {"key": "value"}})
 }
 
 /// Writes: per second, p50, p99.
@@ -219,133 +205,15 @@ fn store_creates(store: Arc<dyn kedge::store::Store>, n: usize) -> Rate {
     Rate::of(lat, started.elapsed())
 }
 
-async fn create_ns(client: &KubeClient, ns: &str) {
-    let (code, body) = client
-        .request(
-            http::Method::POST,
-            "/api/v1/namespaces",
-            "application/json",
-            Some(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})),
-        )
-        .await
-        .unwrap();
-    assert_eq!(code, 201, "{body}");
-}
-
 /// `n` ConfigMap creates through the API from [`CLIENTS`] clients.
 async fn api_creates(client: &Arc<KubeClient>, n: usize) -> Rate {
-    let ns = "writes";
-    create_ns(client, ns).await;
-    let per = n / CLIENTS;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.unwrap();
-            let mut lat = Vec::with_capacity(per);
-            for i in 0..per {
-                let at = Instant::now();
-                let (code, body) = conn
-                    .request(
-                        http::Method::POST,
-                        &format!("/api/v1/namespaces/{ns}/configmaps"),
-                        "application/json",
-                        Some(&config_map(ns, &format!("cm-{c:02}-{i:04}"))),
-                    )
-                    .await
-                    .unwrap();
-                assert_eq!(code, 201, "{body}");
-                lat.push(at.elapsed());
-            }
-            lat
-        }));
-    }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await.unwrap());
-    }
-    Rate::of(lat, started.elapsed())
+    let (lat, took) = writes::creates(client, "writes", CLIENTS, n).await;
+    Rate::of(lat, took)
 }
 
 /// Watch delivery with [`WATCHERS`] watchers over `events` creates 5 ms apart: p50, p99.
 async fn watch_latency(client: &Arc<KubeClient>, events: usize) -> (Duration, Duration, usize) {
-    let ns = "watched";
-    create_ns(client, ns).await;
-    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(WATCHERS);
-    let mut watchers = Vec::new();
-    for _ in 0..WATCHERS {
-        let (client, sent, latencies, ready) = (
-            client.clone(),
-            sent.clone(),
-            latencies.clone(),
-            ready_tx.clone(),
-        );
-        watchers.push(tokio::spawn(async move {
-            let mut conn = client.connect().await.unwrap();
-            let resp = conn
-                .send(
-                    http::Method::GET,
-                    &format!("/api/v1/namespaces/{ns}/configmaps?watch=true&timeoutSeconds=120"),
-                    "application/json",
-                    None,
-                )
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 200);
-            ready.send(()).await.unwrap();
-            let mut body = resp.into_body();
-            let (mut buf, mut seen) = (Vec::new(), 0);
-            while seen < events {
-                let Some(frame) = body.frame().await else {
-                    break;
-                };
-                let Ok(data) = frame.unwrap().into_data() else {
-                    continue;
-                };
-                let now = Instant::now();
-                buf.extend_from_slice(&data);
-                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=pos).collect();
-                    let ev: serde_json::Value = serde_json::from_slice(&line).unwrap();
-                    if ev["type"] != "ADDED" {
-                        continue;
-                    }
-                    let name = ev["object"]["metadata"]["name"].as_str().unwrap();
-                    if let Some(t) = sent.lock().unwrap().get(name) {
-                        latencies.lock().unwrap().push(now - *t);
-                    }
-                    seen += 1;
-                }
-            }
-        }));
-    }
-    drop(ready_tx);
-    for _ in 0..WATCHERS {
-        ready_rx.recv().await.unwrap();
-    }
-    let mut conn = client.connect().await.unwrap();
-    for i in 0..events {
-        let name = format!("w-{i}");
-        sent.lock().unwrap().insert(name.clone(), Instant::now());
-        let (code, body) = conn
-            .request(
-                http::Method::POST,
-                &format!("/api/v1/namespaces/{ns}/configmaps"),
-                "application/json",
-                Some(&config_map(ns, &name)),
-            )
-            .await
-            .unwrap();
-        assert_eq!(code, 201, "{body}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for w in watchers {
-        let _ = tokio::time::timeout(Duration::from_secs(60), w).await;
-    }
-    let mut l = latencies.lock().unwrap().clone();
+    let mut l = writes::watch_deliveries(client, "watched", WATCHERS, events).await;
     let n = l.len();
     (percentile(&mut l, 0.5), percentile(&mut l, 0.99), n)
 }

@@ -278,17 +278,10 @@ pub struct Answer {
     pub datastore: kedge_store::etcd::Options,
 }
 
-fn status(code: http::StatusCode, reason: &str, message: &str) -> axum::response::Response {
-    let body = serde_json::json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": message, "reason": reason, "code": code.as_u16(),
-    });
-    let mut r = axum::response::IntoResponse::into_response((code, body.to_string()));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+/// The API's own Status answer for a refused join.
+fn status(code: http::StatusCode, reason: &'static str, message: &str) -> axum::response::Response {
+    let body = crate::api::ApiError::new(code.as_u16(), reason, message).status();
+    axum::response::IntoResponse::into_response((code, axum::Json(body)))
 }
 
 /// Compares in time that depends on the lengths only, so a guess does not learn how many of

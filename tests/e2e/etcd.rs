@@ -290,8 +290,8 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
     c.server.kill();
 
     let data = c.dir.path().join("server");
-    let migrate = || {
-        kedge(&[
+    let migrate_with = |extra: &[&str]| {
+        let mut args = vec![
             "datastore",
             "migrate",
             "--data-dir",
@@ -299,23 +299,16 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
             "--to",
             &etcd.endpoint,
             "--secrets-encryption",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        kedge(&args)
     };
+    let migrate = || migrate_with(&[]);
     // As a run that stopped halfway leaves it: its marker (with the embedded store's
     // revision it copied at) and some objects in etcd (here the namespace, written
     // differently). A server will not start on that; the next run goes on, skipping what is
     // there — unless the embedded store changed since, which it refuses.
-    let probe = kedge(&[
-        "datastore",
-        "migrate",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--to",
-        &etcd.endpoint,
-        "--datastore-prefix",
-        "/probe/",
-        "--secrets-encryption",
-    ]);
+    let probe = migrate_with(&["--datastore-prefix", "/probe/"]);
     let said = String::from_utf8_lossy(&probe.stdout).to_string();
     assert!(probe.status.success(), "{said}");
     let revision: u64 = said
@@ -464,40 +457,6 @@ fn a_cluster_on_the_embedded_store_moves_onto_etcd() {
 fn base64_encode(b: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-/// kubectl through the server whose admin kubeconfig is `kubeconfig`.
-fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Plugin name → the replica holding its lease (`status.holder`, the HOLDER column of
-/// `kubectl get plugins -o wide`).
-fn holders(kubeconfig: &std::path::Path) -> Vec<(String, String)> {
-    let Some(out) = kubectl_at(
-        kubeconfig,
-        &[
-            "get",
-            "plugins",
-            "-o",
-            r#"jsonpath={range .items[*]}{.metadata.name}={.status.holder}{"\n"}{end}"#,
-        ],
-    ) else {
-        return Vec::new();
-    };
-    out.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(p, h)| (p.to_string(), h.to_string()))
-        .collect()
 }
 
 fn pod_count(kubeconfig: &std::path::Path) -> Option<usize> {
@@ -715,29 +674,8 @@ fn an_agent_moves_to_the_other_server_when_its_server_dies() {
             .then_some(())
     });
     let servers = format!("127.0.0.1:{},127.0.0.1:{b_port}", c.port);
-    let node_dir = c.dir.path().join("ha-node");
     let join = c.token.clone();
-    let _agent = spawn(
-        "ha-node",
-        c.dir.path(),
-        &[
-            "agent",
-            "--server",
-            &servers,
-            "--token",
-            &join,
-            "--name",
-            "ha-node",
-            "--data-dir",
-            node_dir.to_str().unwrap(),
-            "--pod-network",
-            "host",
-            "--proxy-mode",
-            "none",
-            "--cluster-dns",
-            "",
-        ],
-    );
+    c.start_agent_at(None, &servers, "ha-node", &join, &[]);
     let web_port = free_port();
     c.k(&[
         "run",

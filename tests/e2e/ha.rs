@@ -12,11 +12,13 @@
 //!
 //! Needs root, `ip`, `iptables` (the NAT) and etcd; skips with a message otherwise.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Proc, free_port, spawn_in, spawn_server, start_etcd_cluster};
+use crate::harness::{
+    Cluster, Proc, free_port, holders, kubectl_at, spawn_server, start_etcd_cluster,
+};
 use crate::nat::{NatNet, missing_prerequisite};
 use crate::plugins::{digest, plugin_yaml, rebuilt};
 
@@ -30,19 +32,6 @@ const TIMINGS: [&str; 6] = [
     "1s",
 ];
 const LEASE: Duration = Duration::from_secs(6);
-
-fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// kubectl that must succeed: its stdout, or a panic with what it said.
 fn kubectl_must(kubeconfig: &Path, args: &[&str]) -> String {
@@ -66,20 +55,6 @@ fn jsonpath(kubeconfig: &Path, what: &[&str], path: &str) -> Option<String> {
     let expr = format!("jsonpath={path}");
     args.extend_from_slice(&["-o", &expr]);
     kubectl_at(kubeconfig, &args).filter(|s| !s.is_empty())
-}
-
-/// Plugin name → the server holding its lease.
-fn holders(kubeconfig: &Path) -> Vec<(String, String)> {
-    jsonpath(
-        kubeconfig,
-        &["get", "plugins"],
-        r#"{range .items[*]}{.metadata.name}={.status.holder}{"\n"}{end}"#,
-    )
-    .unwrap_or_default()
-    .lines()
-    .filter_map(|l| l.split_once('='))
-    .map(|(p, h)| (p.to_string(), h.to_string()))
-    .collect()
 }
 
 fn tunnel_server(kubeconfig: &Path, node: &str) -> Option<String> {
@@ -231,31 +206,9 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
     // Three agents, each given both servers: two here, one behind the NAT.
     let servers = format!("{host}:{},{host}:{b_port}", c.port);
     let nodes = ["n1", "n2", "n3"];
-    let mut agents: Vec<Proc> = Vec::new();
+    let join = c.token.clone();
     for (n, netns) in nodes.iter().zip([None, None, Some(net.sites[0].as_str())]) {
-        let data: PathBuf = c.dir.path().join(n);
-        agents.push(spawn_in(
-            netns,
-            n,
-            c.dir.path(),
-            &[
-                "agent",
-                "--server",
-                &servers,
-                "--token",
-                &c.token,
-                "--name",
-                n,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--pod-network",
-                "host",
-                "--proxy-mode",
-                "none",
-                "--cluster-dns",
-                "",
-            ],
-        ));
+        c.start_agent_at(netns, &servers, n, &join, &[]);
     }
     c.wait("three nodes Ready", || {
         let ready = jsonpath(
@@ -546,6 +499,5 @@ fn three_etcd_members_two_servers_three_agents_survive_losing_a_server_and_a_mem
         "{}",
         beta.log_text()
     );
-    drop(agents);
     drop(beta);
 }

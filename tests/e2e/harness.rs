@@ -205,6 +205,40 @@ pub fn spawn_server(
     spawn(name, dir, &args)
 }
 
+/// kubectl through the server whose admin kubeconfig is `kubeconfig`.
+pub fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Plugin name → the replica holding its lease (`status.holder`, the HOLDER column of
+/// `kubectl get plugins -o wide`).
+pub fn holders(kubeconfig: &std::path::Path) -> Vec<(String, String)> {
+    let Some(out) = kubectl_at(
+        kubeconfig,
+        &[
+            "get",
+            "plugins",
+            "-o",
+            r#"jsonpath={range .items[*]}{.metadata.name}={.status.holder}{"\n"}{end}"#,
+        ],
+    ) else {
+        return Vec::new();
+    };
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(p, h)| (p.to_string(), h.to_string()))
+        .collect()
+}
+
 /// Runs the `kedge` binary (a CLI command) to its end.
 pub fn kedge(args: &[&str]) -> std::process::Output {
     Command::new(KEDGE)

@@ -1053,6 +1053,32 @@ impl Drop for NatSites {
     }
 }
 
+/// The echo Service `far` with its one pod on node b, and the Wasm client `client-a` on
+/// node a, both running: the far pods and the Service's ClusterIP.
+fn far_service_and_client(c: &Cluster) -> (Vec<crate::harness::PodInfo>, String) {
+    apply(c, &echo_app("far", "node-b"));
+    apply(
+        c,
+        &client_pod(
+            "client-a",
+            "node-a",
+            "kedge.dev/samples/hello-wasm:v1",
+            None,
+        ),
+    );
+    let far = running_ready(c, "app=far", 1);
+    assert_eq!(far[0].node, "node-b");
+    c.wait("client-a running", || {
+        let v = json(c, &["get", "pod", "client-a", "-o", "json"]);
+        (v["status"]["phase"] == "Running").then_some(())
+    });
+    let ip = json(c, &["get", "svc", "far", "-o", "json"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (far, ip)
+}
+
 /// Nodes behind different NATs: a pod on one reaches a Service whose only endpoint is on the
 /// other, by ClusterIP and by name, and that pod's own address, over TCP and over UDP, through
 /// the server's relay over both nodes' tunnels.
@@ -1074,26 +1100,7 @@ fn a_service_is_reached_across_two_nats_through_the_relay() {
         c.start_agent_in(Some(&ns), name, &token, &["--pod-network", "auto"]);
     }
     let _pod_namespaces = PodNamespaces(c.dir.path().to_owned());
-    apply(&c, &echo_app("far", "node-b"));
-    apply(
-        &c,
-        &client_pod(
-            "client-a",
-            "node-a",
-            "kedge.dev/samples/hello-wasm:v1",
-            None,
-        ),
-    );
-    let far = running_ready(&c, "app=far", 1);
-    assert_eq!(far[0].node, "node-b");
-    c.wait("client-a running", || {
-        let v = json(&c, &["get", "pod", "client-a", "-o", "json"]);
-        (v["status"]["phase"] == "Running").then_some(())
-    });
-    let ip = json(&c, &["get", "svc", "far", "-o", "json"])["spec"]["clusterIP"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (far, ip) = far_service_and_client(&c);
     let body = c.wait("client-a reaching the Service behind the other NAT", || {
         wasm_get(&c, "client-a", &format!("{ip}:80/"))
     });
@@ -1158,14 +1165,9 @@ fn a_service_is_reached_across_two_nats_and_two_servers_through_the_relay() {
     );
     let b_config = b_data.join("admin.kubeconfig");
     c.wait("beta ready", || {
-        let ok = b_config.exists()
-            && Command::new("kubectl")
-                .arg("--kubeconfig")
-                .arg(&b_config)
-                .args(["get", "--raw", "/readyz"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-        ok.then_some(())
+        (b_config.exists()
+            && crate::harness::kubectl_at(&b_config, &["get", "--raw", "/readyz"]).is_some())
+        .then_some(())
     });
     let token = c.token.clone();
     let servers = [format!("{host}:{}", c.port), format!("{host}:{b_port}")];
@@ -1192,25 +1194,7 @@ fn a_service_is_reached_across_two_nats_and_two_servers_through_the_relay() {
             (r.ok && r.stdout.trim() == replica).then_some(())
         });
     }
-    apply(&c, &echo_app("far", "node-b"));
-    apply(
-        &c,
-        &client_pod(
-            "client-a",
-            "node-a",
-            "kedge.dev/samples/hello-wasm:v1",
-            None,
-        ),
-    );
-    let far = running_ready(&c, "app=far", 1);
-    c.wait("client-a running", || {
-        let v = json(&c, &["get", "pod", "client-a", "-o", "json"]);
-        (v["status"]["phase"] == "Running").then_some(())
-    });
-    let ip = json(&c, &["get", "svc", "far", "-o", "json"])["spec"]["clusterIP"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (far, ip) = far_service_and_client(&c);
     let body = c.wait("client-a reaching the Service through both servers", || {
         wasm_get(&c, "client-a", &format!("{ip}:80/"))
     });

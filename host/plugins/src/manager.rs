@@ -154,6 +154,20 @@ impl PluginManager {
         }
     }
 
+    /// Writes the status updates parked for `name` while this replica did not hold its
+    /// lease (they describe what runs now that it does).
+    fn flush_parked(&self, name: &str) {
+        let parked = self
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .unwrap_or_default();
+        for u in parked {
+            let _ = self.updates.send(u);
+        }
+    }
+
     /// Whether this replica holds the plugin's lease (`None`: no election for it here).
     fn is_leading(&self, name: &str) -> Option<bool> {
         self.entries()
@@ -196,15 +210,7 @@ impl PluginManager {
                     continue;
                 }
                 let Some(m) = this.upgrade() else { break };
-                let parked = m
-                    .parked
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name)
-                    .unwrap_or_default();
-                for u in parked {
-                    let _ = m.updates.send(u);
-                }
+                m.flush_parked(&name);
                 let holder = identity.clone();
                 m.update(&name, None, move |s, _| s.holder = Some(holder));
             }
@@ -804,15 +810,7 @@ impl PluginManager {
                 }
                 // The lease may have come meanwhile, its flush already done: flush again.
                 if self.is_leading(&name) == Some(true) {
-                    let parked = self
-                        .parked
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&name)
-                        .unwrap_or_default();
-                    for u in parked {
-                        let _ = self.updates.send(u);
-                    }
+                    self.flush_parked(&name);
                 }
                 continue;
             }

@@ -241,16 +241,9 @@ impl EtcdStore {
         let start = {
             let (kv, root) = (kv.clone(), root.clone());
             run_on(&handle, timeout, async move {
-                let r = unsent_again(|| {
-                    let (mut kv, root) = (kv.clone(), root.clone());
-                    async move {
-                        kv.get(root, Some(GetOptions::new().with_count_only()))
-                            .await
-                    }
-                })
-                .await
-                .map_err(|e| unreachable_etcd(&e))?;
-                Ok(rev_of(r.header()))
+                current_revision(&kv, &root)
+                    .await
+                    .map_err(|e| unreachable_etcd(&e))
             })?
         };
         // The watch cache, filled at the revision the watch starts after.
@@ -380,16 +373,9 @@ impl EtcdStore {
             let fetch = move || {
                 let (kv, root) = (kv.clone(), root.clone());
                 async move {
-                    unsent_again(|| {
-                        let (mut kv, root) = (kv.clone(), root.clone());
-                        async move {
-                            kv.get(root, Some(GetOptions::new().with_count_only()))
-                                .await
-                        }
-                    })
-                    .await
-                    .map(|r| rev_of(r.header()))
-                    .map_err(|e| e.to_string())
+                    current_revision(&kv, &root)
+                        .await
+                        .map_err(|e| e.to_string())
                 }
             };
             // No revision (etcd slow or away): the caller reads etcd, and says why if it fails.
@@ -542,6 +528,23 @@ where
             r => return r,
         }
     }
+}
+
+/// etcd's current revision: a count-only quorum read of one key (the root itself), sent
+/// again if it never reached etcd ([`unsent_again`]).
+async fn current_revision(
+    kv: &KvClient,
+    root: &str,
+) -> std::result::Result<Revision, etcd_client::Error> {
+    unsent_again(|| {
+        let mut kv = kv.clone();
+        async move {
+            kv.get(root, Some(GetOptions::new().with_count_only()))
+                .await
+        }
+    })
+    .await
+    .map(|r| rev_of(r.header()))
 }
 
 /// How often every member is asked whether it serves (see [`tend_members`]).
@@ -942,7 +945,7 @@ fn convert(
 async fn follow(
     shared: Weak<Shared>,
     mut client: etcd_client::WatchClient,
-    mut kv: KvClient,
+    kv: KvClient,
     (root, enc): (String, Arc<Encryption>),
     start: Revision,
     mut progress: tokio::sync::mpsc::Receiver<()>,
@@ -1072,11 +1075,8 @@ async fn follow(
         }
         if gap {
             // History the watch needed is gone: start over from now.
-            let now = match kv
-                .get(root.clone(), Some(GetOptions::new().with_count_only()))
-                .await
-            {
-                Ok(r) => rev_of(r.header()),
+            let now = match current_revision(&kv, &root).await {
+                Ok(rev) => rev,
                 Err(e) => {
                     tracing::warn!(error = %e, "store: etcd unreachable; retrying");
                     tokio::time::sleep(backoff).await;
@@ -1456,15 +1456,8 @@ impl Store for EtcdStore {
     }
 
     fn revision(&self) -> Revision {
-        let mut kv = self.kv.clone();
-        let root = self.root.clone();
-        let now = self.run(async move {
-            let r = kv
-                .get(root, Some(GetOptions::new().with_count_only()))
-                .await
-                .map_err(backend)?;
-            Ok(rev_of(r.header()))
-        });
+        let (kv, root) = (self.kv.clone(), self.root.clone());
+        let now = self.run(async move { current_revision(&kv, &root).await.map_err(backend) });
         match now {
             Ok(rev) => {
                 self.note(rev);
