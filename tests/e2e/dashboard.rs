@@ -153,6 +153,17 @@ impl Cdp {
 
     /// One command (to the browser, or to a page's session) and its result.
     fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
+        self.try_call(session, method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// One command and its result, or the error the browser answered with.
+    fn try_call(
+        &mut self,
+        session: Option<&str>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, Value> {
         self.next_id += 1;
         let id = self.next_id;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -175,9 +186,9 @@ impl Cdp {
                 let v: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
                 if v["id"] == id {
                     if let Some(e) = v.get("error") {
-                        panic!("{method}: {e}");
+                        return Err(e.clone());
                     }
-                    return v["result"].clone();
+                    return Ok(v["result"].clone());
                 }
                 if v.get("method").is_some() {
                     events.push(v);
@@ -193,25 +204,42 @@ impl Cdp {
 
     /// The value of a JavaScript expression in the page (promises awaited).
     fn eval(&mut self, expr: &str) -> Value {
-        let r = self.page(
+        self.try_eval(expr)
+            .unwrap_or_else(|e| panic!("Runtime.evaluate {expr}: {e}"))
+    }
+
+    /// Like `eval`, but the browser's refusal is returned: an evaluation that was under way
+    /// when the page navigated is answered "Inspected target navigated or closed".
+    fn try_eval(&mut self, expr: &str) -> Result<Value, Value> {
+        let session = self.session.clone();
+        let r = self.try_call(
+            Some(&session),
             "Runtime.evaluate",
             json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
-        );
+        )?;
         if let Some(e) = r.get("exceptionDetails") {
             panic!("evaluating {expr}: {e}");
         }
-        r["result"]["value"].clone()
+        Ok(r["result"]["value"].clone())
     }
 
     /// Evaluates `expr` until it is neither null, undefined, false nor ""; bounded. While a
     /// navigation or reload is under way the document may not have the elements yet: an
-    /// exception then counts as "not yet".
+    /// exception then counts as "not yet", and so does an evaluation the navigation cut off
+    /// (the browser answers it with an error, code -32000).
     fn wait_js(&mut self, what: &str, expr: &str) -> Value {
         let start = Instant::now();
         let guarded =
             format!("(() => {{ try {{ return ({expr}); }} catch (e) {{ return null; }} }})()");
         loop {
-            let v = self.eval(&guarded);
+            let v = match self.try_eval(&guarded) {
+                Ok(v) => v,
+                Err(e) if e["code"] == json!(-32000) && start.elapsed() < PAGE_TIMEOUT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => panic!("waiting for {what}: Runtime.evaluate: {e}"),
+            };
             if !v.is_null() && v != json!(false) && v != json!("") {
                 return v;
             }
@@ -526,7 +554,12 @@ fn dashboard_in_headless_chromium() {
     );
 
     // A token the API refuses (401) returns to the login form, saying why.
-    cdp.eval("sessionStorage.setItem('kedge.dashboard.token', 'not-a-token'); location.reload()");
+    // The reload may cut off the evaluation that asked for it: that answer is an error.
+    if let Err(e) = cdp.try_eval(
+        "sessionStorage.setItem('kedge.dashboard.token', 'not-a-token'); location.reload()",
+    ) {
+        assert_eq!(e["code"], json!(-32000), "{e}");
+    }
     let refused = cdp.wait_js(
         "the login form after a 401",
         "!document.querySelector('#login-view').hidden && document.querySelector('#login-error').textContent",

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::FromRequestParts as _;
@@ -218,11 +219,83 @@ pub(super) async fn exec(
     Ok(ws.on_upgrade(move |socket| relay_exec(socket, TokioIo::new(tunnel), v5)))
 }
 
+/// How long a session waits for the client's answer to its first ping.
+const READY_WAIT: Duration = Duration::from_secs(1);
+/// The least time between the upgrade and the first output to the client.
+const READY_GRACE: Duration = Duration::from_millis(10);
+
+/// Waits until the client can take output, and returns what it sent meanwhile (`None`: it
+/// left).
+///
+/// client-go's WebSocket executor before 1.33 (kubectl 1.30–1.32) starts reading the
+/// connection on one goroutine while another creates its streams, and drops a message for a
+/// stream not created yet ("Unknown stream id …, discarding message"): a command that prints
+/// and exits at once could lose its output and exit status, and kubectl then fails with
+/// "closed all streams" (kubernetes/kubernetes#131189, fixed in client-go 1.33). kube-apiserver
+/// is saved by the round trips to the kubelet and the runtime between its 101 and the first
+/// output; kedge has the output ready by then. So the first output waits for the client's
+/// pong to a ping sent right after the upgrade (its read loop answers it, one round trip after
+/// the streams were started), and at least [`READY_GRACE`]; data from the client proves its
+/// streams exist. A client that does not answer pings gets its output after [`READY_WAIT`].
+async fn until_client_ready(ws: &mut WebSocket) -> Option<Vec<Message>> {
+    let start = tokio::time::Instant::now();
+    let mut early = Vec::new();
+    if ws
+        .send(Message::Ping(Bytes::from_static(b"kedge")))
+        .await
+        .is_err()
+    {
+        return None;
+    }
+    let answered = tokio::time::timeout(READY_WAIT, async {
+        loop {
+            match ws.recv().await {
+                Some(Ok(Message::Pong(_))) => return true,
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                Some(Ok(msg @ Message::Binary(_))) => {
+                    early.push(msg);
+                    return true;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    if answered == Ok(false) {
+        return None;
+    }
+    tokio::time::sleep_until(start + READY_GRACE).await;
+    Some(early)
+}
+
+/// The tunnel frame for one client message: `Ok(None)` for a message that carries nothing
+/// for the node, `Err` when the client closed.
+fn client_frame(msg: Message, v5: bool) -> std::result::Result<Option<Frame>, ()> {
+    Ok(match msg {
+        Message::Binary(b) => match channel::client_message(&b, v5) {
+            ClientMessage::Stdin(d) => Some(Frame::new(channel::STDIN, d)),
+            ClientMessage::StdinClosed => Some(Frame::new(channel::CLOSE, vec![channel::STDIN])),
+            ClientMessage::Resize { width, height } => Some(Frame::new(
+                channel::RESIZE,
+                serde_json::to_vec(&serde_json::json!({"Width": width, "Height": height}))
+                    .unwrap_or_default(),
+            )),
+            ClientMessage::Ignored => None,
+        },
+        Message::Close(_) => return Err(()),
+        _ => None,
+    })
+}
+
 /// Client WebSocket ↔ tunnel frames, until the agent sends the final Status.
 async fn relay_exec<IO>(mut ws: WebSocket, tunnel: IO, v5: bool)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let early = match until_client_ready(&mut ws).await {
+        Some(early) => early,
+        None => return,
+    };
     let (mut rd, wr) = tokio::io::split(tunnel);
     // Input goes out on its own task: while a process does not read its stdin, its output
     // must keep flowing back (else `cat` of a large input deadlocks on full buffers).
@@ -235,6 +308,16 @@ where
     let mut pending_bytes = 0;
     // Its frame header too, so that empty messages count.
     let cost = |f: &Frame| f.payload.len() + 8;
+    for msg in early {
+        match client_frame(msg, v5) {
+            Ok(Some(f)) => {
+                pending_bytes += cost(&f);
+                pending.push_back(f);
+            }
+            Ok(None) => {}
+            Err(()) => return,
+        }
+    }
     let mut buf = BytesMut::with_capacity(CHUNK);
     let status: Option<Bytes> = loop {
         // Frames already buffered go out before we wait for more.
@@ -270,19 +353,11 @@ where
                 _ => break None,
             },
             msg = ws.recv(), if pending_bytes < READ_AHEAD => {
-                let f = match msg {
-                    Some(Ok(Message::Binary(b))) => match channel::client_message(&b, v5) {
-                        ClientMessage::Stdin(d) => Frame::new(channel::STDIN, d),
-                        ClientMessage::StdinClosed => Frame::new(channel::CLOSE, vec![channel::STDIN]),
-                        ClientMessage::Resize { width, height } => Frame::new(
-                            channel::RESIZE,
-                            serde_json::to_vec(&serde_json::json!({"Width": width, "Height": height}))
-                                .unwrap_or_default(),
-                        ),
-                        ClientMessage::Ignored => continue,
-                    },
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => continue,
+                let Some(Ok(msg)) = msg else { return };
+                let f = match client_frame(msg, v5) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => continue,
+                    Err(()) => return,
                 };
                 pending_bytes += cost(&f);
                 pending.push_back(f);
@@ -773,6 +848,107 @@ mod tests {
         assert!(channel_ports(Some("ports=0")).is_err());
         assert!(channel_ports(Some("ports=http")).is_err());
         assert!(channel_ports(None).is_err());
+    }
+
+    /// An exec server answering one session per connection with output the node had ready
+    /// before the client even connected: a line on stdout, then the exit status.
+    async fn ready_output_server() -> std::net::SocketAddr {
+        let app = axum::Router::new().route(
+            "/exec",
+            axum::routing::get(move |ws: WebSocketUpgrade| async move {
+                let (mut node, relay_side) = tokio::io::duplex(64 * 1024);
+                let mut out = BytesMut::new();
+                Frame::new(channel::STDOUT, b"hello\n".to_vec()).encode(&mut out);
+                Frame::new(channel::ERROR, br#"{"status":"Success"}"#.to_vec()).encode(&mut out);
+                node.write_all(&out).await.unwrap();
+                tokio::spawn(async move {
+                    // Held open until the relay drops its side.
+                    let _ = node.read_to_end(&mut Vec::new()).await;
+                });
+                ws.protocols(channel::PROTOCOLS)
+                    .on_upgrade(move |socket| relay_exec(socket, relay_side, true))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    /// A WebSocket handshake by hand, so that the test decides when its pong goes out.
+    async fn raw_upgrade(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /exec HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Protocol: {}\r\n\r\n",
+            channel::V5
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        // The response, one byte at a time so that nothing after it is read.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        tcp
+    }
+
+    /// client-go before 1.33 drops output that arrives before it created its streams
+    /// (kubernetes/kubernetes#131189): the relay sends none before the client answered its
+    /// ping, and then all of it. A client that never answers gets it after `READY_WAIT`.
+    #[tokio::test]
+    async fn exec_output_waits_for_the_clients_pong() {
+        let addr = ready_output_server().await;
+        let mut tcp = raw_upgrade(addr).await;
+        let mut ping = [0u8; 7];
+        tcp.read_exact(&mut ping).await.unwrap();
+        assert_eq!(&ping, b"\x89\x05kedge", "the first message is the ping");
+        // No output while the pong is outstanding, though the node's is all there.
+        let mut peek = [0u8; 1];
+        let quiet = tokio::time::timeout(Duration::from_millis(200), tcp.peek(&mut peek)).await;
+        assert!(quiet.is_err(), "output went out before the client's pong");
+        // The pong (masked, as from every client): then stdout and the status follow.
+        let mask = [1u8, 2, 3, 4];
+        let mut pong = vec![0x8A, 0x80 | 5];
+        pong.extend_from_slice(&mask);
+        pong.extend(b"kedge".iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        tcp.write_all(&pong).await.unwrap();
+        let rest = read_until_closed(&mut tcp).await;
+        assert!(contains(&rest, b"\x01hello\n"), "{rest:?}");
+        assert!(contains(&rest, b"\x03{\"status\":\"Success\"}"), "{rest:?}");
+
+        // A client that never answers pings still gets everything.
+        let mut tcp = raw_upgrade(addr).await;
+        let start = std::time::Instant::now();
+        let rest = read_until_closed(&mut tcp).await;
+        assert!(contains(&rest, b"\x01hello\n"), "{rest:?}");
+        assert!(start.elapsed() >= READY_WAIT / 2, "{:?}", start.elapsed());
+    }
+
+    async fn read_until_closed(tcp: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut all = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => all.extend_from_slice(&buf[..n]),
+                }
+                // The relay's close frame ends the session; it waits for ours only so long.
+                if all.windows(2).any(|w| w == [0x88, 0x02]) {
+                    return;
+                }
+            }
+        })
+        .await
+        .expect("the session ends");
+        all
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
     }
 
     /// A client that leaves while the node takes none of its input (a process that reads no
