@@ -157,6 +157,27 @@ pub trait Cluster {
     fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<Value>>;
     /// Binds a pod to a node (`pods/binding`).
     fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> ApiResult<()>;
+    /// Binds several pods at once, `(namespace, name, node)` each: the host writes them
+    /// concurrently, so they share commits. One result per binding, in order; at most 512.
+    fn bind_pods(&self, bindings: &[(String, String, String)]) -> Vec<ApiResult<()>> {
+        bindings
+            .iter()
+            .map(|(ns, name, node)| self.bind_pod(ns, name, node))
+            .collect()
+    }
+    /// Creates several objects of one kind at once, `(namespace, body)` each, as
+    /// [`Cluster::bind_pods`] does. One result per item, in order; at most 512.
+    fn create_objects(
+        &self,
+        api_version: &str,
+        kind: &str,
+        items: &[(String, Value)],
+    ) -> Vec<ApiResult<Value>> {
+        items
+            .iter()
+            .map(|(ns, body)| self.create_object(api_version, kind, ns, body))
+            .collect()
+    }
     /// Current time as RFC 3339 UTC; from the host so tests and replays control it.
     fn now(&self) -> String;
     /// Writes a line to the host's log under the plugin's span.
@@ -336,51 +357,93 @@ pub trait ClusterExt: Cluster {
         K: Resource
             + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
     {
-        let meta = obj.metadata();
-        // Events about cluster-scoped objects live in `default`, their involvedObject has no
-        // namespace, and for Nodes the uid is the node's name (what kubelet records and what
-        // `kubectl describe node` searches for).
-        let involved_ns = meta.namespace.clone();
-        let ns = involved_ns.clone().unwrap_or_else(|| "default".into());
-        let name = meta.name.clone().unwrap_or_default();
-        let uid = if K::KIND == "Node" {
-            Some(name.clone())
-        } else {
-            meta.uid.clone()
-        };
-        let now = self.now();
-        // FNV-1a over what makes this event distinct: a unique-enough name suffix.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in [
-            now.as_str(),
-            reason,
-            message,
-            meta.uid.as_deref().unwrap_or(""),
-        ]
-        .concat()
-        .bytes()
-        {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let event = serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"name": format!("{name}.{h:016x}"), "namespace": ns},
-            "involvedObject": {
-                "apiVersion": K::API_VERSION, "kind": K::KIND, "namespace": involved_ns,
-                "name": name, "uid": uid, "resourceVersion": meta.resource_version,
-            },
-            "reason": reason,
-            "message": message,
-            "type": kind,
-            "source": {"component": component},
-            "reportingComponent": component,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        });
+        let (ns, event) = event_body(self, obj, kind, reason, message, component);
         self.create_object("v1", "Event", &ns, &event).map(|_| ())
     }
+
+    /// [`ClusterExt::record_event`] for several objects at once (`(object, kind, reason,
+    /// message)` each), written together ([`Cluster::create_objects`]). The errors are the
+    /// caller's to ignore.
+    fn record_events<K>(
+        &self,
+        events: &[(&K, &str, &str, String)],
+        component: &str,
+    ) -> Vec<ApiResult<()>>
+    where
+        K: Resource
+            + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+    {
+        let items: Vec<(String, Value)> = events
+            .iter()
+            .map(|(obj, kind, reason, message)| {
+                event_body(self, *obj, kind, reason, message, component)
+            })
+            .collect();
+        self.create_objects("v1", "Event", &items)
+            .into_iter()
+            .map(|r| r.map(|_| ()))
+            .collect()
+    }
+}
+
+/// The namespace and body of an Event about `obj` ([`ClusterExt::record_event`]).
+fn event_body<C, K>(
+    cluster: &C,
+    obj: &K,
+    kind: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+) -> (String, Value)
+where
+    C: Cluster + ?Sized,
+    K: Resource
+        + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
+{
+    let meta = obj.metadata();
+    // Events about cluster-scoped objects live in `default`, their involvedObject has no
+    // namespace, and for Nodes the uid is the node's name (what kubelet records and what
+    // `kubectl describe node` searches for).
+    let involved_ns = meta.namespace.clone();
+    let ns = involved_ns.clone().unwrap_or_else(|| "default".into());
+    let name = meta.name.clone().unwrap_or_default();
+    let uid = if K::KIND == "Node" {
+        Some(name.clone())
+    } else {
+        meta.uid.clone()
+    };
+    let now = cluster.now();
+    // FNV-1a over what makes this event distinct: a unique-enough name suffix.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in [
+        now.as_str(),
+        reason,
+        message,
+        meta.uid.as_deref().unwrap_or(""),
+    ]
+    .concat()
+    .bytes()
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let event = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"name": format!("{name}.{h:016x}"), "namespace": ns},
+        "involvedObject": {
+            "apiVersion": K::API_VERSION, "kind": K::KIND, "namespace": involved_ns,
+            "name": name, "uid": uid, "resourceVersion": meta.resource_version,
+        },
+        "reason": reason,
+        "message": message,
+        "type": kind,
+        "source": {"component": component},
+        "reportingComponent": component,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    });
+    (ns, event)
 }
 
 impl<C: Cluster + ?Sized> ClusterExt for C {}
@@ -504,6 +567,46 @@ impl Cluster for HostCluster {
 
     fn bind_pod(&self, ns: &str, name: &str, node: &str) -> ApiResult<()> {
         wit::bind_pod(ns, name, node)
+    }
+
+    fn bind_pods(&self, bindings: &[(String, String, String)]) -> Vec<ApiResult<()>> {
+        let bindings: Vec<wit::PodBinding> = bindings
+            .iter()
+            .map(|(namespace, name, node)| wit::PodBinding {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                node: node.clone(),
+            })
+            .collect();
+        wit::bind_pods(&bindings)
+    }
+
+    fn create_objects(
+        &self,
+        api_version: &str,
+        kind: &str,
+        items: &[(String, Value)],
+    ) -> Vec<ApiResult<Value>> {
+        let mut out: Vec<Option<ApiResult<Value>>> = Vec::with_capacity(items.len());
+        let mut texts = Vec::with_capacity(items.len());
+        for (ns, body) in items {
+            match body_text(kind, body) {
+                Ok(t) => {
+                    texts.push((ns.clone(), t));
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let mut sent = wit::create_all(api_version, kind, &texts).into_iter();
+        out.into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match sent.next() {
+                    Some(r) => r.and_then(|t| parse_body(kind, t)),
+                    None => Err(ApiError::Other("the host answered fewer items".into())),
+                })
+            })
+            .collect()
     }
 
     fn now(&self) -> String {

@@ -171,7 +171,7 @@ impl Terms {
     }
 }
 
-fn has_pod_affinity(pod: &Pod) -> bool {
+pub(crate) fn has_pod_affinity(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
         .and_then(|s| s.affinity.as_ref())

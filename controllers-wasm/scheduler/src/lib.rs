@@ -208,8 +208,10 @@ fn capacity(node: &Node) -> (Capacity, u64) {
 }
 
 /// The filters, in order; the node's capacity when it passes them all.
+#[allow(clippy::too_many_arguments)]
 fn evaluate(
     node: &Node,
+    (cap, max_pods): (Capacity, u64),
     pod: &Pod,
     want: Requests,
     usage: Usage,
@@ -239,7 +241,6 @@ fn evaluate(
     if let Some(r) = ports.check(node) {
         return Err(vec![r]);
     }
-    let (cap, max_pods) = capacity(node);
     let used = usage.requests.saturating_add(want);
     let mut reasons = Vec::new();
     if want.cpu_millis > 0 && used.cpu_millis > cap.cpu_millis {
@@ -368,14 +369,16 @@ fn pick<'n>(w: &World, feasible: &[Feasible<'n>]) -> Option<&'n str> {
         .map(|(f, _)| f.name())
 }
 
-/// Most pods one reconcile places: the pod asked about, then other pending pods oldest
-/// first. Decoding every Node and Pod is most of a call's cost, so one snapshot serves a
-/// batch (as kube-scheduler's cache serves its queue); every binding is added to the
-/// snapshot before the next pod is placed.
-const BATCH: usize = 64;
+/// Most pods one reconcile places: the pod asked about, then other pending pods by
+/// priority and age. Listing and decoding every Node and Pod is a large part of a call's
+/// cost, so one snapshot serves a batch (as kube-scheduler's cache serves its queue); every
+/// placement is added to the snapshot before the next pod is placed, and the batch's
+/// bindings are written together at the end.
+const BATCH: usize = 256;
 
-/// Wall-clock budget for the batch, well inside the host's per-call deadline.
-const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(400);
+/// Wall-clock budget for placing the batch, well inside the host's per-call deadline (the
+/// bindings are written after it).
+const BATCH_BUDGET: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Where one pod goes.
 enum Decision {
@@ -397,9 +400,15 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         return Ok(Outcome::done());
     }
     let started = std::time::Instant::now();
+    let first = pod.metadata.uid.clone().unwrap_or_default();
     let nodes = cluster.list::<Node>("", "")?;
-    let mut all_pods = cluster.list::<Pod>("", "")?;
+    let all_pods = cluster.list::<Pod>("", "")?;
     let ns_labels = NamespaceLabels::new(cluster);
+    // FNV-1a of the pod's uid: where this reconcile's search over the nodes starts.
+    let start = first.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut snap = Snapshot::new(&nodes, &all_pods, start as usize);
 
     // The pod asked about first, then the other pending ones by age.
     let mut queue: Vec<Pod> = all_pods
@@ -424,6 +433,9 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     queue.insert(0, pod);
 
     let mut outcome = Outcome::done();
+    // Pods placed in the snapshot, bound together at the end: one host call whose writes
+    // share commits, as kube-scheduler binds asynchronously after assuming the pod.
+    let mut placed: Vec<(Pod, String)> = Vec::new();
     for (i, candidate) in queue.into_iter().enumerate() {
         if i > 0 && started.elapsed() > BATCH_BUDGET {
             break;
@@ -437,36 +449,25 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
                 continue;
             }
         };
-        let decision = decide(&candidate, &nodes, &all_pods, &ns_labels, &volumes)?;
+        let decision = decide(&candidate, &snap, &ns_labels, &volumes)?;
         let ns = candidate.metadata.namespace.clone().unwrap_or_default();
-        let name = candidate.metadata.name.clone().unwrap_or_default();
         match decision {
-            Decision::Bind(node) => match volumes
-                .select(cluster, &ns, &node)
-                .and_then(|()| Ok(cluster.bind_pod(&ns, &name, &node).ignore_stale()?))
-            {
-                Ok(Some(())) => {
-                    cluster.log(LogLevel::Debug, &format!("bound {ns}/{name} to {node}"));
-                    let _ = cluster.record_event(
-                        &candidate,
-                        "Normal",
-                        "Scheduled",
-                        &format!("Successfully assigned {ns}/{name} to {node}"),
-                        "default-scheduler",
-                    );
-                    // The next pods of the batch see this one where it now is.
-                    if let Some(p) = all_pods
-                        .iter_mut()
-                        .find(|p| p.metadata.uid == candidate.metadata.uid)
-                    {
-                        p.spec.get_or_insert_default().node_name = Some(node);
-                    }
+            Decision::Bind(node) => {
+                // Claims waiting for their first consumer learn the node first (rare).
+                match volumes.select(cluster, &ns, &node) {
+                    Ok(()) => {}
+                    Err(e) if i == 0 => return Err(e),
+                    Err(_) => continue,
                 }
-                // Bound meanwhile (another scheduler run, or a stale read): nothing to do.
-                Ok(None) => {}
-                Err(e) if i == 0 => return Err(e),
-                Err(_) => {}
-            },
+                // The next pods of the batch see this one where it is going.
+                if let Some(p) = all_pods
+                    .iter()
+                    .find(|p| p.metadata.uid == candidate.metadata.uid)
+                {
+                    snap.bind(p, &node);
+                }
+                placed.push((candidate, node));
+            }
             // Other pods of the batch that fit nowhere get their own reconcile, which
             // reports it.
             Decision::Unschedulable(message) if i == 0 => {
@@ -478,96 +479,289 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
                 victims,
             } if i == 0 => {
                 outcome = preempt_for(cluster, &candidate, &message, &node, &victims)?;
-                // The rest of the batch sees the victims leaving and the room taken.
-                for p in all_pods.iter_mut() {
-                    if victims.iter().any(|v| v.metadata.uid == p.metadata.uid) {
-                        p.metadata.deletion_timestamp = parse_time(&cluster.now());
-                    } else if p.metadata.uid == candidate.metadata.uid {
-                        p.status.get_or_insert_default().nominated_node_name = Some(node.clone());
-                    }
-                }
+                // The victims are leaving and the pod holds their room: the rest of the
+                // pending pods are placed by their own reconciles, which see that.
+                break;
             }
             Decision::Unschedulable(_) | Decision::Preempt { .. } => {}
         }
     }
+    bind_all(cluster, &first, placed)?;
     Ok(outcome)
 }
 
-/// Filters and scores every node for `pod` against the pods in `all_pods`.
+/// Binds the pods of a batch and records their Scheduled events, each set in one call. A
+/// pod bound or deleted meanwhile is left alone; another error fails the reconcile when it
+/// is the pod the reconcile was for (`first`), so that pod is retried.
+fn bind_all(cluster: &dyn Cluster, first: &str, placed: Vec<(Pod, String)>) -> Result<()> {
+    if placed.is_empty() {
+        return Ok(());
+    }
+    let bindings: Vec<(String, String, String)> = placed
+        .iter()
+        .map(|(pod, node)| {
+            (
+                pod.metadata.namespace.clone().unwrap_or_default(),
+                pod.metadata.name.clone().unwrap_or_default(),
+                node.clone(),
+            )
+        })
+        .collect();
+    let results = cluster.bind_pods(&bindings);
+    let mut events = Vec::with_capacity(placed.len());
+    let mut failed = None;
+    for (((pod, _), (ns, name, node)), result) in placed.iter().zip(&bindings).zip(results) {
+        match result.ignore_stale() {
+            Ok(Some(())) => events.push((
+                pod,
+                "Normal",
+                "Scheduled",
+                format!("Successfully assigned {ns}/{name} to {node}"),
+            )),
+            // Bound meanwhile (another scheduler run, or a stale read): nothing to do.
+            Ok(None) => {}
+            Err(e) if pod.metadata.uid.as_deref() == Some(first) => failed = Some(e),
+            Err(e) => cluster.log(
+                LogLevel::Warn,
+                &format!("binding {ns}/{name} to {node}: {e}"),
+            ),
+        }
+    }
+    cluster.log(
+        LogLevel::Debug,
+        &format!("bound {} of {} pods", events.len(), placed.len()),
+    );
+    let _ = cluster.record_events(&events, "default-scheduler");
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// What the pods already placed hold, per node: built once per batch from one list of the
+/// nodes and pods (kube-scheduler's NodeInfo cache), each binding of the batch added to it,
+/// so placing a pod no longer walks every pod.
+struct Snapshot<'a> {
+    nodes: &'a [Node],
+    index: HashMap<&'a str, usize>,
+    /// Each node's allocatable CPU and memory and its pod limit, parsed once.
+    capacity: Vec<(Capacity, u64)>,
+    /// Requests of the active pods bound to each node.
+    usage: Vec<Usage>,
+    /// The active pods bound to each node, with their requests.
+    pods: Vec<Vec<(&'a Pod, Requests)>>,
+    /// Active pods bound to a node that have pod (anti-)affinity terms, with their node:
+    /// their required anti-affinity and preferences reach every incoming pod.
+    with_affinity: Vec<(&'a Pod, &'a Node)>,
+    /// Where the next pod's search for feasible nodes starts.
+    next_start: std::cell::Cell<usize>,
+    /// Unbound active pods nominated to a node by a preemption, with their requests.
+    nominated: Vec<(&'a Pod, &'a str, Requests)>,
+    /// The pods holding ports on each node name.
+    holding_ports: nodeports::Holding<'a>,
+}
+
+impl<'a> Snapshot<'a> {
+    /// `start`: where the first pod's search for feasible nodes starts (a fresh instance
+    /// remembers nothing, so each reconcile picks one from its pod).
+    fn new(nodes: &'a [Node], all_pods: &'a [Pod], start: usize) -> Self {
+        let index: HashMap<&str, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.metadata.name.as_deref().unwrap_or(""), i))
+            .collect();
+        let mut snap = Snapshot {
+            nodes,
+            capacity: nodes.iter().map(capacity).collect(),
+            usage: vec![Usage::default(); nodes.len()],
+            pods: vec![Vec::new(); nodes.len()],
+            index,
+            with_affinity: Vec::new(),
+            next_start: std::cell::Cell::new(start % nodes.len().max(1)),
+            nominated: Vec::new(),
+            holding_ports: HashMap::new(),
+        };
+        for pod in all_pods {
+            let Some(spec) = pod.spec.as_ref() else {
+                continue;
+            };
+            let node = spec.node_name.as_deref().unwrap_or("");
+            if node.is_empty() {
+                if is_active(pod)
+                    && let Some(at) = pod
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.nominated_node_name.as_deref())
+                        .filter(|n| !n.is_empty())
+                {
+                    snap.nominated
+                        .push((pod, at, pod_requests(spec).unwrap_or_default()));
+                }
+                continue;
+            }
+            snap.place(pod, node);
+        }
+        snap
+    }
+
+    /// Counts `pod` on `node` (its own `spec.nodeName` is not read).
+    fn place(&mut self, pod: &'a Pod, node: &'a str) {
+        let Some(spec) = pod.spec.as_ref() else {
+            return;
+        };
+        if nodeports::holds_ports(pod) {
+            self.holding_ports.entry(node).or_default().push(pod);
+        }
+        if !is_active(pod) {
+            return;
+        }
+        // A bound pod with a bad quantity was admitted anyway; count it as one pod, no
+        // resources.
+        let requests = pod_requests(spec).unwrap_or_default();
+        let Some(&i) = self.index.get(node) else {
+            return;
+        };
+        let u = &mut self.usage[i];
+        u.requests = u.requests.saturating_add(requests);
+        u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
+        u.pods += 1;
+        self.pods[i].push((pod, requests));
+        if interpod::has_pod_affinity(pod) {
+            self.with_affinity.push((pod, &self.nodes[i]));
+        }
+    }
+
+    /// A pod of the batch was bound to `node`.
+    fn bind(&mut self, pod: &'a Pod, node: &str) {
+        self.nominated
+            .retain(|(p, _, _)| p.metadata.uid != pod.metadata.uid);
+        if let Some(&i) = self.index.get(node) {
+            let name = self.nodes[i].metadata.name.as_deref().unwrap_or("");
+            self.place(pod, name);
+        }
+    }
+
+    /// Pods on the known nodes, by node name (what spreading counts).
+    fn pods_by_node(&self) -> BTreeMap<&'a str, Vec<&'a Pod>> {
+        self.nodes
+            .iter()
+            .zip(&self.pods)
+            .filter(|(_, pods)| !pods.is_empty())
+            .map(|(n, pods)| {
+                (
+                    n.metadata.name.as_deref().unwrap_or(""),
+                    pods.iter().map(|(p, _)| *p).collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Below this many nodes every node is filtered and scored (kube-scheduler's
+/// `minFeasibleNodesToFind`).
+const MIN_FEASIBLE_NODES: usize = 100;
+/// The least share of the nodes searched for feasible ones, in percent
+/// (`minFeasibleNodesPercentageToFind`).
+const MIN_FEASIBLE_PERCENT: usize = 5;
+
+/// How many feasible nodes are enough to pick from: kube-scheduler's adaptive
+/// `percentageOfNodesToScore` (its default): every node up to 100, then 50 % less one point
+/// per 125 nodes, at least 5 % and at least 100 nodes (420 of 1,000; 500 of 10,000). A pod
+/// that fits nowhere is still checked against every node, so its message counts them all.
+fn feasible_nodes_to_find(all: usize) -> usize {
+    if all < MIN_FEASIBLE_NODES {
+        return all;
+    }
+    let percent = 50usize.saturating_sub(all / 125).max(MIN_FEASIBLE_PERCENT);
+    (all * percent / 100).max(MIN_FEASIBLE_NODES)
+}
+
+/// Filters and scores the nodes for `pod` against the pods in the snapshot: every node,
+/// or from where the last pod stopped until enough are feasible
+/// ([`feasible_nodes_to_find`]).
 fn decide(
     pod: &Pod,
-    nodes: &[Node],
-    all_pods: &[Pod],
+    snap: &Snapshot,
     ns_labels: &NamespaceLabels,
     volumes: &Volumes,
 ) -> Result<Decision> {
     let spec = pod.spec.as_ref().expect("needs_scheduling checked spec");
     let want = pod_requests(spec).map_err(|e| format!("pod requests: {e}"))?;
-    let by_name: HashMap<&str, &Node> = nodes
-        .iter()
-        .map(|n| (n.metadata.name.as_deref().unwrap_or(""), n))
-        .collect();
-    let mut usage: HashMap<&str, Usage> = HashMap::new();
-    let mut pods_by_node: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
-    let mut placed: Vec<(&Pod, &Node)> = Vec::new();
-    // For preemption: each node's active pods with their requests, and what pods nominated
-    // there (by an earlier preemption, of at least this pod's priority) will take.
-    let mut requests_by_node: HashMap<&str, Vec<(&Pod, Requests)>> = HashMap::new();
+    let nodes = snap.nodes;
+    // Pods nominated to a node (by an earlier preemption, of at least this pod's priority)
+    // take room there: their requests are added to the node's usage.
     let mut nominated: HashMap<&str, Usage> = HashMap::new();
-    for other in all_pods {
-        let Some(other_spec) = other.spec.as_ref() else {
-            continue;
-        };
-        let node = other_spec.node_name.as_deref().unwrap_or("");
-        if node.is_empty()
-            && is_active(other)
-            && other.metadata.uid != pod.metadata.uid
+    for (other, at, requests) in &snap.nominated {
+        if other.metadata.uid != pod.metadata.uid
             && preempt::priority(other) >= preempt::priority(pod)
-            && let Some(at) = other
-                .status
-                .as_ref()
-                .and_then(|s| s.nominated_node_name.as_deref())
-                .filter(|n| !n.is_empty())
         {
-            let requests = pod_requests(other_spec).unwrap_or_default();
             let u = nominated.entry(at).or_default();
-            u.requests = u.requests.saturating_add(requests);
+            u.requests = u.requests.saturating_add(*requests);
+            u.non_zero = u.non_zero.saturating_add(score::non_zero(*requests));
             u.pods += 1;
-            let u = usage.entry(at).or_default();
-            u.requests = u.requests.saturating_add(requests);
-            u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
-            u.pods += 1;
-        }
-        if node.is_empty() || !is_active(other) || other.metadata.uid == pod.metadata.uid {
-            continue;
-        }
-        // A bound pod with a bad quantity was admitted anyway; count it as one pod, no resources.
-        let requests = pod_requests(other_spec).unwrap_or_default();
-        requests_by_node
-            .entry(node)
-            .or_default()
-            .push((other, requests));
-        let u = usage.entry(node).or_default();
-        u.requests = u.requests.saturating_add(requests);
-        u.non_zero = u.non_zero.saturating_add(score::non_zero(requests));
-        u.pods += 1;
-        if let Some(&n) = by_name.get(node) {
-            placed.push((other, n));
-            pods_by_node.entry(node).or_default().push(other);
         }
     }
+    let usage_of = |i: usize, name: &str| {
+        let mut u = snap.usage[i];
+        if let Some(n) = nominated.get(name) {
+            u.requests = u.requests.saturating_add(n.requests);
+            u.non_zero = u.non_zero.saturating_add(n.non_zero);
+            u.pods += n.pods;
+        }
+        u
+    };
+    // Spreading counts pods per node, pod affinity looks at every placed pod: built only for
+    // a pod that has such constraints (the affinity of pods already placed is in the snapshot).
+    let has_spread = spec
+        .topology_spread_constraints
+        .as_ref()
+        .is_some_and(|c| !c.is_empty());
+    let pods_by_node = if has_spread {
+        snap.pods_by_node()
+    } else {
+        BTreeMap::new()
+    };
+    let placed: Vec<(&Pod, &Node)> = if interpod::has_pod_affinity(pod) {
+        nodes
+            .iter()
+            .zip(&snap.pods)
+            .flat_map(|(n, pods)| pods.iter().map(move |(p, _)| (*p, n)))
+            .collect()
+    } else {
+        snap.with_affinity.clone()
+    };
 
     let interpod = InterPod::new(pod, &placed, ns_labels);
-    let ports = NodePorts::new(pod, all_pods);
+    let ports = NodePorts::new(pod, &snap.holding_ports);
     let spread = Spread::new(pod, nodes, &pods_by_node);
     let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
     let mut feasible = Vec::new();
-    let mut preemptible: Vec<&Node> = Vec::new();
-    for node in nodes {
+    let mut preemptible: Vec<usize> = Vec::new();
+    // As kube-scheduler: stop filtering once enough feasible nodes are found, and start
+    // where the previous pod stopped, so every node gets its turn.
+    let enough = feasible_nodes_to_find(nodes.len());
+    let start = snap.next_start.get();
+    let mut processed = 0;
+    for k in 0..nodes.len() {
+        if feasible.len() >= enough {
+            break;
+        }
+        processed += 1;
+        let i = (start + k) % nodes.len();
+        let node = &nodes[i];
         let name = node.metadata.name.as_deref().unwrap_or("");
-        let u = usage.get(name).copied().unwrap_or_default();
+        let u = usage_of(i, name);
         let evaluated = if volumes.fits(node) {
-            evaluate(node, pod, want, u, &ports, &spread, &interpod)
+            evaluate(
+                node,
+                snap.capacity[i],
+                pod,
+                want,
+                u,
+                &ports,
+                &spread,
+                &interpod,
+            )
         } else {
             Err(vec![Reason::VolumeNodeAffinity])
         };
@@ -579,13 +773,15 @@ fn decide(
             }),
             Err(rs) => {
                 if preempt::resources_only(&rs) {
-                    preemptible.push(node);
+                    preemptible.push(i);
                 }
                 rs.into_iter()
                     .for_each(|r| *reasons.entry(r).or_default() += 1);
             }
         }
     }
+    snap.next_start
+        .set((start + processed) % nodes.len().max(1));
     let world = World {
         pod,
         want,
@@ -603,17 +799,23 @@ fn decide(
     }
     let candidates: Vec<preempt::NodePods> = preemptible
         .into_iter()
-        .map(|node| {
+        .map(|i| {
+            let node = &nodes[i];
             let name = node.metadata.name.as_deref().unwrap_or("");
             preempt::NodePods {
                 node,
-                pods: requests_by_node.remove(name).unwrap_or_default(),
+                pods: snap.pods[i].clone(),
                 nominated: nominated.get(name).copied().unwrap_or_default(),
             }
         })
         .collect();
-    let fits =
-        |node: &Node, u: Usage| evaluate(node, pod, want, u, &ports, &spread, &interpod).is_ok();
+    let fits = |node: &Node, u: Usage| {
+        let cap = snap
+            .index
+            .get(node.metadata.name.as_deref().unwrap_or(""))
+            .map_or_else(|| capacity(node), |&i| snap.capacity[i]);
+        evaluate(node, cap, pod, want, u, &ports, &spread, &interpod).is_ok()
+    };
     Ok(match preempt::plan(pod, &candidates, &fits) {
         Some(plan) => Decision::Preempt {
             message,

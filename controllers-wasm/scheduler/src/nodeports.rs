@@ -113,33 +113,32 @@ fn needs_port_mapping(spec: &PodSpec) -> bool {
 
 /// The incoming pod and the pods on each node (their ports depend on the node's network).
 pub(crate) struct NodePorts<'a> {
+    pod: &'a Pod,
     spec: Option<&'a PodSpec>,
-    held: HashMap<&'a str, Vec<&'a PodSpec>>,
+    held: Option<&'a Holding<'a>>,
+}
+
+/// The pods that hold ports on each node: bound and not finished (terminating ones
+/// included).
+pub(crate) type Holding<'a> = HashMap<&'a str, Vec<&'a Pod>>;
+
+/// Whether a pod bound to a node holds its ports there.
+pub(crate) fn holds_ports(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    !matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 impl<'a> NodePorts<'a> {
-    pub(crate) fn new(pod: &'a Pod, all_pods: &'a [Pod]) -> Self {
+    /// `holding`: the unfinished pods bound to each node ([`Holding`]).
+    pub(crate) fn new(pod: &'a Pod, holding: &'a Holding<'a>) -> Self {
         let spec = pod.spec.as_ref();
-        let mut held: HashMap<&str, Vec<&PodSpec>> = HashMap::new();
         // A pod that declares no port fits whatever the nodes hold.
         let any = spec.is_some_and(|s| !held_ports(s, true).is_empty());
-        if any {
-            for other in all_pods {
-                let Some(spec) = other.spec.as_ref() else {
-                    continue;
-                };
-                let node = spec.node_name.as_deref().unwrap_or("");
-                let phase = other.status.as_ref().and_then(|s| s.phase.as_deref());
-                if node.is_empty()
-                    || matches!(phase, Some("Succeeded" | "Failed"))
-                    || other.metadata.uid == pod.metadata.uid
-                {
-                    continue;
-                }
-                held.entry(node).or_default().push(spec);
-            }
+        NodePorts {
+            pod,
+            spec,
+            held: any.then_some(holding),
         }
-        NodePorts { spec, held }
     }
 
     /// `Some(reason)` when a port the pod needs is taken on `node`.
@@ -151,9 +150,15 @@ impl<'a> NodePorts<'a> {
             return Some(Reason::PodNetwork);
         }
         let name = node.metadata.name.as_deref().unwrap_or("");
-        let held = self.held.get(name)?;
+        let held = self.held?.get(name)?;
         let wanted = held_ports(self.spec?, shared);
-        let held: Vec<HostPort> = held.iter().flat_map(|s| held_ports(s, shared)).collect();
+        // The pod itself may be in the snapshot, bound meanwhile: it does not collide.
+        let held: Vec<HostPort> = held
+            .iter()
+            .filter(|p| p.metadata.uid != self.pod.metadata.uid)
+            .filter_map(|p| p.spec.as_ref())
+            .flat_map(|s| held_ports(s, shared))
+            .collect();
         wanted
             .iter()
             .any(|w| held.iter().any(|h| h.overlaps(w)))
@@ -166,6 +171,20 @@ mod tests {
     use k8s_openapi::api::core::v1::{Container, ContainerPort, PodStatus};
 
     use super::*;
+
+    /// What the scheduler's snapshot holds for these pods.
+    fn holding(pods: &[Pod]) -> Holding<'_> {
+        let mut h = Holding::new();
+        for p in pods {
+            let node = p.spec.as_ref().and_then(|s| s.node_name.as_deref());
+            if let Some(node) = node.filter(|n| !n.is_empty())
+                && holds_ports(p)
+            {
+                h.entry(node).or_default().push(p);
+            }
+        }
+        h
+    }
 
     /// A port entry: `host_port` 0 for none, `ip` and `protocol` "" for none.
     fn port(container_port: i32, host_port: i32, ip: &str, protocol: &str) -> ContainerPort {
@@ -285,7 +304,7 @@ mod tests {
             } else {
                 &node("n")
             };
-            let got = NodePorts::new(&incoming, &pods).check(on);
+            let got = NodePorts::new(&incoming, &holding(&pods)).check(on);
             assert_eq!(got.is_some(), conflict, "{case}");
         }
     }
@@ -299,16 +318,24 @@ mod tests {
         assert!(!pods_share_node_network(&n));
         let pods = [pod("old", "n", "Running", vec![port(80, 0, "", "")])];
         let same = pod("new", "", "Pending", vec![port(80, 0, "", "")]);
-        assert!(NodePorts::new(&same, &pods).check(&n).is_none());
-        assert!(NodePorts::new(&same, &pods).check(&node("n")).is_some());
+        assert!(NodePorts::new(&same, &holding(&pods)).check(&n).is_none());
+        assert!(
+            NodePorts::new(&same, &holding(&pods))
+                .check(&node("n"))
+                .is_some()
+        );
         let host = [pod("old", "n", "Running", vec![port(80, 8080, "", "")])];
         let wants_host = pod("new", "", "Pending", vec![port(81, 8080, "", "")]);
-        assert!(NodePorts::new(&wants_host, &host).check(&n).is_some());
+        assert!(
+            NodePorts::new(&wants_host, &holding(&host))
+                .check(&n)
+                .is_some()
+        );
         // A mapping to another port fits only where portmap can make it.
         let mapped = pod("new", "", "Pending", vec![port(80, 9090, "", "")]);
-        assert_eq!(NodePorts::new(&mapped, &[]).check(&n), None);
+        assert_eq!(NodePorts::new(&mapped, &holding(&[])).check(&n), None);
         assert_eq!(
-            NodePorts::new(&mapped, &[]).check(&node("n")),
+            NodePorts::new(&mapped, &holding(&[])).check(&node("n")),
             Some(Reason::PodNetwork)
         );
     }
@@ -325,13 +352,16 @@ mod tests {
             ("not bound yet", "Pending", "", false),
         ] {
             let pods = [pod("old", on, phase, vec![port(8080, 0, "", "")])];
-            let got = NodePorts::new(&wanted, &pods).check(&node("n"));
+            let got = NodePorts::new(&wanted, &holding(&pods)).check(&node("n"));
             assert_eq!(got.is_some(), conflict, "{case}");
         }
         // The pod does not collide with itself (it may be in the list, bound meanwhile).
         let itself = pod("new", "n", "Running", vec![port(8080, 0, "", "")]);
         let pods = [itself.clone()];
-        assert_eq!(NodePorts::new(&itself, &pods).check(&node("n")), None);
+        assert_eq!(
+            NodePorts::new(&itself, &holding(&pods)).check(&node("n")),
+            None
+        );
     }
 
     #[test]
@@ -345,7 +375,7 @@ mod tests {
         let wanted = pod("new", "", "Pending", vec![port(9000, 0, "", "")]);
         let pods = [old];
         assert_eq!(
-            NodePorts::new(&wanted, &pods).check(&node("n")),
+            NodePorts::new(&wanted, &holding(&pods)).check(&node("n")),
             Some(Reason::NodePorts)
         );
     }

@@ -1076,3 +1076,52 @@ fn the_cheapest_node_is_preempted_and_its_room_kept() {
     assert_eq!(run(&fake, "vip"), Outcome::done());
     assert_eq!(node_of(&fake, "vip").as_deref(), Some("b"));
 }
+
+#[test]
+fn large_clusters_search_until_enough_nodes_are_feasible() {
+    assert_eq!(feasible_nodes_to_find(0), 0);
+    assert_eq!(feasible_nodes_to_find(99), 99);
+    assert_eq!(feasible_nodes_to_find(100), 100);
+    assert_eq!(feasible_nodes_to_find(1000), 420);
+    assert_eq!(feasible_nodes_to_find(5000), 500);
+    assert_eq!(feasible_nodes_to_find(10_000), 500);
+    assert_eq!(feasible_nodes_to_find(20_000), 1000);
+
+    // 300 nodes, only the last has room: the search goes on until it finds it, and a pod
+    // that fits nowhere is checked against every node (the message counts all 300).
+    let fake = FakeCluster::new();
+    for i in 0..300 {
+        let cpu = if i == 299 { "4" } else { "1" };
+        fake.seed(&node(&format!("n-{i:03}"), cpu, "8Gi", &[]));
+    }
+    fake.seed(&pod("big", "2", "1Gi"));
+    fake.seed(&pod("huge", "8", "1Gi"));
+    run(&fake, "big");
+    assert_eq!(
+        node_of(&fake, "big").as_deref(),
+        Some("n-299"),
+        "{:?}",
+        message(&fake, "big")
+    );
+    run(&fake, "huge");
+    assert_eq!(node_of(&fake, "huge"), None);
+    assert_eq!(
+        message(&fake, "huge").as_deref(),
+        Some("0/300 nodes are available: 300 Insufficient cpu.")
+    );
+
+    // Plenty of room everywhere: pods of one batch spread over the nodes, each search
+    // starting where the last stopped.
+    let fake = FakeCluster::new();
+    for i in 0..300 {
+        fake.seed(&node(&format!("n-{i:03}"), "8", "8Gi", &[]));
+    }
+    for i in 0..20 {
+        fake.seed(&pod(&format!("p-{i:02}"), "100m", "64Mi"));
+    }
+    run(&fake, "p-00");
+    let nodes: std::collections::HashSet<String> = (0..20)
+        .map(|i| node_of(&fake, &format!("p-{i:02}")).expect("every pod bound"))
+        .collect();
+    assert_eq!(nodes.len(), 20, "one pod per node: {nodes:?}");
+}
