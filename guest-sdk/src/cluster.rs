@@ -4,7 +4,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::bindings::kedge::plugin::cluster as wit;
-use crate::{ApiError, DeleteOptions, HasStatus, LogLevel};
+use crate::{ApiError, DeleteOptions, HasStatus, LogLevel, PodBinding};
 
 /// Result of one API call from a plugin.
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -157,12 +157,28 @@ pub trait Cluster {
     fn dependents(&self, owner_uid: &str) -> ApiResult<Vec<Value>>;
     /// Binds a pod to a node (`pods/binding`).
     fn bind_pod(&self, namespace: &str, name: &str, node: &str) -> ApiResult<()>;
-    /// Binds several pods at once, `(namespace, name, node)` each: the host writes them
-    /// concurrently, so they share commits. One result per binding, in order; at most 512.
-    fn bind_pods(&self, bindings: &[(String, String, String)]) -> Vec<ApiResult<()>> {
+    /// Binds several pods at once: the host writes them concurrently, so they share
+    /// commits. A binding with a `uid` is refused (`Conflict`) when the pod of that name has
+    /// another. One result per binding, in order; at most 512.
+    fn bind_pods(&self, bindings: &[PodBinding]) -> Vec<ApiResult<()>> {
         bindings
             .iter()
-            .map(|(ns, name, node)| self.bind_pod(ns, name, node))
+            .map(|b| {
+                if let Some(uid) = &b.uid {
+                    let current =
+                        self.get_object("v1", "Pod", &b.namespace, &b.name)?.ok_or_else(|| {
+                            ApiError::NotFound(format!("pods \"{}\" not found", b.name))
+                        })?;
+                    let theirs = current.pointer("/metadata/uid").and_then(Value::as_str);
+                    if theirs != Some(uid.as_str()) {
+                        return Err(ApiError::Conflict(format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            theirs.unwrap_or("")
+                        )));
+                    }
+                }
+                self.bind_pod(&b.namespace, &b.name, &b.node)
+            })
             .collect()
     }
     /// Creates several objects of one kind at once, `(namespace, body)` each, as
@@ -569,16 +585,8 @@ impl Cluster for HostCluster {
         wit::bind_pod(ns, name, node)
     }
 
-    fn bind_pods(&self, bindings: &[(String, String, String)]) -> Vec<ApiResult<()>> {
-        let bindings: Vec<wit::PodBinding> = bindings
-            .iter()
-            .map(|(namespace, name, node)| wit::PodBinding {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                node: node.clone(),
-            })
-            .collect();
-        wit::bind_pods(&bindings)
+    fn bind_pods(&self, bindings: &[PodBinding]) -> Vec<ApiResult<()>> {
+        wit::bind_pods(bindings)
     }
 
     fn create_objects(

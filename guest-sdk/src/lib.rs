@@ -62,7 +62,7 @@ pub mod bindings {
     });
 }
 
-pub use bindings::kedge::plugin::cluster::LogLevel;
+pub use bindings::kedge::plugin::cluster::{LogLevel, PodBinding};
 pub use bindings::kedge::plugin::types::{
     ApiError, DeleteOptions, KindRef, ObjectKey, Propagation, ReconcileOutcome, Registration,
     Watch, WatchMap,

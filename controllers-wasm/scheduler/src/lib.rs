@@ -52,7 +52,7 @@ use kedge_guest::pod::{Requests, is_active, pod_requests};
 use kedge_guest::quantity::{parse_bytes, parse_cpu_millis};
 use kedge_guest::{
     ApiResultExt, Cluster, ClusterExt, Controller, KindRef, LogLevel, ObjectKey, Outcome,
-    Registration, Result,
+    PodBinding, Registration, Result,
 };
 
 use interpod::{InterPod, NamespaceLabels};
@@ -440,16 +440,25 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         if i > 0 && started.elapsed() > BATCH_BUDGET {
             break;
         }
-        let volumes = match Volumes::of(cluster, &candidate)? {
-            Ok(v) => v,
-            Err(message) => {
+        // An error about another pod of the batch (a request that does not parse, a claim
+        // that cannot be read) is that pod's own reconcile's to report: it must not cost the
+        // placements made so far, or one bad pending pod would stop all scheduling.
+        let volumes = match Volumes::of(cluster, &candidate) {
+            Ok(Ok(v)) => v,
+            Ok(Err(message)) => {
                 if i == 0 {
                     outcome = report_unschedulable(cluster, &candidate, &message)?;
                 }
                 continue;
             }
+            Err(e) if i == 0 => return Err(e),
+            Err(_) => continue,
         };
-        let decision = decide(&candidate, &snap, &ns_labels, &volumes)?;
+        let decision = match decide(&candidate, &snap, &ns_labels, &volumes) {
+            Ok(d) => d,
+            Err(e) if i == 0 => return Err(e),
+            Err(_) => continue,
+        };
         let ns = candidate.metadata.namespace.clone().unwrap_or_default();
         match decision {
             Decision::Bind(node) => {
@@ -497,20 +506,22 @@ fn bind_all(cluster: &dyn Cluster, first: &str, placed: Vec<(Pod, String)>) -> R
     if placed.is_empty() {
         return Ok(());
     }
-    let bindings: Vec<(String, String, String)> = placed
+    // Each binding names the pod's uid: a pod deleted and created again under its name
+    // since it was placed is refused, not bound where its predecessor was going.
+    let bindings: Vec<PodBinding> = placed
         .iter()
-        .map(|(pod, node)| {
-            (
-                pod.metadata.namespace.clone().unwrap_or_default(),
-                pod.metadata.name.clone().unwrap_or_default(),
-                node.clone(),
-            )
+        .map(|(pod, node)| PodBinding {
+            namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            node: node.clone(),
+            uid: pod.metadata.uid.clone(),
         })
         .collect();
     let results = cluster.bind_pods(&bindings);
     let mut events = Vec::with_capacity(placed.len());
     let mut failed = None;
-    for (((pod, _), (ns, name, node)), result) in placed.iter().zip(&bindings).zip(results) {
+    for (((pod, _), b), result) in placed.iter().zip(&bindings).zip(results) {
+        let (ns, name, node) = (&b.namespace, &b.name, &b.node);
         match result.ignore_stale() {
             Ok(Some(())) => events.push((
                 pod,

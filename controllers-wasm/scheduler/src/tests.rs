@@ -1125,3 +1125,32 @@ fn large_clusters_search_until_enough_nodes_are_feasible() {
         .collect();
     assert_eq!(nodes.len(), 20, "one pod per node: {nodes:?}");
 }
+
+#[test]
+fn a_pending_pod_that_cannot_be_placed_does_not_cost_the_batch() {
+    let fake = FakeCluster::new();
+    fake.seed(&node("a", "4", "8Gi", &[]));
+    // The oldest pending pod has a request that does not parse: it is in every batch.
+    let mut bad = pod("bad", "100m", "64Mi");
+    bad.metadata.creation_timestamp = parse_time("2020-01-01T00:00:00Z");
+    bad.spec.as_mut().unwrap().containers[0]
+        .resources
+        .as_mut()
+        .unwrap()
+        .requests
+        .as_mut()
+        .unwrap()
+        .insert("cpu".into(), Quantity("lots".into()));
+    fake.seed(&bad);
+    for name in ["x", "y"] {
+        let mut p = pod(name, "100m", "64Mi");
+        p.metadata.creation_timestamp = parse_time("2021-01-01T00:00:00Z");
+        fake.seed(&p);
+    }
+    run(&fake, "x");
+    assert_eq!(node_of(&fake, "x").as_deref(), Some("a"));
+    assert_eq!(node_of(&fake, "y").as_deref(), Some("a"));
+    assert_eq!(node_of(&fake, "bad"), None);
+    // Its own reconcile reports the error.
+    assert!(Scheduler::reconcile(&fake, &ObjectKey::of::<Pod>("default", "bad")).is_err());
+}

@@ -1220,6 +1220,24 @@ impl Api {
             .filter(|n| !n.is_empty())
             .ok_or_else(|| ApiError::invalid(res, name, vec![Cause::required("target.name")]))?;
         let current = self.get(res, ns, name)?;
+        // A Binding naming a uid is for that pod only, not a namesake created since
+        // (kube-scheduler sends its pod's uid; kube-apiserver checks it the same way).
+        if let Some(uid) = binding
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            let theirs = meta::uid(&current);
+            if theirs != uid {
+                return Err(ApiError::new(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Operation cannot be fulfilled on pods/binding \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {theirs}"
+                    ),
+                ));
+            }
+        }
         if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str) {
             return Err(ApiError::new(
                 409,
@@ -1723,5 +1741,44 @@ mod admission_tests {
         assert_eq!(p["spec"]["imagePullSecrets"], json!([{"name": "mine"}]));
         let p = pod("old-field", json!({"serviceAccount": "puller"}));
         assert_eq!(p["spec"]["serviceAccountName"], "puller");
+    }
+
+    /// A Binding naming a uid binds that pod only; without one, by name as before.
+    #[test]
+    fn a_binding_with_a_uid_refuses_a_namesake() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        let w = WriteOptions::default();
+        let pods = resources::by_kind("v1", "Pod").unwrap();
+        api.create(
+            resources::by_kind("v1", "Namespace").unwrap(),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &w,
+        )
+        .unwrap();
+        let body = json!({"metadata": {"name": "web-0"},
+            "spec": {"containers": [{"name": "c", "image": "x:1"}]}});
+        let p = api.create(pods, "default", body.clone(), &w).unwrap();
+        let uid = meta::uid(&p).to_string();
+        assert!(!uid.is_empty());
+        let to =
+            |node: &str, uid: &str| json!({"metadata": {"uid": uid}, "target": {"name": node}});
+        let e = api
+            .bind("default", "web-0", &to("n1", "another"))
+            .unwrap_err();
+        assert_eq!(e.code, 409, "{}", e.message);
+        assert!(e.message.contains("Precondition failed"), "{}", e.message);
+        let bound = api.bind("default", "web-0", &to("n1", &uid)).unwrap();
+        assert_eq!(bound["spec"]["nodeName"], "n1");
+        // No uid: by name.
+        let mut other = body;
+        other["metadata"]["name"] = json!("web-1");
+        api.create(pods, "default", other, &w).unwrap();
+        let bound = api
+            .bind("default", "web-1", &json!({"target": {"name": "n2"}}))
+            .unwrap();
+        assert_eq!(bound["spec"]["nodeName"], "n2");
     }
 }

@@ -75,21 +75,35 @@ fn many(n: usize) -> std::result::Result<(), WitApiError> {
 /// `f` over `items`, up to [`BATCH_WRITERS`] at once, the results in order. Each write waits
 /// for its commit; writes waiting together share one (the store's group commit), which is
 /// what makes a batch faster than the same writes one after the other.
+///
+/// The wait happens in [`kedge_store::blocking`], so the guests' runtime moves its other tasks
+/// off this worker meanwhile, as for a single write. A chunk whose thread cannot be started
+/// (a thread limit) is written on this one.
 fn concurrently<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     if items.len() <= 1 {
         return items.iter().map(&f).collect();
     }
     let per_thread = items.len().div_ceil(BATCH_WRITERS);
-    std::thread::scope(|s| {
-        let f = &f;
-        let handles: Vec<_> = items
-            .chunks(per_thread)
-            .map(|chunk| s.spawn(move || chunk.iter().map(f).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a batch writer panicked"))
-            .collect()
+    kedge_store::blocking(|| {
+        std::thread::scope(|s| {
+            let f = &f;
+            let handles: Vec<_> = items
+                .chunks(per_thread)
+                .map(|chunk| {
+                    let spawned = std::thread::Builder::new()
+                        .name("kedge-batch-write".into())
+                        .spawn_scoped(s, move || chunk.iter().map(f).collect::<Vec<R>>());
+                    (chunk, spawned.ok())
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|(chunk, h)| match h {
+                    Some(h) => h.join().expect("a batch writer panicked"),
+                    None => chunk.iter().map(f).collect(),
+                })
+                .collect()
+        })
     })
 }
 
@@ -506,7 +520,10 @@ impl self::kedge::plugin::cluster::Host for HostState {
             Err(e) => return bindings.iter().map(|_| Err(e.clone())).collect(),
         };
         concurrently(&bindings, |b| {
-            let binding = serde_json::json!({"target": {"kind": "Node", "name": b.node}});
+            let binding = serde_json::json!({
+                "metadata": {"uid": b.uid},
+                "target": {"kind": "Node", "name": b.node},
+            });
             let out = p
                 .api
                 .bind(&b.namespace, &b.name, &binding)
