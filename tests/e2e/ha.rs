@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Cluster, Proc, free_port, holders, kubectl_at, spawn_server, start_etcd_cluster,
+    Cluster, Proc, free_port, holders, kubectl_at, kubectl_output, spawn_server, start_etcd_cluster,
 };
 use crate::nat::{NatNet, missing_prerequisite};
 use crate::plugins::{digest, plugin_yaml, rebuilt};
@@ -35,13 +35,7 @@ const LEASE: Duration = Duration::from_secs(6);
 
 /// kubectl that must succeed: its stdout, or a panic with what it said.
 fn kubectl_must(kubeconfig: &Path, args: &[&str]) -> String {
-    let out = Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .unwrap();
+    let out = kubectl_output(kubeconfig, args).unwrap();
     assert!(
         out.status.success(),
         "kubectl {args:?}: {}",

@@ -205,15 +205,24 @@ pub fn spawn_server(
     spawn(name, dir, &args)
 }
 
-/// kubectl through the server whose admin kubeconfig is `kubeconfig`.
-pub fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("kubectl")
+/// kubectl through the server whose admin kubeconfig is `kubeconfig`, its output whatever
+/// its exit status.
+pub fn kubectl_output(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> std::io::Result<std::process::Output> {
+    Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .arg("--request-timeout=10s")
         .args(args)
         .output()
-        .ok()?;
+}
+
+/// kubectl through the server whose admin kubeconfig is `kubeconfig`: its stdout if it
+/// succeeded.
+pub fn kubectl_at(kubeconfig: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = kubectl_output(kubeconfig, args).ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())

@@ -410,11 +410,12 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
     });
     let mut snap = Snapshot::new(&nodes, &all_pods, start as usize);
 
-    // The pod asked about first, then the other pending ones by age.
-    let mut queue: Vec<Pod> = all_pods
+    // The pod asked about first, then the other pending ones by age. The list's copy of the
+    // first is what the snapshot counts once it is placed (the others are the list's).
+    let first_listed = all_pods.iter().find(|p| p.metadata.uid == pod.metadata.uid);
+    let mut queue: Vec<&Pod> = all_pods
         .iter()
         .filter(|p| p.metadata.uid != pod.metadata.uid && needs_scheduling(p))
-        .cloned()
         .collect();
     // kube-scheduler's queue order: higher priority first, then older.
     queue.sort_by(|a, b| {
@@ -430,12 +431,12 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             ))
     });
     queue.truncate(BATCH - 1);
-    queue.insert(0, pod);
+    queue.insert(0, &pod);
 
     let mut outcome = Outcome::done();
     // Pods placed in the snapshot, bound together at the end: one host call whose writes
     // share commits, as kube-scheduler binds asynchronously after assuming the pod.
-    let mut placed: Vec<(Pod, String)> = Vec::new();
+    let mut placed: Vec<(&Pod, String)> = Vec::new();
     for (i, candidate) in queue.into_iter().enumerate() {
         if i > 0 && started.elapsed() > BATCH_BUDGET {
             break;
@@ -443,18 +444,18 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
         // An error about another pod of the batch (a request that does not parse, a claim
         // that cannot be read) is that pod's own reconcile's to report: it must not cost the
         // placements made so far, or one bad pending pod would stop all scheduling.
-        let volumes = match Volumes::of(cluster, &candidate) {
+        let volumes = match Volumes::of(cluster, candidate) {
             Ok(Ok(v)) => v,
             Ok(Err(message)) => {
                 if i == 0 {
-                    outcome = report_unschedulable(cluster, &candidate, &message)?;
+                    outcome = report_unschedulable(cluster, candidate, &message)?;
                 }
                 continue;
             }
             Err(e) if i == 0 => return Err(e),
             Err(_) => continue,
         };
-        let decision = match decide(&candidate, &snap, &ns_labels, &volumes) {
+        let decision = match decide(candidate, &snap, &ns_labels, &volumes) {
             Ok(d) => d,
             Err(e) if i == 0 => return Err(e),
             Err(_) => continue,
@@ -469,10 +470,11 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
                     Err(_) => continue,
                 }
                 // The next pods of the batch see this one where it is going.
-                if let Some(p) = all_pods
-                    .iter()
-                    .find(|p| p.metadata.uid == candidate.metadata.uid)
-                {
+                if let Some(p) = if i == 0 {
+                    first_listed
+                } else {
+                    Some(candidate)
+                } {
                     snap.bind(p, &node);
                 }
                 placed.push((candidate, node));
@@ -480,14 +482,14 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             // Other pods of the batch that fit nowhere get their own reconcile, which
             // reports it.
             Decision::Unschedulable(message) if i == 0 => {
-                outcome = report_unschedulable(cluster, &candidate, &message)?;
+                outcome = report_unschedulable(cluster, candidate, &message)?;
             }
             Decision::Preempt {
                 message,
                 node,
                 victims,
             } if i == 0 => {
-                outcome = preempt_for(cluster, &candidate, &message, &node, &victims)?;
+                outcome = preempt_for(cluster, candidate, &message, &node, &victims)?;
                 // The victims are leaving and the pod holds their room: the rest of the
                 // pending pods are placed by their own reconciles, which see that.
                 break;
@@ -495,14 +497,14 @@ fn schedule(cluster: &dyn Cluster, key: &ObjectKey) -> Result<Outcome> {
             Decision::Unschedulable(_) | Decision::Preempt { .. } => {}
         }
     }
-    bind_all(cluster, &first, placed)?;
+    bind_all(cluster, &first, &placed)?;
     Ok(outcome)
 }
 
 /// Binds the pods of a batch and records their Scheduled events, each set in one call. A
 /// pod bound or deleted meanwhile is left alone; another error fails the reconcile when it
 /// is the pod the reconcile was for (`first`), so that pod is retried.
-fn bind_all(cluster: &dyn Cluster, first: &str, placed: Vec<(Pod, String)>) -> Result<()> {
+fn bind_all(cluster: &dyn Cluster, first: &str, placed: &[(&Pod, String)]) -> Result<()> {
     if placed.is_empty() {
         return Ok(());
     }
@@ -521,6 +523,7 @@ fn bind_all(cluster: &dyn Cluster, first: &str, placed: Vec<(Pod, String)>) -> R
     let mut events = Vec::with_capacity(placed.len());
     let mut failed = None;
     for (((pod, _), b), result) in placed.iter().zip(&bindings).zip(results) {
+        let pod: &Pod = pod;
         let (ns, name, node) = (&b.namespace, &b.name, &b.node);
         match result.ignore_stale() {
             Ok(Some(())) => events.push((

@@ -1694,22 +1694,28 @@ mod admission_tests {
     use super::*;
     use kedge_store::redb::{Options, RedbStore};
 
+    /// An API on a fresh store with the `default` namespace (the directory holds the store).
+    fn api_with_default_namespace() -> (tempfile::TempDir, Api) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
+        let api = Api::new(Arc::new(store), system_clock());
+        api.create(
+            resources::by_kind("v1", "Namespace").unwrap(),
+            "",
+            json!({"metadata": {"name": "default"}}),
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        (dir, api)
+    }
+
     /// Kubernetes' ServiceAccount admission: `default` unless named, and the ServiceAccount's
     /// image pull secrets for a pod that names none.
     #[test]
     fn pods_get_their_service_account_and_its_pull_secrets() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
-        let api = Api::new(Arc::new(store), system_clock());
+        let (_dir, api) = api_with_default_namespace();
         let w = WriteOptions::default();
         let r = |k: &str, v: &str| resources::by_kind(k, v).unwrap();
-        api.create(
-            r("v1", "Namespace"),
-            "",
-            json!({"metadata": {"name": "default"}}),
-            &w,
-        )
-        .unwrap();
         api.create(
             r("v1", "ServiceAccount"),
             "default",
@@ -1746,18 +1752,9 @@ mod admission_tests {
     /// A Binding naming a uid binds that pod only; without one, by name as before.
     #[test]
     fn a_binding_with_a_uid_refuses_a_namesake() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("s"), Options::default()).unwrap();
-        let api = Api::new(Arc::new(store), system_clock());
+        let (_dir, api) = api_with_default_namespace();
         let w = WriteOptions::default();
         let pods = resources::by_kind("v1", "Pod").unwrap();
-        api.create(
-            resources::by_kind("v1", "Namespace").unwrap(),
-            "",
-            json!({"metadata": {"name": "default"}}),
-            &w,
-        )
-        .unwrap();
         let body = json!({"metadata": {"name": "web-0"},
             "spec": {"containers": [{"name": "c", "image": "x:1"}]}});
         let p = api.create(pods, "default", body.clone(), &w).unwrap();
