@@ -121,6 +121,8 @@ struct Link {
     endpoint: quinn::Endpoint,
     /// Where the server sees this connection come from (its welcome says).
     observed: Option<String>,
+    /// The window of streams the server may open to this node.
+    credit: Arc<io::StreamCredit>,
 }
 
 struct StatePaths {
@@ -430,6 +432,7 @@ impl Dialer {
             Ok(w) => {
                 info!(server = %addr, node = %w.node, seen_as = ?w.observed, "tunnel connected");
                 Ok(Link {
+                    credit: Arc::new(io::StreamCredit::new(&conn)),
                     conn,
                     endpoint,
                     observed: w.observed,
@@ -660,7 +663,8 @@ impl Supervisor {
                 }
                 res = link.conn.accept_bi() => match res {
                     Ok((send, recv)) => {
-                        self.tracker.spawn(serve_stream(send, recv, self.kubelet.clone(), self.cancel.clone()));
+                        let open = link.credit.opened();
+                        self.tracker.spawn(serve_stream(send, recv, self.kubelet.clone(), self.cancel.clone(), open));
                     }
                     Err(quinn::ConnectionError::ApplicationClosed(a)) if a.error_code == close::UNAUTHORIZED => {
                         error!(reason = %String::from_utf8_lossy(&a.reason), "the server closed this node's tunnel and refuses its certificate");

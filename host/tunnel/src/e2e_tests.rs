@@ -850,3 +850,33 @@ async fn certificate_expired_while_offline_joins_again_with_the_token() {
     })
     .await;
 }
+
+/// Every request is a stream of its own; a finished stream must give its credit back, or a
+/// node stops being able to call the API once its stream window is used up.
+#[tokio::test]
+async fn finished_request_streams_are_released() {
+    bounded(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (pki, token, join) = setup(dir.path());
+        let server = Server::start("127.0.0.1:0".parse().unwrap(), pki, vec![token]);
+        let cancel = CancellationToken::new();
+        let client = TunnelClient::start(
+            agent_cfg(server.addr, dir.path(), Some(&join)),
+            kubelet(Arc::new(Mutex::new(None))),
+            cancel.clone(),
+        )
+        .await
+        .unwrap();
+        for i in 0..1500 {
+            let (status, _) =
+                tokio::time::timeout(Duration::from_secs(5), get_text(&client, "/whoami"))
+                    .await
+                    .unwrap_or_else(|_| panic!("request {i} got no answer in 5 s"))
+                    .unwrap();
+            assert_eq!(status, 200);
+        }
+        cancel.cancel();
+        server.stop().await;
+    })
+    .await;
+}

@@ -280,6 +280,7 @@ impl Ctx {
             tokio::time::sleep(REPLACED_GRACE).await;
         };
         tokio::pin!(retire);
+        let credit = io::StreamCredit::new(&conn);
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -295,7 +296,8 @@ impl Ctx {
                 }
                 res = conn.accept_bi() => match res {
                     Ok((send, recv)) => {
-                        tracker.spawn(serve_stream(send, recv, api.clone(), cancel.clone()));
+                        let open = credit.opened();
+                        tracker.spawn(serve_stream(send, recv, api.clone(), cancel.clone(), open));
                     }
                     Err(e) => {
                         info!(node, reason = %e, "node tunnel closed");
