@@ -53,8 +53,8 @@ pub(crate) fn transport_config_idle(
 /// The bidirectional-stream window a connection grants its peer: starts at
 /// [`INITIAL_STREAMS`] and doubles, up to [`MAX_STREAMS`], as soon as three quarters of it are
 /// held by streams this end is still serving. Raised early, so a peer opening a burst of
-/// streams rarely waits for credit; never lowered, since quinn keeps the state it allocated
-/// for a wider window anyway.
+/// streams rarely waits for credit; never lowered, since that would not give memory back:
+/// quinn keeps the states freed streams leave in a pool that never shrinks.
 pub(crate) struct StreamCredit {
     conn: quinn::Connection,
     state: std::sync::Arc<CreditState>,
@@ -224,9 +224,8 @@ mod tests {
     use http_body_util::{BodyExt as _, Full};
     use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-    /// A server endpoint serving `router` on every stream with a [`StreamCredit`], and a
-    /// client connected to it.
-    async fn pair(router: axum::Router) -> (quinn::Connection, Arc<StreamCredit>) {
+    /// A client connection to a fresh server endpoint, and the server's side of it.
+    async fn connected() -> (quinn::Connection, quinn::Connection, quinn::Endpoint) {
         crate::install_crypto_provider();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let der = cert.cert.der().clone();
@@ -258,6 +257,15 @@ mod tests {
             async { client.connect(addr, "localhost").unwrap().await.unwrap() },
             async { server.accept().await.unwrap().await.unwrap() },
         );
+        // The client endpoint lives as long as its connection.
+        std::mem::forget(client);
+        (conn, accepted, server)
+    }
+
+    /// A client connection to a server serving `router` on every stream with a
+    /// [`StreamCredit`], and that credit.
+    async fn pair(router: axum::Router) -> (quinn::Connection, Arc<StreamCredit>) {
+        let (conn, accepted, server) = connected().await;
         let credit = Arc::new(StreamCredit::new(&accepted));
         let served = credit.clone();
         tokio::spawn(async move {
@@ -273,9 +281,29 @@ mod tests {
                 ));
             }
         });
-        // The client endpoint lives as long as its connection.
-        std::mem::forget(client);
         (conn, credit)
+    }
+
+    /// What quinn itself grants a fresh connection is the small first window, not the most a
+    /// connection may have (only the grant bounds what quinn allocates for it).
+    #[tokio::test]
+    async fn a_fresh_connection_is_granted_the_first_window_only() {
+        let (conn, _accepted, _server) = connected().await;
+        let mut held = Vec::new();
+        for i in 0..INITIAL_STREAMS {
+            let opened = tokio::time::timeout(Duration::from_secs(5), conn.open_bi()).await;
+            held.push(
+                opened
+                    .unwrap_or_else(|_| panic!("stream {i} waited"))
+                    .unwrap(),
+            );
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), conn.open_bi())
+                .await
+                .is_err(),
+            "a stream past the first window opened without more credit"
+        );
     }
 
     async fn get_path(conn: &quinn::Connection, path: &str) -> u16 {
