@@ -194,6 +194,18 @@ pub trait Cluster {
             .map(|(ns, body)| self.create_object(api_version, kind, ns, body))
             .collect()
     }
+    /// Records `v1` Events, `(namespace, body)` each, best effort: the host queues them and
+    /// writes them after this returns, dropping what does not fit its queue (client-go's
+    /// event recorder does the same), so a plugin never waits for its Events. Returns how many
+    /// were queued. The default writes them here and now ([`Cluster::create_objects`]) and
+    /// counts those written.
+    fn emit_events(&self, items: &[(String, Value)]) -> ApiResult<usize> {
+        Ok(self
+            .create_objects("v1", "Event", items)
+            .into_iter()
+            .filter(Result::is_ok)
+            .count())
+    }
     /// Current time as RFC 3339 UTC; from the host so tests and replays control it.
     fn now(&self) -> String;
     /// Writes a line to the host's log under the plugin's span.
@@ -378,13 +390,13 @@ pub trait ClusterExt: Cluster {
     }
 
     /// [`ClusterExt::record_event`] for several objects at once (`(object, kind, reason,
-    /// message)` each), written together ([`Cluster::create_objects`]). The errors are the
-    /// caller's to ignore.
+    /// message)` each), best effort ([`Cluster::emit_events`]): the host writes them after
+    /// this returns. How many were queued; the errors are the caller's to ignore.
     fn record_events<K>(
         &self,
         events: &[(&K, &str, &str, String)],
         component: &str,
-    ) -> Vec<ApiResult<()>>
+    ) -> ApiResult<usize>
     where
         K: Resource
             + k8s_openapi::Metadata<Ty = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>,
@@ -395,10 +407,7 @@ pub trait ClusterExt: Cluster {
                 event_body(self, *obj, kind, reason, message, component)
             })
             .collect();
-        self.create_objects("v1", "Event", &items)
-            .into_iter()
-            .map(|r| r.map(|_| ()))
-            .collect()
+        self.emit_events(&items)
     }
 }
 
@@ -615,6 +624,14 @@ impl Cluster for HostCluster {
                 })
             })
             .collect()
+    }
+
+    fn emit_events(&self, items: &[(String, Value)]) -> ApiResult<usize> {
+        let texts = items
+            .iter()
+            .map(|(ns, body)| Ok((ns.clone(), body_text("Event", body)?)))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(wit::emit_events(&texts)? as usize)
     }
 
     fn now(&self) -> String {

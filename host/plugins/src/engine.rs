@@ -342,6 +342,7 @@ impl PluginHost {
                 metrics: vec![],
             },
             grant: Default::default(),
+            events: Default::default(),
         });
         // The guest's first calls run where all its calls run: on the guest runtime.
         let code = Arc::new(code);
@@ -365,6 +366,7 @@ impl PluginHost {
                 informers: self.informers.clone(),
                 perms,
                 grant: Default::default(),
+                events: Default::default(),
             }),
             code: ArcSwap::new(code),
             digest,

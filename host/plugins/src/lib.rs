@@ -64,6 +64,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 mod cache;
 #[cfg(test)]
+mod emit_events_tests;
+#[cfg(test)]
 mod resource_metrics_tests;
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ fn host(api: &Arc<Api>, reads: Vec<KindRef>) -> HostState {
             )),
             perms,
             grant: RwLock::new(None),
+            events: Default::default(),
         }),
         limits: Default::default(),
         wasi: wasmtime_wasi::WasiCtx::builder().build(),

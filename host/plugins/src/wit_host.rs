@@ -56,6 +56,63 @@ pub(crate) struct PluginShared {
     pub(crate) perms: Permissions,
     /// The Plugin object's grant; `None` for plugins started without one (tests, benches).
     pub(crate) grant: std::sync::RwLock<Option<Grant>>,
+    /// Its best-effort Events (`emit-events`) queued and not written yet.
+    pub(crate) events: EventQueue,
+}
+
+/// The most Events one plugin may have queued (`emit-events`) and not yet written; more are
+/// dropped, as client-go's event broadcaster drops them when its channel is full.
+pub(crate) const EVENT_QUEUE: usize = 2048;
+
+/// Counts one plugin's queued Events against [`EVENT_QUEUE`].
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl EventQueue {
+    /// Takes room for up to `n` Events: how many fit.
+    fn reserve(&self, n: usize) -> usize {
+        use std::sync::atomic::Ordering::SeqCst;
+        let mut taken = 0;
+        let _ = self.queued.fetch_update(SeqCst, SeqCst, |q| {
+            taken = n.min(EVENT_QUEUE.saturating_sub(q));
+            Some(q + taken)
+        });
+        taken
+    }
+
+    fn release(&self, n: usize) {
+        self.queued
+            .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn reserve_for_test(&self, n: usize) {
+        assert_eq!(self.reserve(n), n);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn release_for_test(&self, n: usize) {
+        self.release(n);
+    }
+}
+
+/// Writes a plugin's queued Events (see `emit-events`), then gives their room back. Failures
+/// are logged: an Event is best effort.
+fn write_events(p: &PluginShared, res: &'static Resource, events: &[(String, Value)]) {
+    let written = concurrently(events, |(namespace, obj)| {
+        let created = p
+            .api
+            .create(res, namespace, obj.clone(), &PluginShared::write_options())?;
+        p.record(res, EventType::Added, &created);
+        Ok::<_, ApiError>(())
+    });
+    p.events.release(events.len());
+    let failed: Vec<_> = written.into_iter().filter_map(Result::err).collect();
+    if let Some(e) = failed.first() {
+        tracing::warn!(plugin = %p.name, failed = failed.len(), of = events.len(), error = %e.message, "plugin events not written");
+    }
 }
 
 /// The most items one `bind-pods` or `create-all` call takes.
@@ -553,6 +610,39 @@ impl self::kedge::plugin::cluster::Host for HostState {
             p.record(res, EventType::Added, &created);
             Ok(created.to_string())
         })
+    }
+
+    fn emit_events(
+        &mut self,
+        items: Vec<(String, String)>,
+    ) -> std::result::Result<u32, WitApiError> {
+        many(items.len())?;
+        let p = self.plugin.clone();
+        let res = p.writable("v1", "Event")?;
+        let mut events = items
+            .into_iter()
+            .map(|(namespace, body)| Ok((namespace, parse_body(&body)?)))
+            .collect::<std::result::Result<Vec<_>, WitApiError>>()?;
+        let room = p.events.reserve(events.len());
+        if room < events.len() {
+            tracing::warn!(plugin = %p.name, dropped = events.len() - room, "plugin events dropped: {EVENT_QUEUE} are waiting to be written");
+            events.truncate(room);
+        }
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let queued = events.len() as u32;
+        let (writer, batch) = (p.clone(), events);
+        let spawned = std::thread::Builder::new()
+            .name("kedge-plugin-events".into())
+            .spawn(move || write_events(&writer, res, &batch));
+        if let Err(e) = spawned {
+            // No thread to write them on (a thread limit): dropped, their room given back.
+            p.events.release(queued as usize);
+            tracing::warn!(plugin = %p.name, error = %e, "plugin events dropped: no thread to write them");
+            return Ok(0);
+        }
+        Ok(queued)
     }
 
     fn now(&mut self) -> String {
