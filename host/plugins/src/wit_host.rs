@@ -87,6 +87,12 @@ impl EventQueue {
             .fetch_sub(n, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Events queued and not written yet.
+    #[cfg(test)]
+    pub(crate) fn queued_for_test(&self) -> usize {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     #[cfg(test)]
     pub(crate) fn reserve_for_test(&self, n: usize) {
         assert_eq!(self.reserve(n), n);
