@@ -2,18 +2,16 @@
 //! bounded queue per plugin; what does not fit is dropped and said so, and a call the plugin
 //! may not make queues nothing.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kedge_api::Api;
 use kedge_api::ops::{WriteOptions, system_clock};
 use kedge_core::resources;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use crate::permissions::Permissions;
 use crate::wit_host::kedge::plugin::cluster::Host as _;
-use crate::wit_host::{HostState, KindRef, PluginShared, Registration, WitApiError};
+use crate::wit_host::{HostState, KindRef, Registration, WitApiError};
 
 fn host(api: &Arc<Api>, writes: Vec<KindRef>) -> HostState {
     let reg = Registration {
@@ -26,22 +24,7 @@ fn host(api: &Arc<Api>, writes: Vec<KindRef>) -> HostState {
         reads: vec![],
         writes,
     };
-    HostState {
-        plugin: Arc::new(PluginShared {
-            name: "sched".into(),
-            api: api.clone(),
-            informers: Arc::new(kedge_store::informer::Informers::new(
-                api.store().clone(),
-                CancellationToken::new(),
-            )),
-            perms: Permissions::from_registration(&reg, &[]).unwrap(),
-            grant: RwLock::new(None),
-            events: Default::default(),
-        }),
-        limits: Default::default(),
-        wasi: wasmtime_wasi::WasiCtx::builder().build(),
-        table: Default::default(),
-    }
+    HostState::for_test(api, &reg)
 }
 
 fn event(name: &str) -> (String, String) {

@@ -2,7 +2,7 @@
 //! `get` and `list` as stored kinds; the answers come from the nodes' latest usage reports,
 //! as the API serves them, and only for a plugin that declared the kind in its `reads`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use kedge_api::Api;
@@ -10,11 +10,10 @@ use kedge_api::ops::{WriteOptions, system_clock};
 use kedge_api::resource_metrics::{ContainerUsage, PodUsage, Report, Usage};
 use kedge_core::resources;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use crate::permissions::{Grant, Permissions};
 use crate::wit_host::kedge::plugin::cluster::Host as _;
-use crate::wit_host::{HostState, KindRef, PluginShared, Registration, WitApiError};
+use crate::wit_host::{HostState, KindRef, Registration, WitApiError};
 
 fn kind(api_version: &str, kind: &str) -> KindRef {
     KindRef {
@@ -31,31 +30,17 @@ fn host(api: &Arc<Api>, reads: Vec<KindRef>) -> HostState {
         reads,
         writes: vec![],
     };
-    let perms = Permissions::from_registration(&reg, &[]).unwrap();
+    let host = HostState::for_test(api, &reg);
     assert!(
-        perms
+        host.plugin
+            .perms
             .readable
             .kinds
             .iter()
             .all(|r| r.group != "metrics.k8s.io"),
         "metrics kinds get no informer"
     );
-    HostState {
-        plugin: Arc::new(PluginShared {
-            name: "hpa".into(),
-            api: api.clone(),
-            informers: Arc::new(kedge_store::informer::Informers::new(
-                api.store().clone(),
-                CancellationToken::new(),
-            )),
-            perms,
-            grant: RwLock::new(None),
-            events: Default::default(),
-        }),
-        limits: Default::default(),
-        wasi: wasmtime_wasi::WasiCtx::builder().build(),
-        table: Default::default(),
-    }
+    host
 }
 
 #[tokio::test]

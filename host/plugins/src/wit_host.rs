@@ -108,11 +108,7 @@ impl EventQueue {
 /// are logged: an Event is best effort.
 fn write_events(p: &PluginShared, res: &'static Resource, events: &[(String, Value)]) {
     let written = concurrently(events, |(namespace, obj)| {
-        let created = p
-            .api
-            .create(res, namespace, obj.clone(), &PluginShared::write_options())?;
-        p.record(res, EventType::Added, &created);
-        Ok::<_, ApiError>(())
+        p.create(res, namespace, obj.clone())
     });
     p.events.release(events.len());
     let failed: Vec<_> = written.into_iter().filter_map(Result::err).collect();
@@ -351,6 +347,42 @@ impl PluginShared {
     pub(crate) fn record(&self, res: &'static Resource, kind: EventType, obj: &Value) {
         self.informers.get(res).write_through(kind, obj.clone());
     }
+
+    /// Creates `obj` as this plugin and records it in the cache at once.
+    fn create(
+        &self,
+        res: &'static Resource,
+        ns: &str,
+        obj: Value,
+    ) -> std::result::Result<Value, ApiError> {
+        let created = self.api.create(res, ns, obj, &Self::write_options())?;
+        self.record(res, EventType::Added, &created);
+        Ok(created)
+    }
+}
+
+#[cfg(test)]
+impl HostState {
+    /// A plugin's host state for calling host functions directly: the permissions its
+    /// registration asks for, no grant.
+    pub(crate) fn for_test(api: &Arc<Api>, reg: &Registration) -> HostState {
+        HostState {
+            plugin: Arc::new(PluginShared {
+                name: reg.name.clone(),
+                api: api.clone(),
+                informers: Arc::new(Informers::new(
+                    api.store().clone(),
+                    tokio_util::sync::CancellationToken::new(),
+                )),
+                perms: Permissions::from_registration(reg, &[]).unwrap(),
+                grant: Default::default(),
+                events: Default::default(),
+            }),
+            limits: Default::default(),
+            wasi: WasiCtx::builder().build(),
+            table: Default::default(),
+        }
+    }
 }
 
 pub(crate) fn parse_body(body: &str) -> std::result::Result<Value, WitApiError> {
@@ -442,11 +474,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
         let p = &self.plugin;
         let res = p.writable(&api_version, &kind)?;
         let obj = parse_body(&body)?;
-        let created = p
-            .api
-            .create(res, &namespace, obj, &PluginShared::write_options())
-            .map_err(wit_error)?;
-        p.record(res, EventType::Added, &created);
+        let created = p.create(res, &namespace, obj).map_err(wit_error)?;
         Ok(created.to_string())
     }
 
@@ -609,11 +637,7 @@ impl self::kedge::plugin::cluster::Host for HostState {
         };
         concurrently(&items, |(namespace, body)| {
             let obj = parse_body(body)?;
-            let created = p
-                .api
-                .create(res, namespace, obj, &PluginShared::write_options())
-                .map_err(wit_error)?;
-            p.record(res, EventType::Added, &created);
+            let created = p.create(res, namespace, obj).map_err(wit_error)?;
             Ok(created.to_string())
         })
     }
